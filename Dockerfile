@@ -1,0 +1,30 @@
+# The Marketo Engage destination service (also runs the Marketo sandbox: see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY plugins ./plugins
+COPY sandbox ./sandbox
+RUN pip install '.[postgres]'
+
+RUN useradd --create-home --uid 10001 app \
+    && mkdir /data \
+    && chown app /data
+USER app
+
+ENV MARKETO_DEST_ADDRESS=0.0.0.0:50051 \
+    MARKETO_DEST_DATA_DIR=/data
+VOLUME /data
+EXPOSE 50051
+
+# Asks grpc.health.v1 on the service's own address (0.0.0.0 is probed as 127.0.0.1).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["marketo-destination", "health"]
+
+CMD ["marketo-destination", "serve"]

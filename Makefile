@@ -1,0 +1,45 @@
+# Two commands: `make run` and `make test`. Each sets itself up from nothing.
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Reinstall only when the dependencies change.
+STAMP := $(VENV)/.installed
+
+.PHONY: help run test lint typecheck unit proto clean
+
+help:
+	@echo "make run    start the service with the embedded Marketo sandbox on 127.0.0.1:50051"
+	@echo "make test   ruff, mypy --strict and pytest"
+	@echo "make proto  regenerate service/_proto from proto/"
+
+run: $(STAMP)
+	$(BIN)/marketo-destination serve --sandbox
+
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict service plugins sandbox
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+proto: $(STAMP)
+	PYTHON=$(BIN)/python scripts/gen_proto.sh
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev,postgres]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,288 @@
+"""Marketo calls spent by the sync engine, against the floor.
+
+10,000 profile updates (70 % of them existing leads, 30 % new, memberships of 3 audiences) go
+through the engine, the real Marketo client and the in-process sandbox (limits raised so the run
+is not rate-bound). For each sync type the script prints the calls per endpoint, the floor
+
+    ceil(look-ups/300) + ceil(updates/300) + ceil(creates/300) + sum over lists ceil(members/300)
+
+and the ratio; the last line is one JSON object. Run: `.venv/bin/python bench/economy.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
+from service.domain import (
+    AudienceMembership,
+    MappedProfile,
+    MembershipStatus,
+    Outcome,
+    OutcomeKind,
+    PersonAction,
+    ProfileUpdate,
+    SyncRules,
+    SyncType,
+)
+from service.engine import Deferred, SyncEngine
+from service.marketo.client import MarketoClient
+from service.marketo.limits import InstanceLimits
+from service.marketo.retry import RetryPolicy
+from service.marketo.types import Lead, MembershipResult, RecordResult, SyncAction
+
+BASE_URL = "https://123-ABC-456.mktorest.com"
+UPDATES = 10_000
+EXISTING_SHARE = 0.7
+AUDIENCES = ("aud-1", "aud-2", "aud-3")
+PER_CALL = 300
+IDENTITY = "POST /identity/oauth/token"
+
+
+class SteppingClock:
+    """Sandbox and client share one clock; a backoff moves it instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.manual = ManualClock(time.time())
+
+    def now(self) -> float:
+        return self.manual.now()
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.manual.advance(seconds)
+
+
+class FlatMapper:
+    """email, firstName, lastName straight from the profile; email is the dedupe field."""
+
+    def map_profile(self, profile: Mapping[str, Any]) -> MappedProfile:
+        person = profile["person"]
+        fields = {
+            "email": person["email"],
+            "firstName": person["first"],
+            "lastName": person["last"],
+        }
+        return MappedProfile(dedupe_value=person["email"], fields=fields)
+
+
+class CountingPort:
+    """The real client, counting the engine's calls per operation (look-ups and syncs share
+    Marketo's `/rest/v1/leads.json`, so the sandbox's per-endpoint counters cannot tell them
+    apart)."""
+
+    def __init__(self, client: MarketoClient) -> None:
+        self.client = client
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str, size: int) -> None:
+        self.calls[name] = self.calls.get(name, 0) + math.ceil(size / PER_CALL)
+
+    async def find_leads(
+        self, filter_type: str, values: Sequence[str], fields: Sequence[str]
+    ) -> list[Lead]:
+        self._count("lookup", len(values))
+        return await self.client.find_leads(filter_type, values, fields)
+
+    async def sync_leads(
+        self, records: Sequence[Mapping[str, Any]], *, action: SyncAction, **kw: Any
+    ) -> list[RecordResult]:
+        self._count(str(action), len(records))
+        return await self.client.sync_leads(records, action=action, **kw)
+
+    async def add_to_list(self, list_id: int, lead_ids: Sequence[int]) -> list[MembershipResult]:
+        self._count(f"add to list {list_id}", len(lead_ids))
+        return await self.client.add_to_list(list_id, lead_ids)
+
+    async def remove_from_list(
+        self, list_id: int, lead_ids: Sequence[int]
+    ) -> list[MembershipResult]:
+        self._count(f"remove from list {list_id}", len(lead_ids))
+        return await self.client.remove_from_list(list_id, lead_ids)
+
+
+@dataclass(frozen=True)
+class Workload:
+    updates: list[ProfileUpdate]
+    existing: list[str]
+    members: dict[str, int]
+
+
+def workload(seed: int = 42) -> Workload:
+    rng = random.Random(seed)
+    emails = [f"person{i:05d}@example.com" for i in range(UPDATES)]
+    existing = rng.sample(emails, int(UPDATES * EXISTING_SHARE))
+    members = dict.fromkeys(AUDIENCES, 0)
+    updates = []
+    now = datetime.now(UTC)
+    for i, email in enumerate(emails):
+        # each profile is in one to three of the audiences
+        joined = [a for a in AUDIENCES if rng.random() < 0.6] or [rng.choice(AUDIENCES)]
+        for audience in joined:
+            members[audience] += 1
+        updates.append(
+            ProfileUpdate(
+                update_id=f"u{i}",
+                profile_id=f"p{i}",
+                event_time=now,
+                profile={"person": {"email": email, "first": f"First{i}", "last": f"Last{i}"}},
+                memberships=tuple(AudienceMembership(a, MembershipStatus.REALIZED) for a in joined),
+            )
+        )
+    return Workload(updates, existing, members)
+
+
+def ceil300(count: int) -> int:
+    return math.ceil(count / PER_CALL)
+
+
+async def run(rules: SyncRules, work: Workload, *, batch: int = UPDATES) -> dict[str, Any]:
+    clock = SteppingClock()
+    settings = SandboxSettings(
+        calls_per_window=1_000_000, concurrency=1_000, daily_quota=10_000_000
+    )
+    app = create_app(settings, clock=clock.manual)
+    limits = InstanceLimits(
+        calls_per_window=1_000_000, share=1.0, concurrency=8, daily_quota=10_000_000, clock=clock
+    )
+    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE_URL) as http:
+        client = MarketoClient(
+            http,
+            base_url=BASE_URL,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            limits=limits,
+            clock=clock,
+            retry=RetryPolicy(rng=random.Random(1)),
+        )
+        seeded = [{"email": e, "firstName": "Old", "lastName": "Lead"} for e in work.existing]
+        response = await http.post("/_sandbox/leads", json={"leads": seeded})
+        response.raise_for_status()
+        folder = await client.folder_by_name("Group Lists")
+        assert folder is not None
+        lists = {
+            a: (await client.create_static_list(f"Audience {a}", folder.id)).id for a in AUDIENCES
+        }
+        before = (await http.get("/_sandbox/calls")).json()["by_endpoint"]
+
+        port = CountingPort(client)
+        engine = SyncEngine(port, rules, FlatMapper(), audience_lists=lists)
+        started = time.perf_counter()
+        outcomes: list[Outcome] = []
+        deferred: list[Deferred] = []
+        for start in range(0, len(work.updates), batch):
+            result = await engine.sync(work.updates[start : start + batch])
+            outcomes.extend(result.outcomes)
+            deferred.extend(result.deferred)
+        elapsed = time.perf_counter() - started
+
+        after = (await http.get("/_sandbox/calls")).json()["by_endpoint"]
+        leads = (await http.get("/_sandbox/leads")).json()["leads"]
+        list_dump = (await http.get("/_sandbox/lists")).json()["lists"]
+
+    calls = {
+        name: entry["calls"] - before.get(name, {}).get("calls", 0)
+        for name, entry in after.items()
+        if entry["calls"] - before.get(name, {}).get("calls", 0)
+    }
+    assert not deferred, deferred[:3]
+    kinds: dict[str, int] = {}
+    for outcome in outcomes:
+        kinds[outcome.kind.value] = kinds.get(outcome.kind.value, 0) + 1
+    existing = len(work.existing)
+    new = UPDATES - existing
+    lookups = UPDATES
+    updates = existing if rules.writes_attributes else 0
+    creates = new if rules.creates_leads else 0
+    list_members = {a: 0 for a in AUDIENCES}
+    if rules.manages_lists:
+        known = set(work.existing)
+        for update in work.updates:
+            email = update.profile["person"]["email"]
+            if email in known or rules.creates_leads:
+                for m in update.memberships:
+                    list_members[m.audience_id] += 1
+    floor_parts = {
+        "lookup": ceil300(lookups),
+        "updateOnly": ceil300(updates),
+        "createOnly": ceil300(creates),
+        "lists": sum(ceil300(n) for n in list_members.values()),
+    }
+    floor = sum(floor_parts.values())
+    marketo_calls = sum(n for name, n in calls.items() if name != IDENTITY)
+    # the run must have done the work, not just been cheap
+    expected_leads = existing + creates
+    assert len(leads) == expected_leads, (len(leads), expected_leads)
+    sizes = {item["name"]: len(item["members"]) for item in list_dump}
+    for audience, count in list_members.items():
+        assert sizes[f"Audience {audience}"] == count, (audience, sizes, count)
+    assert kinds.get(OutcomeKind.FAILED.value, 0) == 0, kinds
+    return {
+        "calls_by_endpoint": calls,
+        "calls_by_operation": port.calls,
+        "floor_parts": floor_parts,
+        "calls": marketo_calls,
+        "floor": floor,
+        "ratio": round(marketo_calls / floor, 4),
+        "outcomes": kinds,
+        "seconds": round(elapsed, 2),
+        "list_members": list_members,
+    }
+
+
+def report(name: str, figures: Mapping[str, Any]) -> None:
+    print(f"== {name}")
+    for endpoint, count in sorted(figures["calls_by_endpoint"].items()):
+        print(f"   {endpoint:<45} {count:>5}")
+    print(f"   engine calls by operation: {figures['calls_by_operation']}")
+    print(f"   floor parts: {figures['floor_parts']}")
+    print(
+        f"   Marketo calls {figures['calls']} (token calls not counted), floor {figures['floor']}, "
+        f"ratio {figures['ratio']:.4f}; outcomes {figures['outcomes']}; "
+        f"list members {figures['list_members']}; {figures['seconds']} s"
+    )
+
+
+async def main() -> None:
+    work = workload()
+    create = PersonAction.UPDATE_EXISTING_AND_CREATE_NEW
+    both = await run(SyncRules(SyncType.AUDIENCE_AND_PROFILE, create, "email"), work)
+    report("Audience and profile, update existing and create new", both)
+    profile = await run(SyncRules(SyncType.PROFILE_ONLY, create, "email"), work)
+    report("Profile only, update existing and create new", profile)
+    audience = await run(SyncRules(SyncType.AUDIENCE_ONLY, None, "email"), work)
+    report("Audience only", audience)
+    small = await run(SyncRules(SyncType.AUDIENCE_AND_PROFILE, create, "email"), work, batch=300)
+    print(
+        f"(for comparison: Audience and profile fed in batches of 300 spends {small['calls']} "
+        f"calls, ratio {small['ratio']:.4f}: give the engine large batches)"
+    )
+    print(
+        json.dumps(
+            {
+                "ratio": both["ratio"],
+                "calls": both["calls"],
+                "floor": both["floor"],
+                "ratio_profile_only": profile["ratio"],
+                "ratio_audience_only": audience["ratio"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,107 @@
+"""Built-in transforms `date` and `datetime`: to Marketo's `YYYY-MM-DD` and ISO-8601 UTC forms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from plugins.datatypes import CoercionError, format_datetime
+from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+
+_OPTIONS = {
+    "input_format": "strptime format of the source text (default: ISO-8601)",
+    "timezone": "IANA zone of values without an offset (default UTC)",
+}
+
+
+def _zone(options: Mapping[str, str]) -> tzinfo:
+    name = options.get("timezone", "UTC")
+    if name == "UTC":
+        return UTC
+    try:
+        # Loaded once here, when the mapping is built, never per value.
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name!r}") from None
+
+
+def _parser(options: Mapping[str, str]) -> Callable[[object], datetime | None]:
+    zone = _zone(options)
+    pattern = options.get("input_format")
+
+    def parse(value: object) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, date):
+            parsed = datetime(value.year, value.month, value.day)
+        elif isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            try:
+                parsed = (
+                    datetime.strptime(text, pattern) if pattern else datetime.fromisoformat(text)
+                )
+            except ValueError:
+                expected = repr(pattern) if pattern else "ISO-8601"
+                raise TransformError(f"{value!r} is not a {expected} date") from None
+        else:
+            raise TransformError(f"{type(value).__name__} is not a date")
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=zone)
+
+    return parse
+
+
+def _prepare_date(options: Mapping[str, str]) -> TransformFunc:
+    parse = _parser(options)
+    iso_input = "input_format" not in options
+
+    def to_date(value: object) -> str | None:
+        if iso_input and isinstance(value, str) and len(value) == 10:
+            # Fast path for the common YYYY-MM-DD input: no time, so no zone to apply.
+            try:
+                return date.fromisoformat(value).isoformat()
+            except ValueError:
+                pass
+        parsed = parse(value)
+        return None if parsed is None else parsed.date().isoformat()
+
+    return to_date
+
+
+def _prepare_datetime(options: Mapping[str, str]) -> TransformFunc:
+    parse = _parser(options)
+
+    def to_datetime(value: object) -> str | None:
+        parsed = parse(value)
+        try:
+            return None if parsed is None else format_datetime(parsed)
+        except CoercionError as exc:
+            raise TransformError(str(exc)) from None
+
+    return to_datetime
+
+
+@hookimpl
+def register_transforms() -> Iterable[Transform]:
+    return (
+        Transform(
+            name="date",
+            prepare=_prepare_date,
+            returns=(str,),
+            description="A date as YYYY-MM-DD.",
+            options=_OPTIONS,
+            example_options={"input_format": "%d/%m/%Y"},
+        ),
+        Transform(
+            name="datetime",
+            prepare=_prepare_datetime,
+            returns=(str,),
+            description="A date-time as ISO-8601 in UTC, e.g. 2024-05-01T12:00:00Z.",
+            options=_OPTIONS,
+            example_options={"timezone": "Europe/Stockholm"},
+        ),
+    )

@@ -1,0 +1,56 @@
+"""Command line: `python -m sandbox --host H --port P [--client-id ID ...]` runs uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import sys
+
+import uvicorn
+
+from sandbox.app import create_app
+from sandbox.settings import SandboxSettings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = SandboxSettings()
+    parser = argparse.ArgumentParser(
+        prog="marketo-sandbox", description="Run the Marketo Engage REST sandbox."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks one (8080)")
+    parser.add_argument("--client-id", default=defaults.client_id, help="accepted client id")
+    parser.add_argument(
+        "--client-secret", default=defaults.client_secret, help="accepted client secret"
+    )
+    parser.add_argument("--munchkin-id", default=defaults.munchkin_id, help="account id")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    settings = SandboxSettings(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        munchkin_id=args.munchkin_id,
+    )
+    # Bind first so the printed URLs carry the real port even when --port 0 picks one.
+    sock = socket.create_server((args.host, args.port))
+    port = sock.getsockname()[1]
+    base = f"http://{args.host}:{port}"
+    print(f"Marketo sandbox {settings.munchkin_id}", flush=True)
+    print(f"REST endpoint: {base}/rest", flush=True)
+    print(f"Identity URL: {base}/identity", flush=True)
+    config = uvicorn.Config(create_app(settings), log_level="warning")
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+def main() -> None:
+    """Entry point of `python -m sandbox` and the `marketo-sandbox` script."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(parse_args(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""The ASGI application: routing, the per-call pipeline (limits, auth, faults) and identity."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandbox import assets, bulk, control, leads, lists
+from sandbox.auth import Tokens
+from sandbox.clock import Clock, SystemClock
+from sandbox.faults import FAULT_CODES, Fault, Faults
+from sandbox.http import (
+    Call,
+    MarketoError,
+    Reply,
+    asset_error,
+    html_error,
+    lead_error,
+)
+from sandbox.limits import (
+    UNCOUNTED_CODES,
+    CallStats,
+    Limiter,
+    concurrency_message,
+    rate_message,
+)
+from sandbox.settings import SandboxSettings
+from sandbox.state import SandboxState
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+HTTP_REASONS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
+
+
+class ConnectionDropped(Exception):
+    """Raised to the ASGI server when a fault drops the connection without a response."""
+
+
+class Sandbox:
+    """One emulated instance: settings, state, limits, tokens, faults and counters."""
+
+    def __init__(self, settings: SandboxSettings, clock: Clock) -> None:
+        settings.validate()
+        self.base_settings = settings
+        self.clock = clock
+        self.reset(settings)
+
+    def reset(self, settings: SandboxSettings) -> None:
+        """Forget everything and start over with `settings`."""
+        self.settings = settings
+        self.state = SandboxState(settings, self.clock.now())
+        self.limiter = Limiter(settings)
+        self.stats = CallStats()
+        self.faults = Faults()
+        self.tokens = Tokens()
+        self._request_ids = itertools.count(0x1A2B)
+
+    def request_id(self, now: float) -> str:
+        """`<hex>#<hex epoch ms>`, like `6227#17d4f044661`."""
+        return f"{next(self._request_ids):x}#{int(now * 1000):x}"
+
+
+def _render(sandbox: Sandbox, reply: Reply, now: float) -> Response:
+    if isinstance(reply.body, dict) and "success" in reply.body:
+        body: object = {"requestId": sandbox.request_id(now), **reply.body}
+    else:
+        body = reply.body
+    if isinstance(body, str):
+        content = body.encode()
+    else:
+        content = json.dumps(body, separators=(",", ":")).encode()
+    return Response(
+        content,
+        status_code=reply.status,
+        headers={"Server": "nginx", **reply.headers},
+        media_type=reply.media_type,
+    )
+
+
+async def _drop(request: Request) -> Response:
+    """Close the connection without answering.
+
+    Under uvicorn the ASGI `receive` callable is bound to the request cycle, which holds the
+    socket transport; aborting it is the only way ASGI offers to hang up mid-request.
+    In-process (httpx.ASGITransport) the exception reaches `asgi_transport`, which turns it
+    into an httpx transport error.
+    """
+    transport = getattr(getattr(request.receive, "__self__", None), "transport", None)
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+        # Let connection_lost run so the server knows nothing can be sent any more.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return Response(status_code=500)
+    raise ConnectionDropped
+
+
+def _fault_reply(sandbox: Sandbox, fault: Fault, family: str) -> Reply | None:
+    if fault.http_status is not None:
+        return html_error(fault.http_status, HTTP_REASONS.get(fault.http_status, "Error"))
+    if fault.code is None:
+        return None
+    message = FAULT_CODES[fault.code]
+    if fault.code == "606":
+        message = rate_message(sandbox.settings)
+    elif fault.code == "615":
+        message = concurrency_message(sandbox.settings)
+    return _error(family, fault.code, message)
+
+
+def _error(family: str, code: str, message: str) -> Reply:
+    return asset_error(code, message) if family == "asset" else lead_error(code, message)
+
+
+def _params(request: Request, body: bytes) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        params.setdefault(key, []).append(value)
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        for key, values in form.items():
+            params.setdefault(key, []).extend(values)
+    return params
+
+
+def _bearer(request: Request, params: dict[str, list[str]], settings: SandboxSettings) -> str:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    if settings.accept_access_token_param:
+        values = params.get("access_token")
+        if values:
+            return values[0]
+    return ""
+
+
+def marketo_endpoint(
+    sandbox: Sandbox, template: str, handlers: dict[str, Handler], family: str
+) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap handlers in the pipeline every Marketo call goes through."""
+
+    async def endpoint(request: Request) -> Response:
+        stats = sandbox.stats
+        stats.requests += 1
+        method = request.method
+        now = sandbox.clock.now()
+        key = f"{method} {template}"
+        reply = await _pipeline(sandbox, request, handlers, family, key, now)
+        if reply is None:
+            stats.record(key, "dropped")
+            return await _drop(request)
+        stats.record(key, reply.code)
+        return _render(sandbox, reply, now)
+
+    return endpoint
+
+
+async def _pipeline(
+    sandbox: Sandbox,
+    request: Request,
+    handlers: dict[str, Handler],
+    family: str,
+    key: str,
+    now: float,
+) -> Reply | None:
+    settings = sandbox.settings
+    raw_uri = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
+    if len(raw_uri) > settings.uri_limit:
+        return html_error(414, "Request-URI Too Large")
+    limit = settings.bulk_file_limit if key.endswith("/bulk/v1/leads.json") else settings.body_limit
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return html_error(413, "Request Entity Too Large")
+    body = await request.body()
+    if len(body) > limit:
+        return html_error(413, "Request Entity Too Large")
+    stats = sandbox.stats
+    stats.in_flight += 1
+    stats.peak_concurrency = max(stats.peak_concurrency, stats.in_flight)
+    admitted = False
+    try:
+        fault = sandbox.faults.match(request.url.path)
+        if fault is not None:
+            if fault.delay_ms:
+                await asyncio.sleep(fault.delay_ms / 1000)
+            if fault.drop:
+                return None
+            faulted = _fault_reply(sandbox, fault, family)
+            if faulted is not None:
+                # Injected failures never reach the counted part of the pipeline.
+                return faulted
+        params = _params(request, body)
+        form = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            try:
+                form = await request.form()
+            except HTTPException:
+                return _error(family, "613", "Invalid Multipart Request")
+            token_field = form.get("access_token")
+            if isinstance(token_field, str):
+                params.setdefault("access_token", []).append(token_field)
+        refusal = sandbox.tokens.check(_bearer(request, params, settings), now)
+        if refusal is not None:
+            return _error(family, *refusal)
+        refusal = sandbox.limiter.admit(now, stats.in_flight)
+        if refusal is not None:
+            if settings.count_rejected_calls:
+                stats.counted += 1
+            return _error(family, *refusal)
+        admitted = True
+        stats.counted += 1
+        method = request.method
+        if method == "POST" and "GET" in params.get("_method", []):
+            method = "GET"
+        handler = handlers.get(method)
+        if handler is None:
+            reply = _error(family, "605", "HTTP Method not supported")
+        else:
+            if settings.latency_ms:
+                await asyncio.sleep(settings.latency_ms / 1000)
+            call = Call(
+                request, method, params, body, sandbox.state, now, dict(request.path_params), form
+            )
+            try:
+                reply = await handler(call)
+            except MarketoError as error:
+                reply = _error(family, error.code, error.message)
+        if reply.code in UNCOUNTED_CODES:
+            sandbox.limiter.give_back(now)
+            stats.counted -= 1
+        admitted = False
+        return reply
+    finally:
+        if admitted:
+            # The handler failed unexpectedly (a 611 as far as the client could tell).
+            sandbox.limiter.give_back(now)
+            stats.counted -= 1
+        stats.in_flight -= 1
+
+
+async def _identity(sandbox: Sandbox, request: Request) -> Response:
+    sandbox.stats.requests += 1
+    sandbox.stats.identity += 1
+    now = sandbox.clock.now()
+    key = f"{request.method} /identity/oauth/token"
+    fault = sandbox.faults.match(request.url.path)
+    if fault is not None:
+        if fault.delay_ms:
+            await asyncio.sleep(fault.delay_ms / 1000)
+        if fault.drop:
+            sandbox.stats.record(key, "dropped")
+            return await _drop(request)
+        if fault.http_status is not None:
+            reply = html_error(fault.http_status, HTTP_REASONS.get(fault.http_status, "Error"))
+            sandbox.stats.record(key, reply.code)
+            return _render(sandbox, reply, now)
+    body = await request.body()
+    params = _params(request, body)
+    settings = sandbox.settings
+
+    def oauth_error(status: int, error: str, description: str) -> Response:
+        sandbox.stats.record(key, f"http_{status}")
+        return JSONResponse(
+            {"error": error, "error_description": description},
+            status_code=status,
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache", "Server": "nginx"},
+        )
+
+    def first(name: str) -> str:
+        values = params.get(name)
+        return values[0] if values else ""
+
+    if first("grant_type") != "client_credentials":
+        return oauth_error(400, "unsupported_grant_type", "Unsupported grant type")
+    if first("client_id") != settings.client_id:
+        return oauth_error(401, "unauthorized", "No client with requested id")
+    if first("client_secret") != settings.client_secret:
+        return oauth_error(401, "unauthorized", "Bad Client Credentials")
+    token = sandbox.tokens.issue(settings.client_id, settings, now)
+    sandbox.stats.record(key, "success")
+    return Response(
+        json.dumps(
+            {
+                "access_token": token.value,
+                "token_type": "bearer",
+                "expires_in": int(token.expires_at - now),
+                "scope": settings.api_user,
+            }
+        ),
+        media_type="application/json;charset=UTF-8",
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache", "Server": "nginx"},
+    )
+
+
+# (path template, family, {method: handler}); "lead" covers Lead DB, Bulk and User Management.
+ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
+    ("/rest/v1/leads.json", "lead", {"POST": leads.sync_leads, "GET": leads.get_leads}),
+    ("/rest/v1/lead/{id}.json", "lead", {"GET": leads.get_lead}),
+    ("/rest/v1/leads/delete.json", "lead", {"POST": leads.delete_leads}),
+    ("/rest/v1/leads/describe.json", "lead", {"GET": leads.describe}),
+    ("/rest/v1/leads/describe2.json", "lead", {"GET": leads.describe2}),
+    (
+        "/rest/v1/leads/partitions.json",
+        "lead",
+        {"GET": leads.get_partitions, "POST": leads.update_partitions},
+    ),
+    ("/rest/v1/lists.json", "lead", {"GET": lists.get_lists}),
+    ("/rest/v1/lists/{list_id}.json", "lead", {"GET": lists.get_list}),
+    (
+        "/rest/v1/lists/{list_id}/leads.json",
+        "lead",
+        {"GET": lists.get_members, "POST": lists.add_members, "DELETE": lists.remove_members},
+    ),
+    ("/rest/v1/list/{list_id}/leads.json", "lead", {"GET": lists.get_members}),
+    ("/rest/v1/lists/{list_id}/leads/ismember.json", "lead", {"GET": lists.is_member}),
+    (
+        "/rest/asset/v1/staticLists.json",
+        "asset",
+        {"GET": assets.browse_lists, "POST": assets.create_list},
+    ),
+    ("/rest/asset/v1/staticList/byName.json", "asset", {"GET": assets.list_by_name}),
+    (
+        "/rest/asset/v1/staticList/{list_id}.json",
+        "asset",
+        {"GET": assets.get_list, "POST": assets.update_list},
+    ),
+    ("/rest/asset/v1/staticList/{list_id}/delete.json", "asset", {"POST": assets.delete_list}),
+    ("/rest/asset/v1/folder/byName.json", "asset", {"GET": assets.folder_by_name}),
+    ("/rest/asset/v1/folders.json", "asset", {"POST": assets.create_folder}),
+    ("/bulk/v1/leads.json", "lead", {"POST": bulk.create_import}),
+    ("/bulk/v1/leads/batch/{batch_id}.json", "lead", {"GET": bulk.import_status}),
+    ("/bulk/v1/leads/batch/{batch_id}/failures.json", "lead", {"GET": bulk.import_failures}),
+    ("/bulk/v1/leads/batch/{batch_id}/warnings.json", "lead", {"GET": bulk.import_warnings}),
+    (
+        "/userservice/management/v1/users/workspaces.json",
+        "lead",
+        {"GET": leads.get_workspaces},
+    ),
+)
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def create_app(settings: SandboxSettings | None = None, *, clock: Clock | None = None) -> Starlette:
+    """Build the sandbox ASGI app; its `Sandbox` is at `app.state.sandbox`."""
+    sandbox = Sandbox(settings or SandboxSettings(), clock or SystemClock())
+
+    async def identity(request: Request) -> Response:
+        return await _identity(sandbox, request)
+
+    async def not_found(request: Request) -> Response:
+        # Marketo answers an unknown resource inside a 200, like every other business error.
+        sandbox.stats.requests += 1
+        sandbox.stats.record("unknown", "610")
+        now = sandbox.clock.now()
+        return _render(sandbox, lead_error("610", "Requested resource not found"), now)
+
+    routes = [
+        Route("/identity/oauth/token", identity, methods=["GET", "POST"]),
+        *control.routes(sandbox),
+        *(
+            Route(
+                template, marketo_endpoint(sandbox, template, handlers, family), methods=ALL_METHODS
+            )
+            for template, family, handlers in ROUTES
+        ),
+        Route("/{path:path}", not_found, methods=ALL_METHODS),
+    ]
+    app = Starlette(routes=routes)
+    app.state.sandbox = sandbox
+    return app

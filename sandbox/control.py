@@ -1,0 +1,155 @@
+"""The `/_sandbox/*` control API (not part of Marketo): reset, seed, dump, counters, faults."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandbox.clock import ManualClock
+from sandbox.faults import Fault
+from sandbox.schema import InvalidValue, iso_z, parse_time
+
+if TYPE_CHECKING:
+    from sandbox.app import Sandbox
+
+
+def _bad(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+async def _json(request: Request) -> Any:
+    body = await request.body()
+    return json.loads(body) if body.strip() else {}
+
+
+def routes(sandbox: Sandbox) -> list[Route]:
+    """The control endpoints bound to one sandbox."""
+
+    async def reset(request: Request) -> Response:
+        try:
+            body = await _json(request)
+            if not isinstance(body, dict):
+                raise ValueError("the body must be an object")
+            sandbox.reset(sandbox.base_settings.with_overrides(body))
+        except ValueError as error:
+            return _bad(str(error))
+        return JSONResponse({"ok": True})
+
+    async def seed_leads(request: Request) -> Response:
+        try:
+            body = await _json(request)
+        except ValueError:
+            return _bad("invalid JSON")
+        raw_leads = body.get("leads") if isinstance(body, dict) else None
+        if not isinstance(raw_leads, list):
+            return _bad("expected {leads: [...]}")
+        state = sandbox.state
+        now = sandbox.clock.now()
+        prepared = []
+        for number, raw in enumerate(raw_leads):
+            if not isinstance(raw, dict):
+                return _bad(f"lead {number} is not an object")
+            fields = dict(raw)
+            partition = fields.pop("partition", None) or state.default_partition.name
+            partition_id = state.partition_ids.get(partition)
+            if partition_id is None:
+                return _bad(f"lead {number}: unknown partition {partition!r}")
+            try:
+                updated = parse_time(fields.pop("updatedAt")) if "updatedAt" in fields else now
+                created = parse_time(fields.pop("createdAt")) if "createdAt" in fields else updated
+            except (ValueError, TypeError):
+                return _bad(f"lead {number}: createdAt/updatedAt must be ISO-8601")
+            # Seeding may set fields Sync Leads cannot (CRM ids, cookies...).
+            values = {}
+            for name, value in fields.items():
+                if name not in state.schema.fields or name in ("id", "leadPartitionId"):
+                    return _bad(f"lead {number}: unknown or system field {name!r}")
+                try:
+                    values[name] = state.schema.coerce(name, value)
+                except InvalidValue:
+                    return _bad(f"lead {number}: invalid value for {name!r}")
+            prepared.append((values, partition_id, created, updated))
+        ids = []
+        for values, partition_id, created, updated in prepared:
+            lead = state.leads.add(values, partition_id, created)
+            lead.updated_at = updated
+            ids.append(lead.id)
+        return JSONResponse({"ids": ids})
+
+    async def dump_leads(request: Request) -> Response:
+        state = sandbox.state
+        return JSONResponse(
+            {
+                "leads": [
+                    {
+                        "id": lead.id,
+                        "partition": state.partitions[lead.partition_id].name,
+                        "createdAt": iso_z(lead.created_at),
+                        "updatedAt": iso_z(lead.updated_at),
+                        "fields": {k: v for k, v in lead.fields.items() if v is not None},
+                    }
+                    for lead in state.leads.leads.values()
+                ]
+            }
+        )
+
+    async def dump_lists(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "lists": [
+                    {
+                        "id": item.id,
+                        "name": item.name,
+                        "workspace": item.workspace,
+                        "folderId": item.folder_id,
+                        "members": list(item.members),
+                    }
+                    for item in sandbox.state.lists.values()
+                ]
+            }
+        )
+
+    async def calls(request: Request) -> Response:
+        return JSONResponse(sandbox.stats.as_json(sandbox.limiter))
+
+    async def add_faults(request: Request) -> Response:
+        try:
+            body = await _json(request)
+            items = body.get("faults", body) if isinstance(body, dict) else body
+            if not isinstance(items, list):
+                items = [items]
+            faults = [Fault.parse(item) for item in items]
+        except ValueError as error:
+            return _bad(str(error))
+        sandbox.faults.rules.extend(faults)
+        return JSONResponse({"active": len(sandbox.faults.rules)})
+
+    async def clear_faults(request: Request) -> Response:
+        sandbox.faults.rules.clear()
+        return JSONResponse({"active": 0})
+
+    async def advance_clock(request: Request) -> Response:
+        if not isinstance(sandbox.clock, ManualClock):
+            return JSONResponse({"error": "the sandbox runs on the real clock"}, status_code=409)
+        try:
+            body = await _json(request)
+            seconds = float(body["advance_seconds"])
+            sandbox.clock.advance(seconds)
+        except (ValueError, KeyError, TypeError) as error:
+            return _bad(f"expected {{advance_seconds: number}}: {error}")
+        return JSONResponse({"now": sandbox.clock.now()})
+
+    return [
+        Route("/_sandbox/reset", reset, methods=["POST"]),
+        Route("/_sandbox/leads", seed_leads, methods=["POST"]),
+        Route("/_sandbox/leads", dump_leads, methods=["GET"]),
+        Route("/_sandbox/lists", dump_lists, methods=["GET"]),
+        Route("/_sandbox/calls", calls, methods=["GET"]),
+        Route("/_sandbox/faults", add_faults, methods=["POST"]),
+        Route("/_sandbox/faults", clear_faults, methods=["DELETE"]),
+        Route("/_sandbox/clock", advance_clock, methods=["POST"]),
+    ]

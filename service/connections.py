@@ -1,0 +1,73 @@
+"""Marketo clients for destinations: one shared `httpx.AsyncClient`, one limiter per instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from service.domain import MarketoConnection
+from service.marketo.client import MarketoClient
+from service.marketo.clock import Clock
+from service.marketo.limits import InstanceLimits, instance_key
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """How much of each Marketo instance this process may use."""
+
+    share: float = 0.8
+    """Share of the instance's 100 calls / 20 s left to this service (others keep the rest)."""
+    concurrency: int = 8
+    daily_quota: int = 50_000
+    daily_reserve: int = 5_000
+    """Calls a day left for the instance's other integrations."""
+
+
+class MarketoConnections:
+    """Builds `MarketoClient`s; clients of one instance share its limits and token cache."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        default_endpoint: str = "",
+        limits: LimitSettings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._http = http
+        self._default_endpoint = default_endpoint
+        self._limits = limits or LimitSettings()
+        self._clock = clock
+
+    def base_url(self, connection: MarketoConnection) -> str:
+        """The REST base URL: the connection's endpoint, the default (sandbox), or Marketo's."""
+        endpoint = connection.endpoint or self._default_endpoint
+        if not endpoint:
+            endpoint = f"https://{connection.munchkin_id}.mktorest.com"
+        endpoint = endpoint.rstrip("/")
+        return endpoint.removesuffix("/rest")
+
+    def instance_key(self, connection: MarketoConnection) -> str:
+        """The key that identifies the Marketo instance (the dispatcher's and limiter's unit)."""
+        return instance_key(self.base_url(connection))
+
+    def client(self, connection: MarketoConnection) -> MarketoClient:
+        base_url = self.base_url(connection)
+        limits = InstanceLimits.shared(
+            self._http,
+            base_url,
+            clock=self._clock,
+            share=self._limits.share,
+            concurrency=self._limits.concurrency,
+            daily_quota=self._limits.daily_quota,
+            daily_reserve=self._limits.daily_reserve,
+        )
+        return MarketoClient(
+            self._http,
+            base_url=base_url,
+            client_id=connection.client_id,
+            client_secret=connection.client_secret,
+            limits=limits,
+            clock=self._clock,
+        )

@@ -1,0 +1,528 @@
+"""Protobuf <-> domain conversion: the only place besides the servicer that touches `_proto`.
+
+Conversions of caller input validate as they go and report problems as field violations
+(`FieldViolation(field, description)`) so one answer can name every bad field at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.activation import ActivatedAudience, ListAction
+from service.destinations import Destination, InstanceDescription
+from service.domain import (
+    ActionType,
+    AlertSubscription,
+    Audience,
+    AudienceMembership,
+    AudienceType,
+    DestinationSpec,
+    FieldMapping,
+    MarketoConnection,
+    MembershipStatus,
+    OutcomeKind,
+    PersonAction,
+    ProfileUpdate,
+    SyncType,
+)
+from service.errors import FieldViolation, InvalidArgument
+from service.ingest import IndexedUpdate, Rejected, SyncAck
+from service.store.base import (
+    ActivationRecord,
+    AlertRecord,
+    Dataflow,
+    DestinationState,
+    OutcomeRecord,
+)
+
+MAX_PROFILE_ID_LENGTH = 512
+MAX_UPDATE_ID_LENGTH = 128
+MAX_PROFILE_BYTES = 256 * 1024
+MAX_PROFILE_DEPTH = 32
+MAX_MEMBERSHIPS = 1_000
+FUTURE_TOLERANCE = timedelta(days=1)
+"""An event time further ahead than this is refused: it would hold back every later change."""
+
+_MEMBERSHIP_STATUS: dict[int, MembershipStatus] = {
+    pb.MEMBERSHIP_STATUS_REALIZED: MembershipStatus.REALIZED,
+    pb.MEMBERSHIP_STATUS_EXISTING: MembershipStatus.EXISTING,
+    pb.MEMBERSHIP_STATUS_EXITED: MembershipStatus.EXITED,
+}
+
+
+class _TooDeepError(ValueError):
+    pass
+
+
+def struct_to_dict(struct: struct_pb2.Struct, max_depth: int = MAX_PROFILE_DEPTH) -> dict[str, Any]:
+    """Convert a Struct to plain Python values; raise ValueError past `max_depth` levels."""
+    return _struct(struct, max_depth)
+
+
+def _struct(struct: struct_pb2.Struct, depth: int) -> dict[str, Any]:
+    if depth <= 0:
+        raise _TooDeepError
+    return {key: _value(value, depth - 1) for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value, depth: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value, depth)
+    if kind == "list_value":
+        if depth <= 0:
+            raise _TooDeepError
+        return [_value(item, depth - 1) for item in value.list_value.values]
+    return None
+
+
+def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+def duration(delta: timedelta) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromTimedelta(delta)
+    return value
+
+
+def derive_update_id(message: pb.ProfileUpdate) -> str:
+    """A stable idempotency key for an update sent without one: same content, same key."""
+    digest = hashlib.sha256()
+    digest.update(message.profile_id.encode())
+    digest.update(b"\0")
+    digest.update(message.event_time.SerializeToString(deterministic=True))
+    digest.update(b"\0")
+    digest.update(message.profile.SerializeToString(deterministic=True))
+    for membership in message.audiences:
+        digest.update(b"\0")
+        digest.update(membership.SerializeToString(deterministic=True))
+    return "sha256:" + digest.hexdigest()[:40]
+
+
+def profile_update(
+    message: pb.ProfileUpdate, *, prefix: str, now: datetime
+) -> ProfileUpdate | list[FieldViolation]:
+    """Convert and validate one update; return its violations instead when it is bad."""
+    violations: list[FieldViolation] = []
+
+    def bad(field: str, description: str) -> None:
+        violations.append(FieldViolation(f"{prefix}.{field}", description))
+
+    if not message.profile_id:
+        bad("profile_id", "is required")
+    elif len(message.profile_id) > MAX_PROFILE_ID_LENGTH:
+        bad("profile_id", f"is longer than {MAX_PROFILE_ID_LENGTH} characters")
+    if len(message.update_id) > MAX_UPDATE_ID_LENGTH:
+        bad("update_id", f"is longer than {MAX_UPDATE_ID_LENGTH} characters")
+
+    event_time: datetime | None = None
+    if not message.HasField("event_time"):
+        bad("event_time", "is required")
+    else:
+        try:
+            event_time = message.event_time.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            bad("event_time", "is not a valid timestamp")
+        else:
+            if event_time > now + FUTURE_TOLERANCE:
+                bad("event_time", "is more than one day in the future")
+
+    profile: dict[str, Any] = {}
+    if message.profile.ByteSize() > MAX_PROFILE_BYTES:
+        bad("profile", f"is larger than {MAX_PROFILE_BYTES} bytes")
+    else:
+        try:
+            profile = struct_to_dict(message.profile)
+        except _TooDeepError:
+            bad("profile", f"is nested deeper than {MAX_PROFILE_DEPTH} levels")
+
+    memberships: list[AudienceMembership] = []
+    seen: set[str] = set()
+    if len(message.audiences) > MAX_MEMBERSHIPS:
+        bad("audiences", f"has more than {MAX_MEMBERSHIPS} memberships")
+    for index, membership in enumerate(message.audiences[:MAX_MEMBERSHIPS]):
+        status = _MEMBERSHIP_STATUS.get(membership.status)
+        if not membership.audience_id:
+            bad(f"audiences[{index}].audience_id", "is required")
+        elif membership.audience_id in seen:
+            bad(f"audiences[{index}].audience_id", "appears twice in one update")
+        if status is None:
+            bad(
+                f"audiences[{index}].status",
+                "must be REALIZED, EXISTING or EXITED",
+            )
+        if membership.audience_id and status is not None:
+            seen.add(membership.audience_id)
+            memberships.append(AudienceMembership(membership.audience_id, status))
+
+    if violations or event_time is None:
+        return violations
+    return ProfileUpdate(
+        update_id=message.update_id or derive_update_id(message),
+        profile_id=message.profile_id,
+        event_time=event_time,
+        profile=profile,
+        memberships=tuple(memberships),
+    )
+
+
+def rejection(violations: Sequence[FieldViolation], index: int) -> pb.Rejection:
+    """One Rejection for an update, naming its first bad field and listing every problem."""
+    reason = "; ".join(f"{v.field} {v.description}" for v in violations)
+    return pb.Rejection(index=index, reason=reason, field=violations[0].field)
+
+
+# -- destinations -------------------------------------------------------------------------------
+
+_SYNC_TYPE: dict[pb.SyncType, SyncType] = {
+    pb.SYNC_TYPE_AUDIENCE_AND_PROFILE: SyncType.AUDIENCE_AND_PROFILE,
+    pb.SYNC_TYPE_PROFILE_ONLY: SyncType.PROFILE_ONLY,
+    pb.SYNC_TYPE_AUDIENCE_ONLY: SyncType.AUDIENCE_ONLY,
+}
+_SYNC_TYPE_PB: dict[SyncType, pb.SyncType] = {value: key for key, value in _SYNC_TYPE.items()}
+_PERSON_ACTION: dict[pb.PersonAction, PersonAction] = {
+    pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW: PersonAction.UPDATE_EXISTING_AND_CREATE_NEW,
+    pb.PERSON_ACTION_UPDATE_EXISTING_ONLY: PersonAction.UPDATE_EXISTING_ONLY,
+}
+_PERSON_ACTION_PB: dict[PersonAction, pb.PersonAction] = {
+    value: key for key, value in _PERSON_ACTION.items()
+}
+_ALERT_TYPE: dict[pb.AlertType, str] = {
+    pb.ALERT_TYPE_SKIPPED_RATE: "skipped_rate",
+    pb.ALERT_TYPE_FAILURE_RATE: "failure_rate",
+    pb.ALERT_TYPE_DELIVERY_DELAYED: "delivery_delayed",
+    pb.ALERT_TYPE_QUOTA_EXHAUSTED: "quota_exhausted",
+    pb.ALERT_TYPE_AUTHENTICATION_FAILING: "authentication_failing",
+}
+_ALERT_TYPE_PB: dict[str, pb.AlertType] = {value: key for key, value in _ALERT_TYPE.items()}
+_STATE_PB: dict[DestinationState, pb.DestinationState] = {
+    DestinationState.ACTIVE: pb.DESTINATION_STATE_ACTIVE,
+    DestinationState.QUOTA_PAUSED: pb.DESTINATION_STATE_QUOTA_PAUSED,
+    DestinationState.AUTH_FAILING: pb.DESTINATION_STATE_AUTH_FAILING,
+}
+_AUDIENCE_TYPE: dict[int, AudienceType] = {
+    pb.AUDIENCE_TYPE_UNSPECIFIED: AudienceType.PEOPLE,
+    pb.AUDIENCE_TYPE_PEOPLE: AudienceType.PEOPLE,
+    pb.AUDIENCE_TYPE_ACCOUNT: AudienceType.ACCOUNT,
+    pb.AUDIENCE_TYPE_PROSPECT: AudienceType.PROSPECT,
+    pb.AUDIENCE_TYPE_DATASET: AudienceType.DATASET,
+}
+_LIST_ACTION_PB: dict[str, pb.ListAction] = {
+    ListAction.CREATED: pb.LIST_ACTION_CREATED,
+    ListAction.LINKED: pb.LIST_ACTION_LINKED,
+    ListAction.UNCHANGED: pb.LIST_ACTION_UNCHANGED,
+}
+_OUTCOME_KIND_PB: dict[OutcomeKind, pb.OutcomeKind] = {
+    OutcomeKind.ACTIVATED: pb.OUTCOME_KIND_ACTIVATED,
+    OutcomeKind.EXCLUDED: pb.OUTCOME_KIND_EXCLUDED,
+    OutcomeKind.FAILED: pb.OUTCOME_KIND_FAILED,
+    OutcomeKind.SUPERSEDED: pb.OUTCOME_KIND_SUPERSEDED,
+}
+_ACTION_PB: dict[ActionType, pb.ActionType] = {
+    ActionType.CREATED: pb.ACTION_TYPE_CREATED,
+    ActionType.UPDATED: pb.ACTION_TYPE_UPDATED,
+    ActionType.ADDED: pb.ACTION_TYPE_ADDED,
+    ActionType.REMOVED: pb.ACTION_TYPE_REMOVED,
+}
+
+
+def _enum(
+    value: int, table: Mapping[Any, Any], field: str, violations: list[FieldViolation]
+) -> Any:
+    """Map a proto enum value; an unknown non-zero value is a violation, zero means unset."""
+    if value == 0:
+        return None
+    if value not in table:
+        violations.append(FieldViolation(field, f"unknown value {value}"))
+        return None
+    return table[value]
+
+
+def destination_spec(message: pb.DestinationSpec) -> DestinationSpec:
+    """Convert a spec; raise InvalidArgument for enum values this version does not know."""
+    violations: list[FieldViolation] = []
+    sync_type = _enum(message.sync_type, _SYNC_TYPE, "spec.sync_type", violations)
+    person_action = _enum(message.person_action, _PERSON_ACTION, "spec.person_action", violations)
+    alerts = message.alerts
+    types = []
+    for index, value in enumerate(alerts.types):
+        alert_type = _enum(value, _ALERT_TYPE, f"spec.alerts.types[{index}]", violations)
+        if alert_type is None and value == 0:
+            violations.append(FieldViolation(f"spec.alerts.types[{index}]", "must be set"))
+        elif alert_type is not None:
+            types.append(alert_type)
+    delay = timedelta(minutes=15)
+    if alerts.HasField("delivery_delay_threshold"):
+        try:
+            delay = alerts.delivery_delay_threshold.ToTimedelta()
+        except (ValueError, OverflowError):
+            violations.append(
+                FieldViolation("spec.alerts.delivery_delay_threshold", "is not a valid duration")
+            )
+    if violations:
+        raise InvalidArgument(violations)
+    connection = message.connection
+    return DestinationSpec(
+        name=message.name,
+        description=message.description,
+        connection=MarketoConnection(
+            munchkin_id=connection.munchkin_id.strip(),
+            client_id=connection.client_id,
+            client_secret=connection.client_secret,
+            endpoint=connection.endpoint.strip(),
+        ),
+        workspace=message.workspace,
+        sync_type=sync_type,
+        partition=message.partition,
+        dedupe_field=message.dedupe_field,
+        person_action=person_action,
+        alerts=AlertSubscription(
+            types=tuple(types),
+            webhook_url=alerts.webhook_url,
+            webhook_secret=alerts.webhook_secret,
+            failure_rate_threshold=alerts.failure_rate_threshold or 0.05,
+            delivery_delay_threshold=delay,
+        ),
+        marketing_actions=tuple(message.marketing_actions),
+        consent_path=message.consent_path,
+    )
+
+
+def _spec_pb(spec: DestinationSpec) -> pb.DestinationSpec:
+    """The spec as callers see it: secrets always empty."""
+    alerts = spec.alerts
+    return pb.DestinationSpec(
+        name=spec.name,
+        description=spec.description,
+        connection=pb.MarketoConnection(
+            munchkin_id=spec.connection.munchkin_id,
+            client_id=spec.connection.client_id,
+            endpoint=spec.connection.endpoint,
+        ),
+        workspace=spec.workspace,
+        sync_type=_SYNC_TYPE_PB[spec.sync_type] if spec.sync_type else pb.SYNC_TYPE_UNSPECIFIED,
+        partition=spec.partition,
+        dedupe_field=spec.dedupe_field,
+        person_action=(
+            _PERSON_ACTION_PB[spec.person_action]
+            if spec.person_action
+            else pb.PERSON_ACTION_UNSPECIFIED
+        ),
+        alerts=pb.AlertSubscription(
+            types=[_ALERT_TYPE_PB[t] for t in alerts.types],
+            webhook_url=alerts.webhook_url,
+            failure_rate_threshold=alerts.failure_rate_threshold,
+            delivery_delay_threshold=duration(alerts.delivery_delay_threshold),
+        ),
+        marketing_actions=list(spec.marketing_actions),
+        consent_path=spec.consent_path,
+    )
+
+
+def mapping_pb(mapping: FieldMapping) -> pb.FieldMapping:
+    return pb.FieldMapping(
+        source=mapping.source,
+        target=mapping.target,
+        transform=mapping.transform or "",
+        options=dict(mapping.options),
+        labels=list(mapping.labels),
+    )
+
+
+def destination_pb(
+    destination: Destination, activations: Sequence[ActivationRecord] = ()
+) -> pb.Destination:
+    record = destination.record
+    return pb.Destination(
+        id=record.id,
+        spec=_spec_pb(destination.spec),
+        client_secret_set=bool(record.client_secret),
+        state=_STATE_PB[record.state],
+        paused_until=timestamp(record.paused_until),
+        create_time=timestamp(record.created_at) if record.id else None,
+        update_time=timestamp(record.updated_at) if record.id else None,
+        audiences=[
+            pb.ActivatedAudience(
+                audience_id=a.audience_id,
+                marketo_list_id=a.marketo_list_id,
+                list_name=a.list_name,
+            )
+            for a in activations
+            if a.active
+        ],
+        mappings=[mapping_pb(m) for m in record.mappings],
+    )
+
+
+def instance_description_pb(description: InstanceDescription) -> pb.DescribeMarketoResponse:
+    return pb.DescribeMarketoResponse(
+        workspaces=[pb.Workspace(id=w.id, name=w.name) for w in description.workspaces],
+        partitions=[
+            pb.Partition(id=p.id, name=p.name, description=p.description)
+            for p in description.partitions
+        ],
+        dedupe_fields=list(description.dedupe_fields),
+        fields=[
+            pb.MarketoField(
+                name=f.name,
+                display_name=f.display_name,
+                data_type=f.data_type,
+                length=f.length or 0,
+                updateable=f.updateable,
+                searchable=f.name in description.searchable,
+            )
+            for f in description.fields
+            if f.updateable
+        ],
+    )
+
+
+# -- activation ---------------------------------------------------------------------------------
+
+
+def audience(message: pb.Audience, index: int) -> Audience:
+    if message.type not in _AUDIENCE_TYPE:
+        raise InvalidArgument(
+            [FieldViolation(f"audiences[{index}].type", f"unknown value {message.type}")]
+        )
+    return Audience(
+        id=message.id,
+        name=message.name,
+        origin=message.origin,
+        type=_AUDIENCE_TYPE[message.type],
+        marketo_list_id=message.marketo_list_id,
+        link_existing_list=message.link_existing_list,
+    )
+
+
+def field_mapping(message: pb.FieldMapping) -> FieldMapping:
+    return FieldMapping(
+        source=message.source.strip(),
+        target=message.target.strip(),
+        transform=message.transform.strip() or None,
+        options=dict(message.options),
+        labels=tuple(message.labels),
+    )
+
+
+def activated_audience_pb(activated: ActivatedAudience) -> pb.ActivatedAudience:
+    return pb.ActivatedAudience(
+        audience_id=activated.audience_id,
+        marketo_list_id=activated.marketo_list_id,
+        list_name=activated.list_name,
+        list_action=_LIST_ACTION_PB.get(activated.list_action, pb.LIST_ACTION_UNSPECIFIED),
+    )
+
+
+# -- sync ---------------------------------------------------------------------------------------
+
+
+def sync_updates(
+    request: pb.SyncRequest, now: datetime
+) -> tuple[list[IndexedUpdate], list[Rejected]]:
+    """Convert every update of a request; each bad one becomes a rejection of its own."""
+    good: list[IndexedUpdate] = []
+    bad: list[Rejected] = []
+    for index, message in enumerate(request.updates):
+        converted = profile_update(message, prefix=f"updates[{index}]", now=now)
+        if isinstance(converted, ProfileUpdate):
+            good.append(IndexedUpdate(index, converted))
+        else:
+            bad.append(Rejected(index, tuple(converted)))
+    return good, bad
+
+
+def sync_response(request_id: str, ack: SyncAck, rejected: Sequence[Rejected]) -> pb.SyncResponse:
+    every = sorted([*rejected, *ack.rejected], key=lambda r: r.index)
+    return pb.SyncResponse(
+        accepted=ack.accepted,
+        rejected=[rejection(r.violations, r.index) for r in every],
+        request_id=request_id,
+        ack_sequence=ack.last_sequence,
+        duplicates=ack.duplicates,
+    )
+
+
+# -- observe ------------------------------------------------------------------------------------
+
+
+def outcome_pb(record: OutcomeRecord) -> pb.ProfileOutcome:
+    outcome = record.outcome
+    return pb.ProfileOutcome(
+        profile_id=outcome.profile_id,
+        dedupe_value=outcome.dedupe_value or "",
+        event_time=timestamp(record.event_time),
+        outcome_time=timestamp(record.recorded_at),
+        kind=_OUTCOME_KIND_PB[outcome.kind],
+        actions=[
+            pb.Action(type=_ACTION_PB[a.type], audience_id=a.audience_id or "")
+            for a in outcome.actions
+        ],
+        lead_id=outcome.lead_id or 0,
+        reason=outcome.reason,
+        marketo_code=outcome.marketo_code,
+        update_id=outcome.update_id,
+    )
+
+
+def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
+    return pb.Dataflow(
+        destination_id=flow.destination_id,
+        received=flow.received,
+        activated=pb.ActivatedCounts(
+            created=flow.created, updated=flow.updated, added=flow.added, removed=flow.removed
+        ),
+        excluded=dict(flow.excluded),
+        failed=dict(flow.failed),
+        pending=flow.pending,
+        oldest_pending_age=duration(flow.oldest_pending_age or timedelta(0)),
+        runs=[
+            pb.DataflowRun(
+                start_time=timestamp(run.start),
+                received=run.received,
+                activated=run.activated,
+                excluded=run.excluded,
+                failed=run.failed,
+                skipped_rate=run.skipped_rate,
+            )
+            for run in flow.runs
+        ],
+        superseded=flow.superseded,
+        paused_until=timestamp(flow.paused_until),
+    )
+
+
+def alert_pb(alert: AlertRecord, *, resolved: bool) -> pb.Alert:
+    return pb.Alert(
+        id=alert.id,
+        destination_id=alert.destination_id,
+        type=_ALERT_TYPE_PB.get(alert.type, pb.ALERT_TYPE_UNSPECIFIED),
+        message=alert.message,
+        raise_time=timestamp(alert.raised_at),
+        resolved=resolved,
+        paused_until=timestamp(alert.paused_until),
+    )

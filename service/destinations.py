@@ -1,0 +1,417 @@
+"""Configure, read, list, delete and describe destinations.
+
+Configure validates a spec in two steps, and stores nothing unless both pass:
+1. static rules (PRODUCT.md): every violated field is reported at once;
+2. live checks against the Marketo instance: credentials give a token, the workspace and the
+   partition exist, the dedupe field is searchable, the API user may write leads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from service.access import current_principal
+from service.connections import MarketoConnections
+from service.domain import (
+    FORBIDDEN_DEDUPE_FIELDS,
+    AlertSubscription,
+    DestinationSpec,
+    MarketoConnection,
+    PersonAction,
+    SyncType,
+)
+from service.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+)
+from service.marketo.client import MarketoClient
+from service.marketo.errors import (
+    AuthenticationError,
+    MarketoError,
+    QuotaExhaustedError,
+    UnavailableError,
+)
+from service.marketo.types import Partition, SchemaField, SyncAction, Workspace
+from service.store.base import (
+    DestinationRecord,
+    DestinationState,
+    NewDestination,
+    Page,
+    Store,
+)
+
+MUNCHKIN_ID = re.compile(r"^\d{3}-[A-Z]{3}-\d{3}$")
+MAX_NAME = 200
+MAX_DESCRIPTION = 2_000
+DOTTED_PATH = re.compile(r"^[A-Za-z_$@][\w$@-]*(\.[A-Za-z_$@][\w$@-]*)*$")
+ALERT_TYPES = (
+    "skipped_rate",
+    "failure_rate",
+    "delivery_delayed",
+    "quota_exhausted",
+    "authentication_failing",
+)
+PERMISSION_CODES = frozenset({"603", "1008"})
+"""Marketo answers that mean the API user lacks a permission (role or partition)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A stored destination as callers see it (secrets are in `record` only)."""
+
+    record: DestinationRecord
+    spec: DestinationSpec
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDescription:
+    """What DescribeMarketo shows: the pickers of the configuration form."""
+
+    workspaces: tuple[Workspace, ...]
+    partitions: tuple[Partition, ...]
+    dedupe_fields: tuple[str, ...]
+    fields: tuple[SchemaField, ...]
+    searchable: frozenset[str]
+
+
+def static_violations(spec: DestinationSpec, *, creating: bool) -> list[FieldViolation]:
+    """Every rule of PRODUCT.md a spec breaks, without asking Marketo."""
+    violations: list[FieldViolation] = []
+
+    def bad(field: str, description: str) -> None:
+        violations.append(FieldViolation(f"spec.{field}", description))
+
+    if not spec.name.strip():
+        bad("name", "is required")
+    elif len(spec.name) > MAX_NAME:
+        bad("name", f"is longer than {MAX_NAME} characters")
+    if len(spec.description) > MAX_DESCRIPTION:
+        bad("description", f"is longer than {MAX_DESCRIPTION} characters")
+
+    connection = spec.connection
+    if not connection.munchkin_id:
+        bad("connection.munchkin_id", "is required")
+    elif not MUNCHKIN_ID.match(connection.munchkin_id):
+        bad("connection.munchkin_id", "must look like 123-ABC-456 (digits-letters-digits)")
+    if not connection.client_id:
+        bad("connection.client_id", "is required")
+    if creating and not connection.client_secret:
+        bad("connection.client_secret", "is required")
+    if connection.endpoint:
+        parts = urlsplit(connection.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            bad("connection.endpoint", "must be an http(s) URL")
+
+    if spec.sync_type is None:
+        bad("sync_type", "is required")
+    elif spec.sync_type is SyncType.AUDIENCE_ONLY:
+        if spec.partition:
+            bad("partition", "is only allowed for PROFILE_ONLY and AUDIENCE_AND_PROFILE")
+        if spec.person_action is not None:
+            bad("person_action", "must be unset for AUDIENCE_ONLY")
+    elif spec.person_action is None:
+        bad("person_action", "is required for PROFILE_ONLY and AUDIENCE_AND_PROFILE")
+
+    if not spec.dedupe_field:
+        bad("dedupe_field", "is required")
+    elif spec.dedupe_field in FORBIDDEN_DEDUPE_FIELDS:
+        bad(
+            "dedupe_field",
+            f"{spec.dedupe_field!r} cannot be the deduplication field "
+            "(the Marketo lead id and ECID are not allowed)",
+        )
+
+    alerts = spec.alerts
+    for index, alert_type in enumerate(alerts.types):
+        if alert_type not in ALERT_TYPES:
+            bad(f"alerts.types[{index}]", f"unknown alert type {alert_type!r}")
+    if alerts.webhook_url:
+        parts = urlsplit(alerts.webhook_url)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            bad("alerts.webhook_url", "must be an https URL (http only on loopback)")
+    if not 0 <= alerts.failure_rate_threshold <= 1:
+        bad("alerts.failure_rate_threshold", "must be between 0 and 1")
+    if alerts.delivery_delay_threshold < timedelta(0):
+        bad("alerts.delivery_delay_threshold", "must not be negative")
+    if spec.consent_path and not DOTTED_PATH.match(spec.consent_path):
+        bad("consent_path", "must be a dotted path such as consents.marketing.any.val")
+    return violations
+
+
+def spec_to_json(spec: DestinationSpec) -> dict[str, Any]:
+    """The spec as stored: JSON data without any secret."""
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "connection": {
+            "munchkin_id": spec.connection.munchkin_id,
+            "client_id": spec.connection.client_id,
+            "endpoint": spec.connection.endpoint,
+        },
+        "workspace": spec.workspace,
+        "sync_type": spec.sync_type.value if spec.sync_type else None,
+        "partition": spec.partition,
+        "dedupe_field": spec.dedupe_field,
+        "person_action": spec.person_action.value if spec.person_action else None,
+        "alerts": {
+            "types": list(spec.alerts.types),
+            "webhook_url": spec.alerts.webhook_url,
+            "failure_rate_threshold": spec.alerts.failure_rate_threshold,
+            "delivery_delay_seconds": spec.alerts.delivery_delay_threshold.total_seconds(),
+        },
+        "marketing_actions": list(spec.marketing_actions),
+        "consent_path": spec.consent_path,
+    }
+
+
+def spec_from_record(record: DestinationRecord) -> DestinationSpec:
+    """The full spec of a stored destination, secrets included (for internal use)."""
+    data: Mapping[str, Any] = record.spec
+    connection = data["connection"]
+    alerts = data.get("alerts", {})
+    return DestinationSpec(
+        name=data["name"],
+        description=data.get("description", ""),
+        connection=MarketoConnection(
+            munchkin_id=connection["munchkin_id"],
+            client_id=connection["client_id"],
+            client_secret=record.client_secret,
+            endpoint=connection.get("endpoint", ""),
+        ),
+        workspace=data.get("workspace", ""),
+        sync_type=SyncType(data["sync_type"]) if data.get("sync_type") else None,
+        partition=data.get("partition", ""),
+        dedupe_field=data["dedupe_field"],
+        person_action=PersonAction(data["person_action"]) if data.get("person_action") else None,
+        alerts=AlertSubscription(
+            types=tuple(alerts.get("types", ())),
+            webhook_url=alerts.get("webhook_url", ""),
+            webhook_secret=record.webhook_secret or "",
+            failure_rate_threshold=alerts.get("failure_rate_threshold", 0.05),
+            delivery_delay_threshold=timedelta(seconds=alerts.get("delivery_delay_seconds", 900)),
+        ),
+        marketing_actions=tuple(data.get("marketing_actions", ())),
+        consent_path=data.get("consent_path", ""),
+    )
+
+
+def marketo_failure(error: MarketoError | httpx.HTTPError, what: str) -> Exception:
+    """The caller-facing error for a Marketo failure during a synchronous RPC."""
+    if isinstance(error, httpx.HTTPError | UnavailableError):
+        return Unavailable(f"Marketo could not be reached while {what}; try again later")
+    if isinstance(error, AuthenticationError):
+        return FailedPrecondition(str(error))
+    if isinstance(error, QuotaExhaustedError):
+        return Unavailable(f"Marketo's daily API quota is spent ({what})")
+    if error.code in PERMISSION_CODES:
+        return PermissionDenied(
+            f"the Marketo API user may not do this while {what}: {error.message}"
+        )
+    return FailedPrecondition(f"Marketo refused the request while {what}: {error.message}")
+
+
+async def describe_instance(client: MarketoClient) -> InstanceDescription:
+    """Read the pickers from Marketo (workspaces, partitions, lead schema)."""
+    try:
+        workspaces = await client.workspaces()
+        partitions = await client.partitions()
+        schema = await client.describe2()
+    except (MarketoError, httpx.HTTPError) as error:
+        raise marketo_failure(error, "describing the instance") from None
+    searchable = frozenset(name for key in schema.searchable_fields for name in key)
+    dedupe = tuple(sorted(name for name in searchable if name not in FORBIDDEN_DEDUPE_FIELDS))
+    return InstanceDescription(
+        workspaces=tuple(workspaces),
+        partitions=tuple(partitions),
+        dedupe_fields=dedupe,
+        fields=tuple(schema.fields),
+        searchable=searchable,
+    )
+
+
+async def live_violations(client: MarketoClient, spec: DestinationSpec) -> list[FieldViolation]:
+    """Check the spec against the instance; raise for credential and permission problems."""
+    try:
+        await client.token()
+    except (MarketoError, httpx.HTTPError) as error:
+        raise marketo_failure(error, "requesting an access token") from None
+    description = await describe_instance(client)
+    violations: list[FieldViolation] = []
+    names = {workspace.name for workspace in description.workspaces}
+    if spec.workspace_name not in names:
+        violations.append(
+            FieldViolation(
+                "spec.workspace",
+                f"workspace {spec.workspace_name!r} does not exist; known: {sorted(names)}",
+            )
+        )
+    partitions = {partition.name for partition in description.partitions}
+    if spec.partition and spec.partition not in partitions:
+        violations.append(
+            FieldViolation(
+                "spec.partition",
+                f"partition {spec.partition!r} does not exist; known: {sorted(partitions)}",
+            )
+        )
+    if spec.dedupe_field not in description.searchable:
+        violations.append(
+            FieldViolation(
+                "spec.dedupe_field",
+                f"{spec.dedupe_field!r} is not a searchable field of the instance; "
+                f"usable: {list(description.dedupe_fields)}",
+            )
+        )
+    if not violations:
+        await _check_write_access(client)
+    return violations
+
+
+async def _check_write_access(client: MarketoClient) -> None:
+    """Probe lead write access with an update of a lead id that cannot exist (changes nothing)."""
+    try:
+        results = await client.sync_leads(
+            [{"id": 0}], action=SyncAction.UPDATE_ONLY, lookup_field="id"
+        )
+    except (MarketoError, httpx.HTTPError) as error:
+        raise marketo_failure(error, "checking that the API user may write leads") from None
+    for result in results:
+        for reason in result.reasons:
+            if reason.code in PERMISSION_CODES:
+                raise PermissionDenied(
+                    f"the Marketo API user may not write leads: {reason.message}"
+                )
+
+
+class Destinations:
+    """The destination use cases (Configure, Get, List, Delete, DescribeMarketo)."""
+
+    def __init__(self, store: Store, connections: MarketoConnections) -> None:
+        self._store = store
+        self._connections = connections
+
+    async def configure(
+        self, destination_id: str, spec: DestinationSpec, *, validate_only: bool
+    ) -> Destination:
+        tenant = current_principal().tenant
+        existing = (
+            await self._store.get_destination(destination_id, tenant=tenant)
+            if destination_id
+            else None
+        )
+        violations = static_violations(spec, creating=existing is None)
+        if violations:
+            raise InvalidArgument(violations)
+        if existing is not None:
+            spec = _keep_secrets(spec, existing)
+        violations = await live_violations(self._connections.client(spec.connection), spec)
+        if violations:
+            raise InvalidArgument(violations)
+        if validate_only:
+            record = existing or _unsaved(tenant, spec)
+            return Destination(record=record, spec=spec)
+        instance = self._connections.instance_key(spec.connection)
+        if existing is None:
+            record = await self._store.create_destination(
+                NewDestination(
+                    tenant=tenant,
+                    name=spec.name,
+                    spec=spec_to_json(spec),
+                    client_secret=spec.connection.client_secret,
+                    webhook_secret=spec.alerts.webhook_secret or None,
+                    instance_key=instance,
+                )
+            )
+        else:
+            record = await self._store.update_destination(
+                replace(
+                    existing,
+                    name=spec.name,
+                    spec=spec_to_json(spec),
+                    client_secret=spec.connection.client_secret,
+                    webhook_secret=spec.alerts.webhook_secret or None,
+                    instance_key=instance,
+                )
+            )
+        return Destination(record=record, spec=spec)
+
+    async def get(self, destination_id: str) -> Destination:
+        record = await self._store.get_destination(
+            destination_id, tenant=current_principal().tenant
+        )
+        return Destination(record=record, spec=spec_from_record(record))
+
+    async def list(self, page_size: int, page_token: str) -> Page[Destination]:
+        page = await self._store.list_destinations(
+            current_principal().tenant, page_size=page_size, page_token=page_token
+        )
+        return Page(
+            items=tuple(Destination(r, spec_from_record(r)) for r in page.items),
+            next_page_token=page.next_page_token,
+        )
+
+    async def delete(self, destination_id: str) -> None:
+        await self._store.delete_destination(destination_id, tenant=current_principal().tenant)
+
+    async def describe(
+        self, destination_id: str | None, connection: MarketoConnection | None
+    ) -> InstanceDescription:
+        if destination_id:
+            connection = (await self.get(destination_id)).spec.connection
+        if connection is None:
+            raise InvalidArgument([FieldViolation("target", "give destination_id or connection")])
+        violations = []
+        if not connection.client_id:
+            violations.append(FieldViolation("connection.client_id", "is required"))
+        if not connection.client_secret:
+            violations.append(FieldViolation("connection.client_secret", "is required"))
+        if not MUNCHKIN_ID.match(connection.munchkin_id):
+            violations.append(
+                FieldViolation(
+                    "connection.munchkin_id", "must look like 123-ABC-456 (digits-letters-digits)"
+                )
+            )
+        if violations:
+            raise InvalidArgument(violations)
+        return await describe_instance(self._connections.client(connection))
+
+
+def _keep_secrets(spec: DestinationSpec, existing: DestinationRecord) -> DestinationSpec:
+    """On update, an empty secret keeps the stored one (secrets are write-only)."""
+    if not spec.connection.client_secret:
+        spec = replace(
+            spec, connection=replace(spec.connection, client_secret=existing.client_secret)
+        )
+    if not spec.alerts.webhook_secret and existing.webhook_secret:
+        spec = replace(spec, alerts=replace(spec.alerts, webhook_secret=existing.webhook_secret))
+    return spec
+
+
+def _unsaved(tenant: str, spec: DestinationSpec) -> DestinationRecord:
+    """What a validate-only create would store (no id, no times)."""
+    epoch = datetime.fromtimestamp(0, UTC)
+    return DestinationRecord(
+        id="",
+        tenant=tenant,
+        name=spec.name,
+        spec=spec_to_json(spec),
+        client_secret="",
+        webhook_secret=None,
+        instance_key="",
+        state=DestinationState.ACTIVE,
+        paused_until=None,
+        created_at=epoch,
+        updated_at=epoch,
+        mappings=(),
+        version=0,
+    )

@@ -1,0 +1,249 @@
+"""Domain types of the destination: plain frozen data, free of protobuf and HTTP.
+
+The servicer converts protobuf messages into these (see `convert.py`); the sync engine, the store
+and the plugins only ever see these.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+DEDUPE_TARGET = "DedupeField"
+"""Mapping target that carries the deduplication identity."""
+
+DEFAULT_PARTITION = "Default"
+DEFAULT_CONSENT_PATH = "consents.marketing.any.val"
+REQUIRED_FOR_CREATE = ("firstName", "lastName", "email")
+"""Lead attributes Marketo needs mapped before the destination may create leads."""
+
+FORBIDDEN_DEDUPE_FIELDS = frozenset({"id", "ecids"})
+"""The Marketo lead id and ECID may not be the deduplication field."""
+
+
+class SyncType(enum.StrEnum):
+    AUDIENCE_AND_PROFILE = "audience_and_profile"
+    PROFILE_ONLY = "profile_only"
+    AUDIENCE_ONLY = "audience_only"
+
+
+class PersonAction(enum.StrEnum):
+    UPDATE_EXISTING_AND_CREATE_NEW = "update_existing_and_create_new"
+    UPDATE_EXISTING_ONLY = "update_existing_only"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRules:
+    """What a destination's sync type and person action allow (the seed's lead-matching table)."""
+
+    sync_type: SyncType
+    person_action: PersonAction | None
+    dedupe_field: str
+    partition: str | None = None
+    consent_path: str = DEFAULT_CONSENT_PATH
+
+    @property
+    def writes_attributes(self) -> bool:
+        """Profile only and Audience and profile update lead attributes."""
+        return self.sync_type is not SyncType.AUDIENCE_ONLY
+
+    @property
+    def manages_lists(self) -> bool:
+        """Audience only and Audience and profile keep audience static lists."""
+        return self.sync_type is not SyncType.PROFILE_ONLY
+
+    @property
+    def creates_leads(self) -> bool:
+        """Only the profile sync types with "update existing and create new" create leads."""
+        return (
+            self.writes_attributes
+            and self.person_action is PersonAction.UPDATE_EXISTING_AND_CREATE_NEW
+        )
+
+    @property
+    def create_partition(self) -> str:
+        """Partition of new leads: the chosen one, else Default."""
+        return self.partition or DEFAULT_PARTITION
+
+
+@dataclass(frozen=True, slots=True)
+class FieldMapping:
+    """One mapping row: a profile path to a Marketo field (or `DedupeField`)."""
+
+    source: str
+    target: str
+    transform: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+
+
+class MembershipStatus(enum.StrEnum):
+    REALIZED = "realized"
+    EXISTING = "existing"
+    EXITED = "exited"
+
+    @property
+    def is_member(self) -> bool:
+        return self is not MembershipStatus.EXITED
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceMembership:
+    audience_id: str
+    status: MembershipStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    """One accepted profile change, as it is stored in the outbox."""
+
+    update_id: str
+    profile_id: str
+    event_time: datetime
+    profile: Mapping[str, Any]
+    memberships: tuple[AudienceMembership, ...] = ()
+
+
+class OutcomeKind(enum.StrEnum):
+    ACTIVATED = "activated"
+    EXCLUDED = "excluded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+class ActionType(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    ADDED = "added"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    type: ActionType
+    audience_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one update; written in the transaction that retires it."""
+
+    update_id: str
+    profile_id: str
+    dedupe_value: str | None
+    kind: OutcomeKind
+    actions: tuple[Action, ...] = ()
+    lead_id: int | None = None
+    reason: str = ""
+    marketo_code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MappedProfile:
+    """A profile mapped to Marketo fields.
+
+    `fields` holds every mapped target by its Marketo REST name, already coerced to the field's
+    data type, including the deduplication field under its own name when `dedupe_value` is set.
+    """
+
+    dedupe_value: str | None
+    fields: Mapping[str, Any]
+
+
+class MappingRejectedError(Exception):
+    """A profile's value was refused by a transform or by the target field's data type."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProfileMapper(Protocol):
+    """Maps one profile through a destination's field mapping."""
+
+    def map_profile(self, profile: Mapping[str, Any]) -> MappedProfile:
+        """Return the mapped profile, or raise MappingRejectedError naming the field and why."""
+        ...
+
+
+class MissingDedupeValueError(MappingRejectedError):
+    """The profile has no value for the `DedupeField` mapping: excluded as "no dedupe value".
+
+    Mappers may raise this, or return a `MappedProfile` whose `dedupe_value` is None.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class MarketoConnection:
+    """How to reach one Marketo instance (a LaunchPoint custom service)."""
+
+    munchkin_id: str
+    client_id: str
+    client_secret: str = field(default="", repr=False)
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSubscription:
+    """Which dataflow alerts a destination raises, and where they are delivered."""
+
+    types: tuple[str, ...] = ()
+    """Alert types (see `service.alerts.AlertType`); empty means every type."""
+    webhook_url: str = ""
+    webhook_secret: str = field(default="", repr=False)
+    failure_rate_threshold: float = 0.05
+    delivery_delay_threshold: timedelta = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationSpec:
+    """What a caller configures on a destination (PRODUCT.md "Destination details")."""
+
+    name: str
+    connection: MarketoConnection
+    sync_type: SyncType | None
+    dedupe_field: str
+    person_action: PersonAction | None = None
+    description: str = ""
+    workspace: str = ""
+    partition: str = ""
+    alerts: AlertSubscription = field(default_factory=AlertSubscription)
+    marketing_actions: tuple[str, ...] = ()
+    consent_path: str = ""
+
+    @property
+    def workspace_name(self) -> str:
+        return self.workspace or "Default"
+
+    def rules(self) -> SyncRules:
+        """The sync rules of a validated spec."""
+        assert self.sync_type is not None
+        return SyncRules(
+            sync_type=self.sync_type,
+            person_action=self.person_action,
+            dedupe_field=self.dedupe_field,
+            partition=self.partition or None,
+            consent_path=self.consent_path or DEFAULT_CONSENT_PATH,
+        )
+
+
+class AudienceType(enum.StrEnum):
+    PEOPLE = "people"
+    ACCOUNT = "account"
+    PROSPECT = "prospect"
+    DATASET = "dataset"
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """An audience to activate on a destination."""
+
+    id: str
+    name: str = ""
+    origin: str = ""
+    type: AudienceType = AudienceType.PEOPLE
+    marketo_list_id: int = 0
+    link_existing_list: bool = False

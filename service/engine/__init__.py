@@ -1,0 +1,58 @@
+"""The sync engine: plan a batch of profile updates, then resolve and write them to Marketo.
+
+Typical use by the dispatcher::
+
+    engine = SyncEngine(client, rules, mapper, audience_lists={"aud-1": 1001}, locks=shared_locks)
+    result = await engine.sync(updates, watermarks=stored_watermarks)
+    # persist result.outcomes and result.watermarks, retry result.deferred later
+"""
+
+from service.engine.executor import (
+    BATCH_SIZE,
+    REASON_MISSING_REQUIRED,
+    REASON_NO_MATCHING_LEAD,
+    AudienceChanges,
+    BatchResult,
+    Deferred,
+    DryRunResult,
+    PlannedUpdate,
+    SyncEngine,
+)
+from service.engine.locks import KeyedLocks
+from service.engine.planner import (
+    REASON_CONSENT_REFUSED,
+    REASON_MAPPING_REJECTED,
+    REASON_NO_AUDIENCE,
+    REASON_NO_DEDUPE_VALUE,
+    REASON_STALE,
+    REASON_SUPERSEDED_IN_BATCH,
+    Plan,
+    PlannedPerson,
+    dedupe_key,
+    plan_batch,
+)
+from service.engine.ports import MarketoPort
+
+__all__ = [
+    "BATCH_SIZE",
+    "REASON_CONSENT_REFUSED",
+    "REASON_MAPPING_REJECTED",
+    "REASON_MISSING_REQUIRED",
+    "REASON_NO_AUDIENCE",
+    "REASON_NO_DEDUPE_VALUE",
+    "REASON_NO_MATCHING_LEAD",
+    "REASON_STALE",
+    "REASON_SUPERSEDED_IN_BATCH",
+    "AudienceChanges",
+    "BatchResult",
+    "Deferred",
+    "DryRunResult",
+    "KeyedLocks",
+    "MarketoPort",
+    "Plan",
+    "PlannedPerson",
+    "PlannedUpdate",
+    "SyncEngine",
+    "dedupe_key",
+    "plan_batch",
+]

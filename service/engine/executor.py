@@ -1,0 +1,600 @@
+"""Executing a plan against Marketo: resolve, then write.
+
+1. Look the dedupe values up (300 per call, every partition); of several matching leads the most
+   recently updated one wins (`updatedAt`, ties by the highest id).
+2. Update matched leads by id (`updateOnly`, `lookupField=id`, no partition): one write for every
+   matched person, including the ones that also get list changes.
+3. Create unmatched leads (`createOnly` + `partitionName`) when the rules allow it. A `1005`
+   (created meanwhile by someone else) or a create whose answer was lost is resolved again with a
+   fresh look-up, then updated, never blindly retried.
+4. Add and remove list members by lead id, per audience (300 per call).
+
+A request rejected as a whole is split in halves until the record that caused it is isolated;
+record-level reasons become FAILED outcomes with their code. Transient, quota and authentication
+errors stop the batch: unfinished updates come back as deferred, with the error, for a later retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from service.domain import (
+    REQUIRED_FOR_CREATE,
+    Action,
+    ActionType,
+    Outcome,
+    OutcomeKind,
+    ProfileMapper,
+    ProfileUpdate,
+    SyncRules,
+    SyncType,
+)
+from service.engine.locks import KeyedLocks
+from service.engine.planner import Plan, PlannedPerson, dedupe_key, plan_batch
+from service.engine.ports import MarketoPort
+from service.marketo.errors import MarketoError, OutcomeUnknownError, RejectedError
+from service.marketo.types import Lead, MembershipResult, Reason, RecordResult, SyncAction
+
+BATCH_SIZE = 300
+"""Records per Marketo call (look-ups, Sync Leads, list membership)."""
+
+REASON_NO_MATCHING_LEAD = "no matching lead"
+REASON_MISSING_REQUIRED = "missing required attributes"
+REASON_UNRESOLVED = "lead could not be resolved after repeated look-ups"
+
+NOT_RECORD_CODES = frozenset({"603", "610", "1013"})
+"""Whole-request rejections that no record causes: splitting the request would not help."""
+
+LOOKUP_FIELDS = ("updatedAt", "leadPartitionId")
+"""Fields asked for besides the dedupe field: what choosing among duplicates needs."""
+
+CODE_LEAD_NOT_FOUND = "1004"
+CODE_LEAD_EXISTS = "1005"
+CODE_NOT_IN_LIST = "1015"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """An update left unfinished by a transient, quota or authentication error: retry it later."""
+
+    update_id: str
+    profile_id: str
+    dedupe_value: str | None
+    error: MarketoError
+
+    @property
+    def paused_until(self) -> float | None:
+        """Epoch seconds before which retrying is pointless (daily quota), if known."""
+        value = getattr(self.error, "paused_until", None)
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What a batch did.
+
+    `outcomes` are final (write them and retire their updates); `deferred` updates must be retried
+    later; `watermarks` (profile id -> event time) are the new applied event times of the
+    profiles whose outcomes are final.
+    """
+
+    outcomes: tuple[Outcome, ...]
+    deferred: tuple[Deferred, ...] = ()
+    watermarks: Mapping[str, datetime] = field(default_factory=dict)
+
+    @property
+    def error(self) -> MarketoError | None:
+        """The error that stopped the batch, if any."""
+        return self.deferred[0].error if self.deferred else None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedUpdate:
+    """A lead a dry run would update."""
+
+    dedupe_value: str
+    lead_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceChanges:
+    """List changes a dry run would make for one audience (dedupe values)."""
+
+    audience_id: str
+    list_id: int
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DryRunResult:
+    """What a batch would do: leads created and updated, list changes per audience, and the
+    outcomes decided without writing (excluded, superseded)."""
+
+    create: tuple[str, ...]
+    update: tuple[PlannedUpdate, ...]
+    audiences: tuple[AudienceChanges, ...]
+    outcomes: tuple[Outcome, ...]
+    deferred: tuple[Deferred, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Unknown:
+    """A create whose answer was lost."""
+
+    error: MarketoError
+
+
+class _Stop(Exception):
+    """Internal: a deferring error interrupted the batch."""
+
+    def __init__(self, error: MarketoError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(slots=True)
+class _Person:
+    plan: PlannedPerson
+    lead_id: int | None = None
+    created: bool = False
+    actions: list[Action] = field(default_factory=list)
+    kind: OutcomeKind | None = None
+    reason: str = ""
+    code: str = ""
+    last_code: str = ""
+    conflicted: bool = False
+    unknown: MarketoError | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.kind is not None
+
+    def fail(self, code: str, message: str) -> None:
+        self.kind = OutcomeKind.FAILED
+        self.code = code
+        self.reason = message
+
+    def exclude(self, reason: str) -> None:
+        self.kind = OutcomeKind.EXCLUDED
+        self.reason = reason
+
+    def outcomes(self) -> list[Outcome]:
+        assert self.kind is not None
+        return [
+            Outcome(
+                update_id=u.update_id,
+                profile_id=u.profile_id,
+                dedupe_value=self.plan.dedupe_value,
+                kind=self.kind,
+                actions=tuple(self.actions),
+                lead_id=self.lead_id,
+                reason=self.reason,
+                marketo_code=self.code,
+            )
+            for u in self.plan.updates
+        ]
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _most_recent(leads: Sequence[Lead]) -> Lead:
+    """The lead the seed updates when several match: latest `updatedAt`, then highest id."""
+
+    def order(lead: Lead) -> tuple[bool, datetime, int]:
+        updated = lead.updated_at
+        if updated is not None and updated.tzinfo is None:
+            updated = updated.replace(tzinfo=UTC)
+        return (updated is not None, updated or _EPOCH, lead.id)
+
+    return max(leads, key=order)
+
+
+def _missing_for_create(fields: Mapping[str, Any]) -> list[str]:
+    missing = []
+    for name in REQUIRED_FOR_CREATE:
+        value = fields.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            missing.append(name)
+    return missing
+
+
+def _first_reason(reasons: Sequence[Reason]) -> Reason:
+    return reasons[0] if reasons else Reason(code="", message="skipped without a reason")
+
+
+class SyncEngine:
+    """Plans and executes batches for one destination.
+
+    `audience_lists` maps each activated audience to its static list id. `locks` must be shared
+    by every engine that writes to the same Marketo instance (or destination), so that one dedupe
+    value never has two writes in flight. Batches may be of any size: calls are chunked here.
+    """
+
+    def __init__(
+        self,
+        client: MarketoPort,
+        rules: SyncRules,
+        mapper: ProfileMapper,
+        *,
+        audience_lists: Mapping[str, int] | None = None,
+        locks: KeyedLocks | None = None,
+        batch_size: int = BATCH_SIZE,
+        max_rounds: int = 3,
+    ) -> None:
+        self._client = client
+        self._rules = rules
+        self._mapper = mapper
+        self._lists = dict(audience_lists or {})
+        self._locks = locks if locks is not None else KeyedLocks()
+        self._batch_size = batch_size
+        self._max_rounds = max_rounds
+
+    @property
+    def rules(self) -> SyncRules:
+        return self._rules
+
+    def plan(
+        self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
+    ) -> Plan:
+        """Plan a batch without any Marketo call."""
+        return plan_batch(
+            updates,
+            self._rules,
+            self._mapper,
+            watermarks=watermarks,
+            audience_lists=self._lists if self._rules.manages_lists else {},
+        )
+
+    async def sync(
+        self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
+    ) -> BatchResult:
+        """Plan and execute a batch; every update ends in `outcomes` or in `deferred`."""
+        plan = self.plan(updates, watermarks=watermarks)
+        persons = [_Person(p) for p in plan.persons]
+        error: MarketoError | None = None
+        async with self._locks.hold(self._lock_key(p.plan.key) for p in persons):
+            try:
+                await self._execute(persons)
+            except _Stop as stop:
+                error = stop.error
+        outcomes = list(plan.outcomes)
+        marks = dict(plan.watermarks)
+        deferred: list[Deferred] = []
+        for person in persons:
+            if person.final:
+                outcomes.extend(person.outcomes())
+                marks.update(person.plan.watermarks)
+                continue
+            cause = error or person.unknown
+            assert cause is not None
+            deferred.extend(
+                Deferred(u.update_id, u.profile_id, person.plan.dedupe_value, cause)
+                for u in person.plan.updates
+            )
+        return BatchResult(outcomes=tuple(outcomes), deferred=tuple(deferred), watermarks=marks)
+
+    async def dry_run(
+        self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
+    ) -> DryRunResult:
+        """Plan and look up like `sync`, write nothing; say what would be written."""
+        plan = self.plan(updates, watermarks=watermarks)
+        persons = [_Person(p) for p in plan.persons]
+        outcomes = list(plan.outcomes)
+        create: list[str] = []
+        update: list[PlannedUpdate] = []
+        joins: dict[str, list[str]] = {}
+        exits: dict[str, list[str]] = {}
+        try:
+            found = await self._lookup(persons)
+        except _Stop as stop:
+            deferred = tuple(
+                Deferred(u.update_id, u.profile_id, p.plan.dedupe_value, stop.error)
+                for p in persons
+                for u in p.plan.updates
+            )
+            return DryRunResult((), (), (), tuple(outcomes), deferred)
+        for person in persons:
+            if person.final:
+                outcomes.extend(person.outcomes())
+                continue
+            lead = found.get(person.plan.key)
+            if lead is not None:
+                if self._rules.writes_attributes:
+                    update.append(PlannedUpdate(person.plan.dedupe_value, lead.id))
+                for audience in person.plan.joins:
+                    joins.setdefault(audience, []).append(person.plan.dedupe_value)
+                for audience in person.plan.exits:
+                    exits.setdefault(audience, []).append(person.plan.dedupe_value)
+                continue
+            self._decide_unmatched(person)
+            if person.final:
+                outcomes.extend(person.outcomes())
+                continue
+            create.append(person.plan.dedupe_value)
+            for audience in person.plan.joins:
+                joins.setdefault(audience, []).append(person.plan.dedupe_value)
+        audiences = tuple(
+            AudienceChanges(
+                audience_id=a,
+                list_id=self._lists[a],
+                add=tuple(joins.get(a, ())),
+                remove=tuple(exits.get(a, ())),
+            )
+            for a in sorted(set(joins) | set(exits))
+        )
+        return DryRunResult(tuple(create), tuple(update), audiences, tuple(outcomes))
+
+    # -- execution -------------------------------------------------------------------------
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self._rules.dedupe_field}\x00{key}"
+
+    async def _execute(self, persons: list[_Person]) -> None:
+        pending = list(persons)
+        ready: list[_Person] = []
+        for _ in range(self._max_rounds):
+            if not pending:
+                break
+            found = await self._lookup(pending)
+            to_update: list[_Person] = []
+            to_create: list[_Person] = []
+            for person in pending:
+                if person.final:
+                    continue
+                lead = found.get(person.plan.key)
+                if lead is not None:
+                    person.lead_id = lead.id
+                    (to_update if self._rules.writes_attributes else ready).append(person)
+                    continue
+                if person.conflicted:
+                    # Marketo says the lead exists, yet the dedupe value finds none: another
+                    # lead holds the record's key (its e-mail); creating again cannot succeed
+                    person.fail(CODE_LEAD_EXISTS, "Lead already exists")
+                    continue
+                self._decide_unmatched(person)
+                if not person.final:
+                    to_create.append(person)
+            pending = []
+            pending += await self._update(to_update, ready)
+            pending += await self._create(to_create, ready)
+        for person in pending:
+            if person.unknown is None:
+                person.fail(person.last_code, REASON_UNRESOLVED)
+        for person in ready:
+            if not (self._rules.manages_lists and person.plan.memberships):
+                person.kind = OutcomeKind.ACTIVATED
+        if self._rules.manages_lists:
+            await self._write_lists(ready)
+        for person in ready:
+            if not person.final:
+                person.kind = OutcomeKind.ACTIVATED
+
+    def _decide_unmatched(self, person: _Person) -> None:
+        """Exclude an unmatched person unless a lead may and should be created."""
+        rules = self._rules
+        plan = person.plan
+        if not rules.creates_leads:
+            person.exclude(REASON_NO_MATCHING_LEAD)
+        elif rules.sync_type is SyncType.AUDIENCE_AND_PROFILE and plan.exits and not plan.joins:
+            # a person only leaving audiences is not worth a new lead
+            person.exclude(REASON_NO_MATCHING_LEAD)
+        else:
+            missing = _missing_for_create(plan.fields)
+            if missing:
+                person.exclude(f"{REASON_MISSING_REQUIRED}: {', '.join(missing)}")
+
+    async def _lookup(self, persons: Sequence[_Person]) -> dict[str, Lead]:
+        """Resolve each person's dedupe value to its lead (most recently updated of the matches)."""
+        values: dict[str, str] = {}
+        for person in persons:
+            if not person.final:
+                values.setdefault(person.plan.key, person.plan.dedupe_value)
+        matches: dict[str, list[Lead]] = {}
+        failures: dict[str, RejectedError] = {}
+        for chunk in _chunks(list(values.items()), self._batch_size):
+            await self._lookup_chunk(chunk, matches, failures)
+        for person in persons:
+            error = failures.get(person.plan.key)
+            if error is not None and not person.final:
+                person.fail(error.code or "", error.reason)
+        return {key: _most_recent(leads) for key, leads in matches.items() if leads}
+
+    async def _lookup_chunk(
+        self,
+        chunk: Sequence[tuple[str, str]],
+        matches: dict[str, list[Lead]],
+        failures: dict[str, RejectedError],
+    ) -> None:
+        field_name = self._rules.dedupe_field
+        try:
+            leads = await self._call(
+                self._client.find_leads(
+                    field_name, [value for _, value in chunk], [field_name, *LOOKUP_FIELDS]
+                )
+            )
+        except RejectedError as error:
+            if len(chunk) == 1 or error.code in NOT_RECORD_CODES:
+                failures.update((key, error) for key, _ in chunk)
+                return
+            middle = len(chunk) // 2
+            await self._lookup_chunk(chunk[:middle], matches, failures)
+            await self._lookup_chunk(chunk[middle:], matches, failures)
+            return
+        wanted = {key for key, _ in chunk}
+        for lead in leads:
+            value = lead.fields.get(field_name)
+            if value is None:
+                continue
+            key = dedupe_key(str(value))
+            if key in wanted:
+                matches.setdefault(key, []).append(lead)
+
+    async def _update(self, persons: list[_Person], ready: list[_Person]) -> list[_Person]:
+        """Update matched leads by id; returns the persons whose lead vanished (resolve again)."""
+        if not persons:
+            return []
+        records = [self._update_record(p) for p in persons]
+
+        async def call(part: Sequence[Mapping[str, Any]]) -> list[RecordResult]:
+            return await self._client.sync_leads(
+                part, action=SyncAction.UPDATE_ONLY, lookup_field="id"
+            )
+
+        results = await self._split(records, call)
+        again: list[_Person] = []
+        for person, result in zip(persons, results, strict=True):
+            if isinstance(result, RejectedError):
+                person.fail(result.code or "", result.reason)
+            elif result.status == "updated":
+                person.actions.append(Action(ActionType.UPDATED))
+                ready.append(person)
+            else:
+                reason = _first_reason(result.reasons)
+                if reason.code == CODE_LEAD_NOT_FOUND:
+                    person.lead_id = None
+                    person.last_code = reason.code
+                    again.append(person)
+                else:
+                    person.fail(reason.code, reason.message)
+        return again
+
+    def _update_record(self, person: _Person) -> dict[str, Any]:
+        record = {k: v for k, v in person.plan.fields.items() if k != "id"}
+        record["id"] = person.lead_id
+        return record
+
+    async def _create(self, persons: list[_Person], ready: list[_Person]) -> list[_Person]:
+        """Create unmatched leads; returns the persons to resolve again (1005, answer lost)."""
+        if not persons:
+            return []
+        records = [{k: v for k, v in p.plan.fields.items() if k != "id"} for p in persons]
+        partition = self._rules.create_partition
+
+        async def call(part: Sequence[Mapping[str, Any]]) -> list[RecordResult | _Unknown]:
+            try:
+                # Marketo ignores lookupField on createOnly; emulators use it to answer 1005
+                answer: list[RecordResult | _Unknown] = []
+                answer += await self._client.sync_leads(
+                    part,
+                    action=SyncAction.CREATE_ONLY,
+                    lookup_field=self._rules.dedupe_field,
+                    partition_name=partition,
+                )
+                return answer
+            except OutcomeUnknownError as error:
+                known: list[RecordResult | _Unknown] = list(
+                    error.completed[: error.first_unknown_index]
+                )
+                return known + [_Unknown(error)] * (len(part) - len(known))
+
+        results = await self._split(records, call)
+        again: list[_Person] = []
+        for person, result in zip(persons, results, strict=True):
+            if isinstance(result, RejectedError):
+                person.fail(result.code or "", result.reason)
+            elif isinstance(result, _Unknown):
+                person.unknown = result.error
+                again.append(person)
+            elif result.status == "created" and result.id is not None:
+                person.lead_id = result.id
+                person.created = True
+                person.unknown = None
+                person.actions.append(Action(ActionType.CREATED))
+                ready.append(person)
+            else:
+                reason = _first_reason(result.reasons)
+                if reason.code == CODE_LEAD_EXISTS:
+                    person.last_code = reason.code
+                    person.conflicted = True
+                    again.append(person)
+                else:
+                    person.fail(reason.code, reason.message)
+        return again
+
+    async def _write_lists(self, persons: list[_Person]) -> None:
+        for audience in sorted({a for p in persons for a in p.plan.memberships}):
+            list_id = self._lists[audience]
+            adds = [p for p in persons if not p.final and audience in p.plan.joins]
+            # a lead created in this batch is in no list yet: nothing to remove
+            removes = [
+                p for p in persons if not p.final and audience in p.plan.exits and not p.created
+            ]
+            await self._membership(audience, list_id, adds, add=True)
+            await self._membership(audience, list_id, removes, add=False)
+
+    async def _membership(
+        self, audience: str, list_id: int, persons: list[_Person], *, add: bool
+    ) -> None:
+        by_id: dict[int, list[_Person]] = {}
+        for person in persons:
+            assert person.lead_id is not None
+            by_id.setdefault(person.lead_id, []).append(person)
+        if not by_id:
+            return
+        operation = self._client.add_to_list if add else self._client.remove_from_list
+
+        async def call(part: Sequence[int]) -> list[MembershipResult]:
+            return await operation(list_id, part)
+
+        ids = list(by_id)
+        results = await self._split(ids, call)
+        done = ActionType.ADDED if add else ActionType.REMOVED
+        for lead_id, result in zip(ids, results, strict=True):
+            for person in by_id[lead_id]:
+                if isinstance(result, RejectedError):
+                    person.fail(result.code or "", result.reason)
+                    continue
+                reason = _first_reason(result.reasons)
+                if result.status in ("added", "removed") or (
+                    not add and reason.code == CODE_NOT_IN_LIST
+                ):
+                    person.actions.append(Action(done, audience))
+                else:
+                    person.fail(reason.code, reason.message)
+
+    async def _split(
+        self,
+        items: Sequence[T],
+        call: Callable[[Sequence[T]], Awaitable[list[R]]],
+    ) -> list[R | RejectedError]:
+        """Call in chunks; split a chunk rejected as a whole until the culprit is alone."""
+
+        async def bisect(part: Sequence[T]) -> list[R | RejectedError]:
+            try:
+                answer = await self._call(call(part))
+            except RejectedError as error:
+                if len(part) == 1 or error.code in NOT_RECORD_CODES:
+                    return [error] * len(part)
+                middle = len(part) // 2
+                return await bisect(part[:middle]) + await bisect(part[middle:])
+            if len(answer) != len(part):
+                raise RuntimeError(
+                    f"Marketo answered {len(answer)} results for {len(part)} records"
+                )
+            return list(answer)
+
+        results: list[R | RejectedError] = []
+        for chunk in _chunks(items, self._batch_size):
+            results.extend(await bisect(chunk))
+        return results
+
+    @staticmethod
+    async def _call(awaitable: Awaitable[T]) -> T:
+        """Await a Marketo call; errors other than a rejection stop the batch (deferred)."""
+        try:
+            return await awaitable
+        except RejectedError:
+            raise
+        except MarketoError as error:
+            raise _Stop(error) from error

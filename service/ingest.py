@@ -1,0 +1,136 @@
+"""Sync ingestion: validate each update, append the good ones to the durable outbox.
+
+A request is acknowledged only after its accepted updates are committed (the store
+group-commits concurrent streams). Bad updates are rejected one by one; the rest go on.
+Back-pressure: while a destination's backlog is above the bound, the next request waits
+(HTTP/2 flow control slows the caller); past `max_wait` it is refused with RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from service.access import current_principal
+from service.domain import ProfileUpdate
+from service.errors import FailedPrecondition, FieldViolation, ResourceExhausted
+from service.store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedUpdate:
+    """An update that passed conversion, with its index in the request."""
+
+    index: int
+    update: ProfileUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    index: int
+    violations: tuple[FieldViolation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAck:
+    accepted: int
+    duplicates: int
+    last_sequence: int
+    rejected: tuple[Rejected, ...] = field(default=())
+
+
+@dataclass(slots=True)
+class _Destination:
+    instance_key: str
+    audiences: frozenset[str]
+    fetched_at: float
+
+
+class Ingest:
+    """The Sync use case."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        notify: Callable[[str], None] = lambda instance_key: None,
+        max_backlog: int = 1_000_000,
+        max_wait: timedelta = timedelta(seconds=30),
+        trace_context: Callable[[], str | None] = lambda: None,
+        cache_seconds: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._notify = notify
+        self._max_backlog = max_backlog
+        self._max_wait = max_wait
+        self._trace_context = trace_context
+        self._cache_seconds = cache_seconds
+        self._destinations: dict[tuple[str, str], _Destination] = {}
+
+    async def accept(self, destination_id: str, updates: Sequence[IndexedUpdate]) -> SyncAck:
+        destination = await self._destination(destination_id)
+        await self._wait_for_room(destination_id)
+        good: list[ProfileUpdate] = []
+        rejected: list[Rejected] = []
+        for item in updates:
+            unknown = [
+                FieldViolation(
+                    f"updates[{item.index}].audiences[{position}].audience_id",
+                    f"audience {membership.audience_id!r} is not active on this destination",
+                )
+                for position, membership in enumerate(item.update.memberships)
+                if membership.audience_id not in destination.audiences
+            ]
+            if unknown:
+                rejected.append(Rejected(item.index, tuple(unknown)))
+            else:
+                good.append(item.update)
+        if not good:
+            return SyncAck(0, 0, 0, tuple(rejected))
+        result = await self._store.append(
+            destination_id, destination.instance_key, good, self._trace_context()
+        )
+        if result.accepted:
+            self._notify(destination.instance_key)
+        return SyncAck(
+            accepted=result.accepted + result.duplicates,
+            duplicates=result.duplicates,
+            last_sequence=result.last_sequence,
+            rejected=tuple(rejected),
+        )
+
+    async def _destination(self, destination_id: str) -> _Destination:
+        tenant = current_principal().tenant
+        key = (tenant, destination_id)
+        cached = self._destinations.get(key)
+        if cached is not None and time.monotonic() - cached.fetched_at < self._cache_seconds:
+            return cached
+        record = await self._store.get_destination(destination_id, tenant=tenant)
+        if not record.mappings:
+            raise FailedPrecondition(
+                f"destination {destination_id!r} has no field mapping; call Activate first"
+            )
+        activations = await self._store.activations(destination_id)
+        fresh = _Destination(
+            instance_key=record.instance_key,
+            audiences=frozenset(a.audience_id for a in activations if a.active),
+            fetched_at=time.monotonic(),
+        )
+        self._destinations[key] = fresh
+        return fresh
+
+    async def _wait_for_room(self, destination_id: str) -> None:
+        deadline = time.monotonic() + self._max_wait.total_seconds()
+        delay = 0.05
+        while (await self._store.pending_stats(destination_id)).count >= self._max_backlog:
+            if time.monotonic() >= deadline:
+                raise ResourceExhausted(
+                    f"destination {destination_id!r} has {self._max_backlog} or more updates "
+                    "waiting for Marketo; retry later",
+                    retry_after=timedelta(seconds=5),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

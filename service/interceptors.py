@@ -1,0 +1,138 @@
+"""The server interceptor that reports errors.
+
+:class:`ErrorInterceptor` wraps every RPC handler, unary or streaming. A
+:class:`~service.errors.DestinationError` becomes ``context.abort`` with the error's status code,
+its message and its ``google.rpc`` details (packed into ``grpc-status-details-bin`` by
+grpcio-status). Any other exception becomes ``INTERNAL`` with a generic message; its traceback is
+logged, never sent.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from service.errors import DestinationError
+
+__all__ = ["INTERNAL_MESSAGE", "ErrorInterceptor"]
+
+_log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal error; the service log has the details"
+"""The only thing a caller learns about an unexpected exception."""
+
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]]
+
+if TYPE_CHECKING:  # generic in the type stubs only
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+def status_of(error: DestinationError) -> grpc.Status:
+    """The gRPC status (code, message, ``google.rpc`` details) that reports ``error``."""
+    details = []
+    for detail in error.details():
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        details.append(packed)
+    proto = status_pb2.Status(code=error.status.value[0], message=error.message, details=details)
+    status: grpc.Status = rpc_status.to_status(proto)
+    return status
+
+
+async def _report(
+    error: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> NoReturn:
+    if isinstance(error, DestinationError):
+        _log.info("%s failed: %s %s", method, error.status.name, error.message)
+        status = status_of(error)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    _log.error("%s failed with an unexpected error", method, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def _wrap_unary_response(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _report(error, method, context)
+
+    return wrapper
+
+
+def _wrap_stream_response(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    # grpc.aio picks the calling convention from the function type: an async generator yields
+    # responses, a coroutine function writes them with context.write. Keep the original's type.
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generator(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _report(error, method, context)
+
+        return generator
+    return _wrap_unary_response(behavior, method)
+
+
+def _is_async(handler: _Handler) -> bool:
+    behavior = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+
+
+class ErrorInterceptor(_ServerInterceptor):
+    """Turns exceptions raised by handlers into gRPC statuses (see the module docstring)."""
+
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not _is_async(handler):
+            return handler
+        method = handler_call_details.method
+        deserialize = handler.request_deserializer
+        serialize = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(handler.unary_unary, method),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(handler.stream_unary, method),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(handler.unary_stream, method),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream_response(handler.stream_stream, method),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+        return handler

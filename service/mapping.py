@@ -1,0 +1,338 @@
+"""Maps profiles to Marketo lead fields through a destination's mapping rows.
+
+Everything is compiled when the `Mapper` is built (paths, transforms with their options, data-type
+coercers), so `map_profile` only reads, calls and checks.
+
+Source paths are dotted paths into the profile (`person.name.firstName`); a numeric segment indexes
+an array (`emails.0.address`). `identityMap.<namespace>` reads the `id` of the identity marked
+`"primary": true` in that namespace's array, else of the first one. A missing path is "no value":
+the field is left out of the mapped profile (Marketo keeps what it has). A transform still sees the
+missing value as `None`, so `default` can supply one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from plugins.datatypes import SUPPORTED_DATA_TYPES, Coercer, CoercionError, coercer_for
+from service.domain import (
+    DEDUPE_TARGET,
+    FieldMapping,
+    MappedProfile,
+    MappingRejectedError,
+    MissingDedupeValueError,
+)
+from service.hookspecs import TransformError, TransformFunc
+from service.registry import PluginRegistry
+
+__all__ = [
+    "FieldType",
+    "Mapper",
+    "MappingConfigError",
+    "validate_mapping_types",
+]
+
+Reader = Callable[[Mapping[str, Any]], object]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldType:
+    """A Marketo lead field as `describe` reports it."""
+
+    name: str
+    """REST name, e.g. `firstName`."""
+    data_type: str
+    """Marketo data type: string, text, email, phone, url, integer, float, currency, percent,
+    boolean, date, datetime (others, e.g. reference, cannot be mapped)."""
+    length: int | None = None
+    """Maximum length of text types; `None` means Marketo's default for the type."""
+
+    @classmethod
+    def from_describe(cls, entry: Mapping[str, Any]) -> FieldType:
+        """From a `describe.json` (`rest.name`) or `describe2.json` (`name`) field entry."""
+        rest = entry.get("rest")
+        name = rest["name"] if isinstance(rest, Mapping) else entry["name"]
+        length = entry.get("length")
+        return cls(str(name), str(entry["dataType"]), int(length) if length else None)
+
+
+class MappingConfigError(ValueError):
+    """Mapping rows that cannot be compiled; `problems` lists each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def validate_mapping_types(
+    mappings: Iterable[FieldMapping],
+    field_types: Iterable[FieldType],
+    registry: PluginRegistry,
+    *,
+    dedupe_field: str,
+) -> list[str]:
+    """Return every problem that would stop a `Mapper` from being built (empty when none)."""
+    try:
+        Mapper(mappings, field_types, registry, dedupe_field=dedupe_field)
+    except MappingConfigError as exc:
+        return exc.problems
+    return []
+
+
+Step = Callable[[Mapping[str, Any]], object]
+"""One compiled mapping row: reads, transforms and coerces one value (`None`: no value)."""
+
+
+class Mapper:
+    """Implements `ProfileMapper` for one destination's mapping."""
+
+    __slots__ = ("_dedupe_step", "_steps", "dedupe_field")
+
+    def __init__(
+        self,
+        mappings: Iterable[FieldMapping],
+        field_types: Iterable[FieldType],
+        registry: PluginRegistry,
+        *,
+        dedupe_field: str,
+    ) -> None:
+        """Compile `mappings`; raise `MappingConfigError` listing every problem.
+
+        `field_types` are the instance's lead fields (at least every target and the dedupe
+        field); `dedupe_field` is the Marketo field the `DedupeField` target is written to.
+        """
+        types = {ft.name: ft for ft in field_types}
+        problems: list[str] = []
+        steps: list[tuple[str, Step]] = []
+        seen: set[str] = set()
+        dedupe_step: tuple[str, Step] | None = None
+        for row in mappings:
+            output = dedupe_field if row.target == DEDUPE_TARGET else row.target
+            label = row.target if output == row.target else f"{row.target} ({output})"
+            if output in seen:
+                problems.append(f"target {label!r} is mapped more than once")
+                continue
+            seen.add(output)
+            step = _compile(row, output, label, types.get(output), registry, problems)
+            if step is None:
+                continue
+            if row.target == DEDUPE_TARGET:
+                dedupe_step = (output, step)
+            else:
+                steps.append((output, step))
+        if problems:
+            raise MappingConfigError(problems)
+        self.dedupe_field = dedupe_field
+        self._steps = tuple(steps)
+        self._dedupe_step = dedupe_step
+
+    def map_profile(self, profile: Mapping[str, Any]) -> MappedProfile:
+        """Return the mapped profile, or raise `MappingRejectedError` naming the field and why."""
+        fields: dict[str, object] = {}
+        dedupe_value: str | None = None
+        if self._dedupe_step is not None:
+            output, step = self._dedupe_step
+            value = step(profile)
+            if value is None:
+                raise MissingDedupeValueError(
+                    f"field {DEDUPE_TARGET!r}: the profile has no value for the deduplication field"
+                )
+            fields[output] = value
+            dedupe_value = str(value)
+        for output, step in self._steps:
+            value = step(profile)
+            if value is not None:
+                fields[output] = value
+        return MappedProfile(dedupe_value=dedupe_value, fields=fields)
+
+
+def _step(
+    target: str,
+    read: Reader,
+    func: TransformFunc | None,
+    transform: str,
+    plugin: str,
+    returns: tuple[type, ...],
+    data_type: str,
+    coerce: Coercer,
+) -> Step:
+    # Specialised closures: this is the per-value hot path, so no attribute look-ups in it.
+    field = f"field {target!r} ({data_type})"
+    if func is None:
+
+        def plain(profile: Mapping[str, Any]) -> object:
+            value = read(profile)
+            if value is None:
+                return None
+            try:
+                return coerce(value)
+            except CoercionError as exc:
+                raise MappingRejectedError(f"{field}: {exc}") from None
+            except Exception as exc:  # e.g. int() of a 5,000-digit string
+                raise MappingRejectedError(f"{field}: {type(exc).__name__}: {exc}") from None
+
+        return plain
+
+    where = f"field {target!r}: transform {transform!r} of plugin {plugin!r}"
+    expected = " or ".join(t.__name__ for t in returns)
+    exact = frozenset(returns)
+
+    def transformed(profile: Mapping[str, Any]) -> object:
+        try:
+            value = func(read(profile))
+        except TransformError as exc:
+            raise MappingRejectedError(f"{where} refused the value: {exc}") from None
+        except Exception as exc:
+            # A plugin bug excludes this profile only; the batch and the service go on.
+            raise MappingRejectedError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+        if value is None:
+            return None
+        if type(value) not in exact and not isinstance(value, returns):
+            raise MappingRejectedError(
+                f"{where} returned {type(value).__name__}, expected {expected}"
+            )
+        try:
+            return coerce(value)
+        except CoercionError as exc:
+            raise MappingRejectedError(f"{field}: {exc}") from None
+        except Exception as exc:
+            raise MappingRejectedError(f"{field}: {type(exc).__name__}: {exc}") from None
+
+    return transformed
+
+
+def _compile(
+    row: FieldMapping,
+    output: str,
+    label: str,
+    field_type: FieldType | None,
+    registry: PluginRegistry,
+    problems: list[str],
+) -> Step | None:
+    before = len(problems)
+    if field_type is None:
+        problems.append(f"target {label!r} is not a field of the Marketo instance")
+    elif field_type.data_type not in SUPPORTED_DATA_TYPES:
+        problems.append(
+            f"target {label!r} has data type {field_type.data_type!r}, which cannot be mapped"
+        )
+    func: TransformFunc | None = None
+    plugin = ""
+    returns: tuple[type, ...] = ()
+    multi = False
+    if row.transform:
+        if not registry.has_transform(row.transform):
+            problems.append(f"target {label!r}: unknown transform {row.transform!r}")
+        else:
+            entry = registry.transform(row.transform)
+            plugin, declared = entry.plugin, entry.transform
+            returns, multi = declared.returns, declared.multi_source
+            unknown = sorted(set(row.options) - set(declared.options))
+            if unknown:
+                problems.append(
+                    f"target {label!r}: transform {row.transform!r} has no option(s) "
+                    f"{', '.join(unknown)}"
+                )
+            else:
+                try:
+                    func = declared.prepare(row.options)
+                except Exception as exc:
+                    problems.append(
+                        f"target {label!r}: transform {row.transform!r} of plugin {plugin!r} "
+                        f"refused its options: {exc}"
+                    )
+    elif row.options:
+        problems.append(f"target {label!r}: options given without a transform")
+    paths = [p.strip() for p in row.source.split(",")] if multi else [row.source.strip()]
+    if any(not p or "" in p.split(".") for p in paths):
+        problems.append(f"target {label!r}: invalid source path {row.source!r}")
+    if len(problems) > before or field_type is None:
+        return None
+    readers = [_reader(p) for p in paths]
+    if multi:
+        read: Reader = _tuple_reader(tuple(readers))
+    else:
+        read = readers[0]
+    return _step(
+        row.target,
+        read,
+        func,
+        row.transform or "",
+        plugin,
+        returns,
+        field_type.data_type,
+        coercer_for(field_type.data_type, field_type.length),
+    )
+
+
+def _reader(path: str) -> Reader:
+    parts = path.split(".")
+    if len(parts) == 2 and parts[0] == "identityMap":
+        return _identity_reader(parts[1])
+    if any(p.isdigit() for p in parts):
+        keys: tuple[str | int, ...] = tuple(int(p) if p.isdigit() else p for p in parts)
+        return _indexed_reader(keys)
+    if len(parts) == 1:
+        key = parts[0]
+
+        def read_one(profile: Mapping[str, Any]) -> object:
+            return profile.get(key)
+
+        return read_one
+    names = tuple(parts)
+
+    def read(profile: Mapping[str, Any]) -> object:
+        # Missing keys and walking into a scalar or an array both mean "no value".
+        try:
+            current: Any = profile
+            for name in names:
+                current = current[name]
+            return current
+        except (KeyError, TypeError, IndexError):
+            return None
+
+    return read
+
+
+def _indexed_reader(keys: tuple[str | int, ...]) -> Reader:
+    def read(profile: Mapping[str, Any]) -> object:
+        current: Any = profile
+        for key in keys:
+            if isinstance(key, int):
+                if not isinstance(current, list | tuple) or key >= len(current):
+                    return None
+                current = current[key]
+            elif isinstance(current, Mapping):
+                current = current.get(key)
+            else:
+                return None
+        return current
+
+    return read
+
+
+def _identity_reader(namespace: str) -> Reader:
+    def read(profile: Mapping[str, Any]) -> object:
+        identity_map = profile.get("identityMap")
+        if not isinstance(identity_map, Mapping):
+            return None
+        identities = identity_map.get(namespace)
+        if not isinstance(identities, list | tuple) or not identities:
+            return None
+        chosen = identities[0]
+        for identity in identities:
+            if isinstance(identity, Mapping) and identity.get("primary") is True:
+                chosen = identity
+                break
+        return chosen.get("id") if isinstance(chosen, Mapping) else None
+
+    return read
+
+
+def _tuple_reader(readers: tuple[Reader, ...]) -> Reader:
+    def read(profile: Mapping[str, Any]) -> object:
+        return tuple([r(profile) for r in readers])
+
+    return read

@@ -1,0 +1,96 @@
+"""Access tokens: one per (Marketo instance, client id), reused, refreshed single-flight.
+
+Marketo's Identity service returns the same token until it expires, so every client of one
+custom service on one instance shares one cached token. A token is reused until fewer than
+`REFRESH_MARGIN` seconds remain, and dropped when Marketo answers 601/602 with it. Only this
+module and the client's request builder ever see the token's value; it never reaches a repr,
+a log line, a span or an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from service.marketo.limits import instance_key
+
+REFRESH_MARGIN = 60.0
+"""Seconds of remaining life below which a token is refreshed before use."""
+FINAL_MARGIN = 5.0
+"""Identity hands back the same token until it expires: a token that arrives with less than
+`REFRESH_MARGIN` left is used until this many seconds before its expiry."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A bearer token and when it expires (epoch seconds). The value is never shown."""
+
+    value: str = field(repr=False)
+    expires_at: float
+    scope: str = field(default="", repr=False)
+    refresh_at: float | None = None
+    """When to stop using the token (default: `REFRESH_MARGIN` before expiry)."""
+
+    def __str__(self) -> str:
+        return f"AccessToken(expires_at={self.expires_at:.0f})"
+
+    def usable(self, now: float) -> bool:
+        """Whether the token may still be sent."""
+        refresh_at = (
+            self.expires_at - REFRESH_MARGIN if self.refresh_at is None else self.refresh_at
+        )
+        return now < refresh_at
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], TokenCache]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class TokenCache:
+    """The token of one custom service on one instance; refreshes are single-flight."""
+
+    def __init__(self) -> None:
+        self._token: AccessToken | None = None
+        self._lock = asyncio.Lock()
+        self.refreshes = 0
+        """How many tokens were fetched from Identity (for tests and metrics)."""
+
+    @classmethod
+    def shared(cls, owner: object, base_url: str, client_id: str) -> TokenCache:
+        """The cache for (`base_url`'s instance, `client_id`) among clients built over `owner`."""
+        per_owner = _SHARED.setdefault(owner, {})
+        key = (instance_key(base_url), client_id)
+        if key not in per_owner:
+            per_owner[key] = cls()
+        return per_owner[key]
+
+    async def get(
+        self, now: Callable[[], float], fetch: Callable[[], Awaitable[AccessToken]]
+    ) -> AccessToken:
+        """The cached token, or a fresh one from `fetch` (one fetch for concurrent callers)."""
+        token = self._token
+        if token is not None and token.usable(now()):
+            return token
+        async with self._lock:
+            token = self._token
+            if token is not None and token.usable(now()):
+                return token
+            token = await fetch()
+            if not token.usable(now()):
+                token = replace(token, refresh_at=token.expires_at - FINAL_MARGIN)
+            self.refreshes += 1
+            self._token = token
+            return token
+
+    def invalidate(self, token: AccessToken) -> None:
+        """Drop `token` after Marketo rejected it (601/602), unless it was already replaced."""
+        if self._token is token or (self._token is not None and self._token.value == token.value):
+            self._token = None
+
+    def __repr__(self) -> str:
+        state = "empty" if self._token is None else str(self._token)
+        return f"TokenCache({state})"

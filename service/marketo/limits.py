@@ -1,0 +1,269 @@
+"""Marketo's per-instance limits, enforced once per instance in the process.
+
+Marketo allows each instance 100 calls per 20 s, 10 concurrent calls and a daily quota, shared
+with every other integration. `InstanceLimits` keeps this process inside a share of them:
+
+- a sliding window of `calls_per_window * share` calls per `window_seconds`; a call occupies its
+  slot from the moment it is sent until `window_seconds` after its answer arrived, so the
+  server's count (taken somewhere in between) can never exceed the allowance;
+- at most `concurrency` calls in flight;
+- a daily budget of `daily_quota - daily_reserve` calls counted as Marketo counts them (calls
+  answered 601, 602, 604, 605, 608 or 611 are refunded; Identity calls are not counted), reset
+  at midnight America/Chicago;
+- a pause until that midnight after a 607 or when the budget is spent (`paused_until`).
+
+One `InstanceLimits` per Marketo instance is shared by every client built over the same
+`httpx.AsyncClient` (one per process): see `InstanceLimits.shared`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from service.marketo.clock import Clock, SystemClock
+from service.marketo.errors import QuotaExhaustedError
+
+MARKETO_DAY = ZoneInfo("America/Chicago")
+"""Marketo's daily quota resets at midnight US Central (DST-aware)."""
+
+
+def next_reset(now: float) -> float:
+    """Epoch seconds of the next midnight in America/Chicago after `now`."""
+    local = datetime.fromtimestamp(now, MARKETO_DAY)
+    midnight = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=MARKETO_DAY)
+    return midnight.timestamp()
+
+
+def marketo_day(now: float) -> date:
+    """The calendar day in America/Chicago that Marketo counts `now` against."""
+    return datetime.fromtimestamp(now, MARKETO_DAY).date()
+
+
+def instance_key(base_url: str) -> str:
+    """A Marketo instance's identity: the REST host, lower-case (it holds the Munchkin id)."""
+    parts = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
+    return (parts.hostname or base_url).lower() + (f":{parts.port}" if parts.port else "")
+
+
+class _Slot:
+    """A call's place in the sliding window: in flight until `done_at` is set."""
+
+    __slots__ = ("done_at",)
+
+    def __init__(self) -> None:
+        self.done_at: float | None = None
+
+
+class Permit:
+    """One admitted call; `release` it with whether Marketo counted it."""
+
+    __slots__ = ("_limits", "_released", "_slot", "counted")
+
+    def __init__(self, limits: InstanceLimits, slot: _Slot) -> None:
+        self._limits = limits
+        self._slot = slot
+        self._released = False
+        self.counted = True
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._limits._release(self._slot, counted=self.counted)
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, dict[str, InstanceLimits]] = weakref.WeakKeyDictionary()
+
+
+class InstanceLimits:
+    """Rate, concurrency and daily limits of one Marketo instance, shared by its clients."""
+
+    def __init__(
+        self,
+        *,
+        calls_per_window: int = 100,
+        window_seconds: float = 20.0,
+        share: float = 0.8,
+        concurrency: int = 8,
+        daily_quota: int = 50_000,
+        daily_reserve: int = 0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        if calls_per_window < 1 or window_seconds <= 0 or concurrency < 1:
+            raise ValueError("limits must be positive")
+        self.calls_per_window = calls_per_window
+        self.window_seconds = window_seconds
+        self.share = share
+        self.allowance = max(1, math.floor(calls_per_window * share))
+        """Calls this process may make per window."""
+        self.concurrency = concurrency
+        self.daily_quota = daily_quota
+        self.daily_reserve = daily_reserve
+        self.clock: Clock = clock or SystemClock()
+        self.paused_until: float | None = None
+        """Epoch seconds until which calls are refused (after 607 or a spent budget)."""
+        self._slots: list[_Slot] = []
+        self._in_flight = 0
+        self._cooldown_until = 0.0
+        self._day: date | None = None
+        self._used_today = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._queue: deque[object] = deque()
+
+    @classmethod
+    def shared(
+        cls,
+        owner: object,
+        base_url: str,
+        factory: type[InstanceLimits] | None = None,
+        **settings: Any,
+    ) -> InstanceLimits:
+        """The limits of the instance at `base_url` for every client built over `owner`
+        (the process's `httpx.AsyncClient`); created with `settings` on first use."""
+        per_owner = _SHARED.setdefault(owner, {})
+        key = instance_key(base_url)
+        if key not in per_owner:
+            per_owner[key] = (factory or cls)(**settings)
+        return per_owner[key]
+
+    @property
+    def daily_budget(self) -> int:
+        """Calls this process may make per Marketo day."""
+        return max(0, self.daily_quota - self.daily_reserve)
+
+    @property
+    def used_today(self) -> int:
+        """Calls counted against today's budget (in-flight calls included)."""
+        self._roll_day(self.clock.now())
+        return self._used_today
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def pause_until_reset(self) -> float:
+        """Refuse calls until the next daily reset (after Marketo answered 607)."""
+        until = next_reset(self.clock.now())
+        self.paused_until = max(self.paused_until or 0.0, until)
+        self._wake()
+        return self.paused_until
+
+    def note_throttled(self, delay: float) -> None:
+        """Marketo answered 606/615: hold every caller of this instance back for `delay` s."""
+        self._cooldown_until = max(self._cooldown_until, self.clock.now() + delay)
+
+    @asynccontextmanager
+    async def call(self) -> AsyncIterator[Permit]:
+        """Admit one REST call: raises `QuotaExhaustedError` while paused or out of budget."""
+        permit = await self.acquire()
+        try:
+            yield permit
+        finally:
+            permit.release()
+
+    async def acquire(self) -> Permit:
+        """Wait for a concurrency slot and a window slot; charge the daily budget.
+
+        Callers are admitted first come, first served: a call retried after 606/615 queues
+        behind the calls already waiting, so a throttle storm is spread over them all.
+        """
+        self._check_quota()
+        ticket = object()
+        self._queue.append(ticket)
+        try:
+            while True:
+                self._check_quota()
+                now = self.clock.now()
+                if self._queue[0] is not ticket or self._in_flight >= self.concurrency:
+                    await self._wait(None)
+                    continue
+                if self._cooldown_until > now:
+                    await self._wait(self._cooldown_until - now)
+                    continue
+                self._purge(now)
+                if len(self._slots) < self.allowance:
+                    break
+                finished = [s.done_at for s in self._slots if s.done_at is not None]
+                delay = min(finished) + self.window_seconds - now if finished else None
+                await self._wait(delay)
+        finally:
+            self._queue.remove(ticket)
+            self._wake()
+        slot = _Slot()
+        self._slots.append(slot)
+        self._in_flight += 1
+        self._used_today += 1
+        return Permit(self, slot)
+
+    def _release(self, slot: _Slot, *, counted: bool) -> None:
+        now = self.clock.now()
+        slot.done_at = now
+        self._in_flight -= 1
+        if not counted:
+            self._roll_day(now)
+            self._used_today = max(0, self._used_today - 1)
+        self._wake()
+
+    def _check_quota(self) -> None:
+        now = self.clock.now()
+        self._roll_day(now)
+        if self.paused_until is not None:
+            if now < self.paused_until:
+                raise QuotaExhaustedError(self.paused_until)
+            self.paused_until = None
+        if self._used_today >= self.daily_budget:
+            self.paused_until = next_reset(now)
+            raise QuotaExhaustedError(
+                self.paused_until, code=None, message="Daily API budget of this process spent"
+            )
+
+    def _roll_day(self, now: float) -> None:
+        day = marketo_day(now)
+        if day != self._day:
+            self._day = day
+            self._used_today = 0
+
+    def _purge(self, now: float) -> None:
+        horizon = now - self.window_seconds
+        self._slots = [s for s in self._slots if s.done_at is None or s.done_at > horizon]
+
+    async def _wait(self, delay: float | None) -> None:
+        """Until a call is released or `delay` seconds pass (forever when `delay` is None)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            if delay is None:
+                await future
+                return
+            sleeper = asyncio.ensure_future(self.clock.sleep(max(0.0, delay)))
+            try:
+                await asyncio.wait({future, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+        finally:
+            if future in self._waiters:
+                self._waiters.remove(future)
+            future.cancel()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    def __repr__(self) -> str:
+        return (
+            f"InstanceLimits(allowance={self.allowance}/{self.window_seconds:g}s, "
+            f"concurrency={self.concurrency}, daily_budget={self.daily_budget}, "
+            f"paused_until={self.paused_until!r})"
+        )

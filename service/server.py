@@ -1,0 +1,117 @@
+"""The composition root: builds the gRPC server from settings and injected dependencies.
+
+Everything the server needs is created here or passed in as a keyword argument, so tests (and
+later the store, the Marketo client factory and the plugin registry) plug in without globals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service._proto.marketo_destination.v1 import destination_pb2, destination_pb2_grpc
+from service.interceptors import ErrorInterceptor
+from service.servicer import MarketoDestinationServicer
+from service.settings import Settings
+
+__all__ = [
+    "SERVICE_NAME",
+    "HealthServicer",
+    "StartupError",
+    "build_server",
+    "new_health_servicer",
+    "shutdown",
+]
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = destination_pb2.DESCRIPTOR.services_by_name[
+    "MarketoDestinationService"
+].full_name
+"""Fully qualified name of the v1 service: ``marketo_destination.v1.MarketoDestinationService``."""
+
+
+class StartupError(RuntimeError):
+    """The service cannot start: the address is taken, the embedded sandbox failed ..."""
+
+
+class HealthServicer(Protocol):
+    """What the server uses of grpcio-health-checking's asyncio ``HealthServicer``."""
+
+    async def set(self, service: str, status: Any) -> None: ...
+
+    async def enter_graceful_shutdown(self) -> None: ...
+
+
+def new_health_servicer() -> HealthServicer:
+    """A fresh ``grpc.health.v1`` servicer for asyncio servers."""
+    servicer: HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    return servicer
+
+
+async def build_server(
+    settings: Settings,
+    *,
+    servicer: MarketoDestinationServicer | None = None,
+    health_servicer: HealthServicer | None = None,
+    tracing_interceptor: grpc.aio.ServerInterceptor[Any, Any] | None = None,
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """Builds the server and binds ``settings.address``; returns it (not started) and its port.
+
+    - ``servicer``: the v1 servicer; a default one when omitted.
+    - ``health_servicer``: pass one to flip it at shutdown (see :func:`shutdown`); the server
+      reports SERVING for ``""`` and for :data:`SERVICE_NAME`.
+    - ``tracing_interceptor``: the OpenTelemetry server interceptor (issue 9). It runs outermost,
+      before the error interceptor, so a failed call is traced with its real status.
+    - ``extra_handlers``: further generic handlers, served behind the same interceptors.
+
+    Raises :class:`StartupError` when the address cannot be bound.
+    """
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    if tracing_interceptor is not None:
+        interceptors.append(tracing_interceptor)
+    interceptors.append(ErrorInterceptor())
+    # Without SO_REUSEPORT a second instance on the same port fails instead of sharing it.
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+
+    destination_pb2_grpc.add_MarketoDestinationServiceServicer_to_server(
+        servicer if servicer is not None else MarketoDestinationServicer(), server
+    )
+    if health_servicer is None:
+        health_servicer = new_health_servicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if extra_handlers:
+        server.add_generic_rpc_handlers(tuple(extra_handlers))
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+
+    try:
+        port = server.add_insecure_port(settings.address)
+    except RuntimeError as error:
+        raise StartupError(f"cannot listen on {settings.address}: {error}") from error
+    return server, port
+
+
+async def shutdown(
+    server: grpc.aio.Server, health_servicer: HealthServicer, grace_seconds: float
+) -> None:
+    """Stops gracefully: every service turns NOT_SERVING, new calls are refused, in-flight calls
+    get ``grace_seconds`` to finish and are then cancelled."""
+    _log.info("shutting down; in-flight calls have %.1f s to finish", grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_seconds)
+    _log.info("stopped")

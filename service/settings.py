@@ -1,0 +1,182 @@
+"""The service's configuration: one frozen dataclass, read from the environment once.
+
+Every field is set by the environment variable ``MARKETO_DEST_<FIELD NAME IN CAPITALS>``
+(:func:`env_var`); :meth:`Settings.from_env` is called in ``service.__main__`` only, and every
+other module receives the :class:`Settings` instance (or the values it needs) as an argument.
+
+OpenTelemetry is configured by the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``,
+``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED`` ...). They are not
+fields here: they pass straight through to the OpenTelemetry SDK.
+
+To add a setting, add a field with a default and a docstring; give a secret ``repr=False``.
+The README's settings table must list it (a test checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+__all__ = ["ENV_PREFIX", "InvalidSetting", "Settings", "env_var", "field_docs", "parse_address"]
+
+ENV_PREFIX = "MARKETO_DEST_"
+"""Prefix of every environment variable read into :class:`Settings`."""
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class InvalidSetting(ValueError):
+    """A setting has a value the service cannot use; the message names where it came from."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable that sets the field ``field_name``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def parse_address(value: str) -> str:
+    """Checks a ``HOST:PORT`` listen address (``[::1]:50051`` for IPv6) and returns it unchanged.
+
+    Raises ``ValueError`` saying what is wrong.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the service can be configured with. Defaults suit a local run."""
+
+    address: str = "127.0.0.1:50051"
+    """gRPC listen address, ``HOST:PORT``; port 0 picks a free port."""
+
+    data_dir: Path = Path("data")
+    """Directory of the embedded store (SQLite) and other local state; created if missing."""
+
+    sandbox: bool = False
+    """Start the embedded Marketo sandbox and use it for destinations that give no endpoint."""
+
+    default_marketo_endpoint: str = ""
+    """Marketo REST base URL for destinations that give none. Empty: each instance's own
+    ``https://<munchkin-id>.mktorest.com``. Set to the embedded sandbox's URL by ``--sandbox``."""
+
+    grace_seconds: float = 10.0
+    """On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are cancelled."""
+
+    log_level: str = "INFO"
+    """Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+
+    def __post_init__(self) -> None:
+        try:
+            parse_address(self.address)
+        except ValueError as error:
+            raise InvalidSetting("address", str(error)) from None
+        if not self.grace_seconds >= 0:
+            raise InvalidSetting("grace_seconds", f"must be 0 or more, got {self.grace_seconds}")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise InvalidSetting(
+                "log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        endpoint = self.default_marketo_endpoint
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise InvalidSetting(
+                "default_marketo_endpoint", f"must be an http(s) URL, got {endpoint!r}"
+            )
+
+    @property
+    def log_level_number(self) -> int:
+        """:attr:`log_level` as a :mod:`logging` level number."""
+        level: int = logging.getLevelNamesMapping()[self.log_level]
+        return level
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Builds the settings from ``environ``; unset variables keep their defaults.
+
+        Raises :class:`InvalidSetting` naming the variable when a value cannot be used, or when a
+        ``MARKETO_DEST_*`` variable matches no setting (a typo would otherwise go unnoticed).
+        """
+        names = {env_var(f.name): f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in names)
+        if unknown:
+            raise InvalidSetting(unknown[0], f"unknown setting; known: {', '.join(sorted(names))}")
+        types = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for var, name in names.items():
+            if var in environ:
+                try:
+                    values[name] = _convert(environ[var], types[name])
+                except ValueError as error:
+                    raise InvalidSetting(var, str(error)) from None
+        try:
+            return cls(**values)
+        except InvalidSetting as error:
+            raise InvalidSetting(env_var(error.name), error.problem) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (validated like the original)."""
+        return dataclasses.replace(self, **changes)
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's docstring, by field name (read from the source: used for documentation)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Settings))
+    body = tree.body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for node, following in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+def _convert(raw: str, kind: Any) -> Any:
+    if kind is bool:
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ValueError(f"expected true or false (1/0, yes/no, on/off), got {raw!r}")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    if kind is Path:
+        if not raw:
+            raise ValueError("expected a directory path, got an empty value")
+        return Path(raw)
+    if kind is str:
+        return raw
+    raise TypeError(f"no conversion from the environment to {kind!r}")

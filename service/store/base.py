@@ -1,0 +1,522 @@
+"""The durable store's interface: the `Store` protocol and the records it returns.
+
+Two implementations share it: `SqliteStore` (the embedded default, `service.store.sqlite`) and a
+PostgreSQL store for scale-out. Both apply the same numbered migrations
+(`service.store.migrations`).
+
+Conventions every implementation follows:
+
+- Times are timezone-aware UTC `datetime`s; naive ones are taken as UTC. They are stored as
+  integer microseconds since the epoch, so ordering and comparison are exact in both engines.
+- Secrets are passed and returned in plain text and sealed at rest by the store's `SecretBox`;
+  record fields that hold them have `repr=False`.
+- Another tenant's destination is simply not found.
+- Page tokens are opaque strings; an empty token is the first page, an empty `next_page_token`
+  means the last page.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+from service.domain import FieldMapping, Outcome, ProfileUpdate
+from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+
+__all__ = [
+    "ActivationRecord",
+    "AlertRecord",
+    "AppendResult",
+    "CommitListener",
+    "Dataflow",
+    "DataflowRun",
+    "DestinationNotFound",
+    "DestinationRecord",
+    "DestinationState",
+    "FencingError",
+    "InvalidPageToken",
+    "Lease",
+    "NewDestination",
+    "OutboxEntry",
+    "OutcomeRecord",
+    "Page",
+    "PendingStats",
+    "Store",
+    "StoreError",
+    "VersionConflict",
+    "Watermark",
+]
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """Base of the store's own failures that are not caller errors."""
+
+
+class DestinationNotFound(NotFound):
+    """No destination with that id in the caller's tenant."""
+
+    def __init__(self, destination_id: str) -> None:
+        super().__init__(f"destination {destination_id!r} not found")
+        self.destination_id = destination_id
+
+
+class VersionConflict(FailedPrecondition):
+    """The destination changed since it was read (optimistic update lost the race)."""
+
+    def __init__(self, destination_id: str, expected_version: int) -> None:
+        super().__init__(
+            f"destination {destination_id!r} was changed concurrently "
+            f"(expected version {expected_version}); read it again and retry"
+        )
+        self.destination_id = destination_id
+        self.expected_version = expected_version
+
+
+class InvalidPageToken(InvalidArgument):
+    """A page token that this store did not issue (or for another listing)."""
+
+    def __init__(self) -> None:
+        super().__init__([FieldViolation("page_token", "not a page token of this listing")])
+
+
+class FencingError(StoreError):
+    """A retire/defer carried a lease generation older than the instance's current lease.
+
+    The caller lost its lease: another replica drains the instance now. Nothing was committed.
+    """
+
+    def __init__(self, instance_key: str, fencing: int, current: int | None) -> None:
+        super().__init__(
+            f"stale fencing token {fencing} for instance {instance_key!r} (current: {current})"
+        )
+        self.instance_key = instance_key
+        self.fencing = fencing
+        self.current = current
+
+
+class DestinationState(enum.StrEnum):
+    """Lifecycle state of a destination."""
+
+    ACTIVE = "active"
+    QUOTA_PAUSED = "quota_paused"
+    AUTH_FAILING = "auth_failing"
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing."""
+
+    items: tuple[T, ...]
+    next_page_token: str = ""
+    """Token of the next page; empty on the last page."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewDestination:
+    """What `Store.create_destination` needs; the id and times are assigned by the store."""
+
+    tenant: str
+    name: str
+    spec: Mapping[str, Any]
+    """The destination spec as JSON-compatible data, without any secret."""
+    client_secret: str = field(repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    instance_key: str = ""
+    """Key of the Marketo instance the destination writes to (the dispatcher's unit)."""
+    mappings: tuple[FieldMapping, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRecord:
+    """A stored destination.
+
+    `update_destination` writes name, spec, secrets, instance key and mappings, guarded by
+    `version`; state and `paused_until` belong to `set_destination_state` so a Configure never
+    undoes a quota pause.
+    """
+
+    id: str
+    tenant: str
+    name: str
+    spec: Mapping[str, Any]
+    client_secret: str = field(repr=False)
+    webhook_secret: str | None = field(repr=False)
+    instance_key: str
+    state: DestinationState
+    paused_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    mappings: tuple[FieldMapping, ...]
+    version: int
+    """Incremented by every `update_destination`; the optimistic-concurrency check."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationRecord:
+    """One audience of a destination and its Marketo static list."""
+
+    audience_id: str
+    audience_name: str
+    origin: str
+    marketo_list_id: int
+    list_name: str
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What `Store.append` committed."""
+
+    accepted: int
+    """Updates newly stored."""
+    duplicates: int
+    """Updates already stored (or already delivered) under the same update id."""
+    last_sequence: int
+    """Highest sequence number given to an accepted update of this call; 0 when none."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One queued update, as `Store.claim_due` returns it."""
+
+    sequence: int
+    destination_id: str
+    instance_key: str
+    update: ProfileUpdate
+    enqueued_at: datetime
+    not_before: datetime
+    attempts: int
+    last_error: str
+    trace_context: str | None
+    """The W3C trace context of the Sync call that appended it (for span links)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The event time of the newest update applied for a profile."""
+
+    destination_id: str
+    profile_id: str
+    event_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """A stored outcome with where and when it happened."""
+
+    destination_id: str
+    outcome: Outcome
+    event_time: datetime
+    """Event time of the update the outcome is about."""
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PendingStats:
+    """Outbox backlog of one destination."""
+
+    count: int
+    oldest_enqueued_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DataflowRun:
+    """One hour of a dataflow, like AEP's dataflow runs."""
+
+    start: datetime
+    received: int
+    activated: int
+    excluded: int
+    failed: int
+    superseded: int
+
+    @property
+    def skipped_rate(self) -> float:
+        """Excluded / (activated + excluded); 0 when nothing was processed."""
+        processed = self.activated + self.excluded
+        return self.excluded / processed if processed else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Dataflow:
+    """Dataflow metrics of a destination. Totals cover the destination's whole life."""
+
+    destination_id: str
+    received: int
+    activated: int
+    """Updates with an ACTIVATED outcome."""
+    created: int
+    updated: int
+    added: int
+    removed: int
+    excluded: Mapping[str, int]
+    """Excluded updates by reason."""
+    failed: Mapping[str, int]
+    """Failed updates by Marketo code (the outcome's `marketo_code`, else "unknown")."""
+    superseded: int
+    pending: int
+    oldest_pending_age: timedelta | None
+    runs: tuple[DataflowRun, ...]
+    """One run per hour of the requested window, newest first, empty hours included."""
+    paused_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """A raised (and maybe resolved) dataflow alert."""
+
+    id: str
+    destination_id: str
+    type: str
+    """Alert type, e.g. "skipped_rate", "failure_rate", "delivery_delayed"."""
+    message: str
+    raised_at: datetime
+    resolved_at: datetime | None
+    paused_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held lease on a Marketo instance's queue; `generation` is the fencing token."""
+
+    instance_key: str
+    holder: str
+    generation: int
+    expires_at: datetime
+
+
+CommitListener = Callable[[str], None]
+"""Called with the operation name ("append", "retire", ...) after each committed transaction.
+
+It runs on the store's writer thread: keep it quick and thread-safe. For tests and metrics.
+"""
+
+
+class Store(Protocol):
+    """The durable store: destinations, activations, the outbox, outcomes, metrics, alerts, leases.
+
+    Every method is a coroutine; blocking database work runs off the event loop.
+    """
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Finish pending appends and close every connection."""
+        ...
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Register a callback run after each committed write transaction."""
+        ...
+
+    # -- destinations ---------------------------------------------------------------------------
+
+    async def create_destination(self, new: NewDestination) -> DestinationRecord:
+        """Store a new destination (id `dst_…`, version 1, state ACTIVE)."""
+        ...
+
+    async def get_destination(
+        self, destination_id: str, *, tenant: str | None
+    ) -> DestinationRecord:
+        """Return the destination; `tenant=None` only for internal callers (dispatcher).
+
+        Raises DestinationNotFound when missing or in another tenant.
+        """
+        ...
+
+    async def list_destinations(
+        self, tenant: str, *, page_size: int = 100, page_token: str = ""
+    ) -> Page[DestinationRecord]:
+        """The tenant's destinations, oldest first."""
+        ...
+
+    async def update_destination(self, record: DestinationRecord) -> DestinationRecord:
+        """Write name, spec, secrets, instance key and mappings if `record.version` is current.
+
+        Returns the stored record (version + 1). Raises DestinationNotFound or VersionConflict.
+        """
+        ...
+
+    async def set_destination_state(
+        self, destination_id: str, state: DestinationState, paused_until: datetime | None = None
+    ) -> None:
+        """Set the lifecycle state (no version check, no version change)."""
+        ...
+
+    async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
+        """Delete the destination and its activations, outbox rows, outcomes, counters, alerts.
+
+        Raises DestinationNotFound.
+        """
+        ...
+
+    # -- activations ----------------------------------------------------------------------------
+
+    async def activations(self, destination_id: str) -> list[ActivationRecord]:
+        """Every activation of the destination (active or not), by audience id."""
+        ...
+
+    async def upsert_activations(
+        self,
+        destination_id: str,
+        activations: Sequence[ActivationRecord],
+        mappings: Sequence[FieldMapping] | None = None,
+    ) -> None:
+        """Insert or replace activations by audience id; also set the mapping when given.
+
+        One transaction. Raises DestinationNotFound.
+        """
+        ...
+
+    async def deactivate(self, destination_id: str, audience_ids: Sequence[str]) -> int:
+        """Mark those audiences inactive; returns how many were active."""
+        ...
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        destination_id: str,
+        instance_key: str,
+        updates: Sequence[ProfileUpdate],
+        trace_context: str | None = None,
+    ) -> AppendResult:
+        """Durably queue updates; returns only after the commit.
+
+        Idempotent on (destination_id, update_id), including updates already delivered.
+        Concurrent calls are group-committed. Counts "received". Raises DestinationNotFound.
+        """
+        ...
+
+    async def claim_due(
+        self,
+        instance_key: str,
+        limit: int,
+        now: datetime | None = None,
+        *,
+        after_sequence: int = 0,
+    ) -> list[OutboxEntry]:
+        """Up to `limit` due entries (not_before <= now) of the instance, by sequence.
+
+        Rows are not locked or hidden: exactly one drainer per instance (the lease holder) calls
+        this; `after_sequence` skips entries it already holds in flight.
+        """
+        ...
+
+    async def retire(
+        self,
+        entries: Sequence[OutboxEntry],
+        outcomes: Sequence[Outcome],
+        watermarks: Sequence[Watermark] = (),
+        *,
+        fencing: int | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """In one transaction: delete the entries, store one outcome per entry, raise watermarks
+        (max) and count the outcomes in the hourly dataflow counters.
+
+        `outcomes[i]` is the outcome of `entries[i]` (same update id, else ValueError): update
+        ids are unique per destination only, and one batch may span destinations. With
+        `fencing`, the entries' instance lease must have that generation, else FencingError and
+        nothing is committed. Entries already retired are ignored (with their outcomes), so a
+        retried retire is harmless.
+        """
+        ...
+
+    async def defer(
+        self,
+        entries: Sequence[OutboxEntry],
+        not_before: datetime,
+        last_error: str,
+        attempts: int | None = None,
+        *,
+        fencing: int | None = None,
+    ) -> None:
+        """Postpone entries after a transient failure; `attempts=None` adds one to each."""
+        ...
+
+    async def watermarks(
+        self, destination_id: str, profile_ids: Sequence[str]
+    ) -> dict[str, datetime]:
+        """Last applied event time per profile (profiles never applied are absent)."""
+        ...
+
+    async def pending_stats(self, destination_id: str) -> PendingStats:
+        """Backlog count and oldest enqueue time, without scanning the backlog."""
+        ...
+
+    async def instance_keys_with_due_work(self, now: datetime | None = None) -> list[str]:
+        """Instances that have at least one due entry."""
+        ...
+
+    # -- outcomes and dataflow ------------------------------------------------------------------
+
+    async def list_outcomes(
+        self,
+        destination_id: str,
+        *,
+        profile_id: str | None = None,
+        dedupe_value: str | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> Page[OutcomeRecord]:
+        """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
+        ...
+
+    async def dataflow(
+        self, destination_id: str, hours: int = 24, now: datetime | None = None
+    ) -> Dataflow:
+        """Dataflow totals and the last `hours` hourly runs. Raises DestinationNotFound."""
+        ...
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    async def raise_alert(
+        self,
+        destination_id: str,
+        type: str,
+        message: str,
+        *,
+        paused_until: datetime | None = None,
+        now: datetime | None = None,
+    ) -> tuple[AlertRecord, bool]:
+        """Open an alert of that type unless one is open; returns (the open alert, newly raised).
+
+        An already open alert gets the new message and paused_until.
+        """
+        ...
+
+    async def resolve_alert(
+        self, destination_id: str, type: str, now: datetime | None = None
+    ) -> AlertRecord | None:
+        """Resolve the open alert of that type; returns it, or None when none was open."""
+        ...
+
+    async def open_alerts(self, destination_id: str) -> list[AlertRecord]:
+        """Unresolved alerts, oldest first."""
+        ...
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, instance_key: str, holder: str, ttl: timedelta, now: datetime | None = None
+    ) -> Lease | None:
+        """Take the instance's lease if free, expired or already ours; None if someone holds it.
+
+        Taking it from another holder (or after it lapsed) increments the generation.
+        """
+        ...
+
+    async def renew_lease(
+        self, lease: Lease, ttl: timedelta, now: datetime | None = None
+    ) -> Lease | None:
+        """Extend a lease we still hold (same holder and generation); None if it was lost."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up (expire it now) if we still hold it."""
+        ...

@@ -1,0 +1,1398 @@
+"""The embedded store: SQLite in WAL mode through the standard library.
+
+Threads: one writer thread owns the only writing connection, so write transactions never wait on
+SQLite's lock; a small pool of reader threads, each with its own connection, serves reads
+concurrently (WAL lets readers see the last commit while a write is in progress). The event loop
+never blocks on the database.
+
+Appends are group-committed: callers queue their updates, a committer task takes everything queued
+while the previous transaction was running and writes it in one transaction, then resolves each
+caller's future. Under load, one fsync acknowledges many streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import secrets
+import sqlite3
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from service.domain import (
+    Action,
+    ActionType,
+    AudienceMembership,
+    FieldMapping,
+    MembershipStatus,
+    Outcome,
+    OutcomeKind,
+    ProfileUpdate,
+)
+from service.secrets import SecretBox
+from service.store.base import (
+    ActivationRecord,
+    AlertRecord,
+    AppendResult,
+    CommitListener,
+    Dataflow,
+    DataflowRun,
+    DestinationNotFound,
+    DestinationRecord,
+    DestinationState,
+    FencingError,
+    InvalidPageToken,
+    Lease,
+    NewDestination,
+    OutboxEntry,
+    OutcomeRecord,
+    Page,
+    PendingStats,
+    Store,
+    StoreError,
+    VersionConflict,
+    Watermark,
+)
+from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
+
+__all__ = [
+    "DATABASE_FILE_NAME",
+    "SqliteStore",
+    "apply_migrations",
+    "from_micros",
+    "open_in_data_dir",
+    "to_micros",
+]
+
+R = TypeVar("R")
+
+DATABASE_FILE_NAME = "store.db"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HOUR_US = 3_600_000_000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+# SQLite's default limit of host parameters per statement is 32766; stay far below.
+IN_CHUNK = 500
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    """The UTC datetime of `to_micros`."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dumps(value: Any) -> str:
+    # Compact: the outbox may hold millions of payloads.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migration]) -> list[int]:
+    """Apply the migrations not yet recorded, in order, each in one transaction.
+
+    `connection` must be in autocommit mode (`isolation_level=None`). Returns applied versions.
+    """
+    connection.execute(SCHEMA_MIGRATIONS_DDL)
+    applied = {row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
+    done: list[int] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migration.statements:
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, to_micros(_utc_now())),
+            )
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        done.append(migration.version)
+    return done
+
+
+@dataclass(slots=True)
+class _Append:
+    destination_id: str
+    instance_key: str
+    updates: Sequence[ProfileUpdate]
+    trace_context: str | None
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass(slots=True)
+class _Counts:
+    received: int = 0
+    activated: int = 0
+    created: int = 0
+    updated: int = 0
+    added: int = 0
+    removed: int = 0
+    excluded: int = 0
+    failed: int = 0
+    superseded: int = 0
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+_COUNT_COLUMNS = (
+    "received",
+    "activated",
+    "created",
+    "updated",
+    "added",
+    "removed",
+    "excluded",
+    "failed",
+    "superseded",
+)
+
+_ACTION_COLUMN = {
+    ActionType.CREATED: "created",
+    ActionType.UPDATED: "updated",
+    ActionType.ADDED: "added",
+    ActionType.REMOVED: "removed",
+}
+
+_DESTINATION_COLUMNS = (
+    "id, tenant, name, spec, client_secret, webhook_secret, instance_key, state, paused_until, "
+    "created_at, updated_at, mappings, version"
+)
+
+_OUTBOX_COLUMNS = (
+    "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
+    "trace_context, enqueued_at, not_before, attempts, last_error"
+)
+
+_OUTCOME_COLUMNS = (
+    "id, destination_id, update_id, profile_id, dedupe_value, event_time, recorded_at, kind, "
+    "actions, lead_id, reason, marketo_code"
+)
+
+_ALERT_COLUMNS = "id, destination_id, type, message, raised_at, resolved_at, paused_until"
+
+# Idempotent on (destination_id, update_id); `_append_group` first drops updates already delivered
+# (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (destination_id, instance_key, update_id, profile_id, event_time, "
+    "payload, trace_context, enqueued_at, not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (destination_id, update_id) DO NOTHING"
+)
+
+
+class SqliteStore:
+    """The `Store` on SQLite (WAL). Open with `await SqliteStore.open(path, box)`."""
+
+    def __init__(
+        self,
+        path: Path,
+        box: SecretBox,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        synchronous: Synchronous = "FULL",
+        readers: int = 2,
+        max_group_rows: int = 10_000,
+    ) -> None:
+        """Prefer `open`, which also connects and migrates."""
+        self._path = path
+        self._box = box
+        self._clock = clock
+        self._synchronous = synchronous
+        self._max_group_rows = max_group_rows
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._readers = ThreadPoolExecutor(
+            max_workers=readers, thread_name_prefix="store-reader", initializer=self._init_reader
+        )
+        self._local = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._write_connection: sqlite3.Connection | None = None
+        self._listeners: list[CommitListener] = []
+        self._queue: list[_Append] = []
+        self._wakeup = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path | str,
+        box: SecretBox,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        synchronous: Synchronous = "FULL",
+        readers: int = 2,
+        max_group_rows: int = 10_000,
+        migrations: Sequence[Migration] | None = None,
+    ) -> SqliteStore:
+        """Open (creating if needed) the database at `path` and apply pending migrations.
+
+        `synchronous="FULL"` makes every acknowledged append survive power loss; "NORMAL"
+        survives a process crash only. `migrations` defaults to the package's migrations.
+        """
+        store = cls(
+            Path(path),
+            box,
+            clock=clock,
+            synchronous=synchronous,
+            readers=readers,
+            max_group_rows=max_group_rows,
+        )
+        if migrations is None:
+            migrations = load_migrations("sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(store._writer, store._open_writer, migrations)
+        except BaseException:
+            store._writer.shutdown(wait=True)
+            store._readers.shutdown(wait=True)
+            raise
+        store._committer = asyncio.create_task(store._commit_loop(), name="store-group-commit")
+        return store
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Register a callback run on the writer thread after each committed transaction."""
+        self._listeners.append(listener)
+
+    async def close(self) -> None:
+        """Commit what is queued, then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wakeup.set()
+        if self._committer is not None:
+            await self._committer
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._shutdown)
+
+    async def __aenter__(self) -> SqliteStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE / COMMIT).
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA busy_timeout = 10000")
+        connection.execute("PRAGMA foreign_keys = ON")
+        return connection
+
+    def _open_writer(self, migrations: Sequence[Migration]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connect()
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            apply_migrations(connection, migrations)
+        except BaseException:
+            connection.close()
+            raise
+        self._write_connection = connection
+
+    def _init_reader(self) -> None:
+        connection = self._connect()
+        connection.execute("PRAGMA query_only = ON")
+        self._local.connection = connection
+        with self._reader_lock:
+            self._reader_connections.append(connection)
+
+    def _shutdown(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        if self._write_connection is not None:
+            self._write_connection.close()
+        with self._reader_lock:
+            for connection in self._reader_connections:
+                connection.close()
+            self._reader_connections.clear()
+
+    # -- running work off the loop --------------------------------------------------------------
+
+    async def _write(self, name: str, work: Callable[[sqlite3.Connection], R]) -> R:
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._transaction, name, work)
+
+    def _transaction(self, name: str, work: Callable[[sqlite3.Connection], R]) -> R:
+        connection = self._write_connection
+        assert connection is not None
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        for listener in self._listeners:
+            listener(name)
+        return result
+
+    async def _read(self, work: Callable[[sqlite3.Connection], R]) -> R:
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_snapshot, work)
+
+    def _read_snapshot(self, work: Callable[[sqlite3.Connection], R]) -> R:
+        connection: sqlite3.Connection = self._local.connection
+        # One read transaction: every statement of `work` sees the same commit.
+        connection.execute("BEGIN")
+        try:
+            return work(connection)
+        finally:
+            connection.execute("COMMIT")
+
+    def _now(self, now: datetime | None) -> int:
+        return to_micros(now if now is not None else self._clock())
+
+    # -- destinations ---------------------------------------------------------------------------
+
+    async def create_destination(self, new: NewDestination) -> DestinationRecord:
+        """Store a new destination (id `dst_…`, version 1, state ACTIVE)."""
+        destination_id = "dst_" + secrets.token_hex(10)
+        now = self._now(None)
+        client_secret = self._box.seal(new.client_secret)
+        webhook_secret = (
+            self._box.seal(new.webhook_secret) if new.webhook_secret is not None else None
+        )
+
+        def work(connection: sqlite3.Connection) -> DestinationRecord:
+            connection.execute(
+                f"INSERT INTO destinations ({_DESTINATION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)",
+                (
+                    destination_id,
+                    new.tenant,
+                    new.name,
+                    _dumps(new.spec),
+                    client_secret,
+                    webhook_secret,
+                    new.instance_key,
+                    DestinationState.ACTIVE.value,
+                    now,
+                    now,
+                    _dumps_mappings(new.mappings),
+                ),
+            )
+            return self._fetch_destination(connection, destination_id, None)
+
+        return await self._write("create_destination", work)
+
+    async def get_destination(
+        self, destination_id: str, *, tenant: str | None
+    ) -> DestinationRecord:
+        """The destination, or DestinationNotFound (also for another tenant's)."""
+        return await self._read(
+            lambda connection: self._fetch_destination(connection, destination_id, tenant)
+        )
+
+    async def list_destinations(
+        self, tenant: str, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
+    ) -> Page[DestinationRecord]:
+        """The tenant's destinations, oldest first."""
+        size = _page_size(page_size)
+        after = _decode_token(page_token, "destinations")
+
+        def work(connection: sqlite3.Connection) -> Page[DestinationRecord]:
+            if after is None:
+                rows = connection.execute(
+                    f"SELECT {_DESTINATION_COLUMNS} FROM destinations WHERE tenant = ? "
+                    "ORDER BY created_at, id LIMIT ?",
+                    (tenant, size + 1),
+                ).fetchall()
+            else:
+                rows = connection.execute(
+                    f"SELECT {_DESTINATION_COLUMNS} FROM destinations "
+                    "WHERE tenant = ? AND (created_at, id) > (?, ?) "
+                    "ORDER BY created_at, id LIMIT ?",
+                    (tenant, after[0], after[1], size + 1),
+                ).fetchall()
+            records = tuple(self._destination(row) for row in rows[:size])
+            token = ""
+            if len(rows) > size:
+                last = rows[size - 1]
+                token = _encode_token("destinations", [last[9], last[0]])
+            return Page(records, token)
+
+        return await self._read(work)
+
+    async def update_destination(self, record: DestinationRecord) -> DestinationRecord:
+        """Write name, spec, secrets and instance key if `record.version` is current.
+
+        Mappings change through `upsert_activations`, state through `set_destination_state`.
+        """
+        now = self._now(None)
+        client_secret = self._box.seal(record.client_secret)
+        webhook_secret = (
+            self._box.seal(record.webhook_secret) if record.webhook_secret is not None else None
+        )
+
+        def work(connection: sqlite3.Connection) -> DestinationRecord:
+            cursor = connection.execute(
+                "UPDATE destinations SET name = ?, spec = ?, client_secret = ?, "
+                "webhook_secret = ?, instance_key = ?, updated_at = ?, version = version + 1 "
+                "WHERE id = ? AND tenant = ? AND version = ?",
+                (
+                    record.name,
+                    _dumps(record.spec),
+                    client_secret,
+                    webhook_secret,
+                    record.instance_key,
+                    now,
+                    record.id,
+                    record.tenant,
+                    record.version,
+                ),
+            )
+            if cursor.rowcount == 0:
+                # Raises DestinationNotFound when it is gone (or another tenant's).
+                self._fetch_destination(connection, record.id, record.tenant)
+                raise VersionConflict(record.id, record.version)
+            return self._fetch_destination(connection, record.id, record.tenant)
+
+        return await self._write("update_destination", work)
+
+    async def set_destination_state(
+        self, destination_id: str, state: DestinationState, paused_until: datetime | None = None
+    ) -> None:
+        """Set the lifecycle state (no version check, no version change)."""
+        until = to_micros(paused_until) if paused_until is not None else None
+
+        def work(connection: sqlite3.Connection) -> None:
+            cursor = connection.execute(
+                "UPDATE destinations SET state = ?, paused_until = ? WHERE id = ?",
+                (state.value, until, destination_id),
+            )
+            if cursor.rowcount == 0:
+                raise DestinationNotFound(destination_id)
+
+        await self._write("set_destination_state", work)
+
+    async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
+        """Delete the destination; foreign keys cascade to everything that belongs to it."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            cursor = connection.execute(
+                "DELETE FROM destinations WHERE id = ? AND tenant = ?", (destination_id, tenant)
+            )
+            if cursor.rowcount == 0:
+                raise DestinationNotFound(destination_id)
+
+        await self._write("delete_destination", work)
+
+    def _fetch_destination(
+        self, connection: sqlite3.Connection, destination_id: str, tenant: str | None
+    ) -> DestinationRecord:
+        row = connection.execute(
+            f"SELECT {_DESTINATION_COLUMNS} FROM destinations WHERE id = ?", (destination_id,)
+        ).fetchone()
+        if row is None or (tenant is not None and row[1] != tenant):
+            raise DestinationNotFound(destination_id)
+        return self._destination(row)
+
+    def _destination(self, row: Sequence[Any]) -> DestinationRecord:
+        return DestinationRecord(
+            id=row[0],
+            tenant=row[1],
+            name=row[2],
+            spec=json.loads(row[3]),
+            client_secret=self._box.open(row[4]),
+            webhook_secret=self._box.open(row[5]) if row[5] is not None else None,
+            instance_key=row[6],
+            state=DestinationState(row[7]),
+            paused_until=from_micros(row[8]) if row[8] is not None else None,
+            created_at=from_micros(row[9]),
+            updated_at=from_micros(row[10]),
+            mappings=_loads_mappings(row[11]),
+            version=row[12],
+        )
+
+    # -- activations ----------------------------------------------------------------------------
+
+    async def activations(self, destination_id: str) -> list[ActivationRecord]:
+        """Every activation of the destination (active or not), by audience id."""
+
+        def work(connection: sqlite3.Connection) -> list[ActivationRecord]:
+            rows = connection.execute(
+                "SELECT audience_id, audience_name, origin, marketo_list_id, list_name, active "
+                "FROM activations WHERE destination_id = ? ORDER BY audience_id",
+                (destination_id,),
+            )
+            return [
+                ActivationRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+                for row in rows
+            ]
+
+        return await self._read(work)
+
+    async def upsert_activations(
+        self,
+        destination_id: str,
+        activations: Sequence[ActivationRecord],
+        mappings: Sequence[FieldMapping] | None = None,
+    ) -> None:
+        """Insert or replace activations; with `mappings`, also set them and bump the version.
+
+        The version bump makes a concurrent Configure that read the old record fail with
+        VersionConflict instead of working on a stale view.
+        """
+        now = self._now(None)
+
+        def work(connection: sqlite3.Connection) -> None:
+            if mappings is not None:
+                cursor = connection.execute(
+                    "UPDATE destinations SET mappings = ?, updated_at = ?, version = version + 1 "
+                    "WHERE id = ?",
+                    (_dumps_mappings(mappings), now, destination_id),
+                )
+            else:
+                cursor = connection.execute(
+                    "SELECT 1 FROM destinations WHERE id = ?", (destination_id,)
+                )
+            if cursor.rowcount == 0 or (mappings is None and cursor.fetchone() is None):
+                raise DestinationNotFound(destination_id)
+            connection.executemany(
+                "INSERT INTO activations (destination_id, audience_id, audience_name, origin, "
+                "marketo_list_id, list_name, active) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (destination_id, audience_id) DO UPDATE SET "
+                "audience_name = excluded.audience_name, origin = excluded.origin, "
+                "marketo_list_id = excluded.marketo_list_id, list_name = excluded.list_name, "
+                "active = excluded.active",
+                [
+                    (
+                        destination_id,
+                        activation.audience_id,
+                        activation.audience_name,
+                        activation.origin,
+                        activation.marketo_list_id,
+                        activation.list_name,
+                        int(activation.active),
+                    )
+                    for activation in activations
+                ],
+            )
+
+        await self._write("upsert_activations", work)
+
+    async def deactivate(self, destination_id: str, audience_ids: Sequence[str]) -> int:
+        """Mark those audiences inactive; returns how many were active."""
+
+        def work(connection: sqlite3.Connection) -> int:
+            changed = 0
+            for chunk in _chunks(audience_ids):
+                marks = ", ".join("?" * len(chunk))
+                cursor = connection.execute(
+                    "UPDATE activations SET active = 0 WHERE destination_id = ? AND active = 1 "
+                    f"AND audience_id IN ({marks})",
+                    (destination_id, *chunk),
+                )
+                changed += cursor.rowcount
+            return changed
+
+        return await self._write("deactivate", work)
+
+    # -- outbox: append with group commit -------------------------------------------------------
+
+    async def append(
+        self,
+        destination_id: str,
+        instance_key: str,
+        updates: Sequence[ProfileUpdate],
+        trace_context: str | None = None,
+    ) -> AppendResult:
+        """Durably queue updates; returns after the transaction holding them has committed."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Append(destination_id, instance_key, updates, trace_context, future))
+        self._wakeup.set()
+        return await future
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                group = self._take_group()
+                try:
+                    results = await loop.run_in_executor(
+                        self._writer,
+                        self._transaction,
+                        "append",
+                        partial(self._append_group, group),
+                    )
+                except Exception as error:
+                    for item in group:
+                        if not item.future.done():
+                            item.future.set_exception(error)
+                    continue
+                for item, result in zip(group, results, strict=True):
+                    if item.future.done():  # the caller was cancelled; its rows are stored anyway
+                        continue
+                    if isinstance(result, Exception):
+                        item.future.set_exception(result)
+                    else:
+                        item.future.set_result(result)
+            if self._closed:
+                return
+
+    def _take_group(self) -> list[_Append]:
+        group: list[_Append] = []
+        rows = 0
+        while self._queue and (
+            not group or rows + len(self._queue[0].updates) <= self._max_group_rows
+        ):
+            item = self._queue.pop(0)
+            group.append(item)
+            rows += len(item.updates)
+        return group
+
+    def _append_group(
+        self, group: Sequence[_Append], connection: sqlite3.Connection
+    ) -> list[AppendResult | Exception]:
+        now = self._now(None)
+        hour = now - now % HOUR_US
+        results: list[AppendResult | Exception] = []
+        received: Counter[str] = Counter()
+        instances: set[str] = set()
+        known: dict[str, bool] = {}
+        for item in group:
+            if item.destination_id not in known:
+                known[item.destination_id] = (
+                    connection.execute(
+                        "SELECT 1 FROM destinations WHERE id = ?", (item.destination_id,)
+                    ).fetchone()
+                    is not None
+                )
+            if not known[item.destination_id]:
+                results.append(DestinationNotFound(item.destination_id))
+                continue
+            try:
+                rows = [
+                    _outbox_params(
+                        item.destination_id, item.instance_key, update, item.trace_context, now
+                    )
+                    for update in item.updates
+                ]
+            except (TypeError, ValueError) as error:
+                # A payload that is not JSON fails its own call only.
+                results.append(ValueError(f"update payload is not JSON-serializable: {error}"))
+                continue
+            delivered = _delivered(connection, item.destination_id, [row[2] for row in rows])
+            fresh = [row for row in rows if row[2] not in delivered] if delivered else rows
+            accepted = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
+            last_sequence = 0
+            if accepted:
+                # Skipped duplicates leave last_insert_rowid() alone, so it is this call's last row.
+                last_sequence = connection.execute("SELECT last_insert_rowid()").fetchone()[0]
+            if accepted:
+                received[item.destination_id] += accepted
+                instances.add(item.instance_key)
+            results.append(AppendResult(accepted, len(rows) - accepted, last_sequence))
+        for destination_id, count in received.items():
+            connection.execute(
+                "UPDATE destinations SET pending = pending + ? WHERE id = ?",
+                (count, destination_id),
+            )
+            _add_counts(connection, destination_id, hour, _Counts(received=count))
+        for instance_key in instances:
+            connection.execute(
+                "INSERT INTO outbox_instances (instance_key) VALUES (?) "
+                "ON CONFLICT (instance_key) DO NOTHING",
+                (instance_key,),
+            )
+        return results
+
+    # -- outbox: draining -----------------------------------------------------------------------
+
+    async def claim_due(
+        self,
+        instance_key: str,
+        limit: int,
+        now: datetime | None = None,
+        *,
+        after_sequence: int = 0,
+    ) -> list[OutboxEntry]:
+        """Up to `limit` due entries of the instance, by sequence (read through `outbox_due`)."""
+        due = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> list[OutboxEntry]:
+            rows = connection.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox "
+                "WHERE instance_key = ? AND sequence > ? AND not_before <= ? "
+                "ORDER BY sequence LIMIT ?",
+                (instance_key, after_sequence, due, limit),
+            )
+            return [_outbox_entry(row) for row in rows]
+
+        return await self._read(work)
+
+    async def retire(
+        self,
+        entries: Sequence[OutboxEntry],
+        outcomes: Sequence[Outcome],
+        watermarks: Sequence[Watermark] = (),
+        *,
+        fencing: int | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Delete entries, store outcomes, raise watermarks, count: all in one transaction."""
+        pairs = _pair_outcomes(entries, outcomes)
+        recorded_at = self._now(now)
+        hour = recorded_at - recorded_at % HOUR_US
+
+        def work(connection: sqlite3.Connection) -> None:
+            if fencing is not None:
+                _check_fencing(connection, {entry.instance_key for entry in entries}, fencing)
+            counts: defaultdict[str, _Counts] = defaultdict(_Counts)
+            for entry, outcome in pairs:
+                cursor = connection.execute(
+                    "DELETE FROM outbox WHERE sequence = ?", (entry.sequence,)
+                )
+                if cursor.rowcount == 0:
+                    continue  # retired before (a retried call) or its destination was deleted
+                connection.execute(
+                    f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) "
+                    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        entry.destination_id,
+                        outcome.update_id,
+                        outcome.profile_id,
+                        outcome.dedupe_value,
+                        to_micros(entry.update.event_time),
+                        recorded_at,
+                        outcome.kind.value,
+                        _dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
+                        outcome.lead_id,
+                        outcome.reason,
+                        outcome.marketo_code,
+                    ),
+                )
+                _count_outcome(counts[entry.destination_id], outcome)
+            for destination_id, count in counts.items():
+                retired = count.activated + count.excluded + count.failed + count.superseded
+                connection.execute(
+                    "UPDATE destinations SET pending = pending - ? WHERE id = ?",
+                    (retired, destination_id),
+                )
+                _add_counts(connection, destination_id, hour, count)
+            # A destination deleted while its batch was in flight has no watermarks to keep.
+            connection.executemany(
+                "INSERT INTO profile_watermarks (destination_id, profile_id, event_time) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM destinations WHERE id = ?) "
+                "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
+                "event_time = CASE WHEN excluded.event_time > profile_watermarks.event_time "
+                "THEN excluded.event_time ELSE profile_watermarks.event_time END",
+                [
+                    (
+                        watermark.destination_id,
+                        watermark.profile_id,
+                        to_micros(watermark.event_time),
+                        watermark.destination_id,
+                    )
+                    for watermark in watermarks
+                ],
+            )
+
+        await self._write("retire", work)
+
+    async def defer(
+        self,
+        entries: Sequence[OutboxEntry],
+        not_before: datetime,
+        last_error: str,
+        attempts: int | None = None,
+        *,
+        fencing: int | None = None,
+    ) -> None:
+        """Postpone entries after a transient failure; `attempts=None` adds one to each."""
+        due = to_micros(not_before)
+
+        def work(connection: sqlite3.Connection) -> None:
+            if fencing is not None:
+                _check_fencing(connection, {entry.instance_key for entry in entries}, fencing)
+            connection.executemany(
+                "UPDATE outbox SET not_before = ?, last_error = ?, "
+                "attempts = COALESCE(?, attempts + 1) WHERE sequence = ?",
+                [(due, last_error, attempts, entry.sequence) for entry in entries],
+            )
+
+        await self._write("defer", work)
+
+    async def watermarks(
+        self, destination_id: str, profile_ids: Sequence[str]
+    ) -> dict[str, datetime]:
+        """Last applied event time per profile (profiles never applied are absent)."""
+
+        def work(connection: sqlite3.Connection) -> dict[str, datetime]:
+            found: dict[str, datetime] = {}
+            for chunk in _chunks(profile_ids):
+                marks = ", ".join("?" * len(chunk))
+                rows = connection.execute(
+                    "SELECT profile_id, event_time FROM profile_watermarks "
+                    f"WHERE destination_id = ? AND profile_id IN ({marks})",
+                    (destination_id, *chunk),
+                )
+                found.update((row[0], from_micros(row[1])) for row in rows)
+            return found
+
+        return await self._read(work)
+
+    async def pending_stats(self, destination_id: str) -> PendingStats:
+        """Backlog count (a kept counter) and oldest enqueue time (first row of an index)."""
+        return await self._read(lambda connection: _pending_stats(connection, destination_id))
+
+    async def instance_keys_with_due_work(self, now: datetime | None = None) -> list[str]:
+        """Instances that have at least one due entry."""
+        due = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> list[str]:
+            rows = connection.execute(
+                "SELECT instance_key FROM outbox_instances i WHERE EXISTS ("
+                "SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
+                "AND o.not_before <= ?) ORDER BY instance_key",
+                (due,),
+            )
+            return [row[0] for row in rows]
+
+        return await self._read(work)
+
+    # -- outcomes and dataflow ------------------------------------------------------------------
+
+    async def list_outcomes(
+        self,
+        destination_id: str,
+        *,
+        profile_id: str | None = None,
+        dedupe_value: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+    ) -> Page[OutcomeRecord]:
+        """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
+        size = _page_size(page_size)
+        after = _decode_token(page_token, "outcomes")
+        conditions = ["destination_id = ?"]
+        params: list[Any] = [destination_id]
+        if profile_id is not None:
+            conditions.append("profile_id = ?")
+            params.append(profile_id)
+        if dedupe_value is not None:
+            conditions.append("dedupe_value = ?")
+            params.append(dedupe_value)
+        if after is not None:
+            conditions.append("id < ?")
+            params.append(after[0])
+        sql = (
+            f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE {' AND '.join(conditions)} "
+            "ORDER BY id DESC LIMIT ?"
+        )
+        params.append(size + 1)
+
+        def work(connection: sqlite3.Connection) -> Page[OutcomeRecord]:
+            rows = connection.execute(sql, params).fetchall()
+            records = tuple(_outcome_record(row) for row in rows[:size])
+            token = _encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
+            return Page(records, token)
+
+        return await self._read(work)
+
+    async def dataflow(
+        self, destination_id: str, hours: int = 24, now: datetime | None = None
+    ) -> Dataflow:
+        """Totals over the destination's life and the last `hours` hourly runs, newest first."""
+        current = self._now(now)
+        current_hour = current - current % HOUR_US
+        first_hour = current_hour - (max(hours, 0) - 1) * HOUR_US
+
+        def work(connection: sqlite3.Connection) -> Dataflow:
+            row = connection.execute(
+                "SELECT paused_until FROM destinations WHERE id = ?", (destination_id,)
+            ).fetchone()
+            if row is None:
+                raise DestinationNotFound(destination_id)
+            paused_until = from_micros(row[0]) if row[0] is not None else None
+            sums = ", ".join(f"COALESCE(SUM({column}), 0)" for column in _COUNT_COLUMNS)
+            totals = connection.execute(
+                f"SELECT {sums} FROM dataflow_hours WHERE destination_id = ?", (destination_id,)
+            ).fetchone()
+            total = dict(zip(_COUNT_COLUMNS, totals, strict=True))
+            reasons: dict[str, dict[str, int]] = {"excluded": {}, "failed": {}}
+            for kind, reason, count in connection.execute(
+                "SELECT kind, reason, SUM(count) FROM dataflow_reasons WHERE destination_id = ? "
+                "GROUP BY kind, reason ORDER BY kind, reason",
+                (destination_id,),
+            ):
+                reasons[kind][reason] = count
+            by_hour = {
+                hour_row[0]: hour_row[1:]
+                for hour_row in connection.execute(
+                    "SELECT hour_start, received, activated, excluded, failed, superseded "
+                    "FROM dataflow_hours WHERE destination_id = ? AND hour_start >= ?",
+                    (destination_id, first_hour),
+                )
+            }
+            runs = []
+            for hour in range(current_hour, first_hour - 1, -HOUR_US):
+                received, activated, excluded, failed, superseded = by_hour.get(hour, (0,) * 5)
+                runs.append(
+                    DataflowRun(
+                        from_micros(hour), received, activated, excluded, failed, superseded
+                    )
+                )
+            pending = _pending_stats(connection, destination_id)
+            oldest_age = (
+                from_micros(current) - pending.oldest_enqueued_at
+                if pending.oldest_enqueued_at is not None
+                else None
+            )
+            return Dataflow(
+                destination_id=destination_id,
+                received=total["received"],
+                activated=total["activated"],
+                created=total["created"],
+                updated=total["updated"],
+                added=total["added"],
+                removed=total["removed"],
+                excluded=reasons["excluded"],
+                failed=reasons["failed"],
+                superseded=total["superseded"],
+                pending=pending.count,
+                oldest_pending_age=oldest_age,
+                runs=tuple(runs),
+                paused_until=paused_until,
+            )
+
+        return await self._read(work)
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    async def raise_alert(
+        self,
+        destination_id: str,
+        type: str,
+        message: str,
+        *,
+        paused_until: datetime | None = None,
+        now: datetime | None = None,
+    ) -> tuple[AlertRecord, bool]:
+        """Open an alert of that type unless one is open; returns (the open alert, newly raised)."""
+        raised_at = self._now(now)
+        until = to_micros(paused_until) if paused_until is not None else None
+
+        def work(connection: sqlite3.Connection) -> tuple[AlertRecord, bool]:
+            if (
+                connection.execute(
+                    "SELECT 1 FROM destinations WHERE id = ?", (destination_id,)
+                ).fetchone()
+                is None
+            ):
+                raise DestinationNotFound(destination_id)
+            row = connection.execute(
+                "SELECT id FROM alerts WHERE destination_id = ? AND type = ? "
+                "AND resolved_at IS NULL",
+                (destination_id, type),
+            ).fetchone()
+            if row is not None:
+                connection.execute(
+                    "UPDATE alerts SET message = ?, paused_until = ? WHERE id = ?",
+                    (message, until, row[0]),
+                )
+                return _fetch_alert(connection, row[0]), False
+            alert_id = "alr_" + secrets.token_hex(10)
+            connection.execute(
+                f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (alert_id, destination_id, type, message, raised_at, until),
+            )
+            return _fetch_alert(connection, alert_id), True
+
+        return await self._write("raise_alert", work)
+
+    async def resolve_alert(
+        self, destination_id: str, type: str, now: datetime | None = None
+    ) -> AlertRecord | None:
+        """Resolve the open alert of that type; returns it, or None when none was open."""
+        resolved_at = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> AlertRecord | None:
+            row = connection.execute(
+                "SELECT id FROM alerts WHERE destination_id = ? AND type = ? "
+                "AND resolved_at IS NULL",
+                (destination_id, type),
+            ).fetchone()
+            if row is None:
+                return None
+            connection.execute(
+                "UPDATE alerts SET resolved_at = ? WHERE id = ?", (resolved_at, row[0])
+            )
+            return _fetch_alert(connection, row[0])
+
+        return await self._write("resolve_alert", work)
+
+    async def open_alerts(self, destination_id: str) -> list[AlertRecord]:
+        """Unresolved alerts, oldest first."""
+
+        def work(connection: sqlite3.Connection) -> list[AlertRecord]:
+            rows = connection.execute(
+                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE destination_id = ? "
+                "AND resolved_at IS NULL ORDER BY raised_at, id",
+                (destination_id,),
+            )
+            return [_alert(row) for row in rows]
+
+        return await self._read(work)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, instance_key: str, holder: str, ttl: timedelta, now: datetime | None = None
+    ) -> Lease | None:
+        """Take the instance's lease if free, expired or already ours; None if someone holds it."""
+        current = self._now(now)
+        expires = current + ttl // timedelta(microseconds=1)
+
+        def work(connection: sqlite3.Connection) -> Lease | None:
+            row = connection.execute(
+                "SELECT holder, generation, expires_at FROM instance_leases WHERE instance_key = ?",
+                (instance_key,),
+            ).fetchone()
+            if row is None:
+                generation = 1
+                connection.execute(
+                    "INSERT INTO instance_leases (instance_key, holder, generation, expires_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (instance_key, holder, generation, expires),
+                )
+            else:
+                current_holder, generation, expires_at = row
+                held = expires_at > current
+                if held and current_holder != holder:
+                    return None
+                if not held:
+                    generation += 1  # a new tenure: the previous holder's token is now stale
+                connection.execute(
+                    "UPDATE instance_leases SET holder = ?, generation = ?, expires_at = ? "
+                    "WHERE instance_key = ?",
+                    (holder, generation, expires, instance_key),
+                )
+            return Lease(instance_key, holder, generation, from_micros(expires))
+
+        return await self._write("acquire_lease", work)
+
+    async def renew_lease(
+        self, lease: Lease, ttl: timedelta, now: datetime | None = None
+    ) -> Lease | None:
+        """Extend a lease we still hold (same holder and generation); None if it was lost."""
+        expires = self._now(now) + ttl // timedelta(microseconds=1)
+
+        def work(connection: sqlite3.Connection) -> Lease | None:
+            cursor = connection.execute(
+                "UPDATE instance_leases SET expires_at = ? "
+                "WHERE instance_key = ? AND holder = ? AND generation = ?",
+                (expires, lease.instance_key, lease.holder, lease.generation),
+            )
+            if cursor.rowcount == 0:
+                return None
+            return Lease(lease.instance_key, lease.holder, lease.generation, from_micros(expires))
+
+        return await self._write("renew_lease", work)
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up (expire it now) if we still hold it."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE instance_leases SET expires_at = 0 "
+                "WHERE instance_key = ? AND holder = ? AND generation = ?",
+                (lease.instance_key, lease.holder, lease.generation),
+            )
+
+        await self._write("release_lease", work)
+
+
+async def open_in_data_dir(data_dir: Path, box: SecretBox, **options: Any) -> SqliteStore:
+    """Open `<data_dir>/store.db` (the directory is created if missing); `options` go to `open`."""
+    return await SqliteStore.open(data_dir / DATABASE_FILE_NAME, box, **options)
+
+
+def _conforms(store: SqliteStore) -> Store:
+    return store  # mypy checks SqliteStore against the Store protocol here
+
+
+# -- row conversion and helpers ---------------------------------------------------------------
+
+
+def _dumps_mappings(mappings: Iterable[FieldMapping]) -> str:
+    return _dumps(
+        [
+            {
+                "source": mapping.source,
+                "target": mapping.target,
+                "transform": mapping.transform,
+                "options": dict(mapping.options),
+                "labels": list(mapping.labels),
+            }
+            for mapping in mappings
+        ]
+    )
+
+
+def _loads_mappings(text: str) -> tuple[FieldMapping, ...]:
+    return tuple(
+        FieldMapping(
+            source=item["source"],
+            target=item["target"],
+            transform=item["transform"],
+            options=item["options"],
+            labels=tuple(item["labels"]),
+        )
+        for item in json.loads(text)
+    )
+
+
+def _outbox_params(
+    destination_id: str,
+    instance_key: str,
+    update: ProfileUpdate,
+    trace_context: str | None,
+    now: int,
+) -> tuple[Any, ...]:
+    payload = _dumps(
+        {
+            "p": update.profile,
+            "m": [[m.audience_id, m.status.value] for m in update.memberships],
+        }
+    )
+    return (
+        destination_id,
+        instance_key,
+        update.update_id,
+        update.profile_id,
+        to_micros(update.event_time),
+        payload,
+        trace_context,
+        now,
+        now,
+    )
+
+
+def _delivered(
+    connection: sqlite3.Connection, destination_id: str, update_ids: Sequence[str]
+) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(update_ids):
+        marks = ", ".join("?" * len(chunk))
+        rows = connection.execute(
+            f"SELECT update_id FROM outcomes WHERE destination_id = ? AND update_id IN ({marks})",
+            (destination_id, *chunk),
+        )
+        found.update(row[0] for row in rows)
+    return found
+
+
+def _outbox_entry(row: Sequence[Any]) -> OutboxEntry:
+    payload = json.loads(row[6])
+    update = ProfileUpdate(
+        update_id=row[3],
+        profile_id=row[4],
+        event_time=from_micros(row[5]),
+        profile=payload["p"],
+        memberships=tuple(
+            AudienceMembership(audience_id, MembershipStatus(status))
+            for audience_id, status in payload["m"]
+        ),
+    )
+    return OutboxEntry(
+        sequence=row[0],
+        destination_id=row[1],
+        instance_key=row[2],
+        update=update,
+        enqueued_at=from_micros(row[8]),
+        not_before=from_micros(row[9]),
+        attempts=row[10],
+        last_error=row[11],
+        trace_context=row[7],
+    )
+
+
+def _outcome_record(row: Sequence[Any]) -> OutcomeRecord:
+    outcome = Outcome(
+        update_id=row[2],
+        profile_id=row[3],
+        dedupe_value=row[4],
+        kind=OutcomeKind(row[7]),
+        actions=tuple(
+            Action(ActionType(action_type), audience_id)
+            for action_type, audience_id in json.loads(row[8])
+        ),
+        lead_id=row[9],
+        reason=row[10],
+        marketo_code=row[11],
+    )
+    return OutcomeRecord(
+        destination_id=row[1],
+        outcome=outcome,
+        event_time=from_micros(row[5]),
+        recorded_at=from_micros(row[6]),
+    )
+
+
+def _alert(row: Sequence[Any]) -> AlertRecord:
+    return AlertRecord(
+        id=row[0],
+        destination_id=row[1],
+        type=row[2],
+        message=row[3],
+        raised_at=from_micros(row[4]),
+        resolved_at=from_micros(row[5]) if row[5] is not None else None,
+        paused_until=from_micros(row[6]) if row[6] is not None else None,
+    )
+
+
+def _fetch_alert(connection: sqlite3.Connection, alert_id: str) -> AlertRecord:
+    row = connection.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,)
+    ).fetchone()
+    return _alert(row)
+
+
+def _pair_outcomes(
+    entries: Sequence[OutboxEntry], outcomes: Sequence[Outcome]
+) -> list[tuple[OutboxEntry, Outcome]]:
+    if len(entries) != len(outcomes):
+        raise ValueError(f"{len(entries)} entries but {len(outcomes)} outcomes")
+    for entry, outcome in zip(entries, outcomes, strict=True):
+        if entry.update.update_id != outcome.update_id:
+            raise ValueError(
+                f"outcome of {outcome.update_id!r} is paired with entry {entry.sequence} "
+                f"of update {entry.update.update_id!r}"
+            )
+    return list(zip(entries, outcomes, strict=True))
+
+
+def _count_outcome(counts: _Counts, outcome: Outcome) -> None:
+    if outcome.kind is OutcomeKind.ACTIVATED:
+        counts.activated += 1
+        for action in outcome.actions:
+            column = _ACTION_COLUMN[action.type]
+            setattr(counts, column, getattr(counts, column) + 1)
+    elif outcome.kind is OutcomeKind.EXCLUDED:
+        counts.excluded += 1
+        counts.reasons["excluded", outcome.reason or "unknown"] += 1
+    elif outcome.kind is OutcomeKind.FAILED:
+        counts.failed += 1
+        counts.reasons["failed", outcome.marketo_code or "unknown"] += 1
+    else:
+        counts.superseded += 1
+
+
+def _add_counts(
+    connection: sqlite3.Connection, destination_id: str, hour: int, counts: _Counts
+) -> None:
+    values = [getattr(counts, column) for column in _COUNT_COLUMNS]
+    columns = ", ".join(_COUNT_COLUMNS)
+    marks = ", ".join("?" * len(_COUNT_COLUMNS))
+    increments = ", ".join(
+        f"{column} = dataflow_hours.{column} + excluded.{column}" for column in _COUNT_COLUMNS
+    )
+    connection.execute(
+        f"INSERT INTO dataflow_hours (destination_id, hour_start, {columns}) "
+        f"VALUES (?, ?, {marks}) "
+        f"ON CONFLICT (destination_id, hour_start) DO UPDATE SET {increments}",
+        (destination_id, hour, *values),
+    )
+    for (kind, reason), count in counts.reasons.items():
+        connection.execute(
+            "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, count) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (destination_id, hour_start, kind, reason) "
+            "DO UPDATE SET count = dataflow_reasons.count + excluded.count",
+            (destination_id, hour, kind, reason, count),
+        )
+
+
+def _check_fencing(connection: sqlite3.Connection, instance_keys: set[str], fencing: int) -> None:
+    for instance_key in sorted(instance_keys):
+        row = connection.execute(
+            "SELECT generation FROM instance_leases WHERE instance_key = ?", (instance_key,)
+        ).fetchone()
+        current = row[0] if row is not None else None
+        if current != fencing:
+            raise FencingError(instance_key, fencing, current)
+
+
+def _pending_stats(connection: sqlite3.Connection, destination_id: str) -> PendingStats:
+    row = connection.execute(
+        "SELECT pending FROM destinations WHERE id = ?", (destination_id,)
+    ).fetchone()
+    if row is None:
+        raise DestinationNotFound(destination_id)
+    oldest = connection.execute(
+        "SELECT enqueued_at FROM outbox WHERE destination_id = ? ORDER BY sequence LIMIT 1",
+        (destination_id,),
+    ).fetchone()
+    return PendingStats(row[0], from_micros(oldest[0]) if oldest is not None else None)
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
+def _page_size(page_size: int) -> int:
+    if page_size <= 0:
+        return DEFAULT_PAGE_SIZE
+    return min(page_size, MAX_PAGE_SIZE)
+
+
+def _encode_token(listing: str, position: list[Any]) -> str:
+    raw = _dumps({"l": listing, "p": position}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, listing: str) -> list[Any] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise InvalidPageToken() from None
+    if (
+        not isinstance(data, dict)
+        or data.get("l") != listing
+        or not isinstance(data.get("p"), list)
+    ):
+        raise InvalidPageToken()
+    position: list[Any] = data["p"]
+    return position

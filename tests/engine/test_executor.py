@@ -1,0 +1,337 @@
+"""Resolve then write, against an in-memory Marketo."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from service.domain import (
+    Action,
+    ActionType,
+    AudienceMembership,
+    MembershipStatus,
+    OutcomeKind,
+    PersonAction,
+    ProfileUpdate,
+    SyncRules,
+    SyncType,
+)
+from service.engine import KeyedLocks, SyncEngine
+from service.marketo.errors import (
+    OutcomeUnknownError,
+    QuotaExhaustedError,
+    RejectedError,
+    UnavailableError,
+)
+from service.marketo.types import SyncAction
+from tests.engine.fakes import FakeMarketo, PathMapper, at
+
+CREATE = SyncRules(
+    SyncType.AUDIENCE_AND_PROFILE, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "email", "Europe"
+)
+UPDATE_ONLY = SyncRules(SyncType.AUDIENCE_AND_PROFILE, PersonAction.UPDATE_EXISTING_ONLY, "email")
+PROFILE_CREATE = SyncRules(
+    SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "email"
+)
+AUDIENCE_ONLY = SyncRules(SyncType.AUDIENCE_ONLY, None, "email")
+LISTS = {"a1": 11, "a2": 12}
+UPDATE = f"sync_leads:{SyncAction.UPDATE_ONLY}"
+CREATE_CALL = f"sync_leads:{SyncAction.CREATE_ONLY}"
+
+
+def upd(
+    uid: str, minute: int, *members: tuple[str, str], pid: str = "", **profile: Any
+) -> ProfileUpdate:
+    return ProfileUpdate(
+        update_id=uid,
+        profile_id=pid or uid,
+        event_time=at(minute),
+        profile=profile,
+        memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in members),
+    )
+
+
+def person(
+    uid: str, email: str, *members: tuple[str, str], minute: int = 1, **extra: Any
+) -> ProfileUpdate:
+    return upd(uid, minute, *members, email=email, first="F" + uid, last="L" + uid, **extra)
+
+
+def engine(fake: FakeMarketo, rules: SyncRules, **kw: Any) -> SyncEngine:
+    return SyncEngine(fake, rules, PathMapper(), audience_lists=LISTS, **kw)
+
+
+def by_update(result: Any) -> dict[str, Any]:
+    return {o.update_id: o for o in result.outcomes}
+
+
+async def test_most_recently_updated_duplicate_wins_ties_by_highest_id() -> None:
+    fake = FakeMarketo()
+    old = fake.seed("Default", at(1), email="dup@x.io", firstName="old")
+    recent = fake.seed("Europe", at(9), email="DUP@x.io", firstName="recent")
+    tie_low = fake.seed("Default", at(5), email="tie@x.io")
+    tie_high = fake.seed("Asia", at(5), email="tie@x.io")
+    result = await engine(fake, UPDATE_ONLY).sync(
+        [person("u1", "dup@x.io", ("a1", "realized")), person("u2", "tie@x.io", ("a1", "realized"))]
+    )
+    outcomes = by_update(result)
+    assert outcomes["u1"].lead_id == recent
+    assert outcomes["u2"].lead_id == tie_high
+    assert fake.leads[recent].fields["firstName"] == "Fu1"
+    assert fake.leads[old].fields["firstName"] == "old"
+    assert "firstName" not in fake.leads[tie_low].fields
+    assert fake.lists[11] == {recent, tie_high}
+    assert outcomes["u1"].actions == (Action(ActionType.UPDATED), Action(ActionType.ADDED, "a1"))
+    # the lead moved by nobody: updates by id carry no partition
+    assert fake.leads[recent].partition == "Europe"
+
+
+async def test_create_in_chosen_partition_and_add_new_lead_to_lists() -> None:
+    fake = FakeMarketo()
+    result = await engine(fake, CREATE).sync([person("u1", "new@x.io", ("a1", "realized"))])
+    (outcome,) = result.outcomes
+    assert outcome.kind is OutcomeKind.ACTIVATED
+    assert outcome.actions == (Action(ActionType.CREATED), Action(ActionType.ADDED, "a1"))
+    assert outcome.lead_id is not None
+    lead = fake.leads[outcome.lead_id]
+    assert lead.partition == "Europe"
+    assert lead.fields == {"email": "new@x.io", "firstName": "Fu1", "lastName": "Lu1"}
+    assert fake.lists[11] == {outcome.lead_id}
+    assert dict(result.watermarks) == {"u1": at(1)}
+
+
+async def test_unmatched_without_creation_or_required_attributes_is_excluded() -> None:
+    fake = FakeMarketo()
+    updates = [person("u1", "a@x.io"), upd("u2", 1, email="b@x.io", first="Bo")]
+    excluded_update_only = by_update(await engine(fake, UPDATE_ONLY).sync(updates))
+    assert {k: (o.kind, o.reason) for k, o in excluded_update_only.items()} == {
+        "u1": (OutcomeKind.EXCLUDED, "no matching lead"),
+        "u2": (OutcomeKind.EXCLUDED, "no matching lead"),
+    }
+    created = by_update(await engine(fake, PROFILE_CREATE).sync(updates))
+    assert created["u1"].kind is OutcomeKind.ACTIVATED
+    assert (created["u2"].kind, created["u2"].reason) == (
+        OutcomeKind.EXCLUDED,
+        "missing required attributes: lastName",
+    )
+    assert len(fake.leads) == 1
+
+
+async def test_audience_only_never_writes_attributes_and_exit_removes() -> None:
+    fake = FakeMarketo()
+    member = fake.seed(email="m@x.io", firstName="keep")
+    outsider = fake.seed(email="o@x.io")
+    fake.lists[11] = {member}
+    result = await engine(fake, AUDIENCE_ONLY).sync(
+        [
+            person("u1", "m@x.io", ("a1", "exited"), ("a2", "realized")),
+            person("u2", "o@x.io", ("a1", "exited")),
+            person("u3", "ghost@x.io", ("a1", "exited")),
+            person("u4", "new@x.io", ("a1", "realized")),
+        ]
+    )
+    outcomes = by_update(result)
+    assert fake.count(UPDATE) == 0 and fake.count(CREATE_CALL) == 0
+    assert fake.leads[member].fields == {"email": "m@x.io", "firstName": "keep"}
+    assert fake.lists[11] == set() and fake.lists[12] == {member}
+    assert outcomes["u1"].actions == (
+        Action(ActionType.REMOVED, "a1"),
+        Action(ActionType.ADDED, "a2"),
+    )
+    # removing a lead that is not a member (1015) is success
+    assert outcomes["u2"].kind is OutcomeKind.ACTIVATED
+    assert outcomes["u2"].lead_id == outsider
+    for uid in ("u3", "u4"):
+        assert (outcomes[uid].kind, outcomes[uid].reason) == (
+            OutcomeKind.EXCLUDED,
+            "no matching lead",
+        )
+    assert len(fake.leads) == 2
+
+
+async def test_lead_created_meanwhile_is_looked_up_and_updated() -> None:
+    fake = FakeMarketo()
+    fake.before[CREATE_CALL] = lambda: fake.seed(email="race@x.io", firstName="other")
+    result = await engine(fake, CREATE).sync([person("u1", "race@x.io")])
+    (outcome,) = result.outcomes
+    assert len(fake.leads) == 1
+    (lead,) = fake.leads.values()
+    assert outcome.kind is OutcomeKind.ACTIVATED and outcome.lead_id == lead.id
+    assert outcome.actions == (Action(ActionType.UPDATED),)
+    assert lead.fields["firstName"] == "Fu1"
+    assert fake.count("find_leads") == 2
+
+
+async def test_create_with_lost_answer_is_looked_up_not_recreated() -> None:
+    fake = FakeMarketo()
+    fake.after_apply[CREATE_CALL] = [OutcomeUnknownError("connection dropped", code=None)]
+    result = await engine(fake, CREATE).sync([person("u1", "lost@x.io", ("a1", "realized"))])
+    (outcome,) = result.outcomes
+    assert len(fake.leads) == 1
+    (lead,) = fake.leads.values()
+    assert outcome.kind is OutcomeKind.ACTIVATED and outcome.lead_id == lead.id
+    assert fake.lists[11] == {lead.id}
+    assert fake.count(CREATE_CALL) == 1
+
+
+async def test_create_whose_answer_is_lost_before_applying_is_retried_after_lookup() -> None:
+    fake = FakeMarketo()
+    fake.faults[CREATE_CALL] = [OutcomeUnknownError("timeout", code="604")]
+    result = await engine(fake, CREATE).sync([person("u1", "t@x.io")])
+    assert [o.actions for o in result.outcomes] == [(Action(ActionType.CREATED),)]
+    assert len(fake.leads) == 1
+    assert [name for name, _ in fake.calls] == [
+        "find_leads",
+        CREATE_CALL,
+        "find_leads",
+        CREATE_CALL,
+    ]
+
+
+async def test_request_rejected_for_one_record_is_split_to_isolate_it() -> None:
+    fake = FakeMarketo()
+    for i in range(8):
+        fake.seed(email=f"p{i}@x.io")
+
+    def reject(record: Any) -> RejectedError | None:
+        return RejectedError("609", "Invalid JSON") if record.get("city") == "bad" else None
+
+    fake.reject_if = reject
+    updates = [person(f"u{i}", f"p{i}@x.io", city="bad" if i == 5 else "ok") for i in range(8)]
+    outcomes = by_update(await engine(fake, UPDATE_ONLY).sync(updates))
+    assert (outcomes["u5"].kind, outcomes["u5"].marketo_code) == (OutcomeKind.FAILED, "609")
+    assert all(outcomes[f"u{i}"].kind is OutcomeKind.ACTIVATED for i in range(8) if i != 5)
+    # 8 -> 4+4 -> (2+2) -> (1+1): 1 + 2 + 2 + 2 calls
+    assert fake.count(UPDATE) == 7
+
+
+async def test_record_level_reason_becomes_failed_with_code() -> None:
+    fake = FakeMarketo()
+    lead = fake.seed(email="a@x.io")
+
+    async def sync_leads(records: Any, **kw: Any) -> Any:
+        from service.marketo.types import Reason, RecordResult
+
+        return [RecordResult("skipped", None, (Reason("1003", "Invalid value for field 'x'"),))]
+
+    fake.sync_leads = sync_leads  # type: ignore[method-assign]
+    (outcome,) = (await engine(fake, UPDATE_ONLY).sync([person("u1", "a@x.io")])).outcomes
+    assert (outcome.kind, outcome.marketo_code, outcome.lead_id) == (
+        OutcomeKind.FAILED,
+        "1003",
+        lead,
+    )
+    assert outcome.reason == "Invalid value for field 'x'"
+
+
+async def test_transient_error_defers_without_outcome_or_watermark() -> None:
+    fake = FakeMarketo()
+    fake.seed(email="a@x.io")
+    fake.faults[UPDATE] = [UnavailableError("608", code="608", attempts=3)]
+    result = await engine(fake, UPDATE_ONLY).sync(
+        [person("u1", "a@x.io"), upd("u2", 1, first="no dedupe")]
+    )
+    assert [(o.update_id, o.kind) for o in result.outcomes] == [("u2", OutcomeKind.EXCLUDED)]
+    assert [(d.update_id, d.error.code) for d in result.deferred] == [("u1", "608")]
+    assert dict(result.watermarks) == {"u2": at(1)}
+
+
+async def test_quota_during_lists_defers_only_unfinished_persons() -> None:
+    fake = FakeMarketo()
+    fake.seed(email="a@x.io")
+    fake.seed(email="b@x.io")
+    fake.faults["add_to_list"] = [QuotaExhaustedError(1_800_000_000.0)]
+    result = await engine(fake, UPDATE_ONLY).sync(
+        [person("u1", "a@x.io", ("a1", "realized")), person("u2", "b@x.io")]
+    )
+    assert [(o.update_id, o.actions) for o in result.outcomes] == [
+        ("u2", (Action(ActionType.UPDATED),))
+    ]
+    (deferred,) = result.deferred
+    assert deferred.update_id == "u1" and deferred.paused_until == 1_800_000_000.0
+    assert result.error is deferred.error
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_concurrent_batches_for_one_person_create_one_lead(shared: bool) -> None:
+    # dedupe on a custom field: createOnly (which dedupes on email) cannot save us, the lock must
+    fake = FakeMarketo()
+    rules = SyncRules(SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "crmId")
+    shared_locks = KeyedLocks()
+
+    def make() -> SyncEngine:
+        mapper = PathMapper(dedupe="crm", dedupe_target="crmId")
+        return SyncEngine(fake, rules, mapper, locks=shared_locks if shared else KeyedLocks())
+
+    results = await asyncio.gather(
+        make().sync([person("u1", "one@x.io", crm="C-1", minute=1)]),
+        make().sync([person("u2", "two@x.io", crm="c-1", minute=2)]),
+    )
+    if not shared:
+        assert len(fake.leads) == 2  # the race the lock exists for
+        return
+    assert len(fake.leads) == 1
+    actions = sorted(a.type for r in results for o in r.outcomes for a in o.actions)
+    assert actions == [ActionType.CREATED, ActionType.UPDATED]
+    assert len(shared_locks) == 0
+
+
+async def test_dry_run_looks_up_and_writes_nothing() -> None:
+    fake = FakeMarketo()
+    known = fake.seed(email="k@x.io")
+    report = await engine(fake, CREATE).dry_run(
+        [
+            person("u1", "k@x.io", ("a1", "realized"), ("a2", "exited")),
+            person("u2", "new@x.io", ("a1", "realized"), ("a2", "exited")),
+            upd("u3", 1, first="x"),
+        ]
+    )
+    assert {name for name, _ in fake.calls} == {"find_leads"}
+    assert report.create == ("new@x.io",)
+    assert [(u.dedupe_value, u.lead_id) for u in report.update] == [("k@x.io", known)]
+    assert [(a.audience_id, a.list_id, a.add, a.remove) for a in report.audiences] == [
+        ("a1", 11, ("k@x.io", "new@x.io"), ()),
+        ("a2", 12, (), ("k@x.io",)),
+    ]
+    assert [(o.update_id, o.kind) for o in report.outcomes] == [("u3", OutcomeKind.EXCLUDED)]
+
+
+async def test_large_batch_uses_the_fewest_calls() -> None:
+    fake = FakeMarketo()
+    for i in range(700):
+        fake.seed(email=f"e{i}@x.io")
+    updates = [person(f"u{i}", f"e{i}@x.io", ("a1", "realized")) for i in range(1000)]
+    result = await engine(fake, CREATE).sync(updates)
+    assert len(result.outcomes) == 1000 and not result.deferred
+    assert fake.count("find_leads") == 4  # 1000 / 300
+    assert fake.count(UPDATE) == 3  # 700 / 300
+    assert fake.count(CREATE_CALL) == 1  # 300
+    assert fake.count("add_to_list") == 4  # 1000 / 300
+    assert len(fake.leads) == 1000 and len(fake.lists[11]) == 1000
+
+
+async def test_1005_for_a_key_held_by_another_lead_fails_without_retrying() -> None:
+    # dedupe on a custom field; the e-mail (Marketo's create dedupe) belongs to another lead
+    fake = FakeMarketo()
+    other = fake.seed(email="shared@x.io", crmId="OTHER")
+    rules = SyncRules(SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "crmId")
+    mapper = PathMapper(dedupe="crm", dedupe_target="crmId")
+    result = await SyncEngine(fake, rules, mapper).sync([person("u1", "shared@x.io", crm="MINE")])
+    (outcome,) = result.outcomes
+    assert (outcome.kind, outcome.marketo_code) == (OutcomeKind.FAILED, "1005")
+    assert fake.count(CREATE_CALL) == 1 and fake.count("find_leads") == 2
+    assert list(fake.leads) == [other]
+
+
+async def test_create_whose_outcome_stays_unknown_is_deferred() -> None:
+    fake = FakeMarketo()
+    lost = OutcomeUnknownError("timeout", code="604")
+    fake.faults[CREATE_CALL] = [lost, lost, lost]
+    result = await engine(fake, CREATE).sync([person("u1", "t@x.io")])
+    assert result.outcomes == ()
+    assert [(d.update_id, d.error) for d in result.deferred] == [("u1", lost)]
+    assert result.watermarks == {}
+    # every retry of the create was preceded by a fresh look-up
+    assert [name for name, _ in fake.calls] == ["find_leads", CREATE_CALL] * 3

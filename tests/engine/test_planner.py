@@ -1,0 +1,159 @@
+"""Planning: supersede, exclude and coalesce, with no Marketo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.domain import (
+    AudienceMembership,
+    MembershipStatus,
+    OutcomeKind,
+    PersonAction,
+    ProfileUpdate,
+    SyncRules,
+    SyncType,
+)
+from service.engine import plan_batch
+from tests.engine.fakes import PathMapper, at
+
+BOTH = SyncRules(
+    SyncType.AUDIENCE_AND_PROFILE, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "email"
+)
+AUDIENCE_ONLY = SyncRules(SyncType.AUDIENCE_ONLY, None, "email")
+PROFILE_ONLY = SyncRules(SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_ONLY, "email")
+LISTS = {"a1": 11, "a2": 12}
+REALIZED = MembershipStatus.REALIZED
+EXITED = MembershipStatus.EXITED
+
+
+def upd(
+    uid: str, pid: str, minute: int, *members: tuple[str, MembershipStatus], **profile: Any
+) -> ProfileUpdate:
+    return ProfileUpdate(
+        update_id=uid,
+        profile_id=pid,
+        event_time=at(minute),
+        profile=profile,
+        memberships=tuple(AudienceMembership(a, s) for a, s in members),
+    )
+
+
+def kinds(plan: Any) -> dict[str, tuple[OutcomeKind, str]]:
+    return {o.update_id: (o.kind, o.reason) for o in plan.outcomes}
+
+
+def test_update_older_than_watermark_is_superseded_equal_is_not() -> None:
+    plan = plan_batch(
+        [upd("u1", "p1", 5, email="a@x.io"), upd("u2", "p2", 10, email="b@x.io")],
+        BOTH,
+        PathMapper(),
+        watermarks={"p1": at(6), "p2": at(10)},
+    )
+    assert [o.update_id for o in plan.outcomes] == ["u1"]
+    assert plan.outcomes[0].kind is OutcomeKind.SUPERSEDED
+    assert [p.dedupe_value for p in plan.persons] == ["b@x.io"]
+
+
+def test_latest_event_wins_and_memberships_merge_per_audience() -> None:
+    plan = plan_batch(
+        [
+            upd("late", "p1", 20, ("a1", EXITED), email="a@x.io", city="Oslo"),
+            upd("early", "p1", 10, ("a1", REALIZED), ("a2", REALIZED), email="a@x.io", city="Rome"),
+            upd("middle", "p1", 15, email="a@x.io", city="Bern"),
+        ],
+        BOTH,
+        PathMapper(),
+        audience_lists=LISTS,
+    )
+    (person,) = plan.persons
+    assert person.fields["city"] == "Oslo"
+    assert dict(person.memberships) == {"a1": EXITED, "a2": REALIZED}
+    # "early" still carries the winning a2 membership; "middle" carries nothing that wins
+    assert sorted(u.update_id for u in person.updates) == ["early", "late"]
+    assert kinds(plan) == {
+        "middle": (OutcomeKind.SUPERSEDED, "superseded by a newer update in the same batch")
+    }
+    assert dict(person.watermarks) == {"p1": at(20)}
+
+
+def test_profiles_sharing_a_dedupe_value_coalesce_case_insensitively() -> None:
+    plan = plan_batch(
+        [
+            upd("u1", "p1", 30, ("a1", REALIZED), email="Ann@X.io", first="New"),
+            upd("u2", "p2", 10, ("a2", REALIZED), email="ann@x.io", first="Old"),
+        ],
+        BOTH,
+        PathMapper(),
+        audience_lists=LISTS,
+    )
+    (person,) = plan.persons
+    assert person.fields["firstName"] == "New"
+    assert dict(person.memberships) == {"a1": REALIZED, "a2": REALIZED}
+    assert {u.update_id for u in person.updates} == {"u1", "u2"}
+    assert dict(person.watermarks) == {"p1": at(30), "p2": at(10)}
+
+
+def test_exclusions_name_their_reason() -> None:
+    plan = plan_batch(
+        [
+            upd("consent", "p1", 1, email="a@x.io", consents={"marketing": {"any": {"val": "n"}}}),
+            upd("nodedupe", "p2", 1, first="Ann"),
+            upd("rejected", "p3", 1, email="c@x.io", city="!"),
+            upd("fine", "p4", 1, email="d@x.io", consents={"marketing": {"any": {"val": "y"}}}),
+        ],
+        BOTH,
+        PathMapper(),
+    )
+    assert kinds(plan) == {
+        "consent": (OutcomeKind.EXCLUDED, "marketing consent refused"),
+        "nodedupe": (OutcomeKind.EXCLUDED, "no dedupe value"),
+        "rejected": (OutcomeKind.EXCLUDED, "value rejected by mapping: city: not a valid value"),
+    }
+    assert [p.dedupe_value for p in plan.persons] == ["d@x.io"]
+    assert dict(plan.watermarks) == {"p1": at(1), "p2": at(1), "p3": at(1)}
+
+
+def test_consent_refused_later_blocks_the_older_update() -> None:
+    plan = plan_batch(
+        [
+            upd("old", "p1", 1, email="a@x.io"),
+            upd("new", "p1", 2, email="a@x.io", consents={"marketing": {"any": {"val": "n"}}}),
+        ],
+        BOTH,
+        PathMapper(),
+    )
+    assert plan.persons == ()
+    assert kinds(plan)["new"][0] is OutcomeKind.EXCLUDED
+    assert kinds(plan)["old"][0] is OutcomeKind.SUPERSEDED
+
+
+def test_custom_consent_path() -> None:
+    rules = SyncRules(
+        SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_ONLY, "email", consent_path="c.mkt"
+    )
+    plan = plan_batch([upd("u", "p", 1, email="a@x.io", c={"mkt": "n"})], rules, PathMapper())
+    assert kinds(plan) == {"u": (OutcomeKind.EXCLUDED, "marketing consent refused")}
+
+
+def test_memberships_of_unknown_audiences_and_profile_only_are_ignored() -> None:
+    updates = [upd("u", "p", 1, ("a1", REALIZED), ("zz", REALIZED), email="a@x.io")]
+    (both,) = plan_batch(updates, BOTH, PathMapper(), audience_lists=LISTS).persons
+    assert dict(both.memberships) == {"a1": REALIZED}
+    (profile,) = plan_batch(updates, PROFILE_ONLY, PathMapper(), audience_lists=LISTS).persons
+    assert dict(profile.memberships) == {}
+
+
+def test_audience_only_without_activated_membership_is_excluded() -> None:
+    plan = plan_batch(
+        [upd("u", "p", 1, ("zz", REALIZED), email="a@x.io")],
+        AUDIENCE_ONLY,
+        PathMapper(),
+        audience_lists=LISTS,
+    )
+    assert plan.persons == ()
+    assert kinds(plan)["u"][0] is OutcomeKind.EXCLUDED
+
+
+def test_mapper_raising_missing_dedupe_value_is_no_dedupe_value() -> None:
+    plan = plan_batch([upd("u", "p", 1, first="Ann")], BOTH, PathMapper(raise_on_missing=True))
+    assert kinds(plan) == {"u": (OutcomeKind.EXCLUDED, "no dedupe value")}

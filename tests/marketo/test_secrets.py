@@ -1,0 +1,145 @@
+"""The client secret and access tokens never reach a log line, a span, an error or a repr;
+every call is counted per endpoint and code."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import httpx
+import pytest
+
+from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
+from service.marketo import (
+    InstanceLimits,
+    MarketoClient,
+    MarketoError,
+    RetryPolicy,
+    SyncAction,
+)
+from tests.marketo.conftest import START, Telemetry
+from tests.marketo.test_sandbox import BASE, SharedClock
+
+SECRET = "very-secret-client-secret-4711"
+
+
+async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    manual = ManualClock(START)
+    app = create_app(SandboxSettings(client_secret=SECRET, token_ttl=90), clock=manual)
+    clock = SharedClock(manual)
+    seen_tokens: set[str] = set()
+    errors: list[BaseException] = []
+
+    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as http:
+        client = MarketoClient(
+            http,
+            base_url=BASE,
+            client_id="sandbox-client-id",
+            client_secret=SECRET,
+            clock=clock,
+            limits=InstanceLimits(clock=clock),
+            retry=RetryPolicy(max_attempts=2, rng=random.Random(1)),
+        )
+        await http.post(
+            "/_sandbox/faults",
+            json=[
+                {"path_prefix": "/rest/v1/leads.json", "code": "601", "count": 1},
+                {"path_prefix": "/rest/v1/lead/", "http_status": 503},
+                {"path_prefix": "/rest/v1/leads/partitions.json", "code": "drop"},
+            ],
+        )
+        seen_tokens.add((await client.token()).value)
+        await client.sync_leads([{"email": "a@example.com"}], action=SyncAction.UPDATE_ONLY)
+        seen_tokens.add((await client.token()).value)
+        clock.advance(90)  # the token expired: a second one
+        await client.find_leads("email", ["a@example.com"] * 400)
+        seen_tokens.add((await client.token()).value)
+        await http.post(
+            "/_sandbox/faults",
+            json=[{"path_prefix": "/rest/v1/leads.json", "http_status": 502, "count": 1}],
+        )
+        for failing in (
+            client.get_lead(1),
+            client.partitions(),
+            client.sync_leads([{"email": "b@x.com"}], action=SyncAction.CREATE_ONLY),
+        ):
+            try:
+                await failing
+            except MarketoError as exc:
+                errors.append(exc)
+        bad = MarketoClient(
+            http,
+            base_url=BASE,
+            client_id="sandbox-client-id",
+            client_secret=SECRET + "-wrong",
+            clock=clock,
+            limits=InstanceLimits(clock=clock),
+        )
+        try:
+            await bad.partitions()
+        except MarketoError as exc:
+            errors.append(exc)
+        reprs = [
+            repr(client),
+            repr(bad),
+            repr(await client.token()),
+            str(await client.token()),
+            repr(client._tokens),
+            repr(client.limits),
+        ]
+
+    assert len(seen_tokens) >= 2, "the run should have used more than one token"
+    assert len(errors) == 4
+    spans = telemetry.spans.get_finished_spans()
+    assert spans, "spans were recorded"
+    haystack: list[str] = [r.getMessage() for r in caplog.records]
+    haystack += [str(r.args) for r in caplog.records]
+    haystack += [f"{s.name} {dict(s.attributes or {})} {s.events}" for s in spans]
+    haystack += [f"{e!s} {e!r} {vars(e)}" for e in errors]
+    haystack += reprs
+    text = "\n".join(haystack)
+    for secret in (SECRET, *seen_tokens):
+        assert secret not in text
+    assert any("marketo" in line for line in haystack)  # the search did see our output
+
+
+async def test_calls_are_counted_per_endpoint_and_code(
+    telemetry: Telemetry,
+) -> None:
+    def points() -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for attrs, value in telemetry.metric_points("marketo.calls"):
+            key = (str(attrs.get("marketo.endpoint")), str(attrs.get("marketo.code")))
+            out[key] = out.get(key, 0) + value
+        return out
+
+    manual = ManualClock(START)
+    app = create_app(SandboxSettings(), clock=manual)
+    clock = SharedClock(manual)
+    before = points()
+    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as http:
+        await http.post(
+            "/_sandbox/faults",
+            json=[{"path_prefix": "/rest/v1/leads/partitions.json", "code": "606", "count": 2}],
+        )
+        client = MarketoClient(
+            http,
+            base_url=BASE,
+            client_id="sandbox-client-id",
+            client_secret="sandbox-client-secret",
+            clock=clock,
+            limits=InstanceLimits(clock=clock),
+            retry=RetryPolicy(rng=random.Random(2)),
+        )
+        await client.partitions()
+    after = points()
+
+    def delta(key: tuple[str, str]) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta(("leads/partitions", "606")) == 2
+    assert delta(("leads/partitions", "ok")) == 1
+    assert delta(("identity", "ok")) == 1

@@ -1,0 +1,71 @@
+"""The public surface the sync engine codes against: pinned."""
+
+from __future__ import annotations
+
+import inspect
+
+import service.marketo as marketo
+from service.marketo import MarketoClient
+
+METHODS = {
+    "token": [],
+    "describe": [],
+    "describe2": [],
+    "partitions": [],
+    "workspaces": [],
+    "folder_by_name": ["name", "workspace"],
+    "create_folder": ["name", "parent_id", "parent_type", "description"],
+    "static_list_by_name": ["name"],
+    "static_list": ["list_id"],
+    "create_static_list": ["name", "folder_id", "folder_type", "description"],
+    "delete_static_list": ["list_id"],
+    "find_leads": ["filter_type", "values", "fields"],
+    "get_lead": ["lead_id", "fields"],
+    "sync_leads": ["records", "action", "lookup_field", "partition_name"],
+    "add_to_list": ["list_id", "lead_ids"],
+    "remove_from_list": ["list_id", "lead_ids"],
+    "is_member": ["list_id", "lead_ids"],
+    "list_members": ["list_id", "fields"],
+    "create_import": ["csv_bytes", "lookup_field", "list_id", "partition_name"],
+    "import_status": ["batch_id"],
+    "import_failures": ["batch_id"],
+    "import_warnings": ["batch_id"],
+}
+
+
+def test_client_methods() -> None:
+    for name, params in METHODS.items():
+        method = getattr(MarketoClient, name)
+        assert inspect.iscoroutinefunction(method), name
+        assert list(inspect.signature(method).parameters)[1:] == params, name
+
+
+def test_constructor() -> None:
+    params = inspect.signature(MarketoClient.__init__).parameters
+    assert list(params)[1:] == [
+        "http",
+        "base_url",
+        "client_id",
+        "client_secret",
+        "limits",
+        "clock",
+        "retry",
+    ]
+
+
+def test_exported_members() -> None:
+    exported = {name for name in dir(marketo) if not name.startswith("_")}
+    assert set(marketo.__all__) <= exported
+    for name in marketo.__all__:
+        assert getattr(marketo, name).__module__.startswith("service.marketo"), name
+
+
+def test_error_tree() -> None:
+    for error in (
+        marketo.AuthenticationError,
+        marketo.QuotaExhaustedError,
+        marketo.RejectedError,
+        marketo.UnavailableError,
+        marketo.OutcomeUnknownError,
+    ):
+        assert issubclass(error, marketo.MarketoError)

@@ -1,0 +1,272 @@
+"""The Mapper: paths, transforms, data-type coercion, isolation of bad profiles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytest
+
+from service.domain import (
+    DEDUPE_TARGET,
+    FieldMapping,
+    MappedProfile,
+    MappingRejectedError,
+    ProfileMapper,
+)
+from service.hookspecs import Transform, hookimpl
+from service.mapping import FieldType, Mapper, MappingConfigError, validate_mapping_types
+from service.registry import PluginRegistry
+
+FIELDS = [
+    FieldType("email", "email", 255),
+    FieldType("firstName", "string", 255),
+    FieldType("lastName", "string", 255),
+    FieldType("title", "string", 5),
+    FieldType("notes", "text"),
+    FieldType("mobilePhone", "phone"),
+    FieldType("website", "url"),
+    FieldType("numberOfEmployees", "integer"),
+    FieldType("score", "float"),
+    FieldType("annualRevenue", "currency"),
+    FieldType("discount", "percent"),
+    FieldType("unsubscribed", "boolean"),
+    FieldType("dateOfBirth", "date"),
+    FieldType("lastSeen", "datetime"),
+    FieldType("country", "string"),
+    FieldType("leadPartitionId", "reference"),
+]
+
+PROFILE: dict[str, Any] = {
+    "identityMap": {
+        "email": [{"id": "first@example.com"}, {"id": "Primary@Example.com", "primary": True}],
+        "phone": [{"id": "+1 415 555 0123"}],
+    },
+    "person": {"name": {"firstName": " Ada ", "lastName": "Lovelace", "fullName": "Ada Lovelace"}},
+    "mobilePhone": {"number": "070-123 45 67"},
+    "emails": [{"address": "a@b.co"}, {"address": "c@d.co"}],
+    "company": {"size": 120.0, "revenue": "1000000.50", "site": "https://example.com/x"},
+    "flags": {"unsub": "no"},
+    "birth": "1815-12-10",
+    "seen": "2024-05-01T14:00:00+02:00",
+    "country": "Sweden",
+    "discount": "15%",
+}
+
+
+def mapper(registry: PluginRegistry, *rows: FieldMapping, dedupe_field: str = "email") -> Mapper:
+    return Mapper(rows, FIELDS, registry, dedupe_field=dedupe_field)
+
+
+def test_mapper_is_a_profile_mapper(registry: PluginRegistry) -> None:
+    m: ProfileMapper = mapper(registry, FieldMapping("identityMap.email", DEDUPE_TARGET))
+    assert isinstance(m.map_profile(PROFILE), MappedProfile)
+
+
+def test_maps_paths_transforms_and_types(registry: PluginRegistry) -> None:
+    m = mapper(
+        registry,
+        FieldMapping("identityMap.email", DEDUPE_TARGET, "lowercase"),
+        FieldMapping("person.name.firstName", "firstName", "trim"),
+        FieldMapping("person.name.fullName", "lastName", "split_name", {"part": "last"}),
+        FieldMapping("mobilePhone.number", "mobilePhone", "phone_e164", {"default_country": "SE"}),
+        FieldMapping("company.site", "website"),
+        FieldMapping("company.size", "numberOfEmployees"),
+        FieldMapping("company.revenue", "annualRevenue"),
+        FieldMapping("discount", "discount"),
+        FieldMapping("flags.unsub", "unsubscribed"),
+        FieldMapping("birth", "dateOfBirth"),
+        FieldMapping("seen", "lastSeen"),
+        FieldMapping("country", "country", "country_code"),
+        FieldMapping("emails.1.address", "notes"),
+        FieldMapping("no.such.path", "score"),
+    )
+    result = m.map_profile(PROFILE)
+    assert result.dedupe_value == "primary@example.com"
+    assert result.fields == {
+        "email": "primary@example.com",
+        "firstName": "Ada",
+        "lastName": "Lovelace",
+        "mobilePhone": "+46701234567",
+        "website": "https://example.com/x",
+        "numberOfEmployees": 120,
+        "annualRevenue": 1000000.5,
+        "discount": 15,
+        "unsubscribed": False,
+        "dateOfBirth": "1815-12-10",
+        "lastSeen": "2024-05-01T12:00:00Z",
+        "country": "SE",
+        "notes": "c@d.co",
+    }
+
+
+def test_identity_without_primary_takes_first(registry: PluginRegistry) -> None:
+    m = mapper(
+        registry, FieldMapping("identityMap.phone", DEDUPE_TARGET), dedupe_field="mobilePhone"
+    )
+    assert m.map_profile(PROFILE).dedupe_value == "+1 415 555 0123"
+
+
+def test_concat_reads_several_paths(registry: PluginRegistry) -> None:
+    m = mapper(
+        registry,
+        FieldMapping(
+            "person.name.lastName, person.name.firstName", "notes", "concat", {"separator": ", "}
+        ),
+    )
+    assert m.map_profile(PROFILE).fields == {"notes": "Lovelace, Ada"}
+
+
+def test_default_fills_missing_value(registry: PluginRegistry) -> None:
+    m = mapper(registry, FieldMapping("person.jobTitle", "title", "default", {"value": "n/a"}))
+    assert m.map_profile(PROFILE).fields == {"title": "n/a"}
+
+
+def test_missing_dedupe_value_rejects_the_profile(registry: PluginRegistry) -> None:
+    m = mapper(registry, FieldMapping("identityMap.email", DEDUPE_TARGET))
+    with pytest.raises(MappingRejectedError, match="no value for the deduplication field"):
+        m.map_profile({"identityMap": {"email": []}})
+
+
+@pytest.mark.parametrize(
+    ("target", "value", "reason"),
+    [
+        ("title", "Professor", "exceeds the limit of 5"),
+        ("email", "not-an-email", "not a valid email address"),
+        ("numberOfEmployees", 14.1, "not a whole number"),
+        ("numberOfEmployees", 2.0**40, "32-bit"),
+        ("score", "14c", "not a number"),
+        ("unsubscribed", "other", "not a boolean"),
+        ("dateOfBirth", "yesterday", "not a YYYY-MM-DD date"),
+        ("lastSeen", "yesterday", "not an ISO-8601 date-time"),
+        ("website", "ftp://example.com", "not an http(s) URL"),
+        ("mobilePhone", "call me", "not a valid phone number"),
+        ("firstName", ["Ada"], "an array cannot be"),
+        ("firstName", {"a": 1}, "an object cannot be"),
+        ("numberOfEmployees", "1" * 5000, "too many digits"),
+    ],
+)
+def test_values_that_do_not_fit_the_type_are_rejected(
+    registry: PluginRegistry, target: str, value: object, reason: str
+) -> None:
+    m = mapper(registry, FieldMapping("v", target))
+    with pytest.raises(MappingRejectedError) as info:
+        m.map_profile({"v": value})
+    assert info.value.reason.startswith(f"field {target!r} (")
+    assert reason.replace("cannot be", "") in info.value.reason or reason in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("target", "value", "expected"),
+    [
+        ("firstName", 42.0, "42"),
+        ("firstName", True, "true"),
+        ("score", "3.5", 3.5),
+        ("score", 2, 2.0),
+        ("unsubscribed", 1.0, True),
+        ("unsubscribed", "YES", True),
+        ("dateOfBirth", "2024-05-01T23:30:00-05:00", "2024-05-01"),
+        ("lastSeen", "2024-05-01", "2024-05-01T00:00:00Z"),
+        ("lastSeen", "2024-05-01T10:00:00", "2024-05-01T10:00:00Z"),
+        ("mobilePhone", "+1 (415) 555-0123 x12", "+1 (415) 555-0123 x12"),
+        ("numberOfEmployees", "", None),
+    ],
+)
+def test_values_are_coerced(
+    registry: PluginRegistry, target: str, value: object, expected: object
+) -> None:
+    fields = mapper(registry, FieldMapping("v", target)).map_profile({"v": value}).fields
+    assert fields.get(target) == expected
+    assert type(fields.get(target)) is type(expected)
+
+
+def test_configuration_problems_are_all_reported(registry: PluginRegistry) -> None:
+    rows = [
+        FieldMapping("a", "nosuchfield"),
+        FieldMapping("b", "leadPartitionId"),
+        FieldMapping("c", "firstName", "nosuchtransform"),
+        FieldMapping("d", "lastName", "split_name"),
+        FieldMapping("e", "title", "trim", {"colour": "red"}),
+        FieldMapping("f", "notes", None, {"x": "y"}),
+        FieldMapping("g..h", "score"),
+        FieldMapping("i", "email"),
+        FieldMapping("j", DEDUPE_TARGET),
+    ]
+    problems = validate_mapping_types(rows, FIELDS, registry, dedupe_field="email")
+    assert len(problems) == 8, problems
+    joined = "\n".join(problems)
+    for fragment in (
+        "'nosuchfield' is not a field",
+        "data type 'reference'",
+        "unknown transform 'nosuchtransform'",
+        "refused its options: option 'part' must be",
+        "has no option(s) colour",
+        "options given without a transform",
+        "invalid source path 'g..h'",
+        "'DedupeField (email)' is mapped more than once",
+    ):
+        assert fragment in joined
+    with pytest.raises(MappingConfigError):
+        Mapper(rows, FIELDS, registry, dedupe_field="email")
+    assert validate_mapping_types(rows[7:8], FIELDS, registry, dedupe_field="email") == []
+
+
+def test_field_type_from_describe() -> None:
+    assert FieldType.from_describe(
+        {"id": 2, "dataType": "email", "length": 255, "rest": {"name": "email", "readOnly": False}}
+    ) == FieldType("email", "email", 255)
+    assert FieldType.from_describe({"name": "score", "dataType": "float"}) == FieldType(
+        "score", "float", None
+    )
+
+
+class Faulty:
+    """A third-party plugin with a transform that crashes on one value and mistypes another."""
+
+    @staticmethod
+    @hookimpl
+    def register_transforms() -> Iterable[Transform]:
+        def fragile(value: object) -> object:
+            if value == "boom":
+                raise ZeroDivisionError("division by zero")
+            if value == "int":
+                return 7
+            return value
+
+        return [Transform.from_function("fragile", fragile, returns=(str,))]
+
+
+def test_faulty_plugin_excludes_only_that_profile() -> None:
+    registry = PluginRegistry.build(load_entry_points=False, extra_plugins=[Faulty])
+    m = mapper(
+        registry,
+        FieldMapping("identityMap.email", DEDUPE_TARGET),
+        FieldMapping("title", "firstName", "fragile"),
+    )
+    batch: list[Mapping[str, Any]] = [
+        {"identityMap": {"email": [{"id": f"p{i}@example.com"}]}, "title": title}
+        for i, title in enumerate(["ok", "boom", "fine", "int", "good"])
+    ]
+    mapped: list[str] = []
+    reasons: dict[int, str] = {}
+    for i, profile in enumerate(batch):
+        try:
+            mapped.append(str(m.map_profile(profile).fields["firstName"]))
+        except MappingRejectedError as exc:
+            reasons[i] = exc.reason
+    assert mapped == ["ok", "fine", "good"]
+    assert reasons == {
+        1: "field 'firstName': transform 'fragile' of plugin 'Faulty' failed: "
+        "ZeroDivisionError: division by zero",
+        3: "field 'firstName': transform 'fragile' of plugin 'Faulty' returned int, expected str",
+    }
+
+
+def test_transform_refusal_names_plugin_and_field(registry: PluginRegistry) -> None:
+    m = mapper(registry, FieldMapping("c", "country", "country_code"))
+    with pytest.raises(MappingRejectedError) as info:
+        m.map_profile({"c": "Atlantis"})
+    assert info.value.reason == (
+        "field 'country': transform 'country_code' of plugin 'plugins.countries' refused the "
+        "value: 'Atlantis' is not a known country"
+    )

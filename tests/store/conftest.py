@@ -1,0 +1,186 @@
+"""Fixtures of the store suite.
+
+Every test uses `store` (and, where it must look under the store, `backend`), so the whole suite
+runs against each backend in `BACKENDS`. Adding PostgreSQL means adding one `Backend` subclass.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.domain import (
+    Action,
+    ActionType,
+    AudienceMembership,
+    FieldMapping,
+    MembershipStatus,
+    Outcome,
+    OutcomeKind,
+    ProfileUpdate,
+)
+from service.secrets import SecretBox
+from service.store import NewDestination, OutboxEntry, SqliteStore, Store
+
+START = datetime(2026, 5, 28, 10, 30, tzinfo=UTC)
+"""A fixed instant: no test reads the wall clock."""
+
+CLIENT_SECRET = "cs-9f3a1c7e-client-secret-value"
+WEBHOOK_SECRET = "wh-51d2e8b0-webhook-secret-value"
+
+
+class FakeClock:
+    """A settable clock."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+class Backend:
+    """Opens stores of one engine and looks at committed data from outside the store."""
+
+    name = ""
+
+    async def open(self, clock: FakeClock, **options: Any) -> Store:
+        raise NotImplementedError
+
+    def committed_update_ids(self, destination_id: str) -> set[str]:
+        """Update ids in the outbox, read over a fresh connection (what a crash would keep)."""
+        raise NotImplementedError
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, directory: Path, box: SecretBox) -> None:
+        self.path = directory / "store.db"
+        self.box = box
+
+    async def open(self, clock: FakeClock, **options: Any) -> Store:
+        return await SqliteStore.open(self.path, self.box, clock=clock, **options)
+
+    def committed_update_ids(self, destination_id: str) -> set[str]:
+        connection = sqlite3.connect(self.path)
+        try:
+            rows = connection.execute(
+                "SELECT update_id FROM outbox WHERE destination_id = ?", (destination_id,)
+            )
+            return {row[0] for row in rows}
+        finally:
+            connection.close()
+
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture
+def box() -> SecretBox:
+    return SecretBox(SecretBox.generate_key())
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path, box: SecretBox) -> Backend:
+    if request.param == "sqlite":
+        return SqliteBackend(tmp_path, box)
+    raise AssertionError(request.param)
+
+
+@pytest.fixture
+async def store(backend: Backend, clock: FakeClock) -> AsyncIterator[Store]:
+    opened = await backend.open(clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def new_destination(
+    tenant: str = "acme", name: str = "Marketo prod", **changes: Any
+) -> NewDestination:
+    values: dict[str, Any] = {
+        "tenant": tenant,
+        "name": name,
+        "spec": {"name": name, "connection": {"munchkin_id": "123-ABC-456", "client_id": "cid"}},
+        "client_secret": CLIENT_SECRET,
+        "webhook_secret": WEBHOOK_SECRET,
+        "instance_key": "123-ABC-456",
+        "mappings": (FieldMapping("person.email", "DedupeField", labels=("C2",)),),
+    }
+    values.update(changes)
+    return NewDestination(**values)
+
+
+def update(
+    n: int,
+    *,
+    profile_id: str | None = None,
+    event_time: datetime | None = None,
+    audiences: Sequence[str] = ("aud-1",),
+) -> ProfileUpdate:
+    return ProfileUpdate(
+        update_id=f"u{n}",
+        profile_id=profile_id or f"p{n}",
+        event_time=event_time or START - timedelta(minutes=5) + timedelta(seconds=n),
+        profile={"person": {"email": f"p{n}@example.com", "name": {"firstName": "Ann"}}},
+        memberships=tuple(AudienceMembership(a, MembershipStatus.REALIZED) for a in audiences),
+    )
+
+
+def activated(entry: OutboxEntry, *actions: ActionType, lead_id: int = 7) -> Outcome:
+    return Outcome(
+        update_id=entry.update.update_id,
+        profile_id=entry.update.profile_id,
+        dedupe_value=f"{entry.update.profile_id}@example.com",
+        kind=OutcomeKind.ACTIVATED,
+        actions=tuple(
+            Action(a, "aud-1" if a in (ActionType.ADDED, ActionType.REMOVED) else None)
+            for a in actions
+        ),
+        lead_id=lead_id,
+    )
+
+
+def excluded(entry: OutboxEntry, reason: str) -> Outcome:
+    return Outcome(
+        update_id=entry.update.update_id,
+        profile_id=entry.update.profile_id,
+        dedupe_value=None,
+        kind=OutcomeKind.EXCLUDED,
+        reason=reason,
+    )
+
+
+def failed(entry: OutboxEntry, code: str) -> Outcome:
+    return Outcome(
+        update_id=entry.update.update_id,
+        profile_id=entry.update.profile_id,
+        dedupe_value=f"{entry.update.profile_id}@example.com",
+        kind=OutcomeKind.FAILED,
+        reason="Marketo refused it",
+        marketo_code=code,
+    )
+
+
+def superseded(entry: OutboxEntry) -> Outcome:
+    return Outcome(
+        update_id=entry.update.update_id,
+        profile_id=entry.update.profile_id,
+        dedupe_value=None,
+        kind=OutcomeKind.SUPERSEDED,
+    )

@@ -1,0 +1,159 @@
+"""Outcome listing, dataflow counters and hourly runs, alerts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from service.domain import ActionType
+from service.store import DataflowRun, DestinationRecord, InvalidPageToken, Store
+from tests.store.conftest import (
+    START,
+    FakeClock,
+    activated,
+    excluded,
+    failed,
+    new_destination,
+    superseded,
+    update,
+)
+
+INSTANCE = "123-ABC-456"
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+async def destination(store: Store) -> DestinationRecord:
+    return await store.create_destination(new_destination())
+
+
+async def test_outcomes_page_newest_first(store: Store, destination: DestinationRecord) -> None:
+    updates = [update(n, profile_id="p-even" if n % 2 == 0 else f"p{n}") for n in range(10)]
+    await store.append(destination.id, INSTANCE, updates)
+    entries = await store.claim_due(INSTANCE, 100, START)
+    for entry in entries:  # one retire each: outcome ids follow the order of retiring
+        await store.retire([entry], [activated(entry, ActionType.UPDATED)])
+
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await store.list_outcomes(destination.id, page_size=4, page_token=token)
+        seen.extend(record.outcome.update_id for record in page.items)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"u{n}" for n in reversed(range(10))]
+
+    by_profile = await store.list_outcomes(destination.id, profile_id="p-even", page_size=2)
+    assert [r.outcome.update_id for r in by_profile.items] == ["u8", "u6"]
+    rest = await store.list_outcomes(
+        destination.id, profile_id="p-even", page_size=10, page_token=by_profile.next_page_token
+    )
+    assert [r.outcome.update_id for r in rest.items] == ["u4", "u2", "u0"]
+    assert rest.next_page_token == ""
+    by_dedupe = await store.list_outcomes(destination.id, dedupe_value="p3@example.com")
+    assert [r.outcome for r in by_dedupe.items] == [activated(entries[3], ActionType.UPDATED)]
+    assert (await store.list_outcomes(destination.id, profile_id="nobody")).items == ()
+    with pytest.raises(InvalidPageToken):
+        await store.list_outcomes(destination.id, page_token="@@@")
+
+
+async def test_outcomes_are_per_destination(store: Store, destination: DestinationRecord) -> None:
+    other = await store.create_destination(new_destination(name="other"))
+    await store.append(destination.id, INSTANCE, [update(1)])
+    await store.append(other.id, INSTANCE, [update(1)])
+    entries = await store.claim_due(INSTANCE, 10, START)
+    await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
+
+    mine = await store.list_outcomes(destination.id)
+    assert [r.destination_id for r in mine.items] == [destination.id]
+
+
+async def test_dataflow_counts_and_hourly_runs(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    # Hour 1 (10:00): 6 received, 3 activated, 1 excluded, 1 failed, 1 superseded.
+    await store.append(destination.id, INSTANCE, [update(n) for n in range(6)])
+    e = await store.claim_due(INSTANCE, 10, clock.now)
+    await store.retire(
+        e[:6],
+        [
+            activated(e[0], ActionType.CREATED, ActionType.ADDED),
+            activated(e[1], ActionType.UPDATED, ActionType.REMOVED),
+            activated(e[2], ActionType.UPDATED),
+            excluded(e[3], "consent withdrawn"),
+            failed(e[4], "1003"),
+            superseded(e[5]),
+        ],
+    )
+    # Hour 3 (12:00): 2 received, 1 excluded; one stays pending.
+    clock.advance(2 * HOUR)
+    await store.append(destination.id, INSTANCE, [update(10), update(11)])
+    e = await store.claim_due(INSTANCE, 10, clock.now)
+    await store.retire(e[:1], [excluded(e[0], "consent withdrawn")])
+    clock.advance(timedelta(minutes=10))
+
+    flow = await store.dataflow(destination.id, hours=4, now=clock.now)
+
+    assert flow.received == 8
+    assert flow.activated == 3
+    assert (flow.created, flow.updated, flow.added, flow.removed) == (1, 2, 1, 1)
+    assert flow.excluded == {"consent withdrawn": 2}
+    assert flow.failed == {"1003": 1}
+    assert flow.superseded == 1
+    assert flow.pending == 1
+    assert flow.oldest_pending_age == timedelta(minutes=10)
+    assert flow.paused_until is None
+    hour = START.replace(minute=0)
+    assert flow.runs == (
+        DataflowRun(hour + 2 * HOUR, received=2, activated=0, excluded=1, failed=0, superseded=0),
+        DataflowRun(hour + HOUR, 0, 0, 0, 0, 0),
+        DataflowRun(hour, received=6, activated=3, excluded=1, failed=1, superseded=1),
+        DataflowRun(hour - HOUR, 0, 0, 0, 0, 0),
+    )
+    assert flow.runs[0].skipped_rate == 1.0
+    assert flow.runs[2].skipped_rate == 0.25
+    assert flow.runs[1].skipped_rate == 0.0
+
+
+async def test_empty_dataflow(store: Store, destination: DestinationRecord) -> None:
+    flow = await store.dataflow(destination.id, hours=24, now=START)
+
+    assert flow.received == flow.activated == flow.pending == 0
+    assert flow.oldest_pending_age is None
+    assert flow.excluded == {}
+    assert len(flow.runs) == 24
+    assert flow.runs[0].start == START.replace(minute=0)
+
+
+async def test_alerts_raise_once_and_resolve(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    alert, raised = await store.raise_alert(destination.id, "skipped_rate", "2 % skipped")
+    assert raised
+    clock.advance(timedelta(minutes=5))
+    same, raised_again = await store.raise_alert(destination.id, "skipped_rate", "3 % skipped")
+    until = START + timedelta(hours=14)
+    quota, _ = await store.raise_alert(
+        destination.id, "quota_exhausted", "daily quota spent", paused_until=until
+    )
+
+    assert not raised_again
+    assert same.id == alert.id
+    assert same.message == "3 % skipped"
+    assert same.raised_at == START
+    assert quota.paused_until == until
+    assert [a.type for a in await store.open_alerts(destination.id)] == [
+        "skipped_rate",
+        "quota_exhausted",
+    ]
+
+    resolved = await store.resolve_alert(destination.id, "skipped_rate")
+    assert resolved is not None
+    assert resolved.resolved_at == clock.now
+    assert await store.resolve_alert(destination.id, "skipped_rate") is None
+    assert [a.id for a in await store.open_alerts(destination.id)] == [quota.id]
+    fresh, raised_fresh = await store.raise_alert(destination.id, "skipped_rate", "again")
+    assert raised_fresh
+    assert fresh.id != alert.id

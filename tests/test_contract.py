@@ -1,0 +1,61 @@
+"""The servicer implements exactly the RPCs of the v1 contract, with the right call shapes."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from service._proto.marketo_destination.v1 import destination_pb2
+from service.servicer import MarketoDestinationServicer
+
+SERVICE = destination_pb2.DESCRIPTOR.services_by_name["MarketoDestinationService"]
+
+
+def _public_methods(cls: type) -> set[str]:
+    return {
+        name
+        for name, value in vars(cls).items()
+        if not name.startswith("_") and inspect.isfunction(value)
+    }
+
+
+def test_every_rpc_has_a_servicer_method_and_nothing_else_is_public() -> None:
+    rpcs = {method.name for method in SERVICE.methods}
+    methods = _public_methods(MarketoDestinationServicer)
+    assert rpcs - methods == set(), "RPCs without a servicer method"
+    assert methods - rpcs == set(), "public servicer methods that are not RPCs"
+
+
+def test_the_contract_has_the_architecture_rpcs() -> None:
+    assert SERVICE.full_name == "marketo_destination.v1.MarketoDestinationService"
+    required = {
+        "Configure",
+        "GetDestination",
+        "ListDestinations",
+        "DeleteDestination",
+        "DescribeMarketo",
+        "Activate",
+        "Deactivate",
+        "Sync",
+        "GetDataflow",
+        "ListProfileOutcomes",
+        "WatchAlerts",
+    }
+    assert required <= {method.name for method in SERVICE.methods}
+    streams = {m.name: (m.client_streaming, m.server_streaming) for m in SERVICE.methods}
+    assert streams["Sync"] == (True, True)
+    assert streams["WatchAlerts"] == (False, True)
+
+
+@pytest.mark.parametrize("method", list(SERVICE.methods), ids=lambda m: m.name)
+def test_servicer_method_shape_matches_the_rpc(method: object) -> None:
+    function = getattr(MarketoDestinationServicer, method.name)  # type: ignore[attr-defined]
+    parameters = list(inspect.signature(function).parameters)
+    assert len(parameters) == 3, "(self, request or request_iterator, context)"
+    if method.server_streaming:  # type: ignore[attr-defined]
+        # grpc.aio treats a coroutine function on a streaming RPC as the context.write API;
+        # responses are yielded instead.
+        assert inspect.isasyncgenfunction(function)
+    else:
+        assert inspect.iscoroutinefunction(function)

@@ -1,0 +1,131 @@
+"""Dockerfile and docker-compose.yml agree with Settings and the command-line parsers."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.__main__ import build_parser, settings_for
+from service.settings import ENV_PREFIX, Settings
+
+from .conftest import REPO
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions = []
+    logical = ""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        logical += line.rstrip()
+        if logical.endswith("\\"):
+            logical = logical[:-1] + " "
+            continue
+        if logical.strip():
+            keyword, _, rest = logical.strip().partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+        logical = ""
+    return instructions
+
+
+def _dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in _dockerfile():
+        if keyword == "ENV":
+            env.update(dict(item.split("=", 1) for item in shlex.split(rest)))
+    return env
+
+
+def _exec_form(arguments: str) -> list[str]:
+    value = yaml.safe_load(arguments)  # a JSON array is YAML too
+    assert isinstance(value, list), f"use the exec form: {arguments}"
+    return [str(v) for v in value]
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return data
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def test_dockerfile_runs_the_service_as_a_non_root_user() -> None:
+    instructions = _dockerfile()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    command = _exec_form(next(rest for keyword, rest in instructions if keyword == "CMD"))
+    assert command[0] == "marketo-destination"
+    assert build_parser().parse_args(command[1:]).command == "serve"
+
+
+def test_dockerfile_exposes_the_configured_port_and_probes_health() -> None:
+    instructions = _dockerfile()
+    settings = Settings.from_env(_dockerfile_env())
+    assert settings.address.startswith("0.0.0.0:"), "reachable from outside the container"
+    exposed = [rest for keyword, rest in instructions if keyword == "EXPOSE"]
+    assert exposed == [str(_port(settings.address))]
+    healthcheck = next(rest for keyword, rest in instructions if keyword == "HEALTHCHECK")
+    probe = _exec_form(healthcheck.partition("CMD")[2].strip())
+    assert probe[0] == "marketo-destination"
+    assert build_parser().parse_args(probe[1:]).command == "health"
+
+
+def test_compose_has_the_three_services() -> None:
+    assert set(_compose()["services"]) == {"marketo-destination", "marketo-sandbox", "jaeger"}
+
+
+def test_compose_service_agrees_with_settings_and_cli() -> None:
+    services = _compose()["services"]
+    service = services["marketo-destination"]
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    ours = {k for k in environment if k.startswith(ENV_PREFIX)}
+    args = build_parser().parse_args(service["command"][1:])
+    assert service["command"][0] == "marketo-destination"
+    assert args.command == "serve"
+    settings = settings_for(args, {k: environment[k] for k in ours})
+
+    assert service["ports"] == [f"{_port(settings.address)}:{_port(settings.address)}"]
+    assert settings.address.startswith("0.0.0.0:")
+    assert f"destination-data:{settings.data_dir}" in service["volumes"]
+    assert not settings.sandbox, "compose runs the sandbox as its own service"
+
+    sandbox_port = int(services["marketo-sandbox"]["ports"][0].split(":")[1])
+    assert settings.default_marketo_endpoint == f"http://marketo-sandbox:{sandbox_port}"
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+    assert environment["OTEL_SERVICE_NAME"] == "marketo-destination"
+    assert {"marketo-sandbox", "jaeger"} <= set(service["depends_on"])
+
+
+def test_compose_sandbox_command_parses_with_the_sandbox_cli() -> None:
+    sandbox_cli = pytest.importorskip("sandbox.__main__")
+    sandbox = _compose()["services"]["marketo-sandbox"]
+    command = sandbox["command"]
+    assert command[:3] == ["python", "-m", "sandbox"]
+    args = sandbox_cli.parse_args(command[3:])
+    assert args.host == "0.0.0.0"
+    assert sandbox["ports"] == [f"{args.port}:{args.port}"]
+    probe = " ".join(sandbox["healthcheck"]["test"])
+    assert str(args.port) in probe
+
+
+def test_compose_jaeger_receives_otlp_and_serves_its_ui() -> None:
+    jaeger = _compose()["services"]["jaeger"]
+    image, _, tag = jaeger["image"].partition(":")
+    assert image == "jaegertracing/jaeger"
+    assert tag.startswith("2.")
+    assert {"4317:4317", "16686:16686"} <= set(jaeger["ports"])
+
+
+def test_both_images_come_from_this_repository() -> None:
+    services = _compose()["services"]
+    for name in ("marketo-destination", "marketo-sandbox"):
+        assert services[name]["build"] == "."
+        assert Path(REPO / services[name]["build"] / "Dockerfile").is_file()

@@ -1,0 +1,150 @@
+"""Settings: defaults, the environment, validation, command-line overrides, documentation."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from service.__main__ import build_parser, settings_for
+from service.settings import ENV_PREFIX, InvalidSetting, Settings, env_var, field_docs
+
+from .conftest import REPO
+
+FIELDS = [f.name for f in dataclasses.fields(Settings)]
+
+
+def test_defaults_suit_a_local_run() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.address == "127.0.0.1:50051"
+    assert settings.data_dir == Path("data")
+    assert settings.sandbox is False
+    assert settings.grace_seconds > 0
+
+
+def test_every_field_is_read_from_its_variable() -> None:
+    settings = Settings.from_env(
+        {
+            "MARKETO_DEST_ADDRESS": "0.0.0.0:6000",
+            "MARKETO_DEST_DATA_DIR": "/var/lib/md",
+            "MARKETO_DEST_SANDBOX": "yes",
+            "MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT": "http://marketo-sandbox:8080",
+            "MARKETO_DEST_GRACE_SECONDS": "2.5",
+            "MARKETO_DEST_LOG_LEVEL": "debug",
+            "OTEL_SERVICE_NAME": "ignored here",
+            "PATH": "/bin",
+        }
+    )
+    assert settings == Settings(
+        address="0.0.0.0:6000",
+        data_dir=Path("/var/lib/md"),
+        sandbox=True,
+        default_marketo_endpoint="http://marketo-sandbox:8080",
+        grace_seconds=2.5,
+        log_level="DEBUG",
+    )
+    assert {f for f in FIELDS if getattr(settings, f) == getattr(Settings(), f)} == set()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("On", True), ("0", False), ("no", False), ("", False)],
+)
+def test_booleans(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"MARKETO_DEST_SANDBOX": raw}).sandbox is expected
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        ("MARKETO_DEST_ADDRESS", "localhost"),
+        ("MARKETO_DEST_ADDRESS", "127.0.0.1:99999"),
+        ("MARKETO_DEST_ADDRESS", ":50051"),
+        ("MARKETO_DEST_SANDBOX", "maybe"),
+        ("MARKETO_DEST_GRACE_SECONDS", "soon"),
+        ("MARKETO_DEST_GRACE_SECONDS", "-1"),
+        ("MARKETO_DEST_GRACE_SECONDS", "nan"),
+        ("MARKETO_DEST_LOG_LEVEL", "loud"),
+        ("MARKETO_DEST_DATA_DIR", ""),
+        ("MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT", "marketo.example.com"),
+        ("MARKETO_DEST_ADRESS", "127.0.0.1:1"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_variable(var: str, raw: str) -> None:
+    with pytest.raises(InvalidSetting) as caught:
+        Settings.from_env({var: raw})
+    assert caught.value.name == var
+    assert str(caught.value).startswith(f"{var}: ")
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().address = "0.0.0.0:1"  # type: ignore[misc]
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    secretive = re.compile(r"secret|password|token|key|dsn|credential")
+    for f in dataclasses.fields(Settings):
+        if secretive.search(f.name):
+            assert f.repr is False, f"{f.name} looks secret: declare it with repr=False"
+
+
+def test_every_field_has_a_docstring() -> None:
+    docs = field_docs()
+    assert set(docs) == set(FIELDS)
+    assert all(docs.values())
+
+
+def test_flags_override_the_environment() -> None:
+    environ = {
+        "MARKETO_DEST_ADDRESS": "0.0.0.0:6000",
+        "MARKETO_DEST_DATA_DIR": "/env",
+        "MARKETO_DEST_GRACE_SECONDS": "3",
+    }
+    args = build_parser().parse_args(
+        ["serve", "--address", "127.0.0.1:7000", "--data-dir", "/flag", "--sandbox"]
+    )
+    settings = settings_for(args, environ)
+    assert settings.address == "127.0.0.1:7000"
+    assert settings.data_dir == Path("/flag")
+    assert settings.sandbox is True
+    assert settings.grace_seconds == 3
+
+    unflagged = settings_for(build_parser().parse_args(["serve"]), environ)
+    assert unflagged == Settings.from_env(environ)
+
+
+def test_a_bad_address_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["serve", "--address", "nowhere"])
+    assert caught.value.code == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+
+
+def _readme_settings_rows() -> dict[str, str]:
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 3 and cells[0].startswith(f"`{ENV_PREFIX}"):
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def test_the_readme_documents_every_setting_with_its_default() -> None:
+    rows = _readme_settings_rows()
+    expected = {env_var(name) for name in FIELDS}
+    assert set(rows) == expected
+    defaults = Settings()
+    for name in FIELDS:
+        value = getattr(defaults, name)
+        shown = {True: "true", False: "false"}.get(value, str(value)) if value != "" else ""
+        assert shown in rows[env_var(name)], f"README default of {env_var(name)}"
+
+
+def test_the_readme_documents_the_otel_pass_through() -> None:
+    readme = (REPO / "README.md").read_text()
+    for var in ("OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        assert var in readme
