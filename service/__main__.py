@@ -23,8 +23,12 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.app import open_application
+from service.logging_setup import configure_logging
 from service.server import StartupError, build_server, new_health_servicer, shutdown
+from service.servicer import MarketoDestinationServicer
 from service.settings import InvalidSetting, Settings, parse_address
+from service.telemetry import server_interceptor, setup_telemetry
 
 __all__ = ["build_parser", "check_health", "embedded_sandbox", "main", "serve", "settings_for"]
 
@@ -105,11 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"{PROG}: error: {error}\n")
     if args.command == "health":
         return check_health(args.address or settings.address, args.service, args.timeout)
-    logging.basicConfig(
-        level=settings.log_level_number,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level_number, json=settings.log_json, stream=sys.stderr)
     try:
         asyncio.run(serve(settings))
     except StartupError as error:
@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def serve(settings: Settings, *, extra_handlers: Sequence[Any] = ()) -> None:
+async def serve(
+    settings: Settings, *, extra_handlers: Sequence[Any] = (), open_services: Sequence[str] = ()
+) -> None:
     """Runs the service until SIGTERM or SIGINT, then shuts down gracefully.
 
     ``extra_handlers`` are passed to :func:`service.server.build_server` (tests use it).
@@ -129,10 +131,19 @@ async def serve(settings: Settings, *, extra_handlers: Sequence[Any] = ()) -> No
             _log.info("embedded Marketo sandbox at %s", url)
             settings = settings.replace(default_marketo_endpoint=url)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        telemetry = setup_telemetry(os.environ, set_global=True)
+        stack.callback(telemetry.shutdown)
+        app = await stack.enter_async_context(open_application(settings, telemetry=telemetry))
 
         health_servicer = new_health_servicer()
         server, port = await build_server(
-            settings, health_servicer=health_servicer, extra_handlers=extra_handlers
+            settings,
+            servicer=MarketoDestinationServicer(app),
+            principals=app.principals,
+            health_servicer=health_servicer,
+            tracing_interceptor=server_interceptor(telemetry),
+            extra_handlers=extra_handlers,
+            open_services=open_services,
         )
         await server.start()
         host = settings.address.rpartition(":")[0]

@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.activation import ActivatedAudience, ListAction
+from service.alerts import AlertEvent, AlertState
 from service.destinations import Destination, InstanceDescription
 from service.domain import (
     ActionType,
@@ -26,6 +27,7 @@ from service.domain import (
     FieldMapping,
     MarketoConnection,
     MembershipStatus,
+    Outcome,
     OutcomeKind,
     PersonAction,
     ProfileUpdate,
@@ -33,9 +35,9 @@ from service.domain import (
 )
 from service.errors import FieldViolation, InvalidArgument
 from service.ingest import IndexedUpdate, Rejected, SyncAck
+from service.preview import PreviewResult
 from service.store.base import (
     ActivationRecord,
-    AlertRecord,
     Dataflow,
     DestinationState,
     OutcomeRecord,
@@ -285,16 +287,10 @@ def destination_spec(message: pb.DestinationSpec) -> DestinationSpec:
             )
     if violations:
         raise InvalidArgument(violations)
-    connection = message.connection
     return DestinationSpec(
         name=message.name,
         description=message.description,
-        connection=MarketoConnection(
-            munchkin_id=connection.munchkin_id.strip(),
-            client_id=connection.client_id,
-            client_secret=connection.client_secret,
-            endpoint=connection.endpoint.strip(),
-        ),
+        connection=marketo_connection(message.connection),
         workspace=message.workspace,
         sync_type=sync_type,
         partition=message.partition,
@@ -456,6 +452,40 @@ def sync_updates(
     return good, bad
 
 
+def preview_updates(
+    request: pb.PreviewSyncRequest, now: datetime
+) -> tuple[list[IndexedUpdate], list[Rejected]]:
+    return sync_updates(pb.SyncRequest(updates=request.updates), now)
+
+
+def preview_pb(preview: PreviewResult, rejected: Sequence[Rejected]) -> pb.PreviewSyncResponse:
+    every = sorted([*rejected, *preview.rejected], key=lambda r: r.index)
+    return pb.PreviewSyncResponse(
+        created=preview.created,
+        updated=preview.updated,
+        audiences=[
+            pb.PreviewAudience(
+                audience_id=change.audience_id, added=len(change.add), removed=len(change.remove)
+            )
+            for change in preview.audiences
+        ],
+        outcomes=[
+            pb.PreviewOutcome(profile_id=o.profile_id, outcome=_outcome_pb(o))
+            for o in preview.outcomes
+        ],
+        rejected=[rejection(r.violations, r.index) for r in every],
+    )
+
+
+def marketo_connection(message: pb.MarketoConnection) -> MarketoConnection:
+    return MarketoConnection(
+        munchkin_id=message.munchkin_id.strip(),
+        client_id=message.client_id,
+        client_secret=message.client_secret,
+        endpoint=message.endpoint.strip(),
+    )
+
+
 def sync_response(request_id: str, ack: SyncAck, rejected: Sequence[Rejected]) -> pb.SyncResponse:
     every = sorted([*rejected, *ack.rejected], key=lambda r: r.index)
     return pb.SyncResponse(
@@ -471,12 +501,16 @@ def sync_response(request_id: str, ack: SyncAck, rejected: Sequence[Rejected]) -
 
 
 def outcome_pb(record: OutcomeRecord) -> pb.ProfileOutcome:
-    outcome = record.outcome
+    message = _outcome_pb(record.outcome)
+    message.event_time.FromDatetime(record.event_time.astimezone(UTC))
+    message.outcome_time.FromDatetime(record.recorded_at.astimezone(UTC))
+    return message
+
+
+def _outcome_pb(outcome: Outcome) -> pb.ProfileOutcome:
     return pb.ProfileOutcome(
         profile_id=outcome.profile_id,
         dedupe_value=outcome.dedupe_value or "",
-        event_time=timestamp(record.event_time),
-        outcome_time=timestamp(record.recorded_at),
         kind=_OUTCOME_KIND_PB[outcome.kind],
         actions=[
             pb.Action(type=_ACTION_PB[a.type], audience_id=a.audience_id or "")
@@ -516,13 +550,14 @@ def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
     )
 
 
-def alert_pb(alert: AlertRecord, *, resolved: bool) -> pb.Alert:
+def alert_event_pb(event: AlertEvent) -> pb.Alert:
+    alert = event.alert
     return pb.Alert(
         id=alert.id,
         destination_id=alert.destination_id,
         type=_ALERT_TYPE_PB.get(alert.type, pb.ALERT_TYPE_UNSPECIFIED),
         message=alert.message,
         raise_time=timestamp(alert.raised_at),
-        resolved=resolved,
+        resolved=event.state is AlertState.RESOLVED,
         paused_until=timestamp(alert.paused_until),
     )

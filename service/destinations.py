@@ -43,6 +43,7 @@ from service.marketo.errors import (
 )
 from service.marketo.types import Partition, SchemaField, SyncAction, Workspace
 from service.store.base import (
+    ActivationRecord,
     DestinationRecord,
     DestinationState,
     NewDestination,
@@ -82,6 +83,15 @@ class InstanceDescription:
     dedupe_fields: tuple[str, ...]
     fields: tuple[SchemaField, ...]
     searchable: frozenset[str]
+
+
+def checked_page_size(page_size: int, field: str = "page_size") -> int:
+    """A request's page size: 0 means 100; 1 to 1,000 allowed."""
+    if page_size == 0:
+        return 100
+    if not 1 <= page_size <= 1_000:
+        raise InvalidArgument([FieldViolation(field, "must be between 1 and 1000")])
+    return page_size
 
 
 def static_violations(spec: DestinationSpec, *, creating: bool) -> list[FieldViolation]:
@@ -351,9 +361,17 @@ class Destinations:
         )
         return Destination(record=record, spec=spec_from_record(record))
 
+    async def get_with_activations(
+        self, destination_id: str
+    ) -> tuple[Destination, list[ActivationRecord]]:
+        destination = await self.get(destination_id)
+        return destination, await self._store.activations(destination_id)
+
     async def list(self, page_size: int, page_token: str) -> Page[Destination]:
         page = await self._store.list_destinations(
-            current_principal().tenant, page_size=page_size, page_token=page_token
+            current_principal().tenant,
+            page_size=checked_page_size(page_size),
+            page_token=page_token,
         )
         return Page(
             items=tuple(Destination(r, spec_from_record(r)) for r in page.items),

@@ -49,6 +49,28 @@ class _Destination:
     fetched_at: float
 
 
+def check_audiences(
+    updates: Sequence[IndexedUpdate], active: frozenset[str]
+) -> tuple[list[ProfileUpdate], tuple[Rejected, ...]]:
+    """Split updates into those whose memberships name active audiences and the rest."""
+    good: list[ProfileUpdate] = []
+    rejected: list[Rejected] = []
+    for item in updates:
+        unknown = tuple(
+            FieldViolation(
+                f"updates[{item.index}].audiences[{position}].audience_id",
+                f"audience {membership.audience_id!r} is not active on this destination",
+            )
+            for position, membership in enumerate(item.update.memberships)
+            if membership.audience_id not in active
+        )
+        if unknown:
+            rejected.append(Rejected(item.index, unknown))
+        else:
+            good.append(item.update)
+    return good, tuple(rejected)
+
+
 class Ingest:
     """The Sync use case."""
 
@@ -73,23 +95,9 @@ class Ingest:
     async def accept(self, destination_id: str, updates: Sequence[IndexedUpdate]) -> SyncAck:
         destination = await self._destination(destination_id)
         await self._wait_for_room(destination_id)
-        good: list[ProfileUpdate] = []
-        rejected: list[Rejected] = []
-        for item in updates:
-            unknown = [
-                FieldViolation(
-                    f"updates[{item.index}].audiences[{position}].audience_id",
-                    f"audience {membership.audience_id!r} is not active on this destination",
-                )
-                for position, membership in enumerate(item.update.memberships)
-                if membership.audience_id not in destination.audiences
-            ]
-            if unknown:
-                rejected.append(Rejected(item.index, tuple(unknown)))
-            else:
-                good.append(item.update)
+        good, rejected = check_audiences(updates, destination.audiences)
         if not good:
-            return SyncAck(0, 0, 0, tuple(rejected))
+            return SyncAck(0, 0, 0, rejected)
         result = await self._store.append(
             destination_id, destination.instance_key, good, self._trace_context()
         )
@@ -99,7 +107,7 @@ class Ingest:
             accepted=result.accepted + result.duplicates,
             duplicates=result.duplicates,
             last_sequence=result.last_sequence,
-            rejected=tuple(rejected),
+            rejected=rejected,
         )
 
     async def _destination(self, destination_id: str) -> _Destination:

@@ -7,7 +7,7 @@ later the store, the Marketo client factory and the plugin registry) plug in wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -15,9 +15,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service._proto.marketo_destination.v1 import destination_pb2, destination_pb2_grpc
+from service.access import (
+    PUBLIC_SERVICES,
+    AccessInterceptor,
+    InsecureBindError,
+    Principals,
+    check_bind_address,
+)
 from service.interceptors import ErrorInterceptor
 from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
+from service.tls import TLSConfigError, server_credentials
 
 __all__ = [
     "SERVICE_NAME",
@@ -57,19 +65,24 @@ def new_health_servicer() -> HealthServicer:
 async def build_server(
     settings: Settings,
     *,
-    servicer: MarketoDestinationServicer | None = None,
+    servicer: MarketoDestinationServicer,
+    principals: Principals | None = None,
     health_servicer: HealthServicer | None = None,
     tracing_interceptor: grpc.aio.ServerInterceptor[Any, Any] | None = None,
     extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+    open_services: Collection[str] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Builds the server and binds ``settings.address``; returns it (not started) and its port.
 
-    - ``servicer``: the v1 servicer; a default one when omitted.
+    - ``servicer``: the v1 servicer (over an :class:`service.app.Application`).
+    - ``principals``: the callers allowed in; ``None`` serves everyone as the local principal,
+      which is only allowed on a loopback address.
     - ``health_servicer``: pass one to flip it at shutdown (see :func:`shutdown`); the server
       reports SERVING for ``""`` and for :data:`SERVICE_NAME`.
     - ``tracing_interceptor``: the OpenTelemetry server interceptor (issue 9). It runs outermost,
       before the error interceptor, so a failed call is traced with its real status.
-    - ``extra_handlers``: further generic handlers, served behind the same interceptors.
+    - ``extra_handlers``: further generic handlers, served behind the same interceptors; the
+      access interceptor refuses them unless their service is named in ``open_services``.
 
     Raises :class:`StartupError` when the address cannot be bound.
     """
@@ -77,12 +90,20 @@ async def build_server(
     if tracing_interceptor is not None:
         interceptors.append(tracing_interceptor)
     interceptors.append(ErrorInterceptor())
+    mtls = settings.tls_client_ca_file is not None
+    try:
+        check_bind_address(settings.address, auth_enabled=bool(principals))
+    except InsecureBindError as error:
+        raise StartupError(str(error)) from None
+    interceptors.append(
+        AccessInterceptor(
+            principals, mtls=mtls, public_services=PUBLIC_SERVICES | frozenset(open_services)
+        )
+    )
     # Without SO_REUSEPORT a second instance on the same port fails instead of sharing it.
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
 
-    destination_pb2_grpc.add_MarketoDestinationServiceServicer_to_server(
-        servicer if servicer is not None else MarketoDestinationServicer(), server
-    )
+    destination_pb2_grpc.add_MarketoDestinationServiceServicer_to_server(servicer, server)
     if health_servicer is None:
         health_servicer = new_health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -100,8 +121,14 @@ async def build_server(
     )
 
     try:
-        port = server.add_insecure_port(settings.address)
-    except RuntimeError as error:
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            credentials = server_credentials(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            )
+            port = server.add_secure_port(settings.address, credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
+    except (RuntimeError, TLSConfigError) as error:
         raise StartupError(f"cannot listen on {settings.address}: {error}") from error
     return server, port
 

@@ -3,89 +3,134 @@
 Thin by design: each method converts the request to domain types, awaits one use case and converts
 the result back. Errors are raised as :mod:`service.errors` and reported by the error
 interceptor; authentication and tracing are interceptors too.
-
-RPCs whose capability a later issue delivers raise :class:`~service.errors.Unimplemented`, naming
-that issue: no fake success.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
+from service import convert
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.errors import Unimplemented
+from service.app import Application
 
 __all__ = ["MarketoDestinationServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _later(rpc: str, issue: int) -> Unimplemented:
-    return Unimplemented(f"{rpc} is not implemented yet (issue {issue})")
-
-
 class MarketoDestinationServicer:
     """Implements every RPC of the v1 contract (a contract test keeps the two in step)."""
+
+    def __init__(self, app: Application) -> None:
+        self._app = app
 
     async def Configure(
         self, request: pb.ConfigureRequest, context: _Context
     ) -> pb.ConfigureResponse:
-        raise _later("Configure", 6)
+        destination = await self._app.destinations.configure(
+            request.destination_id,
+            convert.destination_spec(request.spec),
+            validate_only=request.validate_only,
+        )
+        return pb.ConfigureResponse(destination=convert.destination_pb(destination))
 
     async def GetDestination(
         self, request: pb.GetDestinationRequest, context: _Context
     ) -> pb.GetDestinationResponse:
-        raise _later("GetDestination", 6)
+        destination, activations = await self._app.destinations.get_with_activations(
+            request.destination_id
+        )
+        return pb.GetDestinationResponse(
+            destination=convert.destination_pb(destination, activations)
+        )
 
     async def ListDestinations(
         self, request: pb.ListDestinationsRequest, context: _Context
     ) -> pb.ListDestinationsResponse:
-        raise _later("ListDestinations", 6)
+        page = await self._app.destinations.list(request.page_size, request.page_token)
+        return pb.ListDestinationsResponse(
+            destinations=[convert.destination_pb(d) for d in page.items],
+            next_page_token=page.next_page_token,
+        )
 
     async def DeleteDestination(
         self, request: pb.DeleteDestinationRequest, context: _Context
     ) -> pb.DeleteDestinationResponse:
-        raise _later("DeleteDestination", 6)
+        await self._app.destinations.delete(request.destination_id)
+        return pb.DeleteDestinationResponse()
 
     async def DescribeMarketo(
         self, request: pb.DescribeMarketoRequest, context: _Context
     ) -> pb.DescribeMarketoResponse:
-        raise _later("DescribeMarketo", 6)
+        description = await self._app.destinations.describe(
+            request.destination_id or None,
+            convert.marketo_connection(request.connection)
+            if request.HasField("connection")
+            else None,
+        )
+        return convert.instance_description_pb(description)
 
     async def Activate(self, request: pb.ActivateRequest, context: _Context) -> pb.ActivateResponse:
-        raise _later("Activate", 6)
+        activated = await self._app.activations.activate(
+            request.destination_id,
+            [convert.audience(a, i) for i, a in enumerate(request.audiences)],
+            [convert.field_mapping(m) for m in request.mappings],
+            dry_run=request.dry_run,
+        )
+        return pb.ActivateResponse(audiences=[convert.activated_audience_pb(a) for a in activated])
 
     async def Deactivate(
         self, request: pb.DeactivateRequest, context: _Context
     ) -> pb.DeactivateResponse:
-        raise _later("Deactivate", 6)
+        audience_ids = await self._app.activations.deactivate(
+            request.destination_id, list(request.audience_ids), delete_lists=request.delete_lists
+        )
+        return pb.DeactivateResponse(audience_ids=audience_ids)
 
     async def Sync(
         self, request_iterator: AsyncIterator[pb.SyncRequest], context: _Context
     ) -> AsyncIterator[pb.SyncResponse]:
-        raise _later("Sync", 7)
-        yield pb.SyncResponse()  # an async generator, as streaming RPCs will be
+        async for request in request_iterator:
+            updates, rejected = convert.sync_updates(request, datetime.now(UTC))
+            ack = await self._app.ingest.accept(request.destination_id, updates)
+            yield convert.sync_response(request.request_id, ack, rejected)
 
     async def PreviewSync(
         self, request: pb.PreviewSyncRequest, context: _Context
     ) -> pb.PreviewSyncResponse:
-        raise _later("PreviewSync", 5)
+        updates, rejected = convert.preview_updates(request, datetime.now(UTC))
+        preview = await self._app.preview.preview(request.destination_id, updates)
+        return convert.preview_pb(preview, rejected)
 
     async def GetDataflow(
         self, request: pb.GetDataflowRequest, context: _Context
     ) -> pb.GetDataflowResponse:
-        raise _later("GetDataflow", 7)
+        flow = await self._app.monitoring.dataflow(request.destination_id, request.hours)
+        return pb.GetDataflowResponse(dataflow=convert.dataflow_pb(flow))
 
     async def ListProfileOutcomes(
         self, request: pb.ListProfileOutcomesRequest, context: _Context
     ) -> pb.ListProfileOutcomesResponse:
-        raise _later("ListProfileOutcomes", 7)
+        page = await self._app.monitoring.outcomes(
+            request.destination_id,
+            profile_id=request.profile_id or None,
+            dedupe_value=request.dedupe_value or None,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListProfileOutcomesResponse(
+            outcomes=[convert.outcome_pb(o) for o in page.items],
+            next_page_token=page.next_page_token,
+        )
 
     async def WatchAlerts(
         self, request: pb.WatchAlertsRequest, context: _Context
     ) -> AsyncIterator[pb.WatchAlertsResponse]:
-        raise _later("WatchAlerts", 7)
-        yield pb.WatchAlertsResponse()
+        async for event in self._app.monitoring.watch_alerts(
+            request.destination_id, include_open=request.include_open
+        ):
+            yield pb.WatchAlertsResponse(alert=convert.alert_event_pb(event))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -81,6 +81,60 @@ class Settings:
     log_level: str = "INFO"
     """Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
 
+    log_json: bool = False
+    """Write logs as JSON lines (with trace and span ids) instead of plain text."""
+
+    secret_key: str = field(default="", repr=False)
+    """Fernet key that seals stored Marketo and webhook secrets. Empty: a key generated on first
+    start into ``<data_dir>/secret.key`` (owner-only permissions)."""
+
+    principals_file: Path | None = None
+    """JSON file of callers (bearer-token hashes or mTLS subjects, tenant, permissions); see
+    docs/access-control.md. Unset: no authentication, and the server only binds loopback."""
+
+    tls_cert_file: Path | None = None
+    """PEM certificate of the gRPC listener. Set with ``tls_key_file`` to serve TLS."""
+
+    tls_key_file: Path | None = field(default=None, repr=False)
+    """PEM private key of the gRPC listener."""
+
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle of client certificates; when set, clients must present one (mTLS)."""
+
+    policies_file: Path | None = None
+    """JSON file of data-usage policies (labels a marketing action may not export); see
+    docs/governance.md. Unset: no policy."""
+
+    blocked_plugins: str = ""
+    """Comma-separated names of mapping plugins (entry-point names) not to load."""
+
+    list_folder: str = "Marketo Destination"
+    """Marketo folder (in each destination's workspace) where audience lists are created."""
+
+    batch_size: int = 300
+    """Most updates one dispatched batch carries."""
+
+    linger_seconds: float = 1.0
+    """How long the dispatcher waits for a batch to fill before sending what it has."""
+
+    max_backlog: int = 1_000_000
+    """Pending updates per destination above which Sync slows down, then refuses."""
+
+    marketo_share: float = 0.8
+    """Share of each Marketo instance's 100 calls / 20 s this service may use."""
+
+    marketo_concurrency: int = 8
+    """Concurrent Marketo calls per instance (Marketo allows 10 in all)."""
+
+    marketo_daily_quota: int = 50_000
+    """Daily API quota of each Marketo instance."""
+
+    marketo_daily_reserve: int = 5_000
+    """Calls a day left for each instance's other integrations."""
+
+    replica_id: str = ""
+    """Name of this replica in instance leases. Empty: host name and process id."""
+
     def __post_init__(self) -> None:
         try:
             parse_address(self.address)
@@ -93,11 +147,27 @@ class Settings:
                 "log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
             )
         object.__setattr__(self, "log_level", self.log_level.upper())
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise InvalidSetting("tls_cert_file", "set both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise InvalidSetting("tls_client_ca_file", "mTLS needs tls_cert_file and tls_key_file")
+        for name in ("batch_size", "max_backlog", "marketo_concurrency", "marketo_daily_quota"):
+            if getattr(self, name) < 1:
+                raise InvalidSetting(name, f"must be 1 or more, got {getattr(self, name)}")
+        if not 0 < self.marketo_share <= 1:
+            raise InvalidSetting("marketo_share", f"must be in (0, 1], got {self.marketo_share}")
+        if self.linger_seconds < 0 or self.marketo_daily_reserve < 0:
+            raise InvalidSetting("linger_seconds", "linger and reserve must not be negative")
         endpoint = self.default_marketo_endpoint
         if endpoint and not endpoint.startswith(("http://", "https://")):
             raise InvalidSetting(
                 "default_marketo_endpoint", f"must be an http(s) URL, got {endpoint!r}"
             )
+
+    @property
+    def blocked_plugin_names(self) -> tuple[str, ...]:
+        """:attr:`blocked_plugins` as a tuple of names."""
+        return tuple(name.strip() for name in self.blocked_plugins.split(",") if name.strip())
 
     @property
     def log_level_number(self) -> int:
@@ -173,6 +243,8 @@ def _convert(raw: str, kind: Any) -> Any:
             return float(raw)
         except ValueError:
             raise ValueError(f"expected a number, got {raw!r}") from None
+    if kind == Path | None:
+        return Path(raw) if raw else None
     if kind is Path:
         if not raw:
             raise ValueError("expected a directory path, got an empty value")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real grpc.aio server on a free loopback port and a channel to it."""
+"""Shared fixtures: the whole service in process (see tests/harness.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.server import build_server
 from service.settings import Settings
+from tests.harness import Service, running_service
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,10 +20,12 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def channel(settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to a freshly built server with its default dependencies."""
-    server, port = await build_server(settings)
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield ch
-    await server.stop(None)
+async def service(tmp_path: Path) -> AsyncIterator[Service]:
+    """The service with its real dependencies over the in-process Marketo sandbox."""
+    async with running_service(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def channel(service: Service) -> grpc.aio.Channel:
+    return service.channel

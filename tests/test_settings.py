@@ -34,6 +34,23 @@ def test_every_field_is_read_from_its_variable() -> None:
             "MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT": "http://marketo-sandbox:8080",
             "MARKETO_DEST_GRACE_SECONDS": "2.5",
             "MARKETO_DEST_LOG_LEVEL": "debug",
+            "MARKETO_DEST_LOG_JSON": "true",
+            "MARKETO_DEST_SECRET_KEY": "k" * 44,
+            "MARKETO_DEST_PRINCIPALS_FILE": "/etc/md/principals.json",
+            "MARKETO_DEST_TLS_CERT_FILE": "/etc/md/tls.crt",
+            "MARKETO_DEST_TLS_KEY_FILE": "/etc/md/tls.key",
+            "MARKETO_DEST_TLS_CLIENT_CA_FILE": "/etc/md/clients.crt",
+            "MARKETO_DEST_POLICIES_FILE": "/etc/md/policies.json",
+            "MARKETO_DEST_BLOCKED_PLUGINS": "loyalty, other",
+            "MARKETO_DEST_LIST_FOLDER": "CDP Lists",
+            "MARKETO_DEST_BATCH_SIZE": "200",
+            "MARKETO_DEST_LINGER_SECONDS": "0.5",
+            "MARKETO_DEST_MAX_BACKLOG": "5000",
+            "MARKETO_DEST_MARKETO_SHARE": "0.5",
+            "MARKETO_DEST_MARKETO_CONCURRENCY": "4",
+            "MARKETO_DEST_MARKETO_DAILY_QUOTA": "10000",
+            "MARKETO_DEST_MARKETO_DAILY_RESERVE": "1000",
+            "MARKETO_DEST_REPLICA_ID": "replica-a",
             "OTEL_SERVICE_NAME": "ignored here",
             "PATH": "/bin",
         }
@@ -45,7 +62,25 @@ def test_every_field_is_read_from_its_variable() -> None:
         default_marketo_endpoint="http://marketo-sandbox:8080",
         grace_seconds=2.5,
         log_level="DEBUG",
+        log_json=True,
+        secret_key="k" * 44,
+        principals_file=Path("/etc/md/principals.json"),
+        tls_cert_file=Path("/etc/md/tls.crt"),
+        tls_key_file=Path("/etc/md/tls.key"),
+        tls_client_ca_file=Path("/etc/md/clients.crt"),
+        policies_file=Path("/etc/md/policies.json"),
+        blocked_plugins="loyalty, other",
+        list_folder="CDP Lists",
+        batch_size=200,
+        linger_seconds=0.5,
+        max_backlog=5000,
+        marketo_share=0.5,
+        marketo_concurrency=4,
+        marketo_daily_quota=10000,
+        marketo_daily_reserve=1000,
+        replica_id="replica-a",
     )
+    assert settings.blocked_plugin_names == ("loyalty", "other")
     assert {f for f in FIELDS if getattr(settings, f) == getattr(Settings(), f)} == set()
 
 
@@ -140,7 +175,14 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
     defaults = Settings()
     for name in FIELDS:
         value = getattr(defaults, name)
-        shown = {True: "true", False: "false"}.get(value, str(value)) if value != "" else ""
+        if value is None:
+            shown = "(unset)"
+        elif value == "":
+            shown = ""
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"
+        else:
+            shown = str(value)
         assert shown in rows[env_var(name)], f"README default of {env_var(name)}"
 
 

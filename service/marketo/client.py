@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-from opentelemetry import metrics, trace
+from opentelemetry import metrics
 
 from service.marketo.auth import AccessToken, TokenCache
 from service.marketo.clock import Clock, SystemClock
@@ -53,6 +53,7 @@ from service.marketo.types import (
     SyncAction,
     Workspace,
 )
+from service.telemetry import annotate_marketo_call, note_limiter_wait
 
 _T = TypeVar("_T")
 logger = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ _retries = _meter.create_counter(
 _duration = _meter.create_histogram(
     "marketo.call.duration", unit="s", description="Duration of Marketo REST calls"
 )
-_tracer = trace.get_tracer("service.marketo")
 
 BATCH = 300
 """Records or ids per Lead Database call."""
@@ -228,7 +228,8 @@ class MarketoClient:
             self.attempts += 1
             t0 = time.perf_counter()
             try:
-                response = await self._http.post(url, data=form)
+                with annotate_marketo_call(endpoint="identity", attempt=attempt):
+                    response = await self._http.post(url, data=form)
             except httpx.TransportError as exc:
                 self._record("identity", "POST", None, type(exc).__name__, t0)
                 await self._backoff_or_raise(
@@ -348,17 +349,18 @@ class MarketoClient:
         while True:
             attempt += 1
             token = await self.token()
-            answer = await self._attempt(
-                method,
-                path,
-                endpoint=endpoint,
-                token=token,
-                params=params,
-                json_body=json_body,
-                form=form,
-                files=files,
-                envelope=envelope,
-            )
+            with annotate_marketo_call(endpoint=endpoint, attempt=attempt):
+                answer = await self._attempt(
+                    method,
+                    path,
+                    endpoint=endpoint,
+                    token=token,
+                    params=params,
+                    json_body=json_body,
+                    form=form,
+                    files=files,
+                    envelope=envelope,
+                )
             rule = answer.rule
             if rule is None:
                 return answer
@@ -422,12 +424,7 @@ class MarketoClient:
             kwargs["data"] = form
         self.attempts += 1
         t0 = time.perf_counter()
-        with _tracer.start_as_current_span(f"marketo {endpoint}") as span:
-            span.set_attribute("marketo.endpoint", endpoint)
-            answer = await self._exchange(send_method, url, endpoint, kwargs, envelope)
-            span.set_attribute("marketo.code", answer.code or "ok")
-            if answer.status is not None:
-                span.set_attribute("http.response.status_code", answer.status)
+        answer = await self._exchange(send_method, url, endpoint, kwargs, envelope)
         self._record(endpoint, method, answer.status, answer.code, t0)
         logger.debug(
             "%s %s -> %s code=%s %.1fms",
@@ -442,7 +439,9 @@ class MarketoClient:
     async def _exchange(
         self, method: str, url: str, endpoint: str, kwargs: dict[str, Any], envelope: bool
     ) -> _Answer:
+        waited = time.perf_counter()
         async with self.limits.call() as permit:
+            note_limiter_wait(time.perf_counter() - waited)
             try:
                 response = await self._http.request(method, url, **kwargs)
             except httpx.TransportError as exc:

@@ -8,6 +8,7 @@ import random
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo import (
@@ -17,6 +18,7 @@ from service.marketo import (
     RetryPolicy,
     SyncAction,
 )
+from service.telemetry import instrument_transport, setup_telemetry
 from tests.marketo.conftest import START, Telemetry
 from tests.marketo.test_sandbox import BASE, SharedClock
 
@@ -33,7 +35,10 @@ async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
     seen_tokens: set[str] = set()
     errors: list[BaseException] = []
 
-    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as http:
+    exporter = InMemorySpanExporter()
+    tracing = setup_telemetry({"OTEL_METRICS_EXPORTER": "none"}, span_exporter=exporter)
+    transport = instrument_transport(asgi_transport(app), tracing)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
         client = MarketoClient(
             http,
             base_url=BASE,
@@ -93,7 +98,8 @@ async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
 
     assert len(seen_tokens) >= 2, "the run should have used more than one token"
     assert len(errors) == 4
-    spans = telemetry.spans.get_finished_spans()
+    tracing.force_flush()
+    spans = exporter.get_finished_spans()
     assert spans, "spans were recorded"
     haystack: list[str] = [r.getMessage() for r in caplog.records]
     haystack += [str(r.args) for r in caplog.records]
@@ -120,7 +126,10 @@ async def test_calls_are_counted_per_endpoint_and_code(
     app = create_app(SandboxSettings(), clock=manual)
     clock = SharedClock(manual)
     before = points()
-    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as http:
+    exporter = InMemorySpanExporter()
+    tracing = setup_telemetry({"OTEL_METRICS_EXPORTER": "none"}, span_exporter=exporter)
+    transport = instrument_transport(asgi_transport(app), tracing)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
         await http.post(
             "/_sandbox/faults",
             json=[{"path_prefix": "/rest/v1/leads/partitions.json", "code": "606", "count": 2}],

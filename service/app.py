@@ -1,0 +1,138 @@
+"""The application: every use case wired to the store, Marketo, plugins and background tasks.
+
+`open_application(settings)` builds it and runs the dispatcher and the alert monitor until the
+context exits. The servicer only ever talks to an `Application`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from service.access import Principals, load_principals
+from service.activation import Activations
+from service.alerts import AlertMonitor
+from service.connections import LimitSettings, MarketoConnections
+from service.destinations import Destinations
+from service.dispatcher import Dispatcher
+from service.governance import load_policies
+from service.ingest import Ingest
+from service.marketo.clock import Clock
+from service.monitoring import Monitoring
+from service.preview import Preview
+from service.registry import PluginRegistry
+from service.secrets import SecretBox
+from service.settings import Settings
+from service.store.base import Store
+from service.store.sqlite import open_in_data_dir
+from service.telemetry import Telemetry, current_trace_context, instrument_transport
+
+MARKETO_TIMEOUT = httpx.Timeout(connect=10.0, read=95.0, write=30.0, pool=120.0)
+"""Sync Leads may take Marketo up to 90 s; the pool wait covers the per-instance limiter."""
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    store: Store
+    destinations: Destinations
+    activations: Activations
+    ingest: Ingest
+    preview: Preview
+    monitoring: Monitoring
+    dispatcher: Dispatcher
+    alerts: AlertMonitor
+    principals: Principals | None
+
+
+def replica_name(settings: Settings) -> str:
+    return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+@contextlib.asynccontextmanager
+async def open_application(
+    settings: Settings,
+    *,
+    http: httpx.AsyncClient | None = None,
+    store: Store | None = None,
+    registry: PluginRegistry | None = None,
+    clock: Clock | None = None,
+    telemetry: Telemetry | None = None,
+    run_background: bool = True,
+) -> AsyncIterator[Application]:
+    """Build the application; the dispatcher and alert monitor run while the context is open.
+
+    Tests inject `http` (e.g. over the sandbox's ASGI transport), `store` and `clock`.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if http is None:
+            transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            )
+            if telemetry is not None:
+                transport = instrument_transport(transport, telemetry)
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, timeout=MARKETO_TIMEOUT)
+            )
+        if store is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            box = SecretBox.from_settings(settings.secret_key or None, settings.data_dir)
+            store = await open_in_data_dir(settings.data_dir, box)
+            stack.push_async_callback(store.close)
+        if registry is None:
+            registry = PluginRegistry.build(blocked=settings.blocked_plugin_names)
+        principals = load_principals(settings.principals_file) if settings.principals_file else None
+        connections = MarketoConnections(
+            http,
+            default_endpoint=settings.default_marketo_endpoint,
+            limits=LimitSettings(
+                share=settings.marketo_share,
+                concurrency=settings.marketo_concurrency,
+                daily_quota=settings.marketo_daily_quota,
+                daily_reserve=settings.marketo_daily_reserve,
+            ),
+            clock=clock,
+        )
+        alerts = AlertMonitor(store, http=http, clock=clock)
+        dispatcher = Dispatcher(
+            store,
+            connections,
+            registry,
+            alerts=alerts,
+            holder=replica_name(settings),
+            batch_size=settings.batch_size,
+            linger=settings.linger_seconds,
+            clock=clock,
+        )
+        app = Application(
+            store=store,
+            destinations=Destinations(store, connections),
+            activations=Activations(
+                store,
+                connections,
+                registry,
+                policies=load_policies(settings.policies_file),
+                list_folder=settings.list_folder,
+            ),
+            ingest=Ingest(
+                store,
+                notify=dispatcher.notify,
+                max_backlog=settings.max_backlog,
+                trace_context=current_trace_context,
+            ),
+            preview=Preview(store, dispatcher),
+            monitoring=Monitoring(store, alerts),
+            dispatcher=dispatcher,
+            alerts=alerts,
+            principals=principals,
+        )
+        if run_background:
+            await alerts.start()
+            stack.push_async_callback(alerts.stop)
+            await dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)
+        yield app

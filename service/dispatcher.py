@@ -1,0 +1,619 @@
+"""The dispatcher: drains the durable outbox into Marketo, one drainer per Marketo instance.
+
+A supervisor task looks for instances with due work (every `poll_interval`, and at once when the
+Sync path calls `notify`) and starts one drainer per instance. A drainer holds the instance's
+lease (renewed by a heartbeat; every retire/defer carries the lease generation as fencing token,
+so a drainer that lost its lease can never commit) and loops:
+
+1. claim up to `batch_size` due entries; when fewer are due and the oldest is younger than
+   `linger`, wait for the batch to fill (a `notify` wakes it) or for the linger time to pass;
+2. group the entries by destination; for each, build the sync engine (rules, mapper, audience ->
+   list ids), read the watermarks and run `engine.sync`;
+3. retire every final outcome with its entry and the new watermarks in one transaction; defer
+   the unfinished entries with exponential backoff and jitter, naming the error.
+
+A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
+its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
+raise their alert and are cleared by the destination's next successful batch. Nothing is ever
+dropped: an unexpected exception defers the entries it concerned and the drainer goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from service.alerts import AlertMonitor
+from service.connections import MarketoConnections
+from service.destinations import spec_from_record
+from service.domain import DestinationSpec, FieldMapping, Outcome, ProfileUpdate
+from service.engine import BatchResult, KeyedLocks, SyncEngine
+from service.errors import FailedPrecondition
+from service.mapping import FieldType, Mapper, MappingConfigError
+from service.marketo.client import MarketoClient
+from service.marketo.clock import Clock, SystemClock
+from service.marketo.errors import AuthenticationError, MarketoError, QuotaExhaustedError
+from service.registry import PluginRegistry
+from service.store.base import (
+    DestinationNotFound,
+    DestinationRecord,
+    DestinationState,
+    FencingError,
+    Lease,
+    OutboxEntry,
+    Store,
+    Watermark,
+)
+
+__all__ = ["Backoff", "DestinationNotReady", "Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long a deferred entry waits: `base * multiplier ** attempts`, capped, with jitter."""
+
+    base: timedelta = timedelta(seconds=5)
+    """Wait after the first failure."""
+    maximum: timedelta = timedelta(minutes=10)
+    """Upper bound of any wait (jitter included)."""
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    """Fraction of the wait drawn at random and subtracted, so retries of many entries spread."""
+
+    def delay(self, attempts: int, rng: random.Random) -> timedelta:
+        """The wait before the next try of an entry that already failed `attempts` times."""
+        seconds = self.base.total_seconds() * self.multiplier ** min(max(attempts, 0), 64)
+        seconds = min(seconds, self.maximum.total_seconds())
+        seconds -= seconds * self.jitter * rng.random()
+        return timedelta(seconds=max(seconds, 0.0))
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """What a destination's batches need, cached per destination version and mapping."""
+
+    version: int
+    mappings: tuple[FieldMapping, ...]
+    spec: DestinationSpec
+    client: MarketoClient
+    mapper: Mapper
+
+
+@dataclass(slots=True)
+class _FieldTypes:
+    types: tuple[FieldType, ...]
+    fetched_at: float
+
+
+@dataclass(slots=True)
+class _Drainer:
+    instance_key: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False
+    lost: bool = False
+    lease: Lease | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class DestinationNotReady(FailedPrecondition):
+    """The destination cannot be delivered: it has no mapping, or one the instance refuses."""
+
+
+class _Paused(Exception):
+    """Internal: the instance's daily quota is spent; the rest of the batch waits too."""
+
+    def __init__(self, until: datetime, error: QuotaExhaustedError) -> None:
+        super().__init__(str(error))
+        self.until = until
+        self.error = error
+
+
+class Dispatcher:
+    """Delivers outbox entries to Marketo: one drainer per instance with due work."""
+
+    def __init__(
+        self,
+        store: Store,
+        connections: MarketoConnections,
+        registry: PluginRegistry,
+        *,
+        alerts: AlertMonitor,
+        holder: str,
+        batch_size: int = 300,
+        linger: float = 1.0,
+        lease_ttl: timedelta = timedelta(seconds=30),
+        poll_interval: float = 1.0,
+        backoff: Backoff | None = None,
+        field_types_ttl: float = 600.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`holder` names this replica in leases; `linger` (s) is how long a partial batch waits
+        for more updates; `poll_interval` (s) how often due work (e.g. retries coming due) is
+        looked for; `field_types_ttl` (s) how long an instance's lead schema is cached; `clock`
+        (epoch seconds and sleep) drives every wait, so tests need no real sleeping."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._store = store
+        self._connections = connections
+        self._registry = registry
+        self._alerts = alerts
+        self._holder = holder
+        self._batch_size = batch_size
+        self._linger = timedelta(seconds=linger)
+        self._lease_ttl = lease_ttl
+        self._poll_interval = poll_interval
+        self._backoff = backoff or Backoff()
+        self._field_types_ttl = field_types_ttl
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._drainers: dict[str, _Drainer] = {}
+        self._leases: dict[str, Lease] = {}
+        self._locks: dict[str, KeyedLocks] = {}
+        self._prepared: dict[str, _Prepared] = {}
+        self._field_types: dict[str, _FieldTypes] = {}
+        self._paused: dict[str, datetime] = {}
+        self._elsewhere: dict[str, datetime] = {}
+        """Instances whose lease another replica held when last tried, until when to skip them."""
+        self._wake = asyncio.Event()
+        self._woken: set[str] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the supervisor (idempotent)."""
+        if self._supervisor is None:
+            self._stopping = False
+            self._supervisor = asyncio.create_task(self._supervise(), name="dispatcher")
+
+    async def stop(self) -> None:
+        """Stop: let each drainer finish its batch in flight, then release every lease."""
+        self._stopping = True
+        self._wake.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        drainers = list(self._drainers.values())
+        for drainer in drainers:
+            drainer.stopping = True
+            drainer.wake.set()
+        tasks = [d.task for d in drainers if d.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for lease in list(self._leases.values()):
+            await self._release(lease)
+
+    def notify(self, instance_key: str, destination_id: str | None = None) -> None:
+        """Tell the dispatcher that updates of the instance were just committed.
+
+        Cheap and synchronous (call it after `store.append`): wakes the instance's drainer (so a
+        filling batch goes out at once) or has the supervisor start one. With `destination_id`,
+        the destination's delivery delay is watched by the alerts' periodic check from now on.
+        """
+        if destination_id is not None:
+            self._alerts.watch(destination_id)
+        drainer = self._drainers.get(instance_key)
+        if drainer is not None:
+            drainer.wake.set()
+        else:
+            self._woken.add(instance_key)
+            self._wake.set()
+
+    @property
+    def active_instances(self) -> frozenset[str]:
+        """Instances with a running drainer."""
+        return frozenset(self._drainers)
+
+    def paused_until(self, instance_key: str) -> datetime | None:
+        """When the instance's quota pause ends, if it is paused."""
+        until = self._paused.get(instance_key)
+        return until if until is not None and until > self._now() else None
+
+    async def drain_once(self, instance_key: str) -> int:
+        """Deliver one batch of the instance's due entries now (no linger); for tests and tools,
+        not while the dispatcher is started.
+
+        Takes the instance's lease if needed. Returns how many entries were claimed (0 when
+        nothing is due, the instance is quota-paused or another holder has the lease).
+        """
+        if self.paused_until(instance_key) is not None:
+            return 0
+        lease = await self._lease(instance_key)
+        if lease is None:
+            return 0
+        entries = await self._store.claim_due(instance_key, self._batch_size, now=self._now())
+        if entries:
+            await self._deliver(instance_key, lease, entries)
+        return len(entries)
+
+    # -- supervisor and drainers ----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            try:
+                keys = set(await self._store.instance_keys_with_due_work(now=self._now()))
+            except Exception:
+                log.exception("looking for instances with due work failed")
+                keys = set()
+            keys |= self._woken
+            self._woken.clear()
+            now = self._now()
+            for key in sorted(keys):
+                if key in self._drainers or self.paused_until(key) is not None:
+                    continue
+                if self._elsewhere.get(key, now) > now:
+                    continue
+                self._start_drainer(key)
+            await self._wait(self._wake, self._poll_interval)
+            self._wake.clear()
+
+    def _start_drainer(self, instance_key: str) -> None:
+        drainer = _Drainer(instance_key)
+        self._drainers[instance_key] = drainer
+        drainer.task = asyncio.create_task(self._drain(drainer), name=f"drainer {instance_key}")
+
+    async def _drain(self, drainer: _Drainer) -> None:
+        key = drainer.instance_key
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            lease = await self._lease(key)
+            if lease is None:
+                # Another replica drains this instance: look again after a third of the TTL.
+                self._elsewhere[key] = self._now() + self._lease_ttl / 3
+                return
+            drainer.lease = lease
+            heartbeat = asyncio.create_task(self._heartbeat(drainer), name=f"lease {key}")
+            while not (drainer.stopping or drainer.lost) and self.paused_until(key) is None:
+                entries = await self._next_batch(drainer)
+                if not entries or drainer.stopping or drainer.lost:
+                    break
+                try:
+                    await self._deliver(key, drainer.lease, entries)
+                except FencingError as error:
+                    log.warning("drainer of %s lost its lease: %s", key, error)
+                    drainer.lost = True
+                except Exception:
+                    # The store failed: the entries are still in the outbox; back off a little.
+                    log.exception("a batch of %s could not be recorded; retrying later", key)
+                    await self._wait(drainer.wake, self._poll_interval)
+        except Exception:
+            log.exception("drainer of %s failed", key)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            if drainer.lost:
+                self._leases.pop(key, None)
+            elif not self._stopping and drainer.lease is not None:
+                await self._release(drainer.lease)
+            if self._drainers.get(key) is drainer:
+                del self._drainers[key]
+            if drainer.wake.is_set() and not self._stopping:
+                self.notify(key)  # woken while winding down: look again
+
+    async def _heartbeat(self, drainer: _Drainer) -> None:
+        interval = self._lease_ttl.total_seconds() / 3
+        while True:
+            await self._clock.sleep(interval)
+            lease = drainer.lease
+            assert lease is not None
+            try:
+                renewed = await self._store.renew_lease(lease, self._lease_ttl, now=self._now())
+            except Exception:
+                log.exception("renewing the lease of %s failed", drainer.instance_key)
+                continue
+            if renewed is None:
+                log.warning("lease of %s lost", drainer.instance_key)
+                drainer.lost = True
+                drainer.wake.set()
+                return
+            drainer.lease = renewed
+            self._leases[drainer.instance_key] = renewed
+
+    async def _next_batch(self, drainer: _Drainer) -> list[OutboxEntry]:
+        """Claim a batch; a partial batch of young entries lingers for more."""
+        key = drainer.instance_key
+        while True:
+            drainer.wake.clear()
+            entries = await self._store.claim_due(key, self._batch_size, now=self._now())
+            if not entries or len(entries) >= self._batch_size or drainer.stopping:
+                return entries
+            deadline = min(entry.enqueued_at for entry in entries) + self._linger
+            remaining = (deadline - self._now()).total_seconds()
+            if remaining <= 0:
+                return entries
+            await self._wait(drainer.wake, remaining)
+            if drainer.lost:
+                return []
+
+    async def _lease(self, instance_key: str) -> Lease | None:
+        lease = await self._store.acquire_lease(
+            instance_key, self._holder, self._lease_ttl, now=self._now()
+        )
+        if lease is None:
+            self._leases.pop(instance_key, None)
+        else:
+            self._leases[instance_key] = lease
+        return lease
+
+    async def _release(self, lease: Lease) -> None:
+        if self._leases.get(lease.instance_key) == lease:
+            del self._leases[lease.instance_key]
+        try:
+            await self._store.release_lease(lease)
+        except Exception:
+            log.exception("releasing the lease of %s failed", lease.instance_key)
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        """Until `event` is set or `seconds` of the clock have passed."""
+        if event.is_set():
+            return
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(max(seconds, 0.0)))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, sleeper):
+                task.cancel()
+            await asyncio.gather(waiter, sleeper, return_exceptions=True)
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    async def _deliver(
+        self, instance_key: str, lease: Lease, entries: Sequence[OutboxEntry]
+    ) -> None:
+        """Deliver a claimed batch destination by destination; raises only FencingError and
+        store failures (the entries then stay due)."""
+        groups: dict[str, list[OutboxEntry]] = {}
+        for entry in entries:
+            groups.setdefault(entry.destination_id, []).append(entry)
+        pending = list(groups.items())
+        for index, (destination_id, group) in enumerate(pending):
+            try:
+                await self._deliver_destination(lease, destination_id, group)
+            except _Paused as pause:
+                rest = [entry for _, later in pending[index:] for entry in later]
+                await self._pause(instance_key, lease, rest, pause)
+                return
+            except FencingError:
+                raise
+            except Exception as error:
+                log.exception(
+                    "delivering %d updates of %s failed unexpectedly", len(group), destination_id
+                )
+                await self._defer(lease, group, f"internal error: {type(error).__name__}: {error}")
+            await self._evaluate(destination_id)
+
+    async def _deliver_destination(
+        self, lease: Lease, destination_id: str, entries: list[OutboxEntry]
+    ) -> None:
+        try:
+            record = await self._store.get_destination(destination_id, tenant=None)
+        except DestinationNotFound:
+            # Deleted meanwhile: its outbox rows went with it (retire/defer of them are no-ops).
+            self._prepared.pop(destination_id, None)
+            return
+        try:
+            engine = await self.engine_for(record)
+        except DestinationNotReady as error:
+            await self._defer(lease, entries, str(error))
+            return
+        except QuotaExhaustedError as error:
+            raise _Paused(_from_epoch(error.paused_until), error) from error
+        except AuthenticationError as error:
+            await self._auth_failing(lease, record, entries, error)
+            return
+        except MarketoError as error:
+            await self._defer(lease, entries, _describe(error))
+            return
+        updates = [entry.update for entry in entries]
+        marks = await self._store.watermarks(
+            destination_id, sorted({u.profile_id for u in updates})
+        )
+        result = await self._run_engine(engine, entries, updates, marks)
+        await self._record(lease, record, entries, result)
+
+    async def engine_for(self, record: DestinationRecord) -> SyncEngine:
+        """The sync engine the dispatcher uses for the destination (also for dry runs).
+
+        Raises DestinationNotReady (no mapping, or one the instance's schema refuses) and, while
+        reading the instance's lead schema, the Marketo client's errors.
+        """
+        if not record.mappings:
+            raise DestinationNotReady(
+                "the destination has no active mapping: Activate it with a mapping to deliver"
+            )
+        try:
+            prepared = await self._prepare(record)
+        except MappingConfigError as error:
+            raise DestinationNotReady(f"the destination's mapping is unusable: {error}") from None
+        activations = await self._store.activations(record.id)
+        lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
+        return SyncEngine(
+            prepared.client,
+            prepared.spec.rules(),
+            prepared.mapper,
+            audience_lists=lists,
+            locks=self._locks.setdefault(record.instance_key, KeyedLocks()),
+            batch_size=min(self._batch_size, 300),
+        )
+
+    async def _run_engine(
+        self,
+        engine: SyncEngine,
+        entries: Sequence[OutboxEntry],
+        updates: Sequence[ProfileUpdate],
+        watermarks: Mapping[str, datetime],
+    ) -> BatchResult:
+        # ---- TELEMETRY SEAM: the one place the batch span goes -------------------------------
+        # with telemetry.batch_span("dispatch batch",
+        #         links=[e.trace_context for e in entries if e.trace_context],
+        #         attributes={"marketo.instance": entries[0].instance_key,
+        #                     "destination.id": entries[0].destination_id,
+        #                     "batch.size": len(entries)}):
+        return await engine.sync(updates, watermarks=watermarks)
+
+    async def _record(
+        self,
+        lease: Lease,
+        record: DestinationRecord,
+        entries: Sequence[OutboxEntry],
+        result: BatchResult,
+    ) -> None:
+        by_id = {entry.update.update_id: entry for entry in entries}
+        done: list[OutboxEntry] = []
+        outcomes: list[Outcome] = []
+        for outcome in result.outcomes:
+            entry = by_id.pop(outcome.update_id, None)
+            if entry is None:
+                log.error("outcome for unknown update %s ignored", outcome.update_id)
+                continue
+            done.append(entry)
+            outcomes.append(outcome)
+        marks = [
+            Watermark(record.id, profile_id, event_time)
+            for profile_id, event_time in result.watermarks.items()
+        ]
+        if done or marks:
+            await self._store.retire(
+                done, outcomes, marks, fencing=lease.generation, now=self._now()
+            )
+        # Entries the engine neither finished nor deferred would be lost: wait with the rest.
+        left = list(by_id.values())
+        error = result.error
+        if isinstance(error, QuotaExhaustedError):
+            raise _Paused(_from_epoch(error.paused_until), error)
+        if isinstance(error, AuthenticationError):
+            await self._auth_failing(lease, record, left, error)
+            return
+        if left:
+            reason = _describe(error) if error is not None else "the engine left it unfinished"
+            await self._defer(lease, left, reason)
+        if error is None and record.state is not DestinationState.ACTIVE:
+            await self._store.set_destination_state(record.id, DestinationState.ACTIVE)
+            await self._alerts.recovered(record.id)
+
+    async def _pause(
+        self, instance_key: str, lease: Lease, entries: Sequence[OutboxEntry], pause: _Paused
+    ) -> None:
+        """Hold the instance until the quota resets; its entries wait until then, unchanged."""
+        until = max(pause.until, self._now())
+        self._paused[instance_key] = until
+        log.warning("Marketo instance %s: daily quota spent, paused until %s", instance_key, until)
+        by_attempts: dict[int, list[OutboxEntry]] = {}
+        for entry in entries:
+            by_attempts.setdefault(entry.attempts, []).append(entry)
+        reason = f"Marketo daily API quota exhausted; paused until {until.isoformat()}"
+        for attempts, group in by_attempts.items():
+            await self._store.defer(
+                group, until, reason, attempts=attempts, fencing=lease.generation
+            )
+        for destination_id in sorted({entry.destination_id for entry in entries}):
+            self._alerts.watch(destination_id)
+            try:
+                await self._store.set_destination_state(
+                    destination_id, DestinationState.QUOTA_PAUSED, paused_until=until
+                )
+                await self._alerts.quota_exhausted(destination_id, until)
+            except DestinationNotFound:
+                continue
+            except Exception:
+                log.exception("recording the quota pause of %s failed", destination_id)
+
+    async def _auth_failing(
+        self,
+        lease: Lease,
+        record: DestinationRecord,
+        entries: Sequence[OutboxEntry],
+        error: AuthenticationError,
+    ) -> None:
+        await self._defer(lease, entries, _describe(error))
+        self._prepared.pop(record.id, None)
+        try:
+            await self._store.set_destination_state(record.id, DestinationState.AUTH_FAILING)
+            await self._alerts.authentication_failing(record.id, str(error))
+        except DestinationNotFound:
+            pass
+
+    async def _defer(self, lease: Lease, entries: Iterable[OutboxEntry], reason: str) -> None:
+        """Postpone entries with exponential backoff; entries of one attempt count wait alike."""
+        by_attempts: dict[int, list[OutboxEntry]] = {}
+        for entry in entries:
+            by_attempts.setdefault(entry.attempts, []).append(entry)
+        now = self._now()
+        for attempts, group in sorted(by_attempts.items()):
+            not_before = now + self._backoff.delay(attempts, self._rng)
+            await self._store.defer(group, not_before, reason, fencing=lease.generation)
+
+    async def _evaluate(self, destination_id: str) -> None:
+        try:
+            await self._alerts.evaluate(destination_id)
+        except DestinationNotFound:
+            pass
+        except Exception:
+            log.exception("evaluating the alerts of %s failed", destination_id)
+
+    # -- per-destination preparation ------------------------------------------------------------
+
+    async def _prepare(self, record: DestinationRecord) -> _Prepared:
+        cached = self._prepared.get(record.id)
+        if (
+            cached is not None
+            and cached.version == record.version
+            and cached.mappings == record.mappings
+        ):
+            return cached
+        spec = spec_from_record(record)
+        if spec.sync_type is None:
+            raise MappingConfigError(["the destination has no sync type"])
+        client = self._connections.client(spec.connection)
+        types = await self._lead_fields(record.instance_key, client)
+        try:
+            mapper = Mapper(record.mappings, types, self._registry, dedupe_field=spec.dedupe_field)
+        except MappingConfigError:
+            # A field added to the instance after the schema was cached: look again once.
+            types = await self._lead_fields(record.instance_key, client, refresh=True)
+            mapper = Mapper(record.mappings, types, self._registry, dedupe_field=spec.dedupe_field)
+        prepared = _Prepared(record.version, record.mappings, spec, client, mapper)
+        self._prepared[record.id] = prepared
+        return prepared
+
+    async def _lead_fields(
+        self, instance_key: str, client: MarketoClient, *, refresh: bool = False
+    ) -> tuple[FieldType, ...]:
+        """The instance's lead fields (Describe Lead2), cached for `field_types_ttl`."""
+        now = self._clock.now()
+        cached = self._field_types.get(instance_key)
+        if cached is not None and not refresh and now - cached.fetched_at < self._field_types_ttl:
+            return cached.types
+        schema = await client.describe2()
+        types = tuple(FieldType(f.name, f.data_type, f.length) for f in schema.fields)
+        self._field_types[instance_key] = _FieldTypes(types, now)
+        return types
+
+    def _now(self) -> datetime:
+        return _from_epoch(self._clock.now())
+
+
+def _from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _describe(error: MarketoError | None) -> str:
+    """`last_error` of a deferred entry: the error class, Marketo's code and its message."""
+    if error is None:
+        return "unknown error"
+    code = f" {error.code}" if error.code else ""
+    return f"{type(error).__name__}{code}: {error.message}"

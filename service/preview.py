@@ -1,0 +1,94 @@
+"""PreviewSync: plan and look up updates exactly as the dispatcher would, write nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.access import current_principal
+from service.destinations import marketo_failure
+from service.domain import Action, ActionType, Outcome, OutcomeKind
+from service.engine import AudienceChanges, SyncEngine
+from service.errors import FieldViolation, InvalidArgument
+from service.ingest import IndexedUpdate, Rejected, check_audiences
+from service.marketo.errors import MarketoError
+from service.store.base import DestinationRecord, Store
+
+MAX_PREVIEW = 1_000
+
+
+class EngineSource(Protocol):
+    """Builds the engine the dispatcher would use for a destination."""
+
+    async def engine_for(self, record: DestinationRecord) -> SyncEngine: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewResult:
+    created: int
+    updated: int
+    audiences: tuple[AudienceChanges, ...]
+    outcomes: tuple[Outcome, ...]
+    """One per previewed update, in request order."""
+    rejected: tuple[Rejected, ...]
+
+
+class Preview:
+    def __init__(self, store: Store, engines: EngineSource) -> None:
+        self._store = store
+        self._engines = engines
+
+    async def preview(self, destination_id: str, updates: Sequence[IndexedUpdate]) -> PreviewResult:
+        if len(updates) > MAX_PREVIEW:
+            raise InvalidArgument(
+                [FieldViolation("updates", f"at most {MAX_PREVIEW} updates can be previewed")]
+            )
+        record = await self._store.get_destination(
+            destination_id, tenant=current_principal().tenant
+        )
+        activations = await self._store.activations(destination_id)
+        active = frozenset(a.audience_id for a in activations if a.active)
+        good, rejected = check_audiences(updates, active)
+        engine = await self._engines.engine_for(record)
+        profile_ids = sorted({u.profile_id for u in good})
+        watermarks = await self._store.watermarks(destination_id, profile_ids)
+        plan = engine.plan(good, watermarks=watermarks)
+        result = await engine.dry_run(good, watermarks=watermarks)
+        if result.deferred:
+            error = result.deferred[0].error
+            if isinstance(error, MarketoError):
+                raise marketo_failure(error, "looking leads up")
+        decided = {o.update_id: o for o in result.outcomes}
+        created = set(result.create)
+        updated = {u.dedupe_value: u.lead_id for u in result.update}
+        outcomes: dict[str, Outcome] = dict(decided)
+        for person in plan.persons:
+            for update in person.updates:
+                if update.update_id in outcomes:
+                    continue
+                actions: list[Action] = []
+                if person.dedupe_value in created:
+                    actions.append(Action(ActionType.CREATED))
+                elif person.dedupe_value in updated:
+                    actions.append(Action(ActionType.UPDATED))
+                for change in result.audiences:
+                    if person.dedupe_value in change.add:
+                        actions.append(Action(ActionType.ADDED, change.audience_id))
+                    if person.dedupe_value in change.remove:
+                        actions.append(Action(ActionType.REMOVED, change.audience_id))
+                outcomes[update.update_id] = Outcome(
+                    update_id=update.update_id,
+                    profile_id=update.profile_id,
+                    dedupe_value=person.dedupe_value,
+                    kind=OutcomeKind.ACTIVATED,
+                    actions=tuple(actions),
+                    lead_id=updated.get(person.dedupe_value),
+                )
+        return PreviewResult(
+            created=len(result.create),
+            updated=len(result.update),
+            audiences=result.audiences,
+            outcomes=tuple(outcomes[u.update_id] for u in good if u.update_id in outcomes),
+            rejected=rejected,
+        )

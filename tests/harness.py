@@ -1,0 +1,146 @@
+"""The whole service in process: the Marketo sandbox over ASGI, the real store, a real gRPC
+server on a free loopback port and a client stub."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from google.protobuf import timestamp_pb2
+
+from sandbox import SandboxSettings, asgi_transport, create_app
+from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
+from service.access import Principals
+from service.app import Application, open_application
+from service.server import build_server
+from service.servicer import MarketoDestinationServicer
+from service.settings import Settings
+
+MUNCHKIN = "123-ABC-456"
+ENDPOINT = f"https://{MUNCHKIN}.mktorest.com"
+CLIENT_ID = "sandbox-client-id"
+CLIENT_SECRET = "sandbox-client-secret"
+
+
+@dataclass
+class Service:
+    app: Application
+    channel: grpc.aio.Channel
+    stub: pb_grpc.MarketoDestinationServiceStub
+    http: httpx.AsyncClient
+    settings: Settings
+    port: int
+    metadata: tuple[tuple[str, str], ...] = field(default=())
+
+    async def control(self, method: str, path: str, body: Any = None) -> Any:
+        response = await self.http.request(method, f"{ENDPOINT}/_sandbox/{path}", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def leads(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self.control("GET", "leads"))["leads"]
+        return result
+
+    async def lists(self) -> dict[int, set[int]]:
+        dump = await self.control("GET", "lists")
+        return {item["id"]: set(item["members"]) for item in dump["lists"]}
+
+
+def connection(**changes: str) -> pb.MarketoConnection:
+    values = {
+        "munchkin_id": MUNCHKIN,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "endpoint": ENDPOINT,
+    }
+    values.update(changes)
+    return pb.MarketoConnection(**values)
+
+
+def spec(**changes: Any) -> pb.DestinationSpec:
+    values: dict[str, Any] = {
+        "name": "Marketing",
+        "connection": connection(),
+        "sync_type": pb.SYNC_TYPE_AUDIENCE_AND_PROFILE,
+        "person_action": pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW,
+        "dedupe_field": "email",
+    }
+    values.update(changes)
+    return pb.DestinationSpec(**values)
+
+
+STANDARD_MAPPINGS = (
+    pb.FieldMapping(source="person.email", target="DedupeField", transform="lower"),
+    pb.FieldMapping(source="person.firstName", target="firstName"),
+    pb.FieldMapping(source="person.lastName", target="lastName"),
+)
+
+
+def at(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.fromtimestamp(seconds, UTC))
+    return stamp
+
+
+def update(
+    profile_id: str,
+    email: str | None,
+    *,
+    first: str = "Ada",
+    last: str = "Lovelace",
+    time: float = 1_800_000_000.0,
+    audiences: dict[str, int] | None = None,
+    **extra: Any,
+) -> pb.ProfileUpdate:
+    person: dict[str, Any] = {"firstName": first, "lastName": last, **extra}
+    if email is not None:
+        person["email"] = email
+    message = pb.ProfileUpdate(profile_id=profile_id, event_time=at(time))
+    message.profile.update({"person": person})
+    for audience_id, status in (audiences or {}).items():
+        message.audiences.add(audience_id=audience_id, status=status)  # type: ignore[arg-type]
+    return message
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    tmp_path: Path,
+    *,
+    principals: Principals | None = None,
+    sandbox_settings: SandboxSettings | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Service]:
+    """Start everything; `overrides` change the service's Settings."""
+    sandbox = create_app(sandbox_settings or SandboxSettings())
+    settings = replace(
+        Settings(address="127.0.0.1:0", data_dir=tmp_path / "data", linger_seconds=0.05),
+        **overrides,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(transport=asgi_transport(sandbox), timeout=30.0)
+        )
+        app = await stack.enter_async_context(open_application(settings, http=http))
+        if principals is not None:
+            app = replace(app, principals=principals)
+        server, port = await build_server(
+            settings, servicer=MarketoDestinationServicer(app), principals=app.principals
+        )
+        await server.start()
+        stack.push_async_callback(server.stop, None)
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        yield Service(
+            app=app,
+            channel=channel,
+            stub=pb_grpc.MarketoDestinationServiceStub(channel),
+            http=http,
+            settings=settings,
+            port=port,
+        )
