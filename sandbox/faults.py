@@ -11,11 +11,13 @@ from typing import Any
 FAULT_CODES = {
     "601": "Access token invalid",
     "602": "Access token expired",
+    "603": "Access denied",
     "604": "Request time-out",
     "606": "",
     "607": "Daily quota reached",
     "608": "API Temporarily Unavailable",
     "611": "System error",
+    "713": "Transient Error",
     "615": "",
 }
 

@@ -203,7 +203,7 @@ class Activations:
             )
             for v in policy_violations(mappings, spec.marketing_actions, self._policies)
         ]
-        client = self._connections.client(spec.connection)
+        client = self._connections.client(spec.connection, interactive=True)
         description = await describe_instance(client)
         violations += mapping_violations(spec, mappings, description.fields, self._registry)
         if violations:
@@ -263,7 +263,7 @@ class Activations:
         if unknown:
             raise NotFound(f"audiences not active on this destination: {', '.join(unknown)}")
         if delete_lists:
-            client = self._connections.client(spec_from_record(record).connection)
+            client = self._connections.client(spec_from_record(record).connection, interactive=True)
             for audience_id in audience_ids:
                 list_id = active[audience_id].marketo_list_id
                 if list_id:

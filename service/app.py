@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 
@@ -122,6 +123,7 @@ async def open_application(
                 store,
                 notify=dispatcher.notify,
                 max_backlog=settings.max_backlog,
+                max_wait=timedelta(seconds=settings.backpressure_wait_seconds),
                 trace_context=current_trace_context,
             ),
             preview=Preview(store, dispatcher),

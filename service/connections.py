@@ -10,6 +10,11 @@ from service.domain import MarketoConnection
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock
 from service.marketo.limits import InstanceLimits, instance_key
+from service.marketo.retry import RetryPolicy
+
+
+INTERACTIVE_RETRY = RetryPolicy(max_attempts=3, deadline=15.0, base_delay=0.5)
+"""Retries of Marketo calls made while a caller waits (Configure, Activate, DescribeMarketo)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,9 @@ class MarketoConnections:
         """The key that identifies the Marketo instance (the dispatcher's and limiter's unit)."""
         return instance_key(self.base_url(connection))
 
-    def client(self, connection: MarketoConnection) -> MarketoClient:
+    def client(self, connection: MarketoConnection, *, interactive: bool = False) -> MarketoClient:
+        """A client for the connection's instance; `interactive` clients (used while a caller
+        waits on an RPC) give up within seconds instead of retrying for minutes."""
         base_url = self.base_url(connection)
         limits = InstanceLimits.shared(
             self._http,
@@ -70,4 +77,5 @@ class MarketoConnections:
             client_secret=connection.client_secret,
             limits=limits,
             clock=self._clock,
+            retry=INTERACTIVE_RETRY if interactive else None,
         )

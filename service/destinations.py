@@ -324,7 +324,9 @@ class Destinations:
             raise InvalidArgument(violations)
         if existing is not None:
             spec = _keep_secrets(spec, existing)
-        violations = await live_violations(self._connections.client(spec.connection), spec)
+        violations = await live_violations(
+            self._connections.client(spec.connection, interactive=True), spec
+        )
         if violations:
             raise InvalidArgument(violations)
         if validate_only:
@@ -401,7 +403,7 @@ class Destinations:
             )
         if violations:
             raise InvalidArgument(violations)
-        return await describe_instance(self._connections.client(connection))
+        return await describe_instance(self._connections.client(connection, interactive=True))
 
 
 def _keep_secrets(spec: DestinationSpec, existing: DestinationRecord) -> DestinationSpec:

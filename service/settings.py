@@ -120,6 +120,10 @@ class Settings:
     max_backlog: int = 1_000_000
     """Pending updates per destination above which Sync slows down, then refuses."""
 
+    backpressure_wait_seconds: float = 30.0
+    """How long a Sync request waits for the backlog to drop below the bound before it is
+    refused with RESOURCE_EXHAUSTED."""
+
     marketo_share: float = 0.8
     """Share of each Marketo instance's 100 calls / 20 s this service may use."""
 

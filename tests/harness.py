@@ -77,7 +77,7 @@ def spec(**changes: Any) -> pb.DestinationSpec:
 
 
 STANDARD_MAPPINGS = (
-    pb.FieldMapping(source="person.email", target="DedupeField", transform="lower"),
+    pb.FieldMapping(source="person.email", target="DedupeField", transform="lowercase"),
     pb.FieldMapping(source="person.firstName", target="firstName"),
     pb.FieldMapping(source="person.lastName", target="lastName"),
 )
@@ -95,7 +95,7 @@ def update(
     *,
     first: str = "Ada",
     last: str = "Lovelace",
-    time: float = 1_800_000_000.0,
+    time: float = 1_780_000_000.0,
     audiences: dict[str, int] | None = None,
     **extra: Any,
 ) -> pb.ProfileUpdate:

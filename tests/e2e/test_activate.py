@@ -1,0 +1,304 @@
+"""Activate and Deactivate through a real gRPC client against the in-process Marketo sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from tests.e2e.test_configure import violations
+from tests.harness import STANDARD_MAPPINGS, Service, running_service, spec
+
+
+async def destination(service: Service, **changes: object) -> str:
+    answer = await service.stub.Configure(pb.ConfigureRequest(spec=spec(**changes)))
+    return answer.destination.id
+
+
+async def activate_error(service: Service, request: pb.ActivateRequest) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Activate(request)
+    return caught.value
+
+
+def audience(audience_id: str, **changes: object) -> pb.Audience:
+    values: dict[str, object] = {"id": audience_id, "name": f"CDP {audience_id}"}
+    values.update(changes)
+    return pb.Audience(**values)  # type: ignore[arg-type]
+
+
+async def test_activation_creates_one_list_per_audience_in_the_folder(service: Service) -> None:
+    destination_id = await destination(service)
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[audience("a1"), audience("a2")],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    assert [a.list_action for a in answer.audiences] == [pb.LIST_ACTION_CREATED] * 2
+    lists = await service.lists()
+    assert {a.marketo_list_id for a in answer.audiences} == set(lists)
+    dump = await service.control("GET", "lists")
+    names = {item["id"]: item["name"] for item in dump["lists"]}
+    assert names[answer.audiences[0].marketo_list_id] == "CDP a1"
+
+    again = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        )
+    )
+    assert again.audiences[0].list_action == pb.LIST_ACTION_UNCHANGED
+    assert again.audiences[0].marketo_list_id == answer.audiences[0].marketo_list_id
+    assert len(await service.lists()) == 2
+
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert {a.audience_id for a in fetched.audiences} == {"a1", "a2"}
+    assert [m.target for m in fetched.mappings] == [m.target for m in STANDARD_MAPPINGS]
+
+
+async def test_a_taken_list_name_is_already_exists_unless_linked(service: Service) -> None:
+    destination_id = await destination(service)
+    first = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        )
+    )
+    other = await destination(service, name="Other")
+    error = await activate_error(
+        service,
+        pb.ActivateRequest(
+            destination_id=other, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        ),
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "link_existing_list" in (error.details() or "")
+    linked = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=other,
+            audiences=[audience("a1", link_existing_list=True)],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    assert linked.audiences[0].list_action == pb.LIST_ACTION_LINKED
+    assert linked.audiences[0].marketo_list_id == first.audiences[0].marketo_list_id
+
+
+async def test_an_existing_list_id_is_linked_and_an_unknown_one_is_not_found(
+    service: Service,
+) -> None:
+    destination_id = await destination(service)
+    first = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        )
+    )
+    list_id = first.audiences[0].marketo_list_id
+    linked = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[audience("a2", name="", marketo_list_id=list_id)],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    assert linked.audiences[0].list_action == pb.LIST_ACTION_LINKED
+    error = await activate_error(
+        service,
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[audience("a3", marketo_list_id=987654)],
+            mappings=STANDARD_MAPPINGS,
+        ),
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_dry_run_reports_without_writing(service: Service) -> None:
+    destination_id = await destination(service)
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[audience("a1")],
+            mappings=STANDARD_MAPPINGS,
+            dry_run=True,
+        )
+    )
+    assert answer.audiences[0].list_action == pb.LIST_ACTION_CREATED
+    assert answer.audiences[0].marketo_list_id == 0
+    assert await service.lists() == {}
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert not fetched.audiences
+    assert not fetched.mappings
+
+
+@pytest.mark.parametrize(
+    ("mappings", "field", "words"),
+    [
+        (STANDARD_MAPPINGS[1:], "mappings", "DedupeField"),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="x", target="DedupeField")],
+            "mappings[3].target",
+            "more than once",
+        ),
+        (STANDARD_MAPPINGS[:2], "mappings", "lastName"),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="person.x", target="noSuchField")],
+            "mappings[3].target",
+            "not a field",
+        ),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="person.x", target="createdAt")],
+            "mappings[3].target",
+            "read-only",
+        ),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="x", target="title", transform="nope")],
+            "mappings[3].transform",
+            "unknown transform",
+        ),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="items[*]", target="title")],
+            "mappings[3].source",
+            "array",
+        ),
+    ],
+)
+async def test_mapping_rules(
+    service: Service, mappings: list[pb.FieldMapping], field: str, words: str
+) -> None:
+    destination_id = await destination(service)
+    found = violations(
+        await activate_error(
+            service,
+            pb.ActivateRequest(
+                destination_id=destination_id, audiences=[audience("a1")], mappings=mappings
+            ),
+        )
+    )
+    assert field in found, found
+    assert words in found[field]
+    assert await service.lists() == {}
+
+
+async def test_email_must_be_mapped_when_another_field_is_the_dedupe_field(
+    service: Service,
+) -> None:
+    destination_id = await destination(service, dedupe_field="customerId")
+    mappings = [
+        pb.FieldMapping(source="person.id", target="DedupeField"),
+        pb.FieldMapping(source="person.firstName", target="firstName"),
+        pb.FieldMapping(source="person.lastName", target="lastName"),
+    ]
+    found = violations(
+        await activate_error(
+            service, pb.ActivateRequest(destination_id=destination_id, mappings=mappings)
+        )
+    )
+    assert "email" in found["mappings"]
+    mappings.append(pb.FieldMapping(source="person.email", target="email"))
+    await service.stub.Activate(
+        pb.ActivateRequest(destination_id=destination_id, mappings=mappings)
+    )
+
+
+async def test_update_only_destinations_need_no_name_mappings(service: Service) -> None:
+    destination_id = await destination(service, person_action=pb.PERSON_ACTION_UPDATE_EXISTING_ONLY)
+    await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            mappings=[pb.FieldMapping(source="person.email", target="DedupeField")],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "kind", [pb.AUDIENCE_TYPE_ACCOUNT, pb.AUDIENCE_TYPE_PROSPECT, pb.AUDIENCE_TYPE_DATASET]
+)
+async def test_only_people_audiences(service: Service, kind: int) -> None:
+    destination_id = await destination(service)
+    found = violations(
+        await activate_error(
+            service,
+            pb.ActivateRequest(
+                destination_id=destination_id,
+                audiences=[audience("a1", type=kind)],
+                mappings=STANDARD_MAPPINGS,
+            ),
+        )
+    )
+    assert "only people audiences" in found["audiences[0].type"]
+
+
+async def test_people_audiences_of_any_origin(service: Service) -> None:
+    destination_id = await destination(service)
+    origins = ["segmentation_service", "custom_upload", "lookalike", "federated", "ajo"]
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[audience(f"a{i}", origin=o) for i, o in enumerate(origins)],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    assert len(answer.audiences) == len(origins)
+
+
+async def test_data_usage_policies_are_enforced(tmp_path: Path) -> None:
+    policies = tmp_path / "policies.json"
+    policies.write_text(
+        json.dumps(
+            [{"name": "No health data in email", "marketing_action": "email", "labels": ["S2"]}]
+        )
+    )
+    async with running_service(tmp_path, policies_file=policies) as service:
+        destination_id = await destination(service, marketing_actions=["email"])
+        labelled = [
+            *STANDARD_MAPPINGS,
+            pb.FieldMapping(source="person.condition", target="title", labels=["S2"]),
+        ]
+        found = violations(
+            await activate_error(
+                service, pb.ActivateRequest(destination_id=destination_id, mappings=labelled)
+            )
+        )
+        message = found["mappings[3].labels"]
+        assert "S2" in message
+        assert "No health data in email" in message
+        assert "person.condition" in message
+        other = await destination(service, name="Other", marketing_actions=["analytics"])
+        await service.stub.Activate(pb.ActivateRequest(destination_id=other, mappings=labelled))
+
+
+async def test_deactivate_keeps_or_deletes_the_list(service: Service) -> None:
+    destination_id = await destination(service)
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[audience("a1"), audience("a2")],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    kept, deleted = (a.marketo_list_id for a in answer.audiences)
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+    )
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a2"], delete_lists=True)
+    )
+    assert set(await service.lists()) == {kept}
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert not fetched.audiences
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Deactivate(
+            pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert deleted not in await service.lists()

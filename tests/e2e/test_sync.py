@@ -1,0 +1,281 @@
+"""Sync, PreviewSync, GetDataflow, ListProfileOutcomes and WatchAlerts end to end: a real gRPC
+client streams updates, the dispatcher delivers them to the in-process Marketo sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+
+from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from tests.harness import STANDARD_MAPPINGS, Service, running_service, spec, update
+
+REALIZED = pb.MEMBERSHIP_STATUS_REALIZED
+EXITED = pb.MEMBERSHIP_STATUS_EXITED
+
+
+async def setup(
+    service: Service, audiences: Sequence[str] = ("a1",), **changes: object
+) -> tuple[str, dict[str, int]]:
+    """A configured and activated destination; returns its id and audience -> list id."""
+    destination_id = (
+        await service.stub.Configure(pb.ConfigureRequest(spec=spec(**changes)))
+    ).destination.id
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[pb.Audience(id=a, name=f"List {destination_id} {a}") for a in audiences],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    return destination_id, {a.audience_id: a.marketo_list_id for a in answer.audiences}
+
+
+async def sync(
+    service: Service, destination_id: str, batches: Iterable[Sequence[pb.ProfileUpdate]]
+) -> list[pb.SyncResponse]:
+    async def requests() -> AsyncIterator[pb.SyncRequest]:
+        for index, batch in enumerate(batches):
+            yield pb.SyncRequest(
+                destination_id=destination_id, updates=batch, request_id=f"r{index}"
+            )
+
+    return [response async for response in service.stub.Sync(requests())]
+
+
+async def delivered(service: Service, destination_id: str) -> pb.Dataflow:
+    """Wait (a minute at most) until nothing is pending; return the dataflow."""
+    async with asyncio.timeout(60):
+        while True:
+            flow = (
+                await service.stub.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id))
+            ).dataflow
+            if flow.pending == 0:
+                return flow
+            await asyncio.sleep(0.05)
+
+
+def by_email(leads: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:
+    found: dict[str, list[dict[str, object]]] = {}
+    for lead in leads:
+        fields = lead["fields"]
+        assert isinstance(fields, dict)
+        found.setdefault(str(fields.get("email")), []).append(lead)
+    return found
+
+
+async def seed(service: Service, *leads: dict[str, object]) -> list[int]:
+    ids: list[int] = (await service.control("POST", "leads", {"leads": list(leads)}))["ids"]
+    return ids
+
+
+async def test_audience_and_profile_with_create(service: Service) -> None:
+    (known,) = await seed(service, {"email": "known@example.com", "firstName": "Old"})
+    destination_id, lists = await setup(service)
+    responses = await sync(
+        service,
+        destination_id,
+        [
+            [
+                update("p1", "known@example.com", first="New", audiences={"a1": REALIZED}),
+                update("p2", "NEW@example.com", audiences={"a1": REALIZED}),
+            ]
+        ],
+    )
+    assert [(r.accepted, r.request_id) for r in responses] == [(2, "r0")], responses
+    flow = await delivered(service, destination_id)
+    assert (flow.activated.created, flow.activated.updated, flow.activated.added) == (1, 1, 2)
+    leads = by_email(await service.leads())
+    assert leads["known@example.com"][0]["fields"]["firstName"] == "New"  # type: ignore[index]
+    (created,) = leads["new@example.com"]
+    assert created["partition"] == "Default"
+    assert (await service.lists())[lists["a1"]] == {known, created["id"]}
+    outcomes = (
+        await service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p2")
+        )
+    ).outcomes
+    assert [o.kind for o in outcomes] == [pb.OUTCOME_KIND_ACTIVATED]
+    assert {a.type for a in outcomes[0].actions} == {pb.ACTION_TYPE_CREATED, pb.ACTION_TYPE_ADDED}
+    assert outcomes[0].lead_id == created["id"]
+
+
+async def test_profile_only_update_existing_creates_nothing(service: Service) -> None:
+    await seed(service, {"email": "known@example.com", "firstName": "Old"})
+    destination_id, _ = await setup(
+        service,
+        audiences=(),
+        sync_type=pb.SYNC_TYPE_PROFILE_ONLY,
+        person_action=pb.PERSON_ACTION_UPDATE_EXISTING_ONLY,
+    )
+    await sync(
+        service,
+        destination_id,
+        [[update("p1", "known@example.com", first="New"), update("p2", "new@example.com")]],
+    )
+    flow = await delivered(service, destination_id)
+    assert (flow.activated.created, flow.activated.updated) == (0, 1)
+    assert flow.excluded == {"no matching lead": 1}
+    leads = by_email(await service.leads())
+    assert set(leads) == {"known@example.com"}
+    assert await service.lists() == {}
+
+
+async def test_audience_only_adds_and_removes_existing_leads_only(service: Service) -> None:
+    (known,) = await seed(service, {"email": "known@example.com", "firstName": "Old"})
+    destination_id, lists = await setup(
+        service,
+        sync_type=pb.SYNC_TYPE_AUDIENCE_ONLY,
+        person_action=pb.PERSON_ACTION_UNSPECIFIED,
+    )
+    await sync(
+        service,
+        destination_id,
+        [
+            [
+                update("p1", "known@example.com", first="Ignored", audiences={"a1": REALIZED}),
+                update("p2", "unknown@example.com", audiences={"a1": REALIZED}),
+            ]
+        ],
+    )
+    await delivered(service, destination_id)
+    assert (await service.lists())[lists["a1"]] == {known}
+    leads = by_email(await service.leads())
+    assert set(leads) == {"known@example.com"}
+    assert leads["known@example.com"][0]["fields"]["firstName"] == "Old"  # type: ignore[index]
+
+    await sync(
+        service,
+        destination_id,
+        [[update("p1", "known@example.com", time=1_780_000_100, audiences={"a1": EXITED})]],
+    )
+    flow = await delivered(service, destination_id)
+    assert (await service.lists())[lists["a1"]] == set()
+    assert flow.activated.removed == 1
+
+
+async def test_bad_updates_are_rejected_alone(service: Service) -> None:
+    destination_id, _ = await setup(service)
+    missing_time = update("p2", "b@example.com")
+    missing_time.ClearField("event_time")
+    responses = await sync(
+        service,
+        destination_id,
+        [
+            [
+                update("p1", "a@example.com"),
+                missing_time,
+                update("", "c@example.com"),
+                update("p4", "d@example.com", audiences={"nope": REALIZED}),
+                update("p5", "e@example.com"),
+            ]
+        ],
+    )
+    (response,) = responses
+    assert response.accepted == 2
+    assert {(r.index, r.field) for r in response.rejected} == {
+        (1, "updates[1].event_time"),
+        (2, "updates[2].profile_id"),
+        (3, "updates[3].audiences[0].audience_id"),
+    }
+    await delivered(service, destination_id)
+    assert set(by_email(await service.leads())) == {"a@example.com", "e@example.com"}
+
+
+async def test_resending_an_update_is_harmless(service: Service) -> None:
+    destination_id, _ = await setup(service)
+    same = update("p1", "a@example.com")
+    first, second = await sync(service, destination_id, [[same], [same]])
+    assert (first.accepted, first.duplicates) == (1, 0)
+    assert (second.accepted, second.duplicates) == (1, 1)
+    flow = await delivered(service, destination_id)
+    assert flow.received == 1
+    assert len(await service.leads()) == 1
+
+
+async def test_stale_events_never_overwrite_newer_ones(service: Service) -> None:
+    destination_id, _ = await setup(service)
+    await sync(service, destination_id, [[update("p1", "a@example.com", first="New", time=200)]])
+    await delivered(service, destination_id)
+    await sync(service, destination_id, [[update("p1", "a@example.com", first="Old", time=100)]])
+    flow = await delivered(service, destination_id)
+    assert flow.superseded == 1
+    (lead,) = await service.leads()
+    assert lead["fields"]["firstName"] == "New"
+
+
+async def test_an_unknown_destination_ends_the_stream_not_found(service: Service) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sync(service, "dst_missing", [[update("p1", "a@example.com")]])
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_destination_without_activation_is_a_failed_precondition(
+    service: Service,
+) -> None:
+    destination_id = (await service.stub.Configure(pb.ConfigureRequest(spec=spec()))).destination.id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sync(service, destination_id, [[update("p1", "a@example.com")]])
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Activate" in (caught.value.details() or "")
+
+
+async def test_preview_writes_nothing(service: Service) -> None:
+    await seed(service, {"email": "known@example.com"})
+    destination_id, _ = await setup(service)
+    preview = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(
+            destination_id=destination_id,
+            updates=[
+                update("p1", "known@example.com", audiences={"a1": REALIZED}),
+                update("p2", "new@example.com", audiences={"a1": REALIZED}),
+                update("p3", None),
+            ],
+        )
+    )
+    assert (preview.created, preview.updated) == (1, 1)
+    assert [(a.audience_id, a.added) for a in preview.audiences] == [("a1", 2)]
+    kinds = {o.profile_id: o.outcome.kind for o in preview.outcomes}
+    assert kinds == {
+        "p1": pb.OUTCOME_KIND_ACTIVATED,
+        "p2": pb.OUTCOME_KIND_ACTIVATED,
+        "p3": pb.OUTCOME_KIND_EXCLUDED,
+    }
+    assert len(await service.leads()) == 1
+    assert all(not members for members in (await service.lists()).values())
+
+
+async def test_back_pressure_refuses_with_retry_info(tmp_path: Path) -> None:
+    async with running_service(
+        tmp_path, max_backlog=5, linger_seconds=3600, backpressure_wait_seconds=0.2
+    ) as service:
+        await service.app.dispatcher.stop()
+        destination_id, _ = await setup(service)
+        batch = [update(f"p{i}", f"{i}@example.com") for i in range(5)]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sync(service, destination_id, [batch, [update("p9", "9@example.com")]])
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        metadata = dict(caught.value.trailing_metadata() or ())
+        assert "grpc-status-details-bin" in metadata
+
+
+async def test_many_updates_are_delivered_in_few_calls(service: Service) -> None:
+    destination_id, lists = await setup(service)
+    batches = [
+        [
+            update(f"p{i}", f"user{i}@example.com", audiences={"a1": REALIZED})
+            for i in range(n, n + 100)
+        ]
+        for n in range(0, 1000, 100)
+    ]
+    responses = await sync(service, destination_id, batches)
+    assert sum(r.accepted for r in responses) == 1000
+    flow = await delivered(service, destination_id)
+    assert flow.activated.created == 1000
+    assert len(await service.leads()) == 1000
+    assert len((await service.lists())[lists["a1"]]) == 1000
+    calls = await service.control("GET", "calls")
+    assert calls["counted"] <= 4 * (1000 // 300 + 1) + 10
