@@ -24,6 +24,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.app import open_application
+from service.demo import demo_settings, run_demo
 from service.logging_setup import configure_logging
 from service.server import StartupError, build_server, new_health_servicer, shutdown
 from service.servicer import MarketoDestinationServicer
@@ -70,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the embedded Marketo sandbox; destinations without an endpoint use it",
     )
 
+    demo_cmd = commands.add_parser(
+        "demo", help="stream synthetic profiles through the service into the embedded sandbox"
+    )
+    demo_cmd.add_argument(
+        "--profiles", type=int, default=10_000, help="profiles to stream (default 10000)"
+    )
+    demo_cmd.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="data directory (default: a temporary one)"
+    )
+
     health_cmd = commands.add_parser(
         "health", help="exit 0 when the service at ADDRESS reports SERVING (container healthcheck)"
     )
@@ -107,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_for(args, os.environ)
     except InvalidSetting as error:
         parser.exit(2, f"{PROG}: error: {error}\n")
+    if args.command == "demo":
+        configure_logging(logging.WARNING, json=False, stream=sys.stderr)
+        demo, holder = demo_settings(settings, args.data_dir)
+        try:
+            asyncio.run(run_demo(demo, profiles=args.profiles))
+        finally:
+            if holder is not None:
+                holder.cleanup()
+        return 0
     if args.command == "health":
         return check_health(args.address or settings.address, args.service, args.timeout)
     configure_logging(settings.log_level_number, json=settings.log_json, stream=sys.stderr)

@@ -92,6 +92,7 @@ async def open_application(
             default_endpoint=settings.default_marketo_endpoint,
             limits=LimitSettings(
                 share=settings.marketo_share,
+                window_seconds=settings.marketo_window_seconds,
                 concurrency=settings.marketo_concurrency,
                 daily_quota=settings.marketo_daily_quota,
                 daily_reserve=settings.marketo_daily_reserve,

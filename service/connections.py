@@ -23,6 +23,7 @@ class LimitSettings:
 
     share: float = 0.8
     """Share of the instance's 100 calls / 20 s left to this service (others keep the rest)."""
+    window_seconds: float = 20.0
     concurrency: int = 8
     daily_quota: int = 50_000
     daily_reserve: int = 5_000
@@ -66,6 +67,7 @@ class MarketoConnections:
             base_url,
             clock=self._clock,
             share=self._limits.share,
+            window_seconds=self._limits.window_seconds,
             concurrency=self._limits.concurrency,
             daily_quota=self._limits.daily_quota,
             daily_reserve=self._limits.daily_reserve,

@@ -127,6 +127,10 @@ class Settings:
     marketo_share: float = 0.8
     """Share of each Marketo instance's 100 calls / 20 s this service may use."""
 
+    marketo_window_seconds: float = 20.0
+    """Length of Marketo's rate window (100 calls per 20 s); only a time-scaled sandbox (demo,
+    benchmarks) has a shorter one."""
+
     marketo_concurrency: int = 8
     """Concurrent Marketo calls per instance (Marketo allows 10 in all)."""
 
@@ -160,6 +164,8 @@ class Settings:
                 raise InvalidSetting(name, f"must be 1 or more, got {getattr(self, name)}")
         if not 0 < self.marketo_share <= 1:
             raise InvalidSetting("marketo_share", f"must be in (0, 1], got {self.marketo_share}")
+        if self.marketo_window_seconds <= 0:
+            raise InvalidSetting("marketo_window_seconds", "must be more than 0")
         if self.linger_seconds < 0 or self.marketo_daily_reserve < 0:
             raise InvalidSetting("linger_seconds", "linger and reserve must not be negative")
         endpoint = self.default_marketo_endpoint

@@ -103,12 +103,22 @@ class SteppingClock:
 
 
 async def eventually(
-    condition: Callable[[], Awaitable[bool]], *, turns: int = 2_000, what: str = ""
+    condition: Callable[[], Awaitable[bool]],
+    *,
+    turns: int = 2_000,
+    what: str = "",
+    clock: TestClock | None = None,
+    tick: float = 0.0,
 ) -> None:
-    """Let the loop run until `condition` holds; fails after many turns (not a timing check)."""
+    """Let the loop run until `condition` holds; fails after many turns (not a timing check).
+
+    With `clock`, time also passes: `tick` seconds per turn (for waits on the clock that may
+    start after the test decided to move it)."""
     for _ in range(turns):
         if await condition():
             return
+        if clock is not None:
+            clock.advance(tick)
         await asyncio.sleep(0.001)
     raise AssertionError(f"condition never held: {what}")
 
