@@ -82,7 +82,13 @@ async def open_application(
         if store is None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             box = SecretBox.from_settings(settings.secret_key or None, settings.data_dir)
-            store = await open_in_data_dir(settings.data_dir, box)
+            if settings.database_url:
+                # psycopg is the optional "postgres" extra: import it only when asked for.
+                from service.store.postgres import PostgresStore
+
+                store = await PostgresStore.open(settings.database_url, box)
+            else:
+                store = await open_in_data_dir(settings.data_dir, box)
             stack.push_async_callback(store.close)
         if registry is None:
             registry = PluginRegistry.build(blocked=settings.blocked_plugin_names)
@@ -108,6 +114,7 @@ async def open_application(
             holder=replica_name(settings),
             batch_size=settings.batch_size,
             linger=settings.linger_seconds,
+            lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
             clock=clock,
         )
         app = Application(

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,7 @@ from service.store.base import (
     Store,
     Watermark,
 )
+from service.telemetry import Telemetry, batch_attributes
 
 __all__ = ["Backoff", "DestinationNotReady", "Dispatcher"]
 
@@ -134,6 +136,7 @@ class Dispatcher:
         field_types_ttl: float = 600.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """`holder` names this replica in leases; `linger` (s) is how long a partial batch waits
         for more updates; `poll_interval` (s) how often due work (e.g. retries coming due) is
@@ -154,6 +157,7 @@ class Dispatcher:
         self._field_types_ttl = field_types_ttl
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
+        self._telemetry = telemetry
         self._drainers: dict[str, _Drainer] = {}
         self._leases: dict[str, Lease] = {}
         self._locks: dict[str, KeyedLocks] = {}
@@ -422,7 +426,7 @@ class Dispatcher:
         marks = await self._store.watermarks(
             destination_id, sorted({u.profile_id for u in updates})
         )
-        result = await self._run_engine(engine, entries, updates, marks)
+        result = await self._run_engine(record, engine, entries, updates, marks)
         await self._record(lease, record, entries, result)
 
     async def engine_for(self, record: DestinationRecord) -> SyncEngine:
@@ -448,22 +452,34 @@ class Dispatcher:
             audience_lists=lists,
             locks=self._locks.setdefault(record.instance_key, KeyedLocks()),
             batch_size=min(self._batch_size, 300),
+            planning_scope=self._telemetry.mapping_span if self._telemetry else None,
         )
 
     async def _run_engine(
         self,
+        record: DestinationRecord,
         engine: SyncEngine,
         entries: Sequence[OutboxEntry],
         updates: Sequence[ProfileUpdate],
         watermarks: Mapping[str, datetime],
     ) -> BatchResult:
-        # ---- TELEMETRY SEAM: the one place the batch span goes -------------------------------
-        # with telemetry.batch_span("dispatch batch",
-        #         links=[e.trace_context for e in entries if e.trace_context],
-        #         attributes={"marketo.instance": entries[0].instance_key,
-        #                     "destination.id": entries[0].destination_id,
-        #                     "batch.size": len(entries)}):
-        return await engine.sync(updates, watermarks=watermarks)
+        """Run one destination's batch, in a span linked to the Sync call of every update."""
+        if self._telemetry is None:
+            return await engine.sync(updates, watermarks=watermarks)
+        attributes = batch_attributes(
+            destination_id=record.id,
+            munchkin_id=record.spec.get("connection", {}).get("munchkin_id"),
+            sync_type=engine.rules.sync_type.value,
+            records=len(entries),
+        )
+        with self._telemetry.batch_span((e.trace_context for e in entries), attributes):
+            result = await engine.sync(updates, watermarks=watermarks)
+        counts = Counter(outcome.kind.value for outcome in result.outcomes)
+        self._telemetry.record_outcomes(
+            counts, destination_id=record.id, sync_type=engine.rules.sync_type.value
+        )
+        self._telemetry.record_batch(len(entries), instance=record.instance_key)
+        return result
 
     async def _record(
         self,

@@ -78,7 +78,7 @@ class Ingest:
         self,
         store: Store,
         *,
-        notify: Callable[[str], None] = lambda instance_key: None,
+        notify: Callable[[str, str], None] = lambda instance_key, destination_id: None,
         max_backlog: int = 1_000_000,
         max_wait: timedelta = timedelta(seconds=30),
         trace_context: Callable[[], str | None] = lambda: None,
@@ -102,7 +102,7 @@ class Ingest:
             destination_id, destination.instance_key, good, self._trace_context()
         )
         if result.accepted:
-            self._notify(destination.instance_key)
+            self._notify(destination.instance_key, destination_id)
         return SyncAck(
             accepted=result.accepted + result.duplicates,
             duplicates=result.duplicates,

@@ -50,15 +50,18 @@ class Preview:
         activations = await self._store.activations(destination_id)
         active = frozenset(a.audience_id for a in activations if a.active)
         good, rejected = check_audiences(updates, active)
-        engine = await self._engines.engine_for(record)
+        try:
+            engine = await self._engines.engine_for(record)
+        except MarketoError as error:
+            raise marketo_failure(error, "reading the instance's lead schema") from None
         profile_ids = sorted({u.profile_id for u in good})
         watermarks = await self._store.watermarks(destination_id, profile_ids)
         plan = engine.plan(good, watermarks=watermarks)
         result = await engine.dry_run(good, watermarks=watermarks)
         if result.deferred:
-            error = result.deferred[0].error
-            if isinstance(error, MarketoError):
-                raise marketo_failure(error, "looking leads up")
+            failure = result.deferred[0].error
+            if isinstance(failure, MarketoError):
+                raise marketo_failure(failure, "looking leads up")
         decided = {o.update_id: o for o in result.outcomes}
         created = set(result.create)
         updated = {u.dedupe_value: u.lead_id for u in result.update}

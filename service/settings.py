@@ -143,6 +143,14 @@ class Settings:
     replica_id: str = ""
     """Name of this replica in instance leases. Empty: host name and process id."""
 
+    database_url: str = field(default="", repr=False)
+    """PostgreSQL URL (``postgresql://user:password@host:5432/db``) of the store shared by every
+    replica; see docs/deploying.md. Empty: the embedded SQLite store in ``data_dir``."""
+
+    lease_ttl_seconds: float = 30.0
+    """How long a replica's lease on a Marketo instance lasts without a heartbeat; a dead
+    replica's instances are taken over after it."""
+
     def __post_init__(self) -> None:
         try:
             parse_address(self.address)
@@ -168,6 +176,12 @@ class Settings:
             raise InvalidSetting("marketo_window_seconds", "must be more than 0")
         if self.linger_seconds < 0 or self.marketo_daily_reserve < 0:
             raise InvalidSetting("linger_seconds", "linger and reserve must not be negative")
+        if self.database_url and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise InvalidSetting("database_url", "must be a postgresql:// URL or empty")
+        if self.lease_ttl_seconds <= 0:
+            raise InvalidSetting("lease_ttl_seconds", "must be more than 0")
         endpoint = self.default_marketo_endpoint
         if endpoint and not endpoint.startswith(("http://", "https://")):
             raise InvalidSetting(

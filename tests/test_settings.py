@@ -53,6 +53,8 @@ def test_every_field_is_read_from_its_variable() -> None:
             "MARKETO_DEST_MARKETO_DAILY_QUOTA": "10000",
             "MARKETO_DEST_MARKETO_DAILY_RESERVE": "1000",
             "MARKETO_DEST_REPLICA_ID": "replica-a",
+            "MARKETO_DEST_DATABASE_URL": "postgresql://md@db:5432/md",
+            "MARKETO_DEST_LEASE_TTL_SECONDS": "10",
             "OTEL_SERVICE_NAME": "ignored here",
             "PATH": "/bin",
         }
@@ -83,6 +85,8 @@ def test_every_field_is_read_from_its_variable() -> None:
         marketo_daily_quota=10000,
         marketo_daily_reserve=1000,
         replica_id="replica-a",
+        database_url="postgresql://md@db:5432/md",
+        lease_ttl_seconds=10.0,
     )
     assert settings.blocked_plugin_names == ("loyalty", "other")
     assert {f for f in FIELDS if getattr(settings, f) == getattr(Settings(), f)} == set()

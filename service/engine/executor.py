@@ -16,7 +16,9 @@ errors stop the batch: unfinished updates come back as deferred, with the error,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -231,7 +233,9 @@ class SyncEngine:
         locks: KeyedLocks | None = None,
         batch_size: int = BATCH_SIZE,
         max_rounds: int = 3,
+        planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
     ) -> None:
+        """`planning_scope(n)` wraps the planning (mapping) of n updates, e.g. in a span."""
         self._client = client
         self._rules = rules
         self._mapper = mapper
@@ -239,6 +243,7 @@ class SyncEngine:
         self._locks = locks if locks is not None else KeyedLocks()
         self._batch_size = batch_size
         self._max_rounds = max_rounds
+        self._planning_scope = planning_scope or (lambda _: contextlib.nullcontext())
 
     @property
     def rules(self) -> SyncRules:
@@ -248,13 +253,14 @@ class SyncEngine:
         self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
     ) -> Plan:
         """Plan a batch without any Marketo call."""
-        return plan_batch(
-            updates,
-            self._rules,
-            self._mapper,
-            watermarks=watermarks,
-            audience_lists=self._lists if self._rules.manages_lists else {},
-        )
+        with self._planning_scope(len(updates)):
+            return plan_batch(
+                updates,
+                self._rules,
+                self._mapper,
+                watermarks=watermarks,
+                audience_lists=self._lists if self._rules.manages_lists else {},
+            )
 
     async def sync(
         self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None

@@ -520,3 +520,22 @@ class Store(Protocol):
     async def release_lease(self, lease: Lease) -> None:
         """Give the lease up (expire it now) if we still hold it."""
         ...
+
+    async def heartbeat_replica(
+        self, holder: str, ttl: timedelta, now: datetime | None = None
+    ) -> None:
+        """Record that replica `holder` is alive until `now + ttl`.
+
+        Taking or renewing a lease does this too; an idle replica calls it so it counts in
+        `fair_share`.
+        """
+        ...
+
+    async def fair_share(self, holder: str, now: datetime | None = None) -> int:
+        """How many instance leases `holder` should hold at most now (at least 1).
+
+        `ceil(instances / replicas)`, where instances are those with due work or a live lease
+        and replicas are the live ones (`holder` included). A replica above its share should
+        let leases go after their batch in flight, and not take new ones.
+        """
+        ...

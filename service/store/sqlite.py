@@ -1140,6 +1140,38 @@ class SqliteStore:
 
         await self._write("release_lease", work)
 
+    async def heartbeat_replica(
+        self, holder: str, ttl: timedelta, now: datetime | None = None
+    ) -> None:
+        """Record that replica `holder` is alive until `now + ttl`."""
+        expires = self._now(now) + ttl // timedelta(microseconds=1)
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO replicas (holder, expires_at) VALUES (?, ?) "
+                "ON CONFLICT (holder) DO UPDATE SET expires_at = excluded.expires_at",
+                (holder, expires),
+            )
+
+        await self._write("heartbeat_replica", work)
+
+    async def fair_share(self, holder: str, now: datetime | None = None) -> int:
+        """ceil(instances with due work or a live lease / live replicas), at least 1."""
+        current = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> int:
+            instances, replicas = connection.execute(
+                "SELECT (SELECT COUNT(*) FROM (SELECT instance_key FROM outbox_instances i "
+                "WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
+                "AND o.not_before <= ?) UNION SELECT instance_key FROM instance_leases "
+                "WHERE expires_at > ?)), "
+                "(SELECT COUNT(*) FROM replicas WHERE expires_at > ? AND holder <> ?)",
+                (current, current, current, holder),
+            ).fetchone()
+            return max(1, -(-int(instances) // (int(replicas) + 1)))
+
+        return await self._read(work)
+
 
 async def open_in_data_dir(data_dir: Path, box: SecretBox, **options: Any) -> SqliteStore:
     """Open `<data_dir>/store.db` (the directory is created if missing); `options` go to `open`."""

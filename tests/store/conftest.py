@@ -1,17 +1,19 @@
 """Fixtures of the store suite.
 
 Every test uses `store` (and, where it must look under the store, `backend`), so the whole suite
-runs against each backend in `BACKENDS`. Adding PostgreSQL means adding one `Backend` subclass.
+runs against each backend in `BACKENDS`: SQLite in a temporary directory, and PostgreSQL in a
+database created for the test run (emptied before each test; see tests/pg.py).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from service.domain import (
@@ -26,6 +28,8 @@ from service.domain import (
 )
 from service.secrets import SecretBox
 from service.store import NewDestination, OutboxEntry, SqliteStore, Store
+from service.store.postgres import PostgresStore
+from tests.pg import fresh_database, truncate_all
 
 START = datetime(2026, 5, 28, 10, 30, tzinfo=UTC)
 """A fixed instant: no test reads the wall clock."""
@@ -81,7 +85,32 @@ class SqliteBackend(Backend):
             connection.close()
 
 
-BACKENDS = ["sqlite"]
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, url: str, box: SecretBox) -> None:
+        self.url = url
+        self.box = box
+
+    async def open(self, clock: FakeClock, **options: Any) -> Store:
+        return await PostgresStore.open(self.url, self.box, clock=clock, **options)
+
+    def committed_update_ids(self, destination_id: str) -> set[str]:
+        with psycopg.connect(self.url) as connection:
+            rows = connection.execute(
+                "SELECT update_id FROM outbox WHERE destination_id = %s", (destination_id,)
+            )
+            return {row[0] for row in rows}
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database created for this test run (migrated by the first store opened on it)."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -98,6 +127,10 @@ def clock() -> FakeClock:
 def backend(request: pytest.FixtureRequest, tmp_path: Path, box: SecretBox) -> Backend:
     if request.param == "sqlite":
         return SqliteBackend(tmp_path, box)
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        truncate_all(url)
+        return PostgresBackend(url, box)
     raise AssertionError(request.param)
 
 

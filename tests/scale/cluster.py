@@ -1,0 +1,265 @@
+"""Several service replicas on one PostgreSQL database, each Marketo instance a sandbox process.
+
+Used by the scale tests and by `bench/scale.py`. Every process is real: `python -m sandbox` per
+Marketo instance, `python -m service serve` per replica (configured only through its
+`MARKETO_DEST_*` environment, like a deployment), gRPC clients over loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
+from service.secrets import SecretBox
+from service.settings import ENV_PREFIX
+from tests.harness import CLIENT_ID, CLIENT_SECRET, STANDARD_MAPPINGS, update
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+AUDIENCE = "a1"
+_REST = re.compile(r"REST endpoint: (http://\S+)/rest")
+_LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")
+
+
+@dataclass
+class Sandbox:
+    """One Marketo instance: a `python -m sandbox` process."""
+
+    munchkin_id: str
+    process: asyncio.subprocess.Process
+    endpoint: str
+    http: httpx.AsyncClient
+
+    async def control(self, method: str, path: str, body: Any = None) -> Any:
+        response = await self.http.request(method, f"{self.endpoint}/_sandbox/{path}", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    async def leads(self) -> list[dict[str, Any]]:
+        leads: list[dict[str, Any]] = (await self.control("GET", "leads"))["leads"]
+        return leads
+
+    async def calls(self) -> dict[str, Any]:
+        calls: dict[str, Any] = await self.control("GET", "calls")
+        return calls
+
+
+@dataclass
+class Replica:
+    """One service replica: a `python -m service serve` process and a stub to it."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+    port: int
+    channel: grpc.aio.Channel
+    stub: pb_grpc.MarketoDestinationServiceStub
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+
+@dataclass
+class Cluster:
+    """Sandboxes, replicas and a destination per sandbox (activated with one audience)."""
+
+    database_url: str
+    directory: Path
+    secret_key: str = field(default_factory=lambda: SecretBox.generate_key().decode())
+    sandboxes: list[Sandbox] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)
+    destinations: dict[str, str] = field(default_factory=dict)
+    """Munchkin id -> destination id."""
+    lists: dict[str, int] = field(default_factory=dict)
+    """Munchkin id -> Marketo list id of the audience."""
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30.0))
+
+    async def start_sandbox(self, munchkin_id: str, limits: Mapping[str, Any]) -> Sandbox:
+        process = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "sandbox",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--munchkin-id",
+            munchkin_id,
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        endpoint = ""
+        async with asyncio.timeout(30):
+            while not endpoint:
+                line = (await process.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError(f"sandbox {munchkin_id} exited before serving")
+                match = _REST.search(line)
+                if match:
+                    endpoint = match.group(1)
+        sandbox = Sandbox(munchkin_id, process, endpoint, self.http)
+        self.sandboxes.append(sandbox)
+        await sandbox.control("POST", "reset", dict(limits))
+        return sandbox
+
+    async def start_replica(self, name: str, settings: Mapping[str, str]) -> Replica:
+        log = self.directory / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(
+            {
+                "MARKETO_DEST_ADDRESS": "127.0.0.1:0",
+                "MARKETO_DEST_DATA_DIR": str(self.directory / name),
+                "MARKETO_DEST_DATABASE_URL": self.database_url,
+                "MARKETO_DEST_REPLICA_ID": name,
+                "MARKETO_DEST_SECRET_KEY": self.secret_key,
+                "OTEL_SDK_DISABLED": "true",
+                **settings,
+            }
+        )
+        with log.open("wb") as sink:
+            process = await asyncio.create_subprocess_exec(
+                PYTHON, "-m", "service", "serve", cwd=REPO, env=env, stdout=sink, stderr=sink
+            )
+        port = 0
+        async with asyncio.timeout(60):
+            while not port:
+                match = _LISTENING.search(log.read_text(errors="replace"))
+                if match:
+                    port = int(match.group(1))
+                elif process.returncode is not None:
+                    raise RuntimeError(f"replica {name} exited: {log.read_text()[-2000:]}")
+                else:
+                    await asyncio.sleep(0.1)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        replica = Replica(
+            name, process, log, port, channel, pb_grpc.MarketoDestinationServiceStub(channel)
+        )
+        self.replicas.append(replica)
+        return replica
+
+    def live(self) -> list[Replica]:
+        return [replica for replica in self.replicas if replica.alive]
+
+    async def kill(self, replica: Replica) -> None:
+        """SIGKILL: no graceful shutdown, no lease released."""
+        replica.process.send_signal(signal.SIGKILL)
+        await replica.process.wait()
+        await replica.channel.close()
+
+    async def add_destination(self, sandbox: Sandbox, via: Replica) -> str:
+        spec = pb.DestinationSpec(
+            name=f"Marketo {sandbox.munchkin_id}",
+            connection=pb.MarketoConnection(
+                munchkin_id=sandbox.munchkin_id,
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+                endpoint=sandbox.endpoint,
+            ),
+            sync_type=pb.SYNC_TYPE_AUDIENCE_AND_PROFILE,
+            person_action=pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW,
+            dedupe_field="email",
+        )
+        destination_id = (await via.stub.Configure(pb.ConfigureRequest(spec=spec))).destination.id
+        answer = await via.stub.Activate(
+            pb.ActivateRequest(
+                destination_id=destination_id,
+                audiences=[pb.Audience(id=AUDIENCE, name=f"List {sandbox.munchkin_id}")],
+                mappings=STANDARD_MAPPINGS,
+            )
+        )
+        self.destinations[sandbox.munchkin_id] = destination_id
+        self.lists[sandbox.munchkin_id] = answer.audiences[0].marketo_list_id
+        return destination_id
+
+    async def sync(
+        self, via: Replica, destination_id: str, batches: Sequence[Sequence[pb.ProfileUpdate]]
+    ) -> int:
+        """Stream the batches through one replica; returns how many updates were accepted."""
+
+        async def requests() -> AsyncIterator[pb.SyncRequest]:
+            for index, batch in enumerate(batches):
+                yield pb.SyncRequest(
+                    destination_id=destination_id, updates=batch, request_id=f"r{index}"
+                )
+
+        accepted = 0
+        async for response in via.stub.Sync(requests()):
+            assert not response.rejected, response.rejected
+            accepted += response.accepted
+        return accepted
+
+    async def pending(self, destination_id: str) -> pb.Dataflow:
+        """The destination's dataflow, read through any live replica."""
+        for replica in self.live():
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                answer = await replica.stub.GetDataflow(
+                    pb.GetDataflowRequest(destination_id=destination_id)
+                )
+                return answer.dataflow
+        raise RuntimeError("no live replica answered")
+
+    async def wait_delivered(self, timeout: float) -> None:
+        """Until no destination has anything pending (at most `timeout` seconds)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                flows = [await self.pending(d) for d in self.destinations.values()]
+                if all(flow.pending == 0 for flow in flows):
+                    return
+                await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        for replica in self.replicas:
+            if replica.alive:
+                replica.process.send_signal(signal.SIGTERM)
+        for sandbox in self.sandboxes:
+            if sandbox.process.returncode is None:
+                sandbox.process.send_signal(signal.SIGTERM)
+        for process in [r.process for r in self.replicas] + [s.process for s in self.sandboxes]:
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        for replica in self.replicas:
+            await replica.channel.close()
+        await self.http.aclose()
+
+
+def profile_update(
+    instance: str, n: int, *, first: str, time: float, update_id: str
+) -> pb.ProfileUpdate:
+    """Profile `n` of an instance, a member of the audience, with a given first name."""
+    message = update(
+        f"{instance}-p{n}",
+        f"{instance.lower()}-p{n}@example.com",
+        first=first,
+        time=time,
+        audiences={AUDIENCE: pb.MEMBERSHIP_STATUS_REALIZED},
+    )
+    message.update_id = update_id
+    return message
+
+
+@contextlib.asynccontextmanager
+async def cluster(database_url: str, directory: Path) -> AsyncIterator[Cluster]:
+    running = Cluster(database_url, directory)
+    try:
+        yield running
+    finally:
+        await running.close()

@@ -1,0 +1,254 @@
+"""What only the PostgreSQL store has to get right: many replicas on one database.
+
+Migrations under an advisory lock, fencing against a concurrent takeover, fair lease spreading,
+appends from several stores at once, indexes on the hot queries, secrets sealed at rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service.domain import ActionType
+from service.secrets import SecretBox
+from service.store import FencingError, Store
+from service.store.migrations import load_migrations
+from service.store.postgres import PostgresStore
+from tests.pg import fresh_database
+from tests.store.conftest import (
+    CLIENT_SECRET,
+    START,
+    WEBHOOK_SECRET,
+    Backend,
+    FakeClock,
+    PostgresBackend,
+    activated,
+    new_destination,
+    update,
+)
+
+TTL = timedelta(seconds=30)
+
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+
+def versions(url: str) -> list[int]:
+    with psycopg.connect(url) as connection:
+        return [row[0] for row in connection.execute("SELECT version FROM schema_migrations")]
+
+
+async def test_replicas_starting_together_migrate_once(
+    backend: Backend, box: SecretBox, clock: FakeClock
+) -> None:
+    with fresh_database("md_migrate") as url:
+        stores = await asyncio.gather(
+            *(PostgresStore.open(url, box, clock=clock) for _ in range(4))
+        )
+        try:
+            created = await stores[0].create_destination(new_destination())
+            for store in stores:
+                assert (await store.get_destination(created.id, tenant="acme")).id == created.id
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))
+        assert versions(url) == [m.version for m in load_migrations("postgresql")]
+
+
+async def test_failed_migration_leaves_the_previous_version(
+    backend: Backend, box: SecretBox, clock: FakeClock, tmp_path: Path
+) -> None:
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    (directory / "0001_one.sql").write_text("CREATE TABLE one (x INTEGER);\n")
+    (directory / "0002_broken.sql").write_text(
+        "CREATE TABLE two (x INTEGER);\nINSERT INTO missing VALUES (1);\n"
+    )
+    with fresh_database("md_migrate") as url:
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            await PostgresStore.open(
+                url, box, clock=clock, migrations=load_migrations("postgresql", directory)
+            )
+        assert versions(url) == [1]
+        with psycopg.connect(url) as connection:
+            tables = {row[0] for row in connection.execute("SELECT tablename FROM pg_tables")}
+        assert "one" in tables
+        assert "two" not in tables
+
+
+async def test_a_takeover_fences_out_the_old_holder_across_stores(
+    backend: Backend, clock: FakeClock
+) -> None:
+    replica_a = await backend.open(clock)
+    replica_b = await backend.open(clock)
+    try:
+        destination = await replica_a.create_destination(new_destination())
+        await replica_b.append(destination.id, "i1", [update(1), update(2)])
+        old = await replica_a.acquire_lease("i1", "a", TTL)
+        assert old is not None
+        entries = await replica_a.claim_due("i1", 10, START)
+        assert await replica_b.acquire_lease("i1", "b", TTL) is None  # a holds it
+
+        clock.advance(TTL + timedelta(seconds=1))  # a stalls past its TTL
+        new = await replica_b.acquire_lease("i1", "b", TTL)
+        assert new is not None and new.generation == old.generation + 1
+
+        with pytest.raises(FencingError):
+            await replica_a.retire(
+                entries, [activated(e, ActionType.UPDATED) for e in entries], fencing=old.generation
+            )
+        with pytest.raises(FencingError):
+            await replica_a.defer(entries, clock.now + TTL, "late", fencing=old.generation)
+        assert await replica_b.renew_lease(new, TTL) is not None
+        assert await replica_a.renew_lease(old, TTL) is None
+        mine = await replica_b.claim_due("i1", 10, clock.now)
+        assert [e.sequence for e in mine] == [e.sequence for e in entries]  # nothing was lost
+        await replica_b.retire(
+            mine, [activated(e, ActionType.UPDATED) for e in mine], fencing=new.generation
+        )
+        assert (await replica_a.pending_stats(destination.id)).count == 0
+        assert len((await replica_a.list_outcomes(destination.id)).items) == 2
+    finally:
+        await replica_a.close()
+        await replica_b.close()
+
+
+async def test_a_retire_waits_for_a_takeover_in_progress_and_is_fenced(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """The fencing check locks the lease row: a retire racing an uncommitted takeover waits for
+    it, then sees the new generation (reading the old committed row would let it commit)."""
+    assert isinstance(backend, PostgresBackend)
+    store = await backend.open(clock)
+    try:
+        destination = await store.create_destination(new_destination())
+        await store.append(destination.id, "i1", [update(1)])
+        lease = await store.acquire_lease("i1", "a", TTL)
+        assert lease is not None
+        entries = await store.claim_due("i1", 10, START)
+        with psycopg.connect(backend.url) as takeover:
+            takeover.execute(
+                "UPDATE instance_leases SET holder = 'b', generation = generation + 1 "
+                "WHERE instance_key = 'i1'"
+            )
+            retire = asyncio.ensure_future(
+                store.retire(
+                    entries,
+                    [activated(e, ActionType.UPDATED) for e in entries],
+                    fencing=lease.generation,
+                )
+            )
+            await asyncio.sleep(0.3)
+            assert not retire.done()  # blocked on the lease row
+            takeover.commit()
+            with pytest.raises(FencingError):
+                await asyncio.wait_for(retire, 10)
+        assert [e.sequence for e in await store.claim_due("i1", 10, START)] == [
+            e.sequence for e in entries
+        ]
+    finally:
+        await store.close()
+
+
+async def test_leases_spread_fairly_over_replicas(backend: Backend, clock: FakeClock) -> None:
+    store = await backend.open(clock)
+    try:
+        destination = await store.create_destination(new_destination())
+        instances = [f"i{n}" for n in range(6)]
+        for n, instance in enumerate(instances):
+            await store.append(destination.id, instance, [update(n)])
+        for holder in ("a", "b", "c"):
+            await store.heartbeat_replica(holder, TTL)
+        assert await store.fair_share("a") == 2
+
+        taken: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+        for holder in ("a", "b", "c"):
+            for instance in instances:
+                if await store.acquire_lease(instance, holder, TTL) is not None:
+                    taken[holder].append(instance)
+        assert {holder: len(keys) for holder, keys in taken.items()} == {"a": 2, "b": 2, "c": 2}
+        assert sorted(key for keys in taken.values() for key in keys) == instances
+
+        # "c" dies: its replica row and leases lapse; the other two split its instances.
+        clock.advance(timedelta(seconds=20))
+        for holder in ("a", "b"):
+            for instance in taken[holder]:
+                lease = await store.acquire_lease(instance, holder, TTL)  # renewal by re-acquire
+                assert lease is not None
+        clock.advance(timedelta(seconds=11))
+        assert await store.fair_share("a") == 3
+        for holder in ("a", "b"):
+            for instance in taken["c"]:
+                if await store.acquire_lease(instance, holder, TTL) is not None:
+                    taken[holder].append(instance)
+        assert len(taken["a"]) == 3 and len(taken["b"]) == 3
+    finally:
+        await store.close()
+
+
+async def test_one_replica_alone_takes_every_instance(backend: Backend, clock: FakeClock) -> None:
+    store = await backend.open(clock)
+    try:
+        for n in range(5):
+            assert await store.acquire_lease(f"i{n}", "solo", TTL) is not None
+    finally:
+        await store.close()
+
+
+async def test_appends_from_several_replicas_land_once(backend: Backend, clock: FakeClock) -> None:
+    stores = [await backend.open(clock) for _ in range(3)]
+    try:
+        destination = await stores[0].create_destination(new_destination())
+
+        async def stream(store: Store, n: int) -> int:
+            # Every replica receives every update (a retried stream): each is stored once.
+            result = await store.append(
+                destination.id, "i1", [update(n * 10 + k) for k in range(10)]
+            )
+            return result.accepted
+
+        accepted = await asyncio.gather(*(stream(store, n) for n in range(20) for store in stores))
+        assert sum(accepted) == 200
+        assert (await stores[1].pending_stats(destination.id)).count == 200
+        entries = await stores[2].claim_due("i1", 1000, START)
+        assert len({e.update.update_id for e in entries}) == len(entries) == 200
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_hot_queries_use_indexes(store: Store, backend: Backend) -> None:
+    assert isinstance(backend, PostgresBackend)
+    with psycopg.connect(backend.url) as connection:
+        connection.execute("SET enable_seqscan = off")
+
+        def plan(query: str) -> str:
+            rows = connection.execute(("EXPLAIN " + query).encode()).fetchall()
+            return " | ".join(row[0] for row in rows)
+
+        claim = plan(
+            "SELECT * FROM outbox WHERE instance_key = 'i' AND sequence > 0 "
+            "AND not_before <= 0 ORDER BY sequence LIMIT 300"
+        )
+        oldest = plan(
+            "SELECT enqueued_at FROM outbox WHERE destination_id = 'd' ORDER BY sequence LIMIT 1"
+        )
+        held = plan("SELECT COUNT(*) FROM instance_leases WHERE holder = 'a' AND expires_at > 0")
+    assert "outbox_due" in claim and "Sort" not in claim
+    assert "outbox_by_destination" in oldest and "Sort" not in oldest
+    assert "instance_leases_by_holder" in held
+
+
+async def test_secrets_are_sealed_at_rest(store: Store, backend: Backend) -> None:
+    assert isinstance(backend, PostgresBackend)
+    await store.create_destination(new_destination())
+    with psycopg.connect(backend.url) as connection:
+        row = connection.execute(
+            "SELECT client_secret, webhook_secret FROM destinations"
+        ).fetchone()
+    assert row is not None
+    stored = bytes(row[0]) + bytes(row[1])
+    assert CLIENT_SECRET.encode() not in stored
+    assert WEBHOOK_SECRET.encode() not in stored
