@@ -116,6 +116,7 @@ async def open_application(
             linger=settings.linger_seconds,
             lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
             clock=clock,
+            telemetry=telemetry,
         )
         app = Application(
             store=store,

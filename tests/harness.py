@@ -22,6 +22,7 @@ from service.app import Application, open_application
 from service.server import build_server
 from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
+from service.telemetry import Telemetry, instrument_transport, server_interceptor
 
 MUNCHKIN = "123-ABC-456"
 ENDPOINT = f"https://{MUNCHKIN}.mktorest.com"
@@ -115,9 +116,13 @@ async def running_service(
     *,
     principals: Principals | None = None,
     sandbox_settings: SandboxSettings | None = None,
+    telemetry: Telemetry | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Service]:
-    """Start everything; `overrides` change the service's Settings."""
+    """Start everything; `overrides` change the service's Settings.
+
+    With `telemetry`, the service is traced as `serve` traces it: the server interceptor, the
+    Marketo transport wrapper (over the sandbox) and the dispatcher's batch spans."""
     sandbox = create_app(sandbox_settings or SandboxSettings())
     settings = replace(
         Settings(address="127.0.0.1:0", data_dir=tmp_path / "data", linger_seconds=0.05),
@@ -127,11 +132,24 @@ async def running_service(
         http = await stack.enter_async_context(
             httpx.AsyncClient(transport=asgi_transport(sandbox), timeout=30.0)
         )
-        app = await stack.enter_async_context(open_application(settings, http=http))
+        marketo_http = http
+        if telemetry is not None:
+            marketo_http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=instrument_transport(asgi_transport(sandbox), telemetry),
+                    timeout=30.0,
+                )
+            )
+        app = await stack.enter_async_context(
+            open_application(settings, http=marketo_http, telemetry=telemetry)
+        )
         if principals is not None:
             app = replace(app, principals=principals)
         server, port = await build_server(
-            settings, servicer=MarketoDestinationServicer(app), principals=app.principals
+            settings,
+            servicer=MarketoDestinationServicer(app),
+            principals=app.principals,
+            tracing_interceptor=server_interceptor(telemetry) if telemetry is not None else None,
         )
         await server.start()
         stack.push_async_callback(server.stop, None)

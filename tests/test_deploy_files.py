@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from service.__main__ import build_parser, settings_for
+from service.access import InsecureBindError, check_bind_address, load_principals
 from service.settings import ENV_PREFIX, Settings
 
 from .conftest import REPO
@@ -129,3 +130,21 @@ def test_both_images_come_from_this_repository() -> None:
     for name in ("marketo-destination", "marketo-sandbox"):
         assert services[name]["build"] == "."
         assert Path(REPO / services[name]["build"] / "Dockerfile").is_file()
+
+
+def test_compose_service_may_listen_beyond_loopback_with_its_principals() -> None:
+    service = _compose()["services"]["marketo-destination"]
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    settings = settings_for(
+        build_parser().parse_args(service["command"][1:]),
+        {k: v for k, v in environment.items() if k.startswith(ENV_PREFIX)},
+    )
+    assert settings.principals_file is not None
+    mounts = dict(
+        reversed(volume.split(":")[:2]) for volume in service["volumes"] if volume.startswith(".")
+    )
+    principals = load_principals(REPO / mounts[str(settings.principals_file)])
+    assert principals
+    check_bind_address(settings.address, auth_enabled=bool(principals))
+    with pytest.raises(InsecureBindError):
+        check_bind_address(settings.address, auth_enabled=False)

@@ -132,9 +132,7 @@ async def test_three_replicas_share_six_instances_and_survive_a_kill(
                         for key, (holder, generation, expires) in rows.items()
                         if holder == replica.name and expires > now
                     }
-                    busy = [
-                        key for key in mine if (await running.pending(pending_of[key])).pending
-                    ]
+                    busy = [key for key in mine if (await running.pending(pending_of[key])).pending]
                     if busy:
                         victim, held = replica, {key: mine[key] for key in busy}
                         break
