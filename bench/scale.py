@@ -52,7 +52,6 @@ REPLICA_SETTINGS = {
     "MARKETO_DEST_MARKETO_DAILY_QUOTA": "10000000",
     "MARKETO_DEST_LEASE_TTL_SECONDS": "5",
     "MARKETO_DEST_LINGER_SECONDS": "0.2",
-    "MARKETO_DEST_LOG_LEVEL": "WARNING",
 }
 
 
@@ -105,7 +104,7 @@ async def measure(running: Cluster, replicas: int, per_instance: int) -> dict[st
             began = time.perf_counter()
             accepted = sum(await asyncio.gather(*tasks))
             ingested = time.perf_counter() - began
-            await running.wait_delivered(timeout=240)
+            await running.wait_delivered(within=240)
             elapsed = time.perf_counter() - began
         finally:
             await stop_replicas(running)
@@ -163,7 +162,7 @@ async def main(per_instance: int, counts: list[int]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--updates-per-instance", type=int, default=1500)
+    parser.add_argument("--updates-per-instance", type=int, default=3000)
     parser.add_argument("--replicas", default="1,2,3", help="comma-separated replica counts")
     args = parser.parse_args()
     replica_counts = [int(n) for n in args.replicas.split(",")]

@@ -113,6 +113,7 @@ async def open_application(
             alerts=alerts,
             holder=replica_name(settings),
             batch_size=settings.batch_size,
+            bulk_threshold=settings.bulk_threshold,
             linger=settings.linger_seconds,
             lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
             clock=clock,

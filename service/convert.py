@@ -112,17 +112,25 @@ def duration(delta: timedelta) -> duration_pb2.Duration:
 
 
 def derive_update_id(message: pb.ProfileUpdate) -> str:
-    """A stable idempotency key for an update sent without one: same content, same key."""
-    digest = hashlib.sha256()
-    digest.update(message.profile_id.encode())
-    digest.update(b"\0")
-    digest.update(message.event_time.SerializeToString(deterministic=True))
-    digest.update(b"\0")
-    digest.update(message.profile.SerializeToString(deterministic=True))
-    for membership in message.audiences:
-        digest.update(b"\0")
-        digest.update(membership.SerializeToString(deterministic=True))
-    return "sha256:" + digest.hexdigest()[:40]
+    """A stable idempotency key for an update sent without one: same content, same key.
+
+    Deterministic serialization orders map (Struct) keys, so equal content gives equal bytes.
+    """
+    content = message.SerializeToString(deterministic=True)
+    return "sha256:" + hashlib.sha256(content).hexdigest()[:40]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the Timestamp range
+_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def _event_time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
+    """The timestamp as an aware datetime, or None outside the valid Timestamp range."""
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        return None
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1_000)
 
 
 def profile_update(
@@ -145,13 +153,11 @@ def profile_update(
     if not message.HasField("event_time"):
         bad("event_time", "is required")
     else:
-        try:
-            event_time = message.event_time.ToDatetime(tzinfo=UTC)
-        except (ValueError, OverflowError):
+        event_time = _event_time(message.event_time)
+        if event_time is None:
             bad("event_time", "is not a valid timestamp")
-        else:
-            if event_time > now + FUTURE_TOLERANCE:
-                bad("event_time", "is more than one day in the future")
+        elif event_time > now + FUTURE_TOLERANCE:
+            bad("event_time", "is more than one day in the future")
 
     profile: dict[str, Any] = {}
     if message.profile.ByteSize() > MAX_PROFILE_BYTES:

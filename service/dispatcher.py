@@ -9,6 +9,10 @@ so a drainer that lost its lease can never commit) and loops:
    `linger`, wait for the batch to fill (a `notify` wakes it) or for the linger time to pass;
 2. group the entries by destination; for each, build the sync engine (rules, mapper, audience ->
    list ids), read the watermarks and run `engine.sync`;
+   a full batch of a destination whose backlog has reached `bulk_threshold` widens the claim to
+   `bulk_batch_size` entries, and a destination with at least `bulk_threshold` entries in the
+   batch goes through bulk import (`BulkSyncEngine`, see docs/bulk-import.md), the others
+   through REST;
 3. retire every final outcome with its entry and the new watermarks in one transaction; defer
    the unfinished entries with exponential backoff and jitter, naming the error.
 
@@ -34,6 +38,7 @@ from service.connections import MarketoConnections
 from service.destinations import spec_from_record
 from service.domain import DestinationSpec, FieldMapping, Outcome, ProfileUpdate
 from service.engine import BatchResult, KeyedLocks, SyncEngine
+from service.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.errors import FailedPrecondition
 from service.mapping import FieldType, Mapper, MappingConfigError
 from service.marketo.client import MarketoClient
@@ -137,11 +142,18 @@ class Dispatcher:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         telemetry: Telemetry | None = None,
+        bulk_threshold: int = 5_000,
+        bulk_batch_size: int = 100_000,
+        bulk_policy: BulkPolicy | None = None,
     ) -> None:
         """`holder` names this replica in leases; `linger` (s) is how long a partial batch waits
         for more updates; `poll_interval` (s) how often due work (e.g. retries coming due) is
         looked for; `field_types_ttl` (s) how long an instance's lead schema is cached; `clock`
-        (epoch seconds and sleep) drives every wait, so tests need no real sleeping."""
+        (epoch seconds and sleep) drives every wait, so tests need no real sleeping.
+
+        `bulk_threshold` (0: never) is the due backlog of one destination from which its work
+        goes through bulk import, claimed `bulk_batch_size` entries at a time; `bulk_policy`
+        sizes and polls the imports."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._store = store
@@ -150,6 +162,9 @@ class Dispatcher:
         self._alerts = alerts
         self._holder = holder
         self._batch_size = batch_size
+        self._bulk_threshold = max(bulk_threshold, 0)
+        self._bulk_batch_size = max(bulk_batch_size, batch_size)
+        self._bulk_policy = bulk_policy or BulkPolicy()
         self._linger = timedelta(seconds=linger)
         self._lease_ttl = lease_ttl
         self._poll_interval = poll_interval
@@ -237,6 +252,7 @@ class Dispatcher:
         if lease is None:
             return 0
         entries = await self._store.claim_due(instance_key, self._batch_size, now=self._now())
+        entries = await self._widen(instance_key, entries)
         if entries:
             await self._deliver(instance_key, lease, entries)
         return len(entries)
@@ -332,7 +348,9 @@ class Dispatcher:
         while True:
             drainer.wake.clear()
             entries = await self._store.claim_due(key, self._batch_size, now=self._now())
-            if not entries or len(entries) >= self._batch_size or drainer.stopping:
+            if len(entries) >= self._batch_size:
+                return await self._widen(key, entries)
+            if not entries or drainer.stopping:
                 return entries
             deadline = min(entry.enqueued_at for entry in entries) + self._linger
             remaining = (deadline - self._now()).total_seconds()
@@ -341,6 +359,22 @@ class Dispatcher:
             await self._wait(drainer.wake, remaining)
             if drainer.lost:
                 return []
+
+    async def _widen(self, instance_key: str, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+        """A full batch becomes a bulk-sized one when a destination in it has a bulk backlog."""
+        if (
+            not self._bulk_threshold
+            or len(entries) < self._batch_size
+            or self._bulk_batch_size <= len(entries)
+        ):
+            return entries
+        for destination_id in sorted({entry.destination_id for entry in entries}):
+            stats = await self._store.pending_stats(destination_id)
+            if stats.count >= self._bulk_threshold:
+                return await self._store.claim_due(
+                    instance_key, self._bulk_batch_size, now=self._now()
+                )
+        return entries
 
     async def _lease(self, instance_key: str) -> Lease | None:
         lease = await self._store.acquire_lease(
@@ -409,8 +443,9 @@ class Dispatcher:
             # Deleted meanwhile: its outbox rows went with it (retire/defer of them are no-ops).
             self._prepared.pop(destination_id, None)
             return
+        bulk = 0 < self._bulk_threshold <= len(entries)
         try:
-            engine = await self.engine_for(record)
+            engine = await self.engine_for(record, bulk=bulk)
         except DestinationNotReady as error:
             await self._defer(lease, entries, str(error))
             return
@@ -429,8 +464,9 @@ class Dispatcher:
         result = await self._run_engine(record, engine, entries, updates, marks)
         await self._record(lease, record, entries, result)
 
-    async def engine_for(self, record: DestinationRecord) -> SyncEngine:
-        """The sync engine the dispatcher uses for the destination (also for dry runs).
+    async def engine_for(self, record: DestinationRecord, *, bulk: bool = False) -> SyncEngine:
+        """The sync engine the dispatcher uses for the destination (also for dry runs); with
+        `bulk`, the one that writes through bulk import.
 
         Raises DestinationNotReady (no mapping, or one the instance's schema refuses) and, while
         reading the instance's lead schema, the Marketo client's errors.
@@ -445,6 +481,18 @@ class Dispatcher:
             raise DestinationNotReady(f"the destination's mapping is unusable: {error}") from None
         activations = await self._store.activations(record.id)
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
+        if bulk:
+            return BulkSyncEngine(
+                prepared.client,
+                prepared.spec.rules(),
+                prepared.mapper,
+                clock=self._clock,
+                policy=self._bulk_policy,
+                audience_lists=lists,
+                locks=self._locks.setdefault(record.instance_key, KeyedLocks()),
+                batch_size=min(self._batch_size, 300),
+                planning_scope=self._telemetry.mapping_span if self._telemetry else None,
+            )
         return SyncEngine(
             prepared.client,
             prepared.spec.rules(),

@@ -114,6 +114,10 @@ class Settings:
     batch_size: int = 300
     """Most updates one dispatched batch carries."""
 
+    bulk_threshold: int = 5_000
+    """Due updates of one destination from which they go through Marketo's bulk lead import
+    instead of REST (see docs/bulk-import.md); 0 never uses bulk import."""
+
     linger_seconds: float = 1.0
     """How long the dispatcher waits for a batch to fill before sending what it has."""
 
@@ -174,11 +178,11 @@ class Settings:
             raise InvalidSetting("marketo_share", f"must be in (0, 1], got {self.marketo_share}")
         if self.marketo_window_seconds <= 0:
             raise InvalidSetting("marketo_window_seconds", "must be more than 0")
+        if self.bulk_threshold < 0:
+            raise InvalidSetting("bulk_threshold", f"must be 0 or more, got {self.bulk_threshold}")
         if self.linger_seconds < 0 or self.marketo_daily_reserve < 0:
             raise InvalidSetting("linger_seconds", "linger and reserve must not be negative")
-        if self.database_url and not self.database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise InvalidSetting("database_url", "must be a postgresql:// URL or empty")
         if self.lease_ttl_seconds <= 0:
             raise InvalidSetting("lease_ttl_seconds", "must be more than 0")

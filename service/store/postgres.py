@@ -624,6 +624,7 @@ class PostgresStore:
                         now,
                         *columns,
                     ),
+                    binary=True,
                 )
                 sequences = [row[0] for row in await cursor.fetchall()]
             accepted = len(sequences)
@@ -725,6 +726,7 @@ class PostgresStore:
                         [outcome.reason for _, outcome in kept],
                         [outcome.marketo_code for _, outcome in kept],
                     ),
+                    binary=True,
                 )
             for destination_id in sorted(counts):
                 count = counts[destination_id]
@@ -743,6 +745,7 @@ class PostgresStore:
                         [key[1] for key in keys],
                         [highest[key] for key in keys],
                     ),
+                    binary=True,
                 )
 
         await self._write("retire", work)

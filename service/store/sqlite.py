@@ -1083,6 +1083,7 @@ class SqliteStore:
         expires = current + ttl // timedelta(microseconds=1)
 
         def work(connection: sqlite3.Connection) -> Lease | None:
+            _beat(connection, holder, expires)
             row = connection.execute(
                 "SELECT holder, generation, expires_at FROM instance_leases WHERE instance_key = ?",
                 (instance_key,),
@@ -1117,6 +1118,7 @@ class SqliteStore:
         expires = self._now(now) + ttl // timedelta(microseconds=1)
 
         def work(connection: sqlite3.Connection) -> Lease | None:
+            _beat(connection, lease.holder, expires)
             cursor = connection.execute(
                 "UPDATE instance_leases SET expires_at = ? "
                 "WHERE instance_key = ? AND holder = ? AND generation = ?",
@@ -1146,14 +1148,7 @@ class SqliteStore:
         """Record that replica `holder` is alive until `now + ttl`."""
         expires = self._now(now) + ttl // timedelta(microseconds=1)
 
-        def work(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "INSERT INTO replicas (holder, expires_at) VALUES (?, ?) "
-                "ON CONFLICT (holder) DO UPDATE SET expires_at = excluded.expires_at",
-                (holder, expires),
-            )
-
-        await self._write("heartbeat_replica", work)
+        await self._write("heartbeat_replica", lambda c: _beat(c, holder, expires))
 
     async def fair_share(self, holder: str, now: datetime | None = None) -> int:
         """ceil(instances with due work or a live lease / live replicas), at least 1."""
@@ -1381,6 +1376,14 @@ def _check_fencing(connection: sqlite3.Connection, instance_keys: set[str], fenc
         current = row[0] if row is not None else None
         if current != fencing:
             raise FencingError(instance_key, fencing, current)
+
+
+def _beat(connection: sqlite3.Connection, holder: str, expires: int) -> None:
+    connection.execute(
+        "INSERT INTO replicas (holder, expires_at) VALUES (?, ?) ON CONFLICT (holder) "
+        "DO UPDATE SET expires_at = MAX(replicas.expires_at, excluded.expires_at)",
+        (holder, expires),
+    )
 
 
 def _pending_stats(connection: sqlite3.Connection, destination_id: str) -> PendingStats:

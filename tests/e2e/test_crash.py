@@ -7,111 +7,20 @@ its state while the service is killed twice and restarted.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
 from tests.harness import STANDARD_MAPPINGS, spec, update
+from tests.processes import ServiceProcess, sandbox_process, stub, wait_for
 
 PROFILES = 20_000
 EXISTING = 6_000
 REQUEST_SIZE = 500
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def sandbox_process() -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            found = re.search(r"REST endpoint: (\S+)/rest", line)
-            if found:
-                yield found.group(1)
-                break
-        else:
-            raise AssertionError("the sandbox did not start")
-    finally:
-        process.kill()
-        process.wait()
-
-
-class ServiceProcess:
-    def __init__(self, data_dir: Path, endpoint: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETO_DEST_", "OTEL_"))}
-        env.update(
-            MARKETO_DEST_ADDRESS="127.0.0.1:0",
-            MARKETO_DEST_DATA_DIR=str(data_dir),
-            MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT=endpoint,
-            MARKETO_DEST_MARKETO_WINDOW_SECONDS="2",
-            MARKETO_DEST_LINGER_SECONDS="0.2",
-            OTEL_SDK_DISABLED="true",
-        )
-        # A log file, not a pipe: an unread pipe would fill up and block the service.
-        self.log = data_dir.parent / f"service-{time.monotonic_ns()}.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve"],
-                env=env,
-                stderr=log,
-                stdout=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            found = re.search(r" service: listening on \S+:(\d+)", self.log.read_text())
-            if found:
-                self.port = int(found.group(1))
-                break
-            assert self.process.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "the service did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=60) == 0
-
-
-def stub(port: int) -> tuple[grpc.Channel, pb_grpc.MarketoDestinationServiceStub]:
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return channel, pb_grpc.MarketoDestinationServiceStub(channel)
-
-
-def dataflow(port: int, destination_id: str) -> pb.Dataflow:
-    channel, client = stub(port)
-    with channel:
-        return client.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id)).dataflow
-
-
-def wait_for(port: int, destination_id: str, done: Any, timeout: float = 120) -> pb.Dataflow:
-    deadline = time.monotonic() + timeout
-    while True:
-        flow = dataflow(port, destination_id)
-        if done(flow):
-            return flow
-        assert time.monotonic() < deadline, f"timed out; last dataflow {flow}"
-        time.sleep(0.05)
 
 
 def test_sigkill_twice_during_delivery_loses_and_duplicates_nothing(tmp_path: Path) -> None:

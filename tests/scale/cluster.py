@@ -214,9 +214,9 @@ class Cluster:
                 return answer.dataflow
         raise RuntimeError("no live replica answered")
 
-    async def wait_delivered(self, timeout: float) -> None:
-        """Until no destination has anything pending (at most `timeout` seconds)."""
-        async with asyncio.timeout(timeout):
+    async def wait_delivered(self, within: float) -> None:
+        """Until no destination has anything pending (at most `within` seconds)."""
+        async with asyncio.timeout(within):
             while True:
                 flows = [await self.pending(d) for d in self.destinations.values()]
                 if all(flow.pending == 0 for flow in flows):

@@ -173,7 +173,7 @@ async def test_three_replicas_share_six_instances_and_survive_a_kill(
         assert {rows[key][0] for key in held} <= {r.name for r in survivors}
 
         assert await second == INSTANCES * (PROFILES + NEW_PROFILES)
-        await running.wait_delivered(timeout=120)
+        await running.wait_delivered(within=120)
 
         for sandbox in running.sandboxes:
             leads = await sandbox.leads()

@@ -108,7 +108,7 @@ async def test_marketo_calls_in_a_batch_carry_the_documented_attributes(
         assert span.trace_id == batch.trace_id  # under the batch (directly or via the client)
         assert span.attributes["server.address"] == "123-abc-456.mktorest.com"
         assert "?" not in span.attributes["url.full"]
-    assert set(by_endpoint) == {"identity", "leads"}
+    assert set(by_endpoint) == {"identity", "leads", "leads/sync"}
 
     (identity,) = by_endpoint["identity"]
     assert identity.name == "marketo POST identity"
@@ -116,10 +116,12 @@ async def test_marketo_calls_in_a_batch_carry_the_documented_attributes(
     assert identity.attributes["http.response.status_code"] == 200
     assert "marketo.code" not in identity.attributes
 
-    writes = [s for s in by_endpoint["leads"] if s.attributes["http.request.method"] == "POST"]
+    writes = by_endpoint["leads/sync"]
+    assert {s.attributes["http.request.method"] for s in writes} == {"POST"}
     assert sorted(s.attributes["marketo.records"] for s in writes) == [20, 300]
     assert {s.attributes["marketo.code"] for s in writes} == {"ok"}
-    (lookup,) = [s for s in by_endpoint["leads"] if s.attributes["http.request.method"] == "GET"]
+    (lookup,) = by_endpoint["leads"]
+    assert lookup.attributes["http.request.method"] == "GET"
     assert lookup.attributes["marketo.records"] == 40
     assert lookup.attributes["url.full"] == f"{BASE.lower()}/rest/v1/leads.json"
 
@@ -146,7 +148,9 @@ async def test_marketo_errors_and_skipped_records_are_traced(
     assert await marketo.client.find_leads("email", ["nobody@example.com"]) == []
     assert telemetry.force_flush()
 
-    spans = [s for s in calls(receiver) if s.attributes["marketo.endpoint"] == "leads"]
+    spans = [
+        s for s in calls(receiver) if s.attributes["marketo.endpoint"] in ("leads", "leads/sync")
+    ]
     codes = [s.attributes.get("marketo.code") for s in spans]
     assert codes == ["ok", "ok", "604", "ok"]
     assert spans[1].attributes["marketo.records.skipped"] == 3

@@ -1,0 +1,67 @@
+"""Conversion of Sync updates: validation per field and stable idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from service import convert
+from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.domain import MembershipStatus, ProfileUpdate
+from tests.harness import update
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def test_a_good_update_converts() -> None:
+    message = update("p1", "a@example.com", audiences={"a1": pb.MEMBERSHIP_STATUS_EXITED})
+    converted = convert.profile_update(message, prefix="updates[0]", now=NOW)
+    assert isinstance(converted, ProfileUpdate)
+    assert converted.profile["person"]["email"] == "a@example.com"
+    assert converted.memberships[0].status is MembershipStatus.EXITED
+    assert converted.event_time == datetime.fromtimestamp(1_780_000_000, UTC)
+
+
+def test_the_derived_update_id_ignores_key_order_and_follows_content() -> None:
+    first = pb.ProfileUpdate(profile_id="p1")
+    first.event_time.FromSeconds(1_780_000_000)
+    first.profile.update({"a": 1, "b": {"c": "x", "d": [1, 2]}})
+    second = pb.ProfileUpdate(profile_id="p1")
+    second.event_time.FromSeconds(1_780_000_000)
+    second.profile.update({"b": {"d": [1, 2], "c": "x"}, "a": 1})
+    assert convert.derive_update_id(first) == convert.derive_update_id(second)
+    second.profile["a"] = 2
+    assert convert.derive_update_id(first) != convert.derive_update_id(second)
+
+
+def violations_of(message: pb.ProfileUpdate) -> dict[str, str]:
+    converted = convert.profile_update(message, prefix="u", now=NOW)
+    assert isinstance(converted, list)
+    return {v.field: v.description for v in converted}
+
+
+def test_extreme_and_future_timestamps_are_refused() -> None:
+    message = update("p1", "a@example.com")
+    message.event_time.seconds = 10**12
+    assert "not a valid timestamp" in violations_of(message)["u.event_time"]
+    message.event_time.seconds = -(10**12)
+    assert "not a valid timestamp" in violations_of(message)["u.event_time"]
+    message.event_time.FromSeconds(int(NOW.timestamp()) + 2 * 86_400)
+    assert "future" in violations_of(message)["u.event_time"]
+
+
+def test_too_deep_profiles_and_bad_memberships_are_refused_with_every_reason() -> None:
+    message = pb.ProfileUpdate(profile_id="")
+    node = message.profile
+    for _ in range(34):
+        node = node.fields["x"].struct_value
+    message.audiences.add(audience_id="a1", status=pb.MEMBERSHIP_STATUS_REALIZED)
+    message.audiences.add(audience_id="a1", status=7)  # type: ignore[arg-type]
+    found = violations_of(message)
+    assert set(found) == {
+        "u.profile_id",
+        "u.event_time",
+        "u.profile",
+        "u.audiences[1].audience_id",
+        "u.audiences[1].status",
+    }
+    assert "deeper than 32" in found["u.profile"]
