@@ -30,7 +30,7 @@ from service.registry import PluginRegistry
 from service.secrets import SecretBox
 from service.settings import Settings
 from service.store.base import Store
-from service.store.sqlite import open_in_data_dir
+from service.store.sqlite import Synchronous, open_in_data_dir
 from service.telemetry import Telemetry, current_trace_context, instrument_transport
 
 MARKETO_TIMEOUT = httpx.Timeout(connect=10.0, read=95.0, write=30.0, pool=120.0)
@@ -88,7 +88,10 @@ async def open_application(
 
                 store = await PostgresStore.open(settings.database_url, box)
             else:
-                store = await open_in_data_dir(settings.data_dir, box)
+                synchronous: Synchronous = "NORMAL"
+                if settings.sqlite_synchronous == "FULL":
+                    synchronous = "FULL"
+                store = await open_in_data_dir(settings.data_dir, box, synchronous=synchronous)
             stack.push_async_callback(store.close)
         if registry is None:
             registry = PluginRegistry.build(blocked=settings.blocked_plugin_names)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
@@ -27,6 +28,9 @@ _log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal error; the service log has the details"
 """The only thing a caller learns about an unexpected exception."""
+
+UNPARSABLE_MESSAGE = "the request message could not be parsed"
+"""INVALID_ARGUMENT message for a request the server cannot decode (e.g. nested too deeply)."""
 
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]]
@@ -56,13 +60,44 @@ async def _report(
         _log.info("%s failed: %s %s", method, error.status.name, error.message)
         status = status_of(error)
         await context.abort(status.code, status.details, status.trailing_metadata)
+    if isinstance(error, DecodeError):
+        # A streamed request the caller encoded but the server cannot decode: the caller's fault.
+        _log.info("%s failed: INVALID_ARGUMENT %s", method, error)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{UNPARSABLE_MESSAGE}: {error}")
     _log.error("%s failed with an unexpected error", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+class _Unparsable:
+    """Stands for a unary request that could not be decoded, so the handler can refuse it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A unary request deserializer that returns `_Unparsable` instead of raising (grpc.aio would
+    answer UNKNOWN)."""
+    if deserialize is None:
+        return None
+    parse = deserialize
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return _Unparsable(error)
+
+    return tolerant
 
 
 def _wrap_unary_response(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if isinstance(request, _Unparsable):
+                raise request.error
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -81,6 +116,8 @@ def _wrap_stream_response(behavior: Callable[..., Any], method: str) -> Callable
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
+                if isinstance(request, _Unparsable):
+                    raise request.error
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:
@@ -114,7 +151,7 @@ class ErrorInterceptor(_ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary_response(handler.unary_unary, method),
-                request_deserializer=deserialize,
+                request_deserializer=_tolerant(deserialize),
                 response_serializer=serialize,
             )
         if handler.stream_unary is not None:
@@ -126,7 +163,7 @@ class ErrorInterceptor(_ServerInterceptor):
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream_response(handler.unary_stream, method),
-                request_deserializer=deserialize,
+                request_deserializer=_tolerant(deserialize),
                 response_serializer=serialize,
             )
         if handler.stream_stream is not None:

@@ -7,7 +7,7 @@ interceptor; authentication and tracing are interceptors too.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,10 +16,15 @@ import grpc
 from service import convert
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.app import Application
+from service.ingest import IndexedUpdate, Rejected
+from service.streams import in_order
 
 __all__ = ["MarketoDestinationServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
+
+SYNC_PIPELINE_DEPTH = 8
+"""Requests of one Sync stream being committed at once (responses still go out in order)."""
 
 
 class MarketoDestinationServicer:
@@ -94,10 +99,22 @@ class MarketoDestinationServicer:
     async def Sync(
         self, request_iterator: AsyncIterator[pb.SyncRequest], context: _Context
     ) -> AsyncIterator[pb.SyncResponse]:
-        async for request in request_iterator:
-            updates, rejected = convert.sync_updates(request, datetime.now(UTC))
-            ack = await self._app.ingest.accept(request.destination_id, updates)
-            yield convert.sync_response(request.request_id, ack, rejected)
+        async def acknowledgements() -> AsyncIterator[Awaitable[pb.SyncResponse]]:
+            async for request in request_iterator:
+                updates, rejected = convert.sync_updates(request, datetime.now(UTC))
+                yield self._acknowledge(request, updates, rejected)
+
+        async for response in in_order(acknowledgements(), SYNC_PIPELINE_DEPTH):
+            yield response
+
+    async def _acknowledge(
+        self,
+        request: pb.SyncRequest,
+        updates: list[IndexedUpdate],
+        rejected: list[Rejected],
+    ) -> pb.SyncResponse:
+        ack = await self._app.ingest.accept(request.destination_id, updates)
+        return convert.sync_response(request.request_id, ack, rejected)
 
     async def PreviewSync(
         self, request: pb.PreviewSyncRequest, context: _Context

@@ -88,6 +88,10 @@ class Settings:
     """Fernet key that seals stored Marketo and webhook secrets. Empty: a key generated on first
     start into ``<data_dir>/secret.key`` (owner-only permissions)."""
 
+    sqlite_synchronous: str = "FULL"
+    """Durability of the embedded store's commits: ``FULL`` (an acknowledged update survives a
+    power loss) or ``NORMAL`` (it survives a crash of the service; faster commits)."""
+
     principals_file: Path | None = None
     """JSON file of callers (bearer-token hashes or mTLS subjects, tenant, permissions); see
     docs/access-control.md. Unset: no authentication, and the server only binds loopback."""
@@ -167,6 +171,11 @@ class Settings:
                 "log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
             )
         object.__setattr__(self, "log_level", self.log_level.upper())
+        if self.sqlite_synchronous.upper() not in ("FULL", "NORMAL"):
+            raise InvalidSetting(
+                "sqlite_synchronous", f"must be FULL or NORMAL, got {self.sqlite_synchronous!r}"
+            )
+        object.__setattr__(self, "sqlite_synchronous", self.sqlite_synchronous.upper())
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise InvalidSetting("tls_cert_file", "set both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -1,4 +1,5 @@
-"""Access tokens: one per (Marketo instance, client id), reused, refreshed single-flight.
+"""Access tokens: one per (Marketo instance, client id, client secret), reused, refreshed
+single-flight.
 
 Marketo's Identity service returns the same token until it expires, so every client of one
 custom service on one instance shares one cached token. A token is reused until fewer than
@@ -10,6 +11,7 @@ a log line, a span or an exception.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -45,7 +47,7 @@ class AccessToken:
         return now < refresh_at
 
 
-_SHARED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], TokenCache]] = (
+_SHARED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str], TokenCache]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -60,10 +62,15 @@ class TokenCache:
         """How many tokens were fetched from Identity (for tests and metrics)."""
 
     @classmethod
-    def shared(cls, owner: object, base_url: str, client_id: str) -> TokenCache:
-        """The cache for (`base_url`'s instance, `client_id`) among clients built over `owner`."""
+    def shared(
+        cls, owner: object, base_url: str, client_id: str, client_secret: str = ""
+    ) -> TokenCache:
+        """The cache for (`base_url`'s instance, `client_id`, `client_secret`) among clients
+        built over `owner`. The secret is part of the key (as a digest): a token obtained with
+        the right secret must never serve a client that holds a wrong one."""
         per_owner = _SHARED.setdefault(owner, {})
-        key = (instance_key(base_url), client_id)
+        digest = hashlib.sha256(client_secret.encode()).hexdigest()
+        key = (instance_key(base_url), client_id, digest)
         if key not in per_owner:
             per_owner[key] = cls()
         return per_owner[key]

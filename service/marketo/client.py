@@ -200,7 +200,7 @@ class MarketoClient:
         self._clock: Clock = clock or (limits.clock if limits else SystemClock())
         self.limits = limits or InstanceLimits.shared(http, self._base, clock=self._clock)
         self.retry = retry or RetryPolicy()
-        self._tokens = TokenCache.shared(http, self._base, client_id)
+        self._tokens = TokenCache.shared(http, self._base, client_id, client_secret)
         self.attempts = 0
         """HTTP calls made by this client (Identity included)."""
 

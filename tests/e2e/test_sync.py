@@ -255,8 +255,10 @@ async def test_back_pressure_refuses_with_retry_info(tmp_path: Path) -> None:
         await service.app.dispatcher.stop()
         destination_id, _ = await setup(service)
         batch = [update(f"p{i}", f"{i}@example.com") for i in range(5)]
+        (first,) = await sync(service, destination_id, [batch])
+        assert first.accepted == 5
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await sync(service, destination_id, [batch, [update("p9", "9@example.com")]])
+            await sync(service, destination_id, [[update("p9", "9@example.com")]])
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         metadata = dict(caught.value.trailing_metadata() or ())
         assert "grpc-status-details-bin" in metadata
