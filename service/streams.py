@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -11,20 +10,47 @@ T = TypeVar("T")
 
 
 async def in_order(works: AsyncIterator[Awaitable[T]], depth: int) -> AsyncIterator[T]:
-    """Run up to `depth` works at once; yield their results in the order they came.
+    """Run up to `depth` works at once; yield each result, in arrival order, as soon as it is
+    ready (not when the next work arrives: a client may wait for an answer before sending more).
 
     A stream whose client sends its next request before the previous answer arrives gets its
     requests committed together (group commit) instead of one commit round-trip each. The first
-    failure is raised in order; the works still running are cancelled.
+    failure, of a work or of the source, is raised in order; the works still running are
+    cancelled.
     """
-    running: deque[asyncio.Future[T]] = deque()
+    queue: asyncio.Queue[asyncio.Future[T] | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(depth)
+
+    async def take() -> None:
+        try:
+            async for work in works:
+                await slots.acquire()
+                queue.put_nowait(asyncio.ensure_future(work))
+        finally:
+            queue.put_nowait(None)
+
+    taker = asyncio.create_task(take())
     try:
-        async for work in works:
-            running.append(asyncio.ensure_future(work))
-            while len(running) >= depth or (running and running[0].done()):
-                yield await running.popleft()
-        while running:
-            yield await running.popleft()
+        while (future := await _next(queue, taker)) is not None:
+            result = await future
+            slots.release()
+            yield result
+        await taker  # the source's own failure, if any
     finally:
-        for future in running:
-            future.cancel()
+        taker.cancel()
+        while not queue.empty():
+            pending = queue.get_nowait()
+            if pending is not None:
+                pending.cancel()
+
+
+async def _next(
+    queue: asyncio.Queue[asyncio.Future[T] | None], taker: asyncio.Task[None]
+) -> asyncio.Future[T] | None:
+    """The next queued work, or None once the source is exhausted (or failed)."""
+    getter = asyncio.ensure_future(queue.get())
+    done, _ = await asyncio.wait({getter, taker}, return_when=asyncio.FIRST_COMPLETED)
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    return None if queue.empty() else queue.get_nowait()

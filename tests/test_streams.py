@@ -73,3 +73,36 @@ async def test_a_failure_is_raised_in_order_and_the_rest_is_cancelled() -> None:
     await asyncio.sleep(0)
     assert seen == [0]
     assert sorted(cancelled) == [2, 3]
+
+
+async def test_a_client_waiting_for_each_answer_is_answered() -> None:
+    answered = asyncio.Event()
+
+    async def work(index: int) -> int:
+        return index
+
+    async def works() -> AsyncIterator[Awaitable[int]]:
+        yield work(0)
+        await asyncio.wait_for(answered.wait(), timeout=5)  # lockstep: the answer comes first
+        yield work(1)
+
+    results = []
+    async for result in in_order(works(), depth=8):
+        results.append(result)
+        answered.set()
+    assert results == [0, 1]
+
+
+async def test_a_failing_source_is_raised_after_the_answers_before_it() -> None:
+    async def work(index: int) -> int:
+        return index
+
+    async def works() -> AsyncIterator[Awaitable[int]]:
+        yield work(0)
+        raise ConnectionError("client went away")
+
+    seen = []
+    with pytest.raises(ConnectionError):
+        async for result in in_order(works(), depth=8):
+            seen.append(result)
+    assert seen == [0]

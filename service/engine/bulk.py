@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ from service.marketo.errors import RejectedError, UnavailableError
 from service.marketo.types import ImportJob, Lead
 
 __all__ = ["BulkImportPort", "BulkPolicy", "BulkSyncEngine", "reason_code"]
+
+log = logging.getLogger(__name__)
 
 FAILURE_COLUMN = "Import Failure Reason"
 WARNING_COLUMN = "Import Warning Reason"
@@ -131,6 +134,8 @@ class BulkPolicy:
     membership_import_min: int = 2_400
     """Members of one list to add after the writes from which an id-only import is used
     instead of REST adds (300 ids a call)."""
+    lookup_concurrency: int = 4
+    """Look-up calls in flight at once (each of 300 values; the client's limits still apply)."""
     max_jobs: int = 8
     """Our imports queued or running at once (Marketo: 10 queued including 2 running, shared
     with other integrations)."""
@@ -282,7 +287,9 @@ class BulkSyncEngine(SyncEngine):
         stop: _Stop | None = None
         try:
             for wave in _chunks(persons, self._policy.wave_size):
-                found = await self._lookup(wave)
+                log.debug("resolving %d persons", len(wave))
+                found = await self._resolve(wave)
+                log.debug("resolved %d persons", len(wave))
                 for job in self._wave_jobs(wave, found, run):
                     tasks.append(asyncio.create_task(self._write_job(job, run)))
         except _Stop as error:
@@ -296,6 +303,20 @@ class BulkSyncEngine(SyncEngine):
                 person.lead_id = None
             await super()._execute(run.rest)
         await self._finish_lists(run)
+
+    async def _resolve(self, wave: Sequence[_Person]) -> dict[str, Lead]:
+        """The executor's look-up, several calls in flight."""
+        streams = max(self._policy.lookup_concurrency, 1)
+        per_call = self._batch_size
+        size = -(-len(wave) // (streams * per_call)) * per_call
+        parts = _chunks(wave, max(size, per_call))
+        answers = await asyncio.gather(*(self._lookup(p) for p in parts), return_exceptions=True)
+        found: dict[str, Lead] = {}
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            found.update(answer)
+        return found
 
     # -- building jobs ------------------------------------------------------------------------
 
@@ -403,6 +424,14 @@ class BulkSyncEngine(SyncEngine):
                 partition_name=job.partition,
             )
         )
+        log.debug(
+            "import %s queued: %s rows, %d bytes, lookupField=%s, listId=%s",
+            queued.batch_id,
+            len(job.persons),
+            len(job.content),
+            job.lookup_field,
+            job.list_id,
+        )
         policy = self._policy
         delay, waited = policy.poll_initial, 0.0
         while True:
@@ -410,6 +439,7 @@ class BulkSyncEngine(SyncEngine):
             waited += delay
             status = await self._call(self._bulk.import_status(queued.batch_id))
             if status.status in ("Complete", "Failed"):
+                log.debug("import %s %s: %s", queued.batch_id, status.status, status.message)
                 return status
             if waited >= policy.job_timeout:
                 raise _Stop(
