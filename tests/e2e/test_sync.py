@@ -281,3 +281,45 @@ async def test_many_updates_are_delivered_in_few_calls(service: Service) -> None
     assert len((await service.lists())[lists["a1"]]) == 1000
     calls = await service.control("GET", "calls")
     assert calls["counted"] <= 4 * (1000 // 300 + 1) + 10
+
+
+async def test_a_quota_stop_pauses_the_destination_and_raises_an_alert(service: Service) -> None:
+    destination_id, _ = await setup(service)
+    alerts = service.stub.WatchAlerts(pb.WatchAlertsRequest(destination_id=destination_id))
+    await service.control(
+        "POST", "faults", [{"path_prefix": "/rest/v1/leads.json", "code": "607", "count": 1}]
+    )
+    await sync(service, destination_id, [[update("p1", "a@example.com")]])
+    async with asyncio.timeout(30):
+        alert = (await alerts.read()).alert
+    alerts.cancel()
+    assert alert.type == pb.ALERT_TYPE_QUOTA_EXHAUSTED
+    assert not alert.resolved
+    assert alert.paused_until.seconds > 0
+    destination = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert destination.state == pb.DESTINATION_STATE_QUOTA_PAUSED
+    flow = (
+        await service.stub.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id))
+    ).dataflow
+    assert flow.pending == 1, "the update waits for the reset; it is not lost"
+    assert flow.paused_until == alert.paused_until
+    assert not await service.leads()
+
+
+async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> None:
+    destination_id, _ = await setup(service)
+    refused = update("p1", "a@example.com")
+    refused.profile.update({"consents": {"marketing": {"any": {"val": "n"}}}})
+    await sync(service, destination_id, [[refused, update("p2", "b@example.com")]])
+    flow = await delivered(service, destination_id)
+    assert flow.excluded == {"marketing consent refused": 1}
+    assert set(by_email(await service.leads())) == {"b@example.com"}
+    (outcome,) = (
+        await service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p1")
+        )
+    ).outcomes
+    assert outcome.kind == pb.OUTCOME_KIND_EXCLUDED
+    assert outcome.reason == "marketing consent refused"
