@@ -61,27 +61,27 @@ from service.store.base import (
     Watermark,
 )
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
-from service.store.sqlite import (
-    _ALERT_COLUMNS,
-    _COUNT_COLUMNS,
-    _DESTINATION_COLUMNS,
-    _OUTBOX_COLUMNS,
-    _OUTCOME_COLUMNS,
+from service.store.rows import (
+    ALERT_COLUMNS,
+    COUNT_COLUMNS,
     DEFAULT_PAGE_SIZE,
+    DESTINATION_COLUMNS,
     HOUR_US,
-    _alert,
-    _count_outcome,
-    _Counts,
-    _decode_token,
-    _dumps,
-    _dumps_mappings,
-    _encode_token,
-    _loads_mappings,
-    _outbox_entry,
-    _outcome_record,
-    _page_size,
-    _pair_outcomes,
+    OUTBOX_COLUMNS,
+    OUTCOME_COLUMNS,
+    Counts,
+    alert_record,
+    clamp_page_size,
+    count_outcome,
+    decode_token,
+    dumps,
+    dumps_mappings,
+    encode_token,
     from_micros,
+    loads_mappings,
+    outbox_entry,
+    outcome_record,
+    pair_outcomes,
     to_micros,
 )
 
@@ -304,20 +304,20 @@ class PostgresStore:
 
         async def work(connection: Connection) -> DestinationRecord:
             await connection.execute(
-                f"INSERT INTO destinations ({_DESTINATION_COLUMNS}) "
+                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, 1)",
                 (
                     destination_id,
                     new.tenant,
                     new.name,
-                    _dumps(new.spec),
+                    dumps(new.spec),
                     client_secret,
                     webhook_secret,
                     new.instance_key,
                     DestinationState.ACTIVE.value,
                     now,
                     now,
-                    _dumps_mappings(new.mappings),
+                    dumps_mappings(new.mappings),
                 ),
             )
             return await self._fetch_destination(connection, destination_id, None)
@@ -336,19 +336,19 @@ class PostgresStore:
         self, tenant: str, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
     ) -> Page[DestinationRecord]:
         """The tenant's destinations, oldest first."""
-        size = _page_size(page_size)
-        after = _decode_token(page_token, "destinations")
+        size = clamp_page_size(page_size)
+        after = decode_token(page_token, "destinations")
 
         async def work(connection: Connection) -> Page[DestinationRecord]:
             if after is None:
                 cursor = await connection.execute(
-                    f"SELECT {_DESTINATION_COLUMNS} FROM destinations WHERE tenant = %s "
+                    f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE tenant = %s "
                     "ORDER BY created_at, id LIMIT %s",
                     (tenant, size + 1),
                 )
             else:
                 cursor = await connection.execute(
-                    f"SELECT {_DESTINATION_COLUMNS} FROM destinations "
+                    f"SELECT {DESTINATION_COLUMNS} FROM destinations "
                     "WHERE tenant = %s AND (created_at, id) > (%s, %s) "
                     "ORDER BY created_at, id LIMIT %s",
                     (tenant, after[0], after[1], size + 1),
@@ -358,7 +358,7 @@ class PostgresStore:
             token = ""
             if len(rows) > size:
                 last = rows[size - 1]
-                token = _encode_token("destinations", [last[9], last[0]])
+                token = encode_token("destinations", [last[9], last[0]])
             return Page(records, token)
 
         return await self._read(work)
@@ -378,7 +378,7 @@ class PostgresStore:
                 "WHERE id = %s AND tenant = %s AND version = %s",
                 (
                     record.name,
-                    _dumps(record.spec),
+                    dumps(record.spec),
                     client_secret,
                     webhook_secret,
                     record.instance_key,
@@ -427,7 +427,7 @@ class PostgresStore:
         self, connection: Connection, destination_id: str, tenant: str | None
     ) -> DestinationRecord:
         cursor = await connection.execute(
-            f"SELECT {_DESTINATION_COLUMNS} FROM destinations WHERE id = %s", (destination_id,)
+            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = %s", (destination_id,)
         )
         row = await cursor.fetchone()
         if row is None or (tenant is not None and row[1] != tenant):
@@ -447,7 +447,7 @@ class PostgresStore:
             paused_until=from_micros(row[8]) if row[8] is not None else None,
             created_at=from_micros(row[9]),
             updated_at=from_micros(row[10]),
-            mappings=_loads_mappings(row[11]),
+            mappings=loads_mappings(row[11]),
             version=row[12],
         )
 
@@ -483,7 +483,7 @@ class PostgresStore:
                 cursor = await connection.execute(
                     "UPDATE destinations SET mappings = %s, updated_at = %s, "
                     "version = version + 1 WHERE id = %s",
-                    (_dumps_mappings(mappings), now, destination_id),
+                    (dumps_mappings(mappings), now, destination_id),
                 )
                 found = cursor.rowcount > 0
             else:
@@ -642,7 +642,7 @@ class PostgresStore:
                 "UPDATE destinations SET pending = pending + %s WHERE id = %s",
                 (count, destination_id),
             )
-            counts = _Counts(received=count)
+            counts = Counts(received=count)
             await _add_counts(connection, destination_id, hour, counts)
         for instance_key in sorted(instances):
             await connection.execute(
@@ -667,12 +667,12 @@ class PostgresStore:
 
         async def work(connection: Connection) -> list[OutboxEntry]:
             cursor = await connection.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox "
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox "
                 "WHERE instance_key = %s AND sequence > %s AND not_before <= %s "
                 "ORDER BY sequence LIMIT %s",
                 (instance_key, after_sequence, due, limit),
             )
-            return [_outbox_entry(row) for row in await cursor.fetchall()]
+            return [outbox_entry(row) for row in await cursor.fetchall()]
 
         return await self._read(work)
 
@@ -686,7 +686,7 @@ class PostgresStore:
         now: datetime | None = None,
     ) -> None:
         """Delete entries, store outcomes, raise watermarks, count: all in one transaction."""
-        pairs = _pair_outcomes(entries, outcomes)
+        pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         hour = recorded_at - recorded_at % HOUR_US
         highest: dict[tuple[str, str], int] = {}
@@ -704,9 +704,9 @@ class PostgresStore:
             deleted = {row[0] for row in await cursor.fetchall()}
             # Entries already retired (a retried call) or of a deleted destination are skipped.
             kept = [(entry, outcome) for entry, outcome in pairs if entry.sequence in deleted]
-            counts: defaultdict[str, _Counts] = defaultdict(_Counts)
+            counts: defaultdict[str, Counts] = defaultdict(Counts)
             for entry, outcome in kept:
-                _count_outcome(counts[entry.destination_id], outcome)
+                count_outcome(counts[entry.destination_id], outcome)
             if kept:
                 await connection.execute(
                     _INSERT_OUTCOMES,
@@ -719,7 +719,7 @@ class PostgresStore:
                         [to_micros(entry.update.event_time) for entry, _ in kept],
                         [outcome.kind.value for _, outcome in kept],
                         [
-                            _dumps([[a.type.value, a.audience_id] for a in outcome.actions])
+                            dumps([[a.type.value, a.audience_id] for a in outcome.actions])
                             for _, outcome in kept
                         ],
                         [outcome.lead_id for _, outcome in kept],
@@ -819,8 +819,8 @@ class PostgresStore:
         page_token: str = "",
     ) -> Page[OutcomeRecord]:
         """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
-        size = _page_size(page_size)
-        after = _decode_token(page_token, "outcomes")
+        size = clamp_page_size(page_size)
+        after = decode_token(page_token, "outcomes")
         conditions = ["destination_id = %s"]
         params: list[Any] = [destination_id]
         if profile_id is not None:
@@ -833,7 +833,7 @@ class PostgresStore:
             conditions.append("id < %s")
             params.append(after[0])
         sql = (
-            f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE {' AND '.join(conditions)} "
+            f"SELECT {OUTCOME_COLUMNS} FROM outcomes WHERE {' AND '.join(conditions)} "
             "ORDER BY id DESC LIMIT %s"
         )
         params.append(size + 1)
@@ -841,8 +841,8 @@ class PostgresStore:
         async def work(connection: Connection) -> Page[OutcomeRecord]:
             cursor = await connection.execute(sql, params)
             rows = await cursor.fetchall()
-            records = tuple(_outcome_record(row) for row in rows[:size])
-            token = _encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
+            records = tuple(outcome_record(row) for row in rows[:size])
+            token = encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
             return Page(records, token)
 
         return await self._read(work)
@@ -863,13 +863,13 @@ class PostgresStore:
             if row is None:
                 raise DestinationNotFound(destination_id)
             paused_until = from_micros(row[0]) if row[0] is not None else None
-            sums = ", ".join(f"COALESCE(SUM({column}), 0)::bigint" for column in _COUNT_COLUMNS)
+            sums = ", ".join(f"COALESCE(SUM({column}), 0)::bigint" for column in COUNT_COLUMNS)
             cursor = await connection.execute(
                 f"SELECT {sums} FROM dataflow_hours WHERE destination_id = %s", (destination_id,)
             )
             totals = await cursor.fetchone()
             assert totals is not None
-            total = dict(zip(_COUNT_COLUMNS, totals, strict=True))
+            total = dict(zip(COUNT_COLUMNS, totals, strict=True))
             reasons: dict[str, dict[str, int]] = {"excluded": {}, "failed": {}}
             cursor = await connection.execute(
                 "SELECT kind, reason, SUM(count)::bigint FROM dataflow_reasons "
@@ -941,7 +941,7 @@ class PostgresStore:
                 raise DestinationNotFound(destination_id)
             # The partial unique index `alerts_open` makes a concurrent raise a no-op insert.
             cursor = await connection.execute(
-                f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, NULL, %s) "
+                f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, NULL, %s) "
                 "ON CONFLICT (destination_id, type) WHERE resolved_at IS NULL DO NOTHING "
                 "RETURNING id",
                 (alert_id, destination_id, type, message, raised_at, until),
@@ -983,11 +983,11 @@ class PostgresStore:
 
         async def work(connection: Connection) -> list[AlertRecord]:
             cursor = await connection.execute(
-                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE destination_id = %s "
+                f"SELECT {ALERT_COLUMNS} FROM alerts WHERE destination_id = %s "
                 "AND resolved_at IS NULL ORDER BY raised_at, id",
                 (destination_id,),
             )
-            return [_alert(row) for row in await cursor.fetchall()]
+            return [alert_record(row) for row in await cursor.fetchall()]
 
         return await self._read(work)
 
@@ -1107,7 +1107,7 @@ def _outbox_columns(
         profile_ids.append(update.profile_id)
         event_times.append(to_micros(update.event_time))
         payloads.append(
-            _dumps(
+            dumps(
                 {
                     "p": update.profile,
                     "m": [[m.audience_id, m.status.value] for m in update.memberships],
@@ -1128,13 +1128,13 @@ async def _delivered(
 
 
 async def _add_counts(
-    connection: Connection, destination_id: str, hour: int, counts: _Counts
+    connection: Connection, destination_id: str, hour: int, counts: Counts
 ) -> None:
-    values = [getattr(counts, column) for column in _COUNT_COLUMNS]
-    columns = ", ".join(_COUNT_COLUMNS)
-    marks = ", ".join(["%s"] * len(_COUNT_COLUMNS))
+    values = [getattr(counts, column) for column in COUNT_COLUMNS]
+    columns = ", ".join(COUNT_COLUMNS)
+    marks = ", ".join(["%s"] * len(COUNT_COLUMNS))
     increments = ", ".join(
-        f"{column} = dataflow_hours.{column} + excluded.{column}" for column in _COUNT_COLUMNS
+        f"{column} = dataflow_hours.{column} + excluded.{column}" for column in COUNT_COLUMNS
     )
     await connection.execute(
         f"INSERT INTO dataflow_hours (destination_id, hour_start, {columns}) "
@@ -1183,11 +1183,11 @@ async def _pending_stats(connection: Connection, destination_id: str) -> Pending
 
 async def _fetch_alert(connection: Connection, alert_id: str) -> AlertRecord:
     cursor = await connection.execute(
-        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,)
+        f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,)
     )
     row = await cursor.fetchone()
     assert row is not None
-    return _alert(row)
+    return alert_record(row)
 
 
 async def _beat(connection: Connection, holder: str, expires: int) -> None:

@@ -13,8 +13,6 @@ caller's future. Under load, one fsync acknowledges many streams.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import secrets
 import sqlite3
@@ -22,20 +20,15 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from service.domain import (
-    Action,
-    ActionType,
-    AudienceMembership,
     FieldMapping,
-    MembershipStatus,
     Outcome,
-    OutcomeKind,
     ProfileUpdate,
 )
 from service.secrets import SecretBox
@@ -50,7 +43,6 @@ from service.store.base import (
     DestinationRecord,
     DestinationState,
     FencingError,
-    InvalidPageToken,
     Lease,
     NewDestination,
     OutboxEntry,
@@ -63,48 +55,48 @@ from service.store.base import (
     Watermark,
 )
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
+from service.store.rows import (
+    ALERT_COLUMNS,
+    COUNT_COLUMNS,
+    DEFAULT_PAGE_SIZE,
+    DESTINATION_COLUMNS,
+    HOUR_US,
+    OUTBOX_COLUMNS,
+    OUTCOME_COLUMNS,
+    Counts,
+    alert_record,
+    clamp_page_size,
+    count_outcome,
+    decode_token,
+    dumps,
+    dumps_mappings,
+    encode_token,
+    from_micros,
+    loads_mappings,
+    outbox_entry,
+    outcome_record,
+    pair_outcomes,
+    to_micros,
+)
 
 __all__ = [
     "DATABASE_FILE_NAME",
     "SqliteStore",
     "apply_migrations",
-    "from_micros",
     "open_in_data_dir",
-    "to_micros",
 ]
 
 R = TypeVar("R")
 
 DATABASE_FILE_NAME = "store.db"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-HOUR_US = 3_600_000_000
-MAX_PAGE_SIZE = 1000
-DEFAULT_PAGE_SIZE = 100
 # SQLite's default limit of host parameters per statement is 32766; stay far below.
 IN_CHUNK = 500
 
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-def to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is taken as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(micros: int) -> datetime:
-    """The UTC datetime of `to_micros`."""
-    return EPOCH + timedelta(microseconds=micros)
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _dumps(value: Any) -> str:
-    # Compact: the outbox may hold millions of payloads.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migration]) -> list[int]:
@@ -142,56 +134,6 @@ class _Append:
     trace_context: str | None
     future: asyncio.Future[AppendResult]
 
-
-@dataclass(slots=True)
-class _Counts:
-    received: int = 0
-    activated: int = 0
-    created: int = 0
-    updated: int = 0
-    added: int = 0
-    removed: int = 0
-    excluded: int = 0
-    failed: int = 0
-    superseded: int = 0
-    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-
-_COUNT_COLUMNS = (
-    "received",
-    "activated",
-    "created",
-    "updated",
-    "added",
-    "removed",
-    "excluded",
-    "failed",
-    "superseded",
-)
-
-_ACTION_COLUMN = {
-    ActionType.CREATED: "created",
-    ActionType.UPDATED: "updated",
-    ActionType.ADDED: "added",
-    ActionType.REMOVED: "removed",
-}
-
-_DESTINATION_COLUMNS = (
-    "id, tenant, name, spec, client_secret, webhook_secret, instance_key, state, paused_until, "
-    "created_at, updated_at, mappings, version"
-)
-
-_OUTBOX_COLUMNS = (
-    "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
-    "trace_context, enqueued_at, not_before, attempts, last_error"
-)
-
-_OUTCOME_COLUMNS = (
-    "id, destination_id, update_id, profile_id, dedupe_value, event_time, recorded_at, kind, "
-    "actions, lead_id, reason, marketo_code"
-)
-
-_ALERT_COLUMNS = "id, destination_id, type, message, raised_at, resolved_at, paused_until"
 
 # Idempotent on (destination_id, update_id); `_append_group` first drops updates already delivered
 # (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
@@ -389,20 +331,20 @@ class SqliteStore:
 
         def work(connection: sqlite3.Connection) -> DestinationRecord:
             connection.execute(
-                f"INSERT INTO destinations ({_DESTINATION_COLUMNS}) "
+                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)",
                 (
                     destination_id,
                     new.tenant,
                     new.name,
-                    _dumps(new.spec),
+                    dumps(new.spec),
                     client_secret,
                     webhook_secret,
                     new.instance_key,
                     DestinationState.ACTIVE.value,
                     now,
                     now,
-                    _dumps_mappings(new.mappings),
+                    dumps_mappings(new.mappings),
                 ),
             )
             return self._fetch_destination(connection, destination_id, None)
@@ -421,19 +363,19 @@ class SqliteStore:
         self, tenant: str, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
     ) -> Page[DestinationRecord]:
         """The tenant's destinations, oldest first."""
-        size = _page_size(page_size)
-        after = _decode_token(page_token, "destinations")
+        size = clamp_page_size(page_size)
+        after = decode_token(page_token, "destinations")
 
         def work(connection: sqlite3.Connection) -> Page[DestinationRecord]:
             if after is None:
                 rows = connection.execute(
-                    f"SELECT {_DESTINATION_COLUMNS} FROM destinations WHERE tenant = ? "
+                    f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE tenant = ? "
                     "ORDER BY created_at, id LIMIT ?",
                     (tenant, size + 1),
                 ).fetchall()
             else:
                 rows = connection.execute(
-                    f"SELECT {_DESTINATION_COLUMNS} FROM destinations "
+                    f"SELECT {DESTINATION_COLUMNS} FROM destinations "
                     "WHERE tenant = ? AND (created_at, id) > (?, ?) "
                     "ORDER BY created_at, id LIMIT ?",
                     (tenant, after[0], after[1], size + 1),
@@ -442,7 +384,7 @@ class SqliteStore:
             token = ""
             if len(rows) > size:
                 last = rows[size - 1]
-                token = _encode_token("destinations", [last[9], last[0]])
+                token = encode_token("destinations", [last[9], last[0]])
             return Page(records, token)
 
         return await self._read(work)
@@ -465,7 +407,7 @@ class SqliteStore:
                 "WHERE id = ? AND tenant = ? AND version = ?",
                 (
                     record.name,
-                    _dumps(record.spec),
+                    dumps(record.spec),
                     client_secret,
                     webhook_secret,
                     record.instance_key,
@@ -515,7 +457,7 @@ class SqliteStore:
         self, connection: sqlite3.Connection, destination_id: str, tenant: str | None
     ) -> DestinationRecord:
         row = connection.execute(
-            f"SELECT {_DESTINATION_COLUMNS} FROM destinations WHERE id = ?", (destination_id,)
+            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = ?", (destination_id,)
         ).fetchone()
         if row is None or (tenant is not None and row[1] != tenant):
             raise DestinationNotFound(destination_id)
@@ -534,7 +476,7 @@ class SqliteStore:
             paused_until=from_micros(row[8]) if row[8] is not None else None,
             created_at=from_micros(row[9]),
             updated_at=from_micros(row[10]),
-            mappings=_loads_mappings(row[11]),
+            mappings=loads_mappings(row[11]),
             version=row[12],
         )
 
@@ -574,7 +516,7 @@ class SqliteStore:
                 cursor = connection.execute(
                     "UPDATE destinations SET mappings = ?, updated_at = ?, version = version + 1 "
                     "WHERE id = ?",
-                    (_dumps_mappings(mappings), now, destination_id),
+                    (dumps_mappings(mappings), now, destination_id),
                 )
             else:
                 cursor = connection.execute(
@@ -726,7 +668,7 @@ class SqliteStore:
                 "UPDATE destinations SET pending = pending + ? WHERE id = ?",
                 (count, destination_id),
             )
-            _add_counts(connection, destination_id, hour, _Counts(received=count))
+            _add_counts(connection, destination_id, hour, Counts(received=count))
         for instance_key in instances:
             connection.execute(
                 "INSERT INTO outbox_instances (instance_key) VALUES (?) "
@@ -750,12 +692,12 @@ class SqliteStore:
 
         def work(connection: sqlite3.Connection) -> list[OutboxEntry]:
             rows = connection.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox "
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox "
                 "WHERE instance_key = ? AND sequence > ? AND not_before <= ? "
                 "ORDER BY sequence LIMIT ?",
                 (instance_key, after_sequence, due, limit),
             )
-            return [_outbox_entry(row) for row in rows]
+            return [outbox_entry(row) for row in rows]
 
         return await self._read(work)
 
@@ -769,14 +711,14 @@ class SqliteStore:
         now: datetime | None = None,
     ) -> None:
         """Delete entries, store outcomes, raise watermarks, count: all in one transaction."""
-        pairs = _pair_outcomes(entries, outcomes)
+        pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         hour = recorded_at - recorded_at % HOUR_US
 
         def work(connection: sqlite3.Connection) -> None:
             if fencing is not None:
                 _check_fencing(connection, {entry.instance_key for entry in entries}, fencing)
-            counts: defaultdict[str, _Counts] = defaultdict(_Counts)
+            counts: defaultdict[str, Counts] = defaultdict(Counts)
             for entry, outcome in pairs:
                 cursor = connection.execute(
                     "DELETE FROM outbox WHERE sequence = ?", (entry.sequence,)
@@ -784,7 +726,7 @@ class SqliteStore:
                 if cursor.rowcount == 0:
                     continue  # retired before (a retried call) or its destination was deleted
                 connection.execute(
-                    f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) "
+                    f"INSERT INTO outcomes ({OUTCOME_COLUMNS}) "
                     "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         entry.destination_id,
@@ -794,13 +736,13 @@ class SqliteStore:
                         to_micros(entry.update.event_time),
                         recorded_at,
                         outcome.kind.value,
-                        _dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
+                        dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
                         outcome.lead_id,
                         outcome.reason,
                         outcome.marketo_code,
                     ),
                 )
-                _count_outcome(counts[entry.destination_id], outcome)
+                count_outcome(counts[entry.destination_id], outcome)
             for destination_id, count in counts.items():
                 retired = count.activated + count.excluded + count.failed + count.superseded
                 connection.execute(
@@ -901,8 +843,8 @@ class SqliteStore:
         page_token: str = "",
     ) -> Page[OutcomeRecord]:
         """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
-        size = _page_size(page_size)
-        after = _decode_token(page_token, "outcomes")
+        size = clamp_page_size(page_size)
+        after = decode_token(page_token, "outcomes")
         conditions = ["destination_id = ?"]
         params: list[Any] = [destination_id]
         if profile_id is not None:
@@ -915,15 +857,15 @@ class SqliteStore:
             conditions.append("id < ?")
             params.append(after[0])
         sql = (
-            f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE {' AND '.join(conditions)} "
+            f"SELECT {OUTCOME_COLUMNS} FROM outcomes WHERE {' AND '.join(conditions)} "
             "ORDER BY id DESC LIMIT ?"
         )
         params.append(size + 1)
 
         def work(connection: sqlite3.Connection) -> Page[OutcomeRecord]:
             rows = connection.execute(sql, params).fetchall()
-            records = tuple(_outcome_record(row) for row in rows[:size])
-            token = _encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
+            records = tuple(outcome_record(row) for row in rows[:size])
+            token = encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
             return Page(records, token)
 
         return await self._read(work)
@@ -943,11 +885,11 @@ class SqliteStore:
             if row is None:
                 raise DestinationNotFound(destination_id)
             paused_until = from_micros(row[0]) if row[0] is not None else None
-            sums = ", ".join(f"COALESCE(SUM({column}), 0)" for column in _COUNT_COLUMNS)
+            sums = ", ".join(f"COALESCE(SUM({column}), 0)" for column in COUNT_COLUMNS)
             totals = connection.execute(
                 f"SELECT {sums} FROM dataflow_hours WHERE destination_id = ?", (destination_id,)
             ).fetchone()
-            total = dict(zip(_COUNT_COLUMNS, totals, strict=True))
+            total = dict(zip(COUNT_COLUMNS, totals, strict=True))
             reasons: dict[str, dict[str, int]] = {"excluded": {}, "failed": {}}
             for kind, reason, count in connection.execute(
                 "SELECT kind, reason, SUM(count) FROM dataflow_reasons WHERE destination_id = ? "
@@ -1032,7 +974,7 @@ class SqliteStore:
                 return _fetch_alert(connection, row[0]), False
             alert_id = "alr_" + secrets.token_hex(10)
             connection.execute(
-                f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?)",
                 (alert_id, destination_id, type, message, raised_at, until),
             )
             return _fetch_alert(connection, alert_id), True
@@ -1065,11 +1007,11 @@ class SqliteStore:
 
         def work(connection: sqlite3.Connection) -> list[AlertRecord]:
             rows = connection.execute(
-                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE destination_id = ? "
+                f"SELECT {ALERT_COLUMNS} FROM alerts WHERE destination_id = ? "
                 "AND resolved_at IS NULL ORDER BY raised_at, id",
                 (destination_id,),
             )
-            return [_alert(row) for row in rows]
+            return [alert_record(row) for row in rows]
 
         return await self._read(work)
 
@@ -1180,34 +1122,6 @@ def _conforms(store: SqliteStore) -> Store:
 # -- row conversion and helpers ---------------------------------------------------------------
 
 
-def _dumps_mappings(mappings: Iterable[FieldMapping]) -> str:
-    return _dumps(
-        [
-            {
-                "source": mapping.source,
-                "target": mapping.target,
-                "transform": mapping.transform,
-                "options": dict(mapping.options),
-                "labels": list(mapping.labels),
-            }
-            for mapping in mappings
-        ]
-    )
-
-
-def _loads_mappings(text: str) -> tuple[FieldMapping, ...]:
-    return tuple(
-        FieldMapping(
-            source=item["source"],
-            target=item["target"],
-            transform=item["transform"],
-            options=item["options"],
-            labels=tuple(item["labels"]),
-        )
-        for item in json.loads(text)
-    )
-
-
 def _outbox_params(
     destination_id: str,
     instance_key: str,
@@ -1215,7 +1129,7 @@ def _outbox_params(
     trace_context: str | None,
     now: int,
 ) -> tuple[Any, ...]:
-    payload = _dumps(
+    payload = dumps(
         {
             "p": update.profile,
             "m": [[m.audience_id, m.status.value] for m in update.memberships],
@@ -1248,110 +1162,21 @@ def _delivered(
     return found
 
 
-def _outbox_entry(row: Sequence[Any]) -> OutboxEntry:
-    payload = json.loads(row[6])
-    update = ProfileUpdate(
-        update_id=row[3],
-        profile_id=row[4],
-        event_time=from_micros(row[5]),
-        profile=payload["p"],
-        memberships=tuple(
-            AudienceMembership(audience_id, MembershipStatus(status))
-            for audience_id, status in payload["m"]
-        ),
-    )
-    return OutboxEntry(
-        sequence=row[0],
-        destination_id=row[1],
-        instance_key=row[2],
-        update=update,
-        enqueued_at=from_micros(row[8]),
-        not_before=from_micros(row[9]),
-        attempts=row[10],
-        last_error=row[11],
-        trace_context=row[7],
-    )
-
-
-def _outcome_record(row: Sequence[Any]) -> OutcomeRecord:
-    outcome = Outcome(
-        update_id=row[2],
-        profile_id=row[3],
-        dedupe_value=row[4],
-        kind=OutcomeKind(row[7]),
-        actions=tuple(
-            Action(ActionType(action_type), audience_id)
-            for action_type, audience_id in json.loads(row[8])
-        ),
-        lead_id=row[9],
-        reason=row[10],
-        marketo_code=row[11],
-    )
-    return OutcomeRecord(
-        destination_id=row[1],
-        outcome=outcome,
-        event_time=from_micros(row[5]),
-        recorded_at=from_micros(row[6]),
-    )
-
-
-def _alert(row: Sequence[Any]) -> AlertRecord:
-    return AlertRecord(
-        id=row[0],
-        destination_id=row[1],
-        type=row[2],
-        message=row[3],
-        raised_at=from_micros(row[4]),
-        resolved_at=from_micros(row[5]) if row[5] is not None else None,
-        paused_until=from_micros(row[6]) if row[6] is not None else None,
-    )
-
-
 def _fetch_alert(connection: sqlite3.Connection, alert_id: str) -> AlertRecord:
     row = connection.execute(
-        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,)
+        f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,)
     ).fetchone()
-    return _alert(row)
-
-
-def _pair_outcomes(
-    entries: Sequence[OutboxEntry], outcomes: Sequence[Outcome]
-) -> list[tuple[OutboxEntry, Outcome]]:
-    if len(entries) != len(outcomes):
-        raise ValueError(f"{len(entries)} entries but {len(outcomes)} outcomes")
-    for entry, outcome in zip(entries, outcomes, strict=True):
-        if entry.update.update_id != outcome.update_id:
-            raise ValueError(
-                f"outcome of {outcome.update_id!r} is paired with entry {entry.sequence} "
-                f"of update {entry.update.update_id!r}"
-            )
-    return list(zip(entries, outcomes, strict=True))
-
-
-def _count_outcome(counts: _Counts, outcome: Outcome) -> None:
-    if outcome.kind is OutcomeKind.ACTIVATED:
-        counts.activated += 1
-        for action in outcome.actions:
-            column = _ACTION_COLUMN[action.type]
-            setattr(counts, column, getattr(counts, column) + 1)
-    elif outcome.kind is OutcomeKind.EXCLUDED:
-        counts.excluded += 1
-        counts.reasons["excluded", outcome.reason or "unknown"] += 1
-    elif outcome.kind is OutcomeKind.FAILED:
-        counts.failed += 1
-        counts.reasons["failed", outcome.marketo_code or "unknown"] += 1
-    else:
-        counts.superseded += 1
+    return alert_record(row)
 
 
 def _add_counts(
-    connection: sqlite3.Connection, destination_id: str, hour: int, counts: _Counts
+    connection: sqlite3.Connection, destination_id: str, hour: int, counts: Counts
 ) -> None:
-    values = [getattr(counts, column) for column in _COUNT_COLUMNS]
-    columns = ", ".join(_COUNT_COLUMNS)
-    marks = ", ".join("?" * len(_COUNT_COLUMNS))
+    values = [getattr(counts, column) for column in COUNT_COLUMNS]
+    columns = ", ".join(COUNT_COLUMNS)
+    marks = ", ".join("?" * len(COUNT_COLUMNS))
     increments = ", ".join(
-        f"{column} = dataflow_hours.{column} + excluded.{column}" for column in _COUNT_COLUMNS
+        f"{column} = dataflow_hours.{column} + excluded.{column}" for column in COUNT_COLUMNS
     )
     connection.execute(
         f"INSERT INTO dataflow_hours (destination_id, hour_start, {columns}) "
@@ -1402,32 +1227,3 @@ def _pending_stats(connection: sqlite3.Connection, destination_id: str) -> Pendi
 def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(values), IN_CHUNK):
         yield values[start : start + IN_CHUNK]
-
-
-def _page_size(page_size: int) -> int:
-    if page_size <= 0:
-        return DEFAULT_PAGE_SIZE
-    return min(page_size, MAX_PAGE_SIZE)
-
-
-def _encode_token(listing: str, position: list[Any]) -> str:
-    raw = _dumps({"l": listing, "p": position}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str, listing: str) -> list[Any] | None:
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise InvalidPageToken() from None
-    if (
-        not isinstance(data, dict)
-        or data.get("l") != listing
-        or not isinstance(data.get("p"), list)
-    ):
-        raise InvalidPageToken()
-    position: list[Any] = data["p"]
-    return position

@@ -1,0 +1,249 @@
+"""Row encoding shared by the SQLite and PostgreSQL stores: times, JSON payloads, column lists,
+record decoding, dataflow counters and page tokens. Both engines store the same columns."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from service.domain import (
+    Action,
+    ActionType,
+    AudienceMembership,
+    FieldMapping,
+    MembershipStatus,
+    Outcome,
+    OutcomeKind,
+    ProfileUpdate,
+)
+from service.store.base import AlertRecord, InvalidPageToken, OutboxEntry, OutcomeRecord
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HOUR_US = 3_600_000_000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    """The UTC datetime of `to_micros`."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def dumps(value: Any) -> str:
+    # Compact: the outbox may hold millions of payloads.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class Counts:
+    received: int = 0
+    activated: int = 0
+    created: int = 0
+    updated: int = 0
+    added: int = 0
+    removed: int = 0
+    excluded: int = 0
+    failed: int = 0
+    superseded: int = 0
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+COUNT_COLUMNS = (
+    "received",
+    "activated",
+    "created",
+    "updated",
+    "added",
+    "removed",
+    "excluded",
+    "failed",
+    "superseded",
+)
+
+
+ACTION_COLUMN = {
+    ActionType.CREATED: "created",
+    ActionType.UPDATED: "updated",
+    ActionType.ADDED: "added",
+    ActionType.REMOVED: "removed",
+}
+
+
+DESTINATION_COLUMNS = (
+    "id, tenant, name, spec, client_secret, webhook_secret, instance_key, state, paused_until, "
+    "created_at, updated_at, mappings, version"
+)
+
+
+OUTBOX_COLUMNS = (
+    "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
+    "trace_context, enqueued_at, not_before, attempts, last_error"
+)
+
+
+OUTCOME_COLUMNS = (
+    "id, destination_id, update_id, profile_id, dedupe_value, event_time, recorded_at, kind, "
+    "actions, lead_id, reason, marketo_code"
+)
+
+
+ALERT_COLUMNS = "id, destination_id, type, message, raised_at, resolved_at, paused_until"
+
+
+def dumps_mappings(mappings: Iterable[FieldMapping]) -> str:
+    return dumps(
+        [
+            {
+                "source": mapping.source,
+                "target": mapping.target,
+                "transform": mapping.transform,
+                "options": dict(mapping.options),
+                "labels": list(mapping.labels),
+            }
+            for mapping in mappings
+        ]
+    )
+
+
+def loads_mappings(text: str) -> tuple[FieldMapping, ...]:
+    return tuple(
+        FieldMapping(
+            source=item["source"],
+            target=item["target"],
+            transform=item["transform"],
+            options=item["options"],
+            labels=tuple(item["labels"]),
+        )
+        for item in json.loads(text)
+    )
+
+
+def outbox_entry(row: Sequence[Any]) -> OutboxEntry:
+    payload = json.loads(row[6])
+    update = ProfileUpdate(
+        update_id=row[3],
+        profile_id=row[4],
+        event_time=from_micros(row[5]),
+        profile=payload["p"],
+        memberships=tuple(
+            AudienceMembership(audience_id, MembershipStatus(status))
+            for audience_id, status in payload["m"]
+        ),
+    )
+    return OutboxEntry(
+        sequence=row[0],
+        destination_id=row[1],
+        instance_key=row[2],
+        update=update,
+        enqueued_at=from_micros(row[8]),
+        not_before=from_micros(row[9]),
+        attempts=row[10],
+        last_error=row[11],
+        trace_context=row[7],
+    )
+
+
+def outcome_record(row: Sequence[Any]) -> OutcomeRecord:
+    outcome = Outcome(
+        update_id=row[2],
+        profile_id=row[3],
+        dedupe_value=row[4],
+        kind=OutcomeKind(row[7]),
+        actions=tuple(
+            Action(ActionType(action_type), audience_id)
+            for action_type, audience_id in json.loads(row[8])
+        ),
+        lead_id=row[9],
+        reason=row[10],
+        marketo_code=row[11],
+    )
+    return OutcomeRecord(
+        destination_id=row[1],
+        outcome=outcome,
+        event_time=from_micros(row[5]),
+        recorded_at=from_micros(row[6]),
+    )
+
+
+def alert_record(row: Sequence[Any]) -> AlertRecord:
+    return AlertRecord(
+        id=row[0],
+        destination_id=row[1],
+        type=row[2],
+        message=row[3],
+        raised_at=from_micros(row[4]),
+        resolved_at=from_micros(row[5]) if row[5] is not None else None,
+        paused_until=from_micros(row[6]) if row[6] is not None else None,
+    )
+
+
+def pair_outcomes(
+    entries: Sequence[OutboxEntry], outcomes: Sequence[Outcome]
+) -> list[tuple[OutboxEntry, Outcome]]:
+    if len(entries) != len(outcomes):
+        raise ValueError(f"{len(entries)} entries but {len(outcomes)} outcomes")
+    for entry, outcome in zip(entries, outcomes, strict=True):
+        if entry.update.update_id != outcome.update_id:
+            raise ValueError(
+                f"outcome of {outcome.update_id!r} is paired with entry {entry.sequence} "
+                f"of update {entry.update.update_id!r}"
+            )
+    return list(zip(entries, outcomes, strict=True))
+
+
+def count_outcome(counts: Counts, outcome: Outcome) -> None:
+    if outcome.kind is OutcomeKind.ACTIVATED:
+        counts.activated += 1
+        for action in outcome.actions:
+            column = ACTION_COLUMN[action.type]
+            setattr(counts, column, getattr(counts, column) + 1)
+    elif outcome.kind is OutcomeKind.EXCLUDED:
+        counts.excluded += 1
+        counts.reasons["excluded", outcome.reason or "unknown"] += 1
+    elif outcome.kind is OutcomeKind.FAILED:
+        counts.failed += 1
+        counts.reasons["failed", outcome.marketo_code or "unknown"] += 1
+    else:
+        counts.superseded += 1
+
+
+def clamp_page_size(page_size: int) -> int:
+    if page_size <= 0:
+        return DEFAULT_PAGE_SIZE
+    return min(page_size, MAX_PAGE_SIZE)
+
+
+def encode_token(listing: str, position: list[Any]) -> str:
+    raw = dumps({"l": listing, "p": position}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str, listing: str) -> list[Any] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise InvalidPageToken() from None
+    if (
+        not isinstance(data, dict)
+        or data.get("l") != listing
+        or not isinstance(data.get("p"), list)
+    ):
+        raise InvalidPageToken()
+    position: list[Any] = data["p"]
+    return position
