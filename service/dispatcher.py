@@ -143,7 +143,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         telemetry: Telemetry | None = None,
         bulk_threshold: int = 5_000,
-        bulk_batch_size: int = 100_000,
+        bulk_batch_size: int = 200_000,
         bulk_policy: BulkPolicy | None = None,
     ) -> None:
         """`holder` names this replica in leases; `linger` (s) is how long a partial batch waits

@@ -294,8 +294,12 @@ class BulkSyncEngine(SyncEngine):
                     tasks.append(asyncio.create_task(self._write_job(job, run)))
         except _Stop as error:
             stop = error
-        if tasks:
-            await asyncio.gather(*tasks)
+        finally:
+            # the imports already queued run to their end whatever stopped the look-ups
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+        for end in ended:
+            if isinstance(end, BaseException):
+                raise end
         if stop is not None:
             raise stop
         if run.rest:

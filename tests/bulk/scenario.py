@@ -47,7 +47,13 @@ SEEDED = [
 UPDATES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
     (
         "u_dup",
-        {"email": "dup@x.io", "first": "Dana", "last": "Dup2", "handle": "@dup2"},
+        {
+            "email": "dup@x.io",
+            "first": "Dana",
+            "last": "Dup2",
+            "handle": "@dup2",
+            "city": 'Ville, "Nord"',
+        },
         [("a1", R)],
     ),
     (
@@ -102,7 +108,17 @@ UPDATES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         {"email": "blank@x.io", "first": "Bla", "last": "Nk2", "city": "", "handle": "@blank"},
         [("a2", R)],
     ),
-    ("u_plain", {"email": "plain@x.io", "first": "Pla", "last": "In", "handle": "@plain"}, []),
+    (
+        "u_plain",
+        {
+            "email": "plain@x.io",
+            "first": "Pla",
+            "last": "In",
+            "handle": "@plain",
+            "city": 'Q "C", Inc\nNext line',
+        },
+        [],
+    ),
 ]
 
 

@@ -157,3 +157,17 @@ async def test_update_only_and_audience_only_never_create_through_an_import() ->
 
 
 assert EVENT  # the scenario's event time is shared with these updates
+
+
+async def test_a_full_import_queue_is_waited_out() -> None:
+    async def crowd(sb: Sandbox) -> None:
+        # another integration fills Marketo's queue (10 jobs) with imports that change nothing
+        for _ in range(10):
+            await sb.client.create_import(b"id\n999999\n", lookup_field="id")
+
+    rest = await run(BOTH, bulk=False, before_write=crowd)
+    bulk = await run(BOTH, bulk=True, before_write=crowd)
+    assert_same(rest, bulk)
+    ours = len(bulk.imports)
+    # the creating import was answered 1016 at least once, then queued once there was room
+    assert bulk.calls["POST /bulk/v1/leads.json"] > 10 + ours
