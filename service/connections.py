@@ -12,7 +12,6 @@ from service.marketo.clock import Clock
 from service.marketo.limits import InstanceLimits, instance_key
 from service.marketo.retry import RetryPolicy
 
-
 INTERACTIVE_RETRY = RetryPolicy(max_attempts=3, deadline=15.0, base_delay=0.5)
 """Retries of Marketo calls made while a caller waits (Configure, Activate, DescribeMarketo)."""
 
