@@ -119,6 +119,7 @@ async def open_application(
             bulk_threshold=settings.bulk_threshold,
             linger=settings.linger_seconds,
             lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
+            idle_hold=settings.marketo_window_seconds,
             clock=clock,
             telemetry=telemetry,
         )

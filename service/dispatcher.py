@@ -30,6 +30,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -145,6 +146,7 @@ class Dispatcher:
         bulk_threshold: int = 5_000,
         bulk_batch_size: int = 200_000,
         bulk_policy: BulkPolicy | None = None,
+        idle_hold: float = 0.0,
     ) -> None:
         """`holder` names this replica in leases; `linger` (s) is how long a partial batch waits
         for more updates; `poll_interval` (s) how often due work (e.g. retries coming due) is
@@ -153,7 +155,8 @@ class Dispatcher:
 
         `bulk_threshold` (0: never) is the due backlog of one destination from which its work
         goes through bulk import, claimed `bulk_batch_size` entries at a time; `bulk_policy`
-        sizes and polls the imports."""
+        sizes and polls the imports. `idle_hold` (s) is how long a drainer keeps its lease once
+        its instance has nothing due (one Marketo rate window in the service)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._store = store
@@ -173,6 +176,7 @@ class Dispatcher:
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._telemetry = telemetry
+        self._idle_hold = idle_hold
         self._drainers: dict[str, _Drainer] = {}
         self._leases: dict[str, Lease] = {}
         self._locks: dict[str, KeyedLocks] = {}
@@ -262,6 +266,11 @@ class Dispatcher:
     async def _supervise(self) -> None:
         while not self._stopping:
             try:
+                # An idle replica still counts in the fair share of every other one.
+                await self._store.heartbeat_replica(self._holder, self._lease_ttl, now=self._now())
+            except Exception:
+                log.exception("recording this replica's heartbeat failed")
+            try:
                 keys = set(await self._store.instance_keys_with_due_work(now=self._now()))
             except Exception:
                 log.exception("looking for instances with due work failed")
@@ -296,6 +305,12 @@ class Dispatcher:
             heartbeat = asyncio.create_task(self._heartbeat(drainer), name=f"lease {key}")
             while not (drainer.stopping or drainer.lost) and self.paused_until(key) is None:
                 entries = await self._next_batch(drainer)
+                if not entries and not (drainer.stopping or drainer.lost) and self._idle_hold:
+                    # Keep the lease for a rate window: a handover right after our last calls
+                    # would let the next holder's limiter start with those calls unseen.
+                    await self._wait(drainer.wake, self._idle_hold)
+                    if drainer.wake.is_set():
+                        continue
                 if not entries or drainer.stopping or drainer.lost:
                     break
                 try:
@@ -307,6 +322,10 @@ class Dispatcher:
                     # The store failed: the entries are still in the outbox; back off a little.
                     log.exception("a batch of %s could not be recorded; retrying later", key)
                     await self._wait(drainer.wake, self._poll_interval)
+                if await self._above_fair_share(key):
+                    # Another replica has room: let it take this instance after this batch.
+                    self._elsewhere[key] = self._now() + self._lease_ttl / 3
+                    break
         except Exception:
             log.exception("drainer of %s failed", key)
         finally:
@@ -341,6 +360,13 @@ class Dispatcher:
                 return
             drainer.lease = renewed
             self._leases[drainer.instance_key] = renewed
+
+    async def _above_fair_share(self, instance_key: str) -> bool:
+        """Whether this replica holds more leases than its share and this is one to let go."""
+        if len(self._leases) <= 1:
+            return False
+        share = await self._store.fair_share(self._holder, now=self._now())
+        return instance_key in sorted(self._leases)[share:]
 
     async def _next_batch(self, drainer: _Drainer) -> list[OutboxEntry]:
         """Claim a batch; a partial batch of young entries lingers for more."""
@@ -443,6 +469,27 @@ class Dispatcher:
             # Deleted meanwhile: its outbox rows went with it (retire/defer of them are no-ops).
             self._prepared.pop(destination_id, None)
             return
+        with self._batch_span(record, entries):
+            await self._deliver_record(lease, record, entries)
+
+    def _batch_span(
+        self, record: DestinationRecord, entries: Sequence[OutboxEntry]
+    ) -> AbstractContextManager[object]:
+        """A span per destination batch, linked to the Sync call of every update it carries;
+        the Marketo calls of the batch (schema reads included) are its children."""
+        if self._telemetry is None:
+            return contextlib.nullcontext()
+        attributes = batch_attributes(
+            destination_id=record.id,
+            munchkin_id=record.spec.get("connection", {}).get("munchkin_id"),
+            sync_type=record.spec.get("sync_type"),
+            records=len(entries),
+        )
+        return self._telemetry.batch_span((e.trace_context for e in entries), attributes)
+
+    async def _deliver_record(
+        self, lease: Lease, record: DestinationRecord, entries: list[OutboxEntry]
+    ) -> None:
         bulk = 0 < self._bulk_threshold <= len(entries)
         try:
             engine = await self.engine_for(record, bulk=bulk)
@@ -458,9 +505,7 @@ class Dispatcher:
             await self._defer(lease, entries, _describe(error))
             return
         updates = [entry.update for entry in entries]
-        marks = await self._store.watermarks(
-            destination_id, sorted({u.profile_id for u in updates})
-        )
+        marks = await self._store.watermarks(record.id, sorted({u.profile_id for u in updates}))
         result = await self._run_engine(record, engine, entries, updates, marks)
         await self._record(lease, record, entries, result)
 
@@ -511,17 +556,10 @@ class Dispatcher:
         updates: Sequence[ProfileUpdate],
         watermarks: Mapping[str, datetime],
     ) -> BatchResult:
-        """Run one destination's batch, in a span linked to the Sync call of every update."""
+        """Run one destination's batch and count what came of it."""
+        result = await engine.sync(updates, watermarks=watermarks)
         if self._telemetry is None:
-            return await engine.sync(updates, watermarks=watermarks)
-        attributes = batch_attributes(
-            destination_id=record.id,
-            munchkin_id=record.spec.get("connection", {}).get("munchkin_id"),
-            sync_type=engine.rules.sync_type.value,
-            records=len(entries),
-        )
-        with self._telemetry.batch_span((e.trace_context for e in entries), attributes):
-            result = await engine.sync(updates, watermarks=watermarks)
+            return result
         counts = Counter(outcome.kind.value for outcome in result.outcomes)
         self._telemetry.record_outcomes(
             counts, destination_id=record.id, sync_type=engine.rules.sync_type.value
