@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 # Reinstall only when the dependencies change.
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test lint typecheck unit proto clean
+.PHONY: help run test lint typecheck unit reliability proto clean
 
 help:
 	@echo "make run    start the service with the embedded Marketo sandbox on 127.0.0.1:50051"
-	@echo "make test   ruff, mypy --strict and pytest"
+	@echo "make test   ruff, mypy --strict and pytest (reliability suite: short profile)"
+	@echo "make reliability   the reliability suite's long profile; figures in build/"
 	@echo "make proto  regenerate service/_proto from proto/"
 
 run: $(STAMP)
@@ -28,6 +29,14 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# The long profile of tests/reliability (docs/reliability.md); `make test` runs the short one.
+RELIABILITY_FIGURES ?= build/reliability-figures.json
+reliability: $(STAMP)
+	rm -f $(RELIABILITY_FIGURES)
+	RELIABILITY_PROFILE=long RELIABILITY_FIGURES=$(RELIABILITY_FIGURES) \
+		$(BIN)/pytest tests/reliability -p no:cacheprovider --timeout=3600 -rA -s
+	@echo "figures: $(RELIABILITY_FIGURES)"
 
 proto: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh

@@ -121,7 +121,10 @@ def stub(port: int) -> tuple[grpc.Channel, pb_grpc.MarketoDestinationServiceStub
 def dataflow(port: int, destination_id: str) -> pb.Dataflow:
     channel, client = stub(port)
     with channel:
-        return client.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id)).dataflow
+        flow: pb.Dataflow = client.GetDataflow(
+            pb.GetDataflowRequest(destination_id=destination_id)
+        ).dataflow
+        return flow
 
 
 def wait_for(

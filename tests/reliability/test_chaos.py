@@ -5,8 +5,10 @@ at an older value, and the quota stop must raise an alert.
 Everything runs in process: two sandboxes (ASGI), the real store, dispatcher and gRPC server.
 The faults are chosen by a seeded random generator in the HTTP transport and installed in the
 sandbox (`/_sandbox/faults`, one shot, the request's own path) just before the request is
-forwarded. The service runs on a clock that is the wall clock plus an offset: when the quota
-alert arrives the test moves the service past the quota reset (midnight US Central) at once.
+forwarded; one more kind, a lost answer, lets the sandbox process the call and then raises a
+transport error instead of returning its answer. The service runs on a clock that is the wall
+clock plus an offset: when the quota stop shows (the dataflow's `paused_until`) the test moves
+the service past the quota reset (midnight US Central) at once.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ FAULT_KINDS: tuple[dict[str, Any], ...] = (
     {"http_status": 503},
     {"drop": True},
     {"delay_ms": PROFILE.chaos_delay_ms},
+    # Not a sandbox fault: the sandbox processes the call, then the connection drops before the
+    # answer arrives (a create that happened without the client knowing).
+    {"lost_answer": True},
 )
 
 
@@ -80,6 +85,7 @@ class ChaosTransport(httpx.AsyncBaseTransport):
         self._quota_after = rng.randrange(5, 15)  # Sync Leads / look-up calls before the 607
         self._quota_seen = 0
         self._deck: list[dict[str, Any]] = []
+        self.lost_creates = 0
 
     def _choose(self, url: httpx.URL) -> dict[str, Any] | None:
         identity = url.path.startswith("/identity")
@@ -103,8 +109,19 @@ class ChaosTransport(httpx.AsyncBaseTransport):
         if self.armed and not request.url.path.startswith("/_sandbox"):
             self.calls += 1
             fault = self._choose(request.url)
+            if fault is None and self.lost_creates < 2 and b'"createOnly"' in request.content:
+                # Twice for certain: a create that happened but whose answer was lost.
+                self.lost_creates += 1
+                fault = {"lost_answer": True}
             if fault is not None:
                 self.injected[next(f"{k}={v}" for k, v in fault.items())] += 1
+            if fault is not None and fault.get("lost_answer"):
+                answer = await route.handle_async_request(request)
+                await answer.aread()
+                raise httpx.RemoteProtocolError(
+                    "connection lost before the answer", request=request
+                )
+            if fault is not None:
                 rule = {"path_prefix": request.url.path, "count": 1, **fault}
                 control = httpx.Request(
                     "POST", f"https://{request.url.host}/_sandbox/faults", json=rule
@@ -222,19 +239,18 @@ async def test_chaos_loses_duplicates_and_regresses_nothing(tmp_path: Path) -> N
         bumped = False
         deadline = time.monotonic() + 240 * (10 if PROFILE.name == "long" else 1)
         while True:
-            quota = [
-                a for a in alerts if a.type == pb.ALERT_TYPE_QUOTA_EXHAUSTED and not a.resolved
-            ]
-            if quota and not bumped:
-                # The service waits for midnight US Central: let that time pass at once.
-                until = quota[0].paused_until.ToSeconds()
-                assert until > clock.now()
-                clock.offset += until - clock.now() + 1
-                bumped = True
             flows = [
                 (await client.GetDataflow(pb.GetDataflowRequest(destination_id=ids[i]))).dataflow
                 for i in ids
             ]
+            paused = [f.paused_until.ToSeconds() for f in flows if f.HasField("paused_until")]
+            if paused and not bumped:
+                # The service waits for midnight US Central: let that time pass at once.
+                until = max(paused)
+                assert until > clock.now()
+                await asyncio.sleep(0.5)  # the alert is published
+                clock.offset += until - clock.now() + 1
+                bumped = True
             if bumped and all(flow.pending == 0 for flow in flows):
                 break
             assert time.monotonic() < deadline, f"not delivered in time: {flows}, alerts {alerts}"

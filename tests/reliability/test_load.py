@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
@@ -56,7 +57,7 @@ async def one_stream(
         assert response.request_id == request.request_id
         assert response.accepted == len(request.updates) and not response.rejected, response
     await call.done_writing()
-    assert await call.read() is grpc.aio.EOF
+    assert await call.read() is grpc.aio.EOF  # type: ignore[attr-defined]
     assert await call.code() == grpc.StatusCode.OK
     return latencies
 
@@ -106,9 +107,11 @@ def test_concurrent_sync_streams(tmp_path: Path) -> None:
         total = PROFILE.load_streams * PROFILE.load_updates
         received = sum(dataflow(service.port, i).received for i in ids)
         assert received == total
-        deadline = time.monotonic() + 300 * (4 if PROFILE.name == "long" else 1)
+        deadline = time.monotonic() + 200 * (5 if PROFILE.name == "long" else 1)
         while sum(dataflow(service.port, i).pending for i in ids):
-            assert time.monotonic() < deadline, "not delivered in time"
+            if time.monotonic() > deadline:
+                flows = [dataflow(service.port, i) for i in ids]
+                pytest.fail(f"not delivered in time: {flows}\n{service.log.read_text()[-5000:]}")
             time.sleep(0.2)
         delivered = time.perf_counter() - started
         flows = [dataflow(service.port, i) for i in ids]
