@@ -9,6 +9,7 @@ identity namespace (`identityMap.*`) needs `identity_graph.view`; data-usage pol
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ ARRAY_SOURCE = re.compile(r"\[\s*\*?\s*\]")
 """A source path that selects a whole array (`items[]`, `items[*]`): arrays are not exported."""
 
 
-class ListAction:
+class ListAction(enum.StrEnum):
+    """What Activate did (or, in a dry run, would do) with an audience's Marketo list."""
+
     CREATED = "created"
     LINKED = "linked"
     UNCHANGED = "unchanged"
@@ -54,7 +57,7 @@ class ActivatedAudience:
     audience_id: str
     marketo_list_id: int
     list_name: str
-    list_action: str
+    list_action: ListAction
 
 
 def mapping_violations(

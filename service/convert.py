@@ -239,7 +239,7 @@ _AUDIENCE_TYPE: dict[int, AudienceType] = {
     pb.AUDIENCE_TYPE_PROSPECT: AudienceType.PROSPECT,
     pb.AUDIENCE_TYPE_DATASET: AudienceType.DATASET,
 }
-_LIST_ACTION_PB: dict[str, pb.ListAction] = {
+_LIST_ACTION_PB: dict[ListAction, pb.ListAction] = {
     ListAction.CREATED: pb.LIST_ACTION_CREATED,
     ListAction.LINKED: pb.LIST_ACTION_LINKED,
     ListAction.UNCHANGED: pb.LIST_ACTION_UNCHANGED,
