@@ -9,14 +9,15 @@ from .conftest import REPO
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
-def test_every_relative_link_resolves() -> None:
+def test_every_relative_link_resolves_inside_the_repository() -> None:
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     broken = []
     for page in pages:
         for target in LINK.findall(page.read_text()):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            if not (page.parent / target).exists():
+            resolved = (page.parent / target).resolve()
+            if not resolved.is_relative_to(REPO) or not resolved.exists():
                 broken.append(f"{page.relative_to(REPO)} -> {target}")
     assert broken == []
 
