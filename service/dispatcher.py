@@ -14,7 +14,10 @@ so a drainer that lost its lease can never commit) and loops:
    batch goes through bulk import (`BulkSyncEngine`, see docs/bulk-import.md), the others
    through REST;
 3. retire every final outcome with its entry and the new watermarks in one transaction; defer
-   the unfinished entries with exponential backoff and jitter, naming the error.
+   the unfinished entries with exponential backoff and jitter, naming the error;
+4. a replica holding more than its fair share of leases (PostgreSQL scale-out) lets this one go
+   after the batch; a drainer with nothing due keeps its lease for `idle_hold` seconds (one
+   Marketo rate window) before releasing it.
 
 A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
 its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
