@@ -91,12 +91,6 @@ def _value(value: struct_pb2.Value, depth: int) -> Any:
     return None
 
 
-def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
-
-
 def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
