@@ -44,7 +44,6 @@ from service.store.base import (
     AppendResult,
     CommitListener,
     Dataflow,
-    DataflowRun,
     DestinationNotFound,
     DestinationRecord,
     DestinationState,
@@ -71,6 +70,7 @@ from service.store.rows import (
     OUTCOME_COLUMNS,
     Counts,
     alert_record,
+    build_dataflow,
     clamp_page_size,
     count_outcome,
     decode_token,
@@ -884,34 +884,15 @@ class PostgresStore:
                 (destination_id, first_hour),
             )
             by_hour = {hour_row[0]: hour_row[1:] for hour_row in await cursor.fetchall()}
-            runs = []
-            for hour in range(current_hour, first_hour - 1, -HOUR_US):
-                received, activated, excluded, failed, superseded = by_hour.get(hour, (0,) * 5)
-                runs.append(
-                    DataflowRun(
-                        from_micros(hour), received, activated, excluded, failed, superseded
-                    )
-                )
             pending = await _pending_stats(connection, destination_id)
-            oldest_age = (
-                from_micros(current) - pending.oldest_enqueued_at
-                if pending.oldest_enqueued_at is not None
-                else None
-            )
-            return Dataflow(
-                destination_id=destination_id,
-                received=total["received"],
-                activated=total["activated"],
-                created=total["created"],
-                updated=total["updated"],
-                added=total["added"],
-                removed=total["removed"],
-                excluded=reasons["excluded"],
-                failed=reasons["failed"],
-                superseded=total["superseded"],
-                pending=pending.count,
-                oldest_pending_age=oldest_age,
-                runs=tuple(runs),
+            return build_dataflow(
+                destination_id,
+                total,
+                reasons,
+                by_hour,
+                pending,
+                current=current,
+                hours=range(current_hour, first_hour - 1, -HOUR_US),
                 paused_until=paused_until,
             )
 

@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +22,15 @@ from service.domain import (
     OutcomeKind,
     ProfileUpdate,
 )
-from service.store.base import AlertRecord, InvalidPageToken, OutboxEntry, OutcomeRecord
+from service.store.base import (
+    AlertRecord,
+    Dataflow,
+    DataflowRun,
+    InvalidPageToken,
+    OutboxEntry,
+    OutcomeRecord,
+    PendingStats,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
@@ -247,3 +255,49 @@ def decode_token(token: str, listing: str) -> list[Any] | None:
         raise InvalidPageToken()
     position: list[Any] = data["p"]
     return position
+
+
+def build_dataflow(
+    destination_id: str,
+    total: Mapping[str, int],
+    reasons: Mapping[str, Mapping[str, int]],
+    by_hour: Mapping[int, Sequence[int]],
+    pending: PendingStats,
+    *,
+    current: int,
+    hours: Iterable[int],
+    paused_until: datetime | None,
+) -> Dataflow:
+    """The `Dataflow` of a destination from its stored counters.
+
+    `total`: lifetime counters by column; `reasons`: excluded/failed counts by reason; `by_hour`:
+    (received, activated, excluded, failed, superseded) per hour start; `hours`: the hour starts
+    to report, newest first (empty hours are reported as zeros).
+    """
+    runs = []
+    for hour in hours:
+        received, activated, excluded, failed, superseded = by_hour.get(hour, (0,) * 5)
+        runs.append(
+            DataflowRun(from_micros(hour), received, activated, excluded, failed, superseded)
+        )
+    oldest_age = (
+        from_micros(current) - pending.oldest_enqueued_at
+        if pending.oldest_enqueued_at is not None
+        else None
+    )
+    return Dataflow(
+        destination_id=destination_id,
+        received=total["received"],
+        activated=total["activated"],
+        created=total["created"],
+        updated=total["updated"],
+        added=total["added"],
+        removed=total["removed"],
+        excluded=dict(reasons["excluded"]),
+        failed=dict(reasons["failed"]),
+        superseded=total["superseded"],
+        pending=pending.count,
+        oldest_pending_age=oldest_age,
+        runs=tuple(runs),
+        paused_until=paused_until,
+    )
