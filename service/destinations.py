@@ -94,6 +94,30 @@ def checked_page_size(page_size: int, field: str = "page_size") -> int:
     return page_size
 
 
+def connection_violations(
+    connection: MarketoConnection, *, prefix: str, secret_required: bool
+) -> list[FieldViolation]:
+    """What is wrong with a Marketo connection, before asking Marketo."""
+    violations: list[FieldViolation] = []
+
+    def bad(field: str, description: str) -> None:
+        violations.append(FieldViolation(f"{prefix}.{field}", description))
+
+    if not connection.munchkin_id:
+        bad("munchkin_id", "is required")
+    elif not MUNCHKIN_ID.match(connection.munchkin_id):
+        bad("munchkin_id", "must look like 123-ABC-456 (digits-letters-digits)")
+    if not connection.client_id:
+        bad("client_id", "is required")
+    if secret_required and not connection.client_secret:
+        bad("client_secret", "is required")
+    if connection.endpoint:
+        parts = urlsplit(connection.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            bad("endpoint", "must be an http(s) URL")
+    return violations
+
+
 def static_violations(spec: DestinationSpec, *, creating: bool) -> list[FieldViolation]:
     """Every rule of PRODUCT.md a spec breaks, without asking Marketo."""
     violations: list[FieldViolation] = []
@@ -108,19 +132,9 @@ def static_violations(spec: DestinationSpec, *, creating: bool) -> list[FieldVio
     if len(spec.description) > MAX_DESCRIPTION:
         bad("description", f"is longer than {MAX_DESCRIPTION} characters")
 
-    connection = spec.connection
-    if not connection.munchkin_id:
-        bad("connection.munchkin_id", "is required")
-    elif not MUNCHKIN_ID.match(connection.munchkin_id):
-        bad("connection.munchkin_id", "must look like 123-ABC-456 (digits-letters-digits)")
-    if not connection.client_id:
-        bad("connection.client_id", "is required")
-    if creating and not connection.client_secret:
-        bad("connection.client_secret", "is required")
-    if connection.endpoint:
-        parts = urlsplit(connection.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            bad("connection.endpoint", "must be an http(s) URL")
+    violations += connection_violations(
+        spec.connection, prefix="spec.connection", secret_required=creating
+    )
 
     if spec.sync_type is None:
         bad("sync_type", "is required")
@@ -390,17 +404,7 @@ class Destinations:
             connection = (await self.get(destination_id)).spec.connection
         if connection is None:
             raise InvalidArgument([FieldViolation("target", "give destination_id or connection")])
-        violations = []
-        if not connection.client_id:
-            violations.append(FieldViolation("connection.client_id", "is required"))
-        if not connection.client_secret:
-            violations.append(FieldViolation("connection.client_secret", "is required"))
-        if not MUNCHKIN_ID.match(connection.munchkin_id):
-            violations.append(
-                FieldViolation(
-                    "connection.munchkin_id", "must look like 123-ABC-456 (digits-letters-digits)"
-                )
-            )
+        violations = connection_violations(connection, prefix="connection", secret_required=True)
         if violations:
             raise InvalidArgument(violations)
         return await describe_instance(self._connections.client(connection, interactive=True))
