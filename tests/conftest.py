@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -10,6 +10,7 @@ import pytest
 
 from service.settings import Settings
 from tests.harness import Service, running_service
+from tests.processes import kill_leftovers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,3 +30,10 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
 @pytest.fixture
 async def channel(service: Service) -> grpc.aio.Channel:
     return service.channel
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """A test that fails while a service subprocess runs must not leave it running."""
+    yield
+    kill_leftovers()

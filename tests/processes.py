@@ -54,6 +54,18 @@ def sandbox_process(*args: str) -> Iterator[str]:
         process.wait()
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def kill_leftovers() -> None:
+    """Kill every service process a test started and left running (a failed test, a timeout)."""
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 class ServiceProcess:
     """`python -m service serve` on a free port, its log in a file next to `data_dir`."""
 
@@ -79,6 +91,7 @@ class ServiceProcess:
                 stderr=log,
                 stdout=subprocess.DEVNULL,
             )
+        _STARTED.append(self.process)
         deadline = time.monotonic() + 60
         while True:
             found = re.search(r" service: listening on \S+:(\d+)", self.log.read_text())
