@@ -32,8 +32,9 @@ async def channel(service: Service) -> grpc.aio.Channel:
     return service.channel
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def no_leftover_processes() -> Iterator[None]:
-    """A test that fails while a service subprocess runs must not leave it running."""
+    """Service subprocesses left running by a failed test (or shared by a module's tests) are
+    killed when the session ends."""
     yield
     kill_leftovers()
