@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from service.access import current_principal
 from service.domain import ProfileUpdate
 from service.errors import FailedPrecondition, FieldViolation, ResourceExhausted
-from service.store.base import Store
+from service.store.base import AppendResult, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +92,39 @@ class Ingest:
         self._cache_seconds = cache_seconds
         self._destinations: dict[tuple[str, str], _Destination] = {}
 
-    async def accept(self, destination_id: str, updates: Sequence[IndexedUpdate]) -> SyncAck:
+    async def submit(
+        self, destination_id: str, updates: Sequence[IndexedUpdate]
+    ) -> Awaitable[SyncAck]:
+        """Check the updates and queue them for the next commit; await the result for the ack.
+
+        Calls made one after another are committed in that order (a stream's order), while
+        their commits may overlap: the caller awaits the results whenever it likes.
+        """
         destination = await self._destination(destination_id)
         await self._wait_for_room(destination_id)
         good, rejected = check_audiences(updates, destination.audiences)
         if not good:
-            return SyncAck(0, 0, 0, rejected)
-        result = await self._store.append(
-            destination_id, destination.instance_key, good, self._trace_context()
+            done: asyncio.Future[SyncAck] = asyncio.get_running_loop().create_future()
+            done.set_result(SyncAck(0, 0, 0, rejected))
+            return done
+        # The store queues the append in the task's first step, before anything started later.
+        appended = asyncio.ensure_future(
+            self._store.append(
+                destination_id, destination.instance_key, good, self._trace_context()
+            )
         )
+        return self._acknowledge(appended, destination_id, destination.instance_key, rejected)
+
+    async def _acknowledge(
+        self,
+        appended: Awaitable[AppendResult],
+        destination_id: str,
+        instance_key: str,
+        rejected: tuple[Rejected, ...],
+    ) -> SyncAck:
+        result = await appended
         if result.accepted:
-            self._notify(destination.instance_key, destination_id)
+            self._notify(instance_key, destination_id)
         return SyncAck(
             accepted=result.accepted + result.duplicates,
             duplicates=result.duplicates,

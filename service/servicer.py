@@ -16,7 +16,7 @@ import grpc
 from service import convert
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.app import Application
-from service.ingest import IndexedUpdate, Rejected
+from service.ingest import Rejected, SyncAck
 from service.streams import in_order
 
 __all__ = ["MarketoDestinationServicer"]
@@ -102,19 +102,16 @@ class MarketoDestinationServicer:
         async def acknowledgements() -> AsyncIterator[Awaitable[pb.SyncResponse]]:
             async for request in request_iterator:
                 updates, rejected = convert.sync_updates(request, datetime.now(UTC))
-                yield self._acknowledge(request, updates, rejected)
+                committed = await self._app.ingest.submit(request.destination_id, updates)
+                yield self._respond(request.request_id, committed, rejected)
 
         async for response in in_order(acknowledgements(), SYNC_PIPELINE_DEPTH):
             yield response
 
-    async def _acknowledge(
-        self,
-        request: pb.SyncRequest,
-        updates: list[IndexedUpdate],
-        rejected: list[Rejected],
+    async def _respond(
+        self, request_id: str, committed: Awaitable[SyncAck], rejected: list[Rejected]
     ) -> pb.SyncResponse:
-        ack = await self._app.ingest.accept(request.destination_id, updates)
-        return convert.sync_response(request.request_id, ack, rejected)
+        return convert.sync_response(request_id, await committed, rejected)
 
     async def PreviewSync(
         self, request: pb.PreviewSyncRequest, context: _Context

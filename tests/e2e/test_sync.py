@@ -196,6 +196,16 @@ async def test_resending_an_update_is_harmless(service: Service) -> None:
     assert len(await service.leads()) == 1
 
 
+async def test_a_streams_requests_are_committed_in_order(service: Service) -> None:
+    destination_id, _ = await setup(service)
+    batches = [[update(f"p{i}", f"{i}@example.com")] for i in range(30)]
+    responses = await sync(service, destination_id, batches)
+    assert [r.request_id for r in responses] == [f"r{i}" for i in range(30)]
+    sequences = [r.ack_sequence for r in responses]
+    assert sequences == sorted(sequences)
+    assert len(set(sequences)) == 30
+
+
 async def test_stale_events_never_overwrite_newer_ones(service: Service) -> None:
     destination_id, _ = await setup(service)
     await sync(service, destination_id, [[update("p1", "a@example.com", first="New", time=200)]])
