@@ -437,13 +437,13 @@ def activated_audience_pb(activated: ActivatedAudience) -> pb.ActivatedAudience:
 # -- sync ---------------------------------------------------------------------------------------
 
 
-def sync_updates(
-    request: pb.SyncRequest, now: datetime
+def updates(
+    messages: Sequence[pb.ProfileUpdate], now: datetime
 ) -> tuple[list[IndexedUpdate], list[Rejected]]:
     """Convert every update of a request; each bad one becomes a rejection of its own."""
     good: list[IndexedUpdate] = []
     bad: list[Rejected] = []
-    for index, message in enumerate(request.updates):
+    for index, message in enumerate(messages):
         converted = profile_update(message, prefix=f"updates[{index}]", now=now)
         if isinstance(converted, ProfileUpdate):
             good.append(IndexedUpdate(index, converted))
@@ -452,14 +452,13 @@ def sync_updates(
     return good, bad
 
 
-def preview_updates(
-    request: pb.PreviewSyncRequest, now: datetime
-) -> tuple[list[IndexedUpdate], list[Rejected]]:
-    return sync_updates(pb.SyncRequest(updates=request.updates), now)
+def _rejections(*groups: Sequence[Rejected]) -> list[pb.Rejection]:
+    """Rejections of conversion and of the use case, merged in request order."""
+    every = sorted((r for group in groups for r in group), key=lambda r: r.index)
+    return [rejection(r.violations, r.index) for r in every]
 
 
 def preview_pb(preview: PreviewResult, rejected: Sequence[Rejected]) -> pb.PreviewSyncResponse:
-    every = sorted([*rejected, *preview.rejected], key=lambda r: r.index)
     return pb.PreviewSyncResponse(
         created=preview.created,
         updated=preview.updated,
@@ -473,7 +472,7 @@ def preview_pb(preview: PreviewResult, rejected: Sequence[Rejected]) -> pb.Previ
             pb.PreviewOutcome(profile_id=o.profile_id, outcome=_outcome_pb(o))
             for o in preview.outcomes
         ],
-        rejected=[rejection(r.violations, r.index) for r in every],
+        rejected=_rejections(rejected, preview.rejected),
     )
 
 
@@ -487,10 +486,9 @@ def marketo_connection(message: pb.MarketoConnection) -> MarketoConnection:
 
 
 def sync_response(request_id: str, ack: SyncAck, rejected: Sequence[Rejected]) -> pb.SyncResponse:
-    every = sorted([*rejected, *ack.rejected], key=lambda r: r.index)
     return pb.SyncResponse(
         accepted=ack.accepted,
-        rejected=[rejection(r.violations, r.index) for r in every],
+        rejected=_rejections(rejected, ack.rejected),
         request_id=request_id,
         ack_sequence=ack.last_sequence,
         duplicates=ack.duplicates,

@@ -101,7 +101,7 @@ class MarketoDestinationServicer:
     ) -> AsyncIterator[pb.SyncResponse]:
         async def acknowledgements() -> AsyncIterator[Awaitable[pb.SyncResponse]]:
             async for request in request_iterator:
-                updates, rejected = convert.sync_updates(request, datetime.now(UTC))
+                updates, rejected = convert.updates(request.updates, datetime.now(UTC))
                 committed = await self._app.ingest.submit(request.destination_id, updates)
                 yield self._respond(request.request_id, committed, rejected)
 
@@ -116,7 +116,7 @@ class MarketoDestinationServicer:
     async def PreviewSync(
         self, request: pb.PreviewSyncRequest, context: _Context
     ) -> pb.PreviewSyncResponse:
-        updates, rejected = convert.preview_updates(request, datetime.now(UTC))
+        updates, rejected = convert.updates(request.updates, datetime.now(UTC))
         preview = await self._app.preview.preview(request.destination_id, updates)
         return convert.preview_pb(preview, rejected)
 
