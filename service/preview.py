@@ -56,7 +56,6 @@ class Preview:
             raise marketo_failure(error, "reading the instance's lead schema") from None
         profile_ids = sorted({u.profile_id for u in good})
         watermarks = await self._store.watermarks(destination_id, profile_ids)
-        plan = engine.plan(good, watermarks=watermarks)
         result = await engine.dry_run(good, watermarks=watermarks)
         if result.deferred:
             failure = result.deferred[0].error
@@ -66,7 +65,7 @@ class Preview:
         created = set(result.create)
         updated = {u.dedupe_value: u.lead_id for u in result.update}
         outcomes: dict[str, Outcome] = dict(decided)
-        for person in plan.persons:
+        for person in result.plan.persons:
             for update in person.updates:
                 if update.update_id in outcomes:
                     continue

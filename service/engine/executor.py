@@ -119,8 +119,10 @@ class AudienceChanges:
 @dataclass(frozen=True, slots=True)
 class DryRunResult:
     """What a batch would do: leads created and updated, list changes per audience, and the
-    outcomes decided without writing (excluded, superseded)."""
+    outcomes decided without writing (excluded, superseded); `plan` is the plan it looked up
+    (which updates share each person)."""
 
+    plan: Plan
     create: tuple[str, ...]
     update: tuple[PlannedUpdate, ...]
     audiences: tuple[AudienceChanges, ...]
@@ -309,7 +311,7 @@ class SyncEngine:
                 for p in persons
                 for u in p.plan.updates
             )
-            return DryRunResult((), (), (), tuple(outcomes), deferred)
+            return DryRunResult(plan, (), (), (), tuple(outcomes), deferred)
         for person in persons:
             if person.final:
                 outcomes.extend(person.outcomes())
@@ -339,7 +341,7 @@ class SyncEngine:
             )
             for a in sorted(set(joins) | set(exits))
         )
-        return DryRunResult(tuple(create), tuple(update), audiences, tuple(outcomes))
+        return DryRunResult(plan, tuple(create), tuple(update), audiences, tuple(outcomes))
 
     # -- execution -------------------------------------------------------------------------
 
