@@ -7,4 +7,5 @@ OUT=${1:-.}
 "$PY" -m grpc_tools.protoc \
   -Iservice/_proto=proto \
   --python_out="$OUT" --pyi_out="$OUT" --grpc_python_out="$OUT" \
-  service/_proto/marketo_destination/v1/destination.proto
+  service/_proto/marketo_destination/v1/destination.proto \
+  service/_proto/marketo_destination/internal/v1/ingest.proto

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import httpx
 
+from service import convert
 from service.access import Principals, load_principals
 from service.activation import Activations
 from service.alerts import AlertMonitor
@@ -115,6 +116,7 @@ async def open_application(
             registry,
             alerts=alerts,
             holder=replica_name(settings),
+            decode=convert.decode_updates,
             batch_size=settings.batch_size,
             bulk_threshold=settings.bulk_threshold,
             linger=settings.linger_seconds,

@@ -7,12 +7,14 @@ Conversions of caller input validate as they go and report problems as field vio
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
 
+from service._proto.marketo_destination.internal.v1 import ingest_pb2 as ingest_pb
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.activation import ActivatedAudience, ListAction
 from service.alerts import AlertEvent, AlertState
@@ -34,7 +36,7 @@ from service.domain import (
     SyncType,
 )
 from service.errors import FieldViolation, InvalidArgument
-from service.ingest import IndexedUpdate, Rejected, SyncAck
+from service.ingest import IndexedAudiences, IndexedUpdate, Rejected, SyncAck, WireUpdates
 from service.preview import PreviewResult
 from service.store.base import (
     ActivationRecord,
@@ -55,6 +57,11 @@ _MEMBERSHIP_STATUS: dict[int, MembershipStatus] = {
     pb.MEMBERSHIP_STATUS_REALIZED: MembershipStatus.REALIZED,
     pb.MEMBERSHIP_STATUS_EXISTING: MembershipStatus.EXISTING,
     pb.MEMBERSHIP_STATUS_EXITED: MembershipStatus.EXITED,
+}
+_MEMBERSHIP_STATUS_PB: dict[MembershipStatus, pb.MembershipStatus] = {
+    MembershipStatus.REALIZED: pb.MEMBERSHIP_STATUS_REALIZED,
+    MembershipStatus.EXISTING: pb.MEMBERSHIP_STATUS_EXISTING,
+    MembershipStatus.EXITED: pb.MEMBERSHIP_STATUS_EXITED,
 }
 
 
@@ -127,69 +134,119 @@ def _event_time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
     return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1_000)
 
 
-def profile_update(
-    message: pb.ProfileUpdate, *, prefix: str, now: datetime
-) -> ProfileUpdate | list[FieldViolation]:
-    """Convert and validate one update; return its violations instead when it is bad."""
+def check_update(
+    message: pb.ProfileUpdate, *, prefix: str, event_time_limit: tuple[int, int]
+) -> list[FieldViolation]:
+    """Every problem of one update, checked on the message itself (nothing is converted).
+
+    `event_time_limit` is the latest acceptable event time as (seconds, nanos). The profile is
+    walked only where its size says it could be nested too deep. Sync runs this for each update
+    its quick look (`sync_updates`) did not find plainly good; PreviewSync for every update.
+    """
     violations: list[FieldViolation] = []
 
     def bad(field: str, description: str) -> None:
         violations.append(FieldViolation(f"{prefix}.{field}", description))
 
-    if not message.profile_id:
+    profile_id = message.profile_id
+    if not profile_id:
         bad("profile_id", "is required")
-    elif len(message.profile_id) > MAX_PROFILE_ID_LENGTH:
+    elif len(profile_id) > MAX_PROFILE_ID_LENGTH:
         bad("profile_id", f"is longer than {MAX_PROFILE_ID_LENGTH} characters")
     if len(message.update_id) > MAX_UPDATE_ID_LENGTH:
         bad("update_id", f"is longer than {MAX_UPDATE_ID_LENGTH} characters")
 
-    event_time: datetime | None = None
     if not message.HasField("event_time"):
         bad("event_time", "is required")
     else:
-        event_time = _event_time(message.event_time)
-        if event_time is None:
+        stamp = message.event_time
+        seconds, nanos = stamp.seconds, stamp.nanos
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
             bad("event_time", "is not a valid timestamp")
-        elif event_time > now + FUTURE_TOLERANCE:
+        elif (seconds, nanos) > event_time_limit:
             bad("event_time", "is more than one day in the future")
 
-    profile: dict[str, Any] = {}
-    if message.profile.ByteSize() > MAX_PROFILE_BYTES:
+    size = message.profile.ByteSize()
+    if size > MAX_PROFILE_BYTES:
         bad("profile", f"is larger than {MAX_PROFILE_BYTES} bytes")
-    else:
-        try:
-            profile = struct_to_dict(message.profile)
-        except _TooDeepError:
-            bad("profile", f"is nested deeper than {MAX_PROFILE_DEPTH} levels")
+    elif size >= _BYTES_PER_LEVEL * MAX_PROFILE_DEPTH and _too_deep(
+        message.profile, MAX_PROFILE_DEPTH
+    ):
+        bad("profile", f"is nested deeper than {MAX_PROFILE_DEPTH} levels")
 
-    memberships: list[AudienceMembership] = []
-    seen: set[str] = set()
-    if len(message.audiences) > MAX_MEMBERSHIPS:
-        bad("audiences", f"has more than {MAX_MEMBERSHIPS} memberships")
-    for index, membership in enumerate(message.audiences[:MAX_MEMBERSHIPS]):
-        status = _MEMBERSHIP_STATUS.get(membership.status)
-        if not membership.audience_id:
-            bad(f"audiences[{index}].audience_id", "is required")
-        elif membership.audience_id in seen:
-            bad(f"audiences[{index}].audience_id", "appears twice in one update")
-        if status is None:
-            bad(
-                f"audiences[{index}].status",
-                "must be REALIZED, EXISTING or EXITED",
-            )
-        if membership.audience_id and status is not None:
-            seen.add(membership.audience_id)
-            memberships.append(AudienceMembership(membership.audience_id, status))
+    audiences = message.audiences
+    if audiences:
+        if len(audiences) > MAX_MEMBERSHIPS:
+            bad("audiences", f"has more than {MAX_MEMBERSHIPS} memberships")
+        seen: set[str] = set()
+        for index, membership in enumerate(audiences[:MAX_MEMBERSHIPS]):
+            audience_id = membership.audience_id
+            if not audience_id:
+                bad(f"audiences[{index}].audience_id", "is required")
+            elif audience_id in seen:
+                bad(f"audiences[{index}].audience_id", "appears twice in one update")
+            if membership.status not in _MEMBERSHIP_STATUS:
+                bad(f"audiences[{index}].status", "must be REALIZED, EXISTING or EXITED")
+            elif audience_id:
+                seen.add(audience_id)
+    return violations
 
-    if violations or event_time is None:
-        return violations
+
+_BYTES_PER_LEVEL = 4
+"""Each level of Struct or ListValue nesting takes at least this many bytes of its parent (two
+length-delimited tags with their lengths), so a container of fewer than 4 * n bytes holds
+fewer than n levels and need not be walked."""
+
+
+def _too_deep(struct: struct_pb2.Struct, depth: int) -> bool:
+    """Whether `struct` nests more than `depth` levels (counted as `struct_to_dict` counts)."""
+    if depth <= 0:
+        return True
+    return any(_value_too_deep(value, depth - 1) for value in struct.fields.values())
+
+
+def _value_too_deep(value: struct_pb2.Value, depth: int) -> bool:
+    if value.ByteSize() < _BYTES_PER_LEVEL * depth:
+        return False
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _too_deep(value.struct_value, depth)
+    if kind == "list_value":
+        return depth <= 0 or any(
+            _value_too_deep(item, depth - 1) for item in value.list_value.values
+        )
+    return False
+
+
+def event_time_limit(now: datetime) -> tuple[int, int]:
+    """The latest event time accepted at `now`, as (seconds, nanos) since the epoch."""
+    limit = now + FUTURE_TOLERANCE - _EPOCH
+    return limit.days * 86_400 + limit.seconds, limit.microseconds * 1_000
+
+
+def decode_update(message: pb.ProfileUpdate) -> ProfileUpdate:
+    """Convert an update that passed `check_update`."""
+    event_time = _event_time(message.event_time)
+    if event_time is None:
+        raise ValueError(f"update of {message.profile_id!r} has an invalid event_time")
     return ProfileUpdate(
         update_id=message.update_id or derive_update_id(message),
         profile_id=message.profile_id,
         event_time=event_time,
-        profile=profile,
-        memberships=tuple(memberships),
+        profile=struct_to_dict(message.profile),
+        memberships=tuple(
+            AudienceMembership(m.audience_id, _MEMBERSHIP_STATUS[m.status])
+            for m in message.audiences
+        ),
     )
+
+
+def profile_update(
+    message: pb.ProfileUpdate, *, prefix: str, now: datetime
+) -> ProfileUpdate | list[FieldViolation]:
+    """Convert and validate one update; return its violations instead when it is bad."""
+    violations = check_update(message, prefix=prefix, event_time_limit=event_time_limit(now))
+    return violations or decode_update(message)
 
 
 def rejection(violations: Sequence[FieldViolation], index: int) -> pb.Rejection:
@@ -452,6 +509,195 @@ def updates(
     return good, bad
 
 
+class _RequestUpdates:
+    """The checked updates of one Sync request, kept as the caller encoded them."""
+
+    __slots__ = ("_kept", "_memberships", "_request")
+
+    def __init__(
+        self,
+        request: ingest_pb.SyncRequestView,
+        kept: list[int],
+        memberships: list[IndexedAudiences],
+    ) -> None:
+        self._request = request
+        self._kept = kept
+        self._memberships = memberships
+
+    @property
+    def count(self) -> int:
+        return len(self._kept)
+
+    @property
+    def memberships(self) -> Sequence[IndexedAudiences]:
+        return self._memberships
+
+    def encode(self, dropped: Collection[int] = ()) -> bytes:
+        updates = self._request.updates
+        if not dropped and len(self._kept) == len(updates):
+            # The request itself: its destination_id and request_id are ignored on decoding.
+            return self._request.SerializeToString()
+        kept = [updates[index] for index in self._kept if index not in dropped]
+        return ingest_pb.SyncRequestView(updates=kept).SerializeToString()
+
+
+_SHALLOW = _BYTES_PER_LEVEL * MAX_PROFILE_DEPTH
+"""A profile of fewer bytes than this cannot be nested too deep."""
+
+
+def sync_updates(
+    request: ingest_pb.SyncRequestView, now: datetime
+) -> tuple[WireUpdates, list[Rejected]]:
+    """Check every update of a Sync request without converting it; each bad one becomes a
+    rejection of its own. The good ones stay in the caller's encoding: the outbox keeps them
+    that way and `decode_updates` converts them when they are delivered.
+
+    Every update Sync receives passes through here, so an update that is plainly good is
+    recognised with a few reads (its profile stays bytes unless it is big enough to be nested
+    too deep); any other is decoded and goes through `check_update`, which names each problem.
+    """
+    limit = event_time_limit(now)
+    latest = limit[0]
+    # One parse of the whole request, in C, proves every profile and membership decodes (as
+    # delivery will decode them); only when it fails is each profile parsed on its own.
+    try:
+        pb.SyncRequest.FromString(request.SerializeToString())
+        decodes = True
+    except DecodeError:
+        decodes = False
+    kept: list[int] = []
+    memberships: list[IndexedAudiences] = []
+    bad: list[Rejected] = []
+    for index, update in enumerate(request.updates):
+        profile_id = update.profile_id
+        stamp = update.event_time
+        if (
+            0 < len(profile_id) <= MAX_PROFILE_ID_LENGTH
+            and len(update.update_id) <= MAX_UPDATE_ID_LENGTH
+            and 0 < stamp.seconds < latest
+            and 0 <= stamp.nanos < 1_000_000_000
+            and _plain_profile(update.profile, decodes)
+        ):
+            audiences = update.audiences
+            if not audiences:
+                kept.append(index)
+                continue
+            audience_ids = _MEMBERSHIPS.get(key := tuple(audiences)) or _audience_ids(key)
+            if audience_ids is not None:
+                kept.append(index)
+                memberships.append((index, audience_ids))
+                continue
+        message, violations = _decoded(update, prefix=f"updates[{index}]", event_time_limit=limit)
+        if violations:
+            bad.append(Rejected(index, tuple(violations)))
+            continue
+        kept.append(index)
+        if message.audiences:
+            memberships.append((index, tuple(a.audience_id for a in message.audiences)))
+    return _RequestUpdates(request, kept, memberships), bad
+
+
+def _plain_profile(profile: bytes, decodes: bool) -> bool:
+    """Whether an encoded profile is plainly valid and within the size and depth limits
+    (`decodes`: it is known to decode)."""
+    if decodes and len(profile) < _SHALLOW:
+        return True
+    if len(profile) > MAX_PROFILE_BYTES:
+        return False
+    try:
+        return not _too_deep(struct_pb2.Struct.FromString(profile), MAX_PROFILE_DEPTH)
+    except DecodeError:
+        return False
+
+
+_MEMBERSHIPS: dict[tuple[bytes, ...], tuple[str, ...] | None] = {}
+"""An update's encoded memberships -> their audience ids, or None when they are not plainly
+good. The same few combinations come again and again, so each is decoded once."""
+_MEMBERSHIPS_CACHED = 4_096
+
+
+def _audience_ids(audiences: tuple[bytes, ...]) -> tuple[str, ...] | None:
+    """The audience ids of encoded memberships (remembered); None when any is not plainly
+    good."""
+    audience_ids: tuple[str, ...] | None = None
+    if len(audiences) <= MAX_MEMBERSHIPS:
+        try:
+            decoded = [pb.AudienceMembership.FromString(encoded) for encoded in audiences]
+        except DecodeError:
+            decoded = []
+        found = tuple(m.audience_id for m in decoded)
+        if (
+            decoded
+            and all(found)
+            and len(set(found)) == len(found)
+            and all(m.status in _MEMBERSHIP_STATUS for m in decoded)
+        ):
+            audience_ids = found
+    if len(_MEMBERSHIPS) >= _MEMBERSHIPS_CACHED:
+        _MEMBERSHIPS.clear()
+    _MEMBERSHIPS[audiences] = audience_ids
+    return audience_ids
+
+
+def _decoded(
+    update: ingest_pb.ProfileUpdateView, *, prefix: str, event_time_limit: tuple[int, int]
+) -> tuple[pb.ProfileUpdate, list[FieldViolation]]:
+    """The update as a full message, with every problem `check_update` names, and those of a
+    profile or membership that does not even decode (it is left out of the message)."""
+    message = pb.ProfileUpdate(profile_id=update.profile_id, update_id=update.update_id)
+    if update.HasField("event_time"):
+        message.event_time.CopyFrom(update.event_time)
+    undecodable: list[FieldViolation] = []
+    try:
+        message.profile.ParseFromString(update.profile)
+    except DecodeError as error:
+        message.profile.Clear()
+        problem = (
+            f"is nested deeper than {MAX_PROFILE_DEPTH} levels"
+            if "MaxDepth" in str(error)
+            else "is not a valid google.protobuf.Struct"
+        )
+        undecodable.append(FieldViolation(f"{prefix}.profile", problem))
+    broken: set[str] = set()
+    for position, encoded in enumerate(update.audiences):
+        membership = message.audiences.add()
+        try:
+            membership.ParseFromString(encoded)
+        except DecodeError:
+            membership.Clear()
+            broken.add(f"{prefix}.audiences[{position}].")
+            undecodable.append(
+                FieldViolation(f"{prefix}.audiences[{position}]", "is not a valid membership")
+            )
+    violations = [
+        v
+        for v in check_update(message, prefix=prefix, event_time_limit=event_time_limit)
+        if not v.field.startswith(tuple(broken))
+    ]
+    # In the order check_update names fields: the profile's problem before any membership's.
+    before = [v for v in violations if not v.field.startswith(f"{prefix}.audiences")]
+    return message, before + undecodable + violations[len(before) :]
+
+
+def decode_updates(body: bytes) -> list[ProfileUpdate]:
+    """The updates of an outbox batch written by `sync_updates` or `encode_updates`."""
+    return [decode_update(message) for message in pb.SyncRequest.FromString(body).updates]
+
+
+def encode_updates(updates: Sequence[ProfileUpdate]) -> bytes:
+    """Domain updates in the outbox batch encoding (for tools and tests that have no request)."""
+    request = pb.SyncRequest()
+    for update in updates:
+        message = request.updates.add(update_id=update.update_id, profile_id=update.profile_id)
+        message.event_time.FromDatetime(update.event_time.astimezone(UTC))
+        message.profile.update(dict(update.profile))
+        for membership in update.memberships:
+            message.audiences.add(
+                audience_id=membership.audience_id, status=_MEMBERSHIP_STATUS_PB[membership.status]
+            )
+    return request.SerializeToString()
+
+
 def _rejections(*groups: Sequence[Rejected]) -> list[pb.Rejection]:
     """Rejections of conversion and of the use case, merged in request order."""
     every = sorted((r for group in groups for r in group), key=lambda r: r.index)
@@ -491,7 +737,6 @@ def sync_response(request_id: str, ack: SyncAck, rejected: Sequence[Rejected]) -
         rejected=_rejections(rejected, ack.rejected),
         request_id=request_id,
         ack_sequence=ack.last_sequence,
-        duplicates=ack.duplicates,
     )
 
 
@@ -544,6 +789,7 @@ def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
             for run in flow.runs
         ],
         superseded=flow.superseded,
+        duplicates=flow.duplicates,
         paused_until=timestamp(flow.paused_until),
     )
 

@@ -199,6 +199,10 @@ def demo_settings(settings: Settings, data_dir: Path | None) -> tuple[Settings, 
             data_dir=data_dir,
             linger_seconds=0.2,
             marketo_window_seconds=2.0,
+            # The tour follows the streaming path batch by batch (its progress bar moves); a
+            # backlog this size would otherwise go through one bulk import, polled every few
+            # seconds (bench/backfill.py shows that path).
+            bulk_threshold=0,
         ),
         holder,
     )

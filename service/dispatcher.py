@@ -32,7 +32,7 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,6 +103,10 @@ class _FieldTypes:
     fetched_at: float
 
 
+UNPACK_STEP = 5_000
+"""Most updates one unpack transaction decodes into the outbox."""
+
+
 @dataclass(slots=True)
 class _Drainer:
     instance_key: str
@@ -137,6 +141,7 @@ class Dispatcher:
         *,
         alerts: AlertMonitor,
         holder: str,
+        decode: Callable[[bytes], Sequence[ProfileUpdate]],
         batch_size: int = 300,
         linger: float = 1.0,
         lease_ttl: timedelta = timedelta(seconds=30),
@@ -151,7 +156,8 @@ class Dispatcher:
         bulk_policy: BulkPolicy | None = None,
         idle_hold: float = 0.0,
     ) -> None:
-        """`holder` names this replica in leases; `linger` (s) is how long a partial batch waits
+        """`holder` names this replica in leases; `decode` turns an inbox batch (as Sync stored
+        it) into updates; `linger` (s) is how long a partial batch waits
         for more updates; `poll_interval` (s) how often due work (e.g. retries coming due) is
         looked for; `field_types_ttl` (s) how long an instance's lead schema is cached; `clock`
         (epoch seconds and sleep) drives every wait, so tests need no real sleeping.
@@ -167,6 +173,7 @@ class Dispatcher:
         self._registry = registry
         self._alerts = alerts
         self._holder = holder
+        self._decode = decode
         self._batch_size = batch_size
         self._bulk_threshold = max(bulk_threshold, 0)
         self._bulk_batch_size = max(bulk_batch_size, batch_size)
@@ -258,8 +265,8 @@ class Dispatcher:
         lease = await self._lease(instance_key)
         if lease is None:
             return 0
-        entries = await self._store.claim_due(instance_key, self._batch_size, now=self._now())
-        entries = await self._widen(instance_key, entries)
+        entries = await self._claim(lease, self._batch_size)
+        entries = await self._widen(lease, entries)
         if entries:
             await self._deliver(instance_key, lease, entries)
         return len(entries)
@@ -373,12 +380,19 @@ class Dispatcher:
 
     async def _next_batch(self, drainer: _Drainer) -> list[OutboxEntry]:
         """Claim a batch; a partial batch of young entries lingers for more."""
-        key = drainer.instance_key
         while True:
             drainer.wake.clear()
-            entries = await self._store.claim_due(key, self._batch_size, now=self._now())
-            if len(entries) >= self._batch_size:
-                return await self._widen(key, entries)
+            lease = drainer.lease
+            if lease is None:
+                return []
+            try:
+                entries = await self._claim(lease, self._batch_size)
+                if len(entries) >= self._batch_size:
+                    return await self._widen(lease, entries)
+            except FencingError as error:
+                log.warning("drainer of %s lost its lease: %s", drainer.instance_key, error)
+                drainer.lost = True
+                return []
             if not entries or drainer.stopping:
                 return entries
             deadline = min(entry.enqueued_at for entry in entries) + self._linger
@@ -389,7 +403,20 @@ class Dispatcher:
             if drainer.lost:
                 return []
 
-    async def _widen(self, instance_key: str, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+    async def _claim(self, lease: Lease, limit: int) -> list[OutboxEntry]:
+        """Up to `limit` due entries, unpacking inbox batches first while fewer are due (a few
+        thousand per transaction, so appends never wait long behind a bulk-sized unpack)."""
+        target = min(limit, UNPACK_STEP)
+        while (
+            await self._store.unpack(
+                lease.instance_key, self._decode, target, fencing=lease.generation, now=self._now()
+            )
+            and target < limit
+        ):
+            target = min(limit, target + UNPACK_STEP)
+        return await self._store.claim_due(lease.instance_key, limit, now=self._now())
+
+    async def _widen(self, lease: Lease, entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """A full batch becomes a bulk-sized one when a destination in it has a bulk backlog."""
         if (
             not self._bulk_threshold
@@ -400,9 +427,7 @@ class Dispatcher:
         for destination_id in sorted({entry.destination_id for entry in entries}):
             stats = await self._store.pending_stats(destination_id)
             if stats.count >= self._bulk_threshold:
-                return await self._store.claim_due(
-                    instance_key, self._bulk_batch_size, now=self._now()
-                )
+                return await self._claim(lease, self._bulk_batch_size)
         return entries
 
     async def _lease(self, instance_key: str) -> Lease | None:

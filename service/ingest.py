@@ -1,7 +1,8 @@
-"""Sync ingestion: validate each update, append the good ones to the durable outbox.
+"""Sync ingestion: check each update, append the good ones, still encoded, to the durable inbox.
 
-A request is acknowledged only after its accepted updates are committed (the store
-group-commits concurrent streams). Bad updates are rejected one by one; the rest go on.
+A request is acknowledged only after its accepted updates are committed, as one inbox batch (the
+store group-commits concurrent streams); the dispatcher decodes them when it delivers them. Bad
+updates are rejected one by one; the rest go on.
 Back-pressure: while a destination's backlog is above the bound, the next request waits
 (HTTP/2 flow control slows the caller); past `max_wait` it is refused with RESOURCE_EXHAUSTED.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 from service.access import current_principal
 from service.domain import ProfileUpdate
@@ -28,6 +30,30 @@ class IndexedUpdate:
     update: ProfileUpdate
 
 
+IndexedAudiences = tuple[int, tuple[str, ...]]
+"""The index of an update in its request and the audiences it names."""
+
+
+class WireUpdates(Protocol):
+    """The updates of one Sync request that passed their own checks, still encoded as the
+    caller sent them: the inbox keeps them that way (converting them costs more than all the
+    rest of ingest) and the dispatcher decodes them when it delivers them."""
+
+    @property
+    def count(self) -> int:
+        """How many updates passed their checks."""
+        ...
+
+    @property
+    def memberships(self) -> Sequence[IndexedAudiences]:
+        """The index and audiences of each of them that names audiences, in request order."""
+        ...
+
+    def encode(self, dropped: Collection[int] = ()) -> bytes:
+        """The updates, less those whose index is in `dropped`, as one inbox batch."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     index: int
@@ -37,7 +63,6 @@ class Rejected:
 @dataclass(frozen=True, slots=True)
 class SyncAck:
     accepted: int
-    duplicates: int
     last_sequence: int
     rejected: tuple[Rejected, ...] = field(default=())
 
@@ -49,26 +74,37 @@ class _Destination:
     fetched_at: float
 
 
+@dataclass(slots=True)
+class _Backlog:
+    count: int
+    """Pending updates as last read from the store, plus those appended here since."""
+    read_at: float
+
+
 def check_audiences(
-    updates: Sequence[IndexedUpdate], active: frozenset[str]
-) -> tuple[list[ProfileUpdate], tuple[Rejected, ...]]:
-    """Split updates into those whose memberships name active audiences and the rest."""
-    good: list[ProfileUpdate] = []
+    updates: Iterable[IndexedAudiences], active: frozenset[str]
+) -> tuple[set[int], tuple[Rejected, ...]]:
+    """The indexes of updates naming an audience that is not active, and their rejections."""
+    dropped: set[int] = set()
     rejected: list[Rejected] = []
-    for item in updates:
-        unknown = tuple(
-            FieldViolation(
-                f"updates[{item.index}].audiences[{position}].audience_id",
-                f"audience {membership.audience_id!r} is not active on this destination",
+    for index, audience_ids in updates:
+        if active.issuperset(audience_ids):
+            continue
+        dropped.add(index)
+        rejected.append(
+            Rejected(
+                index,
+                tuple(
+                    FieldViolation(
+                        f"updates[{index}].audiences[{position}].audience_id",
+                        f"audience {audience_id!r} is not active on this destination",
+                    )
+                    for position, audience_id in enumerate(audience_ids)
+                    if audience_id not in active
+                ),
             )
-            for position, membership in enumerate(item.update.memberships)
-            if membership.audience_id not in active
         )
-        if unknown:
-            rejected.append(Rejected(item.index, unknown))
-        else:
-            good.append(item.update)
-    return good, tuple(rejected)
+    return dropped, tuple(rejected)
 
 
 class Ingest:
@@ -91,10 +127,9 @@ class Ingest:
         self._trace_context = trace_context
         self._cache_seconds = cache_seconds
         self._destinations: dict[tuple[str, str], _Destination] = {}
+        self._backlogs: dict[str, _Backlog] = {}
 
-    async def submit(
-        self, destination_id: str, updates: Sequence[IndexedUpdate]
-    ) -> Awaitable[SyncAck]:
+    async def submit(self, destination_id: str, updates: WireUpdates) -> Awaitable[SyncAck]:
         """Check the updates and queue them for the next commit; await the result for the ack.
 
         Calls made one after another are committed in that order (a stream's order), while
@@ -102,15 +137,20 @@ class Ingest:
         """
         destination = await self._destination(destination_id)
         await self._wait_for_room(destination_id)
-        good, rejected = check_audiences(updates, destination.audiences)
-        if not good:
+        dropped, rejected = check_audiences(updates.memberships, destination.audiences)
+        count = updates.count - len(dropped)
+        if not count:
             done: asyncio.Future[SyncAck] = asyncio.get_running_loop().create_future()
-            done.set_result(SyncAck(0, 0, 0, rejected))
+            done.set_result(SyncAck(0, 0, rejected))
             return done
         # The store queues the append in the task's first step, before anything started later.
         appended = asyncio.ensure_future(
             self._store.append(
-                destination_id, destination.instance_key, good, self._trace_context()
+                destination_id,
+                destination.instance_key,
+                updates.encode(dropped),
+                count,
+                self._trace_context(),
             )
         )
         return self._acknowledge(appended, destination_id, destination.instance_key, rejected)
@@ -123,14 +163,11 @@ class Ingest:
         rejected: tuple[Rejected, ...],
     ) -> SyncAck:
         result = await appended
-        if result.accepted:
-            self._notify(instance_key, destination_id)
-        return SyncAck(
-            accepted=result.accepted + result.duplicates,
-            duplicates=result.duplicates,
-            last_sequence=result.last_sequence,
-            rejected=rejected,
-        )
+        backlog = self._backlogs.get(destination_id)
+        if backlog is not None:
+            backlog.count += result.count
+        self._notify(instance_key, destination_id)
+        return SyncAck(accepted=result.count, last_sequence=result.sequence, rejected=rejected)
 
     async def _destination(self, destination_id: str) -> _Destination:
         tenant = current_principal().tenant
@@ -153,9 +190,12 @@ class Ingest:
         return fresh
 
     async def _wait_for_room(self, destination_id: str) -> None:
+        """Wait while the destination's backlog is at the bound. The backlog is read from the
+        store at most every `cache_seconds` / 4 (other replicas append too) and counted here in
+        between, so a request costs no read."""
         deadline = time.monotonic() + self._max_wait.total_seconds()
         delay = 0.05
-        while (await self._store.pending_stats(destination_id)).count >= self._max_backlog:
+        while await self._backlog(destination_id) >= self._max_backlog:
             if time.monotonic() >= deadline:
                 raise ResourceExhausted(
                     f"destination {destination_id!r} has {self._max_backlog} or more updates "
@@ -164,3 +204,11 @@ class Ingest:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+            self._backlogs.pop(destination_id, None)  # read it again
+
+    async def _backlog(self, destination_id: str) -> int:
+        known = self._backlogs.get(destination_id)
+        if known is None or time.monotonic() - known.read_at >= self._cache_seconds / 4:
+            stats = await self._store.pending_stats(destination_id)
+            known = self._backlogs[destination_id] = _Backlog(stats.count, time.monotonic())
+        return known.count

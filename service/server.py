@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2, destination_pb2_grpc
 from service.access import (
     PUBLIC_SERVICES,
@@ -42,6 +43,42 @@ SERVICE_NAME: str = destination_pb2.DESCRIPTOR.services_by_name[
     "MarketoDestinationService"
 ].full_name
 """Fully qualified name of the v1 service: ``marketo_destination.v1.MarketoDestinationService``."""
+
+
+class _Handlers:
+    """Collects the handlers the generated registration function would add to a server."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        pass  # the same methods come again through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, methods: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.service, self.methods = service, dict(methods)
+
+
+def _add_servicer(servicer: MarketoDestinationServicer, server: grpc.aio.Server) -> None:
+    """Register the v1 service as generated, except that Sync reads its requests as
+    `SyncRequestView` (wire-compatible; profiles and memberships stay bytes until delivery)."""
+    handlers = _Handlers()
+    destination_pb2_grpc.add_MarketoDestinationServiceServicer_to_server(servicer, handlers)
+    assert handlers.service == SERVICE_NAME and "Sync" in handlers.methods
+    handlers.methods["Sync"] = grpc.stream_stream_rpc_method_handler(
+        servicer.Sync,
+        request_deserializer=ingest_pb2.SyncRequestView.FromString,
+        response_serializer=destination_pb2.SyncResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers.methods),)
+    )
+    # Registered methods skip the generic lookup per call (what the generated function does too).
+    server.add_registered_method_handlers(SERVICE_NAME, handlers.methods)  # type: ignore[attr-defined]
 
 
 class StartupError(RuntimeError):
@@ -103,7 +140,7 @@ async def build_server(
     # Without SO_REUSEPORT a second instance on the same port fails instead of sharing it.
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
 
-    destination_pb2_grpc.add_MarketoDestinationServiceServicer_to_server(servicer, server)
+    _add_servicer(servicer, server)
     if health_servicer is None:
         health_servicer = new_health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from service import convert
+from service._proto.marketo_destination.internal.v1 import ingest_pb2 as ingest_pb
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.app import Application
 from service.ingest import Rejected, SyncAck
@@ -97,11 +98,14 @@ class MarketoDestinationServicer:
         return pb.DeactivateResponse(audience_ids=audience_ids)
 
     async def Sync(
-        self, request_iterator: AsyncIterator[pb.SyncRequest], context: _Context
+        self, request_iterator: AsyncIterator[ingest_pb.SyncRequestView], context: _Context
     ) -> AsyncIterator[pb.SyncResponse]:
+        """Requests arrive as `SyncRequestView`s (see `service.server`): their updates are
+        checked and stored without building their profiles."""
+
         async def acknowledgements() -> AsyncIterator[Awaitable[pb.SyncResponse]]:
             async for request in request_iterator:
-                updates, rejected = convert.updates(request.updates, datetime.now(UTC))
+                updates, rejected = convert.sync_updates(request, datetime.now(UTC))
                 committed = await self._app.ingest.submit(request.destination_id, updates)
                 yield self._respond(request.request_id, committed, rejected)
 

@@ -31,7 +31,8 @@ async def in_order(works: AsyncIterator[Awaitable[T]], depth: int) -> AsyncItera
 
     taker = asyncio.create_task(take())
     try:
-        while (future := await _next(queue, taker)) is not None:
+        # `take` always ends the queue with None, whether the source ran out or failed.
+        while (future := await queue.get()) is not None:
             result = await future
             slots.release()
             yield result
@@ -42,15 +43,3 @@ async def in_order(works: AsyncIterator[Awaitable[T]], depth: int) -> AsyncItera
             pending = queue.get_nowait()
             if pending is not None:
                 pending.cancel()
-
-
-async def _next(
-    queue: asyncio.Queue[asyncio.Future[T] | None], taker: asyncio.Task[None]
-) -> asyncio.Future[T] | None:
-    """The next queued work, or None once the source is exhausted (or failed)."""
-    getter = asyncio.ensure_future(queue.get())
-    done, _ = await asyncio.wait({getter, taker}, return_when=asyncio.FIRST_COMPLETED)
-    if getter in done:
-        return getter.result()
-    getter.cancel()
-    return None if queue.empty() else queue.get_nowait()

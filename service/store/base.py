@@ -17,6 +17,7 @@ Conventions every implementation follows:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "StoreError",
     "VersionConflict",
     "Watermark",
+    "settle_appends",
 ]
 
 T = TypeVar("T")
@@ -172,12 +174,10 @@ class ActivationRecord:
 class AppendResult:
     """What `Store.append` committed."""
 
-    accepted: int
-    """Updates newly stored."""
-    duplicates: int
-    """Updates already stored (or already delivered) under the same update id."""
-    last_sequence: int
-    """Highest sequence number given to an accepted update of this call; 0 when none."""
+    count: int
+    """Updates in the batch."""
+    sequence: int
+    """The batch's number in the inbox: higher for every later commit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +259,8 @@ class Dataflow:
     failed: Mapping[str, int]
     """Failed updates by Marketo code (the outcome's `marketo_code`, else "unknown")."""
     superseded: int
+    duplicates: int
+    """Updates re-sent after they were accepted (same update id), recognised and dropped."""
     pending: int
     oldest_pending_age: timedelta | None
     runs: tuple[DataflowRun, ...]
@@ -291,6 +293,23 @@ class Lease:
 
 
 CommitListener = Callable[[str], None]
+
+
+def settle_appends(
+    futures: Sequence[asyncio.Future[AppendResult]],
+    results: Sequence[AppendResult | Exception],
+) -> None:
+    """Answer each caller of a committed append group with its result (a store helper). A
+    caller that gave up meanwhile is skipped: its batch is stored anyway."""
+    for future, result in zip(futures, results, strict=True):
+        if future.done():
+            continue
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
 """Called with the operation name ("append", "retire", ...) after each committed transaction.
 
 It runs on the store's writer thread: keep it quick and thread-safe. For tests and metrics.
@@ -382,13 +401,34 @@ class Store(Protocol):
         self,
         destination_id: str,
         instance_key: str,
-        updates: Sequence[ProfileUpdate],
+        body: bytes,
+        count: int,
         trace_context: str | None = None,
     ) -> AppendResult:
-        """Durably queue updates; returns only after the commit.
+        """Durably queue a batch of `count` encoded updates; returns only after the commit.
 
-        Idempotent on (destination_id, update_id), including updates already delivered.
-        Concurrent calls are group-committed. Counts "received". Raises DestinationNotFound.
+        The batch goes to the inbox as it is, one row (ingest never converts an update); the
+        drainer of the instance unpacks it into outbox entries (`unpack`) when it needs them.
+        Concurrent calls are group-committed. Counts "received" and pending. Raises
+        DestinationNotFound.
+        """
+        ...
+
+    async def unpack(
+        self,
+        instance_key: str,
+        decode: Callable[[bytes], Sequence[ProfileUpdate]],
+        limit: int,
+        *,
+        fencing: int | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
+        entries of it are due; returns how many updates were unpacked.
+
+        Idempotent on (destination_id, update_id): an update already in the outbox or already
+        delivered is dropped here and counted as a duplicate. Entries keep their batch's enqueue
+        time and trace context, and come after every entry unpacked before.
         """
         ...
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,6 +58,7 @@ from service.store.base import (
     StoreError,
     VersionConflict,
     Watermark,
+    settle_appends,
 )
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
 from service.store.rows import (
@@ -135,7 +136,8 @@ async def apply_migrations(connection: Connection, migrations: Sequence[Migratio
 class _Append:
     destination_id: str
     instance_key: str
-    updates: Sequence[ProfileUpdate]
+    body: bytes
+    count: int
     trace_context: str | None
     future: asyncio.Future[AppendResult]
 
@@ -174,6 +176,7 @@ _UPSERT_WATERMARKS = (
 _BUSY_INSTANCES = (
     "SELECT instance_key FROM outbox_instances i WHERE EXISTS (SELECT 1 FROM outbox o "
     "WHERE o.instance_key = i.instance_key AND o.not_before <= %(now)s) "
+    "OR EXISTS (SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key) "
     "UNION SELECT instance_key FROM instance_leases WHERE expires_at > %(now)s"
 )
 
@@ -197,7 +200,7 @@ class PostgresStore:
         self._max_group_rows = max_group_rows
         self._fair_leases = fair_leases
         self._listeners: list[CommitListener] = []
-        self._queue: list[_Append] = []
+        self._queue: deque[_Append] = deque()
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
@@ -538,14 +541,17 @@ class PostgresStore:
         self,
         destination_id: str,
         instance_key: str,
-        updates: Sequence[ProfileUpdate],
+        body: bytes,
+        count: int,
         trace_context: str | None = None,
     ) -> AppendResult:
-        """Durably queue updates; returns after the transaction holding them has committed."""
+        """Durably queue a batch; returns after the transaction holding it has committed."""
         if self._closed:
             raise StoreError("the store is closed")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Append(destination_id, instance_key, updates, trace_context, future))
+        self._queue.append(
+            _Append(destination_id, instance_key, body, count, trace_context, future)
+        )
         self._wakeup.set()
         return await future
 
@@ -555,34 +561,25 @@ class PostgresStore:
             self._wakeup.clear()
             while self._queue:
                 group = self._take_group()
+                results: list[AppendResult | Exception]
                 try:
                     results = await self._transaction(partial(self._append_group, group))
                 except Exception as error:
-                    for item in group:
-                        if not item.future.done():
-                            item.future.set_exception(error)
-                    continue
-                for listener in self._listeners:
-                    listener("append")
-                for item, result in zip(group, results, strict=True):
-                    if item.future.done():  # the caller was cancelled; its rows are stored anyway
-                        continue
-                    if isinstance(result, Exception):
-                        item.future.set_exception(result)
-                    else:
-                        item.future.set_result(result)
+                    results = [error] * len(group)
+                else:
+                    for listener in self._listeners:
+                        listener("append")
+                settle_appends([item.future for item in group], results)
             if self._closed:
                 return
 
     def _take_group(self) -> list[_Append]:
         group: list[_Append] = []
         rows = 0
-        while self._queue and (
-            not group or rows + len(self._queue[0].updates) <= self._max_group_rows
-        ):
-            item = self._queue.pop(0)
+        while self._queue and (not group or rows + self._queue[0].count <= self._max_group_rows):
+            item = self._queue.popleft()
             group.append(item)
-            rows += len(item.updates)
+            rows += item.count
         return group
 
     async def _append_group(
@@ -602,38 +599,22 @@ class PostgresStore:
             if item.destination_id not in known:
                 results.append(DestinationNotFound(item.destination_id))
                 continue
-            delivered = await _delivered(
-                connection, item.destination_id, [update.update_id for update in item.updates]
+            cursor = await connection.execute(
+                "INSERT INTO inbox (destination_id, instance_key, count, body, trace_context, "
+                "enqueued_at) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (
+                    item.destination_id,
+                    item.instance_key,
+                    item.count,
+                    item.body,
+                    item.trace_context,
+                    now,
+                ),
             )
-            fresh = [update for update in item.updates if update.update_id not in delivered]
-            try:
-                columns = _outbox_columns(fresh)
-            except (TypeError, ValueError) as error:
-                # A payload that is not JSON fails its own call only.
-                results.append(ValueError(f"update payload is not JSON-serializable: {error}"))
-                continue
-            sequences: list[int] = []
-            if fresh:
-                cursor = await connection.execute(
-                    _INSERT_OUTBOX,
-                    (
-                        item.destination_id,
-                        item.instance_key,
-                        item.trace_context,
-                        now,
-                        now,
-                        *columns,
-                    ),
-                    binary=True,
-                )
-                sequences = [row[0] for row in await cursor.fetchall()]
-            accepted = len(sequences)
-            if accepted:
-                received[item.destination_id] += accepted
-                instances.add(item.instance_key)
-            results.append(
-                AppendResult(accepted, len(item.updates) - accepted, max(sequences, default=0))
-            )
+            row = await cursor.fetchone()
+            received[item.destination_id] += item.count
+            instances.add(item.instance_key)
+            results.append(AppendResult(item.count, row[0] if row is not None else 0))
         # Rows are locked in a fixed order (destinations, then instances, sorted) so concurrent
         # groups of other replicas and retires cannot deadlock with this one.
         for destination_id in sorted(received):
@@ -651,6 +632,78 @@ class PostgresStore:
                 (instance_key,),
             )
         return results
+
+    async def unpack(
+        self,
+        instance_key: str,
+        decode: Callable[[bytes], Sequence[ProfileUpdate]],
+        limit: int,
+        *,
+        fencing: int | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
+        entries are due."""
+        current = self._now(now)
+        hour = current - current % HOUR_US
+
+        async def work(connection: Connection) -> int:
+            if fencing is not None:
+                await _check_fencing(connection, {instance_key}, fencing)
+            cursor = await connection.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM outbox "
+                "WHERE instance_key = %s AND not_before <= %s LIMIT %s) AS due",
+                (instance_key, current, limit),
+            )
+            row = await cursor.fetchone()
+            due = row[0] if row is not None else 0
+            unpacked = 0
+            duplicates: Counter[str] = Counter()
+            while due + unpacked < limit:
+                # SKIP LOCKED: a batch still being unpacked by a fenced-out holder is left alone.
+                cursor = await connection.execute(
+                    "DELETE FROM inbox WHERE id = (SELECT id FROM inbox WHERE instance_key = %s "
+                    "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                    "RETURNING destination_id, body, trace_context, enqueued_at",
+                    (instance_key,),
+                )
+                batch = await cursor.fetchone()
+                if batch is None:
+                    break
+                destination_id, body, trace_context, enqueued_at = batch
+                updates = decode(bytes(body))
+                delivered = await _delivered(
+                    connection, destination_id, [update.update_id for update in updates]
+                )
+                fresh = [update for update in updates if update.update_id not in delivered]
+                stored = 0
+                if fresh:
+                    cursor = await connection.execute(
+                        _INSERT_OUTBOX,
+                        (
+                            destination_id,
+                            instance_key,
+                            trace_context,
+                            enqueued_at,
+                            enqueued_at,
+                            *_outbox_columns(fresh),
+                        ),
+                        binary=True,
+                    )
+                    stored = len(await cursor.fetchall())
+                unpacked += stored
+                duplicates[destination_id] += len(updates) - stored
+            # Rows are locked in a fixed order, as append does, so the two cannot deadlock.
+            for destination_id, count in sorted(duplicates.items()):
+                if count:
+                    await connection.execute(
+                        "UPDATE destinations SET pending = pending - %s WHERE id = %s",
+                        (count, destination_id),
+                    )
+                    await _add_counts(connection, destination_id, hour, Counts(duplicates=count))
+            return unpacked
+
+        return await self._write("unpack", work)
 
     # -- outbox: draining -----------------------------------------------------------------------
 
@@ -800,7 +853,9 @@ class PostgresStore:
             cursor = await connection.execute(
                 "SELECT instance_key FROM outbox_instances i WHERE EXISTS ("
                 "SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
-                "AND o.not_before <= %s) ORDER BY instance_key",
+                "AND o.not_before <= %s) OR EXISTS ("
+                "SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key) "
+                "ORDER BY instance_key",
                 (due,),
             )
             return [row[0] for row in await cursor.fetchall()]
@@ -1154,11 +1209,19 @@ async def _pending_stats(connection: Connection, destination_id: str) -> Pending
     row = await cursor.fetchone()
     if row is None:
         raise DestinationNotFound(destination_id)
+    # The outbox holds what was unpacked, the inbox what came after: the oldest is in the
+    # outbox when it has any entry of the destination.
     cursor = await connection.execute(
         "SELECT enqueued_at FROM outbox WHERE destination_id = %s ORDER BY sequence LIMIT 1",
         (destination_id,),
     )
     oldest = await cursor.fetchone()
+    if oldest is None:
+        cursor = await connection.execute(
+            "SELECT enqueued_at FROM inbox WHERE destination_id = %s ORDER BY id LIMIT 1",
+            (destination_id,),
+        )
+        oldest = await cursor.fetchone()
     return PendingStats(row[0], from_micros(oldest[0]) if oldest is not None else None)
 
 

@@ -66,6 +66,7 @@ class Counts:
     excluded: int = 0
     failed: int = 0
     superseded: int = 0
+    duplicates: int = 0
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
@@ -79,6 +80,7 @@ COUNT_COLUMNS = (
     "excluded",
     "failed",
     "superseded",
+    "duplicates",
 )
 
 
@@ -296,6 +298,7 @@ def build_dataflow(
         excluded=dict(reasons["excluded"]),
         failed=dict(reasons["failed"]),
         superseded=total["superseded"],
+        duplicates=total["duplicates"],
         pending=pending.count,
         oldest_pending_age=oldest_age,
         runs=tuple(runs),

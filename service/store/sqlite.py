@@ -17,7 +17,7 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +52,7 @@ from service.store.base import (
     StoreError,
     VersionConflict,
     Watermark,
+    settle_appends,
 )
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
 from service.store.rows import (
@@ -130,13 +131,18 @@ def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migrat
 class _Append:
     destination_id: str
     instance_key: str
-    updates: Sequence[ProfileUpdate]
+    body: bytes
+    count: int
     trace_context: str | None
     future: asyncio.Future[AppendResult]
 
 
-# Idempotent on (destination_id, update_id); `_append_group` first drops updates already delivered
+# Idempotent on (destination_id, update_id); `unpack` first drops updates already delivered
 # (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
+GROUPS_PER_TURN = 16
+"""Append groups the writer thread commits back to back before other writes get their turn."""
+
+
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (destination_id, instance_key, update_id, profile_id, event_time, "
     "payload, trace_context, enqueued_at, not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -172,7 +178,7 @@ class SqliteStore:
         self._reader_lock = threading.Lock()
         self._write_connection: sqlite3.Connection | None = None
         self._listeners: list[CommitListener] = []
-        self._queue: list[_Append] = []
+        self._queue: deque[_Append] = deque()
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
@@ -570,14 +576,17 @@ class SqliteStore:
         self,
         destination_id: str,
         instance_key: str,
-        updates: Sequence[ProfileUpdate],
+        body: bytes,
+        count: int,
         trace_context: str | None = None,
     ) -> AppendResult:
-        """Durably queue updates; returns after the transaction holding them has committed."""
+        """Durably queue a batch; returns after the transaction holding it has committed."""
         if self._closed:
             raise StoreError("the store is closed")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Append(destination_id, instance_key, updates, trace_context, future))
+        self._queue.append(
+            _Append(destination_id, instance_key, body, count, trace_context, future)
+        )
         self._wakeup.set()
         return await future
 
@@ -587,38 +596,35 @@ class SqliteStore:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                group = self._take_group()
-                try:
-                    results = await loop.run_in_executor(
-                        self._writer,
-                        self._transaction,
-                        "append",
-                        partial(self._append_group, group),
-                    )
-                except Exception as error:
-                    for item in group:
-                        if not item.future.done():
-                            item.future.set_exception(error)
-                    continue
-                for item, result in zip(group, results, strict=True):
-                    if item.future.done():  # the caller was cancelled; its rows are stored anyway
-                        continue
-                    if isinstance(result, Exception):
-                        item.future.set_exception(result)
-                    else:
-                        item.future.set_result(result)
+                await loop.run_in_executor(self._writer, self._commit_groups, loop)
             if self._closed:
                 return
 
+    def _commit_groups(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the writer thread: commit queued appends group after group, each group's callers
+        answered as soon as it is durable. The next group starts right after a commit, without a
+        round trip through the event loop; after `GROUPS_PER_TURN` groups other writes get their
+        turn."""
+        for _ in range(GROUPS_PER_TURN):
+            group = self._take_group()
+            if not group:
+                return
+            results: list[AppendResult | Exception]
+            try:
+                results = self._transaction("append", partial(self._append_group, group))
+            except Exception as error:
+                results = [error] * len(group)
+            loop.call_soon_threadsafe(settle_appends, [item.future for item in group], results)
+
     def _take_group(self) -> list[_Append]:
+        """The oldest queued appends, up to `max_group_rows` updates (called by the writer thread
+        while the event loop appends: deque's append and popleft are thread-safe)."""
         group: list[_Append] = []
         rows = 0
-        while self._queue and (
-            not group or rows + len(self._queue[0].updates) <= self._max_group_rows
-        ):
-            item = self._queue.pop(0)
+        while self._queue and (not group or rows + self._queue[0].count <= self._max_group_rows):
+            item = self._queue.popleft()
             group.append(item)
-            rows += len(item.updates)
+            rows += item.count
         return group
 
     def _append_group(
@@ -641,28 +647,21 @@ class SqliteStore:
             if not known[item.destination_id]:
                 results.append(DestinationNotFound(item.destination_id))
                 continue
-            try:
-                rows = [
-                    _outbox_params(
-                        item.destination_id, item.instance_key, update, item.trace_context, now
-                    )
-                    for update in item.updates
-                ]
-            except (TypeError, ValueError) as error:
-                # A payload that is not JSON fails its own call only.
-                results.append(ValueError(f"update payload is not JSON-serializable: {error}"))
-                continue
-            delivered = _delivered(connection, item.destination_id, [row[2] for row in rows])
-            fresh = [row for row in rows if row[2] not in delivered] if delivered else rows
-            accepted = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
-            last_sequence = 0
-            if accepted:
-                # Skipped duplicates leave last_insert_rowid() alone, so it is this call's last row.
-                last_sequence = connection.execute("SELECT last_insert_rowid()").fetchone()[0]
-            if accepted:
-                received[item.destination_id] += accepted
-                instances.add(item.instance_key)
-            results.append(AppendResult(accepted, len(rows) - accepted, last_sequence))
+            cursor = connection.execute(
+                "INSERT INTO inbox (destination_id, instance_key, count, body, trace_context, "
+                "enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    item.destination_id,
+                    item.instance_key,
+                    item.count,
+                    item.body,
+                    item.trace_context,
+                    now,
+                ),
+            )
+            received[item.destination_id] += item.count
+            instances.add(item.instance_key)
+            results.append(AppendResult(item.count, cursor.lastrowid or 0))
         for destination_id, count in received.items():
             connection.execute(
                 "UPDATE destinations SET pending = pending + ? WHERE id = ?",
@@ -676,6 +675,60 @@ class SqliteStore:
                 (instance_key,),
             )
         return results
+
+    async def unpack(
+        self,
+        instance_key: str,
+        decode: Callable[[bytes], Sequence[ProfileUpdate]],
+        limit: int,
+        *,
+        fencing: int | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
+        entries are due (decoding runs in the writer thread, inside the transaction)."""
+        current = self._now(now)
+        hour = current - current % HOUR_US
+
+        def work(connection: sqlite3.Connection) -> int:
+            if fencing is not None:
+                _check_fencing(connection, {instance_key}, fencing)
+            due = connection.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM outbox "
+                "WHERE instance_key = ? AND not_before <= ? LIMIT ?)",
+                (instance_key, current, limit),
+            ).fetchone()[0]
+            unpacked = 0
+            duplicates: Counter[str] = Counter()
+            while due + unpacked < limit:
+                batch = connection.execute(
+                    "SELECT id, destination_id, body, trace_context, enqueued_at FROM inbox "
+                    "WHERE instance_key = ? ORDER BY id LIMIT 1",
+                    (instance_key,),
+                ).fetchone()
+                if batch is None:
+                    break
+                batch_id, destination_id, body, trace_context, enqueued_at = batch
+                connection.execute("DELETE FROM inbox WHERE id = ?", (batch_id,))
+                rows = [
+                    _outbox_params(destination_id, instance_key, update, trace_context, enqueued_at)
+                    for update in decode(body)
+                ]
+                delivered = _delivered(connection, destination_id, [row[2] for row in rows])
+                fresh = [row for row in rows if row[2] not in delivered] if delivered else rows
+                stored = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
+                unpacked += stored
+                duplicates[destination_id] += len(rows) - stored
+            for destination_id, count in sorted(duplicates.items()):
+                if count:
+                    connection.execute(
+                        "UPDATE destinations SET pending = pending - ? WHERE id = ?",
+                        (count, destination_id),
+                    )
+                    _add_counts(connection, destination_id, hour, Counts(duplicates=count))
+            return unpacked
+
+        return await self._write("unpack", work)
 
     # -- outbox: draining -----------------------------------------------------------------------
 
@@ -824,7 +877,9 @@ class SqliteStore:
             rows = connection.execute(
                 "SELECT instance_key FROM outbox_instances i WHERE EXISTS ("
                 "SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
-                "AND o.not_before <= ?) ORDER BY instance_key",
+                "AND o.not_before <= ?) OR EXISTS ("
+                "SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key) "
+                "ORDER BY instance_key",
                 (due,),
             )
             return [row[0] for row in rows]
@@ -1081,8 +1136,9 @@ class SqliteStore:
             instances, replicas = connection.execute(
                 "SELECT (SELECT COUNT(*) FROM (SELECT instance_key FROM outbox_instances i "
                 "WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
-                "AND o.not_before <= ?) UNION SELECT instance_key FROM instance_leases "
-                "WHERE expires_at > ?)), "
+                "AND o.not_before <= ?) OR EXISTS (SELECT 1 FROM inbox b "
+                "WHERE b.instance_key = i.instance_key) "
+                "UNION SELECT instance_key FROM instance_leases WHERE expires_at > ?)), "
                 "(SELECT COUNT(*) FROM replicas WHERE expires_at > ? AND holder <> ?)",
                 (current, current, current, holder),
             ).fetchone()
@@ -1108,7 +1164,7 @@ def _outbox_params(
     instance_key: str,
     update: ProfileUpdate,
     trace_context: str | None,
-    now: int,
+    enqueued_at: int,
 ) -> tuple[Any, ...]:
     payload = dumps(
         {
@@ -1124,8 +1180,8 @@ def _outbox_params(
         to_micros(update.event_time),
         payload,
         trace_context,
-        now,
-        now,
+        enqueued_at,
+        enqueued_at,
     )
 
 
@@ -1198,10 +1254,18 @@ def _pending_stats(connection: sqlite3.Connection, destination_id: str) -> Pendi
     ).fetchone()
     if row is None:
         raise DestinationNotFound(destination_id)
-    oldest = connection.execute(
-        "SELECT enqueued_at FROM outbox WHERE destination_id = ? ORDER BY sequence LIMIT 1",
-        (destination_id,),
-    ).fetchone()
+    # The outbox holds what was unpacked, the inbox what came after: the oldest is in the
+    # outbox when it has any entry of the destination.
+    oldest = (
+        connection.execute(
+            "SELECT enqueued_at FROM outbox WHERE destination_id = ? ORDER BY sequence LIMIT 1",
+            (destination_id,),
+        ).fetchone()
+        or connection.execute(
+            "SELECT enqueued_at FROM inbox WHERE destination_id = ? ORDER BY id LIMIT 1",
+            (destination_id,),
+        ).fetchone()
+    )
     return PendingStats(row[0], from_micros(oldest[0]) if oldest is not None else None)
 
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
+from service import convert
 from service.alerts import AlertMonitor, WebhookSettings
 from service.connections import LimitSettings, MarketoConnections
 from service.destinations import spec_to_json
@@ -194,7 +195,12 @@ class Env:
         }
         settings.update(options)
         dispatcher = Dispatcher(
-            store or self.store, self.connections, self.registry, alerts=self.alerts, **settings
+            store or self.store,
+            self.connections,
+            self.registry,
+            alerts=self.alerts,
+            decode=convert.decode_updates,
+            **settings,
         )
         self.dispatchers.append(dispatcher)
         return dispatcher
@@ -250,15 +256,23 @@ class Env:
         return await self.store.get_destination(record.id, tenant=None)
 
     async def append(self, destination_id: str, updates: Sequence[ProfileUpdate]) -> None:
-        result = await self.store.append(destination_id, self.instance_key, updates)
-        assert result.accepted == len(updates)
+        body = convert.encode_updates(updates)
+        result = await self.store.append(destination_id, self.instance_key, body, len(updates))
+        assert result.count == len(updates)
 
     async def pending(self, destination_id: str) -> int:
         return (await self.store.pending_stats(destination_id)).count
 
+    async def due(self, limit: int = 10_000) -> list[Any]:
+        """The instance's due entries now, appended batches unpacked first (as a drainer does)."""
+        now = self.clock.datetime()
+        await self.store.unpack(self.instance_key, convert.decode_updates, limit, now=now)
+        return list(await self.store.claim_due(self.instance_key, limit, now=now))
+
     async def outbox(self) -> list[Any]:
         """Every entry of the instance, due or not."""
         far = self.clock.datetime() + timedelta(days=400)
+        await self.store.unpack(self.instance_key, convert.decode_updates, 100_000, now=far)
         return list(await self.store.claim_due(self.instance_key, 100_000, now=far))
 
 

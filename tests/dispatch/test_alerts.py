@@ -32,7 +32,7 @@ async def record_outcomes(env: Env, destination_id: str, kinds: Sequence[Outcome
     base = len((await env.store.list_outcomes(destination_id, page_size=1000)).items)
     updates = [profile(base + i, audiences=()) for i in range(len(kinds))]
     await env.append(destination_id, updates)
-    entries = await env.store.claim_due(env.instance_key, 10_000, now=env.clock.datetime())
+    entries = await env.due()
     entries = [e for e in entries if e.destination_id == destination_id]
     outcomes = [
         Outcome(

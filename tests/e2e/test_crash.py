@@ -20,6 +20,9 @@ from tests.processes import ServiceProcess, sandbox_process, stub, wait_for
 PROFILES = 20_000
 EXISTING = 6_000
 REQUEST_SIZE = 500
+STREAMING = {"MARKETO_DEST_BULK_THRESHOLD": "0"}
+"""Batches of 300 through the REST API, so a kill lands between batches that are recorded and
+batches that are not (a backlog this size would otherwise go through one bulk import)."""
 pytestmark = pytest.mark.slow
 
 
@@ -30,7 +33,7 @@ def test_sigkill_twice_during_delivery_loses_and_duplicates_nothing(tmp_path: Pa
         seeded = [{"email": f"user{i}@example.com", "firstName": "Seeded"} for i in range(EXISTING)]
         control.post("/leads", json={"leads": seeded})
 
-        service = ServiceProcess(tmp_path / "data", endpoint)
+        service = ServiceProcess(tmp_path / "data", endpoint, STREAMING)
         channel, client = stub(service.port)
         destination_id = client.Configure(
             pb.ConfigureRequest(
@@ -75,7 +78,7 @@ def test_sigkill_twice_during_delivery_loses_and_duplicates_nothing(tmp_path: Pa
                 lambda f: f.received - f.pending > 0 and f.pending > 0,
             )
             service.kill()
-            service = ServiceProcess(tmp_path / "data", endpoint)
+            service = ServiceProcess(tmp_path / "data", endpoint, STREAMING)
 
         flow = wait_for(service.port, destination_id, lambda f: f.pending == 0)
         channel, client = stub(service.port)

@@ -185,15 +185,71 @@ async def test_bad_updates_are_rejected_alone(service: Service) -> None:
     assert set(by_email(await service.leads())) == {"a@example.com", "e@example.com"}
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (payloads here are shorter than 16 KiB)."""
+    assert len(payload) < 1 << 14
+    length = (
+        bytes([len(payload)])
+        if len(payload) < 0x80
+        else bytes([len(payload) & 0x7F | 0x80, len(payload) >> 7])
+    )
+    return bytes([number << 3 | 2]) + length + payload
+
+
+async def test_an_update_that_does_not_decode_is_rejected_alone(service: Service) -> None:
+    """A client may send what a protobuf library would refuse to parse: a profile nested past
+    the parser's limit, a membership that is not a message. Only those updates are refused."""
+    destination_id, _ = await setup(service)
+    deep = update("p2", "b@example.com")
+    deep.profile.Clear()
+    node = deep.profile
+    for _ in range(60):
+        node = node.fields["x"].struct_value
+    broken = update("p3", "c@example.com")
+    broken_bytes = broken.SerializeToString() + _field(4, b"\x0a\x09short")
+    request = (
+        _field(1, destination_id.encode())
+        + _field(2, update("p1", "a@example.com").SerializeToString())
+        + _field(2, deep.SerializeToString())
+        + _field(2, broken_bytes)
+        + _field(2, update("p4", "d@example.com").SerializeToString())
+        + _field(3, b"raw")
+    )
+    sync = service.channel.stream_stream(
+        "/marketo_destination.v1.MarketoDestinationService/Sync",
+        request_serializer=None,
+        response_deserializer=pb.SyncResponse.FromString,
+    )
+    responses = [r async for r in sync(iter([request]), metadata=service.metadata)]
+
+    (response,) = responses
+    assert response.accepted == 2
+    assert [(r.index, r.field) for r in response.rejected] == [
+        (1, "updates[1].profile"),
+        (2, "updates[2].audiences[0]"),
+    ]
+    assert "deeper than 32 levels" in response.rejected[0].reason
+    await delivered(service, destination_id)
+    assert set(by_email(await service.leads())) == {"a@example.com", "d@example.com"}
+
+
 async def test_resending_an_update_is_harmless(service: Service) -> None:
     destination_id, _ = await setup(service)
     same = update("p1", "a@example.com")
     first, second = await sync(service, destination_id, [[same], [same]])
-    assert (first.accepted, first.duplicates) == (1, 0)
-    assert (second.accepted, second.duplicates) == (1, 1)
+    assert (first.accepted, second.accepted) == (1, 1)
     flow = await delivered(service, destination_id)
-    assert flow.received == 1
+    assert (flow.received, flow.duplicates, flow.activated.created, flow.pending) == (2, 1, 1, 0)
+    # Once more after delivery: recognised against the recorded outcome.
+    await sync(service, destination_id, [[same]])
+    flow = await delivered(service, destination_id)
+    assert (flow.received, flow.duplicates, flow.activated.created, flow.pending) == (3, 2, 1, 0)
+    assert flow.activated.updated == 0
     assert len(await service.leads()) == 1
+    outcomes = await service.stub.ListProfileOutcomes(
+        pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p1")
+    )
+    assert len(outcomes.outcomes) == 1
 
 
 async def test_a_streams_requests_are_committed_in_order(service: Service) -> None:

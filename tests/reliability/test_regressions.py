@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from tests.harness import connection, running_service, spec, update
+from tests.harness import STANDARD_MAPPINGS, connection, running_service, spec, update
 
 
 def deeply_nested(levels: int) -> dict[str, Any]:
@@ -26,20 +26,31 @@ def too_deep_update() -> pb.ProfileUpdate:
     return message
 
 
-async def test_a_streamed_request_too_deep_to_parse_is_invalid_argument(tmp_path: Path) -> None:
+async def test_a_streamed_update_too_deep_to_parse_is_rejected_alone(tmp_path: Path) -> None:
     """Found by fuzzing: upb's DecodeError raised by the Sync request iterator was reported as
-    INTERNAL; it is the caller's malformed request."""
+    INTERNAL. Sync now reads profiles as bytes, so the request parses and only the update that
+    is the caller's mistake is refused; the stream goes on."""
     async with running_service(tmp_path) as service:
+        destination_id = (
+            await service.stub.Configure(pb.ConfigureRequest(spec=spec()))
+        ).destination.id
+        await service.stub.Activate(
+            pb.ActivateRequest(destination_id=destination_id, mappings=STANDARD_MAPPINGS)
+        )
         call = service.stub.Sync()
-        request = pb.SyncRequest(destination_id="dst_x")
+        request = pb.SyncRequest(destination_id=destination_id)
+        request.updates.add().CopyFrom(update("p0", "fine@example.com"))
         request.updates.add().CopyFrom(too_deep_update())
         await call.write(request)
+        await call.write(
+            pb.SyncRequest(destination_id=destination_id, updates=[update("p2", None)])
+        )
         await call.done_writing()
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            async for _ in call:
-                pass
-        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert raised.value.details()
+        responses = [response async for response in call]
+        assert await call.code() == grpc.StatusCode.OK
+        assert [r.accepted for r in responses] == [1, 1]
+        assert [(r.index, r.field) for r in responses[0].rejected] == [(1, "updates[1].profile")]
+        assert "deeper than 32 levels" in responses[0].rejected[0].reason
 
 
 async def test_a_unary_request_too_deep_to_parse_is_invalid_argument(tmp_path: Path) -> None:

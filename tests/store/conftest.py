@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from service import convert
 from service.domain import (
     Action,
     ActionType,
@@ -27,7 +28,7 @@ from service.domain import (
     ProfileUpdate,
 )
 from service.secrets import SecretBox
-from service.store import NewDestination, OutboxEntry, SqliteStore, Store
+from service.store import AppendResult, NewDestination, OutboxEntry, SqliteStore, Store
 from service.store.postgres import PostgresStore
 from tests.pg import fresh_database, truncate_all
 
@@ -52,16 +53,34 @@ class FakeClock:
 
 
 class Backend:
-    """Opens stores of one engine and looks at committed data from outside the store."""
+    """Opens stores of one engine and looks at committed data from outside the store.
+
+    Reads go over a fresh connection: they show what a crash would keep.
+    """
 
     name = ""
 
     async def open(self, clock: FakeClock, **options: Any) -> Store:
         raise NotImplementedError
 
-    def committed_update_ids(self, destination_id: str) -> set[str]:
-        """Update ids in the outbox, read over a fresh connection (what a crash would keep)."""
+    def inbox(self, destination_id: str) -> list[tuple[int, int, bytes]]:
+        """The destination's inbox batches as (id, count, body), oldest first."""
         raise NotImplementedError
+
+    def outbox_update_ids(self, destination_id: str) -> set[str]:
+        """Update ids of the destination's outbox entries."""
+        raise NotImplementedError
+
+    def committed_batches(self, destination_id: str) -> list[int]:
+        """Ids (append sequences) of the destination's inbox batches, oldest first."""
+        return [batch_id for batch_id, _, _ in self.inbox(destination_id)]
+
+    def committed_update_ids(self, destination_id: str) -> set[str]:
+        """Update ids of the destination queued anywhere: in inbox batches or outbox entries."""
+        ids = self.outbox_update_ids(destination_id)
+        for _, _, body in self.inbox(destination_id):
+            ids.update(u.update_id for u in convert.decode_updates(body))
+        return ids
 
 
 class SqliteBackend(Backend):
@@ -74,15 +93,25 @@ class SqliteBackend(Backend):
     async def open(self, clock: FakeClock, **options: Any) -> Store:
         return await SqliteStore.open(self.path, self.box, clock=clock, **options)
 
-    def committed_update_ids(self, destination_id: str) -> set[str]:
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         connection = sqlite3.connect(self.path)
         try:
-            rows = connection.execute(
-                "SELECT update_id FROM outbox WHERE destination_id = ?", (destination_id,)
-            )
-            return {row[0] for row in rows}
+            return list(connection.execute(sql, params))
         finally:
             connection.close()
+
+    def inbox(self, destination_id: str) -> list[tuple[int, int, bytes]]:
+        rows = self._query(
+            "SELECT id, count, body FROM inbox WHERE destination_id = ? ORDER BY id",
+            (destination_id,),
+        )
+        return [(row[0], row[1], bytes(row[2])) for row in rows]
+
+    def outbox_update_ids(self, destination_id: str) -> set[str]:
+        rows = self._query(
+            "SELECT update_id FROM outbox WHERE destination_id = ?", (destination_id,)
+        )
+        return {row[0] for row in rows}
 
 
 class PostgresBackend(Backend):
@@ -95,12 +124,22 @@ class PostgresBackend(Backend):
     async def open(self, clock: FakeClock, **options: Any) -> Store:
         return await PostgresStore.open(self.url, self.box, clock=clock, **options)
 
-    def committed_update_ids(self, destination_id: str) -> set[str]:
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url) as connection:
-            rows = connection.execute(
-                "SELECT update_id FROM outbox WHERE destination_id = %s", (destination_id,)
-            )
-            return {row[0] for row in rows}
+            return list(connection.execute(sql.encode(), params))
+
+    def inbox(self, destination_id: str) -> list[tuple[int, int, bytes]]:
+        rows = self._query(
+            "SELECT id, count, body FROM inbox WHERE destination_id = %s ORDER BY id",
+            (destination_id,),
+        )
+        return [(row[0], row[1], bytes(row[2])) for row in rows]
+
+    def outbox_update_ids(self, destination_id: str) -> set[str]:
+        rows = self._query(
+            "SELECT update_id FROM outbox WHERE destination_id = %s", (destination_id,)
+        )
+        return {row[0] for row in rows}
 
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -141,6 +180,31 @@ async def store(backend: Backend, clock: FakeClock) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+async def append(
+    store: Store,
+    destination_id: str,
+    instance_key: str,
+    updates: Sequence[ProfileUpdate],
+    trace_context: str | None = None,
+) -> AppendResult:
+    """Append `updates` as one batch, encoded as Sync encodes a request."""
+    return await store.append(
+        destination_id, instance_key, convert.encode_updates(updates), len(updates), trace_context
+    )
+
+
+async def unpack(
+    store: Store,
+    instance_key: str,
+    *,
+    limit: int = 100_000,
+    now: datetime | None = None,
+    fencing: int | None = None,
+) -> int:
+    """Unpack the instance's inbox into the outbox (everything, unless `limit` says otherwise)."""
+    return await store.unpack(instance_key, convert.decode_updates, limit, fencing=fencing, now=now)
 
 
 def new_destination(

@@ -10,7 +10,15 @@ import pytest
 
 from service.domain import ActionType, ProfileUpdate
 from service.store import Store
-from tests.store.conftest import START, Backend, SqliteBackend, activated, new_destination
+from tests.store.conftest import (
+    START,
+    Backend,
+    SqliteBackend,
+    activated,
+    append,
+    new_destination,
+    unpack,
+)
 
 INSTANCE = "123-ABC-456"
 BACKLOG = 200_000
@@ -27,13 +35,18 @@ def small_update(n: int) -> ProfileUpdate:
     )
 
 
-async def test_claiming_from_a_large_backlog_reads_only_a_batch(store: Store) -> None:
+async def test_claiming_from_a_large_backlog_reads_only_a_batch(
+    store: Store, backend: Backend
+) -> None:
     destination = await store.create_destination(new_destination())
     for start in range(0, BACKLOG, CHUNK):
-        result = await store.append(
-            destination.id, INSTANCE, [small_update(n) for n in range(start, start + CHUNK)]
+        result = await append(
+            store, destination.id, INSTANCE, [small_update(n) for n in range(start, start + CHUNK)]
         )
-        assert result.accepted == CHUNK
+        assert result.count == CHUNK
+    # Half the backlog is unpacked into the outbox, the other half still waits in the inbox.
+    assert await unpack(store, INSTANCE, limit=BACKLOG // 2) == BACKLOG // 2
+    assert len(backend.committed_batches(destination.id)) == BACKLOG // 2 // CHUNK
 
     tracemalloc.start()
     try:
@@ -42,6 +55,8 @@ async def test_claiming_from_a_large_backlog_reads_only_a_batch(store: Store) ->
         claimed = 0
         after = 0
         for _ in range(5):
+            # What a drainer does before each claim: enough entries are due, nothing to unpack.
+            assert await unpack(store, INSTANCE, limit=BATCH, now=START) == 0
             batch = await store.claim_due(INSTANCE, BATCH, START, after_sequence=after)
             assert len(batch) == BATCH
             claimed += len(batch)
@@ -54,6 +69,7 @@ async def test_claiming_from_a_large_backlog_reads_only_a_batch(store: Store) ->
 
     # Reading the whole backlog would need hundreds of MB; a batch needs well under one.
     assert peak - base < 8 * 1024 * 1024
+    assert claimed == 5 * BATCH
     assert stats.count == BACKLOG
     assert stats.oldest_enqueued_at == START
     first = await store.claim_due(INSTANCE, BATCH, START)
@@ -88,6 +104,17 @@ async def test_hot_queries_use_indexes(store: Store, backend: Backend) -> None:
             "WHERE o.instance_key = i.instance_key AND o.not_before <= ?)",
             (0,),
         )
+        next_batch = query_plan(
+            connection,
+            "SELECT id, destination_id, body, trace_context, enqueued_at FROM inbox "
+            "WHERE instance_key = ? ORDER BY id LIMIT 1",
+            ("i",),
+        )
+        oldest_batch = query_plan(
+            connection,
+            "SELECT enqueued_at FROM inbox WHERE destination_id = ? ORDER BY id LIMIT 1",
+            ("d",),
+        )
     finally:
         connection.close()
 
@@ -97,3 +124,7 @@ async def test_hot_queries_use_indexes(store: Store, backend: Backend) -> None:
     assert "TEMP B-TREE" not in oldest
     assert "SCAN o " not in due_work + " "
     assert "outbox_due" in due_work
+    assert "inbox_by_instance" in next_batch
+    assert "TEMP B-TREE" not in next_batch
+    assert "inbox_by_destination" in oldest_batch
+    assert "TEMP B-TREE" not in oldest_batch

@@ -21,9 +21,12 @@ from tests.store.conftest import (
     CLIENT_SECRET,
     START,
     WEBHOOK_SECRET,
+    Backend,
     FakeClock,
     activated,
+    append,
     new_destination,
+    unpack,
     update,
 )
 
@@ -155,15 +158,16 @@ async def test_activations_upsert_and_deactivate(store: Store) -> None:
         await store.upsert_activations("dst_missing", [first])
 
 
-async def test_delete_cascades_everything(store: Store) -> None:
+async def test_delete_cascades_everything(store: Store, backend: Backend) -> None:
     doomed = await store.create_destination(new_destination())
     kept = await store.create_destination(new_destination(name="kept"))
     for destination in (doomed, kept):
         await store.upsert_activations(
             destination.id, [ActivationRecord("aud-1", "Gold", "seg", 1, "Gold")]
         )
-        await store.append(destination.id, "123-ABC-456", [update(1), update(2), update(3)])
+        await append(store, destination.id, "123-ABC-456", [update(1), update(2), update(3)])
         await store.raise_alert(destination.id, "skipped_rate", "5 % skipped")
+    assert await unpack(store, "123-ABC-456") == 6
     entries = await store.claim_due("123-ABC-456", 10, START)
     retire = [e for e in entries if e.update.update_id == "u1"]
     await store.retire(
@@ -171,6 +175,9 @@ async def test_delete_cascades_everything(store: Store) -> None:
         [activated(e, ActionType.UPDATED) for e in retire],
         [Watermark(e.destination_id, e.update.profile_id, e.update.event_time) for e in retire],
     )
+    # Batches not unpacked yet belong to the destination too.
+    for destination in (doomed, kept):
+        await append(store, destination.id, "123-ABC-456", [update(4), update(5)])
 
     await store.delete_destination(doomed.id, tenant="acme")
 
@@ -180,11 +187,16 @@ async def test_delete_cascades_everything(store: Store) -> None:
     assert (await store.list_outcomes(doomed.id)).items == ()
     assert await store.open_alerts(doomed.id) == []
     assert await store.watermarks(doomed.id, ["p1"]) == {}
-    remaining = await store.claim_due("123-ABC-456", 10, START)
-    assert {e.destination_id for e in remaining} == {kept.id}
+    assert backend.committed_batches(doomed.id) == []
+    assert backend.committed_update_ids(doomed.id) == set()
     with pytest.raises(DestinationNotFound):
         await store.dataflow(doomed.id)
-    # The other destination keeps all of its data.
+    # The other destination keeps all of its data, its inbox batch included.
+    assert len(backend.committed_batches(kept.id)) == 1
+    assert await unpack(store, "123-ABC-456") == 2
+    remaining = await store.claim_due("123-ABC-456", 10, START)
+    assert {e.destination_id for e in remaining} == {kept.id}
+    assert [e.update.update_id for e in remaining] == ["u2", "u3", "u4", "u5"]
     assert len(await store.activations(kept.id)) == 1
     assert (await store.pending_stats(kept.id)).count == len(remaining)
     assert len(await store.open_alerts(kept.id)) == 1

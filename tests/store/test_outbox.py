@@ -1,20 +1,25 @@
-"""The outbox: idempotent group-committed appends, due claims, atomic retire, fencing, leases."""
+"""The outbox: group-committed appends to the inbox, idempotent unpacking into the outbox, due
+claims, atomic retire, fencing, leases."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
 
+from service import convert
 from service.domain import ActionType, AudienceMembership, MembershipStatus
 from service.store import (
     AppendResult,
     DestinationNotFound,
     DestinationRecord,
     FencingError,
+    Lease,
+    OutboxEntry,
     Store,
     StoreError,
     Watermark,
@@ -24,9 +29,11 @@ from tests.store.conftest import (
     Backend,
     FakeClock,
     activated,
+    append,
     excluded,
     new_destination,
     superseded,
+    unpack,
     update,
 )
 
@@ -38,58 +45,53 @@ async def destination(store: Store) -> DestinationRecord:
     return await store.create_destination(new_destination())
 
 
-async def test_append_is_idempotent(store: Store, destination: DestinationRecord) -> None:
-    first = await store.append(destination.id, INSTANCE, [update(1), update(2)], "00-trace-01")
-    again = await store.append(destination.id, INSTANCE, [update(2), update(3), update(3)])
-
-    assert first.accepted == 2
-    assert first.duplicates == 0
-    assert again.accepted == 1
-    assert again.duplicates == 2  # u2 from before, and the second u3 of the same call
-    assert again.last_sequence > first.last_sequence
-    entries = await store.claim_due(INSTANCE, 10, START)
-    assert [e.update.update_id for e in entries] == ["u1", "u2", "u3"]
-    assert entries[0].update == update(1)
-    assert entries[0].trace_context == "00-trace-01"
-    assert entries[2].trace_context is None
-    assert entries[0].enqueued_at == START
-    assert (await store.pending_stats(destination.id)).count == 3
-    assert (await store.dataflow(destination.id, now=START)).received == 3
+def ids(entries: Sequence[OutboxEntry]) -> list[str]:
+    return [e.update.update_id for e in entries]
 
 
-async def test_delivered_update_is_still_a_duplicate(
-    store: Store, destination: DestinationRecord
+# -- append: one inbox batch per call ----------------------------------------------------------
+
+
+async def test_append_stores_the_batch_as_given(
+    store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
-    await store.append(destination.id, INSTANCE, [update(1)])
-    entries = await store.claim_due(INSTANCE, 10, START)
-    await store.retire(entries, [activated(entries[0], ActionType.UPDATED)])
+    body = convert.encode_updates([update(1), update(2), update(2)])
 
-    result = await store.append(destination.id, INSTANCE, [update(1)])
+    first = await store.append(destination.id, INSTANCE, body, 3, "00-trace-01")
+    second = await append(store, destination.id, INSTANCE, [update(3)])
 
-    assert result == AppendResult(accepted=0, duplicates=1, last_sequence=0)
-    assert await store.claim_due(INSTANCE, 10, START) == []
-
-
-async def test_same_update_id_in_two_destinations_is_two_updates(store: Store) -> None:
-    first = await store.create_destination(new_destination())
-    second = await store.create_destination(new_destination(name="other"))
-
-    assert (await store.append(first.id, INSTANCE, [update(1)])).accepted == 1
-    assert (await store.append(second.id, INSTANCE, [update(1)])).accepted == 1
+    assert first.count == 3
+    assert second == AppendResult(count=1, sequence=second.sequence)
+    assert second.sequence > first.sequence
+    # One row per call with the body byte for byte: ingest neither converts nor deduplicates.
+    assert backend.inbox(destination.id) == [
+        (first.sequence, 3, body),
+        (second.sequence, 1, convert.encode_updates([update(3)])),
+    ]
+    assert backend.outbox_update_ids(destination.id) == set()
+    assert await store.claim_due(INSTANCE, 10, START) == []  # not unpacked yet
+    stats = await store.pending_stats(destination.id)
+    assert (stats.count, stats.oldest_enqueued_at) == (4, START)
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.pending, flow.duplicates) == (4, 4, 0)
 
 
 async def test_append_to_unknown_destination_fails_alone(
-    store: Store, destination: DestinationRecord
+    store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
     good, bad = await asyncio.gather(
-        store.append(destination.id, INSTANCE, [update(1)]),
-        store.append("dst_missing", INSTANCE, [update(2)]),
+        append(store, destination.id, INSTANCE, [update(1)]),
+        append(store, "dst_missing", INSTANCE, [update(2)]),
         return_exceptions=True,
     )
 
     assert isinstance(good, AppendResult)
-    assert good.accepted == 1
+    assert good.count == 1
     assert isinstance(bad, DestinationNotFound)
+    assert backend.committed_batches(destination.id) == [good.sequence]
+    assert backend.committed_batches("dst_missing") == []
+    assert await unpack(store, INSTANCE) == 1
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1"]
 
 
 async def test_group_commit_coalesces_and_acks_after_commit(
@@ -105,38 +107,308 @@ async def test_group_commit_coalesces_and_acks_after_commit(
     store.add_commit_listener(on_commit)
     streams = 40
 
-    async def stream(n: int) -> None:
+    async def stream(n: int) -> tuple[int, list[str]]:
         updates = [update(n * 100 + i) for i in range(5)]
-        result = await store.append(destination.id, INSTANCE, updates)
-        assert result.accepted == 5
-        # Acknowledged means durable: a fresh connection sees every row right now.
-        committed = backend.committed_update_ids(destination.id)
-        assert {u.update_id for u in updates} <= committed
+        result = await append(store, destination.id, INSTANCE, updates)
+        assert result.count == 5
+        # Acknowledged means durable: a fresh connection sees the batch right now.
+        assert result.sequence in backend.committed_batches(destination.id)
+        assert {u.update_id for u in updates} <= backend.committed_update_ids(destination.id)
+        return result.sequence, [u.update_id for u in updates]
 
-    await asyncio.gather(*(stream(n) for n in range(streams)))
+    acks = await asyncio.gather(*(stream(n) for n in range(streams)))
 
     append_commits = commits.count("append")
     assert 1 <= append_commits < streams
+    assert len({sequence for sequence, _ in acks}) == streams
     assert (await store.pending_stats(destination.id)).count == streams * 5
+    # Unpacked, the batches keep their commit order, and each its own order inside.
+    assert await unpack(store, INSTANCE) == streams * 5
+    in_order = [update_id for _, batch in sorted(acks) for update_id in batch]
+    assert ids(await store.claim_due(INSTANCE, 1000, START)) == in_order
+
+
+async def test_close_commits_what_is_queued(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    appends = [
+        asyncio.ensure_future(append(store, destination.id, INSTANCE, [update(n)]))
+        for n in range(5)
+    ]
+    await asyncio.sleep(0)  # the appends are queued
+
+    await store.close()
+
+    assert [a.result().count for a in appends] == [1] * 5
+    assert backend.committed_batches(destination.id) == sorted(a.result().sequence for a in appends)
+    assert backend.committed_update_ids(destination.id) == {f"u{n}" for n in range(5)}
+    with pytest.raises(StoreError):
+        await append(store, destination.id, INSTANCE, [update(9)])
+
+
+# -- unpack: inbox batches into outbox entries ---------------------------------------------------
+
+
+async def test_unpack_drops_updates_already_queued(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [update(1), update(2)], "00-trace-01")
+    assert await unpack(store, INSTANCE) == 2
+    # A retried request: u2 is already an entry, and u3 comes twice in the same batch.
+    again = await append(store, destination.id, INSTANCE, [update(2), update(3), update(3)])
+    assert again.count == 3
+    assert (await store.pending_stats(destination.id)).count == 5  # counted as received
+
+    assert await unpack(store, INSTANCE) == 1
+
+    entries = await store.claim_due(INSTANCE, 10, START)
+    assert ids(entries) == ["u1", "u2", "u3"]
+    assert entries[0].update == update(1)
+    assert entries[1].trace_context == "00-trace-01"  # the first u2 was kept
+    assert entries[2].trace_context is None
+    assert backend.committed_batches(destination.id) == []
+    assert (await store.pending_stats(destination.id)).count == 3
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.duplicates, flow.pending) == (5, 2, 3)
+
+
+async def test_duplicates_across_batches_of_one_unpack(
+    store: Store, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [update(1)], "00-first")
+    await append(store, destination.id, INSTANCE, [update(1), update(2)], "00-retry")
+
+    assert await unpack(store, INSTANCE) == 2
+
+    entries = await store.claim_due(INSTANCE, 10, START)
+    assert ids(entries) == ["u1", "u2"]
+    assert [e.trace_context for e in entries] == ["00-first", "00-retry"]
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.duplicates, flow.pending) == (3, 1, 2)
+
+
+async def test_delivered_update_is_still_a_duplicate(
+    store: Store, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await unpack(store, INSTANCE)
+    entries = await store.claim_due(INSTANCE, 10, START)
+    await store.retire(entries, [activated(entries[0], ActionType.UPDATED)])
+    assert (await store.pending_stats(destination.id)).count == 0
+
+    result = await append(store, destination.id, INSTANCE, [update(1), update(2)])
+
+    assert result.count == 2
+    assert (await store.pending_stats(destination.id)).count == 2
+    assert await unpack(store, INSTANCE) == 1
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u2"]
+    assert (await store.pending_stats(destination.id)).count == 1
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.activated, flow.duplicates) == (3, 1, 1)
+
+
+async def test_same_update_id_in_two_destinations_is_two_updates(store: Store) -> None:
+    first = await store.create_destination(new_destination())
+    second = await store.create_destination(new_destination(name="other"))
+    await append(store, first.id, INSTANCE, [update(1)])
+    await append(store, second.id, INSTANCE, [update(1)])
+
+    assert await unpack(store, INSTANCE) == 2
+
+    entries = await store.claim_due(INSTANCE, 10, START)
+    assert [(e.destination_id, e.update.update_id) for e in entries] == [
+        (first.id, "u1"),
+        (second.id, "u1"),
+    ]
+    assert (await store.dataflow(first.id, now=START)).duplicates == 0
+    assert (await store.dataflow(second.id, now=START)).duplicates == 0
+
+
+async def test_entries_keep_the_trace_context_and_time_of_their_batch(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    await append(store, destination.id, INSTANCE, [update(1), update(2)], "00-trace-a")
+    clock.advance(timedelta(minutes=1))
+    await append(store, destination.id, INSTANCE, [update(3)])
+    clock.advance(timedelta(hours=1))
+
+    assert await unpack(store, INSTANCE) == 3  # an hour later
+
+    entries = await store.claim_due(INSTANCE, 10, clock.now)
+    assert ids(entries) == ["u1", "u2", "u3"]
+    later = START + timedelta(minutes=1)
+    assert [e.enqueued_at for e in entries] == [START, START, later]
+    assert [e.not_before for e in entries] == [START, START, later]
+    assert [e.trace_context for e in entries] == ["00-trace-a", "00-trace-a", None]
+    assert [(e.attempts, e.last_error) for e in entries] == [(0, "")] * 3
+    assert [e.destination_id for e in entries] == [destination.id] * 3
+    assert [e.instance_key for e in entries] == [INSTANCE] * 3
+    # Due from their batch's time on, not from the unpacking.
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u2"]
+    assert (await store.pending_stats(destination.id)).oldest_enqueued_at == START
+
+
+async def test_unpack_stops_after_the_batch_that_reaches_the_limit(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    batches = [
+        await append(store, destination.id, INSTANCE, [update(n), update(n + 1)]) for n in (1, 3, 5)
+    ]
+
+    # 2 entries are fewer than 3, so the second batch is unpacked too; then 4 are enough.
+    assert await unpack(store, INSTANCE, limit=3) == 4
+    assert backend.committed_batches(destination.id) == [batches[2].sequence]
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u2", "u3", "u4"]
+    assert await unpack(store, INSTANCE, limit=3) == 0  # 4 due entries already
+    assert await unpack(store, INSTANCE, limit=4) == 0
+    assert backend.committed_batches(destination.id) == [batches[2].sequence]
+
+    assert await unpack(store, INSTANCE, limit=5) == 2
+
+    entries = await store.claim_due(INSTANCE, 10, START)
+    assert ids(entries) == ["u1", "u2", "u3", "u4", "u5", "u6"]
+    assert [e.sequence for e in entries] == sorted(e.sequence for e in entries)
+    assert backend.committed_batches(destination.id) == []
+    assert await unpack(store, INSTANCE, limit=100) == 0  # nothing left
+    assert (await store.pending_stats(destination.id)).count == 6
+
+
+async def test_unpack_counts_only_due_entries_toward_the_limit(
+    store: Store, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    await append(store, destination.id, INSTANCE, [update(3)])
+    assert await unpack(store, INSTANCE, limit=2) == 2
+    later = START + timedelta(minutes=5)
+    await store.defer(await store.claim_due(INSTANCE, 10, START), later, "606 throttled")
+
+    assert await unpack(store, INSTANCE, limit=2, now=START) == 1  # the deferred two wait
+
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u3"]
+    assert ids(await store.claim_due(INSTANCE, 10, later)) == ["u1", "u2", "u3"]
+
+
+async def test_a_batch_of_duplicates_does_not_fill_the_limit(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await append(store, destination.id, INSTANCE, [update(2)])
+    last = await append(store, destination.id, INSTANCE, [update(3)])
+
+    assert await unpack(store, INSTANCE, limit=2) == 2
+
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u2"]
+    assert backend.committed_batches(destination.id) == [last.sequence]
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.duplicates, flow.pending) == (4, 1, 3)
+
+
+async def test_unpack_takes_only_its_own_instance(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    other = await store.create_destination(new_destination(name="other", instance_key="999"))
+    kept = await append(store, other.id, "999-XYZ-000", [update(9)])
+
+    assert await unpack(store, "no-such-instance") == 0
+    assert await unpack(store, INSTANCE) == 0
+
+    assert backend.committed_batches(other.id) == [kept.sequence]
+    assert await store.claim_due(INSTANCE, 10, START) == []
+    assert await unpack(store, "999-XYZ-000") == 1
+    assert ids(await store.claim_due("999-XYZ-000", 10, START)) == ["u9"]
+
+
+async def taken_over(store: Store, clock: FakeClock) -> tuple[Lease, Lease]:
+    """Replica a's lease of INSTANCE, then replica b's after a's expired: (a's, b's)."""
+    ttl = timedelta(seconds=30)
+    old = await store.acquire_lease(INSTANCE, "replica-a", ttl)
+    assert old is not None
+    clock.advance(ttl + timedelta(seconds=1))
+    new = await store.acquire_lease(INSTANCE, "replica-b", ttl)
+    assert new is not None
+    assert new.generation == old.generation + 1
+    return old, new
+
+
+async def test_unpack_with_a_stale_fencing_token_unpacks_nothing(
+    store: Store, backend: Backend, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    batch = await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    old, new = await taken_over(store, clock)
+
+    with pytest.raises(FencingError):
+        await unpack(store, INSTANCE, fencing=old.generation)
+
+    assert backend.committed_batches(destination.id) == [batch.sequence]
+    assert await store.claim_due(INSTANCE, 10, clock.now) == []
+    assert (await store.pending_stats(destination.id)).count == 2
+    assert await unpack(store, INSTANCE, fencing=new.generation) == 2
+    assert ids(await store.claim_due(INSTANCE, 10, clock.now)) == ["u1", "u2"]
+
+
+async def test_instance_with_only_inbox_batches_has_due_work(
+    store: Store, destination: DestinationRecord
+) -> None:
+    other = await store.create_destination(new_destination(name="other", instance_key="999"))
+    await append(store, other.id, "999-XYZ-000", [update(9)])
+    await unpack(store, "999-XYZ-000")
+    await store.defer(
+        await store.claim_due("999-XYZ-000", 10, START), START + timedelta(hours=1), "607"
+    )
+    assert await store.instance_keys_with_due_work(START) == []
+
+    await append(store, destination.id, INSTANCE, [update(1)])
+
+    assert await store.instance_keys_with_due_work(START) == [INSTANCE]
+    await unpack(store, INSTANCE)
+    assert await store.instance_keys_with_due_work(START) == [INSTANCE]  # now as an entry
+
+
+async def test_oldest_pending_comes_from_the_inbox_when_the_outbox_is_empty(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    assert (await store.pending_stats(destination.id)).oldest_enqueued_at is None
+    await append(store, destination.id, INSTANCE, [update(1)])
+    clock.advance(timedelta(minutes=5))
+    await append(store, destination.id, INSTANCE, [update(2)])
+    clock.advance(timedelta(minutes=5))
+
+    stats = await store.pending_stats(destination.id)
+    assert (stats.count, stats.oldest_enqueued_at) == (2, START)
+    assert await unpack(store, INSTANCE, limit=1) == 1
+    assert (await store.pending_stats(destination.id)).oldest_enqueued_at == START
+    entries = await store.claim_due(INSTANCE, 10, clock.now)
+    await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
+
+    stats = await store.pending_stats(destination.id)
+    assert (stats.count, stats.oldest_enqueued_at) == (1, START + timedelta(minutes=5))
+    flow = await store.dataflow(destination.id, now=clock.now)
+    assert flow.oldest_pending_age == timedelta(minutes=5)
+
+
+# -- draining the outbox ------------------------------------------------------------------------
 
 
 async def test_claim_returns_due_rows_in_sequence_order(
     store: Store, destination: DestinationRecord, clock: FakeClock
 ) -> None:
     other = await store.create_destination(new_destination(name="other", instance_key="999"))
-    await store.append(destination.id, INSTANCE, [update(n) for n in range(1, 6)])
-    await store.append(other.id, "999-XYZ-000", [update(100)])
+    await append(store, destination.id, INSTANCE, [update(n) for n in range(1, 6)])
+    await append(store, other.id, "999-XYZ-000", [update(100)])
+    await unpack(store, INSTANCE)
+    await unpack(store, "999-XYZ-000")
     entries = await store.claim_due(INSTANCE, 10, START)
     later = START + timedelta(minutes=5)
     await store.defer(entries[1:3], later, "606 throttled")
 
     due_now = await store.claim_due(INSTANCE, 10, START)
-    assert [e.update.update_id for e in due_now] == ["u1", "u4", "u5"]
-    assert [e.update.update_id for e in await store.claim_due(INSTANCE, 2, START)] == ["u1", "u4"]
+    assert ids(due_now) == ["u1", "u4", "u5"]
+    assert ids(await store.claim_due(INSTANCE, 2, START)) == ["u1", "u4"]
     after = await store.claim_due(INSTANCE, 10, START, after_sequence=due_now[0].sequence)
-    assert [e.update.update_id for e in after] == ["u4", "u5"]
+    assert ids(after) == ["u4", "u5"]
     due_later = await store.claim_due(INSTANCE, 10, later)
-    assert [e.update.update_id for e in due_later] == ["u1", "u2", "u3", "u4", "u5"]
+    assert ids(due_later) == ["u1", "u2", "u3", "u4", "u5"]
     assert due_later[1].attempts == 1
     assert due_later[1].last_error == "606 throttled"
     assert due_later[1].not_before == later
@@ -149,7 +421,8 @@ async def test_claim_returns_due_rows_in_sequence_order(
 async def test_instance_with_only_deferred_rows_has_no_due_work(
     store: Store, destination: DestinationRecord
 ) -> None:
-    await store.append(destination.id, INSTANCE, [update(1)])
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await unpack(store, INSTANCE)
     await store.defer(await store.claim_due(INSTANCE, 10, START), START + timedelta(hours=1), "607")
 
     assert await store.instance_keys_with_due_work(START) == []
@@ -159,8 +432,9 @@ async def test_instance_with_only_deferred_rows_has_no_due_work(
 async def test_retire_records_outcomes_watermarks_and_pending(
     store: Store, destination: DestinationRecord, clock: FakeClock
 ) -> None:
-    await store.append(destination.id, INSTANCE, [update(1), update(2), update(3)])
+    await append(store, destination.id, INSTANCE, [update(1), update(2), update(3)])
     clock.advance(timedelta(minutes=2))
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 10, clock.now)
 
     await store.retire(
@@ -174,7 +448,7 @@ async def test_retire_records_outcomes_watermarks_and_pending(
         [activated(entries[0], ActionType.CREATED, ActionType.ADDED), superseded(entries[1])],
     )
 
-    assert [e.update.update_id for e in await store.claim_due(INSTANCE, 10, clock.now)] == ["u3"]
+    assert ids(await store.claim_due(INSTANCE, 10, clock.now)) == ["u3"]
     stats = await store.pending_stats(destination.id)
     assert stats.count == 1
     assert stats.oldest_enqueued_at == START
@@ -190,7 +464,8 @@ async def test_retire_records_outcomes_watermarks_and_pending(
 
 
 async def test_watermarks_only_move_forward(store: Store, destination: DestinationRecord) -> None:
-    await store.append(destination.id, INSTANCE, [update(1), update(2)])
+    await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    await unpack(store, INSTANCE)
     first, second = await store.claim_due(INSTANCE, 10, START)
     newer = START + timedelta(minutes=1)
 
@@ -205,7 +480,8 @@ async def test_watermarks_only_move_forward(store: Store, destination: Destinati
 
 
 async def test_retire_is_all_or_nothing(store: Store, destination: DestinationRecord) -> None:
-    await store.append(destination.id, INSTANCE, [update(1), update(2), update(3)])
+    await append(store, destination.id, INSTANCE, [update(1), update(2), update(3)])
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 10, START)
     before = await store.dataflow(destination.id, now=START)
     # The third pair claims u1 again under u3's sequence: its outbox delete succeeds, then its
@@ -234,8 +510,9 @@ async def test_retire_after_the_destination_was_deleted(
     store: Store, destination: DestinationRecord
 ) -> None:
     kept = await store.create_destination(new_destination(name="kept"))
-    await store.append(destination.id, INSTANCE, [update(1)])
-    await store.append(kept.id, INSTANCE, [update(2)])
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await append(store, kept.id, INSTANCE, [update(2)])
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 10, START)
     await store.delete_destination(destination.id, tenant="acme")
 
@@ -253,7 +530,8 @@ async def test_retire_after_the_destination_was_deleted(
 async def test_retire_needs_one_outcome_per_entry(
     store: Store, destination: DestinationRecord
 ) -> None:
-    await store.append(destination.id, INSTANCE, [update(1), update(2)])
+    await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 10, START)
 
     with pytest.raises(ValueError):
@@ -269,15 +547,10 @@ async def test_retire_needs_one_outcome_per_entry(
 async def test_stale_fencing_token_commits_nothing(
     store: Store, destination: DestinationRecord, clock: FakeClock
 ) -> None:
-    ttl = timedelta(seconds=30)
-    await store.append(destination.id, INSTANCE, [update(1)])
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 10, START)
-    old = await store.acquire_lease(INSTANCE, "replica-a", ttl)
-    assert old is not None
-    clock.advance(ttl + timedelta(seconds=1))
-    new = await store.acquire_lease(INSTANCE, "replica-b", ttl)
-    assert new is not None
-    assert new.generation == old.generation + 1
+    old, new = await taken_over(store, clock)
 
     with pytest.raises(FencingError):
         await store.retire(
@@ -293,13 +566,18 @@ async def test_stale_fencing_token_commits_nothing(
 
 
 async def test_fencing_without_any_lease_is_refused(
-    store: Store, destination: DestinationRecord
+    store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
-    await store.append(destination.id, INSTANCE, [update(1)])
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 10, START)
+    batch = await append(store, destination.id, INSTANCE, [update(2)])
 
     with pytest.raises(FencingError):
         await store.retire(entries, [activated(entries[0], ActionType.UPDATED)], fencing=1)
+    with pytest.raises(FencingError):
+        await unpack(store, INSTANCE, fencing=1)
+    assert backend.committed_batches(destination.id) == [batch.sequence]
 
 
 async def test_leases(store: Store, clock: FakeClock) -> None:
@@ -330,35 +608,29 @@ async def test_leases(store: Store, clock: FakeClock) -> None:
 async def test_memberships_and_profile_round_trip(
     store: Store, destination: DestinationRecord
 ) -> None:
-    original = update(1, audiences=())
-    original = type(original)(
+    original = dataclasses.replace(
+        update(1, audiences=()),
         update_id="u-unicode",
         profile_id="p-ü",
-        event_time=START,
-        profile={"person": {"name": {"firstName": "Zoë"}}, "n": 1.5, "flag": True, "x": None},
+        event_time=START.replace(microsecond=123_456),
+        profile={
+            "person": {"name": {"firstName": "Zoë"}},
+            "n": 1.5,
+            "count": 3,
+            "tags": ["a", 2, {"deep": [True]}],
+            "flag": True,
+            "x": None,
+        },
         memberships=(
             AudienceMembership("aud-1", MembershipStatus.EXITED),
             AudienceMembership("aud-2", MembershipStatus.EXISTING),
         ),
     )
-    await store.append(destination.id, INSTANCE, [original])
+    await append(store, destination.id, INSTANCE, [original])
+    await unpack(store, INSTANCE)
 
     [entry] = await store.claim_due(INSTANCE, 10, START)
 
     assert entry.update == original
-
-
-async def test_close_commits_what_is_queued(
-    store: Store, backend: Backend, destination: DestinationRecord
-) -> None:
-    appends = [
-        asyncio.ensure_future(store.append(destination.id, INSTANCE, [update(n)])) for n in range(5)
-    ]
-    await asyncio.sleep(0)  # the appends are queued
-
-    await store.close()
-
-    assert [a.result().accepted for a in appends] == [1] * 5
-    assert backend.committed_update_ids(destination.id) == {f"u{n}" for n in range(5)}
-    with pytest.raises(StoreError):
-        await store.append(destination.id, INSTANCE, [update(9)])
+    assert isinstance(entry.update.profile["count"], int)  # integral numbers come back as int
+    assert isinstance(entry.update.profile["n"], float)

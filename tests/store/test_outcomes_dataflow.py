@@ -12,10 +12,12 @@ from tests.store.conftest import (
     START,
     FakeClock,
     activated,
+    append,
     excluded,
     failed,
     new_destination,
     superseded,
+    unpack,
     update,
 )
 
@@ -30,7 +32,8 @@ async def destination(store: Store) -> DestinationRecord:
 
 async def test_outcomes_page_newest_first(store: Store, destination: DestinationRecord) -> None:
     updates = [update(n, profile_id="p-even" if n % 2 == 0 else f"p{n}") for n in range(10)]
-    await store.append(destination.id, INSTANCE, updates)
+    await append(store, destination.id, INSTANCE, updates)
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 100, START)
     for entry in entries:  # one retire each: outcome ids follow the order of retiring
         await store.retire([entry], [activated(entry, ActionType.UPDATED)])
@@ -61,8 +64,9 @@ async def test_outcomes_page_newest_first(store: Store, destination: Destination
 
 async def test_outcomes_are_per_destination(store: Store, destination: DestinationRecord) -> None:
     other = await store.create_destination(new_destination(name="other"))
-    await store.append(destination.id, INSTANCE, [update(1)])
-    await store.append(other.id, INSTANCE, [update(1)])
+    await append(store, destination.id, INSTANCE, [update(1)])
+    await append(store, other.id, INSTANCE, [update(1)])
+    await unpack(store, INSTANCE)
     entries = await store.claim_due(INSTANCE, 10, START)
     await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
 
@@ -74,7 +78,8 @@ async def test_dataflow_counts_and_hourly_runs(
     store: Store, destination: DestinationRecord, clock: FakeClock
 ) -> None:
     # Hour 1 (10:00): 6 received, 3 activated, 1 excluded, 1 failed, 1 superseded.
-    await store.append(destination.id, INSTANCE, [update(n) for n in range(6)])
+    await append(store, destination.id, INSTANCE, [update(n) for n in range(6)])
+    await unpack(store, INSTANCE)
     e = await store.claim_due(INSTANCE, 10, clock.now)
     await store.retire(
         e[:6],
@@ -87,16 +92,20 @@ async def test_dataflow_counts_and_hourly_runs(
             superseded(e[5]),
         ],
     )
-    # Hour 3 (12:00): 2 received, 1 excluded; one stays pending.
+    # Hour 3 (12:00): 3 received, one of them a re-sent u0 (a duplicate), 1 excluded; one
+    # stays pending.
     clock.advance(2 * HOUR)
-    await store.append(destination.id, INSTANCE, [update(10), update(11)])
+    await append(store, destination.id, INSTANCE, [update(10), update(0), update(11)])
+    assert (await store.dataflow(destination.id, now=clock.now)).pending == 3
+    assert await unpack(store, INSTANCE) == 2
     e = await store.claim_due(INSTANCE, 10, clock.now)
     await store.retire(e[:1], [excluded(e[0], "consent withdrawn")])
     clock.advance(timedelta(minutes=10))
 
     flow = await store.dataflow(destination.id, hours=4, now=clock.now)
 
-    assert flow.received == 8
+    assert flow.received == 9
+    assert flow.duplicates == 1
     assert flow.activated == 3
     assert (flow.created, flow.updated, flow.added, flow.removed) == (1, 2, 1, 1)
     assert flow.excluded == {"consent withdrawn": 2}
@@ -107,7 +116,7 @@ async def test_dataflow_counts_and_hourly_runs(
     assert flow.paused_until is None
     hour = START.replace(minute=0)
     assert flow.runs == (
-        DataflowRun(hour + 2 * HOUR, received=2, activated=0, excluded=1, failed=0, superseded=0),
+        DataflowRun(hour + 2 * HOUR, received=3, activated=0, excluded=1, failed=0, superseded=0),
         DataflowRun(hour + HOUR, 0, 0, 0, 0, 0),
         DataflowRun(hour, received=6, activated=3, excluded=1, failed=1, superseded=1),
         DataflowRun(hour - HOUR, 0, 0, 0, 0, 0),
@@ -120,7 +129,7 @@ async def test_dataflow_counts_and_hourly_runs(
 async def test_empty_dataflow(store: Store, destination: DestinationRecord) -> None:
     flow = await store.dataflow(destination.id, hours=24, now=START)
 
-    assert flow.received == flow.activated == flow.pending == 0
+    assert flow.received == flow.activated == flow.pending == flow.duplicates == 0
     assert flow.oldest_pending_age is None
     assert flow.excluded == {}
     assert len(flow.runs) == 24

@@ -1,7 +1,8 @@
 """What only the PostgreSQL store has to get right: many replicas on one database.
 
-Migrations under an advisory lock, fencing against a concurrent takeover, fair lease spreading,
-appends from several stores at once, indexes on the hot queries, secrets sealed at rest.
+Migrations under an advisory lock, fencing (of retire and unpack) against a concurrent takeover,
+fair lease spreading, appends from several stores at once, indexes on the hot queries, secrets
+sealed at rest.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from tests.store.conftest import (
     FakeClock,
     PostgresBackend,
     activated,
+    append,
     new_destination,
+    unpack,
     update,
 )
 
@@ -85,9 +88,10 @@ async def test_a_takeover_fences_out_the_old_holder_across_stores(
     replica_b = await backend.open(clock)
     try:
         destination = await replica_a.create_destination(new_destination())
-        await replica_b.append(destination.id, "i1", [update(1), update(2)])
+        await append(replica_b, destination.id, "i1", [update(1), update(2)])
         old = await replica_a.acquire_lease("i1", "a", TTL)
         assert old is not None
+        assert await unpack(replica_a, "i1", fencing=old.generation) == 2
         entries = await replica_a.claim_due("i1", 10, START)
         assert await replica_b.acquire_lease("i1", "b", TTL) is None  # a holds it
 
@@ -101,15 +105,21 @@ async def test_a_takeover_fences_out_the_old_holder_across_stores(
             )
         with pytest.raises(FencingError):
             await replica_a.defer(entries, clock.now + TTL, "late", fencing=old.generation)
+        await append(replica_a, destination.id, "i1", [update(3)])
+        with pytest.raises(FencingError):
+            await unpack(replica_a, "i1", fencing=old.generation)
         assert await replica_b.renew_lease(new, TTL) is not None
         assert await replica_a.renew_lease(old, TTL) is None
         mine = await replica_b.claim_due("i1", 10, clock.now)
         assert [e.sequence for e in mine] == [e.sequence for e in entries]  # nothing was lost
+        assert await unpack(replica_b, "i1", fencing=new.generation) == 1
+        mine = await replica_b.claim_due("i1", 10, clock.now)
+        assert [e.update.update_id for e in mine] == ["u1", "u2", "u3"]
         await replica_b.retire(
             mine, [activated(e, ActionType.UPDATED) for e in mine], fencing=new.generation
         )
         assert (await replica_a.pending_stats(destination.id)).count == 0
-        assert len((await replica_a.list_outcomes(destination.id)).items) == 2
+        assert len((await replica_a.list_outcomes(destination.id)).items) == 3
     finally:
         await replica_a.close()
         await replica_b.close()
@@ -124,7 +134,8 @@ async def test_a_retire_waits_for_a_takeover_in_progress_and_is_fenced(
     store = await backend.open(clock)
     try:
         destination = await store.create_destination(new_destination())
-        await store.append(destination.id, "i1", [update(1)])
+        await append(store, destination.id, "i1", [update(1)])
+        await unpack(store, "i1")
         lease = await store.acquire_lease("i1", "a", TTL)
         assert lease is not None
         entries = await store.claim_due("i1", 10, START)
@@ -158,7 +169,7 @@ async def test_leases_spread_fairly_over_replicas(backend: Backend, clock: FakeC
         destination = await store.create_destination(new_destination())
         instances = [f"i{n}" for n in range(6)]
         for n, instance in enumerate(instances):
-            await store.append(destination.id, instance, [update(n)])
+            await append(store, destination.id, instance, [update(n)])
         for holder in ("a", "b", "c"):
             await store.heartbeat_replica(holder, TTL)
         assert await store.fair_share("a") == 2
@@ -203,20 +214,56 @@ async def test_appends_from_several_replicas_land_once(backend: Backend, clock: 
         destination = await stores[0].create_destination(new_destination())
 
         async def stream(store: Store, n: int) -> int:
-            # Every replica receives every update (a retried stream): each is stored once.
-            result = await store.append(
-                destination.id, "i1", [update(n * 10 + k) for k in range(10)]
+            # Every replica receives every update (a retried stream): each batch is stored...
+            result = await append(
+                store, destination.id, "i1", [update(n * 10 + k) for k in range(10)]
             )
-            return result.accepted
+            assert result.count == 10
+            return result.sequence
 
-        accepted = await asyncio.gather(*(stream(store, n) for n in range(20) for store in stores))
-        assert sum(accepted) == 200
+        sequences = await asyncio.gather(*(stream(store, n) for n in range(20) for store in stores))
+        assert len(set(sequences)) == 60
+        assert sorted(backend.committed_batches(destination.id)) == sorted(sequences)
+        assert (await stores[1].pending_stats(destination.id)).count == 600
+
+        # ... and each update becomes one entry when the batches are unpacked.
+        assert await unpack(stores[2], "i1") == 200
         assert (await stores[1].pending_stats(destination.id)).count == 200
+        flow = await stores[0].dataflow(destination.id, now=START)
+        assert (flow.received, flow.duplicates) == (600, 400)
         entries = await stores[2].claim_due("i1", 1000, START)
         assert len({e.update.update_id for e in entries}) == len(entries) == 200
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_an_unpack_waits_for_a_takeover_in_progress_and_is_fenced(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """Like retire, unpack locks the lease row for its fencing check."""
+    assert isinstance(backend, PostgresBackend)
+    store = await backend.open(clock)
+    try:
+        destination = await store.create_destination(new_destination())
+        batch = await append(store, destination.id, "i1", [update(1)])
+        lease = await store.acquire_lease("i1", "a", TTL)
+        assert lease is not None
+        with psycopg.connect(backend.url) as takeover:
+            takeover.execute(
+                "UPDATE instance_leases SET holder = 'b', generation = generation + 1 "
+                "WHERE instance_key = 'i1'"
+            )
+            unpacking = asyncio.ensure_future(unpack(store, "i1", fencing=lease.generation))
+            await asyncio.sleep(0.3)
+            assert not unpacking.done()  # blocked on the lease row
+            takeover.commit()
+            with pytest.raises(FencingError):
+                await asyncio.wait_for(unpacking, 10)
+        assert backend.committed_batches(destination.id) == [batch.sequence]
+        assert await store.claim_due("i1", 10, START) == []
+    finally:
+        await store.close()
 
 
 async def test_hot_queries_use_indexes(store: Store, backend: Backend) -> None:
@@ -236,7 +283,13 @@ async def test_hot_queries_use_indexes(store: Store, backend: Backend) -> None:
             "SELECT enqueued_at FROM outbox WHERE destination_id = 'd' ORDER BY sequence LIMIT 1"
         )
         held = plan("SELECT COUNT(*) FROM instance_leases WHERE holder = 'a' AND expires_at > 0")
+        next_batch = plan("SELECT id FROM inbox WHERE instance_key = 'i' ORDER BY id LIMIT 1")
+        oldest_batch = plan(
+            "SELECT enqueued_at FROM inbox WHERE destination_id = 'd' ORDER BY id LIMIT 1"
+        )
     assert "outbox_due" in claim and "Sort" not in claim
+    assert "inbox_by_instance" in next_batch and "Sort" not in next_batch
+    assert "inbox_by_destination" in oldest_batch and "Sort" not in oldest_batch
     assert "outbox_by_destination" in oldest and "Sort" not in oldest
     assert "instance_leases_by_holder" in held
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from service.store import Store
-from tests.store.conftest import FakeClock, new_destination, update
+from tests.store.conftest import FakeClock, append, new_destination, unpack, update
 
 TTL = timedelta(seconds=30)
 
@@ -17,8 +17,11 @@ async def test_fair_share_divides_busy_instances_by_live_replicas(
 
     destination = await store.create_destination(new_destination())
     for n in range(5):
-        await store.append(destination.id, f"i{n}", [update(n)])
-    assert await store.fair_share("a") == 5  # alone: everything
+        await append(store, destination.id, f"i{n}", [update(n)])
+    assert await store.fair_share("a") == 5  # alone: everything (batches in the inbox count)
+    for n in range(3):
+        assert await unpack(store, f"i{n}") == 1
+    assert await store.fair_share("a") == 5  # three busy with entries, two with batches
 
     await store.heartbeat_replica("a", TTL)
     await store.heartbeat_replica("b", TTL)

@@ -511,7 +511,7 @@ class DataflowRun(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received: _Optional[int] = ..., activated: _Optional[int] = ..., excluded: _Optional[int] = ..., failed: _Optional[int] = ..., skipped_rate: _Optional[float] = ...) -> None: ...
 
 class Dataflow(_message.Message):
-    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until")
+    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates")
     class ExcludedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -536,6 +536,7 @@ class Dataflow(_message.Message):
     RUNS_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
     PAUSED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     destination_id: str
     received: int
     activated: ActivatedCounts
@@ -546,7 +547,8 @@ class Dataflow(_message.Message):
     runs: _containers.RepeatedCompositeFieldContainer[DataflowRun]
     superseded: int
     paused_until: _timestamp_pb2.Timestamp
-    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    duplicates: int
+    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class GetDataflowRequest(_message.Message):
     __slots__ = ("destination_id", "hours")
