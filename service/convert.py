@@ -549,7 +549,7 @@ def sync_updates(
     request: ingest_pb.SyncRequestView, now: datetime
 ) -> tuple[WireUpdates, list[Rejected]]:
     """Check every update of a Sync request without converting it; each bad one becomes a
-    rejection of its own. The good ones stay in the caller's encoding: the outbox keeps them
+    rejection of its own. The good ones stay in the caller's encoding: the inbox keeps them
     that way and `decode_updates` converts them when they are delivered.
 
     Every update Sync receives passes through here, so an update that is plainly good is
@@ -680,12 +680,12 @@ def _decoded(
 
 
 def decode_updates(body: bytes) -> list[ProfileUpdate]:
-    """The updates of an outbox batch written by `sync_updates` or `encode_updates`."""
+    """The updates of an inbox batch written by `sync_updates` or `encode_updates`."""
     return [decode_update(message) for message in pb.SyncRequest.FromString(body).updates]
 
 
 def encode_updates(updates: Sequence[ProfileUpdate]) -> bytes:
-    """Domain updates in the outbox batch encoding (for tools and tests that have no request)."""
+    """Domain updates as an inbox batch (for tools and tests that have no request)."""
     request = pb.SyncRequest()
     for update in updates:
         message = request.updates.add(update_id=update.update_id, profile_id=update.profile_id)

@@ -103,10 +103,6 @@ class _FieldTypes:
     fetched_at: float
 
 
-UNPACK_STEP = 5_000
-"""Most updates one unpack transaction decodes into the outbox."""
-
-
 @dataclass(slots=True)
 class _Drainer:
     instance_key: str
@@ -404,16 +400,11 @@ class Dispatcher:
                 return []
 
     async def _claim(self, lease: Lease, limit: int) -> list[OutboxEntry]:
-        """Up to `limit` due entries, unpacking inbox batches first while fewer are due (a few
-        thousand per transaction, so appends never wait long behind a bulk-sized unpack)."""
-        target = min(limit, UNPACK_STEP)
-        while (
-            await self._store.unpack(
-                lease.instance_key, self._decode, target, fencing=lease.generation, now=self._now()
-            )
-            and target < limit
-        ):
-            target = min(limit, target + UNPACK_STEP)
+        """Up to `limit` due entries, unpacking inbox batches first while fewer are due (the
+        store commits every few thousand, so appends never wait long behind a bulk claim)."""
+        await self._store.unpack(
+            lease.instance_key, self._decode, limit, fencing=lease.generation, now=self._now()
+        )
         return await self._store.claim_due(lease.instance_key, limit, now=self._now())
 
     async def _widen(self, lease: Lease, entries: list[OutboxEntry]) -> list[OutboxEntry]:

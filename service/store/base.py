@@ -28,6 +28,7 @@ from service.domain import FieldMapping, Outcome, ProfileUpdate
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 __all__ = [
+    "UNPACK_STEP",
     "ActivationRecord",
     "AlertRecord",
     "AppendResult",
@@ -294,6 +295,9 @@ class Lease:
 
 CommitListener = Callable[[str], None]
 
+UNPACK_STEP = 5_000
+"""About how many updates one unpack transaction takes from the inbox."""
+
 
 def settle_appends(
     futures: Sequence[asyncio.Future[AppendResult]],
@@ -422,13 +426,16 @@ class Store(Protocol):
         *,
         fencing: int | None = None,
         now: datetime | None = None,
+        step: int = UNPACK_STEP,
     ) -> int:
         """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
-        entries of it are due; returns how many updates were unpacked.
+        entries of it are due; returns how many entries were stored.
 
-        Idempotent on (destination_id, update_id): an update already in the outbox or already
-        delivered is dropped here and counted as a duplicate. Entries keep their batch's enqueue
-        time and trace context, and come after every entry unpacked before.
+        Commits after about `step` updates taken from the inbox, so no transaction grows with
+        the backlog (re-sent duplicates count too). Idempotent on (destination_id, update_id): an
+        update already in the outbox or already delivered is dropped here and counted as a
+        duplicate. Entries keep their batch's enqueue time and trace context, and come after
+        every entry unpacked before.
         """
         ...
 

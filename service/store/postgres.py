@@ -39,6 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 from service.domain import FieldMapping, Outcome, ProfileUpdate
 from service.secrets import SecretBox
 from service.store.base import (
+    UNPACK_STEP,
     ActivationRecord,
     AlertRecord,
     AppendResult,
@@ -641,13 +642,16 @@ class PostgresStore:
         *,
         fencing: int | None = None,
         now: datetime | None = None,
+        step: int = UNPACK_STEP,
     ) -> int:
         """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
-        entries are due."""
+        entries are due, in transactions of about `step` updates."""
         current = self._now(now)
         hour = current - current % HOUR_US
+        step = max(step, 1)
 
-        async def work(connection: Connection) -> int:
+        async def work(connection: Connection) -> tuple[int, bool]:
+            """One transaction: (entries stored, whether more should follow)."""
             if fencing is not None:
                 await _check_fencing(connection, {instance_key}, fencing)
             cursor = await connection.execute(
@@ -657,9 +661,10 @@ class PostgresStore:
             )
             row = await cursor.fetchone()
             due = row[0] if row is not None else 0
-            unpacked = 0
+            stored = taken = 0
+            empty = False
             duplicates: Counter[str] = Counter()
-            while due + unpacked < limit:
+            while due + stored < limit and taken < step:
                 # SKIP LOCKED: a batch still being unpacked by a fenced-out holder is left alone.
                 cursor = await connection.execute(
                     "DELETE FROM inbox WHERE id = (SELECT id FROM inbox WHERE instance_key = %s "
@@ -669,6 +674,7 @@ class PostgresStore:
                 )
                 batch = await cursor.fetchone()
                 if batch is None:
+                    empty = True
                     break
                 destination_id, body, trace_context, enqueued_at = batch
                 updates = decode(bytes(body))
@@ -676,7 +682,7 @@ class PostgresStore:
                     connection, destination_id, [update.update_id for update in updates]
                 )
                 fresh = [update for update in updates if update.update_id not in delivered]
-                stored = 0
+                inserted = 0
                 if fresh:
                     cursor = await connection.execute(
                         _INSERT_OUTBOX,
@@ -690,9 +696,10 @@ class PostgresStore:
                         ),
                         binary=True,
                     )
-                    stored = len(await cursor.fetchall())
-                unpacked += stored
-                duplicates[destination_id] += len(updates) - stored
+                    inserted = len(await cursor.fetchall())
+                stored += inserted
+                taken += len(updates)
+                duplicates[destination_id] += len(updates) - inserted
             # Rows are locked in a fixed order, as append does, so the two cannot deadlock.
             for destination_id, count in sorted(duplicates.items()):
                 if count:
@@ -701,9 +708,15 @@ class PostgresStore:
                         (count, destination_id),
                     )
                     await _add_counts(connection, destination_id, hour, Counts(duplicates=count))
-            return unpacked
+            # Stopped at `step` with too few due entries: another transaction follows.
+            return stored, not empty and due + stored < limit
 
-        return await self._write("unpack", work)
+        total = 0
+        more = True
+        while more:
+            stored, more = await self._write("unpack", work)
+            total += stored
+        return total
 
     # -- outbox: draining -----------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from service.domain import (
 )
 from service.secrets import SecretBox
 from service.store.base import (
+    UNPACK_STEP,
     ActivationRecord,
     AlertRecord,
     AppendResult,
@@ -684,13 +685,17 @@ class SqliteStore:
         *,
         fencing: int | None = None,
         now: datetime | None = None,
+        step: int = UNPACK_STEP,
     ) -> int:
         """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
-        entries are due (decoding runs in the writer thread, inside the transaction)."""
+        entries are due, in transactions of about `step` updates (decoding runs in the writer
+        thread, inside the transaction)."""
         current = self._now(now)
         hour = current - current % HOUR_US
+        step = max(step, 1)
 
-        def work(connection: sqlite3.Connection) -> int:
+        def work(connection: sqlite3.Connection) -> tuple[int, bool]:
+            """One transaction: (entries stored, whether more should follow)."""
             if fencing is not None:
                 _check_fencing(connection, {instance_key}, fencing)
             due = connection.execute(
@@ -698,15 +703,17 @@ class SqliteStore:
                 "WHERE instance_key = ? AND not_before <= ? LIMIT ?)",
                 (instance_key, current, limit),
             ).fetchone()[0]
-            unpacked = 0
+            stored = taken = 0
+            empty = False
             duplicates: Counter[str] = Counter()
-            while due + unpacked < limit:
+            while due + stored < limit and taken < step:
                 batch = connection.execute(
                     "SELECT id, destination_id, body, trace_context, enqueued_at FROM inbox "
                     "WHERE instance_key = ? ORDER BY id LIMIT 1",
                     (instance_key,),
                 ).fetchone()
                 if batch is None:
+                    empty = True
                     break
                 batch_id, destination_id, body, trace_context, enqueued_at = batch
                 connection.execute("DELETE FROM inbox WHERE id = ?", (batch_id,))
@@ -716,19 +723,20 @@ class SqliteStore:
                 ]
                 delivered = _delivered(connection, destination_id, [row[2] for row in rows])
                 fresh = [row for row in rows if row[2] not in delivered] if delivered else rows
-                stored = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
-                unpacked += stored
-                duplicates[destination_id] += len(rows) - stored
-            for destination_id, count in sorted(duplicates.items()):
-                if count:
-                    connection.execute(
-                        "UPDATE destinations SET pending = pending - ? WHERE id = ?",
-                        (count, destination_id),
-                    )
-                    _add_counts(connection, destination_id, hour, Counts(duplicates=count))
-            return unpacked
+                inserted = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
+                stored += inserted
+                taken += len(rows)
+                duplicates[destination_id] += len(rows) - inserted
+            _count_duplicates(connection, duplicates, hour)
+            # Stopped at `step` with too few due entries: another transaction follows.
+            return stored, not empty and due + stored < limit
 
-        return await self._write("unpack", work)
+        total = 0
+        more = True
+        while more:
+            stored, more = await self._write("unpack", work)
+            total += stored
+        return total
 
     # -- outbox: draining -----------------------------------------------------------------------
 
@@ -1157,6 +1165,17 @@ def _conforms(store: SqliteStore) -> Store:
 
 
 # -- row conversion and helpers ---------------------------------------------------------------
+
+
+def _count_duplicates(connection: sqlite3.Connection, duplicates: Counter[str], hour: int) -> None:
+    """Take re-sent updates dropped on unpack out of pending and count them, per destination."""
+    for destination_id, count in sorted(duplicates.items()):
+        if count:
+            connection.execute(
+                "UPDATE destinations SET pending = pending - ? WHERE id = ?",
+                (count, destination_id),
+            )
+            _add_counts(connection, destination_id, hour, Counts(duplicates=count))
 
 
 def _outbox_params(

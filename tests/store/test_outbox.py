@@ -304,6 +304,29 @@ async def test_a_batch_of_duplicates_does_not_fill_the_limit(
     assert (flow.received, flow.duplicates, flow.pending) == (4, 1, 3)
 
 
+async def test_unpack_commits_every_step_even_through_a_flood_of_duplicates(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    """Re-sent updates count toward a transaction's size: a long run of them is taken from the
+    inbox in several commits, and the fresh update behind them is still reached."""
+    commits: list[str] = []
+    store.add_commit_listener(commits.append)
+    await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    for _ in range(5):
+        await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    await append(store, destination.id, INSTANCE, [update(3)])
+
+    stored = await store.unpack(INSTANCE, convert.decode_updates, 3, step=4, now=START)
+
+    assert stored == 3
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u2", "u3"]
+    assert backend.committed_batches(destination.id) == []
+    # 13 updates taken, about 4 per transaction: batches are whole, so 2 + 2 per commit.
+    assert commits.count("unpack") == 4
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.duplicates, flow.pending) == (13, 10, 3)
+
+
 async def test_unpack_takes_only_its_own_instance(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
