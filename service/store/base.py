@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
@@ -50,6 +50,7 @@ __all__ = [
     "StoreError",
     "VersionConflict",
     "Watermark",
+    "in_steps",
     "settle_appends",
 ]
 
@@ -297,6 +298,17 @@ CommitListener = Callable[[str], None]
 
 UNPACK_STEP = 5_000
 """About how many updates one unpack transaction takes from the inbox."""
+
+
+async def in_steps(transaction: Callable[[], Awaitable[tuple[int, bool]]]) -> int:
+    """Run `transaction` (returning: entries stored, whether another should follow) until it
+    says no more should follow; the entries stored in all (a store helper for `unpack`)."""
+    total = 0
+    more = True
+    while more:
+        stored, more = await transaction()
+        total += stored
+    return total
 
 
 def settle_appends(

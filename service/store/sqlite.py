@@ -53,6 +53,7 @@ from service.store.base import (
     StoreError,
     VersionConflict,
     Watermark,
+    in_steps,
     settle_appends,
 )
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
@@ -731,12 +732,7 @@ class SqliteStore:
             # Stopped at `step` with too few due entries: another transaction follows.
             return stored, not empty and due + stored < limit
 
-        total = 0
-        more = True
-        while more:
-            stored, more = await self._write("unpack", work)
-            total += stored
-        return total
+        return await in_steps(lambda: self._write("unpack", work))
 
     # -- outbox: draining -----------------------------------------------------------------------
 
