@@ -512,15 +512,17 @@ def updates(
 class _RequestUpdates:
     """The checked updates of one Sync request, kept as the caller encoded them."""
 
-    __slots__ = ("_kept", "_memberships", "_request")
+    __slots__ = ("_kept", "_memberships", "_request", "_wire")
 
     def __init__(
         self,
         request: ingest_pb.SyncRequestView,
+        wire: bytes,
         kept: list[int],
         memberships: list[IndexedAudiences],
     ) -> None:
         self._request = request
+        self._wire = wire
         self._kept = kept
         self._memberships = memberships
 
@@ -536,7 +538,7 @@ class _RequestUpdates:
         updates = self._request.updates
         if not dropped and len(self._kept) == len(updates):
             # The request itself: its destination_id and request_id are ignored on decoding.
-            return self._request.SerializeToString()
+            return self._wire
         kept = [updates[index] for index in self._kept if index not in dropped]
         return ingest_pb.SyncRequestView(updates=kept).SerializeToString()
 
@@ -560,11 +562,12 @@ def sync_updates(
     latest = limit[0]
     # One parse of the whole request, in C, proves every profile and membership decodes (as
     # delivery will decode them); only when it fails is each profile parsed on its own.
+    wire = request.SerializeToString()
+    full: pb.SyncRequest | None
     try:
-        pb.SyncRequest.FromString(request.SerializeToString())
-        decodes = True
+        full = pb.SyncRequest.FromString(wire)
     except DecodeError:
-        decodes = False
+        full = None
     kept: list[int] = []
     memberships: list[IndexedAudiences] = []
     bad: list[Rejected] = []
@@ -576,7 +579,7 @@ def sync_updates(
             and len(update.update_id) <= MAX_UPDATE_ID_LENGTH
             and 0 < stamp.seconds < latest
             and 0 <= stamp.nanos < 1_000_000_000
-            and _plain_profile(update.profile, decodes)
+            and _plain_profile(update.profile, full, index)
         ):
             audiences = update.audiences
             if not audiences:
@@ -594,16 +597,18 @@ def sync_updates(
         kept.append(index)
         if message.audiences:
             memberships.append((index, tuple(a.audience_id for a in message.audiences)))
-    return _RequestUpdates(request, kept, memberships), bad
+    return _RequestUpdates(request, wire, kept, memberships), bad
 
 
-def _plain_profile(profile: bytes, decodes: bool) -> bool:
-    """Whether an encoded profile is plainly valid and within the size and depth limits
-    (`decodes`: it is known to decode)."""
-    if decodes and len(profile) < _SHALLOW:
+def _plain_profile(profile: bytes, full: pb.SyncRequest | None, index: int) -> bool:
+    """Whether the encoded profile of update `index` is plainly valid and within the size and
+    depth limits (`full`: the whole request decoded, when it decodes)."""
+    if full is not None and len(profile) < _SHALLOW:
         return True
     if len(profile) > MAX_PROFILE_BYTES:
         return False
+    if full is not None:
+        return not _too_deep(full.updates[index].profile, MAX_PROFILE_DEPTH)
     try:
         return not _too_deep(struct_pb2.Struct.FromString(profile), MAX_PROFILE_DEPTH)
     except DecodeError:
