@@ -81,6 +81,7 @@ from service.store.rows import (
     dumps_mappings,
     encode_token,
     from_micros,
+    instances_with_work,
     loads_mappings,
     outbox_entry,
     outcome_record,
@@ -176,9 +177,7 @@ _UPSERT_WATERMARKS = (
 
 # Instances with due work, plus those with a live lease; the fair-share numerator.
 _BUSY_INSTANCES = (
-    "SELECT instance_key FROM outbox_instances i WHERE EXISTS (SELECT 1 FROM outbox o "
-    "WHERE o.instance_key = i.instance_key AND o.not_before <= %(now)s) "
-    "OR EXISTS (SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key) "
+    f"{instances_with_work('%(now)s')} "
     "UNION SELECT instance_key FROM instance_leases WHERE expires_at > %(now)s"
 )
 
@@ -860,11 +859,7 @@ class PostgresStore:
 
         async def work(connection: Connection) -> list[str]:
             cursor = await connection.execute(
-                "SELECT instance_key FROM outbox_instances i WHERE EXISTS ("
-                "SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
-                "AND o.not_before <= %s) OR EXISTS ("
-                "SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key) "
-                "ORDER BY instance_key",
+                f"{instances_with_work('%s')} ORDER BY instance_key",
                 (due,),
             )
             return [row[0] for row in await cursor.fetchall()]

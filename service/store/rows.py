@@ -98,6 +98,16 @@ DESTINATION_COLUMNS = (
 )
 
 
+def instances_with_work(due: str) -> str:
+    """SQL selecting the instance keys that have work: an outbox entry due at `due` (a
+    parameter placeholder of the engine's style) or a batch in the inbox."""
+    return (
+        "SELECT instance_key FROM outbox_instances i WHERE EXISTS (SELECT 1 FROM outbox o "
+        f"WHERE o.instance_key = i.instance_key AND o.not_before <= {due}) "
+        "OR EXISTS (SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key)"
+    )
+
+
 OUTBOX_COLUMNS = (
     "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
     "trace_context, enqueued_at, not_before, attempts, last_error"

@@ -75,6 +75,7 @@ from service.store.rows import (
     dumps_mappings,
     encode_token,
     from_micros,
+    instances_with_work,
     loads_mappings,
     outbox_entry,
     outcome_record,
@@ -141,6 +142,8 @@ class _Append:
 
 # Idempotent on (destination_id, update_id); `unpack` first drops updates already delivered
 # (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
+_INSTANCES_WITH_WORK = instances_with_work("?")
+
 GROUPS_PER_TURN = 16
 """Append groups the writer thread commits back to back before other writes get their turn."""
 
@@ -879,11 +882,7 @@ class SqliteStore:
 
         def work(connection: sqlite3.Connection) -> list[str]:
             rows = connection.execute(
-                "SELECT instance_key FROM outbox_instances i WHERE EXISTS ("
-                "SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
-                "AND o.not_before <= ?) OR EXISTS ("
-                "SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key) "
-                "ORDER BY instance_key",
+                f"{_INSTANCES_WITH_WORK} ORDER BY instance_key",
                 (due,),
             )
             return [row[0] for row in rows]
@@ -1138,10 +1137,7 @@ class SqliteStore:
 
         def work(connection: sqlite3.Connection) -> int:
             instances, replicas = connection.execute(
-                "SELECT (SELECT COUNT(*) FROM (SELECT instance_key FROM outbox_instances i "
-                "WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.instance_key = i.instance_key "
-                "AND o.not_before <= ?) OR EXISTS (SELECT 1 FROM inbox b "
-                "WHERE b.instance_key = i.instance_key) "
+                f"SELECT (SELECT COUNT(*) FROM ({_INSTANCES_WITH_WORK} "
                 "UNION SELECT instance_key FROM instance_leases WHERE expires_at > ?)), "
                 "(SELECT COUNT(*) FROM replicas WHERE expires_at > ? AND holder <> ?)",
                 (current, current, current, holder),
