@@ -721,16 +721,17 @@ class SqliteStore:
                     break
                 batch_id, destination_id, body, trace_context, enqueued_at = batch
                 connection.execute("DELETE FROM inbox WHERE id = ?", (batch_id,))
-                rows = [
+                updates = decode(body)
+                delivered = _delivered(connection, destination_id, [u.update_id for u in updates])
+                fresh = [
                     _outbox_params(destination_id, instance_key, update, trace_context, enqueued_at)
-                    for update in decode(body)
+                    for update in updates
+                    if update.update_id not in delivered
                 ]
-                delivered = _delivered(connection, destination_id, [row[2] for row in rows])
-                fresh = [row for row in rows if row[2] not in delivered] if delivered else rows
                 inserted = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
                 stored += inserted
-                taken += len(rows)
-                duplicates[destination_id] += len(rows) - inserted
+                taken += len(updates)
+                duplicates[destination_id] += len(updates) - inserted
             _count_duplicates(connection, duplicates, hour)
             # Stopped at `step` with too few due entries: another transaction follows.
             return stored, not empty and due + stored < limit
