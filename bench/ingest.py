@@ -52,7 +52,13 @@ if str(ROOT) not in sys.path:
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb  # noqa: E402
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc  # noqa: E402
-from tests.harness import STANDARD_MAPPINGS, connection, spec, update  # noqa: E402
+from tests.harness import (  # noqa: E402
+    STANDARD_MAPPINGS,
+    connection,
+    encoded_field,
+    spec,
+    update,
+)
 from tests.telemetry.otlp_receiver import OtlpReceiver  # noqa: E402
 
 SYNC = "/marketo_destination.v1.MarketoDestinationService/Sync"
@@ -75,23 +81,6 @@ OVERHEAD_TARGET = 0.15
 # ------------------------------------------------------------------------------- requests
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (``tag`` already holds the wire type)."""
-    return bytes([tag]) + _varint(len(payload)) + payload
-
-
 class Requests:
     """Serialized ``SyncRequest`` bytes of distinct updates, cheap to make: the client must not
     be what limits the measured servers. Every update is different (profile id, email), so the
@@ -108,13 +97,13 @@ class Requests:
         self._next = 0
 
     def request(self, destination_id: str, count: int, request_id: str) -> bytes:
-        parts = [_field(0x0A, destination_id.encode())]
+        parts = [encoded_field(1, destination_id.encode())]
         template = self._template
         for _ in range(count):
             self._next += 1
             one = template.replace(PLACEHOLDER, b"%010d" % self._next)
-            parts.append(_field(0x12, one))
-        parts.append(_field(0x1A, request_id.encode()))
+            parts.append(encoded_field(2, one))
+        parts.append(encoded_field(3, request_id.encode()))
         return b"".join(parts)
 
 

@@ -110,6 +110,18 @@ def update(
     return message
 
 
+def encoded_field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (field numbers below 16), encoded by hand as any
+    client may: e.g. a SyncRequest whose updates a protobuf library would refuse to parse."""
+    length = bytearray()
+    size = len(payload)
+    while size > 0x7F:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    return bytes([number << 3 | 2]) + bytes(length) + payload
+
+
 @contextlib.asynccontextmanager
 async def running_service(
     tmp_path: Path,

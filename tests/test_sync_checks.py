@@ -19,6 +19,7 @@ from service import convert
 from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.domain import ProfileUpdate
+from tests.harness import encoded_field
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 NOW_SECONDS = int(NOW.timestamp())
@@ -31,18 +32,8 @@ def view_of(updates: list[pb.ProfileUpdate]) -> ingest_pb2.SyncRequestView:
     would re-parse each update and refuse profiles nested past protobuf's parsing limit."""
     wire = pb.SyncRequest(destination_id="d1", request_id="r1").SerializeToString()
     for update in updates:
-        encoded = update.SerializeToString()
-        wire += b"\x12" + _varint(len(encoded)) + encoded
+        wire += encoded_field(2, update.SerializeToString())
     return ingest_pb2.SyncRequestView.FromString(wire)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def nested(depth: int, leaf: Any = "x", *, lists: bool = False) -> dict[str, Any]:

@@ -11,7 +11,14 @@ import grpc
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from tests.harness import STANDARD_MAPPINGS, Service, running_service, spec, update
+from tests.harness import (
+    STANDARD_MAPPINGS,
+    Service,
+    encoded_field,
+    running_service,
+    spec,
+    update,
+)
 
 REALIZED = pb.MEMBERSHIP_STATUS_REALIZED
 EXITED = pb.MEMBERSHIP_STATUS_EXITED
@@ -185,17 +192,6 @@ async def test_bad_updates_are_rejected_alone(service: Service) -> None:
     assert set(by_email(await service.leads())) == {"a@example.com", "e@example.com"}
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field (payloads here are shorter than 16 KiB)."""
-    assert len(payload) < 1 << 14
-    length = (
-        bytes([len(payload)])
-        if len(payload) < 0x80
-        else bytes([len(payload) & 0x7F | 0x80, len(payload) >> 7])
-    )
-    return bytes([number << 3 | 2]) + length + payload
-
-
 async def test_an_update_that_does_not_decode_is_rejected_alone(service: Service) -> None:
     """A client may send what a protobuf library would refuse to parse: a profile nested past
     the parser's limit, a membership that is not a message. Only those updates are refused."""
@@ -206,14 +202,14 @@ async def test_an_update_that_does_not_decode_is_rejected_alone(service: Service
     for _ in range(60):
         node = node.fields["x"].struct_value
     broken = update("p3", "c@example.com")
-    broken_bytes = broken.SerializeToString() + _field(4, b"\x0a\x09short")
+    broken_bytes = broken.SerializeToString() + encoded_field(4, b"\x0a\x09short")
     request = (
-        _field(1, destination_id.encode())
-        + _field(2, update("p1", "a@example.com").SerializeToString())
-        + _field(2, deep.SerializeToString())
-        + _field(2, broken_bytes)
-        + _field(2, update("p4", "d@example.com").SerializeToString())
-        + _field(3, b"raw")
+        encoded_field(1, destination_id.encode())
+        + encoded_field(2, update("p1", "a@example.com").SerializeToString())
+        + encoded_field(2, deep.SerializeToString())
+        + encoded_field(2, broken_bytes)
+        + encoded_field(2, update("p4", "d@example.com").SerializeToString())
+        + encoded_field(3, b"raw")
     )
     sync = service.channel.stream_stream(
         "/marketo_destination.v1.MarketoDestinationService/Sync",
