@@ -490,6 +490,20 @@ class MarketoClient:
         result = answer.body.get("result") if isinstance(answer.body, Mapping) else None
         return list(result) if isinstance(result, list) else []
 
+    async def _create_asset(
+        self, path: str, endpoint: str, form: dict[str, str], description: str, what: str
+    ) -> Mapping[str, Any]:
+        """POST the creation of an asset (not retried when the outcome is unknown); its record."""
+        if description:
+            form = {**form, "description": description}
+        result = await self._result("POST", path, endpoint=endpoint, form=form, idempotent=False)
+        if not result:
+            raise OutcomeUnknownError(
+                f"Marketo created no {what} record", code=None, endpoint=endpoint
+            )
+        record: Mapping[str, Any] = result[0]
+        return record
+
     async def _paged(
         self, path: str, params: list[tuple[str, str]], *, endpoint: str
     ) -> list[Mapping[str, Any]]:
@@ -606,20 +620,11 @@ class MarketoClient:
     ) -> Folder:
         """Create a folder; not retried when the outcome is unknown."""
         form = {"name": name, "parent": json.dumps({"id": parent_id, "type": parent_type})}
-        if description:
-            form["description"] = description
-        result = await self._result(
-            "POST",
-            "/rest/asset/v1/folders.json",
-            endpoint="asset/folders",
-            form=form,
-            idempotent=False,
-        )
-        if not result:
-            raise OutcomeUnknownError(
-                "Marketo created no folder record", code=None, endpoint="asset/folders"
+        return _folder(
+            await self._create_asset(
+                "/rest/asset/v1/folders.json", "asset/folders", form, description, "folder"
             )
-        return _folder(result[0])
+        )
 
     # ----------------------------------------------------------- static lists
 
@@ -653,20 +658,11 @@ class MarketoClient:
         """Create a static list (709 when the name is taken); not retried when the outcome is
         unknown."""
         form = {"name": name, "folder": json.dumps({"id": folder_id, "type": folder_type})}
-        if description:
-            form["description"] = description
-        result = await self._result(
-            "POST",
-            "/rest/asset/v1/staticLists.json",
-            endpoint="asset/staticLists",
-            form=form,
-            idempotent=False,
-        )
-        if not result:
-            raise OutcomeUnknownError(
-                "Marketo created no list record", code=None, endpoint="asset/staticLists"
+        return _static_list(
+            await self._create_asset(
+                "/rest/asset/v1/staticLists.json", "asset/staticLists", form, description, "list"
             )
-        return _static_list(result[0])
+        )
 
     async def delete_static_list(self, list_id: int) -> None:
         """Delete a static list."""
