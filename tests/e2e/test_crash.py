@@ -16,6 +16,7 @@ import pytest
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from tests.harness import STANDARD_MAPPINGS, spec, update
 from tests.processes import ServiceProcess, sandbox_process, stub, wait_for
+from tests.reliability.workload import check_dataflow
 
 PROFILES = 20_000
 EXISTING = 6_000
@@ -91,16 +92,7 @@ def test_sigkill_twice_during_delivery_loses_and_duplicates_nothing(tmp_path: Pa
         leads: list[dict[str, Any]] = control.get("/leads").json()["leads"]
         lists = {item["id"]: set(item["members"]) for item in control.get("/lists").json()["lists"]}
 
-    assert flow.received == PROFILES
-    accounted = (
-        flow.activated.created
-        + flow.activated.updated
-        + sum(flow.excluded.values())
-        + sum(flow.failed.values())
-        + flow.superseded
-    )
-    assert accounted >= PROFILES  # a re-delivered update after a crash may be counted twice
-    assert not flow.failed
+    check_dataflow(flow, PROFILES, exact=False)  # re-delivered after a crash: counted twice
     assert [o.kind for o in sample][:1] == [pb.OUTCOME_KIND_ACTIVATED]
 
     emails = [lead["fields"]["email"] for lead in leads]
