@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 
 from service.errors import DestinationError, PermissionDenied, Unauthenticated
+from service.handlers import rewrap
 from service.tls import client_identities
 
 __all__ = [
@@ -540,22 +541,11 @@ def _guard_stream(behavior: Callable[..., Any], admit: _Admit) -> Callable[..., 
 
 
 def _wrap(handler: _Handler, admit: _Admit) -> _Handler:
-    deserialize = handler.request_deserializer
-    serialize = handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _guard_unary(handler.unary_unary, admit), deserialize, serialize
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _guard_unary(handler.stream_unary, admit), deserialize, serialize
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _guard_stream(handler.unary_stream, admit), deserialize, serialize
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            _guard_stream(handler.stream_stream, admit), deserialize, serialize
-        )
-    raise TypeError("RPC method handler with no behaviour")
+    wrapped = rewrap(
+        handler,
+        unary=lambda behavior: _guard_unary(behavior, admit),
+        stream=lambda behavior: _guard_stream(behavior, admit),
+    )
+    if wrapped is None:
+        raise TypeError("RPC method handler with no behaviour")
+    return wrapped

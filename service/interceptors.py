@@ -21,6 +21,7 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from service.errors import DestinationError
+from service.handlers import is_async, rewrap
 
 __all__ = ["INTERNAL_MESSAGE", "ErrorInterceptor"]
 
@@ -129,13 +130,6 @@ def _wrap_stream_response(behavior: Callable[..., Any], method: str) -> Callable
     return _wrap_unary_response(behavior, method)
 
 
-def _is_async(handler: _Handler) -> bool:
-    behavior = (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
-    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
-
-
 class ErrorInterceptor(_ServerInterceptor):
     """Turns exceptions raised by handlers into gRPC statuses (see the module docstring)."""
 
@@ -143,33 +137,13 @@ class ErrorInterceptor(_ServerInterceptor):
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> _Handler:
         handler = await continuation(handler_call_details)
-        if handler is None or not _is_async(handler):
+        if handler is None or not is_async(handler):
             return handler
         method = handler_call_details.method
-        deserialize = handler.request_deserializer
-        serialize = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method),
-                request_deserializer=_tolerant(deserialize),
-                response_serializer=serialize,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method),
-                request_deserializer=deserialize,
-                response_serializer=serialize,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, method),
-                request_deserializer=_tolerant(deserialize),
-                response_serializer=serialize,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_response(handler.stream_stream, method),
-                request_deserializer=deserialize,
-                response_serializer=serialize,
-            )
-        return handler
+        wrapped = rewrap(
+            handler,
+            unary=lambda behavior: _wrap_unary_response(behavior, method),
+            stream=lambda behavior: _wrap_stream_response(behavior, method),
+            single_request_deserializer=_tolerant(handler.request_deserializer),
+        )
+        return wrapped or handler

@@ -58,6 +58,8 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from service.handlers import is_async, rewrap
+
 __all__ = [
     "DEFAULT_EXCLUDED_SERVICES",
     "DEFAULT_SERVICE_NAME",
@@ -547,7 +549,7 @@ class _TracingInterceptor(_ServerInterceptor):
             return handler
         full = handler_call_details.method.lstrip("/")
         service, _, method = full.partition("/")
-        if service in self._excluded or not _is_async(handler):
+        if service in self._excluded or not is_async(handler):
             return handler
         metadata = handler_call_details.invocation_metadata or ()
         traceparent = [v for k, v in metadata if k == "traceparent" and isinstance(v, str)]
@@ -559,32 +561,7 @@ class _TracingInterceptor(_ServerInterceptor):
             "rpc.method": method,
         }
         traced = _Traced(self._tracer, full, parent, attributes)
-        deserialize = handler.request_deserializer
-        serialize = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                traced.unary(handler.unary_unary), deserialize, serialize
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                traced.unary(handler.stream_unary), deserialize, serialize
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                traced.stream(handler.unary_stream), deserialize, serialize
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                traced.stream(handler.stream_stream), deserialize, serialize
-            )
-        return handler
-
-
-def _is_async(handler: _Handler) -> bool:
-    behavior = (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
-    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+        return rewrap(handler, unary=traced.unary, stream=traced.stream) or handler
 
 
 @dataclass(frozen=True, slots=True)
