@@ -30,6 +30,7 @@ from service._proto.marketo_destination.v1 import destination_pb2
 from service.interceptors import INTERNAL_MESSAGE
 from service.server import (
     SERVICE_NAME,
+    HealthServicer,
     StartupError,
     build_server,
     new_health_servicer,
@@ -397,9 +398,10 @@ _SLOW = grpc.method_handlers_generic_handler(
 )
 
 
-async def test_shutdown_turns_health_not_serving_and_lets_calls_finish(
+async def started_with_slow_calls(
     settings: Settings, service: Service
-) -> None:
+) -> tuple[grpc.aio.Server, int, HealthServicer]:
+    """A started server that also answers test.Slow/Hold, and its health servicer."""
     health = new_health_servicer()
     server, port = await build_server(
         settings,
@@ -409,6 +411,13 @@ async def test_shutdown_turns_health_not_serving_and_lets_calls_finish(
         open_services={"test.Slow"},
     )
     await server.start()
+    return server, port, health
+
+
+async def test_shutdown_turns_health_not_serving_and_lets_calls_finish(
+    settings: Settings, service: Service
+) -> None:
+    server, port, health = await started_with_slow_calls(settings, service)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=SERVICE_NAME)
@@ -426,15 +435,7 @@ async def test_shutdown_turns_health_not_serving_and_lets_calls_finish(
 async def test_calls_longer_than_the_grace_period_are_cancelled(
     settings: Settings, service: Service
 ) -> None:
-    health = new_health_servicer()
-    server, port = await build_server(
-        settings,
-        servicer=MarketoDestinationServicer(service.app),
-        health_servicer=health,
-        extra_handlers=[_SLOW],
-        open_services={"test.Slow"},
-    )
-    await server.start()
+    server, port, health = await started_with_slow_calls(settings, service)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         slow = asyncio.ensure_future(channel.unary_unary("/test.Slow/Hold")(b"60"))
         await asyncio.sleep(0.3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from service.dispatcher import Dispatcher
 from service.domain import OutcomeKind
 from tests.bulk.scenario import quick_policy
 from tests.dispatch.conftest import Env, SteppingClock, env, profile
@@ -23,17 +24,22 @@ async def seed_existing(env: Env, numbers: range) -> None:
     await env.control("POST", "leads", {"leads": leads})
 
 
-async def test_a_backlog_past_the_threshold_goes_through_bulk_import(env: Env) -> None:
-    destination = await env.destination()
-    await seed_existing(env, range(0, 40, 2))
-    await env.append(destination.id, [profile(n) for n in range(40)])
-    drainer = env.dispatcher(
+def bulk_drainer(env: Env) -> Dispatcher:
+    """Batches of 10; a destination with 25 or more pending goes through bulk import."""
+    return env.dispatcher(
         batch_size=10,
         bulk_threshold=25,
         bulk_batch_size=1_000,
         bulk_policy=quick_policy(),
         clock=SteppingClock(env.clock),
     )
+
+
+async def test_a_backlog_past_the_threshold_goes_through_bulk_import(env: Env) -> None:
+    destination = await env.destination()
+    await seed_existing(env, range(0, 40, 2))
+    await env.append(destination.id, [profile(n) for n in range(40)])
+    drainer = bulk_drainer(env)
 
     assert await drainer.drain_once(env.instance_key) == 40  # the claim widened past 10
     assert await imports(env) == 2  # updates by id, creations by e-mail
@@ -54,13 +60,7 @@ async def test_a_backlog_past_the_threshold_goes_through_bulk_import(env: Env) -
 async def test_a_backlog_below_the_threshold_stays_on_rest(env: Env) -> None:
     destination = await env.destination()
     await env.append(destination.id, [profile(n) for n in range(15)])
-    drainer = env.dispatcher(
-        batch_size=10,
-        bulk_threshold=25,
-        bulk_batch_size=1_000,
-        bulk_policy=quick_policy(),
-        clock=SteppingClock(env.clock),
-    )
+    drainer = bulk_drainer(env)
     assert await drainer.drain_once(env.instance_key) == 10
     assert await drainer.drain_once(env.instance_key) == 5
     assert await imports(env) == 0

@@ -30,7 +30,8 @@ def audience(audience_id: str, **changes: object) -> pb.Audience:
     return pb.Audience(**values)  # type: ignore[arg-type]
 
 
-async def test_activation_creates_one_list_per_audience_in_the_folder(service: Service) -> None:
+async def activated_with_two_audiences(service: Service) -> tuple[str, pb.ActivateResponse]:
+    """A new destination with audiences a1 and a2 activated: its id and the Activate answer."""
     destination_id = await destination(service)
     answer = await service.stub.Activate(
         pb.ActivateRequest(
@@ -39,6 +40,11 @@ async def test_activation_creates_one_list_per_audience_in_the_folder(service: S
             mappings=STANDARD_MAPPINGS,
         )
     )
+    return destination_id, answer
+
+
+async def test_activation_creates_one_list_per_audience_in_the_folder(service: Service) -> None:
+    destination_id, answer = await activated_with_two_audiences(service)
     assert [a.list_action for a in answer.audiences] == [pb.LIST_ACTION_CREATED] * 2
     lists = await service.lists()
     assert {a.marketo_list_id for a in answer.audiences} == set(lists)
@@ -276,14 +282,7 @@ async def test_data_usage_policies_are_enforced(tmp_path: Path) -> None:
 
 
 async def test_deactivate_keeps_or_deletes_the_list(service: Service) -> None:
-    destination_id = await destination(service)
-    answer = await service.stub.Activate(
-        pb.ActivateRequest(
-            destination_id=destination_id,
-            audiences=[audience("a1"), audience("a2")],
-            mappings=STANDARD_MAPPINGS,
-        )
-    )
+    destination_id, answer = await activated_with_two_audiences(service)
     kept, deleted = (a.marketo_list_id for a in answer.audiences)
     await service.stub.Deactivate(
         pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
