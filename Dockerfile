@@ -1,4 +1,18 @@
 # The Marketo Engage destination service (also runs the Marketo sandbox: see docker-compose.yml).
+
+# Build stage: a wheel with Sync's checks compiled (service/_wirecheck.c needs a C compiler).
+FROM python:3.11-slim AS build
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY plugins ./plugins
+COPY sandbox ./sandbox
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && python -m zipfile -l /wheels/*.whl | grep -q "service/_wirecheck\..*\.so"
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -6,12 +20,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY plugins ./plugins
-COPY sandbox ./sandbox
-RUN pip install '.[postgres]'
+COPY --from=build /wheels /wheels
+RUN pip install "$(ls /wheels/*.whl)[postgres]" \
+    && rm -rf /wheels
 
 RUN useradd --create-home --uid 10001 app \
     && mkdir /data \

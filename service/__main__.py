@@ -23,6 +23,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service import convert
 from service.app import open_application
 from service.demo import demo_settings, run_demo
 from service.logging_setup import configure_logging
@@ -168,6 +169,11 @@ async def serve(
         await server.start()
         host = settings.address.rpartition(":")[0]
         _log.info("listening on %s:%d", host, port)
+        if not convert.NATIVE_CHECKS:
+            _log.warning(
+                "service._wirecheck is not built (no C compiler at install): Sync checks each "
+                "update in Python, several times slower; reinstall with a C compiler present"
+            )
 
         stop = asyncio.Event()
         with _signals_set(stop, (signal.SIGTERM, signal.SIGINT)):

@@ -7,7 +7,7 @@ Conversions of caller input validate as they go and report problems as field vio
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,6 +52,19 @@ MAX_PROFILE_DEPTH = 32
 MAX_MEMBERSHIPS = 1_000
 FUTURE_TOLERANCE = timedelta(days=1)
 """An event time further ahead than this is refused: it would hold back every later change."""
+
+PlainUpdates = tuple[int, list[int], list[IndexedAudiences]]
+"""A quick look at a request's updates: how many there are, the indexes of those that are not
+plainly good, and the audiences of each plainly good one that names any (see `plain_updates`)."""
+
+_plain_updates_in_c: Callable[[bytes, int], PlainUpdates | None] | None
+try:
+    from service._wirecheck import plain_updates as _plain_updates_in_c
+except ImportError:  # built without a C compiler: the same checks run in Python
+    _plain_updates_in_c = None
+NATIVE_CHECKS = _plain_updates_in_c is not None
+"""Whether Sync's quick look runs in C (`service/_wirecheck.c`); the service logs when not."""
+
 
 _MEMBERSHIP_STATUS: dict[int, MembershipStatus] = {
     pb.MEMBERSHIP_STATUS_REALIZED: MembershipStatus.REALIZED,
@@ -512,39 +525,41 @@ def updates(
 class _RequestUpdates:
     """The checked updates of one Sync request, kept as the caller encoded them."""
 
-    __slots__ = ("_kept", "_memberships", "_request", "_wire")
+    __slots__ = ("_memberships", "_rejected", "_request", "_total", "_wire")
 
     def __init__(
         self,
         request: ingest_pb.SyncRequestView,
         wire: bytes,
-        kept: list[int],
+        total: int,
+        rejected: Collection[int],
         memberships: list[IndexedAudiences],
     ) -> None:
         self._request = request
         self._wire = wire
-        self._kept = kept
+        self._total = total
+        self._rejected = rejected
         self._memberships = memberships
 
     @property
     def count(self) -> int:
-        return len(self._kept)
+        return self._total - len(self._rejected)
 
     @property
     def memberships(self) -> Sequence[IndexedAudiences]:
         return self._memberships
 
     def encode(self, dropped: Collection[int] = ()) -> bytes:
-        updates = self._request.updates
-        if not dropped and len(self._kept) == len(updates):
+        if not dropped and not self._rejected:
             # The request itself: its destination_id and request_id are ignored on decoding.
             return self._wire
-        kept = [updates[index] for index in self._kept if index not in dropped]
+        updates = self._request.updates
+        kept = [
+            update
+            for index, update in enumerate(updates)
+            if index not in self._rejected and index not in dropped
+        ]
         return ingest_pb.SyncRequestView(updates=kept).SerializeToString()
-
-
-_SHALLOW = _BYTES_PER_LEVEL * MAX_PROFILE_DEPTH
-"""A profile of fewer bytes than this cannot be nested too deep."""
 
 
 def sync_updates(
@@ -554,50 +569,83 @@ def sync_updates(
     rejection of its own. The good ones stay in the caller's encoding: the inbox keeps them
     that way and `decode_updates` converts them when they are delivered.
 
-    Every update Sync receives passes through here, so an update that is plainly good is
-    recognised with a few reads (its profile stays bytes unless it is big enough to be nested
-    too deep); any other is decoded and goes through `check_update`, which names each problem.
+    Every update Sync receives passes through here, so a quick look (`plain_updates`) first
+    finds the plainly good ones; each other update is decoded and goes through `check_update`,
+    which names each problem (or finds it good after all).
     """
     limit = event_time_limit(now)
-    latest = limit[0]
+    wire = request.SerializeToString()
+    total, unsure, memberships = plain_updates(wire, limit[0], request)
+    bad: list[Rejected] = []
+    if unsure:
+        updates = request.updates
+        for index in unsure:
+            message, violations = _decoded(
+                updates[index], prefix=f"updates[{index}]", event_time_limit=limit
+            )
+            if violations:
+                bad.append(Rejected(index, tuple(violations)))
+            elif message.audiences:
+                memberships.append((index, tuple(a.audience_id for a in message.audiences)))
+        memberships.sort(key=lambda item: item[0])
+    rejected = {r.index for r in bad}
+    return _RequestUpdates(request, wire, total, rejected, memberships), bad
+
+
+def plain_updates(
+    wire: bytes, latest_seconds: int, request: ingest_pb.SyncRequestView
+) -> PlainUpdates:
+    """Which updates of the request (`wire`: its encoding) are plainly good: every field
+    known and given once, within the limits `check_update` applies (an event time after the
+    epoch and before `latest_seconds`), their profile and memberships decodable. The others are
+    "unsure": `sync_updates` checks each of them in full.
+
+    In C (`service/_wirecheck.c`, one pass over the encoding) when the extension is built, else
+    in Python (`_plain_updates_in_python`); tests hold the two to the same verdicts.
+    """
+    if _plain_updates_in_c is not None:
+        found = _plain_updates_in_c(wire, latest_seconds)
+        if found is not None:
+            return found
+    return _plain_updates_in_python(wire, latest_seconds, request)
+
+
+def _plain_updates_in_python(
+    wire: bytes, latest_seconds: int, request: ingest_pb.SyncRequestView
+) -> PlainUpdates:
     # One parse of the whole request, in C, proves every profile and membership decodes (as
     # delivery will decode them); only when it fails is each profile parsed on its own.
-    wire = request.SerializeToString()
     full: pb.SyncRequest | None
     try:
         full = pb.SyncRequest.FromString(wire)
     except DecodeError:
         full = None
-    kept: list[int] = []
+    unsure: list[int] = []
     memberships: list[IndexedAudiences] = []
-    bad: list[Rejected] = []
-    for index, update in enumerate(request.updates):
+    updates = request.updates
+    for index, update in enumerate(updates):
         profile_id = update.profile_id
         stamp = update.event_time
         if (
             0 < len(profile_id) <= MAX_PROFILE_ID_LENGTH
             and len(update.update_id) <= MAX_UPDATE_ID_LENGTH
-            and 0 < stamp.seconds < latest
+            and 0 < stamp.seconds < latest_seconds
             and 0 <= stamp.nanos < 1_000_000_000
             and _plain_profile(update.profile, full, index)
         ):
             audiences = update.audiences
             if not audiences:
-                kept.append(index)
                 continue
             audience_ids = _MEMBERSHIPS.get(key := tuple(audiences)) or _audience_ids(key)
             if audience_ids is not None:
-                kept.append(index)
                 memberships.append((index, audience_ids))
                 continue
-        message, violations = _decoded(update, prefix=f"updates[{index}]", event_time_limit=limit)
-        if violations:
-            bad.append(Rejected(index, tuple(violations)))
-            continue
-        kept.append(index)
-        if message.audiences:
-            memberships.append((index, tuple(a.audience_id for a in message.audiences)))
-    return _RequestUpdates(request, wire, kept, memberships), bad
+        unsure.append(index)
+    return len(updates), unsure, memberships
+
+
+_SHALLOW = _BYTES_PER_LEVEL * MAX_PROFILE_DEPTH
+"""A profile of fewer bytes than this cannot be nested too deep."""
 
 
 def _plain_profile(profile: bytes, full: pb.SyncRequest | None, index: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,44 @@ def _port(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
+def _stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's build stages, each its instructions from its FROM on."""
+    stages: list[list[tuple[str, str]]] = []
+    for keyword, rest in _dockerfile():
+        if keyword == "FROM":
+            stages.append([])
+        stages[-1].append((keyword, rest))
+    return stages
+
+
 def test_dockerfile_runs_the_service_as_a_non_root_user() -> None:
-    instructions = _dockerfile()
+    instructions = _stages()[-1]
     assert instructions[0] == ("FROM", "python:3.11-slim")
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users and users[-1] not in ("root", "0")
     command = _exec_form(next(rest for keyword, rest in instructions if keyword == "CMD"))
     assert command[0] == "marketo-destination"
     assert build_parser().parse_args(command[1:]).command == "serve"
+
+
+def test_dockerfile_installs_the_wheel_built_with_the_compiled_checks() -> None:
+    """Without a compiler the extension is skipped and Sync's checks run in Python (slower)."""
+    build, runtime = _stages()
+    assert build[0] == ("FROM", "python:3.11-slim AS build")
+    runs = " ".join(rest for keyword, rest in build if keyword == "RUN")
+    assert "gcc" in runs.split()
+    assert "pip wheel" in runs
+    assert "service/_wirecheck\\..*\\.so" in runs, "the build fails without the extension"
+    assert ("COPY", "--from=build /wheels /wheels") in runtime
+    assert any(
+        keyword == "RUN" and "pip install" in rest and "/wheels/" in rest
+        for keyword, rest in runtime
+    )
+    ext = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]
+    assert [(e["name"], e["sources"]) for e in ext] == [
+        ("service._wirecheck", ["service/_wirecheck.c"])
+    ]
+    assert (REPO / "service" / "_wirecheck.c").is_file()
 
 
 def test_dockerfile_exposes_the_configured_port_and_probes_health() -> None:

@@ -1,0 +1,5 @@
+"""Sync's quick look at a request's updates, in C (service/_wirecheck.c)."""
+
+def plain_updates(
+    wire: bytes, latest_seconds: int, /
+) -> tuple[int, list[int], list[tuple[int, tuple[str, ...]]]] | None: ...
