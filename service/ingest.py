@@ -143,15 +143,12 @@ class Ingest:
             done: asyncio.Future[SyncAck] = asyncio.get_running_loop().create_future()
             done.set_result(SyncAck(0, 0, rejected))
             return done
-        # The store queues the append in the task's first step, before anything started later.
-        appended = asyncio.ensure_future(
-            self._store.append(
-                destination_id,
-                destination.instance_key,
-                updates.encode(dropped),
-                count,
-                self._trace_context(),
-            )
+        appended = self._store.append(
+            destination_id,
+            destination.instance_key,
+            updates.encode(dropped),
+            count,
+            self._trace_context(),
         )
         return self._acknowledge(appended, destination_id, destination.instance_key, rejected)
 

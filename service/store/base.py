@@ -413,20 +413,21 @@ class Store(Protocol):
 
     # -- outbox ---------------------------------------------------------------------------------
 
-    async def append(
+    def append(
         self,
         destination_id: str,
         instance_key: str,
         body: bytes,
         count: int,
         trace_context: str | None = None,
-    ) -> AppendResult:
-        """Durably queue a batch of `count` encoded updates; returns only after the commit.
+    ) -> Awaitable[AppendResult]:
+        """Queue a batch of `count` encoded updates for the next group commit; the returned
+        future resolves once it is durable (or with DestinationNotFound). Batches are committed
+        in the order of the calls.
 
         The batch goes to the inbox as it is, one row (ingest never converts an update); the
         drainer of the instance unpacks it into outbox entries (`unpack`) when it needs them.
-        Concurrent calls are group-committed. Counts "received" and pending. Raises
-        DestinationNotFound.
+        Counts "received" and pending. Raises StoreError at once when the store is closed.
         """
         ...
 

@@ -538,15 +538,15 @@ class PostgresStore:
 
     # -- outbox: append with group commit -------------------------------------------------------
 
-    async def append(
+    def append(
         self,
         destination_id: str,
         instance_key: str,
         body: bytes,
         count: int,
         trace_context: str | None = None,
-    ) -> AppendResult:
-        """Durably queue a batch; returns after the transaction holding it has committed."""
+    ) -> asyncio.Future[AppendResult]:
+        """Queue a batch for the next group commit; the future resolves once it is durable."""
         if self._closed:
             raise StoreError("the store is closed")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
@@ -554,7 +554,7 @@ class PostgresStore:
             _Append(destination_id, instance_key, body, count, trace_context, future)
         )
         self._wakeup.set()
-        return await future
+        return future
 
     async def _commit_loop(self) -> None:
         while True:

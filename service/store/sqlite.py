@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import sqlite3
 import threading
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -144,7 +146,13 @@ class _Append:
 # (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
 _INSTANCES_WITH_WORK = instances_with_work("?")
 
+_log = logging.getLogger(__name__)
+
 GROUPS_PER_TURN = 16
+CHECKPOINT_INTERVAL = 0.1
+"""Seconds between two checkpoints of the WAL into the database file, while there are writes."""
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL file is truncated back to after a checkpoint that let it grow past this."""
 """Append groups the writer thread commits back to back before other writes get their turn."""
 
 
@@ -184,8 +192,12 @@ class SqliteStore:
         self._write_connection: sqlite3.Connection | None = None
         self._listeners: list[CommitListener] = []
         self._queue: deque[_Append] = deque()
+        self._instances_known: set[str] = set()
+        """Instance keys known to be in outbox_instances (the writer thread's own)."""
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._written = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -225,6 +237,10 @@ class SqliteStore:
             store._readers.shutdown(wait=True)
             raise
         store._committer = asyncio.create_task(store._commit_loop(), name="store-group-commit")
+        store._checkpointer = threading.Thread(
+            target=store._checkpoint_loop, name="store-checkpointer", daemon=True
+        )
+        store._checkpointer.start()
         return store
 
     @property
@@ -244,6 +260,7 @@ class SqliteStore:
         self._wakeup.set()
         if self._committer is not None:
             await self._committer
+        self._written.set()  # the checkpointer sees `_closed` and stops
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._shutdown)
 
@@ -266,6 +283,10 @@ class SqliteStore:
         try:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # The checkpointer thread copies the WAL into the database (`_checkpoint_loop`), so
+            # that a commit never waits for a checkpoint.
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
+            connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             apply_migrations(connection, migrations)
         except BaseException:
             connection.close()
@@ -279,7 +300,28 @@ class SqliteStore:
         with self._reader_lock:
             self._reader_connections.append(connection)
 
+    def _checkpoint_loop(self) -> None:
+        """In its own thread and connection: while there are writes, checkpoint the WAL every
+        `CHECKPOINT_INTERVAL` seconds (PASSIVE: never waits for the writer or a reader; the
+        writer starts the WAL over once a checkpoint has caught up with it)."""
+        connection = self._connect()
+        try:
+            while True:
+                self._written.wait()
+                if self._closed:
+                    return
+                self._written.clear()
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    _log.exception("checkpointing %s failed; trying again", self._path)
+                time.sleep(CHECKPOINT_INTERVAL)
+        finally:
+            connection.close()
+
     def _shutdown(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         if self._write_connection is not None:
@@ -307,6 +349,7 @@ class SqliteStore:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+        self._written.set()
         for listener in self._listeners:
             listener(name)
         return result
@@ -577,15 +620,15 @@ class SqliteStore:
 
     # -- outbox: append with group commit -------------------------------------------------------
 
-    async def append(
+    def append(
         self,
         destination_id: str,
         instance_key: str,
         body: bytes,
         count: int,
         trace_context: str | None = None,
-    ) -> AppendResult:
-        """Durably queue a batch; returns after the transaction holding it has committed."""
+    ) -> asyncio.Future[AppendResult]:
+        """Queue a batch for the next group commit; the future resolves once it is durable."""
         if self._closed:
             raise StoreError("the store is closed")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
@@ -593,7 +636,7 @@ class SqliteStore:
             _Append(destination_id, instance_key, body, count, trace_context, future)
         )
         self._wakeup.set()
-        return await future
+        return future
 
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -619,6 +662,8 @@ class SqliteStore:
                 results = self._transaction("append", partial(self._append_group, group))
             except Exception as error:
                 results = [error] * len(group)
+            else:  # rows of outbox_instances are never deleted
+                self._instances_known.update(item.instance_key for item in group)
             loop.call_soon_threadsafe(settle_appends, [item.future for item in group], results)
 
     def _take_group(self) -> list[_Append]:
@@ -635,45 +680,42 @@ class SqliteStore:
     def _append_group(
         self, group: Sequence[_Append], connection: sqlite3.Connection
     ) -> list[AppendResult | Exception]:
+        """Store the group's batches and count them. The batches go in with one statement (each
+        statement hands the GIL back and forth: a commit should take few); the inbox's foreign
+        key refuses a deleted destination, and only then is each destination looked up."""
         now = self._now(None)
-        hour = now - now % HOUR_US
-        results: list[AppendResult | Exception] = []
-        received: Counter[str] = Counter()
-        instances: set[str] = set()
-        known: dict[str, bool] = {}
-        for item in group:
-            if item.destination_id not in known:
-                known[item.destination_id] = (
-                    connection.execute(
-                        "SELECT 1 FROM destinations WHERE id = ?", (item.destination_id,)
-                    ).fetchone()
-                    is not None
+        try:
+            ids: list[int | None] = list(_insert_batches(connection, group, now))
+        except sqlite3.IntegrityError:  # the statement is undone; the transaction goes on
+            known = {
+                destination_id
+                for destination_id in {item.destination_id for item in group}
+                if connection.execute(
+                    "SELECT 1 FROM destinations WHERE id = ?", (destination_id,)
+                ).fetchone()
+            }
+            stored = iter(
+                _insert_batches(
+                    connection, [item for item in group if item.destination_id in known], now
                 )
-            if not known[item.destination_id]:
+            )
+            ids = [next(stored) if item.destination_id in known else None for item in group]
+        received: Counter[str] = Counter()
+        results: list[AppendResult | Exception] = []
+        for item, batch_id in zip(group, ids, strict=True):
+            if batch_id is None:
                 results.append(DestinationNotFound(item.destination_id))
                 continue
-            cursor = connection.execute(
-                "INSERT INTO inbox (destination_id, instance_key, count, body, trace_context, "
-                "enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    item.destination_id,
-                    item.instance_key,
-                    item.count,
-                    item.body,
-                    item.trace_context,
-                    now,
-                ),
-            )
             received[item.destination_id] += item.count
-            instances.add(item.instance_key)
-            results.append(AppendResult(item.count, cursor.lastrowid or 0))
+            results.append(AppendResult(item.count, batch_id))
+        hour = now - now % HOUR_US
         for destination_id, count in received.items():
             connection.execute(
                 "UPDATE destinations SET pending = pending + ? WHERE id = ?",
                 (count, destination_id),
             )
             _add_counts(connection, destination_id, hour, Counts(received=count))
-        for instance_key in instances:
+        for instance_key in {item.instance_key for item in group} - self._instances_known:
             connection.execute(
                 "INSERT INTO outbox_instances (instance_key) VALUES (?) "
                 "ON CONFLICT (instance_key) DO NOTHING",
@@ -1158,6 +1200,41 @@ def _conforms(store: SqliteStore) -> Store:
 
 
 # -- row conversion and helpers ---------------------------------------------------------------
+
+
+_BATCHES_PER_INSERT = 500
+"""Rows of one multi-row INSERT into the inbox (6 parameters each; SQLite allows 32,766)."""
+
+
+def _insert_batches(
+    connection: sqlite3.Connection, batches: Sequence[_Append], enqueued_at: int
+) -> list[int]:
+    """Insert the batches into the inbox, a few hundred rows per statement; their ids in order.
+
+    The rows of one statement get consecutive ids: each new row's id is one more than the
+    largest the table has had (AUTOINCREMENT), so the last id gives all of them."""
+    ids: list[int] = []
+    for start in range(0, len(batches), _BATCHES_PER_INSERT):
+        chunk = batches[start : start + _BATCHES_PER_INSERT]
+        cursor = connection.execute(
+            "INSERT INTO inbox (destination_id, instance_key, count, body, trace_context, "
+            "enqueued_at) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            [
+                value
+                for item in chunk
+                for value in (
+                    item.destination_id,
+                    item.instance_key,
+                    item.count,
+                    item.body,
+                    item.trace_context,
+                    enqueued_at,
+                )
+            ],
+        )
+        last = cursor.lastrowid or 0
+        ids.extend(range(last - len(chunk) + 1, last + 1))
+    return ids
 
 
 def _count_duplicates(connection: sqlite3.Connection, duplicates: Counter[str], hour: int) -> None:

@@ -79,19 +79,23 @@ async def test_append_stores_the_batch_as_given(
 async def test_append_to_unknown_destination_fails_alone(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
-    good, bad = await asyncio.gather(
+    # Queued together, so one group commit holds all three.
+    first, bad, last = await asyncio.gather(
         append(store, destination.id, INSTANCE, [update(1)]),
         append(store, "dst_missing", INSTANCE, [update(2)]),
+        append(store, destination.id, INSTANCE, [update(3)]),
         return_exceptions=True,
     )
 
-    assert isinstance(good, AppendResult)
-    assert good.count == 1
+    assert isinstance(first, AppendResult)
+    assert isinstance(last, AppendResult)
+    assert (first.count, last.count) == (1, 1)
     assert isinstance(bad, DestinationNotFound)
-    assert backend.committed_batches(destination.id) == [good.sequence]
+    # Each good caller got the id of its own batch.
+    assert backend.committed_batches(destination.id) == [first.sequence, last.sequence]
     assert backend.committed_batches("dst_missing") == []
-    assert await unpack(store, INSTANCE) == 1
-    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1"]
+    assert await unpack(store, INSTANCE) == 2
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u3"]
 
 
 async def test_group_commit_coalesces_and_acks_after_commit(
