@@ -197,6 +197,7 @@ class SqliteStore:
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._written = threading.Event()
+        self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._closed = False
 
@@ -260,7 +261,8 @@ class SqliteStore:
         self._wakeup.set()
         if self._committer is not None:
             await self._committer
-        self._written.set()  # the checkpointer sees `_closed` and stops
+        self._closing.set()
+        self._written.set()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._shutdown)
 
@@ -308,14 +310,15 @@ class SqliteStore:
         try:
             while True:
                 self._written.wait()
-                if self._closed:
+                if self._closing.is_set():
                     return
                 self._written.clear()
                 try:
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error:
                     _log.exception("checkpointing %s failed; trying again", self._path)
-                time.sleep(CHECKPOINT_INTERVAL)
+                if self._closing.wait(CHECKPOINT_INTERVAL):
+                    return
         finally:
             connection.close()
 
