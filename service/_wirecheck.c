@@ -35,10 +35,11 @@ typedef struct {
     const uint8_t *end;
 } Reader;
 
-/* A varint; 0 when it runs past the end or past ten bytes. */
-static int read_varint(Reader *r, uint64_t *out) {
+/* A varint of at most `width` bytes (10 for a value; protobuf reads a tag or a length in at most
+ * 5); 0 when it runs past the end or past `width` bytes. */
+static int read_varint_of(Reader *r, uint64_t *out, int width) {
     uint64_t value = 0;
-    for (int shift = 0; shift < 70 && r->p < r->end; shift += 7) {
+    for (int shift = 0; shift < 7 * width && r->p < r->end; shift += 7) {
         uint8_t byte = *r->p++;
         value |= (uint64_t)(byte & 0x7F) << shift;
         if (!(byte & 0x80)) {
@@ -52,10 +53,12 @@ static int read_varint(Reader *r, uint64_t *out) {
     return 0;
 }
 
+static int read_varint(Reader *r, uint64_t *out) { return read_varint_of(r, out, 10); }
+
 /* A field's tag; 0 at a malformed one. */
 static int read_tag(Reader *r, uint32_t *field, int *wire_type) {
     uint64_t tag;
-    if (!read_varint(r, &tag) || tag > UINT32_MAX || (tag >> 3) == 0) {
+    if (!read_varint_of(r, &tag, 5) || tag > UINT32_MAX || (tag >> 3) == 0) {
         return 0;
     }
     *field = (uint32_t)(tag >> 3);
@@ -66,7 +69,7 @@ static int read_tag(Reader *r, uint32_t *field, int *wire_type) {
 /* A length-delimited field's contents; 0 when it runs past the end. */
 static int read_len(Reader *r, Reader *inner) {
     uint64_t length;
-    if (!read_varint(r, &length) || length > (uint64_t)(r->end - r->p)) {
+    if (!read_varint_of(r, &length, 5) || length > (uint64_t)(r->end - r->p)) {
         return 0;
     }
     inner->p = r->p;

@@ -4,36 +4,110 @@
 bytes) and decides which updates to keep; `convert.profile_update` converts a full
 `ProfileUpdate` and names every problem. These tests hold the first to the second, and the
 stored encoding to what delivery decodes.
+
+Sync's quick look (`convert.plain_updates`) runs in C (`service/_wirecheck.c`) when it is built,
+else in Python: the tests run with each, fuzz the C with malformed and unusual encodings (it may
+only ever err towards "unsure") and hold its limits to those of `convert.check_update`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
+import pytest
 from google.protobuf import struct_pb2
-from hypothesis import HealthCheck, given, settings
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from service import convert
 from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.domain import ProfileUpdate
+from service.ingest import IndexedAudiences, Rejected, WireUpdates
 from tests.harness import encoded_field
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 NOW_SECONDS = int(NOW.timestamp())
+LATEST = convert.event_time_limit(NOW)[0]
+"""The quick look's `latest_seconds` at NOW: an event time must be before it to be plain."""
+
+NOT_BUILT = (
+    "service._wirecheck is not built: reinstall with `pip install -e .` (needs a C compiler)"
+)
+
+# -- the quick look in C and in Python -----------------------------------------------------------
+
+needs_c = pytest.mark.skipif(convert._plain_updates_in_c is None, reason=NOT_BUILT)
+both_implementations = pytest.mark.parametrize(
+    "implementation", [pytest.param("c", marks=needs_c), "python"]
+)
+"""Run a test with Sync's quick look (`convert.plain_updates`) in C and in Python."""
+
+
+@contextlib.contextmanager
+def quick_look_in(implementation: str) -> Iterator[None]:
+    """`convert.plain_updates` done by the C extension ("c") or in Python ("python")."""
+    in_c = convert._plain_updates_in_c if implementation == "c" else None
+    with mock.patch.object(convert, "_plain_updates_in_c", in_c):
+        yield
+
+
+def c_plain_updates(wire: bytes, latest: int) -> convert.PlainUpdates | None:
+    """`service._wirecheck.plain_updates`, called directly (a test using it `needs_c`)."""
+    from service import _wirecheck
+
+    return _wirecheck.plain_updates(wire, latest)
+
+
+def test_the_c_extension_is_built() -> None:
+    """CI has a C compiler: a build that silently fell back to Python fails here."""
+    assert convert._plain_updates_in_c is not None, NOT_BUILT
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def request_wire(updates: list[bytes]) -> bytes:
+    """A SyncRequest encoded field by field (as any client may) around encoded updates: building
+    it as a message would re-parse each update and refuse profiles nested past protobuf's
+    parsing limit, or any malformed update."""
+    wire = pb.SyncRequest(destination_id="d1", request_id="r1").SerializeToString()
+    return wire + b"".join(encoded_field(2, update) for update in updates)
 
 
 def view_of(updates: list[pb.ProfileUpdate]) -> ingest_pb2.SyncRequestView:
-    """The request as the service receives it: the caller's SyncRequest, read as a view.
-
-    The SyncRequest is encoded field by field (as any client may): building it as a message
-    would re-parse each update and refuse profiles nested past protobuf's parsing limit."""
-    wire = pb.SyncRequest(destination_id="d1", request_id="r1").SerializeToString()
-    for update in updates:
-        wire += encoded_field(2, update.SerializeToString())
+    """The request as the service receives it: the caller's SyncRequest, read as a view."""
+    wire = request_wire([update.SerializeToString() for update in updates])
     return ingest_pb2.SyncRequestView.FromString(wire)
+
+
+def sync(
+    request: ingest_pb2.SyncRequestView, implementation: str
+) -> tuple[WireUpdates, list[Rejected]]:
+    """`convert.sync_updates` at NOW, its quick look done by `implementation`."""
+    with quick_look_in(implementation):
+        return convert.sync_updates(request, NOW)
+
+
+def quick_look(
+    update: pb.ProfileUpdate, implementation: str
+) -> tuple[list[int], list[IndexedAudiences]]:
+    """The quick look's unsure indexes and memberships for a request of this one update."""
+    wire = request_wire([update.SerializeToString()])
+    with quick_look_in(implementation):
+        count, unsure, memberships = convert.plain_updates(
+            wire, LATEST, ingest_pb2.SyncRequestView.FromString(wire)
+        )
+    assert count == 1
+    return unsure, memberships
 
 
 def nested(depth: int, leaf: Any = "x", *, lists: bool = False) -> dict[str, Any]:
@@ -63,31 +137,52 @@ memberships = st.lists(
     st.tuples(st.sampled_from(["", "a1", "a2", "a3"]), st.sampled_from([0, 1, 2, 3, 7])),
     max_size=3,
 )
+# Only what the quick look finds plainly good:
+plain_profile_ids = st.one_of(texts.filter(bool), st.just("p" * 512))
+plain_update_ids = st.one_of(st.just(""), texts, st.just("u" * 128))
+plain_event_times = st.one_of(
+    st.integers(min_value=NOW_SECONDS - 10, max_value=LATEST - 1), st.integers(1, LATEST - 1)
+)
+plain_nanos = st.one_of(st.just(0), st.integers(min_value=0, max_value=999_999_999))
+plain_depths = st.integers(min_value=1, max_value=convert.MAX_PROFILE_DEPTH)
+plain_memberships = st.lists(
+    st.tuples(st.sampled_from(["a1", "a2", "a3", "é", "😀"]), st.sampled_from([1, 2, 3])),
+    max_size=3,
+    unique_by=lambda membership: membership[0],
+)
 
 
 @st.composite
-def profile_updates(draw: st.DrawFn) -> pb.ProfileUpdate:
-    message = pb.ProfileUpdate(profile_id=draw(profile_ids), update_id=draw(update_ids))
-    seconds = draw(event_times)
+def profile_updates(draw: st.DrawFn, plain: bool = False) -> pb.ProfileUpdate:
+    """Any update, good or bad; or (`plain`) one the quick look finds plainly good."""
+    message = pb.ProfileUpdate(
+        profile_id=draw(plain_profile_ids if plain else profile_ids),
+        update_id=draw(plain_update_ids if plain else update_ids),
+    )
+    seconds = draw(plain_event_times if plain else event_times)
     if seconds is not None:
         message.event_time.seconds = seconds
-        message.event_time.nanos = draw(nanos)
+        message.event_time.nanos = draw(plain_nanos if plain else nanos)
     shape = draw(st.sampled_from(["flat", "nested", "lists", "wide"]))
+    levels = plain_depths if plain else depths
     if shape == "flat":
         message.profile.update({"person": {"email": draw(texts), "age": draw(leaves)}})
     elif shape == "wide":
-        message.profile.update({f"f{i}": {"v": draw(texts) * 10} for i in range(draw(depths))})
+        message.profile.update({f"f{i}": {"v": draw(texts) * 10} for i in range(draw(levels))})
     else:
-        message.profile.update(nested(draw(depths), draw(leaves), lists=shape == "lists"))
-    for audience_id, status in draw(memberships):
+        message.profile.update(nested(draw(levels), draw(leaves), lists=shape == "lists"))
+    for audience_id, status in draw(plain_memberships if plain else memberships):
         message.audiences.add(audience_id=audience_id, status=status)  # type: ignore[arg-type]
     return message
 
 
+@both_implementations
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(profile_updates(), min_size=1, max_size=8))
-def test_the_view_checks_agree_with_full_conversion(updates: list[pb.ProfileUpdate]) -> None:
-    checked, rejected = convert.sync_updates(view_of(updates), NOW)
+def test_the_view_checks_agree_with_full_conversion(
+    implementation: str, updates: list[pb.ProfileUpdate]
+) -> None:
+    checked, rejected = sync(view_of(updates), implementation)
 
     expected_rejected: dict[int, list[tuple[str, str]]] = {}
     expected_kept: list[ProfileUpdate] = []
@@ -111,9 +206,12 @@ def test_the_view_checks_agree_with_full_conversion(updates: list[pb.ProfileUpda
     assert convert.decode_updates(checked.encode()) == expected_kept
 
 
+@both_implementations
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=1, max_value=40), st.booleans(), leaves)
-def test_the_depth_walk_agrees_with_conversion(depth: int, lists: bool, leaf: Any) -> None:
+def test_the_depth_walk_agrees_with_conversion(
+    implementation: str, depth: int, lists: bool, leaf: Any
+) -> None:
     struct = struct_pb2.Struct()
     struct.update(nested(depth, leaf, lists=lists))
     try:
@@ -122,6 +220,10 @@ def test_the_depth_walk_agrees_with_conversion(depth: int, lists: bool, leaf: An
     except ValueError:
         too_deep = True
     assert convert._too_deep(struct, convert.MAX_PROFILE_DEPTH) is too_deep
+    # The quick look counts levels the same way: only a profile too deep is unsure.
+    update = good("p1")
+    update.profile.CopyFrom(struct)
+    assert quick_look(update, implementation)[0] == ([0] if too_deep else [])
 
 
 # -- what only the view can see ------------------------------------------------------------------
@@ -136,12 +238,13 @@ def good(profile_id: str, **audiences: int) -> pb.ProfileUpdate:
     return message
 
 
-def test_an_undecodable_profile_or_membership_is_rejected_alone() -> None:
+@both_implementations
+def test_an_undecodable_profile_or_membership_is_rejected_alone(implementation: str) -> None:
     request = view_of([good("p0"), good("p1"), good("p2", a1=1), good("p3")])
     request.updates[1].profile = b"\xff\xff\xff"
     request.updates[2].audiences[0] = b"\x0a\x09short"
 
-    checked, rejected = convert.sync_updates(request, NOW)
+    checked, rejected = sync(request, implementation)
 
     assert {r.index: r.violations[0].field for r in rejected} == {
         1: "updates[1].profile",
@@ -151,7 +254,8 @@ def test_an_undecodable_profile_or_membership_is_rejected_alone() -> None:
     assert [u.profile_id for u in convert.decode_updates(checked.encode())] == ["p0", "p3"]
 
 
-def test_a_profile_too_deep_for_the_parser_is_rejected_alone() -> None:
+@both_implementations
+def test_a_profile_too_deep_for_the_parser_is_rejected_alone(implementation: str) -> None:
     """Deeper than protobuf's own parsing limit: a full SyncRequest would not even parse."""
     deep = good("p1")
     deep.profile.Clear()
@@ -160,15 +264,16 @@ def test_a_profile_too_deep_for_the_parser_is_rejected_alone() -> None:
         node = node.fields["x"].struct_value
     request = view_of([good("p0"), deep])
 
-    checked, rejected = convert.sync_updates(request, NOW)
+    checked, rejected = sync(request, implementation)
 
     assert [(r.index, r.violations[0].field) for r in rejected] == [(1, "updates[1].profile")]
     assert checked.count == 1
 
 
-def test_encode_leaves_out_dropped_updates_and_keeps_the_rest_in_order() -> None:
+@both_implementations
+def test_encode_leaves_out_dropped_updates_and_keeps_the_rest_in_order(implementation: str) -> None:
     request = view_of([good(f"p{i}", a1=1) for i in range(5)])
-    checked, rejected = convert.sync_updates(request, NOW)
+    checked, rejected = sync(request, implementation)
     assert not rejected
 
     kept = convert.decode_updates(checked.encode(dropped={1, 3}))
@@ -177,24 +282,526 @@ def test_encode_leaves_out_dropped_updates_and_keeps_the_rest_in_order() -> None
     assert all(u.memberships[0].audience_id == "a1" for u in kept)
 
 
-def test_remembered_memberships_still_name_the_problems_of_bad_ones() -> None:
+@both_implementations
+def test_remembered_memberships_still_name_the_problems_of_bad_ones(implementation: str) -> None:
     for _ in range(2):  # the second time, both combinations come from the cache
         request = view_of([good("p0", a1=1, a2=3), good("p1", a1=1, a2=9)])
-        checked, rejected = convert.sync_updates(request, NOW)
+        checked, rejected = sync(request, implementation)
         assert list(checked.memberships) == [(0, ("a1", "a2"))]
         assert [(r.index, r.violations[0].field) for r in rejected] == [
             (1, "updates[1].audiences[1].status")
         ]
 
 
-def test_an_event_time_just_past_the_tolerance_is_refused() -> None:
+@both_implementations
+def test_an_event_time_just_past_the_tolerance_is_refused(implementation: str) -> None:
     late = good("p1")
     limit = NOW + timedelta(days=1)
     late.event_time.FromDatetime(limit + timedelta(microseconds=1))
     edge = good("p2")
     edge.event_time.FromDatetime(limit)
 
-    checked, rejected = convert.sync_updates(view_of([late, edge]), NOW)
+    checked, rejected = sync(view_of([late, edge]), implementation)
 
     assert [(r.index, r.violations[0].field) for r in rejected] == [(0, "updates[0].event_time")]
     assert checked.count == 1
+
+
+# -- the C quick look on malformed and unusual encodings -----------------------------------------
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
+
+MESSAGES: dict[str, dict[int, str]] = {
+    "ProfileUpdate": {
+        1: "profile_id",
+        2: "Timestamp",
+        3: "Struct",
+        4: "Membership",
+        5: "update_id",
+    },
+    "Timestamp": {1: "seconds", 2: "nanos"},
+    "Struct": {1: "Entry"},
+    "Entry": {1: "key", 2: "Value"},
+    "Value": {1: "null", 2: "double", 3: "text", 4: "bool", 5: "Struct", 6: "ListValue"},
+    "ListValue": {1: "Value"},
+    "Membership": {1: "audience_id", 2: "status"},
+}
+"""The messages of an update, by name: each field number's kind (a message or a scalar)."""
+STRINGS = ("profile_id", "update_id", "key", "text", "audience_id")
+
+
+@dataclass
+class Field:
+    """One field of an encoded message, kept apart so that a test can change it."""
+
+    number: int
+    wire_type: int
+    kind: str  # a message of MESSAGES, a string of STRINGS, a varint of EDGES, "double", "raw"
+    value: int | bytes | list[Field]  # a varint, the raw payload, or a message's fields
+    width: int = 0  # the least bytes of the varint of the value (or length): overlong if more
+    tag_width: int = 0  # the least bytes of the tag
+
+
+def varint(value: int, width: int = 0) -> bytes:
+    """`value` as a varint (a negative one in ten bytes) of at least `width` bytes."""
+    value &= 2**64 - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    if width > len(out):
+        out[-1] |= 0x80
+        out += b"\x80" * (width - len(out) - 1) + b"\x00"
+    return bytes(out)
+
+
+def encode(fields: list[Field]) -> bytes:
+    """The fields encoded, each as its tag says, with its value as it is (right or wrong)."""
+    out = bytearray()
+    for field in fields:
+        out += varint(field.number << 3 | field.wire_type, field.tag_width)
+        if isinstance(field.value, int):
+            out += varint(field.value, field.width)
+            continue
+        payload = field.value if isinstance(field.value, bytes) else encode(field.value)
+        if field.wire_type == LEN or isinstance(field.value, list):
+            out += varint(len(payload), field.width)
+        out += payload
+    return bytes(out)
+
+
+def parse(data: bytes, kind: str) -> list[Field]:
+    """A well-formed encoding of a `kind` message, field by field."""
+    fields: list[Field] = []
+    at = 0
+
+    def read_varint() -> int:
+        nonlocal at
+        value = shift = 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while at < len(data):
+        tag = read_varint()
+        number, wire_type = tag >> 3, tag & 7
+        field_kind = MESSAGES[kind][number]
+        value: int | bytes | list[Field]
+        if wire_type == VARINT:
+            value = read_varint()
+        else:
+            size = 8 if wire_type == I64 else read_varint()
+            value = data[at : at + size]
+            at += size
+            if field_kind in MESSAGES:
+                value = parse(value, field_kind)
+        fields.append(Field(number, wire_type, field_kind, value))
+    return fields
+
+
+def messages(field: Field) -> Iterator[Field]:
+    """Each field holding a message within `field` (itself first), as fields yet."""
+    if isinstance(field.value, list):
+        yield field
+        for inner in field.value:
+            yield from messages(inner)
+
+
+GOOD_UTF8 = ["a", "é", "€", "😀", "\x00", "\ud7ff", "\ue000", "\ufffe", "\U0010ffff"]
+BAD_UTF8 = [
+    b"\xed\xa0\x80",  # a UTF-16 surrogate (U+D800)
+    b"\xed\xbf\xbf",  # another (U+DFFF)
+    b"\xc0\xaf",  # overlong "/"
+    b"\xc1\xbf",
+    b"\xe0\x80\xaf",
+    b"\xe0\x9f\xbf",
+    b"\xf0\x80\x80\xaf",
+    b"\xf0\x8f\xbf\xbf",
+    b"\xf4\x90\x80\x80",  # past U+10FFFF
+    b"\xf5\x80\x80\x80",
+    b"\xff",
+    b"\x80",  # a lone continuation byte
+    b"\xc3",  # cut short
+    b"\xe2\x82",
+    b"\xf0\x9f\x98",
+    b"\xc3\x28",  # not continued
+    b"\xe2\x28\xa1",
+    b"\xf0\x9f\x98\x28",
+]
+utf8_pieces = st.sampled_from([text.encode() for text in GOOD_UTF8] + BAD_UTF8)
+EDGES: dict[str, list[int]] = {
+    "seconds": [0, -1, 1, LATEST - 1, LATEST, LATEST + 1, -62_135_596_801, 253_402_300_800],
+    "nanos": [-1, 999_999_999, 10**9, -(10**9), 2**32 + 5, 2**31],
+    "status": [0, 1, 3, 4, 7, -1, 2**32 + 1],
+    "null": [0, 1, 2, -1, 2**32],
+    "bool": [0, 1, 2, -1, 2**32 + 1],
+}
+"""Edge values of each varint, negatives and overflows of int32 too (as a varint, -1 is
+2**64 - 1): a status, bool or null out of range, negative nanos, seconds <= 0..."""
+INTS = sorted({value for values in EDGES.values() for value in values} | {2**63, 2**64 - 1})
+SECOND_KINDS = [
+    Field(1, VARINT, "null", 0),
+    Field(2, I64, "double", struct.pack("<d", 1.5)),
+    Field(3, LEN, "text", b"s"),
+    Field(4, VARINT, "bool", 1),
+    Field(5, LEN, "Struct", []),
+    Field(6, LEN, "ListValue", []),
+]
+FIELD_NUMBERS = (*range(1, 8), 16, 2**29 - 1)
+"""Field numbers for an unknown field: each message knows some of the small ones."""
+MAX_TAG_OR_LENGTH_WIDTH = 10
+"""Widest varint the fuzz writes for a tag or a length: upb refuses more than five bytes
+(`test_a_tag_or_length_of_more_than_five_bytes_is_unsure`)."""
+MUTATIONS = {
+    "duplicate": "a field given twice",
+    "swap": "two fields in the other order (a map entry's value before its key)",
+    "drop": "a field left out",
+    "unknown": "an unknown field",
+    "wire type": "a field of the wrong wire type (or none)",
+    "overlong": "a varint longer than need be (a value of eleven bytes: no varint)",
+    "string": "a string with invalid, overlong or surrogate UTF-8, or unusual valid characters",
+    "int": "an edge value: a status, bool or null out of range, negative nanos, seconds <= 0",
+    "value": "a Value of no kind, or of two",
+    "flip": "a byte changed",
+    "truncate": "the encoding cut short",
+    "insert": "random bytes inserted",
+}
+"""The changes the fuzzing makes to an update's encoding."""
+
+
+def mutate(draw: st.DrawFn, update: Field, how: str) -> None:
+    """One change (`how`, of MUTATIONS) somewhere within an encoded update."""
+    containers = list(messages(update))
+    if not containers:
+        return  # all bytes already
+    container = draw(st.sampled_from(containers))
+    message = container.value
+    assert isinstance(message, list)
+    fields = [field for each in containers if isinstance(each.value, list) for field in each.value]
+    if how == "duplicate" and message:
+        field = draw(st.sampled_from(message))
+        message.insert(draw(st.integers(0, len(message))), copy.deepcopy(field))
+    elif how == "swap" and len(message) > 1:
+        i, j = draw(st.permutations(range(len(message))))[:2]
+        message[i], message[j] = message[j], message[i]
+    elif how == "drop" and message:
+        del message[draw(st.integers(0, len(message) - 1))]
+    elif how == "unknown":
+        known = MESSAGES[container.kind]
+        number = draw(st.sampled_from([n for n in FIELD_NUMBERS if n not in known]))
+        wire_type = draw(st.sampled_from([VARINT, I64, LEN, I32]))
+        value: int | bytes
+        if wire_type == VARINT:
+            value = draw(st.sampled_from(INTS))
+        else:
+            least, most = {I64: (8, 8), I32: (4, 4), LEN: (0, 4)}[wire_type]
+            value = draw(st.binary(min_size=least, max_size=most))
+        message.insert(draw(st.integers(0, len(message))), Field(number, wire_type, "raw", value))
+    elif how == "wire type" and fields:
+        field = draw(st.sampled_from(fields))
+        field.wire_type = draw(st.sampled_from([w for w in range(8) if w != field.wire_type]))
+    elif how == "overlong" and fields:
+        varints = [f for f in fields if isinstance(f.value, int)]
+        among_varints = bool(varints) and draw(st.booleans())
+        field = draw(st.sampled_from(varints if among_varints else fields))
+        if isinstance(field.value, int):
+            field.width = draw(st.sampled_from([2, 5, 10, 11]))
+        else:
+            field.width = draw(st.integers(2, MAX_TAG_OR_LENGTH_WIDTH))
+        field.tag_width = draw(st.integers(0, MAX_TAG_OR_LENGTH_WIDTH))
+    elif how == "string" and (strings := [f for f in fields if f.kind in STRINGS]):
+        role = draw(st.sampled_from(sorted({f.kind for f in strings})))  # each kind as often
+        field = draw(st.sampled_from([f for f in strings if f.kind == role]))
+        assert isinstance(field.value, bytes)
+        piece = draw(st.one_of(utf8_pieces, st.just(b"")))
+        if draw(st.booleans()):  # in place of the string: maybe none at all
+            field.value = piece
+        else:
+            at = draw(st.integers(0, len(field.value)))
+            field.value = field.value[:at] + piece + field.value[at:]
+    elif how == "int" and (ints := [f for f in fields if f.kind in EDGES]):
+        role = draw(st.sampled_from(sorted({f.kind for f in ints})))
+        draw(st.sampled_from([f for f in ints if f.kind == role])).value = draw(
+            st.sampled_from(EDGES[role])
+        )
+    elif how == "value" and (values := [f for f in containers if f.kind == "Value"]):
+        kinds = draw(st.sampled_from(values)).value
+        assert isinstance(kinds, list)
+        if draw(st.booleans()):
+            kinds.clear()
+        else:
+            kinds.append(copy.deepcopy(draw(st.sampled_from(SECOND_KINDS))))
+    elif how in ("flip", "truncate", "insert"):  # within the update, its profile, a membership...
+        data = bytearray(encode(message))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if how == "flip" and data:
+            data[at] ^= draw(st.integers(1, 255))
+        elif how == "truncate":
+            del data[at:]
+        elif how == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=4))
+        container.value = bytes(data)
+
+
+@st.composite
+def encoded_updates(draw: st.DrawFn, how: str) -> bytes:
+    """An update (mostly a plainly good one) encoded field by field, then changed: `how` once or
+    twice, maybe with a change of another kind too."""
+    message = draw(profile_updates(plain=draw(st.sampled_from([True, True, True, False]))))
+    update = Field(2, LEN, "ProfileUpdate", parse(message.SerializeToString(), "ProfileUpdate"))
+    hows = [how] * draw(st.sampled_from([1, 1, 2]))
+    if draw(st.integers(0, 3)) == 0:
+        hows.append(draw(st.sampled_from(list(MUTATIONS))))
+    for each in hows:
+        mutate(draw, update, each)
+    if isinstance(update.value, list):
+        return encode(update.value)
+    assert isinstance(update.value, bytes)  # changed byte by byte
+    return update.value
+
+
+def sync_outcome(request: ingest_pb2.SyncRequestView, implementation: str) -> tuple[Any, ...]:
+    """What Sync makes of a request: its rejections, count, memberships and what it stores."""
+    checked, rejected = sync(request, implementation)
+    return (
+        [(r.index, [(v.field, v.description) for v in r.violations]) for r in rejected],
+        checked.count,
+        list(checked.memberships),
+        checked.encode(),
+    )
+
+
+@needs_c
+@pytest.mark.parametrize("how", list(MUTATIONS))
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(st.data())
+def test_the_c_quick_look_errs_only_towards_unsure(how: str, data: st.DataObject) -> None:
+    """An update the C calls plainly good decodes and passes `check_update`, whatever its
+    encoding; and Sync's verdicts do not depend on which quick look it takes."""
+    updates = data.draw(st.lists(encoded_updates(how), min_size=1, max_size=4), label="updates")
+    wire = request_wire(updates)
+    found = c_plain_updates(wire, LATEST)
+
+    assert found is not None
+    count, unsure, memberships = found
+    assert count == len(updates)
+    assert unsure == sorted(set(unsure)) and all(0 <= index < count for index in unsure)
+    audiences = dict(memberships)
+    assert len(audiences) == len(memberships) and not audiences.keys() & set(unsure)
+    for index, update in enumerate(updates):
+        if index in unsure:
+            continue
+        message = pb.ProfileUpdate.FromString(update)
+        limit = (LATEST, 0)  # the latest the C's `latest` allows: any event time before it
+        assert convert.check_update(message, prefix="u", event_time_limit=limit) == []
+        assert audiences.get(index) == (tuple(a.audience_id for a in message.audiences) or None)
+
+    try:
+        request = ingest_pb2.SyncRequestView.FromString(wire)
+    except DecodeError:
+        request = None
+    assume(request is not None)
+    assert request is not None
+    outcome = sync_outcome(request, "c")
+    assert outcome == sync_outcome(request, "python")
+    convert.decode_updates(outcome[3])  # what is stored, delivery decodes
+
+
+def with_string(role: str, raw: bytes) -> bytes:
+    """A plainly good update, encoded with `raw` (any bytes) for its string `role` (of STRINGS)."""
+    strings = {name: b"x" for name in STRINGS} | {role: raw}
+    entry = encoded_field(1, strings["key"]) + encoded_field(2, encoded_field(3, strings["text"]))
+    membership = encoded_field(1, strings["audience_id"]) + b"\x10\x01"
+    return (
+        encoded_field(1, strings["profile_id"])
+        + encoded_field(2, b"\x08" + varint(NOW_SECONDS))
+        + encoded_field(3, encoded_field(1, entry))
+        + encoded_field(4, membership)
+        + encoded_field(5, strings["update_id"])
+    )
+
+
+@needs_c
+@pytest.mark.parametrize("role", STRINGS)
+def test_the_c_reads_utf8_as_protobuf_does(role: str) -> None:
+    """Each string, anywhere: the valid plain (unusual characters too), the invalid unsure."""
+    for text in GOOD_UTF8:
+        update = with_string(role, text.encode() + b"z")
+        pb.ProfileUpdate.FromString(update)  # decodes
+        audience_id = text + "z" if role == "audience_id" else "x"
+        assert c_plain_updates(request_wire([update]), LATEST) == (1, [], [(0, (audience_id,))])
+    for piece in BAD_UTF8:
+        for raw in (piece, b"a" + piece + b"z"):
+            update = with_string(role, raw)
+            with pytest.raises(DecodeError):
+                pb.ProfileUpdate.FromString(update)
+            assert c_plain_updates(request_wire([update]), LATEST) == (1, [0], [])
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "update",
+    [
+        pytest.param(bytes.fromhex("8a8080808000 0170 12020801"), id="profile_id's tag"),
+        pytest.param(bytes.fromhex("0a818080808000 70 12020801"), id="profile_id's length"),
+        pytest.param(
+            good("p1").SerializeToString()
+            + encoded_field(4, bytes.fromhex("0a0161 908080808000 01")),
+            id="a membership's status tag",
+        ),
+        pytest.param(
+            bytes.fromhex("0a0170 12020801")
+            + encoded_field(3, bytes.fromhex("0a0d 0a818080808000 6b 1203 1a0176")),
+            id="a profile's key length",
+        ),
+    ],
+)
+def test_a_tag_or_length_of_more_than_five_bytes_is_unsure(update: bytes) -> None:
+    """Valid varints, but not to upb: what Sync stored from it, delivery could not decode."""
+    with pytest.raises(DecodeError):
+        pb.ProfileUpdate.FromString(update)
+    wire = request_wire([update])
+
+    assert c_plain_updates(wire, LATEST) == (1, [0], [])
+    with contextlib.suppress(DecodeError):  # the view reads profiles and memberships as bytes
+        request = ingest_pb2.SyncRequestView.FromString(wire)
+        assert sync_outcome(request, "c") == sync_outcome(request, "python")
+
+
+# -- the limits of the quick look are those of check_update --------------------------------------
+
+
+def violations(update: pb.ProfileUpdate) -> list[str]:
+    """What `check_update` finds wrong with the update at NOW."""
+    limit = convert.event_time_limit(NOW)
+    return [v.description for v in convert.check_update(update, prefix="u", event_time_limit=limit)]
+
+
+def assert_limit(at_limit: pb.ProfileUpdate, past: pb.ProfileUpdate, implementation: str) -> None:
+    """The quick look finds `at_limit` plainly good and is unsure of `past`, which
+    `check_update` refuses: the limit is the same."""
+    assert quick_look(at_limit, implementation)[0] == [] and violations(at_limit) == []
+    assert quick_look(past, implementation)[0] == [0] and violations(past) != []
+
+
+@both_implementations
+@pytest.mark.parametrize("character", ["p", "é", "😀"], ids=["1 byte", "2 bytes", "4 bytes"])
+def test_the_profile_id_limit_counts_characters(implementation: str, character: str) -> None:
+    limit = convert.MAX_PROFILE_ID_LENGTH
+    assert_limit(good(character * limit), good(character * (limit + 1)), implementation)
+    mixed = good("é" * (limit - 2) + "😀a")
+    assert quick_look(mixed, implementation)[0] == []
+    assert_limit(good("😀"), good(""), implementation)  # the least: one character
+
+
+@both_implementations
+@pytest.mark.parametrize("character", ["u", "é", "😀"], ids=["1 byte", "2 bytes", "4 bytes"])
+def test_the_update_id_limit_counts_characters(implementation: str, character: str) -> None:
+    at_limit, past, empty = good("p1"), good("p1"), good("p1")
+    at_limit.update_id = character * convert.MAX_UPDATE_ID_LENGTH
+    past.update_id = character * (convert.MAX_UPDATE_ID_LENGTH + 1)
+    assert_limit(at_limit, past, implementation)
+    assert quick_look(empty, implementation)[0] == []  # none: one is derived
+
+
+@both_implementations
+def test_the_memberships_limit(implementation: str) -> None:
+    ids = [f"a{i}" for i in range(convert.MAX_MEMBERSHIPS + 1)]
+    at_limit = good("p1", **dict.fromkeys(ids[:-1], 1))
+    past = good("p1", **dict.fromkeys(ids, 1))
+
+    assert_limit(at_limit, past, implementation)
+    assert quick_look(at_limit, implementation)[1] == [(0, tuple(ids[:-1]))]
+
+
+@both_implementations
+@pytest.mark.parametrize("lists", [False, True], ids=["structs", "structs and lists"])
+@pytest.mark.parametrize(
+    "innermost", ["struct", "list"], ids=["deepest a struct", "deepest a list"]
+)
+def test_the_depth_limit(implementation: str, lists: bool, innermost: str) -> None:
+    def nesting(depth: int) -> pb.ProfileUpdate:
+        update = good("p1")
+        update.profile.Clear()
+        if innermost == "list":  # an empty list for the deepest level
+            update.profile.update(nested(depth - 1, [], lists=lists))
+        else:
+            update.profile.update(nested(depth, lists=lists))
+        return update
+
+    at_limit, past = nesting(convert.MAX_PROFILE_DEPTH), nesting(convert.MAX_PROFILE_DEPTH + 1)
+
+    assert not convert._too_deep(at_limit.profile, convert.MAX_PROFILE_DEPTH)
+    assert convert._too_deep(past.profile, convert.MAX_PROFILE_DEPTH)
+    assert_limit(at_limit, past, implementation)
+
+
+def profile_of(size: int) -> pb.ProfileUpdate:
+    """An update whose profile is exactly `size` bytes."""
+    update = good("p1")
+    update.profile.Clear()
+    update.profile.update({"k": "x" * (size - 15)})  # a key, a string: 15 bytes around it
+    assert update.profile.ByteSize() == size
+    return update
+
+
+@both_implementations
+def test_the_profile_size_limit(implementation: str) -> None:
+    limit = convert.MAX_PROFILE_BYTES
+    assert_limit(profile_of(limit), profile_of(limit + 1), implementation)
+
+
+def with_event_time(seconds: int, nanos: int = 0) -> pb.ProfileUpdate:
+    update = good("p1")
+    update.event_time.seconds, update.event_time.nanos = seconds, nanos
+    return update
+
+
+def with_memberships(*memberships: tuple[str, int]) -> pb.ProfileUpdate:
+    update = good("p1")
+    for audience_id, status in memberships:
+        update.audiences.add(audience_id=audience_id, status=status)  # type: ignore[arg-type]
+    return update
+
+
+@both_implementations
+def test_the_event_time_limit(implementation: str) -> None:
+    """Before `latest` plain; at it unsure, though `check_update` still accepts it at nanos 0."""
+    before, at = with_event_time(LATEST - 1, 999_999_999), with_event_time(LATEST)
+    first, epoch = with_event_time(1), with_event_time(0)
+
+    assert quick_look(before, implementation)[0] == [] and violations(before) == []
+    assert quick_look(at, implementation)[0] == [0] and violations(at) == []
+    assert quick_look(first, implementation)[0] == []
+    assert quick_look(epoch, implementation)[0] == [0] and violations(epoch) == []
+
+
+@both_implementations
+@pytest.mark.parametrize(
+    "update",
+    [
+        pytest.param(with_event_time(LATEST, 1), id="past the event time limit"),
+        pytest.param(with_event_time(NOW_SECONDS, 1_000_000_000), id="nanos of a second"),
+        pytest.param(with_event_time(NOW_SECONDS, -1), id="negative nanos"),
+        pytest.param(with_event_time(-62_135_596_801), id="before 0001-01-01"),
+        pytest.param(with_memberships(("a1", 1), ("a1", 2)), id="an audience twice"),
+        pytest.param(with_memberships(("", 1)), id="no audience id"),
+        pytest.param(with_memberships(("a1", 0)), id="no status"),
+        pytest.param(with_memberships(("a1", 4)), id="an unknown status"),
+    ],
+)
+def test_what_check_update_refuses_is_never_plain(
+    implementation: str, update: pb.ProfileUpdate
+) -> None:
+    """Near the limits too: each of these has one problem, which the quick look sees."""
+    assert violations(update) != []
+    assert quick_look(update, implementation)[0] == [0]
