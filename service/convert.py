@@ -601,25 +601,26 @@ def plain_updates(
     "unsure": `sync_updates` checks each of them in full.
 
     In C (`service/_wirecheck.c`, one pass over the encoding) when the extension is built, else
-    in Python (`_plain_updates_in_python`); tests hold the two to the same verdicts.
+    in Python (`_plain_updates_in_python`); tests hold the two to the same verdicts. Either way
+    one parse of the whole request by protobuf, which delivery decodes it with, vouches that
+    every update decodes; when it fails, each update is looked at on its own.
     """
-    if _plain_updates_in_c is not None:
-        found = _plain_updates_in_c(wire, latest_seconds)
-        if found is not None:
-            return found
-    return _plain_updates_in_python(wire, latest_seconds, request)
-
-
-def _plain_updates_in_python(
-    wire: bytes, latest_seconds: int, request: ingest_pb.SyncRequestView
-) -> PlainUpdates:
-    # One parse of the whole request, in C, proves every profile and membership decodes (as
-    # delivery will decode them); only when it fails is each profile parsed on its own.
     full: pb.SyncRequest | None
     try:
         full = pb.SyncRequest.FromString(wire)
     except DecodeError:
         full = None
+    if full is not None and _plain_updates_in_c is not None:
+        found = _plain_updates_in_c(wire, latest_seconds)
+        if found is not None:
+            return found
+    return _plain_updates_in_python(full, latest_seconds, request)
+
+
+def _plain_updates_in_python(
+    full: pb.SyncRequest | None, latest_seconds: int, request: ingest_pb.SyncRequestView
+) -> PlainUpdates:
+    """`plain_updates` in Python; `full`: the request decoded, None when it does not decode."""
     unsure: list[int] = []
     memberships: list[IndexedAudiences] = []
     updates = request.updates

@@ -677,6 +677,22 @@ def test_a_tag_or_length_of_more_than_five_bytes_is_unsure(update: bytes) -> Non
         assert sync_outcome(request, "c") == sync_outcome(request, "python")
 
 
+def test_a_request_protobuf_cannot_decode_never_gets_past_the_quick_look() -> None:
+    """Whatever the C says, delivery decodes with protobuf: one parse of the whole request by
+    protobuf vouches for the C's verdicts, and when it fails each update is looked at alone."""
+    request = view_of([good("p0"), good("p1"), good("p2", a1=1)])
+    request.updates[1].profile = b"\x0a\x05short"  # a map entry running past its end
+
+    def everything_plain(wire: bytes, latest: int) -> convert.PlainUpdates:
+        return 3, [], [(2, ("a1",))]
+
+    with mock.patch.object(convert, "_plain_updates_in_c", everything_plain):
+        checked, rejected = convert.sync_updates(request, NOW)
+
+    assert [(r.index, r.violations[0].field) for r in rejected] == [(1, "updates[1].profile")]
+    assert [u.profile_id for u in convert.decode_updates(checked.encode())] == ["p0", "p2"]
+
+
 # -- the limits of the quick look are those of check_update --------------------------------------
 
 

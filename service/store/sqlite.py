@@ -18,7 +18,6 @@ import logging
 import secrets
 import sqlite3
 import threading
-import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
