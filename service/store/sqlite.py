@@ -2,8 +2,9 @@
 
 Threads: one writer thread owns the only writing connection, so write transactions never wait on
 SQLite's lock; a small pool of reader threads, each with its own connection, serves reads
-concurrently (WAL lets readers see the last commit while a write is in progress). The event loop
-never blocks on the database.
+concurrently (WAL lets readers see the last commit while a write is in progress); a checkpointer
+thread with a connection of its own copies the WAL into the database, so no commit waits for a
+checkpoint. The event loop never blocks on the database.
 
 Appends are group-committed: callers queue their updates, a committer task takes everything queued
 while the previous transaction was running and writes it in one transaction, then resolves each
