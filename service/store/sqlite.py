@@ -14,6 +14,7 @@ caller's future. Under load, one fsync acknowledges many streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -149,11 +150,11 @@ _INSTANCES_WITH_WORK = instances_with_work("?")
 _log = logging.getLogger(__name__)
 
 GROUPS_PER_TURN = 16
+"""Append groups the writer thread commits back to back before other writes get their turn."""
 CHECKPOINT_INTERVAL = 0.1
 """Seconds between two checkpoints of the WAL into the database file, while there are writes."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the WAL file is truncated back to after a checkpoint that let it grow past this."""
-"""Append groups the writer thread commits back to back before other writes get their turn."""
 
 
 _INSERT_OUTBOX = (
@@ -683,13 +684,16 @@ class SqliteStore:
     def _append_group(
         self, group: Sequence[_Append], connection: sqlite3.Connection
     ) -> list[AppendResult | Exception]:
-        """Store the group's batches and count them. The batches go in with one statement (each
-        statement hands the GIL back and forth: a commit should take few); the inbox's foreign
-        key refuses a deleted destination, and only then is each destination looked up."""
+        """Store the group's batches and count them. Up to `_BATCHES_PER_INSERT` batches go in
+        with one statement (each statement hands the GIL back and forth: a commit should take
+        few), which the inbox's foreign key refuses whole when a destination was deleted; only
+        then, or for a larger group, is each destination looked up first."""
         now = self._now(None)
-        try:
-            ids: list[int | None] = list(_insert_batches(connection, group, now))
-        except sqlite3.IntegrityError:  # the statement is undone; the transaction goes on
+        ids: list[int | None] | None = None
+        if len(group) <= _BATCHES_PER_INSERT:  # one statement: all rows or none
+            with contextlib.suppress(sqlite3.IntegrityError):  # the transaction goes on
+                ids = list(_insert_batches(connection, group, now))
+        if ids is None:
             known = {
                 destination_id
                 for destination_id in {item.destination_id for item in group}

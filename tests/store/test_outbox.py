@@ -98,6 +98,23 @@ async def test_append_to_unknown_destination_fails_alone(
     assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u3"]
 
 
+async def test_a_large_group_with_an_unknown_destination_stores_the_rest(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    """More batches than one INSERT takes, queued at once (one group), one of them refused."""
+    body = convert.encode_updates([update(1)])
+    futures = [store.append(destination.id, INSTANCE, body, 1) for _ in range(700)]
+    futures.insert(350, store.append("dst_missing", INSTANCE, body, 1))
+
+    results = await asyncio.gather(*futures, return_exceptions=True)
+
+    assert isinstance(results.pop(350), DestinationNotFound)
+    assert all(isinstance(r, AppendResult) for r in results)
+    sequences = [r.sequence for r in results if isinstance(r, AppendResult)]
+    assert backend.committed_batches(destination.id) == sorted(sequences) == sequences
+    assert backend.committed_batches("dst_missing") == []
+
+
 async def test_group_commit_coalesces_and_acks_after_commit(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
