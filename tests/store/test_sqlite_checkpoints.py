@@ -25,7 +25,11 @@ async def _fill(directory: Path, box: SecretBox, clock: FakeClock) -> tuple[Path
     destination = await store.create_destination(
         NewDestination(tenant="t", name="d", spec={}, client_secret="s", instance_key="i")
     )
-    await asyncio.sleep(0.2)  # the first write's checkpoint is over
+    for _ in range(100):  # the checkpointer took the first write (its checkpoint is tiny)
+        if not store._written.is_set():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
     for _ in range(BATCHES // 10):
         await asyncio.gather(*(store.append(destination.id, "i", BATCH, 1) for _ in range(10)))
     return path, store
