@@ -110,16 +110,25 @@ def update(
     return message
 
 
+def varint(value: int, width: int = 0) -> bytes:
+    """`value` as a protobuf varint (a negative one in ten bytes) of at least `width` bytes (an
+    overlong encoding when that is more than it needs)."""
+    value &= 2**64 - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    if width > len(out):
+        out[-1] |= 0x80
+        out += b"\x80" * (width - len(out) - 1) + b"\x00"
+    return bytes(out)
+
+
 def encoded_field(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field (field numbers below 16), encoded by hand as any
     client may: e.g. a SyncRequest whose updates a protobuf library would refuse to parse."""
-    length = bytearray()
-    size = len(payload)
-    while size > 0x7F:
-        length.append(size & 0x7F | 0x80)
-        size >>= 7
-    length.append(size)
-    return bytes([number << 3 | 2]) + bytes(length) + payload
+    return bytes([number << 3 | 2]) + varint(len(payload)) + payload
 
 
 @contextlib.asynccontextmanager

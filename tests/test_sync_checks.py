@@ -32,7 +32,7 @@ from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.domain import ProfileUpdate
 from service.ingest import IndexedAudiences, Rejected, WireUpdates
-from tests.harness import encoded_field
+from tests.harness import encoded_field, varint
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 NOW_SECONDS = int(NOW.timestamp())
@@ -340,20 +340,6 @@ class Field:
     value: int | bytes | list[Field]  # a varint, the raw payload, or a message's fields
     width: int = 0  # the least bytes of the varint of the value (or length): overlong if more
     tag_width: int = 0  # the least bytes of the tag
-
-
-def varint(value: int, width: int = 0) -> bytes:
-    """`value` as a varint (a negative one in ten bytes) of at least `width` bytes."""
-    value &= 2**64 - 1
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    if width > len(out):
-        out[-1] |= 0x80
-        out += b"\x80" * (width - len(out) - 1) + b"\x00"
-    return bytes(out)
 
 
 def encode(fields: list[Field]) -> bytes:
