@@ -7,7 +7,8 @@
     Each stream waits for an answer before it sends its next request; the ``pipelined_*``
     figures repeat the pair with 8 requests in flight per stream.
 (b) Peak RSS (``VmHWM``) of the service process while a backlog of 1,000,000 updates builds up
-    (target: flat, under 300 MB).
+    (target: flat, under 300 MB), and the largest size of its SQLite WAL meanwhile (target:
+    under 64 MB, the WAL's size limit: the WAL starts over while appends go on).
 (c) Tracing overhead: (a)'s throughput with telemetry on (the real OTLP gRPC exporter, to an
     in-process receiver) against telemetry off (``OTEL_SDK_DISABLED=true``); ``tracing_overhead``
     = 1 - traced/untraced (target <= 0.15).
@@ -76,6 +77,9 @@ commits overlap, so throughput shows the service's CPU cost rather than its comm
 RATIO_TARGET = 0.5
 RSS_TARGET_MB = 300.0
 OVERHEAD_TARGET = 0.15
+WAL_TARGET_MB = 64.0
+"""The SQLite WAL stays under its size limit while the backlog streams in without a pause (the
+writer lets it start over; a WAL that only grows fails this)."""
 
 
 # ------------------------------------------------------------------------------- requests
@@ -354,18 +358,36 @@ def proc_status(pid: int) -> dict[str, float]:
     return found
 
 
+def size_mb(path: Path) -> float:
+    """The file's size in MB, 0 when there is none."""
+    try:
+        return path.stat().st_size / 1e6
+    except FileNotFoundError:
+        return 0.0
+
+
 async def backlog_rss(
-    server: Server, requests: Requests, *, updates: int, streams: int, per_request: int
+    server: Server,
+    requests: Requests,
+    *,
+    updates: int,
+    streams: int,
+    per_request: int,
+    wal: Path,
 ) -> dict[str, Any]:
-    """Streams ``updates`` into the idle-dispatcher service, sampling its memory."""
+    """Streams ``updates`` into the idle-dispatcher service, sampling its memory and the size
+    of its SQLite WAL (``wal``)."""
     samples: list[tuple[float, float]] = []  # (updates sent so far, VmRSS MB)
+    wal_mb = 0.0
     sent = 0
     before = proc_status(server.pid)
 
     async def sample() -> None:
+        nonlocal wal_mb
         while True:
             samples.append((sent, proc_status(server.pid)["VmRSS"]))
-            await asyncio.sleep(0.25)
+            wal_mb = max(wal_mb, size_mb(wal))
+            await asyncio.sleep(0.05)
 
     sampler = asyncio.create_task(sample())
     started = time.perf_counter()
@@ -402,6 +424,7 @@ async def backlog_rss(
         "rss_mb_at": {f"{int(f * 100)}%": round(rss_at(f), 1) for f in (0.1, 0.25, 0.5, 0.75)},
         "rss_mb_end": after["VmRSS"],
         "hwm_mb": after["VmHWM"],
+        "wal_mb_peak": max(wal_mb, size_mb(wal)),
     }
 
 
@@ -539,6 +562,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             updates=args.backlog,
             streams=args.streams,
             per_request=args.backlog_per_request,
+            wal=work / "backlog" / "store.db-wal",
         )
         if memory["pending"] != warm_up + args.backlog:
             raise RuntimeError(f"backlog: {memory['pending']} pending of {warm_up + args.backlog}")
@@ -571,6 +595,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "pipelined_window": PIPELINED_WINDOW,
         "rss_mb_backlog": round(memory["hwm_mb"], 1),
         "rss_mb_growth_25_to_100": round(growth, 1),
+        "wal_mb_backlog_peak": round(memory["wal_mb_peak"], 1),
         "backlog_updates": memory["pending"],
         "backlog_updates_per_s": round(memory["sent"] / memory["seconds"]),
         "tracing_overhead": round(overhead, 3),
@@ -580,10 +605,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "ratio_target": RATIO_TARGET,
         "rss_mb_target": RSS_TARGET_MB,
+        "wal_mb_target": WAL_TARGET_MB,
         "tracing_overhead_target": OVERHEAD_TARGET,
         "ratio_ok": ratio >= RATIO_TARGET,
         "rss_ok": memory["hwm_mb"] < RSS_TARGET_MB,
         "tracing_overhead_ok": overhead <= OVERHEAD_TARGET,
+        "wal_ok": memory["wal_mb_peak"] < WAL_TARGET_MB,
     }
     print(
         f"no-op servicer  : {noop_rate:10,.0f} updates/s\n"
@@ -597,7 +624,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         f"(target <= {OVERHEAD_TARGET:.0%}), {spans} spans exported\n"
         f"backlog {memory['pending']:,}: RSS start {memory['rss_mb_start']:.1f} MB, "
         f"at {memory['rss_mb_at']} MB, end {memory['rss_mb_end']:.1f} MB, "
-        f"peak (VmHWM) {memory['hwm_mb']:.1f} MB (target < {RSS_TARGET_MB:.0f})"
+        f"peak (VmHWM) {memory['hwm_mb']:.1f} MB (target < {RSS_TARGET_MB:.0f}); "
+        f"largest WAL {memory['wal_mb_peak']:.1f} MB (target < {WAL_TARGET_MB:.0f})"
     )
     return figures
 

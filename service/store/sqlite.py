@@ -4,7 +4,8 @@ Threads: one writer thread owns the only writing connection, so write transactio
 SQLite's lock; a small pool of reader threads, each with its own connection, serves reads
 concurrently (WAL lets readers see the last commit while a write is in progress); a checkpointer
 thread with a connection of its own copies the WAL into the database, so no commit waits for a
-checkpoint. The event loop never blocks on the database.
+checkpoint; under continuous appends the writer copies the last few pages itself now and then, so
+that the WAL starts over instead of growing. The event loop never blocks on the database.
 
 Appends are group-committed: callers queue their updates, a committer task takes everything queued
 while the previous transaction was running and writes it in one transaction, then resolves each
@@ -155,6 +156,11 @@ CHECKPOINT_INTERVAL = 0.1
 """Seconds between two checkpoints of the WAL into the database file, while there are writes."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the WAL file is truncated back to after a checkpoint that let it grow past this."""
+WAL_RESTART_PAGES = 4_096
+"""Pages in the WAL (16 MB) from which the writer finishes a checkpoint itself, so that the WAL
+starts over (see `_checkpoint_loop`)."""
+CATCH_UP_PAGES = 256
+"""Pages a checkpoint may leave behind for the writer to copy (1 MB: a short pause)."""
 
 
 _INSERT_OUTBOX = (
@@ -198,6 +204,8 @@ class SqliteStore:
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._written = threading.Event()
+        self._catch_up = threading.Event()
+        """Set by the checkpointer: the writer should finish its checkpoint (`_catch_up_wal`)."""
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._closed = False
@@ -305,8 +313,13 @@ class SqliteStore:
 
     def _checkpoint_loop(self) -> None:
         """In its own thread and connection: while there are writes, checkpoint the WAL every
-        `CHECKPOINT_INTERVAL` seconds (PASSIVE: never waits for the writer or a reader; the
-        writer starts the WAL over once a checkpoint has caught up with it)."""
+        `CHECKPOINT_INTERVAL` seconds (PASSIVE: never waits for the writer or a reader).
+
+        The writer starts the WAL over only once a checkpoint has caught up with it, which one
+        in another thread never does while appends go on: the WAL would grow without end (and
+        every commit would extend the file, which costs its sync more). So when the WAL is past
+        `WAL_RESTART_PAGES` and a checkpoint left at most `CATCH_UP_PAGES` behind, the writer
+        copies those itself between two groups (`_catch_up_wal`) and the WAL starts over."""
         connection = self._connect()
         try:
             while True:
@@ -315,7 +328,11 @@ class SqliteStore:
                     return
                 self._written.clear()
                 try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, pages, copied = connection.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                    if pages >= WAL_RESTART_PAGES and pages - copied <= CATCH_UP_PAGES:
+                        self._catch_up.set()
                 except sqlite3.Error:
                     _log.exception("checkpointing %s failed; trying again", self._path)
                 if self._closing.wait(CHECKPOINT_INTERVAL):
@@ -669,6 +686,19 @@ class SqliteStore:
             else:  # rows of outbox_instances are never deleted
                 self._instances_known.update(item.instance_key for item in group)
             loop.call_soon_threadsafe(settle_appends, [item.future for item in group], results)
+            if self._catch_up.is_set():
+                self._catch_up_wal()
+
+    def _catch_up_wal(self) -> None:
+        """In the writer thread, between transactions: finish the checkpointer's work (no page
+        can be added meanwhile), so that the next transaction starts the WAL over."""
+        self._catch_up.clear()
+        connection = self._write_connection
+        assert connection is not None
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            _log.exception("checkpointing %s from the writer failed", self._path)
 
     def _take_group(self) -> list[_Append]:
         """The oldest queued appends, up to `max_group_rows` updates (called by the writer thread

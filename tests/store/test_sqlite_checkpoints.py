@@ -71,3 +71,65 @@ async def test_the_checkpointer_copies_the_wal_into_the_database(
         assert _size_mb(path) >= stored_mb
     finally:
         await store.close()
+
+
+SMALL_BATCH = os.urandom(3_000)  # one page each
+STREAMS = 8
+
+
+async def _append_continuously(
+    directory: Path, box: SecretBox, clock: FakeClock, seconds: float
+) -> tuple[float, float]:
+    """Appends from STREAMS concurrent callers for `seconds`, so that the writer never waits
+    for work (as under a steady Sync load); (MB appended, largest WAL seen in MB)."""
+    path = directory / "store.db"
+    store = await SqliteStore.open(path, box, clock=clock)
+    wal = Path(f"{path}-wal")
+    appended = largest = 0.0
+    try:
+        destination = await store.create_destination(
+            NewDestination(tenant="t", name="d", spec={}, client_secret="s", instance_key="i")
+        )
+        deadline = asyncio.get_running_loop().time() + seconds
+
+        async def stream() -> None:
+            nonlocal appended, largest
+            while asyncio.get_running_loop().time() < deadline:
+                await store.append(destination.id, "i", SMALL_BATCH, 1)
+                appended += len(SMALL_BATCH) / 1e6
+                largest = max(largest, _size_mb(wal))
+
+        await asyncio.gather(*(stream() for _ in range(STREAMS)))
+    finally:
+        await store.close()
+    return appended, largest
+
+
+def _small_wal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", 0.01)
+    monkeypatch.setattr(sqlite_store, "WAL_RESTART_PAGES", 500)  # 2 MB
+
+
+async def test_under_continuous_appends_the_wal_starts_over(
+    tmp_path: Path, box: SecretBox, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _small_wal(monkeypatch)
+
+    appended, largest = await _append_continuously(tmp_path, box, clock, seconds=3.0)
+
+    assert appended > 20  # the writer was kept busy: ten times WAL_RESTART_PAGES and more
+    assert largest < 10  # WAL_RESTART_PAGES, what came meanwhile, the catch-up's margin
+
+
+async def test_without_the_writers_catch_up_the_wal_grows(
+    tmp_path: Path, box: SecretBox, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control of the test above: a checkpoint in another thread alone never catches up
+    with a busy writer, so the WAL never starts over."""
+    _small_wal(monkeypatch)
+    monkeypatch.setattr(sqlite_store, "CATCH_UP_PAGES", -1)  # never asks the writer
+
+    appended, largest = await _append_continuously(tmp_path, box, clock, seconds=3.0)
+
+    assert appended > 20
+    assert largest > appended / 2
