@@ -5,8 +5,12 @@
  * valid UTF-8, within the limits of `service.convert` (profile id, update id, event time,
  * profile size and nesting, memberships), and encoded so that protobuf decodes it.
  *
- * It returns None when the request itself is not read here (an unknown top-level field), or
- * `(count, unsure, memberships)`:
+ * It returns None when the request itself is not read here (an unknown top-level field, or a
+ * destination_id or request_id that is not valid UTF-8), or
+ * `(destination_id, request_id, count, unsure, memberships)`:
+ *   destination_id, request_id
+ *                the request's own fields (the last of each, as protobuf reads them; "" when
+ *                absent);
  *   count        the number of updates;
  *   unsure       the indexes of updates that are not plainly good (`service.convert` checks each
  *                of them one by one: they may still be good, in an unusual encoding);
@@ -83,6 +87,19 @@ static int read_len(Reader *r, Reader *inner) {
 static int utf8_chars(const uint8_t *p, const uint8_t *end, Py_ssize_t *chars) {
     Py_ssize_t count = 0;
     while (p < end) {
+        /* Eight ASCII bytes at a time, the common case. */
+        while (end - p >= 8) {
+            uint64_t eight;
+            memcpy(&eight, p, 8);
+            if (eight & 0x8080808080808080ULL) {
+                break;
+            }
+            p += 8;
+            count += 8;
+        }
+        if (p == end) {
+            break;
+        }
         uint8_t c = *p;
         count++;
         if (c < 0x80) {
@@ -380,6 +397,18 @@ static int check_update(Reader r, int64_t latest, Verdict *verdict) {
     return status;
 }
 
+/* A string field of the request as str; NULL (with no exception set) when it is not valid UTF-8,
+ * "" when the field is absent (`s->p` NULL). */
+static PyObject *request_string(const Reader *s) {
+    if (s->p == NULL) {
+        return PyUnicode_FromStringAndSize(NULL, 0);
+    }
+    if (!valid_string(s)) {
+        return NULL;
+    }
+    return PyUnicode_DecodeUTF8((const char *)s->p, s->end - s->p, NULL);
+}
+
 static PyObject *plain_updates(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer wire;
     long long latest;
@@ -388,11 +417,13 @@ static PyObject *plain_updates(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     PyObject *unsure = PyList_New(0);
     PyObject *memberships = PyList_New(0);
+    PyObject *destination_id = NULL, *request_id = NULL;
     PyObject *result = NULL;
     if (unsure == NULL || memberships == NULL) {
         goto done;
     }
     Reader r = {wire.buf, (const uint8_t *)wire.buf + wire.len};
+    Reader destination = {NULL, NULL}, request = {NULL, NULL};
     Py_ssize_t index = 0;
     while (r.p < r.end) {
         uint32_t field;
@@ -403,7 +434,12 @@ static PyObject *plain_updates(PyObject *Py_UNUSED(module), PyObject *args) {
             result = Py_NewRef(Py_None);
             goto done;
         }
-        if (field != 2) {
+        if (field == 1) {
+            destination = value;
+            continue;
+        }
+        if (field == 3) {
+            request = value;
             continue;
         }
         Verdict verdict;
@@ -427,8 +463,16 @@ static PyObject *plain_updates(PyObject *Py_UNUSED(module), PyObject *args) {
         Py_XDECREF(item);
         index++;
     }
-    result = Py_BuildValue("(nOO)", index, unsure, memberships);
+    destination_id = request_string(&destination);
+    request_id = destination_id == NULL ? NULL : request_string(&request);
+    if (request_id == NULL) {
+        result = PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        goto done;
+    }
+    result = Py_BuildValue("(OOnOO)", destination_id, request_id, index, unsure, memberships);
 done:
+    Py_XDECREF(destination_id);
+    Py_XDECREF(request_id);
     Py_XDECREF(unsure);
     Py_XDECREF(memberships);
     PyBuffer_Release(&wire);
@@ -437,7 +481,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"plain_updates", plain_updates, METH_VARARGS,
-     "plain_updates(wire, latest_seconds) -> (count, unsure, memberships) | None\n\n"
+     "plain_updates(wire, latest_seconds)\n"
+     "    -> (destination_id, request_id, count, unsure, memberships) | None\n\n"
      "Which updates of an encoded SyncRequest are plainly good (see the module source)."},
     {NULL, NULL, 0, NULL},
 };

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,9 +54,10 @@ MAX_MEMBERSHIPS = 1_000
 FUTURE_TOLERANCE = timedelta(days=1)
 """An event time further ahead than this is refused: it would hold back every later change."""
 
-PlainUpdates = tuple[int, list[int], list[IndexedAudiences]]
-"""A quick look at a request's updates: how many there are, the indexes of those that are not
-plainly good, and the audiences of each plainly good one that names any (see `plain_updates`)."""
+PlainUpdates = tuple[str, str, int, list[int], list[IndexedAudiences]]
+"""A quick look at a Sync request: its destination_id and request_id, how many updates it has,
+the indexes of those that are not plainly good, and the audiences of each plainly good one that
+names any (see `plain_updates`)."""
 
 _plain_updates_in_c: Callable[[bytes, int], PlainUpdates | None] | None
 try:
@@ -154,7 +156,7 @@ def check_update(
 
     `event_time_limit` is the latest acceptable event time as (seconds, nanos). The profile is
     walked only where its size says it could be nested too deep. Sync runs this for each update
-    its quick look (`sync_updates`) did not find plainly good; PreviewSync for every update.
+    its quick look (`sync_request`) did not find plainly good; PreviewSync for every update.
     """
     violations: list[FieldViolation] = []
 
@@ -525,21 +527,24 @@ def updates(
 class _RequestUpdates:
     """The checked updates of one Sync request, kept as the caller encoded them."""
 
-    __slots__ = ("_memberships", "_rejected", "_request", "_total", "_wire")
+    __slots__ = ("_memberships", "_rejected", "_total", "_view", "_wire")
 
-    def __init__(
-        self,
-        request: ingest_pb.SyncRequestView,
-        wire: bytes,
-        total: int,
-        rejected: Collection[int],
-        memberships: list[IndexedAudiences],
-    ) -> None:
-        self._request = request
+    def __init__(self, wire: bytes, total: int, memberships: list[IndexedAudiences]) -> None:
         self._wire = wire
         self._total = total
-        self._rejected = rejected
         self._memberships = memberships
+        self._rejected: set[int] = set()
+        self._view: ingest_pb.SyncRequestView | None = None
+
+    @property
+    def view(self) -> ingest_pb.SyncRequestView:
+        """The request read as a view (only when an update needs a look of its own)."""
+        if self._view is None:
+            self._view = ingest_pb.SyncRequestView.FromString(self._wire)
+        return self._view
+
+    def reject(self, rejected: Sequence[Rejected]) -> None:
+        self._rejected.update(r.index for r in rejected)
 
     @property
     def count(self) -> int:
@@ -553,57 +558,64 @@ class _RequestUpdates:
         if not dropped and not self._rejected:
             # The request itself: its destination_id and request_id are ignored on decoding.
             return self._wire
-        updates = self._request.updates
         kept = [
             update
-            for index, update in enumerate(updates)
+            for index, update in enumerate(self.view.updates)
             if index not in self._rejected and index not in dropped
         ]
         return ingest_pb.SyncRequestView(updates=kept).SerializeToString()
 
 
-def sync_updates(
-    request: ingest_pb.SyncRequestView, now: datetime
-) -> tuple[WireUpdates, list[Rejected]]:
-    """Check every update of a Sync request without converting it; each bad one becomes a
-    rejection of its own. The good ones stay in the caller's encoding: the inbox keeps them
-    that way and `decode_updates` converts them when they are delivered.
+@dataclass(frozen=True, slots=True)
+class SyncRequestChecked:
+    """One Sync request, its updates checked but still encoded (see `sync_request`)."""
+
+    destination_id: str
+    request_id: str
+    updates: WireUpdates
+    rejected: list[Rejected]
+
+
+def sync_request(wire: bytes, now: datetime) -> SyncRequestChecked:
+    """Check every update of an encoded Sync request without converting it; each bad one
+    becomes a rejection of its own. The good ones stay in the caller's encoding: the inbox keeps
+    them that way and `decode_updates` converts them when they are delivered.
 
     Every update Sync receives passes through here, so a quick look (`plain_updates`) first
     finds the plainly good ones; each other update is decoded and goes through `check_update`,
-    which names each problem (or finds it good after all).
+    which names each problem (or finds it good after all). Raises DecodeError when the request
+    is not a SyncRequest at all.
     """
     limit = event_time_limit(now)
-    wire = request.SerializeToString()
-    total, unsure, memberships = plain_updates(wire, limit[0], request)
+    destination_id, request_id, total, unsure, memberships = plain_updates(wire, limit[0])
+    updates = _RequestUpdates(wire, total, memberships)
     bad: list[Rejected] = []
     if unsure:
-        updates = request.updates
+        views = updates.view.updates
         for index in unsure:
             message, violations = _decoded(
-                updates[index], prefix=f"updates[{index}]", event_time_limit=limit
+                views[index], prefix=f"updates[{index}]", event_time_limit=limit
             )
             if violations:
                 bad.append(Rejected(index, tuple(violations)))
             elif message.audiences:
                 memberships.append((index, tuple(a.audience_id for a in message.audiences)))
         memberships.sort(key=lambda item: item[0])
-    rejected = {r.index for r in bad}
-    return _RequestUpdates(request, wire, total, rejected, memberships), bad
+        updates.reject(bad)
+    return SyncRequestChecked(destination_id, request_id, updates, bad)
 
 
-def plain_updates(
-    wire: bytes, latest_seconds: int, request: ingest_pb.SyncRequestView
-) -> PlainUpdates:
+def plain_updates(wire: bytes, latest_seconds: int) -> PlainUpdates:
     """Which updates of the request (`wire`: its encoding) are plainly good: every field
     known and given once, within the limits `check_update` applies (an event time after the
     epoch and before `latest_seconds`), their profile and memberships decodable. The others are
-    "unsure": `sync_updates` checks each of them in full.
+    "unsure": `sync_request` checks each of them in full.
 
     In C (`service/_wirecheck.c`, one pass over the encoding) when the extension is built, else
     in Python (`_plain_updates_in_python`); tests hold the two to the same verdicts. Either way
     one parse of the whole request by protobuf, which delivery decodes it with, vouches that
-    every update decodes; when it fails, each update is looked at on its own.
+    every update decodes; when it fails, each update is looked at on its own. Raises DecodeError
+    when the request is not a SyncRequest at all.
     """
     full: pb.SyncRequest | None
     try:
@@ -614,13 +626,16 @@ def plain_updates(
         found = _plain_updates_in_c(wire, latest_seconds)
         if found is not None:
             return found
-    return _plain_updates_in_python(full, latest_seconds, request)
+    return _plain_updates_in_python(
+        full, latest_seconds, ingest_pb.SyncRequestView.FromString(wire)
+    )
 
 
 def _plain_updates_in_python(
     full: pb.SyncRequest | None, latest_seconds: int, request: ingest_pb.SyncRequestView
 ) -> PlainUpdates:
-    """`plain_updates` in Python; `full`: the request decoded, None when it does not decode."""
+    """`plain_updates` in Python on the request read as a view; `full`: the request decoded,
+    None when it does not decode."""
     unsure: list[int] = []
     memberships: list[IndexedAudiences] = []
     updates = request.updates
@@ -642,7 +657,7 @@ def _plain_updates_in_python(
                 memberships.append((index, audience_ids))
                 continue
         unsure.append(index)
-    return len(updates), unsure, memberships
+    return request.destination_id, request.request_id, len(updates), unsure, memberships
 
 
 _SHALLOW = _BYTES_PER_LEVEL * MAX_PROFILE_DEPTH
@@ -734,7 +749,7 @@ def _decoded(
 
 
 def decode_updates(body: bytes) -> list[ProfileUpdate]:
-    """The updates of an inbox batch written by `sync_updates` or `encode_updates`."""
+    """The updates of an inbox batch written by `sync_request` or `encode_updates`."""
     return [decode_update(message) for message in pb.SyncRequest.FromString(body).updates]
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
+from operator import itemgetter
 from typing import Protocol
 
 from service.access import current_principal
@@ -67,6 +69,22 @@ class SyncAck:
     rejected: tuple[Rejected, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """The updates of one request, queued for the next commit."""
+
+    committed: asyncio.Future[AppendResult]
+    """Resolves once the accepted updates are durable (at once when none were accepted). The
+    caller awaits it, not a task: the answer goes out as soon as the commit is settled."""
+    rejected: tuple[Rejected, ...]
+    """Updates naming an audience that is not active."""
+
+    def ack(self) -> SyncAck:
+        """The answer, once `committed` is done."""
+        result = self.committed.result()
+        return SyncAck(result.count, result.sequence, self.rejected)
+
+
 @dataclass(slots=True)
 class _Destination:
     instance_key: str
@@ -82,9 +100,11 @@ class _Backlog:
 
 
 def check_audiences(
-    updates: Iterable[IndexedAudiences], active: frozenset[str]
+    updates: Sequence[IndexedAudiences], active: frozenset[str]
 ) -> tuple[set[int], tuple[Rejected, ...]]:
     """The indexes of updates naming an audience that is not active, and their rejections."""
+    if all(map(active.issuperset, map(itemgetter(1), updates))):  # the usual case, at C speed
+        return set(), ()
     dropped: set[int] = set()
     rejected: list[Rejected] = []
     for index, audience_ids in updates:
@@ -129,8 +149,9 @@ class Ingest:
         self._destinations: dict[tuple[str, str], _Destination] = {}
         self._backlogs: dict[str, _Backlog] = {}
 
-    async def submit(self, destination_id: str, updates: WireUpdates) -> Awaitable[SyncAck]:
-        """Check the updates and queue them for the next commit; await the result for the ack.
+    async def submit(self, destination_id: str, updates: WireUpdates) -> Submission:
+        """Check the updates and queue them for the next commit; `committed` of the result
+        resolves once they are durable.
 
         Calls made one after another are committed in that order (a stream's order), while
         their commits may overlap: the caller awaits the results whenever it likes.
@@ -140,9 +161,9 @@ class Ingest:
         dropped, rejected = check_audiences(updates.memberships, destination.audiences)
         count = updates.count - len(dropped)
         if not count:
-            done: asyncio.Future[SyncAck] = asyncio.get_running_loop().create_future()
-            done.set_result(SyncAck(0, 0, rejected))
-            return done
+            nothing: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+            nothing.set_result(AppendResult(0, 0))
+            return Submission(nothing, rejected)
         appended = self._store.append(
             destination_id,
             destination.instance_key,
@@ -150,21 +171,22 @@ class Ingest:
             count,
             self._trace_context(),
         )
-        return self._acknowledge(appended, destination_id, destination.instance_key, rejected)
+        appended.add_done_callback(
+            partial(self._committed, destination_id, destination.instance_key)
+        )
+        return Submission(appended, rejected)
 
-    async def _acknowledge(
-        self,
-        appended: Awaitable[AppendResult],
-        destination_id: str,
-        instance_key: str,
-        rejected: tuple[Rejected, ...],
-    ) -> SyncAck:
-        result = await appended
+    def _committed(
+        self, destination_id: str, instance_key: str, appended: asyncio.Future[AppendResult]
+    ) -> None:
+        """Once an append is settled: count and announce the stored batch."""
+        if appended.cancelled() or appended.exception() is not None:
+            return
+        count = appended.result().count
         backlog = self._backlogs.get(destination_id)
         if backlog is not None:
-            backlog.count += result.count
+            backlog.count += count
         self._notify(instance_key, destination_id)
-        return SyncAck(accepted=result.count, last_sequence=result.sequence, rejected=rejected)
 
     async def _destination(self, destination_id: str) -> _Destination:
         tenant = current_principal().tenant

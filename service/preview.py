@@ -50,7 +50,7 @@ class Preview:
         activations = await self._store.activations(destination_id)
         active = frozenset(a.audience_id for a in activations if a.active)
         dropped, rejected = check_audiences(
-            ((u.index, tuple(m.audience_id for m in u.update.memberships)) for u in updates),
+            [(u.index, tuple(m.audience_id for m in u.update.memberships)) for u in updates],
             active,
         )
         good = [u.update for u in updates if u.index not in dropped]

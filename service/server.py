@@ -14,7 +14,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2, destination_pb2_grpc
 from service.access import (
     PUBLIC_SERVICES,
@@ -64,14 +63,15 @@ class _Handlers:
 
 
 def _add_servicer(servicer: MarketoDestinationServicer, server: grpc.aio.Server) -> None:
-    """Register the v1 service as generated, except that Sync reads its requests as
-    `SyncRequestView` (wire-compatible; profiles and memberships stay bytes until delivery)."""
+    """Register the v1 service as generated, except that Sync takes its requests encoded:
+    `convert.sync_request` checks them in one pass over the bytes, which are what the inbox
+    stores (profiles and memberships are decoded only when delivered)."""
     handlers = _Handlers()
     destination_pb2_grpc.add_MarketoDestinationServiceServicer_to_server(servicer, handlers)
     assert handlers.service == SERVICE_NAME and "Sync" in handlers.methods
     handlers.methods["Sync"] = grpc.stream_stream_rpc_method_handler(
         servicer.Sync,
-        request_deserializer=ingest_pb2.SyncRequestView.FromString,
+        request_deserializer=None,  # the bytes as they came
         response_serializer=destination_pb2.SyncResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers(

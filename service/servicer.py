@@ -7,6 +7,7 @@ interceptor; authentication and tracing are interceptors too.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +15,9 @@ from typing import Any
 import grpc
 
 from service import convert
-from service._proto.marketo_destination.internal.v1 import ingest_pb2 as ingest_pb
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.app import Application
-from service.ingest import Rejected, SyncAck
+from service.ingest import Submission
 from service.streams import in_order
 
 __all__ = ["MarketoDestinationServicer"]
@@ -97,25 +97,25 @@ class MarketoDestinationServicer:
         )
         return pb.DeactivateResponse(audience_ids=audience_ids)
 
-    async def Sync(
-        self, request_iterator: AsyncIterator[ingest_pb.SyncRequestView], context: _Context
-    ) -> AsyncIterator[pb.SyncResponse]:
-        """Requests arrive as `SyncRequestView`s (see `service.server`): their updates are
-        checked and stored without building their profiles."""
+    async def Sync(self, request_iterator: AsyncIterator[bytes], context: _Context) -> None:
+        """Requests arrive encoded (see `service.server`): their updates are checked and stored
+        without building their profiles. Each answer is written as soon as its request is
+        committed (`context.write`: no generator between this loop and gRPC)."""
+        submitted: deque[tuple[convert.SyncRequestChecked, Submission]] = deque()
 
-        async def acknowledgements() -> AsyncIterator[Awaitable[pb.SyncResponse]]:
-            async for request in request_iterator:
-                updates, rejected = convert.sync_updates(request, datetime.now(UTC))
-                committed = await self._app.ingest.submit(request.destination_id, updates)
-                yield self._respond(request.request_id, committed, rejected)
+        async def commits() -> AsyncIterator[Awaitable[object]]:
+            async for wire in request_iterator:
+                request = convert.sync_request(wire, datetime.now(UTC))
+                submission = await self._app.ingest.submit(request.destination_id, request.updates)
+                submitted.append((request, submission))
+                yield submission.committed
 
-        async for response in in_order(acknowledgements(), SYNC_PIPELINE_DEPTH):
-            yield response
-
-    async def _respond(
-        self, request_id: str, committed: Awaitable[SyncAck], rejected: list[Rejected]
-    ) -> pb.SyncResponse:
-        return convert.sync_response(request_id, await committed, rejected)
+        # in_order gives one result per request, in the order the requests came.
+        async for _ in in_order(commits(), SYNC_PIPELINE_DEPTH):
+            request, submission = submitted.popleft()
+            await context.write(
+                convert.sync_response(request.request_id, submission.ack(), request.rejected)
+            )
 
     async def PreviewSync(
         self, request: pb.PreviewSyncRequest, context: _Context

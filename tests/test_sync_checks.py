@@ -1,7 +1,7 @@
 """Sync's checks on the wire view: the same verdicts as a full conversion, without one.
 
-`convert.sync_updates` reads a request as `SyncRequestView` (profiles and memberships stay
-bytes) and decides which updates to keep; `convert.profile_update` converts a full
+`convert.sync_request` checks a request as it came, encoded (profiles and memberships are not
+decoded) and decides which updates to keep; `convert.profile_update` converts a full
 `ProfileUpdate` and names every problem. These tests hold the first to the second, and the
 stored encoding to what delivery decodes.
 
@@ -60,11 +60,15 @@ def quick_look_in(implementation: str) -> Iterator[None]:
         yield
 
 
-def c_plain_updates(wire: bytes, latest: int) -> convert.PlainUpdates | None:
-    """`service._wirecheck.plain_updates`, called directly (a test using it `needs_c`)."""
+def c_plain_updates(
+    wire: bytes, latest: int
+) -> tuple[int, list[int], list[IndexedAudiences]] | None:
+    """`service._wirecheck.plain_updates`, called directly (a test using it `needs_c`): its
+    count, unsure indexes and memberships (`test_the_c_reads_the_request_ids` covers the rest)."""
     from service import _wirecheck
 
-    return _wirecheck.plain_updates(wire, latest)
+    found = _wirecheck.plain_updates(wire, latest)
+    return None if found is None else found[2:]
 
 
 def test_the_c_extension_is_built() -> None:
@@ -90,11 +94,14 @@ def view_of(updates: list[pb.ProfileUpdate]) -> ingest_pb2.SyncRequestView:
 
 
 def sync(
-    request: ingest_pb2.SyncRequestView, implementation: str
+    request: ingest_pb2.SyncRequestView | bytes, implementation: str
 ) -> tuple[WireUpdates, list[Rejected]]:
-    """`convert.sync_updates` at NOW, its quick look done by `implementation`."""
+    """`convert.sync_request` at NOW on the request (a view is encoded first), its quick look
+    done by `implementation`."""
+    wire = request if isinstance(request, bytes) else request.SerializeToString()
     with quick_look_in(implementation):
-        return convert.sync_updates(request, NOW)
+        checked = convert.sync_request(wire, NOW)
+    return checked.updates, checked.rejected
 
 
 def quick_look(
@@ -103,9 +110,7 @@ def quick_look(
     """The quick look's unsure indexes and memberships for a request of this one update."""
     wire = request_wire([update.SerializeToString()])
     with quick_look_in(implementation):
-        count, unsure, memberships = convert.plain_updates(
-            wire, LATEST, ingest_pb2.SyncRequestView.FromString(wire)
-        )
+        _, _, count, unsure, memberships = convert.plain_updates(wire, LATEST)
     assert count == 1
     return unsure, memberships
 
@@ -551,9 +556,10 @@ def encoded_updates(draw: st.DrawFn, how: str) -> bytes:
     return update.value
 
 
-def sync_outcome(request: ingest_pb2.SyncRequestView, implementation: str) -> tuple[Any, ...]:
-    """What Sync makes of a request: its rejections, count, memberships and what it stores."""
-    checked, rejected = sync(request, implementation)
+def sync_outcome(wire: bytes, implementation: str) -> tuple[Any, ...]:
+    """What Sync makes of an encoded request: its rejections, count, memberships and what it
+    stores."""
+    checked, rejected = sync(wire, implementation)
     return (
         [(r.index, [(v.field, v.description) for v in r.violations]) for r in rejected],
         checked.count,
@@ -592,13 +598,11 @@ def test_the_c_quick_look_errs_only_towards_unsure(how: str, data: st.DataObject
         assert audiences.get(index) == (tuple(a.audience_id for a in message.audiences) or None)
 
     try:
-        request = ingest_pb2.SyncRequestView.FromString(wire)
-    except DecodeError:
-        request = None
-    assume(request is not None)
-    assert request is not None
-    outcome = sync_outcome(request, "c")
-    assert outcome == sync_outcome(request, "python")
+        ingest_pb2.SyncRequestView.FromString(wire)
+    except DecodeError:  # Sync refuses the whole request (INVALID_ARGUMENT)
+        assume(False)
+    outcome = sync_outcome(wire, "c")
+    assert outcome == sync_outcome(wire, "python")
     convert.decode_updates(outcome[3])  # what is stored, delivery decodes
 
 
@@ -658,9 +662,14 @@ def test_a_tag_or_length_of_more_than_five_bytes_is_unsure(update: bytes) -> Non
     wire = request_wire([update])
 
     assert c_plain_updates(wire, LATEST) == (1, [0], [])
-    with contextlib.suppress(DecodeError):  # the view reads profiles and memberships as bytes
-        request = ingest_pb2.SyncRequestView.FromString(wire)
-        assert sync_outcome(request, "c") == sync_outcome(request, "python")
+    try:
+        ingest_pb2.SyncRequestView.FromString(wire)
+    except DecodeError:  # not even with profiles and memberships left encoded: refused whole
+        for implementation in ("c", "python"):
+            with quick_look_in(implementation), pytest.raises(DecodeError):
+                convert.sync_request(wire, NOW)
+    else:
+        assert sync_outcome(wire, "c") == sync_outcome(wire, "python")
 
 
 def test_a_request_protobuf_cannot_decode_never_gets_past_the_quick_look() -> None:
@@ -670,13 +679,49 @@ def test_a_request_protobuf_cannot_decode_never_gets_past_the_quick_look() -> No
     request.updates[1].profile = b"\x0a\x05short"  # a map entry running past its end
 
     def everything_plain(wire: bytes, latest: int) -> convert.PlainUpdates:
-        return 3, [], [(2, ("a1",))]
+        return "d1", "r1", 3, [], [(2, ("a1",))]
 
     with mock.patch.object(convert, "_plain_updates_in_c", everything_plain):
-        checked, rejected = convert.sync_updates(request, NOW)
+        found = convert.sync_request(request.SerializeToString(), NOW)
+    checked, rejected = found.updates, found.rejected
 
     assert [(r.index, r.violations[0].field) for r in rejected] == [(1, "updates[1].profile")]
     assert [u.profile_id for u in convert.decode_updates(checked.encode())] == ["p0", "p2"]
+
+
+@both_implementations
+def test_the_quick_look_reads_the_request_ids_as_protobuf_does(implementation: str) -> None:
+    """destination_id and request_id come from the bytes: the last of each when given twice,
+    "" when absent, with any valid UTF-8 in them."""
+    update = good("p0").SerializeToString()
+    wire = (
+        encoded_field(1, b"first")
+        + encoded_field(2, update)
+        + encoded_field(3, "r\u00e9q-1".encode())
+        + encoded_field(1, "d\u2603st".encode())
+    )
+    expected = ingest_pb2.SyncRequestView.FromString(wire)
+    with quick_look_in(implementation):
+        checked = convert.sync_request(wire, NOW)
+        bare = convert.sync_request(encoded_field(2, update), NOW)
+
+    assert (checked.destination_id, checked.request_id) == (
+        expected.destination_id,
+        expected.request_id,
+    )
+    assert checked.destination_id == "d\u2603st" and checked.request_id == "r\u00e9q-1"
+    assert (bare.destination_id, bare.request_id, bare.updates.count) == ("", "", 1)
+
+
+@both_implementations
+@pytest.mark.parametrize("field", [1, 3], ids=["destination_id", "request_id"])
+def test_a_request_id_that_is_not_utf8_refuses_the_request(implementation: str, field: int) -> None:
+    """As the view's parse would: the whole request is not a SyncRequest (INVALID_ARGUMENT)."""
+    wire = encoded_field(field, b"bad\xff") + encoded_field(2, good("p0").SerializeToString())
+    if implementation == "c":
+        assert c_plain_updates(wire, LATEST) is None
+    with quick_look_in(implementation), pytest.raises(DecodeError):
+        convert.sync_request(wire, NOW)
 
 
 # -- the limits of the quick look are those of check_update --------------------------------------

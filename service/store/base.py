@@ -420,7 +420,7 @@ class Store(Protocol):
         body: bytes,
         count: int,
         trace_context: str | None = None,
-    ) -> Awaitable[AppendResult]:
+    ) -> asyncio.Future[AppendResult]:
         """Queue a batch of `count` encoded updates for the next group commit; the returned
         future resolves once it is durable (or with DestinationNotFound). Batches are committed
         in the order of the calls.
