@@ -1,7 +1,7 @@
 """The application: every use case wired to the store, Marketo, plugins and background tasks.
 
-`open_application(settings)` builds it and runs the dispatcher and the alert monitor until the
-context exits. The servicer only ever talks to an `Application`.
+`open_application(settings)` builds it and runs the dispatcher, the alert monitor and the outcome
+retention until the context exits. The servicer only ever talks to an `Application`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from service.marketo.clock import Clock
 from service.monitoring import Monitoring
 from service.preview import Preview
 from service.registry import PluginRegistry
+from service.retention import OutcomeRetention
 from service.secrets import SecretBox
 from service.settings import Settings
 from service.store.base import Store
@@ -153,4 +154,10 @@ async def open_application(
             stack.push_async_callback(alerts.stop)
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
+            if settings.outcome_retention_days:
+                retention = OutcomeRetention(
+                    store, timedelta(days=settings.outcome_retention_days), clock=clock
+                )
+                await retention.start()
+                stack.push_async_callback(retention.stop)
         yield app

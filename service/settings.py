@@ -159,6 +159,10 @@ class Settings:
     """How long a replica's lease on a Marketo instance lasts without a heartbeat; a dead
     replica's instances are taken over after it."""
 
+    outcome_retention_days: float = 30.0
+    """How long each update's outcome (``ListProfileOutcomes``) is kept; older ones are deleted
+    in the background. 0 keeps them for ever."""
+
     def __post_init__(self) -> None:
         try:
             parse_address(self.address)
@@ -195,6 +199,10 @@ class Settings:
             raise InvalidSetting("database_url", "must be a postgresql:// URL or empty")
         if self.lease_ttl_seconds <= 0:
             raise InvalidSetting("lease_ttl_seconds", "must be more than 0")
+        if not self.outcome_retention_days >= 0:
+            raise InvalidSetting(
+                "outcome_retention_days", f"must be 0 or more, got {self.outcome_retention_days}"
+            )
         endpoint = self.default_marketo_endpoint
         if endpoint and not endpoint.startswith(("http://", "https://")):
             raise InvalidSetting(

@@ -527,6 +527,13 @@ class Store(Protocol):
         """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
         ...
 
+    async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
+        """Delete outcomes recorded before `recorded_before`, oldest first, at most `limit` of
+        them in one short transaction; returns how many went. Only the `limit` oldest outcomes
+        are looked at, so a call costs the same however many outcomes there are (those of a
+        replica whose clock runs behind may wait for the next call)."""
+        ...
+
     async def dataflow(
         self, destination_id: str, hours: int = 24, now: datetime | None = None
     ) -> Dataflow:

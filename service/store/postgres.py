@@ -86,6 +86,7 @@ from service.store.rows import (
     outbox_entry,
     outcome_record,
     pair_outcomes,
+    purge_outcomes,
     to_micros,
 )
 
@@ -174,6 +175,8 @@ _UPSERT_WATERMARKS = (
     "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
     "event_time = GREATEST(profile_watermarks.event_time, excluded.event_time)"
 )
+
+_PURGE_OUTCOMES = purge_outcomes("%s")
 
 # Instances with due work, plus those with a live lease; the fair-share numerator.
 _BUSY_INSTANCES = (
@@ -867,6 +870,15 @@ class PostgresStore:
         return await self._read(work)
 
     # -- outcomes and dataflow ------------------------------------------------------------------
+
+    async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
+        before = to_micros(recorded_before)
+
+        async def work(connection: Connection) -> int:
+            cursor = await connection.execute(_PURGE_OUTCOMES, (limit, before))
+            return max(cursor.rowcount, 0)
+
+        return await self._write("purge_outcomes", work)
 
     async def list_outcomes(
         self,

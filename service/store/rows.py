@@ -108,6 +108,16 @@ def instances_with_work(due: str) -> str:
     )
 
 
+def purge_outcomes(mark: str) -> str:
+    """SQL deleting, among the outcomes whose ids are within the first parameter of the oldest
+    one, those recorded before the second (`mark`: the engine's placeholder). Ids grow with time,
+    so this takes the oldest outcomes through the primary key, however many there are."""
+    return (
+        "DELETE FROM outcomes WHERE id IN (SELECT id FROM outcomes "
+        f"WHERE id < (SELECT MIN(id) FROM outcomes) + {mark} AND recorded_at < {mark})"
+    )
+
+
 OUTBOX_COLUMNS = (
     "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
     "trace_context, enqueued_at, not_before, attempts, last_error"

@@ -84,6 +84,7 @@ from service.store.rows import (
     outbox_entry,
     outcome_record,
     pair_outcomes,
+    purge_outcomes,
     to_micros,
 )
 
@@ -147,6 +148,7 @@ class _Append:
 # Idempotent on (destination_id, update_id); `unpack` first drops updates already delivered
 # (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
 _INSTANCES_WITH_WORK = instances_with_work("?")
+_PURGE_OUTCOMES = purge_outcomes("?")
 
 _log = logging.getLogger(__name__)
 
@@ -970,6 +972,15 @@ class SqliteStore:
         return await self._read(work)
 
     # -- outcomes and dataflow ------------------------------------------------------------------
+
+    async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
+        before = to_micros(recorded_before)
+
+        def work(connection: sqlite3.Connection) -> int:
+            cursor = connection.execute(_PURGE_OUTCOMES, (limit, before))
+            return max(cursor.rowcount, 0)
+
+        return await self._write("purge_outcomes", work)
 
     async def list_outcomes(
         self,

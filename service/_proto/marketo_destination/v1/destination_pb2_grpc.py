@@ -186,6 +186,7 @@ class MarketoDestinationServiceServicer:
 
     def ListProfileOutcomes(self, request, context):
         """Lists what happened to one profile, newest first. Needs destinations.view and profiles.view.
+        Outcomes are kept for the service's outcome retention (30 days unless configured).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,136 @@
+"""Outcome retention: outcomes past the retention go, in chunks, on start and periodically."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from service.domain import ActionType
+from service.retention import OutcomeRetention
+from service.secrets import SecretBox
+from service.store import SqliteStore, Store
+from tests.store.conftest import (
+    START,
+    FakeClock,
+    activated,
+    append,
+    new_destination,
+    unpack,
+    update,
+)
+
+INSTANCE = "123-ABC-456"
+
+
+class Clock:
+    """Epoch seconds set by the test; `sleep` records its wait and lets the loop turn, except
+    for waits of `held` seconds, which last until `release`."""
+
+    def __init__(self, now: datetime, held: float = 0.0) -> None:
+        self.at = now.timestamp()
+        self.slept: list[float] = []
+        self._held = held
+        self._release = asyncio.Event()
+
+    def now(self) -> float:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if seconds == self._held:
+            await self._release.wait()
+            self._release.clear()
+        await asyncio.sleep(0)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+async def deliver_daily(store: Store, destination_id: str, clock: FakeClock, days: int) -> None:
+    """One update delivered a day, for `days` days from START."""
+    for n in range(days):
+        await append(store, destination_id, INSTANCE, [update(n)])
+        await unpack(store, INSTANCE, now=clock.now)
+        entries = await store.claim_due(INSTANCE, 10, clock.now)
+        await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
+        clock.advance(timedelta(days=1))
+
+
+async def listed(store: Store, destination_id: str) -> list[str]:
+    page = await store.list_outcomes(destination_id, page_size=100)
+    return sorted(record.outcome.update_id for record in page.items)
+
+
+async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path: Path) -> None:
+    store_clock = FakeClock()
+    store = await SqliteStore.open(
+        tmp_path / "store.db", SecretBox(SecretBox.generate_key()), clock=store_clock
+    )
+    try:
+        destination = await store.create_destination(new_destination())
+        await deliver_daily(store, destination.id, store_clock, days=10)  # u0 .. u9
+        # Ten days after START: with a retention of 3 days, u0 to u6 are too old.
+        clock = Clock(START + timedelta(days=10))
+        retention = OutcomeRetention(store, timedelta(days=3), clock=clock, chunk=2, pause=0.5)
+
+        assert await retention.purge() == 7
+        assert await listed(store, destination.id) == ["u7", "u8", "u9"]
+        assert clock.slept == [0.5] * 4  # a pause after each of the four chunks that deleted
+        assert await retention.purge() == 0
+    finally:
+        await store.close()
+
+
+class PurgeCalls:
+    """A store that only purges: each call answers the next of `answers` (an exception is
+    raised) and remembers its cut."""
+
+    def __init__(self, *answers: int | Exception) -> None:
+        self.answers = list(answers)
+        self.cuts: list[datetime] = []
+
+    async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
+        self.cuts.append(recorded_before)
+        answer = self.answers.pop(0) if self.answers else 0
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def until(condition: Any) -> None:
+    for _ in range(1_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_it_purges_on_start_then_every_interval_and_outlives_a_failure() -> None:
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    clock = Clock(now, held=300.0)
+    store = PurgeCalls(RuntimeError("database is locked"), 5, 0)
+    retention = OutcomeRetention(
+        cast(Store, store), timedelta(days=30), clock=clock, interval=300.0
+    )
+
+    await retention.start()
+    try:
+        await until(lambda: clock.slept == [300.0])  # the first purge failed: logged
+        assert store.cuts == [now - timedelta(days=30)]
+        clock.at += 300
+        clock.release()
+        await until(lambda: len(clock.slept) == 3)  # 5 deleted, a pause, then none: wait
+        assert clock.slept[-1] == 300.0
+        assert store.cuts[1:] == [now + timedelta(seconds=300) - timedelta(days=30)] * 2
+    finally:
+        await retention.stop()
+    assert retention._task is None
+
+
+def test_a_retention_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        OutcomeRetention(cast(Store, PurgeCalls()), timedelta(0))
