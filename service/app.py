@@ -117,7 +117,7 @@ async def open_application(
             registry,
             alerts=alerts,
             holder=replica_name(settings),
-            decode=convert.decode_updates,
+            decode=convert.decode_batch,
             batch_size=settings.batch_size,
             bulk_threshold=settings.bulk_threshold,
             linger=settings.linger_seconds,

@@ -26,6 +26,7 @@ from service.domain import (
     Audience,
     AudienceMembership,
     AudienceType,
+    DecodedBatch,
     DestinationSpec,
     FieldMapping,
     MarketoConnection,
@@ -35,6 +36,7 @@ from service.domain import (
     PersonAction,
     ProfileUpdate,
     SyncType,
+    UndecodableUpdate,
 )
 from service.errors import FieldViolation, InvalidArgument
 from service.ingest import IndexedAudiences, IndexedUpdate, Rejected, SyncAck, WireUpdates
@@ -751,6 +753,37 @@ def _decoded(
 def decode_updates(body: bytes) -> list[ProfileUpdate]:
     """The updates of an inbox batch written by `sync_request` or `encode_updates`."""
     return [decode_update(message) for message in pb.SyncRequest.FromString(body).updates]
+
+
+def decode_batch(body: bytes) -> DecodedBatch:
+    """`decode_updates` for delivery: a batch that does not decode (a damaged row) never fails
+    whole. Each of its updates is decoded on its own; one that does not decode is returned as
+    undecodable, with the ids and event time that could still be read."""
+    try:
+        return DecodedBatch(tuple(decode_updates(body)))
+    except Exception:  # whatever it was, each update is tried on its own below
+        pass
+    try:
+        views = ingest_pb.SyncRequestView.FromString(body).updates
+    except DecodeError as error:
+        return DecodedBatch((), problem=f"the stored batch is not a SyncRequest: {error}")
+    updates: list[ProfileUpdate] = []
+    undecodable: list[UndecodableUpdate] = []
+    for view in views:
+        try:
+            updates.append(decode_update(pb.ProfileUpdate.FromString(view.SerializeToString())))
+        except Exception as error:  # the update fails, with the reason
+            stamp = view.event_time if view.HasField("event_time") else None
+            undecodable.append(
+                UndecodableUpdate(
+                    update_id=view.update_id,
+                    profile_id=view.profile_id,
+                    event_time=None if stamp is None else _event_time(stamp),
+                    reason="its stored bytes could not be decoded: "
+                    f"{error or type(error).__name__}",
+                )
+            )
+    return DecodedBatch(tuple(updates), tuple(undecodable))
 
 
 def encode_updates(updates: Sequence[ProfileUpdate]) -> bytes:

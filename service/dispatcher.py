@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from service.alerts import AlertMonitor
 from service.connections import MarketoConnections
 from service.destinations import spec_from_record
-from service.domain import DestinationSpec, FieldMapping, Outcome, ProfileUpdate
+from service.domain import DecodedBatch, DestinationSpec, FieldMapping, Outcome, ProfileUpdate
 from service.engine import BatchResult, KeyedLocks, SyncEngine
 from service.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.errors import FailedPrecondition
@@ -137,7 +137,7 @@ class Dispatcher:
         *,
         alerts: AlertMonitor,
         holder: str,
-        decode: Callable[[bytes], Sequence[ProfileUpdate]],
+        decode: Callable[[bytes], DecodedBatch],
         batch_size: int = 300,
         linger: float = 1.0,
         lease_ttl: timedelta = timedelta(seconds=30),

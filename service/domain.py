@@ -107,6 +107,31 @@ class ProfileUpdate:
     memberships: tuple[AudienceMembership, ...] = ()
 
 
+UNDECODABLE = "undecodable"
+"""The failure code of an update whose stored bytes cannot be decoded for delivery."""
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodableUpdate:
+    """What could be read of an update whose stored bytes do not decode (a damaged inbox row:
+    ingest only stores what decodes). It fails with `reason` instead of holding up the queue."""
+
+    update_id: str
+    profile_id: str
+    event_time: datetime | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """An inbox batch read for delivery: the updates that decode, what could be read of those
+    that do not, and `problem` when not even the batch could be split into updates."""
+
+    updates: tuple[ProfileUpdate, ...]
+    undecodable: tuple[UndecodableUpdate, ...] = ()
+    problem: str = ""
+
+
 class OutcomeKind(enum.StrEnum):
     ACTIVATED = "activated"
     EXCLUDED = "excluded"

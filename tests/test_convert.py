@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from service import convert
+from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.domain import MembershipStatus, ProfileUpdate
 from tests.harness import update
@@ -65,3 +66,47 @@ def test_too_deep_profiles_and_bad_memberships_are_refused_with_every_reason() -
         "u.audiences[1].status",
     }
     assert "deeper than 32" in found["u.profile"]
+
+
+# -- decoding inbox batches for delivery ---------------------------------------------------------
+
+
+def batch(*messages: pb.ProfileUpdate) -> bytes:
+    return pb.SyncRequest(updates=messages).SerializeToString()
+
+
+def test_a_batch_that_decodes_is_decoded_whole() -> None:
+    body = batch(update("p1", "a@example.com"), update("p2", "b@example.com"))
+
+    decoded = convert.decode_batch(body)
+
+    assert decoded.updates == tuple(convert.decode_updates(body))
+    assert [u.profile_id for u in decoded.updates] == ["p1", "p2"]
+    assert decoded.undecodable == () and decoded.problem == ""
+
+
+def test_an_update_that_does_not_decode_is_told_apart_from_the_others() -> None:
+    """A damaged profile, and an event time no datetime can hold (ingest refuses both)."""
+    body = batch(update("p1", "a@example.com"), update("p2", "b@example.com"))
+    view = ingest_pb2.SyncRequestView.FromString(body)
+    view.updates[0].profile = b"\x0a\x05short"  # a map entry running past its end
+    late = update("p3", "c@example.com")
+    late.update_id = "u3"
+    late.event_time.seconds = 10**12
+    view.updates.add().ParseFromString(late.SerializeToString())
+
+    decoded = convert.decode_batch(view.SerializeToString())
+
+    assert [u.profile_id for u in decoded.updates] == ["p2"]
+    assert [(u.profile_id, u.update_id) for u in decoded.undecodable] == [("p1", ""), ("p3", "u3")]
+    assert decoded.undecodable[0].event_time == datetime.fromtimestamp(1_780_000_000, UTC)
+    assert decoded.undecodable[1].event_time is None  # out of range
+    assert all("could not be decoded" in u.reason for u in decoded.undecodable)
+    assert decoded.problem == ""
+
+
+def test_bytes_that_are_no_batch_say_so() -> None:
+    decoded = convert.decode_batch(b"\xff\xff not a batch")
+
+    assert decoded.updates == () and decoded.undecodable == ()
+    assert "not a SyncRequest" in decoded.problem

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from service.domain import FieldMapping, Outcome, ProfileUpdate
+from service.domain import DecodedBatch, FieldMapping, Outcome, ProfileUpdate
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 __all__ = [
@@ -434,7 +434,7 @@ class Store(Protocol):
     async def unpack(
         self,
         instance_key: str,
-        decode: Callable[[bytes], Sequence[ProfileUpdate]],
+        decode: Callable[[bytes], DecodedBatch],
         limit: int,
         *,
         fencing: int | None = None,
@@ -448,7 +448,8 @@ class Store(Protocol):
         the backlog (re-sent duplicates count too). Idempotent on (destination_id, update_id): an
         update already in the outbox or already delivered is dropped here and counted as a
         duplicate. Entries keep their batch's enqueue time and trace context, and come after
-        every entry unpacked before.
+        every entry unpacked before. Updates `decode` could not decode fail here (code
+        "undecodable"; an outcome each that could be told apart) rather than hold up the queue.
         """
         ...
 

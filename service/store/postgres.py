@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +37,7 @@ import psycopg
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
-from service.domain import FieldMapping, Outcome, ProfileUpdate
+from service.domain import DecodedBatch, FieldMapping, Outcome, ProfileUpdate
 from service.secrets import SecretBox
 from service.store.base import (
     UNPACK_STEP,
@@ -80,6 +81,7 @@ from service.store.rows import (
     dumps,
     dumps_mappings,
     encode_token,
+    fail_undecodable,
     from_micros,
     instances_with_work,
     loads_mappings,
@@ -88,6 +90,8 @@ from service.store.rows import (
     pair_outcomes,
     purge_outcomes,
     to_micros,
+    undecodable_counts,
+    undecodable_rows,
 )
 
 __all__ = ["MIGRATION_LOCK", "PostgresStore", "apply_migrations", "is_postgres_url"]
@@ -97,6 +101,8 @@ Connection = AsyncConnection[tuple[Any, ...]]
 
 MIGRATION_LOCK = 0x6D6B_746F_6D69_6772
 """Key of the session advisory lock held while migrating (any 64-bit constant will do)."""
+
+_log = logging.getLogger(__name__)
 
 _RETRIES = 5
 _RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure)
@@ -177,6 +183,7 @@ _UPSERT_WATERMARKS = (
 )
 
 _PURGE_OUTCOMES = purge_outcomes("%s")
+_FAIL_UNDECODABLE = fail_undecodable("%s")
 
 # Instances with due work, plus those with a live lease; the fair-share numerator.
 _BUSY_INSTANCES = (
@@ -640,7 +647,7 @@ class PostgresStore:
     async def unpack(
         self,
         instance_key: str,
-        decode: Callable[[bytes], Sequence[ProfileUpdate]],
+        decode: Callable[[bytes], DecodedBatch],
         limit: int,
         *,
         fencing: int | None = None,
@@ -667,20 +674,27 @@ class PostgresStore:
             stored = taken = 0
             empty = False
             duplicates: Counter[str] = Counter()
+            failed: Counter[str] = Counter()
             while due + stored < limit and taken < step:
                 # SKIP LOCKED: a batch still being unpacked by a fenced-out holder is left alone.
                 cursor = await connection.execute(
                     "DELETE FROM inbox WHERE id = (SELECT id FROM inbox WHERE instance_key = %s "
                     "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                    "RETURNING destination_id, body, trace_context, enqueued_at",
+                    "RETURNING id, destination_id, count, body, trace_context, enqueued_at",
                     (instance_key,),
                 )
                 batch = await cursor.fetchone()
                 if batch is None:
                     empty = True
                     break
-                destination_id, body, trace_context, enqueued_at = batch
-                updates = decode(bytes(body))
+                batch_id, destination_id, count, body, trace_context, enqueued_at = batch
+                decoded = decode(bytes(body))
+                updates = decoded.updates
+                if len(updates) < count:
+                    await _fail_undecodable(
+                        connection, destination_id, batch_id, count, decoded, enqueued_at, current
+                    )
+                    failed[destination_id] += count - len(updates)
                 delivered = await _delivered(
                     connection, destination_id, [update.update_id for update in updates]
                 )
@@ -701,16 +715,18 @@ class PostgresStore:
                     )
                     inserted = len(await cursor.fetchall())
                 stored += inserted
-                taken += len(updates)
+                taken += max(count, len(updates))
                 duplicates[destination_id] += len(updates) - inserted
             # Rows are locked in a fixed order, as append does, so the two cannot deadlock.
-            for destination_id, count in sorted(duplicates.items()):
-                if count:
+            for destination_id in sorted(duplicates.keys() | failed.keys()):
+                counts = undecodable_counts(failed[destination_id])
+                counts.duplicates = duplicates[destination_id]
+                if gone := counts.duplicates + counts.failed:
                     await connection.execute(
                         "UPDATE destinations SET pending = pending - %s WHERE id = %s",
-                        (count, destination_id),
+                        (gone, destination_id),
                     )
-                    await _add_counts(connection, destination_id, hour, Counts(duplicates=count))
+                    await _add_counts(connection, destination_id, hour, counts)
             # Stopped at `step` with too few due entries: another transaction follows.
             return stored, not empty and due + stored < limit
 
@@ -1167,6 +1183,36 @@ def _outbox_columns(
             )
         )
     return update_ids, profile_ids, event_times, payloads
+
+
+async def _fail_undecodable(
+    connection: Connection,
+    destination_id: str,
+    batch_id: int,
+    count: int,
+    decoded: DecodedBatch,
+    enqueued_at: int,
+    now: int,
+) -> None:
+    """The updates of an inbox batch that could not be decoded fail: an outcome each that could
+    be told apart (`unpack` counts them all), rather than holding up the instance's queue."""
+    _log.error(
+        "inbox batch %d of %s: %d of its %d updates could not be decoded and failed%s",
+        batch_id,
+        destination_id,
+        count - len(decoded.updates),
+        count,
+        f" ({decoded.problem})" if decoded.problem else "",
+    )
+    rows = undecodable_rows(decoded, batch_id, enqueued_at)
+    async with connection.cursor() as cursor:
+        await cursor.executemany(
+            _FAIL_UNDECODABLE,
+            [
+                (destination_id, update_id, profile_id, event_time, now, reason)
+                for update_id, profile_id, event_time, reason in rows
+            ],
+        )
 
 
 async def _delivered(

@@ -13,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.domain import (
+    UNDECODABLE,
     Action,
     ActionType,
     AudienceMembership,
+    DecodedBatch,
     FieldMapping,
     MembershipStatus,
     Outcome,
@@ -105,6 +107,43 @@ def instances_with_work(due: str) -> str:
         "SELECT instance_key FROM outbox_instances i WHERE EXISTS (SELECT 1 FROM outbox o "
         f"WHERE o.instance_key = i.instance_key AND o.not_before <= {due}) "
         "OR EXISTS (SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key)"
+    )
+
+
+def fail_undecodable(mark: str) -> str:
+    """SQL recording one update of a batch that could not be decoded as a failed outcome
+    (parameters: destination_id, update_id, profile_id, event_time, recorded_at, reason; `mark`:
+    the engine's placeholder). An outcome already recorded for the update is kept."""
+    return (
+        "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, event_time, "
+        "recorded_at, kind, actions, lead_id, reason, marketo_code) "
+        f"VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, '{OutcomeKind.FAILED.value}', "
+        f"'[]', NULL, {mark}, '{UNDECODABLE}') "
+        "ON CONFLICT (destination_id, update_id) DO NOTHING"
+    )
+
+
+def undecodable_rows(
+    decoded: DecodedBatch, batch_id: int, enqueued_at: int
+) -> list[tuple[str, str, int, str]]:
+    """(update_id, profile_id, event_time, reason) of each update of the batch that could not be
+    decoded but was told apart; one without an update id is named after its batch and position,
+    one without an event time gets the time its batch came."""
+    return [
+        (
+            update.update_id or f"undecodable-{batch_id}-{position}",
+            update.profile_id,
+            enqueued_at if update.event_time is None else to_micros(update.event_time),
+            update.reason,
+        )
+        for position, update in enumerate(decoded.undecodable)
+    ]
+
+
+def undecodable_counts(failed: int) -> Counts:
+    """The dataflow counts of `failed` updates that could not be decoded."""
+    return Counts(
+        failed=failed, reasons=Counter({("failed", UNDECODABLE): failed} if failed else {})
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from service.domain import (
+    DecodedBatch,
     FieldMapping,
     Outcome,
     ProfileUpdate,
@@ -78,6 +79,7 @@ from service.store.rows import (
     dumps,
     dumps_mappings,
     encode_token,
+    fail_undecodable,
     from_micros,
     instances_with_work,
     loads_mappings,
@@ -86,6 +88,8 @@ from service.store.rows import (
     pair_outcomes,
     purge_outcomes,
     to_micros,
+    undecodable_counts,
+    undecodable_rows,
 )
 
 __all__ = [
@@ -149,6 +153,7 @@ class _Append:
 # (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
 _INSTANCES_WITH_WORK = instances_with_work("?")
 _PURGE_OUTCOMES = purge_outcomes("?")
+_FAIL_UNDECODABLE = fail_undecodable("?")
 
 _log = logging.getLogger(__name__)
 
@@ -765,7 +770,7 @@ class SqliteStore:
     async def unpack(
         self,
         instance_key: str,
-        decode: Callable[[bytes], Sequence[ProfileUpdate]],
+        decode: Callable[[bytes], DecodedBatch],
         limit: int,
         *,
         fencing: int | None = None,
@@ -791,18 +796,25 @@ class SqliteStore:
             stored = taken = 0
             empty = False
             duplicates: Counter[str] = Counter()
+            failed: Counter[str] = Counter()
             while due + stored < limit and taken < step:
                 batch = connection.execute(
-                    "SELECT id, destination_id, body, trace_context, enqueued_at FROM inbox "
-                    "WHERE instance_key = ? ORDER BY id LIMIT 1",
+                    "SELECT id, destination_id, count, body, trace_context, enqueued_at "
+                    "FROM inbox WHERE instance_key = ? ORDER BY id LIMIT 1",
                     (instance_key,),
                 ).fetchone()
                 if batch is None:
                     empty = True
                     break
-                batch_id, destination_id, body, trace_context, enqueued_at = batch
+                batch_id, destination_id, count, body, trace_context, enqueued_at = batch
                 connection.execute("DELETE FROM inbox WHERE id = ?", (batch_id,))
-                updates = decode(body)
+                decoded = decode(body)
+                updates = decoded.updates
+                if len(updates) < count:
+                    _fail_undecodable(
+                        connection, destination_id, batch_id, count, decoded, enqueued_at, current
+                    )
+                    failed[destination_id] += count - len(updates)
                 delivered = _delivered(connection, destination_id, [u.update_id for u in updates])
                 fresh = [
                     _outbox_params(destination_id, instance_key, update, trace_context, enqueued_at)
@@ -811,9 +823,15 @@ class SqliteStore:
                 ]
                 inserted = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
                 stored += inserted
-                taken += len(updates)
+                taken += max(count, len(updates))
                 duplicates[destination_id] += len(updates) - inserted
             _count_duplicates(connection, duplicates, hour)
+            for destination_id, count in sorted(failed.items()):
+                connection.execute(
+                    "UPDATE destinations SET pending = pending - ? WHERE id = ?",
+                    (count, destination_id),
+                )
+                _add_counts(connection, destination_id, hour, undecodable_counts(count))
             # Stopped at `step` with too few due entries: another transaction follows.
             return stored, not empty and due + stored < limit
 
@@ -1283,6 +1301,36 @@ def _insert_batches(
         last = cursor.lastrowid or 0
         ids.extend(range(last - len(chunk) + 1, last + 1))
     return ids
+
+
+def _fail_undecodable(
+    connection: sqlite3.Connection,
+    destination_id: str,
+    batch_id: int,
+    count: int,
+    decoded: DecodedBatch,
+    enqueued_at: int,
+    now: int,
+) -> None:
+    """The updates of an inbox batch that could not be decoded fail: an outcome each that could
+    be told apart (`unpack` counts them all), rather than holding up the instance's queue."""
+    _log.error(
+        "inbox batch %d of %s: %d of its %d updates could not be decoded and failed%s",
+        batch_id,
+        destination_id,
+        count - len(decoded.updates),
+        count,
+        f" ({decoded.problem})" if decoded.problem else "",
+    )
+    connection.executemany(
+        _FAIL_UNDECODABLE,
+        [
+            (destination_id, update_id, profile_id, event_time, now, reason)
+            for update_id, profile_id, event_time, reason in undecodable_rows(
+                decoded, batch_id, enqueued_at
+            )
+        ],
+    )
 
 
 def _count_duplicates(connection: sqlite3.Connection, duplicates: Counter[str], hour: int) -> None:

@@ -199,7 +199,7 @@ class Env:
             self.connections,
             self.registry,
             alerts=self.alerts,
-            decode=convert.decode_updates,
+            decode=convert.decode_batch,
             **settings,
         )
         self.dispatchers.append(dispatcher)
@@ -266,13 +266,13 @@ class Env:
     async def due(self, limit: int = 10_000) -> list[Any]:
         """The instance's due entries now, appended batches unpacked first (as a drainer does)."""
         now = self.clock.datetime()
-        await self.store.unpack(self.instance_key, convert.decode_updates, limit, now=now)
+        await self.store.unpack(self.instance_key, convert.decode_batch, limit, now=now)
         return list(await self.store.claim_due(self.instance_key, limit, now=now))
 
     async def outbox(self) -> list[Any]:
         """Every entry of the instance, due or not."""
         far = self.clock.datetime() + timedelta(days=400)
-        await self.store.unpack(self.instance_key, convert.decode_updates, 100_000, now=far)
+        await self.store.unpack(self.instance_key, convert.decode_batch, 100_000, now=far)
         return list(await self.store.claim_due(self.instance_key, 100_000, now=far))
 
 

@@ -204,7 +204,7 @@ async def unpack(
     fencing: int | None = None,
 ) -> int:
     """Unpack the instance's inbox into the outbox (everything, unless `limit` says otherwise)."""
-    return await store.unpack(instance_key, convert.decode_updates, limit, fencing=fencing, now=now)
+    return await store.unpack(instance_key, convert.decode_batch, limit, fencing=fencing, now=now)
 
 
 def new_destination(

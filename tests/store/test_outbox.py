@@ -12,7 +12,15 @@ from datetime import timedelta
 import pytest
 
 from service import convert
-from service.domain import ActionType, AudienceMembership, MembershipStatus
+from service._proto.marketo_destination.internal.v1 import ingest_pb2
+from service.domain import (
+    UNDECODABLE,
+    ActionType,
+    AudienceMembership,
+    MembershipStatus,
+    OutcomeKind,
+    ProfileUpdate,
+)
 from service.store import (
     AppendResult,
     DestinationNotFound,
@@ -269,6 +277,47 @@ async def test_entries_keep_the_trace_context_and_time_of_their_batch(
     assert (await store.pending_stats(destination.id)).oldest_enqueued_at == START
 
 
+def damaged(updates: Sequence[ProfileUpdate], broken: int) -> bytes:
+    """The batch of `updates` with the profile of update `broken` damaged (a map entry running
+    past its end), as a damaged inbox row would be: its other fields still read."""
+    view = ingest_pb2.SyncRequestView.FromString(convert.encode_updates(updates))
+    view.updates[broken].profile = b"\x0a\x05short"
+    return view.SerializeToString()
+
+
+async def test_an_update_that_does_not_decode_fails_and_the_queue_goes_on(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    body = damaged([update(1), update(2), update(3)], broken=1)
+    await store.append(destination.id, INSTANCE, body, 3)
+    await append(store, destination.id, INSTANCE, [update(4)])
+
+    assert await unpack(store, INSTANCE) == 3
+
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u3", "u4"]
+    outcomes = (await store.list_outcomes(destination.id, profile_id="p2")).items
+    assert [(o.outcome.update_id, o.outcome.kind) for o in outcomes] == [("u2", OutcomeKind.FAILED)]
+    assert outcomes[0].outcome.marketo_code == UNDECODABLE
+    assert "could not be decoded" in outcomes[0].outcome.reason
+    assert outcomes[0].event_time == update(2).event_time
+    flow = await store.dataflow(destination.id, now=clock.now)
+    assert (flow.received, flow.failed, flow.pending) == (4, {UNDECODABLE: 1}, 3)
+
+
+async def test_a_batch_that_does_not_decode_at_all_fails_whole_and_the_queue_goes_on(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    await store.append(destination.id, INSTANCE, b"\xff\xff not a batch", 5)
+    await append(store, destination.id, INSTANCE, [update(1)])
+
+    assert await unpack(store, INSTANCE) == 1
+
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1"]
+    assert (await store.list_outcomes(destination.id)).items == ()  # none could be told apart
+    flow = await store.dataflow(destination.id, now=clock.now)
+    assert (flow.received, flow.failed, flow.pending) == (6, {UNDECODABLE: 5}, 1)
+
+
 async def test_unpack_stops_after_the_batch_that_reaches_the_limit(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
@@ -337,7 +386,7 @@ async def test_unpack_commits_every_step_even_through_a_flood_of_duplicates(
         await append(store, destination.id, INSTANCE, [update(1), update(2)])
     await append(store, destination.id, INSTANCE, [update(3)])
 
-    stored = await store.unpack(INSTANCE, convert.decode_updates, 3, step=4, now=START)
+    stored = await store.unpack(INSTANCE, convert.decode_batch, 3, step=4, now=START)
 
     assert stored == 3
     assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u2", "u3"]
