@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import secrets
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -91,7 +90,7 @@ from service.store.rows import (
     purge_outcomes,
     to_micros,
     undecodable_counts,
-    undecodable_rows,
+    undecodable_outcomes,
 )
 
 __all__ = ["MIGRATION_LOCK", "PostgresStore", "apply_migrations", "is_postgres_url"]
@@ -101,8 +100,6 @@ Connection = AsyncConnection[tuple[Any, ...]]
 
 MIGRATION_LOCK = 0x6D6B_746F_6D69_6772
 """Key of the session advisory lock held while migrating (any 64-bit constant will do)."""
-
-_log = logging.getLogger(__name__)
 
 _RETRIES = 5
 _RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure)
@@ -690,10 +687,14 @@ class PostgresStore:
                 batch_id, destination_id, count, body, trace_context, enqueued_at = batch
                 decoded = decode(bytes(body))
                 updates = decoded.updates
-                if len(updates) < count:
-                    await _fail_undecodable(
-                        connection, destination_id, batch_id, count, decoded, enqueued_at, current
-                    )
+                if len(updates) < count:  # a damaged row: fail what does not decode
+                    async with connection.cursor() as cursor:
+                        await cursor.executemany(
+                            _FAIL_UNDECODABLE,
+                            undecodable_outcomes(
+                                destination_id, batch_id, count, decoded, enqueued_at, current
+                            ),
+                        )
                     failed[destination_id] += count - len(updates)
                 delivered = await _delivered(
                     connection, destination_id, [update.update_id for update in updates]
@@ -1183,36 +1184,6 @@ def _outbox_columns(
             )
         )
     return update_ids, profile_ids, event_times, payloads
-
-
-async def _fail_undecodable(
-    connection: Connection,
-    destination_id: str,
-    batch_id: int,
-    count: int,
-    decoded: DecodedBatch,
-    enqueued_at: int,
-    now: int,
-) -> None:
-    """The updates of an inbox batch that could not be decoded fail: an outcome each that could
-    be told apart (`unpack` counts them all), rather than holding up the instance's queue."""
-    _log.error(
-        "inbox batch %d of %s: %d of its %d updates could not be decoded and failed%s",
-        batch_id,
-        destination_id,
-        count - len(decoded.updates),
-        count,
-        f" ({decoded.problem})" if decoded.problem else "",
-    )
-    rows = undecodable_rows(decoded, batch_id, enqueued_at)
-    async with connection.cursor() as cursor:
-        await cursor.executemany(
-            _FAIL_UNDECODABLE,
-            [
-                (destination_id, update_id, profile_id, event_time, now, reason)
-                for update_id, profile_id, event_time, reason in rows
-            ],
-        )
 
 
 async def _delivered(

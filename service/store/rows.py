@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from service.store.base import (
     OutcomeRecord,
     PendingStats,
 )
+
+log = logging.getLogger("service.store")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
@@ -123,17 +126,32 @@ def fail_undecodable(mark: str) -> str:
     )
 
 
-def undecodable_rows(
-    decoded: DecodedBatch, batch_id: int, enqueued_at: int
-) -> list[tuple[str, str, int, str]]:
-    """(update_id, profile_id, event_time, reason) of each update of the batch that could not be
-    decoded but was told apart; one without an update id is named after its batch and position,
-    one without an event time gets the time its batch came."""
+def undecodable_outcomes(
+    destination_id: str,
+    batch_id: int,
+    count: int,
+    decoded: DecodedBatch,
+    enqueued_at: int,
+    now: int,
+) -> list[tuple[str, str, str, int, int, str]]:
+    """The parameters of `fail_undecodable` for each update of an inbox batch of `count` that
+    could not be decoded but was told apart: one without an update id is named after its batch
+    and position, one without an event time gets the time its batch came. Logs the batch."""
+    log.error(
+        "inbox batch %d of %s: %d of its %d updates could not be decoded and failed%s",
+        batch_id,
+        destination_id,
+        count - len(decoded.updates),
+        count,
+        f" ({decoded.problem})" if decoded.problem else "",
+    )
     return [
         (
+            destination_id,
             update.update_id or f"undecodable-{batch_id}-{position}",
             update.profile_id,
             enqueued_at if update.event_time is None else to_micros(update.event_time),
+            now,
             update.reason,
         )
         for position, update in enumerate(decoded.undecodable)

@@ -89,7 +89,7 @@ from service.store.rows import (
     purge_outcomes,
     to_micros,
     undecodable_counts,
-    undecodable_rows,
+    undecodable_outcomes,
 )
 
 __all__ = [
@@ -810,9 +810,12 @@ class SqliteStore:
                 connection.execute("DELETE FROM inbox WHERE id = ?", (batch_id,))
                 decoded = decode(body)
                 updates = decoded.updates
-                if len(updates) < count:
-                    _fail_undecodable(
-                        connection, destination_id, batch_id, count, decoded, enqueued_at, current
+                if len(updates) < count:  # a damaged row: fail what does not decode
+                    connection.executemany(
+                        _FAIL_UNDECODABLE,
+                        undecodable_outcomes(
+                            destination_id, batch_id, count, decoded, enqueued_at, current
+                        ),
                     )
                     failed[destination_id] += count - len(updates)
                 delivered = _delivered(connection, destination_id, [u.update_id for u in updates])
@@ -1301,36 +1304,6 @@ def _insert_batches(
         last = cursor.lastrowid or 0
         ids.extend(range(last - len(chunk) + 1, last + 1))
     return ids
-
-
-def _fail_undecodable(
-    connection: sqlite3.Connection,
-    destination_id: str,
-    batch_id: int,
-    count: int,
-    decoded: DecodedBatch,
-    enqueued_at: int,
-    now: int,
-) -> None:
-    """The updates of an inbox batch that could not be decoded fail: an outcome each that could
-    be told apart (`unpack` counts them all), rather than holding up the instance's queue."""
-    _log.error(
-        "inbox batch %d of %s: %d of its %d updates could not be decoded and failed%s",
-        batch_id,
-        destination_id,
-        count - len(decoded.updates),
-        count,
-        f" ({decoded.problem})" if decoded.problem else "",
-    )
-    connection.executemany(
-        _FAIL_UNDECODABLE,
-        [
-            (destination_id, update_id, profile_id, event_time, now, reason)
-            for update_id, profile_id, event_time, reason in undecodable_rows(
-                decoded, batch_id, enqueued_at
-            )
-        ],
-    )
 
 
 def _count_duplicates(connection: sqlite3.Connection, duplicates: Counter[str], hour: int) -> None:
