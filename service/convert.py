@@ -581,7 +581,7 @@ class SyncRequestChecked:
 def sync_request(wire: bytes, now: datetime) -> SyncRequestChecked:
     """Check every update of an encoded Sync request without converting it; each bad one
     becomes a rejection of its own. The good ones stay in the caller's encoding: the inbox keeps
-    them that way and `decode_updates` converts them when they are delivered.
+    them that way and `decode_batch` converts them when they are delivered.
 
     Every update Sync receives passes through here, so a quick look (`plain_updates`) first
     finds the plainly good ones; each other update is decoded and goes through `check_update`,
