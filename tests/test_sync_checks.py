@@ -638,6 +638,41 @@ def test_the_c_reads_utf8_as_protobuf_does(role: str) -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("role", STRINGS)
+def test_the_c_reads_long_strings_as_protobuf_does(role: str) -> None:
+    """ASCII is read eight bytes at a time: a character after, within or across those runs is
+    read as protobuf reads it, and counted as one."""
+    for position in range(20):
+        for text in GOOD_UTF8[1:]:
+            raw = b"a" * position + text.encode() + b"z" * (19 - position)
+            update = with_string(role, raw)
+            pb.ProfileUpdate.FromString(update)  # decodes
+            audience_id = raw.decode() if role == "audience_id" else "x"
+            assert c_plain_updates(request_wire([update]), LATEST) == (1, [], [(0, (audience_id,))])
+        for piece in BAD_UTF8:
+            update = with_string(role, b"a" * position + piece + b"z" * (19 - position))
+            with pytest.raises(DecodeError):
+                pb.ProfileUpdate.FromString(update)
+            assert c_plain_updates(request_wire([update]), LATEST) == (1, [0], [])
+
+
+@needs_c
+def test_the_c_counts_characters_of_long_strings() -> None:
+    """The profile id limit counts code points: 512 of them pass in any mix of widths, 513
+    do not, with ASCII runs long enough to be read eight bytes at a time."""
+    for wide in ("é", "€", "😀"):
+        for ascii_run in (7, 8, 9, 17):
+            pattern = ("a" * ascii_run + wide) * 600
+            for length, verdict in ((512, []), (513, [0])):
+                update = (
+                    good("p")
+                    .SerializeToString()
+                    .replace(encoded_field(1, b"p"), encoded_field(1, pattern[:length].encode()), 1)
+                )
+                assert c_plain_updates(request_wire([update]), LATEST) == (1, verdict, [])
+
+
+@needs_c
 @pytest.mark.parametrize(
     "update",
     [

@@ -829,12 +829,12 @@ class SqliteStore:
                 taken += max(count, len(updates))
                 duplicates[destination_id] += len(updates) - inserted
             _count_duplicates(connection, duplicates, hour)
-            for destination_id, count in sorted(failed.items()):
+            for destination_id, failures in sorted(failed.items()):
                 connection.execute(
                     "UPDATE destinations SET pending = pending - ? WHERE id = ?",
-                    (count, destination_id),
+                    (failures, destination_id),
                 )
-                _add_counts(connection, destination_id, hour, undecodable_counts(count))
+                _add_counts(connection, destination_id, hour, undecodable_counts(failures))
             # Stopped at `step` with too few due entries: another transaction follows.
             return stored, not empty and due + stored < limit
 
