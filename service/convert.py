@@ -529,12 +529,16 @@ def updates(
 class _RequestUpdates:
     """The checked updates of one Sync request, kept as the caller encoded them."""
 
-    __slots__ = ("_memberships", "_rejected", "_total", "_view", "_wire")
+    __slots__ = ("_as_sent", "_memberships", "_rejected", "_total", "_view", "_wire")
 
-    def __init__(self, wire: bytes, total: int, memberships: list[IndexedAudiences]) -> None:
+    def __init__(
+        self, wire: bytes, total: int, memberships: list[IndexedAudiences], *, as_sent: bool
+    ) -> None:
+        """`as_sent`: the request's bytes may be stored as they are (see `sync_request`)."""
         self._wire = wire
         self._total = total
         self._memberships = memberships
+        self._as_sent = as_sent
         self._rejected: set[int] = set()
         self._view: ingest_pb.SyncRequestView | None = None
 
@@ -557,7 +561,7 @@ class _RequestUpdates:
         return self._memberships
 
     def encode(self, dropped: Collection[int] = ()) -> bytes:
-        if not dropped and not self._rejected:
+        if self._as_sent and not dropped and not self._rejected:
             # The request itself: its destination_id and request_id are ignored on decoding.
             return self._wire
         kept = [
@@ -589,8 +593,12 @@ def sync_request(wire: bytes, now: datetime) -> SyncRequestChecked:
     is not a SyncRequest at all.
     """
     limit = event_time_limit(now)
-    destination_id, request_id, total, unsure, memberships = plain_updates(wire, limit[0])
-    updates = _RequestUpdates(wire, total, memberships)
+    (destination_id, request_id, total, unsure, memberships), by_c = _quick_look(wire, limit[0])
+    # The bytes as sent are stored only when the C found every update plain: each field given
+    # once, so delivery decodes each update exactly as it was checked. Otherwise they are stored
+    # as the view read them: of a profile given twice, for one, the view keeps the last (which is
+    # what was checked), where protobuf would merge the two.
+    updates = _RequestUpdates(wire, total, memberships, as_sent=by_c and not unsure)
     bad: list[Rejected] = []
     if unsure:
         views = updates.view.updates
@@ -619,6 +627,11 @@ def plain_updates(wire: bytes, latest_seconds: int) -> PlainUpdates:
     every update decodes; when it fails, each update is looked at on its own. Raises DecodeError
     when the request is not a SyncRequest at all.
     """
+    return _quick_look(wire, latest_seconds)[0]
+
+
+def _quick_look(wire: bytes, latest_seconds: int) -> tuple[PlainUpdates, bool]:
+    """`plain_updates`, and whether the C gave it."""
     full: pb.SyncRequest | None
     try:
         full = pb.SyncRequest.FromString(wire)
@@ -627,10 +640,9 @@ def plain_updates(wire: bytes, latest_seconds: int) -> PlainUpdates:
     if full is not None and _plain_updates_in_c is not None:
         found = _plain_updates_in_c(wire, latest_seconds)
         if found is not None:
-            return found
-    return _plain_updates_in_python(
-        full, latest_seconds, ingest_pb.SyncRequestView.FromString(wire)
-    )
+            return found, True
+    view = ingest_pb.SyncRequestView.FromString(wire)
+    return _plain_updates_in_python(full, latest_seconds, view), False
 
 
 def _plain_updates_in_python(
