@@ -133,7 +133,13 @@ def derive_update_id(message: pb.ProfileUpdate) -> str:
     """A stable idempotency key for an update sent without one: same content, same key.
 
     Deterministic serialization orders map (Struct) keys, so equal content gives equal bytes.
+    An empty profile counts as none: a caller may encode it either way.
     """
+    if message.HasField("profile") and not message.profile.fields:
+        without = pb.ProfileUpdate()
+        without.CopyFrom(message)
+        without.ClearField("profile")
+        message = without
     content = message.SerializeToString(deterministic=True)
     return "sha256:" + hashlib.sha256(content).hexdigest()[:40]
 

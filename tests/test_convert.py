@@ -34,6 +34,24 @@ def test_the_derived_update_id_ignores_key_order_and_follows_content() -> None:
     assert convert.derive_update_id(first) != convert.derive_update_id(second)
 
 
+def test_an_empty_profile_and_no_profile_derive_the_same_update_id() -> None:
+    """Found by the quick-look fuzz: the same update, stored as sent or re-encoded, had two keys
+    when its empty profile was written out in one and left out in the other."""
+    absent = pb.ProfileUpdate(profile_id="p1")
+    absent.event_time.FromSeconds(1_780_000_000)
+    empty = pb.ProfileUpdate()
+    empty.CopyFrom(absent)
+    empty.profile.SetInParent()
+    assert empty.HasField("profile") and not absent.HasField("profile")
+
+    assert convert.derive_update_id(empty) == convert.derive_update_id(absent)
+    assert empty.HasField("profile")  # the caller's message is left as it was
+    filled = pb.ProfileUpdate()
+    filled.CopyFrom(empty)
+    filled.profile.update({"a": 1})
+    assert convert.derive_update_id(filled) != convert.derive_update_id(absent)
+
+
 def violations_of(message: pb.ProfileUpdate) -> dict[str, str]:
     converted = convert.profile_update(message, prefix="u", now=NOW)
     assert isinstance(converted, list)
