@@ -9,18 +9,15 @@ from typing import Any, cast
 
 import pytest
 
-from service.domain import ActionType
 from service.retention import OutcomeRetention
 from service.secrets import SecretBox
 from service.store import SqliteStore, Store
 from tests.store.conftest import (
     START,
     FakeClock,
-    activated,
-    append,
+    deliver_daily,
     new_destination,
-    unpack,
-    update,
+    outcome_update_ids,
 )
 
 INSTANCE = "123-ABC-456"
@@ -50,21 +47,6 @@ class Clock:
         self._release.set()
 
 
-async def deliver_daily(store: Store, destination_id: str, clock: FakeClock, days: int) -> None:
-    """One update delivered a day, for `days` days from START."""
-    for n in range(days):
-        await append(store, destination_id, INSTANCE, [update(n)])
-        await unpack(store, INSTANCE, now=clock.now)
-        entries = await store.claim_due(INSTANCE, 10, clock.now)
-        await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
-        clock.advance(timedelta(days=1))
-
-
-async def listed(store: Store, destination_id: str) -> list[str]:
-    page = await store.list_outcomes(destination_id, page_size=100)
-    return sorted(record.outcome.update_id for record in page.items)
-
-
 async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path: Path) -> None:
     store_clock = FakeClock()
     store = await SqliteStore.open(
@@ -72,13 +54,13 @@ async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path
     )
     try:
         destination = await store.create_destination(new_destination())
-        await deliver_daily(store, destination.id, store_clock, days=10)  # u0 .. u9
+        await deliver_daily(store, destination.id, INSTANCE, store_clock, days=10)  # u0 .. u9
         # Ten days after START: with a retention of 3 days, u0 to u6 are too old.
         clock = Clock(START + timedelta(days=10))
         retention = OutcomeRetention(store, timedelta(days=3), clock=clock, chunk=2, pause=0.5)
 
         assert await retention.purge() == 7
-        assert await listed(store, destination.id) == ["u7", "u8", "u9"]
+        assert await outcome_update_ids(store, destination.id) == ["u7", "u8", "u9"]
         assert clock.slept == [0.5] * 4  # a pause after each of the four chunks that deleted
         assert await retention.purge() == 0
     finally:

@@ -207,6 +207,28 @@ async def unpack(
     return await store.unpack(instance_key, convert.decode_batch, limit, fencing=fencing, now=now)
 
 
+async def deliver_daily(
+    store: Store, destination_id: str, instance_key: str, clock: FakeClock, days: int
+) -> list[str]:
+    """One update delivered a day for `days` days, from the clock's time (u0 first), each
+    retired as activated; their update ids, oldest first."""
+    delivered = []
+    for n in range(days):
+        await append(store, destination_id, instance_key, [update(n)])
+        await unpack(store, instance_key, now=clock.now)
+        entries = await store.claim_due(instance_key, 10, clock.now)
+        await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
+        delivered.extend(e.update.update_id for e in entries)
+        clock.advance(timedelta(days=1))
+    return delivered
+
+
+async def outcome_update_ids(store: Store, destination_id: str) -> list[str]:
+    """The update ids of the destination's outcomes, oldest first."""
+    page = await store.list_outcomes(destination_id, page_size=1000)
+    return [record.outcome.update_id for record in reversed(page.items)]
+
+
 def new_destination(
     tenant: str = "acme", name: str = "Marketo prod", **changes: Any
 ) -> NewDestination:

@@ -13,9 +13,11 @@ from tests.store.conftest import (
     FakeClock,
     activated,
     append,
+    deliver_daily,
     excluded,
     failed,
     new_destination,
+    outcome_update_ids,
     superseded,
     unpack,
     update,
@@ -168,39 +170,19 @@ async def test_alerts_raise_once_and_resolve(
     assert fresh.id != alert.id
 
 
-async def _outcomes_over_days(
-    store: Store, destination_id: str, clock: FakeClock, days: int
-) -> list[str]:
-    """One update delivered a day for `days` days (u0 first); their update ids, oldest first."""
-    delivered = []
-    for n in range(days):
-        await append(store, destination_id, INSTANCE, [update(n)])
-        await unpack(store, INSTANCE, now=clock.now)
-        entries = await store.claim_due(INSTANCE, 10, clock.now)
-        await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
-        delivered.extend(e.update.update_id for e in entries)
-        clock.advance(timedelta(days=1))
-    return delivered
-
-
-async def _listed(store: Store, destination_id: str) -> list[str]:
-    page = await store.list_outcomes(destination_id, page_size=1000)
-    return [record.outcome.update_id for record in reversed(page.items)]
-
-
 async def test_purging_deletes_the_oldest_outcomes_a_chunk_at_a_time(
     store: Store, destination: DestinationRecord, clock: FakeClock
 ) -> None:
-    delivered = await _outcomes_over_days(store, destination.id, clock, days=6)
+    delivered = await deliver_daily(store, destination.id, INSTANCE, clock, days=6)
     before = await store.dataflow(destination.id, hours=24 * 7, now=clock.now)
     cut = START + timedelta(days=4)  # u0 to u3 were recorded before it
 
     assert await store.purge_outcomes(cut, limit=3) == 3
-    assert await _listed(store, destination.id) == delivered[3:]
+    assert await outcome_update_ids(store, destination.id) == delivered[3:]
     assert await store.purge_outcomes(cut, limit=3) == 1
     assert await store.purge_outcomes(cut, limit=3) == 0
 
-    assert await _listed(store, destination.id) == ["u4", "u5"]
+    assert await outcome_update_ids(store, destination.id) == ["u4", "u5"]
     # The dataflow's counts stay.
     assert await store.dataflow(destination.id, hours=24 * 7, now=clock.now) == before
 
@@ -208,8 +190,8 @@ async def test_purging_deletes_the_oldest_outcomes_a_chunk_at_a_time(
 async def test_purging_stops_at_the_oldest_outcome_that_is_recent_enough(
     store: Store, destination: DestinationRecord, clock: FakeClock
 ) -> None:
-    await _outcomes_over_days(store, destination.id, clock, days=3)
+    await deliver_daily(store, destination.id, INSTANCE, clock, days=3)
 
     assert await store.purge_outcomes(START, limit=100) == 0  # nothing recorded before START
     assert await store.purge_outcomes(START + timedelta(days=10), limit=100) == 3
-    assert await _listed(store, destination.id) == []
+    assert await outcome_update_ids(store, destination.id) == []
