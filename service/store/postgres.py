@@ -89,8 +89,8 @@ from service.store.rows import (
     pair_outcomes,
     purge_outcomes,
     to_micros,
-    undecodable_counts,
     undecodable_outcomes,
+    unpacked_counts,
 )
 
 __all__ = ["MIGRATION_LOCK", "PostgresStore", "apply_migrations", "is_postgres_url"]
@@ -708,15 +708,12 @@ class PostgresStore:
                 taken += max(count, len(updates))
                 duplicates[destination_id] += len(updates) - inserted
             # Rows are locked in a fixed order, as append does, so the two cannot deadlock.
-            for destination_id in sorted(duplicates.keys() | failed.keys()):
-                counts = undecodable_counts(failed[destination_id])
-                counts.duplicates = duplicates[destination_id]
-                if gone := counts.duplicates + counts.failed:
-                    await connection.execute(
-                        "UPDATE destinations SET pending = pending - %s WHERE id = %s",
-                        (gone, destination_id),
-                    )
-                    await _add_counts(connection, destination_id, hour, counts)
+            for destination_id, counts in unpacked_counts(duplicates, failed):
+                await connection.execute(
+                    "UPDATE destinations SET pending = pending - %s WHERE id = %s",
+                    (counts.duplicates + counts.failed, destination_id),
+                )
+                await _add_counts(connection, destination_id, hour, counts)
             # Stopped at `step` with too few due entries: another transaction follows.
             return stored, not empty and due + stored < limit
 

@@ -158,11 +158,20 @@ def undecodable_outcomes(
     ]
 
 
-def undecodable_counts(failed: int) -> Counts:
-    """The dataflow counts of `failed` updates that could not be decoded."""
-    return Counts(
-        failed=failed, reasons=Counter({("failed", UNDECODABLE): failed} if failed else {})
-    )
+def unpacked_counts(duplicates: Counter[str], failed: Counter[str]) -> list[tuple[str, Counts]]:
+    """Per destination, in id order (the order rows are locked in), the counts of an unpack:
+    re-sent updates dropped and updates that could not be decoded; all of them leave pending."""
+    found = []
+    for destination_id in sorted(duplicates.keys() | failed.keys()):
+        failures = failed[destination_id]
+        counts = Counts(
+            duplicates=duplicates[destination_id],
+            failed=failures,
+            reasons=Counter({("failed", UNDECODABLE): failures} if failures else {}),
+        )
+        if counts.duplicates + counts.failed:
+            found.append((destination_id, counts))
+    return found
 
 
 def purge_outcomes(mark: str) -> str:

@@ -88,8 +88,8 @@ from service.store.rows import (
     pair_outcomes,
     purge_outcomes,
     to_micros,
-    undecodable_counts,
     undecodable_outcomes,
+    unpacked_counts,
 )
 
 __all__ = [
@@ -828,13 +828,12 @@ class SqliteStore:
                 stored += inserted
                 taken += max(count, len(updates))
                 duplicates[destination_id] += len(updates) - inserted
-            _count_duplicates(connection, duplicates, hour)
-            for destination_id, failures in sorted(failed.items()):
+            for destination_id, counts in unpacked_counts(duplicates, failed):
                 connection.execute(
                     "UPDATE destinations SET pending = pending - ? WHERE id = ?",
-                    (failures, destination_id),
+                    (counts.duplicates + counts.failed, destination_id),
                 )
-                _add_counts(connection, destination_id, hour, undecodable_counts(failures))
+                _add_counts(connection, destination_id, hour, counts)
             # Stopped at `step` with too few due entries: another transaction follows.
             return stored, not empty and due + stored < limit
 
@@ -1304,17 +1303,6 @@ def _insert_batches(
         last = cursor.lastrowid or 0
         ids.extend(range(last - len(chunk) + 1, last + 1))
     return ids
-
-
-def _count_duplicates(connection: sqlite3.Connection, duplicates: Counter[str], hour: int) -> None:
-    """Take re-sent updates dropped on unpack out of pending and count them, per destination."""
-    for destination_id, count in sorted(duplicates.items()):
-        if count:
-            connection.execute(
-                "UPDATE destinations SET pending = pending - ? WHERE id = ?",
-                (count, destination_id),
-            )
-            _add_counts(connection, destination_id, hour, Counts(duplicates=count))
 
 
 def _outbox_params(
