@@ -599,7 +599,7 @@ def sync_request(wire: bytes, now: datetime) -> SyncRequestChecked:
     is not a SyncRequest at all.
     """
     limit = event_time_limit(now)
-    (destination_id, request_id, total, unsure, memberships), by_c = _quick_look(wire, limit[0])
+    (destination_id, request_id, total, unsure, memberships), by_c = plain_updates(wire, limit[0])
     # The bytes as sent are stored only when the C found every update plain: each field given
     # once, so delivery decodes each update exactly as it was checked. Otherwise they are stored
     # as the view read them: of a profile given twice, for one, the view keeps the last (which is
@@ -621,11 +621,11 @@ def sync_request(wire: bytes, now: datetime) -> SyncRequestChecked:
     return SyncRequestChecked(destination_id, request_id, updates, bad)
 
 
-def plain_updates(wire: bytes, latest_seconds: int) -> PlainUpdates:
+def plain_updates(wire: bytes, latest_seconds: int) -> tuple[PlainUpdates, bool]:
     """Which updates of the request (`wire`: its encoding) are plainly good: every field
     known and given once, within the limits `check_update` applies (an event time after the
     epoch and before `latest_seconds`), their profile and memberships decodable. The others are
-    "unsure": `sync_request` checks each of them in full.
+    "unsure": `sync_request` checks each of them in full. Also whether the C gave the answer.
 
     In C (`service/_wirecheck.c`, one pass over the encoding) when the extension is built, else
     in Python (`_plain_updates_in_python`); tests hold the two to the same verdicts. Either way
@@ -633,11 +633,6 @@ def plain_updates(wire: bytes, latest_seconds: int) -> PlainUpdates:
     every update decodes; when it fails, each update is looked at on its own. Raises DecodeError
     when the request is not a SyncRequest at all.
     """
-    return _quick_look(wire, latest_seconds)[0]
-
-
-def _quick_look(wire: bytes, latest_seconds: int) -> tuple[PlainUpdates, bool]:
-    """`plain_updates`, and whether the C gave it."""
     full: pb.SyncRequest | None
     try:
         full = pb.SyncRequest.FromString(wire)

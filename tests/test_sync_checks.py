@@ -110,7 +110,7 @@ def quick_look(
     """The quick look's unsure indexes and memberships for a request of this one update."""
     wire = request_wire([update.SerializeToString()])
     with quick_look_in(implementation):
-        _, _, count, unsure, memberships = convert.plain_updates(wire, LATEST)
+        (_, _, count, unsure, memberships), _ = convert.plain_updates(wire, LATEST)
     assert count == 1
     return unsure, memberships
 
