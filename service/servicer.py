@@ -25,7 +25,8 @@ __all__ = ["MarketoDestinationServicer"]
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 SYNC_PIPELINE_DEPTH = 8
-"""Requests of one Sync stream being committed at once (responses still go out in order)."""
+"""Requests of one Sync stream being committed at once (responses still go out in order); the
+Sync comment in the proto tells callers this number."""
 
 
 class MarketoDestinationServicer:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2
-from service.servicer import MarketoDestinationServicer
+from service.servicer import SYNC_PIPELINE_DEPTH, MarketoDestinationServicer
 
 SERVICE = destination_pb2.DESCRIPTOR.services_by_name["MarketoDestinationService"]
 
@@ -66,3 +68,12 @@ def test_servicer_method_shape_matches_the_rpc(method: object) -> None:
         assert inspect.isasyncgenfunction(function)
     else:
         assert inspect.iscoroutinefunction(function)
+
+
+def test_the_sync_comment_tells_callers_the_pipeline_depth() -> None:
+    proto = Path(__file__).resolve().parents[1] / "proto/marketo_destination/v1/destination.proto"
+    text = proto.read_text()
+    comment = text[: text.index("rpc Sync(")].rsplit("returns", 1)[1]
+    said = re.search(r"up to\s+(\d+)\s+per\s+stream", comment.replace("//", " "))
+    assert said is not None, "the Sync comment no longer says how many requests are in flight"
+    assert int(said.group(1)) == SYNC_PIPELINE_DEPTH

@@ -160,8 +160,11 @@ class MarketoDestinationServiceServicer:
 
     def Sync(self, request_iterator, context):
         """Streams profile and audience-membership updates. Each request is answered once its accepted
-        updates are durably committed; bad updates are rejected one by one with a reason. Needs
-        destinations.view, destinations.activate and profiles.view.
+        updates are durably committed, in the order the requests came; bad updates are rejected one
+        by one with a reason. Keep several requests in flight and match answers by request_id: up to
+        8 per stream are checked and committed together, while a client that waits for each answer
+        gets one commit (an fsync) per request. Needs destinations.view, destinations.activate and
+        profiles.view.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
