@@ -109,7 +109,9 @@ class ChaosTransport(httpx.AsyncBaseTransport):
         if self.armed and not request.url.path.startswith("/_sandbox"):
             self.calls += 1
             fault = self._choose(request.url)
-            if fault is None and self.lost_creates < 2 and b'"createOnly"' in request.content:
+            # A bulk import's upload is a streamed body: read it before looking into it.
+            body = await request.aread()
+            if fault is None and self.lost_creates < 2 and b'"createOnly"' in body:
                 # Twice for certain: a create that happened but whose answer was lost.
                 self.lost_creates += 1
                 fault = {"lost_answer": True}
