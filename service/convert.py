@@ -344,6 +344,14 @@ def _enum(
     return table[value]
 
 
+def destination_id(value: str) -> str:
+    """The destination_id of a request about one destination; raise InvalidArgument when it is
+    empty (Configure and DescribeMarketo, where it is optional, do not call this)."""
+    if not value:
+        raise InvalidArgument([FieldViolation("destination_id", "is required")])
+    return value
+
+
 def destination_spec(message: pb.DestinationSpec) -> DestinationSpec:
     """Convert a spec; raise InvalidArgument for enum values this version does not know."""
     violations: list[FieldViolation] = []

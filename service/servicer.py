@@ -49,7 +49,7 @@ class MarketoDestinationServicer:
         self, request: pb.GetDestinationRequest, context: _Context
     ) -> pb.GetDestinationResponse:
         destination, activations = await self._app.destinations.get_with_activations(
-            request.destination_id
+            convert.destination_id(request.destination_id)
         )
         return pb.GetDestinationResponse(
             destination=convert.destination_pb(destination, activations)
@@ -67,7 +67,7 @@ class MarketoDestinationServicer:
     async def DeleteDestination(
         self, request: pb.DeleteDestinationRequest, context: _Context
     ) -> pb.DeleteDestinationResponse:
-        await self._app.destinations.delete(request.destination_id)
+        await self._app.destinations.delete(convert.destination_id(request.destination_id))
         return pb.DeleteDestinationResponse()
 
     async def DescribeMarketo(
@@ -83,7 +83,7 @@ class MarketoDestinationServicer:
 
     async def Activate(self, request: pb.ActivateRequest, context: _Context) -> pb.ActivateResponse:
         activated = await self._app.activations.activate(
-            request.destination_id,
+            convert.destination_id(request.destination_id),
             [convert.audience(a, i) for i, a in enumerate(request.audiences)],
             [convert.field_mapping(m) for m in request.mappings],
             dry_run=request.dry_run,
@@ -94,7 +94,9 @@ class MarketoDestinationServicer:
         self, request: pb.DeactivateRequest, context: _Context
     ) -> pb.DeactivateResponse:
         audience_ids = await self._app.activations.deactivate(
-            request.destination_id, list(request.audience_ids), delete_lists=request.delete_lists
+            convert.destination_id(request.destination_id),
+            list(request.audience_ids),
+            delete_lists=request.delete_lists,
         )
         return pb.DeactivateResponse(audience_ids=audience_ids)
 
@@ -107,7 +109,9 @@ class MarketoDestinationServicer:
         async def commits() -> AsyncIterator[Awaitable[object]]:
             async for wire in request_iterator:
                 request = convert.sync_request(wire, datetime.now(UTC))
-                submission = await self._app.ingest.submit(request.destination_id, request.updates)
+                submission = await self._app.ingest.submit(
+                    convert.destination_id(request.destination_id), request.updates
+                )
                 submitted.append((request, submission))
                 yield submission.committed
 
@@ -122,20 +126,24 @@ class MarketoDestinationServicer:
         self, request: pb.PreviewSyncRequest, context: _Context
     ) -> pb.PreviewSyncResponse:
         updates, rejected = convert.updates(request.updates, datetime.now(UTC))
-        preview = await self._app.preview.preview(request.destination_id, updates)
+        preview = await self._app.preview.preview(
+            convert.destination_id(request.destination_id), updates
+        )
         return convert.preview_pb(preview, rejected)
 
     async def GetDataflow(
         self, request: pb.GetDataflowRequest, context: _Context
     ) -> pb.GetDataflowResponse:
-        flow = await self._app.monitoring.dataflow(request.destination_id, request.hours)
+        flow = await self._app.monitoring.dataflow(
+            convert.destination_id(request.destination_id), request.hours
+        )
         return pb.GetDataflowResponse(dataflow=convert.dataflow_pb(flow))
 
     async def ListProfileOutcomes(
         self, request: pb.ListProfileOutcomesRequest, context: _Context
     ) -> pb.ListProfileOutcomesResponse:
         page = await self._app.monitoring.outcomes(
-            request.destination_id,
+            convert.destination_id(request.destination_id),
             profile_id=request.profile_id or None,
             dedupe_value=request.dedupe_value or None,
             page_size=request.page_size,
@@ -150,6 +158,6 @@ class MarketoDestinationServicer:
         self, request: pb.WatchAlertsRequest, context: _Context
     ) -> AsyncIterator[pb.WatchAlertsResponse]:
         async for event in self._app.monitoring.watch_alerts(
-            request.destination_id, include_open=request.include_open
+            convert.destination_id(request.destination_id), include_open=request.include_open
         ):
             yield pb.WatchAlertsResponse(alert=convert.alert_event_pb(event))

@@ -104,11 +104,20 @@ def _empty(type_name: str) -> bytes:
     return b""  # every request message serialises to nothing when no field is set
 
 
+def _bad_request(error: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest:
+    status = rpc_status.from_call(error)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    bad_request = error_details_pb2.BadRequest()
+    assert any(detail.Unpack(bad_request) for detail in status.details), "no BadRequest"
+    return bad_request
+
+
 @pytest.mark.parametrize("method", list(SERVICE.methods), ids=lambda m: m.name)
 async def test_every_rpc_is_implemented_and_refuses_an_empty_request_clearly(
     channel: grpc.aio.Channel, method: Any
 ) -> None:
-    """An empty request reaches a real use case: a documented refusal, never UNIMPLEMENTED."""
+    """An empty request reaches a real use case: INVALID_ARGUMENT naming a required field (the
+    destination_id of an RPC about one destination), never UNIMPLEMENTED or NOT_FOUND."""
     path = f"/{SERVICE_NAME}/{method.name}"
     try:
         if method.client_streaming:
@@ -121,8 +130,15 @@ async def test_every_rpc_is_implemented_and_refuses_an_empty_request_clearly(
         else:
             await channel.unary_unary(path)(b"")
     except grpc.aio.AioRpcError as error:
-        assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
-        assert error.details()
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        fields = {v.field for v in _bad_request(error).field_violations}
+        if "destination_id" in method.input_type.fields_by_name and method.name not in (
+            "Configure",
+            "DescribeMarketo",
+        ):
+            assert fields == {"destination_id"}, error.details()
+        else:
+            assert fields, error.details()
     else:
         assert method.name == "ListDestinations"
 
