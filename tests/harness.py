@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 import httpx
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
@@ -183,3 +185,16 @@ async def running_service(
             settings=settings,
             port=port,
         )
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The BadRequest field violations of an INVALID_ARGUMENT answer."""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    found: dict[str, str] = {}
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            found.update({v.field: v.description for v in bad.field_violations})
+    return found

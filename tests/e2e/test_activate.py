@@ -9,8 +9,7 @@ import grpc
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from tests.e2e.test_configure import violations
-from tests.harness import STANDARD_MAPPINGS, Service, running_service, spec
+from tests.harness import STANDARD_MAPPINGS, Service, running_service, spec, violations
 
 
 async def destination(service: Service, **changes: object) -> str:

@@ -7,24 +7,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from tests.harness import CLIENT_SECRET, Service, connection, running_service, spec
-
-
-def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The BadRequest field violations of an INVALID_ARGUMENT answer."""
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
+from tests.harness import (
+    CLIENT_SECRET,
+    Service,
+    connection,
+    running_service,
+    spec,
+    violations,
+)
 
 
 async def configure_error(service: Service, request: pb.ConfigureRequest) -> grpc.aio.AioRpcError:
