@@ -42,7 +42,8 @@ async def serve(args: argparse.Namespace) -> None:
     print(f"Marketo sandbox {settings.munchkin_id}", flush=True)
     print(f"REST endpoint: {base}/rest", flush=True)
     print(f"Identity URL: {base}/identity", flush=True)
-    config = uvicorn.Config(create_app(settings), log_level="warning")
+    # No access log: look-up paths carry e-mails in their query strings.
+    config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
     await uvicorn.Server(config).serve(sockets=[sock])
 
 

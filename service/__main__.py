@@ -223,7 +223,9 @@ async def embedded_sandbox(start_timeout: float = 10.0) -> AsyncIterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = _EmbeddedUvicorn(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = _EmbeddedUvicorn(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     started = asyncio.create_task(server.startup_done.wait())
     try:

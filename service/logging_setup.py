@@ -4,7 +4,12 @@
 ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``, ``message`` and, inside a span,
 ``trace_id`` and ``span_id`` (the hex forms Jaeger shows), plus ``exception`` when there is one.
 As a last line of defence, bearer tokens and ``client_secret``/``access_token`` values are
-masked in every message, whatever the format.
+masked in every message and traceback, whatever the format, and so is every value of a URL's query
+string (Marketo look-ups carry e-mails in ``filterValues``; see :func:`redact_query`).
+
+Libraries that log request URLs, headers or bodies (:data:`QUIET_LOGGERS`: httpx logs every
+request's URL at INFO, httpcore, h2 and hpack log headers at DEBUG, uvicorn's access log prints
+every path with its query) are held at WARNING whatever the service's level.
 """
 
 from __future__ import annotations
@@ -14,21 +19,55 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from opentelemetry import trace
 
-__all__ = ["JsonFormatter", "RedactingFilter", "configure_logging", "redact"]
+__all__ = [
+    "QUIET_LOGGERS",
+    "JsonFormatter",
+    "RedactingFilter",
+    "configure_logging",
+    "redact",
+    "redact_query",
+]
+
+QUIET_LOGGERS = ("httpx", "httpcore", "h2", "hpack", "h11", "uvicorn.access")
+"""Library loggers held at WARNING by :func:`configure_logging`: below it they print request
+URLs (with their query strings), headers or bodies."""
+
+MASK = "***"
 
 _SECRETS = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=:-]+"
     r"|((?:access_token|client_secret|refresh_token)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
+    # A look-up's values outside a URL (an error quoting the parameter alone).
+    r"|(filterValues=)[^\s&\"'}]+"
 )
+# The query string of an absolute URL, up to whitespace, a quote, a bracket or a fragment.
+_URL_QUERY = re.compile(r"(?i)(\bhttps?://[^\s?#\"'<>]*\?)([^\s#\"'<>]*)")
+
+_PLAIN_PARAMETERS = frozenset({"filterType", "fields", "batchSize", "_method"})
+"""Query parameters whose values are names or sizes, never a person's data: kept as they are."""
+
+
+def redact_query(query: str) -> str:
+    """``query`` (``a=1&b=2``) with every parameter's value masked but those of
+    :data:`_PLAIN_PARAMETERS`; the parameter names and their order are kept."""
+    parts = []
+    for part in query.split("&"):
+        name, equals, value = part.partition("=")
+        if equals and value and name not in _PLAIN_PARAMETERS:
+            value = MASK
+        parts.append(f"{name}{equals}{value}")
+    return "&".join(parts)
 
 
 def redact(text: str) -> str:
-    """``text`` with bearer tokens and ``access_token``/``client_secret`` values masked."""
-    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+    """``text`` with bearer tokens, ``access_token``/``client_secret`` values and the values of
+    URL query strings masked (:func:`redact_query`)."""
+    text = _URL_QUERY.sub(lambda m: m.group(1) + redact_query(m.group(2)), text)
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + MASK, text)
 
 
 class RedactingFilter(logging.Filter):
@@ -66,6 +105,9 @@ class JsonFormatter(logging.Formatter):
 
 
 class _TextFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
+
     def format(self, record: logging.LogRecord) -> str:
         span_context = trace.get_current_span().get_span_context()
         record.trace_ids = (
@@ -82,7 +124,8 @@ def configure_logging(
     """Sends the root logger's records to ``stream`` (default stderr) as JSON lines (or, with
     ``json=False``, readable text with the trace ids appended); replaces the root's handlers.
 
-    Returns the installed handler.
+    The loggers of :data:`QUIET_LOGGERS` are set to WARNING (at DEBUG or INFO they would print
+    look-up URLs, headers or bodies). Returns the installed handler.
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(RedactingFilter())
@@ -97,4 +140,6 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     return handler

@@ -59,6 +59,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from service.handlers import is_async, rewrap
+from service.logging_setup import redact_query
 
 __all__ = [
     "DEFAULT_EXCLUDED_SERVICES",
@@ -691,10 +692,14 @@ def endpoint_of(path: str) -> str:
 
 
 def redact_url(url: httpx.URL) -> str:
-    """``url`` without query string, fragment or user info: query strings carry profile
-    attribute values (``filterValues``) and, in Identity calls, credentials."""
+    """``url`` without fragment or user info, its query string's values masked but the
+    parameter names kept (:func:`service.logging_setup.redact_query`): query strings carry
+    profile attribute values (``filterValues``) and, in Identity calls, credentials."""
     port = f":{url.port}" if url.port is not None else ""
-    return f"{url.scheme}://{url.host}{port}{url.path}"
+    query = url.query.decode("ascii", "replace")
+    return f"{url.scheme}://{url.host}{port}{url.path}" + (
+        f"?{redact_query(query)}" if query else ""
+    )
 
 
 def _records_of(request: httpx.Request) -> int | None:
@@ -727,7 +732,7 @@ class TracingTransport(httpx.AsyncBaseTransport):
     first error code when the body says ``"success": false``; ``ok`` otherwise),
     ``marketo.records``, ``marketo.records.skipped``, ``marketo.attempt``,
     ``marketo.limiter.wait`` (see :func:`note_limiter_wait`). Headers (the
-    ``Authorization`` bearer token), query strings and bodies are never recorded.
+    ``Authorization`` bearer token), query string values and bodies are never recorded.
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport, telemetry: Telemetry) -> None:

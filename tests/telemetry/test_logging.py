@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.logging_setup import configure_logging, redact
+from service.logging_setup import QUIET_LOGGERS, configure_logging, redact
 from service.telemetry import Telemetry
 
 
@@ -65,6 +65,31 @@ def test_text_format_appends_the_ids(telemetry: Telemetry, restore_root: None) -
     assert "hunter2" not in text
 
 
+def test_text_format_masks_query_values_in_tracebacks(restore_root: None) -> None:
+    out = io.StringIO()
+    configure_logging(logging.INFO, json=False, stream=out)
+    try:
+        raise ValueError("GET http://127.0.0.1:9/rest/v1/leads.json?filterValues=jane%40x.org")
+    except ValueError:
+        logging.getLogger("t").exception("look-up failed")
+    text = out.getvalue()
+    assert "look-up failed" in text and "filterValues=***" in text
+    assert "jane" not in text
+
+
+def test_library_loggers_that_print_urls_are_quiet_at_debug(restore_root: None) -> None:
+    out = io.StringIO()
+    configure_logging(logging.DEBUG, json=True, stream=out)
+    try:
+        logging.getLogger("httpx").info("HTTP Request: GET http://127.0.0.1:9/?x=jane")
+        logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET /?x=jane HTTP/1.1" 200')
+        logging.getLogger("service.test").debug("still shown")
+    finally:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["still shown"]
+
+
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [
@@ -72,6 +97,14 @@ def test_text_format_appends_the_ids(telemetry: Telemetry, restore_root: None) -
         ("?access_token=abc&x=1", "?access_token=***&x=1"),
         ('{"client_secret": "s3cr3t"}', '{"client_secret": "***"}'),
         ("nothing to hide", "nothing to hide"),
+        (
+            "GET https://x.mktorest.com/rest/v1/leads.json?filterType=email"
+            '&filterValues=a%40b.com,c%40d.com&fields=id "HTTP/1.1 200 OK"',
+            "GET https://x.mktorest.com/rest/v1/leads.json?filterType=email"
+            '&filterValues=***&fields=id "HTTP/1.1 200 OK"',
+        ),
+        ("url='http://127.0.0.1:9/a?q=jane@x.org'", "url='http://127.0.0.1:9/a?q=***'"),
+        ("filterValues=jane@x.org failed", "filterValues=*** failed"),
     ],
 )
 def test_redact(raw: str, clean: str) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
+from service.logging_setup import QUIET_LOGGERS, configure_logging
 from service.marketo import InstanceLimits, MarketoClient, RetryPolicy, SyncAction
 from service.telemetry import (
     Telemetry,
@@ -107,7 +109,7 @@ async def test_marketo_calls_in_a_batch_carry_the_documented_attributes(
         by_endpoint.setdefault(span.attributes["marketo.endpoint"], []).append(span)
         assert span.trace_id == batch.trace_id  # under the batch (directly or via the client)
         assert span.attributes["server.address"] == "123-abc-456.mktorest.com"
-        assert "?" not in span.attributes["url.full"]
+        assert "@" not in span.attributes["url.full"]  # no e-mail from a look-up's query
     assert set(by_endpoint) == {"identity", "leads", "leads/sync"}
 
     (identity,) = by_endpoint["identity"]
@@ -123,7 +125,11 @@ async def test_marketo_calls_in_a_batch_carry_the_documented_attributes(
     (lookup,) = by_endpoint["leads"]
     assert lookup.attributes["http.request.method"] == "GET"
     assert lookup.attributes["marketo.records"] == 40
-    assert lookup.attributes["url.full"] == f"{BASE.lower()}/rest/v1/leads.json"
+    path, _, query = lookup.attributes["url.full"].partition("?")
+    assert path == f"{BASE.lower()}/rest/v1/leads.json"
+    # The parameter names stay; the looked-up values do not.
+    assert "filterType=email" in query.split("&")
+    assert "filterValues=***" in query.split("&")
 
     # No secret, token or profile value anywhere in what was exported or logged.
     text = " ".join(attribute_values(receiver.spans()))
@@ -229,9 +235,83 @@ def test_endpoint_is_the_path_without_ids(path: str, endpoint: str) -> None:
     assert endpoint_of(path) == endpoint
 
 
-def test_redacted_urls_keep_no_query_or_credentials() -> None:
+def test_redacted_urls_keep_parameter_names_but_no_value_or_credentials() -> None:
     url = httpx.URL(
         "https://user:pw@123-abc-456.mktorest.com:8443/identity/oauth/token"
         "?grant_type=client_credentials&client_id=x&client_secret=y#frag"
     )
-    assert redact_url(url) == "https://123-abc-456.mktorest.com:8443/identity/oauth/token"
+    assert redact_url(url) == (
+        "https://123-abc-456.mktorest.com:8443/identity/oauth/token"
+        "?grant_type=***&client_id=***&client_secret=***"
+    )
+    lookup = httpx.URL(
+        "https://123-abc-456.mktorest.com/rest/v1/leads.json"
+        "?filterType=email&filterValues=a%40example.com,b%40example.com&fields=email,id"
+    )
+    assert redact_url(lookup) == (
+        "https://123-abc-456.mktorest.com/rest/v1/leads.json"
+        "?filterType=email&filterValues=***&fields=email,id"
+    )
+
+
+class _Records(logging.Handler):
+    """Keeps every record that reaches the root logger, whatever its level."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def service_logging() -> Iterator[tuple[io.StringIO, _Records]]:
+    """The service's logging set-up at DEBUG, writing to a buffer; every record also kept."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    out = io.StringIO()
+    configure_logging(logging.DEBUG, json=True, stream=out)
+    kept = _Records()
+    root.addHandler(kept)
+    yield out, kept
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name, old in quiet.items():
+        logging.getLogger(name).setLevel(old)
+
+
+async def test_a_lookup_logs_and_traces_no_personal_value(
+    marketo: Marketo,
+    telemetry: Telemetry,
+    receiver: OtlpReceiver,
+    service_logging: tuple[io.StringIO, _Records],
+) -> None:
+    out, kept = service_logging
+    # A local part found nowhere else, so that it shows whether or not the "@" is encoded.
+    emails = [f"qzxperson{i}@example.com" for i in range(5)]
+    attrs = batch_attributes(destination_id="dest-1", munchkin_id="123-ABC-456")
+    with telemetry.batch_span([], attrs):
+        await marketo.client.sync_leads(
+            [{"email": e} for e in emails], action=SyncAction.CREATE_OR_UPDATE
+        )
+        found = await marketo.client.find_leads("email", emails, ["email"])
+        await marketo.client.find_leads("email", ["qzxnobody@example.com"])
+    assert len(found) == 5
+    assert telemetry.force_flush()
+
+    # The capture works: the client's own DEBUG lines about these calls are there.
+    assert any(r.name.startswith("service.marketo") for r in kept.records)
+    lookups = [s for s in calls(receiver) if s.attributes["marketo.endpoint"] == "leads"]
+    assert len(lookups) == 2
+    for record in kept.records:
+        assert "qzx" not in record.getMessage(), (record.name, record.getMessage())
+    assert "qzx" not in out.getvalue()
+    for value in attribute_values(receiver.spans()):
+        assert "qzx" not in value
+    for payload in receiver.payloads():
+        assert b"qzx" not in payload
