@@ -886,6 +886,8 @@ def _outcome_pb(outcome: Outcome) -> pb.ProfileOutcome:
         reason=outcome.reason,
         marketo_code=outcome.marketo_code,
         update_id=outcome.update_id,
+        exclusion_code=outcome.exclusion_code.value if outcome.exclusion_code else "",
+        field=outcome.field,
     )
 
 
@@ -914,6 +916,10 @@ def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
         superseded=flow.superseded,
         duplicates=flow.duplicates,
         paused_until=timestamp(flow.paused_until),
+        excluded_by_field=[
+            pb.ExclusionCount(code=code, field=field, count=count)
+            for (code, field), count in sorted(flow.excluded_by_field.items())
+        ],
     )
 
 

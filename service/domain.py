@@ -152,6 +152,39 @@ class Action:
     audience_id: str | None = None
 
 
+class ExclusionCode(enum.StrEnum):
+    """Why an update was excluded. A fixed set, so counts by code stay bounded, and no code
+    ever carries a profile's value."""
+
+    CONSENT_REFUSED = "consent_refused"
+    """The profile refused marketing consent."""
+    MISSING_DEDUPE_VALUE = "missing_dedupe_value"
+    """The profile has no value for the deduplication field."""
+    VALUE_REJECTED = "value_rejected"
+    """A transform or the target field's data type refused a value."""
+    TRANSFORM_FAILED = "transform_failed"
+    """A transform raised an unexpected error or returned the wrong type (a plugin bug)."""
+    NO_AUDIENCE = "no_audience"
+    """Audience-only sync and no membership of an activated audience."""
+    NO_MATCHING_LEAD = "no_matching_lead"
+    """No lead matched and the rules do not create one."""
+    MISSING_REQUIRED = "missing_required"
+    """A lead would be created but an attribute Marketo needs is missing."""
+    UNKNOWN = "unknown"
+    """Counted before exclusions had codes, under a reason that maps to none of the above."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    """Why an update is excluded: a code, the Marketo field it concerns ("" when none; several
+    required fields are joined with ","), and a description for the profile's outcome. None of
+    them quotes a profile's value."""
+
+    code: ExclusionCode
+    field: str
+    description: str
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one update; written in the transaction that retires it."""
@@ -163,7 +196,12 @@ class Outcome:
     actions: tuple[Action, ...] = ()
     lead_id: int | None = None
     reason: str = ""
+    """A description (EXCLUDED: never quoting a profile's value; FAILED: Marketo's message)."""
     marketo_code: str = ""
+    exclusion_code: ExclusionCode | None = None
+    """Set on EXCLUDED outcomes: what `GetDataflow` counts them by."""
+    field: str = ""
+    """EXCLUDED: the Marketo field the exclusion concerns, "" when none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +217,23 @@ class MappedProfile:
 
 
 class MappingRejectedError(Exception):
-    """A profile's value was refused by a transform or by the target field's data type."""
+    """A profile's value was refused by a transform or by the target field's data type.
 
-    def __init__(self, reason: str) -> None:
+    `reason` names the field and the check that refused, never the value itself (it becomes the
+    profile's outcome description); `code` and `field` are what the dataflow counts.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: ExclusionCode = ExclusionCode.VALUE_REJECTED,
+        field: str = "",
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
+        self.field = field
 
 
 class ProfileMapper(Protocol):
@@ -199,6 +249,9 @@ class MissingDedupeValueError(MappingRejectedError):
 
     Mappers may raise this, or return a `MappedProfile` whose `dedupe_value` is None.
     """
+
+    def __init__(self, reason: str, *, field: str = "") -> None:
+        super().__init__(reason, code=ExclusionCode.MISSING_DEDUPE_VALUE, field=field)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 from plugins.datatypes import SUPPORTED_DATA_TYPES, Coercer, CoercionError, coercer_for
 from service.domain import (
     DEDUPE_TARGET,
+    ExclusionCode,
     FieldMapping,
     MappedProfile,
     MappingRejectedError,
@@ -137,7 +138,9 @@ class Mapper:
             value = step(profile)
             if value is None:
                 raise MissingDedupeValueError(
-                    f"field {DEDUPE_TARGET!r}: the profile has no value for the deduplication field"
+                    f"field {DEDUPE_TARGET!r}: the profile has no value for the deduplication "
+                    "field",
+                    field=output,
                 )
             fields[output] = value
             dedupe_value = str(value)
@@ -150,16 +153,21 @@ class Mapper:
 
 def _step(
     target: str,
+    output: str,
     read: Reader,
     func: TransformFunc | None,
     transform: str,
     plugin: str,
     returns: tuple[type, ...],
     data_type: str,
+    length: int | None,
     coerce: Coercer,
 ) -> Step:
     # Specialised closures: this is the per-value hot path, so no attribute look-ups in it.
-    field = f"field {target!r} ({data_type})"
+    # Rejections name the field and the check, never the value: a refusal's own message (a
+    # plugin's or a data type's) may quote it, and the reason reaches outcomes and counters.
+    limit = f", at most {length} characters" if length is not None else ""
+    not_fitting = f"field {target!r} ({data_type}{limit}): the value does not fit the data type"
     if func is None:
 
         def plain(profile: Mapping[str, Any]) -> object:
@@ -168,37 +176,48 @@ def _step(
                 return None
             try:
                 return coerce(value)
-            except CoercionError as exc:
-                raise MappingRejectedError(f"{field}: {exc}") from None
+            except CoercionError:
+                raise MappingRejectedError(not_fitting, field=output) from None
             except Exception as exc:  # e.g. int() of a 5,000-digit string
-                raise MappingRejectedError(f"{field}: {type(exc).__name__}: {exc}") from None
+                raise MappingRejectedError(
+                    f"{not_fitting} ({type(exc).__name__})", field=output
+                ) from None
 
         return plain
 
     where = f"field {target!r}: transform {transform!r} of plugin {plugin!r}"
     expected = " or ".join(t.__name__ for t in returns)
     exact = frozenset(returns)
+    refused = f"{where} refused the value"
 
     def transformed(profile: Mapping[str, Any]) -> object:
         try:
             value = func(read(profile))
-        except TransformError as exc:
-            raise MappingRejectedError(f"{where} refused the value: {exc}") from None
+        except TransformError:
+            raise MappingRejectedError(refused, field=output) from None
         except Exception as exc:
             # A plugin bug excludes this profile only; the batch and the service go on.
-            raise MappingRejectedError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+            raise MappingRejectedError(
+                f"{where} failed ({type(exc).__name__})",
+                code=ExclusionCode.TRANSFORM_FAILED,
+                field=output,
+            ) from None
         if value is None:
             return None
         if type(value) not in exact and not isinstance(value, returns):
             raise MappingRejectedError(
-                f"{where} returned {type(value).__name__}, expected {expected}"
+                f"{where} returned {type(value).__name__}, expected {expected}",
+                code=ExclusionCode.TRANSFORM_FAILED,
+                field=output,
             )
         try:
             return coerce(value)
-        except CoercionError as exc:
-            raise MappingRejectedError(f"{field}: {exc}") from None
+        except CoercionError:
+            raise MappingRejectedError(not_fitting, field=output) from None
         except Exception as exc:
-            raise MappingRejectedError(f"{field}: {type(exc).__name__}: {exc}") from None
+            raise MappingRejectedError(
+                f"{not_fitting} ({type(exc).__name__})", field=output
+            ) from None
 
     return transformed
 
@@ -257,12 +276,14 @@ def _compile(
         read = readers[0]
     return _step(
         row.target,
+        output,
         read,
         func,
         row.transform or "",
         plugin,
         returns,
         field_type.data_type,
+        field_type.length,
         coercer_for(field_type.data_type, field_type.length),
     )
 

@@ -4,7 +4,9 @@ server on a free loopback port and a client stub."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +23,7 @@ from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
 from service.access import Principals
 from service.app import Application, open_application
+from service.logging_setup import QUIET_LOGGERS, configure_logging
 from service.server import build_server
 from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
@@ -198,3 +201,46 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
         if detail.Unpack(bad):
             found.update({v.field: v.description for v in bad.field_violations})
     return found
+
+
+@dataclass
+class CapturedLogs:
+    """What the service's logging set-up wrote, and every record that reached the root."""
+
+    out: io.StringIO
+    records: list[logging.LogRecord]
+
+    def texts(self) -> list[str]:
+        """Each record's message, then the whole formatted output."""
+        return [r.getMessage() for r in self.records] + [self.out.getvalue()]
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self._records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append(record)
+
+
+@contextlib.contextmanager
+def service_logging(level: int = logging.DEBUG) -> Iterator[CapturedLogs]:
+    """The service's logging set-up (`configure_logging`) at `level`, into a buffer, every
+    record also kept; the root logger and the quieted loggers are restored after."""
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    captured = CapturedLogs(io.StringIO(), [])
+    configure_logging(level, json=True, stream=captured.out)
+    root.addHandler(_Keep(captured.records))
+    try:
+        yield captured
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(root_level)
+        for name, old in quiet.items():
+            logging.getLogger(name).setLevel(old)

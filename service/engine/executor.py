@@ -27,6 +27,8 @@ from service.domain import (
     REQUIRED_FOR_CREATE,
     Action,
     ActionType,
+    Exclusion,
+    ExclusionCode,
     Outcome,
     OutcomeKind,
     ProfileMapper,
@@ -46,6 +48,8 @@ BATCH_SIZE = 300
 REASON_NO_MATCHING_LEAD = "no matching lead"
 REASON_MISSING_REQUIRED = "missing required attributes"
 REASON_UNRESOLVED = "lead could not be resolved after repeated look-ups"
+
+_NO_MATCHING_LEAD = Exclusion(ExclusionCode.NO_MATCHING_LEAD, "", REASON_NO_MATCHING_LEAD)
 
 NOT_RECORD_CODES = frozenset({"603", "610", "1013"})
 """Whole-request rejections that no record causes: splitting the request would not help."""
@@ -154,6 +158,7 @@ class _Person:
     kind: OutcomeKind | None = None
     reason: str = ""
     code: str = ""
+    exclusion: Exclusion | None = None
     last_code: str = ""
     conflicted: bool = False
     unknown: MarketoError | None = None
@@ -167,9 +172,10 @@ class _Person:
         self.code = code
         self.reason = message
 
-    def exclude(self, reason: str) -> None:
+    def exclude(self, exclusion: Exclusion) -> None:
         self.kind = OutcomeKind.EXCLUDED
-        self.reason = reason
+        self.reason = exclusion.description
+        self.exclusion = exclusion
 
     def outcomes(self) -> list[Outcome]:
         assert self.kind is not None
@@ -183,6 +189,8 @@ class _Person:
                 lead_id=self.lead_id,
                 reason=self.reason,
                 marketo_code=self.code,
+                exclusion_code=self.exclusion.code if self.exclusion else None,
+                field=self.exclusion.field if self.exclusion else "",
             )
             for u in self.plan.updates
         ]
@@ -393,14 +401,21 @@ class SyncEngine:
         rules = self._rules
         plan = person.plan
         if not rules.creates_leads:
-            person.exclude(REASON_NO_MATCHING_LEAD)
+            person.exclude(_NO_MATCHING_LEAD)
         elif rules.sync_type is SyncType.AUDIENCE_AND_PROFILE and plan.exits and not plan.joins:
             # a person only leaving audiences is not worth a new lead
-            person.exclude(REASON_NO_MATCHING_LEAD)
+            person.exclude(_NO_MATCHING_LEAD)
         else:
             missing = _missing_for_create(plan.fields)
             if missing:
-                person.exclude(f"{REASON_MISSING_REQUIRED}: {', '.join(missing)}")
+                names = ", ".join(missing)
+                person.exclude(
+                    Exclusion(
+                        ExclusionCode.MISSING_REQUIRED,
+                        ",".join(missing),
+                        f"{REASON_MISSING_REQUIRED}: {names}",
+                    )
+                )
 
     async def _lookup(self, persons: Sequence[_Person]) -> dict[str, Lead]:
         """Resolve each person's dedupe value to its lead (most recently updated of the matches)."""

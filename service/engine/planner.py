@@ -24,6 +24,8 @@ from typing import Any
 
 from service.domain import (
     AudienceMembership,
+    Exclusion,
+    ExclusionCode,
     MappingRejectedError,
     MembershipStatus,
     MissingDedupeValueError,
@@ -112,6 +114,23 @@ def _outcome(update: ProfileUpdate, kind: OutcomeKind, reason: str, dedupe: str 
     )
 
 
+def excluded(update: ProfileUpdate, exclusion: Exclusion, dedupe: str | None) -> Outcome:
+    """The EXCLUDED outcome of `update`, with the exclusion's code, field and description."""
+    return Outcome(
+        update_id=update.update_id,
+        profile_id=update.profile_id,
+        dedupe_value=dedupe,
+        kind=OutcomeKind.EXCLUDED,
+        reason=exclusion.description,
+        exclusion_code=exclusion.code,
+        field=exclusion.field,
+    )
+
+
+_CONSENT_REFUSED = Exclusion(ExclusionCode.CONSENT_REFUSED, "", REASON_CONSENT_REFUSED)
+_NO_AUDIENCE = Exclusion(ExclusionCode.NO_AUDIENCE, "", REASON_NO_AUDIENCE)
+
+
 def plan_batch(
     updates: Sequence[ProfileUpdate],
     rules: SyncRules,
@@ -143,9 +162,9 @@ def plan_batch(
     for items in by_profile.values():
         items.sort(key=lambda item: (item[1].event_time, item[0]))
         head_index, head = items[-1]
-        reason, dedupe, fields = _evaluate(head, rules, mapper)
-        if reason is not None:
-            outcomes.append(_outcome(head, OutcomeKind.EXCLUDED, reason, dedupe))
+        exclusion, dedupe, fields = _evaluate(head, rules, mapper)
+        if exclusion is not None:
+            outcomes.append(excluded(head, exclusion, dedupe))
             outcomes.extend(
                 _outcome(u, OutcomeKind.SUPERSEDED, REASON_SUPERSEDED_IN_BATCH, dedupe)
                 for _, u in items[:-1]
@@ -196,9 +215,7 @@ def plan_batch(
         group_marks = {p.head.profile_id: p.head.event_time for p in members}
         if rules.manages_lists and not rules.writes_attributes and not memberships:
             for update in sharing:
-                outcomes.append(
-                    _outcome(update, OutcomeKind.EXCLUDED, REASON_NO_AUDIENCE, winner.dedupe_value)
-                )
+                outcomes.append(excluded(update, _NO_AUDIENCE, winner.dedupe_value))
             new_marks.update(group_marks)
             continue
         persons.append(
@@ -216,18 +233,24 @@ def plan_batch(
 
 def _evaluate(
     update: ProfileUpdate, rules: SyncRules, mapper: ProfileMapper
-) -> tuple[str | None, str | None, Mapping[str, Any]]:
-    """(exclusion reason or None, dedupe value, mapped fields) of one update."""
+) -> tuple[Exclusion | None, str | None, Mapping[str, Any]]:
+    """(exclusion or None, dedupe value, mapped fields) of one update."""
     consent = value_at(update.profile, rules.consent_path)
     if isinstance(consent, str) and consent.strip().lower() == CONSENT_REFUSED:
-        return REASON_CONSENT_REFUSED, None, {}
+        return _CONSENT_REFUSED, None, {}
     try:
         mapped = mapper.map_profile(update.profile)
-    except MissingDedupeValueError:
-        return REASON_NO_DEDUPE_VALUE, None, {}
+    except MissingDedupeValueError as error:
+        return _no_dedupe_value(error.field or rules.dedupe_field), None, {}
     except MappingRejectedError as error:
-        return f"{REASON_MAPPING_REJECTED}: {error.reason}", None, {}
+        # The mapper's reason names the field and the check, never the value.
+        description = f"{REASON_MAPPING_REJECTED}: {error.reason}"
+        return Exclusion(error.code, error.field, description), None, {}
     dedupe = mapped.dedupe_value
     if dedupe is None or not str(dedupe).strip():
-        return REASON_NO_DEDUPE_VALUE, None, mapped.fields
+        return _no_dedupe_value(rules.dedupe_field), None, mapped.fields
     return None, str(dedupe), mapped.fields
+
+
+def _no_dedupe_value(field: str) -> Exclusion:
+    return Exclusion(ExclusionCode.MISSING_DEDUPE_VALUE, field, REASON_NO_DEDUPE_VALUE)

@@ -257,7 +257,9 @@ class Dataflow:
     added: int
     removed: int
     excluded: Mapping[str, int]
-    """Excluded updates by reason."""
+    """Excluded updates by exclusion code (an `ExclusionCode` value; never a profile's value)."""
+    excluded_by_field: Mapping[tuple[str, str], int]
+    """Excluded updates by (exclusion code, Marketo field), for exclusions that concern a field."""
     failed: Mapping[str, int]
     """Failed updates by Marketo code (the outcome's `marketo_code`, else "unknown")."""
     superseded: int

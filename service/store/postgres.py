@@ -72,6 +72,7 @@ from service.store.rows import (
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
     Counts,
+    add_reasons_sql,
     alert_record,
     build_dataflow,
     clamp_page_size,
@@ -88,6 +89,7 @@ from service.store.rows import (
     outcome_record,
     pair_outcomes,
     purge_outcomes,
+    reason_totals_sql,
     to_micros,
     undecodable_outcomes,
     unpacked_counts,
@@ -160,13 +162,15 @@ _INSERT_OUTBOX = (
 
 _INSERT_OUTCOMES = (
     "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, event_time, "
-    "recorded_at, kind, actions, lead_id, reason, marketo_code) "
+    "recorded_at, kind, actions, lead_id, reason, marketo_code, exclusion_code, "
+    "exclusion_field) "
     "SELECT o.destination_id, o.update_id, o.profile_id, o.dedupe_value, o.event_time, %s, "
-    "o.kind, o.actions, o.lead_id, o.reason, o.marketo_code "
+    "o.kind, o.actions, o.lead_id, o.reason, o.marketo_code, o.exclusion_code, "
+    "o.exclusion_field "
     "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], "
-    "%s::text[], %s::bigint[], %s::text[], %s::text[]) WITH ORDINALITY AS o (destination_id, "
-    "update_id, profile_id, dedupe_value, event_time, kind, actions, lead_id, reason, "
-    "marketo_code, ord) ORDER BY o.ord"
+    "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
+    "AS o (destination_id, update_id, profile_id, dedupe_value, event_time, kind, actions, "
+    "lead_id, reason, marketo_code, exclusion_code, exclusion_field, ord) ORDER BY o.ord"
 )
 
 _UPSERT_WATERMARKS = (
@@ -792,6 +796,11 @@ class PostgresStore:
                         [outcome.lead_id for _, outcome in kept],
                         [outcome.reason for _, outcome in kept],
                         [outcome.marketo_code for _, outcome in kept],
+                        [
+                            outcome.exclusion_code.value if outcome.exclusion_code else ""
+                            for _, outcome in kept
+                        ],
+                        [outcome.field for _, outcome in kept],
                     ),
                     binary=True,
                 )
@@ -944,14 +953,10 @@ class PostgresStore:
             totals = await cursor.fetchone()
             assert totals is not None
             total = dict(zip(COUNT_COLUMNS, totals, strict=True))
-            reasons: dict[str, dict[str, int]] = {"excluded": {}, "failed": {}}
             cursor = await connection.execute(
-                "SELECT kind, reason, SUM(count)::bigint FROM dataflow_reasons "
-                "WHERE destination_id = %s GROUP BY kind, reason ORDER BY kind, reason",
-                (destination_id,),
+                reason_totals_sql("%s", "SUM(count)::bigint"), (destination_id,)
             )
-            for kind, reason, count in await cursor.fetchall():
-                reasons[kind][reason] = count
+            reason_rows = await cursor.fetchall()
             cursor = await connection.execute(
                 "SELECT hour_start, received, activated, excluded, failed, superseded "
                 "FROM dataflow_hours WHERE destination_id = %s AND hour_start >= %s",
@@ -962,7 +967,7 @@ class PostgresStore:
             return build_dataflow(
                 destination_id,
                 total,
-                reasons,
+                reason_rows,
                 by_hour,
                 pending,
                 current=current,
@@ -1229,12 +1234,9 @@ async def _add_counts(
         f"ON CONFLICT (destination_id, hour_start) DO UPDATE SET {increments}",
         (destination_id, hour, *values),
     )
-    for (kind, reason), count in sorted(counts.reasons.items()):
+    for (kind, reason, field), count in sorted(counts.reasons.items()):
         await connection.execute(
-            "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, count) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (destination_id, hour_start, kind, reason) "
-            "DO UPDATE SET count = dataflow_reasons.count + excluded.count",
-            (destination_id, hour, kind, reason, count),
+            add_reasons_sql("%s"), (destination_id, hour, kind, reason, field, count)
         )
 
 

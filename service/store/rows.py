@@ -19,6 +19,7 @@ from service.domain import (
     ActionType,
     AudienceMembership,
     DecodedBatch,
+    ExclusionCode,
     FieldMapping,
     MembershipStatus,
     Outcome,
@@ -72,7 +73,9 @@ class Counts:
     failed: int = 0
     superseded: int = 0
     duplicates: int = 0
-    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reasons: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """Counts by (kind, reason, field): excluded by exclusion code and field ("" when none),
+    failed by Marketo code (field "")."""
 
 
 COUNT_COLUMNS = (
@@ -167,7 +170,7 @@ def unpacked_counts(duplicates: Counter[str], failed: Counter[str]) -> list[tupl
         counts = Counts(
             duplicates=duplicates[destination_id],
             failed=failures,
-            reasons=Counter({("failed", UNDECODABLE): failures} if failures else {}),
+            reasons=Counter({("failed", UNDECODABLE, ""): failures} if failures else {}),
         )
         if counts.duplicates + counts.failed:
             found.append((destination_id, counts))
@@ -192,7 +195,7 @@ OUTBOX_COLUMNS = (
 
 OUTCOME_COLUMNS = (
     "id, destination_id, update_id, profile_id, dedupe_value, event_time, recorded_at, kind, "
-    "actions, lead_id, reason, marketo_code"
+    "actions, lead_id, reason, marketo_code, exclusion_code, exclusion_field"
 )
 
 
@@ -265,6 +268,8 @@ def outcome_record(row: Sequence[Any]) -> OutcomeRecord:
         lead_id=row[9],
         reason=row[10],
         marketo_code=row[11],
+        exclusion_code=_exclusion_code(row[12]),
+        field=row[13],
     )
     return OutcomeRecord(
         destination_id=row[1],
@@ -307,11 +312,14 @@ def count_outcome(counts: Counts, outcome: Outcome) -> None:
             column = ACTION_COLUMN[action.type]
             setattr(counts, column, getattr(counts, column) + 1)
     elif outcome.kind is OutcomeKind.EXCLUDED:
+        # By code and field, both from bounded sets: never by description, which would make a
+        # counter per distinct text.
         counts.excluded += 1
-        counts.reasons["excluded", outcome.reason or "unknown"] += 1
+        code = outcome.exclusion_code or ExclusionCode.UNKNOWN
+        counts.reasons["excluded", code.value, outcome.field] += 1
     elif outcome.kind is OutcomeKind.FAILED:
         counts.failed += 1
-        counts.reasons["failed", outcome.marketo_code or "unknown"] += 1
+        counts.reasons["failed", outcome.marketo_code or "unknown", ""] += 1
     else:
         counts.superseded += 1
 
@@ -345,10 +353,39 @@ def decode_token(token: str, listing: str) -> list[Any] | None:
     return position
 
 
+def _exclusion_code(stored: str) -> ExclusionCode | None:
+    if not stored:
+        return None
+    try:
+        return ExclusionCode(stored)
+    except ValueError:  # written by a newer version that knows more codes
+        return ExclusionCode.UNKNOWN
+
+
+def add_reasons_sql(mark: str) -> str:
+    """SQL adding to one hour's count of a (kind, reason, field) (parameters: destination_id,
+    hour_start, kind, reason, field, count; `mark`: the engine's placeholder)."""
+    return (
+        "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, field, count) "
+        f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) "
+        "ON CONFLICT (destination_id, hour_start, kind, reason, field) "
+        "DO UPDATE SET count = dataflow_reasons.count + excluded.count"
+    )
+
+
+def reason_totals_sql(mark: str, count: str = "SUM(count)") -> str:
+    """SQL reading a destination's lifetime (kind, reason, field, count) rows (parameter:
+    destination_id; `count`: the engine's sum expression)."""
+    return (
+        f"SELECT kind, reason, field, {count} FROM dataflow_reasons WHERE destination_id = {mark} "
+        "GROUP BY kind, reason, field ORDER BY kind, reason, field"
+    )
+
+
 def build_dataflow(
     destination_id: str,
     total: Mapping[str, int],
-    reasons: Mapping[str, Mapping[str, int]],
+    reason_rows: Iterable[Sequence[Any]],
     by_hour: Mapping[int, Sequence[int]],
     pending: PendingStats,
     *,
@@ -358,10 +395,17 @@ def build_dataflow(
 ) -> Dataflow:
     """The `Dataflow` of a destination from its stored counters.
 
-    `total`: lifetime counters by column; `reasons`: excluded/failed counts by reason; `by_hour`:
+    `total`: lifetime counters by column; `reason_rows`: (kind, reason, field, count) rows as
+    `reason_totals_sql` reads them; `by_hour`:
     (received, activated, excluded, failed, superseded) per hour start; `hours`: the hour starts
     to report, newest first (empty hours are reported as zeros).
     """
+    reasons: dict[str, dict[str, int]] = {"excluded": {}, "failed": {}}
+    by_field: dict[tuple[str, str], int] = {}
+    for kind, reason, field_name, count in reason_rows:
+        reasons[kind][reason] = reasons[kind].get(reason, 0) + count
+        if kind == "excluded" and field_name:
+            by_field[reason, field_name] = by_field.get((reason, field_name), 0) + count
     runs = []
     for hour in hours:
         received, activated, excluded, failed, superseded = by_hour.get(hour, (0,) * 5)
@@ -381,8 +425,9 @@ def build_dataflow(
         updated=total["updated"],
         added=total["added"],
         removed=total["removed"],
-        excluded=dict(reasons["excluded"]),
-        failed=dict(reasons["failed"]),
+        excluded=reasons["excluded"],
+        excluded_by_field=by_field,
+        failed=reasons["failed"],
         superseded=total["superseded"],
         duplicates=total["duplicates"],
         pending=pending.count,

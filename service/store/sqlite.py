@@ -71,6 +71,7 @@ from service.store.rows import (
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
     Counts,
+    add_reasons_sql,
     alert_record,
     build_dataflow,
     clamp_page_size,
@@ -87,6 +88,7 @@ from service.store.rows import (
     outcome_record,
     pair_outcomes,
     purge_outcomes,
+    reason_totals_sql,
     to_micros,
     undecodable_outcomes,
     unpacked_counts,
@@ -889,7 +891,7 @@ class SqliteStore:
                     continue  # retired before (a retried call) or its destination was deleted
                 connection.execute(
                     f"INSERT INTO outcomes ({OUTCOME_COLUMNS}) "
-                    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         entry.destination_id,
                         outcome.update_id,
@@ -902,6 +904,8 @@ class SqliteStore:
                         outcome.lead_id,
                         outcome.reason,
                         outcome.marketo_code,
+                        outcome.exclusion_code.value if outcome.exclusion_code else "",
+                        outcome.field,
                     ),
                 )
                 count_outcome(counts[entry.destination_id], outcome)
@@ -1059,13 +1063,7 @@ class SqliteStore:
                 f"SELECT {sums} FROM dataflow_hours WHERE destination_id = ?", (destination_id,)
             ).fetchone()
             total = dict(zip(COUNT_COLUMNS, totals, strict=True))
-            reasons: dict[str, dict[str, int]] = {"excluded": {}, "failed": {}}
-            for kind, reason, count in connection.execute(
-                "SELECT kind, reason, SUM(count) FROM dataflow_reasons WHERE destination_id = ? "
-                "GROUP BY kind, reason ORDER BY kind, reason",
-                (destination_id,),
-            ):
-                reasons[kind][reason] = count
+            reason_rows = connection.execute(reason_totals_sql("?"), (destination_id,)).fetchall()
             by_hour = {
                 hour_row[0]: hour_row[1:]
                 for hour_row in connection.execute(
@@ -1078,7 +1076,7 @@ class SqliteStore:
             return build_dataflow(
                 destination_id,
                 total,
-                reasons,
+                reason_rows,
                 by_hour,
                 pending,
                 current=current,
@@ -1367,13 +1365,8 @@ def _add_counts(
         f"ON CONFLICT (destination_id, hour_start) DO UPDATE SET {increments}",
         (destination_id, hour, *values),
     )
-    for (kind, reason), count in counts.reasons.items():
-        connection.execute(
-            "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, count) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (destination_id, hour_start, kind, reason) "
-            "DO UPDATE SET count = dataflow_reasons.count + excluded.count",
-            (destination_id, hour, kind, reason, count),
-        )
+    for (kind, reason, field), count in counts.reasons.items():
+        connection.execute(add_reasons_sql("?"), (destination_id, hour, kind, reason, field, count))
 
 
 def _check_fencing(connection: sqlite3.Connection, instance_keys: set[str], fencing: int) -> None:

@@ -16,6 +16,7 @@ from tests.harness import (
     Service,
     encoded_field,
     running_service,
+    service_logging,
     spec,
     update,
 )
@@ -125,7 +126,7 @@ async def test_profile_only_update_existing_creates_nothing(service: Service) ->
     )
     flow = await delivered(service, destination_id)
     assert (flow.activated.created, flow.activated.updated) == (0, 1)
-    assert flow.excluded == {"no matching lead": 1}
+    assert flow.excluded == {"no_matching_lead": 1}
     leads = by_email(await service.leads())
     assert set(leads) == {"known@example.com"}
     assert await service.lists() == {}
@@ -376,7 +377,7 @@ async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> 
     refused.profile.update({"consents": {"marketing": {"any": {"val": "n"}}}})
     await sync(service, destination_id, [[refused, update("p2", "b@example.com")]])
     flow = await delivered(service, destination_id)
-    assert flow.excluded == {"marketing consent refused": 1}
+    assert flow.excluded == {"consent_refused": 1}
     assert set(by_email(await service.leads())) == {"b@example.com"}
     (outcome,) = (
         await service.stub.ListProfileOutcomes(
@@ -385,3 +386,55 @@ async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> 
     ).outcomes
     assert outcome.kind == pb.OUTCOME_KIND_EXCLUDED
     assert outcome.reason == "marketing consent refused"
+    assert outcome.exclusion_code == "consent_refused"
+
+
+async def test_invalid_values_are_counted_by_code_and_never_quoted(service: Service) -> None:
+    # Every invalid e-mail is distinct and carries a marker found nowhere else. Counted per
+    # distinct reason, each would add a counter quoting it (15,000 made a 5 MB answer); counted
+    # by code, the answer stays the same size however many there are.
+    destination_id, _ = await setup(service)
+
+    def bad(start: int, count: int) -> list[pb.ProfileUpdate]:
+        return [update(f"bad{n}", f"qzx-not-an-email-{n}") for n in range(start, start + count)]
+
+    async def answer() -> pb.GetDataflowResponse:
+        await delivered(service, destination_id)
+        request = pb.GetDataflowRequest(destination_id=destination_id)
+        response: pb.GetDataflowResponse = await service.stub.GetDataflow(request)
+        return response
+
+    step = 1_000
+    with service_logging() as logs:
+        good = [update(f"good{n}", f"qzx-good-{n}@example.com") for n in range(3)]
+        await sync(service, destination_id, [bad(0, step // 2), bad(step // 2, step // 2), good])
+        first = await answer()
+        await sync(service, destination_id, [bad(step, step // 2), bad(3 * step // 2, step // 2)])
+        second = await answer()
+
+    flow = second.dataflow
+    assert flow.activated.created == 3
+    assert dict(flow.excluded) == {"value_rejected": 2 * step}
+    assert [(c.code, c.field, c.count) for c in flow.excluded_by_field] == [
+        ("value_rejected", "email", 2 * step)
+    ]
+    # Twice the invalid values, the same answer but for the counts' own bytes.
+    assert second.ByteSize() - first.ByteSize() <= 8
+    assert second.ByteSize() < 2_048
+    for response in (first, second):
+        assert b"qzx" not in response.SerializeToString()
+    (outcome,) = (
+        await service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="bad7")
+        )
+    ).outcomes
+    assert (outcome.kind, outcome.exclusion_code, outcome.field) == (
+        pb.OUTCOME_KIND_EXCLUDED,
+        "value_rejected",
+        "email",
+    )
+    assert "qzx" not in outcome.reason and "email" in outcome.reason
+    # Nothing logged while accepting, looking up and delivering quotes a value, bad or good.
+    assert any(r.name.startswith("service") for r in logs.records)
+    for text in logs.texts():
+        assert "qzx" not in text, text

@@ -185,7 +185,7 @@ class PathMapper:
 
     def map_profile(self, profile: Mapping[str, Any]) -> MappedProfile:
         if profile.get("city") == "!":
-            raise MappingRejectedError("city: not a valid value")
+            raise MappingRejectedError("city: not a valid value", field="city")
         names = {"email": "email", "first": "firstName", "last": "lastName", "city": "city"}
         fields = {target: profile[key] for key, target in names.items() if key in profile}
         dedupe = profile.get(self.dedupe)

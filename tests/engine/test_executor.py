@@ -11,6 +11,7 @@ from service.domain import (
     Action,
     ActionType,
     AudienceMembership,
+    ExclusionCode,
     MembershipStatus,
     OutcomeKind,
     PersonAction,
@@ -116,6 +117,13 @@ async def test_unmatched_without_creation_or_required_attributes_is_excluded() -
         OutcomeKind.EXCLUDED,
         "missing required attributes: lastName",
     )
+    assert (created["u2"].exclusion_code, created["u2"].field) == (
+        ExclusionCode.MISSING_REQUIRED,
+        "lastName",
+    )
+    assert {o.exclusion_code for o in excluded_update_only.values()} == {
+        ExclusionCode.NO_MATCHING_LEAD
+    }
     assert len(fake.leads) == 1
 
 

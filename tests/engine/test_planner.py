@@ -6,6 +6,7 @@ from typing import Any
 
 from service.domain import (
     AudienceMembership,
+    ExclusionCode,
     MembershipStatus,
     OutcomeKind,
     PersonAction,
@@ -109,6 +110,11 @@ def test_exclusions_name_their_reason() -> None:
         "nodedupe": (OutcomeKind.EXCLUDED, "no dedupe value"),
         "rejected": (OutcomeKind.EXCLUDED, "value rejected by mapping: city: not a valid value"),
     }
+    assert {o.update_id: (o.exclusion_code, o.field) for o in plan.outcomes} == {
+        "consent": (ExclusionCode.CONSENT_REFUSED, ""),
+        "nodedupe": (ExclusionCode.MISSING_DEDUPE_VALUE, "email"),
+        "rejected": (ExclusionCode.VALUE_REJECTED, "city"),
+    }
     assert [p.dedupe_value for p in plan.persons] == ["d@x.io"]
     assert dict(plan.watermarks) == {"p1": at(1), "p2": at(1), "p3": at(1)}
 
@@ -152,8 +158,10 @@ def test_audience_only_without_activated_membership_is_excluded() -> None:
     )
     assert plan.persons == ()
     assert kinds(plan)["u"][0] is OutcomeKind.EXCLUDED
+    assert plan.outcomes[0].exclusion_code is ExclusionCode.NO_AUDIENCE
 
 
 def test_mapper_raising_missing_dedupe_value_is_no_dedupe_value() -> None:
     plan = plan_batch([upd("u", "p", 1, first="Ann")], BOTH, PathMapper(raise_on_missing=True))
     assert kinds(plan) == {"u": (OutcomeKind.EXCLUDED, "no dedupe value")}
+    assert plan.outcomes[0].exclusion_code is ExclusionCode.MISSING_DEDUPE_VALUE

@@ -21,6 +21,7 @@ from service.domain import (
     Action,
     ActionType,
     AudienceMembership,
+    ExclusionCode,
     FieldMapping,
     MembershipStatus,
     Outcome,
@@ -275,13 +276,20 @@ def activated(entry: OutboxEntry, *actions: ActionType, lead_id: int = 7) -> Out
     )
 
 
-def excluded(entry: OutboxEntry, reason: str) -> Outcome:
+def excluded(
+    entry: OutboxEntry,
+    reason: str,
+    code: ExclusionCode = ExclusionCode.CONSENT_REFUSED,
+    field: str = "",
+) -> Outcome:
     return Outcome(
         update_id=entry.update.update_id,
         profile_id=entry.update.profile_id,
         dedupe_value=None,
         kind=OutcomeKind.EXCLUDED,
         reason=reason,
+        exclusion_code=code,
+        field=field,
     )
 
 

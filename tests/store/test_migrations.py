@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
+from service.domain import ExclusionCode
 from service.secrets import SecretBox
-from service.store import SqliteStore
-from service.store.migrations import load_migrations
+from service.store import SqliteStore, Store
+from service.store.migrations import Dialect, Migration, load_migrations
+from service.store.postgres import PostgresStore
+from service.store.rows import to_micros
 from service.store.sqlite import apply_migrations, open_in_data_dir
-from tests.store.conftest import FakeClock, new_destination
+from tests.pg import fresh_database
+from tests.store.conftest import START, FakeClock, new_destination
 
 
 def versions(path: Path) -> list[int]:
@@ -109,3 +116,91 @@ async def test_open_in_data_dir_creates_the_directory(
         pass
 
     assert (data_dir / "store.db").exists()
+
+
+# Counters and outcomes as stored before exclusions had codes: counted per description, and a
+# mapping rejection's description quoted the rejected value.
+_OLD_REASONS = [
+    ("excluded", "marketing consent refused", 2),
+    ("excluded", "value rejected by mapping: field 'email' (email): 'a@x' is not a valid email", 3),
+    ("excluded", "value rejected by mapping: field 'email' (email): 'b@x' is not a valid email", 4),
+    ("excluded", "missing required attributes: firstName, lastName", 1),
+    ("excluded", "no dedupe value", 1),
+    ("excluded", "some reason of another version", 5),
+    ("failed", "1003", 6),
+]
+_OLD_OUTCOME = (
+    "u-old",
+    "p-old",
+    "value rejected by mapping: field 'email' (email): 'a@x' is not a valid email",
+)
+
+
+def _before_exclusion_codes(dialect: Dialect) -> list[Migration]:
+    migrations = load_migrations(dialect)
+    names = [m.name for m in migrations]
+    return migrations[: names.index("exclusion_codes")]
+
+
+def _write_old_rows(execute: Callable[[str, tuple[Any, ...]], object], destination: str) -> None:
+    hour = to_micros(START.replace(minute=0))
+    for kind, reason, count in _OLD_REASONS:
+        execute(
+            "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, count) "
+            "VALUES ({0}, {0}, {0}, {0}, {0})",
+            (destination, hour, kind, reason, count),
+        )
+    update_id, profile_id, reason = _OLD_OUTCOME
+    execute(
+        "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, event_time, "
+        "recorded_at, kind, actions, lead_id, reason, marketo_code) "
+        "VALUES ({0}, {0}, {0}, NULL, {0}, {0}, 'excluded', '[]', NULL, {0}, '')",
+        (destination, update_id, profile_id, hour, hour, reason),
+    )
+
+
+async def _check_upgraded(store: Store, destination: str) -> None:
+    flow = await store.dataflow(destination, now=START)
+    assert flow.excluded == {
+        "consent_refused": 2,
+        "value_rejected": 7,
+        "missing_required": 1,
+        "missing_dedupe_value": 1,
+        "unknown": 5,
+    }
+    assert flow.failed == {"1003": 6}
+    (record,) = (await store.list_outcomes(destination, profile_id=_OLD_OUTCOME[1])).items
+    assert record.outcome.exclusion_code is ExclusionCode.VALUE_REJECTED
+    assert record.outcome.reason == "value rejected by mapping"
+    assert "a@x" not in record.outcome.reason
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_counters_by_reason_are_folded_into_exclusion_codes(
+    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+) -> None:
+    before = _before_exclusion_codes(dialect)
+    if dialect == "sqlite":
+        path = tmp_path / "store.db"
+        async with await SqliteStore.open(path, box, clock=clock, migrations=before) as old:
+            created = await old.create_destination(new_destination())
+        connection = sqlite3.connect(path)
+        try:
+            _write_old_rows(
+                lambda sql, params: connection.execute(sql.format("?"), params), created.id
+            )
+            connection.commit()
+        finally:
+            connection.close()
+        async with await SqliteStore.open(path, box, clock=clock) as store:
+            await _check_upgraded(store, created.id)
+        return
+    with fresh_database("md_codes") as url:
+        async with await PostgresStore.open(url, box, clock=clock, migrations=before) as old_pg:
+            created = await old_pg.create_destination(new_destination())
+        with psycopg.connect(url) as pg:
+            _write_old_rows(
+                lambda sql, params: pg.execute(sql.format("%s").encode(), params), created.id
+            )
+        async with await PostgresStore.open(url, box, clock=clock) as store:
+            await _check_upgraded(store, created.id)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.domain import ActionType
+from service.domain import ActionType, ExclusionCode
 from service.store import DataflowRun, DestinationRecord, InvalidPageToken, Store
 from tests.store.conftest import (
     START,
@@ -101,7 +101,17 @@ async def test_dataflow_counts_and_hourly_runs(
     assert (await store.dataflow(destination.id, now=clock.now)).pending == 3
     assert await unpack(store, INSTANCE) == 2
     e = await store.claim_due(INSTANCE, 10, clock.now)
-    await store.retire(e[:1], [excluded(e[0], "consent withdrawn")])
+    await store.retire(
+        e[:1],
+        [
+            excluded(
+                e[0],
+                "value rejected by mapping: field 'email' (email): the value does not fit",
+                ExclusionCode.VALUE_REJECTED,
+                "email",
+            )
+        ],
+    )
     clock.advance(timedelta(minutes=10))
 
     flow = await store.dataflow(destination.id, hours=4, now=clock.now)
@@ -110,7 +120,8 @@ async def test_dataflow_counts_and_hourly_runs(
     assert flow.duplicates == 1
     assert flow.activated == 3
     assert (flow.created, flow.updated, flow.added, flow.removed) == (1, 2, 1, 1)
-    assert flow.excluded == {"consent withdrawn": 2}
+    assert flow.excluded == {"consent_refused": 1, "value_rejected": 1}
+    assert flow.excluded_by_field == {("value_rejected", "email"): 1}
     assert flow.failed == {"1003": 1}
     assert flow.superseded == 1
     assert flow.pending == 1
@@ -134,6 +145,7 @@ async def test_empty_dataflow(store: Store, destination: DestinationRecord) -> N
     assert flow.received == flow.activated == flow.pending == flow.duplicates == 0
     assert flow.oldest_pending_age is None
     assert flow.excluded == {}
+    assert flow.excluded_by_field == {}
     assert len(flow.runs) == 24
     assert flow.runs[0].start == START.replace(minute=0)
 
@@ -195,3 +207,29 @@ async def test_purging_stops_at_the_oldest_outcome_that_is_recent_enough(
     assert await store.purge_outcomes(START, limit=100) == 0  # nothing recorded before START
     assert await store.purge_outcomes(START + timedelta(days=10), limit=100) == 3
     assert await outcome_update_ids(store, destination.id) == []
+
+
+async def test_exclusions_are_counted_by_code_and_field_never_by_description(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    # Descriptions that differ per update (as ones quoting the value did) make no new counter.
+    count = 200
+    await append(store, destination.id, INSTANCE, [update(n) for n in range(count)])
+    await unpack(store, INSTANCE)
+    entries = await store.claim_due(INSTANCE, count, clock.now)
+    outcomes = [
+        excluded(e, f"rejected: bad{n}@example", ExclusionCode.VALUE_REJECTED, "email")
+        for n, e in enumerate(entries[:-1])
+    ]
+    outcomes.append(excluded(entries[-1], "no dedupe value", ExclusionCode.MISSING_DEDUPE_VALUE))
+    await store.retire(entries, outcomes)
+
+    flow = await store.dataflow(destination.id, now=clock.now)
+
+    assert flow.excluded == {"value_rejected": count - 1, "missing_dedupe_value": 1}
+    assert flow.excluded_by_field == {("value_rejected", "email"): count - 1}
+    # Per profile, the outcome keeps its code and field.
+    page = await store.list_outcomes(destination.id, profile_id=entries[0].update.profile_id)
+    (record,) = page.items
+    assert record.outcome.exclusion_code is ExclusionCode.VALUE_REJECTED
+    assert record.outcome.field == "email"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,6 @@ import httpx
 import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
-from service.logging_setup import QUIET_LOGGERS, configure_logging
 from service.marketo import InstanceLimits, MarketoClient, RetryPolicy, SyncAction
 from service.telemetry import (
     Telemetry,
@@ -26,6 +24,7 @@ from service.telemetry import (
     note_limiter_wait,
     redact_url,
 )
+from tests.harness import service_logging
 from tests.telemetry.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute_values
 
 BASE = "https://123-ABC-456.mktorest.com"
@@ -254,48 +253,15 @@ def test_redacted_urls_keep_parameter_names_but_no_value_or_credentials() -> Non
     )
 
 
-class _Records(logging.Handler):
-    """Keeps every record that reaches the root logger, whatever its level."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def service_logging() -> Iterator[tuple[io.StringIO, _Records]]:
-    """The service's logging set-up at DEBUG, writing to a buffer; every record also kept."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    out = io.StringIO()
-    configure_logging(logging.DEBUG, json=True, stream=out)
-    kept = _Records()
-    root.addHandler(kept)
-    yield out, kept
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
-
-
 async def test_a_lookup_logs_and_traces_no_personal_value(
     marketo: Marketo,
     telemetry: Telemetry,
     receiver: OtlpReceiver,
-    service_logging: tuple[io.StringIO, _Records],
 ) -> None:
-    out, kept = service_logging
     # A local part found nowhere else, so that it shows whether or not the "@" is encoded.
     emails = [f"qzxperson{i}@example.com" for i in range(5)]
     attrs = batch_attributes(destination_id="dest-1", munchkin_id="123-ABC-456")
-    with telemetry.batch_span([], attrs):
+    with service_logging() as logs, telemetry.batch_span([], attrs):
         await marketo.client.sync_leads(
             [{"email": e} for e in emails], action=SyncAction.CREATE_OR_UPDATE
         )
@@ -305,12 +271,11 @@ async def test_a_lookup_logs_and_traces_no_personal_value(
     assert telemetry.force_flush()
 
     # The capture works: the client's own DEBUG lines about these calls are there.
-    assert any(r.name.startswith("service.marketo") for r in kept.records)
+    assert any(r.name.startswith("service.marketo") for r in logs.records)
     lookups = [s for s in calls(receiver) if s.attributes["marketo.endpoint"] == "leads"]
     assert len(lookups) == 2
-    for record in kept.records:
-        assert "qzx" not in record.getMessage(), (record.name, record.getMessage())
-    assert "qzx" not in out.getvalue()
+    for text in logs.texts():
+        assert "qzx" not in text, text
     for value in attribute_values(receiver.spans()):
         assert "qzx" not in value
     for payload in receiver.payloads():

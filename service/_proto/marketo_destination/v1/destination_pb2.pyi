@@ -511,7 +511,7 @@ class DataflowRun(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received: _Optional[int] = ..., activated: _Optional[int] = ..., excluded: _Optional[int] = ..., failed: _Optional[int] = ..., skipped_rate: _Optional[float] = ...) -> None: ...
 
 class Dataflow(_message.Message):
-    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates")
+    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates", "excluded_by_field")
     class ExcludedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -537,6 +537,7 @@ class Dataflow(_message.Message):
     SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
     PAUSED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_BY_FIELD_FIELD_NUMBER: _ClassVar[int]
     destination_id: str
     received: int
     activated: ActivatedCounts
@@ -548,7 +549,18 @@ class Dataflow(_message.Message):
     superseded: int
     paused_until: _timestamp_pb2.Timestamp
     duplicates: int
-    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    excluded_by_field: _containers.RepeatedCompositeFieldContainer[ExclusionCount]
+    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ..., excluded_by_field: _Optional[_Iterable[_Union[ExclusionCount, _Mapping]]] = ...) -> None: ...
+
+class ExclusionCount(_message.Message):
+    __slots__ = ("code", "field", "count")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    field: str
+    count: int
+    def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetDataflowRequest(_message.Message):
     __slots__ = ("destination_id", "hours")
@@ -573,7 +585,7 @@ class Action(_message.Message):
     def __init__(self, type: _Optional[_Union[ActionType, str]] = ..., audience_id: _Optional[str] = ...) -> None: ...
 
 class ProfileOutcome(_message.Message):
-    __slots__ = ("profile_id", "dedupe_value", "event_time", "outcome_time", "kind", "actions", "lead_id", "reason", "marketo_code", "update_id")
+    __slots__ = ("profile_id", "dedupe_value", "event_time", "outcome_time", "kind", "actions", "lead_id", "reason", "marketo_code", "update_id", "exclusion_code", "field")
     PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
     DEDUPE_VALUE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -584,6 +596,8 @@ class ProfileOutcome(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     MARKETO_CODE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSION_CODE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
     profile_id: str
     dedupe_value: str
     event_time: _timestamp_pb2.Timestamp
@@ -594,7 +608,9 @@ class ProfileOutcome(_message.Message):
     reason: str
     marketo_code: str
     update_id: str
-    def __init__(self, profile_id: _Optional[str] = ..., dedupe_value: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[OutcomeKind, str]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., lead_id: _Optional[int] = ..., reason: _Optional[str] = ..., marketo_code: _Optional[str] = ..., update_id: _Optional[str] = ...) -> None: ...
+    exclusion_code: str
+    field: str
+    def __init__(self, profile_id: _Optional[str] = ..., dedupe_value: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[OutcomeKind, str]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., lead_id: _Optional[int] = ..., reason: _Optional[str] = ..., marketo_code: _Optional[str] = ..., update_id: _Optional[str] = ..., exclusion_code: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
 
 class ListProfileOutcomesRequest(_message.Message):
     __slots__ = ("destination_id", "profile_id", "dedupe_value", "page_size", "page_token")
