@@ -41,10 +41,12 @@ TransformFunc = Callable[[object], object]
 
 
 class TransformError(ValueError):
-    """Raised by a transform for a value it cannot convert; the message becomes the reason.
+    """Raised by a transform for a value it cannot convert.
 
-    The profile is excluded with that reason. Any other exception is treated as a plugin bug and
-    also excludes only that profile.
+    The profile is excluded with the code `value_rejected` and a reason naming the field,
+    transform and plugin. The message is not kept (it may quote the value, and reasons reach
+    outcomes and counters). Any other exception is treated as a plugin bug and also excludes only
+    that profile (code `transform_failed`).
     """
 
 
