@@ -68,9 +68,11 @@ from service.store.rows import (
     COUNT_COLUMNS,
     DEFAULT_PAGE_SIZE,
     DESTINATION_COLUMNS,
+    DESTINATIONS_POSITION,
     HOUR_US,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
+    OUTCOMES_POSITION,
     Counts,
     alert_record,
     build_dataflow,
@@ -348,7 +350,7 @@ class PostgresStore:
     ) -> Page[DestinationRecord]:
         """The tenant's destinations, oldest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "destinations")
+        after = decode_token(page_token, "destinations", [tenant], DESTINATIONS_POSITION)
 
         async def work(connection: Connection) -> Page[DestinationRecord]:
             if after is None:
@@ -369,7 +371,7 @@ class PostgresStore:
             token = ""
             if len(rows) > size:
                 last = rows[size - 1]
-                token = encode_token("destinations", [last[9], last[0]])
+                token = encode_token("destinations", [tenant], [last[9], last[0]])
             return Page(records, token)
 
         return await self._read(work)
@@ -894,7 +896,8 @@ class PostgresStore:
     ) -> Page[OutcomeRecord]:
         """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "outcomes")
+        scope = [destination_id, profile_id, dedupe_value]
+        after = decode_token(page_token, "outcomes", scope, OUTCOMES_POSITION)
         conditions = ["destination_id = %s"]
         params: list[Any] = [destination_id]
         if profile_id is not None:
@@ -916,7 +919,7 @@ class PostgresStore:
             cursor = await connection.execute(sql, params)
             rows = await cursor.fetchall()
             records = tuple(outcome_record(row) for row in rows[:size])
-            token = encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
+            token = encode_token("outcomes", scope, [rows[size - 1][0]]) if len(rows) > size else ""
             return Page(records, token)
 
         return await self._read(work)

@@ -67,9 +67,11 @@ from service.store.rows import (
     COUNT_COLUMNS,
     DEFAULT_PAGE_SIZE,
     DESTINATION_COLUMNS,
+    DESTINATIONS_POSITION,
     HOUR_US,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
+    OUTCOMES_POSITION,
     Counts,
     alert_record,
     build_dataflow,
@@ -446,7 +448,7 @@ class SqliteStore:
     ) -> Page[DestinationRecord]:
         """The tenant's destinations, oldest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "destinations")
+        after = decode_token(page_token, "destinations", [tenant], DESTINATIONS_POSITION)
 
         def work(connection: sqlite3.Connection) -> Page[DestinationRecord]:
             if after is None:
@@ -466,7 +468,7 @@ class SqliteStore:
             token = ""
             if len(rows) > size:
                 last = rows[size - 1]
-                token = encode_token("destinations", [last[9], last[0]])
+                token = encode_token("destinations", [tenant], [last[9], last[0]])
             return Page(records, token)
 
         return await self._read(work)
@@ -1013,7 +1015,8 @@ class SqliteStore:
     ) -> Page[OutcomeRecord]:
         """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "outcomes")
+        scope = [destination_id, profile_id, dedupe_value]
+        after = decode_token(page_token, "outcomes", scope, OUTCOMES_POSITION)
         conditions = ["destination_id = ?"]
         params: list[Any] = [destination_id]
         if profile_id is not None:
@@ -1034,7 +1037,7 @@ class SqliteStore:
         def work(connection: sqlite3.Connection) -> Page[OutcomeRecord]:
             rows = connection.execute(sql, params).fetchall()
             records = tuple(outcome_record(row) for row in rows[:size])
-            token = encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
+            token = encode_token("outcomes", scope, [rows[size - 1][0]]) if len(rows) > size else ""
             return Page(records, token)
 
         return await self._read(work)
