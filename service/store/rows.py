@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from service.domain import (
     UNDECODABLE,
@@ -345,13 +345,13 @@ def encode_token(listing: str, scope: Sequence[str | None], position: list[Any])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _valid_position(position: Any, shape: tuple[type, ...]) -> bool:
+def _valid_position(position: object, shape: tuple[type, ...]) -> TypeGuard[list[Any]]:
     if not isinstance(position, list) or len(position) != len(shape):
         return False
     for value, kind in zip(position, shape, strict=True):
         if type(value) is not kind:  # bool is an int, but not a position
             return False
-        if kind is int and not 0 <= value < 2**63:
+        if isinstance(value, int) and not 0 <= value < 2**63:
             return False
     return True
 
@@ -382,8 +382,7 @@ def decode_token(
     # Only the exact text this store issues: no other scope, padding, alphabet or spelling.
     if issued != token:
         raise InvalidPageToken()
-    checked: list[Any] = position
-    return checked
+    return position
 
 
 def build_dataflow(
