@@ -111,6 +111,7 @@ async def open_application(
             clock=clock,
         )
         alerts = AlertMonitor(store, http=http, clock=clock)
+        max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
         dispatcher = Dispatcher(
             store,
             connections,
@@ -142,8 +143,9 @@ async def open_application(
                 max_backlog=settings.max_backlog,
                 max_wait=timedelta(seconds=settings.backpressure_wait_seconds),
                 trace_context=current_trace_context,
+                max_clock_skew=max_clock_skew,
             ),
-            preview=Preview(store, dispatcher),
+            preview=Preview(store, dispatcher, max_clock_skew=max_clock_skew),
             monitoring=Monitoring(store, alerts),
             dispatcher=dispatcher,
             alerts=alerts,

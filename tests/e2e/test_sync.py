@@ -4,6 +4,7 @@ client streams updates, the dispatcher delivers them to the in-process Marketo s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
@@ -385,3 +386,27 @@ async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> 
     ).outcomes
     assert outcome.kind == pb.OUTCOME_KIND_EXCLUDED
     assert outcome.reason == "marketing consent refused"
+
+
+@pytest.mark.parametrize("skew", [None, 60], ids=["default", "60 s"])
+async def test_event_times_beyond_the_clock_skew_are_rejected(
+    tmp_path: Path, skew: int | None
+) -> None:
+    """Ten minutes ahead is refused by default (five minutes allowed), and with the setting at
+    60 s, two minutes ahead too; both by Sync and PreviewSync, naming the update's field."""
+    overrides = {} if skew is None else {"max_clock_skew_seconds": skew}
+    ahead = 600 if skew is None else 120
+    async with running_service(tmp_path, **overrides) as service:
+        destination_id, _ = await setup(service)
+        now = time.time()
+        updates = [
+            update("p-late", "late@example.com", time=now + ahead),
+            update("p-fine", "fine@example.com", time=now + 1),
+        ]
+        (answer,) = await sync(service, destination_id, [updates])
+        assert answer.accepted == 1
+        assert [(r.index, r.field) for r in answer.rejected] == [(0, "updates[0].event_time")]
+        preview = await service.stub.PreviewSync(
+            pb.PreviewSyncRequest(destination_id=destination_id, updates=updates)
+        )
+        assert [(r.index, r.field) for r in preview.rejected] == [(0, "updates[0].event_time")]
