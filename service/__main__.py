@@ -27,6 +27,7 @@ from service import convert
 from service.app import open_application
 from service.demo import demo_settings, run_demo
 from service.logging_setup import configure_logging
+from service.secrets import owner_only_directory
 from service.server import StartupError, build_server, new_health_servicer, shutdown
 from service.servicer import MarketoDestinationServicer
 from service.settings import InvalidSetting, Settings, parse_address
@@ -151,7 +152,7 @@ async def serve(
             url = await stack.enter_async_context(embedded_sandbox())
             _log.info("embedded Marketo sandbox at %s", url)
             settings = settings.replace(default_marketo_endpoint=url)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        owner_only_directory(settings.data_dir)
         telemetry = setup_telemetry(os.environ, set_global=True)
         stack.callback(telemetry.shutdown)
         app = await stack.enter_async_context(open_application(settings, telemetry=telemetry))

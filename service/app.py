@@ -29,7 +29,7 @@ from service.monitoring import Monitoring
 from service.preview import Preview
 from service.registry import PluginRegistry
 from service.retention import OutcomeRetention
-from service.secrets import SecretBox
+from service.secrets import SecretBox, owner_only_directory
 from service.settings import Settings
 from service.store.base import Store
 from service.store.sqlite import Synchronous, open_in_data_dir
@@ -82,7 +82,7 @@ async def open_application(
                 httpx.AsyncClient(transport=transport, timeout=MARKETO_TIMEOUT)
             )
         if store is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            owner_only_directory(settings.data_dir)
             box = SecretBox.from_settings(settings.secret_key or None, settings.data_dir)
             if settings.database_url:
                 # psycopg is the optional "postgres" extra: import it only when asked for.

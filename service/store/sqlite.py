@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import sqlite3
+import stat
 import threading
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +38,7 @@ from service.domain import (
     Outcome,
     ProfileUpdate,
 )
-from service.secrets import SecretBox
+from service.secrets import SecretBox, owner_only_directory
 from service.store.base import (
     UNPACK_STEP,
     ActivationRecord,
@@ -298,7 +300,8 @@ class SqliteStore:
         return connection
 
     def _open_writer(self, migrations: Sequence[Migration]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        owner_only_directory(self._path.parent)
+        _owner_only_files(self._path)
         connection = self._connect()
         try:
             connection.execute("PRAGMA journal_mode = WAL")
@@ -1264,6 +1267,17 @@ class SqliteStore:
 async def open_in_data_dir(data_dir: Path, box: SecretBox, **options: Any) -> SqliteStore:
     """Open `<data_dir>/store.db` (the directory is created if missing); `options` go to `open`."""
     return await SqliteStore.open(data_dir / DATABASE_FILE_NAME, box, **options)
+
+
+def _owner_only_files(database: Path) -> None:
+    """Create the database file owner-only (0600) if missing, and make it and its WAL files
+    owner-only if they are not: SQLite creates the -wal and -shm files with the database's
+    mode, and the umask may leave a new file readable by everyone."""
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o600)
 
 
 def _conforms(store: SqliteStore) -> Store:
