@@ -528,6 +528,39 @@ class SqliteStore:
 
         await self._write("set_destination_state", work)
 
+    async def pause_instance(self, instance_key: str, until: datetime) -> None:
+        """Record that the Marketo instance makes no call before `until`; a later pause stays."""
+        micros = to_micros(until)
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO instance_pauses (instance_key, paused_until) VALUES (?, ?) "
+                "ON CONFLICT (instance_key) DO UPDATE SET paused_until = "
+                "CASE WHEN excluded.paused_until > instance_pauses.paused_until "
+                "THEN excluded.paused_until ELSE instance_pauses.paused_until END",
+                (instance_key, micros),
+            )
+
+        await self._write("pause_instance", work)
+
+    async def instance_paused_until(
+        self, instance_key: str, now: datetime | None = None
+    ) -> datetime | None:
+        """When the instance's recorded pause ends, if that is after `now`."""
+        current = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> int | None:
+            cursor = connection.execute(
+                "SELECT paused_until FROM instance_pauses "
+                "WHERE instance_key = ? AND paused_until > ?",
+                (instance_key, current),
+            )
+            row = cursor.fetchone()
+            return None if row is None else int(row[0])
+
+        until = await self._read(work)
+        return None if until is None else from_micros(until)
+
     async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
         """Delete the destination; foreign keys cascade to everything that belongs to it."""
 

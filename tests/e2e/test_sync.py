@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sandbox import SandboxSettings, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from tests.harness import (
     STANDARD_MAPPINGS,
@@ -410,3 +411,46 @@ async def test_event_times_beyond_the_clock_skew_are_rejected(
             pb.PreviewSyncRequest(destination_id=destination_id, updates=updates)
         )
         assert [(r.index, r.field) for r in preview.rejected] == [(0, "updates[0].event_time")]
+
+
+async def test_a_quota_pause_survives_a_restart(tmp_path: Path) -> None:
+    """After a 607, a restarted service does not call Marketo again before the daily reset,
+    even for updates that arrive after the restart; they wait, nothing is lost."""
+    marketo = create_app(SandboxSettings())
+    async with running_service(tmp_path, marketo=marketo) as service:
+        destination_id, _ = await setup(service)
+        await service.control(
+            "POST", "faults", [{"path_prefix": "/rest/v1/leads.json", "code": "607", "count": 1}]
+        )
+        await sync(service, destination_id, [[update("p1", "a@example.com")]])
+        async with asyncio.timeout(30):
+            while True:
+                destination = (
+                    await service.stub.GetDestination(
+                        pb.GetDestinationRequest(destination_id=destination_id)
+                    )
+                ).destination
+                if destination.state == pb.DESTINATION_STATE_QUOTA_PAUSED:
+                    break
+                await asyncio.sleep(0.05)
+        record = await service.app.store.get_destination(destination_id, tenant=None)
+        instance = record.instance_key
+        paused_until = service.app.dispatcher.paused_until(instance)
+        assert paused_until is not None
+        calls_before = (await service.control("GET", "calls"))["by_endpoint"]
+
+    async with running_service(tmp_path, marketo=marketo) as service:
+        await sync(service, destination_id, [[update("p2", "b@example.com")]])
+        async with asyncio.timeout(30):
+            while True:
+                restored = service.app.dispatcher.paused_until(instance)
+                if restored is not None:
+                    break
+                await asyncio.sleep(0.05)
+        assert restored == paused_until
+        assert (await service.control("GET", "calls"))["by_endpoint"] == calls_before
+        flow = (
+            await service.stub.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id))
+        ).dataflow
+        assert flow.pending == 2
+        assert not await service.leads()
