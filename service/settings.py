@@ -66,7 +66,8 @@ class Settings:
     """gRPC listen address, ``HOST:PORT``; port 0 picks a free port."""
 
     data_dir: Path = Path("data")
-    """Directory of the embedded store (SQLite) and other local state; created if missing."""
+    """Directory of the embedded store (SQLite) and other local state; created owner-only
+    (0700) if missing, its files owner-only (0600)."""
 
     sandbox: bool = False
     """Start the embedded Marketo sandbox and use it for destinations that give no endpoint."""
