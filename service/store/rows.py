@@ -353,6 +353,9 @@ def _valid_position(position: object, shape: tuple[type, ...]) -> TypeGuard[list
             return False
         if isinstance(value, int) and not 0 <= value < 2**63:
             return False
+        # The scope digest is no secret: a forger can issue a canonical token with any text.
+        if isinstance(value, str) and (len(value) > 256 or "\x00" in value):
+            return False
     return True
 
 

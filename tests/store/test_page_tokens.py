@@ -8,6 +8,7 @@ import base64
 import pytest
 
 from service.store import InvalidPageToken, Store
+from service.store.rows import encode_token
 from tests.store.conftest import START, activated, append, new_destination, unpack, update
 
 INSTANCE = "123-ABC-456"
@@ -123,3 +124,29 @@ async def test_an_outcomes_token_of_another_destination_or_filter_is_refused(sto
     with pytest.raises(InvalidPageToken):
         await store.list_outcomes(first.id, profile_id="p1", page_token=token)
     assert len((await store.list_outcomes(first.id, page_token=token)).items) == 2
+
+
+@pytest.mark.parametrize(
+    "position",
+    [[5, "dst_\x00"], [5, "x" * 300], [-1, "dst_a"], [2**63, "dst_a"], ["5", "dst_a"], [5]],
+    ids=["NUL", "long id", "negative", "past int64", "text time", "short"],
+)
+async def test_a_token_forged_in_the_issued_format_is_refused(
+    store: Store, position: list[object]
+) -> None:
+    """The token format is no secret: a token written exactly as the store writes one, for
+    the caller's own listing, is refused when its position is not one the store issues."""
+    await store.create_destination(new_destination())
+    forged = encode_token("destinations", ["acme"], list(position))
+    with pytest.raises(InvalidPageToken):
+        await store.list_destinations("acme", page_token=forged)
+
+
+@pytest.mark.parametrize("position", [[-5], [2**70], ["5"], [None]])
+async def test_an_outcomes_token_forged_in_the_issued_format_is_refused(
+    store: Store, position: list[object]
+) -> None:
+    destination = await store.create_destination(new_destination())
+    forged = encode_token("outcomes", [destination.id, None, None], list(position))
+    with pytest.raises(InvalidPageToken):
+        await store.list_outcomes(destination.id, page_token=forged)
