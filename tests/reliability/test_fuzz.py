@@ -426,6 +426,17 @@ def test_forged_page_tokens_are_invalid_arguments(target: Target) -> None:
         else:
             assert not request.page_token  # type: ignore[attr-defined]
 
+    # A destination of its own: the fuzzing of DeleteDestination may have deleted the target's.
+    connection = pb.MarketoConnection(
+        munchkin_id="123-ABC-456",
+        client_id="sandbox-client-id",
+        client_secret="sandbox-client-secret",
+        endpoint=target.endpoint,
+    )
+    destination_id = target.client.Configure(
+        pb.ConfigureRequest(spec=spec(name="Forged tokens", connection=connection)), timeout=60
+    ).destination.id
+
     @settings(
         max_examples=PROFILE.fuzz_examples * 4,
         deadline=None,
@@ -438,7 +449,7 @@ def test_forged_page_tokens_are_invalid_arguments(target: Target) -> None:
         forged(target.client.ListDestinations, pb.ListDestinationsRequest(page_token=token))
         forged(
             target.client.ListProfileOutcomes,
-            pb.ListProfileOutcomesRequest(destination_id=target.destination_id, page_token=token),
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, page_token=token),
         )
         assert target.service.alive()
 
