@@ -34,7 +34,9 @@ ENV MARKETO_DEST_ADDRESS=0.0.0.0:50051 \
 VOLUME /data
 EXPOSE 50051
 
-# Asks grpc.health.v1 on the service's own address (0.0.0.0 is probed as 127.0.0.1).
+# Asks grpc.health.v1 on the service's own address (0.0.0.0 is probed as 127.0.0.1), over TLS
+# trusting MARKETO_DEST_TLS_CERT_FILE when that is set. Under mutual TLS, override it with
+# `marketo-destination health --client-cert PEM --client-key PEM` (docs/deploying.md).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["marketo-destination", "health"]
 

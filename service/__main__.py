@@ -27,10 +27,12 @@ from service import convert
 from service.app import open_application
 from service.demo import demo_settings, run_demo
 from service.logging_setup import configure_logging
+from service.secrets import owner_only_directory
 from service.server import StartupError, build_server, new_health_servicer, shutdown
 from service.servicer import MarketoDestinationServicer
 from service.settings import InvalidSetting, Settings, parse_address
 from service.telemetry import server_interceptor, setup_telemetry
+from service.tls import TLSConfigError, own_listener_credentials
 
 __all__ = ["build_parser", "check_health", "embedded_sandbox", "main", "serve", "settings_for"]
 
@@ -95,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--service", default="", help="service name to check (default: overall)"
     )
     health_cmd.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health_cmd.add_argument(
+        "--client-cert",
+        type=Path,
+        metavar="PEM",
+        help="client certificate, when the listener requires one (mutual TLS)",
+    )
+    health_cmd.add_argument(
+        "--client-key", type=Path, metavar="PEM", help="private key of --client-cert"
+    )
     return parser
 
 
@@ -129,7 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 holder.cleanup()
         return 0
     if args.command == "health":
-        return check_health(args.address or settings.address, args.service, args.timeout)
+        if (args.client_cert is None) != (args.client_key is None):
+            parser.exit(2, f"{PROG}: error: give both --client-cert and --client-key\n")
+        return check_health(
+            args.address or settings.address,
+            args.service,
+            args.timeout,
+            tls_cert_file=settings.tls_cert_file,
+            client_cert_file=args.client_cert,
+            client_key_file=args.client_key,
+        )
     configure_logging(settings.log_level_number, json=settings.log_json, stream=sys.stderr)
     try:
         asyncio.run(serve(settings))
@@ -151,7 +171,7 @@ async def serve(
             url = await stack.enter_async_context(embedded_sandbox())
             _log.info("embedded Marketo sandbox at %s", url)
             settings = settings.replace(default_marketo_endpoint=url)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        owner_only_directory(settings.data_dir)
         telemetry = setup_telemetry(os.environ, set_global=True)
         stack.callback(telemetry.shutdown)
         app = await stack.enter_async_context(open_application(settings, telemetry=telemetry))
@@ -244,12 +264,37 @@ async def embedded_sandbox(start_timeout: float = 10.0) -> AsyncIterator[str]:
             _log.error("the embedded Marketo sandbox failed", exc_info=error)
 
 
-def check_health(address: str, service: str = "", timeout: float = 3.0) -> int:
-    """Asks ``grpc.health.v1.Health/Check`` at ``address``; 0 when SERVING, else 1."""
+def check_health(
+    address: str,
+    service: str = "",
+    timeout: float = 3.0,
+    *,
+    tls_cert_file: Path | None = None,
+    client_cert_file: Path | None = None,
+    client_key_file: Path | None = None,
+) -> int:
+    """Asks ``grpc.health.v1.Health/Check`` at ``address``; 0 when SERVING, else 1.
+
+    With ``tls_cert_file`` (the listener's certificate) the probe speaks TLS and trusts that
+    certificate; ``client_cert_file`` and ``client_key_file`` answer a mutual TLS listener.
+    """
     host, _, port = address.rpartition(":")
     if host in ("0.0.0.0", "[::]", ""):
         host = "127.0.0.1"
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    target = f"{host}:{port}"
+    if tls_cert_file is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        try:
+            credentials, name = own_listener_credentials(
+                tls_cert_file, client_cert_file, client_key_file
+            )
+        except TLSConfigError as error:
+            print(f"{PROG}: health: {error}", file=sys.stderr)
+            return 1
+        options = [("grpc.ssl_target_name_override", name)]
+        channel = grpc.secure_channel(target, credentials, options=options)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -29,7 +29,7 @@ from service.monitoring import Monitoring
 from service.preview import Preview
 from service.registry import PluginRegistry
 from service.retention import OutcomeRetention
-from service.secrets import SecretBox
+from service.secrets import SecretBox, owner_only_directory
 from service.settings import Settings
 from service.store.base import Store
 from service.store.sqlite import Synchronous, open_in_data_dir
@@ -82,7 +82,7 @@ async def open_application(
                 httpx.AsyncClient(transport=transport, timeout=MARKETO_TIMEOUT)
             )
         if store is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            owner_only_directory(settings.data_dir)
             box = SecretBox.from_settings(settings.secret_key or None, settings.data_dir)
             if settings.database_url:
                 # psycopg is the optional "postgres" extra: import it only when asked for.
@@ -111,6 +111,7 @@ async def open_application(
             clock=clock,
         )
         alerts = AlertMonitor(store, http=http, clock=clock)
+        max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
         dispatcher = Dispatcher(
             store,
             connections,
@@ -142,8 +143,9 @@ async def open_application(
                 max_backlog=settings.max_backlog,
                 max_wait=timedelta(seconds=settings.backpressure_wait_seconds),
                 trace_context=current_trace_context,
+                max_clock_skew=max_clock_skew,
             ),
-            preview=Preview(store, dispatcher),
+            preview=Preview(store, dispatcher, max_clock_skew=max_clock_skew),
             monitoring=Monitoring(store, alerts),
             dispatcher=dispatcher,
             alerts=alerts,

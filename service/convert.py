@@ -53,8 +53,9 @@ MAX_UPDATE_ID_LENGTH = 128
 MAX_PROFILE_BYTES = 256 * 1024
 MAX_PROFILE_DEPTH = 32
 MAX_MEMBERSHIPS = 1_000
-FUTURE_TOLERANCE = timedelta(days=1)
-"""An event time further ahead than this is refused: it would hold back every later change."""
+MAX_CLOCK_SKEW = timedelta(seconds=300)
+"""An event time further ahead than this is refused: it would hold back every later change.
+The default of `Settings.max_clock_skew_seconds`; Sync and PreviewSync pass the setting."""
 
 PlainUpdates = tuple[str, str, int, list[int], list[IndexedAudiences]]
 """A quick look at a Sync request: its destination_id and request_id, how many updates it has,
@@ -187,7 +188,7 @@ def check_update(
         if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
             bad("event_time", "is not a valid timestamp")
         elif (seconds, nanos) > event_time_limit:
-            bad("event_time", "is more than one day in the future")
+            bad("event_time", "is further in the future than the allowed clock skew")
 
     size = message.profile.ByteSize()
     if size > MAX_PROFILE_BYTES:
@@ -241,9 +242,9 @@ def _value_too_deep(value: struct_pb2.Value, depth: int) -> bool:
     return False
 
 
-def event_time_limit(now: datetime) -> tuple[int, int]:
+def event_time_limit(now: datetime, max_skew: timedelta = MAX_CLOCK_SKEW) -> tuple[int, int]:
     """The latest event time accepted at `now`, as (seconds, nanos) since the epoch."""
-    limit = now + FUTURE_TOLERANCE - _EPOCH
+    limit = now + max_skew - _EPOCH
     return limit.days * 86_400 + limit.seconds, limit.microseconds * 1_000
 
 
@@ -265,10 +266,11 @@ def decode_update(message: pb.ProfileUpdate) -> ProfileUpdate:
 
 
 def profile_update(
-    message: pb.ProfileUpdate, *, prefix: str, now: datetime
+    message: pb.ProfileUpdate, *, prefix: str, now: datetime, max_skew: timedelta = MAX_CLOCK_SKEW
 ) -> ProfileUpdate | list[FieldViolation]:
     """Convert and validate one update; return its violations instead when it is bad."""
-    violations = check_update(message, prefix=prefix, event_time_limit=event_time_limit(now))
+    limit = event_time_limit(now, max_skew)
+    violations = check_update(message, prefix=prefix, event_time_limit=limit)
     return violations or decode_update(message)
 
 
@@ -526,13 +528,13 @@ def activated_audience_pb(activated: ActivatedAudience) -> pb.ActivatedAudience:
 
 
 def updates(
-    messages: Sequence[pb.ProfileUpdate], now: datetime
+    messages: Sequence[pb.ProfileUpdate], now: datetime, max_skew: timedelta = MAX_CLOCK_SKEW
 ) -> tuple[list[IndexedUpdate], list[Rejected]]:
     """Convert every update of a request; each bad one becomes a rejection of its own."""
     good: list[IndexedUpdate] = []
     bad: list[Rejected] = []
     for index, message in enumerate(messages):
-        converted = profile_update(message, prefix=f"updates[{index}]", now=now)
+        converted = profile_update(message, prefix=f"updates[{index}]", now=now, max_skew=max_skew)
         if isinstance(converted, ProfileUpdate):
             good.append(IndexedUpdate(index, converted))
         else:
@@ -596,7 +598,9 @@ class SyncRequestChecked:
     rejected: list[Rejected]
 
 
-def sync_request(wire: bytes, now: datetime) -> SyncRequestChecked:
+def sync_request(
+    wire: bytes, now: datetime, max_skew: timedelta = MAX_CLOCK_SKEW
+) -> SyncRequestChecked:
     """Check every update of an encoded Sync request without converting it; each bad one
     becomes a rejection of its own. The good ones stay in the caller's encoding: the inbox keeps
     them that way and `decode_batch` converts them when they are delivered.
@@ -606,7 +610,7 @@ def sync_request(wire: bytes, now: datetime) -> SyncRequestChecked:
     which names each problem (or finds it good after all). Raises DecodeError when the request
     is not a SyncRequest at all.
     """
-    limit = event_time_limit(now)
+    limit = event_time_limit(now, max_skew)
     (destination_id, request_id, total, unsure, memberships), by_c = plain_updates(wire, limit[0])
     # The bytes as sent are stored only when the C found every update plain: each field given
     # once, so delivery decodes each update exactly as it was checked. Otherwise they are stored

@@ -256,7 +256,7 @@ class Dispatcher:
         Takes the instance's lease if needed. Returns how many entries were claimed (0 when
         nothing is due, the instance is quota-paused or another holder has the lease).
         """
-        if self.paused_until(instance_key) is not None:
+        if await self._paused_in_store(instance_key):
             return 0
         lease = await self._lease(instance_key)
         if lease is None:
@@ -302,6 +302,8 @@ class Dispatcher:
         key = drainer.instance_key
         heartbeat: asyncio.Task[None] | None = None
         try:
+            if await self._paused_in_store(key):
+                return
             lease = await self._lease(key)
             if lease is None:
                 # Another replica drains this instance: look again after a third of the TTL.
@@ -626,13 +628,30 @@ class Dispatcher:
             await self._store.set_destination_state(record.id, DestinationState.ACTIVE)
             await self._alerts.recovered(record.id)
 
+    async def _paused_in_store(self, instance_key: str) -> bool:
+        """Whether the instance is quota-paused, here or as the store recorded it (before a
+        restart, or by another replica): no call to Marketo before the reset either way."""
+        if self.paused_until(instance_key) is not None:
+            return True
+        until = await self._store.instance_paused_until(instance_key, now=self._now())
+        if until is None:
+            return False
+        self._paused[instance_key] = until
+        log.warning("Marketo instance %s: daily quota spent, paused until %s", instance_key, until)
+        return True
+
     async def _pause(
         self, instance_key: str, lease: Lease, entries: Sequence[OutboxEntry], pause: _Paused
     ) -> None:
-        """Hold the instance until the quota resets; its entries wait until then, unchanged."""
+        """Hold the instance until the quota resets; its entries wait until then, unchanged.
+        The pause is recorded in the store so that it outlives this process."""
         until = max(pause.until, self._now())
         self._paused[instance_key] = until
         log.warning("Marketo instance %s: daily quota spent, paused until %s", instance_key, until)
+        try:
+            await self._store.pause_instance(instance_key, until)
+        except Exception:
+            log.exception("recording the quota pause of %s failed", instance_key)
         by_attempts: dict[int, list[OutboxEntry]] = {}
         for entry in entries:
             by_attempts.setdefault(entry.attempts, []).append(entry)

@@ -139,7 +139,10 @@ class Ingest:
         max_wait: timedelta = timedelta(seconds=30),
         trace_context: Callable[[], str | None] = lambda: None,
         cache_seconds: float = 2.0,
+        max_clock_skew: timedelta,
     ) -> None:
+        self.max_clock_skew = max_clock_skew
+        """How far in the future an update's event time may be."""
         self._store = store
         self._notify = notify
         self._max_backlog = max_backlog

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 from service.access import current_principal
@@ -35,7 +36,9 @@ class PreviewResult:
 
 
 class Preview:
-    def __init__(self, store: Store, engines: EngineSource) -> None:
+    def __init__(self, store: Store, engines: EngineSource, *, max_clock_skew: timedelta) -> None:
+        self.max_clock_skew = max_clock_skew
+        """How far in the future an update's event time may be."""
         self._store = store
         self._engines = engines
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-__all__ = ["KEY_FILE_NAME", "SecretBox", "SecretKeyError"]
+__all__ = ["KEY_FILE_NAME", "SecretBox", "SecretKeyError", "owner_only_directory"]
 
 KEY_FILE_NAME = "secret.key"
 
@@ -67,9 +67,17 @@ class SecretBox:
             ) from None
 
 
+def owner_only_directory(path: Path) -> None:
+    """Create the directory `path` owner-only (0700) if it is missing; an existing one is
+    left as it is (it may be a mount point the operator set up)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mode= is masked by the umask, which can only take bits away from 0700.
+    path.mkdir(mode=0o700, exist_ok=True)
+
+
 def load_or_create_key(path: Path) -> bytes:
     """Read the key file, or create it (0600, exclusively) with a new key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    owner_only_directory(path.parent)
     try:
         # O_EXCL: two processes starting at once cannot both write a key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -108,7 +108,9 @@ class MarketoDestinationServicer:
 
         async def commits() -> AsyncIterator[Awaitable[object]]:
             async for wire in request_iterator:
-                request = convert.sync_request(wire, datetime.now(UTC))
+                request = convert.sync_request(
+                    wire, datetime.now(UTC), self._app.ingest.max_clock_skew
+                )
                 submission = await self._app.ingest.submit(
                     convert.destination_id(request.destination_id), request.updates
                 )
@@ -125,7 +127,9 @@ class MarketoDestinationServicer:
     async def PreviewSync(
         self, request: pb.PreviewSyncRequest, context: _Context
     ) -> pb.PreviewSyncResponse:
-        updates, rejected = convert.updates(request.updates, datetime.now(UTC))
+        updates, rejected = convert.updates(
+            request.updates, datetime.now(UTC), self._app.preview.max_clock_skew
+        )
         preview = await self._app.preview.preview(
             convert.destination_id(request.destination_id), updates
         )

@@ -66,7 +66,8 @@ class Settings:
     """gRPC listen address, ``HOST:PORT``; port 0 picks a free port."""
 
     data_dir: Path = Path("data")
-    """Directory of the embedded store (SQLite) and other local state; created if missing."""
+    """Directory of the embedded store (SQLite) and other local state; created owner-only
+    (0700) if missing, its files owner-only (0600)."""
 
     sandbox: bool = False
     """Start the embedded Marketo sandbox and use it for destinations that give no endpoint."""
@@ -163,6 +164,10 @@ class Settings:
     """How long each update's outcome (``ListProfileOutcomes``) is kept; older ones are deleted
     in the background. 0 keeps them for ever."""
 
+    max_clock_skew_seconds: int = 300
+    """How far in the future an update's ``event_time`` may be (callers' clocks drift); Sync
+    and PreviewSync reject an update further ahead, naming ``updates[i].event_time``."""
+
     def __post_init__(self) -> None:
         try:
             parse_address(self.address)
@@ -202,6 +207,11 @@ class Settings:
         if not self.outcome_retention_days >= 0:
             raise InvalidSetting(
                 "outcome_retention_days", f"must be 0 or more, got {self.outcome_retention_days}"
+            )
+        if not 0 <= self.max_clock_skew_seconds <= 86_400:
+            raise InvalidSetting(
+                "max_clock_skew_seconds",
+                f"must be from 0 to 86400, got {self.max_clock_skew_seconds}",
             )
         endpoint = self.default_marketo_endpoint
         if endpoint and not endpoint.startswith(("http://", "https://")):

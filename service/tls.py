@@ -18,7 +18,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["TLSConfigError", "client_identities", "server_credentials"]
+__all__ = ["TLSConfigError", "client_identities", "own_listener_credentials", "server_credentials"]
 
 _IDENTITY_KEYS = ("x509_common_name", "x509_subject_alternative_name")
 
@@ -87,6 +87,45 @@ def server_credentials(
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def own_listener_credentials(
+    cert_file: str | os.PathLike[str],
+    client_cert_file: str | os.PathLike[str] | None = None,
+    client_key_file: str | os.PathLike[str] | None = None,
+) -> tuple[grpc.ChannelCredentials, str]:
+    """Credentials to call this service's own TLS listener (its health check) over loopback, and
+    the server name to expect.
+
+    The listener's certificate (``cert_file``, as served) is the trusted root, so no other CA is
+    needed; the name is its first DNS or IP subject alternative name, else its common name,
+    because the probe dials 127.0.0.1 whatever names the certificate holds. With mutual TLS,
+    ``client_cert_file`` and ``client_key_file`` are the probe's own client certificate.
+    """
+    chain = _read(cert_file, "certificate file")
+    leaf = _certificates(chain, "certificate file", cert_file)[0]
+    names: list[str] = []
+    try:
+        alternative = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        names += alternative.get_values_for_type(x509.DNSName)
+        names += [str(ip) for ip in alternative.get_values_for_type(x509.IPAddress)]
+    for attribute in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        names.append(str(attribute.value))
+    if not names:
+        raise TLSConfigError(
+            f"certificate file {os.fspath(cert_file)!r}: the certificate names no host"
+        )
+    client_chain = client_key = None
+    if client_cert_file is not None and client_key_file is not None:
+        client_chain = _read(client_cert_file, "client certificate file")
+        client_key = _read(client_key_file, "client private key file")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=chain, private_key=client_key, certificate_chain=client_chain
+    )
+    return credentials, names[0]
 
 
 def client_identities(auth_context: Mapping[str, Iterable[bytes]]) -> frozenset[str]:

@@ -17,6 +17,7 @@ import httpx
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from starlette.applications import Starlette
 
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
@@ -143,13 +144,15 @@ async def running_service(
     principals: Principals | None = None,
     sandbox_settings: SandboxSettings | None = None,
     telemetry: Telemetry | None = None,
+    marketo: Starlette | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Service]:
-    """Start everything; `overrides` change the service's Settings.
+    """Start everything; `overrides` change the service's Settings. `marketo`: a sandbox app
+    to use instead of a new one (it outlives the service: a restart over the same Marketo).
 
     With `telemetry`, the service is traced as `serve` traces it: the server interceptor, the
     Marketo transport wrapper (over the sandbox) and the dispatcher's batch spans."""
-    sandbox = create_app(sandbox_settings or SandboxSettings())
+    sandbox = marketo or create_app(sandbox_settings or SandboxSettings())
     settings = replace(
         Settings(address="127.0.0.1:0", data_dir=tmp_path / "data", linger_seconds=0.05),
         **overrides,

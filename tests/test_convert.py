@@ -68,6 +68,14 @@ def test_extreme_and_future_timestamps_are_refused() -> None:
     assert "future" in violations_of(message)["u.event_time"]
 
 
+def test_an_event_time_ten_minutes_ahead_is_refused_by_default() -> None:
+    message = update("p1", "a@example.com")
+    message.event_time.FromSeconds(int(NOW.timestamp()) + 600)
+    assert "future" in violations_of(message)["u.event_time"]
+    message.event_time.FromSeconds(int(NOW.timestamp()) + 300)
+    assert isinstance(convert.profile_update(message, prefix="u", now=NOW), ProfileUpdate)
+
+
 def test_too_deep_profiles_and_bad_memberships_are_refused_with_every_reason() -> None:
     message = pb.ProfileUpdate(profile_id="")
     node = message.profile

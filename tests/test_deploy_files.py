@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health, health_pb2_grpc
 
-from service.__main__ import build_parser, settings_for
+from service.__main__ import build_parser, main, settings_for
 from service.access import InsecureBindError, check_bind_address, load_principals
 from service.settings import ENV_PREFIX, Settings
+from service.tls import server_credentials
+from tests.access.harness import make_pki
 
 from .conftest import REPO
 
@@ -124,12 +129,12 @@ def test_compose_service_agrees_with_settings_and_cli() -> None:
     assert args.command == "serve"
     settings = settings_for(args, {k: environment[k] for k in ours})
 
-    assert service["ports"] == [f"{_port(settings.address)}:{_port(settings.address)}"]
+    assert service["ports"] == [f"127.0.0.1:{_port(settings.address)}:{_port(settings.address)}"]
     assert settings.address.startswith("0.0.0.0:")
     assert f"destination-data:{settings.data_dir}" in service["volumes"]
     assert not settings.sandbox, "compose runs the sandbox as its own service"
 
-    sandbox_port = int(services["marketo-sandbox"]["ports"][0].split(":")[1])
+    sandbox_port = int(services["marketo-sandbox"]["ports"][0].rpartition(":")[2])
     assert settings.default_marketo_endpoint == f"http://marketo-sandbox:{sandbox_port}"
     assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
     assert environment["OTEL_SERVICE_NAME"] == "marketo-destination"
@@ -143,7 +148,7 @@ def test_compose_sandbox_command_parses_with_the_sandbox_cli() -> None:
     assert command[:3] == ["python", "-m", "sandbox"]
     args = sandbox_cli.parse_args(command[3:])
     assert args.host == "0.0.0.0"
-    assert sandbox["ports"] == [f"{args.port}:{args.port}"]
+    assert sandbox["ports"] == [f"127.0.0.1:{args.port}:{args.port}"]
     probe = " ".join(sandbox["healthcheck"]["test"])
     assert str(args.port) in probe
 
@@ -153,7 +158,7 @@ def test_compose_jaeger_receives_otlp_and_serves_its_ui() -> None:
     image, _, tag = jaeger["image"].partition(":")
     assert image == "jaegertracing/jaeger"
     assert tag.startswith("2.")
-    assert {"4317:4317", "16686:16686"} <= set(jaeger["ports"])
+    assert {"127.0.0.1:4317:4317", "127.0.0.1:16686:16686"} <= set(jaeger["ports"])
 
 
 def test_both_images_come_from_this_repository() -> None:
@@ -179,3 +184,43 @@ def test_compose_service_may_listen_beyond_loopback_with_its_principals() -> Non
     check_bind_address(settings.address, auth_enabled=bool(principals))
     with pytest.raises(InsecureBindError):
         check_bind_address(settings.address, auth_enabled=False)
+
+
+def test_compose_publishes_every_port_on_loopback_only() -> None:
+    published = [
+        (name, str(port))
+        for name, service in _compose()["services"].items()
+        for port in service.get("ports", [])
+    ]
+    assert published
+    for name, port in published:
+        host, _, rest = port.partition(":")
+        assert host == "127.0.0.1" and rest.count(":") == 1, (name, port)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "TLS"])
+async def test_the_dockerfile_health_probe_follows_the_listener(tmp_path: Path, tls: bool) -> None:
+    """The HEALTHCHECK command, run with the image's environment, answers 0 against the
+    service's listener, plaintext or TLS (the TLS settings in the environment)."""
+    healthcheck = next(rest for keyword, rest in _dockerfile() if keyword == "HEALTHCHECK")
+    probe = _exec_form(healthcheck.partition("CMD")[2].strip())
+    environment = dict(_dockerfile_env())
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)  # type: ignore[attr-defined]
+    if tls:
+        pki = make_pki(tmp_path)
+        credentials = server_credentials(pki.server_cert, pki.server_key)
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        environment[f"{ENV_PREFIX}TLS_CERT_FILE"] = str(pki.server_cert)
+        environment[f"{ENV_PREFIX}TLS_KEY_FILE"] = str(pki.server_key)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
+    environment[f"{ENV_PREFIX}ADDRESS"] = f"0.0.0.0:{port}"
+    await server.start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            assert await asyncio.to_thread(main, probe[1:]) == 0
+    finally:
+        await server.stop(None)

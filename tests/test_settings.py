@@ -58,6 +58,7 @@ def test_every_field_is_read_from_its_variable() -> None:
             "MARKETO_DEST_DATABASE_URL": "postgresql://md@db:5432/md",
             "MARKETO_DEST_LEASE_TTL_SECONDS": "10",
             "MARKETO_DEST_OUTCOME_RETENTION_DAYS": "7.5",
+            "MARKETO_DEST_MAX_CLOCK_SKEW_SECONDS": "60",
             "OTEL_SERVICE_NAME": "ignored here",
             "PATH": "/bin",
         }
@@ -93,6 +94,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         database_url="postgresql://md@db:5432/md",
         lease_ttl_seconds=10.0,
         outcome_retention_days=7.5,
+        max_clock_skew_seconds=60,
     )
     assert settings.blocked_plugin_names == ("loyalty", "other")
     assert {f for f in FIELDS if getattr(settings, f) == getattr(Settings(), f)} == set()
@@ -121,6 +123,8 @@ def test_booleans(raw: str, expected: bool) -> None:
         ("MARKETO_DEST_OUTCOME_RETENTION_DAYS", "-1"),
         ("MARKETO_DEST_OUTCOME_RETENTION_DAYS", "a month"),
         ("MARKETO_DEST_DATA_DIR", ""),
+        ("MARKETO_DEST_MAX_CLOCK_SKEW_SECONDS", "-1"),
+        ("MARKETO_DEST_MAX_CLOCK_SKEW_SECONDS", "86401"),
         ("MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT", "marketo.example.com"),
         ("MARKETO_DEST_ADRESS", "127.0.0.1:1"),
     ],

@@ -94,13 +94,18 @@ def view_of(updates: list[pb.ProfileUpdate]) -> ingest_pb2.SyncRequestView:
 
 
 def sync(
-    request: ingest_pb2.SyncRequestView | bytes, implementation: str
+    request: ingest_pb2.SyncRequestView | bytes,
+    implementation: str,
+    max_skew: timedelta | None = None,
 ) -> tuple[WireUpdates, list[Rejected]]:
     """`convert.sync_request` at NOW on the request (a view is encoded first), its quick look
-    done by `implementation`."""
+    done by `implementation`, with `max_skew` or else the default clock skew."""
     wire = request if isinstance(request, bytes) else request.SerializeToString()
     with quick_look_in(implementation):
-        checked = convert.sync_request(wire, NOW)
+        if max_skew is None:
+            checked = convert.sync_request(wire, NOW)
+        else:
+            checked = convert.sync_request(wire, NOW, max_skew)
     return checked.updates, checked.rejected
 
 
@@ -133,7 +138,8 @@ event_times = st.one_of(
     st.integers(min_value=-(10**11), max_value=10**12),  # far outside the valid range too
     st.integers(min_value=NOW_SECONDS - 10, max_value=NOW_SECONDS + 2 * 86_400),
     st.just(0),
-    st.just(NOW_SECONDS + 86_400),  # exactly the tolerance: accepted
+    st.just(NOW_SECONDS + 300),  # exactly the default clock skew: accepted
+    st.just(NOW_SECONDS + 301),
 )
 nanos = st.one_of(st.just(0), st.integers(min_value=-5, max_value=1_000_000_005))
 leaves = st.one_of(texts, st.integers(-5, 5), st.booleans(), st.none())
@@ -327,16 +333,27 @@ def test_remembered_memberships_still_name_the_problems_of_bad_ones(implementati
 
 
 @both_implementations
-def test_an_event_time_just_past_the_tolerance_is_refused(implementation: str) -> None:
+@pytest.mark.parametrize("skew", [None, 0, 60, 86_400], ids=["default", "0", "60", "86400"])
+def test_an_event_time_just_past_the_clock_skew_is_refused(
+    implementation: str, skew: int | None
+) -> None:
+    """By default five minutes ahead is the most; else the skew Sync is given."""
+    max_skew = None if skew is None else timedelta(seconds=skew)
+    limit = NOW + (timedelta(minutes=5) if max_skew is None else max_skew)
     late = good("p1")
-    limit = NOW + timedelta(days=1)
     late.event_time.FromDatetime(limit + timedelta(microseconds=1))
     edge = good("p2")
     edge.event_time.FromDatetime(limit)
+    later = good("p3")
+    later.event_time.FromDatetime(limit + timedelta(seconds=1))
 
-    checked, rejected = sync(view_of([late, edge]), implementation)
+    checked, rejected = sync(view_of([late, edge, later]), implementation, max_skew)
 
-    assert [(r.index, r.violations[0].field) for r in rejected] == [(0, "updates[0].event_time")]
+    assert [(r.index, r.violations[0].field) for r in rejected] == [
+        (0, "updates[0].event_time"),
+        (2, "updates[2].event_time"),
+    ]
+    assert "future" in rejected[0].violations[0].description
     assert checked.count == 1
 
 

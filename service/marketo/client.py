@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -283,10 +284,10 @@ class MarketoClient:
 
     def _scrub(self, text: str) -> str:
         if self._secret:
-            text = text.replace(self._secret, "***")
+            text = _mask_whole(text, self._secret)
         token = self._tokens._token
         if token is not None and token.value:
-            text = text.replace(token.value, "***")
+            text = _mask_whole(text, token.value)
         return text
 
     # ------------------------------------------------------------------ core
@@ -869,3 +870,19 @@ class MarketoClient:
         if answer.body is not None and not isinstance(answer.body, str):
             return ""
         return answer.text
+
+
+_WHOLE_ONLY_BELOW = 8
+"""A secret shorter than this is masked only where it stands whole: its letters are likely to
+occur in ordinary words. A longer one is masked wherever it occurs."""
+
+
+def _mask_whole(text: str, value: str) -> str:
+    """`text` with `value` masked; a short value only where it stands whole (as a query or
+    JSON value is), never inside a longer word: masking its letters everywhere garbles the
+    message (and tells the reader which letters the secret has)."""
+    if len(value) >= _WHOLE_ONLY_BELOW:
+        return text.replace(value, "***")
+    start = r"(?<!\w)" if re.match(r"\w", value[0]) else ""
+    end = r"(?!\w)" if re.match(r"\w", value[-1]) else ""
+    return re.sub(start + re.escape(value) + end, "***", text)

@@ -384,6 +384,18 @@ class Store(Protocol):
         """Set the lifecycle state (no version check, no version change)."""
         ...
 
+    async def pause_instance(self, instance_key: str, until: datetime) -> None:
+        """Record that the Marketo instance makes no call before `until` (its daily quota is
+        spent); an existing later pause is kept."""
+        ...
+
+    async def instance_paused_until(
+        self, instance_key: str, now: datetime | None = None
+    ) -> datetime | None:
+        """When the instance's recorded pause ends, if that is after `now` (default: the
+        store's clock)."""
+        ...
+
     async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
         """Delete the destination and its activations, outbox rows, outcomes, counters, alerts.
 

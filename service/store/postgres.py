@@ -68,9 +68,11 @@ from service.store.rows import (
     COUNT_COLUMNS,
     DEFAULT_PAGE_SIZE,
     DESTINATION_COLUMNS,
+    DESTINATIONS_POSITION,
     HOUR_US,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
+    OUTCOMES_POSITION,
     Counts,
     add_reasons_sql,
     alert_record,
@@ -352,7 +354,7 @@ class PostgresStore:
     ) -> Page[DestinationRecord]:
         """The tenant's destinations, oldest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "destinations")
+        after = decode_token(page_token, "destinations", [tenant], DESTINATIONS_POSITION)
 
         async def work(connection: Connection) -> Page[DestinationRecord]:
             if after is None:
@@ -373,7 +375,7 @@ class PostgresStore:
             token = ""
             if len(rows) > size:
                 last = rows[size - 1]
-                token = encode_token("destinations", [last[9], last[0]])
+                token = encode_token("destinations", [tenant], [last[9], last[0]])
             return Page(records, token)
 
         return await self._read(work)
@@ -425,6 +427,39 @@ class PostgresStore:
                 raise DestinationNotFound(destination_id)
 
         await self._write("set_destination_state", work)
+
+    async def pause_instance(self, instance_key: str, until: datetime) -> None:
+        """Record that the Marketo instance makes no call before `until`; a later pause stays."""
+        micros = to_micros(until)
+
+        async def work(connection: Connection) -> None:
+            await connection.execute(
+                "INSERT INTO instance_pauses (instance_key, paused_until) VALUES (%s, %s) "
+                "ON CONFLICT (instance_key) DO UPDATE SET paused_until = "
+                "CASE WHEN excluded.paused_until > instance_pauses.paused_until "
+                "THEN excluded.paused_until ELSE instance_pauses.paused_until END",
+                (instance_key, micros),
+            )
+
+        await self._write("pause_instance", work)
+
+    async def instance_paused_until(
+        self, instance_key: str, now: datetime | None = None
+    ) -> datetime | None:
+        """When the instance's recorded pause ends, if that is after `now`."""
+        current = self._now(now)
+
+        async def work(connection: Connection) -> int | None:
+            cursor = await connection.execute(
+                "SELECT paused_until FROM instance_pauses "
+                "WHERE instance_key = %s AND paused_until > %s",
+                (instance_key, current),
+            )
+            row = await cursor.fetchone()
+            return None if row is None else int(row[0])
+
+        until = await self._read(work)
+        return None if until is None else from_micros(until)
 
     async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
         """Delete the destination; foreign keys cascade to everything that belongs to it."""
@@ -903,7 +938,8 @@ class PostgresStore:
     ) -> Page[OutcomeRecord]:
         """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "outcomes")
+        scope = [destination_id, profile_id, dedupe_value]
+        after = decode_token(page_token, "outcomes", scope, OUTCOMES_POSITION)
         conditions = ["destination_id = %s"]
         params: list[Any] = [destination_id]
         if profile_id is not None:
@@ -925,7 +961,7 @@ class PostgresStore:
             cursor = await connection.execute(sql, params)
             rows = await cursor.fetchall()
             records = tuple(outcome_record(row) for row in rows[:size])
-            token = encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
+            token = encode_token("outcomes", scope, [rows[size - 1][0]]) if len(rows) > size else ""
             return Page(records, token)
 
         return await self._read(work)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from service.domain import (
     UNDECODABLE,
@@ -330,26 +331,68 @@ def clamp_page_size(page_size: int) -> int:
     return min(page_size, MAX_PAGE_SIZE)
 
 
-def encode_token(listing: str, position: list[Any]) -> str:
-    raw = dumps({"l": listing, "p": position}).encode()
+MAX_TOKEN_LENGTH = 1024
+"""Longer page tokens are refused before decoding: the longest issued token is far shorter."""
+
+DESTINATIONS_POSITION: tuple[type, ...] = (int, str)
+"""A destinations page position: the last destination's creation time (µs) and id."""
+OUTCOMES_POSITION: tuple[type, ...] = (int,)
+"""An outcomes page position: the last outcome's id."""
+
+
+def _scope_digest(scope: Sequence[str | None]) -> str:
+    # Binds a token to the listing it came from (tenant, destination, filters) without
+    # echoing those values back in the token.
+    raw = json.dumps(list(scope)).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def encode_token(listing: str, scope: Sequence[str | None], position: list[Any]) -> str:
+    """The opaque token of the page after `position` in `listing` within `scope`."""
+    raw = dumps({"l": listing, "s": _scope_digest(scope), "p": position}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(token: str, listing: str) -> list[Any] | None:
+def _valid_position(position: object, shape: tuple[type, ...]) -> TypeGuard[list[Any]]:
+    if not isinstance(position, list) or len(position) != len(shape):
+        return False
+    for value, kind in zip(position, shape, strict=True):
+        if type(value) is not kind:  # bool is an int, but not a position
+            return False
+        if isinstance(value, int) and not 0 <= value < 2**63:
+            return False
+        # The scope digest is no secret: a forger can issue a canonical token with any text.
+        if isinstance(value, str) and (len(value) > 256 or "\x00" in value):
+            return False
+    return True
+
+
+def decode_token(
+    token: str, listing: str, scope: Sequence[str | None], shape: tuple[type, ...]
+) -> list[Any] | None:
+    """The position of a token issued by `encode_token` for this listing and scope; None for
+    the first page; InvalidPageToken for anything else, however well formed."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidPageToken()
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-    except (binascii.Error, ValueError):
+        data = json.loads(raw.decode())
+    except (binascii.Error, ValueError, RecursionError):
         raise InvalidPageToken() from None
-    if (
-        not isinstance(data, dict)
-        or data.get("l") != listing
-        or not isinstance(data.get("p"), list)
-    ):
+    if not isinstance(data, dict) or data.get("l") != listing:
         raise InvalidPageToken()
-    position: list[Any] = data["p"]
+    position = data.get("p")
+    if not _valid_position(position, shape):
+        raise InvalidPageToken()
+    try:
+        issued = encode_token(listing, scope, position)
+    except UnicodeEncodeError:
+        raise InvalidPageToken() from None
+    # Only the exact text this store issues: no other scope, padding, alphabet or spelling.
+    if issued != token:
+        raise InvalidPageToken()
     return position
 
 

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import sqlite3
+import stat
 import threading
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +38,7 @@ from service.domain import (
     Outcome,
     ProfileUpdate,
 )
-from service.secrets import SecretBox
+from service.secrets import SecretBox, owner_only_directory
 from service.store.base import (
     UNPACK_STEP,
     ActivationRecord,
@@ -67,9 +69,11 @@ from service.store.rows import (
     COUNT_COLUMNS,
     DEFAULT_PAGE_SIZE,
     DESTINATION_COLUMNS,
+    DESTINATIONS_POSITION,
     HOUR_US,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
+    OUTCOMES_POSITION,
     Counts,
     add_reasons_sql,
     alert_record,
@@ -298,7 +302,8 @@ class SqliteStore:
         return connection
 
     def _open_writer(self, migrations: Sequence[Migration]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        owner_only_directory(self._path.parent)
+        _owner_only_files(self._path)
         connection = self._connect()
         try:
             connection.execute("PRAGMA journal_mode = WAL")
@@ -448,7 +453,7 @@ class SqliteStore:
     ) -> Page[DestinationRecord]:
         """The tenant's destinations, oldest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "destinations")
+        after = decode_token(page_token, "destinations", [tenant], DESTINATIONS_POSITION)
 
         def work(connection: sqlite3.Connection) -> Page[DestinationRecord]:
             if after is None:
@@ -468,7 +473,7 @@ class SqliteStore:
             token = ""
             if len(rows) > size:
                 last = rows[size - 1]
-                token = encode_token("destinations", [last[9], last[0]])
+                token = encode_token("destinations", [tenant], [last[9], last[0]])
             return Page(records, token)
 
         return await self._read(work)
@@ -524,6 +529,39 @@ class SqliteStore:
                 raise DestinationNotFound(destination_id)
 
         await self._write("set_destination_state", work)
+
+    async def pause_instance(self, instance_key: str, until: datetime) -> None:
+        """Record that the Marketo instance makes no call before `until`; a later pause stays."""
+        micros = to_micros(until)
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO instance_pauses (instance_key, paused_until) VALUES (?, ?) "
+                "ON CONFLICT (instance_key) DO UPDATE SET paused_until = "
+                "CASE WHEN excluded.paused_until > instance_pauses.paused_until "
+                "THEN excluded.paused_until ELSE instance_pauses.paused_until END",
+                (instance_key, micros),
+            )
+
+        await self._write("pause_instance", work)
+
+    async def instance_paused_until(
+        self, instance_key: str, now: datetime | None = None
+    ) -> datetime | None:
+        """When the instance's recorded pause ends, if that is after `now`."""
+        current = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> int | None:
+            cursor = connection.execute(
+                "SELECT paused_until FROM instance_pauses "
+                "WHERE instance_key = ? AND paused_until > ?",
+                (instance_key, current),
+            )
+            row = cursor.fetchone()
+            return None if row is None else int(row[0])
+
+        until = await self._read(work)
+        return None if until is None else from_micros(until)
 
     async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
         """Delete the destination; foreign keys cascade to everything that belongs to it."""
@@ -1017,7 +1055,8 @@ class SqliteStore:
     ) -> Page[OutcomeRecord]:
         """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
         size = clamp_page_size(page_size)
-        after = decode_token(page_token, "outcomes")
+        scope = [destination_id, profile_id, dedupe_value]
+        after = decode_token(page_token, "outcomes", scope, OUTCOMES_POSITION)
         conditions = ["destination_id = ?"]
         params: list[Any] = [destination_id]
         if profile_id is not None:
@@ -1038,7 +1077,7 @@ class SqliteStore:
         def work(connection: sqlite3.Connection) -> Page[OutcomeRecord]:
             rows = connection.execute(sql, params).fetchall()
             records = tuple(outcome_record(row) for row in rows[:size])
-            token = encode_token("outcomes", [rows[size - 1][0]]) if len(rows) > size else ""
+            token = encode_token("outcomes", scope, [rows[size - 1][0]]) if len(rows) > size else ""
             return Page(records, token)
 
         return await self._read(work)
@@ -1259,6 +1298,17 @@ class SqliteStore:
 async def open_in_data_dir(data_dir: Path, box: SecretBox, **options: Any) -> SqliteStore:
     """Open `<data_dir>/store.db` (the directory is created if missing); `options` go to `open`."""
     return await SqliteStore.open(data_dir / DATABASE_FILE_NAME, box, **options)
+
+
+def _owner_only_files(database: Path) -> None:
+    """Create the database file owner-only (0600) if missing, and make it and its WAL files
+    owner-only if they are not: SQLite creates the -wal and -shm files with the database's
+    mode, and the umask may leave a new file readable by everyone."""
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o600)
 
 
 def _conforms(store: SqliteStore) -> Store:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from service.__main__ import main
 from service.access import ALL_PERMISSIONS, AccessInterceptor, parse_principals
 from service.tls import TLSConfigError, client_identities, server_credentials
 from tests.access.harness import Pki, bearer, call, principals_json, serve, token_for
@@ -147,3 +149,30 @@ def test_server_credentials_fail_early_and_clearly(pki: Pki, tmp_path: Path) -> 
         server_credentials(pki.server_cert, pki.server_key, garbage)
     with pytest.raises(TLSConfigError, match="client CA file"):
         server_credentials(pki.server_cert, pki.server_key, missing)
+
+
+def _health(pki: Pki, monkeypatch: pytest.MonkeyPatch, target: str, *flags: str) -> int:
+    """`marketo-destination health` as the container runs it, with the listener's TLS
+    settings in the environment."""
+    monkeypatch.setenv("MARKETO_DEST_TLS_CERT_FILE", str(pki.server_cert))
+    monkeypatch.setenv("MARKETO_DEST_TLS_KEY_FILE", str(pki.server_key))
+    return main(["health", "--address", target, "--timeout", "5", *flags])
+
+
+async def test_the_health_command_speaks_tls_to_a_tls_listener(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = server_credentials(pki.server_cert, pki.server_key)
+    async with serve(_interceptor(mtls=False), credentials) as running:
+        wildcard = f"0.0.0.0:{running.port}"
+        assert await asyncio.to_thread(_health, pki, monkeypatch, wildcard) == 0
+
+
+async def test_the_health_command_presents_a_client_certificate_to_mutual_tls(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = server_credentials(pki.server_cert, pki.server_key, pki.client_ca_cert)
+    async with serve(_interceptor(mtls=True), credentials) as running:
+        flags = ("--client-cert", str(pki.client_cert), "--client-key", str(pki.client_key))
+        assert await asyncio.to_thread(_health, pki, monkeypatch, running.target, *flags) == 0
+        assert await asyncio.to_thread(_health, pki, monkeypatch, running.target) == 1

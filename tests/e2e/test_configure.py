@@ -212,3 +212,24 @@ async def test_secrets_are_absent_from_logs_and_the_database(
     for path in (tmp_path / "data").iterdir():
         assert secret not in path.read_bytes(), path
     assert CLIENT_SECRET not in caplog.text
+
+
+# {"l":"destinations","p":["dst_a",5]} and {"l":"outcomes","p":[]}: well formed, never issued.
+FORGED_DESTINATIONS_TOKEN = "eyJsIjoiZGVzdGluYXRpb25zIiwicCI6WyJkc3RfYSIsNV19"
+FORGED_OUTCOMES_TOKEN = "eyJsIjoib3V0Y29tZXMiLCJwIjpbXX0"
+
+
+async def test_forged_page_tokens_are_invalid_arguments(service: Service) -> None:
+    created = (await service.stub.Configure(pb.ConfigureRequest(spec=spec()))).destination
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.ListDestinations(
+            pb.ListDestinationsRequest(page_token=FORGED_DESTINATIONS_TOKEN)
+        )
+    assert "page_token" in violations(caught.value)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(
+                destination_id=created.id, page_token=FORGED_OUTCOMES_TOKEN
+            )
+        )
+    assert "page_token" in violations(caught.value)

@@ -4,12 +4,14 @@ client streams updates, the dispatcher delivers them to the in-process Marketo s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
+from sandbox import SandboxSettings, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from tests.harness import (
     STANDARD_MAPPINGS,
@@ -438,3 +440,70 @@ async def test_invalid_values_are_counted_by_code_and_never_quoted(service: Serv
     assert any(r.name.startswith("service") for r in logs.records)
     for text in logs.texts():
         assert "qzx" not in text, text
+
+
+@pytest.mark.parametrize("skew", [None, 60], ids=["default", "60 s"])
+async def test_event_times_beyond_the_clock_skew_are_rejected(
+    tmp_path: Path, skew: int | None
+) -> None:
+    """Ten minutes ahead is refused by default (five minutes allowed), and with the setting at
+    60 s, two minutes ahead too; both by Sync and PreviewSync, naming the update's field."""
+    overrides = {} if skew is None else {"max_clock_skew_seconds": skew}
+    ahead = 600 if skew is None else 120
+    async with running_service(tmp_path, **overrides) as service:
+        destination_id, _ = await setup(service)
+        now = time.time()
+        updates = [
+            update("p-late", "late@example.com", time=now + ahead),
+            update("p-fine", "fine@example.com", time=now + 1),
+        ]
+        (answer,) = await sync(service, destination_id, [updates])
+        assert answer.accepted == 1
+        assert [(r.index, r.field) for r in answer.rejected] == [(0, "updates[0].event_time")]
+        preview = await service.stub.PreviewSync(
+            pb.PreviewSyncRequest(destination_id=destination_id, updates=updates)
+        )
+        assert [(r.index, r.field) for r in preview.rejected] == [(0, "updates[0].event_time")]
+
+
+async def test_a_quota_pause_survives_a_restart(tmp_path: Path) -> None:
+    """After a 607, a restarted service does not call Marketo again before the daily reset,
+    even for updates that arrive after the restart; they wait, nothing is lost."""
+    marketo = create_app(SandboxSettings())
+    async with running_service(tmp_path, marketo=marketo) as service:
+        destination_id, _ = await setup(service)
+        await service.control(
+            "POST", "faults", [{"path_prefix": "/rest/v1/leads.json", "code": "607", "count": 1}]
+        )
+        await sync(service, destination_id, [[update("p1", "a@example.com")]])
+        async with asyncio.timeout(30):
+            while True:
+                destination = (
+                    await service.stub.GetDestination(
+                        pb.GetDestinationRequest(destination_id=destination_id)
+                    )
+                ).destination
+                if destination.state == pb.DESTINATION_STATE_QUOTA_PAUSED:
+                    break
+                await asyncio.sleep(0.05)
+        record = await service.app.store.get_destination(destination_id, tenant=None)
+        instance = record.instance_key
+        paused_until = service.app.dispatcher.paused_until(instance)
+        assert paused_until is not None
+        calls_before = (await service.control("GET", "calls"))["by_endpoint"]
+
+    async with running_service(tmp_path, marketo=marketo) as service:
+        await sync(service, destination_id, [[update("p2", "b@example.com")]])
+        async with asyncio.timeout(30):
+            while True:
+                restored = service.app.dispatcher.paused_until(instance)
+                if restored is not None:
+                    break
+                await asyncio.sleep(0.05)
+        assert restored == paused_until
+        assert (await service.control("GET", "calls"))["by_endpoint"] == calls_before
+        flow = (
+            await service.stub.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id))
+        ).dataflow
+        assert flow.pending == 2
+        assert not await service.leads()

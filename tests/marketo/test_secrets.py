@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo import (
+    AuthenticationError,
     InstanceLimits,
     MarketoClient,
     MarketoError,
@@ -19,10 +20,20 @@ from service.marketo import (
     SyncAction,
 )
 from service.telemetry import instrument_transport, setup_telemetry
-from tests.marketo.conftest import START, Telemetry
+from tests.marketo.conftest import BASE as MOCK_BASE
+from tests.marketo.conftest import (
+    CLIENT_ID,
+    START,
+    TOKEN,
+    FakeClock,
+    FakeMarketo,
+    Telemetry,
+    error,
+)
 from tests.marketo.test_sandbox import BASE, SharedClock
 
 SECRET = "very-secret-client-secret-4711"
+TOKEN_BODY = {"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600}
 
 
 async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
@@ -152,3 +163,40 @@ async def test_calls_are_counted_per_endpoint_and_code(
     assert delta(("leads/partitions", "606")) == 2
     assert delta(("leads/partitions", "ok")) == 1
     assert delta(("identity", "ok")) == 1
+
+
+@pytest.mark.parametrize("secret", ["a", "cre", "sec", "e1"])
+async def test_a_short_secret_is_masked_only_where_it_stands_whole(
+    marketo: FakeMarketo, http: httpx.AsyncClient, clock: FakeClock, secret: str
+) -> None:
+    """Masking a short secret wherever its letters occur garbled the rest of Marketo's message
+    (and told a reader which letters the secret has)."""
+    description = f"Bad client credentials: client_secret={secret} is not valid"
+    marketo.route(
+        "POST",
+        "/identity/oauth/token",
+        lambda s: httpx.Response(
+            401, json={"error": "unauthorized", "error_description": description}
+        ),
+    )
+    client = MarketoClient(
+        http,
+        base_url=MOCK_BASE,
+        client_id=CLIENT_ID,
+        client_secret=secret,
+        clock=clock,
+        limits=InstanceLimits(clock=clock),
+    )
+    with pytest.raises(AuthenticationError) as caught:
+        await client.partitions()
+    assert "Bad client credentials: client_secret=*** is not valid" in str(caught.value)
+
+    marketo.route("POST", "/identity/oauth/token", lambda s: httpx.Response(200, json=TOKEN_BODY))
+    marketo.route(
+        "GET",
+        "/rest/v1/leads/partitions.json",
+        lambda s: error("610", f'Requested resource not found: {{"secret":"{secret}"}}'),
+    )
+    with pytest.raises(MarketoError) as caught_rest:
+        await client.partitions()
+    assert 'Requested resource not found: {"secret":"***"}' in str(caught_rest.value)

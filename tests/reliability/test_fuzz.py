@@ -360,3 +360,97 @@ def test_the_service_is_healthy_and_bounded_afterwards(target: Target) -> None:
     )
     assert rss - target.baseline_rss_kib < RSS_GROWTH_LIMIT_KIB, (target.baseline_rss_kib, rss)
     assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
+
+
+# -- forged page tokens -------------------------------------------------------------------
+
+
+def forged_page_tokens() -> st.SearchStrategy[str]:
+    """Page tokens that decode (base64 of JSON shaped like a real token, with positions of any
+    type and size, or of any bytes), and real-looking tokens written differently."""
+    import base64
+    import json
+
+    position = st.lists(
+        st.one_of(
+            st.integers(-(2**70), 2**70),
+            st.sampled_from([-1, 0, 2**63 - 1, 2**63, 2**64, -(2**63) - 1]),
+            st.floats(),
+            st.booleans(),
+            st.none(),
+            st.text(max_size=20),
+            ODD_TEXT,
+            st.just("\ud800"),
+            json_values(5),
+        ),
+        max_size=4,
+    )
+    shaped = st.builds(
+        lambda listing, scope, p: {"l": listing, "s": scope, "p": p},
+        st.sampled_from(["destinations", "outcomes", "", "x"]),
+        st.one_of(st.none(), st.text(max_size=16)),
+        position,
+    ).map(lambda data: json.dumps(data).encode("utf-8", "surrogatepass"))
+    raw = st.one_of(
+        shaped, st.binary(max_size=200), json_values(10).map(lambda v: json.dumps(v).encode())
+    )
+    encoded = raw.map(lambda data: base64.urlsafe_b64encode(data).decode())
+    padded = st.tuples(encoded, st.sampled_from(["", "=", "==", "\n", " ", "!", "+/"])).map(
+        lambda pair: pair[0].rstrip("=") + pair[1]
+    )
+    return st.one_of(padded, text())
+
+
+def test_forged_page_tokens_are_invalid_arguments(target: Target) -> None:
+    """A page token the service did not issue answers INVALID_ARGUMENT naming `page_token`
+    (or, for an empty one, the first page): never INTERNAL or any other code."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    def forged(rpc: Any, request: Message) -> None:
+        try:
+            rpc(request, timeout=60)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (
+                error.code(),
+                error.details(),
+            )
+            status = rpc_status.from_call(error)  # type: ignore[arg-type]
+            assert status is not None
+            fields = set()
+            for detail in status.details:
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    fields.update(v.field for v in bad.field_violations)
+            assert "page_token" in fields, fields
+        else:
+            assert not request.page_token  # type: ignore[attr-defined]
+
+    # A destination of its own: the fuzzing of DeleteDestination may have deleted the target's.
+    connection = pb.MarketoConnection(
+        munchkin_id="123-ABC-456",
+        client_id="sandbox-client-id",
+        client_secret="sandbox-client-secret",
+        endpoint=target.endpoint,
+    )
+    destination_id = target.client.Configure(
+        pb.ConfigureRequest(spec=spec(name="Forged tokens", connection=connection)), timeout=60
+    ).destination.id
+
+    @settings(
+        max_examples=PROFILE.fuzz_examples * 4,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @seed(SEED)
+    @given(token=forged_page_tokens())
+    def fuzz(token: str) -> None:
+        forged(target.client.ListDestinations, pb.ListDestinationsRequest(page_token=token))
+        forged(
+            target.client.ListProfileOutcomes,
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, page_token=token),
+        )
+        assert target.service.alive()
+
+    fuzz()

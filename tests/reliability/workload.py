@@ -149,3 +149,34 @@ def check_dataflow(flow: pb.Dataflow, acknowledged: int, *, exact: bool) -> None
         assert accounted == acknowledged, (accounted, acknowledged, flow)
     else:
         assert accounted >= acknowledged, (accounted, acknowledged, flow)
+
+
+FINAL_KINDS = frozenset(
+    {
+        pb.OUTCOME_KIND_ACTIVATED,
+        pb.OUTCOME_KIND_EXCLUDED,
+        pb.OUTCOME_KIND_FAILED,
+        pb.OUTCOME_KIND_SUPERSEDED,
+    }
+)
+
+
+def check_outcomes(
+    outcomes: Sequence[pb.ProfileOutcome], sent: Sequence[pb.ProfileUpdate], *, exact: bool
+) -> None:
+    """Every update sent has a final outcome of its own (matched by profile and event time,
+    unique in a load), and no outcome is of an update that was not sent.
+
+    `exact`: one outcome per update (no crash); after a crash an update delivered again may
+    have a second one."""
+    not_final = [o for o in outcomes if o.kind not in FINAL_KINDS]
+    assert not not_final, f"{len(not_final)} outcomes are not final: {not_final[:3]}"
+    expected = Counter((u.profile_id, u.event_time.ToNanoseconds()) for u in sent)
+    assert all(n == 1 for n in expected.values()), "the load's updates must be distinct"
+    found = Counter((o.profile_id, o.event_time.ToNanoseconds()) for o in outcomes)
+    missing = sorted(set(expected) - set(found))
+    assert not missing, f"{len(missing)} of {len(sent)} updates have no outcome: {missing[:5]}"
+    unknown = sorted(set(found) - set(expected))
+    assert not unknown, f"{len(unknown)} outcomes of updates never sent: {unknown[:5]}"
+    if exact:
+        assert len(outcomes) == len(sent), (len(outcomes), len(sent))
