@@ -8,6 +8,12 @@ an array (`emails.0.address`). `identityMap.<namespace>` reads the `id` of the i
 `"primary": true` in that namespace's array, else of the first one. A missing path is "no value":
 the field is left out of the mapped profile (Marketo keeps what it has). A transform still sees the
 missing value as `None`, so `default` can supply one.
+
+Every source value is measured before any transform or coercion sees it: text longer than the row's
+limit (`MAX_SOURCE_CHARS`, or the target field's length when that is longer, at most
+`MAX_TEXT_CHARS`) and arrays or objects of more than `MAX_SOURCE_ITEMS` items reject the profile,
+naming the field, the source path and the limit, never the value. So no transform, however its
+cost grows with the length of its input, ever sees an unbounded value.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from plugins.datatypes import SUPPORTED_DATA_TYPES, Coercer, CoercionError, coercer_for
+from plugins.datatypes import (
+    DEFAULT_LENGTHS,
+    SUPPORTED_DATA_TYPES,
+    Coercer,
+    CoercionError,
+    coercer_for,
+)
 from service.domain import (
     DEDUPE_TARGET,
     FieldMapping,
@@ -28,13 +40,24 @@ from service.hookspecs import TransformError, TransformFunc
 from service.registry import PluginRegistry
 
 __all__ = [
+    "MAX_SOURCE_CHARS",
+    "MAX_SOURCE_ITEMS",
+    "MAX_TEXT_CHARS",
     "FieldType",
     "Mapper",
     "MappingConfigError",
+    "source_limit",
     "validate_mapping_types",
 ]
 
 Reader = Callable[[Mapping[str, Any]], object]
+
+MAX_SOURCE_CHARS = 4_096
+"""Longest text, in characters, a source value may hold when its target field takes less."""
+MAX_TEXT_CHARS = DEFAULT_LENGTHS["text"]
+"""Longest text any source value may hold: that of a Marketo text area (65,535 characters)."""
+MAX_SOURCE_ITEMS = 1_000
+"""Most items an array or object source value may hold, the items of nested ones counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +171,56 @@ class Mapper:
         return MappedProfile(dedupe_value=dedupe_value, fields=fields)
 
 
+_CONTAINERS = (list, tuple, dict)
+
+
+def source_limit(field_type: FieldType) -> int:
+    """The longest text a source value mapped to `field_type` may hold."""
+    length = field_type.length or DEFAULT_LENGTHS.get(field_type.data_type, 0)
+    return max(MAX_SOURCE_CHARS, min(length, MAX_TEXT_CHARS))
+
+
+def _oversize(value: object, limit: int) -> str | None:
+    """Why `value` is too large to map (its size, never its content), or None."""
+    if isinstance(value, str):
+        if len(value) > limit:
+            return f"has {len(value):,} characters, more than the limit of {limit:,}"
+        return None
+    items = 0
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            items += len(node)
+            pending.extend(node.keys())
+            pending.extend(node.values())
+        elif isinstance(node, list | tuple):
+            items += len(node)
+            pending.extend(node)
+        elif isinstance(node, str) and len(node) > limit:
+            return f"holds text of {len(node):,} characters, more than the limit of {limit:,}"
+        if items > MAX_SOURCE_ITEMS:
+            return f"holds more than {MAX_SOURCE_ITEMS:,} items (nested ones counted)"
+    return None
+
+
+def _check_size(value: object, field: str, sources: tuple[str, ...], limit: int) -> None:
+    """Raise `MappingRejectedError` when a source value is too large to map.
+
+    `value` is what the row's reader returned: one value, or one per source for a multi-source
+    transform (a tuple).
+    """
+    values = value if len(sources) > 1 and isinstance(value, tuple) else (value,)
+    for source, part in zip(sources, values, strict=False):
+        why = _oversize(part, limit)
+        if why is not None:
+            raise MappingRejectedError(f"{field}: source {source!r} {why}")
+
+
 def _step(
     target: str,
+    sources: tuple[str, ...],
+    limit: int,
     read: Reader,
     func: TransformFunc | None,
     transform: str,
@@ -159,6 +230,8 @@ def _step(
     coerce: Coercer,
 ) -> Step:
     # Specialised closures: this is the per-value hot path, so no attribute look-ups in it.
+    # Sizes are checked before any transform or coercer runs; a short text or a number costs
+    # one type check and one comparison.
     field = f"field {target!r} ({data_type})"
     if func is None:
 
@@ -166,6 +239,8 @@ def _step(
             value = read(profile)
             if value is None:
                 return None
+            if len(value) > limit if type(value) is str else isinstance(value, _CONTAINERS):
+                _check_size(value, field, sources, limit)
             try:
                 return coerce(value)
             except CoercionError as exc:
@@ -180,8 +255,11 @@ def _step(
     exact = frozenset(returns)
 
     def transformed(profile: Mapping[str, Any]) -> object:
+        value = read(profile)
+        if len(value) > limit if type(value) is str else isinstance(value, _CONTAINERS):
+            _check_size(value, field, sources, limit)
         try:
-            value = func(read(profile))
+            value = func(value)
         except TransformError as exc:
             raise MappingRejectedError(f"{where} refused the value: {exc}") from None
         except Exception as exc:
@@ -257,6 +335,8 @@ def _compile(
         read = readers[0]
     return _step(
         row.target,
+        tuple(paths),
+        source_limit(field_type),
         read,
         func,
         row.transform or "",

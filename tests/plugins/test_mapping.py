@@ -143,7 +143,7 @@ def test_missing_dedupe_value_rejects_the_profile(registry: PluginRegistry) -> N
         ("mobilePhone", "call me", "not a valid phone number"),
         ("firstName", ["Ada"], "an array cannot be"),
         ("firstName", {"a": 1}, "an object cannot be"),
-        ("numberOfEmployees", "1" * 5000, "too many digits"),
+        ("numberOfEmployees", "1" * 5000, "has 5,000 characters, more than the limit of 4,096"),
     ],
 )
 def test_values_that_do_not_fit_the_type_are_rejected(
