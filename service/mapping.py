@@ -11,8 +11,9 @@ missing value as `None`, so `default` can supply one.
 
 Every source value is measured before any transform or coercion sees it: text longer than the row's
 limit (`MAX_SOURCE_CHARS`, or the target field's length when that is longer, at most
-`MAX_TEXT_CHARS`) and arrays or objects of more than `MAX_SOURCE_ITEMS` items reject the profile,
-naming the field, the source path and the limit, never the value. So no transform, however its
+`MAX_TEXT_CHARS`), and arrays or objects of more than `MAX_SOURCE_ITEMS` items or with more text in
+all than that limit, reject the profile, naming the field, the source path and the limit, never
+the value. So no transform, however its
 cost grows with the length of its input, ever sees an unbounded value.
 """
 
@@ -57,7 +58,8 @@ MAX_SOURCE_CHARS = 4_096
 MAX_TEXT_CHARS = DEFAULT_LENGTHS["text"]
 """Longest text any source value may hold: that of a Marketo text area (65,535 characters)."""
 MAX_SOURCE_ITEMS = 1_000
-"""Most items an array or object source value may hold, the items of nested ones counted."""
+"""Most items an array or object source value may hold, the items of nested ones counted (its
+text, keys included, counts against the same limit as a text value)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,21 +188,25 @@ def _oversize(value: object, limit: int) -> str | None:
         if len(value) > limit:
             return f"has {len(value):,} characters, more than the limit of {limit:,}"
         return None
-    items = 0
+    # An array or object: its items and the text of its keys and strings, all nesting levels
+    # counted together (a transform may well render the whole of it, e.g. in an error message).
+    items = chars = 0
     pending = [value]
     while pending:
         node = pending.pop()
-        if isinstance(node, dict):
+        if isinstance(node, str):
+            chars += len(node)
+            if chars > limit:
+                return f"holds more than {limit:,} characters of text (nested ones counted)"
+        elif isinstance(node, _CONTAINERS):
             items += len(node)
-            pending.extend(node.keys())
-            pending.extend(node.values())
-        elif isinstance(node, list | tuple):
-            items += len(node)
-            pending.extend(node)
-        elif isinstance(node, str) and len(node) > limit:
-            return f"holds text of {len(node):,} characters, more than the limit of {limit:,}"
-        if items > MAX_SOURCE_ITEMS:
-            return f"holds more than {MAX_SOURCE_ITEMS:,} items (nested ones counted)"
+            if items > MAX_SOURCE_ITEMS:
+                return f"holds more than {MAX_SOURCE_ITEMS:,} items (nested ones counted)"
+            if isinstance(node, dict):
+                pending.extend(node.keys())
+                pending.extend(node.values())
+            else:
+                pending.extend(node)
     return None
 
 
