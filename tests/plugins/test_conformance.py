@@ -186,15 +186,17 @@ UNITS = (
     "\ufdfa",
     "\u0130\u00df",
 )
-ENDINGS = ("", "z")
+# A run alone, a run that does not end as the pattern hoped, and the same behind a digit (so
+# that stripping the text does not remove the run).
+FRAMES = (("", ""), ("", "z"), ("1", "z"))
 
 
 def adversarial_texts() -> Iterator[str]:
-    """Texts of exactly LONGEST characters: each unit repeated, then each ending."""
+    """Texts of exactly LONGEST characters: each unit repeated, in each frame."""
     for unit in UNITS:
         run = unit * (LONGEST // len(unit) + 1)
-        for ending in ENDINGS:
-            yield run[: LONGEST - len(ending)] + ending
+        for start, end in FRAMES:
+            yield start + run[: LONGEST - len(start) - len(end)] + end
     yield "1" + " " * (LONGEST - 3) + "x1"
     yield "a" * (LONGEST // 2) + "@" + "b." * (LONGEST // 4)
 
