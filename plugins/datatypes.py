@@ -55,6 +55,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _PHONE_CHARS = re.compile(r"\+?[0-9 ().\-/]+")
 _PHONE_EXTENSIONS = ("x", "ext", "ext.")
 _ASCII_DIGITS = "0123456789"
+_DIGIT = re.compile(r"[0-9]")
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "off"})
 
@@ -79,10 +80,11 @@ def strip_extension(text: str, markers: tuple[str, ...]) -> str:
 def is_phone_number(text: str) -> bool:
     """Whether `text` is digits and `+ ().-/` separators, with at least one digit and an optional
     `x`/`ext` extension."""
-    number = strip_extension(text, _PHONE_EXTENSIONS)
-    if not _PHONE_CHARS.fullmatch(number):
-        return False
-    return any(c in _ASCII_DIGITS for c in number)
+    if not _PHONE_CHARS.fullmatch(text):
+        text = strip_extension(text, _PHONE_EXTENSIONS)
+        if not _PHONE_CHARS.fullmatch(text):
+            return False
+    return _DIGIT.search(text) is not None
 
 
 def _kind(value: object) -> str:

@@ -174,6 +174,9 @@ class Mapper:
 
 
 _CONTAINERS = (list, tuple, dict)
+_NESTED = (list, dict)
+"""What a JSON path can lead to besides a scalar (a multi-source reader's tuple is checked by the
+reader, part by part)."""
 
 
 def source_limit(field_type: FieldType) -> int:
@@ -245,7 +248,7 @@ def _step(
             value = read(profile)
             if value is None:
                 return None
-            if len(value) > limit if type(value) is str else isinstance(value, _CONTAINERS):
+            if len(value) > limit if type(value) is str else isinstance(value, _NESTED):
                 _check_size(value, field, sources, limit)
             try:
                 return coerce(value)
@@ -262,7 +265,7 @@ def _step(
 
     def transformed(profile: Mapping[str, Any]) -> object:
         value = read(profile)
-        if len(value) > limit if type(value) is str else isinstance(value, _CONTAINERS):
+        if len(value) > limit if type(value) is str else isinstance(value, _NESTED):
             _check_size(value, field, sources, limit)
         try:
             value = func(value)
@@ -336,7 +339,8 @@ def _compile(
         return None
     readers = [_reader(p) for p in paths]
     if multi:
-        read: Reader = _tuple_reader(tuple(readers))
+        field = f"field {row.target!r} ({field_type.data_type})"
+        read: Reader = _tuple_reader(tuple(readers), field, tuple(paths), source_limit(field_type))
     else:
         read = readers[0]
     return _step(
@@ -417,8 +421,14 @@ def _identity_reader(namespace: str) -> Reader:
     return read
 
 
-def _tuple_reader(readers: tuple[Reader, ...]) -> Reader:
+def _tuple_reader(
+    readers: tuple[Reader, ...], field: str, sources: tuple[str, ...], limit: int
+) -> Reader:
     def read(profile: Mapping[str, Any]) -> object:
-        return tuple([r(profile) for r in readers])
+        values = tuple([r(profile) for r in readers])
+        for value in values:
+            if len(value) > limit if type(value) is str else isinstance(value, _NESTED):
+                _check_size(values, field, sources, limit)
+        return values
 
     return read
