@@ -13,8 +13,8 @@ Every source value is measured before any transform or coercion sees it: text lo
 limit (`MAX_SOURCE_CHARS`, or the target field's length when that is longer, at most
 `MAX_TEXT_CHARS`), and arrays or objects of more than `MAX_SOURCE_ITEMS` items or with more text in
 all than that limit, reject the profile, naming the field, the source path and the limit, never
-the value. So no transform, however its
-cost grows with the length of its input, ever sees an unbounded value.
+the value. So no transform, however its cost grows with the length of its input, ever sees an
+unbounded value.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def _check_size(value: object, field: str, sources: tuple[str, ...], limit: int)
     `value` is what the row's reader returned: one value, or one per source for a multi-source
     transform (a tuple).
     """
-    values = value if len(sources) > 1 and isinstance(value, tuple) else (value,)
+    values = value if isinstance(value, tuple) else (value,)
     for source, part in zip(sources, values, strict=False):
         why = _oversize(part, limit)
         if why is not None:

@@ -9,9 +9,22 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from sandbox import schema
+from service import access, destinations, logging_setup
 from service.activation import ARRAY_SOURCE
 from service.telemetry import _annotate_body
-from tests.plugins.test_conformance import CALL_BUDGET, cpu_budget
+from tests.plugins.test_conformance import CALL_BUDGET, LONGEST, adversarial_texts, cpu_budget
+
+# The other patterns that read caller text: linear already (anchored, no adjacent quantifiers
+# over the same characters); kept so by this check.
+OTHER_PATTERNS = {
+    "consent path": destinations.DOTTED_PATH.match,
+    "bearer header": access._BEARER.fullmatch,
+    "secrets in logs": lambda text: logging_setup.redact(text),
+    "sandbox email": schema._EMAIL.match,
+    "sandbox integer": schema._INTEGER.match,
+    "sandbox number": schema._NUMBER.match,
+}
 
 
 @pytest.mark.parametrize(
@@ -34,6 +47,15 @@ def test_a_source_path_of_spaces_is_checked_in_linear_time() -> None:
     source = "items[" + " " * 65_535 + "x"
     with cpu_budget(CALL_BUDGET, "ARRAY_SOURCE on a run of spaces"):
         assert ARRAY_SOURCE.search(source) is None
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_PATTERNS))
+def test_the_other_patterns_on_caller_text_are_linear(name: str) -> None:
+    check = OTHER_PATTERNS[name]
+    texts = [*adversarial_texts(), "bearer" + " " * LONGEST, "client_secret=" + " " * LONGEST]
+    for text in texts:
+        with cpu_budget(CALL_BUDGET, f"{name} on {text[:12]!r}..."):
+            check(text)
 
 
 class RecordingSpan:
