@@ -70,6 +70,11 @@ for _code, _name in COUNTRIES.items():
 _BY_NAME.update({_key(alias): code for alias, code in _ALIASES.items()})
 
 
+# No country name is longer than this, even written with extra spaces or punctuation: longer text
+# is refused before it is normalised (Unicode decomposition can multiply a text's length by 18).
+_LONGEST_NAME = 2 * max(len(name) for name in _BY_NAME)
+
+
 # Country values repeat a lot and the function is pure, so a small cache pays for itself.
 @lru_cache(maxsize=4096)
 def lookup_code(text: str) -> str:
@@ -77,6 +82,8 @@ def lookup_code(text: str) -> str:
     stripped = text.strip()
     if len(stripped) == 2 and stripped.upper() in COUNTRIES:
         return stripped.upper()
+    if len(stripped) > _LONGEST_NAME:
+        raise TransformError(f"a text of {len(stripped):,} characters is not a known country")
     code = _BY_NAME.get(_key(stripped))
     if code is None:
         raise TransformError(f"{text!r} is not a known country")

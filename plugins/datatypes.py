@@ -22,10 +22,12 @@ __all__ = [
     "as_text",
     "coercer_for",
     "format_datetime",
+    "is_phone_number",
     "parse_bool",
     "parse_date",
     "parse_datetime",
     "parse_number",
+    "strip_extension",
 ]
 
 Coercer = Callable[[object], object]
@@ -45,11 +47,44 @@ DEFAULT_LENGTHS: dict[str, int] = {
 }
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# Every pattern here runs in time linear in the text: anchored (fullmatch), and no two
+# quantifiers next to each other can match the same character. Checked by
+# tests/plugins/test_conformance.py on adversarial text of the longest accepted length.
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
-_PHONE = re.compile(r"\+?[0-9 ().\-/]*[0-9][0-9 ().\-/]*(?:\s*(?:x|ext\.?)\s*[0-9]+)?", re.I)
+_PHONE_CHARS = re.compile(r"\+?[0-9 ().\-/]+")
+_PHONE_EXTENSIONS = ("x", "ext", "ext.")
+_ASCII_DIGITS = "0123456789"
+_DIGIT = re.compile(r"[0-9]")
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "off"})
+
+
+def strip_extension(text: str, markers: tuple[str, ...]) -> str:
+    """`text` without a trailing extension: one of `markers` (any case) then ASCII digits, with
+    optional whitespace around the marker; `text` unchanged when it has none.
+
+    Plain string code rather than a `\\s*(x|ext)\\s*[0-9]+$` search, which backtracks over every
+    run of spaces and takes quadratic time.
+    """
+    head = text.rstrip(_ASCII_DIGITS)
+    if len(head) == len(text):
+        return text
+    head = head.rstrip()
+    for marker in markers:
+        if len(head) >= len(marker) and head[-len(marker) :].lower() == marker:
+            return head[: -len(marker)].rstrip()
+    return text
+
+
+def is_phone_number(text: str) -> bool:
+    """Whether `text` is digits and `+ ().-/` separators, with at least one digit and an optional
+    `x`/`ext` extension."""
+    if not _PHONE_CHARS.fullmatch(text):
+        text = strip_extension(text, _PHONE_EXTENSIONS)
+        if not _PHONE_CHARS.fullmatch(text):
+            return False
+    return _DIGIT.search(text) is not None
 
 
 def _kind(value: object) -> str:
@@ -180,7 +215,7 @@ def _text(length: int) -> Coercer:
     return coerce
 
 
-def _checked_text(pattern: re.Pattern[str], what: str, length: int) -> Coercer:
+def _checked_text(check: Callable[[str], object], what: str, length: int) -> Coercer:
     def coerce(value: object) -> object:
         if isinstance(value, int) and not isinstance(value, bool) and what == "phone number":
             value = str(value)
@@ -191,7 +226,7 @@ def _checked_text(pattern: re.Pattern[str], what: str, length: int) -> Coercer:
             return None
         if len(text) > length:
             raise CoercionError(f"{what} of {len(text)} characters exceeds the limit of {length}")
-        if not pattern.fullmatch(text):
+        if not check(text):
             raise CoercionError(f"{value!r} is not a valid {what}")
         return text
 
@@ -294,9 +329,9 @@ def coercer_for(data_type: str, length: int | None = None) -> Coercer:
     if data_type in ("string", "text"):
         return _text(limit)
     if data_type == "email":
-        return _checked_text(_EMAIL, "email address", limit)
+        return _checked_text(_EMAIL.fullmatch, "email address", limit)
     if data_type == "phone":
-        return _checked_text(_PHONE, "phone number", limit)
+        return _checked_text(is_phone_number, "phone number", limit)
     if data_type == "url":
         return _url(limit)
     simple: dict[str, Coercer] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from plugins.datatypes import as_text
+from plugins.datatypes import as_text, strip_extension
 from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
 
 # Calling codes by ISO 3166 alpha-2 code, as "CC:code" pairs; countries missing here need numbers
@@ -33,8 +33,10 @@ CALLING_CODES: dict[str, str] = dict(pair.split(":") for pair in _CODES.split())
 
 # Countries whose leading 0 is part of the subscriber number, not a trunk prefix.
 _KEEPS_ZERO = frozenset({"IT", "SM", "VA"})
+# Both patterns run in linear time (one character class each); extensions are cut off by
+# plain string code (`strip_extension`), as a regular expression for them backtracks.
 _ALLOWED = re.compile(r"\+?[0-9 ().\-/]+")
-_EXTENSION = re.compile(r"\s*(?:x|ext\.?|#)\s*[0-9]+$", re.IGNORECASE)
+_EXTENSIONS = ("x", "ext", "ext.", "#")
 _NON_DIGIT = re.compile(r"\D")
 
 
@@ -43,7 +45,7 @@ def to_e164(text: str, country: str) -> str:
     raw = text.strip()
     if not raw.replace(" ", "").replace("-", "").isdigit():
         # Only numbers with more than digits need the slower checks.
-        raw = _EXTENSION.sub("", raw)
+        raw = strip_extension(raw, _EXTENSIONS)
     if not raw or not _ALLOWED.fullmatch(raw):
         raise TransformError(f"{text!r} is not a phone number")
     digits = _NON_DIGIT.sub("", raw)

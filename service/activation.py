@@ -38,7 +38,9 @@ from service.registry import PluginRegistry
 from service.store.base import ActivationRecord, Store
 
 MAX_LIST_NAME = 255
-ARRAY_SOURCE = re.compile(r"\[\s*\*?\s*\]")
+# `\s*` on both sides of the `*` only when it is there: two adjacent `\s*` would backtrack over
+# every split of a run of spaces (quadratic time).
+ARRAY_SOURCE = re.compile(r"\[\s*(?:\*\s*)?\]")
 """A source path that selects a whole array (`items[]`, `items[*]`): arrays are not exported."""
 
 

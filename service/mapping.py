@@ -8,6 +8,13 @@ an array (`emails.0.address`). `identityMap.<namespace>` reads the `id` of the i
 `"primary": true` in that namespace's array, else of the first one. A missing path is "no value":
 the field is left out of the mapped profile (Marketo keeps what it has). A transform still sees the
 missing value as `None`, so `default` can supply one.
+
+Every source value is measured before any transform or coercion sees it: text longer than the row's
+limit (`MAX_SOURCE_CHARS`, or the target field's length when that is longer, at most
+`MAX_TEXT_CHARS`), and arrays or objects of more than `MAX_SOURCE_ITEMS` items or with more text in
+all than that limit, reject the profile, naming the field, the source path and the limit, never
+the value. So no transform, however its cost grows with the length of its input, ever sees an
+unbounded value.
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from plugins.datatypes import SUPPORTED_DATA_TYPES, Coercer, CoercionError, coercer_for
+from plugins.datatypes import (
+    DEFAULT_LENGTHS,
+    SUPPORTED_DATA_TYPES,
+    Coercer,
+    CoercionError,
+    coercer_for,
+)
 from service.domain import (
     DEDUPE_TARGET,
     ExclusionCode,
@@ -29,13 +42,25 @@ from service.hookspecs import TransformError, TransformFunc
 from service.registry import PluginRegistry
 
 __all__ = [
+    "MAX_SOURCE_CHARS",
+    "MAX_SOURCE_ITEMS",
+    "MAX_TEXT_CHARS",
     "FieldType",
     "Mapper",
     "MappingConfigError",
+    "source_limit",
     "validate_mapping_types",
 ]
 
 Reader = Callable[[Mapping[str, Any]], object]
+
+MAX_SOURCE_CHARS = 4_096
+"""Longest text, in characters, a source value may hold when its target field takes less."""
+MAX_TEXT_CHARS = DEFAULT_LENGTHS["text"]
+"""Longest text any source value may hold: that of a Marketo text area (65,535 characters)."""
+MAX_SOURCE_ITEMS = 1_000
+"""Most items an array or object source value may hold, the items of nested ones counted (its
+text, keys included, counts against the same limit as a text value)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +176,66 @@ class Mapper:
         return MappedProfile(dedupe_value=dedupe_value, fields=fields)
 
 
+_CONTAINERS = (list, tuple, dict)
+_NESTED = (list, dict)
+"""What a JSON path can lead to besides a scalar (a multi-source reader's tuple is checked by the
+reader, part by part)."""
+
+
+def source_limit(field_type: FieldType) -> int:
+    """The longest text a source value mapped to `field_type` may hold."""
+    length = field_type.length or DEFAULT_LENGTHS.get(field_type.data_type, 0)
+    return max(MAX_SOURCE_CHARS, min(length, MAX_TEXT_CHARS))
+
+
+def _oversize(value: object, limit: int) -> str | None:
+    """Why `value` is too large to map (its size, never its content), or None."""
+    if isinstance(value, str):
+        if len(value) > limit:
+            return f"has {len(value):,} characters, more than the limit of {limit:,}"
+        return None
+    # An array or object: its items and the text of its keys and strings, all nesting levels
+    # counted together (a transform may well render the whole of it, e.g. in an error message).
+    items = chars = 0
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str):
+            chars += len(node)
+            if chars > limit:
+                return f"holds more than {limit:,} characters of text (nested ones counted)"
+        elif isinstance(node, _CONTAINERS):
+            items += len(node)
+            if items > MAX_SOURCE_ITEMS:
+                return f"holds more than {MAX_SOURCE_ITEMS:,} items (nested ones counted)"
+            if isinstance(node, dict):
+                pending.extend(node.keys())
+                pending.extend(node.values())
+            else:
+                pending.extend(node)
+    return None
+
+
+def _check_size(
+    value: object, field: str, output: str, sources: tuple[str, ...], limit: int
+) -> None:
+    """Raise `MappingRejectedError` when a source value is too large to map.
+
+    `value` is what the row's reader returned: one value, or one per source for a multi-source
+    transform (a tuple).
+    """
+    values = value if isinstance(value, tuple) else (value,)
+    for source, part in zip(sources, values, strict=False):
+        why = _oversize(part, limit)
+        if why is not None:
+            raise MappingRejectedError(f"{field}: source {source!r} {why}", field=output)
+
+
 def _step(
     target: str,
     output: str,
+    sources: tuple[str, ...],
+    limit: int,
     read: Reader,
     func: TransformFunc | None,
     transform: str,
@@ -166,14 +248,19 @@ def _step(
     # Specialised closures: this is the per-value hot path, so no attribute look-ups in it.
     # Rejections name the field and the check, never the value: a refusal's own message (a
     # plugin's or a data type's) may quote it, and the reason reaches outcomes and counters.
-    limit = f", at most {length} characters" if length is not None else ""
-    not_fitting = f"field {target!r} ({data_type}{limit}): the value does not fit the data type"
+    at_most = f", at most {length} characters" if length is not None else ""
+    not_fitting = f"field {target!r} ({data_type}{at_most}): the value does not fit the data type"
+    # Sizes are checked before any transform or coercer runs; a short text or a number costs
+    # one type check and one comparison.
+    field = f"field {target!r} ({data_type})"
     if func is None:
 
         def plain(profile: Mapping[str, Any]) -> object:
             value = read(profile)
             if value is None:
                 return None
+            if len(value) > limit if type(value) is str else isinstance(value, _NESTED):
+                _check_size(value, field, output, sources, limit)
             try:
                 return coerce(value)
             except CoercionError:
@@ -191,8 +278,11 @@ def _step(
     refused = f"{where} refused the value"
 
     def transformed(profile: Mapping[str, Any]) -> object:
+        value = read(profile)
+        if len(value) > limit if type(value) is str else isinstance(value, _NESTED):
+            _check_size(value, field, output, sources, limit)
         try:
-            value = func(read(profile))
+            value = func(value)
         except TransformError:
             raise MappingRejectedError(refused, field=output) from None
         except Exception as exc:
@@ -271,12 +361,17 @@ def _compile(
         return None
     readers = [_reader(p) for p in paths]
     if multi:
-        read: Reader = _tuple_reader(tuple(readers))
+        field = f"field {row.target!r} ({field_type.data_type})"
+        read: Reader = _tuple_reader(
+            tuple(readers), field, output, tuple(paths), source_limit(field_type)
+        )
     else:
         read = readers[0]
     return _step(
         row.target,
         output,
+        tuple(paths),
+        source_limit(field_type),
         read,
         func,
         row.transform or "",
@@ -352,8 +447,14 @@ def _identity_reader(namespace: str) -> Reader:
     return read
 
 
-def _tuple_reader(readers: tuple[Reader, ...]) -> Reader:
+def _tuple_reader(
+    readers: tuple[Reader, ...], field: str, output: str, sources: tuple[str, ...], limit: int
+) -> Reader:
     def read(profile: Mapping[str, Any]) -> object:
-        return tuple([r(profile) for r in readers])
+        values = tuple([r(profile) for r in readers])
+        for value in values:
+            if len(value) > limit if type(value) is str else isinstance(value, _NESTED):
+                _check_size(values, field, output, sources, limit)
+        return values
 
     return read

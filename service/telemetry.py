@@ -671,7 +671,10 @@ def annotate_marketo_call(
 _ID_SEGMENT = re.compile(r"^\d+$")
 _VERSION_SEGMENT = re.compile(r"^v\d+$")
 _SUCCESS_FALSE = re.compile(rb'"success"\s*:\s*false')
-_ERROR_CODE = re.compile(rb'"errors"\s*:\s*\[\s*\{[^\]]*?"code"\s*:\s*"?(\w+)')
+# The code is looked for in the first `errors` array only: a lazy scan from every `"errors"`
+# to the next `]` would take quadratic time on a body repeating it.
+_ERRORS = re.compile(rb'"errors"\s*:\s*\[\s*\{')
+_CODE = re.compile(rb'"code"\s*:\s*"?(\w+)')
 _SKIPPED = re.compile(rb'"status"\s*:\s*"skipped"')
 
 
@@ -788,13 +791,22 @@ class TracingTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def _error_code(body: bytes) -> str:
+    """The code of the first error of a Marketo envelope, or `unknown`."""
+    errors = _ERRORS.search(body)
+    if errors is None:
+        return "unknown"
+    end = body.find(b"]", errors.end())
+    match = _CODE.search(body, errors.end(), end if end >= 0 else len(body))
+    return match.group(1).decode("ascii", "replace") if match else "unknown"
+
+
 async def _annotate_body(span: Span, response: httpx.Response, endpoint: str) -> None:
     # The client reads the body anyway; reading it here keeps it for the client. Only the
     # envelope's code and the count of skipped records are taken from it, never a value.
     body = await response.aread()
     if _SUCCESS_FALSE.search(body):
-        match = _ERROR_CODE.search(body)
-        code = match.group(1).decode("ascii", "replace") if match else "unknown"
+        code = _error_code(body)
         span.set_attribute("marketo.code", code)
         span.set_status(Status(StatusCode.ERROR, f"Marketo {code}"))
         return

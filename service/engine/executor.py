@@ -16,6 +16,7 @@ errors stop the batch: unfinished updates come back as deferred, with the error,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -262,7 +263,7 @@ class SyncEngine:
     def plan(
         self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
     ) -> Plan:
-        """Plan a batch without any Marketo call."""
+        """Plan a batch without any Marketo call (on the calling thread)."""
         with self._planning_scope(len(updates)):
             return plan_batch(
                 updates,
@@ -272,11 +273,19 @@ class SyncEngine:
                 audience_lists=self._lists if self._rules.manages_lists else {},
             )
 
+    async def _plan_in_thread(
+        self, updates: Sequence[ProfileUpdate], watermarks: Mapping[str, datetime] | None
+    ) -> Plan:
+        # Mapping runs every transform on every profile of the batch: CPU work that would hold
+        # the event loop (health checks, lease renewals, other instances' delivery) for as long
+        # as it lasts. A worker thread takes it; the context (the batch span) goes along.
+        return await asyncio.to_thread(self.plan, updates, watermarks=watermarks)
+
     async def sync(
         self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
     ) -> BatchResult:
         """Plan and execute a batch; every update ends in `outcomes` or in `deferred`."""
-        plan = self.plan(updates, watermarks=watermarks)
+        plan = await self._plan_in_thread(updates, watermarks)
         persons = [_Person(p) for p in plan.persons]
         error: MarketoError | None = None
         async with self._locks.hold(self._lock_key(p.plan.key) for p in persons):
@@ -304,7 +313,7 @@ class SyncEngine:
         self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
     ) -> DryRunResult:
         """Plan and look up like `sync`, write nothing; say what would be written."""
-        plan = self.plan(updates, watermarks=watermarks)
+        plan = await self._plan_in_thread(updates, watermarks)
         persons = [_Person(p) for p in plan.persons]
         outcomes = list(plan.outcomes)
         create: list[str] = []

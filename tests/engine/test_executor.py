@@ -273,6 +273,19 @@ async def test_concurrent_batches_for_one_person_create_one_lead(shared: bool) -
         mapper = PathMapper(dedupe="crm", dedupe_target="crmId")
         return SyncEngine(fake, rules, mapper, locks=shared_locks if shared else KeyedLocks())
 
+    if not shared:
+        # Both batches look the person up before either creates it (planning runs in a worker
+        # thread, so the batches' interleaving is not otherwise fixed): the race the lock is for.
+        both_looked_up = asyncio.Barrier(2)
+        find = fake.find_leads
+
+        async def find_together(*args: Any, **kwargs: Any) -> Any:
+            found = await find(*args, **kwargs)
+            await both_looked_up.wait()
+            return found
+
+        fake.find_leads = find_together  # type: ignore[method-assign]
+
     results = await asyncio.gather(
         make().sync([person("u1", "one@x.io", crm="C-1", minute=1)]),
         make().sync([person("u2", "two@x.io", crm="c-1", minute=2)]),

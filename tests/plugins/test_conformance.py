@@ -2,21 +2,28 @@
 
 Every transform must, for any JSON scalar (or tuple of them for multi-source transforms):
 return `None` or a value of its declared types, or raise `TransformError`; give the same answer
-twice; and never touch the network.
+twice; and never touch the network. Every built-in transform and data-type coercer must also take
+time linear in its input: adversarial text of the longest length the mapper lets through is
+answered well within a fraction of a second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from plugins.datatypes import SUPPORTED_DATA_TYPES, coercer_for
 from service.hookspecs import Transform, TransformError
+from service.mapping import MAX_SOURCE_ITEMS, MAX_TEXT_CHARS
 from service.registry import PluginRegistry
 
 from .test_registry import BUILTIN_TRANSFORMS
@@ -141,3 +148,116 @@ def test_suite_catches_a_bad_transform() -> None:
     ):
         with pytest.raises(error):
             _check(Transform.from_function("bad", func, returns=(str,)), "x")
+
+
+# -- time: adversarial input of the longest accepted length ---------------------------------
+
+LONGEST = MAX_TEXT_CHARS
+"""The longest text the mapper hands a transform or a coercer (a text-area target's)."""
+CALL_BUDGET = 0.5
+"""CPU seconds one call may take; linear code answers in milliseconds, the quadratic extension
+pattern phone_e164 once had took seconds (a 30,000-space phone: 12.8 s)."""
+
+# Runs that make backtracking patterns try every split: spaces and tabs before a marker that
+# never comes, digits and dots before a letter, separators, '@', and Unicode that casefolds,
+# decomposes or counts as a digit or a space.
+UNITS = (
+    " ",
+    "\t",
+    "1",
+    ".",
+    "@",
+    "x",
+    "#",
+    "-/",
+    "1 ",
+    " x",
+    " ext. 1",
+    "1.",
+    "a@",
+    "a.",
+    "e1",
+    "(1) ",
+    "+1",
+    "\u00a0",
+    "\u0301",
+    "\u0663",
+    "\U0001d7d9",
+    "\ufdfa",
+    "\u0130\u00df",
+)
+# A run alone, a run that does not end as the pattern hoped, and the same behind a digit (so
+# that stripping the text does not remove the run).
+FRAMES = (("", ""), ("", "z"), ("1", "z"))
+
+
+def adversarial_texts() -> Iterator[str]:
+    """Texts of exactly LONGEST characters: each unit repeated, in each frame."""
+    for unit in UNITS:
+        run = unit * (LONGEST // len(unit) + 1)
+        for start, end in FRAMES:
+            yield start + run[: LONGEST - len(start) - len(end)] + end
+    yield "1" + " " * (LONGEST - 3) + "x1"
+    yield "a" * (LONGEST // 2) + "@" + "b." * (LONGEST // 4)
+
+
+def adversarial_values() -> Iterator[str | list[str] | dict[str, str]]:
+    yield from adversarial_texts()
+    # The largest arrays and objects the mapper lets through.
+    yield [" " * (LONGEST // MAX_SOURCE_ITEMS)] * MAX_SOURCE_ITEMS
+    yield {f"{i:03}": " x" * (LONGEST // MAX_SOURCE_ITEMS // 2 - 2) for i in range(999)}
+
+
+def _describe(value: str | list[str] | dict[str, str]) -> str:
+    return f"{type(value).__name__} of {len(value):,} beginning {str(value)[:12]!r}"
+
+
+class TooSlowError(BaseException):
+    """A call ran past its budget (BaseException: no `except Exception` in a plugin stops it)."""
+
+
+@contextlib.contextmanager
+def cpu_budget(seconds: float, what: str) -> Iterator[None]:
+    """Interrupt the block once it has used `seconds` of CPU time (the regular-expression engine
+    checks for signals, so even one long match is cut short)."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TooSlowError(f"{what} took more than {seconds} s of CPU")
+
+    previous = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
+def _run_within_budget(func: Callable[[object], object], value: object, what: str) -> None:
+    with cpu_budget(CALL_BUDGET, what), contextlib.suppress(TransformError):
+        func(value)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TRANSFORMS))
+def test_builtin_transform_is_linear_on_adversarial_text(
+    name: str, registry: PluginRegistry
+) -> None:
+    transform = registry.transform(name).transform
+    func = transform.prepare(transform.example_options)
+    for value in adversarial_values():
+        arg = (value, value, value) if transform.multi_source else value
+        what = f"{name}({_describe(value)})"
+        _run_within_budget(func, arg, what)
+
+
+@pytest.mark.parametrize("data_type", sorted(SUPPORTED_DATA_TYPES))
+def test_coercer_is_linear_on_adversarial_text(data_type: str) -> None:
+    coerce = coercer_for(data_type, LONGEST)
+    for value in adversarial_values():
+        _run_within_budget(coerce, value, f"the {data_type} coercer({_describe(value)})")
+
+
+def test_the_budget_stops_a_quadratic_pattern() -> None:
+    quadratic = re.compile(r"\s*(?:x|ext\.?|#)\s*[0-9]+$")
+    with pytest.raises(TooSlowError):
+        _run_within_budget(lambda text: quadratic.sub("", text), " " * LONGEST, "quadratic")

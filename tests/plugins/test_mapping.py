@@ -16,7 +16,15 @@ from service.domain import (
     ProfileMapper,
 )
 from service.hookspecs import Transform, hookimpl
-from service.mapping import FieldType, Mapper, MappingConfigError, validate_mapping_types
+from service.mapping import (
+    MAX_SOURCE_CHARS,
+    MAX_SOURCE_ITEMS,
+    MAX_TEXT_CHARS,
+    FieldType,
+    Mapper,
+    MappingConfigError,
+    validate_mapping_types,
+)
 from service.registry import PluginRegistry
 
 FIELDS = [
@@ -279,3 +287,99 @@ def test_transform_refusal_names_plugin_and_field(registry: PluginRegistry) -> N
         "field 'country': transform 'country_code' of plugin 'plugins.countries' refused the value"
     )
     assert (info.value.code, info.value.field) == (ExclusionCode.VALUE_REJECTED, "country")
+
+
+class Recording:
+    """A transform that records every value it is given."""
+
+    seen: list[object] = []
+
+    @staticmethod
+    @hookimpl
+    def register_transforms() -> Iterable[Transform]:
+        def record(value: object) -> str | None:
+            Recording.seen.append(value)
+            return None
+
+        return [Transform.from_function("record", record, returns=(str,))]
+
+
+@pytest.fixture
+def recording() -> Iterable[PluginRegistry]:
+    Recording.seen = []
+    yield PluginRegistry.build(load_entry_points=False, extra_plugins=[Recording])
+    Recording.seen = []
+
+
+def _rejection(m: Mapper, profile: Mapping[str, Any]) -> str:
+    with pytest.raises(MappingRejectedError) as info:
+        m.map_profile(profile)
+    return info.value.reason
+
+
+def test_an_over_long_value_is_rejected_before_any_transform(recording: PluginRegistry) -> None:
+    m = mapper(recording, FieldMapping("person.phone", "mobilePhone", "record"))
+    secret = "5" * (MAX_SOURCE_CHARS + 1)
+    reason = _rejection(m, {"person": {"phone": secret}})
+    assert reason == (
+        f"field 'mobilePhone' (phone): source 'person.phone' has {MAX_SOURCE_CHARS + 1:,} "
+        f"characters, more than the limit of {MAX_SOURCE_CHARS:,}"
+    )
+    assert Recording.seen == []
+    m.map_profile({"person": {"phone": "5" * MAX_SOURCE_CHARS}})
+    assert Recording.seen == ["5" * MAX_SOURCE_CHARS]
+
+
+def test_the_phone_of_thirty_thousand_spaces_is_rejected_unread(registry: PluginRegistry) -> None:
+    m = mapper(registry, FieldMapping("p", "mobilePhone", "phone_e164"))
+    reason = _rejection(m, {"p": " " * 30_000})
+    assert "source 'p' has 30,000 characters" in reason
+    assert "  " not in reason
+
+
+def test_a_text_area_takes_values_up_to_its_length(registry: PluginRegistry) -> None:
+    notes = "word " * 2_000
+    m = mapper(registry, FieldMapping("n", "notes", "trim"))
+    assert m.map_profile({"n": notes}).fields == {"notes": notes.strip()}
+    reason = _rejection(m, {"n": "x" * (MAX_TEXT_CHARS + 1)})
+    assert reason.endswith(f"more than the limit of {MAX_TEXT_CHARS:,}")
+    # Without a transform the same limit comes first, then the field's own.
+    plain = mapper(registry, FieldMapping("n", "firstName"))
+    assert "source 'n' has 5,000 characters" in _rejection(plain, {"n": "y" * 5_000})
+    assert _rejection(plain, {"n": "y" * 300}) == (
+        "field 'firstName' (string, at most 255 characters): the value does not fit the data type"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (list(range(MAX_SOURCE_ITEMS + 1)), f"holds more than {MAX_SOURCE_ITEMS:,} items"),
+        ([[1, 2]] * (MAX_SOURCE_ITEMS // 2), f"holds more than {MAX_SOURCE_ITEMS:,} items"),
+        ({"k": ["z" * 3_000, {"k2": "z" * 2_000}]}, f"more than {MAX_SOURCE_CHARS:,} characters"),
+        ({"k" * 5_000: 1}, f"more than {MAX_SOURCE_CHARS:,} characters"),
+    ],
+)
+def test_arrays_and_objects_are_bounded_too(
+    recording: PluginRegistry, value: object, why: str
+) -> None:
+    m = mapper(recording, FieldMapping("v", "firstName", "record"))
+    reason = _rejection(m, {"v": value})
+    assert reason.startswith("field 'firstName' (string): source 'v' ") and why in reason
+    assert Recording.seen == []
+    m.map_profile({"v": [["a"] * 10, {"b": "c" * 4_000}]})
+    assert len(Recording.seen) == 1
+
+
+def test_each_source_of_a_multi_source_transform_is_bounded(registry: PluginRegistry) -> None:
+    m = mapper(registry, FieldMapping("a, b", "firstName", "concat"))
+    assert m.map_profile({"a": "Ada", "b": "B" * 200}).fields == {"firstName": "Ada " + "B" * 200}
+    reason = _rejection(m, {"a": "Ada", "b": "B" * 5_000})
+    assert reason.startswith("field 'firstName' (string): source 'b' has 5,000 characters")
+
+
+def test_the_dedupe_value_is_bounded(registry: PluginRegistry) -> None:
+    m = mapper(registry, FieldMapping("identityMap.email", DEDUPE_TARGET, "lowercase"))
+    address = "a" * 5_000 + "@example.com"
+    reason = _rejection(m, {"identityMap": {"email": [{"id": address}]}})
+    assert reason.startswith("field 'DedupeField' (email): source 'identityMap.email' has 5,012 ")
