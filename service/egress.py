@@ -115,13 +115,6 @@ class OriginList:
     def allows(self, origin: Origin) -> bool:
         return any(pattern.matches(origin) for pattern in self.patterns)
 
-    def allows_url(self, url: str) -> bool:
-        """Whether ``url`` parses strictly and its origin is listed."""
-        try:
-            return self.allows(parse_url(url, what="URL"))
-        except ValueError:
-            return False
-
 
 def endpoint_allowlist(allowed: str, default_endpoint: str) -> OriginList:
     """The Marketo endpoints allowed: ``allowed`` plus the origin of ``default_endpoint``."""
@@ -129,12 +122,12 @@ def endpoint_allowlist(allowed: str, default_endpoint: str) -> OriginList:
     return origins.including(default_endpoint) if default_endpoint else origins
 
 
-def parse_url(url: str, *, what: str, query: bool = False, path: bool = True) -> Origin:
-    """The origin of an ``http(s)`` URL, parsed strictly.
+def parse_url(url: str, *, what: str, query: bool = False) -> Origin:
+    """The origin of an ``http(s)`` URL, parsed strictly; ``what`` names it in messages.
 
     Refused (``ValueError`` saying why): other schemes, user information, a fragment, a query
-    unless ``query``, a path unless ``path``, blanks, control characters and backslashes, a bad
-    host name or port, and any URL whose host or port httpx would read differently.
+    unless ``query``, blanks, control characters and backslashes, a bad host name or port, and
+    any URL whose host or port httpx would read differently.
     """
     if _FORBIDDEN.search(url):
         raise ValueError(f"{what} must not contain blanks, control characters or backslashes")
@@ -142,15 +135,13 @@ def parse_url(url: str, *, what: str, query: bool = False, path: bool = True) ->
     scheme = scheme.lower()
     if not sep or scheme not in DEFAULT_PORTS:
         raise ValueError(f"{what} must be an http:// or https:// URL")
-    authority, _, tail = _split_authority(rest)
+    authority, tail = _split_authority(rest)
     if "@" in authority:
         raise ValueError(f"{what} must not contain user information (@)")
     if "#" in tail:
         raise ValueError(f"{what} must not have a fragment (#)")
     if "?" in tail and not query:
         raise ValueError(f"{what} must not have a query (?)")
-    if tail.split("?")[0].strip("/") and not path:
-        raise ValueError(f"{what} must not have a path")
     host, port, _ = _host_port(authority, what, wildcards=False)
     origin = Origin(scheme, host, DEFAULT_PORTS[scheme] if port is None else port)
     try:
@@ -162,7 +153,7 @@ def parse_url(url: str, *, what: str, query: bool = False, path: bool = True) ->
     return origin
 
 
-def origin_of(url: httpx.URL) -> Origin | None:
+def _request_origin(url: httpx.URL) -> Origin | None:
     """The origin httpx connects to for ``url``; None for a host that is no valid name."""
     try:
         return _origin_of(url)
@@ -176,11 +167,12 @@ def _origin_of(url: httpx.URL) -> Origin:
     return Origin(scheme, _normal_host(url.raw_host.decode("ascii"), "URL"), port)
 
 
-def _split_authority(rest: str) -> tuple[str, str, str]:
+def _split_authority(rest: str) -> tuple[str, str]:
+    """``host[:port]`` and what follows it (path, query, fragment)."""
     for index, char in enumerate(rest):
         if char in "/?#":
-            return rest[:index], char, rest[index:]
-    return rest, "", ""
+            return rest[:index], rest[index:]
+    return rest, ""
 
 
 def _parse_pattern(text: str) -> _Pattern:
@@ -378,7 +370,7 @@ class WebhookTransport(httpx.AsyncBaseTransport):
         self._public = _pinned_transport(_PinnedBackend(resolve, connect, public_only=True))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        origin = origin_of(request.url)
+        origin = _request_origin(request.url)
         if origin is None:
             raise EgressRefused("the webhook URL has an invalid host", request=request)
         if self._allowed.allows(origin):
