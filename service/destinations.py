@@ -260,7 +260,7 @@ def marketo_failure(error: MarketoError | httpx.HTTPError, what: str) -> Excepti
         return Unavailable(f"Marketo could not be reached while {what}; try again later")
     if isinstance(error, AuthenticationError):
         return FailedPrecondition(
-            f"Marketo rejected the client id or secret while {what} (HTTP 401)"
+            f"Marketo rejected the client id or secret while {what}{_code(error.code)}"
         )
     if isinstance(error, QuotaExhaustedError):
         return Unavailable(f"Marketo's daily API quota is spent ({what})")
@@ -272,8 +272,8 @@ def marketo_failure(error: MarketoError | httpx.HTTPError, what: str) -> Excepti
 
 
 def _code(code: str | None) -> str:
-    """`` (Marketo code N)`` when `code` looks like a code, else nothing."""
-    return f" (Marketo code {code})" if code and _CODE.match(code) else ""
+    """`` (code N)`` when `code` looks like Marketo's code or an HTTP status, else nothing."""
+    return f" (code {code})" if code and _CODE.match(code) else ""
 
 
 async def describe_instance(client: MarketoClient) -> InstanceDescription:

@@ -669,7 +669,10 @@ class Dispatcher:
         self._prepared.pop(record.id, None)
         try:
             await self._store.set_destination_state(record.id, DestinationState.AUTH_FAILING)
-            await self._alerts.authentication_failing(record.id, str(error))
+            # Fixed words: Identity's own text never reaches alert watchers or webhooks.
+            await self._alerts.authentication_failing(
+                record.id, "Marketo rejected the client id or secret"
+            )
         except DestinationNotFound:
             pass
 

@@ -54,3 +54,22 @@ async def test_a_webhook_refused_at_send_time_is_not_retried(env: Env, answer: s
         assert resolver.lookups == [("hooks.example.test", listener.port)], "one try only"
         assert backend.connects == []
         assert listener.connections == 0
+
+
+async def test_identity_text_stays_out_of_the_authentication_alert(env: Env) -> None:
+    hostile = "root:x:0:0 INTERNAL-ONLY-TEXT"
+
+    def identity(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": "unauthorized", "error_description": hostile})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(identity)) as http:
+        env.connections = MarketoConnections(
+            http, default_endpoint=BASE_URL, clock=SteppingClock(env.clock)
+        )
+        destination = await env.destination(audiences=())
+        await env.append(destination.id, [profile(0, audiences=())])
+        assert await env.dispatcher().drain_once(env.instance_key) == 1
+    (alert,) = await env.store.open_alerts(destination.id)
+    assert alert.type == "authentication_failing"
+    assert "client id or secret" in alert.message
+    assert "INTERNAL-ONLY-TEXT" not in alert.message
