@@ -18,8 +18,18 @@ import grpc
 import httpx
 import pytest
 
+from service import convert
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from tests.harness import Service, connection, running_service, spec, violations
+from service.destinations import spec_to_json
+from service.store.base import NewDestination
+from tests.harness import (
+    STANDARD_MAPPINGS,
+    Service,
+    connection,
+    running_service,
+    spec,
+    violations,
+)
 from tests.netfakes import Listener, LoopbackOnly
 
 HOSTILE = "root:x:0:0 INTERNAL-ONLY-TEXT"
@@ -239,3 +249,40 @@ async def test_a_listed_loopback_webhook_is_delivered_by_its_own_client(tmp_path
         head, _, body = receiver.requests[0].partition(b"\r\n\r\n")
         assert head.startswith(b"POST /hook HTTP/1.1")
         assert json.loads(body)["type"] == "authentication_failing"
+
+
+async def test_a_stored_endpoint_the_policy_no_longer_allows_is_a_failed_precondition(
+    tmp_path: Path,
+) -> None:
+    # Stored under an earlier policy; this service allows only other hosts.
+    async with guarded(tmp_path, allowed_endpoints="https://*.example.test") as (
+        service,
+        transport,
+    ):
+        stored = convert.destination_spec(spec())
+        record = await service.app.store.create_destination(
+            NewDestination(
+                tenant="default",
+                name=stored.name,
+                spec=spec_to_json(stored),
+                client_secret=stored.connection.client_secret,
+                webhook_secret=None,
+                instance_key="123-abc-456.mktorest.com",
+            )
+        )
+        activated = await rpc_error(
+            service.stub.Activate(
+                pb.ActivateRequest(
+                    destination_id=record.id,
+                    audiences=[pb.Audience(id="a1", name="List")],
+                    mappings=STANDARD_MAPPINGS,
+                )
+            )
+        )
+        described = await rpc_error(
+            service.stub.DescribeMarketo(pb.DescribeMarketoRequest(destination_id=record.id))
+        )
+        for error in (activated, described):
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "MARKETO_DEST_ALLOWED_ENDPOINTS" in (error.details() or "")
+        assert transport.urls == []
