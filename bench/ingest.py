@@ -464,6 +464,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 MARKETO_DEST_DATA_DIR=str(work / name),
                 MARKETO_DEST_MAX_BACKLOG=str(2 * (args.backlog + args.rounds * args.updates)),
                 MARKETO_DEST_LOG_LEVEL="WARNING",
+                # The sandbox process listens on loopback: allow it as a Marketo endpoint.
+                MARKETO_DEST_ALLOWED_ENDPOINTS=sandbox_url,
                 **otel,
             )
             process = stack.enter_context(

@@ -38,6 +38,7 @@ import httpx
 
 from service.destinations import spec_from_record
 from service.domain import AlertSubscription
+from service.egress import EgressRefused
 from service.marketo.clock import Clock, SystemClock
 from service.store.base import AlertRecord, DestinationNotFound, Store
 
@@ -120,8 +121,8 @@ class WebhookSettings:
     base_delay: float = 1.0
     """Seconds before the first retry; doubled on each retry."""
     max_delay: float = 60.0
-    timeout: float = 10.0
-    """Seconds per request."""
+    timeout: float = 5.0
+    """Seconds per request (connect, read, write and pool wait each)."""
     queue_size: int = 100
     """Events waiting per destination; beyond it the oldest is dropped (logged)."""
 
@@ -225,7 +226,9 @@ class AlertMonitor:
         webhooks: WebhookSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        """`http` sends webhooks (none sent without it); `check_interval` (s) is how often the
+        """`http` sends webhooks (none sent without it; the application gives it a client of
+        its own under the egress policy, `service.app.webhook_client`, whose refusals are not
+        retried); `check_interval` (s) is how often the
         periodic check re-evaluates the watched destinations (delivery delay needs a timer)."""
         self._store = store
         self._http = http
@@ -516,6 +519,9 @@ class AlertMonitor:
                     headers=headers,
                     timeout=settings.timeout,
                 )
+            except EgressRefused as error:
+                log.warning("webhook for alert %s not sent: %s", event.alert.id, error)
+                return
             except httpx.HTTPError as error:
                 problem = f"{type(error).__name__}"
             else:

@@ -22,6 +22,7 @@ from service.alerts import AlertMonitor
 from service.connections import LimitSettings, MarketoConnections
 from service.destinations import Destinations
 from service.dispatcher import Dispatcher
+from service.egress import WebhookTransport
 from service.governance import load_policies
 from service.ingest import Ingest
 from service.marketo.clock import Clock
@@ -37,6 +38,8 @@ from service.telemetry import Telemetry, current_trace_context, instrument_trans
 
 MARKETO_TIMEOUT = httpx.Timeout(connect=10.0, read=95.0, write=30.0, pool=120.0)
 """Sync Leads may take Marketo up to 90 s; the pool wait covers the per-instance limiter."""
+WEBHOOK_TIMEOUT = httpx.Timeout(5.0)
+"""A webhook receiver answers quickly or the attempt is retried later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,16 @@ class Application:
     dispatcher: Dispatcher
     alerts: AlertMonitor
     principals: Principals | None
+
+
+def webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """The HTTP client of alert webhooks: the egress policy, short timeouts, no redirects."""
+    return httpx.AsyncClient(
+        transport=WebhookTransport(settings.webhook_allowlist),
+        timeout=WEBHOOK_TIMEOUT,
+        follow_redirects=False,
+        trust_env=False,
+    )
 
 
 def replica_name(settings: Settings) -> str:
@@ -66,10 +79,13 @@ async def open_application(
     clock: Clock | None = None,
     telemetry: Telemetry | None = None,
     run_background: bool = True,
+    webhook_http: httpx.AsyncClient | None = None,
 ) -> AsyncIterator[Application]:
     """Build the application; the dispatcher and alert monitor run while the context is open.
 
     Tests inject `http` (e.g. over the sandbox's ASGI transport), `store` and `clock`.
+    Webhooks go through `webhook_http`, by default a client of their own under the egress
+    policy (`WebhookTransport`), never Marketo's `http` (its pool, limits and spans).
     """
     async with contextlib.AsyncExitStack() as stack:
         if http is None:
@@ -81,6 +97,8 @@ async def open_application(
             http = await stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, timeout=MARKETO_TIMEOUT)
             )
+        if webhook_http is None:
+            webhook_http = await stack.enter_async_context(webhook_client(settings))
         if store is None:
             owner_only_directory(settings.data_dir)
             box = SecretBox.from_settings(settings.secret_key or None, settings.data_dir)
@@ -101,6 +119,7 @@ async def open_application(
         connections = MarketoConnections(
             http,
             default_endpoint=settings.default_marketo_endpoint,
+            allowed_endpoints=settings.endpoint_allowlist,
             limits=LimitSettings(
                 share=settings.marketo_share,
                 window_seconds=settings.marketo_window_seconds,
@@ -110,7 +129,7 @@ async def open_application(
             ),
             clock=clock,
         )
-        alerts = AlertMonitor(store, http=http, clock=clock)
+        alerts = AlertMonitor(store, http=webhook_http, clock=clock)
         max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
         dispatcher = Dispatcher(
             store,
@@ -129,7 +148,9 @@ async def open_application(
         )
         app = Application(
             store=store,
-            destinations=Destinations(store, connections),
+            destinations=Destinations(
+                store, connections, webhook_origins=settings.webhook_allowlist
+            ),
             activations=Activations(
                 store,
                 connections,

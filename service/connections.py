@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import httpx
 
 from service.domain import MarketoConnection
+from service.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpoint_allowlist, parse_url
+from service.errors import FailedPrecondition
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock
 from service.marketo.limits import InstanceLimits, instance_key
@@ -29,19 +31,31 @@ class LimitSettings:
     """Calls a day left for the instance's other integrations."""
 
 
+class EndpointRefused(FailedPrecondition):
+    """The destination's Marketo endpoint is not allowed by the egress policy."""
+
+
 class MarketoConnections:
-    """Builds `MarketoClient`s; clients of one instance share its limits and token cache."""
+    """Builds `MarketoClient`s; clients of one instance share its limits and token cache.
+
+    Only endpoints in `allowed_endpoints` get a client (default: Marketo's own hosts and the
+    origin of `default_endpoint`); see service/egress.py.
+    """
 
     def __init__(
         self,
         http: httpx.AsyncClient,
         *,
         default_endpoint: str = "",
+        allowed_endpoints: OriginList | None = None,
         limits: LimitSettings | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._http = http
         self._default_endpoint = default_endpoint
+        self._allowed = allowed_endpoints or endpoint_allowlist(
+            DEFAULT_ALLOWED_ENDPOINTS, default_endpoint
+        )
         self._limits = limits or LimitSettings()
         self._clock = clock
 
@@ -53,13 +67,29 @@ class MarketoConnections:
         endpoint = endpoint.rstrip("/")
         return endpoint.removesuffix("/rest")
 
+    def endpoint_problem(self, connection: MarketoConnection) -> str | None:
+        """Why the connection's REST base URL may not be called, or None when it may."""
+        try:
+            origin = parse_url(self.base_url(connection), what="the endpoint")
+        except ValueError as error:
+            return str(error)
+        if not self._allowed.allows(origin):
+            return f"{origin} is not an allowed Marketo endpoint (MARKETO_DEST_ALLOWED_ENDPOINTS)"
+        return None
+
     def instance_key(self, connection: MarketoConnection) -> str:
         """The key that identifies the Marketo instance (the dispatcher's and limiter's unit)."""
         return instance_key(self.base_url(connection))
 
     def client(self, connection: MarketoConnection, *, interactive: bool = False) -> MarketoClient:
         """A client for the connection's instance; `interactive` clients (used while a caller
-        waits on an RPC) give up within seconds instead of retrying for minutes."""
+        waits on an RPC) give up within seconds instead of retrying for minutes.
+
+        Raises `EndpointRefused` when the endpoint is not allowed (nothing is sent).
+        """
+        problem = self.endpoint_problem(connection)
+        if problem is not None:
+            raise EndpointRefused(f"the destination's Marketo endpoint is refused: {problem}")
         base_url = self.base_url(connection)
         limits = InstanceLimits.shared(
             self._http,

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,6 +26,7 @@ from service.domain import (
     PersonAction,
     SyncType,
 )
+from service.egress import OriginList, parse_url
 from service.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -64,6 +64,7 @@ ALERT_TYPES = (
 )
 PERMISSION_CODES = frozenset({"603", "1008"})
 """Marketo answers that mean the API user lacks a permission (role or partition)."""
+_CODE = re.compile(r"^[A-Za-z0-9_]{1,40}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +113,32 @@ def connection_violations(
     if secret_required and not connection.client_secret:
         bad("client_secret", "is required")
     if connection.endpoint:
-        parts = urlsplit(connection.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            bad("endpoint", "must be an http(s) URL")
+        try:
+            parse_url(connection.endpoint, what="the URL")
+        except ValueError as error:
+            bad("endpoint", str(error))
     return violations
 
 
-def static_violations(spec: DestinationSpec, *, creating: bool) -> list[FieldViolation]:
-    """Every rule of PRODUCT.md a spec breaks, without asking Marketo."""
+def webhook_violation(url: str, allowed: OriginList, field: str) -> FieldViolation | None:
+    """What is wrong with an alert webhook URL: it must be https unless its origin is listed
+    in `allowed` (MARKETO_DEST_ALLOWED_WEBHOOK_ORIGINS). The address is checked at send time."""
+    try:
+        origin = parse_url(url, what="the URL", query=True)
+    except ValueError as error:
+        return FieldViolation(field, str(error))
+    if origin.scheme != "https" and not allowed.allows(origin):
+        return FieldViolation(
+            field, "must be an https URL (http only for MARKETO_DEST_ALLOWED_WEBHOOK_ORIGINS)"
+        )
+    return None
+
+
+def static_violations(
+    spec: DestinationSpec, *, creating: bool, webhook_origins: OriginList | None = None
+) -> list[FieldViolation]:
+    """Every rule of PRODUCT.md a spec breaks, without asking Marketo; `webhook_origins` are
+    the origins a webhook may use plain http for."""
     violations: list[FieldViolation] = []
 
     def bad(field: str, description: str) -> None:
@@ -160,10 +179,11 @@ def static_violations(spec: DestinationSpec, *, creating: bool) -> list[FieldVio
         if alert_type not in ALERT_TYPES:
             bad(f"alerts.types[{index}]", f"unknown alert type {alert_type!r}")
     if alerts.webhook_url:
-        parts = urlsplit(alerts.webhook_url)
-        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-            bad("alerts.webhook_url", "must be an https URL (http only on loopback)")
+        problem = webhook_violation(
+            alerts.webhook_url, webhook_origins or OriginList(), "spec.alerts.webhook_url"
+        )
+        if problem is not None:
+            violations.append(problem)
     if not 0 <= alerts.failure_rate_threshold <= 1:
         bad("alerts.failure_rate_threshold", "must be between 0 and 1")
     if alerts.delivery_delay_threshold < timedelta(0):
@@ -231,18 +251,29 @@ def spec_from_record(record: DestinationRecord) -> DestinationSpec:
 
 
 def marketo_failure(error: MarketoError | httpx.HTTPError, what: str) -> Exception:
-    """The caller-facing error for a Marketo failure during a synchronous RPC."""
+    """The caller-facing error for a Marketo failure during a synchronous RPC.
+
+    Fixed words and Marketo's code only: text from the remote answer never reaches the caller
+    (an endpoint could be made to answer anything).
+    """
     if isinstance(error, httpx.HTTPError | UnavailableError):
         return Unavailable(f"Marketo could not be reached while {what}; try again later")
     if isinstance(error, AuthenticationError):
-        return FailedPrecondition(str(error))
+        return FailedPrecondition(
+            f"Marketo rejected the client id or secret while {what}{_code(error.code)}"
+        )
     if isinstance(error, QuotaExhaustedError):
         return Unavailable(f"Marketo's daily API quota is spent ({what})")
     if error.code in PERMISSION_CODES:
         return PermissionDenied(
-            f"the Marketo API user may not do this while {what}: {error.message}"
+            f"the Marketo API user may not do this while {what}{_code(error.code)}"
         )
-    return FailedPrecondition(f"Marketo refused the request while {what}: {error.message}")
+    return FailedPrecondition(f"Marketo refused the request while {what}{_code(error.code)}")
+
+
+def _code(code: str | None) -> str:
+    """`` (code N)`` when `code` looks like Marketo's code or an HTTP status, else nothing."""
+    return f" (code {code})" if code and _CODE.match(code) else ""
 
 
 async def describe_instance(client: MarketoClient) -> InstanceDescription:
@@ -313,16 +344,36 @@ async def _check_write_access(client: MarketoClient) -> None:
         for reason in result.reasons:
             if reason.code in PERMISSION_CODES:
                 raise PermissionDenied(
-                    f"the Marketo API user may not write leads: {reason.message}"
+                    f"the Marketo API user may not write leads{_code(reason.code)}"
                 )
 
 
 class Destinations:
     """The destination use cases (Configure, Get, List, Delete, DescribeMarketo)."""
 
-    def __init__(self, store: Store, connections: MarketoConnections) -> None:
+    def __init__(
+        self,
+        store: Store,
+        connections: MarketoConnections,
+        *,
+        webhook_origins: OriginList | None = None,
+    ) -> None:
         self._store = store
         self._connections = connections
+        self._webhook_origins = webhook_origins or OriginList()
+
+    def _connection_checked(
+        self, violations: list[FieldViolation], connection: MarketoConnection, prefix: str
+    ) -> list[FieldViolation]:
+        """`violations` plus the egress policy's verdict on the connection's endpoint, when the
+        fields it is built from are well-formed (nothing is sent)."""
+        named = {violation.field for violation in violations}
+        if named & {f"{prefix}.endpoint", f"{prefix}.munchkin_id"}:
+            return violations
+        problem = self._connections.endpoint_problem(connection)
+        if problem is None:
+            return violations
+        return [*violations, FieldViolation(f"{prefix}.endpoint", problem)]
 
     async def configure(
         self, destination_id: str, spec: DestinationSpec, *, validate_only: bool
@@ -333,7 +384,10 @@ class Destinations:
             if destination_id
             else None
         )
-        violations = static_violations(spec, creating=existing is None)
+        violations = static_violations(
+            spec, creating=existing is None, webhook_origins=self._webhook_origins
+        )
+        violations = self._connection_checked(violations, spec.connection, "spec.connection")
         if violations:
             raise InvalidArgument(violations)
         if existing is not None:
@@ -405,6 +459,9 @@ class Destinations:
         if connection is None:
             raise InvalidArgument([FieldViolation("target", "give destination_id or connection")])
         violations = connection_violations(connection, prefix="connection", secret_required=True)
+        if not destination_id:
+            # A stored endpoint the policy no longer allows: `client` refuses it (precondition).
+            violations = self._connection_checked(violations, connection, "connection")
         if violations:
             raise InvalidArgument(violations)
         return await describe_instance(self._connections.client(connection, interactive=True))

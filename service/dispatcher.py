@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from service.alerts import AlertMonitor
-from service.connections import MarketoConnections
+from service.connections import EndpointRefused, MarketoConnections
 from service.destinations import spec_from_record
 from service.domain import DecodedBatch, DestinationSpec, FieldMapping, Outcome, ProfileUpdate
 from service.engine import BatchResult, KeyedLocks, SyncEngine
@@ -545,6 +545,11 @@ class Dispatcher:
             prepared = await self._prepare(record)
         except MappingConfigError as error:
             raise DestinationNotReady(f"the destination's mapping is unusable: {error}") from None
+        except EndpointRefused as error:
+            # Stored before the egress policy changed: nothing is sent, the updates wait (and
+            # the delivery-delay alert fires) until the endpoint or the policy is fixed.
+            log.warning("destination %s not delivered: %s", record.id, error.message)
+            raise DestinationNotReady(error.message) from None
         activations = await self._store.activations(record.id)
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
         if bulk:
@@ -683,7 +688,10 @@ class Dispatcher:
         self._prepared.pop(record.id, None)
         try:
             await self._store.set_destination_state(record.id, DestinationState.AUTH_FAILING)
-            await self._alerts.authentication_failing(record.id, str(error))
+            # Fixed words: Identity's own text never reaches alert watchers or webhooks.
+            await self._alerts.authentication_failing(
+                record.id, "Marketo rejected the client id or secret"
+            )
         except DestinationNotFound:
             pass
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from service.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpoint_allowlist
+
 __all__ = ["ENV_PREFIX", "InvalidSetting", "Settings", "env_var", "field_docs", "parse_address"]
 
 ENV_PREFIX = "MARKETO_DEST_"
@@ -75,6 +77,17 @@ class Settings:
     default_marketo_endpoint: str = ""
     """Marketo REST base URL for destinations that give none. Empty: each instance's own
     ``https://<munchkin-id>.mktorest.com``. Set to the embedded sandbox's URL by ``--sandbox``."""
+
+    allowed_endpoints: str = DEFAULT_ALLOWED_ENDPOINTS
+    """Comma-separated origins (``scheme://host[:port]``; the host may start with ``*.``, the
+    port may be ``*``) that destinations' Marketo endpoints may point to; the origin of
+    ``default_marketo_endpoint`` (the embedded sandbox's with ``--sandbox``) is always added.
+    Any other endpoint is refused; see docs/access-control.md."""
+
+    allowed_webhook_origins: str = ""
+    """Comma-separated origins (same syntax) that alert webhooks may be sent to as given (``http``
+    and loopback or private addresses included). Any other webhook must be ``https`` to a host
+    that resolves to public addresses only."""
 
     grace_seconds: float = 10.0
     """On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are cancelled."""
@@ -218,6 +231,25 @@ class Settings:
             raise InvalidSetting(
                 "default_marketo_endpoint", f"must be an http(s) URL, got {endpoint!r}"
             )
+        for name in ("allowed_endpoints", "allowed_webhook_origins"):
+            try:
+                OriginList.parse(getattr(self, name))
+            except ValueError as error:
+                raise InvalidSetting(name, str(error)) from None
+        try:
+            endpoint_allowlist(self.allowed_endpoints, endpoint)
+        except ValueError as error:
+            raise InvalidSetting("default_marketo_endpoint", str(error)) from None
+
+    @property
+    def endpoint_allowlist(self) -> OriginList:
+        """The Marketo endpoints allowed: :attr:`allowed_endpoints` plus the default endpoint."""
+        return endpoint_allowlist(self.allowed_endpoints, self.default_marketo_endpoint)
+
+    @property
+    def webhook_allowlist(self) -> OriginList:
+        """:attr:`allowed_webhook_origins`, parsed."""
+        return OriginList.parse(self.allowed_webhook_origins)
 
     @property
     def blocked_plugin_names(self) -> tuple[str, ...]:

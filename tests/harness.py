@@ -34,6 +34,7 @@ MUNCHKIN = "123-ABC-456"
 ENDPOINT = f"https://{MUNCHKIN}.mktorest.com"
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
+LOOPBACK_WEBHOOKS = "http://127.0.0.1:*,http://[::1]:*"
 
 
 @dataclass
@@ -145,23 +146,32 @@ async def running_service(
     sandbox_settings: SandboxSettings | None = None,
     telemetry: Telemetry | None = None,
     marketo: Starlette | None = None,
+    marketo_http: httpx.AsyncClient | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Service]:
     """Start everything; `overrides` change the service's Settings. `marketo`: a sandbox app
     to use instead of a new one (it outlives the service: a restart over the same Marketo).
 
     With `telemetry`, the service is traced as `serve` traces it: the server interceptor, the
-    Marketo transport wrapper (over the sandbox) and the dispatcher's batch spans."""
+    Marketo transport wrapper (over the sandbox) and the dispatcher's batch spans. With
+    `marketo_http`, the service calls Marketo through it instead of the sandbox."""
     sandbox = marketo or create_app(sandbox_settings or SandboxSettings())
     settings = replace(
-        Settings(address="127.0.0.1:0", data_dir=tmp_path / "data", linger_seconds=0.05),
+        Settings(
+            address="127.0.0.1:0",
+            data_dir=tmp_path / "data",
+            linger_seconds=0.05,
+            # Webhook receivers of tests listen on loopback.
+            allowed_webhook_origins=LOOPBACK_WEBHOOKS,
+        ),
         **overrides,
     )
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             httpx.AsyncClient(transport=asgi_transport(sandbox), timeout=30.0)
         )
-        marketo_http = http
+        if marketo_http is None:
+            marketo_http = http
         if telemetry is not None:
             marketo_http = await stack.enter_async_context(
                 httpx.AsyncClient(

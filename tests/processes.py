@@ -77,6 +77,9 @@ class ServiceProcess:
             MARKETO_DEST_ADDRESS="127.0.0.1:0",
             MARKETO_DEST_DATA_DIR=str(data_dir),
             MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT=endpoint,
+            # Sandboxes and webhook receivers of tests listen on loopback.
+            MARKETO_DEST_ALLOWED_ENDPOINTS="https://*.mktorest.com,http://127.0.0.1:*",
+            MARKETO_DEST_ALLOWED_WEBHOOK_ORIGINS="http://127.0.0.1:*",
             MARKETO_DEST_MARKETO_WINDOW_SECONDS="2",
             MARKETO_DEST_LINGER_SECONDS="0.2",
             OTEL_SDK_DISABLED="true",

@@ -126,7 +126,9 @@ async def test_an_api_user_without_write_access_is_permission_denied(service: Se
     )
     error = await configure_error(service, pb.ConfigureRequest(spec=spec()))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "Access denied" in (error.details() or "")
+    details = error.details() or ""
+    assert "may write leads" in details and "603" in details
+    assert "Access denied" not in details, "Marketo's own words stay out of the answer"
 
 
 async def test_an_unreachable_marketo_is_unavailable_and_stores_nothing(service: Service) -> None:

@@ -33,7 +33,7 @@ from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
 from service.telemetry import Telemetry, server_interceptor
 from tests.access.harness import Pki, make_pki
-from tests.harness import STANDARD_MAPPINGS, connection, spec, update
+from tests.harness import LOOPBACK_WEBHOOKS, STANDARD_MAPPINGS, connection, spec, update
 
 SECRET = "mkto-Cl1ent-S3cret-7f9a2c41d8e6b053"
 WEBHOOK_SECRET = "whsec-R3liab1lity-91c0ffee"
@@ -98,6 +98,7 @@ async def serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[Running]:
         Settings(address="127.0.0.1:0", data_dir=tmp_path / "data", linger_seconds=0.05),
         principals_file=principals_file(tmp_path),
         log_level="DEBUG",
+        allowed_webhook_origins=LOOPBACK_WEBHOOKS,
         **overrides,
     )
     spans = InMemorySpanExporter()

@@ -128,6 +128,8 @@ class Cluster:
                 "MARKETO_DEST_DATABASE_URL": self.database_url,
                 "MARKETO_DEST_REPLICA_ID": name,
                 "MARKETO_DEST_SECRET_KEY": self.secret_key,
+                # Every sandbox of the cluster listens on loopback.
+                "MARKETO_DEST_ALLOWED_ENDPOINTS": "http://127.0.0.1:*",
                 "OTEL_SDK_DISABLED": "true",
                 **settings,
             }
