@@ -1,0 +1,63 @@
+"""`service.caches.BytesBoundedCache`: bounded by what its keys and values hold."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from service.caches import BytesBoundedCache, size_of_strings
+
+
+def by_length(key: str, value: str | None) -> int:
+    return len(key) + len(value or "")
+
+
+def test_the_least_recently_used_entries_go_once_the_bytes_pass_the_bound() -> None:
+    cache: BytesBoundedCache[str, str | None] = BytesBoundedCache(10, by_length)
+    cache.put("a", "1111")  # 5 bytes
+    cache.put("b", "2222")  # 10
+    assert cache.lookup("a") == (True, "1111")  # "b" is now the least recently used
+    cache.put("c", "33")  # 13 > 10: "b" goes
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert cache.nbytes == 8 and len(cache) == 2
+
+
+def test_keys_count_as_much_as_values() -> None:
+    cache: BytesBoundedCache[str, str | None] = BytesBoundedCache(10, by_length)
+    cache.put("k" * 8, None)
+    cache.put("j" * 8, None)
+    assert len(cache) == 1 and cache.nbytes == 8
+
+
+def test_a_cached_none_is_told_apart_from_a_miss() -> None:
+    cache: BytesBoundedCache[str, str | None] = BytesBoundedCache(10, by_length)
+    cache.put("a", None)
+    assert cache.lookup("a") == (True, None)
+    assert cache.lookup("b") == (False, None)
+
+
+def test_an_entry_larger_than_the_bound_is_not_kept_and_pushes_nothing_out() -> None:
+    cache: BytesBoundedCache[str, str | None] = BytesBoundedCache(10, by_length)
+    cache.put("a", "1")
+    cache.put("b", "x" * 20)
+    assert "b" not in cache and "a" in cache and cache.nbytes == 2
+
+
+def test_replacing_a_value_counts_only_the_new_one() -> None:
+    cache: BytesBoundedCache[str, str | None] = BytesBoundedCache(10, by_length)
+    cache.put("a", "12345")
+    cache.put("a", "1")
+    assert cache.nbytes == 2 and cache.lookup("a") == (True, "1")
+
+
+def test_a_negative_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        BytesBoundedCache(-1, by_length)
+
+
+def test_size_of_strings_counts_the_container_and_each_item() -> None:
+    items = ("abc", "d" * 100)
+    expected = sys.getsizeof(items) + sys.getsizeof("abc") + sys.getsizeof("d" * 100)
+    assert size_of_strings(items) == expected > 100
+    assert size_of_strings(None) == 0
