@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-__all__ = ["BytesBoundedCache", "size_of_strings"]
+__all__ = ["BytesBoundedCache", "deep_size"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
+_CONTAINERS = (tuple, list, set, frozenset)
 
-def size_of_strings(items: Iterable[str | bytes] | None) -> int:
-    """The bytes a tuple (or None) of `str`/`bytes` holds: the container and every item."""
-    if items is None:
-        return 0
-    return sys.getsizeof(items) + sum(sys.getsizeof(item) for item in items)
+
+def deep_size(*values: object) -> int:
+    """The bytes `values` hold: each object and, for tuples, lists and sets, every item (nested
+    containers too). None and small shared objects count as what `sys.getsizeof` says."""
+    total = 0
+    pending = list(values)
+    while pending:
+        value = pending.pop()
+        total += sys.getsizeof(value)
+        if isinstance(value, _CONTAINERS):
+            pending.extend(value)
+    return total
 
 
 class BytesBoundedCache(Generic[K, V]):

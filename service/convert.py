@@ -19,7 +19,7 @@ from service._proto.marketo_destination.internal.v1 import ingest_pb2 as ingest_
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.activation import ActivatedAudience, ListAction
 from service.alerts import AlertEvent, AlertState
-from service.caches import BytesBoundedCache, size_of_strings
+from service.caches import BytesBoundedCache, deep_size
 from service.destinations import Destination, InstanceDescription
 from service.domain import (
     ActionType,
@@ -708,7 +708,7 @@ def _plain_profile(profile: bytes, full: pb.SyncRequest | None, index: int) -> b
 MEMBERSHIPS_CACHE_BYTES = 8 * 1024 * 1024
 """The most the remembered memberships (`_MEMBERSHIPS`) hold, keys and values counted."""
 _MEMBERSHIPS: BytesBoundedCache[tuple[bytes, ...], tuple[str, ...] | None] = BytesBoundedCache(
-    MEMBERSHIPS_CACHE_BYTES, lambda key, value: size_of_strings(key) + size_of_strings(value)
+    MEMBERSHIPS_CACHE_BYTES, deep_size
 )
 """An update's encoded memberships -> their audience ids, or None when they are not plainly
 good. The same few combinations come again and again, so each is decoded once; a caller sending

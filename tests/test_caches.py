@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from service.caches import BytesBoundedCache, size_of_strings
+from service.caches import BytesBoundedCache, deep_size
 
 
 def by_length(key: str, value: str | None) -> int:
@@ -56,8 +56,15 @@ def test_a_negative_bound_is_refused() -> None:
         BytesBoundedCache(-1, by_length)
 
 
-def test_size_of_strings_counts_the_container_and_each_item() -> None:
-    items = ("abc", "d" * 100)
-    expected = sys.getsizeof(items) + sys.getsizeof("abc") + sys.getsizeof("d" * 100)
-    assert size_of_strings(items) == expected > 100
-    assert size_of_strings(None) == 0
+def test_deep_size_counts_each_container_and_every_item() -> None:
+    inner = frozenset({"abc"})
+    items = ("d" * 100, inner)
+    expected = (
+        sys.getsizeof(items)
+        + sys.getsizeof("d" * 100)
+        + sys.getsizeof(inner)
+        + sys.getsizeof("abc")
+    )
+    assert deep_size(items) == expected
+    assert deep_size(items, None) == expected + sys.getsizeof(None)
+    assert deep_size("x" * 1000) > 1000
