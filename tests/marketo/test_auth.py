@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from service.marketo import AuthenticationError, MarketoClient, UnavailableError
+from service.marketo.auth import TokenCache
 from tests.marketo.conftest import SECRET, TOKEN, FakeClock, FakeMarketo, Seen, error, ok
 
 PARTITIONS = "/rest/v1/leads/partitions.json"
@@ -184,3 +185,34 @@ async def test_a_token_handed_back_near_expiry_is_used_until_it_expires(
     clock.advance(6)  # 4 s left
     await client.token()
     assert marketo.identity_calls == 2
+
+
+def test_token_caches_for_ever_new_instances_and_clients_stay_within_a_bound() -> None:
+    """Callers choose munchkin and client ids (DescribeMarketo needs only view permission):
+    each new pair must not be kept for ever."""
+    import gc
+    import tracemalloc
+
+    owner = httpx.AsyncClient()
+    kept = TokenCache.shared(owner, "https://111-AAA-111.mktorest.com", "the-client", "secret")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(20_000):
+            TokenCache.shared(
+                owner, f"https://{n:06}-ABC-123.mktorest.com", f"client-{n:06}", "secret"
+            )
+            if n % 100 == 0:  # in use: stays the one shared cache
+                assert (
+                    TokenCache.shared(
+                        owner, "https://111-AAA-111.mktorest.com", "the-client", "secret"
+                    )
+                    is kept
+                )
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # About 11 MiB when every pair is kept.
+    assert retained < 4 * 1024 * 1024, f"{retained / 2**20:.1f} MiB retained"
