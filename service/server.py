@@ -95,9 +95,9 @@ class ServerLimits:
     """Calls in progress on one connection; a further call waits (HTTP/2 flow) until one ends.
     Sync pipelines within one stream, so a client needs few streams per connection."""
     max_receive_message_bytes: int = 4 * _MIB
-    """The largest request message: RESOURCE_EXHAUSTED past it. Room for 15 updates at the
-    largest valid profile (`convert.MAX_PROFILE_BYTES`, 256 KiB) with all their ids and
-    memberships; a client splits larger batches over several requests."""
+    """The largest request message: RESOURCE_EXHAUSTED past it. Room for ten updates at every
+    limit at once (`convert.MAX_PROFILE_BYTES` profile, longest ids, `convert.MAX_MEMBERSHIPS`
+    memberships); a client splits larger batches over several requests."""
     max_send_message_bytes: int = 16 * _MIB
     """The largest answer: a call whose answer would be larger fails with RESOURCE_EXHAUSTED
     instead of holding it in memory."""
