@@ -4,7 +4,9 @@ server on a free loopback port and a client stub."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import gc
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,3 +200,30 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
         if detail.Unpack(bad):
             found.update({v.field: v.description for v in bad.field_violations})
     return found
+
+
+@dataclass
+class Retained:
+    """What `retained_memory` measured: bytes still allocated after the block."""
+
+    bytes: int = 0
+
+    @property
+    def mib(self) -> float:
+        return self.bytes / 2**20
+
+
+@contextlib.contextmanager
+def retained_memory() -> Iterator[Retained]:
+    """Measure the bytes Python allocated in the block and still holds after it (tracemalloc,
+    after a garbage collection). The block deletes its own references to what it made."""
+    found = Retained()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        yield found
+        gc.collect()
+        found.bytes = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

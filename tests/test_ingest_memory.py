@@ -3,8 +3,6 @@ destinations are synced to."""
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 from service.access import LOCAL_PRINCIPAL, principal_scope
 from service.ingest import IndexedAudiences, Ingest
 from service.store.base import ActivationRecord, DestinationRecord, DestinationState, PendingStats
+from tests.harness import retained_memory
 
 AUDIENCES = 50
 
@@ -57,18 +56,10 @@ class _NoUpdates:
 
 async def test_the_caches_of_ingest_stay_within_a_bound_in_bytes() -> None:
     ingest = Ingest(_Destinations(), cache_seconds=3_600.0)  # type: ignore[arg-type]
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        with principal_scope(LOCAL_PRINCIPAL):
-            for number in range(3_000):
-                submission = await ingest.submit(f"dst_{number:06}", _NoUpdates())
-                assert submission.ack().accepted == 0
+    with retained_memory() as retained, principal_scope(LOCAL_PRINCIPAL):
+        for number in range(3_000):
+            submission = await ingest.submit(f"dst_{number:06}", _NoUpdates())
+            assert submission.ack().accepted == 0
         del submission
-        gc.collect()
-        retained = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
     # 3,000 destinations of 50 audiences each: about 18 MiB when every one is remembered.
-    assert retained < 12 * 1024 * 1024, f"{retained / 2**20:.0f} MiB retained"
+    assert retained.bytes < 12 * 1024 * 1024, f"{retained.mib:.0f} MiB retained"

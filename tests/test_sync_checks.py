@@ -32,7 +32,7 @@ from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.domain import ProfileUpdate
 from service.ingest import IndexedAudiences, Rejected, WireUpdates
-from tests.harness import encoded_field, varint
+from tests.harness import encoded_field, retained_memory, varint
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 NOW_SECONDS = int(NOW.timestamp())
@@ -926,9 +926,6 @@ def test_memberships_remembered_for_unknown_field_requests_stay_within_a_bound()
     """A request with an unknown field is looked at in Python, which remembers each distinct
     memberships list it decodes: hostile callers sending many distinct large lists must not make
     the service hold more than a few MiB for it (it held gigabytes)."""
-    import gc
-    import tracemalloc
-
     unknown = encoded_field(9, b"from a newer client")
 
     def request(number: int) -> bytes:
@@ -944,17 +941,10 @@ def test_memberships_remembered_for_unknown_field_requests_stay_within_a_bound()
         return message.SerializeToString() + unknown
 
     requests = [request(number) for number in range(20)]
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    with retained_memory() as retained:
         for wire in requests:
             checked = convert.sync_request(wire, NOW)
             assert not checked.rejected and len(checked.updates.memberships) == 10
         del checked
-        gc.collect()
-        retained = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
     # 200 distinct lists of 1,000 memberships: about 45 MiB when every one is remembered.
-    assert retained < 16 * 1024 * 1024, f"{retained / 2**20:.0f} MiB retained"
+    assert retained.bytes < 16 * 1024 * 1024, f"{retained.mib:.0f} MiB retained"
