@@ -37,15 +37,26 @@ def deep_size(*values: object) -> int:
 
 class BytesBoundedCache(Generic[K, V]):
     """A least-recently-used cache whose entries (keys and values, as `size` counts them) add up
-    to at most `max_bytes`. An entry larger than the whole bound is not kept."""
+    to at most `max_bytes`. An entry larger than the whole bound is not kept.
 
-    __slots__ = ("_entries", "_max_bytes", "_size", "nbytes")
+    With `evictable`, only values it accepts are ever forgotten (state still in use, such as a
+    rate limiter with calls in flight, stays); while every entry is in use the cache may hold
+    more than `max_bytes`, and the next `put` forgets what has come to rest since."""
 
-    def __init__(self, max_bytes: int, size: Callable[[K, V], int]) -> None:
+    __slots__ = ("_entries", "_evictable", "_max_bytes", "_size", "nbytes")
+
+    def __init__(
+        self,
+        max_bytes: int,
+        size: Callable[[K, V], int],
+        *,
+        evictable: Callable[[V], bool] | None = None,
+    ) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must not be negative")
         self._max_bytes = max_bytes
         self._size = size
+        self._evictable = evictable
         self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self.nbytes = 0
         """The bytes the cache holds now, as `size` counted them."""
@@ -77,9 +88,19 @@ class BytesBoundedCache(Generic[K, V]):
             return
         self._entries[key] = (value, size)
         self.nbytes += size
-        while self.nbytes > self._max_bytes:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self.nbytes -= dropped
+        if self._evictable is None:
+            while self.nbytes > self._max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.nbytes -= dropped
+            return
+        if self.nbytes <= self._max_bytes:
+            return
+        # Oldest first; entries still in use are passed over.
+        for old, (held, _) in list(self._entries.items()):
+            if old != key and self._evictable(held):
+                self.discard(old)
+                if self.nbytes <= self._max_bytes:
+                    return
 
     def discard(self, key: K) -> None:
         found = self._entries.pop(key, None)

@@ -68,3 +68,23 @@ def test_deep_size_counts_each_container_and_every_item() -> None:
     assert deep_size(items) == expected
     assert deep_size(items, None) == expected + sys.getsizeof(None)
     assert deep_size("x" * 1000) > 1000
+
+
+def test_entries_in_use_are_passed_over_and_go_once_at_rest() -> None:
+    in_use = {"a"}
+    cache: BytesBoundedCache[str, str | None] = BytesBoundedCache(
+        10, by_length, evictable=lambda value: value not in in_use
+    )
+    cache.put("1", "a")  # 2 bytes, in use
+    cache.put("2", "bbbbbbb")  # 10 in all
+    cache.put("3", "c")  # 12: "2" goes, "1" is passed over though older
+    assert "1" in cache and "2" not in cache and "3" in cache
+    cache.put("4", "dddddddd")  # 13: only "3" may go, the bound is passed while "1" is in use
+    assert "1" in cache and "3" not in cache and cache.nbytes == 11
+    in_use.clear()
+    cache.put("5", "e")  # 13: "1" has come to rest and goes, then "4" (still 11)
+    assert list(cache_keys(cache)) == ["5"] and cache.nbytes == 2
+
+
+def cache_keys(cache: BytesBoundedCache[str, str | None]) -> list[str]:
+    return [key for key in ("1", "2", "3", "4", "5") if key in cache]
