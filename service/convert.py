@@ -19,6 +19,7 @@ from service._proto.marketo_destination.internal.v1 import ingest_pb2 as ingest_
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.activation import ActivatedAudience, ListAction
 from service.alerts import AlertEvent, AlertState
+from service.caches import BytesBoundedCache, deep_size
 from service.destinations import Destination, InstanceDescription
 from service.domain import (
     ActionType,
@@ -679,7 +680,9 @@ def _plain_updates_in_python(
             audiences = update.audiences
             if not audiences:
                 continue
-            audience_ids = _MEMBERSHIPS.get(key := tuple(audiences)) or _audience_ids(key)
+            known, audience_ids = _MEMBERSHIPS.lookup(key := tuple(audiences))
+            if not known:
+                audience_ids = _audience_ids(key)
             if audience_ids is not None:
                 memberships.append((index, audience_ids))
                 continue
@@ -706,10 +709,14 @@ def _plain_profile(profile: bytes, full: pb.SyncRequest | None, index: int) -> b
         return False
 
 
-_MEMBERSHIPS: dict[tuple[bytes, ...], tuple[str, ...] | None] = {}
+MEMBERSHIPS_CACHE_BYTES = 8 * 1024 * 1024
+"""The most the remembered memberships (`_MEMBERSHIPS`) hold, keys and values counted."""
+_MEMBERSHIPS: BytesBoundedCache[tuple[bytes, ...], tuple[str, ...] | None] = BytesBoundedCache(
+    MEMBERSHIPS_CACHE_BYTES, deep_size
+)
 """An update's encoded memberships -> their audience ids, or None when they are not plainly
-good. The same few combinations come again and again, so each is decoded once."""
-_MEMBERSHIPS_CACHED = 4_096
+good. The same few combinations come again and again, so each is decoded once; a caller sending
+ever new ones only pushes the least recently used out."""
 
 
 def _audience_ids(audiences: tuple[bytes, ...]) -> tuple[str, ...] | None:
@@ -729,9 +736,7 @@ def _audience_ids(audiences: tuple[bytes, ...]) -> tuple[str, ...] | None:
             and all(m.status in _MEMBERSHIP_STATUS for m in decoded)
         ):
             audience_ids = found
-    if len(_MEMBERSHIPS) >= _MEMBERSHIPS_CACHED:
-        _MEMBERSHIPS.clear()
-    _MEMBERSHIPS[audiences] = audience_ids
+    _MEMBERSHIPS.put(audiences, audience_ids)
     return audience_ids
 
 

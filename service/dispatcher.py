@@ -5,8 +5,10 @@ Sync path calls `notify`) and starts one drainer per instance. A drainer holds t
 lease (renewed by a heartbeat; every retire/defer carries the lease generation as fencing token,
 so a drainer that lost its lease can never commit) and loops:
 
-1. claim up to `batch_size` due entries; when fewer are due and the oldest is younger than
-   `linger`, wait for the batch to fill (a `notify` wakes it) or for the linger time to pass;
+1. claim up to `batch_size` due entries, and no more than `claim_max_bytes` of their stored
+   payload (a claim cut short by its bytes is full); when fewer are due and the oldest is
+   younger than `linger`, wait for the batch to fill (a `notify` wakes it) or for the linger
+   time to pass;
 2. group the entries by destination; for each, build the sync engine (rules, mapper, audience ->
    list ids), read the watermarks and run `engine.sync`;
    a full batch of a destination whose backlog has reached `bulk_threshold` widens the claim to
@@ -50,6 +52,7 @@ from service.marketo.clock import Clock, SystemClock
 from service.marketo.errors import AuthenticationError, MarketoError, QuotaExhaustedError
 from service.registry import PluginRegistry
 from service.store.base import (
+    CLAIM_MAX_BYTES,
     DestinationNotFound,
     DestinationRecord,
     DestinationState,
@@ -151,6 +154,7 @@ class Dispatcher:
         bulk_batch_size: int = 200_000,
         bulk_policy: BulkPolicy | None = None,
         idle_hold: float = 0.0,
+        claim_max_bytes: int = CLAIM_MAX_BYTES,
     ) -> None:
         """`holder` names this replica in leases; `decode` turns an inbox batch (as Sync stored
         it) into updates; `linger` (s) is how long a partial batch waits
@@ -161,9 +165,13 @@ class Dispatcher:
         `bulk_threshold` (0: never) is the due backlog of one destination from which its work
         goes through bulk import, claimed `bulk_batch_size` entries at a time; `bulk_policy`
         sizes and polls the imports. `idle_hold` (s) is how long a drainer keeps its lease once
-        its instance has nothing due (one Marketo rate window in the service)."""
+        its instance has nothing due (one Marketo rate window in the service).
+        `claim_max_bytes` bounds the stored payload one claim (a batch, a bulk one too) holds in
+        memory; a batch cut short by it counts as full."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if claim_max_bytes < 1:
+            raise ValueError("claim_max_bytes must be at least 1")
         self._store = store
         self._connections = connections
         self._registry = registry
@@ -171,6 +179,7 @@ class Dispatcher:
         self._holder = holder
         self._decode = decode
         self._batch_size = batch_size
+        self._claim_max_bytes = claim_max_bytes
         self._bulk_threshold = max(bulk_threshold, 0)
         self._bulk_batch_size = max(bulk_batch_size, batch_size)
         self._bulk_policy = bulk_policy or BulkPolicy()
@@ -385,7 +394,7 @@ class Dispatcher:
                 return []
             try:
                 entries = await self._claim(lease, self._batch_size)
-                if len(entries) >= self._batch_size:
+                if self._full(entries, self._batch_size):
                     return await self._widen(lease, entries)
             except FencingError as error:
                 log.warning("drainer of %s lost its lease: %s", drainer.instance_key, error)
@@ -407,7 +416,16 @@ class Dispatcher:
         await self._store.unpack(
             lease.instance_key, self._decode, limit, fencing=lease.generation, now=self._now()
         )
-        return await self._store.claim_due(lease.instance_key, limit, now=self._now())
+        return await self._store.claim_due(
+            lease.instance_key, limit, now=self._now(), max_bytes=self._claim_max_bytes
+        )
+
+    def _full(self, entries: Sequence[OutboxEntry], limit: int) -> bool:
+        """Whether a claim of up to `limit` entries came back full, by count or by bytes."""
+        return (
+            len(entries) >= limit
+            or sum(entry.payload_bytes for entry in entries) >= self._claim_max_bytes
+        )
 
     async def _widen(self, lease: Lease, entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """A full batch becomes a bulk-sized one when a destination in it has a bulk backlog."""
@@ -416,7 +434,7 @@ class Dispatcher:
             or len(entries) < self._batch_size
             or self._bulk_batch_size <= len(entries)
         ):
-            return entries
+            return entries  # a batch cut short by its bytes would be cut as short again
         for destination_id in sorted({entry.destination_id for entry in entries}):
             stats = await self._store.pending_stats(destination_id)
             if stats.count >= self._bulk_threshold:

@@ -19,6 +19,7 @@ from operator import itemgetter
 from typing import Protocol
 
 from service.access import current_principal
+from service.caches import BytesBoundedCache, deep_size
 from service.domain import ProfileUpdate
 from service.errors import FailedPrecondition, FieldViolation, ResourceExhausted
 from service.store.base import AppendResult, Store
@@ -99,6 +100,19 @@ class _Backlog:
     read_at: float
 
 
+CACHE_BYTES = 8 * 1024 * 1024
+"""The most each of Ingest's caches (destinations, backlogs) holds, keys and values counted: a
+destination pushed out is read from the store again."""
+
+
+def _destination_size(key: tuple[str, str], value: _Destination) -> int:
+    return deep_size(key, value, value.instance_key, value.audiences, value.fetched_at)
+
+
+def _backlog_size(key: str, value: _Backlog) -> int:
+    return deep_size(key, value, value.count, value.read_at)
+
+
 def check_audiences(
     updates: Sequence[IndexedAudiences], active: frozenset[str]
 ) -> tuple[set[int], tuple[Rejected, ...]]:
@@ -149,8 +163,12 @@ class Ingest:
         self._max_wait = max_wait
         self._trace_context = trace_context
         self._cache_seconds = cache_seconds
-        self._destinations: dict[tuple[str, str], _Destination] = {}
-        self._backlogs: dict[str, _Backlog] = {}
+        self._destinations: BytesBoundedCache[tuple[str, str], _Destination] = BytesBoundedCache(
+            CACHE_BYTES, _destination_size
+        )
+        self._backlogs: BytesBoundedCache[str, _Backlog] = BytesBoundedCache(
+            CACHE_BYTES, _backlog_size
+        )
 
     async def submit(self, destination_id: str, updates: WireUpdates) -> Submission:
         """Check the updates and queue them for the next commit; `committed` of the result
@@ -186,7 +204,7 @@ class Ingest:
         if appended.cancelled() or appended.exception() is not None:
             return
         count = appended.result().count
-        backlog = self._backlogs.get(destination_id)
+        _, backlog = self._backlogs.lookup(destination_id)
         if backlog is not None:
             backlog.count += count
         self._notify(instance_key, destination_id)
@@ -194,7 +212,7 @@ class Ingest:
     async def _destination(self, destination_id: str) -> _Destination:
         tenant = current_principal().tenant
         key = (tenant, destination_id)
-        cached = self._destinations.get(key)
+        _, cached = self._destinations.lookup(key)
         if cached is not None and time.monotonic() - cached.fetched_at < self._cache_seconds:
             return cached
         record = await self._store.get_destination(destination_id, tenant=tenant)
@@ -208,7 +226,7 @@ class Ingest:
             audiences=frozenset(a.audience_id for a in activations if a.active),
             fetched_at=time.monotonic(),
         )
-        self._destinations[key] = fresh
+        self._destinations.put(key, fresh)
         return fresh
 
     async def _wait_for_room(self, destination_id: str) -> None:
@@ -226,11 +244,12 @@ class Ingest:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-            self._backlogs.pop(destination_id, None)  # read it again
+            self._backlogs.discard(destination_id)  # read it again
 
     async def _backlog(self, destination_id: str) -> int:
-        known = self._backlogs.get(destination_id)
+        _, known = self._backlogs.lookup(destination_id)
         if known is None or time.monotonic() - known.read_at >= self._cache_seconds / 4:
             stats = await self._store.pending_stats(destination_id)
-            known = self._backlogs[destination_id] = _Backlog(stats.count, time.monotonic())
+            known = _Backlog(stats.count, time.monotonic())
+            self._backlogs.put(destination_id, known)
         return known.count

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -30,6 +31,7 @@ from service.tls import TLSConfigError, server_credentials
 __all__ = [
     "SERVICE_NAME",
     "HealthServicer",
+    "ServerLimits",
     "StartupError",
     "build_server",
     "new_health_servicer",
@@ -81,6 +83,58 @@ def _add_servicer(servicer: MarketoDestinationServicer, server: grpc.aio.Server)
     server.add_registered_method_handlers(SERVICE_NAME, handlers.methods)  # type: ignore[attr-defined]
 
 
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client connection may take of the server (docs/reliability.md lists what a
+    client gets past each limit). Times in seconds."""
+
+    max_concurrent_streams: int = 100
+    """Calls in progress on one connection; a further call waits (HTTP/2 flow) until one ends.
+    Sync pipelines within one stream, so a client needs few streams per connection."""
+    max_receive_message_bytes: int = 4 * _MIB
+    """The largest request message: RESOURCE_EXHAUSTED past it. Room for ten updates at every
+    limit at once (`convert.MAX_PROFILE_BYTES` profile, longest ids, `convert.MAX_MEMBERSHIPS`
+    memberships); a client splits larger batches over several requests."""
+    max_send_message_bytes: int = 16 * _MIB
+    """The largest answer: a call whose answer would be larger fails with RESOURCE_EXHAUSTED
+    instead of holding it in memory."""
+    min_ping_interval_seconds: float = 30.0
+    """The shortest interval between a client's keepalive pings while nothing is sent; pings
+    more often, or any ping while the connection has no call, are strikes."""
+    max_ping_strikes: int = 2
+    """Strikes tolerated before the connection is closed (GOAWAY ``too_many_pings``)."""
+    max_connection_idle_seconds: float = 600.0
+    """A connection without a call for this long is closed (GOAWAY); the client's channel
+    reconnects on its next call."""
+    max_connection_age_seconds: float = 3_600.0
+    """A connection is asked to close after this long (GOAWAY, with 10 % jitter), so that
+    clients spread over replicas again; calls in progress go on for the grace period."""
+    max_connection_age_grace_seconds: float = 300.0
+    """How long calls in progress may still run on a connection past its age; then they end
+    with UNAVAILABLE and the client retries on a new connection."""
+
+    def options(self) -> list[tuple[str, int]]:
+        """The limits as grpc core channel arguments."""
+
+        def ms(seconds: float) -> int:
+            return max(1, round(seconds * 1000))
+
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_send_message_length", self.max_send_message_bytes),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_ping_interval_seconds)),
+            ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_seconds)),
+        ]
+
+
 class StartupError(RuntimeError):
     """The service cannot start: the address is taken, the embedded sandbox failed ..."""
 
@@ -108,6 +162,7 @@ async def build_server(
     tracing_interceptor: grpc.aio.ServerInterceptor[Any, Any] | None = None,
     extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     open_services: Collection[str] = (),
+    limits: ServerLimits = ServerLimits(),
 ) -> tuple[grpc.aio.Server, int]:
     """Builds the server and binds ``settings.address``; returns it (not started) and its port.
 
@@ -120,6 +175,7 @@ async def build_server(
       before the error interceptor, so a failed call is traced with its real status.
     - ``extra_handlers``: further generic handlers, served behind the same interceptors; the
       access interceptor refuses them unless their service is named in ``open_services``.
+    - ``limits``: what one client connection may take (:class:`ServerLimits`).
 
     Raises :class:`StartupError` when the address cannot be bound.
     """
@@ -138,7 +194,9 @@ async def build_server(
         )
     )
     # Without SO_REUSEPORT a second instance on the same port fails instead of sharing it.
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=interceptors, options=[("grpc.so_reuseport", 0), *limits.options()]
+    )
 
     _add_servicer(servicer, server)
     if health_servicer is None:

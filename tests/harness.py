@@ -4,8 +4,10 @@ server on a free loopback port and a client stub."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -257,3 +259,30 @@ def service_logging(level: int = logging.DEBUG) -> Iterator[CapturedLogs]:
         root.setLevel(root_level)
         for name, old in quiet.items():
             logging.getLogger(name).setLevel(old)
+
+
+@dataclass
+class Retained:
+    """What `retained_memory` measured: bytes still allocated after the block."""
+
+    bytes: int = 0
+
+    @property
+    def mib(self) -> float:
+        return self.bytes / 2**20
+
+
+@contextlib.contextmanager
+def retained_memory() -> Iterator[Retained]:
+    """Measure the bytes Python allocated in the block and still holds after it (tracemalloc,
+    after a garbage collection). The block deletes its own references to what it made."""
+    found = Retained()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        yield found
+        gc.collect()
+        found.bytes = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

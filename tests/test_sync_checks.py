@@ -32,7 +32,7 @@ from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.domain import ProfileUpdate
 from service.ingest import IndexedAudiences, Rejected, WireUpdates
-from tests.harness import encoded_field, varint
+from tests.harness import encoded_field, retained_memory, varint
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 NOW_SECONDS = int(NOW.timestamp())
@@ -934,3 +934,34 @@ def test_what_check_update_refuses_is_never_plain(
     """Near the limits too: each of these has one problem, which the quick look sees."""
     assert violations(update) != []
     assert quick_look(update, implementation)[0] == [0]
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+
+def test_memberships_remembered_for_unknown_field_requests_stay_within_a_bound() -> None:
+    """A request with an unknown field is looked at in Python, which remembers each distinct
+    memberships list it decodes: hostile callers sending many distinct large lists must not make
+    the service hold more than a few MiB for it (it held gigabytes)."""
+    unknown = encoded_field(9, b"from a newer client")
+
+    def request(number: int) -> bytes:
+        message = pb.SyncRequest(destination_id="d1", request_id=f"r{number}")
+        for index in range(10):
+            update = message.updates.add(profile_id=f"p{index}", update_id=f"u{number}-{index}")
+            update.event_time.FromSeconds(NOW_SECONDS)
+            for audience in range(convert.MAX_MEMBERSHIPS):
+                update.audiences.add(
+                    audience_id=f"audience-{number:04}-{index:02}-{audience:04}-{'x' * 48}",
+                    status=pb.MEMBERSHIP_STATUS_REALIZED,
+                )
+        return message.SerializeToString() + unknown
+
+    requests = [request(number) for number in range(20)]
+    with retained_memory() as retained:
+        for wire in requests:
+            checked = convert.sync_request(wire, NOW)
+            assert not checked.rejected and len(checked.updates.memberships) == 10
+        del checked
+    # 200 distinct lists of 1,000 memberships: about 45 MiB when every one is remembered.
+    assert retained.bytes < 16 * 1024 * 1024, f"{retained.mib:.0f} MiB retained"

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from service.caches import BytesBoundedCache, deep_size
 from service.marketo.limits import instance_key
 
 REFRESH_MARGIN = 60.0
@@ -47,9 +48,21 @@ class AccessToken:
         return now < refresh_at
 
 
-_SHARED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str], TokenCache]] = (
+SHARED_TOKEN_CACHES_BYTES = 2 * 1024 * 1024
+"""The most the shared token caches of one owner hold (about 2,500 pairs of instance and
+client id): callers choose munchkin and client ids (DescribeMarketo, Configure), so each new
+pair must not stay for ever. A cache pushed out costs the next client one token fetch."""
+_TOKEN_CACHE_BYTES = 512
+"""What one `TokenCache` holds besides its key (the object, its lock and a token; measured)."""
+
+_TokenKey = tuple[str, str, str]
+_SHARED: weakref.WeakKeyDictionary[Any, BytesBoundedCache[_TokenKey, TokenCache]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _token_cache_size(key: _TokenKey, cache: TokenCache) -> int:
+    return deep_size(key) + _TOKEN_CACHE_BYTES
 
 
 class TokenCache:
@@ -67,13 +80,20 @@ class TokenCache:
     ) -> TokenCache:
         """The cache for (`base_url`'s instance, `client_id`, `client_secret`) among clients
         built over `owner`. The secret is part of the key (as a digest): a token obtained with
-        the right secret must never serve a client that holds a wrong one."""
-        per_owner = _SHARED.setdefault(owner, {})
+        the right secret must never serve a client that holds a wrong one. The least recently
+        used caches are forgotten past `SHARED_TOKEN_CACHES_BYTES`."""
+        per_owner = _SHARED.get(owner)
+        if per_owner is None:
+            per_owner = _SHARED[owner] = BytesBoundedCache(
+                SHARED_TOKEN_CACHES_BYTES, _token_cache_size
+            )
         digest = hashlib.sha256(client_secret.encode()).hexdigest()
         key = (instance_key(base_url), client_id, digest)
-        if key not in per_owner:
-            per_owner[key] = cls()
-        return per_owner[key]
+        _, cache = per_owner.lookup(key)
+        if cache is None:
+            cache = cls()
+            per_owner.put(key, cache)
+        return cache
 
     async def get(
         self, now: Callable[[], float], fetch: Callable[[], Awaitable[AccessToken]]

@@ -13,7 +13,9 @@ with every other integration. `InstanceLimits` keeps this process inside a share
 - a pause until that midnight after a 607 or when the budget is spent (`paused_until`).
 
 One `InstanceLimits` per Marketo instance is shared by every client built over the same
-`httpx.AsyncClient` (one per process): see `InstanceLimits.shared`.
+`httpx.AsyncClient` (one per process): see `InstanceLimits.shared`. Callers choose instances
+(DescribeMarketo, Configure), so the limits of instances at rest are forgotten past
+`KEPT_LIMITS_BYTES`; limits a client still holds, or whose state still counts, never are.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+from service.caches import BytesBoundedCache, deep_size
 from service.marketo.clock import Clock, SystemClock
 from service.marketo.errors import QuotaExhaustedError
 
@@ -80,7 +83,27 @@ class Permit:
             self._limits._release(self._slot, counted=self.counted)
 
 
-_SHARED: weakref.WeakKeyDictionary[Any, dict[str, InstanceLimits]] = weakref.WeakKeyDictionary()
+KEPT_LIMITS_BYTES = 2 * 1024 * 1024
+"""The most the limits of instances at rest (`InstanceLimits.at_rest`) that no client holds
+take per owner (about 1,500 instances); limits in use are kept whatever their number."""
+_LIMITS_BYTES = 1_280
+"""What one `InstanceLimits` holds besides its key (measured, with no call in its window)."""
+
+
+class _SharedLimits:
+    """The limits of one owner's instances: every one a client holds (`live`, weakly), and the
+    most recently used (`kept`) so that their state outlives short-lived clients."""
+
+    def __init__(self) -> None:
+        self.live: weakref.WeakValueDictionary[str, InstanceLimits] = weakref.WeakValueDictionary()
+        self.kept: BytesBoundedCache[str, InstanceLimits] = BytesBoundedCache(
+            KEPT_LIMITS_BYTES,
+            lambda key, limits: deep_size(key) + _LIMITS_BYTES,
+            evictable=lambda limits: limits.at_rest,
+        )
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, _SharedLimits] = weakref.WeakKeyDictionary()
 
 
 class InstanceLimits:
@@ -130,11 +153,34 @@ class InstanceLimits:
     ) -> InstanceLimits:
         """The limits of the instance at `base_url` for every client built over `owner`
         (the process's `httpx.AsyncClient`); created with `settings` on first use."""
-        per_owner = _SHARED.setdefault(owner, {})
+        per_owner = _SHARED.get(owner)
+        if per_owner is None:
+            per_owner = _SHARED[owner] = _SharedLimits()
         key = instance_key(base_url)
-        if key not in per_owner:
-            per_owner[key] = (factory or cls)(**settings)
-        return per_owner[key]
+        limits = per_owner.live.get(key)
+        if limits is None:
+            limits = per_owner.live[key] = (factory or cls)(**settings)
+        known, _ = per_owner.kept.lookup(key)
+        if not known:
+            per_owner.kept.put(key, limits)
+        return limits
+
+    @property
+    def at_rest(self) -> bool:
+        """Whether forgetting these limits loses nothing: no call in flight, waiting or in the
+        rate window, none charged today, no pause or cool-down."""
+        now = self.clock.now()
+        self._roll_day(now)
+        self._purge(now)
+        return (
+            self._in_flight == 0
+            and not self._waiters
+            and not self._queue
+            and not self._slots
+            and self._used_today == 0
+            and (self.paused_until is None or self.paused_until <= now)
+            and self._cooldown_until <= now
+        )
 
     @property
     def daily_budget(self) -> int:

@@ -5,6 +5,7 @@
 """
 
 from service.store.base import (
+    CLAIM_MAX_BYTES,
     ActivationRecord,
     AlertRecord,
     AppendResult,
@@ -30,6 +31,7 @@ from service.store.base import (
 from service.store.sqlite import SqliteStore
 
 __all__ = [
+    "CLAIM_MAX_BYTES",
     "ActivationRecord",
     "AlertRecord",
     "AppendResult",

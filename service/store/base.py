@@ -196,6 +196,8 @@ class OutboxEntry:
     last_error: str
     trace_context: str | None
     """The W3C trace context of the Sync call that appended it (for span links)."""
+    payload_bytes: int = 0
+    """The size of the stored profile and memberships (JSON, UTF-8), which `claim_due` counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,11 @@ CommitListener = Callable[[str], None]
 
 UNPACK_STEP = 5_000
 """About how many updates one unpack transaction takes from the inbox."""
+
+CLAIM_MAX_BYTES = 64 * 1024 * 1024
+"""How many bytes of stored payload (`OutboxEntry.payload_bytes`) one claim takes at most, plus
+the one entry that reaches the bound: a bulk claim of 200,000 entries of 3.5 KiB profiles would
+otherwise hold about 2 GiB."""
 
 
 async def in_steps(transaction: Callable[[], Awaitable[tuple[int, bool]]]) -> int:
@@ -474,8 +481,11 @@ class Store(Protocol):
         now: datetime | None = None,
         *,
         after_sequence: int = 0,
+        max_bytes: int = CLAIM_MAX_BYTES,
     ) -> list[OutboxEntry]:
-        """Up to `limit` due entries (not_before <= now) of the instance, by sequence.
+        """Up to `limit` due entries (not_before <= now) of the instance, by sequence, taken
+        while their payloads come to less than `max_bytes` (so the first is always taken, and a
+        claim holds at most `max_bytes` plus one entry's payload); the rest stays due.
 
         Rows are not locked or hidden: exactly one drainer per instance (the lease holder) calls
         this; `after_sequence` skips entries it already holds in flight.

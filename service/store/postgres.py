@@ -39,6 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 from service.domain import DecodedBatch, FieldMapping, Outcome, ProfileUpdate
 from service.secrets import SecretBox
 from service.store.base import (
+    CLAIM_MAX_BYTES,
     UNPACK_STEP,
     ActivationRecord,
     AlertRecord,
@@ -767,16 +768,23 @@ class PostgresStore:
         now: datetime | None = None,
         *,
         after_sequence: int = 0,
+        max_bytes: int = CLAIM_MAX_BYTES,
     ) -> list[OutboxEntry]:
-        """Up to `limit` due entries of the instance, by sequence (read through `outbox_due`)."""
+        """Up to `limit` due entries of the instance, by sequence, while their payloads come to
+        less than `max_bytes` (read through `outbox_due`). The running total is summed in the
+        database from the stored sizes (`octet_length` does not detoast), so only the entries
+        taken travel."""
         due = self._now(now)
 
         async def work(connection: Connection) -> list[OutboxEntry]:
             cursor = await connection.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox "
+                f"SELECT {OUTBOX_COLUMNS}, size FROM ("
+                f"SELECT {OUTBOX_COLUMNS}, octet_length(payload) AS size, "
+                "sum(octet_length(payload)) OVER (ORDER BY sequence) AS running FROM outbox "
                 "WHERE instance_key = %s AND sequence > %s AND not_before <= %s "
-                "ORDER BY sequence LIMIT %s",
-                (instance_key, after_sequence, due, limit),
+                "ORDER BY sequence LIMIT %s) AS due "
+                "WHERE running - size < %s ORDER BY sequence",
+                (instance_key, after_sequence, due, limit, max_bytes),
             )
             return [outbox_entry(row) for row in await cursor.fetchall()]
 

@@ -192,6 +192,7 @@ OUTBOX_COLUMNS = (
     "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
     "trace_context, enqueued_at, not_before, attempts, last_error"
 )
+"""The columns `outbox_entry` reads, followed by the payload's size in bytes."""
 
 
 OUTCOME_COLUMNS = (
@@ -253,6 +254,7 @@ def outbox_entry(row: Sequence[Any]) -> OutboxEntry:
         attempts=row[10],
         last_error=row[11],
         trace_context=row[7],
+        payload_bytes=row[12],
     )
 
 

@@ -40,6 +40,7 @@ from service.domain import (
 )
 from service.secrets import SecretBox, owner_only_directory
 from service.store.base import (
+    CLAIM_MAX_BYTES,
     UNPACK_STEP,
     ActivationRecord,
     AlertRecord,
@@ -888,18 +889,27 @@ class SqliteStore:
         now: datetime | None = None,
         *,
         after_sequence: int = 0,
+        max_bytes: int = CLAIM_MAX_BYTES,
     ) -> list[OutboxEntry]:
-        """Up to `limit` due entries of the instance, by sequence (read through `outbox_due`)."""
+        """Up to `limit` due entries of the instance, by sequence, while their payloads come to
+        less than `max_bytes` (read through `outbox_due`, row by row, so the scan stops there)."""
         due = self._now(now)
 
         def work(connection: sqlite3.Connection) -> list[OutboxEntry]:
             rows = connection.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox "
+                f"SELECT {OUTBOX_COLUMNS}, length(CAST(payload AS BLOB)) FROM outbox "
                 "WHERE instance_key = ? AND sequence > ? AND not_before <= ? "
                 "ORDER BY sequence LIMIT ?",
                 (instance_key, after_sequence, due, limit),
             )
-            return [outbox_entry(row) for row in rows]
+            entries: list[OutboxEntry] = []
+            taken = 0
+            for row in rows:
+                entries.append(outbox_entry(row))
+                taken += row[12]
+                if taken >= max_bytes:
+                    break
+            return entries
 
         return await self._read(work)
 

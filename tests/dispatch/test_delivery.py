@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from datetime import timedelta
 
 from service.dispatcher import Dispatcher
-from service.domain import OutcomeKind
+from service.domain import OutcomeKind, ProfileUpdate
 from tests.dispatch.conftest import Env, drain_all, eventually, profile, settle
 
 
@@ -84,6 +85,45 @@ async def test_a_trickle_lingers_and_a_full_batch_goes_at_once(env: Env) -> None
     env.clock.advance(1.0)
     await eventually(lambda: _is_zero(env, destination.id), what="lingered entry delivered")
     assert len(await env.leads()) == 6
+
+
+def noted(n: int) -> ProfileUpdate:
+    """A profile whose stored payload is a little over 5,000 bytes."""
+    update = profile(n)
+    return dataclasses.replace(
+        update, profile={"person": {**update.profile["person"], "notes": "n" * 5_000}}
+    )
+
+
+async def test_a_claim_is_bounded_by_its_bytes_and_the_rest_follows(env: Env) -> None:
+    destination = await env.destination()
+    await env.append(destination.id, [noted(n) for n in range(9)])
+    dispatcher = env.dispatcher(batch_size=300, claim_max_bytes=12_000)
+
+    # Taken while below 12,000 bytes: the third entry passes the bound and ends the claim.
+    assert await dispatcher.drain_once(env.instance_key) == 3
+    assert await env.pending(destination.id) == 6
+    assert await drain_all(env, dispatcher) == 6
+    outcomes = (await env.store.list_outcomes(destination.id, page_size=100)).items
+    assert Counter(o.outcome.kind for o in outcomes) == {OutcomeKind.ACTIVATED: 9}
+    assert len(await env.leads()) == 9
+
+
+async def test_a_batch_full_by_its_bytes_goes_at_once(env: Env) -> None:
+    destination = await env.destination()
+    dispatcher = env.dispatcher(batch_size=300, linger=1.0, claim_max_bytes=12_000)
+    await dispatcher.start()
+
+    await env.append(destination.id, [noted(0)])
+    dispatcher.notify(env.instance_key)
+    await eventually(lambda: _running(dispatcher, env), what="drainer started")
+    await settle()
+    assert await env.pending(destination.id) == 1, "a partial batch must linger"
+
+    await env.append(destination.id, [noted(n) for n in range(1, 3)])
+    dispatcher.notify(env.instance_key)
+    await eventually(lambda: _is_zero(env, destination.id), what="full batch delivered")
+    assert len(await env.leads()) == 3
 
 
 async def test_the_periodic_poll_finds_work_nobody_announced(env: Env) -> None:

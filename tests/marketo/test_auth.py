@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from service.marketo import AuthenticationError, MarketoClient, UnavailableError
+from service.marketo.auth import TokenCache
+from tests.harness import retained_memory
 from tests.marketo.conftest import SECRET, TOKEN, FakeClock, FakeMarketo, Seen, error, ok
 
 PARTITIONS = "/rest/v1/leads/partitions.json"
@@ -184,3 +186,28 @@ async def test_a_token_handed_back_near_expiry_is_used_until_it_expires(
     clock.advance(6)  # 4 s left
     await client.token()
     assert marketo.identity_calls == 2
+
+
+class _Owner:
+    """What clients share their token caches over (the service: its `httpx.AsyncClient`)."""
+
+
+def test_token_caches_for_ever_new_instances_and_clients_stay_within_a_bound() -> None:
+    """Callers choose munchkin and client ids (DescribeMarketo needs only view permission):
+    each new pair must not be kept for ever."""
+    owner = _Owner()
+    kept = TokenCache.shared(owner, "https://111-AAA-111.mktorest.com", "the-client", "secret")
+    with retained_memory() as retained:
+        for n in range(20_000):
+            TokenCache.shared(
+                owner, f"https://{n:06}-ABC-123.mktorest.com", f"client-{n:06}", "secret"
+            )
+            if n % 100 == 0:  # in use: stays the one shared cache
+                assert (
+                    TokenCache.shared(
+                        owner, "https://111-AAA-111.mktorest.com", "the-client", "secret"
+                    )
+                    is kept
+                )
+    # About 10 MiB when every pair is kept.
+    assert retained.bytes < 4 * 1024 * 1024, f"{retained.mib:.1f} MiB retained"

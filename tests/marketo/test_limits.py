@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.marketo import InstanceLimits, QuotaExhaustedError, next_reset
+from tests.harness import retained_memory
 from tests.marketo.conftest import FakeClock
 
 UTC = ZoneInfo("UTC")
@@ -178,3 +179,42 @@ def test_limits_are_shared_per_instance_and_http_client() -> None:
     assert InstanceLimits.shared(a, "https://123-abc-456.mktorest.com") is first
     assert InstanceLimits.shared(a, "https://999-XYZ-000.mktorest.com") is not first
     assert InstanceLimits.shared(b, "https://123-ABC-456.mktorest.com") is not first
+
+
+class _Owner:
+    """What clients share limits over (the service: its `httpx.AsyncClient`)."""
+
+
+def _churn(owner: _Owner, count: int) -> None:
+    """Limits of `count` new instances, none kept by a client (as DescribeMarketo calls on ever
+    new munchkin ids leave them)."""
+    for n in range(count):
+        InstanceLimits.shared(owner, f"https://{n:06}-ABC-123.mktorest.com")
+
+
+def test_limits_of_ever_new_instances_stay_within_a_bound() -> None:
+    owner = _Owner()
+    with retained_memory() as retained:
+        _churn(owner, 20_000)
+    # About 25 MiB when every instance's limits are kept.
+    assert retained.bytes < 4 * 1024 * 1024, f"{retained.mib:.1f} MiB retained"
+
+
+def test_limits_a_client_holds_stay_shared_however_many_instances_come() -> None:
+    owner = _Owner()
+    held = InstanceLimits.shared(owner, "https://111-AAA-111.mktorest.com")
+    _churn(owner, 5_000)
+    assert InstanceLimits.shared(owner, "https://111-AAA-111.mktorest.com") is held
+
+
+async def test_limits_whose_state_counts_are_kept_when_no_client_holds_them() -> None:
+    owner = _Owner()
+    clock = FakeClock()
+    limits = InstanceLimits.shared(owner, "https://111-AAA-111.mktorest.com", clock=clock)
+    async with limits.call():
+        pass
+    del limits
+    clock.advance(3_600)  # out of the rate window; still charged today
+    _churn(owner, 5_000)
+    again = InstanceLimits.shared(owner, "https://111-AAA-111.mktorest.com", clock=clock)
+    assert again.used_today == 1

@@ -511,6 +511,56 @@ async def test_claim_returns_due_rows_in_sequence_order(
     assert (await store.claim_due(INSTANCE, 10, later))[1].attempts == 7
 
 
+def large(n: int, characters: int = 10_000) -> ProfileUpdate:
+    """An update whose profile holds a string of `characters` (each one UTF-8 byte)."""
+    return dataclasses.replace(update(n), profile={"person": {"notes": "n" * characters}})
+
+
+async def test_a_claim_stops_once_its_payloads_reach_max_bytes(
+    store: Store, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [large(n) for n in range(1, 9)])
+    await unpack(store, INSTANCE)
+
+    # Each payload is a little over 10,000 bytes: the fourth starts below 35,000 bytes taken.
+    first = await store.claim_due(INSTANCE, 100, START, max_bytes=35_000)
+    assert ids(first) == ["u1", "u2", "u3", "u4"]
+    assert all(10_000 < entry.payload_bytes < 11_000 for entry in first)
+    assert first[0].update.profile == {"person": {"notes": "n" * 10_000}}
+    # The rest stays due, for the next claim; the count still bounds a claim too.
+    after = first[-1].sequence
+    rest = await store.claim_due(INSTANCE, 3, START, after_sequence=after, max_bytes=35_000)
+    assert ids(rest) == ["u5", "u6", "u7"]
+    assert ids(await store.claim_due(INSTANCE, 100, START, max_bytes=10**9)) == [
+        f"u{n}" for n in range(1, 9)
+    ]
+
+
+async def test_a_claim_holds_its_first_entry_whatever_its_size(
+    store: Store, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [large(1, 50_000), large(2, 10)])
+    await unpack(store, INSTANCE)
+
+    assert ids(await store.claim_due(INSTANCE, 10, START, max_bytes=1_000)) == ["u1"]
+
+
+async def test_a_claim_counts_bytes_not_characters(
+    store: Store, destination: DestinationRecord
+) -> None:
+    wide = [  # 3,000 characters of 3 bytes each in UTF-8 (9,000 bytes)
+        dataclasses.replace(update(n), profile={"person": {"notes": "\u20ac" * 3_000}})
+        for n in range(1, 4)
+    ]
+    await append(store, destination.id, INSTANCE, wide)
+    await unpack(store, INSTANCE)
+
+    # Counted in characters the third would start below 9,500; in bytes the second ends above.
+    claimed = await store.claim_due(INSTANCE, 10, START, max_bytes=9_500)
+    assert ids(claimed) == ["u1", "u2"]
+    assert claimed[0].payload_bytes > 9_000
+
+
 async def test_instance_with_only_deferred_rows_has_no_due_work(
     store: Store, destination: DestinationRecord
 ) -> None:
