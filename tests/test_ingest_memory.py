@@ -4,7 +4,7 @@ destinations are synced to."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.access import LOCAL_PRINCIPAL, principal_scope
@@ -55,7 +55,11 @@ class _NoUpdates:
 
 
 async def test_the_caches_of_ingest_stay_within_a_bound_in_bytes() -> None:
-    ingest = Ingest(_Destinations(), cache_seconds=3_600.0)  # type: ignore[arg-type]
+    ingest = Ingest(
+        _Destinations(),  # type: ignore[arg-type]
+        cache_seconds=3_600.0,
+        max_clock_skew=timedelta(minutes=5),
+    )
     with retained_memory() as retained, principal_scope(LOCAL_PRINCIPAL):
         for number in range(3_000):
             submission = await ingest.submit(f"dst_{number:06}", _NoUpdates())
