@@ -9,7 +9,7 @@ Configure validates a spec in two steps, and stores nothing unless both pass:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -320,9 +320,18 @@ async def _check_write_access(client: MarketoClient) -> None:
 class Destinations:
     """The destination use cases (Configure, Get, List, Delete, DescribeMarketo)."""
 
-    def __init__(self, store: Store, connections: MarketoConnections) -> None:
+    def __init__(
+        self,
+        store: Store,
+        connections: MarketoConnections,
+        *,
+        on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
+    ) -> None:
+        """`on_changed(before)` runs after a stored destination was changed by Configure (the
+        dispatcher re-checks a paused destination at once)."""
         self._store = store
         self._connections = connections
+        self._on_changed = on_changed
 
     async def configure(
         self, destination_id: str, spec: DestinationSpec, *, validate_only: bool
@@ -369,6 +378,8 @@ class Destinations:
                     instance_key=instance,
                 )
             )
+            if self._on_changed is not None:
+                await self._on_changed(existing)
         return Destination(record=record, spec=spec)
 
     async def get(self, destination_id: str) -> Destination:

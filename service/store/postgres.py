@@ -316,7 +316,7 @@ class PostgresStore:
         async def work(connection: Connection) -> DestinationRecord:
             await connection.execute(
                 f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, 1)",
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, 1, '')",
                 (
                     destination_id,
                     new.tenant,
@@ -407,15 +407,21 @@ class PostgresStore:
         return await self._write("update_destination", work)
 
     async def set_destination_state(
-        self, destination_id: str, state: DestinationState, paused_until: datetime | None = None
+        self,
+        destination_id: str,
+        state: DestinationState,
+        paused_until: datetime | None = None,
+        *,
+        reason: str = "",
     ) -> None:
-        """Set the lifecycle state (no version check, no version change)."""
+        """Set the lifecycle state and its reason (no version check, no version change)."""
         until = to_micros(paused_until) if paused_until is not None else None
 
         async def work(connection: Connection) -> None:
             cursor = await connection.execute(
-                "UPDATE destinations SET state = %s, paused_until = %s WHERE id = %s",
-                (state.value, until, destination_id),
+                "UPDATE destinations SET state = %s, paused_until = %s, state_reason = %s "
+                "WHERE id = %s",
+                (state.value, until, reason, destination_id),
             )
             if cursor.rowcount == 0:
                 raise DestinationNotFound(destination_id)
@@ -460,6 +466,7 @@ class PostgresStore:
             updated_at=from_micros(row[10]),
             mappings=loads_mappings(row[11]),
             version=row[12],
+            state_reason=row[13],
         )
 
     # -- activations ----------------------------------------------------------------------------
@@ -839,6 +846,19 @@ class PostgresStore:
             )
 
         await self._write("defer", work)
+
+    async def release_deferred(self, destination_id: str, now: datetime | None = None) -> int:
+        """Make the destination's deferred outbox entries due now (attempts unchanged)."""
+        due = self._now(now)
+
+        async def work(connection: Connection) -> int:
+            cursor = await connection.execute(
+                "UPDATE outbox SET not_before = %s WHERE destination_id = %s AND not_before > %s",
+                (due, destination_id, due),
+            )
+            return max(cursor.rowcount, 0)
+
+        return await self._write("release_deferred", work)
 
     async def watermarks(
         self, destination_id: str, profile_ids: Sequence[str]

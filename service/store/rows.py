@@ -99,7 +99,7 @@ ACTION_COLUMN = {
 
 DESTINATION_COLUMNS = (
     "id, tenant, name, spec, client_secret, webhook_secret, instance_key, state, paused_until, "
-    "created_at, updated_at, mappings, version"
+    "created_at, updated_at, mappings, version, state_reason"
 )
 
 

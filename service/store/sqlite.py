@@ -414,7 +414,7 @@ class SqliteStore:
         def work(connection: sqlite3.Connection) -> DestinationRecord:
             connection.execute(
                 f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1, '')",
                 (
                     destination_id,
                     new.tenant,
@@ -508,15 +508,21 @@ class SqliteStore:
         return await self._write("update_destination", work)
 
     async def set_destination_state(
-        self, destination_id: str, state: DestinationState, paused_until: datetime | None = None
+        self,
+        destination_id: str,
+        state: DestinationState,
+        paused_until: datetime | None = None,
+        *,
+        reason: str = "",
     ) -> None:
-        """Set the lifecycle state (no version check, no version change)."""
+        """Set the lifecycle state and its reason (no version check, no version change)."""
         until = to_micros(paused_until) if paused_until is not None else None
 
         def work(connection: sqlite3.Connection) -> None:
             cursor = connection.execute(
-                "UPDATE destinations SET state = ?, paused_until = ? WHERE id = ?",
-                (state.value, until, destination_id),
+                "UPDATE destinations SET state = ?, paused_until = ?, state_reason = ? "
+                "WHERE id = ?",
+                (state.value, until, reason, destination_id),
             )
             if cursor.rowcount == 0:
                 raise DestinationNotFound(destination_id)
@@ -560,6 +566,7 @@ class SqliteStore:
             updated_at=from_micros(row[10]),
             mappings=loads_mappings(row[11]),
             version=row[12],
+            state_reason=row[13],
         )
 
     # -- activations ----------------------------------------------------------------------------
@@ -954,6 +961,19 @@ class SqliteStore:
             )
 
         await self._write("defer", work)
+
+    async def release_deferred(self, destination_id: str, now: datetime | None = None) -> int:
+        """Make the destination's deferred outbox entries due now (attempts unchanged)."""
+        due = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> int:
+            cursor = connection.execute(
+                "UPDATE outbox SET not_before = ? WHERE destination_id = ? AND not_before > ?",
+                (due, destination_id, due),
+            )
+            return max(cursor.rowcount, 0)
+
+        return await self._write("release_deferred", work)
 
     async def watermarks(
         self, destination_id: str, profile_ids: Sequence[str]
