@@ -69,6 +69,7 @@ from service.store.rows import (
     DEFAULT_PAGE_SIZE,
     DESTINATION_COLUMNS,
     HOUR_US,
+    NEW_DESTINATION_COLUMNS,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
     Counts,
@@ -315,8 +316,8 @@ class PostgresStore:
 
         async def work(connection: Connection) -> DestinationRecord:
             await connection.execute(
-                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, 1, '')",
+                f"INSERT INTO destinations ({NEW_DESTINATION_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, 1)",
                 (
                     destination_id,
                     new.tenant,
@@ -331,7 +332,10 @@ class PostgresStore:
                     dumps_mappings(new.mappings),
                 ),
             )
-            return await self._fetch_destination(connection, destination_id, None)
+            # A new destination has no state reason to read.
+            return await self._fetch_destination(
+                connection, destination_id, None, columns=NEW_DESTINATION_COLUMNS
+            )
 
         return await self._write("create_destination", work)
 
@@ -441,10 +445,15 @@ class PostgresStore:
         await self._write("delete_destination", work)
 
     async def _fetch_destination(
-        self, connection: Connection, destination_id: str, tenant: str | None
+        self,
+        connection: Connection,
+        destination_id: str,
+        tenant: str | None,
+        *,
+        columns: str = DESTINATION_COLUMNS,
     ) -> DestinationRecord:
         cursor = await connection.execute(
-            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = %s", (destination_id,)
+            f"SELECT {columns} FROM destinations WHERE id = %s", (destination_id,)
         )
         row = await cursor.fetchone()
         if row is None or (tenant is not None and row[1] != tenant):
@@ -466,7 +475,7 @@ class PostgresStore:
             updated_at=from_micros(row[10]),
             mappings=loads_mappings(row[11]),
             version=row[12],
-            state_reason=row[13],
+            state_reason=row[13] if len(row) > 13 else "",
         )
 
     # -- activations ----------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from service.store.rows import (
     DEFAULT_PAGE_SIZE,
     DESTINATION_COLUMNS,
     HOUR_US,
+    NEW_DESTINATION_COLUMNS,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
     Counts,
@@ -413,8 +414,8 @@ class SqliteStore:
 
         def work(connection: sqlite3.Connection) -> DestinationRecord:
             connection.execute(
-                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1, '')",
+                f"INSERT INTO destinations ({NEW_DESTINATION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)",
                 (
                     destination_id,
                     new.tenant,
@@ -429,7 +430,10 @@ class SqliteStore:
                     dumps_mappings(new.mappings),
                 ),
             )
-            return self._fetch_destination(connection, destination_id, None)
+            # A new destination has no state reason to read.
+            return self._fetch_destination(
+                connection, destination_id, None, columns=NEW_DESTINATION_COLUMNS
+            )
 
         return await self._write("create_destination", work)
 
@@ -542,10 +546,15 @@ class SqliteStore:
         await self._write("delete_destination", work)
 
     def _fetch_destination(
-        self, connection: sqlite3.Connection, destination_id: str, tenant: str | None
+        self,
+        connection: sqlite3.Connection,
+        destination_id: str,
+        tenant: str | None,
+        *,
+        columns: str = DESTINATION_COLUMNS,
     ) -> DestinationRecord:
         row = connection.execute(
-            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = ?", (destination_id,)
+            f"SELECT {columns} FROM destinations WHERE id = ?", (destination_id,)
         ).fetchone()
         if row is None or (tenant is not None and row[1] != tenant):
             raise DestinationNotFound(destination_id)
@@ -566,7 +575,7 @@ class SqliteStore:
             updated_at=from_micros(row[10]),
             mappings=loads_mappings(row[11]),
             version=row[12],
-            state_reason=row[13],
+            state_reason=row[13] if len(row) > 13 else "",
         )
 
     # -- activations ----------------------------------------------------------------------------
