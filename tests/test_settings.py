@@ -57,6 +57,7 @@ def test_every_field_is_read_from_its_variable() -> None:
             "MARKETO_DEST_REPLICA_ID": "replica-a",
             "MARKETO_DEST_DATABASE_URL": "postgresql://md@db:5432/md",
             "MARKETO_DEST_LEASE_TTL_SECONDS": "10",
+            "MARKETO_DEST_SCHEMA_RECHECK_SECONDS": "30",
             "MARKETO_DEST_OUTCOME_RETENTION_DAYS": "7.5",
             "OTEL_SERVICE_NAME": "ignored here",
             "PATH": "/bin",
@@ -92,6 +93,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         replica_id="replica-a",
         database_url="postgresql://md@db:5432/md",
         lease_ttl_seconds=10.0,
+        schema_recheck_seconds=30.0,
         outcome_retention_days=7.5,
     )
     assert settings.blocked_plugin_names == ("loyalty", "other")
@@ -120,6 +122,7 @@ def test_booleans(raw: str, expected: bool) -> None:
         ("MARKETO_DEST_BULK_THRESHOLD", "-1"),
         ("MARKETO_DEST_OUTCOME_RETENTION_DAYS", "-1"),
         ("MARKETO_DEST_OUTCOME_RETENTION_DAYS", "a month"),
+        ("MARKETO_DEST_SCHEMA_RECHECK_SECONDS", "0"),
         ("MARKETO_DEST_DATA_DIR", ""),
         ("MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT", "marketo.example.com"),
         ("MARKETO_DEST_ADRESS", "127.0.0.1:1"),
