@@ -571,8 +571,12 @@ class Dispatcher:
             entries = await self._retire_final(lease, record, entries, result)
             try:
                 missing = await self._missing_fields(record, max_age=0.0)
+            except QuotaExhaustedError as error:
+                raise _Paused(_from_epoch(error.paused_until), error) from error
             except MarketoError:
-                missing = []  # the schema could not be read: treat the refusal as it is
+                # The schema could not be read: the refused work waits and is tried again.
+                await self._defer(lease, entries, _describe(result.error))
+                return
             if missing:
                 await self._schema_pause(lease, record, entries, missing)
                 return

@@ -208,16 +208,17 @@ async def test_request_rejected_for_one_record_is_split_to_isolate_it() -> None:
     assert fake.count(UPDATE) == 7
 
 
-def refuse_all(record: Any) -> ConfigurationError:
-    return ConfigurationError("1006", "Field 'loyaltyTier' not found")
-
-
-async def test_a_configuration_error_stops_the_batch_unsplit_and_defers_it() -> None:
+def refusing_every_write() -> tuple[FakeMarketo, list[ProfileUpdate]]:
+    """Eight known people, and a Marketo that refuses every write as a configuration error."""
     fake = FakeMarketo()
     for i in range(8):
         fake.seed(email=f"p{i}@x.io")
-    fake.reject_if = refuse_all
-    updates = [person(f"u{i}", f"p{i}@x.io") for i in range(8)]
+    fake.reject_if = lambda record: ConfigurationError("1006", "Field 'loyaltyTier' not found")
+    return fake, [person(f"u{i}", f"p{i}@x.io") for i in range(8)]
+
+
+async def test_a_configuration_error_stops_the_batch_unsplit_and_defers_it() -> None:
+    fake, updates = refusing_every_write()
 
     result = await engine(fake, UPDATE_ONLY).sync(updates)
 
@@ -228,11 +229,7 @@ async def test_a_configuration_error_stops_the_batch_unsplit_and_defers_it() -> 
 
 
 async def test_an_engine_told_so_fails_a_configuration_error_unsplit() -> None:
-    fake = FakeMarketo()
-    for i in range(8):
-        fake.seed(email=f"p{i}@x.io")
-    fake.reject_if = refuse_all
-    updates = [person(f"u{i}", f"p{i}@x.io") for i in range(8)]
+    fake, updates = refusing_every_write()
 
     result = await engine(fake, UPDATE_ONLY, configuration_stops=False).sync(updates)
 
