@@ -1,4 +1,5 @@
-"""The `/_sandbox/*` control API (not part of Marketo): reset, seed, dump, counters, faults."""
+"""The `/_sandbox/*` control API (not part of Marketo): reset, seed, dump, counters, faults,
+schema changes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.routing import Route
 from sandbox.clock import ManualClock
 from sandbox.faults import Fault
 from sandbox.schema import InvalidValue, iso_z, parse_time
+from sandbox.settings import parse_field
 
 if TYPE_CHECKING:
     from sandbox.app import Sandbox
@@ -143,6 +145,29 @@ def routes(sandbox: Sandbox) -> list[Route]:
             return _bad(f"expected {{advance_seconds: number}}: {error}")
         return JSONResponse({"now": sandbox.clock.now()})
 
+    async def add_fields(request: Request) -> Response:
+        try:
+            body = await _json(request)
+            items = body.get("fields") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise ValueError("expected {fields: [...]}")
+            specs = [parse_field(item) for item in items]
+            for spec in specs:
+                sandbox.state.schema.add(spec)
+        except ValueError as error:
+            return _bad(str(error))
+        return JSONResponse({"fields": [spec.name for spec in specs]})
+
+    async def delete_field(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            sandbox.state.schema.delete(name)
+        except ValueError as error:
+            return _bad(str(error))
+        for lead in sandbox.state.leads.leads.values():
+            lead.fields.pop(name, None)
+        return JSONResponse({"deleted": name})
+
     return [
         Route("/_sandbox/reset", reset, methods=["POST"]),
         Route("/_sandbox/leads", seed_leads, methods=["POST"]),
@@ -152,4 +177,6 @@ def routes(sandbox: Sandbox) -> list[Route]:
         Route("/_sandbox/faults", add_faults, methods=["POST"]),
         Route("/_sandbox/faults", clear_faults, methods=["DELETE"]),
         Route("/_sandbox/clock", advance_clock, methods=["POST"]),
+        Route("/_sandbox/fields", add_fields, methods=["POST"]),
+        Route("/_sandbox/fields/{name}", delete_field, methods=["DELETE"]),
     ]

@@ -157,6 +157,11 @@ async def sync_leads(call: Call) -> Reply:
         raise MarketoError("1003", "Invalid partitionName")
     if action == "updateOnly":
         partition_name = None
+    if call.state.settings.unknown_field_rejects_request:
+        for record in records:
+            for name in record if isinstance(record, dict) else ():
+                if name not in call.state.schema.fields:
+                    raise MarketoError("1006", f"Field '{name}' not found")
     result = [
         sync_record(call.state, action, lookup_field, partition_name, record, call.now)
         for record in records

@@ -152,6 +152,23 @@ class Schema:
             f.name for f in self.fields.values() if f.searchable
         )
 
+    def add(self, spec: FieldSpec) -> None:
+        """Add a custom field that is not searchable (searchable ones are indexed at reset)."""
+        if spec.name in self.fields:
+            raise ValueError(f"field {spec.name!r} already exists")
+        if spec.searchable:
+            raise ValueError("searchable fields can only be defined at reset")
+        self.fields[spec.name] = spec
+
+    def delete(self, name: str) -> None:
+        """Delete a custom field that is not searchable, as an administrator can in Marketo."""
+        spec = self.fields.get(name)
+        if spec is None or not spec.custom:
+            raise ValueError(f"no custom field {name!r}")
+        if spec.searchable:
+            raise ValueError("searchable fields can only be removed at reset")
+        del self.fields[name]
+
     def describe(self) -> list[dict[str, Any]]:
         """The `result` of describe.json."""
         out: list[dict[str, Any]] = []

@@ -106,6 +106,10 @@ class SandboxSettings:
     """Custom lead fields added to the standard schema."""
     api_partitions: tuple[str, ...] | None = None
     """Partitions the API user may touch (None: all); others give 1008."""
+    unknown_field_rejects_request: bool = False
+    """A Sync Leads record naming a field the schema lacks rejects the whole request with a
+    response-level 1006 (as Marketo answers a field deleted from the schema), instead of skipping
+    only that record."""
 
     def with_overrides(self, body: Mapping[str, Any]) -> SandboxSettings:
         """Return a copy changed by a `/_sandbox/reset` body; raises ValueError on bad input."""
@@ -128,6 +132,7 @@ class SandboxSettings:
             "latency_ms": float,
             "bulk_queue_seconds": float,
             "bulk_import_seconds": float,
+            "unknown_field_rejects_request": bool,
         }
         for key, value in body.items():
             if key in simple:
@@ -146,7 +151,7 @@ class SandboxSettings:
             elif key == "workspaces":
                 changes["workspaces"] = tuple(_workspace(w) for w in value)
             elif key == "fields":
-                changes["custom_fields"] = tuple(_field(f) for f in value)
+                changes["custom_fields"] = tuple(parse_field(f) for f in value)
             elif key == "api_partitions":
                 changes["api_partitions"] = None if value is None else tuple(map(str, value))
             else:
@@ -207,7 +212,8 @@ _DATA_TYPES = {
 }
 
 
-def _field(value: Any) -> FieldSpec:
+def parse_field(value: Any) -> FieldSpec:
+    """A custom field from its JSON form; raises ValueError."""
     if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
         raise ValueError("a field is {name, dataType, searchable?, displayName?, length?}")
     data_type = value.get("dataType", "string")

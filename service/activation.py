@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -35,7 +35,7 @@ from service.marketo.client import MarketoClient
 from service.marketo.errors import MarketoError
 from service.marketo.types import Folder, SchemaField, StaticList
 from service.registry import PluginRegistry
-from service.store.base import ActivationRecord, Store
+from service.store.base import ActivationRecord, DestinationRecord, Store
 
 MAX_LIST_NAME = 255
 # `\s*` on both sides of the `*` only when it is there: two adjacent `\s*` would backtrack over
@@ -179,12 +179,16 @@ class Activations:
         *,
         policies: Sequence[Policy] = (),
         list_folder: str = "Marketo Destination",
+        on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_changed(before)` runs after Activate stored a mapping (the dispatcher re-checks a
+        paused destination at once)."""
         self._store = store
         self._connections = connections
         self._registry = registry
         self._policies = tuple(policies)
         self._list_folder = list_folder
+        self._on_changed = on_changed
 
     async def activate(
         self,
@@ -251,6 +255,8 @@ class Activations:
             )
         if not dry_run:
             await self._store.upsert_activations(destination_id, records, mappings)
+            if self._on_changed is not None:
+                await self._on_changed(record)
         return results
 
     async def deactivate(

@@ -73,6 +73,7 @@ class AlertType(enum.StrEnum):
     DELIVERY_DELAYED = "delivery_delayed"
     QUOTA_EXHAUSTED = "quota_exhausted"
     AUTHENTICATION_FAILING = "authentication_failing"
+    SCHEMA_MISMATCH = "schema_mismatch"
 
 
 class AlertState(enum.StrEnum):
@@ -372,9 +373,25 @@ class AlertMonitor:
                 "client id and secret",
             )
 
+    async def schema_mismatch(self, destination_id: str, reason: str) -> None:
+        """The instance's lead schema lacks fields the mapping writes (`reason` names them):
+        delivery of the destination is paused until the schema or the mapping changes."""
+        subscription = await self._subscription(destination_id)
+        if _subscribed(subscription, AlertType.SCHEMA_MISMATCH):
+            await self._raise(
+                destination_id,
+                AlertType.SCHEMA_MISMATCH,
+                f"{reason}; delivery is paused and updates are kept until the field is back in "
+                "Marketo or the mapping no longer writes it",
+            )
+
     async def recovered(self, destination_id: str) -> None:
-        """A batch went through: resolve the quota and authentication alerts."""
-        for alert_type in (AlertType.QUOTA_EXHAUSTED, AlertType.AUTHENTICATION_FAILING):
+        """A batch went through: resolve the quota, authentication and schema alerts."""
+        for alert_type in (
+            AlertType.QUOTA_EXHAUSTED,
+            AlertType.AUTHENTICATION_FAILING,
+            AlertType.SCHEMA_MISMATCH,
+        ):
             await self._resolve(destination_id, alert_type)
 
     # -- pub/sub --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from service.activation import Activations
 from service.alerts import AlertMonitor
 from service.connections import LimitSettings, MarketoConnections
 from service.destinations import Destinations
-from service.dispatcher import Dispatcher
+from service.dispatcher import Backoff, Dispatcher
 from service.egress import WebhookTransport
 from service.governance import load_policies
 from service.ingest import Ingest
@@ -145,11 +145,18 @@ async def open_application(
             idle_hold=settings.marketo_window_seconds,
             clock=clock,
             telemetry=telemetry,
+            schema_recheck=Backoff(
+                base=timedelta(seconds=settings.schema_recheck_seconds),
+                maximum=timedelta(seconds=10 * settings.schema_recheck_seconds),
+            ),
         )
         app = Application(
             store=store,
             destinations=Destinations(
-                store, connections, webhook_origins=settings.webhook_allowlist
+                store,
+                connections,
+                webhook_origins=settings.webhook_allowlist,
+                on_changed=dispatcher.configuration_changed,
             ),
             activations=Activations(
                 store,
@@ -157,6 +164,7 @@ async def open_application(
                 registry,
                 policies=load_policies(settings.policies_file),
                 list_folder=settings.list_folder,
+                on_changed=dispatcher.configuration_changed,
             ),
             ingest=Ingest(
                 store,

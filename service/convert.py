@@ -302,12 +302,14 @@ _ALERT_TYPE: dict[pb.AlertType, str] = {
     pb.ALERT_TYPE_DELIVERY_DELAYED: "delivery_delayed",
     pb.ALERT_TYPE_QUOTA_EXHAUSTED: "quota_exhausted",
     pb.ALERT_TYPE_AUTHENTICATION_FAILING: "authentication_failing",
+    pb.ALERT_TYPE_SCHEMA_MISMATCH: "schema_mismatch",
 }
 _ALERT_TYPE_PB: dict[str, pb.AlertType] = {value: key for key, value in _ALERT_TYPE.items()}
 _STATE_PB: dict[DestinationState, pb.DestinationState] = {
     DestinationState.ACTIVE: pb.DESTINATION_STATE_ACTIVE,
     DestinationState.QUOTA_PAUSED: pb.DESTINATION_STATE_QUOTA_PAUSED,
     DestinationState.AUTH_FAILING: pb.DESTINATION_STATE_AUTH_FAILING,
+    DestinationState.SCHEMA_PAUSED: pb.DESTINATION_STATE_SCHEMA_PAUSED,
 }
 _AUDIENCE_TYPE: dict[int, AudienceType] = {
     pb.AUDIENCE_TYPE_UNSPECIFIED: AudienceType.PEOPLE,
@@ -449,6 +451,7 @@ def destination_pb(
         spec=_spec_pb(destination.spec),
         client_secret_set=bool(record.client_secret),
         state=_STATE_PB[record.state],
+        state_reason=record.state_reason,
         paused_until=timestamp(record.paused_until),
         create_time=timestamp(record.created_at) if record.id else None,
         update_time=timestamp(record.updated_at) if record.id else None,
@@ -929,6 +932,8 @@ def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
             pb.ExclusionCount(code=code, field=field, count=count)
             for (code, field), count in sorted(flow.excluded_by_field.items())
         ],
+        state=_STATE_PB[flow.state],
+        state_reason=flow.state_reason,
     )
 
 

@@ -9,7 +9,7 @@ Configure validates a spec in two steps, and stores nothing unless both pass:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -357,10 +357,14 @@ class Destinations:
         connections: MarketoConnections,
         *,
         webhook_origins: OriginList | None = None,
+        on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_changed(before)` runs after a stored destination was changed by Configure (the
+        dispatcher re-checks a paused destination at once)."""
         self._store = store
         self._connections = connections
         self._webhook_origins = webhook_origins or OriginList()
+        self._on_changed = on_changed
 
     def _connection_checked(
         self, violations: list[FieldViolation], connection: MarketoConnection, prefix: str
@@ -423,6 +427,8 @@ class Destinations:
                     instance_key=instance,
                 )
             )
+            if self._on_changed is not None:
+                await self._on_changed(existing)
         return Destination(record=record, spec=spec)
 
     async def get(self, destination_id: str) -> Destination:

@@ -23,8 +23,17 @@ so a drainer that lost its lease can never commit) and loops:
 
 A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
 its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
-raise their alert and are cleared by the destination's next successful batch. Nothing is ever
-dropped: an unexpected exception defers the entries it concerned and the drainer goes on.
+raise their alert and are cleared by the destination's next successful batch.
+
+A configuration error (Marketo refuses a request as a whole, e.g. it names a field deleted from
+the lead schema) makes the dispatcher read the instance's schema again: when the mapping no
+longer fits it, the destination is SCHEMA_PAUSED (stored, with the missing fields as its reason,
+and alerted), its entries are held unchanged (attempts untouched) and no call is made for it
+until a re-check, every `schema_recheck` (growing), finds the fields back or its mapping changes
+(`configuration_changed`); other destinations of the instance go on. When the mapping still fits,
+the refused work is tried once more, and a second refusal fails those records, unsplit.
+Nothing is ever dropped: an unexpected exception defers the entries it concerned and the drainer
+goes on.
 """
 
 from __future__ import annotations
@@ -34,22 +43,27 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from service.alerts import AlertMonitor
 from service.connections import EndpointRefused, MarketoConnections
 from service.destinations import spec_from_record
-from service.domain import DecodedBatch, DestinationSpec, FieldMapping, Outcome, ProfileUpdate
+from service.domain import DecodedBatch, DestinationSpec, FieldMapping, Outcome
 from service.engine import BatchResult, KeyedLocks, SyncEngine
 from service.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.errors import FailedPrecondition
-from service.mapping import FieldType, Mapper, MappingConfigError
+from service.mapping import FieldType, Mapper, MappingConfigError, missing_fields
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock, SystemClock
-from service.marketo.errors import AuthenticationError, MarketoError, QuotaExhaustedError
+from service.marketo.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    MarketoError,
+    QuotaExhaustedError,
+)
 from service.registry import PluginRegistry
 from service.store.base import (
     CLAIM_MAX_BYTES,
@@ -116,8 +130,28 @@ class _Drainer:
     task: asyncio.Task[None] | None = None
 
 
+@dataclass(slots=True)
+class _SchemaPause:
+    """A destination held because the instance's lead schema lacks fields its mapping uses."""
+
+    version: int
+    mappings: tuple[FieldMapping, ...]
+    """The destination as it was paused: a new version or mapping is checked at once."""
+    checks: int
+    """Re-checks that found the fields still missing (the next wait grows with it)."""
+    next_check: datetime
+
+
 class DestinationNotReady(FailedPrecondition):
     """The destination cannot be delivered: it has no mapping, or one the instance refuses."""
+
+
+class SchemaMismatch(DestinationNotReady):
+    """The instance's lead schema lacks fields the destination's mapping uses."""
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        super().__init__(_schema_reason(missing))
+        self.missing = tuple(missing)
 
 
 class _Paused(Exception):
@@ -155,6 +189,7 @@ class Dispatcher:
         bulk_policy: BulkPolicy | None = None,
         idle_hold: float = 0.0,
         claim_max_bytes: int = CLAIM_MAX_BYTES,
+        schema_recheck: Backoff | None = None,
     ) -> None:
         """`holder` names this replica in leases; `decode` turns an inbox batch (as Sync stored
         it) into updates; `linger` (s) is how long a partial batch waits
@@ -167,7 +202,8 @@ class Dispatcher:
         sizes and polls the imports. `idle_hold` (s) is how long a drainer keeps its lease once
         its instance has nothing due (one Marketo rate window in the service).
         `claim_max_bytes` bounds the stored payload one claim (a batch, a bulk one too) holds in
-        memory; a batch cut short by it counts as full."""
+        memory; a batch cut short by it counts as full.
+        `schema_recheck` spaces the schema reads of a destination paused by a schema mismatch."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if claim_max_bytes < 1:
@@ -192,6 +228,10 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._telemetry = telemetry
         self._idle_hold = idle_hold
+        self._schema_recheck = schema_recheck or Backoff(
+            base=timedelta(minutes=1), maximum=timedelta(minutes=10)
+        )
+        self._schema_pauses: dict[str, _SchemaPause] = {}
         self._drainers: dict[str, _Drainer] = {}
         self._leases: dict[str, Lease] = {}
         self._locks: dict[str, KeyedLocks] = {}
@@ -247,6 +287,14 @@ class Dispatcher:
         else:
             self._woken.add(instance_key)
             self._wake.set()
+
+    async def configuration_changed(self, record: DestinationRecord) -> None:
+        """The destination's mapping or spec was just changed (`record` is how it was before):
+        a schema pause is checked again at once instead of at its next re-check."""
+        if record.state is not DestinationState.SCHEMA_PAUSED:
+            return
+        await self._store.release_deferred(record.id, now=self._now())
+        self.notify(record.instance_key)
 
     @property
     def active_instances(self) -> frozenset[str]:
@@ -530,30 +578,72 @@ class Dispatcher:
         self, lease: Lease, record: DestinationRecord, entries: list[OutboxEntry]
     ) -> None:
         bulk = 0 < self._bulk_threshold <= len(entries)
+        if record.state is DestinationState.SCHEMA_PAUSED:
+            resumed = await self._schema_resumes(lease, record, entries)
+            if resumed is None:
+                return
+            record = resumed
+        engine = await self._engine_or_hold(lease, record, entries, bulk=bulk)
+        if engine is None:
+            return
+        result = await self._run_engine(record, engine, entries)
+        if isinstance(result.error, ConfigurationError):
+            entries = await self._retire_final(lease, record, entries, result)
+            try:
+                missing = await self._missing_fields(record, max_age=0.0)
+            except QuotaExhaustedError as error:
+                raise _Paused(_from_epoch(error.paused_until), error) from error
+            except MarketoError:
+                # The schema could not be read: the refused work waits and is tried again.
+                await self._defer(lease, entries, _describe(result.error))
+                return
+            if missing:
+                await self._schema_pause(lease, record, entries, missing)
+                return
+            # The mapping fits the schema: something else refused the request. Try the refused
+            # work once more; a second refusal fails those records, never split record by record.
+            engine = await self._engine_or_hold(
+                lease, record, entries, bulk=bulk, configuration_stops=False
+            )
+            if engine is None:
+                return
+            result = await self._run_engine(record, engine, entries)
+        await self._record(lease, record, entries, result)
+
+    async def _engine_or_hold(
+        self,
+        lease: Lease,
+        record: DestinationRecord,
+        entries: list[OutboxEntry],
+        *,
+        bulk: bool,
+        configuration_stops: bool = True,
+    ) -> SyncEngine | None:
+        """The destination's engine, or None once the entries are deferred or held."""
         try:
-            engine = await self.engine_for(record, bulk=bulk)
+            return await self.engine_for(record, bulk=bulk, configuration_stops=configuration_stops)
+        except SchemaMismatch as error:
+            await self._schema_pause(lease, record, entries, error.missing)
         except DestinationNotReady as error:
             await self._defer(lease, entries, str(error))
-            return
         except QuotaExhaustedError as error:
             raise _Paused(_from_epoch(error.paused_until), error) from error
         except AuthenticationError as error:
             await self._auth_failing(lease, record, entries, error)
-            return
         except MarketoError as error:
             await self._defer(lease, entries, _describe(error))
-            return
-        updates = [entry.update for entry in entries]
-        marks = await self._store.watermarks(record.id, sorted({u.profile_id for u in updates}))
-        result = await self._run_engine(record, engine, entries, updates, marks)
-        await self._record(lease, record, entries, result)
+        return None
 
-    async def engine_for(self, record: DestinationRecord, *, bulk: bool = False) -> SyncEngine:
+    async def engine_for(
+        self, record: DestinationRecord, *, bulk: bool = False, configuration_stops: bool = True
+    ) -> SyncEngine:
         """The sync engine the dispatcher uses for the destination (also for dry runs); with
-        `bulk`, the one that writes through bulk import.
+        `bulk`, the one that writes through bulk import; `configuration_stops=False`: a REST
+        engine that fails the records of a request refused as a whole instead of stopping.
 
-        Raises DestinationNotReady (no mapping, or one the instance's schema refuses) and, while
-        reading the instance's lead schema, the Marketo client's errors.
+        Raises DestinationNotReady (no mapping, or one the instance's schema refuses: then
+        SchemaMismatch when fields are missing) and, while reading the instance's lead schema,
+        the Marketo client's errors.
         """
         if not record.mappings:
             raise DestinationNotReady(
@@ -590,18 +680,16 @@ class Dispatcher:
             locks=self._locks.setdefault(record.instance_key, KeyedLocks()),
             batch_size=min(self._batch_size, 300),
             planning_scope=self._telemetry.mapping_span if self._telemetry else None,
+            configuration_stops=configuration_stops,
         )
 
     async def _run_engine(
-        self,
-        record: DestinationRecord,
-        engine: SyncEngine,
-        entries: Sequence[OutboxEntry],
-        updates: Sequence[ProfileUpdate],
-        watermarks: Mapping[str, datetime],
+        self, record: DestinationRecord, engine: SyncEngine, entries: Sequence[OutboxEntry]
     ) -> BatchResult:
         """Run one destination's batch and count what came of it."""
-        result = await engine.sync(updates, watermarks=watermarks)
+        updates = [entry.update for entry in entries]
+        marks = await self._store.watermarks(record.id, sorted({u.profile_id for u in updates}))
+        result = await engine.sync(updates, watermarks=marks)
         if self._telemetry is None:
             return result
         counts = Counter(outcome.kind.value for outcome in result.outcomes)
@@ -618,6 +706,29 @@ class Dispatcher:
         entries: Sequence[OutboxEntry],
         result: BatchResult,
     ) -> None:
+        # Entries the engine neither finished nor deferred would be lost: wait with the rest.
+        left = await self._retire_final(lease, record, entries, result)
+        error = result.error
+        if isinstance(error, QuotaExhaustedError):
+            raise _Paused(_from_epoch(error.paused_until), error)
+        if isinstance(error, AuthenticationError):
+            await self._auth_failing(lease, record, left, error)
+            return
+        if left:
+            reason = _describe(error) if error is not None else "the engine left it unfinished"
+            await self._defer(lease, left, reason)
+        if error is None and record.state is not DestinationState.ACTIVE:
+            await self._store.set_destination_state(record.id, DestinationState.ACTIVE)
+            await self._alerts.recovered(record.id)
+
+    async def _retire_final(
+        self,
+        lease: Lease,
+        record: DestinationRecord,
+        entries: Sequence[OutboxEntry],
+        result: BatchResult,
+    ) -> list[OutboxEntry]:
+        """Retire the final outcomes with the new watermarks; returns the entries left."""
         by_id = {entry.update.update_id: entry for entry in entries}
         done: list[OutboxEntry] = []
         outcomes: list[Outcome] = []
@@ -636,20 +747,7 @@ class Dispatcher:
             await self._store.retire(
                 done, outcomes, marks, fencing=lease.generation, now=self._now()
             )
-        # Entries the engine neither finished nor deferred would be lost: wait with the rest.
-        left = list(by_id.values())
-        error = result.error
-        if isinstance(error, QuotaExhaustedError):
-            raise _Paused(_from_epoch(error.paused_until), error)
-        if isinstance(error, AuthenticationError):
-            await self._auth_failing(lease, record, left, error)
-            return
-        if left:
-            reason = _describe(error) if error is not None else "the engine left it unfinished"
-            await self._defer(lease, left, reason)
-        if error is None and record.state is not DestinationState.ACTIVE:
-            await self._store.set_destination_state(record.id, DestinationState.ACTIVE)
-            await self._alerts.recovered(record.id)
+        return list(by_id.values())
 
     async def _paused_in_store(self, instance_key: str) -> bool:
         """Whether the instance is quota-paused, here or as the store recorded it (before a
@@ -675,14 +773,8 @@ class Dispatcher:
             await self._store.pause_instance(instance_key, until)
         except Exception:
             log.exception("recording the quota pause of %s failed", instance_key)
-        by_attempts: dict[int, list[OutboxEntry]] = {}
-        for entry in entries:
-            by_attempts.setdefault(entry.attempts, []).append(entry)
         reason = f"Marketo daily API quota exhausted; paused until {until.isoformat()}"
-        for attempts, group in by_attempts.items():
-            await self._store.defer(
-                group, until, reason, attempts=attempts, fencing=lease.generation
-            )
+        await self._hold(lease, entries, until, reason)
         for destination_id in sorted({entry.destination_id for entry in entries}):
             self._alerts.watch(destination_id)
             try:
@@ -694,6 +786,90 @@ class Dispatcher:
                 continue
             except Exception:
                 log.exception("recording the quota pause of %s failed", destination_id)
+
+    async def _hold(
+        self, lease: Lease, entries: Iterable[OutboxEntry], until: datetime, reason: str
+    ) -> None:
+        """Postpone entries to `until` without counting an attempt (nothing was tried)."""
+        by_attempts: dict[int, list[OutboxEntry]] = {}
+        for entry in entries:
+            by_attempts.setdefault(entry.attempts, []).append(entry)
+        for attempts, group in by_attempts.items():
+            await self._store.defer(
+                group, until, reason, attempts=attempts, fencing=lease.generation
+            )
+
+    async def _schema_pause(
+        self,
+        lease: Lease,
+        record: DestinationRecord,
+        entries: Sequence[OutboxEntry],
+        missing: Sequence[str],
+    ) -> None:
+        """Pause the destination: its entries wait, unchanged, for the next schema re-check."""
+        reason = _schema_reason(missing)
+        before = self._schema_pauses.get(record.id)
+        same = before is not None and _same_destination(before, record)
+        checks = before.checks + 1 if before is not None and same else 0
+        next_check = self._now() + self._schema_recheck.delay(checks, self._rng)
+        self._schema_pauses[record.id] = _SchemaPause(
+            record.version, record.mappings, checks, next_check
+        )
+        await self._hold(lease, entries, next_check, f"paused: {reason}")
+        if record.state is DestinationState.SCHEMA_PAUSED and record.state_reason == reason:
+            return
+        log.warning("destination %s paused: %s", record.id, reason)
+        self._prepared.pop(record.id, None)
+        self._alerts.watch(record.id)
+        try:
+            await self._store.set_destination_state(
+                record.id, DestinationState.SCHEMA_PAUSED, reason=reason
+            )
+            await self._alerts.schema_mismatch(record.id, reason)
+        except DestinationNotFound:
+            pass
+
+    async def _schema_resumes(
+        self, lease: Lease, record: DestinationRecord, entries: Sequence[OutboxEntry]
+    ) -> DestinationRecord | None:
+        """For a SCHEMA_PAUSED destination: the record, ACTIVE again, when its mapping fits the
+        instance's schema now; None (its entries held) while it does not or the next re-check
+        is not due. A new version or mapping is checked at once."""
+        pause = self._schema_pauses.get(record.id)
+        changed = pause is not None and not _same_destination(pause, record)
+        if pause is not None and not changed and self._now() < pause.next_check:
+            await self._hold(lease, entries, pause.next_check, f"paused: {record.state_reason}")
+            return None
+        # One schema read serves every paused destination of the instance re-checked meanwhile;
+        # a changed mapping is checked against a fresh one.
+        max_age = 0.0 if changed else self._schema_recheck.base.total_seconds() / 2
+        try:
+            missing = await self._missing_fields(record, max_age=max_age)
+        except QuotaExhaustedError as error:
+            raise _Paused(_from_epoch(error.paused_until), error) from error
+        except MarketoError as error:
+            # Still paused: the schema could not be read; try again after the first wait.
+            log.warning("re-checking the schema for %s failed: %s", record.id, error)
+            until = self._now() + self._schema_recheck.delay(0, self._rng)
+            await self._hold(lease, entries, until, f"paused: {record.state_reason}")
+            return None
+        if missing:
+            await self._schema_pause(lease, record, entries, missing)
+            return None
+        self._schema_pauses.pop(record.id, None)
+        log.info("destination %s resumed: its mapping fits the lead schema again", record.id)
+        await self._store.set_destination_state(record.id, DestinationState.ACTIVE)
+        await self._store.release_deferred(record.id, now=self._now())
+        await self._alerts.recovered(record.id)
+        return replace(record, state=DestinationState.ACTIVE, state_reason="")
+
+    async def _missing_fields(self, record: DestinationRecord, *, max_age: float) -> list[str]:
+        """The fields the destination's mapping uses that the instance's lead schema (read
+        again when the cached one is older than `max_age` seconds) does not have."""
+        spec = spec_from_record(record)
+        client = self._connections.client(spec.connection)
+        types = await self._lead_fields(record.instance_key, client, max_age=max_age)
+        return missing_fields(record.mappings, types, dedupe_field=spec.dedupe_field)
 
     async def _auth_failing(
         self,
@@ -750,19 +926,24 @@ class Dispatcher:
             mapper = Mapper(record.mappings, types, self._registry, dedupe_field=spec.dedupe_field)
         except MappingConfigError:
             # A field added to the instance after the schema was cached: look again once.
-            types = await self._lead_fields(record.instance_key, client, refresh=True)
+            types = await self._lead_fields(record.instance_key, client, max_age=0.0)
+            missing = missing_fields(record.mappings, types, dedupe_field=spec.dedupe_field)
+            if missing:
+                raise SchemaMismatch(missing) from None
             mapper = Mapper(record.mappings, types, self._registry, dedupe_field=spec.dedupe_field)
         prepared = _Prepared(record.version, record.mappings, spec, client, mapper)
         self._prepared[record.id] = prepared
         return prepared
 
     async def _lead_fields(
-        self, instance_key: str, client: MarketoClient, *, refresh: bool = False
+        self, instance_key: str, client: MarketoClient, *, max_age: float | None = None
     ) -> tuple[FieldType, ...]:
-        """The instance's lead fields (Describe Lead2), cached for `field_types_ttl`."""
+        """The instance's lead fields (Describe Lead2), cached for `field_types_ttl` (or
+        `max_age` seconds; 0 reads them again)."""
         now = self._clock.now()
         cached = self._field_types.get(instance_key)
-        if cached is not None and not refresh and now - cached.fetched_at < self._field_types_ttl:
+        age = self._field_types_ttl if max_age is None else max_age
+        if cached is not None and now - cached.fetched_at < age:
             return cached.types
         schema = await client.describe2()
         types = tuple(FieldType(f.name, f.data_type, f.length) for f in schema.fields)
@@ -775,6 +956,18 @@ class Dispatcher:
 
 def _from_epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _same_destination(pause: _SchemaPause, record: DestinationRecord) -> bool:
+    """Whether the destination is as it was paused (same version and mapping)."""
+    return (pause.version, pause.mappings) == (record.version, record.mappings)
+
+
+def _schema_reason(missing: Sequence[str]) -> str:
+    """The reason of a schema pause: the fields named, as Marketo spells them."""
+    names = ", ".join(repr(name) for name in missing)
+    noun = "field" if len(missing) == 1 else "fields"
+    return f"Marketo's lead schema has no {noun} {names}, which the mapping uses"
 
 
 def _describe(error: MarketoError | None) -> str:

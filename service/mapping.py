@@ -107,6 +107,18 @@ def validate_mapping_types(
     return []
 
 
+def missing_fields(
+    mappings: Iterable[FieldMapping], field_types: Iterable[FieldType], *, dedupe_field: str
+) -> list[str]:
+    """The Marketo fields the mapping writes or looks up by (the dedupe field) that are not in
+    the instance's lead schema, in mapping order."""
+    names = {ft.name for ft in field_types}
+    wanted = [dedupe_field] + [
+        dedupe_field if row.target == DEDUPE_TARGET else row.target for row in mappings
+    ]
+    return [name for name in dict.fromkeys(wanted) if name not in names]
+
+
 Step = Callable[[Mapping[str, Any]], object]
 """One compiled mapping row: reads, transforms and coerces one value (`None`: no value)."""
 

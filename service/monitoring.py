@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from service.access import current_principal
 from service.alerts import AlertEvent, AlertMonitor, AlertState
@@ -23,8 +24,11 @@ class Monitoring:
     async def dataflow(self, destination_id: str, hours: int) -> Dataflow:
         if not 0 <= hours <= MAX_HOURS:
             raise InvalidArgument([FieldViolation("hours", f"must be between 0 and {MAX_HOURS}")])
-        await self._store.get_destination(destination_id, tenant=current_principal().tenant)
-        return await self._store.dataflow(destination_id, hours or 24)
+        record = await self._store.get_destination(
+            destination_id, tenant=current_principal().tenant
+        )
+        flow = await self._store.dataflow(destination_id, hours or 24)
+        return replace(flow, state=record.state, state_reason=record.state_reason)
 
     async def outcomes(
         self,

@@ -173,6 +173,11 @@ class Settings:
     """How long a replica's lease on a Marketo instance lasts without a heartbeat; a dead
     replica's instances are taken over after it."""
 
+    schema_recheck_seconds: float = 60.0
+    """How long a destination paused because Marketo's lead schema lacks a mapped field waits
+    before the schema is read again; the wait doubles after each unchanged read, up to ten
+    times this."""
+
     outcome_retention_days: float = 30.0
     """How long each update's outcome (``ListProfileOutcomes``) is kept; older ones are deleted
     in the background. 0 keeps them for ever."""
@@ -217,6 +222,8 @@ class Settings:
             raise InvalidSetting("database_url", "must be a postgresql:// URL or empty")
         if self.lease_ttl_seconds <= 0:
             raise InvalidSetting("lease_ttl_seconds", "must be more than 0")
+        if not self.schema_recheck_seconds > 0:
+            raise InvalidSetting("schema_recheck_seconds", "must be more than 0")
         if not self.outcome_retention_days >= 0:
             raise InvalidSetting(
                 "outcome_retention_days", f"must be 0 or more, got {self.outcome_retention_days}"

@@ -59,6 +59,7 @@ def test_every_field_is_read_from_its_variable() -> None:
             "MARKETO_DEST_REPLICA_ID": "replica-a",
             "MARKETO_DEST_DATABASE_URL": "postgresql://md@db:5432/md",
             "MARKETO_DEST_LEASE_TTL_SECONDS": "10",
+            "MARKETO_DEST_SCHEMA_RECHECK_SECONDS": "30",
             "MARKETO_DEST_OUTCOME_RETENTION_DAYS": "7.5",
             "MARKETO_DEST_MAX_CLOCK_SKEW_SECONDS": "60",
             "OTEL_SERVICE_NAME": "ignored here",
@@ -97,6 +98,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         replica_id="replica-a",
         database_url="postgresql://md@db:5432/md",
         lease_ttl_seconds=10.0,
+        schema_recheck_seconds=30.0,
         outcome_retention_days=7.5,
         max_clock_skew_seconds=60,
     )
@@ -126,6 +128,7 @@ def test_booleans(raw: str, expected: bool) -> None:
         ("MARKETO_DEST_BULK_THRESHOLD", "-1"),
         ("MARKETO_DEST_OUTCOME_RETENTION_DAYS", "-1"),
         ("MARKETO_DEST_OUTCOME_RETENTION_DAYS", "a month"),
+        ("MARKETO_DEST_SCHEMA_RECHECK_SECONDS", "0"),
         ("MARKETO_DEST_DATA_DIR", ""),
         ("MARKETO_DEST_MAX_CLOCK_SKEW_SECONDS", "-1"),
         ("MARKETO_DEST_MAX_CLOCK_SKEW_SECONDS", "86401"),

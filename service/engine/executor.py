@@ -10,8 +10,12 @@
 4. Add and remove list members by lead id, per audience (300 per call).
 
 A request rejected as a whole is split in halves until the record that caused it is isolated;
-record-level reasons become FAILED outcomes with their code. Transient, quota and authentication
-errors stop the batch: unfinished updates come back as deferred, with the error, for a later retry.
+record-level reasons become FAILED outcomes with their code. A configuration error (the instance
+refuses the request itself, e.g. it names a field deleted from the schema) is never split: no
+record causes it. Transient, quota, authentication and configuration errors stop the batch:
+unfinished updates come back as deferred, with the error, for the caller to decide (the
+dispatcher re-reads the schema on a configuration error). An engine built with
+`configuration_stops=False` instead fails the records of a request so refused, without splitting.
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ from service.domain import (
 from service.engine.locks import KeyedLocks
 from service.engine.planner import Plan, PlannedPerson, dedupe_key, plan_batch
 from service.engine.ports import MarketoPort
-from service.marketo.errors import MarketoError, OutcomeUnknownError, RejectedError
+from service.marketo.errors import (
+    ConfigurationError,
+    MarketoError,
+    OutcomeUnknownError,
+    RejectedError,
+)
 from service.marketo.types import Lead, MembershipResult, Reason, RecordResult, SyncAction
 
 BATCH_SIZE = 300
@@ -70,7 +79,8 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
-    """An update left unfinished by a transient, quota or authentication error: retry it later."""
+    """An update left unfinished by a transient, quota, authentication or configuration error:
+    retry it later."""
 
     update_id: str
     profile_id: str
@@ -245,8 +255,11 @@ class SyncEngine:
         batch_size: int = BATCH_SIZE,
         max_rounds: int = 3,
         planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
+        configuration_stops: bool = True,
     ) -> None:
-        """`planning_scope(n)` wraps the planning (mapping) of n updates, e.g. in a span."""
+        """`planning_scope(n)` wraps the planning (mapping) of n updates, e.g. in a span;
+        `configuration_stops`: a configuration error stops the batch (its unfinished updates are
+        deferred) rather than failing the records of the refused request."""
         self._client = client
         self._rules = rules
         self._mapper = mapper
@@ -255,6 +268,7 @@ class SyncEngine:
         self._batch_size = batch_size
         self._max_rounds = max_rounds
         self._planning_scope = planning_scope or (lambda _: contextlib.nullcontext())
+        self._configuration_stops = configuration_stops
 
     @property
     def rules(self) -> SyncRules:
@@ -456,7 +470,7 @@ class SyncEngine:
                 )
             )
         except RejectedError as error:
-            if len(chunk) == 1 or error.code in NOT_RECORD_CODES:
+            if len(chunk) == 1 or _not_a_record(error):
                 failures.update((key, error) for key, _ in chunk)
                 return
             middle = len(chunk) // 2
@@ -606,7 +620,7 @@ class SyncEngine:
             try:
                 answer = await self._call(call(part))
             except RejectedError as error:
-                if len(part) == 1 or error.code in NOT_RECORD_CODES:
+                if len(part) == 1 or _not_a_record(error):
                     return [error] * len(part)
                 middle = len(part) // 2
                 return await bisect(part[:middle]) + await bisect(part[middle:])
@@ -621,12 +635,21 @@ class SyncEngine:
             results.extend(await bisect(chunk))
         return results
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[T]) -> T:
-        """Await a Marketo call; errors other than a rejection stop the batch (deferred)."""
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        """Await a Marketo call; errors other than a rejection stop the batch (deferred), and so
+        does a configuration error unless the engine fails its records instead."""
         try:
             return await awaitable
+        except ConfigurationError as error:
+            if self._configuration_stops:
+                raise _Stop(error) from error
+            raise
         except RejectedError:
             raise
         except MarketoError as error:
             raise _Stop(error) from error
+
+
+def _not_a_record(error: RejectedError) -> bool:
+    """Whether no record of the refused request causes the rejection (splitting cannot help)."""
+    return isinstance(error, ConfigurationError) or error.code in NOT_RECORD_CODES

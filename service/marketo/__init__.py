@@ -7,6 +7,7 @@ from service.marketo.clock import Clock, SystemClock
 from service.marketo.codes import Action, Rule
 from service.marketo.errors import (
     AuthenticationError,
+    ConfigurationError,
     MarketoError,
     OutcomeUnknownError,
     QuotaExhaustedError,
@@ -36,6 +37,7 @@ __all__ = [
     "Action",
     "AuthenticationError",
     "Clock",
+    "ConfigurationError",
     "FieldDescription",
     "Folder",
     "ImportJob",

@@ -31,6 +31,7 @@ from service.marketo.codes import (
 )
 from service.marketo.errors import (
     AuthenticationError,
+    ConfigurationError,
     MarketoError,
     OutcomeUnknownError,
     QuotaExhaustedError,
@@ -376,6 +377,8 @@ class MarketoClient:
             if action is Action.QUOTA:
                 until = self.limits.pause_until_reset()
                 raise QuotaExhaustedError(until, code=answer.code, endpoint=endpoint)
+            if action is Action.CONFIGURATION:
+                raise ConfigurationError(answer.code or "", answer.message, endpoint=endpoint)
             if action in (Action.REJECTED, Action.PER_RECORD):
                 raise RejectedError(answer.code or "", answer.message, endpoint=endpoint)
             if action is Action.TRANSIENT and rule.may_have_applied and not idempotent:

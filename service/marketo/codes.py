@@ -3,7 +3,9 @@
 Response-level codes (6xx/7xx in `errors`, HTTP statuses, transport failures) decide whether a
 call is retried; record-level reasons (1xxx inside `result`) are returned as results. A 1xxx code
 that comes back at response level (e.g. 1013 unknown list, 1016 too many imports) is looked up in
-the same table: PER_RECORD there means "rejected", except where the table says otherwise.
+the same table: PER_RECORD there means "rejected", except where the table says otherwise
+(`Rule.at_response`: 1006 and 1011 name a field the instance's schema lacks, a configuration
+error, not a bad record).
 
 Unknown codes are TRANSIENT, never dropped.
 """
@@ -26,6 +28,9 @@ class Action(enum.Enum):
     TRANSIENT = "transient"  # backoff with jitter, bounded by deadline and attempts
     REJECTED = "rejected"  # raise, never retry
     PER_RECORD = "per_record"  # a record's reason: returned as a result
+    CONFIGURATION = "configuration"  # the instance's configuration refuses the whole request
+    # (a field deleted from the schema, an endpoint or permission gone): raise, never retry
+    # blindly and never split, since no single record causes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +45,14 @@ class Rule:
     may_have_applied: bool = False
     """Whether a write answered with this code may nevertheless have been applied; such writes
     are not retried blindly when they are not idempotent."""
+    at_response: Action | None = None
+    """The action when a record-level code comes back at response level (default: REJECTED)."""
 
 
 _T = Action.TRANSIENT
 _R = Action.REJECTED
 _P = Action.PER_RECORD
+_C = Action.CONFIGURATION
 
 CODES: Mapping[str, Rule] = {
     "600": Rule(Action.REFRESH, "Empty access token", counted=False),
@@ -81,12 +89,12 @@ CODES: Mapping[str, Rule] = {
     "1003": Rule(_P, "Invalid data"),
     "1004": Rule(_P, "Lead not found"),
     "1005": Rule(_P, "Lead already exists"),
-    "1006": Rule(_P, "Field not found"),
+    "1006": Rule(_P, "Field not found", at_response=_C),
     "1007": Rule(_P, "Multiple leads match the lookup criteria"),
     "1008": Rule(_P, "Access denied to partition"),
     "1009": Rule(_P, "Partition name must be specified"),
     "1010": Rule(_P, "Partition update not allowed"),
-    "1011": Rule(_P, "Field not supported"),
+    "1011": Rule(_P, "Field not supported", at_response=_C),
     "1012": Rule(_P, "Invalid cookie value"),
     "1013": Rule(_P, "Object not found"),
     "1014": Rule(Action.THROTTLED, "Failed to create object"),
@@ -121,8 +129,8 @@ UNKNOWN = Rule(_T, "Unknown code", may_have_applied=True)
 
 HTTP_STATUSES: Mapping[int, Rule] = {
     401: Rule(Action.REFRESH, "Unauthorized", counted=False),
-    403: Rule(_R, "Forbidden"),
-    404: Rule(_R, "Not Found"),
+    403: Rule(_C, "Forbidden"),
+    404: Rule(_C, "Not Found"),
     413: Rule(_R, "Request Entity Too Large"),
     414: Rule(_R, "Request-URI Too Long"),
     429: Rule(Action.THROTTLED, "Too Many Requests"),
@@ -150,10 +158,11 @@ def classify_code(code: str | int | None) -> Rule:
 
 
 def classify_response_code(code: str | int | None) -> Rule:
-    """The rule for a code found in a response's `errors`: record-level codes there reject."""
+    """The rule for a code found in a response's `errors`: record-level codes there reject,
+    or are configuration errors where the table says so."""
     rule = classify_code(code)
     if rule.action is Action.PER_RECORD:
-        return Rule(_R, rule.description, counted=rule.counted)
+        return Rule(rule.at_response or _R, rule.description, counted=rule.counted)
     return rule
 
 

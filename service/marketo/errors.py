@@ -8,6 +8,10 @@ Every error is classified by what the caller should do next (see `codes.py`)::
     ├── RejectedError                 the request cannot succeed as sent (603, 610, 709, 1013 ...);
     │                                 never retried; `code` lets callers map 603/1008 to
     │                                 PERMISSION_DENIED
+    │   └── ConfigurationError        the instance's configuration refuses the whole request
+    │                                 (response-level 1006/1011, HTTP 403/404): a field deleted
+    │                                 from the schema, say; no record causes it, so a batch is
+    │                                 never split over it
     ├── UnavailableError              transient failures outlasted the retry deadline or attempts
     └── OutcomeUnknownError           a non-idempotent write may have been applied but got no
                                       answer; look up before retrying
@@ -78,6 +82,14 @@ class RejectedError(MarketoError):
             f"Marketo rejected the request: {code} {message}", code=code, endpoint=endpoint
         )
         self.reason = message
+
+
+class ConfigurationError(RejectedError):
+    """The instance's configuration refuses the request as a whole (response-level 1006/1011,
+    HTTP 403/404), e.g. it names a field deleted from the lead schema.
+
+    No record of the request causes it: the caller re-reads the schema rather than splitting.
+    """
 
 
 class UnavailableError(MarketoError):

@@ -109,6 +109,8 @@ class DestinationState(enum.StrEnum):
     ACTIVE = "active"
     QUOTA_PAUSED = "quota_paused"
     AUTH_FAILING = "auth_failing"
+    SCHEMA_PAUSED = "schema_paused"
+    """The instance's lead schema lacks a field the mapping writes; `state_reason` names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,8 @@ class DestinationRecord:
     mappings: tuple[FieldMapping, ...]
     version: int
     """Incremented by every `update_destination`; the optimistic-concurrency check."""
+    state_reason: str = ""
+    """Why the destination is not ACTIVE, when a state carries a reason (SCHEMA_PAUSED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +276,9 @@ class Dataflow:
     runs: tuple[DataflowRun, ...]
     """One run per hour of the requested window, newest first, empty hours included."""
     paused_until: datetime | None
+    state: DestinationState = DestinationState.ACTIVE
+    """The destination's lifecycle state (filled in by the monitoring use case)."""
+    state_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,9 +393,14 @@ class Store(Protocol):
         ...
 
     async def set_destination_state(
-        self, destination_id: str, state: DestinationState, paused_until: datetime | None = None
+        self,
+        destination_id: str,
+        state: DestinationState,
+        paused_until: datetime | None = None,
+        *,
+        reason: str = "",
     ) -> None:
-        """Set the lifecycle state (no version check, no version change)."""
+        """Set the lifecycle state and its reason (no version check, no version change)."""
         ...
 
     async def pause_instance(self, instance_key: str, until: datetime) -> None:
@@ -522,6 +534,11 @@ class Store(Protocol):
         fencing: int | None = None,
     ) -> None:
         """Postpone entries after a transient failure; `attempts=None` adds one to each."""
+        ...
+
+    async def release_deferred(self, destination_id: str, now: datetime | None = None) -> int:
+        """Make the destination's deferred outbox entries due now (attempts unchanged), e.g.
+        when a change of its mapping may end a pause; returns how many."""
         ...
 
     async def watermarks(

@@ -71,6 +71,7 @@ from service.store.rows import (
     DESTINATION_COLUMNS,
     DESTINATIONS_POSITION,
     HOUR_US,
+    NEW_DESTINATION_COLUMNS,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
     OUTCOMES_POSITION,
@@ -322,7 +323,7 @@ class PostgresStore:
 
         async def work(connection: Connection) -> DestinationRecord:
             await connection.execute(
-                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
+                f"INSERT INTO destinations ({NEW_DESTINATION_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, 1)",
                 (
                     destination_id,
@@ -338,7 +339,10 @@ class PostgresStore:
                     dumps_mappings(new.mappings),
                 ),
             )
-            return await self._fetch_destination(connection, destination_id, None)
+            # A new destination has no state reason to read.
+            return await self._fetch_destination(
+                connection, destination_id, None, columns=NEW_DESTINATION_COLUMNS
+            )
 
         return await self._write("create_destination", work)
 
@@ -414,15 +418,21 @@ class PostgresStore:
         return await self._write("update_destination", work)
 
     async def set_destination_state(
-        self, destination_id: str, state: DestinationState, paused_until: datetime | None = None
+        self,
+        destination_id: str,
+        state: DestinationState,
+        paused_until: datetime | None = None,
+        *,
+        reason: str = "",
     ) -> None:
-        """Set the lifecycle state (no version check, no version change)."""
+        """Set the lifecycle state and its reason (no version check, no version change)."""
         until = to_micros(paused_until) if paused_until is not None else None
 
         async def work(connection: Connection) -> None:
             cursor = await connection.execute(
-                "UPDATE destinations SET state = %s, paused_until = %s WHERE id = %s",
-                (state.value, until, destination_id),
+                "UPDATE destinations SET state = %s, paused_until = %s, state_reason = %s "
+                "WHERE id = %s",
+                (state.value, until, reason, destination_id),
             )
             if cursor.rowcount == 0:
                 raise DestinationNotFound(destination_id)
@@ -475,10 +485,15 @@ class PostgresStore:
         await self._write("delete_destination", work)
 
     async def _fetch_destination(
-        self, connection: Connection, destination_id: str, tenant: str | None
+        self,
+        connection: Connection,
+        destination_id: str,
+        tenant: str | None,
+        *,
+        columns: str = DESTINATION_COLUMNS,
     ) -> DestinationRecord:
         cursor = await connection.execute(
-            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = %s", (destination_id,)
+            f"SELECT {columns} FROM destinations WHERE id = %s", (destination_id,)
         )
         row = await cursor.fetchone()
         if row is None or (tenant is not None and row[1] != tenant):
@@ -500,6 +515,7 @@ class PostgresStore:
             updated_at=from_micros(row[10]),
             mappings=loads_mappings(row[11]),
             version=row[12],
+            state_reason=row[13] if len(row) > 13 else "",
         )
 
     # -- activations ----------------------------------------------------------------------------
@@ -891,6 +907,19 @@ class PostgresStore:
             )
 
         await self._write("defer", work)
+
+    async def release_deferred(self, destination_id: str, now: datetime | None = None) -> int:
+        """Make the destination's deferred outbox entries due now (attempts unchanged)."""
+        due = self._now(now)
+
+        async def work(connection: Connection) -> int:
+            cursor = await connection.execute(
+                "UPDATE outbox SET not_before = %s WHERE destination_id = %s AND not_before > %s",
+                (due, destination_id, due),
+            )
+            return max(cursor.rowcount, 0)
+
+        return await self._write("release_deferred", work)
 
     async def watermarks(
         self, destination_id: str, profile_ids: Sequence[str]

@@ -101,10 +101,12 @@ ACTION_COLUMN = {
 }
 
 
-DESTINATION_COLUMNS = (
+NEW_DESTINATION_COLUMNS = (
     "id, tenant, name, spec, client_secret, webhook_secret, instance_key, state, paused_until, "
     "created_at, updated_at, mappings, version"
 )
+"""The columns a new destination is inserted with (the others keep their defaults)."""
+DESTINATION_COLUMNS = f"{NEW_DESTINATION_COLUMNS}, state_reason"
 
 
 def instances_with_work(due: str) -> str:

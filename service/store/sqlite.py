@@ -72,6 +72,7 @@ from service.store.rows import (
     DESTINATION_COLUMNS,
     DESTINATIONS_POSITION,
     HOUR_US,
+    NEW_DESTINATION_COLUMNS,
     OUTBOX_COLUMNS,
     OUTCOME_COLUMNS,
     OUTCOMES_POSITION,
@@ -421,7 +422,7 @@ class SqliteStore:
 
         def work(connection: sqlite3.Connection) -> DestinationRecord:
             connection.execute(
-                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) "
+                f"INSERT INTO destinations ({NEW_DESTINATION_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)",
                 (
                     destination_id,
@@ -437,7 +438,10 @@ class SqliteStore:
                     dumps_mappings(new.mappings),
                 ),
             )
-            return self._fetch_destination(connection, destination_id, None)
+            # A new destination has no state reason to read.
+            return self._fetch_destination(
+                connection, destination_id, None, columns=NEW_DESTINATION_COLUMNS
+            )
 
         return await self._write("create_destination", work)
 
@@ -516,15 +520,21 @@ class SqliteStore:
         return await self._write("update_destination", work)
 
     async def set_destination_state(
-        self, destination_id: str, state: DestinationState, paused_until: datetime | None = None
+        self,
+        destination_id: str,
+        state: DestinationState,
+        paused_until: datetime | None = None,
+        *,
+        reason: str = "",
     ) -> None:
-        """Set the lifecycle state (no version check, no version change)."""
+        """Set the lifecycle state and its reason (no version check, no version change)."""
         until = to_micros(paused_until) if paused_until is not None else None
 
         def work(connection: sqlite3.Connection) -> None:
             cursor = connection.execute(
-                "UPDATE destinations SET state = ?, paused_until = ? WHERE id = ?",
-                (state.value, until, destination_id),
+                "UPDATE destinations SET state = ?, paused_until = ?, state_reason = ? "
+                "WHERE id = ?",
+                (state.value, until, reason, destination_id),
             )
             if cursor.rowcount == 0:
                 raise DestinationNotFound(destination_id)
@@ -577,10 +587,15 @@ class SqliteStore:
         await self._write("delete_destination", work)
 
     def _fetch_destination(
-        self, connection: sqlite3.Connection, destination_id: str, tenant: str | None
+        self,
+        connection: sqlite3.Connection,
+        destination_id: str,
+        tenant: str | None,
+        *,
+        columns: str = DESTINATION_COLUMNS,
     ) -> DestinationRecord:
         row = connection.execute(
-            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = ?", (destination_id,)
+            f"SELECT {columns} FROM destinations WHERE id = ?", (destination_id,)
         ).fetchone()
         if row is None or (tenant is not None and row[1] != tenant):
             raise DestinationNotFound(destination_id)
@@ -601,6 +616,7 @@ class SqliteStore:
             updated_at=from_micros(row[10]),
             mappings=loads_mappings(row[11]),
             version=row[12],
+            state_reason=row[13] if len(row) > 13 else "",
         )
 
     # -- activations ----------------------------------------------------------------------------
@@ -1006,6 +1022,19 @@ class SqliteStore:
             )
 
         await self._write("defer", work)
+
+    async def release_deferred(self, destination_id: str, now: datetime | None = None) -> int:
+        """Make the destination's deferred outbox entries due now (attempts unchanged)."""
+        due = self._now(now)
+
+        def work(connection: sqlite3.Connection) -> int:
+            cursor = connection.execute(
+                "UPDATE outbox SET not_before = ? WHERE destination_id = ? AND not_before > ?",
+                (due, destination_id, due),
+            )
+            return max(cursor.rowcount, 0)
+
+        return await self._write("release_deferred", work)
 
     async def watermarks(
         self, destination_id: str, profile_ids: Sequence[str]

@@ -21,6 +21,7 @@ from service.domain import (
 )
 from service.engine import KeyedLocks, SyncEngine
 from service.marketo.errors import (
+    ConfigurationError,
     OutcomeUnknownError,
     QuotaExhaustedError,
     RejectedError,
@@ -213,6 +214,36 @@ async def test_request_rejected_for_one_record_is_split_to_isolate_it() -> None:
     assert all(outcomes[f"u{i}"].kind is OutcomeKind.ACTIVATED for i in range(8) if i != 5)
     # 8 -> 4+4 -> (2+2) -> (1+1): 1 + 2 + 2 + 2 calls
     assert fake.count(UPDATE) == 7
+
+
+def refusing_every_write() -> tuple[FakeMarketo, list[ProfileUpdate]]:
+    """Eight known people, and a Marketo that refuses every write as a configuration error."""
+    fake = FakeMarketo()
+    for i in range(8):
+        fake.seed(email=f"p{i}@x.io")
+    fake.reject_if = lambda record: ConfigurationError("1006", "Field 'loyaltyTier' not found")
+    return fake, [person(f"u{i}", f"p{i}@x.io") for i in range(8)]
+
+
+async def test_a_configuration_error_stops_the_batch_unsplit_and_defers_it() -> None:
+    fake, updates = refusing_every_write()
+
+    result = await engine(fake, UPDATE_ONLY).sync(updates)
+
+    assert fake.count(UPDATE) == 1, "no record causes it: never split"
+    assert result.outcomes == ()
+    assert sorted(d.update_id for d in result.deferred) == sorted(u.update_id for u in updates)
+    assert isinstance(result.error, ConfigurationError)
+
+
+async def test_an_engine_told_so_fails_a_configuration_error_unsplit() -> None:
+    fake, updates = refusing_every_write()
+
+    result = await engine(fake, UPDATE_ONLY, configuration_stops=False).sync(updates)
+
+    assert fake.count(UPDATE) == 1
+    assert {(o.kind, o.marketo_code) for o in result.outcomes} == {(OutcomeKind.FAILED, "1006")}
+    assert len(result.outcomes) == 8 and result.deferred == ()
 
 
 async def test_record_level_reason_becomes_failed_with_code() -> None:

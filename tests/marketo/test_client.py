@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from service.marketo import (
+    ConfigurationError,
     MarketoClient,
     OutcomeUnknownError,
     QuotaExhaustedError,
@@ -293,6 +294,19 @@ async def test_response_level_1xxx_is_rejected(marketo: FakeMarketo, make_client
     with pytest.raises(RejectedError) as caught:
         await make_client().find_leads("createdAt", ["x"])
     assert caught.value.code == "1011"
+
+
+async def test_a_field_missing_from_the_schema_is_a_configuration_error(
+    marketo: FakeMarketo, make_client: Make
+) -> None:
+    marketo.route("POST", LEADS, lambda s: error("1006", "Field 'loyaltyTier' not found"))
+    with pytest.raises(ConfigurationError) as caught:
+        await make_client().sync_leads(
+            [{"email": "a@x.com", "loyaltyTier": "gold"}], action=SyncAction.UPDATE_ONLY
+        )
+    assert caught.value.code == "1006"
+    assert "loyaltyTier" in str(caught.value)
+    assert len(marketo.calls(LEADS)) == 1, "never retried"
 
 
 async def test_607_pauses_until_midnight_chicago(

@@ -63,6 +63,17 @@ def test_record_level_reasons_are_results(code: str) -> None:
     assert classify_response_code(code).action is Action.REJECTED
 
 
+@pytest.mark.parametrize("code", ["1006", "1011"])
+def test_a_field_the_schema_lacks_is_a_record_reason_or_a_configuration_error(code: str) -> None:
+    assert classify_code(code).action is Action.PER_RECORD
+    assert classify_response_code(code).action is Action.CONFIGURATION
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_forbidden_and_not_found_are_configuration_errors(status: int) -> None:
+    assert classify_status(status).action is Action.CONFIGURATION
+
+
 @pytest.mark.parametrize("code", ["1016", "1019", "1029"])
 def test_busy_import_queue_is_retried_later(code: str) -> None:
     assert classify_response_code(code).action is Action.THROTTLED

@@ -109,3 +109,32 @@ def test_settings_defaults() -> None:
     assert (settings.body_limit, settings.bulk_file_limit) == (1_000_000, 10_000_000)
     assert settings.accept_access_token_param is True
     assert "client_secret" not in repr(settings)
+
+
+def described(sandbox: Sandbox) -> set[str]:
+    return {f["name"] for f in sandbox.state.schema.describe2()[0]["fields"]}
+
+
+async def test_a_custom_field_is_deleted_with_its_values_and_added_back(
+    raw: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await seed(raw, {"email": "a@example.com", "loyaltyTier": "gold"})
+
+    assert (await raw.delete("/_sandbox/fields/loyaltyTier")).status_code == 200
+    assert "loyaltyTier" not in described(sandbox)
+    leads = (await raw.get("/_sandbox/leads")).json()["leads"]
+    assert leads[0]["fields"] == {"email": "a@example.com"}
+
+    added = await raw.post("/_sandbox/fields", json={"fields": [{"name": "loyaltyTier"}]})
+    assert added.status_code == 200
+    assert "loyaltyTier" in described(sandbox)
+
+
+async def test_only_plain_custom_fields_can_be_deleted_or_added(raw: httpx.AsyncClient) -> None:
+    assert (await raw.delete("/_sandbox/fields/email")).status_code == 400  # standard
+    assert (await raw.delete("/_sandbox/fields/customerId")).status_code == 400  # searchable
+    assert (await raw.delete("/_sandbox/fields/nothing")).status_code == 400
+    twice = await raw.post("/_sandbox/fields", json={"fields": [{"name": "loyaltyTier"}]})
+    assert twice.status_code == 400
+    searchable = {"fields": [{"name": "memberNo", "searchable": True}]}
+    assert (await raw.post("/_sandbox/fields", json=searchable)).status_code == 400

@@ -277,3 +277,14 @@ async def test_async_processing_answers_like_sync(client: httpx.AsyncClient) -> 
 async def test_same_key_twice_in_one_batch(client: httpx.AsyncClient) -> None:
     body = await sync(client, input=[{"email": "a@example.com"}, {"email": "a@example.com"}])
     assert body["result"] == [{"id": 1, "status": "created"}, {"id": 1, "status": "updated"}]
+
+
+async def test_unknown_field_can_reject_the_whole_request(client: httpx.AsyncClient) -> None:
+    await client.post("/_sandbox/reset", json={"unknown_field_rejects_request": True})
+    client.headers["Authorization"] = f"Bearer {await fetch_token(client)}"
+    body = await sync(
+        client, input=[{"email": "a@example.com"}, {"email": "b@example.com", "shoeSize": 4}]
+    )
+    assert body["success"] is False
+    assert body["errors"] == [{"code": "1006", "message": "Field 'shoeSize' not found"}]
+    assert (await client.get("/_sandbox/leads")).json()["leads"] == []

@@ -200,3 +200,26 @@ async def test_delete_cascades_everything(store: Store, backend: Backend) -> Non
     assert len(await store.activations(kept.id)) == 1
     assert (await store.pending_stats(kept.id)).count == len(remaining)
     assert len(await store.open_alerts(kept.id)) == 1
+
+
+async def test_a_state_reason_is_stored_and_survives_a_reopen(
+    store: Store, backend: Backend, clock: FakeClock
+) -> None:
+    created = await store.create_destination(new_destination())
+    assert created.state_reason == ""
+    reason = "Marketo's lead schema has no field 'loyaltyTier', which the mapping uses"
+
+    await store.set_destination_state(created.id, DestinationState.SCHEMA_PAUSED, reason=reason)
+    await store.update_destination(dataclasses.replace(created, name="renamed"))
+    await store.close()
+    reopened = await backend.open(clock)
+    try:
+        record = await reopened.get_destination(created.id, tenant="acme")
+        assert (record.state, record.state_reason) == (DestinationState.SCHEMA_PAUSED, reason)
+        listed = (await reopened.list_destinations("acme", page_size=10)).items
+        assert [d.state_reason for d in listed] == [reason]
+        await reopened.set_destination_state(created.id, DestinationState.ACTIVE)
+        record = await reopened.get_destination(created.id, tenant="acme")
+        assert (record.state, record.state_reason) == (DestinationState.ACTIVE, "")
+    finally:
+        await reopened.close()

@@ -777,3 +777,20 @@ async def test_memberships_and_profile_round_trip(
     assert entry.update == original
     assert isinstance(entry.update.profile["count"], int)  # integral numbers come back as int
     assert isinstance(entry.update.profile["n"], float)
+
+
+async def test_release_deferred_makes_one_destinations_entries_due_keeping_attempts(
+    store: Store, destination: DestinationRecord
+) -> None:
+    other = await store.create_destination(new_destination(name="other"))
+    await append(store, destination.id, INSTANCE, [update(n) for n in range(1, 4)])
+    await append(store, other.id, INSTANCE, [update(100)])
+    await unpack(store, INSTANCE)
+    later = START + timedelta(hours=1)
+    await store.defer(await store.claim_due(INSTANCE, 10, START), later, "held", attempts=2)
+
+    assert await store.release_deferred(destination.id, now=START) == 3
+    due = await store.claim_due(INSTANCE, 10, START)
+    assert ids(due) == ["u1", "u2", "u3"]
+    assert {entry.attempts for entry in due} == {2}
+    assert await store.release_deferred(destination.id, now=START) == 0

@@ -31,6 +31,7 @@ class DestinationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DESTINATION_STATE_ACTIVE: _ClassVar[DestinationState]
     DESTINATION_STATE_QUOTA_PAUSED: _ClassVar[DestinationState]
     DESTINATION_STATE_AUTH_FAILING: _ClassVar[DestinationState]
+    DESTINATION_STATE_SCHEMA_PAUSED: _ClassVar[DestinationState]
 
 class AudienceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -79,6 +80,7 @@ class AlertType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALERT_TYPE_DELIVERY_DELAYED: _ClassVar[AlertType]
     ALERT_TYPE_QUOTA_EXHAUSTED: _ClassVar[AlertType]
     ALERT_TYPE_AUTHENTICATION_FAILING: _ClassVar[AlertType]
+    ALERT_TYPE_SCHEMA_MISMATCH: _ClassVar[AlertType]
 SYNC_TYPE_UNSPECIFIED: SyncType
 SYNC_TYPE_AUDIENCE_AND_PROFILE: SyncType
 SYNC_TYPE_PROFILE_ONLY: SyncType
@@ -90,6 +92,7 @@ DESTINATION_STATE_UNSPECIFIED: DestinationState
 DESTINATION_STATE_ACTIVE: DestinationState
 DESTINATION_STATE_QUOTA_PAUSED: DestinationState
 DESTINATION_STATE_AUTH_FAILING: DestinationState
+DESTINATION_STATE_SCHEMA_PAUSED: DestinationState
 AUDIENCE_TYPE_UNSPECIFIED: AudienceType
 AUDIENCE_TYPE_PEOPLE: AudienceType
 AUDIENCE_TYPE_ACCOUNT: AudienceType
@@ -120,6 +123,7 @@ ALERT_TYPE_FAILURE_RATE: AlertType
 ALERT_TYPE_DELIVERY_DELAYED: AlertType
 ALERT_TYPE_QUOTA_EXHAUSTED: AlertType
 ALERT_TYPE_AUTHENTICATION_FAILING: AlertType
+ALERT_TYPE_SCHEMA_MISMATCH: AlertType
 
 class MarketoConnection(_message.Message):
     __slots__ = ("munchkin_id", "client_id", "client_secret", "endpoint")
@@ -174,7 +178,7 @@ class DestinationSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., connection: _Optional[_Union[MarketoConnection, _Mapping]] = ..., workspace: _Optional[str] = ..., sync_type: _Optional[_Union[SyncType, str]] = ..., partition: _Optional[str] = ..., dedupe_field: _Optional[str] = ..., person_action: _Optional[_Union[PersonAction, str]] = ..., alerts: _Optional[_Union[AlertSubscription, _Mapping]] = ..., marketing_actions: _Optional[_Iterable[str]] = ..., consent_path: _Optional[str] = ...) -> None: ...
 
 class Destination(_message.Message):
-    __slots__ = ("id", "spec", "client_secret_set", "state", "paused_until", "create_time", "update_time", "audiences", "mappings")
+    __slots__ = ("id", "spec", "client_secret_set", "state", "paused_until", "create_time", "update_time", "audiences", "mappings", "state_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     CLIENT_SECRET_SET_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +188,7 @@ class Destination(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: DestinationSpec
     client_secret_set: bool
@@ -193,7 +198,8 @@ class Destination(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     audiences: _containers.RepeatedCompositeFieldContainer[ActivatedAudience]
     mappings: _containers.RepeatedCompositeFieldContainer[FieldMapping]
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[DestinationSpec, _Mapping]] = ..., client_secret_set: _Optional[bool] = ..., state: _Optional[_Union[DestinationState, str]] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., audiences: _Optional[_Iterable[_Union[ActivatedAudience, _Mapping]]] = ..., mappings: _Optional[_Iterable[_Union[FieldMapping, _Mapping]]] = ...) -> None: ...
+    state_reason: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[DestinationSpec, _Mapping]] = ..., client_secret_set: _Optional[bool] = ..., state: _Optional[_Union[DestinationState, str]] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., audiences: _Optional[_Iterable[_Union[ActivatedAudience, _Mapping]]] = ..., mappings: _Optional[_Iterable[_Union[FieldMapping, _Mapping]]] = ..., state_reason: _Optional[str] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
     __slots__ = ("destination_id", "spec", "validate_only")
@@ -511,7 +517,7 @@ class DataflowRun(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received: _Optional[int] = ..., activated: _Optional[int] = ..., excluded: _Optional[int] = ..., failed: _Optional[int] = ..., skipped_rate: _Optional[float] = ...) -> None: ...
 
 class Dataflow(_message.Message):
-    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates", "excluded_by_field")
+    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates", "excluded_by_field", "state", "state_reason")
     class ExcludedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +544,8 @@ class Dataflow(_message.Message):
     PAUSED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_BY_FIELD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     destination_id: str
     received: int
     activated: ActivatedCounts
@@ -550,7 +558,9 @@ class Dataflow(_message.Message):
     paused_until: _timestamp_pb2.Timestamp
     duplicates: int
     excluded_by_field: _containers.RepeatedCompositeFieldContainer[ExclusionCount]
-    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ..., excluded_by_field: _Optional[_Iterable[_Union[ExclusionCount, _Mapping]]] = ...) -> None: ...
+    state: DestinationState
+    state_reason: str
+    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ..., excluded_by_field: _Optional[_Iterable[_Union[ExclusionCount, _Mapping]]] = ..., state: _Optional[_Union[DestinationState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
 
 class ExclusionCount(_message.Message):
     __slots__ = ("code", "field", "count")
