@@ -398,10 +398,21 @@ def _enum(
 
 def destination_id(value: str) -> str:
     """The destination_id of a request about one destination; raise InvalidArgument when it is
-    empty (Configure and DescribeMarketo, where it is optional, do not call this)."""
+    empty or holds a NUL character, which no id has (PostgreSQL's text cannot even be asked for
+    one). Configure and DescribeMarketo, where it is optional, do not call this."""
     if not value:
         raise InvalidArgument([FieldViolation("destination_id", "is required")])
+    if NUL in value:
+        raise InvalidArgument([FieldViolation("destination_id", NUL_PROBLEM)])
     return value
+
+
+def outcome_filter(field: str, value: str) -> str | None:
+    """An optional filter of ListProfileOutcomes (None when empty); raise InvalidArgument when
+    it holds a NUL character, which no stored value has."""
+    if NUL in value:
+        raise InvalidArgument([FieldViolation(field, NUL_PROBLEM)])
+    return value or None
 
 
 def destination_spec(message: pb.DestinationSpec) -> DestinationSpec:

@@ -18,6 +18,7 @@ from tests.harness import (
     running_service,
     spec,
     update,
+    violations,
 )
 
 REALIZED = pb.MEMBERSHIP_STATUS_REALIZED
@@ -278,6 +279,31 @@ async def test_a_nul_character_rejects_its_update_alone_in_sync_and_preview(
     flow = await delivered(service, destination_id)
     assert (flow.received, flow.activated.created, flow.pending) == (2, 2, 0)
     assert set(by_email(await service.leads())) == {"a@example.com", "d@example.com"}
+
+
+async def test_a_nul_in_a_destination_id_or_an_outcome_filter_is_invalid_argument(
+    service: Service,
+) -> None:
+    """No stored id holds a NUL (PostgreSQL's text cannot even be asked for one)."""
+    destination_id, _ = await setup(service)
+    calls = {
+        "destination_id": service.stub.GetDataflow(
+            pb.GetDataflowRequest(destination_id=destination_id + "\x00")
+        ),
+        "profile_id": service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p\x001")
+        ),
+        "dedupe_value": service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, dedupe_value="a\x00")
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert violations(raised.value) == {field: "contains a NUL character"}
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sync(service, destination_id + "\x00", [[update("p1", "a@example.com")]])
+    assert violations(raised.value) == {"destination_id": "contains a NUL character"}
 
 
 async def test_an_update_id_reused_for_other_content_fails_with_an_outcome(
