@@ -2,7 +2,7 @@
  *
  * `plain_updates(wire, latest_seconds)` reads an encoded marketo_destination.v1.SyncRequest and
  * says, for each update, whether it is plainly good: every field known, present at most once,
- * valid UTF-8, within the limits of `service.convert` (profile id, update id, event time,
+ * every string (ids and profile keys and values too) valid UTF-8 without a NUL character, within the limits of `service.convert` (profile id, update id, event time,
  * profile size and nesting, memberships), and encoded so that protobuf decodes it.
  *
  * It returns None when the request itself is not read here (an unknown top-level field, or a
@@ -83,15 +83,17 @@ static int read_len(Reader *r, Reader *inner) {
 }
 
 /* Whether the bytes are valid UTF-8 (no overlong forms, surrogates or values past U+10FFFF,
- * as protobuf requires of a string); `chars` gets the number of code points. */
+ * as protobuf requires of a string) without a NUL character (U+0000: PostgreSQL's text refuses
+ * it, so the service refuses it in every string); `chars` gets the number of code points. */
 static int utf8_chars(const uint8_t *p, const uint8_t *end, Py_ssize_t *chars) {
     Py_ssize_t count = 0;
     while (p < end) {
-        /* Eight ASCII bytes at a time, the common case. */
+        /* Eight ASCII bytes at a time, the common case; a byte that is zero or has its high
+         * bit set ends the run (zero bytes found as in "Bit Twiddling Hacks"). */
         while (end - p >= 8) {
             uint64_t eight;
             memcpy(&eight, p, 8);
-            if (eight & 0x8080808080808080ULL) {
+            if ((eight | ((eight - 0x0101010101010101ULL) & ~eight)) & 0x8080808080808080ULL) {
                 break;
             }
             p += 8;
@@ -102,6 +104,9 @@ static int utf8_chars(const uint8_t *p, const uint8_t *end, Py_ssize_t *chars) {
         }
         uint8_t c = *p;
         count++;
+        if (c == 0) {
+            return 0;
+        }
         if (c < 0x80) {
             p++;
             continue;

@@ -178,8 +178,12 @@ def check_update(
         bad("profile_id", "is required")
     elif len(profile_id) > MAX_PROFILE_ID_LENGTH:
         bad("profile_id", f"is longer than {MAX_PROFILE_ID_LENGTH} characters")
+    elif NUL in profile_id:
+        bad("profile_id", NUL_PROBLEM)
     if len(message.update_id) > MAX_UPDATE_ID_LENGTH:
         bad("update_id", f"is longer than {MAX_UPDATE_ID_LENGTH} characters")
+    elif NUL in message.update_id:
+        bad("update_id", NUL_PROBLEM)
 
     if not message.HasField("event_time"):
         bad("event_time", "is required")
@@ -198,6 +202,9 @@ def check_update(
         message.profile, MAX_PROFILE_DEPTH
     ):
         bad("profile", f"is nested deeper than {MAX_PROFILE_DEPTH} levels")
+    else:
+        for field, description in _nul_strings(message.profile, "profile"):
+            bad(field, description)
 
     audiences = message.audiences
     if audiences:
@@ -208,6 +215,8 @@ def check_update(
             audience_id = membership.audience_id
             if not audience_id:
                 bad(f"audiences[{index}].audience_id", "is required")
+            elif NUL in audience_id:
+                bad(f"audiences[{index}].audience_id", NUL_PROBLEM)
             elif audience_id in seen:
                 bad(f"audiences[{index}].audience_id", "appears twice in one update")
             if membership.status not in _MEMBERSHIP_STATUS:
@@ -215,6 +224,49 @@ def check_update(
             elif audience_id:
                 seen.add(audience_id)
     return violations
+
+
+NUL = "\0"
+NUL_PROBLEM = "contains a NUL character"
+"""Every string of an update is refused with a NUL (U+0000) in it: PostgreSQL's text cannot
+hold one, and no Marketo field needs one."""
+_NUL_NAMED = 10
+"""At most this many strings of one profile are named for holding a NUL."""
+
+
+def _nul_strings(struct: struct_pb2.Struct, path: str) -> list[tuple[str, str]]:
+    """(field path, problem) of the first `_NUL_NAMED` keys and string values of a profile
+    (nested within the depth limit, walked in key order) that hold a NUL character; a key is
+    named with its NUL
+    written as the two characters \\0."""
+    found: list[tuple[str, str]] = []
+    _struct_nuls(struct, path, found)
+    return found
+
+
+def _struct_nuls(struct: struct_pb2.Struct, path: str, found: list[tuple[str, str]]) -> None:
+    fields = struct.fields
+    for key in sorted(fields):  # a map's order is not its encoding's: name them in key order
+        if len(found) >= _NUL_NAMED:
+            return
+        if NUL in key:
+            found.append((f"{path}.{key.replace(NUL, chr(92) + '0')}", f"key {NUL_PROBLEM}"))
+        else:
+            _value_nuls(fields[key], f"{path}.{key}", found)
+
+
+def _value_nuls(value: struct_pb2.Value, path: str, found: list[tuple[str, str]]) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        if NUL in value.string_value:
+            found.append((path, NUL_PROBLEM))
+    elif kind == "struct_value":
+        _struct_nuls(value.struct_value, path, found)
+    elif kind == "list_value":
+        for index, item in enumerate(value.list_value.values):
+            if len(found) >= _NUL_NAMED:
+                return
+            _value_nuls(item, f"{path}[{index}]", found)
 
 
 _BYTES_PER_LEVEL = 4
@@ -351,10 +403,21 @@ def _enum(
 
 def destination_id(value: str) -> str:
     """The destination_id of a request about one destination; raise InvalidArgument when it is
-    empty (Configure and DescribeMarketo, where it is optional, do not call this)."""
+    empty or holds a NUL character, which no id has (PostgreSQL's text cannot even be asked for
+    one). Configure and DescribeMarketo, where it is optional, do not call this."""
     if not value:
         raise InvalidArgument([FieldViolation("destination_id", "is required")])
+    if NUL in value:
+        raise InvalidArgument([FieldViolation("destination_id", NUL_PROBLEM)])
     return value
+
+
+def outcome_filter(field: str, value: str) -> str | None:
+    """An optional filter of ListProfileOutcomes (None when empty); raise InvalidArgument when
+    it holds a NUL character, which no stored value has."""
+    if NUL in value:
+        raise InvalidArgument([FieldViolation(field, NUL_PROBLEM)])
+    return value or None
 
 
 def destination_spec(message: pb.DestinationSpec) -> DestinationSpec:
@@ -676,6 +739,8 @@ def _plain_updates_in_python(
         if (
             0 < len(profile_id) <= MAX_PROFILE_ID_LENGTH
             and len(update.update_id) <= MAX_UPDATE_ID_LENGTH
+            and NUL not in profile_id
+            and NUL not in update.update_id
             and 0 < stamp.seconds < latest_seconds
             and 0 <= stamp.nanos < 1_000_000_000
             and _plain_profile(update.profile, full, index)
@@ -698,18 +763,25 @@ _SHALLOW = _BYTES_PER_LEVEL * MAX_PROFILE_DEPTH
 
 
 def _plain_profile(profile: bytes, full: pb.SyncRequest | None, index: int) -> bool:
-    """Whether the encoded profile of update `index` is plainly valid and within the size and
-    depth limits (`full`: the whole request decoded, when it decodes)."""
-    if full is not None and len(profile) < _SHALLOW:
-        return True
+    """Whether the encoded profile of update `index` is plainly valid, within the size and
+    depth limits and without a NUL character in any string (`full`: the whole request decoded,
+    when it decodes). A string with a NUL has a zero byte in its encoding, so a profile without
+    one is walked for them no further."""
     if len(profile) > MAX_PROFILE_BYTES:
         return False
+    zero = b"\0" in profile
+    if full is not None and len(profile) < _SHALLOW and not zero:
+        return True
     if full is not None:
-        return not _too_deep(full.updates[index].profile, MAX_PROFILE_DEPTH)
-    try:
-        return not _too_deep(struct_pb2.Struct.FromString(profile), MAX_PROFILE_DEPTH)
-    except DecodeError:
+        struct = full.updates[index].profile
+    else:
+        try:
+            struct = struct_pb2.Struct.FromString(profile)
+        except DecodeError:
+            return False
+    if _too_deep(struct, MAX_PROFILE_DEPTH):
         return False
+    return not zero or not _nul_strings(struct, "profile")
 
 
 MEMBERSHIPS_CACHE_BYTES = 8 * 1024 * 1024
@@ -735,6 +807,7 @@ def _audience_ids(audiences: tuple[bytes, ...]) -> tuple[str, ...] | None:
         if (
             decoded
             and all(found)
+            and not any(NUL in audience_id for audience_id in found)
             and len(set(found)) == len(found)
             and all(m.status in _MEMBERSHIP_STATUS for m in decoded)
         ):

@@ -109,6 +109,11 @@ class ProfileUpdate:
 
 UNDECODABLE = "undecodable"
 """The failure code of an update whose stored bytes cannot be decoded for delivery."""
+UNSTORABLE = "unstorable"
+"""The failure code of an update, or of its outcome, the store cannot hold as it is (a NUL
+character in a string, which PostgreSQL's text refuses; Sync rejects such updates)."""
+UPDATE_ID_REUSED = "update_id_reused"
+"""The failure code of an update whose update_id was already used for different content."""
 
 
 @dataclass(frozen=True, slots=True)

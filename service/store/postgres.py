@@ -36,7 +36,7 @@ import psycopg
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
-from service.domain import DecodedBatch, FieldMapping, Outcome, ProfileUpdate
+from service.domain import UNDECODABLE, DecodedBatch, FieldMapping, Outcome
 from service.secrets import SecretBox
 from service.store.base import (
     CLAIM_MAX_BYTES,
@@ -85,7 +85,7 @@ from service.store.rows import (
     dumps,
     dumps_mappings,
     encode_token,
-    fail_undecodable,
+    fail_update,
     from_micros,
     instances_with_work,
     loads_mappings,
@@ -94,6 +94,9 @@ from service.store.rows import (
     pair_outcomes,
     purge_outcomes,
     reason_totals_sql,
+    sort_batch,
+    storable_ids,
+    storable_outcome,
     to_micros,
     undecodable_outcomes,
     unpacked_counts,
@@ -157,24 +160,25 @@ class _Append:
 
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (destination_id, instance_key, update_id, profile_id, event_time, "
-    "payload, trace_context, enqueued_at, not_before) "
-    "SELECT %s, %s, u.update_id, u.profile_id, u.event_time, u.payload, %s, %s, %s "
-    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY "
-    "AS u (update_id, profile_id, event_time, payload, ord) ORDER BY u.ord "
+    "payload, trace_context, enqueued_at, not_before, digest) "
+    "SELECT %s, %s, u.update_id, u.profile_id, u.event_time, u.payload, %s, %s, %s, u.digest "
+    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[]) WITH ORDINALITY "
+    "AS u (update_id, profile_id, event_time, payload, digest, ord) ORDER BY u.ord "
     "ON CONFLICT (destination_id, update_id) DO NOTHING RETURNING sequence"
 )
 
 _INSERT_OUTCOMES = (
     "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, event_time, "
     "recorded_at, kind, actions, lead_id, reason, marketo_code, exclusion_code, "
-    "exclusion_field) "
+    "exclusion_field, digest) "
     "SELECT o.destination_id, o.update_id, o.profile_id, o.dedupe_value, o.event_time, %s, "
     "o.kind, o.actions, o.lead_id, o.reason, o.marketo_code, o.exclusion_code, "
-    "o.exclusion_field "
+    "o.exclusion_field, o.digest "
     "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], "
-    "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
-    "AS o (destination_id, update_id, profile_id, dedupe_value, event_time, kind, actions, "
-    "lead_id, reason, marketo_code, exclusion_code, exclusion_field, ord) ORDER BY o.ord"
+    "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+    "WITH ORDINALITY AS o (destination_id, update_id, profile_id, dedupe_value, event_time, "
+    "kind, actions, lead_id, reason, marketo_code, exclusion_code, exclusion_field, digest, ord) "
+    "ORDER BY o.ord"
 )
 
 _UPSERT_WATERMARKS = (
@@ -188,7 +192,7 @@ _UPSERT_WATERMARKS = (
 )
 
 _PURGE_OUTCOMES = purge_outcomes("%s")
-_FAIL_UNDECODABLE = fail_undecodable("%s")
+_FAIL_UPDATE = fail_update("%s")
 
 # Instances with due work, plus those with a live lease; the fair-share numerator.
 _BUSY_INSTANCES = (
@@ -716,7 +720,7 @@ class PostgresStore:
             stored = taken = 0
             empty = False
             duplicates: Counter[str] = Counter()
-            failed: Counter[str] = Counter()
+            failed: Counter[tuple[str, str]] = Counter()
             while due + stored < limit and taken < step:
                 # SKIP LOCKED: a batch still being unpacked by a fenced-out holder is left alone.
                 cursor = await connection.execute(
@@ -732,19 +736,23 @@ class PostgresStore:
                 batch_id, destination_id, count, body, trace_context, enqueued_at = batch
                 decoded = decode(bytes(body))
                 updates = decoded.updates
+                failures = []
                 if len(updates) < count:  # a damaged row: fail what does not decode
-                    async with connection.cursor() as cursor:
-                        await cursor.executemany(
-                            _FAIL_UNDECODABLE,
-                            undecodable_outcomes(
-                                destination_id, batch_id, count, decoded, enqueued_at, current
-                            ),
-                        )
-                    failed[destination_id] += count - len(updates)
-                delivered = await _delivered(
-                    connection, destination_id, [update.update_id for update in updates]
+                    failures = undecodable_outcomes(
+                        destination_id, batch_id, count, decoded, enqueued_at, current
+                    )
+                    failed[destination_id, UNDECODABLE] += count - len(updates)
+                known = await _known_digests(connection, destination_id, storable_ids(updates))
+                sorted_out = sort_batch(
+                    destination_id, batch_id, updates, known, enqueued_at, current
                 )
-                fresh = [update for update in updates if update.update_id not in delivered]
+                failures.extend(sorted_out.failures)
+                for code, failures_of_code in sorted_out.failed.items():
+                    failed[destination_id, code] += failures_of_code
+                if failures:
+                    async with connection.cursor() as cursor:
+                        await cursor.executemany(_FAIL_UPDATE, failures)
+                fresh = sorted_out.fresh
                 inserted = 0
                 if fresh:
                     cursor = await connection.execute(
@@ -755,14 +763,18 @@ class PostgresStore:
                             trace_context,
                             enqueued_at,
                             enqueued_at,
-                            *_outbox_columns(fresh),
+                            [queued.update.update_id for queued in fresh],
+                            [queued.update.profile_id for queued in fresh],
+                            [to_micros(queued.update.event_time) for queued in fresh],
+                            [queued.payload for queued in fresh],
+                            [queued.digest for queued in fresh],
                         ),
                         binary=True,
                     )
                     inserted = len(await cursor.fetchall())
                 stored += inserted
                 taken += max(count, len(updates))
-                duplicates[destination_id] += len(updates) - inserted
+                duplicates[destination_id] += sorted_out.duplicates + len(fresh) - inserted
             # Rows are locked in a fixed order, as append does, so the two cannot deadlock.
             for destination_id, counts in unpacked_counts(duplicates, failed):
                 await connection.execute(
@@ -828,12 +840,16 @@ class PostgresStore:
             if fencing is not None:
                 await _check_fencing(connection, {entry.instance_key for entry in entries}, fencing)
             cursor = await connection.execute(
-                "DELETE FROM outbox WHERE sequence = ANY(%s) RETURNING sequence",
+                "DELETE FROM outbox WHERE sequence = ANY(%s) RETURNING sequence, digest",
                 (sorted(entry.sequence for entry in entries),),
             )
-            deleted = {row[0] for row in await cursor.fetchall()}
+            deleted: dict[int, str | None] = {row[0]: row[1] for row in await cursor.fetchall()}
             # Entries already retired (a retried call) or of a deleted destination are skipped.
-            kept = [(entry, outcome) for entry, outcome in pairs if entry.sequence in deleted]
+            kept = [
+                (entry, storable_outcome(outcome))
+                for entry, outcome in pairs
+                if entry.sequence in deleted
+            ]
             counts: defaultdict[str, Counts] = defaultdict(Counts)
             for entry, outcome in kept:
                 count_outcome(counts[entry.destination_id], outcome)
@@ -860,6 +876,7 @@ class PostgresStore:
                             for _, outcome in kept
                         ],
                         [outcome.field for _, outcome in kept],
+                        [deleted[entry.sequence] for entry, _ in kept],
                     ),
                     binary=True,
                 )
@@ -1228,28 +1245,6 @@ def _conforms(store: PostgresStore) -> Store:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _outbox_columns(
-    updates: Sequence[ProfileUpdate],
-) -> tuple[list[str], list[str], list[int], list[str]]:
-    update_ids: list[str] = []
-    profile_ids: list[str] = []
-    event_times: list[int] = []
-    payloads: list[str] = []
-    for update in updates:
-        update_ids.append(update.update_id)
-        profile_ids.append(update.profile_id)
-        event_times.append(to_micros(update.event_time))
-        payloads.append(
-            dumps(
-                {
-                    "p": update.profile,
-                    "m": [[m.audience_id, m.status.value] for m in update.memberships],
-                }
-            )
-        )
-    return update_ids, profile_ids, event_times, payloads
-
-
 async def _insert_batches(
     connection: Connection, batches: Sequence[_Append], enqueued_at: int
 ) -> list[int]:
@@ -1282,14 +1277,18 @@ async def _insert_batches(
     return ids
 
 
-async def _delivered(
+async def _known_digests(
     connection: Connection, destination_id: str, update_ids: Sequence[str]
-) -> set[str]:
+) -> dict[str, str | None]:
+    """Update id -> content digest of the destination's updates among `update_ids` that are
+    queued (outbox) or delivered (outcomes)."""
     cursor = await connection.execute(
-        "SELECT update_id FROM outcomes WHERE destination_id = %s AND update_id = ANY(%s)",
-        (destination_id, list(update_ids)),
+        "SELECT update_id, digest FROM outbox WHERE destination_id = %s AND update_id = ANY(%s) "
+        "UNION ALL SELECT update_id, digest FROM outcomes "
+        "WHERE destination_id = %s AND update_id = ANY(%s)",
+        (destination_id, list(update_ids), destination_id, list(update_ids)),
     )
-    return {row[0] for row in await cursor.fetchall()}
+    return {row[0]: row[1] for row in await cursor.fetchall()}
 
 
 async def _add_counts(

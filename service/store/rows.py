@@ -16,6 +16,8 @@ from typing import Any, TypeGuard
 
 from service.domain import (
     UNDECODABLE,
+    UNSTORABLE,
+    UPDATE_ID_REUSED,
     Action,
     ActionType,
     AudienceMembership,
@@ -119,17 +121,22 @@ def instances_with_work(due: str) -> str:
     )
 
 
-def fail_undecodable(mark: str) -> str:
-    """SQL recording one update of a batch that could not be decoded as a failed outcome
-    (parameters: destination_id, update_id, profile_id, event_time, recorded_at, reason; `mark`:
-    the engine's placeholder). An outcome already recorded for the update is kept."""
+def fail_update(mark: str) -> str:
+    """SQL recording an update that fails before delivery (undecodable, unstorable, its id
+    reused) as a failed outcome (parameters: destination_id, update_id, profile_id, event_time,
+    recorded_at, reason, code; `mark`: the engine's placeholder). An outcome already recorded
+    for the update is kept."""
     return (
         "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, event_time, "
         "recorded_at, kind, actions, lead_id, reason, marketo_code) "
         f"VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, '{OutcomeKind.FAILED.value}', "
-        f"'[]', NULL, {mark}, '{UNDECODABLE}') "
+        f"'[]', NULL, {mark}, {mark}) "
         "ON CONFLICT (destination_id, update_id) DO NOTHING"
     )
+
+
+FailedUpdate = tuple[str, str, str, int, int, str, str]
+"""The parameters of `fail_update`."""
 
 
 def undecodable_outcomes(
@@ -139,8 +146,8 @@ def undecodable_outcomes(
     decoded: DecodedBatch,
     enqueued_at: int,
     now: int,
-) -> list[tuple[str, str, str, int, int, str]]:
-    """The parameters of `fail_undecodable` for each update of an inbox batch of `count` that
+) -> list[FailedUpdate]:
+    """The parameters of `fail_update` for each update of an inbox batch of `count` that
     could not be decoded but was told apart: one without an update id is named after its batch
     and position, one without an event time gets the time its batch came. Logs the batch."""
     log.error(
@@ -154,26 +161,245 @@ def undecodable_outcomes(
     return [
         (
             destination_id,
-            update.update_id or f"undecodable-{batch_id}-{position}",
-            update.profile_id,
+            storable_text(update.update_id) or f"undecodable-{batch_id}-{position}",
+            storable_text(update.profile_id),
             enqueued_at if update.event_time is None else to_micros(update.event_time),
             now,
-            update.reason,
+            storable_text(update.reason),
+            UNDECODABLE,
         )
         for position, update in enumerate(decoded.undecodable)
     ]
 
 
-def unpacked_counts(duplicates: Counter[str], failed: Counter[str]) -> list[tuple[str, Counts]]:
+# -- what the store can hold ---------------------------------------------------------------------
+
+NUL = "\0"
+
+
+def text_problem(text: str) -> str | None:
+    """Why the store cannot hold `text` as it is, or None. PostgreSQL's text refuses a NUL
+    character, and neither engine can encode a lone surrogate; both stores refuse the same."""
+    if NUL in text:
+        return "contains a NUL character"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return "is not valid Unicode"
+    return None
+
+
+def storable_text(text: str) -> str:
+    """`text` with each NUL character and lone surrogate replaced by U+FFFD, so that the
+    outcome of an update that cannot be stored as it is can still be."""
+    if text_problem(text) is None:
+        return text
+    return "".join(
+        "\ufffd" if char == NUL or "\ud800" <= char <= "\udfff" else char for char in text
+    )
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first key or string within `value` (a decoded profile) that holds a NUL
+    character, or None."""
+    if isinstance(value, str):
+        return path if NUL in value else None
+    if isinstance(value, dict):
+        for key in sorted(value):
+            found = path if NUL in key else _nul_path(value[key], f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def update_problem(update: ProfileUpdate, payload: str) -> str | None:
+    """Why the store cannot hold the update (`payload`: its profile and memberships as stored)
+    as it is, or None. The payload is JSON, where a NUL is escaped: only a payload holding the
+    escape is walked for the string that has it."""
+    for name, text in (("update_id", update.update_id), ("profile_id", update.profile_id)):
+        problem = text_problem(text)
+        if problem is not None:
+            return f"its {name} {problem}"
+    if "\\u0000" in payload:
+        found = _nul_path(update.profile, "profile")
+        for index, membership in enumerate(update.memberships):
+            if found is None and NUL in membership.audience_id:
+                found = f"audiences[{index}].audience_id"
+        if found is not None:
+            return f"its {found} contains a NUL character"
+    if not payload.isascii() and text_problem(payload) is not None:
+        return "its profile or memberships are not valid Unicode"
+    return None
+
+
+def outbox_payload(update: ProfileUpdate) -> str:
+    """The stored payload of an outbox entry: its profile and memberships, as JSON."""
+    return dumps(
+        {
+            "p": update.profile,
+            "m": [[m.audience_id, m.status.value] for m in update.memberships],
+        }
+    )
+
+
+def content_digest(update: ProfileUpdate) -> str:
+    """A digest of what an update says (profile_id, event time, profile, memberships in any
+    order): an update_id sent again with another digest names different content."""
+    content = json.dumps(
+        [
+            update.profile_id,
+            to_micros(update.event_time),
+            update.profile,
+            sorted([m.audience_id, m.status.value] for m in update.memberships),
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
+def storable_ids(updates: Sequence[ProfileUpdate]) -> list[str]:
+    """The update ids of `updates` the store can hold, to look up (a query with another would
+    fail on PostgreSQL; its update fails in `sort_batch`)."""
+    return [update.update_id for update in updates if text_problem(update.update_id) is None]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedUpdate:
+    """An update to store as an outbox entry, with its payload and content digest."""
+
+    update: ProfileUpdate
+    payload: str
+    digest: str
+
+
+@dataclass(slots=True)
+class SortedBatch:
+    """The updates of one inbox batch sorted out for the outbox (see `sort_batch`)."""
+
+    fresh: list[QueuedUpdate] = field(default_factory=list)
+    failures: list[FailedUpdate] = field(default_factory=list)
+    failed: Counter[str] = field(default_factory=Counter)
+    """Failures by code."""
+    duplicates: int = 0
+
+
+REUSED_REASON = (
+    "its update_id was already used for an update with different content (profile_id, event "
+    "time, profile or memberships); it was not delivered"
+)
+
+
+def sort_batch(
+    destination_id: str,
+    batch_id: int,
+    updates: Sequence[ProfileUpdate],
+    known: Mapping[str, str | None],
+    enqueued_at: int,
+    now: int,
+) -> SortedBatch:
+    """Sort the decoded updates of an inbox batch: those to queue, those that fail (the store
+    cannot hold them; their update_id names different content) and true duplicates.
+
+    `known`: update id -> content digest of the destination's updates already queued or
+    delivered (None where no digest was kept: taken as the same content). An update whose id
+    is known, or came earlier in the batch, with the same content is a duplicate; with other
+    content it fails with `UPDATE_ID_REUSED`, its outcome recorded under its id with the batch
+    and position after it (the id itself keeps the first update's outcome).
+    """
+    batch = SortedBatch()
+    seen = dict(known)
+    for position, update in enumerate(updates):
+        payload = outbox_payload(update)
+        problem = update_problem(update, payload)
+        if problem is not None:
+            code, reason = UNSTORABLE, f"the update cannot be stored: {problem}"
+            update_id = storable_text(update.update_id)
+        else:
+            digest = content_digest(update)
+            if update.update_id not in seen:
+                seen[update.update_id] = digest
+                batch.fresh.append(QueuedUpdate(update, payload, digest))
+                continue
+            if seen[update.update_id] in (None, digest):
+                batch.duplicates += 1
+                continue
+            code, reason = UPDATE_ID_REUSED, REUSED_REASON
+            update_id = f"{update.update_id}#reused-{batch_id}-{position}"
+        batch.failed[code] += 1
+        batch.failures.append(
+            (
+                destination_id,
+                update_id,
+                storable_text(update.profile_id),
+                to_micros(update.event_time),
+                now,
+                reason,
+                code,
+            )
+        )
+    if batch.failures:
+        log.warning(
+            "inbox batch %d of %s: %d updates failed before delivery (%s)",
+            batch_id,
+            destination_id,
+            len(batch.failures),
+            ", ".join(f"{code}: {count}" for code, count in sorted(batch.failed.items())),
+        )
+    return batch
+
+
+def storable_outcome(outcome: Outcome) -> Outcome:
+    """The outcome, or, when the store cannot hold one of its strings as it is (a NUL from a
+    transform, say), a failed outcome with code `UNSTORABLE` that says which and what it was:
+    the update is retired either way, never retried for ever."""
+    texts = {
+        "update_id": outcome.update_id,
+        "profile_id": outcome.profile_id,
+        "dedupe_value": outcome.dedupe_value or "",
+        "reason": outcome.reason,
+        "marketo_code": outcome.marketo_code,
+        **{f"actions[{i}].audience_id": a.audience_id or "" for i, a in enumerate(outcome.actions)},
+    }
+    for name, text in texts.items():
+        problem = text_problem(text)
+        if problem is not None:
+            return Outcome(
+                update_id=storable_text(outcome.update_id),
+                profile_id=storable_text(outcome.profile_id),
+                dedupe_value=None,
+                kind=OutcomeKind.FAILED,
+                reason=f"its {outcome.kind.value} outcome cannot be stored: its {name} {problem}",
+                marketo_code=UNSTORABLE,
+            )
+    return outcome
+
+
+def unpacked_counts(
+    duplicates: Counter[str], failed: Counter[tuple[str, str]]
+) -> list[tuple[str, Counts]]:
     """Per destination, in id order (the order rows are locked in), the counts of an unpack:
-    re-sent updates dropped and updates that could not be decoded; all of them leave pending."""
+    re-sent updates dropped and updates that failed, by (destination, code); all of them leave
+    pending."""
     found = []
-    for destination_id in sorted(duplicates.keys() | failed.keys()):
-        failures = failed[destination_id]
+    for destination_id in sorted(duplicates.keys() | {key[0] for key in failed}):
+        reasons = Counter(
+            {
+                ("failed", code, ""): n
+                for (destination, code), n in failed.items()
+                if destination == destination_id
+            }
+        )
         counts = Counts(
             duplicates=duplicates[destination_id],
-            failed=failures,
-            reasons=Counter({("failed", UNDECODABLE, ""): failures} if failures else {}),
+            failed=sum(reasons.values()),
+            reasons=reasons,
         )
         if counts.duplicates + counts.failed:
             found.append((destination_id, counts))

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from service.domain import (
+    UNDECODABLE,
     DecodedBatch,
     FieldMapping,
     Outcome,
-    ProfileUpdate,
 )
 from service.secrets import SecretBox, owner_only_directory
 from service.store.base import (
@@ -86,7 +86,7 @@ from service.store.rows import (
     dumps,
     dumps_mappings,
     encode_token,
-    fail_undecodable,
+    fail_update,
     from_micros,
     instances_with_work,
     loads_mappings,
@@ -95,6 +95,9 @@ from service.store.rows import (
     pair_outcomes,
     purge_outcomes,
     reason_totals_sql,
+    sort_batch,
+    storable_ids,
+    storable_outcome,
     to_micros,
     undecodable_outcomes,
     unpacked_counts,
@@ -161,7 +164,7 @@ class _Append:
 # (found in outcomes), which is cheaper as one IN query than as a NOT EXISTS per row.
 _INSTANCES_WITH_WORK = instances_with_work("?")
 _PURGE_OUTCOMES = purge_outcomes("?")
-_FAIL_UNDECODABLE = fail_undecodable("?")
+_FAIL_UPDATE = fail_update("?")
 
 _log = logging.getLogger(__name__)
 
@@ -180,7 +183,8 @@ CATCH_UP_PAGES = 256
 
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (destination_id, instance_key, update_id, profile_id, event_time, "
-    "payload, trace_context, enqueued_at, not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "payload, trace_context, enqueued_at, not_before, digest) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (destination_id, update_id) DO NOTHING"
 )
 
@@ -853,7 +857,7 @@ class SqliteStore:
             stored = taken = 0
             empty = False
             duplicates: Counter[str] = Counter()
-            failed: Counter[str] = Counter()
+            failed: Counter[tuple[str, str]] = Counter()
             while due + stored < limit and taken < step:
                 batch = connection.execute(
                     "SELECT id, destination_id, count, body, trace_context, enqueued_at "
@@ -869,22 +873,38 @@ class SqliteStore:
                 updates = decoded.updates
                 if len(updates) < count:  # a damaged row: fail what does not decode
                     connection.executemany(
-                        _FAIL_UNDECODABLE,
+                        _FAIL_UPDATE,
                         undecodable_outcomes(
                             destination_id, batch_id, count, decoded, enqueued_at, current
                         ),
                     )
-                    failed[destination_id] += count - len(updates)
-                delivered = _delivered(connection, destination_id, [u.update_id for u in updates])
+                    failed[destination_id, UNDECODABLE] += count - len(updates)
+                known = _known_digests(connection, destination_id, storable_ids(updates))
+                sorted_out = sort_batch(
+                    destination_id, batch_id, updates, known, enqueued_at, current
+                )
+                connection.executemany(_FAIL_UPDATE, sorted_out.failures)
+                for code, failures in sorted_out.failed.items():
+                    failed[destination_id, code] += failures
                 fresh = [
-                    _outbox_params(destination_id, instance_key, update, trace_context, enqueued_at)
-                    for update in updates
-                    if update.update_id not in delivered
+                    (
+                        destination_id,
+                        instance_key,
+                        queued.update.update_id,
+                        queued.update.profile_id,
+                        to_micros(queued.update.event_time),
+                        queued.payload,
+                        trace_context,
+                        enqueued_at,
+                        enqueued_at,
+                        queued.digest,
+                    )
+                    for queued in sorted_out.fresh
                 ]
                 inserted = max(connection.executemany(_INSERT_OUTBOX, fresh).rowcount, 0)
                 stored += inserted
                 taken += max(count, len(updates))
-                duplicates[destination_id] += len(updates) - inserted
+                duplicates[destination_id] += sorted_out.duplicates + len(fresh) - inserted
             for destination_id, counts in unpacked_counts(duplicates, failed):
                 connection.execute(
                     "UPDATE destinations SET pending = pending - ? WHERE id = ?",
@@ -947,15 +967,16 @@ class SqliteStore:
             if fencing is not None:
                 _check_fencing(connection, {entry.instance_key for entry in entries}, fencing)
             counts: defaultdict[str, Counts] = defaultdict(Counts)
-            for entry, outcome in pairs:
-                cursor = connection.execute(
-                    "DELETE FROM outbox WHERE sequence = ?", (entry.sequence,)
-                )
-                if cursor.rowcount == 0:
+            for entry, given in pairs:
+                deleted = connection.execute(
+                    "DELETE FROM outbox WHERE sequence = ? RETURNING digest", (entry.sequence,)
+                ).fetchone()
+                if deleted is None:
                     continue  # retired before (a retried call) or its destination was deleted
+                outcome = storable_outcome(given)
                 connection.execute(
-                    f"INSERT INTO outcomes ({OUTCOME_COLUMNS}) "
-                    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO outcomes ({OUTCOME_COLUMNS}, digest) "
+                    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         entry.destination_id,
                         outcome.update_id,
@@ -970,6 +991,7 @@ class SqliteStore:
                         outcome.marketo_code,
                         outcome.exclusion_code.value if outcome.exclusion_code else "",
                         outcome.field,
+                        deleted[0],
                     ),
                 )
                 count_outcome(counts[entry.destination_id], outcome)
@@ -1392,43 +1414,21 @@ def _insert_batches(
     return ids
 
 
-def _outbox_params(
-    destination_id: str,
-    instance_key: str,
-    update: ProfileUpdate,
-    trace_context: str | None,
-    enqueued_at: int,
-) -> tuple[Any, ...]:
-    payload = dumps(
-        {
-            "p": update.profile,
-            "m": [[m.audience_id, m.status.value] for m in update.memberships],
-        }
-    )
-    return (
-        destination_id,
-        instance_key,
-        update.update_id,
-        update.profile_id,
-        to_micros(update.event_time),
-        payload,
-        trace_context,
-        enqueued_at,
-        enqueued_at,
-    )
-
-
-def _delivered(
+def _known_digests(
     connection: sqlite3.Connection, destination_id: str, update_ids: Sequence[str]
-) -> set[str]:
-    found: set[str] = set()
+) -> dict[str, str | None]:
+    """Update id -> content digest of the destination's updates among `update_ids` that are
+    queued (outbox) or delivered (outcomes)."""
+    found: dict[str, str | None] = {}
     for chunk in _chunks(update_ids):
         marks = ", ".join("?" * len(chunk))
         rows = connection.execute(
-            f"SELECT update_id FROM outcomes WHERE destination_id = ? AND update_id IN ({marks})",
-            (destination_id, *chunk),
+            f"SELECT update_id, digest FROM outbox WHERE destination_id = ? "
+            f"AND update_id IN ({marks}) UNION ALL SELECT update_id, digest FROM outcomes "
+            f"WHERE destination_id = ? AND update_id IN ({marks})",
+            (destination_id, *chunk, destination_id, *chunk),
         )
-        found.update(row[0] for row in rows)
+        found.update((row[0], row[1]) for row in rows)
     return found
 
 

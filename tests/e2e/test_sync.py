@@ -21,6 +21,7 @@ from tests.harness import (
     service_logging,
     spec,
     update,
+    violations,
 )
 
 REALIZED = pb.MEMBERSHIP_STATUS_REALIZED
@@ -249,6 +250,93 @@ async def test_resending_an_update_is_harmless(service: Service) -> None:
         pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p1")
     )
     assert len(outcomes.outcomes) == 1
+
+
+async def test_a_nul_character_rejects_its_update_alone_in_sync_and_preview(
+    service: Service,
+) -> None:
+    destination_id, _ = await setup(service)
+    batch = [
+        update("p1", "a@example.com"),
+        update("p\x002", "b@example.com"),
+        update("p3", "c@example.com", first="A\x00da"),
+        update("p4", "d@example.com"),
+    ]
+    expected = {
+        (1, "updates[1].profile_id", "updates[1].profile_id contains a NUL character"),
+        (
+            2,
+            "updates[2].profile.person.firstName",
+            "updates[2].profile.person.firstName contains a NUL character",
+        ),
+    }
+
+    preview = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(destination_id=destination_id, updates=batch)
+    )
+    (response,) = await sync(service, destination_id, [batch])
+
+    assert {(r.index, r.field, r.reason) for r in preview.rejected} == expected
+    assert {(r.index, r.field, r.reason) for r in response.rejected} == expected
+    assert response.accepted == 2
+    flow = await delivered(service, destination_id)
+    assert (flow.received, flow.activated.created, flow.pending) == (2, 2, 0)
+    assert set(by_email(await service.leads())) == {"a@example.com", "d@example.com"}
+
+
+async def test_a_nul_in_a_destination_id_or_an_outcome_filter_is_invalid_argument(
+    service: Service,
+) -> None:
+    """No stored id holds a NUL (PostgreSQL's text cannot even be asked for one)."""
+    destination_id, _ = await setup(service)
+    calls = {
+        "destination_id": service.stub.GetDataflow(
+            pb.GetDataflowRequest(destination_id=destination_id + "\x00")
+        ),
+        "profile_id": service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p\x001")
+        ),
+        "dedupe_value": service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, dedupe_value="a\x00")
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert violations(raised.value) == {field: "contains a NUL character"}
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sync(service, destination_id + "\x00", [[update("p1", "a@example.com")]])
+    assert violations(raised.value) == {"destination_id": "contains a NUL character"}
+
+
+async def test_an_update_id_reused_for_other_content_fails_with_an_outcome(
+    service: Service,
+) -> None:
+    destination_id, _ = await setup(service)
+    first = update("p1", "a@example.com")
+    first.update_id = "u1"
+    other = update("p1", "a@example.com", first="Grace")
+    other.update_id = "u1"
+    await sync(service, destination_id, [[first]])
+    await delivered(service, destination_id)
+
+    await sync(service, destination_id, [[other], [first]])
+
+    flow = await delivered(service, destination_id)
+    assert (flow.received, flow.activated.created, flow.duplicates) == (3, 1, 1)
+    assert dict(flow.failed) == {"update_id_reused": 1}
+    outcomes = (
+        await service.stub.ListProfileOutcomes(
+            pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p1")
+        )
+    ).outcomes
+    failed = [o for o in outcomes if o.kind == pb.OUTCOME_KIND_FAILED]
+    assert [(o.marketo_code, o.update_id.split("#")[0]) for o in failed] == [
+        ("update_id_reused", "u1")
+    ]
+    assert "already used for an update with different content" in failed[0].reason
+    leads = await service.leads()
+    assert [lead["fields"]["firstName"] for lead in leads] == ["Ada"]  # type: ignore[index]
 
 
 async def test_a_streams_requests_are_committed_in_order(service: Service) -> None:

@@ -1,5 +1,6 @@
 """Fuzzing: hypothesis-generated requests for every RPC, through a real gRPC client, against
-the service as a subprocess (over a sandbox subprocess).
+the service as a subprocess (over a sandbox subprocess), once on each store (SQLite, and
+PostgreSQL: `TEST_REQUIRE_POSTGRES=1` makes those fail rather than skip when it is not there).
 
 Requests are generated from the message descriptors: every field may be set, strings are odd
 Unicode or huge, numbers extreme, enums include unknown values, `Struct` profiles are random and
@@ -7,11 +8,21 @@ deeply nested JSON, timestamps lie anywhere in int64, repeated fields may be lon
 small pool (so they repeat, and some of them exist). Every answer must be OK or a documented
 error code with a message; afterwards the service is alive, its health SERVING, and its memory
 within bounds.
+
+Sync gets hostile requests of its own, encoded by hand and aimed at a destination of their own
+that nothing else touches: unknown fields in the request and its updates, NaN and infinite
+numbers, NUL characters in every string, update ids sent again with other content. Each answer
+must account for every update, an update with a NUL must be rejected naming the field, and every
+accepted update must reach a final outcome: nothing stays pending.
+
+Each test takes the `target` fixture (one service per store); a new case is one more test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +38,8 @@ from hypothesis import strategies as st
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
-from tests.harness import STANDARD_MAPPINGS, spec
+from tests.harness import STANDARD_MAPPINGS, encoded_field, spec, varint
+from tests.pg import fresh_database
 from tests.processes import ServiceProcess, rss_kib, sandbox_process
 from tests.reliability.profile import PROFILE, SEED, record
 
@@ -48,26 +60,48 @@ SERVICE = pb.DESCRIPTOR.services_by_name["MarketoDestinationService"]
 METHODS = sorted(SERVICE.methods_by_name, key=lambda name: (name == "DeleteDestination", name))
 RSS_GROWTH_LIMIT_KIB = 256 * 1024
 MAX_MESSAGE = 8 * 1024 * 1024
+STORES = ["sqlite", "postgresql"]
+SETTLE_SECONDS = 180
+"""How long every accepted update of the Sync fuzzing gets to reach a final outcome."""
 
 
 @dataclass
 class Target:
+    store: str
     service: ServiceProcess
     channel: grpc.Channel
     client: pb_grpc.MarketoDestinationServiceStub
     endpoint: str
     destination_id: str
+    """The destination the descriptor-driven fuzzing aims at (and may reconfigure or delete)."""
+    sync_destination_id: str
+    """The destination of the hand-encoded Sync fuzzing: its connection stays good, so every
+    update it accepts can be delivered."""
     baseline_rss_kib: int
     answers: dict[str, int]
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    tmp_path = tmp_path_factory.mktemp("fuzz")
+@contextlib.contextmanager
+def store_settings(store: str) -> Iterator[dict[str, str]]:
+    """The service's environment for `store`: PostgreSQL in a database made for the run."""
+    if store == "sqlite":
+        yield {}
+        return
+    with fresh_database("md_fuzz") as url:
+        yield {"MARKETO_DEST_DATABASE_URL": url}
+
+
+@pytest.fixture(scope="module", params=STORES)
+def target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    store: str = request.param
+    tmp_path = tmp_path_factory.mktemp(f"fuzz-{store}")
     with contextlib.ExitStack() as stack:
+        environment = stack.enter_context(store_settings(store))
         endpoint = stack.enter_context(sandbox_process())
         httpx.post(f"{endpoint}/_sandbox/reset", json={"window_seconds": 2}).raise_for_status()
-        service = ServiceProcess(tmp_path / "data", endpoint)
+        service = ServiceProcess(tmp_path / "data", endpoint, environment)
         stack.callback(lambda: service.kill() if service.alive() else None)
         channel = grpc.insecure_channel(
             f"127.0.0.1:{service.port}",
@@ -81,17 +115,30 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             client_secret="sandbox-client-secret",
             endpoint=endpoint,
         )
-        destination_id = client.Configure(
-            pb.ConfigureRequest(spec=spec(connection=connection))
-        ).destination.id
-        client.Activate(
-            pb.ActivateRequest(
-                destination_id=destination_id,
-                audiences=[pb.Audience(id="a1", name="Fuzz")],
-                mappings=STANDARD_MAPPINGS,
+        destinations = []
+        for name in ("Fuzz", "Fuzz Sync"):
+            destination_id = client.Configure(
+                pb.ConfigureRequest(spec=spec(name=name, connection=connection))
+            ).destination.id
+            client.Activate(
+                pb.ActivateRequest(
+                    destination_id=destination_id,
+                    audiences=[pb.Audience(id="a1", name=name)],
+                    mappings=STANDARD_MAPPINGS,
+                )
             )
+            destinations.append(destination_id)
+        yield Target(
+            store,
+            service,
+            channel,
+            client,
+            endpoint,
+            destinations[0],
+            destinations[1],
+            rss_kib(service.pid),
+            {},
         )
-        yield Target(service, channel, client, endpoint, destination_id, rss_kib(service.pid), {})
 
 
 # -- strategies -----------------------------------------------------------------------------
@@ -337,6 +384,167 @@ def test_every_answer_is_ok_or_a_documented_error(target: Target, name: str) -> 
     fuzz()
 
 
+# -- Sync, encoded by hand ------------------------------------------------------------------
+
+NUL_TEXT = st.sampled_from(["\x00", "a\x00", "\x00b", "in\x00side", "\x00" * 3])
+SYNC_TEXT = st.one_of(st.text(max_size=20), ODD_TEXT, NUL_TEXT)
+NUMBERS = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324]), st.floats()
+)
+SYNC_LEAF = st.one_of(st.none(), st.booleans(), NUMBERS, SYNC_TEXT, st.emails())
+SYNC_VALUES = st.recursive(
+    SYNC_LEAF,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(SYNC_TEXT, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+SYNC_PROFILES = st.builds(
+    lambda email, first_name, last_name, rest: {
+        **rest,
+        "person": {"email": email, "firstName": first_name, "lastName": last_name},
+    },
+    rarely(st.emails(), SYNC_TEXT),
+    st.one_of(st.text(min_size=1, max_size=10), NUMBERS),
+    rarely(st.text(min_size=1, max_size=10), SYNC_LEAF),
+    st.dictionaries(SYNC_TEXT, SYNC_VALUES, max_size=3),
+)
+"""Mostly a person with a valid e-mail (delivered, so NaN and infinities reach the mapping and
+the Marketo client), amid any other values."""
+
+
+@st.composite
+def unknown_fields(draw: st.DrawFn, first: int) -> bytes:
+    """Fields numbered from `first` to 15 that the message does not know, of every wire type."""
+    encoded = b""
+    for _ in range(draw(st.integers(0, 2))):
+        number = draw(st.integers(first, 15))
+        wire_type = draw(st.sampled_from([0, 1, 2, 5]))
+        if wire_type == 2:
+            encoded += encoded_field(number, draw(st.binary(max_size=12)))
+            continue
+        tag = bytes([number << 3 | wire_type])
+        if wire_type == 0:
+            encoded += tag + varint(draw(st.integers(0, 2**64 - 1)))
+        else:
+            size = 8 if wire_type == 1 else 4
+            encoded += tag + draw(st.binary(min_size=size, max_size=size))
+    return encoded
+
+
+@dataclass(frozen=True)
+class SyncUpdate:
+    """One generated update: its encoding and whether a string of it holds a NUL."""
+
+    encoded: bytes
+    has_nul: bool
+
+
+def holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(item) for item in value)
+    return False
+
+
+@st.composite
+def sync_updates(draw: st.DrawFn) -> SyncUpdate:
+    """An update that is mostly valid (so that it is delivered), with NaN, infinities, NULs,
+    unknown fields, and update ids from a small pool (sent again, often with other content)."""
+    message = pb.ProfileUpdate(
+        profile_id=draw(rarely(st.text(min_size=1, max_size=8), SYNC_TEXT)),
+        update_id=draw(rarely(st.sampled_from(["", "", "u1", "u2"]), SYNC_TEXT)),
+    )
+    message.event_time.seconds = int(time.time()) - draw(st.integers(0, 86_400))
+    profile = draw(SYNC_PROFILES)
+    message.profile.update(profile)
+    audiences = draw(st.lists(st.sampled_from(["a1", "a\x001"]), max_size=2, unique=True))
+    for audience_id in audiences:
+        message.audiences.add(audience_id=audience_id, status=pb.MEMBERSHIP_STATUS_REALIZED)
+    strings = [message.profile_id, message.update_id, profile, audiences]
+    return SyncUpdate(
+        message.SerializeToString() + draw(unknown_fields(6)),
+        any(holds_nul(value) for value in strings),
+    )
+
+
+def sync_raw(target: Target, requests: list[bytes]) -> list[pb.SyncResponse]:
+    """Sync with requests sent as they are encoded."""
+    method = target.channel.stream_stream(
+        f"/{SERVICE.full_name}/Sync",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.SyncResponse.FromString,
+    )
+    return list(method(iter(requests), timeout=60))
+
+
+def test_sync_accounts_for_every_hostile_update(target: Target) -> None:
+    """Unknown fields, NaN and infinities, NULs anywhere: each update is accepted or rejected
+    on its own, and every update with a NUL is rejected, naming the field."""
+
+    @settings(
+        max_examples=PROFILE.fuzz_examples * 2,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @seed(SEED)
+    @given(
+        batches=st.lists(st.lists(sync_updates(), min_size=1, max_size=6), min_size=1, max_size=3),
+        request_unknown=unknown_fields(4),
+    )
+    def fuzz(batches: list[list[SyncUpdate]], request_unknown: bytes) -> None:
+        requests = [
+            encoded_field(1, target.sync_destination_id.encode())
+            + b"".join(encoded_field(2, update.encoded) for update in batch)
+            + encoded_field(3, f"r{index}".encode())
+            + request_unknown
+            for index, batch in enumerate(batches)
+        ]
+        answers = sync_raw(target, requests)
+        assert len(answers) == len(batches)
+        for batch, answer in zip(batches, answers, strict=True):
+            assert answer.accepted + len(answer.rejected) == len(batch), answer
+            rejected = {r.index: r for r in answer.rejected}
+            for index, update in enumerate(batch):
+                if update.has_nul:
+                    assert index in rejected, f"an update with a NUL was accepted: {answer}"
+                    assert "NUL character" in rejected[index].reason, rejected[index]
+                    assert rejected[index].field.startswith(f"updates[{index}]."), answer
+            key = f"Sync (hand-encoded):accepted={min(answer.accepted, 1)}"
+            target.answers[key] = target.answers.get(key, 0) + 1
+        assert target.service.alive(), "the service died on Sync"
+
+    fuzz()
+
+
+def test_every_accepted_update_reaches_a_final_outcome(target: Target) -> None:
+    """Nothing the Sync fuzzing got accepted stays pending: each update was delivered,
+    excluded, failed, superseded or dropped as a duplicate."""
+    request = pb.GetDataflowRequest(destination_id=target.sync_destination_id)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    flow = target.client.GetDataflow(request, timeout=10).dataflow
+    while flow.pending and time.monotonic() < deadline:
+        time.sleep(0.5)
+        flow = target.client.GetDataflow(request, timeout=10).dataflow
+    assert flow.received > 0
+    assert flow.pending == 0, f"still pending after {SETTLE_SECONDS} s on {target.store}: {flow}"
+    record(
+        f"fuzz_sync_{target.store}",
+        {
+            "received": flow.received,
+            "activated": flow.activated.created + flow.activated.updated,
+            "excluded": dict(flow.excluded),
+            "failed": dict(flow.failed),
+            "superseded": flow.superseded,
+            "duplicates": flow.duplicates,
+        },
+    )
+
+
 def test_the_service_is_healthy_and_bounded_afterwards(target: Target) -> None:
     assert target.service.alive()
     health = health_pb2_grpc.HealthStub(target.channel)
@@ -349,7 +557,7 @@ def test_the_service_is_healthy_and_bounded_afterwards(target: Target) -> None:
     rss = rss_kib(target.service.pid)
     log = target.service.log.read_text()
     record(
-        "fuzz",
+        f"fuzz_{target.store}",
         {
             "examples_per_rpc": PROFILE.fuzz_examples,
             "answers": dict(sorted(target.answers.items())),
