@@ -95,6 +95,21 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
+def _described(value: object) -> str:
+    """What a refused value is, never what it holds: refusals reach outcomes and logs."""
+    if isinstance(value, str):
+        return f"a text of {len(value):,} characters"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a value of type {type(value).__name__}"
+
+
 def as_text(value: object) -> str | None:
     """A scalar as text (`true`/`false` for booleans, `42` for an integral float)."""
     if value is None or isinstance(value, str):
@@ -120,7 +135,7 @@ def parse_bool(value: object) -> bool | None:
             return True
         if text in _FALSE:
             return False
-    raise CoercionError(f"{value!r} is not a boolean")
+    raise CoercionError(f"{_described(value)} is not a boolean")
 
 
 def parse_number(value: object) -> int | float | None:
@@ -128,24 +143,24 @@ def parse_number(value: object) -> int | float | None:
     if value is None or isinstance(value, bool):
         if value is None:
             return None
-        raise CoercionError(f"{value!r} is not a number")
+        raise CoercionError("a boolean is not a number")
     if isinstance(value, str):
         text = value.strip()
         if not text:
             return None
         if not _NUMBER.fullmatch(text):
-            raise CoercionError(f"{value!r} is not a number")
+            raise CoercionError(f"{_described(value)} is not a number")
         try:
             number: int | float = int(text) if text.lstrip("+-").isdigit() else float(text)
         except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
-            raise CoercionError(f"{text[:20]}... has too many digits") from None
+            raise CoercionError(f"a number of {len(text):,} digits is too long") from None
     elif isinstance(value, int | float):
         number = value
     else:
         raise CoercionError(f"{_kind(value)} is not a number")
     if isinstance(number, float):
         if not math.isfinite(number):
-            raise CoercionError(f"{value!r} is not a finite number")
+            raise CoercionError("the number is not finite")
         if number.is_integer() and abs(number) < 2**53:
             return int(number)
     return number
@@ -166,7 +181,7 @@ def parse_datetime(value: object) -> datetime | None:
         try:
             result = datetime.fromisoformat(text)
         except ValueError:
-            raise CoercionError(f"{value!r} is not an ISO-8601 date-time") from None
+            raise CoercionError(f"{_described(value)} is not an ISO-8601 date-time") from None
     else:
         raise CoercionError(f"{_kind(value)} is not a date-time")
     return result if result.tzinfo is not None else result.replace(tzinfo=UTC)
@@ -177,7 +192,7 @@ def format_datetime(value: datetime) -> str:
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
-        raise CoercionError(f"{value.isoformat()} is out of range") from None
+        raise CoercionError("the date-time is out of range") from None
     return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -199,7 +214,7 @@ def parse_date(value: object) -> date | None:
                 return date.fromisoformat(text[:10])
             except ValueError:
                 pass
-        raise CoercionError(f"{value!r} is not a YYYY-MM-DD date")
+        raise CoercionError(f"{_described(value)} is not a YYYY-MM-DD date")
     raise CoercionError(f"{_kind(value)} is not a date")
 
 
@@ -227,7 +242,7 @@ def _checked_text(check: Callable[[str], object], what: str, length: int) -> Coe
         if len(text) > length:
             raise CoercionError(f"{what} of {len(text)} characters exceeds the limit of {length}")
         if not check(text):
-            raise CoercionError(f"{value!r} is not a valid {what}")
+            raise CoercionError(f"{_described(value)} is not a valid {what}")
         return text
 
     return coerce
@@ -247,9 +262,9 @@ def _url(length: int) -> Coercer:
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise CoercionError(f"{value!r} is not an http(s) URL")
+            raise CoercionError(f"{_described(value)} is not an http(s) URL")
         if any(c.isspace() for c in text):
-            raise CoercionError(f"{value!r} is not an http(s) URL")
+            raise CoercionError(f"{_described(value)} is not an http(s) URL")
         return text
 
     return coerce
@@ -263,9 +278,9 @@ def _integer(value: object) -> object:
     if number is None:
         return None
     if not isinstance(number, int):
-        raise CoercionError(f"{value!r} is not a whole number")
+        raise CoercionError("the number is not a whole number")
     if not INT32_MIN <= number <= INT32_MAX:
-        raise CoercionError(f"{value!r} is outside the 32-bit integer range")
+        raise CoercionError("the number is outside the 32-bit integer range")
     return number
 
 

@@ -258,10 +258,12 @@ def _step(
     coerce: Coercer,
 ) -> Step:
     # Specialised closures: this is the per-value hot path, so no attribute look-ups in it.
-    # Rejections name the field and the check, never the value: a refusal's own message (a
-    # plugin's or a data type's) may quote it, and the reason reaches outcomes and counters.
+    # Rejections name the field and the check, never the value: a plugin's own message may
+    # quote it and is left out; a data type's says what the value is, never what it holds. The
+    # reason reaches outcomes and counters.
     at_most = f", at most {length} characters" if length is not None else ""
-    not_fitting = f"field {target!r} ({data_type}{at_most}): the value does not fit the data type"
+    type_named = f"field {target!r} ({data_type}{at_most})"
+    not_fitting = f"{type_named}: the value does not fit the data type"
     # Sizes are checked before any transform or coercer runs; a short text or a number costs
     # one type check and one comparison.
     field = f"field {target!r} ({data_type})"
@@ -275,8 +277,8 @@ def _step(
                 _check_size(value, field, output, sources, limit)
             try:
                 return coerce(value)
-            except CoercionError:
-                raise MappingRejectedError(not_fitting, field=output) from None
+            except CoercionError as exc:
+                raise MappingRejectedError(f"{type_named}: {exc}", field=output) from None
             except Exception as exc:  # e.g. int() of a 5,000-digit string
                 raise MappingRejectedError(
                     f"{not_fitting} ({type(exc).__name__})", field=output
@@ -314,8 +316,8 @@ def _step(
             )
         try:
             return coerce(value)
-        except CoercionError:
-            raise MappingRejectedError(not_fitting, field=output) from None
+        except CoercionError as exc:
+            raise MappingRejectedError(f"{type_named}: {exc}", field=output) from None
         except Exception as exc:
             raise MappingRejectedError(
                 f"{not_fitting} ({type(exc).__name__})", field=output

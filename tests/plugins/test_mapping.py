@@ -139,32 +139,34 @@ def test_missing_dedupe_value_rejects_the_profile(registry: PluginRegistry) -> N
 
 
 @pytest.mark.parametrize(
-    ("target", "value", "data_type"),
+    ("target", "value", "data_type", "detail"),
     [
-        ("title", "Professor", "string, at most 5 characters"),
-        ("email", "not-an-email", "email, at most 255 characters"),
-        ("numberOfEmployees", 14.1, "integer"),
-        ("numberOfEmployees", 2.0**40, "integer"),
-        ("score", "14c", "float"),
-        ("unsubscribed", "other", "boolean"),
-        ("dateOfBirth", "yesterday", "date"),
-        ("lastSeen", "yesterday", "datetime"),
-        ("website", "ftp://example.com", "url"),
-        ("mobilePhone", "call me", "phone"),
-        ("firstName", ["Ada"], "string, at most 255 characters"),
-        ("firstName", {"a": 1}, "string, at most 255 characters"),
-        ("numberOfEmployees", "1" * 5000, "integer"),
+        ("title", "Professor", "string, at most 5 characters", "exceeds the limit of 5"),
+        ("email", "not-an-email", "email, at most 255 characters", "not a valid email address"),
+        ("numberOfEmployees", 14.1, "integer", "not a whole number"),
+        ("numberOfEmployees", 2.0**40, "integer", "outside the 32-bit integer range"),
+        ("score", "14c", "float", "a text of 3 characters is not a number"),
+        ("unsubscribed", "other", "boolean", "a text of 5 characters is not a boolean"),
+        ("dateOfBirth", "yesterday", "date", "is not a YYYY-MM-DD date"),
+        ("lastSeen", "yesterday", "datetime", "is not an ISO-8601 date-time"),
+        ("website", "ftp://example.com", "url", "is not an http(s) URL"),
+        ("mobilePhone", "call me", "phone", "is not a valid phone number"),
+        ("firstName", ["Ada"], "string, at most 255 characters", "an array is not text"),
+        ("firstName", {"a": 1}, "string, at most 255 characters", "an object is not text"),
+        ("numberOfEmployees", "1" * 5000, "integer", "has 5,000 characters"),
     ],
 )
 def test_values_that_do_not_fit_the_type_are_rejected_without_quoting_them(
-    registry: PluginRegistry, target: str, value: object, data_type: str
+    registry: PluginRegistry, target: str, value: object, data_type: str, detail: str
 ) -> None:
     m = mapper(registry, FieldMapping("v", target))
     with pytest.raises(MappingRejectedError) as info:
         m.map_profile({"v": value})
     assert info.value.reason.startswith(f"field {target!r} ({data_type}): ")
     assert (info.value.code, info.value.field) == (ExclusionCode.VALUE_REJECTED, target)
-    # The reason reaches outcomes: it names the field and its type, never the value.
+    # The reason reaches outcomes: it names the field, its type and what is wrong (the data
+    # type's words), never the value.
+    assert detail in info.value.reason
     quoted = str(value)[:4] if isinstance(value, str) else repr(value)
     assert quoted not in info.value.reason
 
@@ -347,7 +349,8 @@ def test_a_text_area_takes_values_up_to_its_length(registry: PluginRegistry) -> 
     plain = mapper(registry, FieldMapping("n", "firstName"))
     assert "source 'n' has 5,000 characters" in _rejection(plain, {"n": "y" * 5_000})
     assert _rejection(plain, {"n": "y" * 300}) == (
-        "field 'firstName' (string, at most 255 characters): the value does not fit the data type"
+        "field 'firstName' (string, at most 255 characters): "
+        "text of 300 characters exceeds the limit of 255"
     )
 
 
