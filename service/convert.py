@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from service._proto.marketo_destination.internal.v1 import ingest_pb2 as ingest_pb
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
@@ -269,6 +269,51 @@ def _value_nuls(value: struct_pb2.Value, path: str, found: list[tuple[str, str]]
             _value_nuls(item, f"{path}[{index}]", found)
 
 
+def nul_violations(message: Message) -> list[FieldViolation]:
+    """The first `_NUL_NAMED` strings of a request (nested messages, lists, maps and Structs
+    included) that hold a NUL character, each named by its path (`spec.name`,
+    `audiences[2].name`, `mappings[0].options[country]`): every RPC that takes one request is
+    refused with them at the edge, before anything is stored or sent."""
+    found: list[tuple[str, str]] = []
+    _message_nuls(message, "", found)
+    return [FieldViolation(path, problem) for path, problem in found]
+
+
+def _message_nuls(message: Message, path: str, found: list[tuple[str, str]]) -> None:
+    if isinstance(message, struct_pb2.Struct):
+        _struct_nuls(message, path, found)
+        return
+    if isinstance(message, struct_pb2.Value):
+        _value_nuls(message, path, found)
+        return
+    for descriptor, value in message.ListFields():
+        if len(found) >= _NUL_NAMED:
+            return
+        name = f"{path}.{descriptor.name}" if path else descriptor.name
+        entry = descriptor.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            for key in sorted(value):
+                text = str(key)
+                where = f"{name}[{text.replace(NUL, chr(92) + '0')}]"
+                if NUL in text:
+                    found.append((where, f"key {NUL_PROBLEM}"))
+                else:
+                    _item_nuls(value[key], where, found)
+        elif descriptor.is_repeated:
+            for index, item in enumerate(value):
+                _item_nuls(item, f"{name}[{index}]", found)
+        else:
+            _item_nuls(value, name, found)
+
+
+def _item_nuls(value: object, path: str, found: list[tuple[str, str]]) -> None:
+    if isinstance(value, str):
+        if NUL in value:
+            found.append((path, NUL_PROBLEM))
+    elif isinstance(value, Message):
+        _message_nuls(value, path, found)
+
+
 _BYTES_PER_LEVEL = 4
 """Each level of Struct or ListValue nesting takes at least this many bytes of its parent (two
 length-delimited tags with their lengths), so a container of fewer than 4 * n bytes holds
@@ -410,14 +455,6 @@ def destination_id(value: str) -> str:
     if NUL in value:
         raise InvalidArgument([FieldViolation("destination_id", NUL_PROBLEM)])
     return value
-
-
-def outcome_filter(field: str, value: str) -> str | None:
-    """An optional filter of ListProfileOutcomes (None when empty); raise InvalidArgument when
-    it holds a NUL character, which no stored value has."""
-    if NUL in value:
-        raise InvalidArgument([FieldViolation(field, NUL_PROBLEM)])
-    return value or None
 
 
 def destination_spec(message: pb.DestinationSpec) -> DestinationSpec:

@@ -20,7 +20,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from service.errors import DestinationError
+from service.convert import nul_violations
+from service.errors import DestinationError, InvalidArgument
 from service.handlers import is_async, rewrap
 
 __all__ = ["INTERNAL_MESSAGE", "ErrorInterceptor"]
@@ -69,27 +70,35 @@ async def _report(
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-class _Unparsable:
-    """Stands for a unary request that could not be decoded, so the handler can refuse it."""
+class _Refused:
+    """Stands for a unary request refused as it was read (it could not be decoded, or a string
+    in it holds a NUL character), so the handler can report why."""
 
     __slots__ = ("error",)
 
-    def __init__(self, error: DecodeError) -> None:
+    def __init__(self, error: Exception) -> None:
         self.error = error
 
 
 def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """A unary request deserializer that returns `_Unparsable` instead of raising (grpc.aio would
-    answer UNKNOWN)."""
+    """A unary request deserializer that returns `_Refused` instead of raising (grpc.aio would
+    answer UNKNOWN), and for a request with a NUL character in any string: nothing the service
+    stores may hold one (PostgreSQL's text cannot), so it is refused here, naming each such
+    field, for every RPC at once."""
     if deserialize is None:
         return None
     parse = deserialize
 
     def tolerant(data: bytes) -> Any:
         try:
-            return parse(data)
+            request = parse(data)
         except DecodeError as error:
-            return _Unparsable(error)
+            return _Refused(error)
+        if b"\0" in data:  # a NUL in a string is encoded as a zero byte
+            violations = nul_violations(request)
+            if violations:
+                return _Refused(InvalidArgument(violations))
+        return request
 
     return tolerant
 
@@ -97,7 +106,7 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 def _wrap_unary_response(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            if isinstance(request, _Unparsable):
+            if isinstance(request, _Refused):
                 raise request.error
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -117,7 +126,7 @@ def _wrap_stream_response(behavior: Callable[..., Any], method: str) -> Callable
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                if isinstance(request, _Unparsable):
+                if isinstance(request, _Refused):
                     raise request.error
                 async for response in behavior(request, context):
                     yield response

@@ -148,8 +148,8 @@ class MarketoDestinationServicer:
     ) -> pb.ListProfileOutcomesResponse:
         page = await self._app.monitoring.outcomes(
             convert.destination_id(request.destination_id),
-            profile_id=convert.outcome_filter("profile_id", request.profile_id),
-            dedupe_value=convert.outcome_filter("dedupe_value", request.dedupe_value),
+            profile_id=request.profile_id or None,
+            dedupe_value=request.dedupe_value or None,
             page_size=request.page_size,
             page_token=request.page_token,
         )

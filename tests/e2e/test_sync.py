@@ -309,6 +309,53 @@ async def test_a_nul_in_a_destination_id_or_an_outcome_filter_is_invalid_argumen
     assert violations(raised.value) == {"destination_id": "contains a NUL character"}
 
 
+async def test_a_nul_in_any_string_of_a_request_is_invalid_argument_naming_it(
+    service: Service,
+) -> None:
+    """Every RPC that takes one request refuses a NUL anywhere in it, before anything is stored
+    or sent: PostgreSQL answered INTERNAL for a spec, an audience or a mapping holding one."""
+    destination_id, _ = await setup(service)
+    audience = pb.Audience(id="a\x002", name="Second")
+    mapping = pb.FieldMapping(
+        source="person.country",
+        target="country",
+        transform="country_code",
+        options={"fallback\x00": "SE"},
+    )
+    calls = {
+        "spec.name": service.stub.Configure(pb.ConfigureRequest(spec=spec(name="Mar\x00keting"))),
+        "audiences[0].id": service.stub.Activate(
+            pb.ActivateRequest(
+                destination_id=destination_id, audiences=[audience], mappings=STANDARD_MAPPINGS
+            )
+        ),
+        "mappings[3].options[fallback\\0]": service.stub.Activate(
+            pb.ActivateRequest(
+                destination_id=destination_id,
+                audiences=[pb.Audience(id="a1", name="First")],
+                mappings=[*STANDARD_MAPPINGS, mapping],
+            )
+        ),
+        "connection.client_id": service.stub.DescribeMarketo(
+            pb.DescribeMarketoRequest(
+                connection=pb.MarketoConnection(
+                    munchkin_id="123-ABC-456", client_id="c\x00", client_secret="s"
+                )
+            )
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        problem = (
+            "key contains a NUL character" if "options" in field else "contains a NUL character"
+        )
+        assert violations(raised.value) == {field: problem}
+    # Nothing was stored: one destination, as before, and its audience unchanged.
+    listed = await service.stub.ListDestinations(pb.ListDestinationsRequest())
+    assert [d.id for d in listed.destinations] == [destination_id]
+
+
 async def test_an_update_id_reused_for_other_content_fails_with_an_outcome(
     service: Service,
 ) -> None:
