@@ -269,11 +269,15 @@ def _value_nuls(value: struct_pb2.Value, path: str, found: list[tuple[str, str]]
             _value_nuls(item, f"{path}[{index}]", found)
 
 
+_PROFILE_UPDATE = pb.ProfileUpdate.DESCRIPTOR
+
+
 def nul_violations(message: Message) -> list[FieldViolation]:
     """The first `_NUL_NAMED` strings of a request (nested messages, lists, maps and Structs
     included) that hold a NUL character, each named by its path (`spec.name`,
     `audiences[2].name`, `mappings[0].options[country]`): every RPC that takes one request is
-    refused with them at the edge, before anything is stored or sent."""
+    refused with them at the edge, before anything is stored or sent. Profile updates are left
+    to `check_update`, which rejects each bad one alone (PreviewSync)."""
     found: list[tuple[str, str]] = []
     _message_nuls(message, "", found)
     return [FieldViolation(path, problem) for path, problem in found]
@@ -289,8 +293,10 @@ def _message_nuls(message: Message, path: str, found: list[tuple[str, str]]) -> 
     for descriptor, value in message.ListFields():
         if len(found) >= _NUL_NAMED:
             return
-        name = f"{path}.{descriptor.name}" if path else descriptor.name
         entry = descriptor.message_type
+        if entry is _PROFILE_UPDATE:
+            continue  # checked update by update (`check_update`): a bad one is rejected alone
+        name = f"{path}.{descriptor.name}" if path else descriptor.name
         if entry is not None and entry.GetOptions().map_entry:
             for key in sorted(value):
                 text = str(key)
