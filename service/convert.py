@@ -237,8 +237,7 @@ _NUL_NAMED = 10
 def _nul_strings(struct: struct_pb2.Struct, path: str) -> list[tuple[str, str]]:
     """(field path, problem) of the first `_NUL_NAMED` keys and string values of a profile
     (nested within the depth limit, walked in key order) that hold a NUL character; a key is
-    named with its NUL
-    written as the two characters \\0."""
+    named with its NUL written as the two characters \\0."""
     found: list[tuple[str, str]] = []
     _struct_nuls(struct, path, found)
     return found
