@@ -1,6 +1,6 @@
 # The Marketo Engage destination service (also runs the Marketo sandbox: see docker-compose.yml).
 
-# Build stage: a wheel with Sync's checks compiled (service/_wirecheck.c needs a C compiler).
+# Build stage: a wheel with Sync's checks compiled (service/api/_wirecheck.c needs a C compiler).
 FROM python:3.11-slim AS build
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends gcc libc6-dev \

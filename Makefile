@@ -46,7 +46,7 @@ $(BIN)/python:
 		|| { echo "Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml service/_wirecheck.c | $(BIN)/python
+$(STAMP): pyproject.toml service/api/_wirecheck.c | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev,postgres]'
 	touch $@
 

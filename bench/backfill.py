@@ -37,6 +37,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox import SandboxSettings
+from service.delivery.engine import SyncEngine
+from service.delivery.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.domain import (
     AudienceMembership,
     MappedProfile,
@@ -47,8 +49,6 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine import SyncEngine
-from service.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.marketo.client import MarketoClient
 from service.marketo.clock import SystemClock
 from service.marketo.limits import InstanceLimits

@@ -28,6 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
+from service.delivery.engine import Deferred, SyncEngine
 from service.domain import (
     AudienceMembership,
     MappedProfile,
@@ -39,7 +40,6 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine import Deferred, SyncEngine
 from service.marketo.client import MarketoClient
 from service.marketo.limits import InstanceLimits
 from service.marketo.retry import RetryPolicy

@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb  # noqa: E402
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc  # noqa: E402
-from service.servicer import SYNC_PIPELINE_DEPTH  # noqa: E402
+from service.api.servicer import SYNC_PIPELINE_DEPTH  # noqa: E402
 from tests.harness import (  # noqa: E402
     STANDARD_MAPPINGS,
     connection,

@@ -19,8 +19,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.domain import DEDUPE_TARGET, FieldMapping, MappingRejectedError
-from service.mapping import FieldType, Mapper
-from service.registry import PluginRegistry
+from service.mapping.mapper import FieldType, Mapper
+from service.mapping.registry import PluginRegistry
 
 TARGET = 30_000
 

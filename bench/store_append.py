@@ -22,10 +22,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service import convert
+from service.api import convert
 from service.domain import ProfileUpdate
-from service.secrets import SecretBox
 from service.store import NewDestination, SqliteStore, Store
+from service.store.secrets import SecretBox
 from service.store.sqlite import Synchronous
 
 

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from plugins._country_table import COUNTRIES
-from plugins.datatypes import as_text
 from service.hookspecs import Transform, TransformError, hookimpl
+from service.mapping.coercion import as_text
 
 _ALIASES = {
     "usa": "US",

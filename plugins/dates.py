@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from plugins.datatypes import CoercionError, format_datetime
 from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+from service.mapping.coercion import CoercionError, format_datetime
 
 _OPTIONS = {
     "input_format": "strptime format of the source text (default: ISO-8601)",

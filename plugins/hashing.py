@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from plugins.datatypes import as_text
 from service.hookspecs import Transform, TransformFunc, hookimpl
+from service.mapping.coercion import as_text
 
 
 def _prepare(options: Mapping[str, str]) -> TransformFunc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from plugins.datatypes import as_text
 from service.hookspecs import Transform, TransformFunc, hookimpl
+from service.mapping.coercion import as_text
 
 # Lower-case particles stay with the family name ("Ludwig van Beethoven" -> "van Beethoven").
 _PARTICLES = frozenset(

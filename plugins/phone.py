@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from plugins.datatypes import as_text, strip_extension
 from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+from service.mapping.coercion import as_text, strip_extension
 
 # Calling codes by ISO 3166 alpha-2 code, as "CC:code" pairs; countries missing here need numbers
 # written in international form.

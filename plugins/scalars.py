@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from plugins.datatypes import parse_bool, parse_number
 from service.hookspecs import Transform, TransformError, hookimpl
+from service.mapping.coercion import parse_bool, parse_number
 
 
 def to_boolean(value: object) -> bool | None:

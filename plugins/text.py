@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from plugins.datatypes import as_text
 from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+from service.mapping.coercion import as_text
 
 _SCALARS: tuple[type, ...] = (str, int, float, bool)
 

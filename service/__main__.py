@@ -23,16 +23,16 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service import convert
+from service.api import convert
+from service.api.demo import demo_settings, run_demo
+from service.api.server import StartupError, build_server, new_health_servicer, shutdown
+from service.api.servicer import MarketoDestinationServicer
+from service.api.tls import TLSConfigError, own_listener_credentials
 from service.app import open_application
-from service.demo import demo_settings, run_demo
-from service.logging_setup import configure_logging
-from service.secrets import owner_only_directory
-from service.server import StartupError, build_server, new_health_servicer, shutdown
-from service.servicer import MarketoDestinationServicer
 from service.settings import InvalidSetting, Settings, parse_address
+from service.store.secrets import owner_only_directory
 from service.telemetry import server_interceptor, setup_telemetry
-from service.tls import TLSConfigError, own_listener_credentials
+from service.telemetry.logs import configure_logging
 
 __all__ = ["build_parser", "check_health", "embedded_sandbox", "main", "serve", "settings_for"]
 
@@ -164,7 +164,7 @@ async def serve(
 ) -> None:
     """Runs the service until SIGTERM or SIGINT, then shuts down gracefully.
 
-    ``extra_handlers`` are passed to :func:`service.server.build_server` (tests use it).
+    ``extra_handlers`` are passed to :func:`service.api.server.build_server` (tests use it).
     """
     async with contextlib.AsyncExitStack() as stack:
         if settings.sandbox:
@@ -191,7 +191,7 @@ async def serve(
         _log.info("listening on %s:%d", host, port)
         if not convert.NATIVE_CHECKS:
             _log.warning(
-                "service._wirecheck is not built (no C compiler at install): Sync checks each "
+                "service.api._wirecheck is not built (no C compiler at install): Sync checks each "
                 "update in Python, several times slower; reinstall with a C compiler present"
             )
 
@@ -235,7 +235,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 async def embedded_sandbox(start_timeout: float = 10.0) -> AsyncIterator[str]:
     """Runs the Marketo sandbox on a free loopback port in this event loop; yields its base URL.
 
-    Raises :class:`~service.server.StartupError` when it does not start.
+    Raises :class:`~service.api.server.StartupError` when it does not start.
     """
     from sandbox import SandboxSettings, create_app
 

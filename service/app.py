@@ -15,26 +15,26 @@ from datetime import timedelta
 
 import httpx
 
-from service import convert
-from service.access import Principals, load_principals
-from service.activation import Activations
-from service.alerts import AlertMonitor
-from service.connections import LimitSettings, MarketoConnections
-from service.destinations import Destinations
-from service.dispatcher import Backoff, Dispatcher
-from service.egress import WebhookTransport
-from service.governance import load_policies
-from service.ingest import Ingest
+from service.api import convert
+from service.api.access import Principals, load_principals
+from service.delivery.dispatcher import Backoff, Dispatcher
+from service.delivery.egress import WebhookTransport
+from service.delivery.retention import OutcomeRetention
+from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock
-from service.monitoring import Monitoring
-from service.preview import Preview
-from service.registry import PluginRegistry
-from service.retention import OutcomeRetention
-from service.secrets import SecretBox, owner_only_directory
 from service.settings import Settings
 from service.store.base import Store
+from service.store.secrets import SecretBox, owner_only_directory
 from service.store.sqlite import Synchronous, open_in_data_dir
 from service.telemetry import Telemetry, current_trace_context, instrument_transport
+from service.usecases.activation import Activations
+from service.usecases.alerts import AlertMonitor
+from service.usecases.connections import LimitSettings, MarketoConnections
+from service.usecases.destinations import Destinations
+from service.usecases.governance import load_policies
+from service.usecases.ingest import Ingest
+from service.usecases.monitoring import Monitoring
+from service.usecases.preview import Preview
 
 MARKETO_TIMEOUT = httpx.Timeout(connect=10.0, read=95.0, write=30.0, pool=120.0)
 """Sync Leads may take Marketo up to 90 s; the pool wait covers the per-instance limiter."""

@@ -1,7 +1,7 @@
 """Domain errors, each carrying the gRPC status it maps to as class data.
 
 Code anywhere in the service raises these; one server interceptor
-(:mod:`service.interceptors`) turns them into a gRPC status with ``google.rpc`` details.
+(:mod:`service.api.interceptors`) turns them into a gRPC status with ``google.rpc`` details.
 Nothing else needs to know about gRPC status codes.
 
 ::

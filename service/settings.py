@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from service.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpoint_allowlist
+from service.delivery.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpoint_allowlist
 
 __all__ = ["ENV_PREFIX", "InvalidSetting", "Settings", "env_var", "field_docs", "parse_address"]
 

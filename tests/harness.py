@@ -24,13 +24,13 @@ from starlette.applications import Starlette
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
-from service.access import Principals
+from service.api.access import Principals
+from service.api.server import build_server
+from service.api.servicer import MarketoDestinationServicer
 from service.app import Application, open_application
-from service.logging_setup import QUIET_LOGGERS, configure_logging
-from service.server import build_server
-from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
 from service.telemetry import Telemetry, instrument_transport, server_interceptor
+from service.telemetry.logs import QUIET_LOGGERS, configure_logging
 
 MUNCHKIN = "123-ABC-456"
 ENDPOINT = f"https://{MUNCHKIN}.mktorest.com"

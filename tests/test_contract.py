@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2
-from service.servicer import SYNC_PIPELINE_DEPTH, MarketoDestinationServicer
+from service.api.servicer import SYNC_PIPELINE_DEPTH, MarketoDestinationServicer
 
 SERVICE = destination_pb2.DESCRIPTOR.services_by_name["MarketoDestinationService"]
 

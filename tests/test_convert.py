@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service import convert
 from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.api import convert
 from service.domain import MembershipStatus, ProfileUpdate
 from tests.harness import update
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from service.app import open_application
-from service.secrets import KEY_FILE_NAME
 from service.settings import Settings
+from service.store.secrets import KEY_FILE_NAME
 from service.store.sqlite import DATABASE_FILE_NAME
 from tests.store.conftest import new_destination
 

@@ -14,9 +14,9 @@ import yaml
 from grpc_health.v1 import health, health_pb2_grpc
 
 from service.__main__ import build_parser, main, settings_for
-from service.access import InsecureBindError, check_bind_address, load_principals
+from service.api.access import InsecureBindError, check_bind_address, load_principals
+from service.api.tls import server_credentials
 from service.settings import ENV_PREFIX, Settings
-from service.tls import server_credentials
 from tests.access.harness import make_pki
 
 from .conftest import REPO
@@ -98,9 +98,9 @@ def test_dockerfile_installs_the_wheel_built_with_the_compiled_checks() -> None:
     )
     ext = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]
     assert [(e["name"], e["sources"]) for e in ext] == [
-        ("service._wirecheck", ["service/_wirecheck.c"])
+        ("service.api._wirecheck", ["service/api/_wirecheck.c"])
     ]
-    assert (REPO / "service" / "_wirecheck.c").is_file()
+    assert (REPO / "service" / "api" / "_wirecheck.c").is_file()
 
 
 def test_dockerfile_exposes_the_configured_port_and_probes_health() -> None:

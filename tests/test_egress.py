@@ -11,7 +11,7 @@ import ipaddress
 import httpx
 import pytest
 
-from service.egress import (
+from service.delivery.egress import (
     EgressRefused,
     OriginList,
     WebhookTransport,

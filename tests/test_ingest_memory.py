@@ -7,9 +7,9 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from service.access import LOCAL_PRINCIPAL, principal_scope
-from service.ingest import IndexedAudiences, Ingest
+from service.api.access import LOCAL_PRINCIPAL, principal_scope
 from service.store.base import ActivationRecord, DestinationRecord, DestinationState, PendingStats
+from service.usecases.ingest import IndexedAudiences, Ingest
 from tests.harness import retained_memory
 
 AUDIENCES = 50

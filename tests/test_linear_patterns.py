@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from sandbox import schema
-from service import access, destinations, logging_setup
-from service.activation import ARRAY_SOURCE
-from service.telemetry import _annotate_body
+from service.api import access
+from service.telemetry import _annotate_body, logs
+from service.usecases import destinations
+from service.usecases.activation import ARRAY_SOURCE
 from tests.plugins.test_conformance import CALL_BUDGET, LONGEST, adversarial_texts, cpu_budget
 
 # The other patterns that read caller text: linear already (anchored, no adjacent quantifiers
@@ -20,7 +21,7 @@ from tests.plugins.test_conformance import CALL_BUDGET, LONGEST, adversarial_tex
 OTHER_PATTERNS = {
     "consent path": destinations.DOTTED_PATH.match,
     "bearer header": access._BEARER.fullmatch,
-    "secrets in logs": lambda text: logging_setup.redact(text),
+    "secrets in logs": lambda text: logs.redact(text),
     "sandbox email": schema._EMAIL.match,
     "sandbox integer": schema._INTEGER.match,
     "sandbox number": schema._NUMBER.match,

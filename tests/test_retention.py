@@ -9,9 +9,9 @@ from typing import Any, cast
 
 import pytest
 
-from service.retention import OutcomeRetention
-from service.secrets import SecretBox
+from service.delivery.retention import OutcomeRetention
 from service.store import SqliteStore, Store
+from service.store.secrets import SecretBox
 from tests.store.conftest import (
     START,
     FakeClock,

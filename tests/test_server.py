@@ -27,8 +27,8 @@ from grpc_status import rpc_status
 from service import errors
 from service.__main__ import check_health
 from service._proto.marketo_destination.v1 import destination_pb2
-from service.interceptors import INTERNAL_MESSAGE
-from service.server import (
+from service.api.interceptors import INTERNAL_MESSAGE
+from service.api.server import (
     SERVICE_NAME,
     HealthServicer,
     StartupError,
@@ -36,7 +36,7 @@ from service.server import (
     new_health_servicer,
     shutdown,
 )
-from service.servicer import MarketoDestinationServicer
+from service.api.servicer import MarketoDestinationServicer
 from service.settings import Settings
 from tests.harness import Service, violations
 
@@ -256,7 +256,7 @@ async def test_unexpected_errors_are_internal_and_logged_not_leaked(
             Fail=grpc.unary_unary_rpc_method_handler(_raising(KeyError("client_secret=s3cr3t")))
         )
     )
-    with caplog.at_level(logging.ERROR, logger="service.interceptors"):
+    with caplog.at_level(logging.ERROR, logger="service.api.interceptors"):
         failure = await _unary_error(channel, "Fail")
     assert failure.code() == grpc.StatusCode.INTERNAL
     assert failure.details() == INTERNAL_MESSAGE

@@ -1,4 +1,4 @@
-"""What one client connection may take of the server (`service.server.ServerLimits`), each limit
+"""What one client connection may take of the server (`service.api.server.ServerLimits`), each limit
 seen from a real client against a real server on port 0.
 
 The defaults would take minutes (ages, idle times) or megabytes to reach, so most tests build the
@@ -17,10 +17,10 @@ from typing import Any
 import grpc
 import pytest
 
-from service import convert
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.server import ServerLimits, build_server
-from service.servicer import MarketoDestinationServicer
+from service.api import convert
+from service.api.server import ServerLimits, build_server
+from service.api.servicer import MarketoDestinationServicer
 from service.settings import Settings
 from tests.harness import Service
 

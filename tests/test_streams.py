@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
-from service.streams import in_order
+from service.api.streams import in_order
 
 
 async def test_results_come_in_order_while_work_overlaps() -> None:

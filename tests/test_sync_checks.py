@@ -5,7 +5,7 @@ decoded) and decides which updates to keep; `convert.profile_update` converts a 
 `ProfileUpdate` and names every problem. These tests hold the first to the second, and the
 stored encoding to what delivery decodes.
 
-Sync's quick look (`convert.plain_updates`) runs in C (`service/_wirecheck.c`) when it is built,
+Sync's quick look (`convert.plain_updates`) runs in C (`service/api/_wirecheck.c`) when it is built,
 else in Python: the tests run with each, fuzz the C with malformed and unusual encodings (it may
 only ever err towards "unsure") and hold its limits to those of `convert.check_update`.
 """
@@ -27,11 +27,11 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service import convert
 from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.api import convert
 from service.domain import ProfileUpdate
-from service.ingest import IndexedAudiences, Rejected, WireUpdates
+from service.usecases.ingest import IndexedAudiences, Rejected, WireUpdates
 from tests.harness import encoded_field, retained_memory, varint
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -40,7 +40,7 @@ LATEST = convert.event_time_limit(NOW)[0]
 """The quick look's `latest_seconds` at NOW: an event time must be before it to be plain."""
 
 NOT_BUILT = (
-    "service._wirecheck is not built: reinstall with `pip install -e .` (needs a C compiler)"
+    "service.api._wirecheck is not built: reinstall with `pip install -e .` (needs a C compiler)"
 )
 
 # -- the quick look in C and in Python -----------------------------------------------------------
@@ -63,9 +63,9 @@ def quick_look_in(implementation: str) -> Iterator[None]:
 def c_plain_updates(
     wire: bytes, latest: int
 ) -> tuple[int, list[int], list[IndexedAudiences]] | None:
-    """`service._wirecheck.plain_updates`, called directly (a test using it `needs_c`): its
+    """`service.api._wirecheck.plain_updates`, called directly (a test using it `needs_c`): its
     count, unsure indexes and memberships (`test_the_c_reads_the_request_ids` covers the rest)."""
-    from service import _wirecheck
+    from service.api import _wirecheck
 
     found = _wirecheck.plain_updates(wire, latest)
     return None if found is None else found[2:]

@@ -37,7 +37,6 @@ from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
 from service.domain import UNDECODABLE, DecodedBatch, FieldMapping, Outcome
-from service.secrets import SecretBox
 from service.store.base import (
     CLAIM_MAX_BYTES,
     UNPACK_STEP,
@@ -101,6 +100,7 @@ from service.store.rows import (
     undecodable_outcomes,
     unpacked_counts,
 )
+from service.store.secrets import SecretBox
 
 __all__ = ["MIGRATION_LOCK", "PostgresStore", "apply_migrations", "is_postgres_url"]
 

@@ -38,7 +38,6 @@ from service.domain import (
     FieldMapping,
     Outcome,
 )
-from service.secrets import SecretBox, owner_only_directory
 from service.store.base import (
     CLAIM_MAX_BYTES,
     UNPACK_STEP,
@@ -102,6 +101,7 @@ from service.store.rows import (
     undecodable_outcomes,
     unpacked_counts,
 )
+from service.store.secrets import SecretBox, owner_only_directory
 
 __all__ = [
     "DATABASE_FILE_NAME",

@@ -1,5 +1,5 @@
 """Test harness for access control: a real grpc.aio server on port 0 behind the
-:class:`~service.access.AccessInterceptor`, a recording servicer, and a throw-away PKI generated
+:class:`~service.api.access.AccessInterceptor`, a recording servicer, and a throw-away PKI generated
 at test time (no private key is committed)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2_grpc
 
 from service._proto.marketo_destination.v1 import destination_pb2, destination_pb2_grpc
-from service.access import AccessInterceptor, Principal, current_principal
+from service.api.access import AccessInterceptor, Principal, current_principal
 
 SERVICE = destination_pb2.DESCRIPTOR.services_by_name["MarketoDestinationService"]
 METHODS = {m.name: m for m in SERVICE.methods}

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._proto.marketo_destination.v1 import destination_pb2_grpc
-from service.access import (
+from service.api.access import (
     ALL_PERMISSIONS,
     LOCAL_PRINCIPAL,
     RPC_PERMISSIONS,

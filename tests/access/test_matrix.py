@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from service.access import RPC_PERMISSIONS, AccessInterceptor, parse_principals
+from service.api.access import RPC_PERMISSIONS, AccessInterceptor, parse_principals
 from tests.access.harness import (
     METHODS,
     bearer,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.access import (
+from service.api.access import (
     ALL_PERMISSIONS,
     DESTINATIONS_ACTIVATE,
     DESTINATIONS_MANAGE,

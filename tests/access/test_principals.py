@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.access import (
+from service.api.access import (
     IDENTITY_GRAPH_VIEW,
     InsecureBindError,
     Principal,

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from service.__main__ import main
-from service.access import ALL_PERMISSIONS, AccessInterceptor, parse_principals
-from service.tls import TLSConfigError, client_identities, server_credentials
+from service.api.access import ALL_PERMISSIONS, AccessInterceptor, parse_principals
+from service.api.tls import TLSConfigError, client_identities, server_credentials
 from tests.access.harness import Pki, bearer, call, principals_json, serve, token_for
 
 TOKEN = token_for(ALL_PERMISSIONS)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from service.delivery.engine import BatchResult, SyncEngine
+from service.delivery.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.domain import (
     AudienceMembership,
     MappedProfile,
@@ -21,8 +23,6 @@ from service.domain import (
     ProfileUpdate,
     SyncRules,
 )
-from service.engine import BatchResult, SyncEngine
-from service.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.marketo.types import ImportJob
 from tests.engine.sandbox_env import Sandbox, running_sandbox
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from service.dispatcher import Dispatcher
+from service.delivery.dispatcher import Dispatcher
 from service.domain import OutcomeKind
 from tests.bulk.scenario import quick_policy
 from tests.dispatch.conftest import Env, SteppingClock, env, profile

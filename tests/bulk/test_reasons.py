@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engine.bulk import reason_code
+from service.delivery.engine.bulk import reason_code
 
 
 @pytest.mark.parametrize(

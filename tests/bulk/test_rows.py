@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from service.domain import FieldMapping, PersonAction, SyncRules, SyncType
-from service.mapping import FieldType, Mapper
-from service.registry import PluginRegistry
+from service.mapping.mapper import FieldType, Mapper
+from service.mapping.registry import PluginRegistry
 from tests.bulk.scenario import EVENT, R, ScenarioMapper, make_updates, quick_policy, run
 from tests.bulk.test_equivalence import RULES, assert_same
 from tests.engine.sandbox_env import Sandbox

@@ -20,11 +20,8 @@ import httpx
 import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
-from service import convert
-from service.alerts import AlertMonitor, WebhookSettings
-from service.connections import LimitSettings, MarketoConnections
-from service.destinations import spec_to_json
-from service.dispatcher import Backoff, Dispatcher
+from service.api import convert
+from service.delivery.dispatcher import Backoff, Dispatcher
 from service.domain import (
     AlertSubscription,
     AudienceMembership,
@@ -36,10 +33,13 @@ from service.domain import (
     ProfileUpdate,
     SyncType,
 )
-from service.registry import PluginRegistry
-from service.secrets import SecretBox
+from service.mapping.registry import PluginRegistry
 from service.store.base import ActivationRecord, DestinationRecord, NewDestination, Store
+from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
+from service.usecases.alerts import AlertMonitor, WebhookSettings
+from service.usecases.connections import LimitSettings, MarketoConnections
+from service.usecases.destinations import spec_to_json
 
 BASE_URL = "https://123-ABC-456.mktorest.com"
 START = 1_780_000_200.0  # 2026-05-28 20:30:00 UTC: the middle of an hour

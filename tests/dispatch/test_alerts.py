@@ -10,7 +10,9 @@ from datetime import timedelta
 
 import httpx
 
-from service.alerts import (
+from service.domain import AlertSubscription, Outcome, OutcomeKind
+from service.store.base import DestinationRecord
+from service.usecases.alerts import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AlertMonitor,
@@ -20,8 +22,6 @@ from service.alerts import (
     sign_webhook,
     verify_webhook,
 )
-from service.domain import AlertSubscription, Outcome, OutcomeKind
-from service.store.base import DestinationRecord
 from tests.dispatch.conftest import WEBHOOK_SECRET, Env, SteppingClock, profile
 
 WEBHOOK_URL = "https://hooks.example.com/marketo-alerts"

@@ -6,7 +6,7 @@ import dataclasses
 from collections import Counter
 from datetime import timedelta
 
-from service.dispatcher import Dispatcher
+from service.delivery.dispatcher import Dispatcher
 from service.domain import OutcomeKind, ProfileUpdate
 from tests.dispatch.conftest import Env, drain_all, eventually, profile, settle
 

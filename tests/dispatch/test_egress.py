@@ -6,10 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.alerts import AlertMonitor, WebhookSettings
-from service.connections import LimitSettings, MarketoConnections
+from service.delivery.egress import OriginList, WebhookTransport
 from service.domain import AlertSubscription
-from service.egress import OriginList, WebhookTransport
+from service.usecases.alerts import AlertMonitor, WebhookSettings
+from service.usecases.connections import LimitSettings, MarketoConnections
 from tests.dispatch.conftest import BASE_URL, Env, SteppingClock, profile
 from tests.netfakes import FakeResolver, Listener, RecordingBackend
 

@@ -11,10 +11,10 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from service.alerts import AlertType
-from service.dispatcher import Backoff, Dispatcher
+from service.delivery.dispatcher import Backoff, Dispatcher
 from service.domain import FieldMapping, OutcomeKind, ProfileUpdate
 from service.store.base import DestinationRecord, DestinationState
+from service.usecases.alerts import AlertType
 from tests.dispatch.conftest import MAPPINGS, Env, drain_all, profile
 
 FIELD = "loyaltyTier"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from service.demo import demo_settings, run_demo
+from service.api.demo import demo_settings, run_demo
 from service.settings import Settings
 
 

@@ -18,10 +18,10 @@ import grpc
 import httpx
 import pytest
 
-from service import convert
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.destinations import spec_to_json
+from service.api import convert
 from service.store.base import NewDestination
+from service.usecases.destinations import spec_to_json
 from tests.harness import (
     STANDARD_MAPPINGS,
     Service,

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.access import ALL_PERMISSIONS, RPC_PERMISSIONS, parse_principals
+from service.api.access import ALL_PERMISSIONS, RPC_PERMISSIONS, parse_principals
 from tests.harness import STANDARD_MAPPINGS, Service, connection, running_service, spec, update
 
 PRINCIPALS: list[dict[str, Any]] = [

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from service.delivery.engine import KeyedLocks, SyncEngine
 from service.domain import (
     Action,
     ActionType,
@@ -19,7 +20,6 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine import KeyedLocks, SyncEngine
 from service.marketo.errors import (
     ConfigurationError,
     OutcomeUnknownError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.engine import KeyedLocks
+from service.delivery.engine import KeyedLocks
 
 
 async def test_overlapping_key_sets_in_any_order_do_not_deadlock() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from service.delivery.engine import REASON_MAPPING_REJECTED, DryRunResult, SyncEngine
 from service.domain import DEDUPE_TARGET, FieldMapping, OutcomeKind, ProfileUpdate
-from service.engine import REASON_MAPPING_REJECTED, DryRunResult, SyncEngine
 from service.hookspecs import Transform, hookimpl
-from service.mapping import MAX_SOURCE_CHARS, FieldType, Mapper
-from service.registry import PluginRegistry
+from service.mapping.mapper import MAX_SOURCE_CHARS, FieldType, Mapper
+from service.mapping.registry import PluginRegistry
 from tests.engine.fakes import FakeMarketo, at
 from tests.engine.test_executor import UPDATE_ONLY
 

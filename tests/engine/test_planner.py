@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.delivery.engine import plan_batch
 from service.domain import (
     AudienceMembership,
     ExclusionCode,
@@ -14,7 +15,6 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine import plan_batch
 from tests.engine.fakes import PathMapper, at
 
 BOTH = SyncRules(

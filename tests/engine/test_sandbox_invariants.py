@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from service.delivery.engine import KeyedLocks, SyncEngine
 from service.domain import (
     ActionType,
     AudienceMembership,
@@ -19,7 +20,6 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine import KeyedLocks, SyncEngine
 from service.marketo.errors import OutcomeUnknownError
 from service.marketo.types import RecordResult, SyncAction
 from tests.engine.fakes import PathMapper

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from service.delivery.engine import SyncEngine
 from service.domain import (
     AudienceMembership,
     MembershipStatus,
@@ -21,7 +22,6 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine import SyncEngine
 from tests.engine.fakes import PathMapper
 from tests.engine.sandbox_env import Sandbox, running_sandbox
 

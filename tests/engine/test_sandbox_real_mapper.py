@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from service.delivery.engine import SyncEngine
 from service.domain import (
     FieldMapping,
     OutcomeKind,
@@ -12,9 +13,8 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine import SyncEngine
-from service.mapping import FieldType, Mapper
-from service.registry import PluginRegistry
+from service.mapping.mapper import FieldType, Mapper
+from service.mapping.registry import PluginRegistry
 from tests.engine.sandbox_env import running_sandbox
 
 RULES = SyncRules(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import PluginRegistry
+from service.mapping.registry import PluginRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "marketo-destination-example-plugin"

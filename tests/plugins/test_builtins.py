@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 
 from service.hookspecs import TransformError
-from service.registry import PluginRegistry
+from service.mapping.registry import PluginRegistry
 
 
 def run(registry: PluginRegistry, name: str, item: object, options: Mapping[str, str]) -> object:

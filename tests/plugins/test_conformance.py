@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plugins.datatypes import SUPPORTED_DATA_TYPES, coercer_for
 from service.hookspecs import Transform, TransformError
-from service.mapping import MAX_SOURCE_ITEMS, MAX_TEXT_CHARS
-from service.registry import PluginRegistry
+from service.mapping.coercion import SUPPORTED_DATA_TYPES, coercer_for
+from service.mapping.mapper import MAX_SOURCE_ITEMS, MAX_TEXT_CHARS
+from service.mapping.registry import PluginRegistry
 
 from .test_registry import BUILTIN_TRANSFORMS
 

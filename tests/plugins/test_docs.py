@@ -7,7 +7,7 @@ import re
 import pytest
 
 from service import hookspecs
-from service.registry import PluginRegistry
+from service.mapping.registry import PluginRegistry
 
 from .conftest import REPO
 

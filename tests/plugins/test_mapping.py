@@ -16,7 +16,7 @@ from service.domain import (
     ProfileMapper,
 )
 from service.hookspecs import Transform, hookimpl
-from service.mapping import (
+from service.mapping.mapper import (
     MAX_SOURCE_CHARS,
     MAX_SOURCE_ITEMS,
     MAX_TEXT_CHARS,
@@ -25,7 +25,7 @@ from service.mapping import (
     MappingConfigError,
     validate_mapping_types,
 )
-from service.registry import PluginRegistry
+from service.mapping.registry import PluginRegistry
 
 FIELDS = [
     FieldType("email", "email", 255),

@@ -10,7 +10,7 @@ import pytest
 
 from service import hookspecs
 from service.hookspecs import NAME, Transform, hookimpl
-from service.registry import (
+from service.mapping.registry import (
     BUILTIN_PLUGINS,
     PluginConfigError,
     PluginRegistry,

@@ -30,9 +30,9 @@ from starlette.applications import Starlette
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
+from service.api.server import build_server
+from service.api.servicer import MarketoDestinationServicer
 from service.app import open_application
-from service.server import build_server
-from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
 from tests.harness import STANDARD_MAPPINGS, connection, spec
 from tests.reliability import workload

@@ -26,10 +26,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
-from service.access import ALL_PERMISSIONS
+from service.api.access import ALL_PERMISSIONS
+from service.api.server import build_server
+from service.api.servicer import MarketoDestinationServicer
 from service.app import open_application
-from service.server import build_server
-from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
 from service.telemetry import Telemetry, server_interceptor
 from tests.access.harness import Pki, make_pki

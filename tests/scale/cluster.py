@@ -23,8 +23,8 @@ import httpx
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
-from service.secrets import SecretBox
 from service.settings import ENV_PREFIX
+from service.store.secrets import SecretBox
 from tests.harness import CLIENT_ID, CLIENT_SECRET, STANDARD_MAPPINGS, update
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from service import convert
+from service.api import convert
 from service.domain import (
     Action,
     ActionType,
@@ -28,9 +28,9 @@ from service.domain import (
     OutcomeKind,
     ProfileUpdate,
 )
-from service.secrets import SecretBox
 from service.store import AppendResult, NewDestination, OutboxEntry, SqliteStore, Store
 from service.store.postgres import PostgresStore
+from service.store.secrets import SecretBox
 from tests.pg import fresh_database, truncate_all
 
 START = datetime(2026, 5, 28, 10, 30, tzinfo=UTC)

@@ -11,8 +11,8 @@ from datetime import timedelta
 
 import pytest
 
-from service import convert
 from service._proto.marketo_destination.internal.v1 import ingest_pb2
+from service.api import convert
 from service.domain import (
     UNDECODABLE,
     ActionType,

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 
 from service.domain import ActionType
-from service.secrets import SecretBox
 from service.store import FencingError, Store
 from service.store.migrations import load_migrations
 from service.store.postgres import PostgresStore
+from service.store.secrets import SecretBox
 from tests.pg import fresh_database
 from tests.store.conftest import (
     CLIENT_SECRET,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service.secrets import SecretBox
 from service.store import NewDestination, SqliteStore
 from service.store import sqlite as sqlite_store
+from service.store.secrets import SecretBox
 
 from .conftest import FakeClock
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.logging_setup import QUIET_LOGGERS, configure_logging, redact
 from service.telemetry import Telemetry
+from service.telemetry.logs import QUIET_LOGGERS, configure_logging, redact
 
 
 @pytest.fixture

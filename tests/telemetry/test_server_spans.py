@@ -10,8 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._proto.marketo_destination.v1 import destination_pb2_grpc
-from service.interceptors import ErrorInterceptor
-from service.server import build_server
+from service.api.interceptors import ErrorInterceptor
+from service.api.server import build_server
 from service.settings import Settings
 from service.telemetry import Telemetry, current_trace_context, server_interceptor
 from tests.telemetry.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute_values

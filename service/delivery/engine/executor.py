@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from service.delivery.engine.locks import KeyedLocks
+from service.delivery.engine.planner import Plan, PlannedPerson, dedupe_key, plan_batch
+from service.delivery.engine.ports import MarketoPort
 from service.domain import (
     REQUIRED_FOR_CREATE,
     Action,
@@ -41,9 +44,6 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from service.engine.locks import KeyedLocks
-from service.engine.planner import Plan, PlannedPerson, dedupe_key, plan_batch
-from service.engine.ports import MarketoPort
 from service.marketo.errors import (
     ConfigurationError,
     MarketoError,

@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal, Protocol
 
-from service.domain import Action, ActionType, OutcomeKind, ProfileMapper, SyncRules
-from service.engine.executor import (
+from service.delivery.engine.executor import (
     BATCH_SIZE,
     CODE_LEAD_NOT_FOUND,
     SyncEngine,
@@ -50,9 +49,10 @@ from service.engine.executor import (
     _Person,
     _Stop,
 )
-from service.engine.locks import KeyedLocks
-from service.engine.planner import dedupe_key
-from service.engine.ports import MarketoPort
+from service.delivery.engine.locks import KeyedLocks
+from service.delivery.engine.planner import dedupe_key
+from service.delivery.engine.ports import MarketoPort
+from service.domain import Action, ActionType, OutcomeKind, ProfileMapper, SyncRules
 from service.marketo.clock import Clock
 from service.marketo.errors import RejectedError, UnavailableError
 from service.marketo.types import ImportJob, Lead

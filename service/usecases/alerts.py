@@ -36,11 +36,11 @@ from typing import Any
 
 import httpx
 
-from service.destinations import spec_from_record
+from service.delivery.egress import EgressRefused
 from service.domain import AlertSubscription
-from service.egress import EgressRefused
 from service.marketo.clock import Clock, SystemClock
 from service.store.base import AlertRecord, DestinationNotFound, Store
+from service.usecases.destinations import spec_from_record
 
 __all__ = [
     "SIGNATURE_HEADER",

@@ -16,17 +16,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service._proto.marketo_destination.v1 import destination_pb2, destination_pb2_grpc
-from service.access import (
+from service.api.access import (
     PUBLIC_SERVICES,
     AccessInterceptor,
     InsecureBindError,
     Principals,
     check_bind_address,
 )
-from service.interceptors import ErrorInterceptor
-from service.servicer import MarketoDestinationServicer
+from service.api.interceptors import ErrorInterceptor
+from service.api.servicer import MarketoDestinationServicer
+from service.api.tls import TLSConfigError, server_credentials
 from service.settings import Settings
-from service.tls import TLSConfigError, server_credentials
 
 __all__ = [
     "SERVICE_NAME",

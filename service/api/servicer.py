@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc
 
-from service import convert
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.api import convert
+from service.api.streams import in_order
 from service.app import Application
-from service.ingest import Submission
-from service.streams import in_order
+from service.usecases.ingest import Submission
 
 __all__ = ["MarketoDestinationServicer"]
 
@@ -101,7 +101,7 @@ class MarketoDestinationServicer:
         return pb.DeactivateResponse(audience_ids=audience_ids)
 
     async def Sync(self, request_iterator: AsyncIterator[bytes], context: _Context) -> None:
-        """Requests arrive encoded (see `service.server`): their updates are checked and stored
+        """Requests arrive encoded (see `service.api.server`): their updates are checked and stored
         without building their profiles. Each answer is written as soon as its request is
         committed (`context.write`: no generator between this loop and gRPC)."""
         submitted: deque[tuple[convert.SyncRequestChecked, Submission]] = deque()

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from service.access import current_principal
-from service.connections import MarketoConnections
+from service.api.access import current_principal
+from service.delivery.egress import OriginList, parse_url
 from service.domain import (
     FORBIDDEN_DEDUPE_FIELDS,
     AlertSubscription,
@@ -26,7 +26,6 @@ from service.domain import (
     PersonAction,
     SyncType,
 )
-from service.egress import OriginList, parse_url
 from service.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -50,6 +49,7 @@ from service.store.base import (
     Page,
     Store,
 )
+from service.usecases.connections import MarketoConnections
 
 MUNCHKIN_ID = re.compile(r"^\d{3}-[A-Z]{3}-\d{3}$")
 MAX_NAME = 200

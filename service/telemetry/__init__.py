@@ -58,8 +58,8 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from service.handlers import is_async, rewrap
-from service.logging_setup import redact_query
+from service.api.handlers import is_async, rewrap
+from service.telemetry.logs import redact_query
 
 __all__ = [
     "DEFAULT_EXCLUDED_SERVICES",
@@ -696,7 +696,7 @@ def endpoint_of(path: str) -> str:
 
 def redact_url(url: httpx.URL) -> str:
     """``url`` without fragment or user info, its query string's values masked but the
-    parameter names kept (:func:`service.logging_setup.redact_query`): query strings carry
+    parameter names kept (:func:`service.telemetry.logs.redact_query`): query strings carry
     profile attribute values (``filterValues``) and, in Identity calls, credentials."""
     port = f":{url.port}" if url.port is not None else ""
     query = url.query.decode("ascii", "replace")

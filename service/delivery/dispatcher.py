@@ -48,14 +48,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from service.alerts import AlertMonitor
-from service.connections import EndpointRefused, MarketoConnections
-from service.destinations import spec_from_record
+from service.delivery.engine import BatchResult, KeyedLocks, SyncEngine
+from service.delivery.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.domain import DecodedBatch, DestinationSpec, FieldMapping, Outcome
-from service.engine import BatchResult, KeyedLocks, SyncEngine
-from service.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.errors import FailedPrecondition
-from service.mapping import FieldType, Mapper, MappingConfigError, missing_fields
+from service.mapping.mapper import FieldType, Mapper, MappingConfigError, missing_fields
+from service.mapping.registry import PluginRegistry
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock, SystemClock
 from service.marketo.errors import (
@@ -64,7 +62,6 @@ from service.marketo.errors import (
     MarketoError,
     QuotaExhaustedError,
 )
-from service.registry import PluginRegistry
 from service.store.base import (
     CLAIM_MAX_BYTES,
     DestinationNotFound,
@@ -77,6 +74,9 @@ from service.store.base import (
     Watermark,
 )
 from service.telemetry import Telemetry, batch_attributes
+from service.usecases.alerts import AlertMonitor
+from service.usecases.connections import EndpointRefused, MarketoConnections
+from service.usecases.destinations import spec_from_record
 
 __all__ = ["Backoff", "DestinationNotReady", "Dispatcher"]
 

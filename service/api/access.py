@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
+from service.api.handlers import rewrap
+from service.api.tls import client_identities
 from service.errors import DestinationError, PermissionDenied, Unauthenticated
-from service.handlers import rewrap
-from service.tls import client_identities
 
 __all__ = [
     "ALL_PERMISSIONS",

@@ -23,13 +23,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from plugins.datatypes import (
-    DEFAULT_LENGTHS,
-    SUPPORTED_DATA_TYPES,
-    Coercer,
-    CoercionError,
-    coercer_for,
-)
 from service.domain import (
     DEDUPE_TARGET,
     ExclusionCode,
@@ -39,7 +32,14 @@ from service.domain import (
     MissingDedupeValueError,
 )
 from service.hookspecs import TransformError, TransformFunc
-from service.registry import PluginRegistry
+from service.mapping.coercion import (
+    DEFAULT_LENGTHS,
+    SUPPORTED_DATA_TYPES,
+    Coercer,
+    CoercionError,
+    coercer_for,
+)
+from service.mapping.registry import PluginRegistry
 
 __all__ = [
     "MAX_SOURCE_CHARS",

@@ -20,9 +20,9 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from service.convert import nul_violations
+from service.api.convert import nul_violations
+from service.api.handlers import is_async, rewrap
 from service.errors import DestinationError, InvalidArgument
-from service.handlers import is_async, rewrap
 
 __all__ = ["INTERNAL_MESSAGE", "ErrorInterceptor"]
 

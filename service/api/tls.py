@@ -6,7 +6,7 @@ turns on mutual TLS (a client without a certificate signed by that CA cannot con
 
 With mutual TLS a client's identity is its certificate's subject common name and subject
 alternative names, as :func:`client_identities` reads them from the call's auth context; the
-principals file maps one of them to a principal (``mtls_subject``, see :mod:`service.access`).
+principals file maps one of them to a principal (``mtls_subject``, see :mod:`service.api.access`).
 """
 
 from __future__ import annotations

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
-from service.access import current_principal
-from service.destinations import marketo_failure
+from service.api.access import current_principal
+from service.delivery.engine import AudienceChanges, SyncEngine
 from service.domain import Action, ActionType, Outcome, OutcomeKind
-from service.engine import AudienceChanges, SyncEngine
 from service.errors import FieldViolation, InvalidArgument
-from service.ingest import IndexedUpdate, Rejected, check_audiences
 from service.marketo.errors import MarketoError
 from service.store.base import DestinationRecord, Store
+from service.usecases.destinations import marketo_failure
+from service.usecases.ingest import IndexedUpdate, Rejected, check_audiences
 
 MAX_PREVIEW = 1_000
 

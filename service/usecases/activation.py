@@ -16,9 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from service.access import IDENTITY_GRAPH_VIEW, current_principal, require
-from service.connections import MarketoConnections
-from service.destinations import describe_instance, marketo_failure, spec_from_record
+from service.api.access import IDENTITY_GRAPH_VIEW, current_principal, require
 from service.domain import (
     DEDUPE_TARGET,
     REQUIRED_FOR_CREATE,
@@ -28,14 +26,16 @@ from service.domain import (
     FieldMapping,
 )
 from service.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
-from service.governance import Policy
-from service.governance import violations as policy_violations
-from service.mapping import FieldType, Mapper, MappingConfigError
+from service.mapping.mapper import FieldType, Mapper, MappingConfigError
+from service.mapping.registry import PluginRegistry
 from service.marketo.client import MarketoClient
 from service.marketo.errors import MarketoError
 from service.marketo.types import Folder, SchemaField, StaticList
-from service.registry import PluginRegistry
 from service.store.base import ActivationRecord, DestinationRecord, Store
+from service.usecases.connections import MarketoConnections
+from service.usecases.destinations import describe_instance, marketo_failure, spec_from_record
+from service.usecases.governance import Policy
+from service.usecases.governance import violations as policy_violations
 
 MAX_LIST_NAME = 255
 # `\s*` on both sides of the `*` only when it is there: two adjacent `\s*` would backtrack over

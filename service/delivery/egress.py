@@ -4,7 +4,7 @@ Two kinds of outgoing requests exist, each with its own rule:
 
 - **Marketo endpoints** must match ``MARKETO_DEST_ALLOWED_ENDPOINTS`` (an :class:`OriginList`).
   Configure and DescribeMarketo refuse any other endpoint before a connection is opened, and
-  :class:`service.connections.MarketoConnections` refuses to build a client for one.
+  :class:`service.usecases.connections.MarketoConnections` refuses to build a client for one.
 - **Alert webhooks** go through :class:`WebhookTransport`: an origin listed in
   ``MARKETO_DEST_ALLOWED_WEBHOOK_ORIGINS`` is sent to as given; any other URL must be ``https``
   and its host must resolve to public addresses only. The name is resolved once per connection,

@@ -6,8 +6,13 @@ from dataclasses import dataclass
 
 import httpx
 
+from service.delivery.egress import (
+    DEFAULT_ALLOWED_ENDPOINTS,
+    OriginList,
+    endpoint_allowlist,
+    parse_url,
+)
 from service.domain import MarketoConnection
-from service.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpoint_allowlist, parse_url
 from service.errors import FailedPrecondition
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock
@@ -39,7 +44,7 @@ class MarketoConnections:
     """Builds `MarketoClient`s; clients of one instance share its limits and token cache.
 
     Only endpoints in `allowed_endpoints` get a client (default: Marketo's own hosts and the
-    origin of `default_endpoint`); see service/egress.py.
+    origin of `default_endpoint`); see service/delivery/egress.py.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Sync's quick look at a request's updates, in C (service/_wirecheck.c)."""
+"""Sync's quick look at a request's updates, in C (service/api/_wirecheck.c)."""
 
 def plain_updates(
     wire: bytes, latest_seconds: int, /

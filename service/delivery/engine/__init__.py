@@ -7,7 +7,7 @@ Typical use by the dispatcher::
     # persist result.outcomes and result.watermarks, retry result.deferred later
 """
 
-from service.engine.executor import (
+from service.delivery.engine.executor import (
     BATCH_SIZE,
     REASON_MISSING_REQUIRED,
     REASON_NO_MATCHING_LEAD,
@@ -18,8 +18,8 @@ from service.engine.executor import (
     PlannedUpdate,
     SyncEngine,
 )
-from service.engine.locks import KeyedLocks
-from service.engine.planner import (
+from service.delivery.engine.locks import KeyedLocks
+from service.delivery.engine.planner import (
     REASON_CONSENT_REFUSED,
     REASON_MAPPING_REJECTED,
     REASON_NO_AUDIENCE,
@@ -31,7 +31,7 @@ from service.engine.planner import (
     dedupe_key,
     plan_batch,
 )
-from service.engine.ports import MarketoPort
+from service.delivery.engine.ports import MarketoPort
 
 __all__ = [
     "BATCH_SIZE",

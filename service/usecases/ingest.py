@@ -18,7 +18,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Protocol
 
-from service.access import current_principal
+from service.api.access import current_principal
 from service.caches import BytesBoundedCache, deep_size
 from service.domain import ProfileUpdate
 from service.errors import FailedPrecondition, FieldViolation, ResourceExhausted

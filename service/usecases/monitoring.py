@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from service.access import current_principal
-from service.alerts import AlertEvent, AlertMonitor, AlertState
-from service.destinations import checked_page_size
+from service.api.access import current_principal
 from service.errors import FieldViolation, InvalidArgument
 from service.store.base import Dataflow, OutcomeRecord, Page, Store
+from service.usecases.alerts import AlertEvent, AlertMonitor, AlertState
+from service.usecases.destinations import checked_page_size
 
 MAX_HOURS = 720
 

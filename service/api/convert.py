@@ -17,10 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from service._proto.marketo_destination.internal.v1 import ingest_pb2 as ingest_pb
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.activation import ActivatedAudience, ListAction
-from service.alerts import AlertEvent, AlertState
 from service.caches import BytesBoundedCache, deep_size
-from service.destinations import Destination, InstanceDescription
 from service.domain import (
     ActionType,
     AlertSubscription,
@@ -40,14 +37,17 @@ from service.domain import (
     UndecodableUpdate,
 )
 from service.errors import FieldViolation, InvalidArgument
-from service.ingest import IndexedAudiences, IndexedUpdate, Rejected, SyncAck, WireUpdates
-from service.preview import PreviewResult
 from service.store.base import (
     ActivationRecord,
     Dataflow,
     DestinationState,
     OutcomeRecord,
 )
+from service.usecases.activation import ActivatedAudience, ListAction
+from service.usecases.alerts import AlertEvent, AlertState
+from service.usecases.destinations import Destination, InstanceDescription
+from service.usecases.ingest import IndexedAudiences, IndexedUpdate, Rejected, SyncAck, WireUpdates
+from service.usecases.preview import PreviewResult
 
 MAX_PROFILE_ID_LENGTH = 512
 MAX_UPDATE_ID_LENGTH = 128
@@ -65,11 +65,11 @@ names any (see `plain_updates`)."""
 
 _plain_updates_in_c: Callable[[bytes, int], PlainUpdates | None] | None
 try:
-    from service._wirecheck import plain_updates as _plain_updates_in_c
+    from service.api._wirecheck import plain_updates as _plain_updates_in_c
 except ImportError:  # built without a C compiler: the same checks run in Python
     _plain_updates_in_c = None
 NATIVE_CHECKS = _plain_updates_in_c is not None
-"""Whether Sync's quick look runs in C (`service/_wirecheck.c`); the service logs when not."""
+"""Whether Sync's quick look runs in C (`service/api/_wirecheck.c`); the service logs when not."""
 
 
 _MEMBERSHIP_STATUS: dict[int, MembershipStatus] = {
@@ -748,7 +748,7 @@ def plain_updates(wire: bytes, latest_seconds: int) -> tuple[PlainUpdates, bool]
     epoch and before `latest_seconds`), their profile and memberships decodable. The others are
     "unsure": `sync_request` checks each of them in full. Also whether the C gave the answer.
 
-    In C (`service/_wirecheck.c`, one pass over the encoding) when the extension is built, else
+    In C (`service/api/_wirecheck.c`, one pass over the encoding) when the extension is built, else
     in Python (`_plain_updates_in_python`); tests hold the two to the same verdicts. Either way
     one parse of the whole request by protobuf, which delivery decodes it with, vouches that
     every update decodes; when it fails, each update is looked at on its own. Raises DecodeError

@@ -26,9 +26,9 @@ from google.protobuf import timestamp_pb2
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
+from service.api.server import build_server
+from service.api.servicer import MarketoDestinationServicer
 from service.app import open_application
-from service.server import build_server
-from service.servicer import MarketoDestinationServicer
 from service.settings import Settings
 
 MUNCHKIN = "123-ABC-456"

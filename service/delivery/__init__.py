@@ -1,0 +1,1 @@
+"""Delivery to Marketo: the dispatcher, the sync engine, retention and outbound connections."""

@@ -1,0 +1,1 @@
+"""Field mapping: the mapper, data-type coercion and the pluggy plugin registry."""
