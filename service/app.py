@@ -17,11 +17,12 @@ import httpx
 
 from service.api import convert
 from service.api.access import Principals, load_principals
-from service.delivery.dispatcher import Backoff, Dispatcher
+from service.delivery.config import Backoff, DeliveryServices, DeliverySettings
+from service.delivery.dispatcher import Dispatcher
 from service.delivery.egress import WebhookTransport
 from service.delivery.retention import OutcomeRetention
 from service.mapping.registry import PluginRegistry
-from service.marketo.clock import Clock
+from service.marketo.clock import Clock, SystemClock
 from service.settings import Settings
 from service.store.base import Store
 from service.store.secrets import SecretBox, owner_only_directory
@@ -62,6 +63,21 @@ def webhook_client(settings: Settings) -> httpx.AsyncClient:
         timeout=WEBHOOK_TIMEOUT,
         follow_redirects=False,
         trust_env=False,
+    )
+
+
+def delivery_settings(settings: Settings) -> DeliverySettings:
+    """The dispatcher's tuning, as the service settings give it."""
+    return DeliverySettings(
+        batch_size=settings.batch_size,
+        linger=settings.linger_seconds,
+        lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
+        idle_hold=settings.marketo_window_seconds,
+        bulk_threshold=settings.bulk_threshold,
+        schema_recheck=Backoff(
+            base=timedelta(seconds=settings.schema_recheck_seconds),
+            maximum=timedelta(seconds=10 * settings.schema_recheck_seconds),
+        ),
     )
 
 
@@ -132,23 +148,17 @@ async def open_application(
         alerts = AlertMonitor(store, http=webhook_http, clock=clock)
         max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
         dispatcher = Dispatcher(
-            store,
-            connections,
-            registry,
-            alerts=alerts,
-            holder=replica_name(settings),
-            decode=convert.decode_batch,
-            batch_size=settings.batch_size,
-            bulk_threshold=settings.bulk_threshold,
-            linger=settings.linger_seconds,
-            lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
-            idle_hold=settings.marketo_window_seconds,
-            clock=clock,
-            telemetry=telemetry,
-            schema_recheck=Backoff(
-                base=timedelta(seconds=settings.schema_recheck_seconds),
-                maximum=timedelta(seconds=10 * settings.schema_recheck_seconds),
+            DeliveryServices(
+                store,
+                connections,
+                registry,
+                alerts,
+                decode=convert.decode_batch,
+                telemetry=telemetry,
+                clock=clock or SystemClock(),
             ),
+            delivery_settings(settings),
+            holder=replica_name(settings),
         )
         app = Application(
             store=store,
@@ -174,7 +184,7 @@ async def open_application(
                 trace_context=current_trace_context,
                 max_clock_skew=max_clock_skew,
             ),
-            preview=Preview(store, dispatcher, max_clock_skew=max_clock_skew),
+            preview=Preview(store, dispatcher.delivery, max_clock_skew=max_clock_skew),
             monitoring=Monitoring(store, alerts),
             dispatcher=dispatcher,
             alerts=alerts,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.api import convert
-from service.delivery.dispatcher import Backoff, Dispatcher
+from service.delivery.config import Backoff, DeliveryServices, DeliverySettings
+from service.delivery.dispatcher import Dispatcher
 from service.domain import (
     AlertSubscription,
     AudienceMembership,
@@ -34,6 +35,7 @@ from service.domain import (
     SyncType,
 )
 from service.mapping.registry import PluginRegistry
+from service.marketo.clock import Clock
 from service.store.base import ActivationRecord, DestinationRecord, NewDestination, Store
 from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
@@ -183,25 +185,31 @@ class Env:
         result: dict[str, Any] = await self.control("GET", "calls")
         return result
 
-    def dispatcher(self, store: Store | None = None, **options: Any) -> Dispatcher:
-        settings: dict[str, Any] = {
-            "holder": "replica-1",
-            "batch_size": 300,
-            "linger": 1.0,
-            "poll_interval": 3_600.0,
-            "clock": self.clock,
-            "rng": random.Random(7),
-            "backoff": Backoff(base=timedelta(seconds=5), maximum=timedelta(minutes=5)),
-        }
-        settings.update(options)
-        dispatcher = Dispatcher(
+    def dispatcher(
+        self,
+        store: Store | None = None,
+        *,
+        holder: str = "replica-1",
+        clock: Clock | None = None,
+        **options: Any,
+    ) -> Dispatcher:
+        """A dispatcher over this world; `options` change its `DeliverySettings`."""
+        settings = DeliverySettings(
+            batch_size=300,
+            linger=1.0,
+            poll_interval=3_600.0,
+            backoff=Backoff(base=timedelta(seconds=5), maximum=timedelta(minutes=5)),
+        )
+        services = DeliveryServices(
             store or self.store,
             self.connections,
             self.registry,
-            alerts=self.alerts,
+            self.alerts,
             decode=convert.decode_batch,
-            **settings,
+            clock=clock or self.clock,
+            rng=random.Random(7),
         )
+        dispatcher = Dispatcher(services, replace(settings, **options), holder=holder)
         self.dispatchers.append(dispatcher)
         return dispatcher
 

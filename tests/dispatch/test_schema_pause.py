@@ -11,7 +11,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from service.delivery.dispatcher import Backoff, Dispatcher
+from service.delivery.config import Backoff
+from service.delivery.dispatcher import Dispatcher
 from service.domain import FieldMapping, OutcomeKind, ProfileUpdate
 from service.store.base import DestinationRecord, DestinationState
 from service.usecases.alerts import AlertType

@@ -1,0 +1,98 @@
+"""What the dispatcher is given: its tuning numbers (`DeliverySettings`, `Backoff`) and the
+collaborators it works with (`DeliveryServices`: store, Marketo connections, plugins, alerts,
+the inbox codec, telemetry, clock and randomness)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from service.delivery.engine.bulk import BulkPolicy
+from service.domain import DecodedBatch
+from service.mapping.registry import PluginRegistry
+from service.marketo.clock import Clock, SystemClock
+from service.store.base import CLAIM_MAX_BYTES, Store
+from service.telemetry import Telemetry
+from service.usecases.alerts import AlertMonitor
+from service.usecases.connections import MarketoConnections
+
+__all__ = ["Backoff", "DeliveryServices", "DeliverySettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long a deferred entry waits: `base * multiplier ** attempts`, capped, with jitter."""
+
+    base: timedelta = timedelta(seconds=5)
+    """Wait after the first failure."""
+    maximum: timedelta = timedelta(minutes=10)
+    """Upper bound of any wait (jitter included)."""
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    """Fraction of the wait drawn at random and subtracted, so retries of many entries spread."""
+
+    def delay(self, attempts: int, rng: random.Random) -> timedelta:
+        """The wait before the next try of an entry that already failed `attempts` times."""
+        seconds = self.base.total_seconds() * self.multiplier ** min(max(attempts, 0), 64)
+        seconds = min(seconds, self.maximum.total_seconds())
+        seconds -= seconds * self.jitter * rng.random()
+        return timedelta(seconds=max(seconds, 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """The dispatcher's tuning numbers (durations in seconds unless typed `timedelta`)."""
+
+    batch_size: int = 300
+    """Entries claimed at once by a drainer."""
+    linger: float = 1.0
+    """How long a partial batch waits for more updates."""
+    lease_ttl: timedelta = timedelta(seconds=30)
+    """Life of an instance lease (renewed every third of it while held)."""
+    poll_interval: float = 1.0
+    """How often due work (e.g. retries coming due) is looked for."""
+    idle_hold: float = 0.0
+    """How long a drainer keeps its lease once its instance has nothing due (one Marketo rate
+    window in the service)."""
+    claim_max_bytes: int = CLAIM_MAX_BYTES
+    """Stored payload one claim (a batch, a bulk one too) holds in memory; a batch cut short by
+    it counts as full."""
+    backoff: Backoff = Backoff()
+    """Waits of deferred entries."""
+    schema_recheck: Backoff = Backoff(base=timedelta(minutes=1), maximum=timedelta(minutes=10))
+    """Spaces the schema reads of a destination paused by a schema mismatch."""
+    field_types_ttl: float = 600.0
+    """How long an instance's lead schema is cached."""
+    bulk_threshold: int = 5_000
+    """Due backlog of one destination from which its work goes through bulk import (0: never;
+    a negative number counts as 0)."""
+    bulk_batch_size: int = 200_000
+    """Entries claimed at once for bulk import (never fewer than `batch_size`)."""
+    bulk_policy: BulkPolicy = field(default_factory=BulkPolicy)
+    """How bulk imports are sized and polled."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.claim_max_bytes < 1:
+            raise ValueError("claim_max_bytes must be at least 1")
+        object.__setattr__(self, "bulk_threshold", max(self.bulk_threshold, 0))
+        object.__setattr__(self, "bulk_batch_size", max(self.bulk_batch_size, self.batch_size))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryServices:
+    """Whom the dispatcher works with. `decode` turns an inbox batch (as Sync stored it) into
+    updates; `clock` (epoch seconds and sleep) drives every wait, so tests need no real
+    sleeping; `rng` draws the jitter of backoffs."""
+
+    store: Store
+    connections: MarketoConnections
+    registry: PluginRegistry
+    alerts: AlertMonitor
+    decode: Callable[[bytes], DecodedBatch]
+    telemetry: Telemetry | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    rng: random.Random = field(default_factory=random.Random)
