@@ -330,3 +330,93 @@ class Audience:
     type: AudienceType = AudienceType.PEOPLE
     marketo_list_id: int = 0
     link_existing_list: bool = False
+
+
+# -- what the use cases answer, and why they refuse a request -----------------------------------
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request."""
+
+    field: str
+    """Path of the field in the request, e.g. ``"spec.connection.munchkin_id"``."""
+    description: str
+    """Why the value is refused, in words a caller can act on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An update of a request refused alone (`index` in the request), the others accepted."""
+
+    index: int
+    violations: tuple[FieldViolation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAck:
+    """What Sync answers for one request: how many updates are durable, up to which sequence."""
+
+    accepted: int
+    last_sequence: int
+    rejected: tuple[Rejected, ...] = field(default=())
+
+
+class ListAction(enum.StrEnum):
+    """What Activate did (or, in a dry run, would do) with an audience's Marketo list."""
+
+    CREATED = "created"
+    LINKED = "linked"
+    UNCHANGED = "unchanged"
+    NONE = ""
+    """Profile only: audiences scope the export but get no list."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivatedAudience:
+    """An audience as Activate left it, with its Marketo list."""
+
+    audience_id: str
+    marketo_list_id: int
+    list_name: str
+    list_action: ListAction
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceChanges:
+    """List changes a dry run would make for one audience (dedupe values)."""
+
+    audience_id: str
+    list_id: int
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewResult:
+    """What PreviewSync shows: what delivering the updates now would do in Marketo."""
+
+    created: int
+    updated: int
+    audiences: tuple[AudienceChanges, ...]
+    outcomes: tuple[Outcome, ...]
+    """One per previewed update, in request order."""
+    rejected: tuple[Rejected, ...]
+
+
+class AlertType(enum.StrEnum):
+    """The kinds of alert a destination raises."""
+
+    SKIPPED_RATE = "skipped_rate"
+    FAILURE_RATE = "failure_rate"
+    DELIVERY_DELAYED = "delivery_delayed"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    AUTHENTICATION_FAILING = "authentication_failing"
+    SCHEMA_MISMATCH = "schema_mismatch"
+
+
+class AlertState(enum.StrEnum):
+    """Whether an alert event raises or resolves its alert."""
+
+    RAISED = "raised"
+    RESOLVED = "resolved"

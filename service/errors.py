@@ -23,7 +23,6 @@ Messages travel to the caller verbatim: never put a secret in one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
@@ -31,11 +30,12 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
+from service.domain import FieldViolation
+
 __all__ = [
     "AlreadyExists",
     "DestinationError",
     "FailedPrecondition",
-    "FieldViolation",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
@@ -44,16 +44,6 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
 ]
-
-
-@dataclass(frozen=True)
-class FieldViolation:
-    """One invalid field of a request."""
-
-    field: str
-    """Path of the field in the request, e.g. ``"spec.connection.munchkin_id"``."""
-    description: str
-    """Why the value is refused, in words a caller can act on."""
 
 
 class DestinationError(Exception):

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.api import convert
-from service.domain import ProfileUpdate
-from service.usecases.ingest import IndexedAudiences, Rejected, WireUpdates
+from service.domain import ProfileUpdate, Rejected
+from service.usecases.ingest import IndexedAudiences, WireUpdates
 from tests.harness import encoded_field, retained_memory, varint
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)

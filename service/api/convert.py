@@ -20,6 +20,8 @@ from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.caches import BytesBoundedCache, deep_size
 from service.domain import (
     ActionType,
+    ActivatedAudience,
+    AlertState,
     AlertSubscription,
     Audience,
     AudienceMembership,
@@ -27,27 +29,30 @@ from service.domain import (
     DecodedBatch,
     DestinationSpec,
     FieldMapping,
+    FieldViolation,
+    ListAction,
     MarketoConnection,
     MembershipStatus,
     Outcome,
     OutcomeKind,
     PersonAction,
+    PreviewResult,
     ProfileUpdate,
+    Rejected,
+    SyncAck,
     SyncType,
     UndecodableUpdate,
 )
-from service.errors import FieldViolation, InvalidArgument
+from service.errors import InvalidArgument
 from service.store.base import (
     ActivationRecord,
     Dataflow,
     DestinationState,
     OutcomeRecord,
 )
-from service.usecases.activation import ActivatedAudience, ListAction
-from service.usecases.alerts import AlertEvent, AlertState
+from service.usecases.alerts import AlertEvent
 from service.usecases.destinations import Destination, InstanceDescription
-from service.usecases.ingest import IndexedAudiences, IndexedUpdate, Rejected, SyncAck, WireUpdates
-from service.usecases.preview import PreviewResult
+from service.usecases.ingest import IndexedAudiences, IndexedUpdate, WireUpdates
 
 MAX_PROFILE_ID_LENGTH = 512
 MAX_UPDATE_ID_LENGTH = 128

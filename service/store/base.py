@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from service.domain import DecodedBatch, FieldMapping, Outcome, ProfileUpdate
-from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from service.domain import DecodedBatch, FieldMapping, FieldViolation, Outcome, ProfileUpdate
+from service.errors import FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
     "UNPACK_STEP",

@@ -9,10 +9,8 @@ identity namespace (`identityMap.*`) needs `identity_graph.view`; data-usage pol
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import httpx
 
@@ -20,12 +18,15 @@ from service.api.access import IDENTITY_GRAPH_VIEW, current_principal, require
 from service.domain import (
     DEDUPE_TARGET,
     REQUIRED_FOR_CREATE,
+    ActivatedAudience,
     Audience,
     AudienceType,
     DestinationSpec,
     FieldMapping,
+    FieldViolation,
+    ListAction,
 )
-from service.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from service.errors import AlreadyExists, InvalidArgument, NotFound
 from service.mapping.mapper import FieldType, Mapper, MappingConfigError
 from service.mapping.registry import PluginRegistry
 from service.marketo.client import MarketoClient
@@ -42,24 +43,6 @@ MAX_LIST_NAME = 255
 # every split of a run of spaces (quadratic time).
 ARRAY_SOURCE = re.compile(r"\[\s*(?:\*\s*)?\]")
 """A source path that selects a whole array (`items[]`, `items[*]`): arrays are not exported."""
-
-
-class ListAction(enum.StrEnum):
-    """What Activate did (or, in a dry run, would do) with an audience's Marketo list."""
-
-    CREATED = "created"
-    LINKED = "linked"
-    UNCHANGED = "unchanged"
-    NONE = ""
-    """Profile only: audiences scope the export but get no list."""
-
-
-@dataclass(frozen=True, slots=True)
-class ActivatedAudience:
-    audience_id: str
-    marketo_list_id: int
-    list_name: str
-    list_action: ListAction
 
 
 def mapping_violations(

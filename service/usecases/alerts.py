@@ -22,7 +22,6 @@ subscription has a `webhook_url`, POSTed there as signed JSON in the background 
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import hmac
 import json
@@ -37,7 +36,7 @@ from typing import Any
 import httpx
 
 from service.delivery.egress import EgressRefused
-from service.domain import AlertSubscription
+from service.domain import AlertState, AlertSubscription, AlertType
 from service.marketo.clock import Clock, SystemClock
 from service.store.base import AlertRecord, DestinationNotFound, Store
 from service.usecases.destinations import spec_from_record
@@ -47,8 +46,6 @@ __all__ = [
     "TIMESTAMP_HEADER",
     "AlertEvent",
     "AlertMonitor",
-    "AlertState",
-    "AlertType",
     "AlertWatcher",
     "WebhookSettings",
     "sign_webhook",
@@ -65,20 +62,6 @@ TIMESTAMP_HEADER = "X-Marketo-Destination-Timestamp"
 EVENT_HEADER = "X-Marketo-Destination-Event"
 
 HOUR = timedelta(hours=1)
-
-
-class AlertType(enum.StrEnum):
-    SKIPPED_RATE = "skipped_rate"
-    FAILURE_RATE = "failure_rate"
-    DELIVERY_DELAYED = "delivery_delayed"
-    QUOTA_EXHAUSTED = "quota_exhausted"
-    AUTHENTICATION_FAILING = "authentication_failing"
-    SCHEMA_MISMATCH = "schema_mismatch"
-
-
-class AlertState(enum.StrEnum):
-    RAISED = "raised"
-    RESOLVED = "resolved"
 
 
 @dataclass(frozen=True, slots=True)

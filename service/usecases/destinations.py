@@ -22,17 +22,12 @@ from service.domain import (
     FORBIDDEN_DEDUPE_FIELDS,
     AlertSubscription,
     DestinationSpec,
+    FieldViolation,
     MarketoConnection,
     PersonAction,
     SyncType,
 )
-from service.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    PermissionDenied,
-    Unavailable,
-)
+from service.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from service.marketo.client import MarketoClient
 from service.marketo.errors import (
     AuthenticationError,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from operator import itemgetter
@@ -20,8 +20,8 @@ from typing import Protocol
 
 from service.api.access import current_principal
 from service.caches import BytesBoundedCache, deep_size
-from service.domain import ProfileUpdate
-from service.errors import FailedPrecondition, FieldViolation, ResourceExhausted
+from service.domain import FieldViolation, ProfileUpdate, Rejected, SyncAck
+from service.errors import FailedPrecondition, ResourceExhausted
 from service.store.base import AppendResult, Store
 
 
@@ -55,19 +55,6 @@ class WireUpdates(Protocol):
     def encode(self, dropped: Collection[int] = ()) -> bytes:
         """The updates, less those whose index is in `dropped`, as one inbox batch."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    index: int
-    violations: tuple[FieldViolation, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SyncAck:
-    accepted: int
-    last_sequence: int
-    rejected: tuple[Rejected, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from service.api.access import current_principal
-from service.errors import FieldViolation, InvalidArgument
+from service.domain import AlertState, FieldViolation
+from service.errors import InvalidArgument
 from service.store.base import Dataflow, OutcomeRecord, Page, Store
-from service.usecases.alerts import AlertEvent, AlertMonitor, AlertState
+from service.usecases.alerts import AlertEvent, AlertMonitor
 from service.usecases.destinations import checked_page_size
 
 MAX_HOURS = 720

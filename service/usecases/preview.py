@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
 from service.api.access import current_principal
-from service.delivery.engine import AudienceChanges, SyncEngine
-from service.domain import Action, ActionType, Outcome, OutcomeKind
-from service.errors import FieldViolation, InvalidArgument
+from service.delivery.engine import SyncEngine
+from service.domain import (
+    Action,
+    ActionType,
+    FieldViolation,
+    Outcome,
+    OutcomeKind,
+    PreviewResult,
+)
+from service.errors import InvalidArgument
 from service.marketo.errors import MarketoError
 from service.store.base import DestinationRecord, Store
 from service.usecases.destinations import marketo_failure
-from service.usecases.ingest import IndexedUpdate, Rejected, check_audiences
+from service.usecases.ingest import IndexedUpdate, check_audiences
 
 MAX_PREVIEW = 1_000
 
@@ -23,16 +29,6 @@ class EngineSource(Protocol):
     """Builds the engine the dispatcher would use for a destination."""
 
     async def engine_for(self, record: DestinationRecord) -> SyncEngine: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PreviewResult:
-    created: int
-    updated: int
-    audiences: tuple[AudienceChanges, ...]
-    outcomes: tuple[Outcome, ...]
-    """One per previewed update, in request order."""
-    rejected: tuple[Rejected, ...]
 
 
 class Preview:

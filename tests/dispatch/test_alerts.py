@@ -10,14 +10,12 @@ from datetime import timedelta
 
 import httpx
 
-from service.domain import AlertSubscription, Outcome, OutcomeKind
+from service.domain import AlertState, AlertSubscription, AlertType, Outcome, OutcomeKind
 from service.store.base import DestinationRecord
 from service.usecases.alerts import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AlertMonitor,
-    AlertState,
-    AlertType,
     WebhookSettings,
     sign_webhook,
     verify_webhook,

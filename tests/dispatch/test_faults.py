@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.domain import Outcome, OutcomeKind
+from service.domain import AlertType, Outcome, OutcomeKind
 from service.store.base import DestinationState, FencingError, OutboxEntry, Store, Watermark
-from service.usecases.alerts import AlertType
 from tests.dispatch.conftest import Env, connection, drain_all, eventually, profile
 
 LEADS = "/rest/v1/leads.json"

@@ -13,9 +13,8 @@ from typing import Any
 
 from service.delivery.config import Backoff
 from service.delivery.dispatcher import Dispatcher
-from service.domain import FieldMapping, OutcomeKind, ProfileUpdate
+from service.domain import AlertType, FieldMapping, OutcomeKind, ProfileUpdate
 from service.store.base import DestinationRecord, DestinationState
-from service.usecases.alerts import AlertType
 from tests.dispatch.conftest import MAPPINGS, Env, drain_all, profile
 
 FIELD = "loyaltyTier"

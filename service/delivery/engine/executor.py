@@ -35,6 +35,7 @@ from service.domain import (
     REQUIRED_FOR_CREATE,
     Action,
     ActionType,
+    AudienceChanges,
     Exclusion,
     ExclusionCode,
     Outcome,
@@ -119,16 +120,6 @@ class PlannedUpdate:
 
     dedupe_value: str
     lead_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class AudienceChanges:
-    """List changes a dry run would make for one audience (dedupe values)."""
-
-    audience_id: str
-    list_id: int
-    add: tuple[str, ...] = ()
-    remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
