@@ -30,7 +30,6 @@ from service.api.servicer import MarketoDestinationServicer
 from service.api.tls import TLSConfigError, own_listener_credentials
 from service.app import open_application
 from service.settings import InvalidSetting, Settings, parse_address
-from service.store.secrets import owner_only_directory
 from service.telemetry import server_interceptor, setup_telemetry
 from service.telemetry.logs import configure_logging
 
@@ -171,7 +170,6 @@ async def serve(
             url = await stack.enter_async_context(embedded_sandbox())
             _log.info("embedded Marketo sandbox at %s", url)
             settings = settings.replace(default_marketo_endpoint=url)
-        owner_only_directory(settings.data_dir)
         telemetry = setup_telemetry(os.environ, set_global=True)
         stack.callback(telemetry.shutdown)
         app = await stack.enter_async_context(open_application(settings, telemetry=telemetry))

@@ -66,6 +66,26 @@ def webhook_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+def marketo_connections(
+    settings: Settings, http: httpx.AsyncClient, *, clock: Clock | None = None
+) -> MarketoConnections:
+    """Marketo clients as the settings allow them: the endpoints, the default (sandbox) one, and
+    this process's share of each instance's limits."""
+    return MarketoConnections(
+        http,
+        default_endpoint=settings.default_marketo_endpoint,
+        allowed_endpoints=settings.endpoint_allowlist,
+        limits=LimitSettings(
+            share=settings.marketo_share,
+            window_seconds=settings.marketo_window_seconds,
+            concurrency=settings.marketo_concurrency,
+            daily_quota=settings.marketo_daily_quota,
+            daily_reserve=settings.marketo_daily_reserve,
+        ),
+        clock=clock,
+    )
+
+
 def delivery_settings(settings: Settings) -> DeliverySettings:
     """The dispatcher's tuning, as the service settings give it."""
     return DeliverySettings(
@@ -132,19 +152,7 @@ async def open_application(
         if registry is None:
             registry = PluginRegistry.build(blocked=settings.blocked_plugin_names)
         principals = load_principals(settings.principals_file) if settings.principals_file else None
-        connections = MarketoConnections(
-            http,
-            default_endpoint=settings.default_marketo_endpoint,
-            allowed_endpoints=settings.endpoint_allowlist,
-            limits=LimitSettings(
-                share=settings.marketo_share,
-                window_seconds=settings.marketo_window_seconds,
-                concurrency=settings.marketo_concurrency,
-                daily_quota=settings.marketo_daily_quota,
-                daily_reserve=settings.marketo_daily_reserve,
-            ),
-            clock=clock,
-        )
+        connections = marketo_connections(settings, http, clock=clock)
         alerts = AlertMonitor(store, http=webhook_http, clock=clock)
         max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
         dispatcher = Dispatcher(

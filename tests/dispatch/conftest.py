@@ -21,6 +21,7 @@ import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.api import convert
+from service.app import marketo_connections
 from service.delivery.config import Backoff, DeliveryServices, DeliverySettings
 from service.delivery.dispatcher import Dispatcher
 from service.domain import (
@@ -36,14 +37,17 @@ from service.domain import (
 )
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock
+from service.settings import Settings
 from service.store.base import ActivationRecord, DestinationRecord, NewDestination, Store
 from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
 from service.usecases.alerts import AlertMonitor, WebhookSettings
-from service.usecases.connections import LimitSettings, MarketoConnections
+from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import spec_to_json
 
 BASE_URL = "https://123-ABC-456.mktorest.com"
+MARKETO = Settings(default_marketo_endpoint=BASE_URL, marketo_share=1.0)
+"""The service settings of the Marketo connections: the sandbox, all of each instance's limits."""
 START = 1_780_000_200.0  # 2026-05-28 20:30:00 UTC: the middle of an hour
 TENANT = "tenant-a"
 WEBHOOK_SECRET = "whsec-3b1f0c9a-test-secret"
@@ -328,12 +332,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE_URL) as http,
         httpx.AsyncClient(transport=httpx.MockTransport(receive)) as webhook_http,
     ):
-        connections = MarketoConnections(
-            http,
-            default_endpoint=BASE_URL,
-            limits=LimitSettings(share=1.0),
-            clock=SteppingClock(clock),
-        )
+        connections = marketo_connections(MARKETO, http, clock=SteppingClock(clock))
         alerts = AlertMonitor(
             store,
             http=webhook_http,
