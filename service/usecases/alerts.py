@@ -335,38 +335,32 @@ class AlertMonitor:
 
     async def quota_exhausted(self, destination_id: str, paused_until: datetime) -> None:
         """Marketo's daily quota is spent: delivery of the destination waits until the reset."""
-        subscription = await self._subscription(destination_id)
-        if _subscribed(subscription, AlertType.QUOTA_EXHAUSTED):
-            await self._raise(
-                destination_id,
-                AlertType.QUOTA_EXHAUSTED,
-                "Marketo's daily API quota is exhausted; delivery is paused until "
-                f"{paused_until.astimezone(UTC).isoformat()}",
-                paused_until=paused_until,
-            )
+        await self._raise_subscribed(
+            destination_id,
+            AlertType.QUOTA_EXHAUSTED,
+            "Marketo's daily API quota is exhausted; delivery is paused until "
+            f"{paused_until.astimezone(UTC).isoformat()}",
+            paused_until=paused_until,
+        )
 
     async def authentication_failing(self, destination_id: str, detail: str) -> None:
         """Marketo refuses the destination's credentials: nothing is delivered until fixed."""
-        subscription = await self._subscription(destination_id)
-        if _subscribed(subscription, AlertType.AUTHENTICATION_FAILING):
-            await self._raise(
-                destination_id,
-                AlertType.AUTHENTICATION_FAILING,
-                f"Marketo authentication is failing: {detail}; fix the destination's "
-                "client id and secret",
-            )
+        await self._raise_subscribed(
+            destination_id,
+            AlertType.AUTHENTICATION_FAILING,
+            f"Marketo authentication is failing: {detail}; fix the destination's "
+            "client id and secret",
+        )
 
     async def schema_mismatch(self, destination_id: str, reason: str) -> None:
         """The instance's lead schema lacks fields the mapping writes (`reason` names them):
         delivery of the destination is paused until the schema or the mapping changes."""
-        subscription = await self._subscription(destination_id)
-        if _subscribed(subscription, AlertType.SCHEMA_MISMATCH):
-            await self._raise(
-                destination_id,
-                AlertType.SCHEMA_MISMATCH,
-                f"{reason}; delivery is paused and updates are kept until the field is back in "
-                "Marketo or the mapping no longer writes it",
-            )
+        await self._raise_subscribed(
+            destination_id,
+            AlertType.SCHEMA_MISMATCH,
+            f"{reason}; delivery is paused and updates are kept until the field is back in "
+            "Marketo or the mapping no longer writes it",
+        )
 
     async def recovered(self, destination_id: str) -> None:
         """A batch went through: resolve the quota, authentication and schema alerts."""
@@ -437,6 +431,21 @@ class AlertMonitor:
             log.warning("alert %s raised for %s: %s", alert_type, destination_id, message)
             subscription = subscription or await self._subscription(destination_id)
             self._publish(AlertEvent(AlertState.RAISED, record), subscription)
+
+    async def _raise_subscribed(
+        self,
+        destination_id: str,
+        alert_type: AlertType,
+        message: str,
+        *,
+        paused_until: datetime | None = None,
+    ) -> None:
+        """Raise the alert when the destination subscribes to its type."""
+        subscription = await self._subscription(destination_id)
+        if _subscribed(subscription, alert_type):
+            await self._raise(
+                destination_id, alert_type, message, subscription, paused_until=paused_until
+            )
 
     async def _resolve(
         self,
