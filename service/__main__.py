@@ -25,12 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import convert
 from service.api.demo import demo_settings, run_demo
-from service.api.server import StartupError, build_server, new_health_servicer, shutdown
-from service.api.servicer import MarketoDestinationServicer
+from service.api.server import StartupError, application_server, new_health_servicer, shutdown
 from service.api.tls import TLSConfigError, own_listener_credentials
 from service.app import open_application
 from service.settings import InvalidSetting, Settings, parse_address
-from service.telemetry import server_interceptor, setup_telemetry
+from service.telemetry import setup_telemetry
 from service.telemetry.logs import configure_logging
 
 __all__ = ["build_parser", "check_health", "embedded_sandbox", "main", "serve", "settings_for"]
@@ -175,12 +174,11 @@ async def serve(
         app = await stack.enter_async_context(open_application(settings, telemetry=telemetry))
 
         health_servicer = new_health_servicer()
-        server, port = await build_server(
+        server, port = await application_server(
+            app,
             settings,
-            servicer=MarketoDestinationServicer(app),
-            principals=app.principals,
+            telemetry=telemetry,
             health_servicer=health_servicer,
-            tracing_interceptor=server_interceptor(telemetry),
             extra_handlers=extra_handlers,
             open_services=open_services,
         )

@@ -25,11 +25,10 @@ from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
 from service.api.access import Principals
-from service.api.server import build_server
-from service.api.servicer import MarketoDestinationServicer
+from service.api.server import application_server
 from service.app import Application, open_application
 from service.settings import Settings
-from service.telemetry import Telemetry, instrument_transport, server_interceptor
+from service.telemetry import Telemetry, instrument_transport
 from service.telemetry.logs import QUIET_LOGGERS, configure_logging
 
 MUNCHKIN = "123-ABC-456"
@@ -186,12 +185,7 @@ async def running_service(
         )
         if principals is not None:
             app = replace(app, principals=principals)
-        server, port = await build_server(
-            settings,
-            servicer=MarketoDestinationServicer(app),
-            principals=app.principals,
-            tracing_interceptor=server_interceptor(telemetry) if telemetry is not None else None,
-        )
+        server, port = await application_server(app, settings, telemetry=telemetry)
         await server.start()
         stack.push_async_callback(server.stop, None)
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))

@@ -26,8 +26,7 @@ from google.protobuf import timestamp_pb2
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
-from service.api.server import build_server
-from service.api.servicer import MarketoDestinationServicer
+from service.api.server import application_server
 from service.app import open_application
 from service.settings import Settings
 
@@ -99,7 +98,7 @@ async def run_demo(settings: Settings, *, profiles: int = 10_000, out: TextIO = 
         out.write(f"Marketo sandbox: {existing} existing leads seeded\n")
 
         app = await stack.enter_async_context(open_application(settings, http=http))
-        server, port = await build_server(settings, servicer=MarketoDestinationServicer(app))
+        server, port = await application_server(app, settings)
         await server.start()
         stack.push_async_callback(server.stop, None)
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +27,10 @@ from service.api.interceptors import ErrorInterceptor
 from service.api.servicer import MarketoDestinationServicer
 from service.api.tls import TLSConfigError, server_credentials
 from service.settings import Settings
+from service.telemetry import Telemetry, server_interceptor
+
+if TYPE_CHECKING:
+    from service.app import Application
 
 __all__ = [
     "SERVICE_NAME",
@@ -226,6 +230,30 @@ async def build_server(
     except (RuntimeError, TLSConfigError) as error:
         raise StartupError(f"cannot listen on {settings.address}: {error}") from error
     return server, port
+
+
+async def application_server(
+    app: Application,
+    settings: Settings,
+    *,
+    telemetry: Telemetry | None = None,
+    health_servicer: HealthServicer | None = None,
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+    open_services: Collection[str] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """The server over an application from :func:`service.app.open_application`: its servicer,
+    its principals and, with ``telemetry``, the tracing interceptor. `serve`, the demo and the
+    test harness all start the service this way; returns the server (not started) and its port.
+    """
+    return await build_server(
+        settings,
+        servicer=MarketoDestinationServicer(app),
+        principals=app.principals,
+        health_servicer=health_servicer,
+        tracing_interceptor=None if telemetry is None else server_interceptor(telemetry),
+        extra_handlers=extra_handlers,
+        open_services=open_services,
+    )
 
 
 async def shutdown(

@@ -30,8 +30,7 @@ from starlette.applications import Starlette
 from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
-from service.api.server import build_server
-from service.api.servicer import MarketoDestinationServicer
+from service.api.server import application_server
 from service.app import open_application
 from service.settings import Settings
 from tests.harness import STANDARD_MAPPINGS, connection, spec
@@ -146,9 +145,7 @@ async def chaos_service(
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(httpx.AsyncClient(transport=transport, timeout=30))
         app = await stack.enter_async_context(open_application(settings, http=http, clock=clock))
-        server, port = await build_server(
-            settings, servicer=MarketoDestinationServicer(app), principals=app.principals
-        )
+        server, port = await application_server(app, settings)
         await server.start()
         stack.push_async_callback(server.stop, None)
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))

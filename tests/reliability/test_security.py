@@ -27,11 +27,10 @@ from sandbox import SandboxSettings, asgi_transport, create_app
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service._proto.marketo_destination.v1 import destination_pb2_grpc as pb_grpc
 from service.api.access import ALL_PERMISSIONS
-from service.api.server import build_server
-from service.api.servicer import MarketoDestinationServicer
+from service.api.server import application_server
 from service.app import open_application
 from service.settings import Settings
-from service.telemetry import Telemetry, server_interceptor
+from service.telemetry import Telemetry
 from tests.access.harness import Pki, make_pki
 from tests.harness import LOOPBACK_WEBHOOKS, STANDARD_MAPPINGS, connection, spec, update
 
@@ -114,12 +113,7 @@ async def serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[Running]:
         app = await stack.enter_async_context(
             open_application(settings, http=http, telemetry=telemetry)
         )
-        server, port = await build_server(
-            settings,
-            servicer=MarketoDestinationServicer(app),
-            principals=app.principals,
-            tracing_interceptor=server_interceptor(telemetry),
-        )
+        server, port = await application_server(app, settings, telemetry=telemetry)
         await server.start()
         stack.push_async_callback(server.stop, None)
         yield Running(port, spans, settings)
