@@ -88,8 +88,9 @@ class SandboxSettings:
     """Largest bulk import upload (HTTP 413 beyond)."""
     uri_limit: int = 8192
     """Longest request URI (HTTP 414 beyond)."""
-    accept_access_token_param: bool = True
-    """Accept the legacy `access_token` query/form parameter besides the Bearer header."""
+    accept_access_token_param: bool = False
+    """Accept the legacy `access_token` query/form parameter besides the Bearer header (Marketo
+    removed it in 2026; off, a call carrying it without a Bearer header gets 601)."""
     count_rejected_calls: bool = False
     """Whether 606/615/607 responses themselves count toward the rate window and quota."""
     latency_ms: float = 0.0

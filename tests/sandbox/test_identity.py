@@ -85,17 +85,18 @@ async def test_expired_token_is_602_then_new_token(
 
 
 async def test_access_token_param_behind_switch(raw: httpx.AsyncClient) -> None:
-    token = await fetch_token(raw)
-    ok = await raw.get("/rest/v1/leads/describe.json", params={"access_token": token})
-    assert ok.json()["success"] is True
-    await raw.post("/_sandbox/reset", json={"access_token_param": False})
+    """Refused by default since 2026 (601); the legacy switch turns it back on."""
     token = await fetch_token(raw)
     refused = await raw.get("/rest/v1/leads/describe.json", params={"access_token": token})
-    assert error_code(refused.json()) == "603"
+    assert error_code(refused.json()) == "601"
     header = await raw.get(
         "/rest/v1/leads/describe.json", headers={"Authorization": f"Bearer {token}"}
     )
     assert header.json()["success"] is True
+    await raw.post("/_sandbox/reset", json={"access_token_param": True})
+    token = await fetch_token(raw)
+    ok = await raw.get("/rest/v1/leads/describe.json", params={"access_token": token})
+    assert ok.json()["success"] is True
 
 
 async def test_reset_changes_credentials(raw: httpx.AsyncClient) -> None:
