@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import assets, bulk, control, leads, lists
+from sandbox import assets, bulk, control, leads, lists, stats
 from sandbox.auth import Tokens
 from sandbox.clock import Clock, SystemClock
 from sandbox.faults import FAULT_CODES, Fault, Faults
@@ -32,6 +32,7 @@ from sandbox.limits import (
     CallStats,
     Limiter,
     concurrency_message,
+    quota_day,
     rate_message,
 )
 from sandbox.settings import SandboxSettings
@@ -170,6 +171,8 @@ def marketo_endpoint(
             stats.record(key, "dropped")
             return await _drop(request)
         stats.record(key, reply.code)
+        if reply.code.isdigit():
+            sandbox.state.usage.error(quota_day(now), reply.code)
         return _render(sandbox, reply, now, request)
 
     return endpoint
@@ -226,6 +229,7 @@ async def _pipeline(
         if refusal is not None:
             if settings.count_rejected_calls:
                 stats.counted += 1
+                sandbox.state.usage.count(quota_day(now), settings.api_user, key)
             return _error(family, *refusal)
         admitted = True
         stats.counted += 1
@@ -248,6 +252,8 @@ async def _pipeline(
         if reply.code in UNCOUNTED_CODES:
             sandbox.limiter.give_back(now)
             stats.counted -= 1
+        else:
+            sandbox.state.usage.count(quota_day(now), settings.api_user, key)
         admitted = False
         return reply
     finally:
@@ -351,6 +357,10 @@ ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
     ("/bulk/v1/leads/batch/{batch_id}.json", "lead", {"GET": bulk.import_status}),
     ("/bulk/v1/leads/batch/{batch_id}/failures.json", "lead", {"GET": bulk.import_failures}),
     ("/bulk/v1/leads/batch/{batch_id}/warnings.json", "lead", {"GET": bulk.import_warnings}),
+    ("/rest/v1/stats/usage.json", "lead", {"GET": stats.daily_usage}),
+    ("/rest/v1/stats/usage/last7days.json", "lead", {"GET": stats.weekly_usage}),
+    ("/rest/v1/stats/errors.json", "lead", {"GET": stats.daily_errors}),
+    ("/rest/v1/stats/errors/last7days.json", "lead", {"GET": stats.weekly_errors}),
     (
         "/userservice/management/v1/users/workspaces.json",
         "lead",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.limits import Usage
 from sandbox.schema import LeadValue, Schema, iso_z
 from sandbox.settings import SandboxSettings
 
@@ -198,6 +199,7 @@ class SandboxState:
         self.folders: dict[int, Folder] = {}
         self.lists: dict[int, StaticList] = {}
         self.imports: dict[int, ImportJob] = {}
+        self.usage = Usage()
         self._next_folder_id = 10
         self._next_list_id = 1001
         self.created_at = now
