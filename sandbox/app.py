@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import assets, bulk, control, leads, lists, stats
+from sandbox import activities, assets, bulk, control, leads, lists, stats
 from sandbox.auth import Tokens
 from sandbox.clock import Clock, SystemClock
 from sandbox.faults import FAULT_CODES, Fault, Faults
@@ -320,7 +320,14 @@ async def _identity(sandbox: Sandbox, request: Request) -> Response:
 
 # (path template, family, {method: handler}); "lead" covers Lead DB, Bulk and User Management.
 ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
-    ("/rest/v1/leads.json", "lead", {"POST": leads.sync_leads, "GET": leads.get_leads}),
+    (
+        "/rest/v1/leads.json",
+        "lead",
+        {"POST": leads.sync_leads, "GET": leads.get_leads, "DELETE": leads.delete_leads},
+    ),
+    ("/rest/v1/leads/{id}/merge.json", "lead", {"POST": leads.merge_leads}),
+    ("/rest/v1/activities/pagingtoken.json", "lead", {"GET": activities.paging_token}),
+    ("/rest/v1/activities/deletedleads.json", "lead", {"GET": activities.deleted_leads}),
     ("/rest/v1/lead/{id}.json", "lead", {"GET": leads.get_lead}),
     ("/rest/v1/leads/delete.json", "lead", {"POST": leads.delete_leads}),
     ("/rest/v1/leads/describe.json", "lead", {"GET": leads.describe}),
@@ -352,7 +359,11 @@ ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
     ),
     ("/rest/asset/v1/staticList/{list_id}/delete.json", "asset", {"POST": assets.delete_list}),
     ("/rest/asset/v1/folder/byName.json", "asset", {"GET": assets.folder_by_name}),
-    ("/rest/asset/v1/folders.json", "asset", {"POST": assets.create_folder}),
+    (
+        "/rest/asset/v1/folders.json",
+        "asset",
+        {"GET": assets.browse_folders, "POST": assets.create_folder},
+    ),
     ("/bulk/v1/leads.json", "lead", {"POST": bulk.create_import}),
     ("/bulk/v1/leads/batch/{batch_id}.json", "lead", {"GET": bulk.import_status}),
     ("/bulk/v1/leads/batch/{batch_id}/failures.json", "lead", {"GET": bulk.import_failures}),

@@ -82,6 +82,15 @@ class ImportJob:
     warnings: str = ""
 
 
+@dataclass
+class DeletedLead:
+    """A Delete Lead activity (type 37) as Get Deleted Leads reports it."""
+
+    lead_id: int
+    name: str
+    deleted_at: float
+
+
 def index_key(data_type: str, value: LeadValue) -> LeadValue:
     """Lookups match e-mail addresses case-insensitively, like Marketo's dedupe."""
     if data_type == "email" and isinstance(value, str):
@@ -147,15 +156,12 @@ class LeadStore:
         lead.partition_id = partition_id
         lead.updated_at = now
 
-    def delete(self, lead_id: int) -> bool:
-        """Remove a lead; False when there was none."""
-        lead = self.leads.get(lead_id)
-        if lead is None:
-            return False
+    def delete(self, lead_id: int) -> None:
+        """Remove an existing lead and its index entries."""
+        lead = self.leads[lead_id]
         self.update(lead, {name: None for name in self._indexes}, lead.updated_at)
         self._by_partition[lead.partition_id].pop(lead_id, None)
         del self.leads[lead_id]
-        return True
 
     def value(self, lead: Lead, name: str) -> Any:
         """A field as the REST API returns it."""
@@ -200,6 +206,8 @@ class SandboxState:
         self.lists: dict[int, StaticList] = {}
         self.imports: dict[int, ImportJob] = {}
         self.usage = Usage()
+        self.deleted: list[DeletedLead] = []
+        """Delete Lead activities, oldest first."""
         self._next_folder_id = 10
         self._next_list_id = 1001
         self.created_at = now
