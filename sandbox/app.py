@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import activities, assets, bulk, control, leads, lists, stats
+from sandbox import activities, assets, bulk, control, extract, leads, lists, stats
 from sandbox.auth import Tokens
 from sandbox.clock import Clock, SystemClock
 from sandbox.faults import FAULT_CODES, Fault, Faults
@@ -368,6 +368,12 @@ ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
     ("/bulk/v1/leads/batch/{batch_id}.json", "lead", {"GET": bulk.import_status}),
     ("/bulk/v1/leads/batch/{batch_id}/failures.json", "lead", {"GET": bulk.import_failures}),
     ("/bulk/v1/leads/batch/{batch_id}/warnings.json", "lead", {"GET": bulk.import_warnings}),
+    ("/bulk/v1/leads/export.json", "lead", {"GET": extract.list_exports}),
+    ("/bulk/v1/leads/export/create.json", "lead", {"POST": extract.create_export}),
+    ("/bulk/v1/leads/export/{export_id}/enqueue.json", "lead", {"POST": extract.enqueue_export}),
+    ("/bulk/v1/leads/export/{export_id}/status.json", "lead", {"GET": extract.export_status}),
+    ("/bulk/v1/leads/export/{export_id}/cancel.json", "lead", {"POST": extract.cancel_export}),
+    ("/bulk/v1/leads/export/{export_id}/file.json", "lead", {"GET": extract.export_file}),
     ("/rest/v1/stats/usage.json", "lead", {"GET": stats.daily_usage}),
     ("/rest/v1/stats/usage/last7days.json", "lead", {"GET": stats.weekly_usage}),
     ("/rest/v1/stats/errors.json", "lead", {"GET": stats.daily_errors}),

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox import extract
 from sandbox.clock import ManualClock
 from sandbox.faults import Fault
 from sandbox.limits import quota_day
@@ -204,8 +205,25 @@ def routes(sandbox: Sandbox) -> list[Route]:
             }
         )
 
+    async def export_limit(request: Request) -> Response:
+        """Shrink (or grow) today's export allowance without resetting anything."""
+        try:
+            body = await _json(request)
+            limit = body["daily_limit_bytes"]
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise ValueError("daily_limit_bytes must be a non-negative integer")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return _bad(f"expected {{daily_limit_bytes}}: {error}")
+        sandbox.state.export_daily_limit = limit
+        now = sandbox.clock.now()
+        extract.advance(sandbox.state, now)
+        return JSONResponse(
+            {"daily_limit_bytes": limit, "used_bytes": extract.exported_today(sandbox.state, now)}
+        )
+
     return [
         Route("/_sandbox/reset", reset, methods=["POST"]),
+        Route("/_sandbox/bulk-export", export_limit, methods=["POST"]),
         Route("/_sandbox/usage", seed_usage, methods=["POST"]),
         Route("/_sandbox/usage", dump_usage, methods=["GET"]),
         Route("/_sandbox/leads", seed_leads, methods=["POST"]),

@@ -83,6 +83,25 @@ class ImportJob:
 
 
 @dataclass
+class ExportJob:
+    """A bulk lead extract job; `content` is written when it starts processing."""
+
+    id: str
+    fields: tuple[str, ...]
+    headers: tuple[str, ...]
+    format: str
+    filter_type: str
+    filter_value: Any
+    created_at: float
+    status: str = "Created"
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    records: int = 0
+    content: str = ""
+
+
+@dataclass
 class DeletedLead:
     """A Delete Lead activity (type 37) as Get Deleted Leads reports it."""
 
@@ -206,6 +225,9 @@ class SandboxState:
         self.lists: dict[int, StaticList] = {}
         self.imports: dict[int, ImportJob] = {}
         self.usage = Usage()
+        self.exports: dict[str, ExportJob] = {}
+        self.export_daily_limit = settings.bulk_export_daily_bytes
+        """Bytes of export files a Marketo day allows (the control API can shrink it live)."""
         self.deleted: list[DeletedLead] = []
         """Delete Lead activities, oldest first."""
         self._next_folder_id = 10
