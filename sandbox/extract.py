@@ -146,9 +146,7 @@ def _filter(call: Call, raw: Any) -> tuple[str, Any]:
 
 
 async def create_export(call: Call) -> Reply:
-    body = call.json()
-    if not isinstance(body, dict):
-        raise MarketoError("1003", "Invalid request")
+    body = call.json_object()
     fields = body.get("fields")
     if not isinstance(fields, list) or not fields:
         raise MarketoError("701", "fields cannot be blank")

@@ -137,9 +137,7 @@ def _create(
 
 
 async def sync_leads(call: Call) -> Reply:
-    body = call.json()
-    if not isinstance(body, dict):
-        raise MarketoError("609", "Invalid JSON")
+    body = call.json_object()
     records = body.get("input")
     if not isinstance(records, list) or not records:
         raise MarketoError("701", "input cannot be blank")

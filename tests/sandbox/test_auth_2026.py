@@ -17,13 +17,7 @@ import httpx
 from sandbox import ManualClock
 
 from .conftest import error_code, fetch_token, seed
-
-CREDS = {
-    "grant_type": "client_credentials",
-    "client_id": "sandbox-client-id",
-    "client_secret": "sandbox-client-secret",
-}
-
+from .test_identity import CREDS
 
 async def test_query_form_and_multipart_token_refused_by_default(raw: httpx.AsyncClient) -> None:
     token = await fetch_token(raw)
