@@ -19,6 +19,7 @@ from sandbox import ManualClock
 from .conftest import error_code, fetch_token, seed
 from .test_identity import CREDS
 
+
 async def test_query_form_and_multipart_token_refused_by_default(raw: httpx.AsyncClient) -> None:
     token = await fetch_token(raw)
     query = await raw.get("/rest/v1/leads/describe.json", params={"access_token": token})
