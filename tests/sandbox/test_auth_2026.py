@@ -1,5 +1,5 @@
 """Authentication and transport as Marketo has them in 2026: header-only tokens, no `//` paths,
-the reused token's remaining lifetime down to `expires_in: 0`, gzip above 1 KB.
+gzip above 1 KB.
 
 Sources: https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/authentication
 (access_token parameter removed in 2026; same token, remaining lifetime),
@@ -17,7 +17,6 @@ import httpx
 from sandbox import ManualClock
 
 from .conftest import error_code, fetch_token, seed
-from .test_identity import CREDS
 
 
 async def test_query_form_and_multipart_token_refused_by_default(raw: httpx.AsyncClient) -> None:
@@ -53,20 +52,6 @@ async def test_double_slash_path_refused(client: httpx.AsyncClient) -> None:
         body = (await client.get(path)).json()
         assert error_code(body) == "610"
     assert (await client.get("/rest/v1/leads/partitions.json")).json()["success"] is True
-
-
-async def test_token_edge_answers_expires_in_zero(
-    raw: httpx.AsyncClient, clock: ManualClock
-) -> None:
-    first = (await raw.get("/identity/oauth/token", params=CREDS)).json()
-    clock.advance(3599.5)
-    edge = (await raw.get("/identity/oauth/token", params=CREDS)).json()
-    assert edge["access_token"] == first["access_token"]
-    assert edge["expires_in"] == 0
-    clock.advance(0.5)
-    fresh = (await raw.get("/identity/oauth/token", params=CREDS)).json()
-    assert fresh["access_token"] != first["access_token"]
-    assert fresh["expires_in"] == 3600
 
 
 async def test_gzip_only_above_one_kilobyte_and_when_accepted(client: httpx.AsyncClient) -> None:

@@ -35,6 +35,15 @@ async def test_same_token_with_remaining_lifetime(
     second = (await raw.get("/identity/oauth/token", params=CREDS)).json()
     assert second["access_token"] == first["access_token"]
     assert second["expires_in"] == 2600
+    # In its last second the live token comes back with `expires_in: 0` (2026 authentication
+    # page: the remaining lifetime), then a new one is minted.
+    clock.advance(2599.5)
+    edge = (await raw.get("/identity/oauth/token", params=CREDS)).json()
+    assert (edge["access_token"], edge["expires_in"]) == (first["access_token"], 0)
+    clock.advance(0.5)
+    fresh = (await raw.get("/identity/oauth/token", params=CREDS)).json()
+    assert fresh["access_token"] != first["access_token"]
+    assert fresh["expires_in"] == 3600
 
 
 async def test_form_encoded_post_body(raw: httpx.AsyncClient) -> None:
