@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import json
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import assets, bulk, control, leads, lists
+from sandbox import activities, assets, bulk, control, extract, leads, lists, stats
 from sandbox.auth import Tokens
 from sandbox.clock import Clock, SystemClock
 from sandbox.faults import FAULT_CODES, Fault, Faults
@@ -31,6 +32,7 @@ from sandbox.limits import (
     CallStats,
     Limiter,
     concurrency_message,
+    quota_day,
     rate_message,
 )
 from sandbox.settings import SandboxSettings
@@ -69,7 +71,11 @@ class Sandbox:
         return f"{next(self._request_ids):x}#{int(now * 1000):x}"
 
 
-def _render(sandbox: Sandbox, reply: Reply, now: float) -> Response:
+GZIP_THRESHOLD = 1024
+"""Marketo compresses response bodies of 1024 bytes and more when asked to, bulk APIs never."""
+
+
+def _render(sandbox: Sandbox, reply: Reply, now: float, request: Request) -> Response:
     if isinstance(reply.body, dict) and "success" in reply.body:
         body: object = {"requestId": sandbox.request_id(now), **reply.body}
     else:
@@ -78,12 +84,16 @@ def _render(sandbox: Sandbox, reply: Reply, now: float) -> Response:
         content = body.encode()
     else:
         content = json.dumps(body, separators=(",", ":")).encode()
-    return Response(
-        content,
-        status_code=reply.status,
-        headers={"Server": "nginx", **reply.headers},
-        media_type=reply.media_type,
-    )
+    headers = {"Server": "nginx", **reply.headers}
+    if (
+        len(content) >= GZIP_THRESHOLD
+        and "gzip" in request.headers.get("accept-encoding", "").lower()
+        and not request.url.path.startswith("/bulk/")
+    ):
+        # Level 1: the emulator's CPU matters more than the bytes on a loopback socket.
+        content = gzip.compress(content, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return Response(content, status_code=reply.status, headers=headers, media_type=reply.media_type)
 
 
 async def _drop(request: Request) -> Response:
@@ -132,15 +142,17 @@ def _params(request: Request, body: bytes) -> dict[str, list[str]]:
     return params
 
 
-def _bearer(request: Request, params: dict[str, list[str]], settings: SandboxSettings) -> str:
+def _auth_refusal(
+    sandbox: Sandbox, request: Request, params: dict[str, list[str]], now: float
+) -> tuple[str, str] | None:
+    """Check the Bearer header; the legacy `access_token` parameter only behind its switch."""
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    if settings.accept_access_token_param:
-        values = params.get("access_token")
-        if values:
-            return values[0]
-    return ""
+        return sandbox.tokens.check(header[7:].strip(), now)
+    values = params.get("access_token")
+    if values and not sandbox.settings.accept_access_token_param:
+        return ("601", "Access token invalid")
+    return sandbox.tokens.check(values[0] if values else "", now)
 
 
 def marketo_endpoint(
@@ -159,7 +171,9 @@ def marketo_endpoint(
             stats.record(key, "dropped")
             return await _drop(request)
         stats.record(key, reply.code)
-        return _render(sandbox, reply, now)
+        if reply.code.isdigit():
+            sandbox.state.usage.error(quota_day(now), reply.code)
+        return _render(sandbox, reply, now, request)
 
     return endpoint
 
@@ -208,13 +222,14 @@ async def _pipeline(
             token_field = form.get("access_token")
             if isinstance(token_field, str):
                 params.setdefault("access_token", []).append(token_field)
-        refusal = sandbox.tokens.check(_bearer(request, params, settings), now)
+        refusal = _auth_refusal(sandbox, request, params, now)
         if refusal is not None:
             return _error(family, *refusal)
         refusal = sandbox.limiter.admit(now, stats.in_flight)
         if refusal is not None:
             if settings.count_rejected_calls:
                 stats.counted += 1
+                sandbox.state.usage.count(quota_day(now), settings.api_user, key)
             return _error(family, *refusal)
         admitted = True
         stats.counted += 1
@@ -237,6 +252,8 @@ async def _pipeline(
         if reply.code in UNCOUNTED_CODES:
             sandbox.limiter.give_back(now)
             stats.counted -= 1
+        else:
+            sandbox.state.usage.count(quota_day(now), settings.api_user, key)
         admitted = False
         return reply
     finally:
@@ -262,7 +279,7 @@ async def _identity(sandbox: Sandbox, request: Request) -> Response:
         if fault.http_status is not None:
             reply = html_error(fault.http_status, HTTP_REASONS.get(fault.http_status, "Error"))
             sandbox.stats.record(key, reply.code)
-            return _render(sandbox, reply, now)
+            return _render(sandbox, reply, now, request)
     body = await request.body()
     params = _params(request, body)
     settings = sandbox.settings
@@ -303,7 +320,14 @@ async def _identity(sandbox: Sandbox, request: Request) -> Response:
 
 # (path template, family, {method: handler}); "lead" covers Lead DB, Bulk and User Management.
 ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
-    ("/rest/v1/leads.json", "lead", {"POST": leads.sync_leads, "GET": leads.get_leads}),
+    (
+        "/rest/v1/leads.json",
+        "lead",
+        {"POST": leads.sync_leads, "GET": leads.get_leads, "DELETE": leads.delete_leads},
+    ),
+    ("/rest/v1/leads/{id}/merge.json", "lead", {"POST": leads.merge_leads}),
+    ("/rest/v1/activities/pagingtoken.json", "lead", {"GET": activities.paging_token}),
+    ("/rest/v1/activities/deletedleads.json", "lead", {"GET": activities.deleted_leads}),
     ("/rest/v1/lead/{id}.json", "lead", {"GET": leads.get_lead}),
     ("/rest/v1/leads/delete.json", "lead", {"POST": leads.delete_leads}),
     ("/rest/v1/leads/describe.json", "lead", {"GET": leads.describe}),
@@ -335,11 +359,25 @@ ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
     ),
     ("/rest/asset/v1/staticList/{list_id}/delete.json", "asset", {"POST": assets.delete_list}),
     ("/rest/asset/v1/folder/byName.json", "asset", {"GET": assets.folder_by_name}),
-    ("/rest/asset/v1/folders.json", "asset", {"POST": assets.create_folder}),
+    (
+        "/rest/asset/v1/folders.json",
+        "asset",
+        {"GET": assets.browse_folders, "POST": assets.create_folder},
+    ),
     ("/bulk/v1/leads.json", "lead", {"POST": bulk.create_import}),
     ("/bulk/v1/leads/batch/{batch_id}.json", "lead", {"GET": bulk.import_status}),
     ("/bulk/v1/leads/batch/{batch_id}/failures.json", "lead", {"GET": bulk.import_failures}),
     ("/bulk/v1/leads/batch/{batch_id}/warnings.json", "lead", {"GET": bulk.import_warnings}),
+    ("/bulk/v1/leads/export.json", "lead", {"GET": extract.list_exports}),
+    ("/bulk/v1/leads/export/create.json", "lead", {"POST": extract.create_export}),
+    ("/bulk/v1/leads/export/{export_id}/enqueue.json", "lead", {"POST": extract.enqueue_export}),
+    ("/bulk/v1/leads/export/{export_id}/status.json", "lead", {"GET": extract.export_status}),
+    ("/bulk/v1/leads/export/{export_id}/cancel.json", "lead", {"POST": extract.cancel_export}),
+    ("/bulk/v1/leads/export/{export_id}/file.json", "lead", {"GET": extract.export_file}),
+    ("/rest/v1/stats/usage.json", "lead", {"GET": stats.daily_usage}),
+    ("/rest/v1/stats/usage/last7days.json", "lead", {"GET": stats.weekly_usage}),
+    ("/rest/v1/stats/errors.json", "lead", {"GET": stats.daily_errors}),
+    ("/rest/v1/stats/errors/last7days.json", "lead", {"GET": stats.weekly_errors}),
     (
         "/userservice/management/v1/users/workspaces.json",
         "lead",
@@ -362,7 +400,7 @@ def create_app(settings: SandboxSettings | None = None, *, clock: Clock | None =
         sandbox.stats.requests += 1
         sandbox.stats.record("unknown", "610")
         now = sandbox.clock.now()
-        return _render(sandbox, lead_error("610", "Requested resource not found"), now)
+        return _render(sandbox, lead_error("610", "Requested resource not found"), now, request)
 
     routes = [
         Route("/identity/oauth/token", identity, methods=["GET", "POST"]),

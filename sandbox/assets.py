@@ -175,3 +175,39 @@ async def create_folder(call: Call) -> Reply:
         name, parent.id, parent.workspace, call.now, description=call.param("description") or ""
     )
     return asset_ok([folder_asset(created)])
+
+
+async def browse_folders(call: Call) -> Reply:
+    """Folders under `root` (itself included) down to `maxDepth` levels, in creation order."""
+    folders = call.state.folders
+    root_raw = call.param("root")
+    root = _folder_ref(call.state, root_raw, "root") if root_raw else None
+    max_depth = _number(call.param("maxDepth"), 2)
+    workspace = call.param("workSpace")
+
+    def depth_below_root(folder: Folder) -> int | None:
+        depth = 0
+        current: Folder | None = folder
+        while current is not None:
+            if root is None and current.parent_id is None:
+                return depth
+            if root is not None and current.id == root.id:
+                return depth
+            current = folders.get(current.parent_id) if current.parent_id is not None else None
+            depth += 1
+        return None
+
+    matches = []
+    for folder in folders.values():
+        depth = depth_below_root(folder)
+        if depth is None or depth > max_depth:
+            continue
+        if workspace and folder.workspace != workspace:
+            continue
+        matches.append(folder)
+    offset = _number(call.param("offset"), 0)
+    max_return = min(_number(call.param("maxReturn"), 20), MAX_RETURN)
+    page = matches[offset : offset + max_return]
+    if not page:
+        return asset_not_found()
+    return asset_ok([folder_asset(folder) for folder in page])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
 from sandbox.http import Call, MarketoError, Reply, lead_ok
 from sandbox.leads import check_lookup_field, resolve_partition, sync_record
@@ -16,29 +17,75 @@ MAX_QUEUED = 10  # including the running ones
 DELIMITERS = {"csv": ",", "tsv": "\t", "ssv": ";"}
 
 
-def advance(state: SandboxState, now: float) -> None:
-    """Replay, in time order, every job start and finish the clock has passed since last time."""
-    settings = state.settings
+class QueuedJob(Protocol):
+    """What the queue machinery needs of a bulk job (import or export)."""
+
+    status: str
+    queued_at: float
+    started_at: float | None
+
+
+Job = TypeVar("Job", bound=QueuedJob)
+
+
+def advance_queue(
+    jobs: Iterable[Job],
+    now: float,
+    *,
+    running: str,
+    queue_seconds: float,
+    run_seconds: float,
+    start: Callable[[Job, float], None],
+    finish: Callable[[Job, float], None],
+) -> None:
+    """Replay, in time order, every job start and finish the clock has passed since last time.
+
+    At most MAX_RUNNING jobs are `running` at once; "Queued" ones start first in first out, at
+    least `queue_seconds` after they were queued, and finish `run_seconds` after they started.
+    `start` and `finish` set the job's new status themselves (with whatever else they do).
+    """
+    jobs = list(jobs)
     freed_at = 0.0
     while True:
-        running = [job for job in state.imports.values() if job.status == "Importing"]
-        finishing = min(running, key=lambda job: job.started_at or 0.0, default=None)
+        active = [job for job in jobs if job.status == running]
+        finishing = min(active, key=lambda job: job.started_at or 0.0, default=None)
         finish_at = math.inf
         if finishing is not None and finishing.started_at is not None:
-            finish_at = finishing.started_at + settings.bulk_import_seconds
-        waiting = next((job for job in state.imports.values() if job.status == "Queued"), None)
+            finish_at = finishing.started_at + run_seconds
+        waiting = next((job for job in jobs if job.status == "Queued"), None)
         start_at = math.inf
-        if waiting is not None and len(running) < MAX_RUNNING:
-            start_at = max(waiting.queued_at + settings.bulk_queue_seconds, freed_at)
+        if waiting is not None and len(active) < MAX_RUNNING:
+            start_at = max(waiting.queued_at + queue_seconds, freed_at)
         if min(finish_at, start_at) > now:
             return
         if finish_at <= start_at and finishing is not None:
-            _run(state, finishing, finish_at)
+            finish(finishing, finish_at)
             freed_at = finish_at
         elif waiting is not None:
-            waiting.status = "Importing"
             waiting.started_at = start_at
-            waiting.message = "Import in progress"
+            start(waiting, start_at)
+
+
+def advance(state: SandboxState, now: float) -> None:
+    """Bring the bulk imports up to `now`."""
+
+    def start(job: ImportJob, at: float) -> None:
+        job.status = "Importing"
+        job.message = "Import in progress"
+
+    def finish(job: ImportJob, at: float) -> None:
+        _run(state, job, at)
+
+    settings = state.settings
+    advance_queue(
+        state.imports.values(),
+        now,
+        running="Importing",
+        queue_seconds=settings.bulk_queue_seconds,
+        run_seconds=settings.bulk_import_seconds,
+        start=start,
+        finish=finish,
+    )
 
 
 def _run(state: SandboxState, job: ImportJob, now: float) -> None:

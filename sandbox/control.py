@@ -4,14 +4,17 @@ schema changes."""
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox import extract
 from sandbox.clock import ManualClock
 from sandbox.faults import Fault
+from sandbox.limits import quota_day
 from sandbox.schema import InvalidValue, iso_z, parse_time
 from sandbox.settings import parse_field
 
@@ -168,8 +171,61 @@ def routes(sandbox: Sandbox) -> list[Route]:
             lead.fields.pop(name, None)
         return JSONResponse({"deleted": name})
 
+    async def seed_usage(request: Request) -> Response:
+        """Calls another integration (API user) made on a day; today's also spend the quota."""
+        try:
+            body = await _json(request)
+            user = body["userId"]
+            count = body["count"]
+            endpoint = body.get("endpoint", "GET /rest/v1/leads.json")
+            now = sandbox.clock.now()
+            day = body.get("date", quota_day(now))
+            if not isinstance(user, str) or not user:
+                raise ValueError("userId must be a non-empty string")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError("count must be a non-negative integer")
+            if not isinstance(endpoint, str) or not isinstance(day, str):
+                raise ValueError("endpoint and date must be strings")
+            date.fromisoformat(day)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return _bad(f"expected {{userId, count, date?, endpoint?}}: {error}")
+        sandbox.state.usage.count(day, user, endpoint, count)
+        if day == quota_day(now):
+            sandbox.limiter.spend(now, count)
+        return JSONResponse({"date": day, "users": sandbox.state.usage.day(day).users()})
+
+    async def dump_usage(request: Request) -> Response:
+        return JSONResponse(
+            {
+                day: {
+                    "calls": {user: dict(endpoints) for user, endpoints in usage.calls.items()},
+                    "errors": dict(usage.errors),
+                }
+                for day, usage in sorted(sandbox.state.usage.days.items())
+            }
+        )
+
+    async def export_limit(request: Request) -> Response:
+        """Shrink (or grow) today's export allowance without resetting anything."""
+        try:
+            body = await _json(request)
+            limit = body["daily_limit_bytes"]
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise ValueError("daily_limit_bytes must be a non-negative integer")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return _bad(f"expected {{daily_limit_bytes}}: {error}")
+        sandbox.state.export_daily_limit = limit
+        now = sandbox.clock.now()
+        extract.advance(sandbox.state, now)
+        return JSONResponse(
+            {"daily_limit_bytes": limit, "used_bytes": extract.exported_today(sandbox.state, now)}
+        )
+
     return [
         Route("/_sandbox/reset", reset, methods=["POST"]),
+        Route("/_sandbox/bulk-export", export_limit, methods=["POST"]),
+        Route("/_sandbox/usage", seed_usage, methods=["POST"]),
+        Route("/_sandbox/usage", dump_usage, methods=["GET"]),
         Route("/_sandbox/leads", seed_leads, methods=["POST"]),
         Route("/_sandbox/leads", dump_leads, methods=["GET"]),
         Route("/_sandbox/lists", dump_lists, methods=["GET"]),

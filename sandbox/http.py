@@ -64,6 +64,13 @@ class Call:
                 raise MarketoError("609", "Invalid JSON") from None
         return self._json
 
+    def json_object(self) -> dict[str, Any]:
+        """The JSON body when it is an object; 609 otherwise."""
+        body = self.json()
+        if not isinstance(body, dict):
+            raise MarketoError("609", "Invalid JSON")
+        return body
+
     def json_input(self) -> list[Any] | None:
         """The `input` array of a JSON body, or None when the body is empty."""
         if not self.body.strip():

@@ -14,7 +14,7 @@ from sandbox.http import (
     skipped,
 )
 from sandbox.schema import DEFAULT_READ_FIELDS, InvalidValue, LeadValue, asset_time
-from sandbox.state import Lead, SandboxState
+from sandbox.state import DeletedLead, Lead, SandboxState
 
 MAX_BATCH = 300
 MAX_FILTER_MATCHES = 1000
@@ -137,9 +137,7 @@ def _create(
 
 
 async def sync_leads(call: Call) -> Reply:
-    body = call.json()
-    if not isinstance(body, dict):
-        raise MarketoError("609", "Invalid JSON")
+    body = call.json_object()
     records = body.get("input")
     if not isinstance(records, list) or not records:
         raise MarketoError("701", "input cannot be blank")
@@ -236,17 +234,67 @@ def input_ids(call: Call) -> list[Any]:
     return ids
 
 
+def _name(lead: Lead) -> str:
+    """The name activities show for a lead: "First Last", else the e-mail address."""
+    parts = [lead.fields.get("firstName"), lead.fields.get("lastName")]
+    name = " ".join(str(part) for part in parts if part)
+    return name or str(lead.fields.get("email") or "")
+
+
 async def delete_leads(call: Call) -> Reply:
+    state = call.state
     result: list[dict[str, Any]] = []
     for raw in input_ids(call):
         lead_id = _int(raw)
-        if call.state.leads.delete(lead_id):
-            for static_list in call.state.lists.values():
-                static_list.members.pop(lead_id, None)
-            result.append({"id": lead_id, "status": "deleted"})
-        else:
+        lead = state.leads.leads.get(lead_id)
+        if lead is None:
             result.append({"id": lead_id, **skipped("1004", "Lead not found")})
+            continue
+        state.deleted.append(DeletedLead(lead_id, _name(lead), call.now))
+        state.leads.delete(lead_id)
+        for static_list in state.lists.values():
+            static_list.members.pop(lead_id, None)
+        result.append({"id": lead_id, "status": "deleted"})
     return lead_ok(result)
+
+
+MAX_LOSERS = 25
+
+
+async def merge_leads(call: Call) -> Reply:
+    """The winner keeps its values, takes blank ones from the losers (first listed first) and
+    their list memberships; the losers cease to exist."""
+    state = call.state
+    winner = state.leads.leads.get(_int(call.path["id"]))
+    if winner is None:
+        raise MarketoError("1004", "Lead not found")
+    raw_ids = call.values("leadIds") or call.values("leadId")
+    if not raw_ids:
+        raise MarketoError("701", "leadIds cannot be blank")
+    if len(raw_ids) > MAX_LOSERS:
+        raise MarketoError("1080", f"Number of losing leads exceeds the limit of {MAX_LOSERS}")
+    losers: list[Lead] = []
+    for raw in raw_ids:
+        loser = state.leads.leads.get(_int(raw))
+        if loser is None:
+            raise MarketoError("1004", "Lead not found")
+        if loser.id == winner.id:
+            raise MarketoError("1003", "The winning lead cannot also be a losing lead")
+        if loser not in losers:
+            losers.append(loser)
+    filled: dict[str, LeadValue] = {}
+    for loser in losers:
+        for name, value in loser.fields.items():
+            if value is not None and winner.fields.get(name) is None and name not in filled:
+                filled[name] = value
+    for loser in losers:
+        state.leads.delete(loser.id)
+        for static_list in state.lists.values():
+            if loser.id in static_list.members:
+                del static_list.members[loser.id]
+                static_list.members.setdefault(winner.id, None)
+    state.leads.update(winner, filled, call.now)
+    return Reply({"success": True})
 
 
 async def describe(call: Call) -> Reply:

@@ -63,7 +63,7 @@ class Limiter:
         horizon = now - self.settings.window_seconds
         while self.window and self.window[0] <= horizon:
             self.window.popleft()
-        day = datetime.fromtimestamp(now, QUOTA_ZONE).date().isoformat()
+        day = quota_day(now)
         if day != self._quota_day:
             self._quota_day = day
             self.quota_used = 0
@@ -89,11 +89,49 @@ class Limiter:
         self.window.append(now)
         self.quota_used += 1
 
+    def spend(self, now: float, calls: int) -> None:
+        """Count calls another integration made today against the shared daily quota."""
+        self._roll(now)
+        self.quota_used += calls
+
     def give_back(self, now: float) -> None:
         """Undo `take` for a call whose response code is not counted."""
         if now in self.window:
             self.window.remove(now)
         self.quota_used = max(0, self.quota_used - 1)
+
+
+def quota_day(now: float) -> str:
+    """The Marketo day (America/Chicago) `now` falls in, as `YYYY-MM-DD`."""
+    return datetime.fromtimestamp(now, QUOTA_ZONE).date().isoformat()
+
+
+@dataclass
+class DayUsage:
+    """One day of the Usage API: counted calls per API user and endpoint, errors per code."""
+
+    calls: dict[str, Counter[str]] = field(default_factory=dict)
+    """API user -> endpoint ("METHOD /path/template") -> counted calls."""
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def users(self) -> dict[str, int]:
+        return {user: sum(endpoints.values()) for user, endpoints in self.calls.items()}
+
+
+class Usage:
+    """What `/rest/v1/stats/*` reports, kept per Marketo day."""
+
+    def __init__(self) -> None:
+        self.days: dict[str, DayUsage] = {}
+
+    def day(self, date: str) -> DayUsage:
+        return self.days.setdefault(date, DayUsage())
+
+    def count(self, date: str, user: str, endpoint: str, calls: int = 1) -> None:
+        self.day(date).calls.setdefault(user, Counter())[endpoint] += calls
+
+    def error(self, date: str, code: str) -> None:
+        self.day(date).errors[code] += 1
 
 
 def rate_message(settings: SandboxSettings) -> str:

@@ -88,8 +88,9 @@ class SandboxSettings:
     """Largest bulk import upload (HTTP 413 beyond)."""
     uri_limit: int = 8192
     """Longest request URI (HTTP 414 beyond)."""
-    accept_access_token_param: bool = True
-    """Accept the legacy `access_token` query/form parameter besides the Bearer header."""
+    accept_access_token_param: bool = False
+    """Accept the legacy `access_token` query/form parameter besides the Bearer header (Marketo
+    removed it in 2026; off, a call carrying it without a Bearer header gets 601)."""
     count_rejected_calls: bool = False
     """Whether 606/615/607 responses themselves count toward the rate window and quota."""
     latency_ms: float = 0.0
@@ -98,6 +99,12 @@ class SandboxSettings:
     """Time a bulk job stays Queued before it may start importing."""
     bulk_import_seconds: float = 2.0
     """Time a bulk job spends Importing."""
+    bulk_export_seconds: float = 2.0
+    """Time a bulk lead extract spends Processing."""
+    bulk_export_daily_bytes: int = 500_000_000
+    """Export file bytes allowed per Marketo day (1029 "Export daily quota exceeded" beyond)."""
+    bulk_export_retention_seconds: float = 7 * 86_400
+    """How long a finished export job and its file are kept."""
     partitions: tuple[tuple[str, str], ...] = DEFAULT_PARTITIONS
     """Lead partitions as (name, description); the first one is the default."""
     workspaces: tuple[WorkspaceSpec, ...] = DEFAULT_WORKSPACES
@@ -132,6 +139,9 @@ class SandboxSettings:
             "latency_ms": float,
             "bulk_queue_seconds": float,
             "bulk_import_seconds": float,
+            "bulk_export_seconds": float,
+            "bulk_export_daily_bytes": int,
+            "bulk_export_retention_seconds": float,
             "unknown_field_rejects_request": bool,
         }
         for key, value in body.items():

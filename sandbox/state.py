@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.limits import Usage
 from sandbox.schema import LeadValue, Schema, iso_z
 from sandbox.settings import SandboxSettings
 
@@ -81,6 +82,34 @@ class ImportJob:
     warnings: str = ""
 
 
+@dataclass
+class ExportJob:
+    """A bulk lead extract job; `content` is written when it starts processing."""
+
+    id: str
+    fields: tuple[str, ...]
+    headers: tuple[str, ...]
+    format: str
+    filter_type: str
+    filter_value: Any
+    created_at: float
+    status: str = "Created"
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    records: int = 0
+    content: str = ""
+
+
+@dataclass
+class DeletedLead:
+    """A Delete Lead activity (type 37) as Get Deleted Leads reports it."""
+
+    lead_id: int
+    name: str
+    deleted_at: float
+
+
 def index_key(data_type: str, value: LeadValue) -> LeadValue:
     """Lookups match e-mail addresses case-insensitively, like Marketo's dedupe."""
     if data_type == "email" and isinstance(value, str):
@@ -146,15 +175,12 @@ class LeadStore:
         lead.partition_id = partition_id
         lead.updated_at = now
 
-    def delete(self, lead_id: int) -> bool:
-        """Remove a lead; False when there was none."""
-        lead = self.leads.get(lead_id)
-        if lead is None:
-            return False
+    def delete(self, lead_id: int) -> None:
+        """Remove an existing lead and its index entries."""
+        lead = self.leads[lead_id]
         self.update(lead, {name: None for name in self._indexes}, lead.updated_at)
         self._by_partition[lead.partition_id].pop(lead_id, None)
         del self.leads[lead_id]
-        return True
 
     def value(self, lead: Lead, name: str) -> Any:
         """A field as the REST API returns it."""
@@ -198,6 +224,12 @@ class SandboxState:
         self.folders: dict[int, Folder] = {}
         self.lists: dict[int, StaticList] = {}
         self.imports: dict[int, ImportJob] = {}
+        self.usage = Usage()
+        self.exports: dict[str, ExportJob] = {}
+        self.export_daily_limit = settings.bulk_export_daily_bytes
+        """Bytes of export files a Marketo day allows (the control API can shrink it live)."""
+        self.deleted: list[DeletedLead] = []
+        """Delete Lead activities, oldest first."""
         self._next_folder_id = 10
         self._next_list_id = 1001
         self.created_at = now

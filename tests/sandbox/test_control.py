@@ -107,7 +107,8 @@ def test_settings_defaults() -> None:
     )
     assert (settings.daily_quota, settings.token_ttl) == (50_000, 3600)
     assert (settings.body_limit, settings.bulk_file_limit) == (1_000_000, 10_000_000)
-    assert settings.accept_access_token_param is True
+    # Marketo removed the access_token parameter in 2026 (authentication page, see test_auth_2026).
+    assert settings.accept_access_token_param is False
     assert "client_secret" not in repr(settings)
 
 

@@ -35,6 +35,15 @@ async def test_same_token_with_remaining_lifetime(
     second = (await raw.get("/identity/oauth/token", params=CREDS)).json()
     assert second["access_token"] == first["access_token"]
     assert second["expires_in"] == 2600
+    # In its last second the live token comes back with `expires_in: 0` (2026 authentication
+    # page: the remaining lifetime), then a new one is minted.
+    clock.advance(2599.5)
+    edge = (await raw.get("/identity/oauth/token", params=CREDS)).json()
+    assert (edge["access_token"], edge["expires_in"]) == (first["access_token"], 0)
+    clock.advance(0.5)
+    fresh = (await raw.get("/identity/oauth/token", params=CREDS)).json()
+    assert fresh["access_token"] != first["access_token"]
+    assert fresh["expires_in"] == 3600
 
 
 async def test_form_encoded_post_body(raw: httpx.AsyncClient) -> None:
@@ -85,17 +94,18 @@ async def test_expired_token_is_602_then_new_token(
 
 
 async def test_access_token_param_behind_switch(raw: httpx.AsyncClient) -> None:
-    token = await fetch_token(raw)
-    ok = await raw.get("/rest/v1/leads/describe.json", params={"access_token": token})
-    assert ok.json()["success"] is True
-    await raw.post("/_sandbox/reset", json={"access_token_param": False})
+    """Refused by default since 2026 (601); the legacy switch turns it back on."""
     token = await fetch_token(raw)
     refused = await raw.get("/rest/v1/leads/describe.json", params={"access_token": token})
-    assert error_code(refused.json()) == "603"
+    assert error_code(refused.json()) == "601"
     header = await raw.get(
         "/rest/v1/leads/describe.json", headers={"Authorization": f"Bearer {token}"}
     )
     assert header.json()["success"] is True
+    await raw.post("/_sandbox/reset", json={"access_token_param": True})
+    token = await fetch_token(raw)
+    ok = await raw.get("/rest/v1/leads/describe.json", params={"access_token": token})
+    assert ok.json()["success"] is True
 
 
 async def test_reset_changes_credentials(raw: httpx.AsyncClient) -> None:
