@@ -31,8 +31,9 @@ from service.api.tls import TLSConfigError, own_listener_credentials
 from service.app import open_application
 from service.settings import InvalidSetting, Settings, parse_address
 from service.store.secrets import owner_only_directory
-from service.telemetry import server_interceptor, setup_telemetry
 from service.telemetry.logs import configure_logging
+from service.telemetry.rpc import server_interceptor
+from service.telemetry.setup import setup_telemetry
 
 __all__ = ["build_parser", "check_health", "embedded_sandbox", "main", "serve", "settings_for"]
 

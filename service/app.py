@@ -26,7 +26,8 @@ from service.settings import Settings
 from service.store.base import Store
 from service.store.secrets import SecretBox, owner_only_directory
 from service.store.sqlite import Synchronous, open_in_data_dir
-from service.telemetry import Telemetry, current_trace_context, instrument_transport
+from service.telemetry.context import current_trace_context
+from service.telemetry.core import Telemetry
 from service.usecases.activation import Activations
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import LimitSettings, MarketoConnections
@@ -92,8 +93,6 @@ async def open_application(
             transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
             )
-            if telemetry is not None:
-                transport = instrument_transport(transport, telemetry)
             http = await stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, timeout=MARKETO_TIMEOUT)
             )
@@ -128,6 +127,7 @@ async def open_application(
                 daily_reserve=settings.marketo_daily_reserve,
             ),
             clock=clock,
+            telemetry=telemetry,
         )
         alerts = AlertMonitor(store, http=webhook_http, clock=clock)
         max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)

@@ -31,7 +31,8 @@ from service.api.server import build_server
 from service.api.servicer import MarketoDestinationServicer
 from service.app import open_application
 from service.settings import Settings
-from service.telemetry import Telemetry, server_interceptor
+from service.telemetry.core import Telemetry
+from service.telemetry.rpc import server_interceptor
 from tests.access.harness import Pki, make_pki
 from tests.harness import LOOPBACK_WEBHOOKS, STANDARD_MAPPINGS, connection, spec, update
 
