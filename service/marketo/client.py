@@ -3,6 +3,8 @@
 Every call goes through `_request`, which takes a token, is admitted by the instance's limits,
 classifies the answer with the table in `codes.py` and retries, refreshes, pauses or raises
 accordingly. The client holds no domain rules: what a result means is the caller's business.
+Each HTTP exchange, attempt and retry is reported to the injected `MarketoObserver`
+(`observer.py`; by default nobody), never to a global meter.
 """
 
 from __future__ import annotations
