@@ -40,7 +40,7 @@ from service.marketo.errors import (
     UnavailableError,
 )
 from service.marketo.limits import InstanceLimits
-from service.marketo.observer import NO_OBSERVER, MarketoObserver
+from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver
 from service.marketo.retry import RetryPolicy
 from service.marketo.types import (
     FieldDescription,
@@ -224,7 +224,7 @@ class MarketoClient:
             t0 = time.perf_counter()
             request = self._http.build_request("POST", url, data=form)
             try:
-                response = await self._send(request, endpoint="identity", attempt=attempt)
+                response = await self._send(Call(request, attempt, endpoint="identity"))
             except httpx.TransportError as exc:
                 self._record("identity", "POST", None, type(exc).__name__, t0)
                 await self._backoff_or_raise(
@@ -296,20 +296,10 @@ class MarketoClient:
             seconds=time.perf_counter() - t0,
         )
 
-    async def _send(
-        self,
-        request: httpx.Request,
-        *,
-        endpoint: str,
-        attempt: int,
-        records: int | None = None,
-        limiter_wait: float | None = None,
-    ) -> httpx.Response:
-        """Sends `request`, attempt `attempt` of the call `endpoint`, told to the observer."""
-        with self._observer.exchange(
-            request, endpoint=endpoint, attempt=attempt, records=records, limiter_wait=limiter_wait
-        ) as exchange:
-            response = await self._http.send(request)
+    async def _send(self, call: Call) -> httpx.Response:
+        """Sends `call.request`, the exchange told to the observer."""
+        with self._observer.exchange(call) as exchange:
+            response = await self._http.send(call.request)
             exchange.answered(response)
         return response
 
@@ -466,13 +456,14 @@ class MarketoClient:
         waited = time.perf_counter()
         async with self.limits.call() as permit:
             try:
-                response = await self._send(
+                call = Call(
                     request,
+                    attempt,
                     endpoint=endpoint,
-                    attempt=attempt,
                     records=records,
                     limiter_wait=time.perf_counter() - waited,
                 )
+                response = await self._send(call)
             except httpx.TransportError as exc:
                 rule = classify_exception(exc)
                 permit.counted = rule.counted

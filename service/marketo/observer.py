@@ -3,46 +3,51 @@
 The client knows what the wire cannot tell: the name of a call (`leads/sync`), its retry
 attempt, how many records it sends, how long the instance's limits held it back, the Marketo
 code of the answer and when it retries. It says so to the observer it is given, explicitly, per
-call; `NO_OBSERVER` (the default) drops everything. The OpenTelemetry implementation is
-`service.telemetry.marketo.MarketoTelemetry`.
+call. `MarketoObserver` itself drops everything (`NO_OBSERVER`, the client's default); the
+OpenTelemetry one is `service.telemetry.marketo.MarketoTelemetry`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
-from typing import Protocol
+from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["NO_OBSERVER", "Exchange", "MarketoObserver"]
+__all__ = ["NO_OBSERVER", "Call", "Exchange", "MarketoObserver"]
 
 
-class Exchange(Protocol):
-    """One HTTP exchange being observed."""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One HTTP call of the client and what only the client knows about it. The request
+    carries the bearer token, credentials and profile values: an observer records none."""
+
+    request: httpx.Request
+    attempt: int
+    """1 for the first attempt."""
+    endpoint: str | None = None
+    """The client's name for the call (`leads/sync`); without one, named after the path."""
+    records: int | None = None
+    """Records the request carries (Sync Leads inputs, look-up values, list member ids)."""
+    limiter_wait: float | None = None
+    """Seconds the instance's rate and concurrency limits held the call back."""
+
+
+class Exchange:
+    """One HTTP exchange being observed; this one records nothing."""
 
     def answered(self, response: httpx.Response) -> None:
         """The response of the exchange, its body already read."""
 
 
-class MarketoObserver(Protocol):
-    """Receives what the Marketo client reports; never sees a credential or a token."""
+class MarketoObserver:
+    """Receives what the Marketo client reports; this one drops it all."""
 
-    def exchange(
-        self,
-        request: httpx.Request,
-        *,
-        endpoint: str | None = None,
-        attempt: int,
-        records: int | None = None,
-        limiter_wait: float | None = None,
-    ) -> AbstractContextManager[Exchange]:
-        """Around sending `request`, attempt `attempt` (1 for the first) of the call named
-        `endpoint` (by default, after its path), carrying `records` records, after
-        `limiter_wait` seconds held back by the instance's limits. An exception leaving the
-        block failed the exchange."""
-        ...
+    @contextlib.contextmanager
+    def exchange(self, call: Call) -> Iterator[Exchange]:
+        """Around sending `call.request`; an exception leaving the block failed the exchange."""
+        yield Exchange()
 
     def attempted(self, *, endpoint: str, method: str, code: str, seconds: float) -> None:
         """One attempt of `endpoint` ended with Marketo `code` (`ok`, a Marketo or HTTP code,
@@ -52,32 +57,5 @@ class MarketoObserver(Protocol):
         """A call of `endpoint` is tried again after `action` (`transient`, `refresh` ...)."""
 
 
-class _Ignored:
-    def answered(self, response: httpx.Response) -> None:
-        pass
-
-
-class _Unobserved:
-    """Drops every report."""
-
-    @contextlib.contextmanager
-    def exchange(
-        self,
-        request: httpx.Request,
-        *,
-        endpoint: str | None = None,
-        attempt: int,
-        records: int | None = None,
-        limiter_wait: float | None = None,
-    ) -> Iterator[Exchange]:
-        yield _Ignored()
-
-    def attempted(self, *, endpoint: str, method: str, code: str, seconds: float) -> None:
-        pass
-
-    def retrying(self, *, endpoint: str, action: str) -> None:
-        pass
-
-
-NO_OBSERVER: MarketoObserver = _Unobserved()
+NO_OBSERVER = MarketoObserver()
 """The observer of a client given none: nothing is recorded."""

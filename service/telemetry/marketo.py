@@ -19,7 +19,7 @@ import httpx
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from service.marketo.observer import NO_OBSERVER, Exchange, MarketoObserver
+from service.marketo.observer import NO_OBSERVER, Call, Exchange, MarketoObserver
 from service.telemetry.core import Telemetry
 from service.telemetry.logs import redact_query
 
@@ -70,7 +70,7 @@ def marketo_observer(telemetry: Telemetry | None) -> MarketoObserver:
     return MarketoTelemetry(telemetry)
 
 
-class MarketoTelemetry:
+class MarketoTelemetry(MarketoObserver):
     """Records what the Marketo client reports in ``telemetry``'s spans and metrics.
 
     Span attributes: ``marketo.endpoint``, ``http.request.method``, ``http.response.status_code``,
@@ -85,32 +85,25 @@ class MarketoTelemetry:
         self._tracer = telemetry.tracer
 
     @contextlib.contextmanager
-    def exchange(
-        self,
-        request: httpx.Request,
-        *,
-        endpoint: str | None = None,
-        attempt: int,
-        records: int | None = None,
-        limiter_wait: float | None = None,
-    ) -> Iterator[Exchange]:
-        """A CLIENT span around sending ``request``; a call not named by ``endpoint`` is named
-        after its path (:func:`endpoint_of`)."""
-        name = endpoint or endpoint_of(request.url.path)
+    def exchange(self, call: Call) -> Iterator[Exchange]:
+        """A CLIENT span around sending ``call.request``; a call the client does not name is
+        named after its path (:func:`endpoint_of`)."""
+        request = call.request
+        name = call.endpoint or endpoint_of(request.url.path)
         attrs: dict[str, AttributeValue] = {
             "marketo.endpoint": name,
             "http.request.method": request.method,
             "url.full": redact_url(request.url),
             "server.address": request.url.host,
-            "marketo.attempt": attempt,
+            "marketo.attempt": call.attempt,
         }
         if request.url.port is not None:
             attrs["server.port"] = request.url.port
-        if records is not None:
-            attrs["marketo.records"] = records
-        if limiter_wait is not None:
-            attrs["marketo.limiter.wait"] = limiter_wait
-            self._telemetry.record_limiter_wait(limiter_wait, instance=request.url.host)
+        if call.records is not None:
+            attrs["marketo.records"] = call.records
+        if call.limiter_wait is not None:
+            attrs["marketo.limiter.wait"] = call.limiter_wait
+            self._telemetry.record_limiter_wait(call.limiter_wait, instance=request.url.host)
         with self._tracer.start_as_current_span(
             f"marketo {request.method} {name}",
             kind=SpanKind.CLIENT,
@@ -137,7 +130,7 @@ class MarketoTelemetry:
         self._telemetry.record_marketo_retry(endpoint=endpoint, action=action)
 
 
-class _TracedExchange:
+class _TracedExchange(Exchange):
     def __init__(self, span: Span, endpoint: str) -> None:
         self._span = span
         self._endpoint = endpoint

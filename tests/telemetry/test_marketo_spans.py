@@ -14,6 +14,7 @@ import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo import InstanceLimits, MarketoClient, RetryPolicy, SyncAction
+from service.marketo.observer import Call
 from service.telemetry.core import Telemetry, batch_attributes
 from service.telemetry.marketo import (
     MarketoTelemetry,
@@ -176,7 +177,7 @@ async def test_the_client_can_name_the_call_and_its_attempt(
         json={"input": [{"email": "a@example.com"}]},
     )
     with marketo.observer.exchange(
-        request, endpoint="leads/sync", attempt=2, records=7, limiter_wait=1.5
+        Call(request, attempt=2, endpoint="leads/sync", records=7, limiter_wait=1.5)
     ) as exchange:
         response = await marketo.http.send(request)
         exchange.answered(response)
@@ -198,7 +199,7 @@ async def test_the_client_can_name_the_call_and_its_attempt(
     request = marketo.http.build_request(
         "GET", "/rest/v1/lead/1.json", params={"access_token": token}
     )
-    with marketo.observer.exchange(request, endpoint="lead", attempt=1) as exchange:
+    with marketo.observer.exchange(Call(request, attempt=1, endpoint="lead")) as exchange:
         exchange.answered(await marketo.http.send(request))
     assert telemetry.force_flush()
     assert "marketo.limiter.wait" not in calls(receiver)[-1].attributes
@@ -214,7 +215,7 @@ async def test_transport_failures_are_traced_by_type(
     observer = marketo_observer(telemetry)
     async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
         request = http.build_request("POST", f"{BASE}/identity/oauth/token?client_secret={SECRET}")
-        with pytest.raises(httpx.ConnectError), observer.exchange(request, attempt=1):
+        with pytest.raises(httpx.ConnectError), observer.exchange(Call(request, attempt=1)):
             await http.send(request)
     assert telemetry.force_flush()
     (span,) = calls(receiver)
