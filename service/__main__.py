@@ -29,8 +29,8 @@ from service.api.server import StartupError, application_server, new_health_serv
 from service.api.tls import TLSConfigError, own_listener_credentials
 from service.app import open_application
 from service.settings import InvalidSetting, Settings, parse_address
-from service.telemetry import setup_telemetry
 from service.telemetry.logs import configure_logging
+from service.telemetry.setup import setup_telemetry
 
 __all__ = ["build_parser", "check_health", "embedded_sandbox", "main", "serve", "settings_for"]
 

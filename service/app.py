@@ -27,7 +27,8 @@ from service.settings import Settings
 from service.store.base import Store
 from service.store.secrets import SecretBox, owner_only_directory
 from service.store.sqlite import Synchronous, open_in_data_dir
-from service.telemetry import Telemetry, current_trace_context, instrument_transport
+from service.telemetry.context import current_trace_context
+from service.telemetry.core import Telemetry
 from service.usecases.activation import Activations
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import LimitSettings, MarketoConnections
@@ -67,7 +68,11 @@ def webhook_client(settings: Settings) -> httpx.AsyncClient:
 
 
 def marketo_connections(
-    settings: Settings, http: httpx.AsyncClient, *, clock: Clock | None = None
+    settings: Settings,
+    http: httpx.AsyncClient,
+    *,
+    clock: Clock | None = None,
+    telemetry: Telemetry | None = None,
 ) -> MarketoConnections:
     """Marketo clients as the settings allow them: the endpoints, the default (sandbox) one, and
     this process's share of each instance's limits."""
@@ -83,6 +88,7 @@ def marketo_connections(
             daily_reserve=settings.marketo_daily_reserve,
         ),
         clock=clock,
+        telemetry=telemetry,
     )
 
 
@@ -128,8 +134,6 @@ async def open_application(
             transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
             )
-            if telemetry is not None:
-                transport = instrument_transport(transport, telemetry)
             http = await stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, timeout=MARKETO_TIMEOUT)
             )
@@ -152,7 +156,7 @@ async def open_application(
         if registry is None:
             registry = PluginRegistry.build(blocked=settings.blocked_plugin_names)
         principals = load_principals(settings.principals_file) if settings.principals_file else None
-        connections = marketo_connections(settings, http, clock=clock)
+        connections = marketo_connections(settings, http, clock=clock, telemetry=telemetry)
         alerts = AlertMonitor(store, http=webhook_http, clock=clock)
         max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
         dispatcher = Dispatcher(

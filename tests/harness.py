@@ -28,7 +28,7 @@ from service.api.access import Principals
 from service.api.server import application_server
 from service.app import Application, open_application
 from service.settings import Settings
-from service.telemetry import Telemetry, instrument_transport
+from service.telemetry.core import Telemetry
 from service.telemetry.logs import QUIET_LOGGERS, configure_logging
 
 MUNCHKIN = "123-ABC-456"
@@ -154,7 +154,7 @@ async def running_service(
     to use instead of a new one (it outlives the service: a restart over the same Marketo).
 
     With `telemetry`, the service is traced as `serve` traces it: the server interceptor, the
-    Marketo transport wrapper (over the sandbox) and the dispatcher's batch spans. With
+    Marketo client's calls and the dispatcher's batch spans. With
     `marketo_http`, the service calls Marketo through it instead of the sandbox."""
     sandbox = marketo or create_app(sandbox_settings or SandboxSettings())
     settings = replace(
@@ -173,13 +173,6 @@ async def running_service(
         )
         if marketo_http is None:
             marketo_http = http
-        if telemetry is not None:
-            marketo_http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=instrument_transport(asgi_transport(sandbox), telemetry),
-                    timeout=30.0,
-                )
-            )
         app = await stack.enter_async_context(
             open_application(settings, http=marketo_http, telemetry=telemetry)
         )

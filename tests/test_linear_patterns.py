@@ -11,7 +11,8 @@ import pytest
 
 from sandbox import schema
 from service.api import access
-from service.telemetry import _annotate_body, logs
+from service.telemetry import logs
+from service.telemetry.marketo import _annotate_body
 from service.usecases import destinations
 from service.usecases.activation import ARRAY_SOURCE
 from tests.plugins.test_conformance import CALL_BUDGET, LONGEST, adversarial_texts, cpu_budget
@@ -72,7 +73,7 @@ class RecordingSpan:
 
 async def _code_of(body: bytes) -> object:
     span = RecordingSpan()
-    await _annotate_body(span, httpx.Response(200, content=body), "leads")  # type: ignore[arg-type]
+    _annotate_body(span, httpx.Response(200, content=body), "leads")  # type: ignore[arg-type]
     return span.attributes["marketo.code"]
 
 

@@ -27,7 +27,8 @@ from service.api.interceptors import ErrorInterceptor
 from service.api.servicer import MarketoDestinationServicer
 from service.api.tls import TLSConfigError, server_credentials
 from service.settings import Settings
-from service.telemetry import Telemetry, server_interceptor
+from service.telemetry.core import Telemetry
+from service.telemetry.rpc import server_interceptor
 
 if TYPE_CHECKING:
     from service.app import Application

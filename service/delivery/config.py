@@ -14,7 +14,7 @@ from service.domain import DecodedBatch
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock, SystemClock
 from service.store.base import CLAIM_MAX_BYTES, Store
-from service.telemetry import Telemetry
+from service.telemetry.core import Telemetry
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import MarketoConnections
 

@@ -56,7 +56,7 @@ from service.store.base import (
     OutboxEntry,
     Watermark,
 )
-from service.telemetry import batch_attributes
+from service.telemetry.core import batch_attributes
 from service.usecases.connections import EndpointRefused
 from service.usecases.destinations import spec_from_record
 

@@ -3,6 +3,8 @@
 Every call goes through `_request`, which takes a token, is admitted by the instance's limits,
 classifies the answer with the table in `codes.py` and retries, refreshes, pauses or raises
 accordingly. The client holds no domain rules: what a result means is the caller's business.
+Each HTTP exchange, attempt and retry is reported to the injected `MarketoObserver`
+(`observer.py`; by default nobody), never to a global meter.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-from opentelemetry import metrics
 
 from service.marketo.auth import AccessToken, TokenCache
 from service.marketo.clock import Clock, SystemClock
@@ -39,6 +40,7 @@ from service.marketo.errors import (
     UnavailableError,
 )
 from service.marketo.limits import InstanceLimits
+from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver
 from service.marketo.retry import RetryPolicy
 from service.marketo.types import (
     FieldDescription,
@@ -55,20 +57,9 @@ from service.marketo.types import (
     SyncAction,
     Workspace,
 )
-from service.telemetry import annotate_marketo_call, note_limiter_wait
 
 _T = TypeVar("_T")
 logger = logging.getLogger(__name__)
-_meter = metrics.get_meter("service.marketo")
-_calls = _meter.create_counter(
-    "marketo.calls", unit="{call}", description="Marketo REST calls by endpoint and code"
-)
-_retries = _meter.create_counter(
-    "marketo.retries", unit="{call}", description="Marketo calls retried, by endpoint and action"
-)
-_duration = _meter.create_histogram(
-    "marketo.call.duration", unit="s", description="Duration of Marketo REST calls"
-)
 
 BATCH = 300
 """Records or ids per Lead Database call."""
@@ -194,8 +185,10 @@ class MarketoClient:
         limits: InstanceLimits | None = None,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        observer: MarketoObserver = NO_OBSERVER,
     ) -> None:
         self._http = http
+        self._observer = observer
         self._base = _base(base_url)
         self._client_id = client_id
         self._secret = client_secret
@@ -229,9 +222,9 @@ class MarketoClient:
             attempt += 1
             self.attempts += 1
             t0 = time.perf_counter()
+            request = self._http.build_request("POST", url, data=form)
             try:
-                with annotate_marketo_call(endpoint="identity", attempt=attempt):
-                    response = await self._http.post(url, data=form)
+                response = await self._send(Call(request, attempt, endpoint="identity"))
             except httpx.TransportError as exc:
                 self._record("identity", "POST", None, type(exc).__name__, t0)
                 await self._backoff_or_raise(
@@ -296,13 +289,19 @@ class MarketoClient:
     def _record(
         self, endpoint: str, method: str, status: int | None, code: str | None, t0: float
     ) -> None:
-        attributes = {
-            "marketo.endpoint": endpoint,
-            "http.request.method": method,
-            "marketo.code": code or ("ok" if status and status < 300 else str(status or "none")),
-        }
-        _calls.add(1, attributes)
-        _duration.record(time.perf_counter() - t0, attributes)
+        self._observer.attempted(
+            endpoint=endpoint,
+            method=method,
+            code=code or ("ok" if status and status < 300 else str(status or "none")),
+            seconds=time.perf_counter() - t0,
+        )
+
+    async def _send(self, call: Call) -> httpx.Response:
+        """Sends `call.request`, the exchange told to the observer."""
+        with self._observer.exchange(call) as exchange:
+            response = await self._http.send(call.request)
+            exchange.answered(response)
+        return response
 
     async def _backoff_or_raise(
         self,
@@ -323,7 +322,7 @@ class MarketoClient:
                 attempts=attempt,
                 endpoint=endpoint,
             )
-        _retries.add(1, {"marketo.endpoint": endpoint, "marketo.action": action.value})
+        self._observer.retrying(endpoint=endpoint, action=action.value)
         logger.debug("retrying %s in %.2fs after %s (attempt %d)", endpoint, delay, code, attempt)
         if action is Action.THROTTLED:
             # Hold every caller of this instance back, not just this one: no retry storm.
@@ -343,26 +342,29 @@ class MarketoClient:
         files: Mapping[str, tuple[str, bytes, str]] | None = None,
         idempotent: bool = True,
         envelope: bool = True,
+        records: int | None = None,
     ) -> _Answer:
-        """Send one logical request with retries; returns the successful answer."""
+        """Send one logical request with retries; returns the successful answer. `records`:
+        how many records the request carries (told to the observer)."""
         started = self._clock.now()
         attempt = 0
         refreshed = False
         while True:
             attempt += 1
             token = await self.token()
-            with annotate_marketo_call(endpoint=endpoint, attempt=attempt):
-                answer = await self._attempt(
-                    method,
-                    path,
-                    endpoint=endpoint,
-                    token=token,
-                    params=params,
-                    json_body=json_body,
-                    form=form,
-                    files=files,
-                    envelope=envelope,
-                )
+            answer = await self._attempt(
+                method,
+                path,
+                endpoint=endpoint,
+                attempt=attempt,
+                records=records,
+                token=token,
+                params=params,
+                json_body=json_body,
+                form=form,
+                files=files,
+                envelope=envelope,
+            )
             rule = answer.rule
             if rule is None:
                 return answer
@@ -371,7 +373,7 @@ class MarketoClient:
                 self._tokens.invalidate(token)
                 if not refreshed:
                     refreshed = True  # the first refresh retries at once
-                    _retries.add(1, {"marketo.endpoint": endpoint, "marketo.action": "refresh"})
+                    self._observer.retrying(endpoint=endpoint, action=Action.REFRESH.value)
                     continue
                 action = Action.TRANSIENT
             if action is Action.QUOTA:
@@ -398,6 +400,8 @@ class MarketoClient:
         path: str,
         *,
         endpoint: str,
+        attempt: int,
+        records: int | None,
         token: AccessToken,
         params: Sequence[tuple[str, str]] | None,
         json_body: Any,
@@ -428,7 +432,8 @@ class MarketoClient:
             kwargs["data"] = form
         self.attempts += 1
         t0 = time.perf_counter()
-        answer = await self._exchange(send_method, url, endpoint, kwargs, envelope)
+        request = self._http.build_request(send_method, url, **kwargs)
+        answer = await self._exchange(request, endpoint, attempt, records, envelope)
         self._record(endpoint, method, answer.status, answer.code, t0)
         logger.debug(
             "%s %s -> %s code=%s %.1fms",
@@ -441,13 +446,24 @@ class MarketoClient:
         return answer
 
     async def _exchange(
-        self, method: str, url: str, endpoint: str, kwargs: dict[str, Any], envelope: bool
+        self,
+        request: httpx.Request,
+        endpoint: str,
+        attempt: int,
+        records: int | None,
+        envelope: bool,
     ) -> _Answer:
         waited = time.perf_counter()
         async with self.limits.call() as permit:
-            note_limiter_wait(time.perf_counter() - waited)
             try:
-                response = await self._http.request(method, url, **kwargs)
+                call = Call(
+                    request,
+                    attempt,
+                    endpoint=endpoint,
+                    records=records,
+                    limiter_wait=time.perf_counter() - waited,
+                )
+                response = await self._send(call)
             except httpx.TransportError as exc:
                 rule = classify_exception(exc)
                 permit.counted = rule.counted
@@ -509,18 +525,25 @@ class MarketoClient:
         return record
 
     async def _paged(
-        self, path: str, params: list[tuple[str, str]], *, endpoint: str
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        *,
+        endpoint: str,
+        records: int | None = None,
     ) -> list[Mapping[str, Any]]:
-        records: list[Mapping[str, Any]] = []
+        rows: list[Mapping[str, Any]] = []
         page_token: str | None = None
         while True:
             query = params + ([("nextPageToken", page_token)] if page_token else [])
-            answer = await self._request("GET", path, endpoint=endpoint, params=query)
+            answer = await self._request(
+                "GET", path, endpoint=endpoint, params=query, records=records
+            )
             body = answer.body if isinstance(answer.body, Mapping) else {}
-            records.extend(r for r in body.get("result") or [] if isinstance(r, Mapping))
+            rows.extend(r for r in body.get("result") or [] if isinstance(r, Mapping))
             page_token = body.get("nextPageToken")
             if not body.get("moreResult") or not page_token:
-                return records
+                return rows
 
     # ------------------------------------------------------------ schema, org
 
@@ -692,8 +715,10 @@ class MarketoClient:
             ]
             if fields:
                 params.append(("fields", ",".join(fields)))
-            for raw in await self._paged("/rest/v1/leads.json", params, endpoint="leads"):
-                leads.append(_lead(raw))
+            pages = await self._paged(
+                "/rest/v1/leads.json", params, endpoint="leads", records=len(chunk)
+            )
+            leads.extend(_lead(raw) for raw in pages)
         return leads
 
     async def get_lead(self, lead_id: int, fields: Sequence[str] | None = None) -> Lead | None:
@@ -732,6 +757,7 @@ class MarketoClient:
                     endpoint="leads/sync",
                     json_body=body,
                     idempotent=idempotent,
+                    records=len(chunk),
                 )
             except MarketoError as exc:
                 exc.completed = tuple(results)
@@ -766,11 +792,19 @@ class MarketoClient:
         for chunk in _chunks(list(dict.fromkeys(int(i) for i in lead_ids))):
             if method == "GET":
                 raw = await self._result(
-                    "GET", path, endpoint=endpoint, params=[("id", str(i)) for i in chunk]
+                    "GET",
+                    path,
+                    endpoint=endpoint,
+                    params=[("id", str(i)) for i in chunk],
+                    records=len(chunk),
                 )
             else:
                 raw = await self._result(
-                    method, path, endpoint=endpoint, json_body={"input": [{"id": i} for i in chunk]}
+                    method,
+                    path,
+                    endpoint=endpoint,
+                    json_body={"input": [{"id": i} for i in chunk]},
+                    records=len(chunk),
                 )
             out.extend(
                 MembershipResult(

@@ -1,4 +1,5 @@
-"""Marketo clients for destinations: one shared `httpx.AsyncClient`, one limiter per instance."""
+"""Marketo clients for destinations: one shared `httpx.AsyncClient`, one limiter per instance,
+one telemetry observer."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock
 from service.marketo.limits import InstanceLimits, instance_key
 from service.marketo.retry import RetryPolicy
+from service.telemetry.core import Telemetry
+from service.telemetry.marketo import marketo_observer
 
 INTERACTIVE_RETRY = RetryPolicy(max_attempts=3, deadline=15.0, base_delay=0.5)
 """Retries of Marketo calls made while a caller waits (Configure, Activate, DescribeMarketo)."""
@@ -44,7 +47,8 @@ class MarketoConnections:
     """Builds `MarketoClient`s; clients of one instance share its limits and token cache.
 
     Only endpoints in `allowed_endpoints` get a client (default: Marketo's own hosts and the
-    origin of `default_endpoint`); see service/delivery/egress.py.
+    origin of `default_endpoint`); see service/delivery/egress.py. With `telemetry`, every
+    client's calls are traced and counted there.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class MarketoConnections:
         allowed_endpoints: OriginList | None = None,
         limits: LimitSettings | None = None,
         clock: Clock | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._http = http
         self._default_endpoint = default_endpoint
@@ -63,6 +68,7 @@ class MarketoConnections:
         )
         self._limits = limits or LimitSettings()
         self._clock = clock
+        self._observer = marketo_observer(telemetry)
 
     def base_url(self, connection: MarketoConnection) -> str:
         """The REST base URL: the connection's endpoint, the default (sandbox), or Marketo's."""
@@ -114,4 +120,5 @@ class MarketoConnections:
             limits=limits,
             clock=self._clock,
             retry=INTERACTIVE_RETRY if interactive else None,
+            observer=self._observer,
         )

@@ -1,5 +1,5 @@
-"""Shared fixtures: a clock that never sleeps, a scripted Marketo over MockTransport, and
-in-memory OpenTelemetry exporters."""
+"""Shared fixtures: a clock that never sleeps, a scripted Marketo over MockTransport, and the
+service's telemetry over in-memory OpenTelemetry exporters."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service.marketo import InstanceLimits, MarketoClient, RetryPolicy
+from service.marketo.observer import MarketoObserver
+from service.telemetry.marketo import marketo_observer
+from service.telemetry.setup import setup_telemetry
 
 BASE = "https://123-ABC-456.mktorest.com"
 CLIENT_ID = "test-client-id"
@@ -165,6 +164,8 @@ def make_client(http: httpx.AsyncClient, clock: FakeClock) -> Callable[..., Mark
 class Telemetry:
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
+    observer: MarketoObserver
+    """What a client given it records goes to `spans` and `metrics`."""
 
     def metric_points(self, name: str) -> list[tuple[dict[str, Any], float]]:
         data = self.metrics.get_metrics_data()
@@ -178,22 +179,11 @@ class Telemetry:
         return out
 
 
-_TELEMETRY: Telemetry | None = None
-
-
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
-    """Global SDK providers (installed once per process) with in-memory exporters."""
-    global _TELEMETRY
-    if _TELEMETRY is None:
-        exporter = InMemorySpanExporter()
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):
-            provider = TracerProvider()
-            trace.set_tracer_provider(provider)
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        reader = InMemoryMetricReader()
-        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-        _TELEMETRY = Telemetry(exporter, reader)
-    _TELEMETRY.spans.clear()
-    yield _TELEMETRY
+    """The service's telemetry with in-memory exporters, and the Marketo observer over it."""
+    spans = InMemorySpanExporter()
+    metrics = InMemoryMetricReader()
+    service = setup_telemetry({}, span_exporter=spans, metric_reader=metrics)
+    yield Telemetry(spans, metrics, marketo_observer(service))
+    service.shutdown()

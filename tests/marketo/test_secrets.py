@@ -19,7 +19,8 @@ from service.marketo import (
     RetryPolicy,
     SyncAction,
 )
-from service.telemetry import instrument_transport, setup_telemetry
+from service.telemetry.marketo import marketo_observer
+from service.telemetry.setup import setup_telemetry
 from tests.marketo.conftest import BASE as MOCK_BASE
 from tests.marketo.conftest import (
     CLIENT_ID,
@@ -37,7 +38,7 @@ TOKEN_BODY = {"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600}
 
 
 async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
-    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     manual = ManualClock(START)
@@ -48,8 +49,8 @@ async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
 
     exporter = InMemorySpanExporter()
     tracing = setup_telemetry({"OTEL_METRICS_EXPORTER": "none"}, span_exporter=exporter)
-    transport = instrument_transport(asgi_transport(app), tracing)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+    observer = marketo_observer(tracing)
+    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as http:
         client = MarketoClient(
             http,
             base_url=BASE,
@@ -58,6 +59,7 @@ async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
             clock=clock,
             limits=InstanceLimits(clock=clock),
             retry=RetryPolicy(max_attempts=2, rng=random.Random(1)),
+            observer=observer,
         )
         await http.post(
             "/_sandbox/faults",
@@ -93,6 +95,7 @@ async def test_no_secret_or_token_in_logs_spans_errors_or_reprs(
             client_secret=SECRET + "-wrong",
             clock=clock,
             limits=InstanceLimits(clock=clock),
+            observer=observer,
         )
         try:
             await bad.partitions()
@@ -137,10 +140,7 @@ async def test_calls_are_counted_per_endpoint_and_code(
     app = create_app(SandboxSettings(), clock=manual)
     clock = SharedClock(manual)
     before = points()
-    exporter = InMemorySpanExporter()
-    tracing = setup_telemetry({"OTEL_METRICS_EXPORTER": "none"}, span_exporter=exporter)
-    transport = instrument_transport(asgi_transport(app), tracing)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as http:
         await http.post(
             "/_sandbox/faults",
             json=[{"path_prefix": "/rest/v1/leads/partitions.json", "code": "606", "count": 2}],
@@ -153,6 +153,7 @@ async def test_calls_are_counted_per_endpoint_and_code(
             clock=clock,
             limits=InstanceLimits(clock=clock),
             retry=RetryPolicy(rng=random.Random(2)),
+            observer=telemetry.observer,
         )
         await client.partitions()
     after = points()

@@ -50,6 +50,7 @@ def test_constructor() -> None:
         "limits",
         "clock",
         "retry",
+        "observer",
     ]
 
 

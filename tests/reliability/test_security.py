@@ -30,7 +30,7 @@ from service.api.access import ALL_PERMISSIONS
 from service.api.server import application_server
 from service.app import open_application
 from service.settings import Settings
-from service.telemetry import Telemetry
+from service.telemetry.core import Telemetry
 from tests.access.harness import Pki, make_pki
 from tests.harness import LOOPBACK_WEBHOOKS, STANDARD_MAPPINGS, connection, spec, update
 

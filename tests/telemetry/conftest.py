@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.telemetry import Telemetry, setup_telemetry
+from service.telemetry.core import Telemetry
+from service.telemetry.setup import setup_telemetry
 from tests.telemetry.otlp_receiver import OtlpReceiver
 
 

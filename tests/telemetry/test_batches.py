@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-from service.telemetry import (
-    MAX_LINKS,
-    QueueSample,
-    Telemetry,
-    batch_attributes,
-    current_trace_context,
-)
+from service.telemetry.context import MAX_LINKS, current_trace_context
+from service.telemetry.core import QueueSample, Telemetry, batch_attributes
 from tests.telemetry.otlp_receiver import OtlpReceiver
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.telemetry import Telemetry
+from service.telemetry.core import Telemetry
 from service.telemetry.logs import QUIET_LOGGERS, configure_logging, redact
 
 

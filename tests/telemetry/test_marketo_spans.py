@@ -1,4 +1,4 @@
-"""Marketo call spans from the transport wrapper, against the sandbox in process."""
+"""Marketo call spans from the client's observer, against the sandbox in process."""
 
 from __future__ import annotations
 
@@ -14,14 +14,12 @@ import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo import InstanceLimits, MarketoClient, RetryPolicy, SyncAction
-from service.telemetry import (
-    Telemetry,
-    TracingTransport,
-    annotate_marketo_call,
-    batch_attributes,
+from service.marketo.observer import Call
+from service.telemetry.core import Telemetry, batch_attributes
+from service.telemetry.marketo import (
+    MarketoTelemetry,
     endpoint_of,
-    instrument_transport,
-    note_limiter_wait,
+    marketo_observer,
     redact_url,
 )
 from tests.harness import service_logging
@@ -52,6 +50,7 @@ class Marketo:
     http: httpx.AsyncClient
     control: httpx.AsyncClient
     client: MarketoClient
+    observer: MarketoTelemetry
 
     async def fault(self, **fault: Any) -> None:
         response = await self.control.post("/_sandbox/faults", json=[fault])
@@ -64,11 +63,11 @@ async def marketo(telemetry: Telemetry) -> AsyncIterator[Marketo]:
     # The legacy access_token parameter (refused by default since 2026) stays on here: one test
     # sends it on purpose to check the token never reaches a span.
     app = create_app(SandboxSettings(accept_access_token_param=True), clock=manual)
-    transport = instrument_transport(asgi_transport(app), telemetry)
-    assert isinstance(transport, TracingTransport)
+    observer = marketo_observer(telemetry)
+    assert isinstance(observer, MarketoTelemetry)
     clock = SharedClock(manual)
     async with (
-        httpx.AsyncClient(transport=transport, base_url=BASE) as http,
+        httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as http,
         httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE) as control,
     ):
         client = MarketoClient(
@@ -79,8 +78,9 @@ async def marketo(telemetry: Telemetry) -> AsyncIterator[Marketo]:
             clock=clock,
             limits=InstanceLimits(clock=clock),
             retry=RetryPolicy(rng=random.Random(3)),
+            observer=observer,
         )
-        yield Marketo(http, control, client)
+        yield Marketo(http, control, client, observer)
 
 
 def calls(receiver: OtlpReceiver) -> list[ReceivedSpan]:
@@ -172,15 +172,19 @@ async def test_the_client_can_name_the_call_and_its_attempt(
     marketo: Marketo, telemetry: Telemetry, receiver: OtlpReceiver
 ) -> None:
     token = (await marketo.client.token()).value
-    with annotate_marketo_call(endpoint="leads/sync", attempt=2, records=7):
-        note_limiter_wait(1.5)
-        response = await marketo.http.post(
-            "/rest/v1/leads.json",
-            params={"access_token": token},
-            json={"input": [{"email": "a@example.com"}]},
-        )
+    request = marketo.http.build_request(
+        "POST",
+        "/rest/v1/leads.json",
+        params={"access_token": token},
+        json={"input": [{"email": "a@example.com"}]},
+    )
+    with marketo.observer.exchange(
+        Call(request, attempt=2, endpoint="leads/sync", records=7, limiter_wait=1.5)
+    ) as exchange:
+        response = await marketo.http.send(request)
+        exchange.answered(response)
     assert response.status_code == 200
-    assert response.json()["success"] is True  # the wrapper left the body readable
+    assert response.json()["success"] is True  # the observer left the body readable
     assert telemetry.force_flush()
     span = calls(receiver)[-1]
     assert span.name == "marketo POST leads/sync"
@@ -193,8 +197,12 @@ async def test_the_client_can_name_the_call_and_its_attempt(
         1.5,
         {"marketo.instance": "123-abc-456.mktorest.com"},
     )
-    # Noted once, used once: the next call of the task did not wait.
-    await marketo.http.get("/rest/v1/lead/1.json", params={"access_token": token})
+    # A call told of no wait records none.
+    request = marketo.http.build_request(
+        "GET", "/rest/v1/lead/1.json", params={"access_token": token}
+    )
+    with marketo.observer.exchange(Call(request, attempt=1, endpoint="lead")) as exchange:
+        exchange.answered(await marketo.http.send(request))
     assert telemetry.force_flush()
     assert "marketo.limiter.wait" not in calls(receiver)[-1].attributes
     assert token not in " ".join(attribute_values(receiver.spans()))
@@ -206,10 +214,11 @@ async def test_transport_failures_are_traced_by_type(
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
 
-    transport = instrument_transport(httpx.MockTransport(refuse), telemetry)
-    async with httpx.AsyncClient(transport=transport) as http:
-        with pytest.raises(httpx.ConnectError):
-            await http.post(f"{BASE}/identity/oauth/token?client_secret={SECRET}")
+    observer = marketo_observer(telemetry)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+        request = http.build_request("POST", f"{BASE}/identity/oauth/token?client_secret={SECRET}")
+        with pytest.raises(httpx.ConnectError), observer.exchange(Call(request, attempt=1)):
+            await http.send(request)
     assert telemetry.force_flush()
     (span,) = calls(receiver)
     assert span.status == "STATUS_CODE_ERROR"

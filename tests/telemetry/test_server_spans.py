@@ -13,7 +13,9 @@ from service._proto.marketo_destination.v1 import destination_pb2_grpc
 from service.api.interceptors import ErrorInterceptor
 from service.api.server import build_server
 from service.settings import Settings
-from service.telemetry import Telemetry, current_trace_context, server_interceptor
+from service.telemetry.context import current_trace_context
+from service.telemetry.core import Telemetry
+from service.telemetry.rpc import server_interceptor
 from tests.telemetry.otlp_receiver import OtlpReceiver, ReceivedSpan, attribute_values
 
 SECRET = "Bearer sekret-access-token-0123456789"

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
 from opentelemetry import trace
 
-from service.telemetry import (
-    QueueSample,
-    batch_attributes,
-    current_trace_context,
-    instrument_transport,
-    sampler_from_env,
-    server_interceptor,
-    setup_telemetry,
-)
+from service.marketo.observer import NO_OBSERVER
+from service.telemetry.context import current_trace_context
+from service.telemetry.core import QueueSample, batch_attributes
+from service.telemetry.marketo import marketo_observer
+from service.telemetry.rpc import server_interceptor
+from service.telemetry.setup import sampler_from_env, setup_telemetry
 from tests.telemetry.conftest import otlp_environ
 from tests.telemetry.otlp_receiver import OtlpReceiver
 
@@ -22,8 +18,7 @@ def test_disabled_sdk_exports_nothing_and_adds_nothing(receiver: OtlpReceiver) -
     telemetry = setup_telemetry(otlp_environ(receiver, OTEL_SDK_DISABLED="true"))
     assert not telemetry.enabled
     assert server_interceptor(telemetry) is None
-    inner = httpx.MockTransport(lambda request: httpx.Response(200))
-    assert instrument_transport(inner, telemetry) is inner
+    assert marketo_observer(telemetry) is NO_OBSERVER
 
     with telemetry.batch_span(["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]) as span:
         assert not span.is_recording()
@@ -35,6 +30,8 @@ def test_disabled_sdk_exports_nothing_and_adds_nothing(receiver: OtlpReceiver) -
     telemetry.record_outcomes({"updated": 1}, destination_id="d")
     telemetry.record_batch(1, instance="i")
     telemetry.record_limiter_wait(0.1, instance="i")
+    telemetry.record_marketo_call(endpoint="leads", method="GET", code="ok", seconds=0.1)
+    telemetry.record_marketo_retry(endpoint="leads", action="transient")
     telemetry.observe_queue(lambda: [QueueSample("i", 1, 1.0)])
     assert telemetry.force_flush()
     telemetry.shutdown()

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.telemetry import Telemetry, server_interceptor, setup_telemetry
+from service.telemetry.core import Telemetry
+from service.telemetry.rpc import server_interceptor
+from service.telemetry.setup import setup_telemetry
 from tests.harness import (
     CLIENT_ID,
     CLIENT_SECRET,
