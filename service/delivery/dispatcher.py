@@ -76,7 +76,6 @@ from service.store.base import (
 from service.telemetry import Telemetry, batch_attributes
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import EndpointRefused, MarketoConnections
-from service.usecases.destinations import spec_from_record
 
 __all__ = ["Backoff", "DestinationNotReady", "Dispatcher"]
 
@@ -568,8 +567,8 @@ class Dispatcher:
             return contextlib.nullcontext()
         attributes = batch_attributes(
             destination_id=record.id,
-            munchkin_id=record.spec.get("connection", {}).get("munchkin_id"),
-            sync_type=record.spec.get("sync_type"),
+            munchkin_id=record.spec.connection.munchkin_id,
+            sync_type=record.spec.sync_type.value if record.spec.sync_type else None,
             records=len(entries),
         )
         return self._telemetry.batch_span((e.trace_context for e in entries), attributes)
@@ -866,7 +865,7 @@ class Dispatcher:
     async def _missing_fields(self, record: DestinationRecord, *, max_age: float) -> list[str]:
         """The fields the destination's mapping uses that the instance's lead schema (read
         again when the cached one is older than `max_age` seconds) does not have."""
-        spec = spec_from_record(record)
+        spec = record.spec
         client = self._connections.client(spec.connection)
         types = await self._lead_fields(record.instance_key, client, max_age=max_age)
         return missing_fields(record.mappings, types, dedupe_field=spec.dedupe_field)
@@ -917,7 +916,7 @@ class Dispatcher:
             and cached.mappings == record.mappings
         ):
             return cached
-        spec = spec_from_record(record)
+        spec = record.spec
         if spec.sync_type is None:
             raise MappingConfigError(["the destination has no sync type"])
         client = self._connections.client(spec.connection)

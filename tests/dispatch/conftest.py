@@ -39,7 +39,6 @@ from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
 from service.usecases.alerts import AlertMonitor, WebhookSettings
 from service.usecases.connections import LimitSettings, MarketoConnections
-from service.usecases.destinations import spec_to_json
 
 BASE_URL = "https://123-ABC-456.mktorest.com"
 START = 1_780_000_200.0  # 2026-05-28 20:30:00 UTC: the middle of an hour
@@ -237,9 +236,7 @@ class Env:
             NewDestination(
                 tenant=TENANT,
                 name=name,
-                spec=spec_to_json(spec),
-                client_secret=client_secret,
-                webhook_secret=spec.alerts.webhook_secret or None,
+                spec=spec,
                 instance_key=self.instance_key,
                 mappings=tuple(mappings),
             )

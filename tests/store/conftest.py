@@ -20,13 +20,17 @@ from service.api import convert
 from service.domain import (
     Action,
     ActionType,
+    AlertSubscription,
     AudienceMembership,
+    DestinationSpec,
     ExclusionCode,
     FieldMapping,
+    MarketoConnection,
     MembershipStatus,
     Outcome,
     OutcomeKind,
     ProfileUpdate,
+    SyncType,
 )
 from service.store import AppendResult, NewDestination, OutboxEntry, SqliteStore, Store
 from service.store.postgres import PostgresStore
@@ -230,15 +234,24 @@ async def outcome_update_ids(store: Store, destination_id: str) -> list[str]:
     return [record.outcome.update_id for record in reversed(page.items)]
 
 
+def destination_spec(name: str = "d", client_secret: str = CLIENT_SECRET) -> DestinationSpec:
+    """A destination spec with both secrets (the webhook secret is `WEBHOOK_SECRET`)."""
+    return DestinationSpec(
+        name=name,
+        connection=MarketoConnection("123-ABC-456", "cid", client_secret),
+        sync_type=SyncType.AUDIENCE_AND_PROFILE,
+        dedupe_field="email",
+        alerts=AlertSubscription(webhook_secret=WEBHOOK_SECRET),
+    )
+
+
 def new_destination(
     tenant: str = "acme", name: str = "Marketo prod", **changes: Any
 ) -> NewDestination:
     values: dict[str, Any] = {
         "tenant": tenant,
         "name": name,
-        "spec": {"name": name, "connection": {"munchkin_id": "123-ABC-456", "client_id": "cid"}},
-        "client_secret": CLIENT_SECRET,
-        "webhook_secret": WEBHOOK_SECRET,
+        "spec": destination_spec(name),
         "instance_key": "123-ABC-456",
         "mappings": (FieldMapping("person.email", "DedupeField", labels=("C2",)),),
     }
