@@ -39,7 +39,7 @@ from service.domain import (
 )
 from service.store.secrets import SecretBox
 from service.store.sql import Column, Connection, PendingAppend
-from service.store.sqlite import SqliteConnection, SqliteStore, complete
+from service.store.sqlite import SqliteConnection, SqliteStore
 
 R = TypeVar("R")
 INSTANCE = "i"
@@ -155,28 +155,13 @@ class AlchemyStore(SqliteStore):
         return AlchemyConnection(engines[id(raw)], raw)
 
     def _transaction(self, name: str, work: Callable[[Connection], Coroutine[Any, Any, R]]) -> R:
-        raw = self._write_connection
-        assert raw is not None
-        connection = self._alchemy(raw)  # before BEGIN: SQLAlchemy's first connect ends it
-        raw.execute("BEGIN IMMEDIATE")
-        try:
-            result = complete(work(connection))
-        except BaseException:
-            raw.execute("ROLLBACK")
-            raise
-        raw.execute("COMMIT")
-        self._written.set()
-        self._notify(name)
-        return result
+        assert self._write_connection is not None
+        alchemy = self._alchemy(self._write_connection)  # before BEGIN, which connecting ends
+        return super()._transaction(name, lambda _: work(alchemy))
 
     def _read_snapshot(self, work: Callable[[Connection], Coroutine[Any, Any, R]]) -> R:
-        raw: sqlite3.Connection = self._local.connection
-        connection = self._alchemy(raw)
-        raw.execute("BEGIN")
-        try:
-            return complete(work(connection))
-        finally:
-            raw.execute("COMMIT")
+        alchemy = self._alchemy(self._local.connection)
+        return super()._read_snapshot(lambda _: work(alchemy))
 
 
 async def measure(kind: type[SqliteStore], updates: int) -> float:

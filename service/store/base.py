@@ -475,11 +475,13 @@ class Store(Protocol):
         entries of it are due; returns how many entries were stored.
 
         Commits after about `step` updates taken from the inbox, so no transaction grows with
-        the backlog (re-sent duplicates count too). Idempotent on (destination_id, update_id): an
-        update already in the outbox or already delivered is dropped here and counted as a
-        duplicate. Entries keep their batch's enqueue time and trace context, and come after
-        every entry unpacked before. Updates `decode` could not decode fail here (code
-        "undecodable"; an outcome each that could be told apart) rather than hold up the queue.
+        the backlog (re-sent duplicates count too). Batches are decoded with no transaction
+        open, off the event loop; only their writing is fenced by the lease. Idempotent on
+        (destination_id, update_id): an update already in the outbox or already delivered is
+        dropped here and counted as a duplicate. Entries keep their batch's enqueue time and
+        trace context, and come after every entry unpacked before. Updates `decode` could not
+        decode fail here (code "undecodable"; an outcome each that could be told apart) rather
+        than hold up the queue.
         """
         ...
 

@@ -16,8 +16,10 @@ Many service replicas share one database. What makes that safe:
   `ceil(instances with work or a live lease / live replicas)`; live replicas are the unexpired rows
   of `replicas`, refreshed by every lease taken or renewed.
 
-Transactions that hit a deadlock or serialization failure are retried a few times. Every other
-behaviour is the `Store` contract, shared with `SqliteStore` (same migrations, same tests).
+Transactions that hit a deadlock or serialization failure are retried a few times. The queries
+and transaction logic are `service.store.sql`'s, shared with `SqliteStore` (same migrations, same
+tests); this module runs them (`PostgresConnection`: `?` placeholders as psycopg's, list
+parameters as arrays, bulk inserts from `unnest` arrays, row locks).
 """
 
 from __future__ import annotations
@@ -135,18 +137,13 @@ class PostgresStore(SqlStore):
         )
         await pool.open(wait=True, timeout=30.0)
         store = cls(pool, box, clock=clock, max_group_rows=max_group_rows, fair_leases=fair_leases)
-        store._committer = asyncio.create_task(store._commit_loop(), name="store-group-commit")
+        store._start_committing()
         return store
 
     async def close(self) -> None:
         """Commit what is queued, then close the pool."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wakeup.set()
-        if self._committer is not None:
-            await self._committer
-        await self._pool.close()
+        if await self._stop_committing():
+            await self._pool.close()
 
     async def __aenter__(self) -> PostgresStore:
         return self

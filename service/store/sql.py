@@ -329,6 +329,19 @@ class SqlStore(ABC):
         """Register a callback run after each committed write transaction."""
         self._listeners.append(listener)
 
+    def _start_committing(self) -> None:
+        self._committer = asyncio.create_task(self._commit_loop(), name="store-group-commit")
+
+    async def _stop_committing(self) -> bool:
+        """Refuse new work and commit what is queued; False when the store was closed before."""
+        if self._closed:
+            return False
+        self._closed = True
+        self._wakeup.set()
+        if self._committer is not None:
+            await self._committer
+        return True
+
     def _notify(self, name: str) -> None:
         for listener in self._listeners:
             listener(name)

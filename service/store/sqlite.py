@@ -10,6 +10,9 @@ that the WAL starts over instead of growing. The event loop never blocks on the 
 Appends are group-committed: callers queue their updates, a committer task takes everything queued
 while the previous transaction was running and writes it in one transaction, then resolves each
 caller's future. Under load, one fsync acknowledges many streams.
+
+The queries and transaction logic are `service.store.sql`'s, shared with the PostgreSQL store;
+this module runs them on its threads (`SqliteConnection`, `complete`).
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ class SqliteStore(SqlStore):
             store._writer.shutdown(wait=True)
             store._readers.shutdown(wait=True)
             raise
-        store._committer = asyncio.create_task(store._commit_loop(), name="store-group-commit")
+        store._start_committing()
         store._checkpointer = threading.Thread(
             target=store._checkpoint_loop, name="store-checkpointer", daemon=True
         )
@@ -179,12 +182,8 @@ class SqliteStore(SqlStore):
 
     async def close(self) -> None:
         """Commit what is queued, then close every connection."""
-        if self._closed:
+        if not await self._stop_committing():
             return
-        self._closed = True
-        self._wakeup.set()
-        if self._committer is not None:
-            await self._committer
         self._closing.set()
         self._written.set()
         loop = asyncio.get_running_loop()

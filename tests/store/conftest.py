@@ -76,6 +76,10 @@ class Backend:
         """Update ids of the destination's outbox entries."""
         raise NotImplementedError
 
+    def in_transaction(self) -> bool:
+        """Whether a connection of the store holds a transaction open (SQLite: a write one)."""
+        raise NotImplementedError
+
     def committed_batches(self, destination_id: str) -> list[int]:
         """Ids (append sequences) of the destination's inbox batches, oldest first."""
         return [batch_id for batch_id, _, _ in self.inbox(destination_id)]
@@ -102,6 +106,18 @@ class SqliteBackend(Backend):
         connection = sqlite3.connect(self.path)
         try:
             return list(connection.execute(sql, params))
+        finally:
+            connection.close()
+
+    def in_transaction(self) -> bool:
+        connection = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # database is locked
+            return True
+        else:
+            connection.execute("ROLLBACK")
+            return False
         finally:
             connection.close()
 
@@ -132,6 +148,14 @@ class PostgresBackend(Backend):
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url) as connection:
             return list(connection.execute(sql.encode(), params))
+
+    def in_transaction(self) -> bool:
+        (count,) = self._query(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()",
+            (),
+        )[0]
+        return bool(count)
 
     def inbox(self, destination_id: str) -> list[tuple[int, int, bytes]]:
         rows = self._query(
