@@ -194,9 +194,10 @@ async def main() -> None:
             best[name] = min(best[name], seconds)
     results: dict[str, Any] = {f"{name}_s": round(s, 3) for name, s in best.items()}
     results["adapter_per_s"] = round(args.updates / best["adapter"])
+    results["target"] = "ratio >= 1 (needs SQLAlchemy importable)"
+    results["ok"] = None
     if "sqlalchemy" in best:
         results["ratio"] = round(best["sqlalchemy"] / best["adapter"], 2)
-        results["target"] = ">= 1"
         results["ok"] = results["ratio"] >= 1
     print(json.dumps(results))
 
