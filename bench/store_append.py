@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.api import convert
-from service.domain import ProfileUpdate
+from service.domain import DestinationSpec, MarketoConnection, ProfileUpdate
 from service.store import NewDestination, SqliteStore, Store
 from service.store.secrets import SecretBox
 from service.store.sqlite import Synchronous
@@ -73,7 +73,12 @@ async def appends(store: Store, *, streams: int, batch: int, updates: int) -> tu
 
     store.add_commit_listener(count)
     destination = await store.create_destination(
-        NewDestination(tenant="t", name="bench", spec={}, client_secret="s", instance_key="i")
+        NewDestination(
+            tenant="t",
+            name="bench",
+            spec=DestinationSpec("bench", MarketoConnection("123-ABC-456", "c", "s"), None, ""),
+            instance_key="i",
+        )
     )
     event_time = datetime.now(UTC)
     per_stream = updates // streams

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.api.access import LOCAL_PRINCIPAL, principal_scope
+from service.domain import DestinationSpec, MarketoConnection
 from service.store.base import ActivationRecord, DestinationRecord, DestinationState, PendingStats
 from service.usecases.ingest import IndexedAudiences, Ingest
 from tests.harness import retained_memory
@@ -24,9 +25,7 @@ class _Destinations:
             id=destination_id,
             tenant=tenant or "",
             name=destination_id,
-            spec={},
-            client_secret="",
-            webhook_secret=None,
+            spec=DestinationSpec("d", MarketoConnection("", ""), None, ""),
             instance_key=f"instance-of-{destination_id}",
             state=DestinationState.ACTIVE,
             paused_until=None,

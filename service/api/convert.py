@@ -559,7 +559,7 @@ def destination_pb(
     return pb.Destination(
         id=record.id,
         spec=_spec_pb(destination.spec),
-        client_secret_set=bool(record.client_secret),
+        client_secret_set=bool(record.spec.connection.client_secret),
         state=_STATE_PB[record.state],
         state_reason=record.state_reason,
         paused_until=timestamp(record.paused_until),

@@ -58,7 +58,6 @@ from service.store.base import (
 )
 from service.telemetry.core import batch_attributes
 from service.usecases.connections import EndpointRefused
-from service.usecases.destinations import spec_from_record
 
 __all__ = ["BatchDelivery", "DestinationNotReady", "SchemaMismatch"]
 
@@ -273,8 +272,8 @@ class BatchDelivery:
             return contextlib.nullcontext()
         attributes = batch_attributes(
             destination_id=record.id,
-            munchkin_id=record.spec.get("connection", {}).get("munchkin_id"),
-            sync_type=record.spec.get("sync_type"),
+            munchkin_id=record.spec.connection.munchkin_id,
+            sync_type=record.spec.sync_type.value if record.spec.sync_type else None,
             records=len(entries),
         )
         return self._telemetry.batch_span((e.trace_context for e in entries), attributes)
@@ -556,7 +555,7 @@ class BatchDelivery:
     async def _missing_fields(self, record: DestinationRecord, *, max_age: float) -> list[str]:
         """The fields the destination's mapping uses that the instance's lead schema (read
         again when the cached one is older than `max_age` seconds) does not have."""
-        spec = spec_from_record(record)
+        spec = record.spec
         client = self._connections.client(spec.connection)
         types = await self._lead_fields(record.instance_key, client, max_age=max_age)
         return missing_fields(record.mappings, types, dedupe_field=spec.dedupe_field)
@@ -571,7 +570,7 @@ class BatchDelivery:
             and cached.mappings == record.mappings
         ):
             return cached
-        spec = spec_from_record(record)
+        spec = record.spec
         if spec.sync_type is None:
             raise MappingConfigError(["the destination has no sync type"])
         client = self._connections.client(spec.connection)

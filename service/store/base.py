@@ -8,8 +8,8 @@ Conventions every implementation follows:
 
 - Times are timezone-aware UTC `datetime`s; naive ones are taken as UTC. They are stored as
   integer microseconds since the epoch, so ordering and comparison are exact in both engines.
-- Secrets are passed and returned in plain text and sealed at rest by the store's `SecretBox`;
-  record fields that hold them have `repr=False`.
+- Secrets are passed and returned in plain text (in the destination's `DestinationSpec`, whose
+  fields that hold them have `repr=False`) and sealed at rest by the store's `SecretBox`.
 - Another tenant's destination is simply not found.
 - Page tokens are opaque strings; an empty token is the first page, an empty `next_page_token`
   means the last page.
@@ -20,11 +20,18 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from service.domain import DecodedBatch, FieldMapping, FieldViolation, Outcome, ProfileUpdate
+from service.domain import (
+    DecodedBatch,
+    DestinationSpec,
+    FieldMapping,
+    FieldViolation,
+    Outcome,
+    ProfileUpdate,
+)
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
@@ -128,10 +135,8 @@ class NewDestination:
 
     tenant: str
     name: str
-    spec: Mapping[str, Any]
-    """The destination spec as JSON-compatible data, without any secret."""
-    client_secret: str = field(repr=False)
-    webhook_secret: str | None = field(default=None, repr=False)
+    spec: DestinationSpec
+    """The destination spec, its secrets (client secret, webhook secret) included."""
     instance_key: str = ""
     """Key of the Marketo instance the destination writes to (the dispatcher's unit)."""
     mappings: tuple[FieldMapping, ...] = ()
@@ -149,9 +154,8 @@ class DestinationRecord:
     id: str
     tenant: str
     name: str
-    spec: Mapping[str, Any]
-    client_secret: str = field(repr=False)
-    webhook_secret: str | None = field(repr=False)
+    spec: DestinationSpec
+    """The spec, secrets included (an empty webhook secret: none)."""
     instance_key: str
     state: DestinationState
     paused_until: datetime | None
@@ -478,11 +482,13 @@ class Store(Protocol):
         entries of it are due; returns how many entries were stored.
 
         Commits after about `step` updates taken from the inbox, so no transaction grows with
-        the backlog (re-sent duplicates count too). Idempotent on (destination_id, update_id): an
-        update already in the outbox or already delivered is dropped here and counted as a
-        duplicate. Entries keep their batch's enqueue time and trace context, and come after
-        every entry unpacked before. Updates `decode` could not decode fail here (code
-        "undecodable"; an outcome each that could be told apart) rather than hold up the queue.
+        the backlog (re-sent duplicates count too). Batches are decoded with no transaction
+        open, off the event loop; only their writing is fenced by the lease. Idempotent on
+        (destination_id, update_id): an update already in the outbox or already delivered is
+        dropped here and counted as a duplicate. Entries keep their batch's enqueue time and
+        trace context, and come after every entry unpacked before. Updates `decode` could not
+        decode fail here (code "undecodable"; an outcome each that could be told apart) rather
+        than hold up the queue.
         """
         ...
 

@@ -20,24 +20,32 @@ from service.domain import (
     UPDATE_ID_REUSED,
     Action,
     ActionType,
+    AlertSubscription,
     AudienceMembership,
     DecodedBatch,
+    DestinationSpec,
     ExclusionCode,
     FieldMapping,
+    MarketoConnection,
     MembershipStatus,
     Outcome,
     OutcomeKind,
+    PersonAction,
     ProfileUpdate,
+    SyncType,
 )
 from service.store.base import (
     AlertRecord,
     Dataflow,
     DataflowRun,
+    DestinationRecord,
+    DestinationState,
     InvalidPageToken,
     OutboxEntry,
     OutcomeRecord,
     PendingStats,
 )
+from service.store.secrets import SecretBox
 
 log = logging.getLogger("service.store")
 
@@ -111,32 +119,9 @@ NEW_DESTINATION_COLUMNS = (
 DESTINATION_COLUMNS = f"{NEW_DESTINATION_COLUMNS}, state_reason"
 
 
-def instances_with_work(due: str) -> str:
-    """SQL selecting the instance keys that have work: an outbox entry due at `due` (a
-    parameter placeholder of the engine's style) or a batch in the inbox."""
-    return (
-        "SELECT instance_key FROM outbox_instances i WHERE EXISTS (SELECT 1 FROM outbox o "
-        f"WHERE o.instance_key = i.instance_key AND o.not_before <= {due}) "
-        "OR EXISTS (SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key)"
-    )
-
-
-def fail_update(mark: str) -> str:
-    """SQL recording an update that fails before delivery (undecodable, unstorable, its id
-    reused) as a failed outcome (parameters: destination_id, update_id, profile_id, event_time,
-    recorded_at, reason, code; `mark`: the engine's placeholder). An outcome already recorded
-    for the update is kept."""
-    return (
-        "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, event_time, "
-        "recorded_at, kind, actions, lead_id, reason, marketo_code) "
-        f"VALUES ({mark}, {mark}, {mark}, NULL, {mark}, {mark}, '{OutcomeKind.FAILED.value}', "
-        f"'[]', NULL, {mark}, {mark}) "
-        "ON CONFLICT (destination_id, update_id) DO NOTHING"
-    )
-
-
 FailedUpdate = tuple[str, str, str, int, int, str, str]
-"""The parameters of `fail_update`."""
+"""An update that fails before delivery (undecodable, unstorable, its id reused), to record as a
+failed outcome: destination_id, update_id, profile_id, event_time, recorded_at, reason, code."""
 
 
 def undecodable_outcomes(
@@ -147,7 +132,7 @@ def undecodable_outcomes(
     enqueued_at: int,
     now: int,
 ) -> list[FailedUpdate]:
-    """The parameters of `fail_update` for each update of an inbox batch of `count` that
+    """The `FailedUpdate` of each update of an inbox batch of `count` that
     could not be decoded but was told apart: one without an update id is named after its batch
     and position, one without an event time gets the time its batch came. Logs the batch."""
     log.error(
@@ -406,16 +391,6 @@ def unpacked_counts(
     return found
 
 
-def purge_outcomes(mark: str) -> str:
-    """SQL deleting, among the outcomes whose ids are within the first parameter of the oldest
-    one, those recorded before the second (`mark`: the engine's placeholder). Ids grow with time,
-    so this takes the oldest outcomes through the primary key, however many there are."""
-    return (
-        "DELETE FROM outcomes WHERE id IN (SELECT id FROM outcomes "
-        f"WHERE id < (SELECT MIN(id) FROM outcomes) + {mark} AND recorded_at < {mark})"
-    )
-
-
 OUTBOX_COLUMNS = (
     "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
     "trace_context, enqueued_at, not_before, attempts, last_error"
@@ -430,6 +405,87 @@ OUTCOME_COLUMNS = (
 
 
 ALERT_COLUMNS = "id, destination_id, type, message, raised_at, resolved_at, paused_until"
+
+
+def spec_json(spec: DestinationSpec) -> dict[str, Any]:
+    """The spec as stored: JSON data without any secret (those are sealed in their columns)."""
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "connection": {
+            "munchkin_id": spec.connection.munchkin_id,
+            "client_id": spec.connection.client_id,
+            "endpoint": spec.connection.endpoint,
+        },
+        "workspace": spec.workspace,
+        "sync_type": spec.sync_type.value if spec.sync_type else None,
+        "partition": spec.partition,
+        "dedupe_field": spec.dedupe_field,
+        "person_action": spec.person_action.value if spec.person_action else None,
+        "alerts": {
+            "types": list(spec.alerts.types),
+            "webhook_url": spec.alerts.webhook_url,
+            "failure_rate_threshold": spec.alerts.failure_rate_threshold,
+            "delivery_delay_seconds": spec.alerts.delivery_delay_threshold.total_seconds(),
+        },
+        "marketing_actions": list(spec.marketing_actions),
+        "consent_path": spec.consent_path,
+    }
+
+
+def spec_from_json(
+    data: Mapping[str, Any], client_secret: str, webhook_secret: str
+) -> DestinationSpec:
+    """The spec of `spec_json`, with its secrets."""
+    connection = data["connection"]
+    alerts = data.get("alerts", {})
+    return DestinationSpec(
+        name=data["name"],
+        description=data.get("description", ""),
+        connection=MarketoConnection(
+            munchkin_id=connection["munchkin_id"],
+            client_id=connection["client_id"],
+            client_secret=client_secret,
+            endpoint=connection.get("endpoint", ""),
+        ),
+        workspace=data.get("workspace", ""),
+        sync_type=SyncType(data["sync_type"]) if data.get("sync_type") else None,
+        partition=data.get("partition", ""),
+        dedupe_field=data["dedupe_field"],
+        person_action=PersonAction(data["person_action"]) if data.get("person_action") else None,
+        alerts=AlertSubscription(
+            types=tuple(alerts.get("types", ())),
+            webhook_url=alerts.get("webhook_url", ""),
+            webhook_secret=webhook_secret,
+            failure_rate_threshold=alerts.get("failure_rate_threshold", 0.05),
+            delivery_delay_threshold=timedelta(seconds=alerts.get("delivery_delay_seconds", 900)),
+        ),
+        marketing_actions=tuple(data.get("marketing_actions", ())),
+        consent_path=data.get("consent_path", ""),
+    )
+
+
+def destination_record(row: Sequence[Any], box: SecretBox) -> DestinationRecord:
+    """A destination row (`DESTINATION_COLUMNS`, or `NEW_DESTINATION_COLUMNS` without a state
+    reason) with its secrets opened."""
+    return DestinationRecord(
+        id=row[0],
+        tenant=row[1],
+        name=row[2],
+        spec=spec_from_json(
+            json.loads(row[3]),
+            client_secret=box.open(bytes(row[4])),
+            webhook_secret=box.open(bytes(row[5])) if row[5] is not None else "",
+        ),
+        instance_key=row[6],
+        state=DestinationState(row[7]),
+        paused_until=from_micros(row[8]) if row[8] is not None else None,
+        created_at=from_micros(row[9]),
+        updated_at=from_micros(row[10]),
+        mappings=loads_mappings(row[11]),
+        version=row[12],
+        state_reason=row[13] if len(row) > 13 else "",
+    )
 
 
 def dumps_mappings(mappings: Iterable[FieldMapping]) -> str:
@@ -635,26 +691,6 @@ def _exclusion_code(stored: str) -> ExclusionCode | None:
         return ExclusionCode.UNKNOWN
 
 
-def add_reasons_sql(mark: str) -> str:
-    """SQL adding to one hour's count of a (kind, reason, field) (parameters: destination_id,
-    hour_start, kind, reason, field, count; `mark`: the engine's placeholder)."""
-    return (
-        "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, field, count) "
-        f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) "
-        "ON CONFLICT (destination_id, hour_start, kind, reason, field) "
-        "DO UPDATE SET count = dataflow_reasons.count + excluded.count"
-    )
-
-
-def reason_totals_sql(mark: str, count: str = "SUM(count)") -> str:
-    """SQL reading a destination's lifetime (kind, reason, field, count) rows (parameter:
-    destination_id; `count`: the engine's sum expression)."""
-    return (
-        f"SELECT kind, reason, field, {count} FROM dataflow_reasons WHERE destination_id = {mark} "
-        "GROUP BY kind, reason, field ORDER BY kind, reason, field"
-    )
-
-
 def build_dataflow(
     destination_id: str,
     total: Mapping[str, int],
@@ -669,7 +705,7 @@ def build_dataflow(
     """The `Dataflow` of a destination from its stored counters.
 
     `total`: lifetime counters by column; `reason_rows`: (kind, reason, field, count) rows as
-    `reason_totals_sql` reads them; `by_hour`:
+    `REASON_TOTALS` reads them; `by_hour`:
     (received, activated, excluded, failed, superseded) per hour start; `hours`: the hour starts
     to report, newest first (empty hours are reported as zeros).
     """

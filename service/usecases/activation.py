@@ -34,7 +34,7 @@ from service.marketo.errors import MarketoError
 from service.marketo.types import Folder, SchemaField, StaticList
 from service.store.base import ActivationRecord, DestinationRecord, Store
 from service.usecases.connections import MarketoConnections
-from service.usecases.destinations import describe_instance, marketo_failure, spec_from_record
+from service.usecases.destinations import describe_instance, marketo_failure
 from service.usecases.governance import Policy
 from service.usecases.governance import violations as policy_violations
 
@@ -185,7 +185,7 @@ class Activations:
         record = await self._store.get_destination(destination_id, tenant=principal.tenant)
         if any(m.source.startswith("identityMap.") for m in mappings):
             require(principal, IDENTITY_GRAPH_VIEW)
-        spec = spec_from_record(record)
+        spec = record.spec
         violations = audience_violations(spec, audiences)
         violations += [
             FieldViolation(
@@ -257,7 +257,7 @@ class Activations:
         if unknown:
             raise NotFound(f"audiences not active on this destination: {', '.join(unknown)}")
         if delete_lists:
-            client = self._connections.client(spec_from_record(record).connection, interactive=True)
+            client = self._connections.client(record.spec.connection, interactive=True)
             for audience_id in audience_ids:
                 list_id = active[audience_id].marketo_list_id
                 if list_id:

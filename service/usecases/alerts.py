@@ -39,7 +39,6 @@ from service.delivery.egress import EgressRefused
 from service.domain import AlertState, AlertSubscription, AlertType
 from service.marketo.clock import Clock, SystemClock
 from service.store.base import AlertRecord, DestinationNotFound, Store
-from service.usecases.destinations import spec_from_record
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -400,7 +399,7 @@ class AlertMonitor:
 
     async def _subscription(self, destination_id: str) -> AlertSubscription:
         record = await self._store.get_destination(destination_id, tenant=None)
-        return spec_from_record(record).alerts
+        return record.spec.alerts
 
     async def _set(
         self,
@@ -508,7 +507,7 @@ class AlertMonitor:
                 record = await self._store.get_destination(event.destination_id, tenant=None)
             except DestinationNotFound:
                 return
-            subscription = spec_from_record(record).alerts
+            subscription = record.spec.alerts
             if not subscription.webhook_url:
                 return
             timestamp = int(self._clock.now())

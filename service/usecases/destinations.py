@@ -9,10 +9,9 @@ Configure validates a spec in two steps, and stores nothing unless both pass:
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 
@@ -20,11 +19,9 @@ from service.api.access import current_principal
 from service.delivery.egress import OriginList, parse_url
 from service.domain import (
     FORBIDDEN_DEDUPE_FIELDS,
-    AlertSubscription,
     DestinationSpec,
     FieldViolation,
     MarketoConnection,
-    PersonAction,
     SyncType,
 )
 from service.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
@@ -188,63 +185,6 @@ def static_violations(
     return violations
 
 
-def spec_to_json(spec: DestinationSpec) -> dict[str, Any]:
-    """The spec as stored: JSON data without any secret."""
-    return {
-        "name": spec.name,
-        "description": spec.description,
-        "connection": {
-            "munchkin_id": spec.connection.munchkin_id,
-            "client_id": spec.connection.client_id,
-            "endpoint": spec.connection.endpoint,
-        },
-        "workspace": spec.workspace,
-        "sync_type": spec.sync_type.value if spec.sync_type else None,
-        "partition": spec.partition,
-        "dedupe_field": spec.dedupe_field,
-        "person_action": spec.person_action.value if spec.person_action else None,
-        "alerts": {
-            "types": list(spec.alerts.types),
-            "webhook_url": spec.alerts.webhook_url,
-            "failure_rate_threshold": spec.alerts.failure_rate_threshold,
-            "delivery_delay_seconds": spec.alerts.delivery_delay_threshold.total_seconds(),
-        },
-        "marketing_actions": list(spec.marketing_actions),
-        "consent_path": spec.consent_path,
-    }
-
-
-def spec_from_record(record: DestinationRecord) -> DestinationSpec:
-    """The full spec of a stored destination, secrets included (for internal use)."""
-    data: Mapping[str, Any] = record.spec
-    connection = data["connection"]
-    alerts = data.get("alerts", {})
-    return DestinationSpec(
-        name=data["name"],
-        description=data.get("description", ""),
-        connection=MarketoConnection(
-            munchkin_id=connection["munchkin_id"],
-            client_id=connection["client_id"],
-            client_secret=record.client_secret,
-            endpoint=connection.get("endpoint", ""),
-        ),
-        workspace=data.get("workspace", ""),
-        sync_type=SyncType(data["sync_type"]) if data.get("sync_type") else None,
-        partition=data.get("partition", ""),
-        dedupe_field=data["dedupe_field"],
-        person_action=PersonAction(data["person_action"]) if data.get("person_action") else None,
-        alerts=AlertSubscription(
-            types=tuple(alerts.get("types", ())),
-            webhook_url=alerts.get("webhook_url", ""),
-            webhook_secret=record.webhook_secret or "",
-            failure_rate_threshold=alerts.get("failure_rate_threshold", 0.05),
-            delivery_delay_threshold=timedelta(seconds=alerts.get("delivery_delay_seconds", 900)),
-        ),
-        marketing_actions=tuple(data.get("marketing_actions", ())),
-        consent_path=data.get("consent_path", ""),
-    )
-
-
 def marketo_failure(error: MarketoError | httpx.HTTPError, what: str) -> Exception:
     """The caller-facing error for a Marketo failure during a synchronous RPC.
 
@@ -405,9 +345,7 @@ class Destinations:
                 NewDestination(
                     tenant=tenant,
                     name=spec.name,
-                    spec=spec_to_json(spec),
-                    client_secret=spec.connection.client_secret,
-                    webhook_secret=spec.alerts.webhook_secret or None,
+                    spec=spec,
                     instance_key=instance,
                 )
             )
@@ -416,9 +354,7 @@ class Destinations:
                 replace(
                     existing,
                     name=spec.name,
-                    spec=spec_to_json(spec),
-                    client_secret=spec.connection.client_secret,
-                    webhook_secret=spec.alerts.webhook_secret or None,
+                    spec=spec,
                     instance_key=instance,
                 )
             )
@@ -430,7 +366,7 @@ class Destinations:
         record = await self._store.get_destination(
             destination_id, tenant=current_principal().tenant
         )
-        return Destination(record=record, spec=spec_from_record(record))
+        return Destination(record=record, spec=record.spec)
 
     async def get_with_activations(
         self, destination_id: str
@@ -445,7 +381,7 @@ class Destinations:
             page_token=page_token,
         )
         return Page(
-            items=tuple(Destination(r, spec_from_record(r)) for r in page.items),
+            items=tuple(Destination(r, r.spec) for r in page.items),
             next_page_token=page.next_page_token,
         )
 
@@ -472,23 +408,29 @@ def _keep_secrets(spec: DestinationSpec, existing: DestinationRecord) -> Destina
     """On update, an empty secret keeps the stored one (secrets are write-only)."""
     if not spec.connection.client_secret:
         spec = replace(
-            spec, connection=replace(spec.connection, client_secret=existing.client_secret)
+            spec,
+            connection=replace(
+                spec.connection, client_secret=existing.spec.connection.client_secret
+            ),
         )
-    if not spec.alerts.webhook_secret and existing.webhook_secret:
-        spec = replace(spec, alerts=replace(spec.alerts, webhook_secret=existing.webhook_secret))
+    stored = existing.spec.alerts.webhook_secret
+    if not spec.alerts.webhook_secret and stored:
+        spec = replace(spec, alerts=replace(spec.alerts, webhook_secret=stored))
     return spec
 
 
 def _unsaved(tenant: str, spec: DestinationSpec) -> DestinationRecord:
-    """What a validate-only create would store (no id, no times)."""
+    """What a validate-only create would store (no id, no times, no secret)."""
     epoch = datetime.fromtimestamp(0, UTC)
     return DestinationRecord(
         id="",
         tenant=tenant,
         name=spec.name,
-        spec=spec_to_json(spec),
-        client_secret="",
-        webhook_secret=None,
+        spec=replace(
+            spec,
+            connection=replace(spec.connection, client_secret=""),
+            alerts=replace(spec.alerts, webhook_secret=""),
+        ),
         instance_key="",
         state=DestinationState.ACTIVE,
         paused_until=None,

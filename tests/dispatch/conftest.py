@@ -43,7 +43,6 @@ from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
 from service.usecases.alerts import AlertMonitor, WebhookSettings
 from service.usecases.connections import MarketoConnections
-from service.usecases.destinations import spec_to_json
 
 BASE_URL = "https://123-ABC-456.mktorest.com"
 MARKETO = Settings(default_marketo_endpoint=BASE_URL, marketo_share=1.0)
@@ -249,9 +248,7 @@ class Env:
             NewDestination(
                 tenant=TENANT,
                 name=name,
-                spec=spec_to_json(spec),
-                client_secret=client_secret,
-                webhook_secret=spec.alerts.webhook_secret or None,
+                spec=spec,
                 instance_key=self.instance_key,
                 mappings=tuple(mappings),
             )

@@ -136,8 +136,10 @@ async def test_failing_authentication_raises_the_alert_and_recovers(env: Env) ->
     assert all(e.last_error.startswith("AuthenticationError 401") for e in entries)
     assert "sandbox-client-secret" not in entries[0].last_error
 
-    spec = dict(record.spec)
-    spec["connection"] = {**spec["connection"], "client_id": connection().client_id}
+    spec = replace(
+        record.spec,
+        connection=replace(record.spec.connection, client_id=connection().client_id),
+    )
     await env.store.update_destination(replace(record, spec=spec))  # the user fixed the id
     env.clock.advance(60)
     assert await drain_all(env, dispatcher) == 3

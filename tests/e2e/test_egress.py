@@ -21,7 +21,6 @@ import pytest
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.api import convert
 from service.store.base import NewDestination
-from service.usecases.destinations import spec_to_json
 from tests.harness import (
     STANDARD_MAPPINGS,
     Service,
@@ -264,9 +263,7 @@ async def test_a_stored_endpoint_the_policy_no_longer_allows_is_a_failed_precond
             NewDestination(
                 tenant="default",
                 name=stored.name,
-                spec=spec_to_json(stored),
-                client_secret=stored.connection.client_secret,
-                webhook_secret=None,
+                spec=stored,
                 instance_key="123-abc-456.mktorest.com",
             )
         )

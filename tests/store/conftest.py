@@ -20,13 +20,17 @@ from service.api import convert
 from service.domain import (
     Action,
     ActionType,
+    AlertSubscription,
     AudienceMembership,
+    DestinationSpec,
     ExclusionCode,
     FieldMapping,
+    MarketoConnection,
     MembershipStatus,
     Outcome,
     OutcomeKind,
     ProfileUpdate,
+    SyncType,
 )
 from service.store import AppendResult, NewDestination, OutboxEntry, SqliteStore, Store
 from service.store.postgres import PostgresStore
@@ -72,6 +76,10 @@ class Backend:
         """Update ids of the destination's outbox entries."""
         raise NotImplementedError
 
+    def in_transaction(self) -> bool:
+        """Whether a connection of the store holds a transaction open (SQLite: a write one)."""
+        raise NotImplementedError
+
     def committed_batches(self, destination_id: str) -> list[int]:
         """Ids (append sequences) of the destination's inbox batches, oldest first."""
         return [batch_id for batch_id, _, _ in self.inbox(destination_id)]
@@ -98,6 +106,18 @@ class SqliteBackend(Backend):
         connection = sqlite3.connect(self.path)
         try:
             return list(connection.execute(sql, params))
+        finally:
+            connection.close()
+
+    def in_transaction(self) -> bool:
+        connection = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # database is locked
+            return True
+        else:
+            connection.execute("ROLLBACK")
+            return False
         finally:
             connection.close()
 
@@ -128,6 +148,14 @@ class PostgresBackend(Backend):
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url) as connection:
             return list(connection.execute(sql.encode(), params))
+
+    def in_transaction(self) -> bool:
+        (count,) = self._query(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()",
+            (),
+        )[0]
+        return bool(count)
 
     def inbox(self, destination_id: str) -> list[tuple[int, int, bytes]]:
         rows = self._query(
@@ -230,15 +258,24 @@ async def outcome_update_ids(store: Store, destination_id: str) -> list[str]:
     return [record.outcome.update_id for record in reversed(page.items)]
 
 
+def destination_spec(name: str = "d", client_secret: str = CLIENT_SECRET) -> DestinationSpec:
+    """A destination spec with both secrets (the webhook secret is `WEBHOOK_SECRET`)."""
+    return DestinationSpec(
+        name=name,
+        connection=MarketoConnection("123-ABC-456", "cid", client_secret),
+        sync_type=SyncType.AUDIENCE_AND_PROFILE,
+        dedupe_field="email",
+        alerts=AlertSubscription(webhook_secret=WEBHOOK_SECRET),
+    )
+
+
 def new_destination(
     tenant: str = "acme", name: str = "Marketo prod", **changes: Any
 ) -> NewDestination:
     values: dict[str, Any] = {
         "tenant": tenant,
         "name": name,
-        "spec": {"name": name, "connection": {"munchkin_id": "123-ABC-456", "client_id": "cid"}},
-        "client_secret": CLIENT_SECRET,
-        "webhook_secret": WEBHOOK_SECRET,
+        "spec": destination_spec(name),
         "instance_key": "123-ABC-456",
         "mappings": (FieldMapping("person.email", "DedupeField", labels=("C2",)),),
     }

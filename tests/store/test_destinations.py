@@ -25,6 +25,7 @@ from tests.store.conftest import (
     FakeClock,
     activated,
     append,
+    destination_spec,
     new_destination,
     unpack,
     update,
@@ -40,9 +41,9 @@ async def test_create_and_get(store: Store) -> None:
     assert created.created_at == created.updated_at == START
     fetched = await store.get_destination(created.id, tenant="acme")
     assert fetched == created
-    assert fetched.client_secret == CLIENT_SECRET
-    assert fetched.webhook_secret == WEBHOOK_SECRET
-    assert fetched.spec["connection"]["client_id"] == "cid"
+    assert fetched.spec.connection.client_secret == CLIENT_SECRET
+    assert fetched.spec.alerts.webhook_secret == WEBHOOK_SECRET
+    assert fetched.spec.connection.client_id == "cid"
     assert fetched.mappings == (FieldMapping("person.email", "DedupeField", labels=("C2",)),)
 
 
@@ -106,12 +107,14 @@ async def test_update_is_optimistic(store: Store, clock: FakeClock) -> None:
     clock.advance(timedelta(minutes=1))
 
     renamed = await store.update_destination(
-        dataclasses.replace(created, name="renamed", client_secret="new-secret")
+        dataclasses.replace(
+            created, name="renamed", spec=destination_spec(client_secret="new-secret")
+        )
     )
 
     assert renamed.version == 2
     assert renamed.name == "renamed"
-    assert renamed.client_secret == "new-secret"
+    assert renamed.spec.connection.client_secret == "new-secret"
     assert renamed.updated_at == START + timedelta(minutes=1)
     assert renamed.created_at == START
     with pytest.raises(VersionConflict):

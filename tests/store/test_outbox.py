@@ -17,6 +17,7 @@ from service.domain import (
     UNDECODABLE,
     ActionType,
     AudienceMembership,
+    DecodedBatch,
     MembershipStatus,
     OutcomeKind,
     ProfileUpdate,
@@ -372,6 +373,25 @@ async def test_a_batch_of_duplicates_does_not_fill_the_limit(
     assert backend.committed_batches(destination.id) == [last.sequence]
     flow = await store.dataflow(destination.id, now=START)
     assert (flow.received, flow.duplicates, flow.pending) == (4, 1, 3)
+
+
+async def test_unpack_decodes_outside_any_transaction(
+    store: Store, backend: Backend, destination: DestinationRecord
+) -> None:
+    """Batches are read, decoded with no transaction open, then written: decoding never holds
+    the write lock (SQLite) or an open transaction (PostgreSQL)."""
+    await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    await append(store, destination.id, INSTANCE, [update(3)])
+    during: list[bool] = []
+
+    def decode(body: bytes) -> DecodedBatch:
+        during.append(backend.in_transaction())
+        return convert.decode_batch(body)
+
+    assert await store.unpack(INSTANCE, decode, 10, now=START) == 3
+    assert during == [False, False]
+    assert not backend.in_transaction()
+    assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u2", "u3"]
 
 
 async def test_unpack_commits_every_step_even_through_a_flood_of_duplicates(

@@ -76,7 +76,9 @@ async def test_secrets_are_not_in_the_database_files(
     path = tmp_path / "store.db"
     store = await SqliteStore.open(path, box, clock=clock)
     created = await store.create_destination(new_destination())
-    assert (await store.get_destination(created.id, tenant="acme")).client_secret == CLIENT_SECRET
+    assert (
+        await store.get_destination(created.id, tenant="acme")
+    ).spec.connection.client_secret == CLIENT_SECRET
 
     def database_bytes() -> bytes:
         return b"".join(p.read_bytes() for p in tmp_path.glob("store.db*"))

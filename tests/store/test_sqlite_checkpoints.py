@@ -13,7 +13,7 @@ from service.store import NewDestination, SqliteStore
 from service.store import sqlite as sqlite_store
 from service.store.secrets import SecretBox
 
-from .conftest import FakeClock
+from .conftest import FakeClock, destination_spec
 
 BATCH = os.urandom(40_000)  # incompressible, ten pages each
 BATCHES = 300  # about 3,000 pages: three times SQLite's default autocheckpoint threshold
@@ -23,7 +23,7 @@ async def _fill(directory: Path, box: SecretBox, clock: FakeClock) -> tuple[Path
     path = directory / "store.db"
     store = await SqliteStore.open(path, box, clock=clock)
     destination = await store.create_destination(
-        NewDestination(tenant="t", name="d", spec={}, client_secret="s", instance_key="i")
+        NewDestination(tenant="t", name="d", spec=destination_spec(), instance_key="i")
     )
     for _ in range(100):  # the checkpointer took the first write (its checkpoint is tiny)
         if not store._written.is_set():
@@ -93,7 +93,7 @@ async def _append_continuously(
     appended = largest = 0.0
     try:
         destination = await store.create_destination(
-            NewDestination(tenant="t", name="d", spec={}, client_secret="s", instance_key="i")
+            NewDestination(tenant="t", name="d", spec=destination_spec(), instance_key="i")
         )
 
         async def stream() -> None:

@@ -1,0 +1,1379 @@
+"""The store written once: every query and the transaction logic both engines run.
+
+`SqlStore` implements the `Store` protocol against `Connection`, a small interface over one
+transaction's database connection. The engines (`service.store.sqlite`, `service.store.postgres`)
+supply only what really differs: how a transaction is run (SQLite's writer thread and group
+commit, PostgreSQL's pool and retries), and a `Connection` that knows its engine's placeholders,
+list parameters, bulk inserts, row locks and the two queries that are faster written apart (the
+inbox insert and the claim).
+
+The shared code is written as coroutines. On PostgreSQL each `await` is real I/O; SQLite's
+connection answers at once, so its writer thread runs the same coroutine to completion without an
+event loop (`service.store.sqlite.complete`). SQL is written with `?` placeholders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from abc import ABC, abstractmethod
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from service.domain import UNDECODABLE, DecodedBatch, FieldMapping, Outcome, OutcomeKind
+from service.store.base import (
+    CLAIM_MAX_BYTES,
+    UNPACK_STEP,
+    ActivationRecord,
+    AlertRecord,
+    AppendResult,
+    CommitListener,
+    Dataflow,
+    DestinationNotFound,
+    DestinationRecord,
+    DestinationState,
+    FencingError,
+    Lease,
+    NewDestination,
+    OutboxEntry,
+    OutcomeRecord,
+    Page,
+    PendingStats,
+    StoreError,
+    VersionConflict,
+    Watermark,
+    in_steps,
+)
+from service.store.rows import (
+    ALERT_COLUMNS,
+    COUNT_COLUMNS,
+    DEFAULT_PAGE_SIZE,
+    DESTINATION_COLUMNS,
+    DESTINATIONS_POSITION,
+    HOUR_US,
+    NEW_DESTINATION_COLUMNS,
+    OUTCOME_COLUMNS,
+    OUTCOMES_POSITION,
+    Counts,
+    FailedUpdate,
+    alert_record,
+    build_dataflow,
+    clamp_page_size,
+    count_outcome,
+    decode_token,
+    destination_record,
+    dumps,
+    dumps_mappings,
+    encode_token,
+    from_micros,
+    outbox_entry,
+    outcome_record,
+    pair_outcomes,
+    sort_batch,
+    spec_json,
+    storable_ids,
+    storable_outcome,
+    to_micros,
+    undecodable_outcomes,
+    unpacked_counts,
+)
+from service.store.secrets import SecretBox
+
+__all__ = ["Column", "Connection", "PendingAppend", "Rows", "SqlStore"]
+
+R = TypeVar("R")
+Row = tuple[Any, ...]
+Column = tuple[str, str]
+"""A column of a bulk insert: its name and its PostgreSQL type (for typed array parameters)."""
+
+
+class Rows(Protocol):
+    """What a statement returned."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """One transaction's connection, adapted by an engine."""
+
+    for_update: str
+    """A row-locking suffix (" FOR UPDATE"), empty where the writer is alone (SQLite)."""
+    for_share: str
+    for_key_share: str
+    holder_lock: str
+    """A statement serializing one holder's lease acquisitions (parameter: a key), or empty."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        """Run one statement (`?` placeholders)."""
+        ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per row of parameters."""
+        ...
+
+    async def insert_many(
+        self, table: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]], tail: str = ""
+    ) -> int:
+        """Insert `rows` in their order (`tail`: an ON CONFLICT clause); how many went in."""
+        ...
+
+    def in_lists(self, values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+        """`values` as (`IN`-like SQL condition, its parameters), in as many parts as the engine
+        needs; nothing for no values."""
+        ...
+
+    async def insert_batches(self, batches: Sequence[PendingAppend], enqueued_at: int) -> list[int]:
+        """Insert the batches into the inbox; their ids, ascending in the order of `batches`."""
+        ...
+
+    async def claim(
+        self, instance_key: str, after_sequence: int, due: int, limit: int, max_bytes: int
+    ) -> Rows:
+        """The due entries `claim_due` reads: `OUTBOX_COLUMNS` and the payload's size, by
+        sequence (the engine may stop once the sizes reach `max_bytes`)."""
+        ...
+
+
+@dataclass(slots=True)
+class PendingAppend:
+    """An appended batch waiting for its group commit."""
+
+    destination_id: str
+    instance_key: str
+    body: bytes
+    count: int
+    trace_context: str | None
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxBatch:
+    """An inbox row that `unpack` takes."""
+
+    id: int
+    destination_id: str
+    count: int
+    body: bytes
+    trace_context: str | None
+    enqueued_at: int
+
+
+# -- statements ---------------------------------------------------------------------------------
+
+INSTANCES_WITH_WORK = (
+    "SELECT instance_key FROM outbox_instances i WHERE EXISTS (SELECT 1 FROM outbox o "
+    "WHERE o.instance_key = i.instance_key AND o.not_before <= ?) "
+    "OR EXISTS (SELECT 1 FROM inbox b WHERE b.instance_key = i.instance_key)"
+)
+"""The instance keys that have work (parameter: now): a due outbox entry or an inbox batch."""
+
+# Deletes, among the outcomes whose ids are within the first parameter of the oldest one, those
+# recorded before the second. Ids grow with time, so this takes the oldest outcomes through the
+# primary key, however many there are.
+PURGE_OUTCOMES = (
+    "DELETE FROM outcomes WHERE id IN (SELECT id FROM outcomes "
+    "WHERE id < (SELECT MIN(id) FROM outcomes) + ? AND recorded_at < ?)"
+)
+
+FAILED_COLUMNS: tuple[Column, ...] = (
+    ("destination_id", "text"),
+    ("update_id", "text"),
+    ("profile_id", "text"),
+    ("event_time", "bigint"),
+    ("recorded_at", "bigint"),
+    ("reason", "text"),
+    ("marketo_code", "text"),
+    ("kind", "text"),
+    ("actions", "text"),
+)
+"""An update that fails before delivery (`FailedUpdate`, then kind and actions) as an outcome;
+an outcome already recorded for the update is kept."""
+FAILED_TAIL = "ON CONFLICT (destination_id, update_id) DO NOTHING"
+
+OUTBOX_INSERT: tuple[Column, ...] = (
+    ("destination_id", "text"),
+    ("instance_key", "text"),
+    ("update_id", "text"),
+    ("profile_id", "text"),
+    ("event_time", "bigint"),
+    ("payload", "text"),
+    ("trace_context", "text"),
+    ("enqueued_at", "bigint"),
+    ("not_before", "bigint"),
+    ("digest", "text"),
+)
+
+OUTCOME_INSERT: tuple[Column, ...] = (
+    ("destination_id", "text"),
+    ("update_id", "text"),
+    ("profile_id", "text"),
+    ("dedupe_value", "text"),
+    ("event_time", "bigint"),
+    ("recorded_at", "bigint"),
+    ("kind", "text"),
+    ("actions", "text"),
+    ("lead_id", "bigint"),
+    ("reason", "text"),
+    ("marketo_code", "text"),
+    ("exclusion_code", "text"),
+    ("exclusion_field", "text"),
+    ("digest", "text"),
+)
+
+WATERMARK_INSERT: tuple[Column, ...] = (
+    ("destination_id", "text"),
+    ("profile_id", "text"),
+    ("event_time", "bigint"),
+)
+WATERMARK_TAIL = (
+    "ON CONFLICT (destination_id, profile_id) DO UPDATE SET event_time = CASE "
+    "WHEN excluded.event_time > profile_watermarks.event_time THEN excluded.event_time "
+    "ELSE profile_watermarks.event_time END"
+)
+
+UPSERT_ACTIVATION = (
+    "INSERT INTO activations (destination_id, audience_id, audience_name, origin, "
+    "marketo_list_id, list_name, active) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (destination_id, audience_id) DO UPDATE SET "
+    "audience_name = excluded.audience_name, origin = excluded.origin, "
+    "marketo_list_id = excluded.marketo_list_id, list_name = excluded.list_name, "
+    "active = excluded.active"
+)
+
+ADD_COUNTS = (
+    f"INSERT INTO dataflow_hours (destination_id, hour_start, {', '.join(COUNT_COLUMNS)}) "
+    f"VALUES (?, ?, {', '.join('?' * len(COUNT_COLUMNS))}) "
+    "ON CONFLICT (destination_id, hour_start) DO UPDATE SET "
+    + ", ".join(
+        f"{column} = dataflow_hours.{column} + excluded.{column}" for column in COUNT_COLUMNS
+    )
+)
+
+ADD_REASONS = (
+    "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, field, count) "
+    "VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (destination_id, hour_start, kind, reason, field) "
+    "DO UPDATE SET count = dataflow_reasons.count + excluded.count"
+)
+
+TOTALS = "SELECT {} FROM dataflow_hours WHERE destination_id = ?".format(
+    ", ".join(f"CAST(COALESCE(SUM({column}), 0) AS BIGINT)" for column in COUNT_COLUMNS)
+)
+
+REASON_TOTALS = (
+    "SELECT kind, reason, field, CAST(SUM(count) AS BIGINT) FROM dataflow_reasons "
+    "WHERE destination_id = ? GROUP BY kind, reason, field ORDER BY kind, reason, field"
+)
+
+# The oldest inbox batches of an instance up to a number of updates: the running count is
+# summed over ids and counts only, so only the batches taken are read whole.
+NEXT_BATCHES = (
+    "SELECT b.id, b.destination_id, b.count, b.body, b.trace_context, b.enqueued_at "
+    "FROM inbox b JOIN (SELECT id, SUM(count) OVER (ORDER BY id) - count AS before "
+    "FROM inbox WHERE instance_key = ? ORDER BY id LIMIT ?) AS w ON w.id = b.id "
+    "WHERE w.before < ? ORDER BY b.id"
+)
+
+
+class SqlStore(ABC):
+    """The `Store` on a SQL engine; subclasses run transactions and group commits."""
+
+    def __init__(
+        self,
+        box: SecretBox,
+        clock: Callable[[], datetime],
+        *,
+        max_group_rows: int,
+        fair_leases: bool,
+    ) -> None:
+        self._box = box
+        self._clock = clock
+        self._max_group_rows = max_group_rows
+        self._fair_leases = fair_leases
+        self._listeners: list[CommitListener] = []
+        self._queue: deque[PendingAppend] = deque()
+        self._instances_known: set[str] = set()
+        """Instance keys known to be in outbox_instances (whose rows are never deleted)."""
+        self._wakeup = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- what an engine supplies ----------------------------------------------------------------
+
+    @abstractmethod
+    async def _write(self, name: str, work: Callable[[Connection], Coroutine[Any, Any, R]]) -> R:
+        """Run `work` in a write transaction, then tell the commit listeners `name`."""
+
+    @abstractmethod
+    async def _read(self, work: Callable[[Connection], Coroutine[Any, Any, R]]) -> R:
+        """Run `work` in a read transaction: every statement sees the same commit."""
+
+    @abstractmethod
+    async def _commit_loop(self) -> None:
+        """Commit queued appends (`_take_group`, `_append_group`) until the store closes."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Register a callback run after each committed write transaction."""
+        self._listeners.append(listener)
+
+    def _start_committing(self) -> None:
+        self._committer = asyncio.create_task(self._commit_loop(), name="store-group-commit")
+
+    async def _stop_committing(self) -> bool:
+        """Refuse new work and commit what is queued; False when the store was closed before."""
+        if self._closed:
+            return False
+        self._closed = True
+        self._wakeup.set()
+        if self._committer is not None:
+            await self._committer
+        return True
+
+    def _notify(self, name: str) -> None:
+        for listener in self._listeners:
+            listener(name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def _now(self, now: datetime | None) -> int:
+        return to_micros(now if now is not None else self._clock())
+
+    # -- destinations ---------------------------------------------------------------------------
+
+    async def create_destination(self, new: NewDestination) -> DestinationRecord:
+        """Store a new destination (id `dst_…`, version 1, state ACTIVE)."""
+        destination_id = "dst_" + secrets.token_hex(10)
+        now = self._now(None)
+        sealed = self._seal(new.spec.connection.client_secret, new.spec.alerts.webhook_secret)
+
+        async def work(c: Connection) -> DestinationRecord:
+            await c.execute(
+                f"INSERT INTO destinations ({NEW_DESTINATION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)",
+                (
+                    destination_id,
+                    new.tenant,
+                    new.name,
+                    dumps(spec_json(new.spec)),
+                    *sealed,
+                    new.instance_key,
+                    DestinationState.ACTIVE.value,
+                    now,
+                    now,
+                    dumps_mappings(new.mappings),
+                ),
+            )
+            # A new destination has no state reason to read.
+            return await self._fetch_destination(
+                c, destination_id, None, columns=NEW_DESTINATION_COLUMNS
+            )
+
+        return await self._write("create_destination", work)
+
+    async def get_destination(
+        self, destination_id: str, *, tenant: str | None
+    ) -> DestinationRecord:
+        """The destination, or DestinationNotFound (also for another tenant's)."""
+        return await self._read(
+            partial(self._fetch_destination, destination_id=destination_id, tenant=tenant)
+        )
+
+    async def list_destinations(
+        self, tenant: str, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
+    ) -> Page[DestinationRecord]:
+        """The tenant's destinations, oldest first."""
+        size = clamp_page_size(page_size)
+        after = decode_token(page_token, "destinations", [tenant], DESTINATIONS_POSITION)
+        condition, params = ("", ()) if after is None else (" AND (created_at, id) > (?, ?)", after)
+
+        async def work(c: Connection) -> Page[DestinationRecord]:
+            rows = (
+                await c.execute(
+                    f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE tenant = ?{condition} "
+                    "ORDER BY created_at, id LIMIT ?",
+                    (tenant, *params, size + 1),
+                )
+            ).fetchall()
+            records = tuple(destination_record(row, self._box) for row in rows[:size])
+            token = ""
+            if len(rows) > size:
+                last = rows[size - 1]
+                token = encode_token("destinations", [tenant], [last[9], last[0]])
+            return Page(records, token)
+
+        return await self._read(work)
+
+    async def update_destination(self, record: DestinationRecord) -> DestinationRecord:
+        """Write name, spec, secrets and instance key if `record.version` is current.
+
+        Mappings change through `upsert_activations`, state through `set_destination_state`.
+        """
+        now = self._now(None)
+        sealed = self._seal(record.spec.connection.client_secret, record.spec.alerts.webhook_secret)
+
+        async def work(c: Connection) -> DestinationRecord:
+            cursor = await c.execute(
+                "UPDATE destinations SET name = ?, spec = ?, client_secret = ?, "
+                "webhook_secret = ?, instance_key = ?, updated_at = ?, version = version + 1 "
+                "WHERE id = ? AND tenant = ? AND version = ?",
+                (
+                    record.name,
+                    dumps(spec_json(record.spec)),
+                    *sealed,
+                    record.instance_key,
+                    now,
+                    record.id,
+                    record.tenant,
+                    record.version,
+                ),
+            )
+            if cursor.rowcount == 0:
+                # Raises DestinationNotFound when it is gone (or another tenant's).
+                await self._fetch_destination(c, record.id, record.tenant)
+                raise VersionConflict(record.id, record.version)
+            return await self._fetch_destination(c, record.id, record.tenant)
+
+        return await self._write("update_destination", work)
+
+    def _seal(self, client_secret: str, webhook_secret: str) -> tuple[bytes, bytes | None]:
+        """The secrets as stored (no webhook secret is NULL)."""
+        return self._box.seal(client_secret), (
+            self._box.seal(webhook_secret) if webhook_secret else None
+        )
+
+    async def set_destination_state(
+        self,
+        destination_id: str,
+        state: DestinationState,
+        paused_until: datetime | None = None,
+        *,
+        reason: str = "",
+    ) -> None:
+        """Set the lifecycle state and its reason (no version check, no version change)."""
+        until = to_micros(paused_until) if paused_until is not None else None
+
+        async def work(c: Connection) -> None:
+            cursor = await c.execute(
+                "UPDATE destinations SET state = ?, paused_until = ?, state_reason = ? "
+                "WHERE id = ?",
+                (state.value, until, reason, destination_id),
+            )
+            if cursor.rowcount == 0:
+                raise DestinationNotFound(destination_id)
+
+        await self._write("set_destination_state", work)
+
+    async def pause_instance(self, instance_key: str, until: datetime) -> None:
+        """Record that the Marketo instance makes no call before `until`; a later pause stays."""
+        micros = to_micros(until)
+
+        async def work(c: Connection) -> None:
+            await c.execute(
+                "INSERT INTO instance_pauses (instance_key, paused_until) VALUES (?, ?) "
+                "ON CONFLICT (instance_key) DO UPDATE SET paused_until = "
+                "CASE WHEN excluded.paused_until > instance_pauses.paused_until "
+                "THEN excluded.paused_until ELSE instance_pauses.paused_until END",
+                (instance_key, micros),
+            )
+
+        await self._write("pause_instance", work)
+
+    async def instance_paused_until(
+        self, instance_key: str, now: datetime | None = None
+    ) -> datetime | None:
+        """When the instance's recorded pause ends, if that is after `now`."""
+        current = self._now(now)
+
+        async def work(c: Connection) -> Any:
+            return (
+                await c.execute(
+                    "SELECT paused_until FROM instance_pauses "
+                    "WHERE instance_key = ? AND paused_until > ?",
+                    (instance_key, current),
+                )
+            ).fetchone()
+
+        row = await self._read(work)
+        return None if row is None else from_micros(row[0])
+
+    async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
+        """Delete the destination; foreign keys cascade to everything that belongs to it."""
+
+        async def work(c: Connection) -> None:
+            cursor = await c.execute(
+                "DELETE FROM destinations WHERE id = ? AND tenant = ?", (destination_id, tenant)
+            )
+            if cursor.rowcount == 0:
+                raise DestinationNotFound(destination_id)
+
+        await self._write("delete_destination", work)
+
+    async def _fetch_destination(
+        self,
+        c: Connection,
+        destination_id: str,
+        tenant: str | None,
+        *,
+        columns: str = DESTINATION_COLUMNS,
+    ) -> DestinationRecord:
+        row = (
+            await c.execute(f"SELECT {columns} FROM destinations WHERE id = ?", (destination_id,))
+        ).fetchone()
+        if row is None or (tenant is not None and row[1] != tenant):
+            raise DestinationNotFound(destination_id)
+        return destination_record(row, self._box)
+
+    # -- activations ----------------------------------------------------------------------------
+
+    async def activations(self, destination_id: str) -> list[ActivationRecord]:
+        """Every activation of the destination (active or not), by audience id."""
+
+        async def work(c: Connection) -> list[ActivationRecord]:
+            rows = await c.execute(
+                "SELECT audience_id, audience_name, origin, marketo_list_id, list_name, active "
+                "FROM activations WHERE destination_id = ? ORDER BY audience_id",
+                (destination_id,),
+            )
+            return [
+                ActivationRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+                for row in rows
+            ]
+
+        return await self._read(work)
+
+    async def upsert_activations(
+        self,
+        destination_id: str,
+        activations: Sequence[ActivationRecord],
+        mappings: Sequence[FieldMapping] | None = None,
+    ) -> None:
+        """Insert or replace activations; with `mappings`, also set them and bump the version.
+
+        The version bump makes a concurrent Configure that read the old record fail with
+        VersionConflict instead of working on a stale view.
+        """
+        now = self._now(None)
+
+        async def work(c: Connection) -> None:
+            if mappings is not None:
+                cursor = await c.execute(
+                    "UPDATE destinations SET mappings = ?, updated_at = ?, version = version + 1 "
+                    "WHERE id = ?",
+                    (dumps_mappings(mappings), now, destination_id),
+                )
+                found = cursor.rowcount > 0
+            else:
+                found = await _lock_destination(c, destination_id)
+            if not found:
+                raise DestinationNotFound(destination_id)
+            if activations:
+                await c.executemany(
+                    UPSERT_ACTIVATION,
+                    [
+                        (
+                            destination_id,
+                            activation.audience_id,
+                            activation.audience_name,
+                            activation.origin,
+                            activation.marketo_list_id,
+                            activation.list_name,
+                            int(activation.active),
+                        )
+                        for activation in activations
+                    ],
+                )
+
+        await self._write("upsert_activations", work)
+
+    async def deactivate(self, destination_id: str, audience_ids: Sequence[str]) -> int:
+        """Mark those audiences inactive; returns how many were active."""
+
+        async def work(c: Connection) -> int:
+            changed = 0
+            for condition, params in c.in_lists(audience_ids):
+                cursor = await c.execute(
+                    "UPDATE activations SET active = 0 WHERE destination_id = ? AND active = 1 "
+                    f"AND audience_id {condition}",
+                    (destination_id, *params),
+                )
+                changed += max(cursor.rowcount, 0)
+            return changed
+
+        return await self._write("deactivate", work)
+
+    # -- outbox: append with group commit -------------------------------------------------------
+
+    def append(
+        self,
+        destination_id: str,
+        instance_key: str,
+        body: bytes,
+        count: int,
+        trace_context: str | None = None,
+    ) -> asyncio.Future[AppendResult]:
+        """Queue a batch for the next group commit; the future resolves once it is durable."""
+        self._check_open()
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            PendingAppend(destination_id, instance_key, body, count, trace_context, future)
+        )
+        self._wakeup.set()
+        return future
+
+    def _take_group(self) -> list[PendingAppend]:
+        """The oldest queued appends, up to `max_group_rows` updates (SQLite calls this from its
+        writer thread while the event loop appends: deque's append and popleft are
+        thread-safe)."""
+        group: list[PendingAppend] = []
+        rows = 0
+        while self._queue and (not group or rows + self._queue[0].count <= self._max_group_rows):
+            item = self._queue.popleft()
+            group.append(item)
+            rows += item.count
+        return group
+
+    async def _append_group(
+        self, group: Sequence[PendingAppend], c: Connection
+    ) -> list[AppendResult | Exception]:
+        """Store the group's batches in the inbox and count them (one transaction)."""
+        now = self._now(None)
+        hour = now - now % HOUR_US
+        known: set[str] = set()
+        for condition, params in c.in_lists(sorted({item.destination_id for item in group})):
+            rows = await c.execute(f"SELECT id FROM destinations WHERE id {condition}", params)
+            known.update(row[0] for row in rows)
+        ids = iter(
+            await c.insert_batches([item for item in group if item.destination_id in known], now)
+        )
+        results: list[AppendResult | Exception] = []
+        received: Counter[str] = Counter()
+        for item in group:
+            if item.destination_id not in known:
+                results.append(DestinationNotFound(item.destination_id))
+                continue
+            received[item.destination_id] += item.count
+            results.append(AppendResult(item.count, next(ids)))
+        # Rows are locked in a fixed order (destinations, then instances, sorted) so concurrent
+        # groups of other replicas and retires cannot deadlock with this one.
+        for destination_id in sorted(received):
+            count = received[destination_id]
+            await c.execute(
+                "UPDATE destinations SET pending = pending + ? WHERE id = ?",
+                (count, destination_id),
+            )
+            await _add_counts(c, destination_id, hour, Counts(received=count))
+        for instance_key in sorted({item.instance_key for item in group} - self._instances_known):
+            await c.execute(
+                "INSERT INTO outbox_instances (instance_key) VALUES (?) "
+                "ON CONFLICT (instance_key) DO NOTHING",
+                (instance_key,),
+            )
+        return results
+
+    def _appended(self, group: Sequence[PendingAppend]) -> None:
+        """Remember the instances of a committed group (their outbox_instances rows exist)."""
+        self._instances_known.update(item.instance_key for item in group)
+
+    # -- outbox: unpacking ----------------------------------------------------------------------
+
+    async def unpack(
+        self,
+        instance_key: str,
+        decode: Callable[[bytes], DecodedBatch],
+        limit: int,
+        *,
+        fencing: int | None = None,
+        now: datetime | None = None,
+        step: int = UNPACK_STEP,
+    ) -> int:
+        """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
+        entries are due, about `step` updates at a time: each step reads its batches, decodes
+        them off the event loop and outside any transaction, then stores them in one write
+        transaction (fenced by the lease)."""
+        current = self._now(now)
+        step = max(step, 1)
+        widen = False
+
+        async def one_step() -> tuple[int, bool]:
+            """(entries stored, whether another step should follow)."""
+            nonlocal widen
+            due, wanted, batches = await self._read(
+                partial(_next_batches, instance_key, current, limit, step, widen)
+            )
+            decoded = await asyncio.to_thread(_decode_all, decode, batches) if batches else []
+            stored, taken, processed = await self._write(
+                "unpack",
+                partial(
+                    _unpack_batches, instance_key, batches, decoded, fencing, current, limit - due
+                ),
+            )
+            # Re-sent (or failed) updates stored nothing: later steps read as much as a step
+            # may take, as a transaction with them would have.
+            widen = widen or stored < taken
+            empty = sum(b.count for b in batches) < wanted and processed == len(batches)
+            return stored, not empty and due + stored < limit
+
+        return await in_steps(one_step)
+
+    # -- outbox: draining -----------------------------------------------------------------------
+
+    async def claim_due(
+        self,
+        instance_key: str,
+        limit: int,
+        now: datetime | None = None,
+        *,
+        after_sequence: int = 0,
+        max_bytes: int = CLAIM_MAX_BYTES,
+    ) -> list[OutboxEntry]:
+        """Up to `limit` due entries of the instance, by sequence, while their payloads come to
+        less than `max_bytes` (read through `outbox_due`)."""
+        due = self._now(now)
+
+        async def work(c: Connection) -> list[OutboxEntry]:
+            entries: list[OutboxEntry] = []
+            taken = 0
+            for row in await c.claim(instance_key, after_sequence, due, limit, max_bytes):
+                entries.append(outbox_entry(row))
+                taken += row[12]
+                if taken >= max_bytes:
+                    break
+            return entries
+
+        return await self._read(work)
+
+    async def retire(
+        self,
+        entries: Sequence[OutboxEntry],
+        outcomes: Sequence[Outcome],
+        watermarks: Sequence[Watermark] = (),
+        *,
+        fencing: int | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Delete entries, store outcomes, raise watermarks, count: all in one transaction."""
+        pairs = pair_outcomes(entries, outcomes)
+        recorded_at = self._now(now)
+        hour = recorded_at - recorded_at % HOUR_US
+        highest: dict[tuple[str, str], int] = {}
+        for watermark in watermarks:
+            key = (watermark.destination_id, watermark.profile_id)
+            highest[key] = max(highest.get(key, 0), to_micros(watermark.event_time))
+
+        async def work(c: Connection) -> None:
+            if fencing is not None:
+                await _check_fencing(c, {entry.instance_key for entry in entries}, fencing)
+            deleted: dict[int, str | None] = {}
+            for condition, params in c.in_lists(sorted(entry.sequence for entry in entries)):
+                rows = await c.execute(
+                    f"DELETE FROM outbox WHERE sequence {condition} RETURNING sequence, digest",
+                    params,
+                )
+                deleted.update((row[0], row[1]) for row in rows)
+            # Entries already retired (a retried call) or of a deleted destination are skipped.
+            kept = [
+                (entry, storable_outcome(outcome))
+                for entry, outcome in pairs
+                if entry.sequence in deleted
+            ]
+            counts: defaultdict[str, Counts] = defaultdict(Counts)
+            for entry, outcome in kept:
+                count_outcome(counts[entry.destination_id], outcome)
+            await c.insert_many(
+                "outcomes",
+                OUTCOME_INSERT,
+                [
+                    (
+                        entry.destination_id,
+                        outcome.update_id,
+                        outcome.profile_id,
+                        outcome.dedupe_value,
+                        to_micros(entry.update.event_time),
+                        recorded_at,
+                        outcome.kind.value,
+                        dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
+                        outcome.lead_id,
+                        outcome.reason,
+                        outcome.marketo_code,
+                        outcome.exclusion_code.value if outcome.exclusion_code else "",
+                        outcome.field,
+                        deleted[entry.sequence],
+                    )
+                    for entry, outcome in kept
+                ],
+            )
+            for destination_id in sorted(counts):
+                count = counts[destination_id]
+                retired = count.activated + count.excluded + count.failed + count.superseded
+                await c.execute(
+                    "UPDATE destinations SET pending = pending - ? WHERE id = ?",
+                    (retired, destination_id),
+                )
+                await _add_counts(c, destination_id, hour, count)
+            # A destination deleted while its batch was in flight has no watermarks to keep.
+            alive: set[str] = set()
+            for condition, params in c.in_lists(sorted({key[0] for key in highest})):
+                rows = await c.execute(
+                    f"SELECT id FROM destinations WHERE id {condition} ORDER BY id"
+                    f"{c.for_key_share}",
+                    params,
+                )
+                alive.update(row[0] for row in rows)
+            await c.insert_many(
+                "profile_watermarks",
+                WATERMARK_INSERT,
+                [(*key, highest[key]) for key in sorted(highest) if key[0] in alive],
+                WATERMARK_TAIL,
+            )
+
+        await self._write("retire", work)
+
+    async def defer(
+        self,
+        entries: Sequence[OutboxEntry],
+        not_before: datetime,
+        last_error: str,
+        attempts: int | None = None,
+        *,
+        fencing: int | None = None,
+    ) -> None:
+        """Postpone entries after a transient failure; `attempts=None` adds one to each."""
+        due = to_micros(not_before)
+
+        async def work(c: Connection) -> None:
+            if fencing is not None:
+                await _check_fencing(c, {entry.instance_key for entry in entries}, fencing)
+            for condition, params in c.in_lists(sorted(entry.sequence for entry in entries)):
+                await c.execute(
+                    "UPDATE outbox SET not_before = ?, last_error = ?, "
+                    f"attempts = COALESCE(CAST(? AS INTEGER), attempts + 1) "
+                    f"WHERE sequence {condition}",
+                    (due, last_error, attempts, *params),
+                )
+
+        await self._write("defer", work)
+
+    async def release_deferred(self, destination_id: str, now: datetime | None = None) -> int:
+        """Make the destination's deferred outbox entries due now (attempts unchanged)."""
+        due = self._now(now)
+
+        async def work(c: Connection) -> int:
+            cursor = await c.execute(
+                "UPDATE outbox SET not_before = ? WHERE destination_id = ? AND not_before > ?",
+                (due, destination_id, due),
+            )
+            return max(cursor.rowcount, 0)
+
+        return await self._write("release_deferred", work)
+
+    async def watermarks(
+        self, destination_id: str, profile_ids: Sequence[str]
+    ) -> dict[str, datetime]:
+        """Last applied event time per profile (profiles never applied are absent)."""
+
+        async def work(c: Connection) -> dict[str, datetime]:
+            found: dict[str, datetime] = {}
+            for condition, params in c.in_lists(profile_ids):
+                rows = await c.execute(
+                    "SELECT profile_id, event_time FROM profile_watermarks "
+                    f"WHERE destination_id = ? AND profile_id {condition}",
+                    (destination_id, *params),
+                )
+                found.update((row[0], from_micros(row[1])) for row in rows)
+            return found
+
+        return await self._read(work)
+
+    async def pending_stats(self, destination_id: str) -> PendingStats:
+        """Backlog count (a kept counter) and oldest enqueue time (first row of an index)."""
+        return await self._read(partial(_pending_stats, destination_id=destination_id))
+
+    async def instance_keys_with_due_work(self, now: datetime | None = None) -> list[str]:
+        """Instances that have at least one due entry."""
+        due = self._now(now)
+
+        async def work(c: Connection) -> list[str]:
+            rows = await c.execute(f"{INSTANCES_WITH_WORK} ORDER BY instance_key", (due,))
+            return [row[0] for row in rows]
+
+        return await self._read(work)
+
+    # -- outcomes and dataflow ------------------------------------------------------------------
+
+    async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
+        """Delete at most `limit` of the oldest outcomes recorded before `recorded_before`."""
+        before = to_micros(recorded_before)
+
+        async def work(c: Connection) -> int:
+            return max((await c.execute(PURGE_OUTCOMES, (limit, before))).rowcount, 0)
+
+        return await self._write("purge_outcomes", work)
+
+    async def list_outcomes(
+        self,
+        destination_id: str,
+        *,
+        profile_id: str | None = None,
+        dedupe_value: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+    ) -> Page[OutcomeRecord]:
+        """Outcomes of the destination (optionally of one profile or dedupe value), newest first."""
+        size = clamp_page_size(page_size)
+        scope = [destination_id, profile_id, dedupe_value]
+        after = decode_token(page_token, "outcomes", scope, OUTCOMES_POSITION)
+        filters = {
+            "destination_id = ?": destination_id,
+            "profile_id = ?": profile_id,
+            "dedupe_value = ?": dedupe_value,
+            "id < ?": after[0] if after is not None else None,
+        }
+        given = {condition: value for condition, value in filters.items() if value is not None}
+        sql = (
+            f"SELECT {OUTCOME_COLUMNS} FROM outcomes WHERE {' AND '.join(given)} "
+            "ORDER BY id DESC LIMIT ?"
+        )
+
+        async def work(c: Connection) -> Page[OutcomeRecord]:
+            rows = (await c.execute(sql, (*given.values(), size + 1))).fetchall()
+            records = tuple(outcome_record(row) for row in rows[:size])
+            token = encode_token("outcomes", scope, [rows[size - 1][0]]) if len(rows) > size else ""
+            return Page(records, token)
+
+        return await self._read(work)
+
+    async def dataflow(
+        self, destination_id: str, hours: int = 24, now: datetime | None = None
+    ) -> Dataflow:
+        """Totals over the destination's life and the last `hours` hourly runs, newest first."""
+        current = self._now(now)
+        current_hour = current - current % HOUR_US
+        first_hour = current_hour - (max(hours, 0) - 1) * HOUR_US
+
+        async def work(c: Connection) -> Dataflow:
+            row = (
+                await c.execute(
+                    "SELECT paused_until FROM destinations WHERE id = ?", (destination_id,)
+                )
+            ).fetchone()
+            if row is None:
+                raise DestinationNotFound(destination_id)
+            totals = (await c.execute(TOTALS, (destination_id,))).fetchone()
+            reason_rows = (await c.execute(REASON_TOTALS, (destination_id,))).fetchall()
+            by_hour = {
+                hour_row[0]: hour_row[1:]
+                for hour_row in await c.execute(
+                    "SELECT hour_start, received, activated, excluded, failed, superseded "
+                    "FROM dataflow_hours WHERE destination_id = ? AND hour_start >= ?",
+                    (destination_id, first_hour),
+                )
+            }
+            return build_dataflow(
+                destination_id,
+                dict(zip(COUNT_COLUMNS, totals, strict=True)),
+                reason_rows,
+                by_hour,
+                await _pending_stats(c, destination_id),
+                current=current,
+                hours=range(current_hour, first_hour - 1, -HOUR_US),
+                paused_until=from_micros(row[0]) if row[0] is not None else None,
+            )
+
+        return await self._read(work)
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    async def raise_alert(
+        self,
+        destination_id: str,
+        type: str,
+        message: str,
+        *,
+        paused_until: datetime | None = None,
+        now: datetime | None = None,
+    ) -> tuple[AlertRecord, bool]:
+        """Open an alert of that type unless one is open; returns (the open alert, newly raised)."""
+        raised_at = self._now(now)
+        until = to_micros(paused_until) if paused_until is not None else None
+        alert_id = "alr_" + secrets.token_hex(10)
+
+        async def work(c: Connection) -> tuple[AlertRecord, bool]:
+            if not await _lock_destination(c, destination_id):
+                raise DestinationNotFound(destination_id)
+            # The partial unique index `alerts_open` makes a concurrent raise a no-op insert.
+            inserted = await c.execute(
+                f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, ?) "
+                "ON CONFLICT (destination_id, type) WHERE resolved_at IS NULL DO NOTHING "
+                "RETURNING id",
+                (alert_id, destination_id, type, message, raised_at, until),
+            )
+            if inserted.fetchone() is not None:
+                return await _fetch_alert(c, alert_id), True
+            row = (
+                await c.execute(
+                    "UPDATE alerts SET message = ?, paused_until = ? WHERE destination_id = ? "
+                    "AND type = ? AND resolved_at IS NULL RETURNING id",
+                    (message, until, destination_id, type),
+                )
+            ).fetchone()
+            return await _fetch_alert(c, row[0]), False
+
+        return await self._write("raise_alert", work)
+
+    async def resolve_alert(
+        self, destination_id: str, type: str, now: datetime | None = None
+    ) -> AlertRecord | None:
+        """Resolve the open alert of that type; returns it, or None when none was open."""
+        resolved_at = self._now(now)
+
+        async def work(c: Connection) -> AlertRecord | None:
+            row = (
+                await c.execute(
+                    "UPDATE alerts SET resolved_at = ? WHERE destination_id = ? AND type = ? "
+                    "AND resolved_at IS NULL RETURNING id",
+                    (resolved_at, destination_id, type),
+                )
+            ).fetchone()
+            return None if row is None else await _fetch_alert(c, row[0])
+
+        return await self._write("resolve_alert", work)
+
+    async def open_alerts(self, destination_id: str) -> list[AlertRecord]:
+        """Unresolved alerts, oldest first."""
+
+        async def work(c: Connection) -> list[AlertRecord]:
+            rows = await c.execute(
+                f"SELECT {ALERT_COLUMNS} FROM alerts WHERE destination_id = ? "
+                "AND resolved_at IS NULL ORDER BY raised_at, id",
+                (destination_id,),
+            )
+            return [alert_record(row) for row in rows]
+
+        return await self._read(work)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, instance_key: str, holder: str, ttl: timedelta, now: datetime | None = None
+    ) -> Lease | None:
+        """Take the instance's lease if free, expired or already ours; None if someone holds it
+        (or, with fair leases, if taking it would put us above our fair share)."""
+        current = self._now(now)
+        expires = current + ttl // timedelta(microseconds=1)
+
+        async def work(c: Connection) -> Lease | None:
+            await _beat(c, holder, expires)
+            # A placeholder row (generation 0, expired) so there is always a row to lock.
+            await c.execute(
+                "INSERT INTO instance_leases (instance_key, holder, generation, expires_at) "
+                "VALUES (?, '', 0, 0) ON CONFLICT (instance_key) DO NOTHING",
+                (instance_key,),
+            )
+            current_holder, generation, expires_at = (
+                await c.execute(
+                    "SELECT holder, generation, expires_at FROM instance_leases "
+                    f"WHERE instance_key = ?{c.for_update}",
+                    (instance_key,),
+                )
+            ).fetchone()
+            held = expires_at > current
+            if held and current_holder != holder:
+                return None
+            if not held:
+                if self._fair_leases:
+                    if c.holder_lock:  # one replica's acquisitions one at a time: exact counts
+                        await c.execute(c.holder_lock, ("lease-holder:" + holder,))
+                    if await _held(c, holder, current) >= await _share(
+                        c, holder, current, instance_key
+                    ):
+                        return None
+                generation += 1  # a new tenure: the previous holder's token is now stale
+            await c.execute(
+                "UPDATE instance_leases SET holder = ?, generation = ?, expires_at = ? "
+                "WHERE instance_key = ?",
+                (holder, generation, expires, instance_key),
+            )
+            return Lease(instance_key, holder, generation, from_micros(expires))
+
+        return await self._write("acquire_lease", work)
+
+    async def renew_lease(
+        self, lease: Lease, ttl: timedelta, now: datetime | None = None
+    ) -> Lease | None:
+        """Extend a lease we still hold (same holder and generation); None if it was lost."""
+        expires = self._now(now) + ttl // timedelta(microseconds=1)
+
+        async def work(c: Connection) -> Lease | None:
+            await _beat(c, lease.holder, expires)
+            cursor = await c.execute(
+                "UPDATE instance_leases SET expires_at = ? "
+                "WHERE instance_key = ? AND holder = ? AND generation = ?",
+                (expires, lease.instance_key, lease.holder, lease.generation),
+            )
+            if cursor.rowcount == 0:
+                return None
+            return Lease(lease.instance_key, lease.holder, lease.generation, from_micros(expires))
+
+        return await self._write("renew_lease", work)
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up (expire it now) if we still hold it."""
+
+        async def work(c: Connection) -> None:
+            await c.execute(
+                "UPDATE instance_leases SET expires_at = 0 "
+                "WHERE instance_key = ? AND holder = ? AND generation = ?",
+                (lease.instance_key, lease.holder, lease.generation),
+            )
+
+        await self._write("release_lease", work)
+
+    async def heartbeat_replica(
+        self, holder: str, ttl: timedelta, now: datetime | None = None
+    ) -> None:
+        """Record that replica `holder` is alive until `now + ttl`."""
+        expires = self._now(now) + ttl // timedelta(microseconds=1)
+        await self._write("heartbeat_replica", partial(_beat, holder=holder, expires=expires))
+
+    async def fair_share(self, holder: str, now: datetime | None = None) -> int:
+        """ceil(instances with due work or a live lease / live replicas), at least 1."""
+        current = self._now(now)
+        return await self._read(partial(_share, holder=holder, now=current, wanted=None))
+
+
+# -- transaction helpers --------------------------------------------------------------------------
+
+
+def _decode_all(
+    decode: Callable[[bytes], DecodedBatch], batches: Sequence[InboxBatch]
+) -> list[DecodedBatch]:
+    return [decode(batch.body) for batch in batches]
+
+
+async def _next_batches(
+    instance_key: str, now: int, limit: int, step: int, widen: bool, c: Connection
+) -> tuple[int, int, list[InboxBatch]]:
+    """How many of the instance's outbox entries are due (up to `limit`), how many updates to
+    take from the inbox (`step`, or with `widen` false only as many as `limit` wants), and the
+    oldest batches of fewer updates than that before the last."""
+    due = (
+        await c.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM outbox "
+            "WHERE instance_key = ? AND not_before <= ? LIMIT ?) AS due",
+            (instance_key, now, limit),
+        )
+    ).fetchone()[0]
+    wanted = step if widen else min(step, limit - due)
+    if due >= limit:
+        return due, 0, []
+    rows = await c.execute(NEXT_BATCHES, (instance_key, wanted, wanted))
+    batches = [InboxBatch(row[0], row[1], row[2], bytes(row[3]), row[4], row[5]) for row in rows]
+    return due, wanted, batches
+
+
+async def _unpack_batches(
+    instance_key: str,
+    batches: Sequence[InboxBatch],
+    decoded: Sequence[DecodedBatch],
+    fencing: int | None,
+    now: int,
+    needed: int,
+    c: Connection,
+) -> tuple[int, int, int]:
+    """One write transaction of `unpack`: take the batches, in order, out of the inbox (those
+    still there) until `needed` entries are stored; queue their fresh updates, fail those that
+    cannot be, count the duplicates. (Entries stored, updates taken, batches gone through.)"""
+    if fencing is not None:
+        await _check_fencing(c, {instance_key}, fencing)
+    hour = now - now % HOUR_US
+    stored = taken = processed = 0
+    duplicates: Counter[str] = Counter()
+    failed: Counter[tuple[str, str]] = Counter()
+    for batch, batch_decoded in zip(batches, decoded, strict=True):
+        if stored >= needed:
+            break
+        processed += 1
+        gone = await c.execute("DELETE FROM inbox WHERE id = ? RETURNING id", (batch.id,))
+        if gone.fetchone() is None:
+            continue  # unpacked meanwhile by another drainer
+        destination_id = batch.destination_id
+        updates = batch_decoded.updates
+        taken += max(batch.count, len(updates))
+        failures: list[FailedUpdate] = []
+        if len(updates) < batch.count:  # a damaged row: fail what does not decode
+            failures = undecodable_outcomes(
+                destination_id, batch.id, batch.count, batch_decoded, batch.enqueued_at, now
+            )
+            failed[destination_id, UNDECODABLE] += batch.count - len(updates)
+        known = await _known_digests(c, destination_id, storable_ids(updates))
+        sorted_out = sort_batch(destination_id, batch.id, updates, known, batch.enqueued_at, now)
+        failures.extend(sorted_out.failures)
+        for code, count in sorted_out.failed.items():
+            failed[destination_id, code] += count
+        await c.insert_many(
+            "outcomes",
+            FAILED_COLUMNS,
+            [(*failure, OutcomeKind.FAILED.value, "[]") for failure in failures],
+            FAILED_TAIL,
+        )
+        fresh = sorted_out.fresh
+        inserted = await c.insert_many(
+            "outbox",
+            OUTBOX_INSERT,
+            [
+                (
+                    destination_id,
+                    instance_key,
+                    queued.update.update_id,
+                    queued.update.profile_id,
+                    to_micros(queued.update.event_time),
+                    queued.payload,
+                    batch.trace_context,
+                    batch.enqueued_at,
+                    batch.enqueued_at,
+                    queued.digest,
+                )
+                for queued in fresh
+            ],
+            "ON CONFLICT (destination_id, update_id) DO NOTHING",
+        )
+        stored += inserted
+        duplicates[destination_id] += sorted_out.duplicates + len(fresh) - inserted
+    # Rows are locked in a fixed order, as append does, so the two cannot deadlock.
+    for destination_id, counts in unpacked_counts(duplicates, failed):
+        await c.execute(
+            "UPDATE destinations SET pending = pending - ? WHERE id = ?",
+            (counts.duplicates + counts.failed, destination_id),
+        )
+        await _add_counts(c, destination_id, hour, counts)
+    return stored, taken, processed
+
+
+async def _known_digests(
+    c: Connection, destination_id: str, update_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """Update id -> content digest of the destination's updates among `update_ids` that are
+    queued (outbox) or delivered (outcomes)."""
+    found: dict[str, str | None] = {}
+    for condition, params in c.in_lists(update_ids):
+        rows = await c.execute(
+            f"SELECT update_id, digest FROM outbox WHERE destination_id = ? "
+            f"AND update_id {condition} UNION ALL SELECT update_id, digest FROM outcomes "
+            f"WHERE destination_id = ? AND update_id {condition}",
+            (destination_id, *params, destination_id, *params),
+        )
+        found.update((row[0], row[1]) for row in rows)
+    return found
+
+
+async def _lock_destination(c: Connection, destination_id: str) -> bool:
+    """Whether the destination exists; it cannot be deleted before the transaction ends."""
+    rows = await c.execute(
+        f"SELECT 1 FROM destinations WHERE id = ?{c.for_key_share}", (destination_id,)
+    )
+    return rows.fetchone() is not None
+
+
+async def _add_counts(c: Connection, destination_id: str, hour: int, counts: Counts) -> None:
+    await c.execute(
+        ADD_COUNTS,
+        (destination_id, hour, *(getattr(counts, column) for column in COUNT_COLUMNS)),
+    )
+    for (kind, reason, field), count in sorted(counts.reasons.items()):
+        await c.execute(ADD_REASONS, (destination_id, hour, kind, reason, field, count))
+
+
+async def _check_fencing(c: Connection, instance_keys: set[str], fencing: int) -> None:
+    # FOR SHARE: a takeover's UPDATE of the row waits for this transaction, and this one waits
+    # for a takeover already under way, so a stale token can never commit.
+    generations: dict[str, int] = {}
+    for condition, params in c.in_lists(sorted(instance_keys)):
+        rows = await c.execute(
+            f"SELECT instance_key, generation FROM instance_leases WHERE instance_key {condition} "
+            f"ORDER BY instance_key{c.for_share}",
+            params,
+        )
+        generations.update((row[0], row[1]) for row in rows)
+    for instance_key in sorted(instance_keys):
+        current = generations.get(instance_key)
+        if current != fencing:
+            raise FencingError(instance_key, fencing, current)
+
+
+async def _pending_stats(c: Connection, destination_id: str) -> PendingStats:
+    row = (
+        await c.execute("SELECT pending FROM destinations WHERE id = ?", (destination_id,))
+    ).fetchone()
+    if row is None:
+        raise DestinationNotFound(destination_id)
+    # The outbox holds what was unpacked, the inbox what came after: the oldest is in the
+    # outbox when it has any entry of the destination.
+    oldest = (
+        await c.execute(
+            "SELECT enqueued_at FROM outbox WHERE destination_id = ? ORDER BY sequence LIMIT 1",
+            (destination_id,),
+        )
+    ).fetchone() or (
+        await c.execute(
+            "SELECT enqueued_at FROM inbox WHERE destination_id = ? ORDER BY id LIMIT 1",
+            (destination_id,),
+        )
+    ).fetchone()
+    return PendingStats(row[0], from_micros(oldest[0]) if oldest is not None else None)
+
+
+async def _fetch_alert(c: Connection, alert_id: str) -> AlertRecord:
+    rows = await c.execute(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,))
+    return alert_record(rows.fetchone())
+
+
+async def _beat(c: Connection, holder: str, expires: int) -> None:
+    await c.execute(
+        "INSERT INTO replicas (holder, expires_at) VALUES (?, ?) ON CONFLICT (holder) "
+        "DO UPDATE SET expires_at = CASE WHEN excluded.expires_at > replicas.expires_at "
+        "THEN excluded.expires_at ELSE replicas.expires_at END",
+        (holder, expires),
+    )
+
+
+async def _held(c: Connection, holder: str, now: int) -> int:
+    rows = await c.execute(
+        "SELECT COUNT(*) FROM instance_leases WHERE holder = ? AND expires_at > ?", (holder, now)
+    )
+    return int(rows.fetchone()[0])
+
+
+async def _share(c: Connection, holder: str, now: int, wanted: str | None) -> int:
+    """ceil(busy instances (and `wanted`) / live replicas (and `holder`)), at least 1; busy
+    instances have work or a live lease."""
+    extra, extra_params = (" UNION SELECT ?", (wanted,)) if wanted is not None else ("", ())
+    instances, others = (
+        await c.execute(
+            f"SELECT (SELECT COUNT(*) FROM ({INSTANCES_WITH_WORK} "
+            f"UNION SELECT instance_key FROM instance_leases WHERE expires_at > ?{extra}) busy), "
+            "(SELECT COUNT(*) FROM replicas WHERE expires_at > ? AND holder <> ?)",
+            (now, now, *extra_params, now, holder),
+        )
+    ).fetchone()
+    return max(1, -(-int(instances) // (int(others) + 1)))
+
+
+def chunks(values: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """`values` in parts of at most `size`."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
