@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import httpx
 
-from service.api import convert
+from service.api import inbox_codec
 from service.api.access import Principals, load_principals
 from service.delivery.dispatcher import Backoff, Dispatcher
 from service.delivery.egress import WebhookTransport
@@ -137,7 +137,7 @@ async def open_application(
             registry,
             alerts=alerts,
             holder=replica_name(settings),
-            decode=convert.decode_batch,
+            decode=inbox_codec.decode_batch,
             batch_size=settings.batch_size,
             bulk_threshold=settings.bulk_threshold,
             linger=settings.linger_seconds,
