@@ -33,7 +33,7 @@ unit: $(STAMP)
 
 # Sync's C quick look (service/api/_wirecheck.c) reads untrusted bytes: its tests run again with
 # it built under AddressSanitizer and UndefinedBehaviorSanitizer, with more fuzz examples.
-FUZZ_EXAMPLES ?= 1000
+FUZZ_EXAMPLES ?= 500
 fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz_wirecheck.py --examples $(FUZZ_EXAMPLES)
 

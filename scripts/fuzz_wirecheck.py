@@ -7,7 +7,7 @@ malformed and unusual encodings, UTF-8, long strings, limits), `--examples` exam
 kind of change the fuzz makes. The first memory error or undefined behaviour aborts the run with
 its report; the tests themselves hold the C's verdicts to `sync_checks.check_update`.
 
-    .venv/bin/python scripts/fuzz_wirecheck.py [--examples 1000]
+    .venv/bin/python scripts/fuzz_wirecheck.py [--examples 500]
 """
 
 from __future__ import annotations
@@ -67,12 +67,15 @@ def run_tests(built: Path) -> int:
     from service.api import sync_checks
 
     assert sync_checks.NATIVE_CHECKS and sys.modules[MODULE].__file__ == str(built)
+    with open("/proc/self/maps") as maps:  # the sanitizers' runtimes are loaded
+        loaded = maps.read()
+    assert "libasan" in loaded and "libubsan" in loaded, "the sanitizers are not loaded"
     return pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_sync_checks.py"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=1000, help="per kind of change (1000)")
+    parser.add_argument("--examples", type=int, default=500, help="per kind of change (500)")
     args = parser.parse_args()
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
