@@ -386,7 +386,8 @@ def _sync_request_in_parts(wire: bytes, limit: tuple[int, int]) -> SyncRequestCh
         except DecodeError:
             message, violations = _decoded_in_parts(data, f"updates[{index}]", limit)
             messages.append(message)
-            rejected.append(Rejected(index, tuple(violations)))
+            if violations:  # else what it holds is good after all: checked with the others
+                rejected.append(Rejected(index, tuple(violations)))
     undecodable = {r.index for r in rejected}
     decoded = [index for index in range(len(messages)) if index not in undecodable]
     memberships: list[IndexedAudiences] = []
