@@ -11,7 +11,7 @@ COPY service ./service
 COPY plugins ./plugins
 COPY sandbox ./sandbox
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && python -m zipfile -l /wheels/*.whl | grep -q "service/_wirecheck\..*\.so"
+    && python -m zipfile -l /wheels/*.whl | grep -q "service/api/_wirecheck\..*\.so"
 
 FROM python:3.11-slim
 

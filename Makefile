@@ -7,18 +7,19 @@ BIN := $(VENV)/bin
 # Reinstall only when the dependencies change.
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test lint typecheck unit reliability proto clean
+.PHONY: help run test lint typecheck unit fuzz reliability proto clean
 
 help:
 	@echo "make run    start the service with the embedded Marketo sandbox on 127.0.0.1:50051"
-	@echo "make test   ruff, mypy --strict and pytest (reliability suite: short profile)"
+	@echo "make test   ruff, mypy --strict, pytest (reliability suite: short profile) and make fuzz"
+	@echo "make fuzz   fuzz Sync's C quick look under AddressSanitizer and UBSan"
 	@echo "make reliability   the reliability suite's long profile; figures in build/"
 	@echo "make proto  regenerate service/_proto from proto/"
 
 run: $(STAMP)
 	$(BIN)/marketo-destination serve --sandbox
 
-test: lint typecheck unit
+test: lint typecheck unit fuzz
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +30,12 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# Sync's C quick look (service/api/_wirecheck.c) reads untrusted bytes: its tests run again with
+# it built under AddressSanitizer and UndefinedBehaviorSanitizer, with more fuzz examples.
+FUZZ_EXAMPLES ?= 500
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz_wirecheck.py --examples $(FUZZ_EXAMPLES)
 
 # The long profile of tests/reliability (docs/reliability.md); `make test` runs the short one.
 RELIABILITY_FIGURES ?= build/reliability-figures.json

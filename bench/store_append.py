@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.api import convert
+from service.api import inbox_codec
 from service.domain import DestinationSpec, MarketoConnection, ProfileUpdate
 from service.store import NewDestination, SqliteStore, Store
 from service.store.secrets import SecretBox
@@ -84,7 +84,7 @@ async def appends(store: Store, *, streams: int, batch: int, updates: int) -> tu
     per_stream = updates // streams
     bodies = {
         s: [
-            convert.encode_updates(
+            inbox_codec.encode_updates(
                 [
                     ProfileUpdate(
                         update_id=f"{s}-{n}",

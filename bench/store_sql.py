@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.api import convert
+from service.api import inbox_codec
 from service.domain import (
     DestinationSpec,
     MarketoConnection,
@@ -56,7 +56,7 @@ async def hot_path(store: SqliteStore, updates: int, batch: int, streams: int) -
     )
     now = datetime.now(UTC)
     bodies = [
-        convert.encode_updates(
+        inbox_codec.encode_updates(
             [
                 ProfileUpdate(f"u{start + n}", f"p{start + n}", now, {"person": {"n": start + n}})
                 for n in range(batch)
@@ -73,7 +73,7 @@ async def hot_path(store: SqliteStore, updates: int, batch: int, streams: int) -
     await asyncio.gather(*(stream(s) for s in range(streams)))
     done = 0
     while done < updates:
-        await store.unpack(INSTANCE, convert.decode_batch, 300)
+        await store.unpack(INSTANCE, inbox_codec.decode_batch, 300)
         entries = await store.claim_due(INSTANCE, 300)
         outcomes = [
             Outcome(e.update.update_id, e.update.profile_id, None, OutcomeKind.ACTIVATED)

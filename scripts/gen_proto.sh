@@ -7,5 +7,4 @@ OUT=${1:-.}
 "$PY" -m grpc_tools.protoc \
   -Iservice/_proto=proto \
   --python_out="$OUT" --pyi_out="$OUT" --grpc_python_out="$OUT" \
-  service/_proto/marketo_destination/v1/destination.proto \
-  service/_proto/marketo_destination/internal/v1/ingest.proto
+  service/_proto/marketo_destination/v1/destination.proto

@@ -23,7 +23,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.api import convert
+from service.api import sync_checks
 from service.api.demo import demo_settings, run_demo
 from service.api.server import StartupError, application_server, new_health_servicer, shutdown
 from service.api.tls import TLSConfigError, own_listener_credentials
@@ -185,7 +185,7 @@ async def serve(
         await server.start()
         host = settings.address.rpartition(":")[0]
         _log.info("listening on %s:%d", host, port)
-        if not convert.NATIVE_CHECKS:
+        if not sync_checks.NATIVE_CHECKS:
             _log.warning(
                 "service.api._wirecheck is not built (no C compiler at install): Sync checks each "
                 "update in Python, several times slower; reinstall with a C compiler present"

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import httpx
 
-from service.api import convert
+from service.api import inbox_codec
 from service.api.access import Principals, load_principals
 from service.delivery.config import Backoff, DeliveryServices, DeliverySettings
 from service.delivery.dispatcher import Dispatcher
@@ -165,7 +165,7 @@ async def open_application(
                 connections,
                 registry,
                 alerts,
-                decode=convert.decode_batch,
+                decode=inbox_codec.decode_batch,
                 telemetry=telemetry,
                 clock=clock or SystemClock(),
             ),

@@ -139,6 +139,14 @@ def encoded_field(number: int, payload: bytes) -> bytes:
     return bytes([number << 3 | 2]) + varint(len(payload)) + payload
 
 
+def damaged(batch: bytes, broken: int) -> bytes:
+    """An encoded SyncRequest (an inbox batch) with the profile of update `broken` damaged (a
+    map entry running past its end), as a damaged row would be: its other fields still read."""
+    updates = [u.SerializeToString() for u in pb.SyncRequest.FromString(batch).updates]
+    updates[broken] += encoded_field(3, b"\x0a\x05short")  # merged into the profile
+    return b"".join(encoded_field(2, update) for update in updates)
+
+
 @contextlib.asynccontextmanager
 async def running_service(
     tmp_path: Path,

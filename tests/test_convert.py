@@ -1,14 +1,14 @@
-"""Conversion of Sync updates: validation per field and stable idempotency keys."""
+"""Conversion of profile updates: validation per field, stable idempotency keys, and decoding
+of inbox batches."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.api import convert
+from service.api import convert, inbox_codec
 from service.domain import MembershipStatus, ProfileUpdate
-from tests.harness import update
+from tests.harness import damaged, update
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 
@@ -29,9 +29,9 @@ def test_the_derived_update_id_ignores_key_order_and_follows_content() -> None:
     second = pb.ProfileUpdate(profile_id="p1")
     second.event_time.FromSeconds(1_780_000_000)
     second.profile.update({"b": {"d": [1, 2], "c": "x"}, "a": 1})
-    assert convert.derive_update_id(first) == convert.derive_update_id(second)
+    assert inbox_codec.derive_update_id(first) == inbox_codec.derive_update_id(second)
     second.profile["a"] = 2
-    assert convert.derive_update_id(first) != convert.derive_update_id(second)
+    assert inbox_codec.derive_update_id(first) != inbox_codec.derive_update_id(second)
 
 
 def test_an_empty_profile_and_no_profile_derive_the_same_update_id() -> None:
@@ -44,12 +44,12 @@ def test_an_empty_profile_and_no_profile_derive_the_same_update_id() -> None:
     empty.profile.SetInParent()
     assert empty.HasField("profile") and not absent.HasField("profile")
 
-    assert convert.derive_update_id(empty) == convert.derive_update_id(absent)
+    assert inbox_codec.derive_update_id(empty) == inbox_codec.derive_update_id(absent)
     assert empty.HasField("profile")  # the caller's message is left as it was
     filled = pb.ProfileUpdate()
     filled.CopyFrom(empty)
     filled.profile.update({"a": 1})
-    assert convert.derive_update_id(filled) != convert.derive_update_id(absent)
+    assert inbox_codec.derive_update_id(filled) != inbox_codec.derive_update_id(absent)
 
 
 def violations_of(message: pb.ProfileUpdate) -> dict[str, str]:
@@ -104,24 +104,21 @@ def batch(*messages: pb.ProfileUpdate) -> bytes:
 def test_a_batch_that_decodes_is_decoded_whole() -> None:
     body = batch(update("p1", "a@example.com"), update("p2", "b@example.com"))
 
-    decoded = convert.decode_batch(body)
+    decoded = inbox_codec.decode_batch(body)
 
-    assert decoded.updates == tuple(convert.decode_updates(body))
+    assert decoded.updates == tuple(inbox_codec.decode_updates(body))
     assert [u.profile_id for u in decoded.updates] == ["p1", "p2"]
     assert decoded.undecodable == () and decoded.problem == ""
 
 
 def test_an_update_that_does_not_decode_is_told_apart_from_the_others() -> None:
     """A damaged profile, and an event time no datetime can hold (ingest refuses both)."""
-    body = batch(update("p1", "a@example.com"), update("p2", "b@example.com"))
-    view = ingest_pb2.SyncRequestView.FromString(body)
-    view.updates[0].profile = b"\x0a\x05short"  # a map entry running past its end
     late = update("p3", "c@example.com")
     late.update_id = "u3"
     late.event_time.seconds = 10**12
-    view.updates.add().ParseFromString(late.SerializeToString())
+    body = batch(update("p1", "a@example.com"), update("p2", "b@example.com"), late)
 
-    decoded = convert.decode_batch(view.SerializeToString())
+    decoded = inbox_codec.decode_batch(damaged(body, broken=0))
 
     assert [u.profile_id for u in decoded.updates] == ["p2"]
     assert [(u.profile_id, u.update_id) for u in decoded.undecodable] == [("p1", ""), ("p3", "u3")]
@@ -132,7 +129,7 @@ def test_an_update_that_does_not_decode_is_told_apart_from_the_others() -> None:
 
 
 def test_bytes_that_are_no_batch_say_so() -> None:
-    decoded = convert.decode_batch(b"\xff\xff not a batch")
+    decoded = inbox_codec.decode_batch(b"\xff\xff not a batch")
 
     assert decoded.updates == () and decoded.undecodable == ()
     assert "not a SyncRequest" in decoded.problem

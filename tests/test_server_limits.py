@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.api import convert
+from service.api import sync_checks
 from service.api.server import ServerLimits, build_server
 from service.api.servicer import MarketoDestinationServicer
 from service.settings import Settings
@@ -128,15 +128,19 @@ def _largest_update(number: int) -> pb.ProfileUpdate:
     """A valid update at every limit: ids at their longest, the largest profile, every
     membership (64-character audience ids)."""
     update = pb.ProfileUpdate(
-        profile_id=f"{number}".ljust(convert.MAX_PROFILE_ID_LENGTH, "p"),
-        update_id=f"{number}".ljust(convert.MAX_UPDATE_ID_LENGTH, "u"),
+        profile_id=f"{number}".ljust(sync_checks.MAX_PROFILE_ID_LENGTH, "p"),
+        update_id=f"{number}".ljust(sync_checks.MAX_UPDATE_ID_LENGTH, "u"),
     )
     update.event_time.FromSeconds(1_780_000_000)
     update.profile.update({"notes": ""})
-    filler = convert.MAX_PROFILE_BYTES - update.profile.ByteSize() - 8
+    filler = sync_checks.MAX_PROFILE_BYTES - update.profile.ByteSize() - 8
     update.profile.update({"notes": "n" * filler})
-    assert convert.MAX_PROFILE_BYTES - 8 <= update.profile.ByteSize() <= convert.MAX_PROFILE_BYTES
-    for index in range(convert.MAX_MEMBERSHIPS):
+    assert (
+        sync_checks.MAX_PROFILE_BYTES - 8
+        <= update.profile.ByteSize()
+        <= sync_checks.MAX_PROFILE_BYTES
+    )
+    for index in range(sync_checks.MAX_MEMBERSHIPS):
         update.audiences.add(
             audience_id=f"{index}".ljust(64, "a"), status=pb.MEMBERSHIP_STATUS_REALIZED
         )

@@ -1,19 +1,21 @@
-"""Sync's checks on the wire view: the same verdicts as a full conversion, without one.
+"""Sync's checks: each update rejected alone, naming the field, whatever else the request holds.
 
-`convert.sync_request` checks a request as it came, encoded (profiles and memberships are not
-decoded) and decides which updates to keep; `convert.profile_update` converts a full
-`ProfileUpdate` and names every problem. These tests hold the first to the second, and the
-stored encoding to what delivery decodes.
+`sync_checks.sync_request` checks a request as it came, encoded, and decides which updates to
+keep; `convert.profile_update` converts a full `ProfileUpdate` and names every problem. These
+tests hold the first to the second, and the stored encoding to what delivery decodes.
 
-Sync's quick look (`convert.plain_updates`) runs in C (`service/api/_wirecheck.c`) when it is built,
-else in Python: the tests run with each, fuzz the C with malformed and unusual encodings (it may
-only ever err towards "unsure") and hold its limits to those of `convert.check_update`.
+Sync's quick look runs in C (`service/api/_wirecheck.c`) when it is built, else `check_update`
+checks every update: the tests run with each, fuzz the C with malformed and unusual encodings (it
+may only ever err towards "unsure") and hold its limits to those of `sync_checks.check_update`.
+`make fuzz` runs the C tests here with the extension built under AddressSanitizer and
+UndefinedBehaviorSanitizer (`scripts/fuzz_wirecheck.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,39 +26,40 @@ from unittest import mock
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service._proto.marketo_destination.internal.v1 import ingest_pb2
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.api import convert
+from service.api import convert, inbox_codec, sync_checks
 from service.domain import ProfileUpdate, Rejected
 from service.usecases.ingest import IndexedAudiences, WireUpdates
 from tests.harness import encoded_field, retained_memory, varint
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 NOW_SECONDS = int(NOW.timestamp())
-LATEST = convert.event_time_limit(NOW)[0]
+LATEST = sync_checks.event_time_limit(NOW)[0]
 """The quick look's `latest_seconds` at NOW: an event time must be before it to be plain."""
 
 NOT_BUILT = (
     "service.api._wirecheck is not built: reinstall with `pip install -e .` (needs a C compiler)"
 )
+FUZZ_EXAMPLES = int(os.environ.get("WIRECHECK_FUZZ_EXAMPLES", "150"))
+"""Examples of each kind of change the C fuzz tries (`make fuzz` sets more)."""
 
-# -- the quick look in C and in Python -----------------------------------------------------------
+# -- with and without the C quick look -----------------------------------------------------------
 
-needs_c = pytest.mark.skipif(convert._plain_updates_in_c is None, reason=NOT_BUILT)
+needs_c = pytest.mark.skipif(sync_checks._plain_updates_in_c is None, reason=NOT_BUILT)
 both_implementations = pytest.mark.parametrize(
     "implementation", [pytest.param("c", marks=needs_c), "python"]
 )
-"""Run a test with Sync's quick look (`convert.plain_updates`) in C and in Python."""
+"""Run a test with Sync's quick look in C, and without it (`check_update` on every update)."""
 
 
 @contextlib.contextmanager
 def quick_look_in(implementation: str) -> Iterator[None]:
-    """`convert.plain_updates` done by the C extension ("c") or in Python ("python")."""
-    in_c = convert._plain_updates_in_c if implementation == "c" else None
-    with mock.patch.object(convert, "_plain_updates_in_c", in_c):
+    """Sync's checks with the C quick look ("c") or without it ("python")."""
+    in_c = sync_checks._plain_updates_in_c if implementation == "c" else None
+    with mock.patch.object(sync_checks, "_plain_updates_in_c", in_c):
         yield
 
 
@@ -65,15 +68,15 @@ def c_plain_updates(
 ) -> tuple[int, list[int], list[IndexedAudiences]] | None:
     """`service.api._wirecheck.plain_updates`, called directly (a test using it `needs_c`): its
     count, unsure indexes and memberships (`test_the_c_reads_the_request_ids` covers the rest)."""
-    from service.api import _wirecheck
-
-    found = _wirecheck.plain_updates(wire, latest)
+    plain_updates = sync_checks._plain_updates_in_c
+    assert plain_updates is not None, NOT_BUILT
+    found = plain_updates(wire, latest)
     return None if found is None else found[2:]
 
 
 def test_the_c_extension_is_built() -> None:
     """CI has a C compiler: a build that silently fell back to Python fails here."""
-    assert convert._plain_updates_in_c is not None, NOT_BUILT
+    assert sync_checks._plain_updates_in_c is not None, NOT_BUILT
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -87,35 +90,29 @@ def request_wire(updates: list[bytes]) -> bytes:
     return wire + b"".join(encoded_field(2, update) for update in updates)
 
 
-def view_of(updates: list[pb.ProfileUpdate]) -> ingest_pb2.SyncRequestView:
-    """The request as the service receives it: the caller's SyncRequest, read as a view."""
-    wire = request_wire([update.SerializeToString() for update in updates])
-    return ingest_pb2.SyncRequestView.FromString(wire)
+def wire_of(updates: list[pb.ProfileUpdate]) -> bytes:
+    """The request of these updates as a caller encodes it."""
+    return request_wire([update.SerializeToString() for update in updates])
 
 
 def sync(
-    request: ingest_pb2.SyncRequestView | bytes,
-    implementation: str,
-    max_skew: timedelta | None = None,
+    wire: bytes, implementation: str, max_skew: timedelta | None = None
 ) -> tuple[WireUpdates, list[Rejected]]:
-    """`convert.sync_request` at NOW on the request (a view is encoded first), its quick look
-    done by `implementation`, with `max_skew` or else the default clock skew."""
-    wire = request if isinstance(request, bytes) else request.SerializeToString()
+    """`sync_checks.sync_request` at NOW on the encoded request, with the quick look of
+    `implementation`, with `max_skew` or else the default clock skew."""
     with quick_look_in(implementation):
         if max_skew is None:
-            checked = convert.sync_request(wire, NOW)
+            checked = sync_checks.sync_request(wire, NOW)
         else:
-            checked = convert.sync_request(wire, NOW, max_skew)
+            checked = sync_checks.sync_request(wire, NOW, max_skew)
     return checked.updates, checked.rejected
 
 
-def quick_look(
-    update: pb.ProfileUpdate, implementation: str
-) -> tuple[list[int], list[IndexedAudiences]]:
-    """The quick look's unsure indexes and memberships for a request of this one update."""
-    wire = request_wire([update.SerializeToString()])
-    with quick_look_in(implementation):
-        (_, _, count, unsure, memberships), _ = convert.plain_updates(wire, LATEST)
+def quick_look(update: pb.ProfileUpdate) -> tuple[list[int], list[IndexedAudiences]]:
+    """The C quick look's unsure indexes and memberships for a request of this one update."""
+    found = c_plain_updates(wire_of([update]), LATEST)
+    assert found is not None
+    count, unsure, memberships = found
     assert count == 1
     return unsure, memberships
 
@@ -156,7 +153,7 @@ plain_event_times = st.one_of(
     st.integers(min_value=NOW_SECONDS - 10, max_value=LATEST - 1), st.integers(1, LATEST - 1)
 )
 plain_nanos = st.one_of(st.just(0), st.integers(min_value=0, max_value=999_999_999))
-plain_depths = st.integers(min_value=1, max_value=convert.MAX_PROFILE_DEPTH)
+plain_depths = st.integers(min_value=1, max_value=sync_checks.MAX_PROFILE_DEPTH)
 plain_memberships = st.lists(
     st.tuples(st.sampled_from(["a1", "a2", "a3", "é", "😀"]), st.sampled_from([1, 2, 3])),
     max_size=3,
@@ -191,10 +188,10 @@ def profile_updates(draw: st.DrawFn, plain: bool = False) -> pb.ProfileUpdate:
 @both_implementations
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(profile_updates(), min_size=1, max_size=8))
-def test_the_view_checks_agree_with_full_conversion(
+def test_the_checks_agree_with_full_conversion(
     implementation: str, updates: list[pb.ProfileUpdate]
 ) -> None:
-    checked, rejected = sync(view_of(updates), implementation)
+    checked, rejected = sync(wire_of(updates), implementation)
 
     expected_rejected: dict[int, list[tuple[str, str]]] = {}
     expected_kept: list[ProfileUpdate] = []
@@ -215,7 +212,7 @@ def test_the_view_checks_agree_with_full_conversion(
     assert checked.count == len(expected_kept)
     assert list(checked.memberships) == expected_memberships
     # What is stored decodes to exactly what a full conversion gives.
-    assert convert.decode_updates(checked.encode()) == expected_kept
+    assert inbox_codec.decode_updates(checked.encode()) == expected_kept
 
 
 @both_implementations
@@ -231,18 +228,21 @@ def test_the_depth_walk_agrees_with_conversion(
     struct = struct_pb2.Struct()
     struct.update(nested(depth, leaf, lists=lists))
     try:
-        convert.struct_to_dict(struct)
+        inbox_codec.struct_to_dict(struct)
         too_deep = False
     except ValueError:
         too_deep = True
-    assert convert._too_deep(struct, convert.MAX_PROFILE_DEPTH) is too_deep
-    # The quick look counts levels the same way: only a profile too deep is unsure.
+    assert sync_checks.too_deep(struct, sync_checks.MAX_PROFILE_DEPTH) is too_deep
+    # Sync counts levels the same way: only a profile too deep is rejected (in C: unsure).
     update = good("p1")
     update.profile.CopyFrom(struct)
-    assert quick_look(update, implementation)[0] == ([0] if too_deep else [])
+    _, rejected = sync(wire_of([update]), implementation)
+    assert [r.violations[0].field for r in rejected] == (["updates[0].profile"] if too_deep else [])
+    if implementation == "c":
+        assert quick_look(update)[0] == ([0] if too_deep else [])
 
 
-# -- what only the view can see ------------------------------------------------------------------
+# -- requests protobuf does not parse whole -------------------------------------------------------
 
 
 def good(profile_id: str, **audiences: int) -> pb.ProfileUpdate:
@@ -254,48 +254,94 @@ def good(profile_id: str, **audiences: int) -> pb.ProfileUpdate:
     return message
 
 
+def with_raw(
+    update: pb.ProfileUpdate, *, profile: bytes | None = None, **audiences: bytes
+) -> bytes:
+    """The update encoded, with `profile` (raw bytes) for its profile, and each membership named
+    `a<position>` in `audiences` (raw bytes) in place of the one at that position."""
+    message = pb.ProfileUpdate()
+    message.CopyFrom(update)
+    message.ClearField("audiences")
+    if profile is not None:
+        message.ClearField("profile")
+    fields = [message.SerializeToString()]
+    if profile is not None:
+        fields.append(encoded_field(3, profile))
+    for position, membership in enumerate(update.audiences):
+        raw = audiences.get(f"a{position}", membership.SerializeToString())
+        fields.append(encoded_field(4, raw))
+    return b"".join(fields)
+
+
 @both_implementations
 @pytest.mark.parametrize(
-    "first",
+    ("first", "kept"),
     [
-        pytest.param(bytes.fromhex("8a8080808000 00"), id="undecodable"),
+        pytest.param(bytes.fromhex("8a8080808000 00"), False, id="undecodable"),
         pytest.param(
             struct_pb2.Struct(fields={"deep": struct_pb2.Value()}).SerializeToString(),
+            True,
             id="decodable",
         ),
     ],
 )
 def test_a_profile_given_twice_is_stored_as_it_was_checked(
-    implementation: str, first: bytes
+    implementation: str, first: bytes, kept: bool
 ) -> None:
-    """Found by the fuzz: protobuf merges a profile given twice, the view keeps the last one,
-    which is what the checks look at. Stored as sent, the update would decode differently at
-    delivery (or not at all); it is stored as the view read it."""
+    """Protobuf merges a profile given twice, and the update is checked as merged: rejected
+    when the merged profile does not decode, else stored so that delivery decodes exactly the
+    update that was checked."""
     update = good("p0").SerializeToString()
     twice = encoded_field(3, first) + update  # the later profile is good("p0")'s
+    wire = request_wire([twice])
 
-    checked, rejected = sync(request_wire([twice]), implementation)
+    checked, rejected = sync(wire, implementation)
 
-    assert rejected == [] and checked.count == 1
-    assert convert.decode_updates(checked.encode()) == [
-        convert.decode_update(pb.ProfileUpdate.FromString(update))
-    ]
+    if kept:
+        merged = pb.ProfileUpdate.FromString(twice)
+        assert set(merged.profile.fields) == {"deep", "person"}
+        assert rejected == [] and checked.count == 1
+        assert inbox_codec.decode_updates(checked.encode()) == [inbox_codec.decode_update(merged)]
+    else:
+        assert [(r.index, r.violations[0].field) for r in rejected] == [(0, "updates[0].profile")]
+        assert checked.count == 0
 
 
 @both_implementations
 def test_an_undecodable_profile_or_membership_is_rejected_alone(implementation: str) -> None:
-    request = view_of([good("p0"), good("p1"), good("p2", a1=1), good("p3")])
-    request.updates[1].profile = b"\xff\xff\xff"
-    request.updates[2].audiences[0] = b"\x0a\x09short"
+    wire = request_wire(
+        [
+            good("p0").SerializeToString(),
+            with_raw(good("p1"), profile=b"\xff\xff\xff"),
+            with_raw(good("p2", a1=1), a0=b"\x0a\x09short"),
+            good("p3").SerializeToString(),
+        ]
+    )
 
-    checked, rejected = sync(request, implementation)
+    checked, rejected = sync(wire, implementation)
 
     assert {r.index: r.violations[0].field for r in rejected} == {
         1: "updates[1].profile",
         2: "updates[2].audiences[0]",
     }
     assert "not a valid google.protobuf.Struct" in rejected[0].violations[0].description
-    assert [u.profile_id for u in convert.decode_updates(checked.encode())] == ["p0", "p3"]
+    assert [u.profile_id for u in inbox_codec.decode_updates(checked.encode())] == ["p0", "p3"]
+
+
+@both_implementations
+def test_an_undecodable_update_is_checked_for_every_other_problem(implementation: str) -> None:
+    """What still decodes of it is checked as any update: every problem named, in field order."""
+    update = good("", a1=1, a2=1)
+    update.audiences[1].audience_id = "a1"
+    wire = request_wire([with_raw(update, profile=b"\xff", a0=b"\xff")])
+
+    _, rejected = sync(wire, implementation)
+
+    assert [v.field for r in rejected for v in r.violations] == [
+        "updates[0].profile_id",
+        "updates[0].profile",
+        "updates[0].audiences[0]",
+    ]
 
 
 @both_implementations
@@ -306,32 +352,41 @@ def test_a_profile_too_deep_for_the_parser_is_rejected_alone(implementation: str
     node = deep.profile
     for _ in range(60):
         node = node.fields["x"].struct_value
-    request = view_of([good("p0"), deep])
 
-    checked, rejected = sync(request, implementation)
+    checked, rejected = sync(wire_of([good("p0"), deep]), implementation)
 
     assert [(r.index, r.violations[0].field) for r in rejected] == [(1, "updates[1].profile")]
+    assert "nested deeper than 32 levels" in rejected[0].violations[0].description
     assert checked.count == 1
+    assert [u.profile_id for u in inbox_codec.decode_updates(checked.encode())] == ["p0"]
 
 
 @both_implementations
 def test_encode_leaves_out_dropped_updates_and_keeps_the_rest_in_order(implementation: str) -> None:
-    request = view_of([good(f"p{i}", a1=1) for i in range(5)])
-    checked, rejected = sync(request, implementation)
+    checked, rejected = sync(wire_of([good(f"p{i}", a1=1) for i in range(5)]), implementation)
     assert not rejected
 
-    kept = convert.decode_updates(checked.encode(dropped={1, 3}))
+    kept = inbox_codec.decode_updates(checked.encode(dropped={1, 3}))
 
     assert [u.profile_id for u in kept] == ["p0", "p2", "p4"]
     assert all(u.memberships[0].audience_id == "a1" for u in kept)
 
 
 @both_implementations
-def test_remembered_memberships_still_name_the_problems_of_bad_ones(implementation: str) -> None:
-    for _ in range(2):  # the second time, both combinations come from the cache
-        request = view_of([good("p0", a1=1, a2=3), good("p1", a1=1, a2=9)])
-        checked, rejected = sync(request, implementation)
-        assert list(checked.memberships) == [(0, ("a1", "a2"))]
+def test_a_request_with_every_update_kept_is_stored_as_sent(implementation: str) -> None:
+    wire = wire_of([good("p0", a1=1), good("p1")])
+
+    checked, rejected = sync(wire, implementation)
+
+    assert not rejected and checked.encode() == wire
+
+
+@both_implementations
+def test_memberships_of_good_updates_come_in_request_order(implementation: str) -> None:
+    for _ in range(2):  # the same combinations again
+        wire = wire_of([good("p0", a1=1, a2=3), good("p1", a1=1, a2=9), good("p2", a3=1)])
+        checked, rejected = sync(wire, implementation)
+        assert list(checked.memberships) == [(0, ("a1", "a2")), (2, ("a3",))]
         assert [(r.index, r.violations[0].field) for r in rejected] == [
             (1, "updates[1].audiences[1].status")
         ]
@@ -352,7 +407,7 @@ def test_an_event_time_just_past_the_clock_skew_is_refused(
     later = good("p3")
     later.event_time.FromDatetime(limit + timedelta(seconds=1))
 
-    checked, rejected = sync(view_of([late, edge, later]), implementation, max_skew)
+    checked, rejected = sync(wire_of([late, edge, later]), implementation, max_skew)
 
     assert [(r.index, r.violations[0].field) for r in rejected] == [
         (0, "updates[0].event_time"),
@@ -608,21 +663,23 @@ def encoded_updates(draw: st.DrawFn, how: str) -> bytes:
 
 def sync_outcome(wire: bytes, implementation: str) -> tuple[Any, ...]:
     """What Sync makes of an encoded request: its rejections, count, memberships and the
-    updates delivery decodes from what it stores (the bytes may differ: the request as sent, or
-    as the view read it)."""
-    checked, rejected = sync(wire, implementation)
+    updates delivery decodes from what it stores; ("refused",) when it is not a SyncRequest."""
+    try:
+        checked, rejected = sync(wire, implementation)
+    except DecodeError:
+        return ("refused",)
     return (
         [(r.index, [(v.field, v.description) for v in r.violations]) for r in rejected],
         checked.count,
         list(checked.memberships),
-        convert.decode_updates(checked.encode()),
+        inbox_codec.decode_updates(checked.encode()),
     )
 
 
 @needs_c
 @pytest.mark.parametrize("how", list(MUTATIONS))
 @settings(
-    max_examples=150,
+    max_examples=FUZZ_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -645,17 +702,14 @@ def test_the_c_quick_look_errs_only_towards_unsure(how: str, data: st.DataObject
             continue
         message = pb.ProfileUpdate.FromString(update)
         limit = (LATEST, 0)  # the latest the C's `latest` allows: any event time before it
-        assert convert.check_update(message, prefix="u", event_time_limit=limit) == []
+        assert sync_checks.check_update(message, prefix="u", event_time_limit=limit) == []
         assert audiences.get(index) == (tuple(a.audience_id for a in message.audiences) or None)
 
-    try:
-        ingest_pb2.SyncRequestView.FromString(wire)
-    except DecodeError:  # Sync refuses the whole request (INVALID_ARGUMENT)
-        assume(False)
     outcome = sync_outcome(wire, "c")
     assert outcome == sync_outcome(wire, "python")
-    # What is stored, delivery decodes (above), as each update was checked.
-    assert len(outcome[3]) == outcome[1]
+    if outcome != ("refused",):
+        # What is stored, delivery decodes (above), as each update was checked.
+        assert len(outcome[3]) == outcome[1]
 
 
 def with_string(role: str, raw: bytes) -> bytes:
@@ -750,13 +804,13 @@ NUL_FIELDS = {
 def test_a_nul_character_rejects_its_update_alone_naming_the_field(
     implementation: str, role: str
 ) -> None:
-    checked, rejected = sync(view_of([good("p0"), with_nul(role), good("p2")]), implementation)
+    checked, rejected = sync(wire_of([good("p0"), with_nul(role), good("p2")]), implementation)
 
     assert [(r.index, [(v.field, v.description) for v in r.violations]) for r in rejected] == [
         (1, [NUL_FIELDS[role]])
     ]
     assert convert.rejection(rejected[0].violations, 1).field == NUL_FIELDS[role][0]
-    assert [u.profile_id for u in convert.decode_updates(checked.encode())] == ["p0", "p2"]
+    assert [u.profile_id for u in inbox_codec.decode_updates(checked.encode())] == ["p0", "p2"]
 
 
 @needs_c
@@ -800,35 +854,37 @@ def test_a_tag_or_length_of_more_than_five_bytes_is_unsure(update: bytes) -> Non
     wire = request_wire([update])
 
     assert c_plain_updates(wire, LATEST) == (1, [0], [])
-    try:
-        ingest_pb2.SyncRequestView.FromString(wire)
-    except DecodeError:  # not even with profiles and memberships left encoded: refused whole
-        for implementation in ("c", "python"):
-            with quick_look_in(implementation), pytest.raises(DecodeError):
-                convert.sync_request(wire, NOW)
-    else:
-        assert sync_outcome(wire, "c") == sync_outcome(wire, "python")
+    # Refused whole when not even its ids and event time decode, else this update alone.
+    outcome = sync_outcome(wire, "c")
+    assert outcome == sync_outcome(wire, "python")
+    assert outcome == ("refused",) or (outcome[1], outcome[0][0][0]) == (0, 0)
 
 
 def test_a_request_protobuf_cannot_decode_never_gets_past_the_quick_look() -> None:
     """Whatever the C says, delivery decodes with protobuf: one parse of the whole request by
     protobuf vouches for the C's verdicts, and when it fails each update is looked at alone."""
-    request = view_of([good("p0"), good("p1"), good("p2", a1=1)])
-    request.updates[1].profile = b"\x0a\x05short"  # a map entry running past its end
+    short = b"\x0a\x05short"  # a map entry running past its end
+    wire = request_wire(
+        [
+            good("p0").SerializeToString(),
+            with_raw(good("p1"), profile=short),
+            good("p2", a1=1).SerializeToString(),
+        ]
+    )
 
-    def everything_plain(wire: bytes, latest: int) -> convert.PlainUpdates:
+    def everything_plain(wire: bytes, latest: int) -> sync_checks.PlainUpdates:
         return "d1", "r1", 3, [], [(2, ("a1",))]
 
-    with mock.patch.object(convert, "_plain_updates_in_c", everything_plain):
-        found = convert.sync_request(request.SerializeToString(), NOW)
+    with mock.patch.object(sync_checks, "_plain_updates_in_c", everything_plain):
+        found = sync_checks.sync_request(wire, NOW)
     checked, rejected = found.updates, found.rejected
 
     assert [(r.index, r.violations[0].field) for r in rejected] == [(1, "updates[1].profile")]
-    assert [u.profile_id for u in convert.decode_updates(checked.encode())] == ["p0", "p2"]
+    assert [u.profile_id for u in inbox_codec.decode_updates(checked.encode())] == ["p0", "p2"]
 
 
 @both_implementations
-def test_the_quick_look_reads_the_request_ids_as_protobuf_does(implementation: str) -> None:
+def test_sync_reads_the_request_ids_as_protobuf_does(implementation: str) -> None:
     """destination_id and request_id come from the bytes: the last of each when given twice,
     "" when absent, with any valid UTF-8 in them."""
     update = good("p0").SerializeToString()
@@ -838,10 +894,10 @@ def test_the_quick_look_reads_the_request_ids_as_protobuf_does(implementation: s
         + encoded_field(3, "r\u00e9q-1".encode())
         + encoded_field(1, "d\u2603st".encode())
     )
-    expected = ingest_pb2.SyncRequestView.FromString(wire)
+    expected = pb.SyncRequest.FromString(wire)
     with quick_look_in(implementation):
-        checked = convert.sync_request(wire, NOW)
-        bare = convert.sync_request(encoded_field(2, update), NOW)
+        checked = sync_checks.sync_request(wire, NOW)
+        bare = sync_checks.sync_request(encoded_field(2, update), NOW)
 
     assert (checked.destination_id, checked.request_id) == (
         expected.destination_id,
@@ -854,12 +910,15 @@ def test_the_quick_look_reads_the_request_ids_as_protobuf_does(implementation: s
 @both_implementations
 @pytest.mark.parametrize("field", [1, 3], ids=["destination_id", "request_id"])
 def test_a_request_id_that_is_not_utf8_refuses_the_request(implementation: str, field: int) -> None:
-    """As the view's parse would: the whole request is not a SyncRequest (INVALID_ARGUMENT)."""
+    """The whole request is not a SyncRequest (INVALID_ARGUMENT)."""
     wire = encoded_field(field, b"bad\xff") + encoded_field(2, good("p0").SerializeToString())
     if implementation == "c":
         assert c_plain_updates(wire, LATEST) is None
     with quick_look_in(implementation), pytest.raises(DecodeError):
-        convert.sync_request(wire, NOW)
+        sync_checks.sync_request(wire, NOW)
+    bad_update = encoded_field(2, good("p0").SerializeToString() + encoded_field(3, b"\xff"))
+    with quick_look_in(implementation), pytest.raises(DecodeError):  # read update by update
+        sync_checks.sync_request(wire + bad_update, NOW)
 
 
 # -- the limits of the quick look are those of check_update --------------------------------------
@@ -867,24 +926,36 @@ def test_a_request_id_that_is_not_utf8_refuses_the_request(implementation: str, 
 
 def violations(update: pb.ProfileUpdate) -> list[str]:
     """What `check_update` finds wrong with the update at NOW."""
-    limit = convert.event_time_limit(NOW)
-    return [v.description for v in convert.check_update(update, prefix="u", event_time_limit=limit)]
+    limit = sync_checks.event_time_limit(NOW)
+    found = sync_checks.check_update(update, prefix="u", event_time_limit=limit)
+    return [v.description for v in found]
+
+
+def look(update: pb.ProfileUpdate, implementation: str) -> tuple[list[int], list[IndexedAudiences]]:
+    """For a request of this one update, the C quick look's unsure indexes and memberships;
+    without the C, the indexes Sync rejects and the memberships it keeps."""
+    if implementation == "c":
+        return quick_look(update)
+    checked, rejected = sync(wire_of([update]), implementation)
+    return [r.index for r in rejected], list(checked.memberships)
 
 
 def assert_limit(at_limit: pb.ProfileUpdate, past: pb.ProfileUpdate, implementation: str) -> None:
     """The quick look finds `at_limit` plainly good and is unsure of `past`, which
     `check_update` refuses: the limit is the same."""
-    assert quick_look(at_limit, implementation)[0] == [] and violations(at_limit) == []
-    assert quick_look(past, implementation)[0] == [0] and violations(past) != []
+    assert look(at_limit, implementation)[0] == [] and violations(at_limit) == []
+    assert look(past, implementation)[0] == [0] and violations(past) != []
+    _, rejected = sync(wire_of([at_limit, past]), implementation)
+    assert [r.index for r in rejected] == [1]
 
 
 @both_implementations
 @pytest.mark.parametrize("character", ["p", "é", "😀"], ids=["1 byte", "2 bytes", "4 bytes"])
 def test_the_profile_id_limit_counts_characters(implementation: str, character: str) -> None:
-    limit = convert.MAX_PROFILE_ID_LENGTH
+    limit = sync_checks.MAX_PROFILE_ID_LENGTH
     assert_limit(good(character * limit), good(character * (limit + 1)), implementation)
     mixed = good("é" * (limit - 2) + "😀a")
-    assert quick_look(mixed, implementation)[0] == []
+    assert look(mixed, implementation)[0] == []
     assert_limit(good("😀"), good(""), implementation)  # the least: one character
 
 
@@ -892,20 +963,20 @@ def test_the_profile_id_limit_counts_characters(implementation: str, character: 
 @pytest.mark.parametrize("character", ["u", "é", "😀"], ids=["1 byte", "2 bytes", "4 bytes"])
 def test_the_update_id_limit_counts_characters(implementation: str, character: str) -> None:
     at_limit, past, empty = good("p1"), good("p1"), good("p1")
-    at_limit.update_id = character * convert.MAX_UPDATE_ID_LENGTH
-    past.update_id = character * (convert.MAX_UPDATE_ID_LENGTH + 1)
+    at_limit.update_id = character * sync_checks.MAX_UPDATE_ID_LENGTH
+    past.update_id = character * (sync_checks.MAX_UPDATE_ID_LENGTH + 1)
     assert_limit(at_limit, past, implementation)
-    assert quick_look(empty, implementation)[0] == []  # none: one is derived
+    assert look(empty, implementation)[0] == []  # none: one is derived
 
 
 @both_implementations
 def test_the_memberships_limit(implementation: str) -> None:
-    ids = [f"a{i}" for i in range(convert.MAX_MEMBERSHIPS + 1)]
+    ids = [f"a{i}" for i in range(sync_checks.MAX_MEMBERSHIPS + 1)]
     at_limit = good("p1", **dict.fromkeys(ids[:-1], 1))
     past = good("p1", **dict.fromkeys(ids, 1))
 
     assert_limit(at_limit, past, implementation)
-    assert quick_look(at_limit, implementation)[1] == [(0, tuple(ids[:-1]))]
+    assert look(at_limit, implementation)[1] == [(0, tuple(ids[:-1]))]
 
 
 @both_implementations
@@ -923,10 +994,13 @@ def test_the_depth_limit(implementation: str, lists: bool, innermost: str) -> No
             update.profile.update(nested(depth, lists=lists))
         return update
 
-    at_limit, past = nesting(convert.MAX_PROFILE_DEPTH), nesting(convert.MAX_PROFILE_DEPTH + 1)
+    at_limit, past = (
+        nesting(sync_checks.MAX_PROFILE_DEPTH),
+        nesting(sync_checks.MAX_PROFILE_DEPTH + 1),
+    )
 
-    assert not convert._too_deep(at_limit.profile, convert.MAX_PROFILE_DEPTH)
-    assert convert._too_deep(past.profile, convert.MAX_PROFILE_DEPTH)
+    assert not sync_checks.too_deep(at_limit.profile, sync_checks.MAX_PROFILE_DEPTH)
+    assert sync_checks.too_deep(past.profile, sync_checks.MAX_PROFILE_DEPTH)
     assert_limit(at_limit, past, implementation)
 
 
@@ -941,7 +1015,7 @@ def profile_of(size: int) -> pb.ProfileUpdate:
 
 @both_implementations
 def test_the_profile_size_limit(implementation: str) -> None:
-    limit = convert.MAX_PROFILE_BYTES
+    limit = sync_checks.MAX_PROFILE_BYTES
     assert_limit(profile_of(limit), profile_of(limit + 1), implementation)
 
 
@@ -964,10 +1038,13 @@ def test_the_event_time_limit(implementation: str) -> None:
     before, at = with_event_time(LATEST - 1, 999_999_999), with_event_time(LATEST)
     first, epoch = with_event_time(1), with_event_time(0)
 
-    assert quick_look(before, implementation)[0] == [] and violations(before) == []
-    assert quick_look(at, implementation)[0] == [0] and violations(at) == []
-    assert quick_look(first, implementation)[0] == []
-    assert quick_look(epoch, implementation)[0] == [0] and violations(epoch) == []
+    assert look(before, implementation)[0] == [] and violations(before) == []
+    assert look(first, implementation)[0] == []
+    assert violations(at) == [] and violations(epoch) == []
+    if implementation == "c":
+        assert quick_look(at)[0] == [0] and quick_look(epoch)[0] == [0]
+    checked, rejected = sync(wire_of([before, at, first, epoch]), implementation)
+    assert not rejected and checked.count == 4
 
 
 @both_implementations
@@ -989,16 +1066,16 @@ def test_what_check_update_refuses_is_never_plain(
 ) -> None:
     """Near the limits too: each of these has one problem, which the quick look sees."""
     assert violations(update) != []
-    assert quick_look(update, implementation)[0] == [0]
+    assert look(update, implementation)[0] == [0]
 
 
 # -- memory --------------------------------------------------------------------------------------
 
 
-def test_memberships_remembered_for_unknown_field_requests_stay_within_a_bound() -> None:
-    """A request with an unknown field is looked at in Python, which remembers each distinct
-    memberships list it decodes: hostile callers sending many distinct large lists must not make
-    the service hold more than a few MiB for it (it held gigabytes)."""
+def test_requests_with_an_unknown_field_and_many_memberships_stay_within_a_bound() -> None:
+    """A request with an unknown field is checked update by update in Python: hostile callers
+    sending many distinct large memberships lists must not make the service hold more than a few
+    MiB for it (a cache of them once held gigabytes)."""
     unknown = encoded_field(9, b"from a newer client")
 
     def request(number: int) -> bytes:
@@ -1006,7 +1083,7 @@ def test_memberships_remembered_for_unknown_field_requests_stay_within_a_bound()
         for index in range(10):
             update = message.updates.add(profile_id=f"p{index}", update_id=f"u{number}-{index}")
             update.event_time.FromSeconds(NOW_SECONDS)
-            for audience in range(convert.MAX_MEMBERSHIPS):
+            for audience in range(sync_checks.MAX_MEMBERSHIPS):
                 update.audiences.add(
                     audience_id=f"audience-{number:04}-{index:02}-{audience:04}-{'x' * 48}",
                     status=pb.MEMBERSHIP_STATUS_REALIZED,
@@ -1016,7 +1093,7 @@ def test_memberships_remembered_for_unknown_field_requests_stay_within_a_bound()
     requests = [request(number) for number in range(20)]
     with retained_memory() as retained:
         for wire in requests:
-            checked = convert.sync_request(wire, NOW)
+            checked = sync_checks.sync_request(wire, NOW)
             assert not checked.rejected and len(checked.updates.memberships) == 10
         del checked
     # 200 distinct lists of 1,000 memberships: about 45 MiB when every one is remembered.

@@ -2,8 +2,9 @@
  *
  * `plain_updates(wire, latest_seconds)` reads an encoded marketo_destination.v1.SyncRequest and
  * says, for each update, whether it is plainly good: every field known, present at most once,
- * every string (ids and profile keys and values too) valid UTF-8 without a NUL character, within the limits of `service.api.convert` (profile id, update id, event time,
- * profile size and nesting, memberships), and encoded so that protobuf decodes it.
+ * every string (ids and profile keys and values too) valid UTF-8 without a NUL character, within
+ * the limits of `service.api.sync_checks` (profile id, update id, event time, profile size and
+ * nesting, memberships), and encoded so that protobuf decodes it.
  *
  * It returns None when the request itself is not read here (an unknown top-level field, or a
  * destination_id or request_id that is not valid UTF-8), or
@@ -12,20 +13,22 @@
  *                the request's own fields (the last of each, as protobuf reads them; "" when
  *                absent);
  *   count        the number of updates;
- *   unsure       the indexes of updates that are not plainly good (`service.api.convert` checks each
- *                of them one by one: they may still be good, in an unusual encoding);
+ *   unsure       the indexes of updates that are not plainly good (`service.api.sync_checks`
+ *                checks each of them one by one: they may still be good, in an unusual
+ *                encoding);
  *   memberships  `(index, audience_ids)` of each plainly good update that names audiences.
  *
  * The verdict only ever errs towards "unsure": an update called plainly good is one that
- * `service.api.convert.check_update` accepts and protobuf decodes (tests/test_sync_checks.py holds
- * the two to each other). Nothing is allocated for an update without memberships.
+ * `service.api.sync_checks.check_update` accepts and protobuf decodes (tests/test_sync_checks.py
+ * holds the two to each other; `make fuzz` runs those tests under AddressSanitizer and UBSan).
+ * Nothing is allocated for an update without memberships.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
-/* The limits of service.api.convert (kept equal by tests/test_sync_checks.py). */
+/* The limits of service.api.sync_checks (kept equal by tests/test_sync_checks.py). */
 #define MAX_PROFILE_ID_LENGTH 512
 #define MAX_UPDATE_ID_LENGTH 128
 #define MAX_PROFILE_BYTES (256 * 1024)
@@ -153,7 +156,7 @@ static int valid_string(const Reader *s) {
 
 static int plain_value(Reader value, int depth);
 
-/* A google.protobuf.Struct nested within `depth` levels (counted as convert._too_deep counts):
+/* A google.protobuf.Struct nested within `depth` levels (counted as sync_checks.too_deep counts):
  * each map entry exactly a string key then a value. */
 static int plain_struct(Reader r, int depth) {
     if (depth <= 0) {
@@ -499,7 +502,7 @@ static PyModuleDef_Slot slots[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "service.api._wirecheck",
-    .m_doc = "Sync's quick look at a request's updates, in C (see service.api.convert).",
+    .m_doc = "Sync's quick look at a request's updates, in C (see service.api.sync_checks).",
     .m_size = 0,
     .m_methods = methods,
     .m_slots = slots,

@@ -20,8 +20,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from service.api.convert import nul_violations
 from service.api.handlers import is_async, rewrap
+from service.api.sync_checks import nul_violations
 from service.errors import DestinationError, InvalidArgument
 
 __all__ = ["INTERNAL_MESSAGE", "ErrorInterceptor"]

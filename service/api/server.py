@@ -71,8 +71,9 @@ class _Handlers:
 
 def _add_servicer(servicer: MarketoDestinationServicer, server: grpc.aio.Server) -> None:
     """Register the v1 service as generated, except that Sync takes its requests encoded:
-    `convert.sync_request` checks them in one pass over the bytes, which are what the inbox
-    stores (profiles and memberships are decoded only when delivered)."""
+    `sync_checks.sync_request` parses each (the generated deserializer would fail the whole
+    stream for one update that does not decode, where only that update is rejected) and stores
+    the request's bytes as sent when every update is kept."""
     handlers = _Handlers()
     destination_pb2_grpc.add_MarketoDestinationServiceServicer_to_server(servicer, handlers)
     assert handlers.service == SERVICE_NAME and "Sync" in handlers.methods
@@ -101,8 +102,9 @@ class ServerLimits:
     Sync pipelines within one stream, so a client needs few streams per connection."""
     max_receive_message_bytes: int = 4 * _MIB
     """The largest request message: RESOURCE_EXHAUSTED past it. Room for ten updates at every
-    limit at once (`convert.MAX_PROFILE_BYTES` profile, longest ids, `convert.MAX_MEMBERSHIPS`
-    memberships); a client splits larger batches over several requests."""
+    limit at once (`sync_checks.MAX_PROFILE_BYTES` profile, longest ids,
+    `sync_checks.MAX_MEMBERSHIPS` memberships); a client splits larger batches over several
+    requests."""
     max_send_message_bytes: int = 16 * _MIB
     """The largest answer: a call whose answer would be larger fails with RESOURCE_EXHAUSTED
     instead of holding it in memory."""

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from service.api import convert
+from service.api import convert, sync_checks
 from service.api.streams import in_order
 from service.app import Application
 from service.usecases.ingest import Submission
@@ -101,14 +101,15 @@ class MarketoDestinationServicer:
         return pb.DeactivateResponse(audience_ids=audience_ids)
 
     async def Sync(self, request_iterator: AsyncIterator[bytes], context: _Context) -> None:
-        """Requests arrive encoded (see `service.api.server`): their updates are checked and stored
-        without building their profiles. Each answer is written as soon as its request is
-        committed (`context.write`: no generator between this loop and gRPC)."""
-        submitted: deque[tuple[convert.SyncRequestChecked, Submission]] = deque()
+        """Requests arrive encoded (see `service.api.server`): protobuf parses each once, its
+        updates are checked and the kept ones stored encoded (`sync_checks.sync_request`). Each
+        answer is written as soon as its request is committed (`context.write`: no generator
+        between this loop and gRPC)."""
+        submitted: deque[tuple[sync_checks.SyncRequestChecked, Submission]] = deque()
 
         async def commits() -> AsyncIterator[Awaitable[object]]:
             async for wire in request_iterator:
-                request = convert.sync_request(
+                request = sync_checks.sync_request(
                     wire, datetime.now(UTC), self._app.ingest.max_clock_skew
                 )
                 submission = await self._app.ingest.submit(

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
-from service.api import convert
+from service.api import inbox_codec
 from service.app import marketo_connections
 from service.delivery.config import Backoff, DeliveryServices, DeliverySettings
 from service.delivery.dispatcher import Dispatcher
@@ -208,7 +208,7 @@ class Env:
             self.connections,
             self.registry,
             self.alerts,
-            decode=convert.decode_batch,
+            decode=inbox_codec.decode_batch,
             clock=clock or self.clock,
             rng=random.Random(7),
         )
@@ -265,7 +265,7 @@ class Env:
         return await self.store.get_destination(record.id, tenant=None)
 
     async def append(self, destination_id: str, updates: Sequence[ProfileUpdate]) -> None:
-        body = convert.encode_updates(updates)
+        body = inbox_codec.encode_updates(updates)
         result = await self.store.append(destination_id, self.instance_key, body, len(updates))
         assert result.count == len(updates)
 
@@ -275,13 +275,13 @@ class Env:
     async def due(self, limit: int = 10_000) -> list[Any]:
         """The instance's due entries now, appended batches unpacked first (as a drainer does)."""
         now = self.clock.datetime()
-        await self.store.unpack(self.instance_key, convert.decode_batch, limit, now=now)
+        await self.store.unpack(self.instance_key, inbox_codec.decode_batch, limit, now=now)
         return list(await self.store.claim_due(self.instance_key, limit, now=now))
 
     async def outbox(self) -> list[Any]:
         """Every entry of the instance, due or not."""
         far = self.clock.datetime() + timedelta(days=400)
-        await self.store.unpack(self.instance_key, convert.decode_batch, 100_000, now=far)
+        await self.store.unpack(self.instance_key, inbox_codec.decode_batch, 100_000, now=far)
         return list(await self.store.claim_due(self.instance_key, 100_000, now=far))
 
 

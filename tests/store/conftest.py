@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from service.api import convert
+from service.api import inbox_codec
 from service.domain import (
     Action,
     ActionType,
@@ -88,7 +88,7 @@ class Backend:
         """Update ids of the destination queued anywhere: in inbox batches or outbox entries."""
         ids = self.outbox_update_ids(destination_id)
         for _, _, body in self.inbox(destination_id):
-            ids.update(u.update_id for u in convert.decode_updates(body))
+            ids.update(u.update_id for u in inbox_codec.decode_updates(body))
         return ids
 
 
@@ -220,7 +220,11 @@ async def append(
 ) -> AppendResult:
     """Append `updates` as one batch, encoded as Sync encodes a request."""
     return await store.append(
-        destination_id, instance_key, convert.encode_updates(updates), len(updates), trace_context
+        destination_id,
+        instance_key,
+        inbox_codec.encode_updates(updates),
+        len(updates),
+        trace_context,
     )
 
 
@@ -233,7 +237,9 @@ async def unpack(
     fencing: int | None = None,
 ) -> int:
     """Unpack the instance's inbox into the outbox (everything, unless `limit` says otherwise)."""
-    return await store.unpack(instance_key, convert.decode_batch, limit, fencing=fencing, now=now)
+    return await store.unpack(
+        instance_key, inbox_codec.decode_batch, limit, fencing=fencing, now=now
+    )
 
 
 async def deliver_daily(

@@ -11,8 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from service._proto.marketo_destination.internal.v1 import ingest_pb2
-from service.api import convert
+from service.api import inbox_codec
 from service.domain import (
     UNDECODABLE,
     ActionType,
@@ -33,6 +32,7 @@ from service.store import (
     StoreError,
     Watermark,
 )
+from tests.harness import damaged
 from tests.store.conftest import (
     START,
     Backend,
@@ -64,7 +64,7 @@ def ids(entries: Sequence[OutboxEntry]) -> list[str]:
 async def test_append_stores_the_batch_as_given(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
-    body = convert.encode_updates([update(1), update(2), update(2)])
+    body = inbox_codec.encode_updates([update(1), update(2), update(2)])
 
     first = await store.append(destination.id, INSTANCE, body, 3, "00-trace-01")
     second = await append(store, destination.id, INSTANCE, [update(3)])
@@ -75,7 +75,7 @@ async def test_append_stores_the_batch_as_given(
     # One row per call with the body byte for byte: ingest neither converts nor deduplicates.
     assert backend.inbox(destination.id) == [
         (first.sequence, 3, body),
-        (second.sequence, 1, convert.encode_updates([update(3)])),
+        (second.sequence, 1, inbox_codec.encode_updates([update(3)])),
     ]
     assert backend.outbox_update_ids(destination.id) == set()
     assert await store.claim_due(INSTANCE, 10, START) == []  # not unpacked yet
@@ -111,7 +111,7 @@ async def test_a_large_group_with_an_unknown_destination_stores_the_rest(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:
     """More batches than one INSERT takes, queued at once (one group), one of them refused."""
-    body = convert.encode_updates([update(1)])
+    body = inbox_codec.encode_updates([update(1)])
     futures = [store.append(destination.id, INSTANCE, body, 1) for _ in range(700)]
     futures.insert(350, store.append("dst_missing", INSTANCE, body, 1))
 
@@ -278,18 +278,10 @@ async def test_entries_keep_the_trace_context_and_time_of_their_batch(
     assert (await store.pending_stats(destination.id)).oldest_enqueued_at == START
 
 
-def damaged(updates: Sequence[ProfileUpdate], broken: int) -> bytes:
-    """The batch of `updates` with the profile of update `broken` damaged (a map entry running
-    past its end), as a damaged inbox row would be: its other fields still read."""
-    view = ingest_pb2.SyncRequestView.FromString(convert.encode_updates(updates))
-    view.updates[broken].profile = b"\x0a\x05short"
-    return view.SerializeToString()
-
-
 async def test_an_update_that_does_not_decode_fails_and_the_queue_goes_on(
     store: Store, destination: DestinationRecord, clock: FakeClock
 ) -> None:
-    body = damaged([update(1), update(2), update(3)], broken=1)
+    body = damaged(inbox_codec.encode_updates([update(1), update(2), update(3)]), broken=1)
     await store.append(destination.id, INSTANCE, body, 3)
     await append(store, destination.id, INSTANCE, [update(4)])
 
@@ -386,7 +378,7 @@ async def test_unpack_decodes_outside_any_transaction(
 
     def decode(body: bytes) -> DecodedBatch:
         during.append(backend.in_transaction())
-        return convert.decode_batch(body)
+        return inbox_codec.decode_batch(body)
 
     assert await store.unpack(INSTANCE, decode, 10, now=START) == 3
     assert during == [False, False]
@@ -406,7 +398,7 @@ async def test_unpack_commits_every_step_even_through_a_flood_of_duplicates(
         await append(store, destination.id, INSTANCE, [update(1), update(2)])
     await append(store, destination.id, INSTANCE, [update(3)])
 
-    stored = await store.unpack(INSTANCE, convert.decode_batch, 3, step=4, now=START)
+    stored = await store.unpack(INSTANCE, inbox_codec.decode_batch, 3, step=4, now=START)
 
     assert stored == 3
     assert ids(await store.claim_due(INSTANCE, 10, START)) == ["u1", "u2", "u3"]
