@@ -206,7 +206,7 @@ class MarketoClient:
 
     async def token(self) -> AccessToken:
         """A bearer token with at least 60 s to live (cached per instance and client id)."""
-        return await self._tokens.get(self._clock.now, self._fetch_token)
+        return await self._tokens.get(self._clock, self._fetch_token)
 
     async def _fetch_token(self) -> AccessToken:
         url = f"{self._base}/identity/oauth/token"
