@@ -39,7 +39,7 @@ from service.marketo.errors import (
     RejectedError,
     UnavailableError,
 )
-from service.marketo.limits import InstanceLimits
+from service.marketo.limits import InstanceLimits, next_reset
 from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver
 from service.marketo.retry import RetryPolicy
 from service.marketo.types import (
@@ -379,6 +379,11 @@ class MarketoClient:
             if action is Action.QUOTA:
                 until = self.limits.pause_until_reset()
                 raise QuotaExhaustedError(until, code=answer.code, endpoint=endpoint)
+            if action is Action.DAILY_LIMIT:
+                until = next_reset(self._clock.now())
+                raise QuotaExhaustedError(
+                    until, code=answer.code, message=answer.message, endpoint=endpoint
+                )
             if action is Action.CONFIGURATION:
                 raise ConfigurationError(answer.code or "", answer.message, endpoint=endpoint)
             if action in (Action.REJECTED, Action.PER_RECORD):
@@ -499,7 +504,7 @@ class MarketoClient:
         message = self._scrub(str(first.get("message", "")))[:500]
         return _Answer(
             body=body,
-            rule=classify_response_code(code),
+            rule=classify_response_code(code, message),
             code=code,
             message=message,
             status=status,
