@@ -16,7 +16,8 @@ import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.domain import MarketoConnection
-from service.marketo import AccessToken
+from service.marketo import AccessToken, InstanceLimits, MarketoClient, QuotaExhaustedError
+from service.marketo.limits import DailyUsage
 from service.usecases.connections import MarketoConnections
 from tests.marketo.conftest import START
 from tests.marketo.test_sandbox import BASE, Env, SharedClock
@@ -130,3 +131,51 @@ async def test_a_token_handed_back_in_its_last_second_is_not_used(
     stats: dict[str, Any] = await env.calls()
     assert "602" not in stats["by_code"] and "601" not in stats["by_code"]
     assert env.clock.now() > first.expires_at
+
+
+async def test_the_budget_seeded_from_the_usage_api_leaves_the_reserve(
+    recorded: tuple[Env, Recorder],
+) -> None:
+    """Usage API: https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/lead-database/usage
+    (calls per API user and day). Another integration's 30 calls spend our budget too."""
+    env, _ = recorded
+    await env.reset(daily_quota=60)
+    seeded = await env.http.post(
+        "/_sandbox/usage", json={"userId": "crm-sync@example.com", "count": 30}
+    )
+    assert seeded.status_code == 200, seeded.text
+
+    def process() -> MarketoClient:
+        """A client of a newly started process: limits of its own, Usage API read at start."""
+        limits = InstanceLimits(daily_quota=60, daily_reserve=10, clock=env.clock)
+        return MarketoClient(
+            env.http,
+            base_url=BASE,
+            client_id="sandbox-client-id",
+            client_secret="sandbox-client-secret",
+            clock=env.clock,
+            limits=limits,
+            seed_from_usage=True,
+        )
+
+    client = process()
+    made = 0
+    with pytest.raises(QuotaExhaustedError):
+        for _ in range(60):
+            await client.partitions()
+            made += 1
+    assert made == 60 - 10 - 30 - 1  # the Usage API reading is one of our calls
+    assert client.limits.usage == DailyUsage(
+        ours=20, others=30, remaining=0, usage_read_at=client.limits.usage.usage_read_at
+    )
+    assert (await env.calls())["quota_used"] == 50  # the reserve is left to the others
+
+    restarted = process()  # after a restart, Marketo's count of ours is read at start
+    with pytest.raises(QuotaExhaustedError):
+        await restarted.partitions()
+    assert (restarted.limits.usage.ours, restarted.limits.usage.others) == (21, 30)
+    assert (await env.calls())["quota_used"] == 51  # only the reading itself
+    usage = (await env.http.get("/_sandbox/usage")).json()
+    (today,) = usage.values()
+    assert today["calls"]["crm-sync@example.com"] == {"GET /rest/v1/leads.json": 30}
+    assert sum(today["calls"]["sandbox-api-user@example.com"].values()) == 21

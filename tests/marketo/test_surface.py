@@ -30,6 +30,7 @@ METHODS = {
     "import_status": ["batch_id"],
     "import_failures": ["batch_id"],
     "import_warnings": ["batch_id"],
+    "usage": ["last_7_days"],
 }
 
 
@@ -51,6 +52,7 @@ def test_constructor() -> None:
         "clock",
         "retry",
         "observer",
+        "seed_from_usage",
     ]
 
 
