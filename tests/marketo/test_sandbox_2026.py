@@ -16,7 +16,13 @@ import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.domain import MarketoConnection
-from service.marketo import AccessToken, InstanceLimits, MarketoClient, QuotaExhaustedError
+from service.marketo import (
+    AccessToken,
+    InstanceLimits,
+    MarketoClient,
+    QuotaExhaustedError,
+    RejectedError,
+)
 from service.marketo.limits import DailyUsage
 from service.usecases.connections import MarketoConnections
 from tests.marketo.conftest import START
@@ -179,3 +185,85 @@ async def test_the_budget_seeded_from_the_usage_api_leaves_the_reserve(
     (today,) = usage.values()
     assert today["calls"]["crm-sync@example.com"] == {"GET /rest/v1/leads.json": 30}
     assert sum(today["calls"]["sandbox-api-user@example.com"].values()) == 21
+
+
+# ------------------------------------------------------------ typed operations
+# Leads: https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/lead-database/leads
+# List membership: .../rest/lead-database/list-membership
+# Bulk Lead Extract: .../rest/bulk-extract/bulk-lead-extract
+
+
+async def _list_with(env: Env, client: MarketoClient, emails: list[str]) -> tuple[int, list[int]]:
+    ids = await env.seed([{"email": email, "firstName": email[:2]} for email in emails])
+    folder = await client.folder_by_name("Group Lists", workspace="Default")
+    assert folder is not None
+    created = await client.create_static_list("Members", folder.id)
+    await client.add_to_list(created.id, ids)
+    return created.id, ids
+
+
+async def test_list_members_page_by_page(recorded: tuple[Env, Recorder]) -> None:
+    env, _ = recorded
+    client = env.client()
+    list_id, ids = await _list_with(env, client, [f"m{i}@example.com" for i in range(5)])
+    pages = [await client.list_members_page(list_id, ["email"], batch_size=2)]
+    while pages[-1].next_page_token is not None:
+        token = pages[-1].next_page_token
+        pages.append(await client.list_members_page(list_id, ["email"], page_token=token))
+        assert len(pages) < 10
+    assert [len(page.leads) for page in pages[:2]] == [2, 3]  # batch size 300 after the first
+    assert sorted(lead.id for page in pages for lead in page.leads) == sorted(ids)
+    assert pages[0].leads[0].fields["email"].endswith("@example.com")
+
+
+async def test_delete_and_merge_leads(recorded: tuple[Env, Recorder]) -> None:
+    env, _ = recorded
+    client = env.client()
+    list_id, (winner, loser, doomed) = await _list_with(
+        env, client, ["w@example.com", "l@example.com", "d@example.com"]
+    )
+    results = await client.delete_leads([doomed, doomed, 999_999])
+    assert [(r.id, r.status) for r in results] == [(doomed, "deleted"), (999_999, "skipped")]
+    assert results[1].reasons[0].code == "1004"
+    assert await client.get_lead(doomed) is None
+
+    await client.merge_leads(winner, [loser])
+    assert await client.get_lead(loser) is None  # a merged-away id resolves to nothing
+    assert await client.find_leads("email", ["l@example.com"]) == []
+    assert [lead.id for lead in await client.list_members(list_id)] == [winner]
+    with pytest.raises(RejectedError) as caught:
+        await client.merge_leads(winner, [loser])
+    assert caught.value.code == "1004"
+
+
+async def test_bulk_extract_of_a_list(recorded: tuple[Env, Recorder]) -> None:
+    env, _ = recorded
+    client = env.client()
+    list_id, _ = await _list_with(env, client, ["x1@example.com", "x2@example.com"])
+    job = await client.create_export(["email", "firstName"], static_list_id=list_id)
+    assert job.status == "Created"
+    queued = await client.enqueue_export(job.export_id)
+    assert queued.status == "Queued"
+    again = await client.enqueue_export(job.export_id)  # 1029 "Job already queued": its status
+    assert again.export_id == job.export_id and again.status in ("Queued", "Processing")
+    for _ in range(20):
+        status = await client.export_status(job.export_id)
+        if status.status == "Completed":
+            break
+        await env.clock.sleep(30)
+    assert status.status == "Completed" and status.records == 2
+    text = await client.export_file(job.export_id)
+    assert text.splitlines()[0] == "email,firstName"
+    assert sorted(text.splitlines()[1:]) == ["x1@example.com,x1", "x2@example.com,x2"]
+    assert status.file_size == len(text.encode())
+
+    other = await client.create_export(["email"], static_list_id=list_id)
+    assert (await client.cancel_export(other.export_id)).status == "Cancelled"
+
+    limited = await env.http.post("/_sandbox/bulk-export", json={"daily_limit_bytes": 1})
+    assert limited.status_code == 200, limited.text
+    with pytest.raises(QuotaExhaustedError) as spent:
+        await client.create_export(["email"], static_list_id=list_id)
+    assert spent.value.code == "1029"
+    assert client.limits.paused_until is None  # other calls go on
+    assert await client.static_list(list_id) is not None
