@@ -160,6 +160,14 @@ def _import_job(raw: Mapping[str, Any]) -> ImportJob:
     )
 
 
+def _record_result(raw: Mapping[str, Any]) -> RecordResult:
+    return RecordResult(
+        status=str(raw.get("status", "")),
+        id=_int(raw.get("id")),
+        reasons=_reasons(raw.get("reasons")),
+    )
+
+
 def _export_job(raw: Mapping[str, Any]) -> ExportJob:
     return ExportJob(
         export_id=str(raw["exportId"]),
@@ -853,14 +861,7 @@ class MarketoClient:
                 error.completed = tuple(results)
                 error.first_unknown_index = len(results)
                 raise error
-            results.extend(
-                RecordResult(
-                    status=str(r.get("status", "")),
-                    id=_int(r.get("id")),
-                    reasons=_reasons(r.get("reasons")),
-                )
-                for r in raw
-            )
+            results.extend(_record_result(r) for r in raw)
         return results
 
     # ------------------------------------------------------- list membership
@@ -970,14 +971,7 @@ class MarketoClient:
                 json_body={"input": [{"id": i} for i in chunk]},
                 records=len(chunk),
             )
-            out.extend(
-                RecordResult(
-                    status=str(r.get("status", "")),
-                    id=_int(r.get("id")),
-                    reasons=_reasons(r.get("reasons")),
-                )
-                for r in raw
-            )
+            out.extend(_record_result(r) for r in raw)
         return out
 
     async def merge_leads(self, winner_id: int, loser_ids: Sequence[int]) -> None:
