@@ -197,7 +197,7 @@ async def open_application(
                 max_clock_skew=max_clock_skew,
             ),
             preview=Preview(store, dispatcher.delivery, max_clock_skew=max_clock_skew),
-            monitoring=Monitoring(store, alerts),
+            monitoring=Monitoring(store, alerts, connections),
             dispatcher=dispatcher,
             alerts=alerts,
             principals=principals,

@@ -270,6 +270,19 @@ class MarketoConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class MarketoCalls:
+    """Today's API calls of a Marketo instance (Marketo's day, America/Chicago) as this process
+    knows them: its own and, from Marketo's Usage API, the instance's other integrations'."""
+
+    ours: int
+    others: int
+    remaining: int
+    """Calls this process may still make today (daily quota - reserve - ours - others, >= 0)."""
+    usage_read_at: datetime | None
+    """When the Usage API was last read; None before the first reading of the day."""
+
+
+@dataclass(frozen=True, slots=True)
 class AlertSubscription:
     """Which dataflow alerts a destination raises, and where they are delivered."""
 

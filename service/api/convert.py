@@ -449,6 +449,14 @@ def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
         ],
         state=_STATE_PB[flow.state],
         state_reason=flow.state_reason,
+        marketo_calls=None
+        if flow.marketo_calls is None
+        else pb.MarketoCalls(
+            ours=flow.marketo_calls.ours,
+            others=flow.marketo_calls.others,
+            remaining=flow.marketo_calls.remaining,
+            usage_read_at=timestamp(flow.marketo_calls.usage_read_at),
+        ),
     )
 
 

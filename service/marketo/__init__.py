@@ -17,10 +17,12 @@ from service.marketo.errors import (
 from service.marketo.limits import InstanceLimits, next_reset
 from service.marketo.retry import RetryPolicy
 from service.marketo.types import (
+    ExportJob,
     FieldDescription,
     Folder,
     ImportJob,
     Lead,
+    LeadPage,
     LeadSchema,
     MembershipResult,
     Partition,
@@ -29,6 +31,7 @@ from service.marketo.types import (
     SchemaField,
     StaticList,
     SyncAction,
+    UsageDay,
     Workspace,
 )
 
@@ -38,11 +41,13 @@ __all__ = [
     "AuthenticationError",
     "Clock",
     "ConfigurationError",
+    "ExportJob",
     "FieldDescription",
     "Folder",
     "ImportJob",
     "InstanceLimits",
     "Lead",
+    "LeadPage",
     "LeadSchema",
     "MarketoClient",
     "MarketoError",
@@ -61,6 +66,7 @@ __all__ = [
     "SystemClock",
     "TokenCache",
     "UnavailableError",
+    "UsageDay",
     "Workspace",
     "next_reset",
 ]

@@ -3,7 +3,9 @@ single-flight.
 
 Marketo's Identity service returns the same token until it expires, so every client of one
 custom service on one instance shares one cached token. A token is reused until fewer than
-`REFRESH_MARGIN` seconds remain, and dropped when Marketo answers 601/602 with it. Only this
+`REFRESH_MARGIN` seconds remain, and dropped when Marketo answers 601/602 with it. A token that
+arrives with `FINAL_MARGIN` seconds or less to live (`expires_in: 0` in its last second) is never
+sent: the cache waits for it to expire and asks again. Only this
 module and the client's request builder ever see the token's value; it never reaches a repr,
 a log line, a span or an exception.
 """
@@ -18,13 +20,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.caches import BytesBoundedCache, deep_size
+from service.marketo.clock import Clock
+from service.marketo.errors import UnavailableError
 from service.marketo.limits import instance_key
 
 REFRESH_MARGIN = 60.0
 """Seconds of remaining life below which a token is refreshed before use."""
 FINAL_MARGIN = 5.0
 """Identity hands back the same token until it expires: a token that arrives with less than
-`REFRESH_MARGIN` left is used until this many seconds before its expiry."""
+`REFRESH_MARGIN` left is used until this many seconds before its expiry; one that arrives with
+this much or less is not used at all."""
+EXPIRY_SLACK = 1.0
+"""Seconds waited past the expiry of a token handed back at its end before asking again."""
+DYING_FETCHES = 3
+"""Tokens fetched at most for one `get` while Identity keeps handing back dying ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,21 +104,36 @@ class TokenCache:
             per_owner.put(key, cache)
         return cache
 
-    async def get(
-        self, now: Callable[[], float], fetch: Callable[[], Awaitable[AccessToken]]
-    ) -> AccessToken:
-        """The cached token, or a fresh one from `fetch` (one fetch for concurrent callers)."""
+    async def get(self, clock: Clock, fetch: Callable[[], Awaitable[AccessToken]]) -> AccessToken:
+        """The cached token, or a fresh one from `fetch` (one fetch for concurrent callers).
+
+        A token fetched with `FINAL_MARGIN` seconds or less to live is not returned: the cache
+        waits until it has expired and fetches again (`UnavailableError` after `DYING_FETCHES`).
+        """
         token = self._token
-        if token is not None and token.usable(now()):
+        if token is not None and token.usable(clock.now()):
             return token
         async with self._lock:
             token = self._token
-            if token is not None and token.usable(now()):
+            if token is not None and token.usable(clock.now()):
                 return token
-            token = await fetch()
-            if not token.usable(now()):
+            for _ in range(DYING_FETCHES):
+                token = await fetch()
+                self.refreshes += 1
+                left = token.expires_at - clock.now()
+                if left > FINAL_MARGIN:
+                    break
+                # Identity hands back the live token until it expires: wait that out.
+                await clock.sleep(max(0.0, left) + EXPIRY_SLACK)
+            else:
+                raise UnavailableError(
+                    f"Identity handed back {DYING_FETCHES} tokens about to expire",
+                    code=None,
+                    attempts=DYING_FETCHES,
+                    endpoint="identity",
+                )
+            if not token.usable(clock.now()):
                 token = replace(token, refresh_at=token.expires_at - FINAL_MARGIN)
-            self.refreshes += 1
             self._token = token
             return token
 

@@ -15,9 +15,9 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -39,14 +39,16 @@ from service.marketo.errors import (
     RejectedError,
     UnavailableError,
 )
-from service.marketo.limits import InstanceLimits
+from service.marketo.limits import InstanceLimits, next_reset
 from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver
 from service.marketo.retry import RetryPolicy
 from service.marketo.types import (
+    ExportJob,
     FieldDescription,
     Folder,
     ImportJob,
     Lead,
+    LeadPage,
     LeadSchema,
     MembershipResult,
     Partition,
@@ -55,6 +57,7 @@ from service.marketo.types import (
     SchemaField,
     StaticList,
     SyncAction,
+    UsageDay,
     Workspace,
 )
 
@@ -65,6 +68,8 @@ BATCH = 300
 """Records or ids per Lead Database call."""
 MAX_URL = 8_000
 """Longest URL sent as GET; beyond, POST with `_method=GET` (Marketo's limit is 8 KB)."""
+USAGE_RETRY = RetryPolicy(max_attempts=2, deadline=10.0, base_delay=0.5)
+"""Retries of the Usage API reading made before another call: it must not hold that call up."""
 _NON_IDEMPOTENT = frozenset(
     {SyncAction.CREATE_ONLY, SyncAction.CREATE_OR_UPDATE, SyncAction.CREATE_DUPLICATE}
 )
@@ -155,6 +160,26 @@ def _import_job(raw: Mapping[str, Any]) -> ImportJob:
     )
 
 
+def _record_result(raw: Mapping[str, Any]) -> RecordResult:
+    return RecordResult(
+        status=str(raw.get("status", "")),
+        id=_int(raw.get("id")),
+        reasons=_reasons(raw.get("reasons")),
+    )
+
+
+def _export_job(raw: Mapping[str, Any]) -> ExportJob:
+    return ExportJob(
+        export_id=str(raw["exportId"]),
+        status=str(raw.get("status", "")),
+        format=str(raw.get("format") or "CSV"),
+        created_at=_parse_time(raw.get("createdAt")),
+        records=_int(raw.get("numberOfRecords")),
+        file_size=_int(raw.get("fileSize")),
+        file_checksum=None if raw.get("fileChecksum") is None else str(raw["fileChecksum"]),
+    )
+
+
 def _chunks(items: Sequence[_T], size: int = BATCH) -> list[Sequence[_T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -186,7 +211,10 @@ class MarketoClient:
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
         observer: MarketoObserver = NO_OBSERVER,
+        seed_from_usage: bool = False,
     ) -> None:
+        """`seed_from_usage`: read the Usage API at the instance's first call and hourly, and
+        seed the instance's daily count with it (`InstanceLimits.seed_usage`)."""
         self._http = http
         self._observer = observer
         self._base = _base(base_url)
@@ -196,6 +224,7 @@ class MarketoClient:
         self.limits = limits or InstanceLimits.shared(http, self._base, clock=self._clock)
         self.retry = retry or RetryPolicy()
         self._tokens = TokenCache.shared(http, self._base, client_id, client_secret)
+        self._seed_from_usage = seed_from_usage
         self.attempts = 0
         """HTTP calls made by this client (Identity included)."""
 
@@ -206,7 +235,10 @@ class MarketoClient:
 
     async def token(self) -> AccessToken:
         """A bearer token with at least 60 s to live (cached per instance and client id)."""
-        return await self._tokens.get(self._clock.now, self._fetch_token)
+        token = await self._tokens.get(self._clock, self._fetch_token)
+        # Identity's scope is the API user whose calls the Usage API counts as this process's.
+        self.limits.api_users.add(token.scope or self._client_id)
+        return token
 
     async def _fetch_token(self) -> AccessToken:
         url = f"{self._base}/identity/oauth/token"
@@ -311,9 +343,10 @@ class MarketoClient:
         message: str,
         attempt: int,
         started: float,
+        policy: RetryPolicy | None = None,
     ) -> None:
         """Sleep before the next attempt, or raise `UnavailableError` when out of budget."""
-        policy = self.retry
+        policy = policy or self.retry
         delay = policy.delay(action, attempt, code)
         if attempt >= policy.max_attempts or self._clock.now() + delay - started > policy.deadline:
             raise UnavailableError(
@@ -343,9 +376,13 @@ class MarketoClient:
         idempotent: bool = True,
         envelope: bool = True,
         records: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> _Answer:
-        """Send one logical request with retries; returns the successful answer. `records`:
-        how many records the request carries (told to the observer)."""
+        """Send one logical request with retries (`retry`, default the client's); returns the
+        successful answer. `records`: how many records the request carries (told to the
+        observer)."""
+        if self._seed_from_usage and self.limits.usage_due():
+            await self._seed_usage()
         started = self._clock.now()
         attempt = 0
         refreshed = False
@@ -379,6 +416,11 @@ class MarketoClient:
             if action is Action.QUOTA:
                 until = self.limits.pause_until_reset()
                 raise QuotaExhaustedError(until, code=answer.code, endpoint=endpoint)
+            if action is Action.DAILY_LIMIT:
+                until = next_reset(self._clock.now())
+                raise QuotaExhaustedError(
+                    until, code=answer.code, message=answer.message, endpoint=endpoint
+                )
             if action is Action.CONFIGURATION:
                 raise ConfigurationError(answer.code or "", answer.message, endpoint=endpoint)
             if action in (Action.REJECTED, Action.PER_RECORD):
@@ -391,7 +433,13 @@ class MarketoClient:
                     endpoint=endpoint,
                 )
             await self._backoff_or_raise(
-                endpoint, action, answer.code, f"{answer.code} {answer.message}", attempt, started
+                endpoint,
+                action,
+                answer.code,
+                f"{answer.code} {answer.message}",
+                attempt,
+                started,
+                retry,
             )
 
     async def _attempt(
@@ -499,7 +547,7 @@ class MarketoClient:
         message = self._scrub(str(first.get("message", "")))[:500]
         return _Answer(
             body=body,
-            rule=classify_response_code(code),
+            rule=classify_response_code(code, message),
             code=code,
             message=message,
             status=status,
@@ -628,6 +676,46 @@ class MarketoClient:
             for w in items or []
             if isinstance(w, Mapping)
         ]
+
+    # ------------------------------------------------------------------ usage
+
+    async def usage(self, *, last_7_days: bool = False) -> list[UsageDay]:
+        """The Usage API: today's counted calls per API user, or the last seven days'."""
+        path = "/rest/v1/stats/usage/last7days.json" if last_7_days else "/rest/v1/stats/usage.json"
+        endpoint = "stats/usage/last7days" if last_7_days else "stats/usage"
+        return await self._usage_days(path, endpoint)
+
+    async def _usage_days(self, path: str, endpoint: str, **kw: Any) -> list[UsageDay]:
+        days = []
+        for raw in await self._result("GET", path, endpoint=endpoint, **kw):
+            users = {
+                str(u.get("userId", "")): _int(u.get("count")) or 0
+                for u in raw.get("users") or []
+                if isinstance(u, Mapping)
+            }
+            try:
+                day = date.fromisoformat(str(raw.get("date", ""))[:10])
+            except ValueError:
+                continue
+            days.append(UsageDay(day=day, total=_int(raw.get("total")) or 0, users=users))
+        return days
+
+    async def _seed_usage(self) -> None:
+        """Seed the instance's daily count from the Usage API; a failed reading is logged and
+        waits for the next hour (the call that asked goes on either way)."""
+        try:
+            days = await self._usage_days(
+                "/rest/v1/stats/usage.json", "stats/usage", retry=USAGE_RETRY
+            )
+        except MarketoError as exc:
+            logger.info("Usage API not read for %s: %s", self._base, type(exc).__name__)
+            return
+        ours_users = self.limits.api_users  # the token taken for the reading registered ours
+        for day in days:
+            # The reading is counted, but not in its own figures.
+            ours = 1 + sum(n for user, n in day.users.items() if user in ours_users)
+            others = sum(n for user, n in day.users.items() if user not in ours_users)
+            self.limits.seed_usage(day.day, ours=ours, others=others)
 
     # ---------------------------------------------------------------- folders
 
@@ -773,14 +861,7 @@ class MarketoClient:
                 error.completed = tuple(results)
                 error.first_unknown_index = len(results)
                 raise error
-            results.extend(
-                RecordResult(
-                    status=str(r.get("status", "")),
-                    id=_int(r.get("id")),
-                    reasons=_reasons(r.get("reasons")),
-                )
-                for r in raw
-            )
+            results.extend(_record_result(r) for r in raw)
         return results
 
     # ------------------------------------------------------- list membership
@@ -849,6 +930,125 @@ class MarketoClient:
         )
         return [_lead(r) for r in raw]
 
+    async def list_members_page(
+        self,
+        list_id: int,
+        fields: Sequence[str] | None = None,
+        *,
+        page_token: str | None = None,
+        batch_size: int = BATCH,
+    ) -> LeadPage:
+        """One page of a static list's members (Get Leads by List); pass the page's
+        `next_page_token` for the next one."""
+        params = [("batchSize", str(min(BATCH, max(1, batch_size))))]
+        if fields:
+            params.append(("fields", ",".join(fields)))
+        if page_token:
+            params.append(("nextPageToken", page_token))
+        answer = await self._request(
+            "GET",
+            f"/rest/v1/lists/{int(list_id)}/leads.json",
+            endpoint="lists/leads",
+            params=params,
+        )
+        body = answer.body if isinstance(answer.body, Mapping) else {}
+        leads = tuple(_lead(r) for r in body.get("result") or [] if isinstance(r, Mapping))
+        token = body.get("nextPageToken")
+        more = bool(body.get("moreResult")) and bool(token)
+        return LeadPage(leads=leads, next_page_token=str(token) if more else None)
+
+    # ------------------------------------------------------- delete and merge
+
+    async def delete_leads(self, lead_ids: Sequence[int]) -> list[RecordResult]:
+        """Delete leads (300 ids per call); one result per distinct id, "deleted" or "skipped"
+        with its reason (1004: no such lead)."""
+        out: list[RecordResult] = []
+        for chunk in _chunks(list(dict.fromkeys(int(i) for i in lead_ids))):
+            raw = await self._result(
+                "POST",
+                "/rest/v1/leads/delete.json",
+                endpoint="leads/delete",
+                json_body={"input": [{"id": i} for i in chunk]},
+                records=len(chunk),
+            )
+            out.extend(_record_result(r) for r in raw)
+        return out
+
+    async def merge_leads(self, winner_id: int, loser_ids: Sequence[int]) -> None:
+        """Merge up to 25 leads into `winner_id`: the losers cease to exist (a look-up by their
+        id finds nothing; Marketo does not redirect it), their list memberships move to the
+        winner, which keeps its values and takes blank ones from them. Not retried when the
+        outcome is unknown."""
+        ids = ",".join(str(int(i)) for i in dict.fromkeys(loser_ids))
+        await self._request(
+            "POST",
+            f"/rest/v1/leads/{int(winner_id)}/merge.json",
+            endpoint="leads/merge",
+            params=[("leadIds", ids)],
+            idempotent=False,
+        )
+
+    # ------------------------------------------------------------ bulk extract
+
+    async def create_export(
+        self, fields: Sequence[str], *, static_list_id: int, file_format: str = "CSV"
+    ) -> ExportJob:
+        """Create a bulk extract of a static list's members (status "Created"; enqueue it). A
+        job created twice after a lost answer is harmless: it is never enqueued and expires."""
+        body = {
+            "fields": list(fields),
+            "format": file_format,
+            "filter": {"staticListId": int(static_list_id)},
+        }
+        result = await self._result(
+            "POST",
+            "/bulk/v1/leads/export/create.json",
+            endpoint="bulk/leads/export/create",
+            json_body=body,
+        )
+        if not result:
+            raise UnavailableError(
+                "Marketo answered no export job",
+                code=None,
+                attempts=1,
+                endpoint="bulk/leads/export/create",
+            )
+        return _export_job(result[0])
+
+    async def _export_call(self, method: str, export_id: str, action: str) -> ExportJob:
+        endpoint = f"bulk/leads/export/{action}"
+        result = await self._result(
+            method, f"/bulk/v1/leads/export/{_segment(export_id)}/{action}.json", endpoint=endpoint
+        )
+        if not result:
+            raise RejectedError("1013", f"No export job {export_id}", endpoint=endpoint)
+        return _export_job(result[0])
+
+    async def enqueue_export(self, export_id: str) -> ExportJob:
+        """Queue an extract; a job already queued or processing (1029 "Job already queued")
+        answers its status. A full queue is retried; a spent daily export allowance raises
+        `QuotaExhaustedError` (code 1029) until the reset."""
+        try:
+            return await self._export_call("POST", export_id, "enqueue")
+        except RejectedError as exc:
+            if exc.code != "1029":
+                raise
+            return await self.export_status(export_id)
+
+    async def export_status(self, export_id: str) -> ExportJob:
+        """The status of an extract (file size and checksum once Completed)."""
+        return await self._export_call("GET", export_id, "status")
+
+    async def cancel_export(self, export_id: str) -> ExportJob:
+        """Cancel an extract that has not finished."""
+        return await self._export_call("POST", export_id, "cancel")
+
+    async def export_file(self, export_id: str) -> str:
+        """The file of a Completed extract."""
+        return await self._file(
+            f"/bulk/v1/leads/export/{_segment(export_id)}/file.json", "bulk/leads/export/file"
+        )
+
     # ------------------------------------------------------------ bulk import
 
     async def create_import(
@@ -907,6 +1107,11 @@ class MarketoClient:
         if answer.body is not None and not isinstance(answer.body, str):
             return ""
         return answer.text
+
+
+def _segment(value: str) -> str:
+    """`value` as one URL path segment (export ids are Marketo's UUIDs)."""
+    return quote(str(value), safe="")
 
 
 _WHOLE_ONLY_BELOW = 8

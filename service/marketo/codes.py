@@ -7,6 +7,10 @@ the same table: PER_RECORD there means "rejected", except where the table says o
 (`Rule.at_response`: 1006 and 1011 name a field the instance's schema lacks, a configuration
 error, not a bad record).
 
+One code can mean several things: 1029 is told apart by its message (`REASONS`): a full queue is
+retried, a job already queued is not (it is queued), a spent export allowance waits for the
+daily reset.
+
 Unknown codes are TRANSIENT, never dropped.
 """
 
@@ -31,6 +35,8 @@ class Action(enum.Enum):
     CONFIGURATION = "configuration"  # the instance's configuration refuses the whole request
     # (a field deleted from the schema, an endpoint or permission gone): raise, never retry
     # blindly and never split, since no single record causes it
+    DAILY_LIMIT = "daily_limit"  # a daily allowance other than the API quota is spent (bulk
+    # extract's 500 MB): raise until the daily reset, other calls of the instance go on
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +116,7 @@ CODES: Mapping[str, Rule] = {
     "1026": Rule(_P, "Custom object not enabled"),
     "1027": Rule(_P, "Max activity type limit reached"),
     "1028": Rule(_P, "Max field limit reached"),
-    "1029": Rule(Action.THROTTLED, "Too many jobs in queue"),
+    "1029": Rule(Action.THROTTLED, "Too many jobs in queue"),  # other reasons: REASONS
     "1035": Rule(_P, "Unsupported filter type"),
     "1036": Rule(_P, "Duplicate object found in input"),
     "1037": Rule(_P, "Lead was skipped"),
@@ -124,11 +130,22 @@ CODES: Mapping[str, Rule] = {
     "1080": Rule(_P, "Too many losing leads in merge"),
 }
 
+REASONS: Mapping[str, Mapping[str, Rule]] = {
+    "1029": {
+        "too many jobs": Rule(Action.THROTTLED, "Too many jobs in queue"),
+        "already queued": Rule(_R, "Job already queued"),
+        "daily quota": Rule(Action.DAILY_LIMIT, "Export daily quota exceeded"),
+    },
+}
+"""Codes whose meaning depends on the message: the rule of the first phrase the message contains
+(case-insensitive), else the code's rule in `CODES`."""
+
 UNKNOWN = Rule(_T, "Unknown code", may_have_applied=True)
 """Codes missing from the table: retried as transient (conservatively, as possibly applied)."""
 
 HTTP_STATUSES: Mapping[int, Rule] = {
     401: Rule(Action.REFRESH, "Unauthorized", counted=False),
+    500: Rule(_T, "Internal Server Error", may_have_applied=True),
     403: Rule(_C, "Forbidden"),
     404: Rule(_C, "Not Found"),
     413: Rule(_R, "Request Entity Too Large"),
@@ -157,9 +174,13 @@ def classify_code(code: str | int | None) -> Rule:
     return CODES.get(str(code).strip(), UNKNOWN)
 
 
-def classify_response_code(code: str | int | None) -> Rule:
-    """The rule for a code found in a response's `errors`: record-level codes there reject,
-    or are configuration errors where the table says so."""
+def classify_response_code(code: str | int | None, message: str = "") -> Rule:
+    """The rule for a code found in a response's `errors` with its message: record-level codes
+    there reject, or are configuration errors where the table says so."""
+    text = message.lower()
+    for phrase, by_reason in REASONS.get(str(code).strip(), {}).items():
+        if phrase in text:
+            return by_reason
     rule = classify_code(code)
     if rule.action is Action.PER_RECORD:
         return Rule(rule.at_response or _R, rule.description, counted=rule.counted)

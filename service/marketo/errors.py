@@ -4,7 +4,9 @@ Every error is classified by what the caller should do next (see `codes.py`)::
 
     MarketoError                      base; `code` holds Marketo's code or the HTTP status, if any
     ├── AuthenticationError           Identity said HTTP 401: the client id or secret is wrong
-    ├── QuotaExhaustedError           607 or the local daily budget spent; `paused_until` (epoch s)
+    ├── QuotaExhaustedError           607 or the local daily budget spent; `paused_until` (epoch s);
+    │                                 also 1029 "Export daily quota exceeded" (code 1029: only
+    │                                 bulk extracts wait, the instance is not paused)
     ├── RejectedError                 the request cannot succeed as sent (603, 610, 709, 1013 ...);
     │                                 never retried; `code` lets callers map 603/1008 to
     │                                 PERMISSION_DENIED
@@ -57,7 +59,8 @@ class AuthenticationError(MarketoError):
 
 
 class QuotaExhaustedError(MarketoError):
-    """The daily quota is spent (607 or the local budget); calls resume at `paused_until`."""
+    """The daily quota is spent (607 or the local budget); calls resume at `paused_until`. With
+    code 1029, the daily export allowance is spent: extracts resume then, other calls go on."""
 
     def __init__(
         self,

@@ -12,6 +12,13 @@ with every other integration. `InstanceLimits` keeps this process inside a share
   at midnight America/Chicago;
 - a pause until that midnight after a 607 or when the budget is spent (`paused_until`).
 
+The daily budget counts the instance's other integrations: clients that read Marketo's Usage API
+(at an instance's first call and every `USAGE_REFRESH_SECONDS`, see `usage_due`) seed today's
+count with it (`seed_usage`): this process's API users' calls when Marketo counted more than
+this process did (a restart), and the other API users' calls, which spend the budget too. The
+budget is spent when ours + others reach `daily_quota - daily_reserve`, so the reserve is left to
+the others whoever spent the rest.
+
 One `InstanceLimits` per Marketo instance is shared by every client built over the same
 `httpx.AsyncClient` (one per process): see `InstanceLimits.shared`. Callers choose instances
 (DescribeMarketo, Configure), so the limits of instances at rest are forgotten past
@@ -26,6 +33,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +45,23 @@ from service.marketo.errors import QuotaExhaustedError
 
 MARKETO_DAY = ZoneInfo("America/Chicago")
 """Marketo's daily quota resets at midnight US Central (DST-aware)."""
+USAGE_REFRESH_SECONDS = 3600.0
+"""How often the Usage API is read again for an instance (Marketo updates it continuously; an
+hour keeps the cost at 24 calls a day per instance)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """Today's calls of one instance as this process knows them."""
+
+    ours: int
+    """Calls of this process's API users: its own count, or the Usage API's when higher."""
+    others: int
+    """Calls of the instance's other API users, as the Usage API last said."""
+    remaining: int
+    """Calls this process may still make today: quota - reserve - ours - others, at least 0."""
+    usage_read_at: float | None
+    """When the Usage API was last read (epoch s), None before the first reading today."""
 
 
 def next_reset(now: float) -> float:
@@ -140,6 +165,10 @@ class InstanceLimits:
         self._cooldown_until = 0.0
         self._day: date | None = None
         self._used_today = 0
+        self._others_today = 0
+        self._usage_read_at: float | None = None
+        self.api_users: set[str] = set()
+        """This process's API users on the instance (their calls are ours in the Usage API)."""
         self._waiters: list[asyncio.Future[None]] = []
         self._queue: deque[object] = deque()
 
@@ -186,6 +215,34 @@ class InstanceLimits:
     def daily_budget(self) -> int:
         """Calls this process may make per Marketo day."""
         return max(0, self.daily_quota - self.daily_reserve)
+
+    @property
+    def usage(self) -> DailyUsage:
+        """Today's calls: ours, the others' and what is left of the budget."""
+        self._roll_day(self.clock.now())
+        left = self.daily_budget - self._used_today - self._others_today
+        return DailyUsage(self._used_today, self._others_today, max(0, left), self._usage_read_at)
+
+    def usage_due(self) -> bool:
+        """Whether the Usage API should be read now (never read today, or an hour ago); the
+        caller that gets True reads it, concurrent callers get False."""
+        now = self.clock.now()
+        self._roll_day(now)
+        read_at = self._usage_read_at
+        if read_at is not None and now - read_at < USAGE_REFRESH_SECONDS:
+            return False
+        self._usage_read_at = now
+        return True
+
+    def seed_usage(self, day: date, *, ours: int, others: int) -> None:
+        """Today's figures from the Usage API (figures of another day are ignored): our count
+        is raised to Marketo's, the others' replaced; the budget may be spent at once."""
+        self._roll_day(self.clock.now())
+        if day != self._day:
+            return
+        self._used_today = max(self._used_today, ours)
+        self._others_today = others
+        self._wake()
 
     @property
     def used_today(self) -> int:
@@ -267,7 +324,7 @@ class InstanceLimits:
             if now < self.paused_until:
                 raise QuotaExhaustedError(self.paused_until)
             self.paused_until = None
-        if self._used_today >= self.daily_budget:
+        if self._used_today + self._others_today >= self.daily_budget:
             self.paused_until = next_reset(now)
             raise QuotaExhaustedError(
                 self.paused_until, code=None, message="Daily API budget of this process spent"
@@ -278,6 +335,8 @@ class InstanceLimits:
         if day != self._day:
             self._day = day
             self._used_today = 0
+            self._others_today = 0
+            self._usage_read_at = None
 
     def _purge(self, now: float) -> None:
         horizon = now - self.window_seconds

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 
@@ -165,3 +165,37 @@ class ImportJob:
     rows_failed: int = 0
     rows_with_warning: int = 0
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDay:
+    """One day of the Usage API: counted calls in all and per API user (`userId`)."""
+
+    day: date
+    total: int
+    users: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LeadPage:
+    """One page of Get Leads by List; `next_page_token` is None on the last page."""
+
+    leads: tuple[Lead, ...]
+    next_page_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportJob:
+    """A bulk lead extract job.
+
+    `status` is "Created", "Queued", "Processing", "Completed", "Cancelled" or "Failed";
+    `file_size` and `file_checksum` are known once Completed.
+    """
+
+    export_id: str
+    status: str
+    format: str = "CSV"
+    created_at: datetime | None = None
+    records: int | None = None
+    file_size: int | None = None
+    file_checksum: str | None = None

@@ -29,6 +29,7 @@ from service.domain import (
     DestinationSpec,
     FieldMapping,
     FieldViolation,
+    MarketoCalls,
     Outcome,
     ProfileUpdate,
 )
@@ -283,6 +284,8 @@ class Dataflow:
     state: DestinationState = DestinationState.ACTIVE
     """The destination's lifecycle state (filled in by the monitoring use case)."""
     state_reason: str = ""
+    marketo_calls: MarketoCalls | None = None
+    """Today's calls of the destination's instance (filled in by the monitoring use case)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ one telemetry observer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 
@@ -13,7 +14,7 @@ from service.delivery.egress import (
     endpoint_allowlist,
     parse_url,
 )
-from service.domain import MarketoConnection
+from service.domain import MarketoCalls, MarketoConnection
 from service.errors import FailedPrecondition
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock
@@ -44,7 +45,8 @@ class EndpointRefused(FailedPrecondition):
 
 
 class MarketoConnections:
-    """Builds `MarketoClient`s; clients of one instance share its limits and token cache.
+    """Builds `MarketoClient`s; clients of one instance share its limits and token cache, and
+    read the Usage API at the instance's first call and hourly (others' calls spend the budget).
 
     Only endpoints in `allowed_endpoints` get a client (default: Marketo's own hosts and the
     origin of `default_endpoint`); see service/delivery/egress.py. With `telemetry`, every
@@ -92,6 +94,30 @@ class MarketoConnections:
         """The key that identifies the Marketo instance (the dispatcher's and limiter's unit)."""
         return instance_key(self.base_url(connection))
 
+    def _limits_of(self, base_url: str) -> InstanceLimits:
+        return InstanceLimits.shared(
+            self._http,
+            base_url,
+            clock=self._clock,
+            share=self._limits.share,
+            window_seconds=self._limits.window_seconds,
+            concurrency=self._limits.concurrency,
+            daily_quota=self._limits.daily_quota,
+            daily_reserve=self._limits.daily_reserve,
+        )
+
+    def calls_today(self, connection: MarketoConnection) -> MarketoCalls:
+        """Today's calls of the connection's instance: ours, the others' (Usage API), what is
+        left of this process's budget. Nothing is sent."""
+        usage = self._limits_of(self.base_url(connection)).usage
+        read_at = usage.usage_read_at
+        return MarketoCalls(
+            ours=usage.ours,
+            others=usage.others,
+            remaining=usage.remaining,
+            usage_read_at=None if read_at is None else datetime.fromtimestamp(read_at, UTC),
+        )
+
     def client(self, connection: MarketoConnection, *, interactive: bool = False) -> MarketoClient:
         """A client for the connection's instance; `interactive` clients (used while a caller
         waits on an RPC) give up within seconds instead of retrying for minutes.
@@ -102,23 +128,14 @@ class MarketoConnections:
         if problem is not None:
             raise EndpointRefused(f"the destination's Marketo endpoint is refused: {problem}")
         base_url = self.base_url(connection)
-        limits = InstanceLimits.shared(
-            self._http,
-            base_url,
-            clock=self._clock,
-            share=self._limits.share,
-            window_seconds=self._limits.window_seconds,
-            concurrency=self._limits.concurrency,
-            daily_quota=self._limits.daily_quota,
-            daily_reserve=self._limits.daily_reserve,
-        )
         return MarketoClient(
             self._http,
             base_url=base_url,
             client_id=connection.client_id,
             client_secret=connection.client_secret,
-            limits=limits,
+            limits=self._limits_of(base_url),
             clock=self._clock,
             retry=INTERACTIVE_RETRY if interactive else None,
             observer=self._observer,
+            seed_from_usage=True,
         )

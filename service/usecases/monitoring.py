@@ -10,6 +10,7 @@ from service.domain import AlertState, FieldViolation
 from service.errors import InvalidArgument
 from service.store.base import Dataflow, OutcomeRecord, Page, Store
 from service.usecases.alerts import AlertEvent, AlertMonitor
+from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import checked_page_size
 
 MAX_HOURS = 720
@@ -18,9 +19,10 @@ MAX_HOURS = 720
 class Monitoring:
     """GetDataflow, ListProfileOutcomes and WatchAlerts, scoped to the caller's tenant."""
 
-    def __init__(self, store: Store, alerts: AlertMonitor) -> None:
+    def __init__(self, store: Store, alerts: AlertMonitor, connections: MarketoConnections) -> None:
         self._store = store
         self._alerts = alerts
+        self._connections = connections
 
     async def dataflow(self, destination_id: str, hours: int) -> Dataflow:
         if not 0 <= hours <= MAX_HOURS:
@@ -29,7 +31,12 @@ class Monitoring:
             destination_id, tenant=current_principal().tenant
         )
         flow = await self._store.dataflow(destination_id, hours or 24)
-        return replace(flow, state=record.state, state_reason=record.state_reason)
+        return replace(
+            flow,
+            state=record.state,
+            state_reason=record.state_reason,
+            marketo_calls=self._connections.calls_today(record.spec.connection),
+        )
 
     async def outcomes(
         self,

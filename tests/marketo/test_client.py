@@ -18,6 +18,7 @@ from service.marketo import (
     RetryPolicy,
     SyncAction,
     UnavailableError,
+    next_reset,
 )
 from tests.marketo.conftest import FakeClock, FakeMarketo, Seen, error, ok
 
@@ -528,3 +529,33 @@ async def test_create_import_queue_full_is_retried(marketo: FakeMarketo, make_cl
         lambda s: answers.pop() if answers else ok([{"batchId": 1, "status": "Queued"}]),
     )
     assert (await make_client().create_import(b"email\n")).batch_id == 1
+
+
+async def test_1029_by_reason(
+    marketo: FakeMarketo, make_client: Callable[..., MarketoClient], clock: FakeClock
+) -> None:
+    answers = iter(
+        [
+            error("1029", "Too many jobs in queue"),
+            ok([{"id": 1, "name": "Default", "description": ""}]),
+            error("1029", "Job already queued"),
+            error("1029", "Export daily quota exceeded"),
+            ok([{"id": 1, "name": "Default", "description": ""}]),
+        ]
+    )
+    path = "/rest/v1/leads/partitions.json"
+    marketo.route("GET", path, lambda s: next(answers))
+    client = make_client()
+    assert [p.name for p in await client.partitions()] == ["Default"]  # a full queue: retried
+    assert len(marketo.calls(path)) == 2
+    with pytest.raises(RejectedError) as queued:  # already queued: not retried
+        await client.partitions()
+    assert queued.value.code == "1029"
+    assert len(marketo.calls(path)) == 3
+    with pytest.raises(QuotaExhaustedError) as spent:  # export allowance spent: until reset
+        await client.partitions()
+    assert spent.value.code == "1029"
+    assert spent.value.paused_until == next_reset(clock.now())
+    assert client.limits.paused_until is None  # the instance's other calls go on
+    assert [p.name for p in await client.partitions()] == ["Default"]
+    assert len(marketo.calls(path)) == 5

@@ -122,3 +122,32 @@ def test_transport_errors_distinguish_never_sent_from_maybe_sent() -> None:
         httpx.RemoteProtocolError("dropped", request=request)
     ).may_have_applied
     assert classify_exception(RuntimeError("?")).action is Action.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    ("message", "action"),
+    [
+        ("Too many jobs (10) in queue", Action.THROTTLED),
+        ("Too many jobs in queue", Action.THROTTLED),
+        ("Job already queued", Action.REJECTED),
+        ("Export daily quota 500MB exceeded", Action.DAILY_LIMIT),
+        ("Export daily quota exceeded", Action.DAILY_LIMIT),
+        ("EXPORT DAILY QUOTA EXCEEDED", Action.DAILY_LIMIT),
+        ("", Action.THROTTLED),
+    ],
+)
+def test_1029_is_told_apart_by_its_reason(message: str, action: Action) -> None:
+    assert classify_response_code("1029", message).action is action
+    assert classify_response_code(1029, message).action is action
+
+
+def test_1029_reasons_only_apply_to_1029() -> None:
+    assert classify_response_code("1016", "Job already queued").action is Action.THROTTLED
+    assert classify_response_code("610", "Export daily quota exceeded").action is Action.REJECTED
+
+
+def test_http_500_is_in_the_table() -> None:
+    rule = classify_status(500)
+    assert rule.description == "Internal Server Error"
+    assert rule.action is Action.TRANSIENT
+    assert rule.may_have_applied

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.marketo import InstanceLimits, QuotaExhaustedError, next_reset
+from service.marketo.limits import DailyUsage
 from tests.harness import retained_memory
 from tests.marketo.conftest import FakeClock
 
@@ -141,6 +142,43 @@ async def test_daily_budget_leaves_the_reserve_and_pauses_until_midnight() -> No
         pass
     assert limits.paused_until is None
     assert limits.used_today == 1
+
+
+async def test_usage_api_figures_seed_the_daily_budget() -> None:
+    clock = FakeClock(ts("2026-07-01T12:00:00+00:00"))  # 07:00 in Chicago
+    limits = InstanceLimits(daily_quota=100, daily_reserve=10, clock=clock)
+    async with limits.call():
+        pass
+    today = date(2026, 7, 1)
+    limits.seed_usage(today, ours=30, others=55)  # a restart: Marketo counted more of ours
+    assert limits.usage == DailyUsage(ours=30, others=55, remaining=5, usage_read_at=None)
+    limits.seed_usage(date(2026, 6, 30), ours=90, others=90)  # not today's: ignored
+    assert (limits.usage.ours, limits.usage.others) == (30, 55)
+    for _ in range(5):
+        async with limits.call():
+            pass
+    with pytest.raises(QuotaExhaustedError):  # 35 + 55 = 100 - 10: the reserve is left
+        async with limits.call():
+            pass
+    assert limits.usage.remaining == 0
+    limits.seed_usage(today, ours=3, others=60)  # ours never goes down
+    assert (limits.usage.ours, limits.usage.others) == (35, 60)
+
+
+def test_the_usage_api_is_due_at_first_use_then_hourly_and_after_the_reset() -> None:
+    clock = FakeClock(ts("2026-07-01T12:00:00+00:00"))
+    limits = InstanceLimits(clock=clock)
+    assert limits.usage_due()
+    assert not limits.usage_due()  # claimed: concurrent callers do not read it again
+    assert limits.usage.usage_read_at == clock.now()
+    clock.advance(3599)
+    assert not limits.usage_due()
+    clock.advance(1)
+    assert limits.usage_due()
+    limits.seed_usage(date(2026, 7, 1), ours=0, others=500)
+    clock.advance(ts("2026-07-02T05:00:00+00:00") - clock.now())  # midnight in Chicago
+    assert limits.usage.others == 0
+    assert limits.usage_due()
 
 
 async def test_uncounted_calls_are_refunded() -> None:

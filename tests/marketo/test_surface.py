@@ -30,6 +30,15 @@ METHODS = {
     "import_status": ["batch_id"],
     "import_failures": ["batch_id"],
     "import_warnings": ["batch_id"],
+    "usage": ["last_7_days"],
+    "list_members_page": ["list_id", "fields", "page_token", "batch_size"],
+    "delete_leads": ["lead_ids"],
+    "merge_leads": ["winner_id", "loser_ids"],
+    "create_export": ["fields", "static_list_id", "file_format"],
+    "enqueue_export": ["export_id"],
+    "export_status": ["export_id"],
+    "cancel_export": ["export_id"],
+    "export_file": ["export_id"],
 }
 
 
@@ -51,6 +60,7 @@ def test_constructor() -> None:
         "clock",
         "retry",
         "observer",
+        "seed_from_usage",
     ]
 
 

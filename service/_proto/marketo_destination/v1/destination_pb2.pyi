@@ -517,7 +517,7 @@ class DataflowRun(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received: _Optional[int] = ..., activated: _Optional[int] = ..., excluded: _Optional[int] = ..., failed: _Optional[int] = ..., skipped_rate: _Optional[float] = ...) -> None: ...
 
 class Dataflow(_message.Message):
-    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates", "excluded_by_field", "state", "state_reason")
+    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates", "excluded_by_field", "state", "state_reason", "marketo_calls")
     class ExcludedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -546,6 +546,7 @@ class Dataflow(_message.Message):
     EXCLUDED_BY_FIELD_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    MARKETO_CALLS_FIELD_NUMBER: _ClassVar[int]
     destination_id: str
     received: int
     activated: ActivatedCounts
@@ -560,7 +561,20 @@ class Dataflow(_message.Message):
     excluded_by_field: _containers.RepeatedCompositeFieldContainer[ExclusionCount]
     state: DestinationState
     state_reason: str
-    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ..., excluded_by_field: _Optional[_Iterable[_Union[ExclusionCount, _Mapping]]] = ..., state: _Optional[_Union[DestinationState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
+    marketo_calls: MarketoCalls
+    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ..., excluded_by_field: _Optional[_Iterable[_Union[ExclusionCount, _Mapping]]] = ..., state: _Optional[_Union[DestinationState, str]] = ..., state_reason: _Optional[str] = ..., marketo_calls: _Optional[_Union[MarketoCalls, _Mapping]] = ...) -> None: ...
+
+class MarketoCalls(_message.Message):
+    __slots__ = ("ours", "others", "remaining", "usage_read_at")
+    OURS_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    USAGE_READ_AT_FIELD_NUMBER: _ClassVar[int]
+    ours: int
+    others: int
+    remaining: int
+    usage_read_at: _timestamp_pb2.Timestamp
+    def __init__(self, ours: _Optional[int] = ..., others: _Optional[int] = ..., remaining: _Optional[int] = ..., usage_read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExclusionCount(_message.Message):
     __slots__ = ("code", "field", "count")
