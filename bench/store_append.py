@@ -24,9 +24,9 @@ from pathlib import Path
 
 from service.api import inbox_codec
 from service.domain import DestinationSpec, MarketoConnection, ProfileUpdate
-from service.store import NewDestination, SqliteStore, Store
+from service.store.base import NewDestination, Store
 from service.store.secrets import SecretBox
-from service.store.sqlite import Synchronous
+from service.store.sqlite import SqliteStore, Synchronous
 
 
 async def run(

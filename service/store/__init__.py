@@ -1,57 +1,6 @@
 """The durable store: destinations, activations, the outbox and what became of each update.
 
-`Store` (in `base`) is the interface; `SqliteStore` the embedded default. Open one with
-`await SqliteStore.open(path, box)`.
+`base.Store` is the interface and holds the record types; `sql.SqlStore` writes every query once;
+`sqlite.SqliteStore` (the embedded default, `await SqliteStore.open(path, box)`) and
+`postgres.PostgresStore` run it.
 """
-
-from service.store.base import (
-    CLAIM_MAX_BYTES,
-    ActivationRecord,
-    AlertRecord,
-    AppendResult,
-    CommitListener,
-    Dataflow,
-    DataflowRun,
-    DestinationNotFound,
-    DestinationRecord,
-    DestinationState,
-    FencingError,
-    InvalidPageToken,
-    Lease,
-    NewDestination,
-    OutboxEntry,
-    OutcomeRecord,
-    Page,
-    PendingStats,
-    Store,
-    StoreError,
-    VersionConflict,
-    Watermark,
-)
-from service.store.sqlite import SqliteStore
-
-__all__ = [
-    "CLAIM_MAX_BYTES",
-    "ActivationRecord",
-    "AlertRecord",
-    "AppendResult",
-    "CommitListener",
-    "Dataflow",
-    "DataflowRun",
-    "DestinationNotFound",
-    "DestinationRecord",
-    "DestinationState",
-    "FencingError",
-    "InvalidPageToken",
-    "Lease",
-    "NewDestination",
-    "OutboxEntry",
-    "OutcomeRecord",
-    "Page",
-    "PendingStats",
-    "SqliteStore",
-    "Store",
-    "StoreError",
-    "VersionConflict",
-    "Watermark",
-]

@@ -32,9 +32,10 @@ from service.domain import (
     ProfileUpdate,
     SyncType,
 )
-from service.store import AppendResult, NewDestination, OutboxEntry, SqliteStore, Store
+from service.store.base import AppendResult, NewDestination, OutboxEntry, Store
 from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox
+from service.store.sqlite import SqliteStore
 from tests.pg import fresh_database, truncate_all
 
 START = datetime(2026, 5, 28, 10, 30, tzinfo=UTC)

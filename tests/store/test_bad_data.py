@@ -22,7 +22,7 @@ from service.domain import (
     OutcomeKind,
     ProfileUpdate,
 )
-from service.store import DestinationRecord, Store
+from service.store.base import DestinationRecord, Store
 from tests.store.conftest import FakeClock, activated, append, new_destination, unpack, update
 
 INSTANCE = "123-ABC-456"

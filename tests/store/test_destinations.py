@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from service.domain import ActionType, FieldMapping
-from service.store import (
+from service.store.base import (
     ActivationRecord,
     DestinationNotFound,
     DestinationState,

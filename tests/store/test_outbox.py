@@ -21,7 +21,7 @@ from service.domain import (
     OutcomeKind,
     ProfileUpdate,
 )
-from service.store import (
+from service.store.base import (
     AppendResult,
     DestinationNotFound,
     DestinationRecord,

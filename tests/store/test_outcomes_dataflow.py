@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from service.domain import ActionType, ExclusionCode
-from service.store import DataflowRun, DestinationRecord, InvalidPageToken, Store
+from service.store.base import DataflowRun, DestinationRecord, InvalidPageToken, Store
 from tests.store.conftest import (
     START,
     FakeClock,

@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from service.store import InvalidPageToken, Store
+from service.store.base import InvalidPageToken, Store
 from service.store.rows import encode_token
 from tests.store.conftest import START, activated, append, new_destination, unpack, update
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from service.domain import ActionType
-from service.store import FencingError, Store
+from service.store.base import FencingError, Store
 from service.store.migrations import load_migrations
 from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.store import SqliteStore
 from service.store.secrets import KEY_FILE_NAME, SecretBox, SecretKeyError
+from service.store.sqlite import SqliteStore
 from tests.store.conftest import CLIENT_SECRET, WEBHOOK_SECRET, FakeClock, new_destination
 
 

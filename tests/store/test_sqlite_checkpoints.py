@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from service.store import NewDestination, SqliteStore
 from service.store import sqlite as sqlite_store
+from service.store.base import NewDestination
 from service.store.secrets import SecretBox
+from service.store.sqlite import SqliteStore
 
 from .conftest import FakeClock, destination_spec
 
