@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, tzinfo
+from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
-from service.mapping.coercion import CoercionError, format_datetime
+from service.mapping.coercion import CoercionError, format_datetime, parse_datetime
 
 _OPTIONS = {
     "input_format": "strptime format of the source text (default: ISO-8601)",
@@ -27,32 +28,7 @@ def _zone(options: Mapping[str, str]) -> tzinfo:
 
 
 def _parser(options: Mapping[str, str]) -> Callable[[object], datetime | None]:
-    zone = _zone(options)
-    pattern = options.get("input_format")
-
-    def parse(value: object) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, datetime):
-            parsed = value
-        elif isinstance(value, date):
-            parsed = datetime(value.year, value.month, value.day)
-        elif isinstance(value, str):
-            text = value.strip()
-            if not text:
-                return None
-            try:
-                parsed = (
-                    datetime.strptime(text, pattern) if pattern else datetime.fromisoformat(text)
-                )
-            except ValueError:
-                expected = repr(pattern) if pattern else "ISO-8601"
-                raise TransformError(f"{value!r} is not a {expected} date") from None
-        else:
-            raise TransformError(f"{type(value).__name__} is not a date")
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=zone)
-
-    return parse
+    return partial(parse_datetime, pattern=options.get("input_format"), zone=_zone(options))
 
 
 def _prepare_date(options: Mapping[str, str]) -> TransformFunc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from urllib.parse import urlsplit
 
 from service.hookspecs import TransformError
@@ -166,8 +166,11 @@ def parse_number(value: object) -> int | float | None:
     return number
 
 
-def parse_datetime(value: object) -> datetime | None:
-    """An aware datetime from ISO-8601 text or a datetime/date; no zone means UTC."""
+def parse_datetime(
+    value: object, *, pattern: str | None = None, zone: tzinfo = UTC
+) -> datetime | None:
+    """An aware datetime from text (ISO-8601, or the strptime `pattern`) or a datetime/date; a
+    value without an offset is taken to be in `zone`."""
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -179,12 +182,13 @@ def parse_datetime(value: object) -> datetime | None:
         if not text:
             return None
         try:
-            result = datetime.fromisoformat(text)
+            result = datetime.strptime(text, pattern) if pattern else datetime.fromisoformat(text)
         except ValueError:
-            raise CoercionError(f"{_described(value)} is not an ISO-8601 date-time") from None
+            expected = f"a {pattern!r}" if pattern else "an ISO-8601"
+            raise CoercionError(f"{_described(value)} is not {expected} date-time") from None
     else:
         raise CoercionError(f"{_kind(value)} is not a date-time")
-    return result if result.tzinfo is not None else result.replace(tzinfo=UTC)
+    return result if result.tzinfo is not None else result.replace(tzinfo=zone)
 
 
 def format_datetime(value: datetime) -> str:
