@@ -12,12 +12,11 @@ from grpc_status import rpc_status
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from tests.harness import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     ENDPOINT,
     STANDARD_MAPPINGS,
     Service,
     running_service,
+    sandbox_token,
     spec,
     violations,
 )
@@ -417,17 +416,9 @@ async def test_a_kept_list_deleted_in_marketo_is_created_again(service: Service)
     await service.stub.Deactivate(
         pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
     )
-    token = await service.http.get(
-        f"{ENDPOINT}/identity/oauth/token",
-        params={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-        },
-    )
     response = await service.http.post(
         f"{ENDPOINT}/rest/asset/v1/staticList/{answer.audiences[0].marketo_list_id}/delete.json",
-        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        headers={"Authorization": f"Bearer {await sandbox_token(service)}"},
     )
     assert response.json()["success"] is True
     again = await service.stub.Activate(
