@@ -24,7 +24,8 @@ FAULT_CODES = {
 
 @dataclass
 class Fault:
-    """One rule; `remaining` None means it applies until removed (subject to probability)."""
+    """One rule; `remaining` None means it applies until removed (subject to probability);
+    the first `skip` matching requests pass untouched."""
 
     path_prefix: str
     code: str | None
@@ -33,6 +34,7 @@ class Fault:
     remaining: int | None
     probability: float
     delay_ms: float
+    skip: int = 0
 
     @classmethod
     def parse(cls, raw: Any) -> Fault:
@@ -61,7 +63,12 @@ class Fault:
         delay_ms = raw.get("delay_ms", 0)
         if not isinstance(delay_ms, int | float) or delay_ms < 0:
             raise ValueError("delay_ms must be a non-negative number")
-        return cls(raw["path_prefix"], code, http_status, drop, count, float(probability), delay_ms)
+        skip = raw.get("skip", 0)
+        if not isinstance(skip, int) or skip < 0:
+            raise ValueError("skip must be a non-negative integer")
+        return cls(
+            raw["path_prefix"], code, http_status, drop, count, float(probability), delay_ms, skip
+        )
 
 
 class Faults:
@@ -75,6 +82,9 @@ class Faults:
         """The first rule that fires for this path, consuming one of its counts."""
         for rule in self.rules:
             if not path.startswith(rule.path_prefix):
+                continue
+            if rule.skip:
+                rule.skip -= 1
                 continue
             if rule.probability < 1 and self._random.random() >= rule.probability:
                 continue

@@ -172,11 +172,14 @@ async def open_application(
             delivery_settings(settings),
             holder=replica_name(settings),
         )
+        policies = load_policies(settings.policies_file)
         app = Application(
             store=store,
             destinations=Destinations(
                 store,
                 connections,
+                registry,
+                policies=policies,
                 webhook_origins=settings.webhook_allowlist,
                 on_changed=dispatcher.configuration_changed,
             ),
@@ -184,7 +187,7 @@ async def open_application(
                 store,
                 connections,
                 registry,
-                policies=load_policies(settings.policies_file),
+                policies=policies,
                 list_folder=settings.list_folder,
                 on_changed=dispatcher.configuration_changed,
             ),

@@ -62,6 +62,23 @@ class Service:
         return {item["id"]: set(item["members"]) for item in dump["lists"]}
 
 
+async def sandbox_token(service: Service) -> str:
+    """The access token the sandbox hands these credentials: the same one the service holds
+    while it is valid."""
+    response = await service.http.post(
+        f"{ENDPOINT}/identity/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        },
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    assert len(token) >= 16
+    return token
+
+
 def connection(**changes: str) -> pb.MarketoConnection:
     values = {
         "munchkin_id": MUNCHKIN,

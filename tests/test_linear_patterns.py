@@ -14,7 +14,7 @@ from service.api import access
 from service.telemetry import logs
 from service.telemetry.marketo import _annotate_body
 from service.usecases import destinations
-from service.usecases.activation import ARRAY_SOURCE
+from service.usecases.mapping_rules import ARRAY_SOURCE
 from tests.plugins.test_conformance import CALL_BUDGET, LONGEST, adversarial_texts, cpu_budget
 
 # The other patterns that read caller text: linear already (anchored, no adjacent quantifiers

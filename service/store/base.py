@@ -179,6 +179,8 @@ class ActivationRecord:
     marketo_list_id: int
     list_name: str
     active: bool = True
+    created_by_service: bool = False
+    """The service created the list (Deactivate may delete it); False for a linked list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +450,8 @@ class Store(Protocol):
         ...
 
     async def deactivate(self, destination_id: str, audience_ids: Sequence[str]) -> int:
-        """Mark those audiences inactive; returns how many were active."""
+        """Mark those audiences inactive; returns how many were active. Their lists stay
+        recorded, so a later Activate of the audience reuses them."""
         ...
 
     # -- outbox ---------------------------------------------------------------------------------

@@ -244,11 +244,11 @@ WATERMARK_TAIL = (
 
 UPSERT_ACTIVATION = (
     "INSERT INTO activations (destination_id, audience_id, audience_name, origin, "
-    "marketo_list_id, list_name, active) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "marketo_list_id, list_name, active, created_by_service) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (destination_id, audience_id) DO UPDATE SET "
     "audience_name = excluded.audience_name, origin = excluded.origin, "
     "marketo_list_id = excluded.marketo_list_id, list_name = excluded.list_name, "
-    "active = excluded.active"
+    "active = excluded.active, created_by_service = excluded.created_by_service"
 )
 
 ADD_COUNTS = (
@@ -545,12 +545,13 @@ class SqlStore(ABC):
 
         async def work(c: Connection) -> list[ActivationRecord]:
             rows = await c.execute(
-                "SELECT audience_id, audience_name, origin, marketo_list_id, list_name, active "
-                "FROM activations WHERE destination_id = ? ORDER BY audience_id",
+                "SELECT audience_id, audience_name, origin, marketo_list_id, list_name, active, "
+                "created_by_service FROM activations WHERE destination_id = ? "
+                "ORDER BY audience_id",
                 (destination_id,),
             )
             return [
-                ActivationRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+                ActivationRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]))
                 for row in rows
             ]
 
@@ -593,6 +594,7 @@ class SqlStore(ABC):
                             activation.marketo_list_id,
                             activation.list_name,
                             int(activation.active),
+                            int(activation.created_by_service),
                         )
                         for activation in activations
                     ],
@@ -601,7 +603,8 @@ class SqlStore(ABC):
         await self._write("upsert_activations", work)
 
     async def deactivate(self, destination_id: str, audience_ids: Sequence[str]) -> int:
-        """Mark those audiences inactive; returns how many were active."""
+        """Mark those audiences inactive (their lists stay recorded); returns how many were
+        active."""
 
         async def work(c: Connection) -> int:
             changed = 0

@@ -1,23 +1,24 @@
 """Activate and Deactivate: validate the mapping, give each audience one Marketo static list.
 
-Mapping rules (PRODUCT.md "Required mappings"): exactly one `DedupeField` row; when the
-destination may create leads, `firstName`, `lastName` and `email` must be mapped (the
-`DedupeField` row supplies `email` when email is the deduplication field); every target is a
-writable field of the instance; every transform is known to the plugin registry; reading an
-identity namespace (`identityMap.*`) needs `identity_graph.view`; data-usage policies hold.
+The mapping rules are in `mapping_rules` (Configure applies them too). Both RPCs are safe to
+retry: each list is recorded as soon as Marketo created it, so an Activate that fails midway
+resumes where it stopped (the lists made so far are reused, not created again); an audience
+deactivated with its list kept gets that list back when activated again; Deactivate deletes only
+lists the service created, forgetting each as soon as it is deleted. Marketo unavailable is
+UNAVAILABLE with a RetryInfo.
 """
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import timedelta
 
 import httpx
 
 from service.api.access import IDENTITY_GRAPH_VIEW, current_principal, require
 from service.domain import (
-    DEDUPE_TARGET,
-    REQUIRED_FOR_CREATE,
     ActivatedAudience,
     Audience,
     AudienceType,
@@ -26,97 +27,22 @@ from service.domain import (
     FieldViolation,
     ListAction,
 )
-from service.errors import AlreadyExists, InvalidArgument, NotFound
-from service.mapping.mapper import FieldType, Mapper, MappingConfigError
+from service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from service.mapping.registry import PluginRegistry
 from service.marketo.client import MarketoClient
-from service.marketo.errors import MarketoError
-from service.marketo.types import Folder, SchemaField, StaticList
+from service.marketo.errors import MarketoError, OutcomeUnknownError, QuotaExhaustedError
+from service.marketo.types import Folder, StaticList
 from service.store.base import ActivationRecord, DestinationRecord, Store
 from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import describe_instance, marketo_failure
 from service.usecases.governance import Policy
-from service.usecases.governance import violations as policy_violations
+from service.usecases.mapping_rules import active_mapping_violations
 
 MAX_LIST_NAME = 255
-# `\s*` on both sides of the `*` only when it is there: two adjacent `\s*` would backtrack over
-# every split of a run of spaces (quadratic time).
-ARRAY_SOURCE = re.compile(r"\[\s*(?:\*\s*)?\]")
-"""A source path that selects a whole array (`items[]`, `items[*]`): arrays are not exported."""
-
-
-def mapping_violations(
-    spec: DestinationSpec,
-    mappings: Sequence[FieldMapping],
-    fields: Sequence[SchemaField],
-    registry: PluginRegistry,
-) -> list[FieldViolation]:
-    """Every mapping rule broken, each naming the row."""
-    violations: list[FieldViolation] = []
-    dedupe_rows = [i for i, m in enumerate(mappings) if m.target == DEDUPE_TARGET]
-    if not dedupe_rows:
-        violations.append(
-            FieldViolation("mappings", f"exactly one mapping to {DEDUPE_TARGET!r} is required")
-        )
-    for index in dedupe_rows[1:]:
-        violations.append(
-            FieldViolation(
-                f"mappings[{index}].target", f"{DEDUPE_TARGET!r} is mapped more than once"
-            )
-        )
-    rules = spec.rules()
-    targets = {m.target for m in mappings}
-    if rules.creates_leads:
-        supplied = targets | {spec.dedupe_field} if dedupe_rows else targets
-        missing = [name for name in REQUIRED_FOR_CREATE if name not in supplied]
-        if missing:
-            violations.append(
-                FieldViolation(
-                    "mappings",
-                    f"to create leads Marketo needs {', '.join(missing)} mapped"
-                    + (
-                        " (the DedupeField mapping supplies email)"
-                        if spec.dedupe_field == "email"
-                        else ""
-                    ),
-                )
-            )
-    writable = {f.name: f for f in fields if f.updateable}
-    known = {f.name for f in fields}
-    for index, mapping in enumerate(mappings):
-        where = f"mappings[{index}]"
-        if not mapping.source:
-            violations.append(FieldViolation(f"{where}.source", "is required"))
-        elif ARRAY_SOURCE.search(mapping.source):
-            violations.append(
-                FieldViolation(
-                    f"{where}.source", "selects an array; arrays and objects cannot be exported"
-                )
-            )
-        if not mapping.target:
-            violations.append(FieldViolation(f"{where}.target", "is required"))
-        elif mapping.target != DEDUPE_TARGET and mapping.target not in writable:
-            problem = "is read-only" if mapping.target in known else "is not a field"
-            violations.append(
-                FieldViolation(
-                    f"{where}.target", f"{mapping.target!r} {problem} of the Marketo instance"
-                )
-            )
-        if mapping.transform and not registry.has_transform(mapping.transform):
-            violations.append(
-                FieldViolation(f"{where}.transform", f"unknown transform {mapping.transform!r}")
-            )
-    if not violations:
-        try:
-            Mapper(
-                mappings,
-                [FieldType(f.name, f.data_type, f.length) for f in fields],
-                registry,
-                dedupe_field=spec.dedupe_field,
-            )
-        except MappingConfigError as error:
-            violations.extend(FieldViolation("mappings", problem) for problem in error.problems)
-    return violations
+RETRY_AFTER = timedelta(seconds=10)
+"""The RetryInfo delay of an Activate or Deactivate that Marketo could not serve right now."""
+GONE_LIST_CODES = frozenset({"702", "1013"})
+"""Marketo's answers to deleting a list that no longer exists (a retried Deactivate)."""
 
 
 def audience_violations(
@@ -181,60 +107,85 @@ class Activations:
         *,
         dry_run: bool,
     ) -> list[ActivatedAudience]:
+        """Activate `audiences` with `mappings`. When the destination keeps lists, active
+        audiences without one (the destination was Profile only) get theirs too: they follow
+        the requested ones in the answer."""
         principal = current_principal()
         record = await self._store.get_destination(destination_id, tenant=principal.tenant)
         if any(m.source.startswith("identityMap.") for m in mappings):
             require(principal, IDENTITY_GRAPH_VIEW)
         spec = record.spec
+        current = {a.audience_id: a for a in await self._store.activations(destination_id)}
+        requested = {audience.id for audience in audiences}
+        listless = [
+            Audience(a.audience_id, a.audience_name, a.origin)
+            for a in current.values()
+            if spec.rules().manages_lists
+            and a.active
+            and not a.marketo_list_id
+            and a.audience_id not in requested
+        ]
         violations = audience_violations(spec, audiences)
         violations += [
             FieldViolation(
-                f"mappings[{v.index}].labels",
-                f"label {v.label!r} of {v.source!r} may not be exported for marketing action "
-                f"{v.marketing_action!r} (policy {v.policy!r})",
+                "audiences",
+                f"active audience {a.id!r} needs a list now that the destination keeps lists, "
+                "and has no name to give it: activate it again with a name",
             )
-            for v in policy_violations(mappings, spec.marketing_actions, self._policies)
+            for a in listless
+            if not a.name.strip()
         ]
         client = self._connections.client(spec.connection, interactive=True)
-        description = await describe_instance(client)
-        violations += mapping_violations(spec, mappings, description.fields, self._registry)
+        try:
+            description = await describe_instance(client)
+        except Unavailable as error:
+            error.retry_after = error.retry_after or RETRY_AFTER
+            raise
+        violations += active_mapping_violations(
+            spec, mappings, description.fields, self._registry, self._policies
+        )
         if violations:
             raise InvalidArgument(violations)
 
-        current = {a.audience_id: a for a in await self._store.activations(destination_id)}
-        manages_lists = spec.rules().manages_lists
         results: list[ActivatedAudience] = []
         records: list[ActivationRecord] = []
         folder: Folder | None = None
-        for audience in audiences:
-            if not manages_lists:
+        for audience in [*audiences, *listless]:
+            before = current.get(audience.id)
+            if not spec.rules().manages_lists:
                 result = ActivatedAudience(audience.id, 0, "", ListAction.NONE)
+                created_by_service = False
+            elif (
+                before is not None
+                and before.marketo_list_id
+                and audience.marketo_list_id in (0, before.marketo_list_id)
+                and (before.active or await self._still_there(client, before))
+            ):
+                result = ActivatedAudience(
+                    audience.id, before.marketo_list_id, before.list_name, ListAction.UNCHANGED
+                )
+                created_by_service = before.created_by_service
             else:
-                before = current.get(audience.id)
-                if (
-                    before is not None
-                    and before.active
-                    and (
-                        not audience.marketo_list_id
-                        or audience.marketo_list_id == before.marketo_list_id
+                if folder is None and not audience.marketo_list_id and not dry_run:
+                    folder = await self._folder(client, spec.workspace_name)
+                result = await self._list_for(client, audience, folder, dry_run=dry_run)
+                created_by_service = result.list_action is ListAction.CREATED
+                if created_by_service and not dry_run:
+                    # Recorded at once: a retry after a later failure reuses the list.
+                    await self._store.upsert_activations(
+                        destination_id,
+                        [
+                            _record(
+                                audience,
+                                result,
+                                active=before is not None and before.active,
+                                created_by_service=True,
+                            )
+                        ],
                     )
-                ):
-                    result = ActivatedAudience(
-                        audience.id, before.marketo_list_id, before.list_name, ListAction.UNCHANGED
-                    )
-                else:
-                    if folder is None and not audience.marketo_list_id and not dry_run:
-                        folder = await self._folder(client, spec.workspace_name)
-                    result = await self._list_for(client, audience, folder, dry_run=dry_run)
             results.append(result)
             records.append(
-                ActivationRecord(
-                    audience_id=audience.id,
-                    audience_name=audience.name,
-                    origin=audience.origin,
-                    marketo_list_id=result.marketo_list_id,
-                    list_name=result.list_name,
-                )
+                _record(audience, result, active=True, created_by_service=created_by_service)
             )
         if not dry_run:
             await self._store.upsert_activations(destination_id, records, mappings)
@@ -245,6 +196,9 @@ class Activations:
     async def deactivate(
         self, destination_id: str, audience_ids: Sequence[str], *, delete_lists: bool
     ) -> list[str]:
+        """Stop exporting the audiences; with `delete_lists`, delete the lists the service
+        created (a linked list is kept). Each deleted list is forgotten at once, so a retry after
+        a failure deletes only the rest."""
         record = await self._store.get_destination(
             destination_id, tenant=current_principal().tenant
         )
@@ -259,14 +213,35 @@ class Activations:
         if delete_lists:
             client = self._connections.client(record.spec.connection, interactive=True)
             for audience_id in audience_ids:
-                list_id = active[audience_id].marketo_list_id
-                if list_id:
-                    try:
-                        await client.delete_static_list(list_id)
-                    except (MarketoError, httpx.HTTPError) as error:
-                        raise marketo_failure(error, f"deleting list {list_id}") from None
+                activation = active[audience_id]
+                if not (activation.marketo_list_id and activation.created_by_service):
+                    continue
+                await self._delete_list(client, activation.marketo_list_id)
+                await self._store.upsert_activations(
+                    destination_id,
+                    [
+                        replace(
+                            activation, marketo_list_id=0, list_name="", created_by_service=False
+                        )
+                    ],
+                )
         await self._store.deactivate(destination_id, audience_ids)
         return list(audience_ids)
+
+    async def _delete_list(self, client: MarketoClient, list_id: int) -> None:
+        try:
+            await client.delete_static_list(list_id)
+        except (MarketoError, httpx.HTTPError) as error:
+            if isinstance(error, MarketoError) and error.code in GONE_LIST_CODES:
+                return
+            raise _failure(error, f"deleting list {list_id}") from None
+
+    async def _still_there(self, client: MarketoClient, activation: ActivationRecord) -> bool:
+        """Whether the list an inactive audience kept still exists in Marketo."""
+        try:
+            return await client.static_list(activation.marketo_list_id) is not None
+        except (MarketoError, httpx.HTTPError) as error:
+            raise _failure(error, f"reading list {activation.marketo_list_id}") from None
 
     async def _folder(self, client: MarketoClient, workspace: str) -> Folder:
         """The lists folder of the workspace, created under its Lead Database root if missing."""
@@ -279,9 +254,7 @@ class Activations:
                 raise NotFound(f"workspace {workspace!r} has no Lead Database folder")
             return await client.create_folder(self._list_folder, root.id)
         except (MarketoError, httpx.HTTPError) as error:
-            raise marketo_failure(
-                error, f"preparing the list folder {self._list_folder!r}"
-            ) from None
+            raise _failure(error, f"preparing the list folder {self._list_folder!r}") from None
 
     async def _list_for(
         self,
@@ -315,10 +288,37 @@ class Activations:
                     f"a Marketo static list named {audience.name!r} already exists; "
                     "set link_existing_list to use it"
                 ) from None
-            raise marketo_failure(
-                error, f"preparing the list of audience {audience.id!r}"
-            ) from None
+            raise _failure(error, f"preparing the list of audience {audience.id!r}") from None
         return ActivatedAudience(audience.id, created.id, created.name, ListAction.CREATED)
+
+
+def _failure(error: MarketoError | httpx.HTTPError, what: str) -> Exception:
+    """`marketo_failure`, where Marketo unavailable (or a write without an answer) is
+    UNAVAILABLE with a RetryInfo: retrying the RPC resumes where it stopped."""
+    if isinstance(error, OutcomeUnknownError):
+        return Unavailable(f"Marketo did not answer while {what}; try again later", RETRY_AFTER)
+    failure = marketo_failure(error, what)
+    if isinstance(failure, Unavailable):
+        failure.retry_after = RETRY_AFTER
+        if isinstance(error, QuotaExhaustedError):
+            failure.retry_after = max(
+                timedelta(seconds=error.paused_until - time.time()), RETRY_AFTER
+            )
+    return failure
+
+
+def _record(
+    audience: Audience, result: ActivatedAudience, *, active: bool, created_by_service: bool
+) -> ActivationRecord:
+    return ActivationRecord(
+        audience_id=audience.id,
+        audience_name=audience.name,
+        origin=audience.origin,
+        marketo_list_id=result.marketo_list_id,
+        list_name=result.list_name,
+        active=active,
+        created_by_service=created_by_service,
+    )
 
 
 def _linked(audience: Audience, static_list: StaticList) -> ActivatedAudience:

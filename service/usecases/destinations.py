@@ -3,13 +3,15 @@
 Configure validates a spec in two steps, and stores nothing unless both pass:
 1. static rules (PRODUCT.md): every violated field is reported at once;
 2. live checks against the Marketo instance: credentials give a token, the workspace and the
-   partition exist, the dedupe field is searchable, the API user may write leads.
+   partition exist, the dedupe field is searchable, the API user may write leads; and, for a
+   destination with an active mapping, the rules Activate applies (`mapping_rules`) hold for
+   that mapping under the new spec (sync type, person action, dedupe field, marketing actions).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -20,11 +22,13 @@ from service.delivery.egress import OriginList, parse_url
 from service.domain import (
     FORBIDDEN_DEDUPE_FIELDS,
     DestinationSpec,
+    FieldMapping,
     FieldViolation,
     MarketoConnection,
     SyncType,
 )
 from service.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from service.mapping.registry import PluginRegistry
 from service.marketo.client import MarketoClient
 from service.marketo.errors import (
     AuthenticationError,
@@ -42,6 +46,8 @@ from service.store.base import (
     Store,
 )
 from service.usecases.connections import MarketoConnections
+from service.usecases.governance import Policy
+from service.usecases.mapping_rules import active_mapping_violations
 
 MUNCHKIN_ID = re.compile(r"^\d{3}-[A-Z]{3}-\d{3}$")
 MAX_NAME = 200
@@ -290,14 +296,19 @@ class Destinations:
         self,
         store: Store,
         connections: MarketoConnections,
+        registry: PluginRegistry,
         *,
+        policies: Sequence[Policy] = (),
         webhook_origins: OriginList | None = None,
         on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
     ) -> None:
         """`on_changed(before)` runs after a stored destination was changed by Configure (the
-        dispatcher re-checks a paused destination at once)."""
+        dispatcher re-checks a paused destination at once); `registry` and `policies` are
+        Activate's, to re-check an active mapping when the spec changes."""
         self._store = store
         self._connections = connections
+        self._registry = registry
+        self._policies = tuple(policies)
         self._webhook_origins = webhook_origins or OriginList()
         self._on_changed = on_changed
 
@@ -334,6 +345,8 @@ class Destinations:
         violations = await live_violations(
             self._connections.client(spec.connection, interactive=True), spec
         )
+        if existing is not None and existing.mappings:
+            violations += await self._active_mapping_violations(spec, existing.mappings)
         if violations:
             raise InvalidArgument(violations)
         if validate_only:
@@ -361,6 +374,20 @@ class Destinations:
             if self._on_changed is not None:
                 await self._on_changed(existing)
         return Destination(record=record, spec=spec)
+
+    async def _active_mapping_violations(
+        self, spec: DestinationSpec, mappings: Sequence[FieldMapping]
+    ) -> list[FieldViolation]:
+        """What the destination's active mapping would break under the new `spec`: the
+        violations name its rows (`mappings[i]`, as GetDestination shows them)."""
+        client = self._connections.client(spec.connection, interactive=True)
+        fields = (await describe_instance(client)).fields
+        return [
+            FieldViolation(v.field, f"the active mapping would break: {v.description}")
+            for v in active_mapping_violations(
+                spec, mappings, fields, self._registry, self._policies
+            )
+        ]
 
     async def get(self, destination_id: str) -> Destination:
         record = await self._store.get_destination(

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from tests.harness import STANDARD_MAPPINGS, Service, running_service, spec, violations
+from tests.harness import (
+    ENDPOINT,
+    STANDARD_MAPPINGS,
+    Service,
+    running_service,
+    sandbox_token,
+    spec,
+    violations,
+)
 
 
 async def destination(service: Service, **changes: object) -> str:
@@ -300,3 +310,187 @@ async def test_deactivate_keeps_or_deletes_the_list(service: Service) -> None:
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert deleted not in await service.lists()
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay of an UNAVAILABLE answer, in seconds."""
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("no RetryInfo detail")
+
+
+async def list_names(service: Service) -> dict[int, str]:
+    """The sandbox's static lists: id → name."""
+    dump = await service.control("GET", "lists")
+    return {item["id"]: item["name"] for item in dump["lists"]}
+
+
+THREE = [audience("a1"), audience("a2"), audience("a3")]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        ({"http_status": 503}, grpc.StatusCode.UNAVAILABLE),
+        ({"code": "608"}, grpc.StatusCode.UNAVAILABLE),
+        ({"code": "603"}, grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_an_activate_that_fails_on_the_second_list_resumes_on_retry(
+    service: Service, fault: dict[str, object], status: grpc.StatusCode
+) -> None:
+    destination_id = await destination(service)
+    await service.control(
+        "POST", "faults", [{"path_prefix": "/rest/asset/v1/staticLists.json", "skip": 1, **fault}]
+    )
+    request = pb.ActivateRequest(
+        destination_id=destination_id, audiences=THREE, mappings=STANDARD_MAPPINGS
+    )
+    error = await activate_error(service, request)
+    assert error.code() == status, error.details()
+    if status == grpc.StatusCode.UNAVAILABLE:
+        assert retry_delay(error) > 0
+    made = await list_names(service)
+    assert sorted(made.values()) == ["CDP a1"]
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert not fetched.audiences, "nothing is active until an Activate completes"
+
+    await service.control("DELETE", "faults")
+    answer = await service.stub.Activate(request)
+    assert [a.list_action for a in answer.audiences] == [
+        pb.LIST_ACTION_UNCHANGED,
+        pb.LIST_ACTION_CREATED,
+        pb.LIST_ACTION_CREATED,
+    ]
+    names = await list_names(service)
+    assert sorted(names.values()) == ["CDP a1", "CDP a2", "CDP a3"]
+    assert answer.audiences[0].marketo_list_id == next(iter(made))
+    assert {a.marketo_list_id: a.list_name for a in answer.audiences} == names
+
+
+async def test_marketo_unreachable_during_activate_is_unavailable_with_retry_info(
+    service: Service,
+) -> None:
+    destination_id = await destination(service)
+    await service.control("POST", "faults", [{"path_prefix": "/rest", "http_status": 503}])
+    error = await activate_error(
+        service,
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=THREE, mappings=STANDARD_MAPPINGS
+        ),
+    )
+    assert retry_delay(error) > 0
+    assert "try again later" in (error.details() or "")
+
+
+async def test_reactivating_an_audience_whose_list_was_kept_reuses_it(service: Service) -> None:
+    destination_id, answer = await activated_with_two_audiences(service)
+    kept = answer.audiences[0].marketo_list_id
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+    )
+    again = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        )
+    )
+    assert [(a.marketo_list_id, a.list_action) for a in again.audiences] == [
+        (kept, pb.LIST_ACTION_UNCHANGED)
+    ]
+    assert sorted((await list_names(service)).values()) == ["CDP a1", "CDP a2"]
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert {a.audience_id: a.marketo_list_id for a in fetched.audiences}["a1"] == kept
+
+
+async def test_a_kept_list_deleted_in_marketo_is_created_again(service: Service) -> None:
+    destination_id, answer = await activated_with_two_audiences(service)
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+    )
+    response = await service.http.post(
+        f"{ENDPOINT}/rest/asset/v1/staticList/{answer.audiences[0].marketo_list_id}/delete.json",
+        headers={"Authorization": f"Bearer {await sandbox_token(service)}"},
+    )
+    assert response.json()["success"] is True
+    again = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        )
+    )
+    assert again.audiences[0].list_action == pb.LIST_ACTION_CREATED
+    names = await list_names(service)
+    assert sorted(names.values()) == ["CDP a1", "CDP a2"]
+    assert again.audiences[0].marketo_list_id in names
+    assert again.audiences[0].marketo_list_id != answer.audiences[0].marketo_list_id
+
+
+async def test_delete_lists_deletes_only_lists_the_service_created(service: Service) -> None:
+    other = await destination(service, name="Other")
+    owned = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=other, audiences=[audience("x")], mappings=STANDARD_MAPPINGS
+        )
+    )
+    foreign = owned.audiences[0].marketo_list_id
+    destination_id = await destination(service)
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[audience("a1"), audience("a2", name="", marketo_list_id=foreign)],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    assert [a.list_action for a in answer.audiences] == [
+        pb.LIST_ACTION_CREATED,
+        pb.LIST_ACTION_LINKED,
+    ]
+    deactivated = await service.stub.Deactivate(
+        pb.DeactivateRequest(
+            destination_id=destination_id, audience_ids=["a1", "a2"], delete_lists=True
+        )
+    )
+    assert list(deactivated.audience_ids) == ["a1", "a2"]
+    assert await list_names(service) == {foreign: "CDP x"}
+
+    # The deleted list is forgotten: activating a1 again creates a new one.
+    again = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        )
+    )
+    assert again.audiences[0].list_action == pb.LIST_ACTION_CREATED
+    assert sorted((await list_names(service)).values()) == ["CDP a1", "CDP x"]
+
+
+async def test_a_deactivate_that_fails_midway_deletes_the_rest_on_retry(service: Service) -> None:
+    destination_id = await destination(service)
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id, audiences=THREE, mappings=STANDARD_MAPPINGS
+        )
+    )
+    await service.control(
+        "POST",
+        "faults",
+        [{"path_prefix": "/rest/asset/v1/staticList/", "http_status": 503, "skip": 1}],
+    )
+    request = pb.DeactivateRequest(
+        destination_id=destination_id, audience_ids=["a1", "a2", "a3"], delete_lists=True
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Deactivate(request)
+    assert retry_delay(caught.value) > 0
+    first = answer.audiences[0].marketo_list_id
+    assert first not in await list_names(service)
+    await service.control("DELETE", "faults")
+    assert list((await service.stub.Deactivate(request)).audience_ids) == ["a1", "a2", "a3"]
+    assert await list_names(service) == {}

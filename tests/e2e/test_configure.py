@@ -3,6 +3,7 @@ real gRPC client against the in-process Marketo sandbox."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from tests.harness import (
     CLIENT_SECRET,
+    STANDARD_MAPPINGS,
     Service,
     connection,
     running_service,
@@ -235,3 +237,150 @@ async def test_forged_page_tokens_are_invalid_arguments(service: Service) -> Non
             )
         )
     assert "page_token" in violations(caught.value)
+
+
+async def activated(
+    service: Service,
+    mappings: object = STANDARD_MAPPINGS,
+    audiences: object = (),
+    **changes: object,
+) -> str:
+    """A new destination of spec(**changes), activated with `mappings` and `audiences`."""
+    destination_id = (
+        await service.stub.Configure(pb.ConfigureRequest(spec=spec(**changes)))
+    ).destination.id
+    await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=audiences,  # type: ignore[arg-type]
+            mappings=mappings,  # type: ignore[arg-type]
+        )
+    )
+    return destination_id
+
+
+async def test_a_new_dedupe_field_is_checked_against_the_active_dedupe_mapping(
+    service: Service,
+) -> None:
+    destination_id = await activated(service)
+    error = await configure_error(
+        service,
+        pb.ConfigureRequest(destination_id=destination_id, spec=spec(dedupe_field="twitterId")),
+    )
+    found = violations(error)
+    assert list(found) == ["mappings"]
+    assert "the active mapping would break" in found["mappings"]
+    assert "needs email mapped" in found["mappings"]
+    stored = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert stored.spec.dedupe_field == "email"
+    # Without an active mapping the same change is accepted.
+    fresh = (await service.stub.Configure(pb.ConfigureRequest(spec=spec()))).destination.id
+    changed = await service.stub.Configure(
+        pb.ConfigureRequest(destination_id=fresh, spec=spec(dedupe_field="twitterId"))
+    )
+    assert changed.destination.spec.dedupe_field == "twitterId"
+
+
+async def test_reconfiguring_against_the_active_mapping_reports_every_violation_at_once(
+    tmp_path: Path,
+) -> None:
+    policies = tmp_path / "policies.json"
+    policies.write_text(
+        json.dumps(
+            [{"name": "No health data in email", "marketing_action": "email", "labels": ["S2"]}]
+        )
+    )
+    update_only = {
+        "sync_type": pb.SYNC_TYPE_PROFILE_ONLY,
+        "person_action": pb.PERSON_ACTION_UPDATE_EXISTING_ONLY,
+    }
+    mappings = [
+        pb.FieldMapping(source="person.email", target="DedupeField"),
+        pb.FieldMapping(source="person.condition", target="title", labels=["S2"]),
+    ]
+    async with running_service(tmp_path, policies_file=policies) as service:
+        destination_id = await activated(service, mappings, **update_only)
+        for request in (
+            pb.ConfigureRequest(
+                destination_id=destination_id,
+                spec=spec(
+                    sync_type=pb.SYNC_TYPE_PROFILE_ONLY,
+                    dedupe_field="twitterId",
+                    marketing_actions=["email"],
+                ),
+            ),
+            pb.ConfigureRequest(
+                destination_id=destination_id,
+                validate_only=True,
+                spec=spec(
+                    sync_type=pb.SYNC_TYPE_PROFILE_ONLY,
+                    dedupe_field="twitterId",
+                    marketing_actions=["email"],
+                ),
+            ),
+        ):
+            found = violations(await configure_error(service, request))
+            assert sorted(found) == ["mappings", "mappings[1].labels"]
+            assert "No health data in email" in found["mappings[1].labels"]
+            assert "firstName, lastName, email" in found["mappings"]
+        stored = (
+            await service.stub.GetDestination(
+                pb.GetDestinationRequest(destination_id=destination_id)
+            )
+        ).destination
+        assert stored.spec.person_action == pb.PERSON_ACTION_UPDATE_EXISTING_ONLY
+        assert not stored.spec.marketing_actions
+        # A change the active mapping fits is accepted.
+        accepted = await service.stub.Configure(
+            pb.ConfigureRequest(
+                destination_id=destination_id,
+                spec=spec(name="Renamed", marketing_actions=["analytics"], **update_only),
+            )
+        )
+        assert accepted.destination.spec.name == "Renamed"
+
+
+async def test_profile_only_turned_audience_and_profile_gets_its_lists_at_the_next_activate(
+    service: Service,
+) -> None:
+    destination_id = await activated(
+        service,
+        audiences=[pb.Audience(id="a1", name="CDP a1"), pb.Audience(id="a2")],
+        sync_type=pb.SYNC_TYPE_PROFILE_ONLY,
+    )
+    assert await service.lists() == {}
+    await service.stub.Configure(
+        pb.ConfigureRequest(
+            destination_id=destination_id, spec=spec(sync_type=pb.SYNC_TYPE_AUDIENCE_AND_PROFILE)
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Activate(
+            pb.ActivateRequest(destination_id=destination_id, mappings=STANDARD_MAPPINGS)
+        )
+    found = violations(caught.value)
+    assert "'a2'" in found["audiences"] and "name" in found["audiences"]
+    assert await service.lists() == {}
+
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[pb.Audience(id="a2", name="CDP a2")],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    assert [(a.audience_id, a.list_action) for a in answer.audiences] == [
+        ("a2", pb.LIST_ACTION_CREATED),
+        ("a1", pb.LIST_ACTION_CREATED),
+    ]
+    dump = await service.control("GET", "lists")
+    names = {item["id"]: item["name"] for item in dump["lists"]}
+    assert names == {a.marketo_list_id: f"CDP {a.audience_id}" for a in answer.audiences}
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert {a.audience_id: a.marketo_list_id for a in fetched.audiences} == {
+        a.audience_id: a.marketo_list_id for a in answer.audiences
+    }

@@ -36,6 +36,14 @@ async def test_count_limits_a_fault(client: httpx.AsyncClient) -> None:
     assert [c[0]["code"] if c else None for c in codes] == ["608", "608", None]
 
 
+async def test_skip_lets_the_first_matching_requests_pass(client: httpx.AsyncClient) -> None:
+    await client.post(
+        "/_sandbox/faults", json=[{"path_prefix": "/rest", "code": 608, "skip": 2, "count": 1}]
+    )
+    codes = [(await client.get(DESCRIBE)).json().get("errors") for _ in range(4)]
+    assert [c[0]["code"] if c else None for c in codes] == [None, None, "608", None]
+
+
 async def test_probability_zero_never_fires(client: httpx.AsyncClient) -> None:
     await client.post(
         "/_sandbox/faults", json=[{"path_prefix": "/rest", "code": 608, "probability": 0}]

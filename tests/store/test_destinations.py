@@ -138,7 +138,9 @@ async def test_state_is_kept_apart_from_configuration(store: Store) -> None:
 async def test_activations_upsert_and_deactivate(store: Store) -> None:
     created = await store.create_destination(new_destination())
     first = ActivationRecord("aud-1", "Gold", "segmentation", 1001, "AEP - Gold")
-    second = ActivationRecord("aud-2", "Silver", "custom_upload", 1002, "AEP - Silver")
+    second = ActivationRecord(
+        "aud-2", "Silver", "custom_upload", 1002, "AEP - Silver", created_by_service=True
+    )
     mappings = [
         FieldMapping("person.email", "DedupeField"),
         FieldMapping("person.name.firstName", "firstName", "trim", {"max": "40"}),
@@ -157,6 +159,8 @@ async def test_activations_upsert_and_deactivate(store: Store) -> None:
     assert await store.deactivate(created.id, ["aud-2", "aud-unknown"]) == 1
     assert await store.deactivate(created.id, ["aud-2"]) == 0
     assert [a.active for a in await store.activations(created.id)] == [True, False]
+    assert [a.created_by_service for a in await store.activations(created.id)] == [False, True]
+    assert [a.marketo_list_id for a in await store.activations(created.id)] == [1001, 1002]
     with pytest.raises(DestinationNotFound):
         await store.upsert_activations("dst_missing", [first])
 

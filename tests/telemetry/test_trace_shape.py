@@ -13,13 +13,13 @@ from service.telemetry.core import Telemetry
 from service.telemetry.rpc import server_interceptor
 from service.telemetry.setup import setup_telemetry
 from tests.harness import (
-    CLIENT_ID,
     CLIENT_SECRET,
     ENDPOINT,
     MUNCHKIN,
     STANDARD_MAPPINGS,
     Service,
     running_service,
+    sandbox_token,
     spec,
     update,
 )
@@ -95,23 +95,6 @@ async def delivered(service: Service, destination_id: str) -> pb.Dataflow:
             if flow.pending == 0:
                 return flow
             await asyncio.sleep(0.05)
-
-
-async def sandbox_token(service: Service) -> str:
-    """The access token the sandbox hands these credentials: the same one the service holds
-    while it is valid."""
-    response = await service.http.post(
-        f"{ENDPOINT}/identity/oauth/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-        },
-    )
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
-    assert len(token) >= 16
-    return token
 
 
 def ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:

@@ -104,7 +104,11 @@ class MarketoDestinationServiceServicer:
     def Configure(self, request, context):
         """Creates a destination (empty destination_id) or replaces the spec of an existing one.
         The spec is validated statically and then live against the Marketo instance; nothing is
-        stored when either fails. Needs destinations.view and destinations.manage.
+        stored when either fails. A destination with an active mapping is re-checked as Activate
+        checks it, under the new spec (required mappings for the sync type and person action, the
+        DedupeField row for the dedupe field, data-usage policies of the marketing actions); every
+        violation is reported at once, naming the mapping's rows as mappings[i]. Needs
+        destinations.view and destinations.manage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +146,11 @@ class MarketoDestinationServiceServicer:
 
     def Activate(self, request, context):
         """Activates audiences on a destination with a field mapping: validates the mapping and creates
-        (or links) one Marketo static list per audience. Re-activating is idempotent. Needs
+        (or links) one Marketo static list per audience. Safe to retry: each list is recorded as it
+        is created, so an Activate that failed midway reuses the lists made so far; an audience
+        deactivated with its list kept gets that list back. When the destination keeps lists, active
+        audiences that have none (it was Profile only) get one too. Marketo unavailable is
+        UNAVAILABLE with google.rpc.RetryInfo. Needs
         destinations.view, destinations.activate, profiles.view and segments.view (and
         identity_graph.view when a mapping reads an identity namespace).
         """
@@ -151,7 +159,8 @@ class MarketoDestinationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Deactivate(self, request, context):
-        """Stops exporting audiences of a destination. Their Marketo lists are kept unless asked.
+        """Stops exporting audiences of a destination. Their Marketo lists are kept unless asked;
+        delete_lists deletes only lists the service created, never a linked one. Safe to retry.
         Needs destinations.view and destinations.activate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
