@@ -8,6 +8,7 @@ import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from tests.e2e.test_sync import REALIZED, by_email, delivered, seed, sync
+from tests.e2e.test_sync import setup as sync_setup
 from tests.harness import Service, spec, update, violations
 
 POLICY_MAPPINGS = (
@@ -22,17 +23,8 @@ POLICY_MAPPINGS = (
 
 
 async def setup(service: Service, **changes: object) -> tuple[str, int]:
-    destination_id = (
-        await service.stub.Configure(pb.ConfigureRequest(spec=spec(**changes)))
-    ).destination.id
-    answer = await service.stub.Activate(
-        pb.ActivateRequest(
-            destination_id=destination_id,
-            audiences=[pb.Audience(id="a1", name=f"List {destination_id}")],
-            mappings=POLICY_MAPPINGS,
-        )
-    )
-    return destination_id, answer.audiences[0].marketo_list_id
+    destination_id, lists = await sync_setup(service, mappings=POLICY_MAPPINGS, **changes)
+    return destination_id, lists["a1"]
 
 
 async def outcome_of(service: Service, destination_id: str, profile_id: str) -> pb.ProfileOutcome:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,35 +175,50 @@ async def _check_upgraded(store: Store, destination: str) -> None:
     assert "a@x" not in record.outcome.reason
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-async def test_counters_by_reason_are_folded_into_exclusion_codes(
-    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+Rows = Callable[[Callable[[str, tuple[Any, ...]], object], str], None]
+
+
+async def _upgrade(
+    dialect: Dialect,
+    tmp_path: Path,
+    box: SecretBox,
+    clock: FakeClock,
+    before: list[Migration],
+    write_rows: Rows,
+    check: Callable[[Store, str], Awaitable[None]],
 ) -> None:
-    before = _before_exclusion_codes(dialect)
+    """Create a destination under the `before` migrations, write old rows with `write_rows`
+    (SQL with `{0}` placeholders), then open with every migration and `check`."""
     if dialect == "sqlite":
         path = tmp_path / "store.db"
         async with await SqliteStore.open(path, box, clock=clock, migrations=before) as old:
             created = await old.create_destination(new_destination())
         connection = sqlite3.connect(path)
         try:
-            _write_old_rows(
-                lambda sql, params: connection.execute(sql.format("?"), params), created.id
-            )
+            write_rows(lambda sql, params: connection.execute(sql.format("?"), params), created.id)
             connection.commit()
         finally:
             connection.close()
         async with await SqliteStore.open(path, box, clock=clock) as store:
-            await _check_upgraded(store, created.id)
+            await check(store, created.id)
         return
-    with fresh_database("md_codes") as url:
+    with fresh_database("md_upgrade") as url:
         async with await PostgresStore.open(url, box, clock=clock, migrations=before) as old_pg:
             created = await old_pg.create_destination(new_destination())
         with psycopg.connect(url) as pg:
-            _write_old_rows(
+            write_rows(
                 lambda sql, params: pg.execute(sql.format("%s").encode(), params), created.id
             )
         async with await PostgresStore.open(url, box, clock=clock) as store:
-            await _check_upgraded(store, created.id)
+            await check(store, created.id)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_counters_by_reason_are_folded_into_exclusion_codes(
+    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+) -> None:
+    before = _before_exclusion_codes(dialect)
+    await _upgrade(dialect, tmp_path, box, clock, before, _write_old_rows, _check_upgraded)
 
 
 _OLD_MAPPINGS = (
@@ -245,27 +260,12 @@ async def test_rows_from_before_write_policies_read_as_always_and_are_found_by_d
     dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
 ) -> None:
     before = _before_kept_fields(dialect)
-    if dialect == "sqlite":
-        path = tmp_path / "store.db"
-        async with await SqliteStore.open(path, box, clock=clock, migrations=before) as old:
-            created = await old.create_destination(new_destination())
-        connection = sqlite3.connect(path)
-        try:
-            _write_rows_before_kept_fields(
-                lambda sql, params: connection.execute(sql.format("?"), params), created.id
-            )
-            connection.commit()
-        finally:
-            connection.close()
-        async with await SqliteStore.open(path, box, clock=clock) as store:
-            await _check_kept_fields_upgrade(store, created.id)
-        return
-    with fresh_database("md_kept") as url:
-        async with await PostgresStore.open(url, box, clock=clock, migrations=before) as old_pg:
-            created = await old_pg.create_destination(new_destination())
-        with psycopg.connect(url) as pg:
-            _write_rows_before_kept_fields(
-                lambda sql, params: pg.execute(sql.format("%s").encode(), params), created.id
-            )
-        async with await PostgresStore.open(url, box, clock=clock) as store:
-            await _check_kept_fields_upgrade(store, created.id)
+    await _upgrade(
+        dialect,
+        tmp_path,
+        box,
+        clock,
+        before,
+        _write_rows_before_kept_fields,
+        _check_kept_fields_upgrade,
+    )
