@@ -216,6 +216,10 @@ class Schema:
         return _coerce(spec, value)
 
 
+TEXT_TYPES = frozenset({"email", "string", "text", "phone", "url"})
+"""Data types whose values are text."""
+
+
 def _coerce(spec: FieldSpec, value: Any) -> LeadValue:
     kind = spec.data_type
     if isinstance(value, bool) and kind != "boolean":

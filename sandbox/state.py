@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.limits import Usage
-from sandbox.schema import LeadValue, Schema, iso_z
+from sandbox.schema import TEXT_TYPES, LeadValue, Schema, iso_z
 from sandbox.settings import SandboxSettings
 
 
@@ -111,9 +111,10 @@ class DeletedLead:
 
 
 def index_key(data_type: str, value: LeadValue) -> LeadValue:
-    """Lookups match e-mail addresses case-insensitively, like Marketo's dedupe."""
-    if data_type == "email" and isinstance(value, str):
-        return value.lower()
+    """Lookups match text (e-mail addresses and other strings) ignoring case and surrounding
+    white space, like Marketo's dedupe and the service's planner (`service.domain.dedupe_key`)."""
+    if data_type in TEXT_TYPES and isinstance(value, str):
+        return value.strip().casefold()
     return value
 
 

@@ -69,6 +69,29 @@ class SyncRules:
         return self.partition or DEFAULT_PARTITION
 
 
+class WritePolicy(enum.StrEnum):
+    """When a mapped value is written to an existing lead (a created lead gets every non-empty
+    mapped value)."""
+
+    ALWAYS = "always"
+    """Every update writes the value."""
+    IF_EMPTY = "if_empty"
+    """Written only while Marketo's value is empty; otherwise Marketo's value is kept."""
+    NEVER_CLEAR = "never_clear"
+    """An empty source value is not written: it never clears Marketo's value."""
+
+
+def is_empty(value: Any) -> bool:
+    """Whether a field value is empty: null, or text of white space only."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def dedupe_key(value: str) -> str:
+    """The key two dedupe values are the same person under: Marketo's look-up ignores case and
+    surrounding white space. The planner groups by it and ListProfileOutcomes finds by it."""
+    return value.strip().casefold()
+
+
 @dataclass(frozen=True, slots=True)
 class FieldMapping:
     """One mapping row: a profile path to a Marketo field (or `DedupeField`)."""
@@ -78,6 +101,7 @@ class FieldMapping:
     transform: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
+    write: WritePolicy = WritePolicy.ALWAYS
 
 
 class MembershipStatus(enum.StrEnum):
@@ -175,6 +199,8 @@ class ExclusionCode(enum.StrEnum):
     """No lead matched and the rules do not create one."""
     MISSING_REQUIRED = "missing_required"
     """A lead would be created but an attribute Marketo needs is missing."""
+    DEDUPE_VALUE_HAS_COMMA = "dedupe_value_has_comma"
+    """The dedupe value holds a comma: Marketo's look-up splits its values on commas."""
     UNKNOWN = "unknown"
     """Counted before exclusions had codes, under a reason that maps to none of the above."""
 
@@ -207,6 +233,8 @@ class Outcome:
     """Set on EXCLUDED outcomes: what `GetDataflow` counts them by."""
     field: str = ""
     """EXCLUDED: the Marketo field the exclusion concerns, "" when none."""
+    kept_fields: tuple[str, ...] = ()
+    """ACTIVATED: the Marketo fields whose value the mapping's write policy kept, sorted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from service.domain import (
     Rejected,
     SyncAck,
     SyncType,
+    WritePolicy,
 )
 from service.errors import InvalidArgument
 from service.store.base import (
@@ -117,6 +118,16 @@ _ACTION_PB: dict[ActionType, pb.ActionType] = {
     ActionType.UPDATED: pb.ACTION_TYPE_UPDATED,
     ActionType.ADDED: pb.ACTION_TYPE_ADDED,
     ActionType.REMOVED: pb.ACTION_TYPE_REMOVED,
+}
+_WRITE_POLICY: dict[int, WritePolicy] = {
+    pb.WRITE_POLICY_ALWAYS: WritePolicy.ALWAYS,
+    pb.WRITE_POLICY_IF_EMPTY: WritePolicy.IF_EMPTY,
+    pb.WRITE_POLICY_NEVER_CLEAR: WritePolicy.NEVER_CLEAR,
+}
+_WRITE_POLICY_PB: dict[WritePolicy, pb.WritePolicy] = {
+    WritePolicy.ALWAYS: pb.WRITE_POLICY_ALWAYS,
+    WritePolicy.IF_EMPTY: pb.WRITE_POLICY_IF_EMPTY,
+    WritePolicy.NEVER_CLEAR: pb.WRITE_POLICY_NEVER_CLEAR,
 }
 
 
@@ -225,6 +236,7 @@ def mapping_pb(mapping: FieldMapping) -> pb.FieldMapping:
         transform=mapping.transform or "",
         options=dict(mapping.options),
         labels=list(mapping.labels),
+        write_policy=_WRITE_POLICY_PB[mapping.write],
     )
 
 
@@ -295,13 +307,21 @@ def audience(message: pb.Audience, index: int) -> Audience:
     )
 
 
-def field_mapping(message: pb.FieldMapping) -> FieldMapping:
+def field_mapping(message: pb.FieldMapping, index: int) -> FieldMapping:
+    """Convert a mapping row; raise InvalidArgument for a write policy this version does not
+    know."""
+    violations: list[FieldViolation] = []
+    field = f"mappings[{index}].write_policy"
+    write = _enum(message.write_policy, _WRITE_POLICY, field, violations)
+    if violations:
+        raise InvalidArgument(violations)
     return FieldMapping(
         source=message.source.strip(),
         target=message.target.strip(),
         transform=message.transform.strip() or None,
         options=dict(message.options),
         labels=tuple(message.labels),
+        write=write or WritePolicy.ALWAYS,
     )
 
 
@@ -415,6 +435,7 @@ def _outcome_pb(outcome: Outcome) -> pb.ProfileOutcome:
         update_id=outcome.update_id,
         exclusion_code=outcome.exclusion_code.value if outcome.exclusion_code else "",
         field=outcome.field,
+        kept_fields=list(outcome.kept_fields),
     )
 
 

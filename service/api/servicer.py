@@ -85,7 +85,7 @@ class MarketoDestinationServicer:
         activated = await self._app.activations.activate(
             convert.destination_id(request.destination_id),
             [convert.audience(a, i) for i, a in enumerate(request.audiences)],
-            [convert.field_mapping(m) for m in request.mappings],
+            [convert.field_mapping(m, i) for i, m in enumerate(request.mappings)],
             dry_run=request.dry_run,
         )
         return pb.ActivateResponse(audiences=[convert.activated_audience_pb(a) for a in activated])

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.engine import BatchResult, KeyedLocks, SyncEngine
 from service.delivery.engine.bulk import BulkSyncEngine
-from service.domain import DestinationSpec, FieldMapping, Outcome
+from service.domain import DEDUPE_TARGET, DestinationSpec, FieldMapping, Outcome, WritePolicy
 from service.errors import FailedPrecondition
 from service.mapping.mapper import FieldType, Mapper, MappingConfigError, missing_fields
 from service.marketo.client import MarketoClient
@@ -73,6 +73,11 @@ class _Prepared:
     spec: DestinationSpec
     client: MarketoClient
     mapper: Mapper
+
+    @property
+    def write_policies(self) -> dict[str, WritePolicy]:
+        """Each mapped Marketo field's write policy (the dedupe row is never written by id)."""
+        return {m.target: m.write for m in self.mappings if m.target != DEDUPE_TARGET}
 
 
 @dataclass(slots=True)
@@ -375,6 +380,7 @@ class BatchDelivery:
                 locks=self._locks.setdefault(record.instance_key, KeyedLocks()),
                 batch_size=min(self._settings.batch_size, 300),
                 planning_scope=self._telemetry.mapping_span if self._telemetry else None,
+                write_policies=prepared.write_policies,
             )
         return SyncEngine(
             prepared.client,
@@ -385,6 +391,7 @@ class BatchDelivery:
             batch_size=min(self._settings.batch_size, 300),
             planning_scope=self._telemetry.mapping_span if self._telemetry else None,
             configuration_stops=configuration_stops,
+            write_policies=prepared.write_policies,
         )
 
     async def _run_engine(

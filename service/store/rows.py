@@ -33,6 +33,7 @@ from service.domain import (
     PersonAction,
     ProfileUpdate,
     SyncType,
+    WritePolicy,
 )
 from service.store.base import (
     AlertRecord,
@@ -400,7 +401,7 @@ OUTBOX_COLUMNS = (
 
 OUTCOME_COLUMNS = (
     "id, destination_id, update_id, profile_id, dedupe_value, event_time, recorded_at, kind, "
-    "actions, lead_id, reason, marketo_code, exclusion_code, exclusion_field"
+    "actions, lead_id, reason, marketo_code, exclusion_code, exclusion_field, kept_fields"
 )
 
 
@@ -497,6 +498,7 @@ def dumps_mappings(mappings: Iterable[FieldMapping]) -> str:
                 "transform": mapping.transform,
                 "options": dict(mapping.options),
                 "labels": list(mapping.labels),
+                "write": mapping.write.value,
             }
             for mapping in mappings
         ]
@@ -511,6 +513,8 @@ def loads_mappings(text: str) -> tuple[FieldMapping, ...]:
             transform=item["transform"],
             options=item["options"],
             labels=tuple(item["labels"]),
+            # rows stored before write policies have none: always
+            write=WritePolicy(item.get("write", WritePolicy.ALWAYS)),
         )
         for item in json.loads(text)
     )
@@ -557,6 +561,7 @@ def outcome_record(row: Sequence[Any]) -> OutcomeRecord:
         marketo_code=row[11],
         exclusion_code=_exclusion_code(row[12]),
         field=row[13],
+        kept_fields=tuple(json.loads(row[14])),
     )
     return OutcomeRecord(
         destination_id=row[1],

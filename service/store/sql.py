@@ -24,7 +24,14 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from service.domain import UNDECODABLE, DecodedBatch, FieldMapping, Outcome, OutcomeKind
+from service.domain import (
+    UNDECODABLE,
+    DecodedBatch,
+    FieldMapping,
+    Outcome,
+    OutcomeKind,
+    dedupe_key,
+)
 from service.store.base import (
     CLAIM_MAX_BYTES,
     UNPACK_STEP,
@@ -229,6 +236,8 @@ OUTCOME_INSERT: tuple[Column, ...] = (
     ("exclusion_code", "text"),
     ("exclusion_field", "text"),
     ("digest", "text"),
+    ("kept_fields", "text"),
+    ("dedupe_key", "text"),
 )
 
 WATERMARK_INSERT: tuple[Column, ...] = (
@@ -816,6 +825,8 @@ class SqlStore(ABC):
                         outcome.exclusion_code.value if outcome.exclusion_code else "",
                         outcome.field,
                         deleted[entry.sequence],
+                        dumps(list(outcome.kept_fields)),
+                        dedupe_key(outcome.dedupe_value) if outcome.dedupe_value else None,
                     )
                     for entry, outcome in kept
                 ],
@@ -943,7 +954,7 @@ class SqlStore(ABC):
         filters = {
             "destination_id = ?": destination_id,
             "profile_id = ?": profile_id,
-            "dedupe_value = ?": dedupe_value,
+            "dedupe_key = ?": dedupe_key(dedupe_value) if dedupe_value is not None else None,
             "id < ?": after[0] if after is not None else None,
         }
         given = {condition: value for condition, value in filters.items() if value is not None}

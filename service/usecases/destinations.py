@@ -3,9 +3,10 @@
 Configure validates a spec in two steps, and stores nothing unless both pass:
 1. static rules (PRODUCT.md): every violated field is reported at once;
 2. live checks against the Marketo instance: credentials give a token, the workspace and the
-   partition exist, the dedupe field is searchable, the API user may write leads; and, for a
-   destination with an active mapping, the rules Activate applies (`mapping_rules`) hold for
-   that mapping under the new spec (sync type, person action, dedupe field, marketing actions).
+   partition exist, the dedupe field is searchable (and writable when the destination creates
+   leads), the API user may write leads; and, for a destination with an active mapping, the
+   rules Activate applies (`mapping_rules`) hold for that mapping under the new spec (sync type,
+   person action, dedupe field, marketing actions).
 """
 
 from __future__ import annotations
@@ -268,6 +269,17 @@ async def live_violations(client: MarketoClient, spec: DestinationSpec) -> list[
                 f"usable: {list(description.dedupe_fields)}",
             )
         )
+    elif spec.sync_type is not None and spec.rules().creates_leads:
+        read_only = {f.name for f in description.fields if not f.updateable}
+        if spec.dedupe_field in read_only:
+            violations.append(
+                FieldViolation(
+                    "spec.dedupe_field",
+                    f"{spec.dedupe_field!r} is not updateable through the API: a lead "
+                    "created by the destination could not carry it; choose a writable field "
+                    "or PERSON_ACTION_UPDATE_EXISTING_ONLY",
+                )
+            )
     if not violations:
         await _check_write_access(client)
     return violations

@@ -67,6 +67,7 @@ class Preview:
         decided = {o.update_id: o for o in result.outcomes}
         created = set(result.create)
         updated = {u.dedupe_value: u.lead_id for u in result.update}
+        kept = {u.dedupe_value: u.kept_fields for u in result.update}
         outcomes: dict[str, Outcome] = dict(decided)
         for person in result.plan.persons:
             for update in person.updates:
@@ -89,6 +90,7 @@ class Preview:
                     kind=OutcomeKind.ACTIVATED,
                     actions=tuple(actions),
                     lead_id=updated.get(person.dedupe_value),
+                    kept_fields=kept.get(person.dedupe_value, ()),
                 )
         return PreviewResult(
             created=len(result.create),

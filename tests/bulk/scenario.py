@@ -22,6 +22,7 @@ from service.domain import (
     ProfileMapper,
     ProfileUpdate,
     SyncRules,
+    WritePolicy,
 )
 from service.marketo.types import ImportJob
 from tests.engine.sandbox_env import Sandbox, running_sandbox
@@ -246,6 +247,7 @@ async def run(
     policy: BulkPolicy | None = None,
     mapper: ProfileMapper | None = None,
     before_write: Hook | None = None,
+    write_policies: Mapping[str, WritePolicy] | None = None,
 ) -> Run:
     async with running_sandbox() as sb:
         ids = await sb.seed(
@@ -276,9 +278,16 @@ async def run(
                 clock=sb.clock,
                 policy=policy or quick_policy(),
                 audience_lists=lists,
+                write_policies=write_policies,
             )
         else:
-            engine = SyncEngine(port, rules, mapper or ScenarioMapper(), audience_lists=lists)
+            engine = SyncEngine(
+                port,
+                rules,
+                mapper or ScenarioMapper(),
+                audience_lists=lists,
+                write_policies=write_policies,
+            )
         result = await engine.sync(list(updates if updates is not None else make_updates()))
         after = await sb.calls()
         calls = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}

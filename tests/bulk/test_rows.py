@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.domain import FieldMapping, PersonAction, SyncRules, SyncType
+from service.domain import FieldMapping, PersonAction, SyncRules, SyncType, WritePolicy
 from service.mapping.mapper import FieldType, Mapper
 from service.mapping.registry import PluginRegistry
 from tests.bulk.scenario import EVENT, R, ScenarioMapper, make_updates, quick_policy, run
@@ -171,3 +171,22 @@ async def test_a_full_import_queue_is_waited_out() -> None:
     ours = len(bulk.imports)
     # the creating import was answered 1016 at least once, then queued once there was room
     assert bulk.calls["POST /bulk/v1/leads.json"] > 10 + ours
+
+
+async def test_write_policies_give_the_same_state_and_kept_fields_on_both_paths() -> None:
+    policies = {"firstName": WritePolicy.IF_EMPTY, "city": WritePolicy.NEVER_CLEAR}
+    rest = await run(BOTH, bulk=False, write_policies=policies)
+    bulk = await run(BOTH, bulk=True, write_policies=policies)
+    assert_same(rest, bulk)
+    kept = {o.update_id: o.kept_fields for o in rest.result.outcomes if o.kept_fields}
+    assert kept == {o.update_id: o.kept_fields for o in bulk.result.outcomes if o.kept_fields}
+    # the seeded leads all have a first name: if_empty keeps every one of them
+    assert kept["u_dup"] == ("firstName",)
+    assert kept["u_part"] == ("firstName",)
+    dup = [
+        fields
+        for _, partition, fields in bulk.leads
+        if partition == "EMEA" and ("lastName", "Dup2") in fields
+    ]
+    assert dup and ("firstName", "Newer") in dup[0]
+    assert bulk.jobs  # the bulk path did import

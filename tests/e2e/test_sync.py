@@ -29,7 +29,10 @@ EXITED = pb.MEMBERSHIP_STATUS_EXITED
 
 
 async def setup(
-    service: Service, audiences: Sequence[str] = ("a1",), **changes: object
+    service: Service,
+    audiences: Sequence[str] = ("a1",),
+    mappings: Sequence[pb.FieldMapping] = STANDARD_MAPPINGS,
+    **changes: object,
 ) -> tuple[str, dict[str, int]]:
     """A configured and activated destination; returns its id and audience -> list id."""
     destination_id = (
@@ -39,7 +42,7 @@ async def setup(
         pb.ActivateRequest(
             destination_id=destination_id,
             audiences=[pb.Audience(id=a, name=f"List {destination_id} {a}") for a in audiences],
-            mappings=STANDARD_MAPPINGS,
+            mappings=mappings,
         )
     )
     return destination_id, {a.audience_id: a.marketo_list_id for a in answer.audiences}

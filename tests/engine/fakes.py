@@ -39,6 +39,10 @@ class FakeMarketo:
     leads: dict[int, FakeLead] = field(default_factory=dict)
     lists: dict[int, set[int]] = field(default_factory=dict)
     calls: list[tuple[str, int]] = field(default_factory=list)
+    written: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Every Sync Leads record sent, with its action."""
+    asked: list[tuple[str, ...]] = field(default_factory=list)
+    """The fields each look-up asked for."""
     faults: dict[str, list[Exception]] = field(default_factory=dict)
     after_apply: dict[str, list[Exception]] = field(default_factory=dict)
     before: dict[str, Callable[[], object]] = field(default_factory=dict)
@@ -86,11 +90,13 @@ class FakeMarketo:
     ) -> list[Lead]:
         assert len(values) <= 300
         await self._enter("find_leads", len(values))
-        wanted = {str(v).casefold() for v in values}
+        self.asked.append(tuple(fields or ()))
+        # Marketo's look-up ignores case and surrounding white space
+        wanted = {str(v).strip().casefold() for v in values}
         found = []
         for lead in self.leads.values():
             value = lead.fields.get(filter_type)
-            if value is not None and str(value).casefold() in wanted:
+            if value is not None and str(value).strip().casefold() in wanted:
                 data = {"id": lead.id, **{f: lead.fields.get(f) for f in fields or ()}}
                 found.append(Lead(lead.id, lead.updated_at, None, data))
         return found
@@ -105,6 +111,7 @@ class FakeMarketo:
     ) -> list[RecordResult]:
         assert len(records) <= 300
         await self._enter(f"sync_leads:{action}", len(records))
+        self.written.extend((str(action), dict(record)) for record in records)
         if self.reject_if is not None:
             for record in records:
                 error = self.reject_if(record)

@@ -19,6 +19,7 @@ from service.domain import (
     ProfileUpdate,
     SyncRules,
     SyncType,
+    WritePolicy,
 )
 from service.marketo.errors import (
     ConfigurationError,
@@ -387,3 +388,103 @@ async def test_create_whose_outcome_stays_unknown_is_deferred() -> None:
     assert result.watermarks == {}
     # every retry of the create was preceded by a fresh look-up
     assert [name for name, _ in fake.calls] == ["find_leads", CREATE_CALL] * 3
+
+
+# -- write policies and the dedupe field -----------------------------------------------------
+
+POLICIES = {"firstName": WritePolicy.IF_EMPTY, "city": WritePolicy.NEVER_CLEAR}
+
+
+async def test_if_empty_keeps_a_marketo_value_and_fills_an_empty_one() -> None:
+    fake = FakeMarketo()
+    held = fake.seed(email="held@x.io", firstName="Marketo", lastName="M")
+    blank = fake.seed(email="blank@x.io", firstName="  ", lastName="B")
+    result = await engine(fake, CREATE, write_policies=POLICIES).sync(
+        [person("u1", "held@x.io"), person("u2", "blank@x.io")]
+    )
+    outcomes = by_update(result)
+    assert fake.leads[held].fields["firstName"] == "Marketo"
+    assert fake.leads[held].fields["lastName"] == "Lu1"
+    assert fake.leads[blank].fields["firstName"] == "Fu2"
+    assert outcomes["u1"].kept_fields == ("firstName",)
+    assert outcomes["u2"].kept_fields == ()
+    # one look-up, asking for the policy fields beside the dedupe field
+    assert fake.count("find_leads") == 1
+    assert {"email", "firstName", "city"} <= set(fake.asked[0])
+
+
+async def test_never_clear_skips_an_empty_value_and_writes_a_real_one() -> None:
+    fake = FakeMarketo()
+    kept = fake.seed(email="k@x.io", city="Paris")
+    changed = fake.seed(email="c@x.io", city="Lyon")
+    empty = fake.seed(email="e@x.io")
+    result = await engine(fake, CREATE, write_policies=POLICIES).sync(
+        [
+            person("u1", "k@x.io", city=""),
+            person("u2", "c@x.io", city="Nice"),
+            person("u3", "e@x.io", city=" "),
+        ]
+    )
+    outcomes = by_update(result)
+    assert fake.leads[kept].fields["city"] == "Paris"
+    assert fake.leads[changed].fields["city"] == "Nice"
+    assert "city" not in fake.leads[empty].fields
+    assert outcomes["u1"].kept_fields == ("city",)
+    assert outcomes["u2"].kept_fields == ()
+    # Marketo held nothing: nothing was kept
+    assert outcomes["u3"].kept_fields == ()
+
+
+async def test_without_policies_an_empty_value_clears_marketo() -> None:
+    fake = FakeMarketo()
+    lead = fake.seed(email="k@x.io", city="Paris", firstName="Marketo")
+    result = await engine(fake, CREATE).sync([person("u1", "k@x.io", city="")])
+    assert fake.leads[lead].fields["city"] == ""
+    assert fake.leads[lead].fields["firstName"] == "Fu1"
+    assert result.outcomes[0].kept_fields == ()
+
+
+async def test_a_created_lead_gets_if_empty_values_but_no_empty_never_clear_value() -> None:
+    fake = FakeMarketo()
+    result = await engine(fake, CREATE, write_policies=POLICIES).sync(
+        [person("u1", "new@x.io", city="")]
+    )
+    (outcome,) = result.outcomes
+    assert outcome.actions[0] == Action(ActionType.CREATED)
+    assert outcome.lead_id is not None
+    assert fake.leads[outcome.lead_id].fields == {
+        "email": "new@x.io",
+        "firstName": "Fu1",
+        "lastName": "Lu1",
+    }
+    assert outcome.kept_fields == ()
+
+
+async def test_dry_run_says_which_values_the_policies_would_keep() -> None:
+    fake = FakeMarketo()
+    known = fake.seed(email="k@x.io", firstName="Marketo", city="Paris")
+    report = await engine(fake, CREATE, write_policies=POLICIES).dry_run(
+        [person("u1", "k@x.io", city="")]
+    )
+    assert [(u.lead_id, u.kept_fields) for u in report.update] == [(known, ("city", "firstName"))]
+    assert fake.leads[known].fields["firstName"] == "Marketo"
+
+
+async def test_update_by_id_never_writes_the_dedupe_field_back() -> None:
+    fake = FakeMarketo()
+    lead = fake.seed(email="Ann.Lee@X.io")
+    result = await engine(fake, CREATE).sync([person("u1", " ann.lee@x.io ")])
+    assert result.outcomes[0].lead_id == lead
+    ((action, record),) = fake.written
+    assert action == str(SyncAction.UPDATE_ONLY)
+    assert record == {"id": lead, "firstName": "Fu1", "lastName": "Lu1"}
+    # Marketo's spelling of the address stays
+    assert fake.leads[lead].fields["email"] == "Ann.Lee@X.io"
+
+
+async def test_a_create_carries_the_dedupe_field() -> None:
+    fake = FakeMarketo()
+    await engine(fake, CREATE).sync([person("u1", "new@x.io")])
+    ((action, record),) = fake.written
+    assert action == str(SyncAction.CREATE_ONLY)
+    assert record["email"] == "new@x.io"

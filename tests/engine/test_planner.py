@@ -165,3 +165,49 @@ def test_mapper_raising_missing_dedupe_value_is_no_dedupe_value() -> None:
     plan = plan_batch([upd("u", "p", 1, first="Ann")], BOTH, PathMapper(raise_on_missing=True))
     assert kinds(plan) == {"u": (OutcomeKind.EXCLUDED, "no dedupe value")}
     assert plan.outcomes[0].exclusion_code is ExclusionCode.MISSING_DEDUPE_VALUE
+
+
+def test_a_dedupe_value_with_a_comma_is_excluded_saying_why() -> None:
+    plan = plan_batch(
+        [upd("comma", "p1", 1, email="a,b@x.io"), upd("fine", "p2", 1, email="c@x.io")],
+        BOTH,
+        PathMapper(),
+    )
+    (outcome,) = plan.outcomes
+    assert (outcome.update_id, outcome.kind) == ("comma", OutcomeKind.EXCLUDED)
+    assert (outcome.exclusion_code, outcome.field) == (
+        ExclusionCode.DEDUPE_VALUE_HAS_COMMA,
+        "email",
+    )
+    assert "comma" in outcome.reason and "separator" in outcome.reason
+    assert outcome.dedupe_value == "a,b@x.io"
+    assert [p.dedupe_value for p in plan.persons] == ["c@x.io"]
+
+
+def test_every_excluded_outcome_carries_a_dedupe_value_it_knows() -> None:
+    refused = {"marketing": {"any": {"val": "n"}}}
+    plan = plan_batch(
+        [
+            upd("consent", "p1", 1, email="a@x.io", consents=refused),
+            upd("rejected", "p2", 1, email="c@x.io", city="!"),
+            upd("nodedupe", "p3", 1, first="Ann", consents=refused),
+        ],
+        BOTH,
+        PathMapper(),
+    )
+    assert {o.update_id: o.dedupe_value for o in plan.outcomes} == {
+        "consent": "a@x.io",
+        "rejected": None,  # the mapping refused the profile: no value is known
+        "nodedupe": None,
+    }
+
+
+def test_dedupe_values_differing_in_case_and_spaces_are_one_person() -> None:
+    plan = plan_batch(
+        [upd("u1", "p1", 1, email=" Ann@X.io"), upd("u2", "p2", 2, email="ann@x.io ")],
+        BOTH,
+        PathMapper(),
+    )
+    (person,) = plan.persons
+    assert {u.update_id for u in person.updates} == {"u2"}
+    assert [o.update_id for o in plan.outcomes] == ["u1"]

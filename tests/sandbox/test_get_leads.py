@@ -233,3 +233,26 @@ async def test_unknown_resource_is_610(client: httpx.AsyncClient) -> None:
     assert error_code(body) == "610"
     double = (await client.get("//rest/v1/leads/describe.json")).json()
     assert error_code(double) == "610"
+
+
+async def test_text_look_ups_ignore_case_and_surrounding_spaces(client: httpx.AsyncClient) -> None:
+    await seed(client, {"email": "Ann@Example.com", "customerId": "Cx-1 "})
+    for filter_type, value in (("email", " ANN@example.COM"), ("customerId", "cX-1")):
+        body = (
+            await client.get(
+                "/rest/v1/leads.json",
+                params={"filterType": filter_type, "filterValues": value, "fields": "email"},
+            )
+        ).json()
+        assert body["result"] == [{"id": 1, "email": "Ann@Example.com"}], filter_type
+
+
+async def test_a_comma_in_filter_values_separates_two_values(client: httpx.AsyncClient) -> None:
+    await seed(client, {"email": "a@example.com"}, {"email": "b@example.com"})
+    body = (
+        await client.get(
+            "/rest/v1/leads.json",
+            params={"filterType": "email", "filterValues": "a@example.com,b@example.com"},
+        )
+    ).json()
+    assert [record["email"] for record in body["result"]] == ["a@example.com", "b@example.com"]

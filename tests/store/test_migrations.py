@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from service.domain import ExclusionCode
+from service.domain import ExclusionCode, WritePolicy
 from service.store.base import Store
 from service.store.migrations import Dialect, Migration, load_migrations
 from service.store.postgres import PostgresStore
@@ -175,32 +175,97 @@ async def _check_upgraded(store: Store, destination: str) -> None:
     assert "a@x" not in record.outcome.reason
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-async def test_counters_by_reason_are_folded_into_exclusion_codes(
-    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+Rows = Callable[[Callable[[str, tuple[Any, ...]], object], str], None]
+
+
+async def _upgrade(
+    dialect: Dialect,
+    tmp_path: Path,
+    box: SecretBox,
+    clock: FakeClock,
+    before: list[Migration],
+    write_rows: Rows,
+    check: Callable[[Store, str], Awaitable[None]],
 ) -> None:
-    before = _before_exclusion_codes(dialect)
+    """Create a destination under the `before` migrations, write old rows with `write_rows`
+    (SQL with `{0}` placeholders), then open with every migration and `check`."""
     if dialect == "sqlite":
         path = tmp_path / "store.db"
         async with await SqliteStore.open(path, box, clock=clock, migrations=before) as old:
             created = await old.create_destination(new_destination())
         connection = sqlite3.connect(path)
         try:
-            _write_old_rows(
-                lambda sql, params: connection.execute(sql.format("?"), params), created.id
-            )
+            write_rows(lambda sql, params: connection.execute(sql.format("?"), params), created.id)
             connection.commit()
         finally:
             connection.close()
         async with await SqliteStore.open(path, box, clock=clock) as store:
-            await _check_upgraded(store, created.id)
+            await check(store, created.id)
         return
-    with fresh_database("md_codes") as url:
+    with fresh_database("md_upgrade") as url:
         async with await PostgresStore.open(url, box, clock=clock, migrations=before) as old_pg:
             created = await old_pg.create_destination(new_destination())
         with psycopg.connect(url) as pg:
-            _write_old_rows(
+            write_rows(
                 lambda sql, params: pg.execute(sql.format("%s").encode(), params), created.id
             )
         async with await PostgresStore.open(url, box, clock=clock) as store:
-            await _check_upgraded(store, created.id)
+            await check(store, created.id)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_counters_by_reason_are_folded_into_exclusion_codes(
+    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+) -> None:
+    before = _before_exclusion_codes(dialect)
+    await _upgrade(dialect, tmp_path, box, clock, before, _write_old_rows, _check_upgraded)
+
+
+_OLD_MAPPINGS = (
+    '[{"source": "person.email", "target": "DedupeField", "transform": null, "options": {}, '
+    '"labels": []}]'
+)
+
+
+def _before_kept_fields(dialect: Dialect) -> list[Migration]:
+    migrations = load_migrations(dialect)
+    names = [m.name for m in migrations]
+    return migrations[: names.index("kept_fields_dedupe_key")]
+
+
+def _write_rows_before_kept_fields(
+    execute: Callable[[str, tuple[Any, ...]], object], destination: str
+) -> None:
+    hour = to_micros(START.replace(minute=0))
+    execute("UPDATE destinations SET mappings = {0} WHERE id = {0}", (_OLD_MAPPINGS, destination))
+    execute(
+        "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, event_time, "
+        "recorded_at, kind, actions, lead_id, reason, marketo_code) "
+        "VALUES ({0}, {0}, {0}, {0}, {0}, {0}, 'activated', '[]', 7, '', '')",
+        (destination, "u-old", "p-old", " Ann@Example.COM", hour, hour),
+    )
+
+
+async def _check_kept_fields_upgrade(store: Store, destination: str) -> None:
+    (mapping,) = (await store.get_destination(destination, tenant=None)).mappings
+    assert mapping.write is WritePolicy.ALWAYS
+    (record,) = (await store.list_outcomes(destination, dedupe_value="ann@example.com")).items
+    assert record.outcome.update_id == "u-old"
+    assert record.outcome.dedupe_value == " Ann@Example.COM"
+    assert record.outcome.kept_fields == ()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_rows_from_before_write_policies_read_as_always_and_are_found_by_dedupe_key(
+    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+) -> None:
+    before = _before_kept_fields(dialect)
+    await _upgrade(
+        dialect,
+        tmp_path,
+        box,
+        clock,
+        before,
+        _write_rows_before_kept_fields,
+        _check_kept_fields_upgrade,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -233,3 +234,21 @@ async def test_exclusions_are_counted_by_code_and_field_never_by_description(
     (record,) = page.items
     assert record.outcome.exclusion_code is ExclusionCode.VALUE_REJECTED
     assert record.outcome.field == "email"
+
+
+async def test_kept_fields_are_stored_and_outcomes_found_by_dedupe_key(
+    store: Store, destination: DestinationRecord
+) -> None:
+    await append(store, destination.id, INSTANCE, [update(1), update(2)])
+    await unpack(store, INSTANCE)
+    first, second = await store.claim_due(INSTANCE, 10, START)
+    kept = dataclasses.replace(
+        activated(first, ActionType.UPDATED), kept_fields=("city", "firstName")
+    )
+    spelled = dataclasses.replace(activated(second, ActionType.UPDATED), dedupe_value=" Bo@X.io")
+    await store.retire([first, second], [kept, spelled])
+    (record,) = (await store.list_outcomes(destination.id, dedupe_value="P1@EXAMPLE.com")).items
+    assert record.outcome == kept
+    (found,) = (await store.list_outcomes(destination.id, dedupe_value="bo@x.io ")).items
+    assert found.outcome == spelled
+    assert found.outcome.kept_fields == ()

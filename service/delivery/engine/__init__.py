@@ -27,7 +27,6 @@ from service.delivery.engine.planner import (
     REASON_SUPERSEDED_IN_BATCH,
     Plan,
     PlannedPerson,
-    dedupe_key,
     plan_batch,
 )
 from service.delivery.engine.ports import MarketoPort
@@ -51,6 +50,5 @@ __all__ = [
     "PlannedPerson",
     "PlannedUpdate",
     "SyncEngine",
-    "dedupe_key",
     "plan_batch",
 ]

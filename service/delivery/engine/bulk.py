@@ -6,7 +6,8 @@ updated of several matches) and the choice between update, create and exclude ar
 unchanged. Then, wave after wave of resolved persons (look-ups of the next wave overlap the
 imports of the previous one):
 
-1. matched persons are written by id: a CSV of `id` + mapped fields, `lookupField=id` (Marketo
+1. matched persons are written by id: a CSV of `id` + the fields the executor settles (write
+   policies applied, no dedupe field), `lookupField=id` (Marketo
    updates only with it, so an import can never create a lead here);
 2. unmatched persons that the rules allow to create are written with `lookupField=<dedupe
    field>` and `partitionName`: an insert-or-update on the dedupe field, so a lead created
@@ -50,9 +51,16 @@ from service.delivery.engine.executor import (
     _Stop,
 )
 from service.delivery.engine.locks import KeyedLocks
-from service.delivery.engine.planner import dedupe_key
 from service.delivery.engine.ports import MarketoPort
-from service.domain import Action, ActionType, OutcomeKind, ProfileMapper, SyncRules
+from service.domain import (
+    Action,
+    ActionType,
+    OutcomeKind,
+    ProfileMapper,
+    SyncRules,
+    WritePolicy,
+    dedupe_key,
+)
 from service.marketo.clock import Clock
 from service.marketo.errors import RejectedError, UnavailableError
 from service.marketo.types import ImportJob, Lead
@@ -262,6 +270,7 @@ class BulkSyncEngine(SyncEngine):
         batch_size: int = BATCH_SIZE,
         max_rounds: int = 3,
         planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
+        write_policies: Mapping[str, WritePolicy] | None = None,
     ) -> None:
         super().__init__(
             client,
@@ -272,6 +281,7 @@ class BulkSyncEngine(SyncEngine):
             batch_size=batch_size,
             max_rounds=max_rounds,
             planning_scope=planning_scope,
+            write_policies=write_policies,
         )
         self._bulk = client
         self._clock = clock
@@ -335,6 +345,7 @@ class BulkSyncEngine(SyncEngine):
             lead = found.get(person.plan.key)
             if lead is not None:
                 person.lead_id = lead.id
+                self._settle(person, lead)
                 if not rules.writes_attributes:
                     run.written.append(person)  # audience only: memberships come later
                     continue
@@ -343,8 +354,9 @@ class BulkSyncEngine(SyncEngine):
                 self._decide_unmatched(person)
                 if person.final:
                     continue
+                self._settle(person, None)
                 kind = "create"
-            fields = {k: v for k, v in person.plan.fields.items() if k != "id"}
+            fields = person.fields
             if not _expressible(fields) or (kind == "create" and rules.dedupe_field not in fields):
                 run.rest.append(person)
                 continue
@@ -368,9 +380,9 @@ class BulkSyncEngine(SyncEngine):
         files = _CsvFiles(header, self._policy.max_file_bytes)
         for person in persons:
             if kind == "create":
-                cells = [_cell(person.plan.fields[c]) for c in header]
+                cells = [_cell(person.fields[c]) for c in header]
             else:
-                values = person.plan.fields
+                values = person.fields
                 cells = [str(person.lead_id), *(_cell(values[c]) for c in header[1:])]
             files.add(person, cells)
         files.close()

@@ -3,8 +3,13 @@
 1. Look the dedupe values up (300 per call, every partition); of several matching leads the most
    recently updated one wins (`updatedAt`, ties by the highest id).
 2. Update matched leads by id (`updateOnly`, `lookupField=id`, no partition): one write for every
-   matched person, including the ones that also get list changes.
-3. Create unmatched leads (`createOnly` + `partitionName`) when the rules allow it. A `1005`
+   matched person, including the ones that also get list changes. The record never carries the
+   dedupe field: the lead was found by it, and writing it back would only replace Marketo's
+   spelling (case, white space) of the same value. Fields whose mapping row has a write policy
+   are settled against the values the look-up read: `if_empty` keeps a non-empty Marketo value,
+   `never_clear` never writes an empty value; the outcome lists the fields so kept.
+3. Create unmatched leads (`createOnly` + `partitionName`) when the rules allow it (without
+   empty values of `never_clear` fields). A `1005`
    (created meanwhile by someone else) or a create whose answer was lost is resolved again with a
    fresh look-up, then updated, never blindly retried.
 4. Add and remove list members by lead id, per audience (300 per call).
@@ -29,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from service.delivery.engine.locks import KeyedLocks
-from service.delivery.engine.planner import Plan, PlannedPerson, dedupe_key, plan_batch
+from service.delivery.engine.planner import Plan, PlannedPerson, plan_batch
 from service.delivery.engine.ports import MarketoPort
 from service.domain import (
     REQUIRED_FOR_CREATE,
@@ -44,6 +49,9 @@ from service.domain import (
     ProfileUpdate,
     SyncRules,
     SyncType,
+    WritePolicy,
+    dedupe_key,
+    is_empty,
 )
 from service.marketo.errors import (
     ConfigurationError,
@@ -66,7 +74,8 @@ NOT_RECORD_CODES = frozenset({"603", "610", "1013"})
 """Whole-request rejections that no record causes: splitting the request would not help."""
 
 LOOKUP_FIELDS = ("updatedAt", "leadPartitionId")
-"""Fields asked for besides the dedupe field: what choosing among duplicates needs."""
+"""Fields asked for besides the dedupe field and the fields with a write policy: what choosing
+among duplicates needs."""
 
 CODE_LEAD_NOT_FOUND = "1004"
 CODE_LEAD_EXISTS = "1005"
@@ -120,6 +129,8 @@ class PlannedUpdate:
 
     dedupe_value: str
     lead_id: int
+    kept_fields: tuple[str, ...] = ()
+    """Fields whose Marketo value the write policies would keep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,9 @@ class _Person:
     plan: PlannedPerson
     lead_id: int | None = None
     created: bool = False
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """What the next write sends (set when the person is resolved)."""
+    kept: tuple[str, ...] = ()
     actions: list[Action] = field(default_factory=list)
     kind: OutcomeKind | None = None
     reason: str = ""
@@ -193,6 +207,7 @@ class _Person:
                 marketo_code=self.code,
                 exclusion_code=self.exclusion.code if self.exclusion else None,
                 field=self.exclusion.field if self.exclusion else "",
+                kept_fields=self.kept if self.kind is OutcomeKind.ACTIVATED else (),
             )
             for u in self.plan.updates
         ]
@@ -247,10 +262,12 @@ class SyncEngine:
         max_rounds: int = 3,
         planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
         configuration_stops: bool = True,
+        write_policies: Mapping[str, WritePolicy] | None = None,
     ) -> None:
         """`planning_scope(n)` wraps the planning (mapping) of n updates, e.g. in a span;
         `configuration_stops`: a configuration error stops the batch (its unfinished updates are
-        deferred) rather than failing the records of the refused request."""
+        deferred) rather than failing the records of the refused request; `write_policies` maps
+        Marketo fields to their mapping row's write policy (absent: always)."""
         self._client = client
         self._rules = rules
         self._mapper = mapper
@@ -260,6 +277,11 @@ class SyncEngine:
         self._max_rounds = max_rounds
         self._planning_scope = planning_scope or (lambda _: contextlib.nullcontext())
         self._configuration_stops = configuration_stops
+        self._policies = {
+            name: policy
+            for name, policy in (write_policies or {}).items()
+            if policy is not WritePolicy.ALWAYS and name != rules.dedupe_field
+        }
 
     @property
     def rules(self) -> SyncRules:
@@ -341,7 +363,8 @@ class SyncEngine:
             lead = found.get(person.plan.key)
             if lead is not None:
                 if self._rules.writes_attributes:
-                    update.append(PlannedUpdate(person.plan.dedupe_value, lead.id))
+                    self._settle(person, lead)
+                    update.append(PlannedUpdate(person.plan.dedupe_value, lead.id, person.kept))
                 for audience in person.plan.joins:
                     joins.setdefault(audience, []).append(person.plan.dedupe_value)
                 for audience in person.plan.exits:
@@ -385,6 +408,7 @@ class SyncEngine:
                 lead = found.get(person.plan.key)
                 if lead is not None:
                     person.lead_id = lead.id
+                    self._settle(person, lead)
                     (to_update if self._rules.writes_attributes else ready).append(person)
                     continue
                 if person.conflicted:
@@ -394,6 +418,7 @@ class SyncEngine:
                     continue
                 self._decide_unmatched(person)
                 if not person.final:
+                    self._settle(person, None)
                     to_create.append(person)
             pending = []
             pending += await self._update(to_update, ready)
@@ -409,6 +434,26 @@ class SyncEngine:
         for person in ready:
             if not person.final:
                 person.kind = OutcomeKind.ACTIVATED
+
+    def _settle(self, person: _Person, lead: Lead | None) -> None:
+        """Set what `person`'s write sends to `lead` (None: a lead to create) under the write
+        policies, and which fields keep Marketo's value."""
+        fields: dict[str, Any] = {}
+        kept: list[str] = []
+        for name, value in person.plan.fields.items():
+            if name == "id" or (lead is not None and name == self._rules.dedupe_field):
+                continue
+            policy = self._policies.get(name, WritePolicy.ALWAYS)
+            current = None if lead is None else lead.fields.get(name)
+            if policy is WritePolicy.IF_EMPTY and not is_empty(current):
+                kept.append(name)
+            elif policy is WritePolicy.NEVER_CLEAR and is_empty(value):
+                if not is_empty(current):
+                    kept.append(name)
+            else:
+                fields[name] = value
+        person.fields = fields
+        person.kept = tuple(sorted(kept))
 
     def _decide_unmatched(self, person: _Person) -> None:
         """Exclude an unmatched person unless a lead may and should be created."""
@@ -454,11 +499,10 @@ class SyncEngine:
         failures: dict[str, RejectedError],
     ) -> None:
         field_name = self._rules.dedupe_field
+        fields = [field_name, *LOOKUP_FIELDS, *sorted(self._policies)]
         try:
             leads = await self._call(
-                self._client.find_leads(
-                    field_name, [value for _, value in chunk], [field_name, *LOOKUP_FIELDS]
-                )
+                self._client.find_leads(field_name, [value for _, value in chunk], fields)
             )
         except RejectedError as error:
             if len(chunk) == 1 or _not_a_record(error):
@@ -507,15 +551,13 @@ class SyncEngine:
         return again
 
     def _update_record(self, person: _Person) -> dict[str, Any]:
-        record = {k: v for k, v in person.plan.fields.items() if k != "id"}
-        record["id"] = person.lead_id
-        return record
+        return {**person.fields, "id": person.lead_id}
 
     async def _create(self, persons: list[_Person], ready: list[_Person]) -> list[_Person]:
         """Create unmatched leads; returns the persons to resolve again (1005, answer lost)."""
         if not persons:
             return []
-        records = [{k: v for k, v in p.plan.fields.items() if k != "id"} for p in persons]
+        records = [dict(p.fields) for p in persons]
         partition = self._rules.create_partition
 
         async def call(part: Sequence[Mapping[str, Any]]) -> list[RecordResult | _Unknown]:

@@ -8,8 +8,9 @@ Rules, in order:
 1. An update older than the profile's watermark (the event time already applied for that profile)
    is superseded and never written.
 2. Per profile, the latest update (event time, then position in the batch) speaks for the profile:
-   consent refused, a mapping rejection or a missing dedupe value exclude it, and the profile's
-   older updates in the batch are superseded by it.
+   consent refused, a mapping rejection, a missing dedupe value or one holding a comma (Marketo's
+   look-up splits its values on commas) exclude it, and the profile's older updates in the batch
+   are superseded by it.
 3. Profiles are coalesced per dedupe value: the latest update's attributes win; memberships are
    merged per audience, the latest event time winning. Older updates that still carry a winning
    membership share the person's outcome; those left with nothing are superseded.
@@ -34,6 +35,7 @@ from service.domain import (
     ProfileMapper,
     ProfileUpdate,
     SyncRules,
+    dedupe_key,
 )
 
 CONSENT_REFUSED = "n"
@@ -44,11 +46,9 @@ REASON_MAPPING_REJECTED = "value rejected by mapping"
 REASON_STALE = "older than the update already applied for this profile"
 REASON_SUPERSEDED_IN_BATCH = "superseded by a newer update in the same batch"
 REASON_NO_AUDIENCE = "no membership of an activated audience"
-
-
-def dedupe_key(value: str) -> str:
-    """The key two dedupe values are the same person under (Marketo matches case-insensitively)."""
-    return value.strip().casefold()
+REASON_DEDUPE_COMMA = (
+    "the dedupe value contains a comma, which Marketo's look-up takes as a separator between values"
+)
 
 
 def value_at(profile: Mapping[str, Any], path: str) -> Any:
@@ -237,7 +237,7 @@ def _evaluate(
     """(exclusion or None, dedupe value, mapped fields) of one update."""
     consent = value_at(update.profile, rules.consent_path)
     if isinstance(consent, str) and consent.strip().lower() == CONSENT_REFUSED:
-        return _CONSENT_REFUSED, None, {}
+        return _CONSENT_REFUSED, _known_dedupe_value(update, mapper), {}
     try:
         mapped = mapper.map_profile(update.profile)
     except MissingDedupeValueError as error:
@@ -249,7 +249,21 @@ def _evaluate(
     dedupe = mapped.dedupe_value
     if dedupe is None or not str(dedupe).strip():
         return _no_dedupe_value(rules.dedupe_field), None, mapped.fields
+    if "," in str(dedupe):
+        comma = Exclusion(
+            ExclusionCode.DEDUPE_VALUE_HAS_COMMA, rules.dedupe_field, REASON_DEDUPE_COMMA
+        )
+        return comma, str(dedupe), mapped.fields
     return None, str(dedupe), mapped.fields
+
+
+def _known_dedupe_value(update: ProfileUpdate, mapper: ProfileMapper) -> str | None:
+    """The update's dedupe value for its outcome, None when the mapping cannot tell it."""
+    try:
+        dedupe = mapper.map_profile(update.profile).dedupe_value
+    except MappingRejectedError:
+        return None
+    return str(dedupe) if dedupe is not None and str(dedupe).strip() else None
 
 
 def _no_dedupe_value(field: str) -> Exclusion:

@@ -41,6 +41,13 @@ class AudienceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIENCE_TYPE_PROSPECT: _ClassVar[AudienceType]
     AUDIENCE_TYPE_DATASET: _ClassVar[AudienceType]
 
+class WritePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WRITE_POLICY_UNSPECIFIED: _ClassVar[WritePolicy]
+    WRITE_POLICY_ALWAYS: _ClassVar[WritePolicy]
+    WRITE_POLICY_IF_EMPTY: _ClassVar[WritePolicy]
+    WRITE_POLICY_NEVER_CLEAR: _ClassVar[WritePolicy]
+
 class ListAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LIST_ACTION_UNSPECIFIED: _ClassVar[ListAction]
@@ -98,6 +105,10 @@ AUDIENCE_TYPE_PEOPLE: AudienceType
 AUDIENCE_TYPE_ACCOUNT: AudienceType
 AUDIENCE_TYPE_PROSPECT: AudienceType
 AUDIENCE_TYPE_DATASET: AudienceType
+WRITE_POLICY_UNSPECIFIED: WritePolicy
+WRITE_POLICY_ALWAYS: WritePolicy
+WRITE_POLICY_IF_EMPTY: WritePolicy
+WRITE_POLICY_NEVER_CLEAR: WritePolicy
 LIST_ACTION_UNSPECIFIED: ListAction
 LIST_ACTION_CREATED: ListAction
 LIST_ACTION_LINKED: ListAction
@@ -326,7 +337,7 @@ class Audience(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., origin: _Optional[str] = ..., type: _Optional[_Union[AudienceType, str]] = ..., marketo_list_id: _Optional[int] = ..., link_existing_list: _Optional[bool] = ...) -> None: ...
 
 class FieldMapping(_message.Message):
-    __slots__ = ("source", "target", "transform", "options", "labels")
+    __slots__ = ("source", "target", "transform", "options", "labels", "write_policy")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -339,12 +350,14 @@ class FieldMapping(_message.Message):
     TRANSFORM_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_POLICY_FIELD_NUMBER: _ClassVar[int]
     source: str
     target: str
     transform: str
     options: _containers.ScalarMap[str, str]
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., transform: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    write_policy: WritePolicy
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., transform: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
     __slots__ = ("destination_id", "audiences", "mappings", "dry_run")
@@ -609,7 +622,7 @@ class Action(_message.Message):
     def __init__(self, type: _Optional[_Union[ActionType, str]] = ..., audience_id: _Optional[str] = ...) -> None: ...
 
 class ProfileOutcome(_message.Message):
-    __slots__ = ("profile_id", "dedupe_value", "event_time", "outcome_time", "kind", "actions", "lead_id", "reason", "marketo_code", "update_id", "exclusion_code", "field")
+    __slots__ = ("profile_id", "dedupe_value", "event_time", "outcome_time", "kind", "actions", "lead_id", "reason", "marketo_code", "update_id", "exclusion_code", "field", "kept_fields")
     PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
     DEDUPE_VALUE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -622,6 +635,7 @@ class ProfileOutcome(_message.Message):
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     EXCLUSION_CODE_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELDS_FIELD_NUMBER: _ClassVar[int]
     profile_id: str
     dedupe_value: str
     event_time: _timestamp_pb2.Timestamp
@@ -634,7 +648,8 @@ class ProfileOutcome(_message.Message):
     update_id: str
     exclusion_code: str
     field: str
-    def __init__(self, profile_id: _Optional[str] = ..., dedupe_value: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[OutcomeKind, str]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., lead_id: _Optional[int] = ..., reason: _Optional[str] = ..., marketo_code: _Optional[str] = ..., update_id: _Optional[str] = ..., exclusion_code: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
+    kept_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, profile_id: _Optional[str] = ..., dedupe_value: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[OutcomeKind, str]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., lead_id: _Optional[int] = ..., reason: _Optional[str] = ..., marketo_code: _Optional[str] = ..., update_id: _Optional[str] = ..., exclusion_code: _Optional[str] = ..., field: _Optional[str] = ..., kept_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListProfileOutcomesRequest(_message.Message):
     __slots__ = ("destination_id", "profile_id", "dedupe_value", "page_size", "page_token")
