@@ -169,10 +169,14 @@ class OutcomeKind(enum.StrEnum):
 
 
 class ActionType(enum.StrEnum):
+    """A write Marketo confirmed for an update (NOT_IN_LIST: an exit whose lead was not in the
+    audience's list, so nothing was removed)."""
+
     CREATED = "created"
     UPDATED = "updated"
     ADDED = "added"
     REMOVED = "removed"
+    NOT_IN_LIST = "not_in_list"
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,7 @@ _ACTION_PB: dict[ActionType, pb.ActionType] = {
     ActionType.UPDATED: pb.ACTION_TYPE_UPDATED,
     ActionType.ADDED: pb.ACTION_TYPE_ADDED,
     ActionType.REMOVED: pb.ACTION_TYPE_REMOVED,
+    ActionType.NOT_IN_LIST: pb.ACTION_TYPE_NOT_IN_LIST,
 }
 _WRITE_POLICY: dict[int, WritePolicy] = {
     pb.WRITE_POLICY_ALWAYS: WritePolicy.ALWAYS,

@@ -110,6 +110,9 @@ ACTION_COLUMN = {
     ActionType.ADDED: "added",
     ActionType.REMOVED: "removed",
 }
+"""The counter of each action an outcome carries (NOT_IN_LIST is counted nowhere). Each write
+Marketo confirmed is on exactly one outcome (see `executor.own_actions`), so summing outcomes
+counts it once."""
 
 
 NEW_DESTINATION_COLUMNS = (
@@ -601,8 +604,9 @@ def count_outcome(counts: Counts, outcome: Outcome) -> None:
     if outcome.kind is OutcomeKind.ACTIVATED:
         counts.activated += 1
         for action in outcome.actions:
-            column = ACTION_COLUMN[action.type]
-            setattr(counts, column, getattr(counts, column) + 1)
+            column = ACTION_COLUMN.get(action.type)
+            if column is not None:
+                setattr(counts, column, getattr(counts, column) + 1)
     elif outcome.kind is OutcomeKind.EXCLUDED:
         # By code and field, both from bounded sets: never by description, which would make a
         # counter per distinct text.

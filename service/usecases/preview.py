@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from service.api.access import current_principal
-from service.delivery.engine import SyncEngine
+from service.delivery.engine import SyncEngine, own_actions
 from service.domain import (
     Action,
     ActionType,
@@ -70,27 +70,30 @@ class Preview:
         kept = {u.dedupe_value: u.kept_fields for u in result.update}
         outcomes: dict[str, Outcome] = dict(decided)
         for person in result.plan.persons:
+            actions: list[Action] = []
+            if person.dedupe_value in created:
+                actions.append(Action(ActionType.CREATED))
+                # a lead created by this write is in no list: its exits would remove nothing
+                actions += [Action(ActionType.NOT_IN_LIST, a) for a in person.exits]
+            elif person.dedupe_value in updated:
+                actions.append(Action(ActionType.UPDATED))
+            for change in result.audiences:
+                if person.dedupe_value in change.add:
+                    actions.append(Action(ActionType.ADDED, change.audience_id))
+                if person.dedupe_value in change.remove:
+                    actions.append(Action(ActionType.REMOVED, change.audience_id))
             for update in person.updates:
                 if update.update_id in outcomes:
                     continue
-                actions: list[Action] = []
-                if person.dedupe_value in created:
-                    actions.append(Action(ActionType.CREATED))
-                elif person.dedupe_value in updated:
-                    actions.append(Action(ActionType.UPDATED))
-                for change in result.audiences:
-                    if person.dedupe_value in change.add:
-                        actions.append(Action(ActionType.ADDED, change.audience_id))
-                    if person.dedupe_value in change.remove:
-                        actions.append(Action(ActionType.REMOVED, change.audience_id))
+                writer = update.update_id == person.writer
                 outcomes[update.update_id] = Outcome(
                     update_id=update.update_id,
                     profile_id=update.profile_id,
                     dedupe_value=person.dedupe_value,
                     kind=OutcomeKind.ACTIVATED,
-                    actions=tuple(actions),
+                    actions=own_actions(person, update.update_id, actions),
                     lead_id=updated.get(person.dedupe_value),
-                    kept_fields=kept.get(person.dedupe_value, ()),
+                    kept_fields=kept.get(person.dedupe_value, ()) if writer else (),
                 )
         return PreviewResult(
             created=len(result.create),

@@ -16,6 +16,7 @@ from service.delivery.engine.executor import (
     DryRunResult,
     PlannedUpdate,
     SyncEngine,
+    own_actions,
 )
 from service.delivery.engine.locks import KeyedLocks
 from service.delivery.engine.planner import (
@@ -50,5 +51,6 @@ __all__ = [
     "PlannedPerson",
     "PlannedUpdate",
     "SyncEngine",
+    "own_actions",
     "plan_batch",
 ]

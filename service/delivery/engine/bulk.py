@@ -542,13 +542,11 @@ class BulkSyncEngine(SyncEngine):
             for audience in sorted({a for p in persons for a in p.plan.memberships}):
                 list_id = self._lists[audience]
                 adds = [p for p in persons if not p.final and audience in pending(p)]
-                removes = [
-                    p for p in persons if not p.final and audience in p.plan.exits and not p.created
-                ]
                 if len(adds) >= self._policy.membership_import_min:
                     await self._members_import(audience, list_id, adds)
                 else:
                     await self._membership(audience, list_id, adds, add=True)
+                removes = self._removals(audience, persons)
                 await self._membership(audience, list_id, removes, add=False)
         for person in persons:
             if not person.final and person.unknown is None:

@@ -12,7 +12,14 @@
    empty values of `never_clear` fields). A `1005`
    (created meanwhile by someone else) or a create whose answer was lost is resolved again with a
    fresh look-up, then updated, never blindly retried.
-4. Add and remove list members by lead id, per audience (300 per call).
+4. Add and remove list members by lead id, per audience (300 per call). An exit for a lead
+   that is not in the list (Marketo answers 1015, or the lead was created by this batch, which
+   costs no call) is NOT_IN_LIST, not REMOVED.
+
+Each update's outcome carries only the actions its own facts asked for (`own_actions`): the
+lead write on the update whose attributes it carried, each list change on the update whose
+membership it applied. So every write Marketo confirmed is on one outcome, and the dataflow,
+which sums the outcomes' actions, counts it once.
 
 A request rejected as a whole is split in halves until the record that caused it is isolated;
 record-level reasons become FAILED outcomes with their code. A configuration error (the instance
@@ -195,22 +202,37 @@ class _Person:
 
     def outcomes(self) -> list[Outcome]:
         assert self.kind is not None
+        activated = self.kind is OutcomeKind.ACTIVATED
         return [
             Outcome(
                 update_id=u.update_id,
                 profile_id=u.profile_id,
                 dedupe_value=self.plan.dedupe_value,
                 kind=self.kind,
-                actions=tuple(self.actions),
+                actions=own_actions(self.plan, u.update_id, self.actions),
                 lead_id=self.lead_id,
                 reason=self.reason,
                 marketo_code=self.code,
                 exclusion_code=self.exclusion.code if self.exclusion else None,
                 field=self.exclusion.field if self.exclusion else "",
-                kept_fields=self.kept if self.kind is OutcomeKind.ACTIVATED else (),
+                kept_fields=self.kept if activated and u.update_id == self.plan.writer else (),
             )
             for u in self.plan.updates
         ]
+
+
+def own_actions(
+    person: PlannedPerson, update_id: str, actions: Sequence[Action]
+) -> tuple[Action, ...]:
+    """The actions of `person` that update `update_id` asked for: the lead write (CREATED,
+    UPDATED) when its attributes are the ones written, a list change when its membership is the
+    one applied for that audience."""
+    return tuple(
+        action
+        for action in actions
+        if update_id
+        == (person.writer if action.audience_id is None else person.sources.get(action.audience_id))
+    )
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -605,12 +627,22 @@ class SyncEngine:
         for audience in sorted({a for p in persons for a in p.plan.memberships}):
             list_id = self._lists[audience]
             adds = [p for p in persons if not p.final and audience in p.plan.joins]
-            # a lead created in this batch is in no list yet: nothing to remove
-            removes = [
-                p for p in persons if not p.final and audience in p.plan.exits and not p.created
-            ]
             await self._membership(audience, list_id, adds, add=True)
-            await self._membership(audience, list_id, removes, add=False)
+            await self._membership(audience, list_id, self._removals(audience, persons), add=False)
+
+    @staticmethod
+    def _removals(audience: str, persons: Sequence[_Person]) -> list[_Person]:
+        """The persons whose lead must leave `audience`'s list. A lead created in this batch is
+        in no list yet: its exit is NOT_IN_LIST at once, without a call."""
+        removes = []
+        for person in persons:
+            if person.final or audience not in person.plan.exits:
+                continue
+            if person.created:
+                person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
+            else:
+                removes.append(person)
+        return removes
 
     async def _membership(
         self, audience: str, list_id: int, persons: list[_Person], *, add: bool
@@ -628,17 +660,18 @@ class SyncEngine:
 
         ids = list(by_id)
         results = await self._split(ids, call)
-        done = ActionType.ADDED if add else ActionType.REMOVED
         for lead_id, result in zip(ids, results, strict=True):
             for person in by_id[lead_id]:
                 if isinstance(result, RejectedError):
                     person.fail(result.code or "", result.reason)
                     continue
                 reason = _first_reason(result.reasons)
-                if result.status in ("added", "removed") or (
-                    not add and reason.code == CODE_NOT_IN_LIST
-                ):
-                    person.actions.append(Action(done, audience))
+                if add and result.status == "added":
+                    person.actions.append(Action(ActionType.ADDED, audience))
+                elif not add and result.status == "removed":
+                    person.actions.append(Action(ActionType.REMOVED, audience))
+                elif not add and reason.code == CODE_NOT_IN_LIST:
+                    person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
                 else:
                     person.fail(reason.code, reason.message)
 

@@ -66,7 +66,9 @@ class PlannedPerson:
     """Everything the executor writes for one dedupe value.
 
     `updates` are the updates that share this person's outcome; `memberships` holds, per
-    activated audience, the latest status seen in the batch.
+    activated audience, the latest status seen in the batch. `writer` is the update whose
+    attributes `fields` are and `sources` maps each audience of `memberships` to the update whose
+    status it is: each write is shown on the outcome of the update that asked for it.
     """
 
     key: str
@@ -75,6 +77,8 @@ class PlannedPerson:
     memberships: Mapping[str, MembershipStatus]
     updates: tuple[ProfileUpdate, ...]
     watermarks: Mapping[str, datetime]
+    writer: str
+    sources: Mapping[str, str]
 
     @property
     def joins(self) -> tuple[str, ...]:
@@ -226,6 +230,8 @@ def plan_batch(
                 memberships=memberships,
                 updates=tuple(sharing),
                 watermarks=group_marks,
+                writer=winner.head.update_id,
+                sources={a: u.update_id for a, (_, _, u, _) in latest.items()},
             )
         )
     return Plan(persons=tuple(persons), outcomes=tuple(outcomes), watermarks=new_marks)

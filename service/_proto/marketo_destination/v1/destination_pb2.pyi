@@ -78,6 +78,7 @@ class ActionType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_TYPE_UPDATED: _ClassVar[ActionType]
     ACTION_TYPE_ADDED: _ClassVar[ActionType]
     ACTION_TYPE_REMOVED: _ClassVar[ActionType]
+    ACTION_TYPE_NOT_IN_LIST: _ClassVar[ActionType]
 
 class AlertType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -128,6 +129,7 @@ ACTION_TYPE_CREATED: ActionType
 ACTION_TYPE_UPDATED: ActionType
 ACTION_TYPE_ADDED: ActionType
 ACTION_TYPE_REMOVED: ActionType
+ACTION_TYPE_NOT_IN_LIST: ActionType
 ALERT_TYPE_UNSPECIFIED: AlertType
 ALERT_TYPE_SKIPPED_RATE: AlertType
 ALERT_TYPE_FAILURE_RATE: AlertType
