@@ -7,8 +7,8 @@ import for a destination with at least `bulk_threshold` entries in the batch, se
 docs/bulk-import.md), reads the watermarks and membership marks and runs it. Final outcomes are
 retired with their entries, the new watermarks and membership marks in one transaction; unfinished
 entries are deferred with exponential backoff and jitter, naming the error. The alerts of each
-destination are evaluated after its batch. When and under which lease this runs is the scheduler's business
-(`service.delivery.dispatcher`).
+destination are evaluated after its batch. When and under which lease this runs is the
+scheduler's business (`service.delivery.dispatcher`).
 
 A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
 its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
