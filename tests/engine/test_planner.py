@@ -217,13 +217,26 @@ def test_dedupe_values_differing_in_case_and_spaces_are_one_person() -> None:
 # -- ordering per kind of fact ---------------------------------------------------------------
 
 
-def test_a_lagging_entry_is_delivered_without_its_stale_attributes() -> None:
-    plan = plan_batch(
-        [upd("entry", "p1", 10, ("a1", REALIZED), email="a@x.io", city="Old")],
+def ordered(
+    updates: list[ProfileUpdate],
+    watermarks: dict[str, Any] | None = None,
+    membership_marks: dict[tuple[str, str], MembershipMark] | None = None,
+) -> Any:
+    """The plan of `updates` (Audience and profile, a1 and a2 activated) against these marks."""
+    return plan_batch(
+        updates,
         BOTH,
         PathMapper(),
-        watermarks={"p1": at(20)},
+        watermarks=watermarks,
+        membership_marks=membership_marks,
         audience_lists=LISTS,
+    )
+
+
+def test_a_lagging_entry_is_delivered_without_its_stale_attributes() -> None:
+    plan = ordered(
+        [upd("entry", "p1", 10, ("a1", REALIZED), email="a@x.io", city="Old")],
+        watermarks={"p1": at(20)},
     )
     assert plan.outcomes == ()
     (person,) = plan.persons
@@ -236,13 +249,10 @@ def test_a_lagging_entry_is_delivered_without_its_stale_attributes() -> None:
 
 
 def test_a_membership_older_than_its_own_mark_is_dropped_alone() -> None:
-    plan = plan_batch(
+    plan = ordered(
         [upd("u", "p1", 10, ("a1", EXITED), ("a2", REALIZED), email="a@x.io", city="Rome")],
-        BOTH,
-        PathMapper(),
         watermarks={"p1": at(5)},
         membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(11))},
-        audience_lists=LISTS,
     )
     (person,) = plan.persons
     assert dict(person.memberships) == {"a2": REALIZED}
@@ -252,16 +262,13 @@ def test_a_membership_older_than_its_own_mark_is_dropped_alone() -> None:
 
 
 def test_an_update_with_every_fact_stale_is_superseded() -> None:
-    plan = plan_batch(
+    plan = ordered(
         [
             upd("exit", "p1", 5, ("a1", EXITED), email="a@x.io"),
             upd("other", "p1", 5, ("a9", EXITED), email="a@x.io"),
         ],
-        BOTH,
-        PathMapper(),
         watermarks={"p1": at(20)},
         membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(10))},
-        audience_lists=LISTS,
     )
     assert plan.persons == ()
     assert kinds(plan) == {
@@ -271,13 +278,10 @@ def test_an_update_with_every_fact_stale_is_superseded() -> None:
 
 
 def test_a_membership_mark_never_supersedes_attributes() -> None:
-    plan = plan_batch(
+    plan = ordered(
         [upd("attrs", "p1", 10, email="a@x.io", city="Rome")],
-        BOTH,
-        PathMapper(),
         watermarks={"p1": at(5)},
         membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(30))},
-        audience_lists=LISTS,
     )
     (person,) = plan.persons
     assert person.fields["city"] == "Rome"
@@ -286,17 +290,14 @@ def test_a_membership_mark_never_supersedes_attributes() -> None:
 
 
 def test_in_a_batch_the_newest_fact_of_each_kind_wins() -> None:
-    plan = plan_batch(
+    plan = ordered(
         [
             upd("attrs", "p1", 30, email="a@x.io", city="New"),
             upd("entry", "p1", 20, ("a1", REALIZED), email="a@x.io", city="Mid"),
             upd("lagging", "p1", 10, ("a1", EXITED), ("a2", REALIZED), email="a@x.io"),
             upd("stale", "p1", 8, email="a@x.io", city="Stale"),
         ],
-        BOTH,
-        PathMapper(),
         watermarks={"p1": at(15)},
-        audience_lists=LISTS,
     )
     (person,) = plan.persons
     assert person.fields["city"] == "New"

@@ -41,6 +41,7 @@ from tests.store.conftest import (
     FakeClock,
     activated,
     append,
+    claimed,
     excluded,
     new_destination,
     superseded,
@@ -623,9 +624,7 @@ async def test_retire_records_outcomes_watermarks_and_pending(
 
 
 async def test_watermarks_only_move_forward(store: Store, destination: DestinationRecord) -> None:
-    await append(store, destination.id, INSTANCE, [update(1), update(2)])
-    await unpack(store, INSTANCE)
-    first, second = await store.claim_due(INSTANCE, 10, START)
+    first, second = await claimed(store, destination.id, INSTANCE, [1, 2])
     newer = START + timedelta(minutes=1)
 
     await store.retire(
@@ -641,9 +640,7 @@ async def test_watermarks_only_move_forward(store: Store, destination: Destinati
 async def test_membership_marks_move_forward_per_audience_apart_from_watermarks(
     store: Store, destination: DestinationRecord
 ) -> None:
-    await append(store, destination.id, INSTANCE, [update(1), update(2)])
-    await unpack(store, INSTANCE)
-    first, second = await store.claim_due(INSTANCE, 10, START)
+    first, second = await claimed(store, destination.id, INSTANCE, [1, 2])
     newer = START + timedelta(minutes=1)
     older = START - timedelta(minutes=1)
     joined = MembershipMark(MembershipStatus.REALIZED, newer)
