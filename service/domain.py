@@ -121,6 +121,16 @@ class AudienceMembership:
 
 
 @dataclass(frozen=True, slots=True)
+class MembershipMark:
+    """Desired state of one (profile, audience): the membership status last applied and the
+    event time of the membership event that set it. Membership events are ordered against it:
+    an older one for the same (profile, audience) is stale, whatever the profile's attributes."""
+
+    status: MembershipStatus
+    event_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileUpdate:
     """One accepted profile change, as it is stored in the outbox."""
 

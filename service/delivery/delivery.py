@@ -4,11 +4,11 @@
 whose backlog has reached `bulk_threshold` widens to `bulk_batch_size` entries), groups them by
 destination and, for each, builds the sync engine (rules, mapper, audience -> list ids; bulk
 import for a destination with at least `bulk_threshold` entries in the batch, see
-docs/bulk-import.md), reads the watermarks and runs it. Final outcomes are retired with their
-entries and the new watermarks in one transaction; unfinished entries are deferred with
-exponential backoff and jitter, naming the error. The alerts of each destination are evaluated
-after its batch. When and under which lease this runs is the scheduler's business
-(`service.delivery.dispatcher`).
+docs/bulk-import.md), reads the watermarks and membership marks and runs it. Final outcomes are
+retired with their entries, the new watermarks and membership marks in one transaction; unfinished
+entries are deferred with exponential backoff and jitter, naming the error. The alerts of each
+destination are evaluated after its batch. When and under which lease this runs is the
+scheduler's business (`service.delivery.dispatcher`).
 
 A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
 its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
@@ -53,6 +53,7 @@ from service.store.base import (
     DestinationState,
     FencingError,
     Lease,
+    MembershipWatermark,
     OutboxEntry,
     Watermark,
 )
@@ -399,8 +400,12 @@ class BatchDelivery:
     ) -> BatchResult:
         """Run one destination's batch and count what came of it."""
         updates = [entry.update for entry in entries]
-        marks = await self._store.watermarks(record.id, sorted({u.profile_id for u in updates}))
-        result = await engine.sync(updates, watermarks=marks)
+        profile_ids = sorted({u.profile_id for u in updates})
+        result = await engine.sync(
+            updates,
+            watermarks=await self._store.watermarks(record.id, profile_ids),
+            membership_marks=await self._store.membership_marks(record.id, profile_ids),
+        )
         if self._telemetry is None:
             return result
         counts = Counter(outcome.kind.value for outcome in result.outcomes)
@@ -439,7 +444,8 @@ class BatchDelivery:
         entries: Sequence[OutboxEntry],
         result: BatchResult,
     ) -> list[OutboxEntry]:
-        """Retire the final outcomes with the new watermarks; returns the entries left."""
+        """Retire the final outcomes with the new watermarks and membership marks; returns the
+        entries left."""
         by_id = {entry.update.update_id: entry for entry in entries}
         done: list[OutboxEntry] = []
         outcomes: list[Outcome] = []
@@ -454,9 +460,18 @@ class BatchDelivery:
             Watermark(record.id, profile_id, event_time)
             for profile_id, event_time in result.watermarks.items()
         ]
-        if done or marks:
+        memberships = [
+            MembershipWatermark(record.id, profile_id, audience_id, mark)
+            for (profile_id, audience_id), mark in result.membership_marks.items()
+        ]
+        if done or marks or memberships:
             await self._store.retire(
-                done, outcomes, marks, fencing=lease.generation, now=self.now()
+                done,
+                outcomes,
+                marks,
+                membership_marks=memberships,
+                fencing=lease.generation,
+                now=self.now(),
             )
         return list(by_id.values())
 

@@ -30,6 +30,7 @@ from service.domain import (
     FieldMapping,
     FieldViolation,
     MarketoCalls,
+    MembershipMark,
     Outcome,
     ProfileUpdate,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "FencingError",
     "InvalidPageToken",
     "Lease",
+    "MembershipWatermark",
     "NewDestination",
     "OutboxEntry",
     "OutcomeRecord",
@@ -218,6 +220,17 @@ class Watermark:
     destination_id: str
     profile_id: str
     event_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipWatermark:
+    """A membership status applied for a (profile, audience), with its event's time: a row of
+    the destination's desired state (table `membership_marks`)."""
+
+    destination_id: str
+    profile_id: str
+    audience_id: str
+    mark: MembershipMark
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,11 +535,13 @@ class Store(Protocol):
         outcomes: Sequence[Outcome],
         watermarks: Sequence[Watermark] = (),
         *,
+        membership_marks: Sequence[MembershipWatermark] = (),
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
         """In one transaction: delete the entries, store one outcome per entry, raise watermarks
-        (max) and count the outcomes in the hourly dataflow counters.
+        (max), replace the membership marks older than the given ones and count the outcomes in
+        the hourly dataflow counters.
 
         `outcomes[i]` is the outcome of `entries[i]` (same update id, else ValueError): update
         ids are unique per destination only, and one batch may span destinations. With
@@ -557,6 +572,13 @@ class Store(Protocol):
         self, destination_id: str, profile_ids: Sequence[str]
     ) -> dict[str, datetime]:
         """Last applied event time per profile (profiles never applied are absent)."""
+        ...
+
+    async def membership_marks(
+        self, destination_id: str, profile_ids: Sequence[str]
+    ) -> dict[tuple[str, str], MembershipMark]:
+        """Last applied membership status and its event time per (profile id, audience id) of
+        the given profiles (pairs never applied are absent)."""
         ...
 
     async def pending_stats(self, destination_id: str) -> PendingStats:

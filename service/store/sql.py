@@ -28,6 +28,8 @@ from service.domain import (
     UNDECODABLE,
     DecodedBatch,
     FieldMapping,
+    MembershipMark,
+    MembershipStatus,
     Outcome,
     OutcomeKind,
     dedupe_key,
@@ -45,6 +47,7 @@ from service.store.base import (
     DestinationState,
     FencingError,
     Lease,
+    MembershipWatermark,
     NewDestination,
     OutboxEntry,
     OutcomeRecord,
@@ -249,6 +252,19 @@ WATERMARK_TAIL = (
     "ON CONFLICT (destination_id, profile_id) DO UPDATE SET event_time = CASE "
     "WHEN excluded.event_time > profile_watermarks.event_time THEN excluded.event_time "
     "ELSE profile_watermarks.event_time END"
+)
+
+MEMBERSHIP_MARK_INSERT: tuple[Column, ...] = (
+    ("destination_id", "text"),
+    ("profile_id", "text"),
+    ("audience_id", "text"),
+    ("status", "text"),
+    ("event_time", "bigint"),
+)
+MEMBERSHIP_MARK_TAIL = (
+    "ON CONFLICT (destination_id, profile_id, audience_id) DO UPDATE SET "
+    "status = excluded.status, event_time = excluded.event_time "
+    "WHERE excluded.event_time >= membership_marks.event_time"
 )
 
 UPSERT_ACTIVATION = (
@@ -775,10 +791,12 @@ class SqlStore(ABC):
         outcomes: Sequence[Outcome],
         watermarks: Sequence[Watermark] = (),
         *,
+        membership_marks: Sequence[MembershipWatermark] = (),
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
-        """Delete entries, store outcomes, raise watermarks, count: all in one transaction."""
+        """Delete entries, store outcomes, raise watermarks and membership marks, count: all in
+        one transaction."""
         pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         hour = recorded_at - recorded_at % HOUR_US
@@ -786,6 +804,11 @@ class SqlStore(ABC):
         for watermark in watermarks:
             key = (watermark.destination_id, watermark.profile_id)
             highest[key] = max(highest.get(key, 0), to_micros(watermark.event_time))
+        latest: dict[tuple[str, str, str], tuple[int, str]] = {}
+        for row in membership_marks:
+            pair = (row.destination_id, row.profile_id, row.audience_id)
+            mark = (to_micros(row.mark.event_time), row.mark.status.value)
+            latest[pair] = max(latest.get(pair, mark), mark)
 
         async def work(c: Connection) -> None:
             if fencing is not None:
@@ -841,7 +864,8 @@ class SqlStore(ABC):
                 await _add_counts(c, destination_id, hour, count)
             # A destination deleted while its batch was in flight has no watermarks to keep.
             alive: set[str] = set()
-            for condition, params in c.in_lists(sorted({key[0] for key in highest})):
+            destination_ids = {key[0] for key in highest} | {key[0] for key in latest}
+            for condition, params in c.in_lists(sorted(destination_ids)):
                 rows = await c.execute(
                     f"SELECT id FROM destinations WHERE id {condition} ORDER BY id"
                     f"{c.for_key_share}",
@@ -853,6 +877,16 @@ class SqlStore(ABC):
                 WATERMARK_INSERT,
                 [(*key, highest[key]) for key in sorted(highest) if key[0] in alive],
                 WATERMARK_TAIL,
+            )
+            await c.insert_many(
+                "membership_marks",
+                MEMBERSHIP_MARK_INSERT,
+                [
+                    (*pair, latest[pair][1], latest[pair][0])
+                    for pair in sorted(latest)
+                    if pair[0] in alive
+                ],
+                MEMBERSHIP_MARK_TAIL,
             )
 
         await self._write("retire", work)
@@ -909,6 +943,30 @@ class SqlStore(ABC):
                     (destination_id, *params),
                 )
                 found.update((row[0], from_micros(row[1])) for row in rows)
+            return found
+
+        return await self._read(work)
+
+    async def membership_marks(
+        self, destination_id: str, profile_ids: Sequence[str]
+    ) -> dict[tuple[str, str], MembershipMark]:
+        """Last applied membership status and event time per (profile id, audience id)."""
+
+        async def work(c: Connection) -> dict[tuple[str, str], MembershipMark]:
+            found: dict[tuple[str, str], MembershipMark] = {}
+            for condition, params in c.in_lists(profile_ids):
+                rows = await c.execute(
+                    "SELECT profile_id, audience_id, status, event_time FROM membership_marks "
+                    f"WHERE destination_id = ? AND profile_id {condition}",
+                    (destination_id, *params),
+                )
+                found.update(
+                    (
+                        (row[0], row[1]),
+                        MembershipMark(MembershipStatus(row[2]), from_micros(row[3])),
+                    )
+                    for row in rows
+                )
             return found
 
         return await self._read(work)

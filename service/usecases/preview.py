@@ -58,8 +58,11 @@ class Preview:
         except MarketoError as error:
             raise marketo_failure(error, "reading the instance's lead schema") from None
         profile_ids = sorted({u.profile_id for u in good})
-        watermarks = await self._store.watermarks(destination_id, profile_ids)
-        result = await engine.dry_run(good, watermarks=watermarks)
+        result = await engine.dry_run(
+            good,
+            watermarks=await self._store.watermarks(destination_id, profile_ids),
+            membership_marks=await self._store.membership_marks(destination_id, profile_ids),
+        )
         if result.deferred:
             failure = result.deferred[0].error
             if isinstance(failure, MarketoError):

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from service.delivery.dispatcher import Dispatcher
-from service.domain import OutcomeKind
+from service.delivery.engine.planner import REASON_ATTRIBUTES_STALE
+from service.domain import (
+    AudienceMembership,
+    MembershipMark,
+    MembershipStatus,
+    OutcomeKind,
+    ProfileUpdate,
+)
 from tests.bulk.scenario import quick_policy
 from tests.dispatch.conftest import Env, SteppingClock, env, profile
 
@@ -75,3 +83,59 @@ async def test_a_threshold_of_zero_never_imports(env: Env) -> None:
         assert await drainer.drain_once(env.instance_key) == 10
     assert await imports(env) == 0
     assert len(await env.leads()) == 30
+
+
+async def test_lagging_entries_join_through_bulk_without_their_stale_attributes(env: Env) -> None:
+    destination = await env.destination()
+    drainer = bulk_drainer(env)
+    await env.append(
+        destination.id,
+        [profile(n, audiences=(), event_offset=1_000, prefix="attrs") for n in range(30)],
+    )
+    assert await drainer.drain_once(env.instance_key) == 30
+
+    def lagging(n: int, status: MembershipStatus, offset: float, prefix: str) -> ProfileUpdate:
+        base = profile(n, event_offset=offset, prefix=prefix)
+        person = {**base.profile["person"], "first": "Lagging"}
+        return replace(
+            base,
+            profile={"person": person},
+            memberships=(AudienceMembership("aud-1", status),),
+        )
+
+    await env.append(
+        destination.id, [lagging(n, MembershipStatus.REALIZED, 0, "entry") for n in range(30)]
+    )
+    assert await drainer.drain_once(env.instance_key) == 30
+    leads = await env.leads()
+    assert {lead["fields"]["firstName"] for lead in leads} == {f"First{n}" for n in range(30)}
+    (list_id,) = [a.marketo_list_id for a in await env.store.activations(destination.id)]
+    assert sorted((await env.lists())[list_id]) == sorted(lead["id"] for lead in leads)
+    entries = [
+        o.outcome
+        for o in (await env.store.list_outcomes(destination.id, page_size=100)).items
+        if o.outcome.update_id.startswith("entry-")
+    ]
+    assert len(entries) == 30
+    assert {o.kind for o in entries} == {OutcomeKind.ACTIVATED}
+    assert {tuple((a.type.value, a.audience_id) for a in o.actions) for o in entries} == {
+        (("added", "aud-1"),)
+    }
+    assert {o.reason for o in entries} == {REASON_ATTRIBUTES_STALE}
+    marks = await env.store.membership_marks(destination.id, ["p-3"])
+    assert marks == {
+        ("p-3", "aud-1"): MembershipMark(MembershipStatus.REALIZED, profile(3).event_time)
+    }
+
+    await env.append(
+        destination.id, [lagging(n, MembershipStatus.EXITED, -500, "exit") for n in range(30)]
+    )
+    assert await drainer.drain_once(env.instance_key) == 30
+    assert sorted((await env.lists())[list_id]) == sorted(lead["id"] for lead in leads)
+    exits = [
+        o.outcome
+        for o in (await env.store.list_outcomes(destination.id, page_size=100)).items
+        if o.outcome.update_id.startswith("exit-")
+    ]
+    assert {o.kind for o in exits} == {OutcomeKind.SUPERSEDED}
+    assert len(exits) == 30

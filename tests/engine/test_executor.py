@@ -13,6 +13,7 @@ from service.domain import (
     ActionType,
     AudienceMembership,
     ExclusionCode,
+    MembershipMark,
     MembershipStatus,
     OutcomeKind,
     PersonAction,
@@ -488,3 +489,32 @@ async def test_a_create_carries_the_dedupe_field() -> None:
     ((action, record),) = fake.written
     assert action == str(SyncAction.CREATE_ONLY)
     assert record["email"] == "new@x.io"
+
+
+async def test_stale_attributes_are_not_written_and_their_memberships_are() -> None:
+    fake = FakeMarketo()
+    known = fake.seed(email="a@x.io", firstName="New")
+    result = await engine(fake, CREATE).sync(
+        [
+            person("known", "a@x.io", ("a1", "realized"), minute=5),
+            person("unknown", "b@x.io", ("a1", "realized"), minute=5),
+        ],
+        watermarks={"known": at(9), "unknown": at(9)},
+        membership_marks={("known", "a2"): MembershipMark(MembershipStatus.REALIZED, at(9))},
+    )
+    outcomes = by_update(result)
+    assert outcomes["known"].kind is OutcomeKind.ACTIVATED
+    assert outcomes["known"].actions == (Action(ActionType.ADDED, "a1"),)
+    assert outcomes["known"].reason.startswith("attributes superseded")
+    # an unmatched person with stale attributes only is not created from them
+    assert (outcomes["unknown"].kind, outcomes["unknown"].exclusion_code) == (
+        OutcomeKind.EXCLUDED,
+        ExclusionCode.NO_MATCHING_LEAD,
+    )
+    assert fake.count(UPDATE) == fake.count(CREATE_CALL) == 0
+    assert fake.leads[known].fields["firstName"] == "New"
+    assert fake.lists[11] == {known}
+    assert dict(result.watermarks) == {}
+    assert dict(result.membership_marks) == {
+        ("known", "a1"): MembershipMark(MembershipStatus.REALIZED, at(5))
+    }

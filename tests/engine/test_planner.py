@@ -8,6 +8,7 @@ from service.delivery.engine import plan_batch
 from service.domain import (
     AudienceMembership,
     ExclusionCode,
+    MembershipMark,
     MembershipStatus,
     OutcomeKind,
     PersonAction,
@@ -211,3 +212,103 @@ def test_dedupe_values_differing_in_case_and_spaces_are_one_person() -> None:
     (person,) = plan.persons
     assert {u.update_id for u in person.updates} == {"u2"}
     assert [o.update_id for o in plan.outcomes] == ["u1"]
+
+
+# -- ordering per kind of fact ---------------------------------------------------------------
+
+
+def ordered(
+    updates: list[ProfileUpdate],
+    watermarks: dict[str, Any] | None = None,
+    membership_marks: dict[tuple[str, str], MembershipMark] | None = None,
+) -> Any:
+    """The plan of `updates` (Audience and profile, a1 and a2 activated) against these marks."""
+    return plan_batch(
+        updates,
+        BOTH,
+        PathMapper(),
+        watermarks=watermarks,
+        membership_marks=membership_marks,
+        audience_lists=LISTS,
+    )
+
+
+def test_a_lagging_entry_is_delivered_without_its_stale_attributes() -> None:
+    plan = ordered(
+        [upd("entry", "p1", 10, ("a1", REALIZED), email="a@x.io", city="Old")],
+        watermarks={"p1": at(20)},
+    )
+    assert plan.outcomes == ()
+    (person,) = plan.persons
+    assert dict(person.memberships) == {"a1": REALIZED}
+    assert not person.writes_attributes
+    assert dict(person.fields) == {}
+    assert person.stale_attributes == {"entry"}
+    assert dict(person.watermarks) == {}
+    assert dict(person.membership_marks) == {("p1", "a1"): MembershipMark(REALIZED, at(10))}
+
+
+def test_a_membership_older_than_its_own_mark_is_dropped_alone() -> None:
+    plan = ordered(
+        [upd("u", "p1", 10, ("a1", EXITED), ("a2", REALIZED), email="a@x.io", city="Rome")],
+        watermarks={"p1": at(5)},
+        membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(11))},
+    )
+    (person,) = plan.persons
+    assert dict(person.memberships) == {"a2": REALIZED}
+    assert person.writes_attributes and person.fields["city"] == "Rome"
+    assert person.stale_attributes == frozenset()
+    assert dict(person.membership_marks) == {("p1", "a2"): MembershipMark(REALIZED, at(10))}
+
+
+def test_an_update_with_every_fact_stale_is_superseded() -> None:
+    plan = ordered(
+        [
+            upd("exit", "p1", 5, ("a1", EXITED), email="a@x.io"),
+            upd("other", "p1", 5, ("a9", EXITED), email="a@x.io"),
+        ],
+        watermarks={"p1": at(20)},
+        membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(10))},
+    )
+    assert plan.persons == ()
+    assert kinds(plan) == {
+        "exit": (OutcomeKind.SUPERSEDED, "older than the update already applied for this profile"),
+        "other": (OutcomeKind.SUPERSEDED, "older than the update already applied for this profile"),
+    }
+
+
+def test_a_membership_mark_never_supersedes_attributes() -> None:
+    plan = ordered(
+        [upd("attrs", "p1", 10, email="a@x.io", city="Rome")],
+        watermarks={"p1": at(5)},
+        membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(30))},
+    )
+    (person,) = plan.persons
+    assert person.fields["city"] == "Rome"
+    assert dict(person.memberships) == {}
+    assert dict(person.watermarks) == {"p1": at(10)}
+
+
+def test_in_a_batch_the_newest_fact_of_each_kind_wins() -> None:
+    plan = ordered(
+        [
+            upd("attrs", "p1", 30, email="a@x.io", city="New"),
+            upd("entry", "p1", 20, ("a1", REALIZED), email="a@x.io", city="Mid"),
+            upd("lagging", "p1", 10, ("a1", EXITED), ("a2", REALIZED), email="a@x.io"),
+            upd("stale", "p1", 8, email="a@x.io", city="Stale"),
+        ],
+        watermarks={"p1": at(15)},
+    )
+    (person,) = plan.persons
+    assert person.fields["city"] == "New"
+    assert dict(person.memberships) == {"a1": REALIZED, "a2": REALIZED}
+    assert sorted(u.update_id for u in person.updates) == ["attrs", "entry", "lagging"]
+    assert person.stale_attributes == {"lagging"}
+    assert kinds(plan) == {
+        "stale": (OutcomeKind.SUPERSEDED, "older than the update already applied for this profile")
+    }
+    assert dict(person.watermarks) == {"p1": at(30)}
+    assert dict(person.membership_marks) == {
+        ("p1", "a1"): MembershipMark(REALIZED, at(20)),
+        ("p1", "a2"): MembershipMark(REALIZED, at(10)),
+    }

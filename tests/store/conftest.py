@@ -243,6 +243,15 @@ async def unpack(
     )
 
 
+async def claimed(
+    store: Store, destination_id: str, instance_key: str, numbers: Sequence[int]
+) -> list[OutboxEntry]:
+    """`update(n)` for each number appended as one batch, unpacked and claimed at START."""
+    await append(store, destination_id, instance_key, [update(n) for n in numbers])
+    await unpack(store, instance_key)
+    return list(await store.claim_due(instance_key, 10, START))
+
+
 async def deliver_daily(
     store: Store, destination_id: str, instance_key: str, clock: FakeClock, days: int
 ) -> list[str]:

@@ -17,6 +17,7 @@ from service.domain import (
     ActionType,
     AudienceMembership,
     DecodedBatch,
+    MembershipMark,
     MembershipStatus,
     OutcomeKind,
     ProfileUpdate,
@@ -27,6 +28,7 @@ from service.store.base import (
     DestinationRecord,
     FencingError,
     Lease,
+    MembershipWatermark,
     OutboxEntry,
     Store,
     StoreError,
@@ -39,6 +41,7 @@ from tests.store.conftest import (
     FakeClock,
     activated,
     append,
+    claimed,
     excluded,
     new_destination,
     superseded,
@@ -47,6 +50,8 @@ from tests.store.conftest import (
 )
 
 INSTANCE = "123-ABC-456"
+REALIZED = MembershipStatus.REALIZED
+EXITED = MembershipStatus.EXITED
 
 
 @pytest.fixture
@@ -619,9 +624,7 @@ async def test_retire_records_outcomes_watermarks_and_pending(
 
 
 async def test_watermarks_only_move_forward(store: Store, destination: DestinationRecord) -> None:
-    await append(store, destination.id, INSTANCE, [update(1), update(2)])
-    await unpack(store, INSTANCE)
-    first, second = await store.claim_due(INSTANCE, 10, START)
+    first, second = await claimed(store, destination.id, INSTANCE, [1, 2])
     newer = START + timedelta(minutes=1)
 
     await store.retire(
@@ -632,6 +635,39 @@ async def test_watermarks_only_move_forward(store: Store, destination: Destinati
     )
 
     assert await store.watermarks(destination.id, ["p"]) == {"p": newer}
+
+
+async def test_membership_marks_move_forward_per_audience_apart_from_watermarks(
+    store: Store, destination: DestinationRecord
+) -> None:
+    first, second = await claimed(store, destination.id, INSTANCE, [1, 2])
+    newer = START + timedelta(minutes=1)
+    older = START - timedelta(minutes=1)
+    joined = MembershipMark(MembershipStatus.REALIZED, newer)
+
+    await store.retire(
+        [first],
+        [activated(first, ActionType.ADDED)],
+        [Watermark(destination.id, "p", START)],
+        membership_marks=[
+            MembershipWatermark(destination.id, "p", "a1", joined),
+            MembershipWatermark(destination.id, "p", "a2", MembershipMark(EXITED, START)),
+        ],
+    )
+    await store.retire(
+        [second],
+        [activated(second, ActionType.REMOVED)],
+        membership_marks=[
+            MembershipWatermark(destination.id, "p", "a1", MembershipMark(EXITED, older)),
+            MembershipWatermark(destination.id, "p", "a2", MembershipMark(REALIZED, START)),
+        ],
+    )
+
+    assert await store.membership_marks(destination.id, ["p", "other"]) == {
+        ("p", "a1"): joined,
+        ("p", "a2"): MembershipMark(REALIZED, START),
+    }
+    assert await store.watermarks(destination.id, ["p"]) == {"p": START}
 
 
 async def test_retire_is_all_or_nothing(store: Store, destination: DestinationRecord) -> None:

@@ -14,6 +14,7 @@ from tests.store.conftest import (
     FakeClock,
     activated,
     append,
+    claimed,
     deliver_daily,
     excluded,
     failed,
@@ -239,9 +240,7 @@ async def test_exclusions_are_counted_by_code_and_field_never_by_description(
 async def test_kept_fields_are_stored_and_outcomes_found_by_dedupe_key(
     store: Store, destination: DestinationRecord
 ) -> None:
-    await append(store, destination.id, INSTANCE, [update(1), update(2)])
-    await unpack(store, INSTANCE)
-    first, second = await store.claim_due(INSTANCE, 10, START)
+    first, second = await claimed(store, destination.id, INSTANCE, [1, 2])
     kept = dataclasses.replace(
         activated(first, ActionType.UPDATED), kept_fields=("city", "firstName")
     )

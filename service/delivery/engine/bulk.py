@@ -346,8 +346,8 @@ class BulkSyncEngine(SyncEngine):
             if lead is not None:
                 person.lead_id = lead.id
                 self._settle(person, lead)
-                if not rules.writes_attributes:
-                    run.written.append(person)  # audience only: memberships come later
+                if not self._writes(person):
+                    run.written.append(person)  # no attributes: memberships come later
                     continue
                 kind: JobKind = "update"
             else:

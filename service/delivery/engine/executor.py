@@ -41,7 +41,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from service.delivery.engine.locks import KeyedLocks
-from service.delivery.engine.planner import Plan, PlannedPerson, plan_batch
+from service.delivery.engine.planner import (
+    REASON_ATTRIBUTES_STALE,
+    Plan,
+    PlannedPerson,
+    plan_batch,
+)
 from service.delivery.engine.ports import MarketoPort
 from service.domain import (
     REQUIRED_FOR_CREATE,
@@ -50,6 +55,7 @@ from service.domain import (
     AudienceChanges,
     Exclusion,
     ExclusionCode,
+    MembershipMark,
     Outcome,
     OutcomeKind,
     ProfileMapper,
@@ -116,13 +122,15 @@ class BatchResult:
     """What a batch did.
 
     `outcomes` are final (write them and retire their updates); `deferred` updates must be retried
-    later; `watermarks` (profile id -> event time) are the new applied event times of the
-    profiles whose outcomes are final.
+    later; `watermarks` (profile id -> event time) are the new applied attribute event times of
+    the profiles whose outcomes are final; `membership_marks` the memberships applied, per
+    (profile id, audience id), by activated persons.
     """
 
     outcomes: tuple[Outcome, ...]
     deferred: tuple[Deferred, ...] = ()
     watermarks: Mapping[str, datetime] = field(default_factory=dict)
+    membership_marks: Mapping[tuple[str, str], MembershipMark] = field(default_factory=dict)
 
     @property
     def error(self) -> MarketoError | None:
@@ -211,7 +219,7 @@ class _Person:
                 kind=self.kind,
                 actions=own_actions(self.plan, u.update_id, self.actions),
                 lead_id=self.lead_id,
-                reason=self.reason,
+                reason=self.reason or self._note(u),
                 marketo_code=self.code,
                 exclusion_code=self.exclusion.code if self.exclusion else None,
                 field=self.exclusion.field if self.exclusion else "",
@@ -219,6 +227,15 @@ class _Person:
             )
             for u in self.plan.updates
         ]
+
+    def _note(self, update: ProfileUpdate) -> str:
+        """An activated update's attributes that were stale, in words."""
+        activated = self.kind is OutcomeKind.ACTIVATED
+        return (
+            REASON_ATTRIBUTES_STALE
+            if activated and update.update_id in self.plan.stale_attributes
+            else ""
+        )
 
 
 def own_actions(
@@ -310,7 +327,11 @@ class SyncEngine:
         return self._rules
 
     def plan(
-        self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
+        self,
+        updates: Sequence[ProfileUpdate],
+        *,
+        watermarks: Mapping[str, datetime] | None = None,
+        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
     ) -> Plan:
         """Plan a batch without any Marketo call (on the calling thread)."""
         with self._planning_scope(len(updates)):
@@ -319,22 +340,32 @@ class SyncEngine:
                 self._rules,
                 self._mapper,
                 watermarks=watermarks,
+                membership_marks=membership_marks,
                 audience_lists=self._lists if self._rules.manages_lists else {},
             )
 
     async def _plan_in_thread(
-        self, updates: Sequence[ProfileUpdate], watermarks: Mapping[str, datetime] | None
+        self,
+        updates: Sequence[ProfileUpdate],
+        watermarks: Mapping[str, datetime] | None,
+        membership_marks: Mapping[tuple[str, str], MembershipMark] | None,
     ) -> Plan:
         # Mapping runs every transform on every profile of the batch: CPU work that would hold
         # the event loop (health checks, lease renewals, other instances' delivery) for as long
         # as it lasts. A worker thread takes it; the context (the batch span) goes along.
-        return await asyncio.to_thread(self.plan, updates, watermarks=watermarks)
+        return await asyncio.to_thread(
+            self.plan, updates, watermarks=watermarks, membership_marks=membership_marks
+        )
 
     async def sync(
-        self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
+        self,
+        updates: Sequence[ProfileUpdate],
+        *,
+        watermarks: Mapping[str, datetime] | None = None,
+        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
     ) -> BatchResult:
         """Plan and execute a batch; every update ends in `outcomes` or in `deferred`."""
-        plan = await self._plan_in_thread(updates, watermarks)
+        plan = await self._plan_in_thread(updates, watermarks, membership_marks)
         persons = [_Person(p) for p in plan.persons]
         error: MarketoError | None = None
         async with self._locks.hold(self._lock_key(p.plan.key) for p in persons):
@@ -344,11 +375,14 @@ class SyncEngine:
                 error = stop.error
         outcomes = list(plan.outcomes)
         marks = dict(plan.watermarks)
+        applied: dict[tuple[str, str], MembershipMark] = {}
         deferred: list[Deferred] = []
         for person in persons:
             if person.final:
                 outcomes.extend(person.outcomes())
                 marks.update(person.plan.watermarks)
+                if person.kind is OutcomeKind.ACTIVATED:
+                    applied.update(person.plan.membership_marks)
                 continue
             cause = error or person.unknown
             assert cause is not None
@@ -356,13 +390,22 @@ class SyncEngine:
                 Deferred(u.update_id, u.profile_id, person.plan.dedupe_value, cause)
                 for u in person.plan.updates
             )
-        return BatchResult(outcomes=tuple(outcomes), deferred=tuple(deferred), watermarks=marks)
+        return BatchResult(
+            outcomes=tuple(outcomes),
+            deferred=tuple(deferred),
+            watermarks=marks,
+            membership_marks=applied,
+        )
 
     async def dry_run(
-        self, updates: Sequence[ProfileUpdate], *, watermarks: Mapping[str, datetime] | None = None
+        self,
+        updates: Sequence[ProfileUpdate],
+        *,
+        watermarks: Mapping[str, datetime] | None = None,
+        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
     ) -> DryRunResult:
         """Plan and look up like `sync`, write nothing; say what would be written."""
-        plan = await self._plan_in_thread(updates, watermarks)
+        plan = await self._plan_in_thread(updates, watermarks, membership_marks)
         persons = [_Person(p) for p in plan.persons]
         outcomes = list(plan.outcomes)
         create: list[str] = []
@@ -384,7 +427,7 @@ class SyncEngine:
                 continue
             lead = found.get(person.plan.key)
             if lead is not None:
-                if self._rules.writes_attributes:
+                if self._writes(person):
                     self._settle(person, lead)
                     update.append(PlannedUpdate(person.plan.dedupe_value, lead.id, person.kept))
                 for audience in person.plan.joins:
@@ -431,7 +474,7 @@ class SyncEngine:
                 if lead is not None:
                     person.lead_id = lead.id
                     self._settle(person, lead)
-                    (to_update if self._rules.writes_attributes else ready).append(person)
+                    (to_update if self._writes(person) else ready).append(person)
                     continue
                 if person.conflicted:
                     # Marketo says the lead exists, yet the dedupe value finds none: another
@@ -457,6 +500,11 @@ class SyncEngine:
             if not person.final:
                 person.kind = OutcomeKind.ACTIVATED
 
+    def _writes(self, person: _Person) -> bool:
+        """Whether `person`'s lead gets attributes: the sync type writes them and the person
+        has some not older than what was applied."""
+        return self._rules.writes_attributes and person.plan.writes_attributes
+
     def _settle(self, person: _Person, lead: Lead | None) -> None:
         """Set what `person`'s write sends to `lead` (None: a lead to create) under the write
         policies, and which fields keep Marketo's value."""
@@ -481,7 +529,8 @@ class SyncEngine:
         """Exclude an unmatched person unless a lead may and should be created."""
         rules = self._rules
         plan = person.plan
-        if not rules.creates_leads:
+        if not rules.creates_leads or not plan.writes_attributes:
+            # creating a lead from attributes older than those applied would write them
             person.exclude(_NO_MATCHING_LEAD)
         elif rules.sync_type is SyncType.AUDIENCE_AND_PROFILE and plan.exits and not plan.joins:
             # a person only leaving audiences is not worth a new lead

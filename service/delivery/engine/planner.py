@@ -3,15 +3,20 @@
 The planner turns a batch of `ProfileUpdate`s into one `PlannedPerson` per dedupe value (what the
 executor resolves and writes) plus the outcomes it can decide alone (superseded and excluded).
 
-Rules, in order:
+Facts are ordered per kind: a profile's attributes against its attribute watermark (the event
+time of the attributes already applied), each membership against the mark of its (profile,
+audience) (the status already applied and its event time). An attribute update never supersedes a
+membership event, nor the reverse. Rules, in order:
 
-1. An update older than the profile's watermark (the event time already applied for that profile)
-   is superseded and never written.
-2. Per profile, the latest update (event time, then position in the batch) speaks for the profile:
-   consent refused, a mapping rejection, a missing dedupe value or one holding a comma (Marketo's
-   look-up splits its values on commas) exclude it, and the profile's older updates in the batch
-   are superseded by it.
-3. Profiles are coalesced per dedupe value: the latest update's attributes win; memberships are
+1. Each update is split into its facts: its attributes are stale when older than the profile's
+   watermark, each membership of an activated audience when older than its own mark. An update
+   with no fact left is superseded and never written; one whose attributes only are stale still
+   delivers its memberships and writes no attributes.
+2. Per profile, the latest update with current attributes (event time, then position in the
+   batch; the latest update when none has) speaks for the profile: consent refused, a mapping
+   rejection, a missing dedupe value or one holding a comma (Marketo's look-up splits its values
+   on commas) exclude it, and the profile's other updates in the batch are superseded by it.
+3. Profiles are coalesced per dedupe value: the latest current attributes win; memberships are
    merged per audience, the latest event time winning. Older updates that still carry a winning
    membership share the person's outcome; those left with nothing are superseded.
 """
@@ -28,6 +33,7 @@ from service.domain import (
     Exclusion,
     ExclusionCode,
     MappingRejectedError,
+    MembershipMark,
     MembershipStatus,
     MissingDedupeValueError,
     Outcome,
@@ -44,6 +50,9 @@ REASON_CONSENT_REFUSED = "marketing consent refused"
 REASON_NO_DEDUPE_VALUE = "no dedupe value"
 REASON_MAPPING_REJECTED = "value rejected by mapping"
 REASON_STALE = "older than the update already applied for this profile"
+REASON_ATTRIBUTES_STALE = (
+    "attributes superseded: older than the attributes already applied for this profile"
+)
 REASON_SUPERSEDED_IN_BATCH = "superseded by a newer update in the same batch"
 REASON_NO_AUDIENCE = "no membership of an activated audience"
 REASON_DEDUPE_COMMA = (
@@ -77,8 +86,18 @@ class PlannedPerson:
     memberships: Mapping[str, MembershipStatus]
     updates: tuple[ProfileUpdate, ...]
     watermarks: Mapping[str, datetime]
-    writer: str
-    sources: Mapping[str, str]
+    """The attribute event time each profile reaches once the person is written."""
+    writes_attributes: bool = True
+    """False when every update's attributes are older than their profile's watermark: only
+    memberships are delivered, `fields` is empty."""
+    stale_attributes: frozenset[str] = frozenset()
+    """Update ids whose attributes were older than the watermark (their memberships were not)."""
+    membership_marks: Mapping[tuple[str, str], MembershipMark] = field(default_factory=dict)
+    """The membership each (profile id, audience id) reaches once the person is written."""
+    writer: str = ""
+    """The update whose attributes `fields` are ("" when none is written)."""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Per audience of `memberships`, the update whose status it is."""
 
     @property
     def joins(self) -> tuple[str, ...]:
@@ -99,11 +118,21 @@ class Plan:
     watermarks: Mapping[str, datetime] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Fact:
+    """An update of the batch with what is still new in it: its attributes (`current`: not
+    older than the profile's watermark) and the memberships newer than their marks."""
+
+    index: int
+    update: ProfileUpdate
+    current: bool
+    memberships: tuple[AudienceMembership, ...]
+
+
 @dataclass(slots=True)
 class _Profile:
-    head: ProfileUpdate
-    head_index: int
-    updates: list[tuple[int, ProfileUpdate]]
+    head: _Fact
+    items: list[_Fact]
     dedupe_value: str
     fields: Mapping[str, Any]
 
@@ -141,42 +170,56 @@ def plan_batch(
     mapper: ProfileMapper,
     *,
     watermarks: Mapping[str, datetime] | None = None,
+    membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
     audience_lists: Mapping[str, int] | None = None,
 ) -> Plan:
     """Plan a batch of any size.
 
-    `watermarks` maps profile id to the latest event time already applied; `audience_lists`
-    maps every activated audience to its static list (memberships of other audiences are ignored,
-    and all memberships are ignored when the sync type keeps no lists).
+    `watermarks` maps profile id to the event time of the attributes already applied;
+    `membership_marks` maps (profile id, audience id) to the membership already applied;
+    `audience_lists` maps every activated audience to its static list (memberships of other
+    audiences are ignored, and all memberships are ignored when the sync type keeps no lists).
     """
     marks = watermarks or {}
-    lists = audience_lists or {}
+    audience_marks = membership_marks or {}
+    lists = audience_lists if rules.manages_lists and audience_lists else {}
     outcomes: list[Outcome] = []
     new_marks: dict[str, datetime] = {}
 
-    by_profile: dict[str, list[tuple[int, ProfileUpdate]]] = {}
+    by_profile: dict[str, list[_Fact]] = {}
     for index, update in enumerate(updates):
         mark = marks.get(update.profile_id)
-        if mark is not None and update.event_time < mark:
+        current = mark is None or update.event_time >= mark
+        memberships = tuple(
+            m
+            for m in update.memberships
+            if m.audience_id in lists
+            and not _older(update, audience_marks.get((update.profile_id, m.audience_id)))
+        )
+        if not current and not memberships:
             outcomes.append(_outcome(update, OutcomeKind.SUPERSEDED, REASON_STALE, None))
             continue
-        by_profile.setdefault(update.profile_id, []).append((index, update))
+        by_profile.setdefault(update.profile_id, []).append(
+            _Fact(index, update, current, memberships)
+        )
 
     profiles: list[_Profile] = []
     for items in by_profile.values():
-        items.sort(key=lambda item: (item[1].event_time, item[0]))
-        head_index, head = items[-1]
-        exclusion, dedupe, fields = _evaluate(head, rules, mapper)
+        items.sort(key=lambda item: (item.update.event_time, item.index))
+        head = next((item for item in reversed(items) if item.current), items[-1])
+        exclusion, dedupe, fields = _evaluate(head.update, rules, mapper)
         if exclusion is not None:
-            outcomes.append(excluded(head, exclusion, dedupe))
+            outcomes.append(excluded(head.update, exclusion, dedupe))
             outcomes.extend(
-                _outcome(u, OutcomeKind.SUPERSEDED, REASON_SUPERSEDED_IN_BATCH, dedupe)
-                for _, u in items[:-1]
+                _outcome(item.update, OutcomeKind.SUPERSEDED, REASON_SUPERSEDED_IN_BATCH, dedupe)
+                for item in items
+                if item is not head
             )
-            new_marks[head.profile_id] = head.event_time
+            if head.current:
+                new_marks[head.update.profile_id] = head.update.event_time
             continue
         assert dedupe is not None
-        profiles.append(_Profile(head, head_index, items, dedupe, fields))
+        profiles.append(_Profile(head, items, dedupe, fields))
 
     groups: dict[str, list[_Profile]] = {}
     for profile in profiles:
@@ -184,57 +227,80 @@ def plan_batch(
 
     persons: list[PlannedPerson] = []
     for key, members in groups.items():
-        winner = max(members, key=lambda p: (p.head.event_time, p.head_index))
-        latest: dict[str, tuple[datetime, int, ProfileUpdate, AudienceMembership]] = {}
-        if rules.manages_lists:
-            for profile in members:
-                for index, update in profile.updates:
-                    for membership in update.memberships:
-                        if membership.audience_id not in lists:
-                            continue
-                        seen = latest.get(membership.audience_id)
-                        if seen is None or (update.event_time, index) >= seen[:2]:
-                            latest[membership.audience_id] = (
-                                update.event_time,
-                                index,
-                                update,
-                                membership,
-                            )
-        contributors = {winner.head.update_id} | {u.update_id for _, _, u, _ in latest.values()}
-        sharing: list[ProfileUpdate] = []
-        for profile in members:
-            for _, update in profile.updates:
-                if update.update_id in contributors:
-                    sharing.append(update)
-                else:
-                    outcomes.append(
-                        _outcome(
-                            update,
-                            OutcomeKind.SUPERSEDED,
-                            REASON_SUPERSEDED_IN_BATCH,
-                            profile.dedupe_value,
-                        )
-                    )
-        memberships = {a: m.status for a, (_, _, _, m) in sorted(latest.items())}
-        group_marks = {p.head.profile_id: p.head.event_time for p in members}
-        if rules.manages_lists and not rules.writes_attributes and not memberships:
-            for update in sharing:
-                outcomes.append(excluded(update, _NO_AUDIENCE, winner.dedupe_value))
-            new_marks.update(group_marks)
+        person, superseded = _coalesce(key, members)
+        outcomes.extend(superseded)
+        if rules.manages_lists and not rules.writes_attributes and not person.memberships:
+            outcomes.extend(excluded(u, _NO_AUDIENCE, person.dedupe_value) for u in person.updates)
+            new_marks.update(person.watermarks)
             continue
-        persons.append(
-            PlannedPerson(
-                key=key,
-                dedupe_value=winner.dedupe_value,
-                fields=winner.fields,
-                memberships=memberships,
-                updates=tuple(sharing),
-                watermarks=group_marks,
-                writer=winner.head.update_id,
-                sources={a: u.update_id for a, (_, _, u, _) in latest.items()},
-            )
-        )
+        persons.append(person)
     return Plan(persons=tuple(persons), outcomes=tuple(outcomes), watermarks=new_marks)
+
+
+def _older(update: ProfileUpdate, mark: MembershipMark | None) -> bool:
+    return mark is not None and update.event_time < mark.event_time
+
+
+def _coalesce(key: str, members: Sequence[_Profile]) -> tuple[PlannedPerson, list[Outcome]]:
+    """The person of the profiles sharing one dedupe value, and the outcomes of the updates
+    whose every fact a newer one of the batch replaces."""
+    current = [p for p in members if p.head.current]
+    winner = max(current or members, key=lambda p: (p.head.update.event_time, p.head.index))
+    latest: dict[str, tuple[datetime, int, ProfileUpdate, AudienceMembership]] = {}
+    own: dict[tuple[str, str], MembershipMark] = {}
+    for profile in members:
+        for item in profile.items:
+            update = item.update
+            for membership in item.memberships:
+                seen = latest.get(membership.audience_id)
+                if seen is None or (update.event_time, item.index) >= seen[:2]:
+                    latest[membership.audience_id] = (
+                        update.event_time,
+                        item.index,
+                        update,
+                        membership,
+                    )
+                # items are in event time order: the profile's latest status per audience wins
+                own[(update.profile_id, membership.audience_id)] = MembershipMark(
+                    membership.status, update.event_time
+                )
+    contributors = {u.update_id for _, _, u, _ in latest.values()}
+    if current:
+        contributors.add(winner.head.update.update_id)
+    sharing: list[ProfileUpdate] = []
+    superseded: list[Outcome] = []
+    for profile in members:
+        for item in profile.items:
+            if item.update.update_id in contributors:
+                sharing.append(item.update)
+            else:
+                superseded.append(
+                    _outcome(
+                        item.update,
+                        OutcomeKind.SUPERSEDED,
+                        REASON_SUPERSEDED_IN_BATCH,
+                        profile.dedupe_value,
+                    )
+                )
+    person = PlannedPerson(
+        key=key,
+        dedupe_value=winner.dedupe_value,
+        fields=winner.fields if current else {},
+        memberships={a: m.status for a, (_, _, _, m) in sorted(latest.items())},
+        updates=tuple(sharing),
+        watermarks={p.head.update.profile_id: p.head.update.event_time for p in current},
+        writes_attributes=bool(current),
+        stale_attributes=frozenset(
+            item.update.update_id
+            for p in members
+            for item in p.items
+            if not item.current and item.update.update_id in contributors
+        ),
+        membership_marks=own,
+        writer=winner.head.update.update_id if current else "",
+        sources={a: u.update_id for a, (_, _, u, _) in latest.items()},
+    )
+    return person, superseded
 
 
 def _evaluate(
