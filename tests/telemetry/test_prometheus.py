@@ -3,15 +3,19 @@ keeps bounded, and an exposition ``promtool check metrics`` accepts."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from service.store.base import Backlog, PendingStats
 from service.telemetry.core import QueueSample, QuotaSample
 from service.telemetry.setup import setup_telemetry
+from service.usecases.gauges import GaugeFigures
 from tests.scrape import PROFILES, Scrape, parse
 
 SERVICE = "marketo_destination.v1.MarketoDestinationService"
@@ -144,3 +148,57 @@ def test_a_taken_port_is_an_error() -> None:
 def test_no_endpoint_when_the_sdk_is_disabled() -> None:
     telemetry = setup_telemetry({"OTEL_SDK_DISABLED": "true"}, metrics_address="127.0.0.1:0")
     assert telemetry.metrics_endpoint is None
+
+
+class _Store:
+    def __init__(self, backlogs: list[Backlog]) -> None:
+        self.reads = 0
+        self._backlogs = backlogs
+
+    async def backlogs(self) -> list[Backlog]:
+        self.reads += 1
+        return self._backlogs
+
+
+class _Connections:
+    def quota_samples(self) -> list[QuotaSample]:
+        return [QuotaSample("123-abc-456.mktorest.com", ours=5, others=2, remaining=44_993)]
+
+
+class _Clock:
+    def now(self) -> float:
+        return 1_800_000_000.0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+async def test_gauge_figures_are_read_at_start_and_kept_for_the_exporters() -> None:
+    enqueued = datetime.fromtimestamp(1_800_000_000.0 - 42.5, UTC)
+    store = _Store(
+        [
+            Backlog("d1", "i1", PendingStats(7, enqueued)),
+            Backlog("d2", "i1", PendingStats(0, None)),
+        ]
+    )
+    telemetry = setup_telemetry(QUIET, metrics_address="127.0.0.1:0")
+    gauges = GaugeFigures(store, _Connections(), telemetry, interval=3600, clock=_Clock())  # type: ignore[arg-type]
+    try:
+        await gauges.start()
+        assert telemetry.metrics_endpoint is not None
+        text = (await asyncio.to_thread(httpx.get, telemetry.metrics_endpoint.url)).text
+    finally:
+        await gauges.stop()
+        telemetry.shutdown()
+    scrape = parse(text, "d1")
+    ages = {
+        s.labels["marketo_destination_destination_id"]: s.value
+        for s in scrape.find("marketo_destination_outbox_oldest_age_seconds", marketo_instance="i1")
+    }
+    assert ages == {"d1": 42.5, "d2": 0}
+    (depth,) = scrape.find(
+        "marketo_destination_outbox_depth", marketo_destination_destination_id="d1"
+    )
+    assert depth.value == 7
+    assert [s.value for s in scrape.find("marketo_daily_quota_remaining")] == [44_993]
+    assert store.reads == 1  # a scrape reads the last figures, never the store
