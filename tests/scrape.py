@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
-from tests.harness import STANDARD_MAPPINGS, spec, update
+from tests.harness import STANDARD_MAPPINGS, connection, spec, update
 from tests.processes import ServiceProcess, sandbox_process, stub, wait_for
 
 __all__ = ["PROFILES", "Scrape", "scrape_after_traffic"]
@@ -71,17 +71,9 @@ def scrape_after_traffic(data_dir: Path) -> Scrape:
         url = found.group(1)
         channel, client = stub(service.port)
         with channel:
-            destination_id = client.Configure(
-                pb.ConfigureRequest(
-                    spec=spec(
-                        connection=pb.MarketoConnection(
-                            munchkin_id="123-ABC-456",
-                            client_id="sandbox-client-id",
-                            client_secret="sandbox-client-secret",
-                        )
-                    )
-                )
-            ).destination.id
+            # No endpoint: the service's default, the sandbox process.
+            configure = pb.ConfigureRequest(spec=spec(connection=connection(endpoint="")))
+            destination_id = client.Configure(configure).destination.id
             client.Activate(
                 pb.ActivateRequest(
                     destination_id=destination_id,
