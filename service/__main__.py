@@ -28,7 +28,7 @@ from service.api.demo import demo_settings, run_demo
 from service.api.server import StartupError, application_server, new_health_servicer, shutdown
 from service.api.tls import TLSConfigError, own_listener_credentials
 from service.app import open_application
-from service.settings import InvalidSetting, Settings, parse_address
+from service.settings import InvalidSetting, Settings, env_var, parse_address
 from service.telemetry.logs import configure_logging
 from service.telemetry.setup import setup_telemetry
 
@@ -169,7 +169,15 @@ async def serve(
             url = await stack.enter_async_context(embedded_sandbox())
             _log.info("embedded Marketo sandbox at %s", url)
             settings = settings.replace(default_marketo_endpoint=url)
-        telemetry = setup_telemetry(os.environ, set_global=True)
+        try:
+            telemetry = setup_telemetry(
+                os.environ, set_global=True, metrics_address=settings.metrics_address
+            )
+        except OSError as error:
+            raise StartupError(
+                f"cannot serve metrics at {settings.metrics_address} "
+                f"({env_var('metrics_address')}): {error.strerror or error}"
+            ) from None
         stack.callback(telemetry.shutdown)
         app = await stack.enter_async_context(open_application(settings, telemetry=telemetry))
 

@@ -33,6 +33,7 @@ from service.usecases.activation import Activations
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import LimitSettings, MarketoConnections
 from service.usecases.destinations import Destinations
+from service.usecases.gauges import GaugeFigures
 from service.usecases.governance import load_policies
 from service.usecases.ingest import Ingest
 from service.usecases.monitoring import Monitoring
@@ -206,6 +207,10 @@ async def open_application(
             principals=principals,
         )
         if run_background:
+            if telemetry is not None and telemetry.enabled:
+                gauges = GaugeFigures(store, connections, telemetry, clock=clock)
+                await gauges.start()
+                stack.push_async_callback(gauges.stop)
             await alerts.start()
             stack.push_async_callback(alerts.stop)
             await dispatcher.start()

@@ -67,6 +67,11 @@ class Settings:
     address: str = "127.0.0.1:50051"
     """gRPC listen address, ``HOST:PORT``; port 0 picks a free port."""
 
+    metrics_address: str = ""
+    """Prometheus endpoint, ``HOST:PORT`` (e.g. ``127.0.0.1:9464``), serving the service's metrics
+    at ``/metrics`` beside the OTLP export; no authentication, aggregated figures only (see
+    docs/observability.md). Empty: off."""
+
     data_dir: Path = Path("data")
     """Directory of the embedded store (SQLite) and other local state; created owner-only
     (0700) if missing, its files owner-only (0600)."""
@@ -191,6 +196,11 @@ class Settings:
             parse_address(self.address)
         except ValueError as error:
             raise InvalidSetting("address", str(error)) from None
+        if self.metrics_address:
+            try:
+                parse_address(self.metrics_address)
+            except ValueError as error:
+                raise InvalidSetting("metrics_address", str(error)) from None
         if not self.grace_seconds >= 0:
             raise InvalidSetting("grace_seconds", f"must be 0 or more, got {self.grace_seconds}")
         if self.log_level.upper() not in _LOG_LEVELS:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -78,6 +79,8 @@ class MarketoTelemetry(MarketoObserver):
     ``marketo.code`` (the first error code when the body says ``"success": false``; ``ok``
     otherwise), ``marketo.records``, ``marketo.records.skipped``, ``marketo.attempt``,
     ``marketo.limiter.wait`` (also a ``marketo.limiter.wait`` measurement) and ``error.type``.
+    Each request's duration also goes to ``http.client.request.duration`` (method, host, status
+    code, error type).
     """
 
     def __init__(self, telemetry: Telemetry) -> None:
@@ -111,13 +114,28 @@ class MarketoTelemetry(MarketoObserver):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            exchange = _TracedExchange(span, name)
+            started = time.perf_counter()
+            error_type: str | None = None
             try:
-                yield _TracedExchange(span, name)
+                yield exchange
             except Exception as error:
                 # The exception's type only: messages may quote the URL.
-                span.set_attribute("error.type", type(error).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+                error_type = type(error).__qualname__
+                span.set_attribute("error.type", error_type)
+                span.set_status(Status(StatusCode.ERROR, error_type))
                 raise
+            finally:
+                status = exchange.status_code
+                if error_type is None and status is not None and status >= 400:
+                    error_type = str(status)
+                self._telemetry.record_http_client(
+                    time.perf_counter() - started,
+                    method=request.method,
+                    server_address=request.url.host,
+                    status_code=status,
+                    error_type=error_type,
+                )
 
     def attempted(self, *, endpoint: str, method: str, code: str, seconds: float) -> None:
         """Counts the attempt in ``marketo.calls`` and ``marketo.call.duration``."""
@@ -134,8 +152,10 @@ class _TracedExchange(Exchange):
     def __init__(self, span: Span, endpoint: str) -> None:
         self._span = span
         self._endpoint = endpoint
+        self.status_code: int | None = None
 
     def answered(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
         span = self._span
         span.set_attribute("http.response.status_code", response.status_code)
         if response.status_code >= 400:
