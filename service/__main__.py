@@ -46,6 +46,10 @@ def _address(value: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _add_address(command: argparse.ArgumentParser, help: str) -> None:
+    command.add_argument("--address", type=_address, metavar="HOST:PORT", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (its ``serve`` flags are contract)."""
     parser = argparse.ArgumentParser(
@@ -56,12 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_cmd = commands.add_parser("serve", help="run the gRPC service until SIGTERM/SIGINT")
-    serve_cmd.add_argument(
-        "--address",
-        type=_address,
-        metavar="HOST:PORT",
-        help="listen address (default 127.0.0.1:50051)",
-    )
+    _add_address(serve_cmd, "listen address (default 127.0.0.1:50051)")
     serve_cmd.add_argument(
         "--data-dir", type=Path, metavar="DIR", help="data directory (default ./data)"
     )
@@ -85,11 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd = commands.add_parser(
         "health", help="exit 0 when the service at ADDRESS reports SERVING (container healthcheck)"
     )
-    health_cmd.add_argument(
-        "--address",
-        type=_address,
-        metavar="HOST:PORT",
-        help="address to probe (default MARKETO_DEST_ADDRESS; 0.0.0.0 and [::] mean loopback)",
+    _add_address(
+        health_cmd,
+        "address to probe (default MARKETO_DEST_ADDRESS; 0.0.0.0 and [::] mean loopback)",
     )
     health_cmd.add_argument(
         "--service", default="", help="service name to check (default: overall)"

@@ -36,6 +36,7 @@ from service.usecases.destinations import Destinations
 from service.usecases.gauges import GaugeFigures
 from service.usecases.governance import load_policies
 from service.usecases.ingest import Ingest
+from service.usecases.mapping_rules import MappingRules
 from service.usecases.monitoring import Monitoring
 from service.usecases.preview import Preview
 
@@ -173,22 +174,20 @@ async def open_application(
             delivery_settings(settings),
             holder=replica_name(settings),
         )
-        policies = load_policies(settings.policies_file)
+        rules = MappingRules(registry, load_policies(settings.policies_file))
         app = Application(
             store=store,
             destinations=Destinations(
                 store,
                 connections,
-                registry,
-                policies=policies,
+                rules,
                 webhook_origins=settings.webhook_allowlist,
                 on_changed=dispatcher.configuration_changed,
             ),
             activations=Activations(
                 store,
                 connections,
-                registry,
-                policies=policies,
+                rules,
                 list_folder=settings.list_folder,
                 on_changed=dispatcher.configuration_changed,
             ),

@@ -20,36 +20,18 @@ import httpx
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from service.marketo.observer import NO_OBSERVER, Call, Exchange, MarketoObserver
+from service.marketo.observer import NO_OBSERVER, Call, Exchange, MarketoObserver, endpoint_of
 from service.telemetry.core import Telemetry
 from service.telemetry.logs import redact_query
 
-__all__ = ["MarketoTelemetry", "endpoint_of", "marketo_observer", "redact_url"]
+__all__ = ["MarketoTelemetry", "marketo_observer", "redact_url"]
 
-_ID_SEGMENT = re.compile(r"^\d+$")
-_VERSION_SEGMENT = re.compile(r"^v\d+$")
 _SUCCESS_FALSE = re.compile(rb'"success"\s*:\s*false')
 # The code is looked for in the first `errors` array only: a lazy scan from every `"errors"`
 # to the next `]` would take quadratic time on a body repeating it.
 _ERRORS = re.compile(rb'"errors"\s*:\s*\[\s*\{')
 _CODE = re.compile(rb'"code"\s*:\s*"?(\w+)')
 _SKIPPED = re.compile(rb'"status"\s*:\s*"skipped"')
-
-
-def endpoint_of(path: str) -> str:
-    """The Marketo endpoint of a URL path, without ids, version or ``.json``:
-    ``/rest/v1/lists/42/leads.json`` -> ``lists/leads``, ``/rest/asset/v1/folders.json`` ->
-    ``asset/folders``, ``/bulk/v1/leads/batch/7.json`` -> ``bulk/leads/batch``,
-    ``/identity/oauth/token`` -> ``identity``."""
-    segments = [s.removesuffix(".json") for s in path.split("/") if s]
-    if not segments:
-        return "/"
-    if segments[0] == "identity":
-        return "identity"
-    if segments[0] == "rest":
-        segments = segments[1:]
-    kept = [s for s in segments if not _ID_SEGMENT.match(s) and not _VERSION_SEGMENT.match(s)]
-    return "/".join(kept) or "/"
 
 
 def redact_url(url: httpx.URL) -> str:
