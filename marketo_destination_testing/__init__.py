@@ -123,7 +123,7 @@ def resolve(mapping: MappingSpec, registry: PluginRegistry) -> tuple[FieldMappin
         if mapping not in presets:
             known = ", ".join(sorted(presets)) or "none"
             raise KeyError(f"unknown mapping preset {mapping!r} (known: {known})")
-        return tuple(presets[mapping].preset.mappings)
+        return tuple(presets[mapping].item.mappings)
     return tuple(mapping)
 
 
@@ -188,7 +188,7 @@ def transform_problems(
     a type it does not declare, an exception other than ``TransformError``, a different answer
     to the same value. ``options`` default to the transform's ``example_options``."""
     entry = registry.transform(name)
-    transform = entry.transform
+    transform = entry.item
     unknown = set(options or {}) - set(transform.options)
     if unknown:
         return [f"options {sorted(unknown)} are not declared by {name!r}"]
