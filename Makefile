@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict service plugins sandbox
+	$(BIN)/mypy --strict service plugins sandbox marketo_destination_client
 
 unit: $(STAMP)
 	$(BIN)/pytest
