@@ -6,6 +6,9 @@ tokens, TLS, mutual TLS and trace context propagation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from tests.access.harness import Pki, principals_json, serve, token_for
 from tests.client.proxy import Fault, sync_proxy
 from tests.harness import STANDARD_MAPPINGS, Service, running_service, spec, update
 
+ROOT = Path(__file__).resolve().parents[2]
 AUDIENCE = pb.Audience(id="newsletter", name="Newsletter subscribers")
 REALIZED = {"newsletter": pb.MEMBERSHIP_STATUS_REALIZED}
 
@@ -217,7 +221,9 @@ async def test_a_stream_waits_for_a_restarted_service_and_resends(tmp_path: Path
         port = service.port
         client = client_of(service)
         destination_id = await activated_destination(client)
-        stream = client.sync_stream(destination_id, backoff=Backoff(initial=0.05, maximum=0.2))
+        # Many short waits: the stream must not give up while the service is away.
+        backoff = Backoff(initial=0.05, maximum=0.2, max_failures=1000)
+        stream = client.sync_stream(destination_id, backoff=backoff)
         before = await stream.send([update("p1", "p1@example.com", audiences=REALIZED)])
         assert (await before).attempts == 1
     # The service is stopped: these wait, and go out once it is back.
@@ -304,6 +310,8 @@ def test_tls_and_mutual_tls(pki: Pki) -> None:
     assert asyncio.run(scenario()) == ["p:" + "+".join(sorted(ALL_PERMISSIONS)), "batch"]
     with pytest.raises(ValueError, match="client_cert and client_key"):
         TLS(client_cert=pki.client_cert)
+    with pytest.raises(ValueError, match=re.escape("ca_file '/nowhere/ca.pem' cannot be read")):
+        Client(Connection(tls=TLS(ca_file=Path("/nowhere/ca.pem"))))
 
 
 def test_the_blocking_client(tmp_path: Path) -> None:
@@ -327,3 +335,21 @@ def test_the_blocking_client(tmp_path: Path) -> None:
             assert client.get_dataflow(destination.id).received == 10
 
     asyncio.run(scenario())
+
+
+def test_the_readme_example_runs_against_a_service(tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    (example,) = [b for b in blocks if "marketo_destination_client" in b]
+    printed = io.StringIO()
+
+    def run(port: int) -> None:
+        program = example.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
+        with contextlib.redirect_stdout(printed):
+            exec(compile(program, "README.md", "exec"), {})
+
+    async def scenario() -> None:
+        async with running_service(tmp_path) as service:
+            await asyncio.to_thread(run, service.port)
+
+    asyncio.run(scenario())
+    assert printed.getvalue().splitlines() == ["[]", "100"]
