@@ -41,7 +41,11 @@ class Client:
         async def make() -> AsyncClient:
             return AsyncClient(connection, timeout=timeout)
 
-        self._client = self._run(make())
+        try:
+            self._client = self._run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
@@ -61,7 +65,12 @@ class Client:
         """Close the channel and stop the background thread."""
         if self._loop.is_closed():
             return
-        self._run(self._client.close())
+        try:
+            self._run(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
