@@ -1,5 +1,6 @@
 """Command line: ``marketo-destination serve`` runs the service, ``marketo-destination health``
-probes one.
+probes one; ``destinations``, ``dataflow``, ``outcomes`` and ``alerts`` ask a running one
+(:mod:`marketo_destination_client.cli`).
 
 Settings come from the environment (:meth:`service.settings.Settings.from_env`, called here and
 nowhere else); the ``serve`` flags override it.
@@ -23,6 +24,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from marketo_destination_client import cli as operator_cli
 from service.api import sync_checks
 from service.api.demo import demo_settings, run_demo
 from service.api.server import StartupError, application_server, new_health_servicer, shutdown
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd.add_argument(
         "--client-key", type=Path, metavar="PEM", help="private key of --client-cert"
     )
+    # destinations list|get, dataflow, outcomes, alerts: calls to a running service.
+    operator_cli.add_commands(commands)
     return parser
 
 
@@ -121,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marketo-destination`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "operator_command", None) is not None:
+        return operator_cli.run(args, prog=PROG)
     try:
         settings = settings_for(args, os.environ)
     except InvalidSetting as error:

@@ -26,6 +26,9 @@ from service.delivery.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpo
 __all__ = ["ENV_PREFIX", "InvalidSetting", "Settings", "env_var", "field_docs", "parse_address"]
 
 ENV_PREFIX = "MARKETO_DEST_"
+# Read by the operator commands (marketo_destination_client.cli), not by the service: an
+# operator's shell may hold it when it starts the service.
+CLIENT_VARIABLES = frozenset({"MARKETO_DEST_TOKEN"})
 """Prefix of every environment variable read into :class:`Settings`."""
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -287,7 +290,11 @@ class Settings:
         ``MARKETO_DEST_*`` variable matches no setting (a typo would otherwise go unnoticed).
         """
         names = {env_var(f.name): f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in names)
+        unknown = sorted(
+            k
+            for k in environ
+            if k.startswith(ENV_PREFIX) and k not in names and k not in CLIENT_VARIABLES
+        )
         if unknown:
             raise InvalidSetting(unknown[0], f"unknown setting; known: {', '.join(sorted(names))}")
         types = get_type_hints(cls)

@@ -156,6 +156,13 @@ def test_bad_values_are_refused_naming_the_variable(var: str, raw: str) -> None:
     assert str(caught.value).startswith(f"{var}: ")
 
 
+def test_the_operator_token_variable_is_not_a_setting_and_not_refused() -> None:
+    settings = Settings.from_env(
+        {"MARKETO_DEST_TOKEN": "secret", "MARKETO_DEST_ADDRESS": "127.0.0.1:1"}
+    )
+    assert settings.address == "127.0.0.1:1" and "secret" not in repr(settings)
+
+
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().address = "0.0.0.0:1"  # type: ignore[misc]
