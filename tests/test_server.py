@@ -345,6 +345,7 @@ class _RecordingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
 
     def __init__(self) -> None:
         self.escaped: list[type[BaseException]] = []
+        self.seen = asyncio.Event()
 
     async def intercept_service(
         self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails
@@ -359,6 +360,7 @@ class _RecordingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
                 return await inner(request, context)
             except BaseException as error:
                 self.escaped.append(type(error))
+                self.seen.set()
                 raise
 
         return grpc.unary_unary_rpc_method_handler(
@@ -378,6 +380,8 @@ async def test_tracing_runs_outside_the_error_interceptor(
     )
     failure = await _unary_error(channel, "Fail")
     assert failure.code() == grpc.StatusCode.NOT_FOUND
+    # The status reaches the client as the abort is raised, before it leaves the handler.
+    await asyncio.wait_for(tracing.seen.wait(), timeout=10)
     # Outermost, tracing sees the abort that carries the real status, not the domain error.
     assert tracing.escaped == [grpc.aio.AbortError]
 
