@@ -165,6 +165,27 @@ class BatchResult:
         """The error that stopped the batch, if any."""
         return self.deferred[0].error if self.deferred else None
 
+    def folded(self, state: DesiredState) -> DesiredState:
+        """`state` with this batch folded in, as `Store.retire` stores it: watermarks only move
+        forward, a desired status is replaced by one not older, holders and profile states are
+        set (for engines driven without a store: benchmarks, tests)."""
+        watermarks = dict(state.watermarks)
+        for profile_id, event_time in self.watermarks.items():
+            seen = watermarks.get(profile_id)
+            watermarks[profile_id] = event_time if seen is None else max(seen, event_time)
+        marks = dict(state.marks)
+        for pair, mark in self.membership_marks.items():
+            seen_mark = marks.get(pair)
+            if seen_mark is None or mark.event_time >= seen_mark.event_time:
+                marks[pair] = mark
+        holders = dict(state.holders)
+        for pair, lead_id in self.holders.items():
+            if lead_id is None:
+                holders.pop(pair, None)
+            elif pair in marks:
+                holders[pair] = lead_id
+        return DesiredState(watermarks, marks, holders, {**state.profiles, **self.profiles})
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedUpdate:
