@@ -550,23 +550,18 @@ class BulkSyncEngine(SyncEngine):
 
     async def _finish_lists(self, run: _Run) -> None:
         persons = [p for p in run.written if not p.final and p.unknown is None]
+        unknown_ids = [p for p in persons if p.lead_id is None and p.created]
+        if unknown_ids:
+            # created by an import, which names no ids: look them up to bind them (and to add
+            # them to lists by id, recording which lead holds their memberships)
+            found = await self._lookup(unknown_ids)
+            for person in unknown_ids:
+                lead = found.get(person.plan.key)
+                if lead is None:
+                    person.fail(CODE_LEAD_NOT_FOUND, "Lead not found")
+                else:
+                    person.lead_id = lead.id
         if self._rules.manages_lists:
-            unknown_ids = [
-                p
-                for p in persons
-                if p.lead_id is None
-                and not p.plan.consent_refused
-                and set(self._joins(p)) - run.joined.get(p.plan.key, set())
-            ]
-            if unknown_ids:
-                # created by an import, which names no ids: look them up to add them by id
-                found = await self._lookup(unknown_ids)
-                for person in unknown_ids:
-                    lead = found.get(person.plan.key)
-                    if lead is None:
-                        person.fail(CODE_LEAD_NOT_FOUND, "Lead not found")
-                    else:
-                        person.lead_id = lead.id
             await self._write_lists(persons, run.joined)
         self._finish([p for p in persons if p.unknown is None])
 
