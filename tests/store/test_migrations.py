@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from service.domain import ExclusionCode, WritePolicy
+from service.domain import HOLDER_RESOLVED, ExclusionCode, WritePolicy
 from service.store.base import Store
 from service.store.migrations import Dialect, Migration, load_migrations
 from service.store.postgres import PostgresStore
@@ -268,4 +268,58 @@ async def test_rows_from_before_write_policies_read_as_always_and_are_found_by_d
         before,
         _write_rows_before_kept_fields,
         _check_kept_fields_upgrade,
+    )
+
+
+def _before_desired_state(dialect: Dialect) -> list[Migration]:
+    migrations = load_migrations(dialect)
+    names = [m.name for m in migrations]
+    return migrations[: names.index("desired_state")]
+
+
+def _write_marks_before_holders(
+    execute: Callable[[str, tuple[Any, ...]], object], destination: str
+) -> None:
+    at = to_micros(START)
+    for audience, status in (("a1", "realized"), ("a2", "existing"), ("a3", "exited")):
+        execute(
+            "INSERT INTO membership_marks (destination_id, profile_id, audience_id, status, "
+            "event_time) VALUES ({0}, {0}, {0}, {0}, {0})",
+            (destination, "p", audience, status, at),
+        )
+    execute(
+        "INSERT INTO activations (destination_id, audience_id, audience_name, origin, "
+        "marketo_list_id, list_name, active, created_by_service) "
+        "VALUES ({0}, {0}, {0}, {0}, {0}, {0}, 1, 1)",
+        (destination, "a1", "A1", "AEP", 11, "A1 list"),
+    )
+
+
+async def _check_holders_upgrade(store: Store, destination: str) -> None:
+    state = await store.desired_state(destination, ["p"])
+    assert {pair: mark.status.value for pair, mark in state.marks.items()} == {
+        ("p", "a1"): "realized",
+        ("p", "a2"): "existing",
+        ("p", "a3"): "exited",
+    }
+    # members applied before holders were recorded are held by the lead the profile resolves to
+    assert state.holders == {("p", "a1"): HOLDER_RESOLVED, ("p", "a2"): HOLDER_RESOLVED}
+    assert state.profiles == {}
+    (activation,) = await store.activations(destination)
+    assert activation.created_by_service and not activation.holders_tracked
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_marks_from_before_holders_are_held_by_the_resolved_lead(
+    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+) -> None:
+    before = _before_desired_state(dialect)
+    await _upgrade(
+        dialect,
+        tmp_path,
+        box,
+        clock,
+        before,
+        _write_marks_before_holders,
+        _check_holders_upgrade,
     )
