@@ -24,7 +24,8 @@ import math
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,7 +159,9 @@ def ceil300(count: int) -> int:
     return math.ceil(count / PER_CALL)
 
 
-async def run(rules: SyncRules, work: Workload, *, batch: int = UPDATES) -> dict[str, Any]:
+@asynccontextmanager
+async def sandboxed() -> AsyncIterator[tuple[httpx.AsyncClient, MarketoClient]]:
+    """An in-process sandbox (limits raised) and the real client on one stepping clock."""
     clock = SteppingClock()
     settings = SandboxSettings(
         calls_per_window=1_000_000, concurrency=1_000, daily_quota=10_000_000
@@ -168,15 +171,31 @@ async def run(rules: SyncRules, work: Workload, *, batch: int = UPDATES) -> dict
         calls_per_window=1_000_000, share=1.0, concurrency=8, daily_quota=10_000_000, clock=clock
     )
     async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE_URL) as http:
-        client = MarketoClient(
+        yield (
             http,
-            base_url=BASE_URL,
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            limits=limits,
-            clock=clock,
-            retry=RetryPolicy(rng=random.Random(1)),
+            MarketoClient(
+                http,
+                base_url=BASE_URL,
+                client_id=settings.client_id,
+                client_secret=settings.client_secret,
+                limits=limits,
+                clock=clock,
+                retry=RetryPolicy(rng=random.Random(1)),
+            ),
         )
+
+
+def spent(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
+    """Calls per endpoint between two snapshots of the sandbox's counters."""
+    return {
+        name: entry["calls"] - before.get(name, {}).get("calls", 0)
+        for name, entry in after.items()
+        if entry["calls"] - before.get(name, {}).get("calls", 0)
+    }
+
+
+async def run(rules: SyncRules, work: Workload, *, batch: int = UPDATES) -> dict[str, Any]:
+    async with sandboxed() as (http, client):
         seeded = [{"email": e, "firstName": "Old", "lastName": "Lead"} for e in work.existing]
         response = await http.post("/_sandbox/leads", json={"leads": seeded})
         response.raise_for_status()
@@ -202,11 +221,7 @@ async def run(rules: SyncRules, work: Workload, *, batch: int = UPDATES) -> dict
         leads = (await http.get("/_sandbox/leads")).json()["leads"]
         list_dump = (await http.get("/_sandbox/lists")).json()["lists"]
 
-    calls = {
-        name: entry["calls"] - before.get(name, {}).get("calls", 0)
-        for name, entry in after.items()
-        if entry["calls"] - before.get(name, {}).get("calls", 0)
-    }
+    calls = spent(before, after)
     assert not deferred, deferred[:3]
     kinds: dict[str, int] = {}
     for outcome in outcomes:
@@ -230,8 +245,6 @@ async def run(rules: SyncRules, work: Workload, *, batch: int = UPDATES) -> dict
         "createOnly": ceil300(creates),
         "lists": sum(ceil300(n) for n in list_members.values()),
     }
-    floor = sum(floor_parts.values())
-    marketo_calls = sum(n for name, n in calls.items() if name != IDENTITY)
     # the run must have done the work, not just been cheap
     expected_leads = existing + creates
     assert len(leads) == expected_leads, (len(leads), expected_leads)
@@ -239,17 +252,7 @@ async def run(rules: SyncRules, work: Workload, *, batch: int = UPDATES) -> dict
     for audience, count in list_members.items():
         assert sizes[f"Audience {audience}"] == count, (audience, sizes, count)
     assert kinds.get(OutcomeKind.FAILED.value, 0) == 0, kinds
-    return {
-        "calls_by_endpoint": calls,
-        "calls_by_operation": port.calls,
-        "floor_parts": floor_parts,
-        "calls": marketo_calls,
-        "floor": floor,
-        "ratio": round(marketo_calls / floor, 4),
-        "outcomes": kinds,
-        "seconds": round(elapsed, 2),
-        "list_members": list_members,
-    }
+    return figures(calls, port, floor_parts, kinds, elapsed, list_members)
 
 
 STEADY_PROFILES = 2_000
@@ -282,24 +285,7 @@ async def steady(rules: SyncRules, seed: int = 7) -> dict[str, Any]:
     """Calls spent on 10,000 updates of 2,000 profiles already delivered, against the floor of
     their real changes."""
     rng = random.Random(seed)
-    clock = SteppingClock()
-    settings = SandboxSettings(
-        calls_per_window=1_000_000, concurrency=1_000, daily_quota=10_000_000
-    )
-    app = create_app(settings, clock=clock.manual)
-    limits = InstanceLimits(
-        calls_per_window=1_000_000, share=1.0, concurrency=8, daily_quota=10_000_000, clock=clock
-    )
-    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE_URL) as http:
-        client = MarketoClient(
-            http,
-            base_url=BASE_URL,
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            limits=limits,
-            clock=clock,
-            retry=RetryPolicy(rng=random.Random(1)),
-        )
+    async with sandboxed() as (http, client):
         folder = await client.folder_by_name("Group Lists")
         assert folder is not None
         lists = {
@@ -361,11 +347,7 @@ async def steady(rules: SyncRules, seed: int = 7) -> dict[str, Any]:
 
         after = (await http.get("/_sandbox/calls")).json()["by_endpoint"]
         list_dump = (await http.get("/_sandbox/lists")).json()["lists"]
-    calls = {
-        name: entry["calls"] - before.get(name, {}).get("calls", 0)
-        for name, entry in after.items()
-        if entry["calls"] - before.get(name, {}).get("calls", 0)
-    }
+    calls = spent(before, after)
     kinds: dict[str, int] = {}
     for outcome in outcomes:
         kinds[outcome.kind.value] = kinds.get(outcome.kind.value, 0) + 1
@@ -375,18 +357,31 @@ async def steady(rules: SyncRules, seed: int = 7) -> dict[str, Any]:
     for audience in AUDIENCES:
         expected = sum(1 for m in members if audience in m)
         assert sizes[f"Audience {audience}"] == expected, (audience, sizes, expected)
+    list_members = {a: sum(1 for m in members if a in m) for a in AUDIENCES}
+    return figures(calls, port, floor_parts, kinds, elapsed, list_members)
+
+
+def figures(
+    calls: Mapping[str, int],
+    port: CountingPort,
+    floor_parts: Mapping[str, int],
+    kinds: Mapping[str, int],
+    elapsed: float,
+    list_members: Mapping[str, int],
+) -> dict[str, Any]:
+    """A run's figures: calls (token calls not counted) against the floor, and what it did."""
     floor = sum(floor_parts.values())
     marketo_calls = sum(n for name, n in calls.items() if name != IDENTITY)
     return {
-        "calls_by_endpoint": calls,
+        "calls_by_endpoint": dict(calls),
         "calls_by_operation": port.calls,
-        "floor_parts": floor_parts,
+        "floor_parts": dict(floor_parts),
         "calls": marketo_calls,
         "floor": floor,
         "ratio": round(marketo_calls / floor, 4),
-        "outcomes": kinds,
+        "outcomes": dict(kinds),
         "seconds": round(elapsed, 2),
-        "list_members": {a: sum(1 for m in members if a in m) for a in AUDIENCES},
+        "list_members": dict(list_members),
     }
 
 

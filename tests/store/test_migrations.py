@@ -136,10 +136,11 @@ _OLD_OUTCOME = (
 )
 
 
-def _before_exclusion_codes(dialect: Dialect) -> list[Migration]:
+def _before(dialect: Dialect, name: str) -> list[Migration]:
+    """The migrations before the one named `name`."""
     migrations = load_migrations(dialect)
     names = [m.name for m in migrations]
-    return migrations[: names.index("exclusion_codes")]
+    return migrations[: names.index(name)]
 
 
 def _write_old_rows(execute: Callable[[str, tuple[Any, ...]], object], destination: str) -> None:
@@ -217,7 +218,7 @@ async def _upgrade(
 async def test_counters_by_reason_are_folded_into_exclusion_codes(
     dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
 ) -> None:
-    before = _before_exclusion_codes(dialect)
+    before = _before(dialect, "exclusion_codes")
     await _upgrade(dialect, tmp_path, box, clock, before, _write_old_rows, _check_upgraded)
 
 
@@ -225,12 +226,6 @@ _OLD_MAPPINGS = (
     '[{"source": "person.email", "target": "DedupeField", "transform": null, "options": {}, '
     '"labels": []}]'
 )
-
-
-def _before_kept_fields(dialect: Dialect) -> list[Migration]:
-    migrations = load_migrations(dialect)
-    names = [m.name for m in migrations]
-    return migrations[: names.index("kept_fields_dedupe_key")]
 
 
 def _write_rows_before_kept_fields(
@@ -259,7 +254,7 @@ async def _check_kept_fields_upgrade(store: Store, destination: str) -> None:
 async def test_rows_from_before_write_policies_read_as_always_and_are_found_by_dedupe_key(
     dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
 ) -> None:
-    before = _before_kept_fields(dialect)
+    before = _before(dialect, "kept_fields_dedupe_key")
     await _upgrade(
         dialect,
         tmp_path,
@@ -269,12 +264,6 @@ async def test_rows_from_before_write_policies_read_as_always_and_are_found_by_d
         _write_rows_before_kept_fields,
         _check_kept_fields_upgrade,
     )
-
-
-def _before_desired_state(dialect: Dialect) -> list[Migration]:
-    migrations = load_migrations(dialect)
-    names = [m.name for m in migrations]
-    return migrations[: names.index("desired_state")]
 
 
 def _write_marks_before_holders(
@@ -313,7 +302,7 @@ async def _check_holders_upgrade(store: Store, destination: str) -> None:
 async def test_marks_from_before_holders_are_held_by_the_resolved_lead(
     dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
 ) -> None:
-    before = _before_desired_state(dialect)
+    before = _before(dialect, "desired_state")
     await _upgrade(
         dialect,
         tmp_path,
