@@ -528,7 +528,7 @@ class SyncEngine:
         joins: dict[str, list[str]] = {}
         exits: dict[str, list[str]] = {}
         try:
-            found = await self._lookup(persons)
+            found = await self._lookup([p for p in persons if self._needs_lookup(p)])
         except _Stop as stop:
             deferred = tuple(
                 Deferred(u.update_id, u.profile_id, p.plan.dedupe_value, stop.error)
@@ -540,23 +540,30 @@ class SyncEngine:
             if person.final:
                 outcomes.extend(person.outcomes())
                 continue
-            lead = found.get(person.plan.key)
+            lead = found.get(person.plan.key) if self._needs_lookup(person) else None
             if lead is not None:
+                person.lead_id = lead.id
                 if self._writes(person):
                     self._settle(person, lead)
                     update.append(PlannedUpdate(person.plan.dedupe_value, lead.id, person.kept))
-                for audience in person.plan.joins:
-                    joins.setdefault(audience, []).append(person.plan.dedupe_value)
-                for audience in person.plan.exits:
-                    exits.setdefault(audience, []).append(person.plan.dedupe_value)
+            elif not self._needs_lookup(person):
+                person.lead_id = person.plan.bound_lead
+            elif not person.plan.consent_refused:
+                self._decide_unmatched(person)
+                if person.final:
+                    outcomes.extend(person.outcomes())
+                    continue
+                create.append(person.plan.dedupe_value)
+                person.created = True
+            if not self._rules.manages_lists:
                 continue
-            self._decide_unmatched(person)
-            if person.final:
-                outcomes.extend(person.outcomes())
-                continue
-            create.append(person.plan.dedupe_value)
-            for audience in person.plan.joins:
+            adds, leaves = self._changes(person)
+            if person.created:
+                adds = [a for a, want in person.plan.desired.items() if want]
+            for audience in adds:
                 joins.setdefault(audience, []).append(person.plan.dedupe_value)
+            for audience, _ in leaves:
+                exits.setdefault(audience, []).append(person.plan.dedupe_value)
         audiences = tuple(
             AudienceChanges(
                 audience_id=a,
