@@ -283,3 +283,26 @@ async def test_an_older_membership_event_after_a_newer_attribute_update_still_ap
     assert late.kind is OutcomeKind.ACTIVATED
     assert late.actions == (Action(ActionType.ADDED, "a1"),)
     assert fake.lists[11] == {lead}
+
+
+async def test_a_join_for_a_deleted_bound_lead_resolves_the_person_again() -> None:
+    fake = FakeMarketo()
+    run = Run(fake, UPDATE_ONLY)
+    gone = fake.seed(updated_at=at(1), email="ann@x.io")
+    await run.sync(ann(1, ("a1", "realized")))
+    del fake.leads[gone]
+    fake.lists[11].discard(gone)
+    survivor = fake.seed(updated_at=at(2), email="ann@x.io")
+    # nothing to write but a join: the bound lead is used without a look-up, Marketo answers
+    # 1004, and the person is resolved again
+    out = only(await run.sync(ann(2, ("a1", "realized"), ("a2", "realized"))))
+    assert (out.kind, out.lead_id) == (OutcomeKind.ACTIVATED, survivor)
+    assert set(out.actions) == {
+        Action(ActionType.UPDATED),
+        Action(ActionType.ADDED, "a1"),
+        Action(ActionType.ADDED, "a2"),
+        Action(ActionType.NOT_IN_LIST, "a1"),
+    }
+    assert fake.lists[11] == fake.lists[12] == {survivor}
+    assert run.state.holders == {("p1", "a1"): survivor, ("p1", "a2"): survivor}
+    assert run.state.profiles["p1"].lead_id == survivor

@@ -302,6 +302,7 @@ class BulkSyncEngine(SyncEngine):
                 if not self._needs_lookup(person):
                     # bound and nothing to write: only its lists may change
                     person.lead_id = person.plan.bound_lead
+                    person.bound = True
                     run.written.append(person)
             persons = [p for p in persons if p not in run.written]
             for wave in _chunks(persons, self._policy.wave_size):
@@ -563,6 +564,7 @@ class BulkSyncEngine(SyncEngine):
                     person.lead_id = lead.id
         if self._rules.manages_lists:
             await self._write_lists(persons, run.joined)
+            await self._resolve_stale(persons)
         self._finish([p for p in persons if p.unknown is None])
 
     async def _add_members(self, audience: str, list_id: int, persons: list[_Person]) -> None:

@@ -246,6 +246,17 @@ class _Person:
     """Per audience, the leads holding the membership (updated as Marketo confirms changes)."""
     calls: bool = False
     """Whether any Marketo call was made for the person."""
+    bound: bool = False
+    """`lead_id` is the bound lead, taken without a look-up."""
+    stale_binding: bool = False
+    """Marketo answered that the bound lead does not exist (deleted or merged)."""
+
+    def rebind(self) -> None:
+        """Forget the binding: the person is resolved again (and its attributes written)."""
+        plan = self.plan
+        self.plan = replace(plan, bound_lead=None, attributes_changed=plan.writes_attributes)
+        self.lead_id = None
+        self.bound = self.stale_binding = False
 
     @property
     def final(self) -> bool:
@@ -548,6 +559,7 @@ class SyncEngine:
                     update.append(PlannedUpdate(person.plan.dedupe_value, lead.id, person.kept))
             elif not self._needs_lookup(person):
                 person.lead_id = person.plan.bound_lead
+                person.bound = True
             elif not person.plan.consent_refused:
                 self._decide_unmatched(person)
                 if person.final:
@@ -588,6 +600,7 @@ class SyncEngine:
                 pending.append(person)
             else:
                 person.lead_id = person.plan.bound_lead
+                person.bound = True
                 ready.append(person)
         for _ in range(self._max_rounds):
             if not pending:
@@ -624,7 +637,17 @@ class SyncEngine:
                 person.fail(person.last_code, REASON_UNRESOLVED)
         if self._rules.manages_lists:
             await self._write_lists(ready)
+            await self._resolve_stale(ready)
         self._finish(ready)
+
+    async def _resolve_stale(self, persons: Sequence[_Person]) -> None:
+        """Resolve again, through REST, the persons whose bound lead Marketo no longer has: the
+        new lead gets the attributes and the memberships, the deleted holder's are cleared."""
+        stale = [p for p in persons if p.stale_binding and not p.final]
+        for person in stale:
+            person.rebind()
+        if stale:
+            await SyncEngine._execute(self, stale)
 
     def _finish(self, persons: Sequence[_Person]) -> None:
         """End the persons whose writes are done: ACTIVATED, or EXCLUDED when consent is
@@ -923,6 +946,8 @@ class SyncEngine:
                 elif not add and result.status == "removed":
                     person.actions.append(Action(ActionType.REMOVED, audience))
                     held.discard(lead_id)
+                elif add and reason.code == CODE_LEAD_NOT_FOUND and person.bound:
+                    person.stale_binding = True  # resolved again once the lists are written
                 elif not add and reason.code in (CODE_NOT_IN_LIST, CODE_LEAD_NOT_FOUND):
                     person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
                     held.discard(lead_id)
