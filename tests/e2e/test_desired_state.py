@@ -176,3 +176,34 @@ async def test_an_update_with_nothing_new_makes_no_marketo_call(service: Service
     latest = max(answer.outcomes, key=lambda o: o.event_time.seconds)
     assert (latest.kind, list(latest.actions), latest.lead_id) == (ACTIVATED, [], lead)
     assert "nothing needed writing" in latest.reason
+
+
+async def test_preview_shows_only_the_difference(service: Service) -> None:
+    destination_id, _ = await setup(service, audiences=("a1", "a2"))
+    await sync(
+        service,
+        destination_id,
+        [[update("p1", "ann@x.io", time=T, audiences={"a1": REALIZED})]],
+    )
+    await delivered(service, destination_id)
+    preview = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(
+            destination_id=destination_id,
+            updates=[update("p1", "ann@x.io", time=T + 10, audiences={"a1": REALIZED})],
+        )
+    )
+    assert (preview.created, preview.updated) == (0, 0)
+    assert [(a.audience_id, a.added, a.removed) for a in preview.audiences] == []
+
+    moved = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(
+            destination_id=destination_id,
+            updates=[update("p1", "ann.new@x.io", time=T + 10, audiences={"a2": REALIZED})],
+        )
+    )
+    assert (moved.created, moved.updated) == (1, 0)
+    # the new lead would join a1 (still desired) and a2; the old lead would leave a1
+    assert [(a.audience_id, a.added, a.removed) for a in moved.audiences] == [
+        ("a1", 1, 1),
+        ("a2", 1, 0),
+    ]

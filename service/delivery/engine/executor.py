@@ -570,8 +570,6 @@ class SyncEngine:
             if not self._rules.manages_lists:
                 continue
             adds, leaves = self._changes(person)
-            if person.created:
-                adds = [a for a, want in person.plan.desired.items() if want]
             for audience in adds:
                 joins.setdefault(audience, []).append(person.plan.dedupe_value)
             for audience, _ in leaves:
@@ -867,8 +865,8 @@ class SyncEngine:
                     held.add(lead)
             person.held[audience] = set(held)
             if want:
-                if lead is None:
-                    continue
+                if lead is None and not person.created:
+                    continue  # unresolved (a created lead of a dry run is to be added)
                 removes.extend((audience, h) for h in sorted(held) if h != lead)
                 if lead not in held:
                     adds.append(audience)
