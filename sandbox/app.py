@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import activities, assets, bulk, control, extract, leads, lists, stats
 from sandbox.auth import Tokens
@@ -39,6 +40,9 @@ from sandbox.settings import SandboxSettings
 from sandbox.state import SandboxState
 
 Handler = Callable[[Call], Awaitable[Reply]]
+
+REPLICA_HEADER = "X-Marketo-Dest-Replica"
+"""The header naming the calling service replica (logged with `log_calls`)."""
 
 HTTP_REASONS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 
@@ -167,6 +171,16 @@ def marketo_endpoint(
         now = sandbox.clock.now()
         key = f"{method} {template}"
         reply = await _pipeline(sandbox, request, handlers, family, key, now)
+        if sandbox.settings.log_calls:
+            stats.log.append(
+                {
+                    "call": key,
+                    "code": "dropped" if reply is None else reply.code,
+                    "at": now,
+                    "end": sandbox.clock.now(),
+                    "replica": request.headers.get(REPLICA_HEADER, ""),
+                }
+            )
         if reply is None:
             stats.record(key, "dropped")
             return await _drop(request)
@@ -416,3 +430,23 @@ def create_app(settings: SandboxSettings | None = None, *, clock: Clock | None =
     app = Starlette(routes=routes)
     app.state.sandbox = sandbox
     return app
+
+
+def port_router(apps: dict[int, ASGIApp]) -> ASGIApp:
+    """One ASGI app serving several sandboxes, each on its own port (the scope's server port
+    picks it): several instances in one process, each its own Marketo host to a client."""
+    first = next(iter(apps.values()))
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await first(scope, receive, send)
+            return
+        server = scope.get("server")
+        app = apps.get(server[1]) if server else None
+        if app is None:
+            response = Response("no sandbox on this port", status_code=404)
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return route

@@ -169,9 +169,23 @@ class Settings:
     """PostgreSQL URL (``postgresql://user:password@host:5432/db``) of the store shared by every
     replica; see docs/deploying.md. Empty: the embedded SQLite store in ``data_dir``."""
 
-    lease_ttl_seconds: float = 30.0
-    """How long a replica's lease on a Marketo instance lasts without a heartbeat; a dead
-    replica's instances are taken over after it."""
+    lease_ttl_seconds: float = 180.0
+    """How long a replica's lease on a Marketo instance lasts without a heartbeat (renewed every
+    third of it); a dead replica's instances are taken over after it, and their first Marketo
+    call waits the call margin more. Must exceed 1.5 times the call margin
+    (``marketo_timeout_seconds + lease_clock_skew_seconds``)."""
+
+    marketo_timeout_seconds: float = 95.0
+    """Longest wait for Marketo's answer to one HTTP exchange (Sync Leads may take it 90 s). A
+    drainer starts a call only while its lease is confirmed for more than this plus
+    ``lease_clock_skew_seconds`` (see docs/deploying.md)."""
+
+    lease_clock_skew_seconds: float = 5.0
+    """How far apart the clocks of the replicas may be; part of the call margin."""
+
+    marketo_replica_header: bool = False
+    """Send this replica's id in an ``X-Marketo-Dest-Replica`` header of every Marketo call (for
+    a sandbox that logs who called; never needed against Marketo)."""
 
     schema_recheck_seconds: float = 60.0
     """How long a destination paused because Marketo's lead schema lacks a mapped field waits
@@ -222,6 +236,17 @@ class Settings:
             raise InvalidSetting("database_url", "must be a postgresql:// URL or empty")
         if self.lease_ttl_seconds <= 0:
             raise InvalidSetting("lease_ttl_seconds", "must be more than 0")
+        if not self.marketo_timeout_seconds > 0 or not self.lease_clock_skew_seconds >= 0:
+            raise InvalidSetting(
+                "marketo_timeout_seconds", "the timeout must be more than 0, the skew 0 or more"
+            )
+        if not self.lease_ttl_seconds * 2 / 3 > self.call_margin_seconds:
+            raise InvalidSetting(
+                "lease_ttl_seconds",
+                f"must be more than 1.5 times the call margin ({self.call_margin_seconds:g} s: "
+                "marketo_timeout_seconds + lease_clock_skew_seconds), "
+                f"got {self.lease_ttl_seconds:g}",
+            )
         if not self.schema_recheck_seconds > 0:
             raise InvalidSetting("schema_recheck_seconds", "must be more than 0")
         if not self.outcome_retention_days >= 0:
@@ -247,6 +272,11 @@ class Settings:
             endpoint_allowlist(self.allowed_endpoints, endpoint)
         except ValueError as error:
             raise InvalidSetting("default_marketo_endpoint", str(error)) from None
+
+    @property
+    def call_margin_seconds(self) -> float:
+        """Confirmed lease under which a drainer starts no Marketo call: timeout plus skew."""
+        return self.marketo_timeout_seconds + self.lease_clock_skew_seconds
 
     @property
     def endpoint_allowlist(self) -> OriginList:
