@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -170,17 +171,17 @@ def marketo_endpoint(
         method = request.method
         now = sandbox.clock.now()
         key = f"{method} {template}"
-        reply = await _pipeline(sandbox, request, handlers, family, key, now)
+        logged: dict[str, Any] = {
+            "call": key,
+            "replica": request.headers.get(REPLICA_HEADER, ""),
+            "at": now,
+            "end": None,
+            "code": None,
+        }
         if sandbox.settings.log_calls:
-            stats.log.append(
-                {
-                    "call": key,
-                    "code": "dropped" if reply is None else reply.code,
-                    "at": now,
-                    "end": sandbox.clock.now(),
-                    "replica": request.headers.get(REPLICA_HEADER, ""),
-                }
-            )
+            stats.log.append(logged)  # at its arrival: a call in flight shows with no end
+        reply = await _pipeline(sandbox, request, handlers, family, key, now)
+        logged.update(end=sandbox.clock.now(), code="dropped" if reply is None else reply.code)
         if reply is None:
             stats.record(key, "dropped")
             return await _drop(request)

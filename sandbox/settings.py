@@ -119,7 +119,7 @@ class SandboxSettings:
     only that record."""
     log_calls: bool = False
     """Keep a log of every Marketo call (`/_sandbox/call-log`): endpoint, code, arrival and end
-    times, and the caller's `X-Marketo-Dest-Replica` header."""
+    times (None while in flight), and the caller's `X-Marketo-Dest-Replica` header."""
 
     def with_overrides(self, body: Mapping[str, Any]) -> SandboxSettings:
         """Return a copy changed by a `/_sandbox/reset` body; raises ValueError on bad input."""

@@ -342,6 +342,7 @@ class BatchDelivery:
         except AuthenticationError as error:
             await self._auth_failing(lease, record, entries, error)
         except LeaseUnconfirmed as error:
+            log.warning("batch of %s stopped: %s", record.id, error.message)
             await self._hold(lease, entries, self.now(), _describe(error))
         except MarketoError as error:
             await self._defer(lease, entries, _describe(error))
@@ -432,6 +433,7 @@ class BatchDelivery:
         error = result.error
         if isinstance(error, LeaseUnconfirmed):
             # Nothing was sent: the entries are due at once, for whoever holds the lease next.
+            log.warning("batch of %s stopped: %s", record.id, error.message)
             await self._hold(lease, left, self.now(), _describe(error))
             return
         if isinstance(error, QuotaExhaustedError):

@@ -56,6 +56,11 @@ class Sandbox:
         calls: dict[str, Any] = await self.control("GET", "calls")
         return calls
 
+    async def call_log(self) -> list[dict[str, Any]]:
+        """Every Marketo call (when the sandbox was reset with `log_calls`), in arrival order."""
+        log: list[dict[str, Any]] = (await self.control("GET", "call-log"))["calls"]
+        return log
+
 
 @dataclass
 class Replica:
@@ -157,6 +162,14 @@ class Cluster:
 
     def live(self) -> list[Replica]:
         return [replica for replica in self.replicas if replica.alive]
+
+    def stop(self, replica: Replica) -> None:
+        """SIGSTOP: the replica freezes mid-whatever, its leases left to expire."""
+        replica.process.send_signal(signal.SIGSTOP)
+
+    def resume(self, replica: Replica) -> None:
+        """SIGCONT: a stopped replica goes on from where it was."""
+        replica.process.send_signal(signal.SIGCONT)
 
     async def kill(self, replica: Replica) -> None:
         """SIGKILL: no graceful shutdown, no lease released."""
