@@ -2,7 +2,8 @@
 
 With `--instances N` (N > 1) one process hosts N independent instances, each on a port of its
 own (the first at `--port`, the others picked by the system; `--port 0` picks them all), with
-Munchkin ids `<munchkin-id>-<i>`: a fleet of instances without a process each."""
+Munchkin ids `DDD-LLL-<i>` (the last part of `--munchkin-id` replaced by 000, 001, ...): a fleet
+of instances without a process each."""
 
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ async def serve(args: argparse.Namespace) -> None:
     if args.instances < 1:
         raise SystemExit("--instances must be 1 or more")
     apps: dict[int, ASGIApp] = {}
+    # "123-ABC-456" hosting several: 123-ABC-000, 123-ABC-001, ...
+    prefix = (
+        args.munchkin_id.rsplit("-", 1)[0] if args.munchkin_id.count("-") == 2 else args.munchkin_id
+    )
     sockets = []
     for index in range(args.instances):
-        munchkin_id = args.munchkin_id if args.instances == 1 else f"{args.munchkin_id}-{index}"
+        munchkin_id = args.munchkin_id if args.instances == 1 else f"{prefix}-{index:03d}"
         settings = SandboxSettings(
             client_id=args.client_id, client_secret=args.client_secret, munchkin_id=munchkin_id
         )

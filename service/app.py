@@ -115,6 +115,7 @@ def delivery_settings(settings: Settings) -> DeliverySettings:
         linger=settings.linger_seconds,
         lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
         call_margin=settings.call_margin_seconds,
+        rate_window=settings.marketo_window_seconds,
         idle_hold=settings.marketo_window_seconds,
         bulk_threshold=settings.bulk_threshold,
         schema_recheck=Backoff(

@@ -55,6 +55,9 @@ class DeliverySettings:
     """Seconds of confirmed lease under which a drainer starts no Marketo call (at least the
     HTTP timeout plus a clock-skew allowance; see `service.delivery.fence`). Less than two
     thirds of `lease_ttl`, or the gate would close between renewals."""
+    rate_window: float = 0.0
+    """Marketo's rate window (seconds): a lease taken over after an expiry opens its gate only
+    once the previous holder's calls have left the window (see the dispatcher)."""
     poll_interval: float = 1.0
     """How often due work (e.g. retries coming due) is looked for."""
     idle_hold: float = 0.0

@@ -13,8 +13,9 @@ so a drainer that lost its lease can never commit) and loops:
    `notify` wakes it) or for the linger time to pass;
 2. deliver the batch (`BatchDelivery.deliver`);
 3. a replica holding more than its fair share of leases (PostgreSQL scale-out) lets this one go
-   after the batch; a drainer with nothing due keeps its lease for `idle_hold` seconds (one
-   Marketo rate window) before releasing it.
+   after the batch, once `idle_hold` (one rate window) has passed without a call, so the next
+   holder's limiter does not start with our last calls unseen; a drainer with nothing due keeps
+   its lease for `idle_hold` seconds too before releasing it.
 
 External fencing. The generation fences the store, not Marketo: a drainer that lost its lease
 (its process stalled, or cut off from the database) must also stop calling Marketo, or its late
@@ -28,7 +29,10 @@ that fails leaves the gate to close by itself when the margin is reached; a lost
 at once; a heartbeat that wakes up late by more than half its interval (the event loop stalled,
 e.g. the process was stopped) closes it until the renewal it then makes succeeds. A lease taken
 after the previous tenure expired (not released) opens its gate only `call_margin` after that
-expiry. A call refused by the gate raises `LeaseUnconfirmed`: the batch stops, its unfinished
+expiry, and not before the previous holder's calls have left Marketo's rate window (they all
+started before `expiry - call_margin`, so at `expiry - call_margin + rate_window`): the per-instance
+limiter of the new holder starts empty, and Marketo's must not see both holders' calls in one
+window. A call refused by the gate raises `LeaseUnconfirmed`: the batch stops, its unfinished
 entries wait, due at once, without counting an attempt, and the drainer ends (a lease still held
 is released). The per-instance rate, concurrency and daily limits are counted by the holder's
 process, so they hold as long as one holder calls at a time, which this gate ensures.
@@ -258,8 +262,13 @@ class Dispatcher:
                     log.exception("a batch of %s could not be recorded; retrying later", key)
                     await self._wait(drainer.wake, self._settings.poll_interval)
                 if await self._above_fair_share(key):
-                    # Another replica has room: let it take this instance after this batch.
+                    # Another replica has room: let it take this instance after this batch, and
+                    # after our last calls have left the rate window.
                     self._elsewhere[key] = self._now() + self._settings.lease_ttl / 3
+                    until = self._clock.now() + self._settings.idle_hold
+                    while not drainer.stopping and (left := until - self._clock.now()) > 0:
+                        await self._wait(drainer.wake, left)
+                        drainer.wake.clear()
                     break
         except Exception:
             log.exception("drainer of %s failed", key)
@@ -282,7 +291,8 @@ class Dispatcher:
         margin = self._settings.call_margin
         opens_at = None
         if lease.previous_expiry is not None:
-            opens_at = lease.previous_expiry + timedelta(seconds=margin)
+            wait = max(margin, self._settings.rate_window - margin)
+            opens_at = lease.previous_expiry + timedelta(seconds=wait)
         return CallGate(
             self._clock, margin=margin, confirmed_until=lease.expires_at, opens_at=opens_at
         )

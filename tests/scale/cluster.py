@@ -1,8 +1,9 @@
-"""Several service replicas on one PostgreSQL database, each Marketo instance a sandbox process.
+"""Several service replicas on one PostgreSQL database, the Marketo instances sandbox processes.
 
-Used by the scale tests and by `bench/scale.py`. Every process is real: `python -m sandbox` per
-Marketo instance, `python -m service serve` per replica (configured only through its
-`MARKETO_DEST_*` environment, like a deployment), gRPC clients over loopback.
+Used by the scale tests and by `bench/fleet.py`. Every process is real: `python -m sandbox` per
+Marketo instance (or one hosting several, a port each), `python -m service serve` per replica
+(configured only through its `MARKETO_DEST_*` environment, like a deployment), gRPC clients over
+loopback.
 """
 
 from __future__ import annotations
@@ -123,6 +124,46 @@ class Cluster:
         await sandbox.control("POST", "reset", dict(limits))
         return sandbox
 
+    async def start_sandboxes(
+        self, munchkin_prefix: str, count: int, limits: Mapping[str, Any]
+    ) -> list[Sandbox]:
+        """`count` instances hosted by one sandbox process (`--instances`), one port each, with
+        Munchkin ids `<prefix>-000`, `<prefix>-001`, ... (`prefix` like `500-FLT`); each reset
+        with `limits`."""
+        process = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "sandbox",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--instances",
+            str(count),
+            "--munchkin-id",
+            munchkin_prefix,
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        endpoints: list[str] = []
+        async with asyncio.timeout(30):
+            while len(endpoints) < count:
+                line = (await process.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError(f"sandbox {munchkin_prefix} exited before serving")
+                match = _REST.search(line)
+                if match:
+                    endpoints.append(match.group(1))
+        hosted = [
+            Sandbox(f"{munchkin_prefix}-{index:03d}", process, endpoint, self.http)
+            for index, endpoint in enumerate(endpoints)
+        ]
+        self.sandboxes.extend(hosted)
+        await asyncio.gather(*(each.control("POST", "reset", dict(limits)) for each in hosted))
+        return hosted
+
     async def start_replica(self, name: str, settings: Mapping[str, str]) -> Replica:
         log = self.directory / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
@@ -242,10 +283,11 @@ class Cluster:
         for replica in self.replicas:
             if replica.alive:
                 replica.process.send_signal(signal.SIGTERM)
-        for sandbox in self.sandboxes:
-            if sandbox.process.returncode is None:
-                sandbox.process.send_signal(signal.SIGTERM)
-        for process in [r.process for r in self.replicas] + [s.process for s in self.sandboxes]:
+        for process in dict.fromkeys(s.process for s in self.sandboxes):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        processes = [r.process for r in self.replicas] + [s.process for s in self.sandboxes]
+        for process in dict.fromkeys(processes):  # one sandbox process may host several
             try:
                 await asyncio.wait_for(process.wait(), 15)
             except TimeoutError:
