@@ -186,6 +186,7 @@ async def run(per_instance: int, directory: Path) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, began + ADD_AT - time.time()))
             await running.start_replica("replica-3", REPLICA_SETTINGS)
             accepted = await feeding
+            fed = time.time() - began
             await running.wait_delivered(within=600)
             finished = time.time()
             for replica in running.live():
@@ -200,6 +201,7 @@ async def run(per_instance: int, directory: Path) -> dict[str, Any]:
             history[key].append((at, holder, expires))
 
         calls_made = allowed = throttled = double = leads = 0
+        per_instance: list[float] = []
         takeover = 0.0
         for sandbox in running.sandboxes:
             key = key_of[sandbox.munchkin_id]
@@ -212,6 +214,7 @@ async def run(per_instance: int, directory: Path) -> dict[str, Any]:
             calls_made += len(log)
             span = max(c["end"] or c["at"] for c in log) - min(c["at"] for c in log)
             allowed += ALLOWANCE * span / WINDOW
+            per_instance.append(len(log) / (ALLOWANCE * span / WINDOW))
             double += sum(
                 1 for c in log if holder_at(history[key], int(c["at"] * 1e6)) != c["replica"]
             )
@@ -233,9 +236,11 @@ async def run(per_instance: int, directory: Path) -> dict[str, Any]:
         "updates": accepted,
         "leads": leads,
         "seconds": round(finished - began, 1),
+        "feed_s": round(fed, 1),
         "marketo_calls": calls_made,
         "records_per_call": round(records_per_call, 2),
         "utilization": round(calls_made / allowed, 3) if allowed else 0.0,
+        "utilization_min": round(min(per_instance), 3) if per_instance else 0.0,
         "throttled": throttled,
         "double_drained": double,
         "takeover_s": round(takeover, 2),
@@ -263,7 +268,7 @@ async def run(per_instance: int, directory: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--updates-per-instance", type=int, default=1500)
+    parser.add_argument("--updates-per-instance", type=int, default=1800)
     args = parser.parse_args()
     print(
         f"{INSTANCES} instances ({INSTANCES // PER_PROCESS} sandbox processes), "
