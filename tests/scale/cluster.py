@@ -95,33 +95,9 @@ class Cluster:
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30.0))
 
     async def start_sandbox(self, munchkin_id: str, limits: Mapping[str, Any]) -> Sandbox:
-        process = await asyncio.create_subprocess_exec(
-            PYTHON,
-            "-m",
-            "sandbox",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--munchkin-id",
-            munchkin_id,
-            cwd=REPO,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert process.stdout is not None
-        endpoint = ""
-        async with asyncio.timeout(30):
-            while not endpoint:
-                line = (await process.stdout.readline()).decode()
-                if not line:
-                    raise RuntimeError(f"sandbox {munchkin_id} exited before serving")
-                match = _REST.search(line)
-                if match:
-                    endpoint = match.group(1)
-        sandbox = Sandbox(munchkin_id, process, endpoint, self.http)
-        self.sandboxes.append(sandbox)
-        await sandbox.control("POST", "reset", dict(limits))
+        """One instance in a sandbox process of its own, reset with `limits`."""
+        process, [endpoint] = await self._spawn_sandbox(munchkin_id, 1)
+        [sandbox] = await self._add_sandboxes(process, [(munchkin_id, endpoint)], limits)
         return sandbox
 
     async def start_sandboxes(
@@ -130,6 +106,14 @@ class Cluster:
         """`count` instances hosted by one sandbox process (`--instances`), one port each, with
         Munchkin ids `<prefix>-000`, `<prefix>-001`, ... (`prefix` like `500-FLT`); each reset
         with `limits`."""
+        process, endpoints = await self._spawn_sandbox(munchkin_prefix, count)
+        named = [(f"{munchkin_prefix}-{i:03d}", endpoint) for i, endpoint in enumerate(endpoints)]
+        return await self._add_sandboxes(process, named, limits)
+
+    async def _spawn_sandbox(
+        self, munchkin_id: str, count: int
+    ) -> tuple[asyncio.subprocess.Process, list[str]]:
+        """A `python -m sandbox` process hosting `count` instances, and their endpoints."""
         process = await asyncio.create_subprocess_exec(
             PYTHON,
             "-m",
@@ -141,7 +125,7 @@ class Cluster:
             "--instances",
             str(count),
             "--munchkin-id",
-            munchkin_prefix,
+            munchkin_id,
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
@@ -152,13 +136,20 @@ class Cluster:
             while len(endpoints) < count:
                 line = (await process.stdout.readline()).decode()
                 if not line:
-                    raise RuntimeError(f"sandbox {munchkin_prefix} exited before serving")
+                    raise RuntimeError(f"sandbox {munchkin_id} exited before serving")
                 match = _REST.search(line)
                 if match:
                     endpoints.append(match.group(1))
+        return process, endpoints
+
+    async def _add_sandboxes(
+        self,
+        process: asyncio.subprocess.Process,
+        named: Sequence[tuple[str, str]],
+        limits: Mapping[str, Any],
+    ) -> list[Sandbox]:
         hosted = [
-            Sandbox(f"{munchkin_prefix}-{index:03d}", process, endpoint, self.http)
-            for index, endpoint in enumerate(endpoints)
+            Sandbox(munchkin_id, process, endpoint, self.http) for munchkin_id, endpoint in named
         ]
         self.sandboxes.extend(hosted)
         await asyncio.gather(*(each.control("POST", "reset", dict(limits)) for each in hosted))
