@@ -10,6 +10,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY plugins ./plugins
 COPY sandbox ./sandbox
+COPY marketo_destination_client ./marketo_destination_client
+COPY marketo_destination_testing ./marketo_destination_testing
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -m zipfile -l /wheels/*.whl | grep -q "service/api/_wirecheck\..*\.so"
 

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Reinstall only when the dependencies change.
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test lint typecheck unit fuzz reliability proto clean
+.PHONY: help run test lint typecheck unit fuzz reliability proto clients clean
 
 help:
 	@echo "make run    start the service with the embedded Marketo sandbox on 127.0.0.1:50051"
@@ -15,6 +15,7 @@ help:
 	@echo "make fuzz   fuzz Sync's C quick look under AddressSanitizer and UBSan"
 	@echo "make reliability   the reliability suite's long profile; figures in build/"
 	@echo "make proto  regenerate service/_proto from proto/"
+	@echo "make clients  generate Python and TypeScript clients into gen/ (buf.gen.yaml; needs npm)"
 
 run: $(STAMP)
 	$(BIN)/marketo-destination serve --sandbox
@@ -26,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict service plugins sandbox
+	$(BIN)/mypy --strict service plugins sandbox marketo_destination_client marketo_destination_testing
 
 unit: $(STAMP)
 	$(BIN)/pytest
@@ -47,6 +48,14 @@ reliability: $(STAMP)
 
 proto: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
+
+# Clients for other programs (buf.gen.yaml): Python with grpcio-tools, TypeScript with ts-proto.
+TS_TOOLS := build/tsproto
+clients: $(STAMP)
+	mkdir -p $(TS_TOOLS)
+	cp examples/typescript/package.json $(TS_TOOLS)/package.json
+	npm install --no-audit --no-fund --prefix $(TS_TOOLS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/buf generate
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -32,7 +32,9 @@ sys.path.insert(0, str(_HERE.parent))
 import httpx  # noqa: E402
 
 from sandbox import SandboxSettings, asgi_transport, create_app  # noqa: E402
-from service.marketo import InstanceLimits, MarketoClient, RetryPolicy  # noqa: E402
+from service.marketo.client import MarketoClient  # noqa: E402
+from service.marketo.limits import InstanceLimits  # noqa: E402
+from service.marketo.retry import RetryPolicy  # noqa: E402
 
 BASE = "https://123-ABC-456.mktorest.com"
 PER_WINDOW = 100

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
 from functools import lru_cache
 
 from plugins._country_table import COUNTRIES
-from service.hookspecs import Transform, TransformError, hookimpl
+from service.hookspecs import Transform, TransformError, offer_transforms
 from service.mapping.coercion import as_text
 
 _ALIASES = {
@@ -100,19 +99,17 @@ def country_name(value: object) -> str | None:
     return None if text is None or not text.strip() else COUNTRIES[lookup_code(text)]
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform.from_function(
-            "country_code",
-            country_code,
-            returns=(str,),
-            description="A country name or code to its ISO 3166-1 alpha-2 code.",
-        ),
-        Transform.from_function(
-            "country_name",
-            country_name,
-            returns=(str,),
-            description="An ISO 3166-1 alpha-2 code (or a name) to the English short name.",
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform.from_function(
+        "country_code",
+        country_code,
+        returns=(str,),
+        description="A country name or code to its ISO 3166-1 alpha-2 code.",
+    ),
+    Transform.from_function(
+        "country_name",
+        country_name,
+        returns=(str,),
+        description="An ISO 3166-1 alpha-2 code (or a name) to the English short name.",
+    ),
+)

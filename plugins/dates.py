@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, tzinfo
 from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+from service.hookspecs import Transform, TransformError, TransformFunc, offer_transforms
 from service.mapping.coercion import CoercionError, format_datetime, parse_datetime
 
 _OPTIONS = {
@@ -61,23 +61,21 @@ def _prepare_datetime(options: Mapping[str, str]) -> TransformFunc:
     return to_datetime
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform(
-            name="date",
-            prepare=_prepare_date,
-            returns=(str,),
-            description="A date as YYYY-MM-DD.",
-            options=_OPTIONS,
-            example_options={"input_format": "%d/%m/%Y"},
-        ),
-        Transform(
-            name="datetime",
-            prepare=_prepare_datetime,
-            returns=(str,),
-            description="A date-time as ISO-8601 in UTC, e.g. 2024-05-01T12:00:00Z.",
-            options=_OPTIONS,
-            example_options={"timezone": "Europe/Stockholm"},
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform(
+        name="date",
+        prepare=_prepare_date,
+        returns=(str,),
+        description="A date as YYYY-MM-DD.",
+        options=_OPTIONS,
+        example_options={"input_format": "%d/%m/%Y"},
+    ),
+    Transform(
+        name="datetime",
+        prepare=_prepare_datetime,
+        returns=(str,),
+        description="A date-time as ISO-8601 in UTC, e.g. 2024-05-01T12:00:00Z.",
+        options=_OPTIONS,
+        example_options={"timezone": "Europe/Stockholm"},
+    ),
+)

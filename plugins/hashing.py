@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from service.hookspecs import Transform, TransformFunc, hookimpl
+from service.hookspecs import Transform, TransformFunc, offer_transforms
 from service.mapping.coercion import as_text
 
 
@@ -27,15 +27,13 @@ def _prepare(options: Mapping[str, str]) -> TransformFunc:
     return sha256
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform(
-            name="sha256",
-            prepare=_prepare,
-            returns=(str,),
-            description="Hex SHA-256 of the value, trimmed and lower-cased first by default.",
-            options={"normalize": "'lower' (default: trim and lower-case) or 'none'"},
-            example_options={"normalize": "lower"},
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform(
+        name="sha256",
+        prepare=_prepare,
+        returns=(str,),
+        description="Hex SHA-256 of the value, trimmed and lower-cased first by default.",
+        options={"normalize": "'lower' (default: trim and lower-case) or 'none'"},
+        example_options={"normalize": "lower"},
+    ),
+)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from service.hookspecs import Transform, TransformFunc, hookimpl
+from service.hookspecs import Transform, TransformFunc, offer_transforms
 from service.mapping.coercion import as_text
 
 # Lower-case particles stay with the family name ("Ludwig van Beethoven" -> "van Beethoven").
@@ -42,15 +42,13 @@ def _prepare(options: Mapping[str, str]) -> TransformFunc:
     return split_name
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform(
-            name="split_name",
-            prepare=_prepare,
-            returns=(str,),
-            description="First or last name from a full name.",
-            options={"part": "'first' or 'last' (required)"},
-            example_options={"part": "last"},
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform(
+        name="split_name",
+        prepare=_prepare,
+        returns=(str,),
+        description="First or last name from a full name.",
+        options={"part": "'first' or 'last' (required)"},
+        example_options={"part": "last"},
+    ),
+)

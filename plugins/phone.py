@@ -8,9 +8,9 @@ trunk `0` is dropped. It checks length, not numbering plans.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+from service.hookspecs import Transform, TransformError, TransformFunc, offer_transforms
 from service.mapping.coercion import as_text, strip_extension
 
 # Calling codes by ISO 3166 alpha-2 code, as "CC:code" pairs; countries missing here need numbers
@@ -85,15 +85,13 @@ def _prepare(options: Mapping[str, str]) -> TransformFunc:
     return phone_e164
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform(
-            name="phone_e164",
-            prepare=_prepare,
-            returns=(str,),
-            description="A phone number in E.164 form, e.g. +14155550123.",
-            options={"default_country": "ISO alpha-2 country of national numbers (default US)"},
-            example_options={"default_country": "SE"},
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform(
+        name="phone_e164",
+        prepare=_prepare,
+        returns=(str,),
+        description="A phone number in E.164 form, e.g. +14155550123.",
+        options={"default_country": "ISO alpha-2 country of national numbers (default US)"},
+        example_options={"default_country": "SE"},
+    ),
+)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from service.hookspecs import Transform, TransformError, hookimpl
+from service.hookspecs import Transform, TransformError, offer_transforms
 from service.mapping.coercion import parse_bool, parse_number
 
 
@@ -23,19 +21,17 @@ def to_integer(value: object) -> int | None:
     return number
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform.from_function(
-            "boolean",
-            to_boolean,
-            returns=(bool,),
-            description="true/false/yes/no/y/n/t/f/on/off/1/0 to a boolean.",
-        ),
-        Transform.from_function(
-            "number", to_number, returns=(int, float), description="A decimal number from text."
-        ),
-        Transform.from_function(
-            "integer", to_integer, returns=(int,), description="A whole number from text."
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform.from_function(
+        "boolean",
+        to_boolean,
+        returns=(bool,),
+        description="true/false/yes/no/y/n/t/f/on/off/1/0 to a boolean.",
+    ),
+    Transform.from_function(
+        "number", to_number, returns=(int, float), description="A decimal number from text."
+    ),
+    Transform.from_function(
+        "integer", to_integer, returns=(int,), description="A whole number from text."
+    ),
+)

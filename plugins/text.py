@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+from service.hookspecs import Transform, TransformError, TransformFunc, offer_transforms
 from service.mapping.coercion import as_text
 
 _SCALARS: tuple[type, ...] = (str, int, float, bool)
@@ -58,29 +58,27 @@ def _prepare_concat(options: Mapping[str, str]) -> TransformFunc:
     return concat
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform.from_function(
-            "trim", trim, returns=(str,), description="Strip leading and trailing whitespace."
-        ),
-        Transform.from_function("lowercase", lowercase, returns=(str,), description="Lower-case."),
-        Transform.from_function("uppercase", uppercase, returns=(str,), description="Upper-case."),
-        Transform(
-            name="default",
-            prepare=_prepare_default,
-            returns=_SCALARS,
-            description="Use `value` when the source is missing or blank.",
-            options={"value": "the value to use (required)"},
-            example_options={"value": "unknown"},
-        ),
-        Transform(
-            name="concat",
-            prepare=_prepare_concat,
-            returns=(str,),
-            description="Join the non-blank values of several comma-separated source paths.",
-            options={"separator": "text between values (default: one space)"},
-            example_options={"separator": " "},
-            multi_source=True,
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform.from_function(
+        "trim", trim, returns=(str,), description="Strip leading and trailing whitespace."
+    ),
+    Transform.from_function("lowercase", lowercase, returns=(str,), description="Lower-case."),
+    Transform.from_function("uppercase", uppercase, returns=(str,), description="Upper-case."),
+    Transform(
+        name="default",
+        prepare=_prepare_default,
+        returns=_SCALARS,
+        description="Use `value` when the source is missing or blank.",
+        options={"value": "the value to use (required)"},
+        example_options={"value": "unknown"},
+    ),
+    Transform(
+        name="concat",
+        prepare=_prepare_concat,
+        returns=(str,),
+        description="Join the non-blank values of several comma-separated source paths.",
+        options={"separator": "text between values (default: one space)"},
+        example_options={"separator": " "},
+        multi_source=True,
+    ),
+)

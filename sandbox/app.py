@@ -160,10 +160,17 @@ def _auth_refusal(
     return sandbox.tokens.check(values[0] if values else "", now)
 
 
+def _family(template: str) -> str:
+    """Whose error envelope a path answers with: "asset" for the Asset API, else "lead" (Lead
+    DB, Bulk and User Management)."""
+    return "asset" if template.startswith("/rest/asset/") else "lead"
+
+
 def marketo_endpoint(
-    sandbox: Sandbox, template: str, handlers: dict[str, Handler], family: str
+    sandbox: Sandbox, template: str, handlers: dict[str, Handler]
 ) -> Callable[[Request], Awaitable[Response]]:
     """Wrap handlers in the pipeline every Marketo call goes through."""
+    family = _family(template)
 
     async def endpoint(request: Request) -> Response:
         stats = sandbox.stats
@@ -333,72 +340,58 @@ async def _identity(sandbox: Sandbox, request: Request) -> Response:
     )
 
 
-# (path template, family, {method: handler}); "lead" covers Lead DB, Bulk and User Management.
-ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
-    (
-        "/rest/v1/leads.json",
-        "lead",
-        {"POST": leads.sync_leads, "GET": leads.get_leads, "DELETE": leads.delete_leads},
-    ),
-    ("/rest/v1/leads/{id}/merge.json", "lead", {"POST": leads.merge_leads}),
-    ("/rest/v1/activities/pagingtoken.json", "lead", {"GET": activities.paging_token}),
-    ("/rest/v1/activities/deletedleads.json", "lead", {"GET": activities.deleted_leads}),
-    ("/rest/v1/lead/{id}.json", "lead", {"GET": leads.get_lead}),
-    ("/rest/v1/leads/delete.json", "lead", {"POST": leads.delete_leads}),
-    ("/rest/v1/leads/describe.json", "lead", {"GET": leads.describe}),
-    ("/rest/v1/leads/describe2.json", "lead", {"GET": leads.describe2}),
-    (
-        "/rest/v1/leads/partitions.json",
-        "lead",
-        {"GET": leads.get_partitions, "POST": leads.update_partitions},
-    ),
-    ("/rest/v1/lists.json", "lead", {"GET": lists.get_lists}),
-    ("/rest/v1/lists/{list_id}.json", "lead", {"GET": lists.get_list}),
-    (
-        "/rest/v1/lists/{list_id}/leads.json",
-        "lead",
-        {"GET": lists.get_members, "POST": lists.add_members, "DELETE": lists.remove_members},
-    ),
-    ("/rest/v1/list/{list_id}/leads.json", "lead", {"GET": lists.get_members}),
-    ("/rest/v1/lists/{list_id}/leads/ismember.json", "lead", {"GET": lists.is_member}),
-    (
-        "/rest/asset/v1/staticLists.json",
-        "asset",
-        {"GET": assets.browse_lists, "POST": assets.create_list},
-    ),
-    ("/rest/asset/v1/staticList/byName.json", "asset", {"GET": assets.list_by_name}),
-    (
-        "/rest/asset/v1/staticList/{list_id}.json",
-        "asset",
-        {"GET": assets.get_list, "POST": assets.update_list},
-    ),
-    ("/rest/asset/v1/staticList/{list_id}/delete.json", "asset", {"POST": assets.delete_list}),
-    ("/rest/asset/v1/folder/byName.json", "asset", {"GET": assets.folder_by_name}),
-    (
-        "/rest/asset/v1/folders.json",
-        "asset",
-        {"GET": assets.browse_folders, "POST": assets.create_folder},
-    ),
-    ("/bulk/v1/leads.json", "lead", {"POST": bulk.create_import}),
-    ("/bulk/v1/leads/batch/{batch_id}.json", "lead", {"GET": bulk.import_status}),
-    ("/bulk/v1/leads/batch/{batch_id}/failures.json", "lead", {"GET": bulk.import_failures}),
-    ("/bulk/v1/leads/batch/{batch_id}/warnings.json", "lead", {"GET": bulk.import_warnings}),
-    ("/bulk/v1/leads/export.json", "lead", {"GET": extract.list_exports}),
-    ("/bulk/v1/leads/export/create.json", "lead", {"POST": extract.create_export}),
-    ("/bulk/v1/leads/export/{export_id}/enqueue.json", "lead", {"POST": extract.enqueue_export}),
-    ("/bulk/v1/leads/export/{export_id}/status.json", "lead", {"GET": extract.export_status}),
-    ("/bulk/v1/leads/export/{export_id}/cancel.json", "lead", {"POST": extract.cancel_export}),
-    ("/bulk/v1/leads/export/{export_id}/file.json", "lead", {"GET": extract.export_file}),
-    ("/rest/v1/stats/usage.json", "lead", {"GET": stats.daily_usage}),
-    ("/rest/v1/stats/usage/last7days.json", "lead", {"GET": stats.weekly_usage}),
-    ("/rest/v1/stats/errors.json", "lead", {"GET": stats.daily_errors}),
-    ("/rest/v1/stats/errors/last7days.json", "lead", {"GET": stats.weekly_errors}),
-    (
-        "/userservice/management/v1/users/workspaces.json",
-        "lead",
-        {"GET": leads.get_workspaces},
-    ),
-)
+# Handlers by path template and method; the family of errors follows from the path (`_family`).
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/rest/v1/leads.json": {
+        "POST": leads.sync_leads,
+        "GET": leads.get_leads,
+        "DELETE": leads.delete_leads,
+    },
+    "/rest/v1/leads/{id}/merge.json": {"POST": leads.merge_leads},
+    "/rest/v1/activities/pagingtoken.json": {"GET": activities.paging_token},
+    "/rest/v1/activities/deletedleads.json": {"GET": activities.deleted_leads},
+    "/rest/v1/lead/{id}.json": {"GET": leads.get_lead},
+    "/rest/v1/leads/delete.json": {"POST": leads.delete_leads},
+    "/rest/v1/leads/describe.json": {"GET": leads.describe},
+    "/rest/v1/leads/describe2.json": {"GET": leads.describe2},
+    "/rest/v1/leads/partitions.json": {
+        "GET": leads.get_partitions,
+        "POST": leads.update_partitions,
+    },
+    "/rest/v1/lists.json": {"GET": lists.get_lists},
+    "/rest/v1/lists/{list_id}.json": {"GET": lists.get_list},
+    "/rest/v1/lists/{list_id}/leads.json": {
+        "GET": lists.get_members,
+        "POST": lists.add_members,
+        "DELETE": lists.remove_members,
+    },
+    "/rest/v1/list/{list_id}/leads.json": {"GET": lists.get_members},
+    "/rest/v1/lists/{list_id}/leads/ismember.json": {"GET": lists.is_member},
+    "/rest/asset/v1/staticLists.json": {"GET": assets.browse_lists, "POST": assets.create_list},
+    "/rest/asset/v1/staticList/byName.json": {"GET": assets.list_by_name},
+    "/rest/asset/v1/staticList/{list_id}.json": {
+        "GET": assets.get_list,
+        "POST": assets.update_list,
+    },
+    "/rest/asset/v1/staticList/{list_id}/delete.json": {"POST": assets.delete_list},
+    "/rest/asset/v1/folder/byName.json": {"GET": assets.folder_by_name},
+    "/rest/asset/v1/folders.json": {"GET": assets.browse_folders, "POST": assets.create_folder},
+    "/bulk/v1/leads.json": {"POST": bulk.create_import},
+    "/bulk/v1/leads/batch/{batch_id}.json": {"GET": bulk.import_status},
+    "/bulk/v1/leads/batch/{batch_id}/failures.json": {"GET": bulk.import_failures},
+    "/bulk/v1/leads/batch/{batch_id}/warnings.json": {"GET": bulk.import_warnings},
+    "/bulk/v1/leads/export.json": {"GET": extract.list_exports},
+    "/bulk/v1/leads/export/create.json": {"POST": extract.create_export},
+    "/bulk/v1/leads/export/{export_id}/enqueue.json": {"POST": extract.enqueue_export},
+    "/bulk/v1/leads/export/{export_id}/status.json": {"GET": extract.export_status},
+    "/bulk/v1/leads/export/{export_id}/cancel.json": {"POST": extract.cancel_export},
+    "/bulk/v1/leads/export/{export_id}/file.json": {"GET": extract.export_file},
+    "/rest/v1/stats/usage.json": {"GET": stats.daily_usage},
+    "/rest/v1/stats/usage/last7days.json": {"GET": stats.weekly_usage},
+    "/rest/v1/stats/errors.json": {"GET": stats.daily_errors},
+    "/rest/v1/stats/errors/last7days.json": {"GET": stats.weekly_errors},
+    "/userservice/management/v1/users/workspaces.json": {"GET": leads.get_workspaces},
+}
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -421,10 +414,8 @@ def create_app(settings: SandboxSettings | None = None, *, clock: Clock | None =
         Route("/identity/oauth/token", identity, methods=["GET", "POST"]),
         *control.routes(sandbox),
         *(
-            Route(
-                template, marketo_endpoint(sandbox, template, handlers, family), methods=ALL_METHODS
-            )
-            for template, family, handlers in ROUTES
+            Route(template, marketo_endpoint(sandbox, template, handlers), methods=ALL_METHODS)
+            for template, handlers in ROUTES.items()
         ),
         Route("/{path:path}", not_found, methods=ALL_METHODS),
     ]

@@ -1,5 +1,6 @@
 """Command line: ``marketo-destination serve`` runs the service, ``marketo-destination health``
-probes one.
+probes one; ``destinations``, ``dataflow``, ``outcomes`` and ``alerts`` ask a running one
+(:mod:`marketo_destination_client.cli`).
 
 Settings come from the environment (:meth:`service.settings.Settings.from_env`, called here and
 nowhere else); the ``serve`` flags override it.
@@ -23,12 +24,13 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from marketo_destination_client import cli as operator_cli
 from service.api import sync_checks
 from service.api.demo import demo_settings, run_demo
 from service.api.server import StartupError, application_server, new_health_servicer, shutdown
 from service.api.tls import TLSConfigError, own_listener_credentials
 from service.app import open_application
-from service.settings import InvalidSetting, Settings, parse_address
+from service.settings import InvalidSetting, Settings, env_var, parse_address
 from service.telemetry.logs import configure_logging
 from service.telemetry.setup import setup_telemetry
 
@@ -46,6 +48,10 @@ def _address(value: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _add_address(command: argparse.ArgumentParser, help: str) -> None:
+    command.add_argument("--address", type=_address, metavar="HOST:PORT", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (its ``serve`` flags are contract)."""
     parser = argparse.ArgumentParser(
@@ -56,12 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_cmd = commands.add_parser("serve", help="run the gRPC service until SIGTERM/SIGINT")
-    serve_cmd.add_argument(
-        "--address",
-        type=_address,
-        metavar="HOST:PORT",
-        help="listen address (default 127.0.0.1:50051)",
-    )
+    _add_address(serve_cmd, "listen address (default 127.0.0.1:50051)")
     serve_cmd.add_argument(
         "--data-dir", type=Path, metavar="DIR", help="data directory (default ./data)"
     )
@@ -85,11 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd = commands.add_parser(
         "health", help="exit 0 when the service at ADDRESS reports SERVING (container healthcheck)"
     )
-    health_cmd.add_argument(
-        "--address",
-        type=_address,
-        metavar="HOST:PORT",
-        help="address to probe (default MARKETO_DEST_ADDRESS; 0.0.0.0 and [::] mean loopback)",
+    _add_address(
+        health_cmd,
+        "address to probe (default MARKETO_DEST_ADDRESS; 0.0.0.0 and [::] mean loopback)",
     )
     health_cmd.add_argument(
         "--service", default="", help="service name to check (default: overall)"
@@ -104,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd.add_argument(
         "--client-key", type=Path, metavar="PEM", help="private key of --client-cert"
     )
+    # destinations list|get, dataflow, outcomes, alerts: calls to a running service.
+    operator_cli.add_commands(commands)
     return parser
 
 
@@ -124,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``marketo-destination`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "operator_command", None) is not None:
+        return operator_cli.run(args, prog=PROG)
     try:
         settings = settings_for(args, os.environ)
     except InvalidSetting as error:
@@ -169,7 +172,15 @@ async def serve(
             url = await stack.enter_async_context(embedded_sandbox())
             _log.info("embedded Marketo sandbox at %s", url)
             settings = settings.replace(default_marketo_endpoint=url)
-        telemetry = setup_telemetry(os.environ, set_global=True)
+        try:
+            telemetry = setup_telemetry(
+                os.environ, set_global=True, metrics_address=settings.metrics_address
+            )
+        except OSError as error:
+            raise StartupError(
+                f"cannot serve metrics at {settings.metrics_address} "
+                f"({env_var('metrics_address')}): {error.strerror or error}"
+            ) from None
         stack.callback(telemetry.shutdown)
         app = await stack.enter_async_context(open_application(settings, telemetry=telemetry))
 

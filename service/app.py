@@ -34,8 +34,10 @@ from service.usecases.activation import Activations
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import LimitSettings, MarketoConnections
 from service.usecases.destinations import Destinations
+from service.usecases.gauges import GaugeFigures
 from service.usecases.governance import load_policies
 from service.usecases.ingest import Ingest
+from service.usecases.mapping_rules import MappingRules
 from service.usecases.monitoring import Monitoring
 from service.usecases.preview import Preview
 
@@ -185,22 +187,20 @@ async def open_application(
             delivery_settings(settings),
             holder=replica_name(settings),
         )
-        policies = load_policies(settings.policies_file)
+        rules = MappingRules(registry, load_policies(settings.policies_file))
         app = Application(
             store=store,
             destinations=Destinations(
                 store,
                 connections,
-                registry,
-                policies=policies,
+                rules,
                 webhook_origins=settings.webhook_allowlist,
                 on_changed=dispatcher.configuration_changed,
             ),
             activations=Activations(
                 store,
                 connections,
-                registry,
-                policies=policies,
+                rules,
                 list_folder=settings.list_folder,
                 on_changed=dispatcher.configuration_changed,
             ),
@@ -219,6 +219,10 @@ async def open_application(
             principals=principals,
         )
         if run_background:
+            if telemetry is not None and telemetry.enabled:
+                gauges = GaugeFigures(store, connections, telemetry, clock=clock)
+                await gauges.start()
+                stack.push_async_callback(gauges.stop)
             await alerts.start()
             stack.push_async_callback(alerts.stop)
             await dispatcher.start()

@@ -102,6 +102,10 @@ class BytesBoundedCache(Generic[K, V]):
                 if self.nbytes <= self._max_bytes:
                     return
 
+    def items(self) -> list[tuple[K, V]]:
+        """Every entry, least recently used first (their use is not refreshed)."""
+        return [(key, value) for key, (value, _) in self._entries.items()]
+
     def discard(self, key: K) -> None:
         found = self._entries.pop(key, None)
         if found is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "TransformFunc",
     "hookimpl",
     "hookspec",
+    "offer_transforms",
 ]
 
 NAME = "marketo_destination"
@@ -83,6 +84,19 @@ class Transform:
             return func
 
         return cls(name=name, prepare=prepare, returns=returns, description=description)
+
+
+def offer_transforms(*transforms: Transform) -> Callable[[], Iterable[Transform]]:
+    """A `register_transforms` implementation that offers `transforms`.
+
+    Assign it to the module-level name the hook has:
+    `register_transforms = offer_transforms(Transform(...), ...)`.
+    """
+
+    def register_transforms() -> Iterable[Transform]:
+        return transforms
+
+    return hookimpl(register_transforms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,9 @@ from service.delivery.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpo
 __all__ = ["ENV_PREFIX", "InvalidSetting", "Settings", "env_var", "field_docs", "parse_address"]
 
 ENV_PREFIX = "MARKETO_DEST_"
+# Read by the operator commands (marketo_destination_client.cli), not by the service: an
+# operator's shell may hold it when it starts the service.
+CLIENT_VARIABLES = frozenset({"MARKETO_DEST_TOKEN"})
 """Prefix of every environment variable read into :class:`Settings`."""
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -66,6 +69,11 @@ class Settings:
 
     address: str = "127.0.0.1:50051"
     """gRPC listen address, ``HOST:PORT``; port 0 picks a free port."""
+
+    metrics_address: str = ""
+    """Prometheus endpoint, ``HOST:PORT`` (e.g. ``127.0.0.1:9464``), serving the service's metrics
+    at ``/metrics`` beside the OTLP export; no authentication, aggregated figures only (see
+    docs/observability.md). Empty: off."""
 
     data_dir: Path = Path("data")
     """Directory of the embedded store (SQLite) and other local state; created owner-only
@@ -205,6 +213,11 @@ class Settings:
             parse_address(self.address)
         except ValueError as error:
             raise InvalidSetting("address", str(error)) from None
+        if self.metrics_address:
+            try:
+                parse_address(self.metrics_address)
+            except ValueError as error:
+                raise InvalidSetting("metrics_address", str(error)) from None
         if not self.grace_seconds >= 0:
             raise InvalidSetting("grace_seconds", f"must be 0 or more, got {self.grace_seconds}")
         if self.log_level.upper() not in _LOG_LEVELS:
@@ -307,7 +320,11 @@ class Settings:
         ``MARKETO_DEST_*`` variable matches no setting (a typo would otherwise go unnoticed).
         """
         names = {env_var(f.name): f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in names)
+        unknown = sorted(
+            k
+            for k in environ
+            if k.startswith(ENV_PREFIX) and k not in names and k not in CLIENT_VARIABLES
+        )
         if unknown:
             raise InvalidSetting(unknown[0], f"unknown setting; known: {', '.join(sorted(names))}")
         types = get_type_hints(cls)

@@ -11,6 +11,7 @@ import pytest
 from service.settings import Settings
 from tests.harness import Service, running_service
 from tests.processes import kill_leftovers
+from tests.scrape import Scrape, scrape_after_traffic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,3 +39,10 @@ def no_leftover_processes() -> Iterator[None]:
     killed when the session ends."""
     yield
     kill_leftovers()
+
+
+@pytest.fixture(scope="session")
+def scraped_metrics(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
+    """``/metrics`` of a running service after some Sync traffic (tests/scrape.py), scraped
+    once per session."""
+    return scrape_after_traffic(tmp_path_factory.mktemp("metrics") / "data")

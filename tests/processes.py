@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -69,14 +69,22 @@ def kill_leftovers() -> None:
 class ServiceProcess:
     """`python -m service serve` on a free port, its log in a file next to `data_dir`."""
 
-    def __init__(self, data_dir: Path, endpoint: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        endpoint: str | None,
+        env: Mapping[str, str] | None = None,
+        *,
+        args: Sequence[str] = (),
+    ) -> None:
+        """`endpoint`: the default Marketo endpoint (None with `args` ("--sandbox",): the
+        embedded sandbox's); `args`: more flags of `serve`."""
         environment = {
             k: v for k, v in os.environ.items() if not k.startswith(("MARKETO_DEST_", "OTEL_"))
         }
         environment.update(
             MARKETO_DEST_ADDRESS="127.0.0.1:0",
             MARKETO_DEST_DATA_DIR=str(data_dir),
-            MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT=endpoint,
             # Sandboxes and webhook receivers of tests listen on loopback.
             MARKETO_DEST_ALLOWED_ENDPOINTS="https://*.mktorest.com,http://127.0.0.1:*",
             MARKETO_DEST_ALLOWED_WEBHOOK_ORIGINS="http://127.0.0.1:*",
@@ -84,12 +92,14 @@ class ServiceProcess:
             MARKETO_DEST_LINGER_SECONDS="0.2",
             OTEL_SDK_DISABLED="true",
         )
+        if endpoint is not None:
+            environment["MARKETO_DEST_DEFAULT_MARKETO_ENDPOINT"] = endpoint
         environment.update(env or {})
         # A log file, not a pipe: an unread pipe would fill up and block the service.
         self.log = data_dir.parent / f"service-{time.monotonic_ns()}.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve"],
+                [sys.executable, "-m", "service", "serve", *args],
                 env=environment,
                 stderr=log,
                 stdout=subprocess.DEVNULL,

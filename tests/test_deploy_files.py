@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from service.api.tls import server_credentials
 from service.settings import ENV_PREFIX, Settings
 from service.store.secrets import SecretBox
 from tests.access.harness import make_pki
+from tests.scrape import Scrape
 
 from .conftest import REPO
 
@@ -117,10 +122,17 @@ def test_dockerfile_exposes_the_configured_port_and_probes_health() -> None:
     assert build_parser().parse_args(probe[1:]).command == "health"
 
 
-def test_compose_has_the_three_services() -> None:
+def test_compose_has_the_service_the_sandbox_and_the_telemetry_stack() -> None:
     services = _compose()["services"]
     default = {name for name, service in services.items() if "profiles" not in service}
-    assert default == {"marketo-destination", "marketo-sandbox", "jaeger"}
+    assert default == {
+        "marketo-destination",
+        "marketo-sandbox",
+        "otel-collector",
+        "jaeger",
+        "prometheus",
+        "grafana",
+    }
 
 
 def test_compose_scale_profile_runs_two_replicas_on_one_postgres() -> None:
@@ -174,9 +186,10 @@ def test_compose_service_agrees_with_settings_and_cli() -> None:
 
     sandbox_port = int(services["marketo-sandbox"]["ports"][0].rpartition(":")[2])
     assert settings.default_marketo_endpoint == f"http://marketo-sandbox:{sandbox_port}"
-    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
     assert environment["OTEL_SERVICE_NAME"] == "marketo-destination"
-    assert {"marketo-sandbox", "jaeger"} <= set(service["depends_on"])
+    assert environment.get("OTEL_METRICS_EXPORTER", "otlp") == "otlp"
+    assert {"marketo-sandbox", "otel-collector"} <= set(service["depends_on"])
 
 
 def test_compose_sandbox_command_parses_with_the_sandbox_cli() -> None:
@@ -262,3 +275,216 @@ async def test_the_dockerfile_health_probe_follows_the_listener(tmp_path: Path, 
             assert await asyncio.to_thread(main, probe[1:]) == 0
     finally:
         await server.stop(None)
+
+
+# -- the telemetry stack: collector, Prometheus, Grafana and its dashboard ----------------------
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> repository path of the service's bind mounts (``./...``)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            found[target] = REPO / source
+    return found
+
+
+def _mounted_file(service: dict[str, Any], container_path: str) -> Path:
+    """The repository file a service sees at ``container_path`` (directly or in a mounted
+    directory); fails when nothing is mounted there or the file is missing."""
+    for target, source in _mounts(service).items():
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            path = source / container_path[len(target) :].lstrip("/")
+            assert path.exists(), f"{container_path} -> {path} is missing"
+            return path
+    raise AssertionError(f"nothing mounted at {container_path}")
+
+
+def _flag(command: list[str], name: str) -> str:
+    values = [arg.partition("=")[2] for arg in command if arg.startswith(f"{name}=")]
+    assert len(values) == 1, (name, command)
+    return values[0]
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.removeprefix("http://").rstrip("/").rpartition(":")
+    return host, int(port)
+
+
+def _collector() -> dict[str, Any]:
+    service = _compose()["services"]["otel-collector"]
+    config: dict[str, Any] = yaml.safe_load(
+        _mounted_file(service, _flag(service["command"], "--config")).read_text()
+    )
+    return config
+
+
+def _prometheus() -> dict[str, Any]:
+    service = _compose()["services"]["prometheus"]
+    config: dict[str, Any] = yaml.safe_load(
+        _mounted_file(service, _flag(service["command"], "--config.file")).read_text()
+    )
+    return config
+
+
+def _dashboards() -> list[dict[str, Any]]:
+    """The dashboards Grafana's file provider loads, read from the repository."""
+    grafana = _compose()["services"]["grafana"]
+    provisioning = _mounted_file(grafana, "/etc/grafana/provisioning/dashboards")
+    dashboards = []
+    for provider_file in sorted(provisioning.glob("*.yaml")):
+        for provider in yaml.safe_load(provider_file.read_text())["providers"]:
+            folder = _mounted_file(grafana, provider["options"]["path"])
+            dashboards += [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    assert dashboards
+    return dashboards
+
+
+def test_every_depends_on_names_a_compose_service() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        assert set(service.get("depends_on", {})) <= set(services), name
+
+
+def test_collector_sends_traces_to_jaeger_and_metrics_to_prometheus() -> None:
+    config = _collector()
+    pipelines = config["service"]["pipelines"]
+    for pipeline in pipelines.values():
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline.get(kind, [])) <= set(config.get(kind) or {}), (kind, pipeline)
+    assert set(config["service"].get("extensions", [])) <= set(config.get("extensions") or {})
+    assert pipelines["traces"]["receivers"] == pipelines["metrics"]["receivers"] == ["otlp"]
+
+    # The service's OTLP endpoint is the collector's OTLP gRPC receiver.
+    environment = _compose()["services"]["marketo-destination"]["environment"]
+    host, port = _host_port(environment["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert host == "otel-collector"
+    assert _host_port(config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"])[1] == port
+
+    (traces,) = pipelines["traces"]["exporters"]
+    assert traces.partition("/")[0] == "otlp"
+    jaeger_host, jaeger_port = _host_port(config["exporters"][traces]["endpoint"])
+    assert jaeger_host == "jaeger"
+    assert f"127.0.0.1:{jaeger_port}:{jaeger_port}" in _compose()["services"]["jaeger"]["ports"]
+
+    (metrics,) = pipelines["metrics"]["exporters"]
+    assert metrics == "prometheus"
+    exposed = _host_port(config["exporters"][metrics]["endpoint"])[1]
+    targets = [
+        target
+        for job in _prometheus()["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    ]
+    assert f"otel-collector:{exposed}" in targets
+
+
+def test_prometheus_scrapes_only_known_services() -> None:
+    services = _compose()["services"]
+    jobs = _prometheus()["scrape_configs"]
+    assert jobs
+    for job in jobs:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                assert target.rpartition(":")[0] in services, target
+
+
+def test_grafana_reads_the_composed_prometheus() -> None:
+    grafana = _compose()["services"]["grafana"]
+    folder = _mounted_file(grafana, "/etc/grafana/provisioning/datasources")
+    sources = [
+        source
+        for f in sorted(folder.glob("*.yaml"))
+        for source in yaml.safe_load(f.read_text())["datasources"]
+    ]
+    (prometheus,) = [s for s in sources if s["type"] == "prometheus"]
+    port = int(_compose()["services"]["prometheus"]["ports"][0].rpartition(":")[2])
+    assert prometheus["url"] == f"http://prometheus:{port}"
+    for dashboard in _dashboards():
+        for panel in dashboard["panels"]:
+            if panel["type"] != "row":
+                assert panel["datasource"]["uid"] == prometheus["uid"], panel["title"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert _mounted_file(grafana, home).is_file()
+
+
+_KEYWORDS = frozenset({"and", "or", "unless", "offset", "bool"})
+_LABEL_VALUES = re.compile(r"label_values\(\s*(\w+)\s*,\s*(\w+)\s*\)")
+
+
+def _metric_names(query: str) -> set[str]:
+    """The metric names a PromQL query reads: identifiers left once strings, label matchers,
+    ranges, grouping clauses and function calls are taken out (``label_values(m, l)``: m)."""
+    found = {metric for metric, _ in _LABEL_VALUES.findall(query)}
+    query = _LABEL_VALUES.sub("", query)
+    for pattern in (r'"[^"]*"', r"\{[^}]*\}", r"\[[^\]]*\]", r"\b(?:by|without)\s*\([^)]*\)"):
+        query = re.sub(pattern, " ", query)
+    identifiers = re.findall(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()", query)
+    return found | {name for name in identifiers if name not in _KEYWORDS}
+
+
+def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and template variable."""
+    found = [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    for variable in dashboard.get("templating", {}).get("list", []):
+        query = variable["query"]
+        found.append((variable["name"], query["query"] if isinstance(query, dict) else query))
+    return found
+
+
+def test_dashboard_covers_dataflow_backlog_marketo_calls_and_quota() -> None:
+    (dashboard,) = _dashboards()
+    rows = {panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"}
+    assert rows == {"Dataflow", "Backlog", "Marketo calls", "Daily quota"}
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel.get("targets"), panel["title"]
+
+
+def test_dashboard_queries_metrics_the_service_exports(scraped_metrics: Scrape) -> None:
+    """Every metric a panel asks for is in a real scrape of the service after Sync traffic."""
+    asked = set()
+    for where, query in _queries(_dashboards()[0]):
+        names = _metric_names(query)
+        assert names, f"{where}: no metric in {query!r}"
+        asked |= names
+        missing = names - scraped_metrics.names
+        assert not missing, f"{where} asks for {sorted(missing)}, not exported"
+    # Labels the dashboard groups by are labels of those metrics.
+    labels = {k for s in scraped_metrics.samples for k in s.labels}
+    for where, query in _queries(_dashboards()[0]):
+        for group in re.findall(r"by \(([^)]*)\)", query):
+            grouped = {g.strip() for g in group.split(",")}
+            assert grouped <= labels, (where, grouped - labels)
+    assert len(asked) >= 8
+
+
+def test_metric_names_are_read_from_promql() -> None:
+    query = (
+        'histogram_quantile(0.95, sum by (le, rpc_method) (rate(a_bucket{x="y z"}[5m]))) '
+        "/ on() b + c"
+    )
+    assert _metric_names(query) == {"a_bucket", "b", "c"}
+    assert _metric_names("label_values(m_total, l)") == {"m_total"}
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package)")
+    service = _compose()["services"]["prometheus"]
+    config = _mounted_file(service, _flag(service["command"], "--config.file"))
+    checked = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

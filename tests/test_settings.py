@@ -65,6 +65,7 @@ def test_every_field_is_read_from_its_variable() -> None:
             "MARKETO_DEST_SCHEMA_RECHECK_SECONDS": "30",
             "MARKETO_DEST_OUTCOME_RETENTION_DAYS": "7.5",
             "MARKETO_DEST_MAX_CLOCK_SKEW_SECONDS": "60",
+            "MARKETO_DEST_METRICS_ADDRESS": "127.0.0.1:9464",
             "OTEL_SERVICE_NAME": "ignored here",
             "PATH": "/bin",
         }
@@ -107,6 +108,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         schema_recheck_seconds=30.0,
         outcome_retention_days=7.5,
         max_clock_skew_seconds=60,
+        metrics_address="127.0.0.1:9464",
     )
     assert settings.blocked_plugin_names == ("loyalty", "other")
     assert {f for f in FIELDS if getattr(settings, f) == getattr(Settings(), f)} == set()
@@ -126,6 +128,8 @@ def test_booleans(raw: str, expected: bool) -> None:
         ("MARKETO_DEST_ADDRESS", "localhost"),
         ("MARKETO_DEST_ADDRESS", "127.0.0.1:99999"),
         ("MARKETO_DEST_ADDRESS", ":50051"),
+        ("MARKETO_DEST_METRICS_ADDRESS", "9464"),
+        ("MARKETO_DEST_METRICS_ADDRESS", "127.0.0.1:http"),
         ("MARKETO_DEST_SANDBOX", "maybe"),
         ("MARKETO_DEST_GRACE_SECONDS", "soon"),
         ("MARKETO_DEST_GRACE_SECONDS", "-1"),
@@ -156,6 +160,13 @@ def test_bad_values_are_refused_naming_the_variable(var: str, raw: str) -> None:
         Settings.from_env({var: raw})
     assert caught.value.name == var
     assert str(caught.value).startswith(f"{var}: ")
+
+
+def test_the_operator_token_variable_is_not_a_setting_and_not_refused() -> None:
+    settings = Settings.from_env(
+        {"MARKETO_DEST_TOKEN": "secret", "MARKETO_DEST_ADDRESS": "127.0.0.1:1"}
+    )
+    assert settings.address == "127.0.0.1:1" and "secret" not in repr(settings)
 
 
 def test_settings_are_frozen() -> None:

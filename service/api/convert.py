@@ -120,15 +120,13 @@ _ACTION_PB: dict[ActionType, pb.ActionType] = {
     ActionType.REMOVED: pb.ACTION_TYPE_REMOVED,
     ActionType.NOT_IN_LIST: pb.ACTION_TYPE_NOT_IN_LIST,
 }
-_WRITE_POLICY: dict[int, WritePolicy] = {
+_WRITE_POLICY: dict[pb.WritePolicy, WritePolicy] = {
     pb.WRITE_POLICY_ALWAYS: WritePolicy.ALWAYS,
     pb.WRITE_POLICY_IF_EMPTY: WritePolicy.IF_EMPTY,
     pb.WRITE_POLICY_NEVER_CLEAR: WritePolicy.NEVER_CLEAR,
 }
 _WRITE_POLICY_PB: dict[WritePolicy, pb.WritePolicy] = {
-    WritePolicy.ALWAYS: pb.WRITE_POLICY_ALWAYS,
-    WritePolicy.IF_EMPTY: pb.WRITE_POLICY_IF_EMPTY,
-    WritePolicy.NEVER_CLEAR: pb.WRITE_POLICY_NEVER_CLEAR,
+    value: key for key, value in _WRITE_POLICY.items()
 }
 
 

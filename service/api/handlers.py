@@ -12,6 +12,14 @@ import grpc
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Wrap: TypeAlias = Callable[[Any], Any]
 
+_KINDS: tuple[tuple[str, Callable[..., _Handler]], ...] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
+"""Each kind of handler (the attribute holding its behaviour) and the grpc factory of that kind."""
+
 
 def is_async(handler: _Handler) -> bool:
     """Whether the handler's behaviour is a coroutine or async generator function (grpc.aio)."""
@@ -31,27 +39,18 @@ def rewrap(
     """The handler with its behaviour wrapped by `unary` (one response) or `stream` (a stream of
     responses); `single_request_deserializer`, when given, replaces the deserializer of the
     kinds that take one request. None when the handler has no behaviour."""
-    deserialize = handler.request_deserializer
-    single = single_request_deserializer or deserialize
-    serialize = handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), request_deserializer=single, response_serializer=serialize
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            unary(handler.stream_unary),
+    for kind, make in _KINDS:
+        behavior = getattr(handler, kind)
+        if behavior is None:
+            continue
+        takes_one, returns_stream = kind.startswith("unary_"), kind.endswith("_stream")
+        wrapped = stream(behavior) if returns_stream else unary(behavior)
+        deserialize = handler.request_deserializer
+        if takes_one and single_request_deserializer is not None:
+            deserialize = single_request_deserializer
+        return make(
+            wrapped,
             request_deserializer=deserialize,
-            response_serializer=serialize,
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream), request_deserializer=single, response_serializer=serialize
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            stream(handler.stream_stream),
-            request_deserializer=deserialize,
-            response_serializer=serialize,
+            response_serializer=handler.response_serializer,
         )
     return None

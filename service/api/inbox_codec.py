@@ -30,15 +30,13 @@ from service.domain import (
     UndecodableUpdate,
 )
 
-_MEMBERSHIP_STATUS: dict[int, MembershipStatus] = {
+_MEMBERSHIP_STATUS: dict[pb.MembershipStatus, MembershipStatus] = {
     pb.MEMBERSHIP_STATUS_REALIZED: MembershipStatus.REALIZED,
     pb.MEMBERSHIP_STATUS_EXISTING: MembershipStatus.EXISTING,
     pb.MEMBERSHIP_STATUS_EXITED: MembershipStatus.EXITED,
 }
 _MEMBERSHIP_STATUS_PB: dict[MembershipStatus, pb.MembershipStatus] = {
-    MembershipStatus.REALIZED: pb.MEMBERSHIP_STATUS_REALIZED,
-    MembershipStatus.EXISTING: pb.MEMBERSHIP_STATUS_EXISTING,
-    MembershipStatus.EXITED: pb.MEMBERSHIP_STATUS_EXITED,
+    value: key for key, value in _MEMBERSHIP_STATUS.items()
 }
 
 

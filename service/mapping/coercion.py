@@ -234,17 +234,26 @@ def _text(length: int) -> Coercer:
     return coerce
 
 
+def _trimmed(value: object, what: str, length: int, expected: str) -> str | None:
+    """The string `value` without surrounding whitespace, None when blank; refuses a value that is
+    not a string (`expected` says what it should be) or longer than `length` characters."""
+    if not isinstance(value, str):
+        raise CoercionError(f"{_kind(value)} is not {expected}")
+    text = value.strip()
+    if not text:
+        return None
+    if len(text) > length:
+        raise CoercionError(f"{what} of {len(text)} characters exceeds the limit of {length}")
+    return text
+
+
 def _checked_text(check: Callable[[str], object], what: str, length: int) -> Coercer:
     def coerce(value: object) -> object:
         if isinstance(value, int) and not isinstance(value, bool) and what == "phone number":
             value = str(value)
-        if not isinstance(value, str):
-            raise CoercionError(f"{_kind(value)} is not a valid {what}")
-        text = value.strip()
-        if not text:
+        text = _trimmed(value, what, length, f"a valid {what}")
+        if text is None:
             return None
-        if len(text) > length:
-            raise CoercionError(f"{what} of {len(text)} characters exceeds the limit of {length}")
         if not check(text):
             raise CoercionError(f"{_described(value)} is not a valid {what}")
         return text
@@ -254,13 +263,9 @@ def _checked_text(check: Callable[[str], object], what: str, length: int) -> Coe
 
 def _url(length: int) -> Coercer:
     def coerce(value: object) -> object:
-        if not isinstance(value, str):
-            raise CoercionError(f"{_kind(value)} is not a URL")
-        text = value.strip()
-        if not text:
+        text = _trimmed(value, "URL", length, "a URL")
+        if text is None:
             return None
-        if len(text) > length:
-            raise CoercionError(f"URL of {len(text)} characters exceeds the limit of {length}")
         try:
             parts = urlsplit(text)
         except ValueError:

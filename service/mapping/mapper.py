@@ -350,7 +350,7 @@ def _compile(
             problems.append(f"target {label!r}: unknown transform {row.transform!r}")
         else:
             entry = registry.transform(row.transform)
-            plugin, declared = entry.plugin, entry.transform
+            plugin, declared = entry.plugin, entry.item
             returns, multi = declared.returns, declared.multi_source
             unknown = sorted(set(row.options) - set(declared.options))
             if unknown:

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import pluggy
 
@@ -67,17 +67,11 @@ def build_plugin_manager(
 
 
 @dataclass(frozen=True, slots=True)
-class RegisteredTransform:
-    """A transform with the name of the plugin that registered it."""
+class Registered(Generic[T]):
+    """A transform or preset with the name of the plugin that registered it."""
 
     plugin: str
-    transform: Transform
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredPreset:
-    plugin: str
-    preset: MappingPreset
+    item: T
 
 
 class PluginRegistry:
@@ -85,13 +79,12 @@ class PluginRegistry:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         """Call every registration hook once; raise `PluginConfigError` on duplicates."""
-        self._transforms: dict[str, RegisteredTransform] = {}
-        self._presets: dict[str, RegisteredPreset] = {}
+        self._transforms: dict[str, Registered[Transform]] = {}
+        self._presets: dict[str, Registered[MappingPreset]] = {}
         for plugin, item in _call_each(pm, pm.hook.register_transforms, Transform):
-            _add_unique(self._transforms, item.name, RegisteredTransform(plugin, item), "transform")
+            _add_unique(self._transforms, item.name, Registered(plugin, item), "transform")
         for plugin, preset in _call_each(pm, pm.hook.register_mapping_presets, MappingPreset):
-            entry = RegisteredPreset(plugin, preset)
-            _add_unique(self._presets, preset.name, entry, "mapping preset")
+            _add_unique(self._presets, preset.name, Registered(plugin, preset), "mapping preset")
         # Preset rows are checked like any mapping when used: a blocked plugin must not stop
         # start-up because some preset names one of its transforms.
 
@@ -113,7 +106,7 @@ class PluginRegistry:
     def has_transform(self, name: str) -> bool:
         return name in self._transforms
 
-    def transform(self, name: str) -> RegisteredTransform:
+    def transform(self, name: str) -> Registered[Transform]:
         """Return the transform called `name`; raise `KeyError` naming the known ones."""
         try:
             return self._transforms[name]
@@ -122,15 +115,12 @@ class PluginRegistry:
             raise KeyError(f"unknown transform {name!r} (known: {known})") from None
 
     @property
-    def transforms(self) -> Mapping[str, RegisteredTransform]:
+    def transforms(self) -> Mapping[str, Registered[Transform]]:
         return dict(self._transforms)
 
     @property
-    def presets(self) -> Mapping[str, RegisteredPreset]:
+    def presets(self) -> Mapping[str, Registered[MappingPreset]]:
         return dict(self._presets)
-
-
-V = TypeVar("V", RegisteredTransform, RegisteredPreset)
 
 
 def _call_each(
@@ -159,7 +149,7 @@ def _call_each(
             yield plugin, item
 
 
-def _add_unique(into: dict[str, V], name: str, entry: V, kind: str) -> None:
+def _add_unique(into: dict[str, Registered[T]], name: str, entry: Registered[T], kind: str) -> None:
     if name in into:
         raise PluginConfigError(
             f"{kind} {name!r} is registered by both plugin {into[name].plugin!r} and plugin "

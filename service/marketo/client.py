@@ -40,7 +40,7 @@ from service.marketo.errors import (
     UnavailableError,
 )
 from service.marketo.limits import InstanceLimits, next_reset
-from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver
+from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver, endpoint_of
 from service.marketo.retry import RetryPolicy
 from service.marketo.types import (
     ExportJob,
@@ -368,7 +368,7 @@ class MarketoClient:
         method: str,
         path: str,
         *,
-        endpoint: str,
+        endpoint: str | None = None,
         params: Sequence[tuple[str, str]] | None = None,
         json_body: Any = None,
         form: Mapping[str, str] | None = None,
@@ -379,8 +379,9 @@ class MarketoClient:
         retry: RetryPolicy | None = None,
     ) -> _Answer:
         """Send one logical request with retries (`retry`, default the client's); returns the
-        successful answer. `records`: how many records the request carries (told to the
-        observer)."""
+        successful answer. `endpoint` names the call (default: after its path, `endpoint_of`);
+        `records`: how many records the request carries (told to the observer)."""
+        endpoint = endpoint or endpoint_of(path)
         if self._seed_from_usage and self.limits.usage_due():
             await self._seed_usage()
         started = self._clock.now()
@@ -553,21 +554,23 @@ class MarketoClient:
             status=status,
         )
 
-    async def _result(self, method: str, path: str, *, endpoint: str, **kw: Any) -> list[Any]:
+    async def _result(
+        self, method: str, path: str, *, endpoint: str | None = None, **kw: Any
+    ) -> list[Any]:
         answer = await self._request(method, path, endpoint=endpoint, **kw)
         result = answer.body.get("result") if isinstance(answer.body, Mapping) else None
         return list(result) if isinstance(result, list) else []
 
     async def _create_asset(
-        self, path: str, endpoint: str, form: dict[str, str], description: str, what: str
+        self, path: str, form: dict[str, str], description: str, what: str
     ) -> Mapping[str, Any]:
         """POST the creation of an asset (not retried when the outcome is unknown); its record."""
         if description:
             form = {**form, "description": description}
-        result = await self._result("POST", path, endpoint=endpoint, form=form, idempotent=False)
+        result = await self._result("POST", path, form=form, idempotent=False)
         if not result:
             raise OutcomeUnknownError(
-                f"Marketo created no {what} record", code=None, endpoint=endpoint
+                f"Marketo created no {what} record", code=None, endpoint=endpoint_of(path)
             )
         record: Mapping[str, Any] = result[0]
         return record
@@ -577,16 +580,13 @@ class MarketoClient:
         path: str,
         params: list[tuple[str, str]],
         *,
-        endpoint: str,
         records: int | None = None,
     ) -> list[Mapping[str, Any]]:
         rows: list[Mapping[str, Any]] = []
         page_token: str | None = None
         while True:
             query = params + ([("nextPageToken", page_token)] if page_token else [])
-            answer = await self._request(
-                "GET", path, endpoint=endpoint, params=query, records=records
-            )
+            answer = await self._request("GET", path, params=query, records=records)
             body = answer.body if isinstance(answer.body, Mapping) else {}
             rows.extend(r for r in body.get("result") or [] if isinstance(r, Mapping))
             page_token = body.get("nextPageToken")
@@ -598,9 +598,7 @@ class MarketoClient:
     async def describe(self) -> list[FieldDescription]:
         """Describe Lead: every lead field with its REST and SOAP names."""
         out = []
-        for raw in await self._result(
-            "GET", "/rest/v1/leads/describe.json", endpoint="leads/describe"
-        ):
+        for raw in await self._result("GET", "/rest/v1/leads/describe.json"):
             rest = raw.get("rest") if isinstance(raw.get("rest"), Mapping) else None
             soap = raw.get("soap") if isinstance(raw.get("soap"), Mapping) else None
             out.append(
@@ -618,9 +616,7 @@ class MarketoClient:
 
     async def describe2(self) -> LeadSchema:
         """Describe Lead2: the fields and which of them are searchable keys."""
-        result = await self._result(
-            "GET", "/rest/v1/leads/describe2.json", endpoint="leads/describe2"
-        )
+        result = await self._result("GET", "/rest/v1/leads/describe2.json")
         raw = result[0] if result else {}
         searchable = tuple(
             tuple(str(name) for name in key) if isinstance(key, list) else (str(key),)
@@ -644,9 +640,7 @@ class MarketoClient:
 
     async def partitions(self) -> list[Partition]:
         """The instance's lead partitions."""
-        result = await self._result(
-            "GET", "/rest/v1/leads/partitions.json", endpoint="leads/partitions"
-        )
+        result = await self._result("GET", "/rest/v1/leads/partitions.json")
         return [
             Partition(
                 id=int(p["id"]),
@@ -682,12 +676,11 @@ class MarketoClient:
     async def usage(self, *, last_7_days: bool = False) -> list[UsageDay]:
         """The Usage API: today's counted calls per API user, or the last seven days'."""
         path = "/rest/v1/stats/usage/last7days.json" if last_7_days else "/rest/v1/stats/usage.json"
-        endpoint = "stats/usage/last7days" if last_7_days else "stats/usage"
-        return await self._usage_days(path, endpoint)
+        return await self._usage_days(path)
 
-    async def _usage_days(self, path: str, endpoint: str, **kw: Any) -> list[UsageDay]:
+    async def _usage_days(self, path: str, **kw: Any) -> list[UsageDay]:
         days = []
-        for raw in await self._result("GET", path, endpoint=endpoint, **kw):
+        for raw in await self._result("GET", path, **kw):
             users = {
                 str(u.get("userId", "")): _int(u.get("count")) or 0
                 for u in raw.get("users") or []
@@ -704,9 +697,7 @@ class MarketoClient:
         """Seed the instance's daily count from the Usage API; a failed reading is logged and
         waits for the next hour (the call that asked goes on either way)."""
         try:
-            days = await self._usage_days(
-                "/rest/v1/stats/usage.json", "stats/usage", retry=USAGE_RETRY
-            )
+            days = await self._usage_days("/rest/v1/stats/usage.json", retry=USAGE_RETRY)
         except MarketoError as exc:
             logger.info("Usage API not read for %s: %s", self._base, type(exc).__name__)
             return
@@ -725,7 +716,6 @@ class MarketoClient:
         result = await self._result(
             "GET",
             "/rest/asset/v1/folder/byName.json",
-            endpoint="asset/folder/byName",
             params=params,
         )
         return _folder(result[0]) if result else None
@@ -736,9 +726,7 @@ class MarketoClient:
         """Create a folder; not retried when the outcome is unknown."""
         form = {"name": name, "parent": json.dumps({"id": parent_id, "type": parent_type})}
         return _folder(
-            await self._create_asset(
-                "/rest/asset/v1/folders.json", "asset/folders", form, description, "folder"
-            )
+            await self._create_asset("/rest/asset/v1/folders.json", form, description, "folder")
         )
 
     # ----------------------------------------------------------- static lists
@@ -748,7 +736,6 @@ class MarketoClient:
         result = await self._result(
             "GET",
             "/rest/asset/v1/staticList/byName.json",
-            endpoint="asset/staticList/byName",
             params=[("name", name)],
         )
         return _static_list(result[0]) if result else None
@@ -759,7 +746,6 @@ class MarketoClient:
             result = await self._result(
                 "GET",
                 f"/rest/asset/v1/staticList/{int(list_id)}.json",
-                endpoint="asset/staticList",
             )
         except RejectedError as exc:
             if exc.code in ("702", "610", "1013"):
@@ -774,9 +760,7 @@ class MarketoClient:
         unknown."""
         form = {"name": name, "folder": json.dumps({"id": folder_id, "type": folder_type})}
         return _static_list(
-            await self._create_asset(
-                "/rest/asset/v1/staticLists.json", "asset/staticLists", form, description, "list"
-            )
+            await self._create_asset("/rest/asset/v1/staticLists.json", form, description, "list")
         )
 
     async def delete_static_list(self, list_id: int) -> None:
@@ -784,7 +768,6 @@ class MarketoClient:
         await self._result(
             "POST",
             f"/rest/asset/v1/staticList/{int(list_id)}/delete.json",
-            endpoint="asset/staticList/delete",
         )
 
     # ------------------------------------------------------------------ leads
@@ -803,18 +786,14 @@ class MarketoClient:
             ]
             if fields:
                 params.append(("fields", ",".join(fields)))
-            pages = await self._paged(
-                "/rest/v1/leads.json", params, endpoint="leads", records=len(chunk)
-            )
+            pages = await self._paged("/rest/v1/leads.json", params, records=len(chunk))
             leads.extend(_lead(raw) for raw in pages)
         return leads
 
     async def get_lead(self, lead_id: int, fields: Sequence[str] | None = None) -> Lead | None:
         """The lead with this id, or None."""
         params = [("fields", ",".join(fields))] if fields else None
-        result = await self._result(
-            "GET", f"/rest/v1/lead/{int(lead_id)}.json", endpoint="lead", params=params
-        )
+        result = await self._result("GET", f"/rest/v1/lead/{int(lead_id)}.json", params=params)
         return _lead(result[0]) if result else None
 
     async def sync_leads(
@@ -867,7 +846,7 @@ class MarketoClient:
     # ------------------------------------------------------- list membership
 
     async def _membership(
-        self, method: str, path: str, endpoint: str, lead_ids: Sequence[int]
+        self, method: str, path: str, lead_ids: Sequence[int], *, endpoint: str | None = None
     ) -> list[MembershipResult]:
         out: list[MembershipResult] = []
         for chunk in _chunks(list(dict.fromkeys(int(i) for i in lead_ids))):
@@ -900,7 +879,10 @@ class MarketoClient:
     async def add_to_list(self, list_id: int, lead_ids: Sequence[int]) -> list[MembershipResult]:
         """Add leads to a static list (300 ids per call)."""
         return await self._membership(
-            "POST", f"/rest/v1/lists/{int(list_id)}/leads.json", "lists/leads/add", lead_ids
+            "POST",
+            f"/rest/v1/lists/{int(list_id)}/leads.json",
+            lead_ids,
+            endpoint="lists/leads/add",
         )
 
     async def remove_from_list(
@@ -908,7 +890,10 @@ class MarketoClient:
     ) -> list[MembershipResult]:
         """Remove leads from a static list (300 ids per call; 1015 means not a member)."""
         return await self._membership(
-            "DELETE", f"/rest/v1/lists/{int(list_id)}/leads.json", "lists/leads/remove", lead_ids
+            "DELETE",
+            f"/rest/v1/lists/{int(list_id)}/leads.json",
+            lead_ids,
+            endpoint="lists/leads/remove",
         )
 
     async def is_member(self, list_id: int, lead_ids: Sequence[int]) -> list[MembershipResult]:
@@ -916,7 +901,6 @@ class MarketoClient:
         return await self._membership(
             "GET",
             f"/rest/v1/lists/{int(list_id)}/leads/ismember.json",
-            "lists/leads/ismember",
             lead_ids,
         )
 
@@ -925,9 +909,7 @@ class MarketoClient:
         params = [("batchSize", str(BATCH))]
         if fields:
             params.append(("fields", ",".join(fields)))
-        raw = await self._paged(
-            f"/rest/v1/lists/{int(list_id)}/leads.json", params, endpoint="lists/leads"
-        )
+        raw = await self._paged(f"/rest/v1/lists/{int(list_id)}/leads.json", params)
         return [_lead(r) for r in raw]
 
     async def list_members_page(
@@ -948,7 +930,6 @@ class MarketoClient:
         answer = await self._request(
             "GET",
             f"/rest/v1/lists/{int(list_id)}/leads.json",
-            endpoint="lists/leads",
             params=params,
         )
         body = answer.body if isinstance(answer.body, Mapping) else {}
@@ -967,7 +948,6 @@ class MarketoClient:
             raw = await self._result(
                 "POST",
                 "/rest/v1/leads/delete.json",
-                endpoint="leads/delete",
                 json_body={"input": [{"id": i} for i in chunk]},
                 records=len(chunk),
             )
@@ -983,7 +963,6 @@ class MarketoClient:
         await self._request(
             "POST",
             f"/rest/v1/leads/{int(winner_id)}/merge.json",
-            endpoint="leads/merge",
             params=[("leadIds", ids)],
             idempotent=False,
         )
@@ -1000,18 +979,11 @@ class MarketoClient:
             "format": file_format,
             "filter": {"staticListId": int(static_list_id)},
         }
-        result = await self._result(
-            "POST",
-            "/bulk/v1/leads/export/create.json",
-            endpoint="bulk/leads/export/create",
-            json_body=body,
-        )
+        path = "/bulk/v1/leads/export/create.json"
+        result = await self._result("POST", path, json_body=body)
         if not result:
             raise UnavailableError(
-                "Marketo answered no export job",
-                code=None,
-                attempts=1,
-                endpoint="bulk/leads/export/create",
+                "Marketo answered no export job", code=None, attempts=1, endpoint=endpoint_of(path)
             )
         return _export_job(result[0])
 
@@ -1046,7 +1018,8 @@ class MarketoClient:
     async def export_file(self, export_id: str) -> str:
         """The file of a Completed extract."""
         return await self._file(
-            f"/bulk/v1/leads/export/{_segment(export_id)}/file.json", "bulk/leads/export/file"
+            f"/bulk/v1/leads/export/{_segment(export_id)}/file.json",
+            endpoint="bulk/leads/export/file",  # export ids are not numbers
         )
 
     # ------------------------------------------------------------ bulk import
@@ -1067,42 +1040,38 @@ class MarketoClient:
             form["listId"] = str(int(list_id))
         if partition_name:
             form["partitionName"] = partition_name
+        endpoint = "bulk/leads/import"  # the path alone names it bulk/leads
         result = await self._result(
             "POST",
             "/bulk/v1/leads.json",
-            endpoint="bulk/leads/import",
+            endpoint=endpoint,
             form=form,
             files={"file": ("leads.csv", csv_bytes, "text/csv")},
             idempotent=False,
         )
         if not result:
             raise OutcomeUnknownError(
-                "Marketo answered no import job", code=None, endpoint="bulk/leads/import"
+                "Marketo answered no import job", code=None, endpoint=endpoint
             )
         return _import_job(result[0])
 
     async def import_status(self, batch_id: int) -> ImportJob:
         """The status of a bulk import job."""
-        result = await self._result(
-            "GET", f"/bulk/v1/leads/batch/{int(batch_id)}.json", endpoint="bulk/leads/batch"
-        )
+        path = f"/bulk/v1/leads/batch/{int(batch_id)}.json"
+        result = await self._result("GET", path)
         if not result:
-            raise RejectedError("1013", f"No import job {batch_id}", endpoint="bulk/leads/batch")
+            raise RejectedError("1013", f"No import job {batch_id}", endpoint=endpoint_of(path))
         return _import_job(result[0])
 
     async def import_failures(self, batch_id: int) -> str:
         """The failures file of a bulk import (CSV with an "Import Failure Reason" column)."""
-        return await self._file(
-            f"/bulk/v1/leads/batch/{int(batch_id)}/failures.json", "bulk/leads/batch/failures"
-        )
+        return await self._file(f"/bulk/v1/leads/batch/{int(batch_id)}/failures.json")
 
     async def import_warnings(self, batch_id: int) -> str:
         """The warnings file of a bulk import (CSV with an "Import Warning Reason" column)."""
-        return await self._file(
-            f"/bulk/v1/leads/batch/{int(batch_id)}/warnings.json", "bulk/leads/batch/warnings"
-        )
+        return await self._file(f"/bulk/v1/leads/batch/{int(batch_id)}/warnings.json")
 
-    async def _file(self, path: str, endpoint: str) -> str:
+    async def _file(self, path: str, *, endpoint: str | None = None) -> str:
         answer = await self._request("GET", path, endpoint=endpoint, envelope=False)
         if answer.body is not None and not isinstance(answer.body, str):
             return ""

@@ -194,6 +194,17 @@ class InstanceLimits:
             per_owner.kept.put(key, limits)
         return limits
 
+    @classmethod
+    def known(cls, owner: object) -> dict[str, InstanceLimits]:
+        """The limits of every instance `shared` knows over `owner`: those clients hold and
+        those kept at rest, by instance key."""
+        per_owner = _SHARED.get(owner)
+        if per_owner is None:
+            return {}
+        found = dict(per_owner.kept.items())
+        found.update(per_owner.live.items())
+        return found
+
     @property
     def at_rest(self) -> bool:
         """Whether forgetting these limits loses nothing: no call in flight, waiting or in the

@@ -10,12 +10,33 @@ OpenTelemetry one is `service.telemetry.marketo.MarketoTelemetry`.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["NO_OBSERVER", "Call", "Exchange", "MarketoObserver"]
+__all__ = ["NO_OBSERVER", "Call", "Exchange", "MarketoObserver", "endpoint_of"]
+
+_ID_SEGMENT = re.compile(r"^\d+$")
+_VERSION_SEGMENT = re.compile(r"^v\d+$")
+
+
+def endpoint_of(path: str) -> str:
+    """The Marketo endpoint of a URL path, without ids, version or ``.json``:
+    ``/rest/v1/lists/42/leads.json`` -> ``lists/leads``, ``/rest/asset/v1/folders.json`` ->
+    ``asset/folders``, ``/bulk/v1/leads/batch/7.json`` -> ``bulk/leads/batch``,
+    ``/identity/oauth/token`` -> ``identity``. The client names its calls so unless the path
+    does not tell the call apart (`leads/sync`, `lists/leads/add`)."""
+    segments = [s.removesuffix(".json") for s in path.split("/") if s]
+    if not segments:
+        return "/"
+    if segments[0] == "identity":
+        return "identity"
+    if segments[0] == "rest":
+        segments = segments[1:]
+    kept = [s for s in segments if not _ID_SEGMENT.match(s) and not _VERSION_SEGMENT.match(s)]
+    return "/".join(kept) or "/"
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ __all__ = [
     "ActivationRecord",
     "AlertRecord",
     "AppendResult",
+    "Backlog",
     "CommitListener",
     "Dataflow",
     "DataflowRun",
@@ -250,6 +251,15 @@ class PendingStats:
 
     count: int
     oldest_enqueued_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Outbox backlog of one destination, with the Marketo instance it goes to."""
+
+    destination_id: str
+    instance_key: str
+    pending: PendingStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,6 +600,11 @@ class Store(Protocol):
 
     async def instance_keys_with_due_work(self, now: datetime | None = None) -> list[str]:
         """Instances that have at least one due entry."""
+        ...
+
+    async def backlogs(self) -> list[Backlog]:
+        """The backlog of every destination of every tenant (the metrics' gauges), by
+        destination id; like `pending_stats`, without scanning the backlogs."""
         ...
 
     # -- outcomes and dataflow ------------------------------------------------------------------

@@ -40,6 +40,7 @@ from service.store.base import (
     ActivationRecord,
     AlertRecord,
     AppendResult,
+    Backlog,
     CommitListener,
     Dataflow,
     DestinationNotFound,
@@ -975,6 +976,22 @@ class SqlStore(ABC):
         """Backlog count (a kept counter) and oldest enqueue time (first row of an index)."""
         return await self._read(partial(_pending_stats, destination_id=destination_id))
 
+    async def backlogs(self) -> list[Backlog]:
+        """Every destination's backlog: its kept counter, and the oldest entry of those that
+        have one (first row of an index)."""
+
+        async def work(c: Connection) -> list[Backlog]:
+            rows = (
+                await c.execute("SELECT id, instance_key, pending FROM destinations ORDER BY id")
+            ).fetchall()
+            found = []
+            for destination_id, instance, pending in rows:
+                oldest = await _oldest_pending(c, destination_id) if pending else None
+                found.append(Backlog(destination_id, instance, PendingStats(pending, oldest)))
+            return found
+
+        return await self._read(work)
+
     async def instance_keys_with_due_work(self, now: datetime | None = None) -> list[str]:
         """Instances that have at least one due entry."""
         due = self._now(now)
@@ -1396,6 +1413,10 @@ async def _pending_stats(c: Connection, destination_id: str) -> PendingStats:
     ).fetchone()
     if row is None:
         raise DestinationNotFound(destination_id)
+    return PendingStats(row[0], await _oldest_pending(c, destination_id))
+
+
+async def _oldest_pending(c: Connection, destination_id: str) -> datetime | None:
     # The outbox holds what was unpacked, the inbox what came after: the oldest is in the
     # outbox when it has any entry of the destination.
     oldest = (
@@ -1409,7 +1430,7 @@ async def _pending_stats(c: Connection, destination_id: str) -> PendingStats:
             (destination_id,),
         )
     ).fetchone()
-    return PendingStats(row[0], from_micros(oldest[0]) if oldest is not None else None)
+    return from_micros(oldest[0]) if oldest is not None else None
 
 
 async def _fetch_alert(c: Connection, alert_id: str) -> AlertRecord:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -24,13 +25,29 @@ from opentelemetry.util.types import AttributeValue
 
 from service.telemetry.context import link_contexts
 
-__all__ = ["DEFAULT_EXCLUDED_SERVICES", "QueueSample", "Telemetry", "batch_attributes"]
+if TYPE_CHECKING:
+    from service.telemetry.prometheus import MetricsEndpoint
+
+__all__ = [
+    "DEFAULT_EXCLUDED_SERVICES",
+    "DURATION_BUCKETS",
+    "QueueSample",
+    "QuotaSample",
+    "Telemetry",
+    "batch_attributes",
+]
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 """gRPC services not traced unless ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES`` says otherwise:
 container health probes would bury the real traces."""
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+"""Bucket boundaries (s) of the duration histograms, as OpenTelemetry's semantic conventions
+advise for ``rpc.server.call.duration`` and ``http.client.request.duration``."""
+
+_Sample = TypeVar("_Sample")
 
 _SCOPE = "service.telemetry"
 _MARKETO_SCOPE = "service.marketo"
@@ -46,6 +63,28 @@ class QueueSample:
     """Updates waiting (not yet retired)."""
     oldest_age_seconds: float
     """Age of the oldest waiting update; 0 when the queue is empty."""
+    destination_id: str | None = None
+    """The destination the figures are about; ``None`` when they cover the whole instance."""
+
+    def attributes(self) -> dict[str, AttributeValue]:
+        """The gauge's labels: the instance, and the destination when the sample names one."""
+        attrs: dict[str, AttributeValue] = {"marketo.instance": self.instance}
+        if self.destination_id is not None:
+            attrs["marketo_destination.destination_id"] = self.destination_id
+        return attrs
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSample:
+    """Today's use of one Marketo instance's daily API quota, as this process counts it."""
+
+    instance: str
+    ours: int
+    """Calls this process made today (Marketo's own count when the Usage API said more)."""
+    others: int
+    """Calls of the instance's other API users, as the Usage API last said."""
+    remaining: int
+    """Calls this process may still make today (quota - reserve - ours - others, at least 0)."""
 
 
 class Telemetry:
@@ -87,7 +126,19 @@ class Telemetry:
             unit="s",
             description="Time a Marketo call waited for the instance's rate and concurrency limits",
         )
+        self._rpc_duration = meter.create_histogram(
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of the RPCs the service answered",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
         marketo = meter_provider.get_meter(_MARKETO_SCOPE)
+        self._http_duration = marketo.create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Duration of the HTTP requests sent to Marketo",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
         self._marketo_calls = marketo.create_counter(
             "marketo.calls", unit="{call}", description="Marketo REST calls by endpoint and code"
         )
@@ -97,7 +148,10 @@ class Telemetry:
             description="Marketo calls retried, by endpoint and action",
         )
         self._marketo_duration = marketo.create_histogram(
-            "marketo.call.duration", unit="s", description="Duration of Marketo REST calls"
+            "marketo.call.duration",
+            unit="s",
+            description="Duration of Marketo REST calls",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._queue_sources: list[Callable[[], Iterable[QueueSample]]] = []
         meter.create_observable_gauge(
@@ -112,6 +166,22 @@ class Telemetry:
             unit="s",
             description="Age of the oldest update waiting in the outbox, per Marketo instance",
         )
+        self._quota_sources: list[Callable[[], Iterable[QuotaSample]]] = []
+        marketo.create_observable_gauge(
+            "marketo.daily_quota.used",
+            callbacks=[self._observe_quota_used],
+            unit="{call}",
+            description="Calls counted against the Marketo instance's daily quota today, "
+            "by caller (this service or the instance's other API users)",
+        )
+        marketo.create_observable_gauge(
+            "marketo.daily_quota.remaining",
+            callbacks=[self._observe_quota_remaining],
+            unit="{call}",
+            description="Calls this service may still make today on the Marketo instance",
+        )
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        """The Prometheus endpoint serving these metrics, when one was asked for."""
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -126,6 +196,8 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flushes and stops the exporters. Call once, when the server has stopped."""
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         if isinstance(self.tracer_provider, SdkTracerProvider):
             self.tracer_provider.shutdown()
         if isinstance(self.meter_provider, SdkMeterProvider):
@@ -198,6 +270,39 @@ class Telemetry:
         """Records the number of updates in one dispatched batch of the Marketo ``instance``."""
         self._batch_size.record(size, {"marketo.instance": instance})
 
+    def record_rpc(self, seconds: float, *, service: str, method: str, status_code: int) -> None:
+        """Records the duration of one answered RPC, by service, method and gRPC status code."""
+        self._rpc_duration.record(
+            seconds,
+            {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": method,
+                "rpc.grpc.status_code": status_code,
+            },
+        )
+
+    def record_http_client(
+        self,
+        seconds: float,
+        *,
+        method: str,
+        server_address: str,
+        status_code: int | None,
+        error_type: str | None,
+    ) -> None:
+        """Records the duration of one HTTP request sent to Marketo: its method, host, status
+        code (``None`` when no answer came) and error type (``None`` when it succeeded)."""
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": method,
+            "server.address": server_address,
+        }
+        if status_code is not None:
+            attributes["http.response.status_code"] = status_code
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        self._http_duration.record(seconds, attributes)
+
     def record_limiter_wait(self, seconds: float, *, instance: str) -> None:
         """Records how long one Marketo call waited for its instance's limits."""
         self._limiter_wait.record(seconds, {"marketo.instance": instance})
@@ -225,23 +330,47 @@ class Telemetry:
         """
         self._queue_sources.append(source)
 
-    def _samples(self) -> list[QueueSample]:
-        samples: list[QueueSample] = []
-        for source in self._queue_sources:
-            try:
-                samples.extend(source())
-            except Exception:  # a broken gauge must not stop the export of the rest
-                _log.exception("outbox gauge source failed")
-        return samples
+    def observe_quota(self, source: Callable[[], Iterable[QuotaSample]]) -> None:
+        """Registers ``source`` to feed the daily quota gauges at each metric collection; like
+        :meth:`observe_queue`'s, it runs on the exporter's thread and reads numbers in memory."""
+        self._quota_sources.append(source)
+
+    def _observe_quota_used(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations: list[Observation] = []
+        for s in _gather(self._quota_sources, "quota"):
+            for caller, used in (("self", s.ours), ("others", s.others)):
+                labels = {"marketo.instance": s.instance, "marketo.caller": caller}
+                observations.append(Observation(used, labels))
+        return observations
+
+    def _observe_quota_remaining(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(s.remaining, {"marketo.instance": s.instance})
+            for s in _gather(self._quota_sources, "quota")
+        ]
 
     def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(s.depth, {"marketo.instance": s.instance}) for s in self._samples()]
+        return [
+            Observation(s.depth, s.attributes()) for s in _gather(self._queue_sources, "outbox")
+        ]
 
     def _observe_age(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(s.oldest_age_seconds, {"marketo.instance": s.instance})
-            for s in self._samples()
+            Observation(s.oldest_age_seconds, s.attributes())
+            for s in _gather(self._queue_sources, "outbox")
         ]
+
+
+def _gather(sources: Iterable[Callable[[], Iterable[_Sample]]], gauge: str) -> list[_Sample]:
+    """What every source of a gauge says now; a failing source is logged and skipped (a broken
+    gauge must not stop the export of the rest)."""
+    samples: list[_Sample] = []
+    for source in sources:
+        try:
+            samples.extend(source())
+        except Exception:
+            _log.exception("%s gauge source failed", gauge)
+    return samples
 
 
 def batch_attributes(

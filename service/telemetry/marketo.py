@@ -13,42 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from service.marketo.observer import NO_OBSERVER, Call, Exchange, MarketoObserver
+from service.marketo.observer import NO_OBSERVER, Call, Exchange, MarketoObserver, endpoint_of
 from service.telemetry.core import Telemetry
 from service.telemetry.logs import redact_query
 
-__all__ = ["MarketoTelemetry", "endpoint_of", "marketo_observer", "redact_url"]
+__all__ = ["MarketoTelemetry", "marketo_observer", "redact_url"]
 
-_ID_SEGMENT = re.compile(r"^\d+$")
-_VERSION_SEGMENT = re.compile(r"^v\d+$")
 _SUCCESS_FALSE = re.compile(rb'"success"\s*:\s*false')
 # The code is looked for in the first `errors` array only: a lazy scan from every `"errors"`
 # to the next `]` would take quadratic time on a body repeating it.
 _ERRORS = re.compile(rb'"errors"\s*:\s*\[\s*\{')
 _CODE = re.compile(rb'"code"\s*:\s*"?(\w+)')
 _SKIPPED = re.compile(rb'"status"\s*:\s*"skipped"')
-
-
-def endpoint_of(path: str) -> str:
-    """The Marketo endpoint of a URL path, without ids, version or ``.json``:
-    ``/rest/v1/lists/42/leads.json`` -> ``lists/leads``, ``/rest/asset/v1/folders.json`` ->
-    ``asset/folders``, ``/bulk/v1/leads/batch/7.json`` -> ``bulk/leads/batch``,
-    ``/identity/oauth/token`` -> ``identity``."""
-    segments = [s.removesuffix(".json") for s in path.split("/") if s]
-    if not segments:
-        return "/"
-    if segments[0] == "identity":
-        return "identity"
-    if segments[0] == "rest":
-        segments = segments[1:]
-    kept = [s for s in segments if not _ID_SEGMENT.match(s) and not _VERSION_SEGMENT.match(s)]
-    return "/".join(kept) or "/"
 
 
 def redact_url(url: httpx.URL) -> str:
@@ -78,6 +61,8 @@ class MarketoTelemetry(MarketoObserver):
     ``marketo.code`` (the first error code when the body says ``"success": false``; ``ok``
     otherwise), ``marketo.records``, ``marketo.records.skipped``, ``marketo.attempt``,
     ``marketo.limiter.wait`` (also a ``marketo.limiter.wait`` measurement) and ``error.type``.
+    Each request's duration also goes to ``http.client.request.duration`` (method, host, status
+    code, error type).
     """
 
     def __init__(self, telemetry: Telemetry) -> None:
@@ -111,13 +96,28 @@ class MarketoTelemetry(MarketoObserver):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            exchange = _TracedExchange(span, name)
+            started = time.perf_counter()
+            error_type: str | None = None
             try:
-                yield _TracedExchange(span, name)
+                yield exchange
             except Exception as error:
                 # The exception's type only: messages may quote the URL.
-                span.set_attribute("error.type", type(error).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+                error_type = type(error).__qualname__
+                span.set_attribute("error.type", error_type)
+                span.set_status(Status(StatusCode.ERROR, error_type))
                 raise
+            finally:
+                status = exchange.status_code
+                if error_type is None and status is not None and status >= 400:
+                    error_type = str(status)
+                self._telemetry.record_http_client(
+                    time.perf_counter() - started,
+                    method=request.method,
+                    server_address=request.url.host,
+                    status_code=status,
+                    error_type=error_type,
+                )
 
     def attempted(self, *, endpoint: str, method: str, code: str, seconds: float) -> None:
         """Counts the attempt in ``marketo.calls`` and ``marketo.call.duration``."""
@@ -134,8 +134,10 @@ class _TracedExchange(Exchange):
     def __init__(self, span: Span, endpoint: str) -> None:
         self._span = span
         self._endpoint = endpoint
+        self.status_code: int | None = None
 
     def answered(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
         span = self._span
         span.set_attribute("http.response.status_code", response.status_code)
         if response.status_code >= 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from asyncio import CancelledError
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -12,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
@@ -52,15 +52,17 @@ def server_interceptor(
 
     One SERVER span per RPC, named ``package.Service/Method``, the child of the caller's W3C
     ``traceparent`` metadata when there is one, with ``rpc.system``, ``rpc.service``,
-    ``rpc.method`` and ``rpc.grpc.status_code``. Request bodies and metadata values are never
-    recorded. ``excluded_services`` (default: ``telemetry.excluded_services``) are not traced.
+    ``rpc.method`` and ``rpc.grpc.status_code``, and its duration in the
+    ``rpc.server.call.duration`` histogram with the same attributes. Request bodies and metadata
+    values are never recorded. ``excluded_services`` (default: ``telemetry.excluded_services``)
+    are not traced.
     """
     if not telemetry.enabled:
         return None
     excluded = (
         telemetry.excluded_services if excluded_services is None else frozenset(excluded_services)
     )
-    return _TracingInterceptor(telemetry.tracer, excluded)
+    return _TracingInterceptor(telemetry, excluded)
 
 
 def _status_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | None:
@@ -77,8 +79,8 @@ class _TracingInterceptor(_ServerInterceptor):
     handler into an async generator, which breaks the ``context.write`` handlers grpc.aio allows
     (the health service's ``Watch``), and traces an escaped exception with status OK."""
 
-    def __init__(self, tracer: trace.Tracer, excluded: frozenset[str]) -> None:
-        self._tracer = tracer
+    def __init__(self, telemetry: Telemetry, excluded: frozenset[str]) -> None:
+        self._telemetry = telemetry
         self._excluded = excluded
 
     async def intercept_service(
@@ -99,20 +101,21 @@ class _TracingInterceptor(_ServerInterceptor):
             "rpc.service": service,
             "rpc.method": method,
         }
-        traced = _Traced(self._tracer, full, parent, attributes)
+        traced = _Traced(self._telemetry, full, parent, attributes)
         return rewrap(handler, unary=traced.unary, stream=traced.stream) or handler
 
 
 @dataclass(frozen=True, slots=True)
 class _Traced:
-    tracer: trace.Tracer
+    telemetry: Telemetry
     name: str
     parent: otel_context.Context
     attributes: dict[str, AttributeValue]
 
     @contextlib.contextmanager
     def _span(self, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[Span]:
-        with self.tracer.start_as_current_span(
+        started = time.perf_counter()
+        with self.telemetry.tracer.start_as_current_span(
             self.name,
             context=self.parent,
             kind=SpanKind.SERVER,
@@ -120,23 +123,34 @@ class _Traced:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            code = grpc.StatusCode.UNKNOWN
             try:
                 yield span
             except grpc.aio.AbortError:
-                _finish(span, _status_code(context) or grpc.StatusCode.UNKNOWN)
+                code = _status_code(context) or grpc.StatusCode.UNKNOWN
+                _finish(span, code)
                 raise
             except BaseException as error:
-                code = _status_code(context)
-                if code is None or code is grpc.StatusCode.OK:
-                    code = (
+                found = _status_code(context)
+                if found is None or found is grpc.StatusCode.OK:
+                    found = (
                         grpc.StatusCode.CANCELLED
                         if isinstance(error, (GeneratorExit, CancelledError))
                         else grpc.StatusCode.UNKNOWN
                     )
+                code = found
                 _finish(span, code, error)
                 raise
             else:
-                _finish(span, _status_code(context) or grpc.StatusCode.OK)
+                code = _status_code(context) or grpc.StatusCode.OK
+                _finish(span, code)
+            finally:
+                self.telemetry.record_rpc(
+                    time.perf_counter() - started,
+                    service=str(self.attributes["rpc.service"]),
+                    method=str(self.attributes["rpc.method"]),
+                    status_code=code.value[0],
+                )
 
     def unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

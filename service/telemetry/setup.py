@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
@@ -21,6 +21,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.util.types import AttributeValue
 
 from service.telemetry.core import DEFAULT_EXCLUDED_SERVICES, Telemetry
+
+if TYPE_CHECKING:
+    from service.telemetry.prometheus import MetricsEndpoint
 
 __all__ = ["DEFAULT_SERVICE_NAME", "sampler_from_env", "setup_telemetry"]
 
@@ -39,6 +42,7 @@ def setup_telemetry(
     metric_reader: MetricReader | None = None,
     resource_attributes: Mapping[str, AttributeValue] | None = None,
     set_global: bool = False,
+    metrics_address: str = "",
 ) -> Telemetry:
     """Builds the providers from the ``OTEL_*`` variables of ``environ``.
 
@@ -52,9 +56,14 @@ def setup_telemetry(
 
     ``span_exporter`` / ``metric_reader`` replace the OTLP ones (tests). With ``set_global`` the
     providers become the global ones (once per process; the service does it, tests need not).
+    With ``metrics_address`` (``HOST:PORT``), the metrics are also served for Prometheus there
+    (:class:`~service.telemetry.prometheus.MetricsEndpoint`), whatever
+    ``OTEL_METRICS_EXPORTER`` says; ``OSError`` when the port is taken.
     """
     excluded = _excluded_services(environ)
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+        if metrics_address:
+            _log.warning("OTEL_SDK_DISABLED is set: no metrics are served at %s", metrics_address)
         return Telemetry(
             tracer_provider=trace.NoOpTracerProvider(),
             meter_provider=metrics.NoOpMeterProvider(),
@@ -87,16 +96,30 @@ def setup_telemetry(
                 export_interval_millis=float(interval) if interval else None,
             )
         )
+    endpoint: MetricsEndpoint | None = None
+    if metrics_address:
+        from service.telemetry.prometheus import MetricsEndpoint
+
+        endpoint = MetricsEndpoint(metrics_address)
+        readers.append(endpoint.reader)
     meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers)
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
-    return Telemetry(
+    telemetry = Telemetry(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         enabled=True,
         excluded_services=excluded,
     )
+    if endpoint is not None:
+        try:
+            endpoint.start()
+        except OSError:
+            telemetry.shutdown()
+            raise
+        telemetry.metrics_endpoint = endpoint
+    return telemetry
 
 
 def sampler_from_env(environ: Mapping[str, str]) -> sampling.Sampler:

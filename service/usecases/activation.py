@@ -28,15 +28,13 @@ from service.domain import (
     ListAction,
 )
 from service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from service.mapping.registry import PluginRegistry
 from service.marketo.client import MarketoClient
 from service.marketo.errors import MarketoError, OutcomeUnknownError, QuotaExhaustedError
 from service.marketo.types import Folder, StaticList
 from service.store.base import ActivationRecord, DestinationRecord, Store
 from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import describe_instance, marketo_failure
-from service.usecases.governance import Policy
-from service.usecases.mapping_rules import active_mapping_violations
+from service.usecases.mapping_rules import MappingRules
 
 MAX_LIST_NAME = 255
 RETRY_AFTER = timedelta(seconds=10)
@@ -84,9 +82,8 @@ class Activations:
         self,
         store: Store,
         connections: MarketoConnections,
-        registry: PluginRegistry,
+        rules: MappingRules,
         *,
-        policies: Sequence[Policy] = (),
         list_folder: str = "Marketo Destination",
         on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
     ) -> None:
@@ -94,8 +91,7 @@ class Activations:
         paused destination at once)."""
         self._store = store
         self._connections = connections
-        self._registry = registry
-        self._policies = tuple(policies)
+        self._rules = rules
         self._list_folder = list_folder
         self._on_changed = on_changed
 
@@ -141,9 +137,7 @@ class Activations:
         except Unavailable as error:
             error.retry_after = error.retry_after or RETRY_AFTER
             raise
-        violations += active_mapping_violations(
-            spec, mappings, description.fields, self._registry, self._policies
-        )
+        violations += self._rules.violations(spec, mappings, description.fields)
         if violations:
             raise InvalidArgument(violations)
 

@@ -20,7 +20,7 @@ from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock
 from service.marketo.limits import InstanceLimits, instance_key
 from service.marketo.retry import RetryPolicy
-from service.telemetry.core import Telemetry
+from service.telemetry.core import QuotaSample, Telemetry
 from service.telemetry.marketo import marketo_observer
 
 INTERACTIVE_RETRY = RetryPolicy(max_attempts=3, deadline=15.0, base_delay=0.5)
@@ -117,6 +117,15 @@ class MarketoConnections:
             remaining=usage.remaining,
             usage_read_at=None if read_at is None else datetime.fromtimestamp(read_at, UTC),
         )
+
+    def quota_samples(self) -> list[QuotaSample]:
+        """Today's use of the daily quota of every instance a client was built for (kept at
+        rest or in use), by instance key. Nothing is sent."""
+        samples = []
+        for key, limits in sorted(InstanceLimits.known(self._http).items()):
+            usage = limits.usage
+            samples.append(QuotaSample(key, usage.ours, usage.others, usage.remaining))
+        return samples
 
     def client(self, connection: MarketoConnection, *, interactive: bool = False) -> MarketoClient:
         """A client for the connection's instance; `interactive` clients (used while a caller

@@ -29,7 +29,6 @@ from service.domain import (
     SyncType,
 )
 from service.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
-from service.mapping.registry import PluginRegistry
 from service.marketo.client import MarketoClient
 from service.marketo.errors import (
     AuthenticationError,
@@ -47,8 +46,7 @@ from service.store.base import (
     Store,
 )
 from service.usecases.connections import MarketoConnections
-from service.usecases.governance import Policy
-from service.usecases.mapping_rules import active_mapping_violations
+from service.usecases.mapping_rules import MappingRules
 
 MUNCHKIN_ID = re.compile(r"^\d{3}-[A-Z]{3}-\d{3}$")
 MAX_NAME = 200
@@ -308,19 +306,17 @@ class Destinations:
         self,
         store: Store,
         connections: MarketoConnections,
-        registry: PluginRegistry,
+        rules: MappingRules,
         *,
-        policies: Sequence[Policy] = (),
         webhook_origins: OriginList | None = None,
         on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
     ) -> None:
         """`on_changed(before)` runs after a stored destination was changed by Configure (the
-        dispatcher re-checks a paused destination at once); `registry` and `policies` are
-        Activate's, to re-check an active mapping when the spec changes."""
+        dispatcher re-checks a paused destination at once); `rules` are Activate's, to re-check an
+        active mapping when the spec changes."""
         self._store = store
         self._connections = connections
-        self._registry = registry
-        self._policies = tuple(policies)
+        self._rules = rules
         self._webhook_origins = webhook_origins or OriginList()
         self._on_changed = on_changed
 
@@ -396,9 +392,7 @@ class Destinations:
         fields = (await describe_instance(client)).fields
         return [
             FieldViolation(v.field, f"the active mapping would break: {v.description}")
-            for v in active_mapping_violations(
-                spec, mappings, fields, self._registry, self._policies
-            )
+            for v in self._rules.violations(spec, mappings, fields)
         ]
 
     async def get(self, destination_id: str) -> Destination:

@@ -33,24 +33,31 @@ ARRAY_SOURCE = re.compile(r"\[\s*(?:\*\s*)?\]")
 """A source path that selects a whole array (`items[]`, `items[*]`): arrays are not exported."""
 
 
-def active_mapping_violations(
-    spec: DestinationSpec,
-    mappings: Sequence[FieldMapping],
-    fields: Sequence[SchemaField],
-    registry: PluginRegistry,
-    policies: Sequence[Policy],
-) -> list[FieldViolation]:
-    """Every rule the mapping breaks under `spec`: the data-usage policies of its marketing
-    actions, then the mapping rules (`fields`: the instance's lead schema)."""
-    violations = [
-        FieldViolation(
-            f"mappings[{v.index}].labels",
-            f"label {v.label!r} of {v.source!r} may not be exported for marketing action "
-            f"{v.marketing_action!r} (policy {v.policy!r})",
-        )
-        for v in policy_violations(mappings, spec.marketing_actions, policies)
-    ]
-    return violations + mapping_violations(spec, mappings, fields, registry)
+class MappingRules:
+    """The rules an active mapping must satisfy: the data-usage policies of its destination's
+    marketing actions and the mapping rules, transforms checked against the plugin registry."""
+
+    def __init__(self, registry: PluginRegistry, policies: Sequence[Policy] = ()) -> None:
+        self._registry = registry
+        self._policies = tuple(policies)
+
+    def violations(
+        self,
+        spec: DestinationSpec,
+        mappings: Sequence[FieldMapping],
+        fields: Sequence[SchemaField],
+    ) -> list[FieldViolation]:
+        """Every rule the mapping breaks under `spec`: the data-usage policies of its marketing
+        actions, then the mapping rules (`fields`: the instance's lead schema)."""
+        violations = [
+            FieldViolation(
+                f"mappings[{v.index}].labels",
+                f"label {v.label!r} of {v.source!r} may not be exported for marketing action "
+                f"{v.marketing_action!r} (policy {v.policy!r})",
+            )
+            for v in policy_violations(mappings, spec.marketing_actions, self._policies)
+        ]
+        return violations + mapping_violations(spec, mappings, fields, self._registry)
 
 
 def mapping_violations(

@@ -14,8 +14,10 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service.marketo import InstanceLimits, MarketoClient, RetryPolicy
+from service.marketo.client import MarketoClient
+from service.marketo.limits import InstanceLimits
 from service.marketo.observer import MarketoObserver
+from service.marketo.retry import RetryPolicy
 from service.telemetry.marketo import marketo_observer
 from service.telemetry.setup import setup_telemetry
 

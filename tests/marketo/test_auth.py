@@ -9,8 +9,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from service.marketo import AuthenticationError, MarketoClient, UnavailableError
 from service.marketo.auth import TokenCache
+from service.marketo.client import MarketoClient
+from service.marketo.errors import AuthenticationError, UnavailableError
 from tests.harness import retained_memory
 from tests.marketo.conftest import SECRET, TOKEN, FakeClock, FakeMarketo, Seen, error, ok
 
@@ -121,7 +122,7 @@ async def test_repeated_601_is_bounded(
     marketo: FakeMarketo, make_client: Callable[..., MarketoClient]
 ) -> None:
     marketo.route("GET", PARTITIONS, lambda s: error("601", "Access token invalid"))
-    from service.marketo import RetryPolicy
+    from service.marketo.retry import RetryPolicy
 
     client = make_client(retry=RetryPolicy(max_attempts=4))
     with pytest.raises(UnavailableError) as caught:
@@ -167,7 +168,7 @@ async def test_identity_outage_is_retried(
 
 
 def test_token_repr_hides_the_value() -> None:
-    from service.marketo import AccessToken
+    from service.marketo.auth import AccessToken
 
     token = AccessToken(value=TOKEN, expires_at=1.0, scope="api@example.com")
     assert TOKEN not in repr(token)

@@ -9,17 +9,17 @@ from typing import Any
 import httpx
 import pytest
 
-from service.marketo import (
+from service.marketo.client import MarketoClient
+from service.marketo.errors import (
     ConfigurationError,
-    MarketoClient,
     OutcomeUnknownError,
     QuotaExhaustedError,
     RejectedError,
-    RetryPolicy,
-    SyncAction,
     UnavailableError,
-    next_reset,
 )
+from service.marketo.limits import next_reset
+from service.marketo.retry import RetryPolicy
+from service.marketo.types import SyncAction
 from tests.marketo.conftest import FakeClock, FakeMarketo, Seen, error, ok
 
 LEADS = "/rest/v1/leads.json"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.marketo import InstanceLimits, QuotaExhaustedError, next_reset
-from service.marketo.limits import DailyUsage
+from service.marketo.errors import QuotaExhaustedError
+from service.marketo.limits import DailyUsage, InstanceLimits, next_reset
 from tests.harness import retained_memory
 from tests.marketo.conftest import FakeClock
 

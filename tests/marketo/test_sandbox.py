@@ -16,15 +16,11 @@ import httpx
 import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
-from service.marketo import (
-    InstanceLimits,
-    MarketoClient,
-    OutcomeUnknownError,
-    QuotaExhaustedError,
-    RetryPolicy,
-    SyncAction,
-    next_reset,
-)
+from service.marketo.client import MarketoClient
+from service.marketo.errors import OutcomeUnknownError, QuotaExhaustedError
+from service.marketo.limits import InstanceLimits, next_reset
+from service.marketo.retry import RetryPolicy
+from service.marketo.types import SyncAction
 from tests.marketo.conftest import START
 
 BASE = "https://123-ABC-456.mktorest.com"
@@ -208,7 +204,7 @@ async def test_throttle_storm_completes_with_bounded_attempts(env: Env, code: st
 
 
 async def test_throttle_storm_longer_than_the_budget_gives_a_clear_error(env: Env) -> None:
-    from service.marketo import UnavailableError
+    from service.marketo.errors import UnavailableError
 
     await env.faults({"path_prefix": "/rest/v1/lead/", "code": "606"})  # forever
     client = env.client(retry=RetryPolicy(max_attempts=4))
@@ -348,7 +344,7 @@ async def test_transient_codes_mid_run(env: Env) -> None:
 
 
 async def test_bad_credentials_against_the_sandbox(env: Env) -> None:
-    from service.marketo import AuthenticationError
+    from service.marketo.errors import AuthenticationError
 
     with pytest.raises(AuthenticationError, match="Marketo rejected the client id or secret"):
         await env.client(secret="wrong").partitions()

@@ -16,14 +16,10 @@ import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.domain import MarketoConnection
-from service.marketo import (
-    AccessToken,
-    InstanceLimits,
-    MarketoClient,
-    QuotaExhaustedError,
-    RejectedError,
-)
-from service.marketo.limits import DailyUsage
+from service.marketo.auth import AccessToken
+from service.marketo.client import MarketoClient
+from service.marketo.errors import QuotaExhaustedError, RejectedError
+from service.marketo.limits import DailyUsage, InstanceLimits
 from service.usecases.connections import MarketoConnections
 from tests.marketo.conftest import START
 from tests.marketo.test_sandbox import BASE, Env, SharedClock

@@ -11,14 +11,11 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
-from service.marketo import (
-    AuthenticationError,
-    InstanceLimits,
-    MarketoClient,
-    MarketoError,
-    RetryPolicy,
-    SyncAction,
-)
+from service.marketo.client import MarketoClient
+from service.marketo.errors import AuthenticationError, MarketoError
+from service.marketo.limits import InstanceLimits
+from service.marketo.retry import RetryPolicy
+from service.marketo.types import SyncAction
 from service.telemetry.marketo import marketo_observer
 from service.telemetry.setup import setup_telemetry
 from tests.marketo.conftest import BASE as MOCK_BASE

@@ -12,7 +12,7 @@ from service.mapping.registry import PluginRegistry
 
 
 def run(registry: PluginRegistry, name: str, item: object, options: Mapping[str, str]) -> object:
-    return registry.transform(name).transform.prepare(options)(item)
+    return registry.transform(name).item.prepare(options)(item)
 
 
 @pytest.mark.parametrize(
@@ -101,4 +101,4 @@ def test_bad_options_are_refused_when_prepared(
     registry: PluginRegistry, name: str, options: dict[str, str]
 ) -> None:
     with pytest.raises(ValueError):
-        registry.transform(name).transform.prepare(options)
+        registry.transform(name).item.prepare(options)

@@ -110,7 +110,7 @@ def _check(transform: Transform, value: object) -> None:
 
 @pytest.mark.parametrize("name", ALL_TRANSFORMS)
 def test_transform_conforms(name: str, full_registry: PluginRegistry) -> None:
-    transform = full_registry.transform(name).transform
+    transform = full_registry.transform(name).item
     assert set(transform.example_options) <= set(transform.options)
     assert transform.description
     inputs = st.tuples(VALUES, VALUES, VALUES) if transform.multi_source else VALUES
@@ -125,7 +125,7 @@ def test_transform_conforms(name: str, full_registry: PluginRegistry) -> None:
 
 @pytest.mark.parametrize("name", ALL_TRANSFORMS)
 def test_transform_handles_missing_value(name: str, full_registry: PluginRegistry) -> None:
-    transform = full_registry.transform(name).transform
+    transform = full_registry.transform(name).item
     value: object = (None, None) if transform.multi_source else None
     _check(transform, value)
 
@@ -242,7 +242,7 @@ def _run_within_budget(func: Callable[[object], object], value: object, what: st
 def test_builtin_transform_is_linear_on_adversarial_text(
     name: str, registry: PluginRegistry
 ) -> None:
-    transform = registry.transform(name).transform
+    transform = registry.transform(name).item
     func = transform.prepare(transform.example_options)
     for value in adversarial_values():
         arg = (value, value, value) if transform.multi_source else value

@@ -60,6 +60,7 @@ def test_plugin_facing_surface_is_pinned() -> None:
         "TransformFunc",
         "hookimpl",
         "hookspec",
+        "offer_transforms",
     ]
     assert NAME == "marketo_destination"
 
@@ -128,7 +129,7 @@ def test_wrong_registration_result_names_plugin() -> None:
 def test_presets_are_plain_mapping_rows(registry: PluginRegistry) -> None:
     preset = registry.presets["xdm_person"]
     assert preset.plugin == "plugins.presets"
-    assert all(registry.has_transform(row.transform or "trim") for row in preset.preset.mappings)
+    assert all(registry.has_transform(row.transform or "trim") for row in preset.item.mappings)
 
 
 def test_blocking_a_builtin_removes_its_transforms() -> None:
@@ -158,7 +159,7 @@ def test_example_package_is_discovered_through_its_entry_point(example_installed
     registry = PluginRegistry(pm)
     entry = registry.transform("loyalty_tier")
     assert entry.plugin == "loyalty"
-    func = entry.transform.prepare({"tiers": "Silver:10,Gold:100"})
+    func = entry.item.prepare({"tiers": "Silver:10,Gold:100"})
     assert [func(v) for v in (0, 10, "150", None)] == ["Bronze", "Silver", "Gold", None]
 
 

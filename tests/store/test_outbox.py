@@ -90,6 +90,25 @@ async def test_append_stores_the_batch_as_given(
     assert (flow.received, flow.pending, flow.duplicates) == (4, 4, 0)
 
 
+async def test_backlogs_cover_every_tenant_inbox_and_outbox(store: Store) -> None:
+    first = await store.create_destination(new_destination())
+    other = await store.create_destination(new_destination(tenant="other", instance_key="999-X"))
+    idle = await store.create_destination(new_destination(name="idle"))
+    await append(store, first.id, INSTANCE, [update(1), update(2)])
+    await unpack(store, INSTANCE)
+    await append(store, first.id, INSTANCE, [update(3)])  # still in the inbox
+    await append(store, other.id, "999-X", [update(4)])
+
+    found = {b.destination_id: b for b in await store.backlogs()}
+
+    assert set(found) == {first.id, other.id, idle.id}
+    assert (found[first.id].instance_key, found[first.id].pending.count) == (INSTANCE, 3)
+    assert found[first.id].pending == await store.pending_stats(first.id)
+    assert (found[other.id].instance_key, found[other.id].pending.count) == ("999-X", 1)
+    assert found[other.id].pending.oldest_enqueued_at is not None
+    assert (found[idle.id].pending.count, found[idle.id].pending.oldest_enqueued_at) == (0, None)
+
+
 async def test_append_to_unknown_destination_fails_alone(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:

@@ -13,12 +13,14 @@ import httpx
 import pytest
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
-from service.marketo import InstanceLimits, MarketoClient, RetryPolicy, SyncAction
-from service.marketo.observer import Call
+from service.marketo.client import MarketoClient
+from service.marketo.limits import InstanceLimits
+from service.marketo.observer import Call, endpoint_of
+from service.marketo.retry import RetryPolicy
+from service.marketo.types import SyncAction
 from service.telemetry.core import Telemetry, batch_attributes
 from service.telemetry.marketo import (
     MarketoTelemetry,
-    endpoint_of,
     marketo_observer,
     redact_url,
 )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from service.hookspecs import Transform, TransformError, TransformFunc, hookimpl
+from service.hookspecs import Transform, TransformError, TransformFunc, offer_transforms
 
 DEFAULT_THRESHOLDS = "Silver:1000,Gold:5000,Platinum:20000"
 
@@ -43,18 +43,16 @@ def _prepare(options: Mapping[str, str]) -> TransformFunc:
     return loyalty_tier
 
 
-@hookimpl
-def register_transforms() -> Iterable[Transform]:
-    return (
-        Transform(
-            name="loyalty_tier",
-            prepare=_prepare,
-            returns=(str,),
-            description="Loyalty points to a tier name.",
-            options={
-                "tiers": f"Name:points pairs, comma-separated (default {DEFAULT_THRESHOLDS})",
-                "base": "tier below the lowest threshold (default Bronze)",
-            },
-            example_options={"tiers": "Silver:10,Gold:100"},
-        ),
-    )
+register_transforms = offer_transforms(
+    Transform(
+        name="loyalty_tier",
+        prepare=_prepare,
+        returns=(str,),
+        description="Loyalty points to a tier name.",
+        options={
+            "tiers": f"Name:points pairs, comma-separated (default {DEFAULT_THRESHOLDS})",
+            "base": "tier below the lowest threshold (default Bronze)",
+        },
+        example_options={"tiers": "Silver:10,Gold:100"},
+    ),
+)

@@ -1,0 +1,3 @@
+from tests.access.conftest import pki
+
+__all__ = ["pki"]
