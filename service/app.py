@@ -115,9 +115,10 @@ def delivery_settings(settings: Settings) -> DeliverySettings:
     return DeliverySettings(
         batch_size=settings.batch_size,
         linger=settings.linger_seconds,
-        lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
-        call_margin=settings.call_margin_seconds,
-        rate_window=settings.marketo_window_seconds,
+        lease_ttl=timedelta(seconds=settings.lease_ttl),
+        # Fencing against another holder: only replicas sharing PostgreSQL have one.
+        call_margin=settings.call_margin_seconds if settings.database_url else 0.0,
+        rate_window=settings.marketo_window_seconds if settings.database_url else 0.0,
         idle_hold=settings.marketo_window_seconds,
         bulk_threshold=settings.bulk_threshold,
         schema_recheck=Backoff(

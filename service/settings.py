@@ -177,11 +177,13 @@ class Settings:
     """PostgreSQL URL (``postgresql://user:password@host:5432/db``) of the store shared by every
     replica; see docs/deploying.md. Empty: the embedded SQLite store in ``data_dir``."""
 
-    lease_ttl_seconds: float = 180.0
+    lease_ttl_seconds: float = 0.0
     """How long a replica's lease on a Marketo instance lasts without a heartbeat (renewed every
-    third of it); a dead replica's instances are taken over after it, and their first Marketo
-    call waits the call margin more. Must exceed 1.5 times the call margin
-    (``marketo_timeout_seconds + lease_clock_skew_seconds``)."""
+    third of it); a dead replica's instances are taken over after it, and with PostgreSQL their
+    first Marketo call waits the call margin more. 0: 30 s with the embedded store; with
+    PostgreSQL 1.8 times the call margin (``marketo_timeout_seconds +
+    lease_clock_skew_seconds``, 180 s by default), at least 30 s; a value set with PostgreSQL
+    must exceed 1.5 times the call margin."""
 
     marketo_timeout_seconds: float = 95.0
     """Longest wait for Marketo's answer to one HTTP exchange (Sync Leads may take it 90 s). A
@@ -247,13 +249,13 @@ class Settings:
             raise InvalidSetting("linger_seconds", "linger and reserve must not be negative")
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise InvalidSetting("database_url", "must be a postgresql:// URL or empty")
-        if self.lease_ttl_seconds <= 0:
-            raise InvalidSetting("lease_ttl_seconds", "must be more than 0")
+        if not self.lease_ttl_seconds >= 0:
+            raise InvalidSetting("lease_ttl_seconds", "must be 0 (automatic) or more")
         if not self.marketo_timeout_seconds > 0 or not self.lease_clock_skew_seconds >= 0:
             raise InvalidSetting(
                 "marketo_timeout_seconds", "the timeout must be more than 0, the skew 0 or more"
             )
-        if not self.lease_ttl_seconds * 2 / 3 > self.call_margin_seconds:
+        if self.database_url and not self.lease_ttl * 2 / 3 > self.call_margin_seconds:
             raise InvalidSetting(
                 "lease_ttl_seconds",
                 f"must be more than 1.5 times the call margin ({self.call_margin_seconds:g} s: "
@@ -288,8 +290,18 @@ class Settings:
 
     @property
     def call_margin_seconds(self) -> float:
-        """Confirmed lease under which a drainer starts no Marketo call: timeout plus skew."""
+        """Confirmed lease under which a drainer of a replica (PostgreSQL) starts no Marketo
+        call: timeout plus skew. The embedded store has one process, no other holder."""
         return self.marketo_timeout_seconds + self.lease_clock_skew_seconds
+
+    @property
+    def lease_ttl(self) -> float:
+        """The lease TTL in seconds, `lease_ttl_seconds` or the automatic one."""
+        if self.lease_ttl_seconds:
+            return self.lease_ttl_seconds
+        if not self.database_url:
+            return 30.0
+        return max(30.0, 1.8 * self.call_margin_seconds)
 
     @property
     def endpoint_allowlist(self) -> OriginList:

@@ -138,10 +138,22 @@ async def test_the_http_hook_stops_an_exchange_of_a_task_whose_gate_is_shut() ->
 
 
 def test_the_lease_must_outlast_the_call_margin_between_renewals() -> None:
+    url = "postgresql://md@127.0.0.1:5432/md"
     with pytest.raises(InvalidSetting, match="lease_ttl_seconds"):
-        Settings(lease_ttl_seconds=60.0, marketo_timeout_seconds=40.0, lease_clock_skew_seconds=1)
-    fine = Settings(lease_ttl_seconds=60.0, marketo_timeout_seconds=30.0)
+        Settings(
+            database_url=url,
+            lease_ttl_seconds=60.0,
+            marketo_timeout_seconds=40.0,
+            lease_clock_skew_seconds=1,
+        )
+    fine = Settings(database_url=url, lease_ttl_seconds=60.0, marketo_timeout_seconds=30.0)
     assert fine.call_margin_seconds == 35.0
+    assert fine.lease_ttl == 60.0
+    # Automatic: 1.8 margins with PostgreSQL (180 s by default), 30 s for the embedded store.
+    assert Settings(database_url=url).lease_ttl == 180.0
+    assert Settings(database_url=url, marketo_timeout_seconds=10.0).lease_ttl == 30.0
+    assert Settings().lease_ttl == 30.0
+    assert Settings(lease_ttl_seconds=10.0).lease_ttl == 10.0  # one process: no margin to keep
 
 
 async def test_a_drainer_taking_an_expired_lease_waits_out_the_margin(env: Env) -> None:
