@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import activities, assets, bulk, control, extract, leads, lists, stats
 from sandbox.auth import Tokens
@@ -39,6 +41,9 @@ from sandbox.settings import SandboxSettings
 from sandbox.state import SandboxState
 
 Handler = Callable[[Call], Awaitable[Reply]]
+
+REPLICA_HEADER = "X-Marketo-Dest-Replica"
+"""The header naming the calling service replica (logged with `log_calls`)."""
 
 HTTP_REASONS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 
@@ -173,7 +178,17 @@ def marketo_endpoint(
         method = request.method
         now = sandbox.clock.now()
         key = f"{method} {template}"
+        logged: dict[str, Any] = {
+            "call": key,
+            "replica": request.headers.get(REPLICA_HEADER, ""),
+            "at": now,
+            "end": None,
+            "code": None,
+        }
+        if sandbox.settings.log_calls:
+            stats.log.append(logged)  # at its arrival: a call in flight shows with no end
         reply = await _pipeline(sandbox, request, handlers, family, key, now)
+        logged.update(end=sandbox.clock.now(), code="dropped" if reply is None else reply.code)
         if reply is None:
             stats.record(key, "dropped")
             return await _drop(request)
@@ -407,3 +422,23 @@ def create_app(settings: SandboxSettings | None = None, *, clock: Clock | None =
     app = Starlette(routes=routes)
     app.state.sandbox = sandbox
     return app
+
+
+def port_router(apps: dict[int, ASGIApp]) -> ASGIApp:
+    """One ASGI app serving several sandboxes, each on its own port (the scope's server port
+    picks it): several instances in one process, each its own Marketo host to a client."""
+    first = next(iter(apps.values()))
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await first(scope, receive, send)
+            return
+        server = scope.get("server")
+        app = apps.get(server[1]) if server else None
+        if app is None:
+            response = Response("no sandbox on this port", status_code=404)
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return route

@@ -121,6 +121,9 @@ def routes(sandbox: Sandbox) -> list[Route]:
     async def calls(request: Request) -> Response:
         return JSONResponse(sandbox.stats.as_json(sandbox.limiter))
 
+    async def call_log(request: Request) -> Response:
+        return JSONResponse({"calls": sandbox.stats.log})
+
     async def add_faults(request: Request) -> Response:
         try:
             body = await _json(request)
@@ -230,6 +233,7 @@ def routes(sandbox: Sandbox) -> list[Route]:
         Route("/_sandbox/leads", dump_leads, methods=["GET"]),
         Route("/_sandbox/lists", dump_lists, methods=["GET"]),
         Route("/_sandbox/calls", calls, methods=["GET"]),
+        Route("/_sandbox/call-log", call_log, methods=["GET"]),
         Route("/_sandbox/faults", add_faults, methods=["POST"]),
         Route("/_sandbox/faults", clear_faults, methods=["DELETE"]),
         Route("/_sandbox/clock", advance_clock, methods=["POST"]),

@@ -28,6 +28,8 @@ class CallStats:
     peak_concurrency: int = 0
     by_endpoint: dict[str, Counter[str]] = field(default_factory=dict)
     by_code: Counter[str] = field(default_factory=Counter)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    """Every Marketo call, when `log_calls` is set (`/_sandbox/call-log`)."""
 
     def record(self, endpoint: str, code: str) -> None:
         self.by_endpoint.setdefault(endpoint, Counter())[code] += 1

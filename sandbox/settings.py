@@ -117,6 +117,9 @@ class SandboxSettings:
     """A Sync Leads record naming a field the schema lacks rejects the whole request with a
     response-level 1006 (as Marketo answers a field deleted from the schema), instead of skipping
     only that record."""
+    log_calls: bool = False
+    """Keep a log of every Marketo call (`/_sandbox/call-log`): endpoint, code, arrival and end
+    times (None while in flight), and the caller's `X-Marketo-Dest-Replica` header."""
 
     def with_overrides(self, body: Mapping[str, Any]) -> SandboxSettings:
         """Return a copy changed by a `/_sandbox/reset` body; raises ValueError on bad input."""
@@ -143,6 +146,7 @@ class SandboxSettings:
             "bulk_export_daily_bytes": int,
             "bulk_export_retention_seconds": float,
             "unknown_field_rejects_request": bool,
+            "log_calls": bool,
         }
         for key, value in body.items():
             if key in simple:

@@ -20,6 +20,7 @@ from service.api.access import Principals, load_principals
 from service.delivery.config import Backoff, DeliveryServices, DeliverySettings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.egress import WebhookTransport
+from service.delivery.fence import REPLICA_HEADER, check_current_gate
 from service.delivery.retention import OutcomeRetention
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock, SystemClock
@@ -40,8 +41,23 @@ from service.usecases.mapping_rules import MappingRules
 from service.usecases.monitoring import Monitoring
 from service.usecases.preview import Preview
 
-MARKETO_TIMEOUT = httpx.Timeout(connect=10.0, read=95.0, write=30.0, pool=120.0)
-"""Sync Leads may take Marketo up to 90 s; the pool wait covers the per-instance limiter."""
+
+def marketo_http(settings: Settings) -> httpx.AsyncClient:
+    """The HTTP client of every Marketo call: answers awaited `marketo_timeout_seconds`, each
+    exchange checked against the calling drainer's lease gate, the replica named on request."""
+    timeout = settings.marketo_timeout_seconds
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    )
+    headers = {REPLICA_HEADER: replica_name(settings)} if settings.marketo_replica_header else {}
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(connect=min(10.0, timeout), read=timeout, write=30.0, pool=120.0),
+        headers=headers,
+        event_hooks={"request": [check_current_gate]},
+    )
+
+
 WEBHOOK_TIMEOUT = httpx.Timeout(5.0)
 """A webhook receiver answers quickly or the attempt is retried later."""
 
@@ -99,7 +115,10 @@ def delivery_settings(settings: Settings) -> DeliverySettings:
     return DeliverySettings(
         batch_size=settings.batch_size,
         linger=settings.linger_seconds,
-        lease_ttl=timedelta(seconds=settings.lease_ttl_seconds),
+        lease_ttl=timedelta(seconds=settings.lease_ttl),
+        # Fencing against another holder: only replicas sharing PostgreSQL have one.
+        call_margin=settings.call_margin_seconds if settings.database_url else 0.0,
+        rate_window=settings.marketo_window_seconds if settings.database_url else 0.0,
         idle_hold=settings.marketo_window_seconds,
         bulk_threshold=settings.bulk_threshold,
         schema_recheck=Backoff(
@@ -133,12 +152,7 @@ async def open_application(
     """
     async with contextlib.AsyncExitStack() as stack:
         if http is None:
-            transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
-            )
-            http = await stack.enter_async_context(
-                httpx.AsyncClient(transport=transport, timeout=MARKETO_TIMEOUT)
-            )
+            http = await stack.enter_async_context(marketo_http(settings))
         if webhook_http is None:
             webhook_http = await stack.enter_async_context(webhook_client(settings))
         if store is None:

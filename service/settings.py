@@ -177,9 +177,25 @@ class Settings:
     """PostgreSQL URL (``postgresql://user:password@host:5432/db``) of the store shared by every
     replica; see docs/deploying.md. Empty: the embedded SQLite store in ``data_dir``."""
 
-    lease_ttl_seconds: float = 30.0
-    """How long a replica's lease on a Marketo instance lasts without a heartbeat; a dead
-    replica's instances are taken over after it."""
+    lease_ttl_seconds: float = 0.0
+    """How long a replica's lease on a Marketo instance lasts without a heartbeat (renewed every
+    third of it); a dead replica's instances are taken over after it, and with PostgreSQL their
+    first Marketo call waits the call margin more. 0: 30 s with the embedded store; with
+    PostgreSQL 1.8 times the call margin (``marketo_timeout_seconds +
+    lease_clock_skew_seconds``, 180 s by default), at least 30 s; a value set with PostgreSQL
+    must exceed 1.5 times the call margin."""
+
+    marketo_timeout_seconds: float = 95.0
+    """Longest wait for Marketo's answer to one HTTP exchange (Sync Leads may take it 90 s). A
+    drainer starts a call only while its lease is confirmed for more than this plus
+    ``lease_clock_skew_seconds`` (see docs/deploying.md)."""
+
+    lease_clock_skew_seconds: float = 5.0
+    """How far apart the clocks of the replicas may be; part of the call margin."""
+
+    marketo_replica_header: bool = False
+    """Send this replica's id in an ``X-Marketo-Dest-Replica`` header of every Marketo call (for
+    a sandbox that logs who called; never needed against Marketo)."""
 
     schema_recheck_seconds: float = 60.0
     """How long a destination paused because Marketo's lead schema lacks a mapped field waits
@@ -233,8 +249,19 @@ class Settings:
             raise InvalidSetting("linger_seconds", "linger and reserve must not be negative")
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise InvalidSetting("database_url", "must be a postgresql:// URL or empty")
-        if self.lease_ttl_seconds <= 0:
-            raise InvalidSetting("lease_ttl_seconds", "must be more than 0")
+        if not self.lease_ttl_seconds >= 0:
+            raise InvalidSetting("lease_ttl_seconds", "must be 0 (automatic) or more")
+        if not self.marketo_timeout_seconds > 0 or not self.lease_clock_skew_seconds >= 0:
+            raise InvalidSetting(
+                "marketo_timeout_seconds", "the timeout must be more than 0, the skew 0 or more"
+            )
+        if self.database_url and not self.lease_ttl * 2 / 3 > self.call_margin_seconds:
+            raise InvalidSetting(
+                "lease_ttl_seconds",
+                f"must be more than 1.5 times the call margin ({self.call_margin_seconds:g} s: "
+                "marketo_timeout_seconds + lease_clock_skew_seconds), "
+                f"got {self.lease_ttl_seconds:g}",
+            )
         if not self.schema_recheck_seconds > 0:
             raise InvalidSetting("schema_recheck_seconds", "must be more than 0")
         if not self.outcome_retention_days >= 0:
@@ -260,6 +287,21 @@ class Settings:
             endpoint_allowlist(self.allowed_endpoints, endpoint)
         except ValueError as error:
             raise InvalidSetting("default_marketo_endpoint", str(error)) from None
+
+    @property
+    def call_margin_seconds(self) -> float:
+        """Confirmed lease under which a drainer of a replica (PostgreSQL) starts no Marketo
+        call: timeout plus skew. The embedded store has one process, no other holder."""
+        return self.marketo_timeout_seconds + self.lease_clock_skew_seconds
+
+    @property
+    def lease_ttl(self) -> float:
+        """The lease TTL in seconds, `lease_ttl_seconds` or the automatic one."""
+        if self.lease_ttl_seconds:
+            return self.lease_ttl_seconds
+        if not self.database_url:
+            return 30.0
+        return max(30.0, 1.8 * self.call_margin_seconds)
 
     @property
     def endpoint_allowlist(self) -> OriginList:

@@ -21,6 +21,7 @@ from service.__main__ import build_parser, main, settings_for
 from service.api.access import InsecureBindError, check_bind_address, load_principals
 from service.api.tls import server_credentials
 from service.settings import ENV_PREFIX, Settings
+from service.store.secrets import SecretBox
 from tests.access.harness import make_pki
 from tests.scrape import Scrape
 
@@ -122,7 +123,9 @@ def test_dockerfile_exposes_the_configured_port_and_probes_health() -> None:
 
 
 def test_compose_has_the_service_the_sandbox_and_the_telemetry_stack() -> None:
-    assert set(_compose()["services"]) >= {
+    services = _compose()["services"]
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == {
         "marketo-destination",
         "marketo-sandbox",
         "otel-collector",
@@ -130,6 +133,40 @@ def test_compose_has_the_service_the_sandbox_and_the_telemetry_stack() -> None:
         "prometheus",
         "grafana",
     }
+
+
+def test_compose_scale_profile_runs_two_replicas_on_one_postgres() -> None:
+    services = _compose()["services"]
+    scale = {name for name, service in services.items() if "scale" in service.get("profiles", [])}
+    assert scale == {"postgres", "replica-a", "replica-b"}
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    database = postgres["environment"]
+    replicas = [services["replica-a"], services["replica-b"]]
+    settings = []
+    for replica in replicas:
+        assert replica["build"] == "." and replica["command"][0] == "marketo-destination"
+        environment = {k: str(v) for k, v in replica["environment"].items()}
+        args = build_parser().parse_args(replica["command"][1:])
+        assert args.command == "serve"
+        settings.append(
+            settings_for(args, {k: v for k, v in environment.items() if k.startswith(ENV_PREFIX)})
+        )
+        assert {"postgres", "marketo-sandbox"} <= set(replica["depends_on"])
+        assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+        internal = _port(settings[-1].address)
+        assert replica["ports"][0].endswith(f":{internal}")
+    a, b = settings
+    expected_url = (
+        f"postgresql://{database['POSTGRES_USER']}:{database['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{database['POSTGRES_DB']}"
+    )
+    assert a.database_url == b.database_url == expected_url
+    assert a.secret_key and a.secret_key == b.secret_key, "replicas must share the secret key"
+    assert {a.replica_id, b.replica_id} == {"replica-a", "replica-b"}
+    assert len({replica["ports"][0] for replica in replicas}) == 2
+    assert a.principals_file is not None  # beyond loopback: callers need tokens
+    SecretBox(a.secret_key.encode())  # a usable Fernet key
 
 
 def test_compose_service_agrees_with_settings_and_cli() -> None:

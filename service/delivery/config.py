@@ -51,6 +51,13 @@ class DeliverySettings:
     """How long a partial batch waits for more updates."""
     lease_ttl: timedelta = timedelta(seconds=30)
     """Life of an instance lease (renewed every third of it while held)."""
+    call_margin: float = 0.0
+    """Seconds of confirmed lease under which a drainer starts no Marketo call (at least the
+    HTTP timeout plus a clock-skew allowance; see `service.delivery.fence`). Less than two
+    thirds of `lease_ttl`, or the gate would close between renewals."""
+    rate_window: float = 0.0
+    """Marketo's rate window (seconds): a lease taken over after an expiry opens its gate only
+    once the previous holder's calls have left the window (see the dispatcher)."""
     poll_interval: float = 1.0
     """How often due work (e.g. retries coming due) is looked for."""
     idle_hold: float = 0.0
@@ -78,6 +85,8 @@ class DeliverySettings:
             raise ValueError("batch_size must be at least 1")
         if self.claim_max_bytes < 1:
             raise ValueError("claim_max_bytes must be at least 1")
+        if not 0 <= self.call_margin < self.lease_ttl.total_seconds() * 2 / 3:
+            raise ValueError("call_margin must be from 0 to less than two thirds of lease_ttl")
         object.__setattr__(self, "bulk_threshold", max(self.bulk_threshold, 0))
         object.__setattr__(self, "bulk_batch_size", max(self.bulk_batch_size, self.batch_size))
 

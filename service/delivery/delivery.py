@@ -38,7 +38,8 @@ from datetime import UTC, datetime
 
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.engine import BatchResult, KeyedLocks, SyncEngine
-from service.delivery.engine.bulk import BulkSyncEngine
+from service.delivery.engine.bulk import BulkImportPort, BulkSyncEngine
+from service.delivery.fence import GatedPort, LeaseUnconfirmed, current_gate
 from service.domain import DEDUPE_TARGET, DestinationSpec, FieldMapping, Outcome, WritePolicy
 from service.errors import FailedPrecondition
 from service.mapping.mapper import FieldType, Mapper, MappingConfigError, missing_fields
@@ -344,6 +345,9 @@ class BatchDelivery:
             raise _Paused(_from_epoch(error.paused_until), error) from error
         except AuthenticationError as error:
             await self._auth_failing(lease, record, entries, error)
+        except LeaseUnconfirmed as error:
+            log.warning("batch of %s stopped: %s", record.id, error.message)
+            await self._hold(lease, entries, self.now(), _describe(error))
         except MarketoError as error:
             await self._defer(lease, entries, _describe(error))
         return None
@@ -375,9 +379,11 @@ class BatchDelivery:
         activations = await self._store.activations(record.id)
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
         tracked = [a.audience_id for a in activations if a.active and a.holders_tracked]
+        gate = current_gate()  # a drainer's: every call passes its lease's gate
+        port: BulkImportPort = prepared.client if gate is None else GatedPort(prepared.client, gate)
         if bulk:
             return BulkSyncEngine(
-                prepared.client,
+                port,
                 prepared.spec.rules(),
                 prepared.mapper,
                 clock=self._clock,
@@ -390,7 +396,7 @@ class BatchDelivery:
                 tracked_lists=tracked,
             )
         return SyncEngine(
-            prepared.client,
+            port,
             prepared.spec.rules(),
             prepared.mapper,
             audience_lists=lists,
@@ -430,6 +436,11 @@ class BatchDelivery:
         # Entries the engine neither finished nor deferred would be lost: wait with the rest.
         left = await self._retire_final(lease, record, entries, result)
         error = result.error
+        if isinstance(error, LeaseUnconfirmed):
+            # Nothing was sent: the entries are due at once, for whoever holds the lease next.
+            log.warning("batch of %s stopped: %s", record.id, error.message)
+            await self._hold(lease, left, self.now(), _describe(error))
+            return
         if isinstance(error, QuotaExhaustedError):
             raise _Paused(_from_epoch(error.paused_until), error)
         if isinstance(error, AuthenticationError):

@@ -13,8 +13,29 @@ so a drainer that lost its lease can never commit) and loops:
    `notify` wakes it) or for the linger time to pass;
 2. deliver the batch (`BatchDelivery.deliver`);
 3. a replica holding more than its fair share of leases (PostgreSQL scale-out) lets this one go
-   after the batch; a drainer with nothing due keeps its lease for `idle_hold` seconds (one
-   Marketo rate window) before releasing it.
+   after the batch, once `idle_hold` (one rate window) has passed without a call, so the next
+   holder's limiter does not start with our last calls unseen; a drainer with nothing due keeps
+   its lease for `idle_hold` seconds too before releasing it.
+
+External fencing. The generation fences the store, not Marketo: a drainer that lost its lease
+(its process stalled, or cut off from the database) must also stop calling Marketo, or its late
+Sync Leads could land after the new holder wrote a newer version and Marketo would keep the older
+value. So every Marketo call of a drainer passes its `CallGate` (`service.delivery.fence`): the
+engine gets the client wrapped in a `GatedPort`, and the HTTP client checks the same gate right
+before each exchange. A call starts only while the lease is confirmed for more than
+`call_margin` (the HTTP timeout plus a clock-skew allowance), so a call that starts ends before
+the lease can expire. The heartbeat renews every third of the TTL and feeds the gate: a renewal
+that fails leaves the gate to close by itself when the margin is reached; a lost lease closes it
+at once; a heartbeat that wakes up late by more than half its interval (the event loop stalled,
+e.g. the process was stopped) closes it until the renewal it then makes succeeds. A lease taken
+after the previous tenure expired (not released) opens its gate only `call_margin` after that
+expiry, and not before the previous holder's calls have left Marketo's rate window (they all
+started before `expiry - call_margin`, so at `expiry - call_margin + rate_window`): the per-instance
+limiter of the new holder starts empty, and Marketo's must not see both holders' calls in one
+window. A call refused by the gate raises `LeaseUnconfirmed`: the batch stops, its unfinished
+entries wait, due at once, without counting an attempt, and the drainer ends (a lease still held
+is released). The per-instance rate, concurrency and daily limits are counted by the holder's
+process, so they hold as long as one holder calls at a time, which this gate ensures.
 
 A quota-paused instance gets no drainer until its pause ends. A batch whose store writes fail
 stays due and the drainer backs off for a poll interval; `stop` lets every drainer finish its
@@ -31,6 +52,7 @@ from datetime import datetime, timedelta
 
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.delivery import BatchDelivery
+from service.delivery.fence import CallGate, use_gate
 from service.marketo.clock import Clock
 from service.store.base import (
     DestinationRecord,
@@ -54,6 +76,7 @@ class _Drainer:
     stopping: bool = False
     lost: bool = False
     lease: Lease | None = None
+    gate: CallGate | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -204,8 +227,18 @@ class Dispatcher:
                 self._elsewhere[key] = self._now() + self._settings.lease_ttl / 3
                 return
             drainer.lease = lease
+            gate = drainer.gate = self._gate(lease)
+            use_gate(gate)  # this task's Marketo calls (the engine's and the HTTP client's)
             heartbeat = asyncio.create_task(self._heartbeat(drainer), name=f"lease {key}")
+            while (wait := gate.opens_at - self._clock.now()) > 0 and not drainer.stopping:
+                # Taken over from an expired tenure: its holder's last call may still be on.
+                await self._wait(drainer.wake, wait)
+                drainer.wake.clear()
             while not (drainer.stopping or drainer.lost) and self.paused_until(key) is None:
+                refusal = gate.refusal()
+                if refusal is not None:
+                    log.warning("drainer of %s stops: %s", key, refusal)
+                    break
                 entries = await self._next_batch(drainer)
                 if (
                     not entries
@@ -229,8 +262,13 @@ class Dispatcher:
                     log.exception("a batch of %s could not be recorded; retrying later", key)
                     await self._wait(drainer.wake, self._settings.poll_interval)
                 if await self._above_fair_share(key):
-                    # Another replica has room: let it take this instance after this batch.
+                    # Another replica has room: let it take this instance after this batch, and
+                    # after our last calls have left the rate window.
                     self._elsewhere[key] = self._now() + self._settings.lease_ttl / 3
+                    until = self._clock.now() + self._settings.idle_hold
+                    while not drainer.stopping and (left := until - self._clock.now()) > 0:
+                        await self._wait(drainer.wake, left)
+                        drainer.wake.clear()
                     break
         except Exception:
             log.exception("drainer of %s failed", key)
@@ -248,10 +286,30 @@ class Dispatcher:
             if drainer.wake.is_set() and not self._stopping:
                 self.notify(key)  # woken while winding down: look again
 
+    def _gate(self, lease: Lease) -> CallGate:
+        """The call gate of a lease just taken (see the module docstring)."""
+        margin = self._settings.call_margin
+        opens_at = None
+        if lease.previous_expiry is not None:
+            wait = max(margin, self._settings.rate_window - margin)
+            opens_at = lease.previous_expiry + timedelta(seconds=wait)
+        return CallGate(
+            self._clock, margin=margin, confirmed_until=lease.expires_at, opens_at=opens_at
+        )
+
     async def _heartbeat(self, drainer: _Drainer) -> None:
         interval = self._settings.lease_ttl.total_seconds() / 3
+        gate = drainer.gate
+        assert gate is not None
         while True:
+            slept_from = self._clock.now()
             await self._clock.sleep(interval)
+            late = self._clock.now() - slept_from - interval
+            if late > interval / 2:
+                # The event loop stalled: the lease may have expired meanwhile. No call until
+                # the renewal below confirms it.
+                gate.close(f"the event loop stalled for {late:.1f}s")
+                log.warning("drainer of %s stalled for %.1fs", drainer.instance_key, late)
             lease = drainer.lease
             assert lease is not None
             try:
@@ -263,9 +321,11 @@ class Dispatcher:
                 continue
             if renewed is None:
                 log.warning("lease of %s lost", drainer.instance_key)
+                gate.close("the lease was lost")
                 drainer.lost = True
                 drainer.wake.set()
                 return
+            gate.confirm(renewed.expires_at)
             drainer.lease = renewed
             self._leases[drainer.instance_key] = renewed
 

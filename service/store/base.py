@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
@@ -361,6 +361,9 @@ class Lease:
     holder: str
     generation: int
     expires_at: datetime
+    previous_expiry: datetime | None = field(default=None, compare=False)
+    """When the previous tenure expired, if this lease was taken after it expired rather than
+    after a release: its holder may still have had a Marketo call in flight until then."""
 
 
 CommitListener = Callable[[str], None]

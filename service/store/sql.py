@@ -1285,7 +1285,10 @@ class SqlStore(ABC):
             held = expires_at > current
             if held and current_holder != holder:
                 return None
+            previous = None
             if not held:
+                # Expired rather than released (0): the holder may have been cut off mid-call.
+                previous = from_micros(expires_at) if expires_at > 0 else None
                 if self._fair_leases:
                     if c.holder_lock:  # one replica's acquisitions one at a time: exact counts
                         await c.execute(c.holder_lock, ("lease-holder:" + holder,))
@@ -1299,7 +1302,7 @@ class SqlStore(ABC):
                 "WHERE instance_key = ?",
                 (holder, generation, expires, instance_key),
             )
-            return Lease(instance_key, holder, generation, from_micros(expires))
+            return Lease(instance_key, holder, generation, from_micros(expires), previous)
 
         return await self._write("acquire_lease", work)
 

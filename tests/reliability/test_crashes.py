@@ -23,7 +23,12 @@ from tests.reliability.profile import PROFILE, SEED, record
 
 INSTANCES = ("111-AAA-111", "222-BBB-222")
 REQUEST_SIZE = 250
-SERVICE_ENV = {"MARKETO_DEST_BATCH_SIZE": "50", "MARKETO_DEST_LEASE_TTL_SECONDS": "2"}
+SERVICE_ENV = {
+    "MARKETO_DEST_BATCH_SIZE": "50",
+    "MARKETO_DEST_LEASE_TTL_SECONDS": "2",
+    "MARKETO_DEST_MARKETO_TIMEOUT_SECONDS": "0.8",
+    "MARKETO_DEST_LEASE_CLOCK_SKEW_SECONDS": "0.2",
+}
 """Small batches: many Marketo calls, so that every kill lands in the middle of delivery. A short
 lease: the killed process's lease on each instance must expire before the next one drains it."""
 

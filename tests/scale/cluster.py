@@ -1,8 +1,9 @@
-"""Several service replicas on one PostgreSQL database, each Marketo instance a sandbox process.
+"""Several service replicas on one PostgreSQL database, the Marketo instances sandbox processes.
 
-Used by the scale tests and by `bench/scale.py`. Every process is real: `python -m sandbox` per
-Marketo instance, `python -m service serve` per replica (configured only through its
-`MARKETO_DEST_*` environment, like a deployment), gRPC clients over loopback.
+Used by the scale tests and by `bench/fleet.py`. Every process is real: `python -m sandbox` per
+Marketo instance (or one hosting several, a port each), `python -m service serve` per replica
+(configured only through its `MARKETO_DEST_*` environment, like a deployment), gRPC clients over
+loopback.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class Sandbox:
         calls: dict[str, Any] = await self.control("GET", "calls")
         return calls
 
+    async def call_log(self) -> list[dict[str, Any]]:
+        """Every Marketo call (when the sandbox was reset with `log_calls`), in arrival order."""
+        log: list[dict[str, Any]] = (await self.control("GET", "call-log"))["calls"]
+        return log
+
 
 @dataclass
 class Replica:
@@ -89,6 +95,25 @@ class Cluster:
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30.0))
 
     async def start_sandbox(self, munchkin_id: str, limits: Mapping[str, Any]) -> Sandbox:
+        """One instance in a sandbox process of its own, reset with `limits`."""
+        process, [endpoint] = await self._spawn_sandbox(munchkin_id, 1)
+        [sandbox] = await self._add_sandboxes(process, [(munchkin_id, endpoint)], limits)
+        return sandbox
+
+    async def start_sandboxes(
+        self, munchkin_prefix: str, count: int, limits: Mapping[str, Any]
+    ) -> list[Sandbox]:
+        """`count` instances hosted by one sandbox process (`--instances`), one port each, with
+        Munchkin ids `<prefix>-000`, `<prefix>-001`, ... (`prefix` like `500-FLT`); each reset
+        with `limits`."""
+        process, endpoints = await self._spawn_sandbox(munchkin_prefix, count)
+        named = [(f"{munchkin_prefix}-{i:03d}", endpoint) for i, endpoint in enumerate(endpoints)]
+        return await self._add_sandboxes(process, named, limits)
+
+    async def _spawn_sandbox(
+        self, munchkin_id: str, count: int
+    ) -> tuple[asyncio.subprocess.Process, list[str]]:
+        """A `python -m sandbox` process hosting `count` instances, and their endpoints."""
         process = await asyncio.create_subprocess_exec(
             PYTHON,
             "-m",
@@ -97,6 +122,8 @@ class Cluster:
             "127.0.0.1",
             "--port",
             "0",
+            "--instances",
+            str(count),
             "--munchkin-id",
             munchkin_id,
             cwd=REPO,
@@ -104,19 +131,29 @@ class Cluster:
             stderr=asyncio.subprocess.DEVNULL,
         )
         assert process.stdout is not None
-        endpoint = ""
+        endpoints: list[str] = []
         async with asyncio.timeout(30):
-            while not endpoint:
+            while len(endpoints) < count:
                 line = (await process.stdout.readline()).decode()
                 if not line:
                     raise RuntimeError(f"sandbox {munchkin_id} exited before serving")
                 match = _REST.search(line)
                 if match:
-                    endpoint = match.group(1)
-        sandbox = Sandbox(munchkin_id, process, endpoint, self.http)
-        self.sandboxes.append(sandbox)
-        await sandbox.control("POST", "reset", dict(limits))
-        return sandbox
+                    endpoints.append(match.group(1))
+        return process, endpoints
+
+    async def _add_sandboxes(
+        self,
+        process: asyncio.subprocess.Process,
+        named: Sequence[tuple[str, str]],
+        limits: Mapping[str, Any],
+    ) -> list[Sandbox]:
+        hosted = [
+            Sandbox(munchkin_id, process, endpoint, self.http) for munchkin_id, endpoint in named
+        ]
+        self.sandboxes.extend(hosted)
+        await asyncio.gather(*(each.control("POST", "reset", dict(limits)) for each in hosted))
+        return hosted
 
     async def start_replica(self, name: str, settings: Mapping[str, str]) -> Replica:
         log = self.directory / f"{name}.log"
@@ -157,6 +194,14 @@ class Cluster:
 
     def live(self) -> list[Replica]:
         return [replica for replica in self.replicas if replica.alive]
+
+    def stop(self, replica: Replica) -> None:
+        """SIGSTOP: the replica freezes mid-whatever, its leases left to expire."""
+        replica.process.send_signal(signal.SIGSTOP)
+
+    def resume(self, replica: Replica) -> None:
+        """SIGCONT: a stopped replica goes on from where it was."""
+        replica.process.send_signal(signal.SIGCONT)
 
     async def kill(self, replica: Replica) -> None:
         """SIGKILL: no graceful shutdown, no lease released."""
@@ -229,10 +274,11 @@ class Cluster:
         for replica in self.replicas:
             if replica.alive:
                 replica.process.send_signal(signal.SIGTERM)
-        for sandbox in self.sandboxes:
-            if sandbox.process.returncode is None:
-                sandbox.process.send_signal(signal.SIGTERM)
-        for process in [r.process for r in self.replicas] + [s.process for s in self.sandboxes]:
+        for process in dict.fromkeys(s.process for s in self.sandboxes):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        processes = [r.process for r in self.replicas] + [s.process for s in self.sandboxes]
+        for process in dict.fromkeys(processes):  # one sandbox process may host several
             try:
                 await asyncio.wait_for(process.wait(), 15)
             except TimeoutError:

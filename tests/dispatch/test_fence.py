@@ -1,0 +1,202 @@
+"""External fencing: the call gate's margin logic, the port wrapper and HTTP hook that apply it,
+and a drainer that takes over an expired lease waiting out the margin before its first call."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from service.delivery.fence import (
+    CallGate,
+    GatedPort,
+    LeaseUnconfirmed,
+    check_current_gate,
+    use_gate,
+)
+from service.marketo.errors import UnavailableError
+from service.marketo.types import SyncAction
+from service.settings import InvalidSetting, Settings
+from tests.dispatch.conftest import Env, eventually, profile
+
+T0 = datetime(2026, 5, 28, 20, 30, tzinfo=UTC)
+
+
+class Clock:
+    """Epoch seconds moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = T0.timestamp()
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def gate(clock: Clock, *, confirmed_for: float = 30.0, margin: float = 10.0) -> CallGate:
+    return CallGate(clock, margin=margin, confirmed_until=T0 + timedelta(seconds=confirmed_for))
+
+
+def test_a_call_may_start_only_while_the_lease_is_confirmed_beyond_the_margin() -> None:
+    clock = Clock()
+    shut = gate(clock, confirmed_for=30.0, margin=10.0)
+    assert shut.open
+    clock.t += 19.5  # 10.5 s confirmed: more than the margin
+    assert shut.open
+    clock.t += 0.5  # exactly the margin left
+    assert not shut.open
+    with pytest.raises(LeaseUnconfirmed, match=r"within the 10\.0s margin") as raised:
+        shut.check()
+    assert isinstance(raised.value, UnavailableError)  # the engine defers, nothing was sent
+
+
+def test_a_renewal_moves_the_limit_and_reopens_a_closed_gate() -> None:
+    clock = Clock()
+    shut = gate(clock)
+    shut.close("the event loop stalled for 12.0s")
+    assert shut.refusal() == "the event loop stalled for 12.0s"
+    clock.t += 25.0
+    shut.confirm(T0 + timedelta(seconds=25 + 30))
+    assert shut.open
+    clock.t += 20.0
+    assert not shut.open
+
+
+def test_a_lease_taken_over_opens_only_at_its_opening_time() -> None:
+    clock = Clock()
+    taken = CallGate(
+        clock,
+        margin=10.0,
+        confirmed_until=T0 + timedelta(seconds=30),
+        opens_at=T0 + timedelta(seconds=4),
+    )
+    refusal = taken.refusal()
+    assert refusal is not None and "taken over" in refusal
+    clock.t += 4.0
+    assert taken.open
+
+
+class Port:
+    """A Marketo port that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def find_leads(self, filter_type: str, values: object, fields: object) -> list[object]:
+        self.calls += 1
+        return []
+
+    async def sync_leads(self, records: object, **kw: object) -> list[object]:
+        self.calls += 1
+        return []
+
+
+async def test_the_gated_port_refuses_without_calling_through() -> None:
+    clock = Clock()
+    port = Port()
+    wrapped = GatedPort(port, gate(clock))  # type: ignore[arg-type]
+    await wrapped.sync_leads([{"email": "a@example.com"}], action=SyncAction.UPDATE_ONLY)
+    assert port.calls == 1
+    clock.t += 25.0
+    with pytest.raises(LeaseUnconfirmed):
+        await wrapped.sync_leads([{"email": "a@example.com"}], action=SyncAction.UPDATE_ONLY)
+    with pytest.raises(LeaseUnconfirmed):
+        await wrapped.find_leads("email", ["a@example.com"], [])
+    assert port.calls == 1
+
+
+async def test_the_http_hook_stops_an_exchange_of_a_task_whose_gate_is_shut() -> None:
+    clock = Clock()
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(200, json={})
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), event_hooks={"request": [check_current_gate]}
+    ) as http:
+
+        async def drainer(path: str, seconds_later: float) -> None:
+            use_gate(gate(clock))
+            clock.t += seconds_later
+
+            async def child() -> None:  # a task it starts inherits the gate
+                await http.get(f"http://127.0.0.1/{path}")
+
+            await asyncio.create_task(child())
+
+        await asyncio.create_task(drainer("early", 1.0))
+        with pytest.raises(LeaseUnconfirmed):
+            await asyncio.create_task(drainer("late", 25.0))
+        await http.get("http://127.0.0.1/ungated")  # no gate in this task: not a drainer's
+    assert sent == ["/early", "/ungated"]
+
+
+def test_the_lease_must_outlast_the_call_margin_between_renewals() -> None:
+    url = "postgresql://md@127.0.0.1:5432/md"
+    with pytest.raises(InvalidSetting, match="lease_ttl_seconds"):
+        Settings(
+            database_url=url,
+            lease_ttl_seconds=60.0,
+            marketo_timeout_seconds=40.0,
+            lease_clock_skew_seconds=1,
+        )
+    fine = Settings(database_url=url, lease_ttl_seconds=60.0, marketo_timeout_seconds=30.0)
+    assert fine.call_margin_seconds == 35.0
+    assert fine.lease_ttl == 60.0
+    # Automatic: 1.8 margins with PostgreSQL (180 s by default), 30 s for the embedded store.
+    assert Settings(database_url=url).lease_ttl == 180.0
+    assert Settings(database_url=url, marketo_timeout_seconds=10.0).lease_ttl == 30.0
+    assert Settings().lease_ttl == 30.0
+    assert Settings(lease_ttl_seconds=10.0).lease_ttl == 10.0  # one process: no margin to keep
+
+
+async def test_a_drainer_taking_an_expired_lease_waits_out_the_margin(env: Env) -> None:
+    destination = await env.destination()
+    await env.append(destination.id, [profile(0)])
+    ttl = timedelta(seconds=30)
+    dead = await env.store.acquire_lease(env.instance_key, "dead", ttl, now=env.clock.datetime())
+    assert dead is not None
+    env.clock.advance(31.0)  # expired 1 s ago, never released
+    before = (await env.calls())["counted"]
+    dispatcher = env.dispatcher(linger=0.0, call_margin=5.0, lease_ttl=ttl)
+    await dispatcher.start()
+    dispatcher.notify(env.instance_key)
+    await eventually(lambda: _running(dispatcher, env), what="drainer started")
+    env.clock.advance(3.0)  # 4 s after the expiry: still within the margin
+    for _ in range(50):
+        await asyncio.sleep(0.001)
+    assert (await env.calls())["counted"] == before
+    assert await env.pending(destination.id) == 1
+
+    env.clock.advance(1.5)
+    await eventually(lambda: _delivered(env, destination.id), what="delivered")
+    await dispatcher.stop()
+    assert [lead["fields"]["email"] for lead in await env.leads()] == ["person0@example.com"]
+
+
+async def test_a_released_lease_is_taken_without_waiting(env: Env) -> None:
+    destination = await env.destination()
+    await env.append(destination.id, [profile(0)])
+    ttl = timedelta(seconds=30)
+    left = await env.store.acquire_lease(env.instance_key, "left", ttl, now=env.clock.datetime())
+    assert left is not None
+    await env.store.release_lease(left)
+    dispatcher = env.dispatcher(linger=0.0, call_margin=5.0, lease_ttl=ttl)
+    await dispatcher.start()
+    dispatcher.notify(env.instance_key)
+    await eventually(lambda: _delivered(env, destination.id), what="delivered")
+    await dispatcher.stop()
+
+
+async def _running(dispatcher: object, env: Env) -> bool:
+    return env.instance_key in getattr(dispatcher, "active_instances", frozenset())
+
+
+async def _delivered(env: Env, destination_id: str) -> bool:
+    return await env.pending(destination_id) == 0
