@@ -277,7 +277,7 @@ async def _pipeline(
         else:
             sandbox.state.usage.count(quota_day(now), settings.api_user, key)
         admitted = False
-        return reply
+        return None if fault is not None and fault.drop_after else reply
     finally:
         if admitted:
             # The handler failed unexpectedly (a 611 as far as the client could tell).

@@ -35,6 +35,9 @@ class Fault:
     probability: float
     delay_ms: float
     skip: int = 0
+    drop_after: bool = False
+    """The request is carried out, then the connection drops without the answer (a write whose
+    outcome the client cannot know)."""
 
     @classmethod
     def parse(cls, raw: Any) -> Fault:
@@ -43,8 +46,9 @@ class Fault:
             raise ValueError("a fault needs a path_prefix")
         code = raw.get("code")
         http_status = raw.get("http_status")
+        drop_after = raw.get("drop") == "after"
         drop = raw.get("drop", False) is True or code == "drop" or http_status == "drop"
-        if drop:
+        if drop or drop_after:
             code, http_status = None, None
         if code is not None:
             code = str(code)
@@ -67,7 +71,15 @@ class Fault:
         if not isinstance(skip, int) or skip < 0:
             raise ValueError("skip must be a non-negative integer")
         return cls(
-            raw["path_prefix"], code, http_status, drop, count, float(probability), delay_ms, skip
+            raw["path_prefix"],
+            code,
+            http_status,
+            drop,
+            count,
+            float(probability),
+            delay_ms,
+            skip,
+            drop_after,
         )
 
 

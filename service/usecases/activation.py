@@ -10,6 +10,7 @@ UNAVAILABLE with a RetryInfo.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -163,22 +164,23 @@ class Activations:
             else:
                 if folder is None and not audience.marketo_list_id and not dry_run:
                     folder = await self._folder(client, spec.workspace_name)
-                result = await self._list_for(client, audience, folder, dry_run=dry_run)
+                record_created = functools.partial(
+                    self._record_created,
+                    destination_id,
+                    audience,
+                    before is not None and before.active,
+                )
+                result = await self._list_for(
+                    client,
+                    audience,
+                    folder,
+                    dry_run=dry_run,
+                    pending=_pending_create(before, audience),
+                    record_created=record_created,
+                )
                 created_by_service = tracked = result.list_action is ListAction.CREATED
                 if created_by_service and not dry_run:
-                    # Recorded at once: a retry after a later failure reuses the list.
-                    await self._store.upsert_activations(
-                        destination_id,
-                        [
-                            _record(
-                                audience,
-                                result,
-                                active=before is not None and before.active,
-                                created_by_service=True,
-                                holders_tracked=True,
-                            )
-                        ],
-                    )
+                    await record_created(result)
             results.append(result)
             records.append(
                 _record(
@@ -234,6 +236,21 @@ class Activations:
         await self._store.deactivate(destination_id, audience_ids)
         return list(audience_ids)
 
+    async def _record_created(
+        self, destination_id: str, audience: Audience, active: bool, created: ActivatedAudience
+    ) -> None:
+        """Record a list the service creates for `audience`: before the create call (list id 0,
+        for a create whose answer may be lost) and at once after it (a retry after a later
+        failure reuses the list)."""
+        await self._store.upsert_activations(
+            destination_id,
+            [
+                _record(
+                    audience, created, active=active, created_by_service=True, holders_tracked=True
+                )
+            ],
+        )
+
     async def _delete_list(self, client: MarketoClient, list_id: int) -> None:
         try:
             await client.delete_static_list(list_id)
@@ -269,7 +286,13 @@ class Activations:
         folder: Folder | None,
         *,
         dry_run: bool,
+        pending: bool = False,
+        record_created: Callable[[ActivatedAudience], Awaitable[None]] | None = None,
     ) -> ActivatedAudience:
+        """The list of `audience`: the linked one, or one created in `folder`. `pending`: an
+        earlier create of this list got no answer, so a list of that name in `folder` is the
+        one it made (adopted as created by the service, not refused as someone else's);
+        `record_created` is awaited before the create call with the list id still 0."""
         try:
             if audience.marketo_list_id:
                 linked = await client.static_list(audience.marketo_list_id)
@@ -278,6 +301,10 @@ class Activations:
                 return _linked(audience, linked)
             existing = await client.static_list_by_name(audience.name)
             if existing is not None:
+                if pending and folder is not None and existing.folder_id == folder.id:
+                    return ActivatedAudience(
+                        audience.id, existing.id, existing.name, ListAction.CREATED
+                    )
                 if not audience.link_existing_list:
                     raise AlreadyExists(
                         f"a Marketo static list named {audience.name!r} already exists "
@@ -287,6 +314,10 @@ class Activations:
             if dry_run:
                 return ActivatedAudience(audience.id, 0, audience.name, ListAction.CREATED)
             assert folder is not None
+            if record_created is not None:
+                await record_created(
+                    ActivatedAudience(audience.id, 0, audience.name, ListAction.CREATED)
+                )
             created = await client.create_static_list(audience.name, folder.id)
         except (MarketoError, httpx.HTTPError) as error:
             if isinstance(error, MarketoError) and error.code == "709":
@@ -330,6 +361,16 @@ def _record(
         active=active,
         created_by_service=created_by_service,
         holders_tracked=holders_tracked,
+    )
+
+
+def _pending_create(before: ActivationRecord | None, audience: Audience) -> bool:
+    """Whether an earlier Activate started creating `audience`'s list and never learnt its id."""
+    return (
+        before is not None
+        and before.created_by_service
+        and not before.marketo_list_id
+        and before.list_name == audience.name
     )
 
 

@@ -375,6 +375,53 @@ async def test_an_activate_that_fails_on_the_second_list_resumes_on_retry(
     assert {a.marketo_list_id: a.list_name for a in answer.audiences} == names
 
 
+async def test_a_list_created_without_an_answer_is_adopted_on_retry(service: Service) -> None:
+    """Marketo creates the list but the answer is lost: the retry finds the list by its name
+    in the service's folder and keeps it as the service's own (no ALREADY_EXISTS, no second
+    list), and Deactivate with delete_lists deletes it."""
+    destination_id = await destination(service)
+    await service.control(
+        "POST",
+        "faults",
+        [{"path_prefix": "/rest/asset/v1/staticLists.json", "drop": "after", "count": 1}],
+    )
+    request = pb.ActivateRequest(
+        destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+    )
+    error = await activate_error(service, request)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+    assert retry_delay(error) > 0
+    made = await list_names(service)
+    assert sorted(made.values()) == ["CDP a1"], "the create was carried out"
+
+    answer = await service.stub.Activate(request)
+    assert [a.list_action for a in answer.audiences] == [pb.LIST_ACTION_CREATED]
+    assert answer.audiences[0].marketo_list_id == next(iter(made))
+    assert await list_names(service) == made
+
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"], delete_lists=True)
+    )
+    assert await list_names(service) == {}
+
+
+async def test_a_same_named_list_is_still_refused_without_a_lost_create(service: Service) -> None:
+    """Only a create of our own whose answer was lost lets a list of that name be adopted."""
+    destination_id = await destination(service)
+    request = pb.ActivateRequest(
+        destination_id=destination_id, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+    )
+    await service.stub.Activate(request)
+    other = await destination(service)
+    error = await activate_error(
+        service,
+        pb.ActivateRequest(
+            destination_id=other, audiences=[audience("a1")], mappings=STANDARD_MAPPINGS
+        ),
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error.details()
+
+
 async def test_marketo_unreachable_during_activate_is_unavailable_with_retry_info(
     service: Service,
 ) -> None:
