@@ -39,6 +39,7 @@ from service.usecases.ingest import Ingest
 from service.usecases.mapping_rules import MappingRules
 from service.usecases.monitoring import Monitoring
 from service.usecases.preview import Preview
+from service.usecases.reconcile import Reconciliation
 
 MARKETO_TIMEOUT = httpx.Timeout(connect=10.0, read=95.0, write=30.0, pool=120.0)
 """Sync Leads may take Marketo up to 90 s; the pool wait covers the per-instance limiter."""
@@ -56,6 +57,7 @@ class Application:
     monitoring: Monitoring
     dispatcher: Dispatcher
     alerts: AlertMonitor
+    reconciliation: Reconciliation
     principals: Principals | None
 
 
@@ -203,6 +205,16 @@ async def open_application(
             monitoring=Monitoring(store, alerts, connections),
             dispatcher=dispatcher,
             alerts=alerts,
+            reconciliation=Reconciliation(
+                store,
+                connections,
+                alerts,
+                clock=clock,
+                list_folder=settings.list_folder,
+                interval=settings.reconcile_interval_seconds,
+                budget_share=settings.reconcile_budget_share,
+                daily_quota=settings.marketo_daily_quota,
+            ),
             principals=principals,
         )
         if run_background:
@@ -214,6 +226,8 @@ async def open_application(
             stack.push_async_callback(alerts.stop)
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
+            await app.reconciliation.start()
+            stack.push_async_callback(app.reconciliation.stop)
             if settings.outcome_retention_days:
                 retention = OutcomeRetention(
                     store, timedelta(days=settings.outcome_retention_days), clock=clock

@@ -325,7 +325,7 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _most_recent(leads: Sequence[Lead]) -> Lead:
+def most_recent(leads: Sequence[Lead]) -> Lead:
     """The lead the seed updates when several match: latest `updatedAt`, then highest id."""
 
     def order(lead: Lead) -> tuple[bool, datetime, int]:
@@ -737,7 +737,7 @@ class SyncEngine:
             error = failures.get(person.plan.key)
             if error is not None and not person.final:
                 person.fail(error.code or "", error.reason)
-        return {key: _most_recent(leads) for key, leads in matches.items() if leads}
+        return {key: most_recent(leads) for key, leads in matches.items() if leads}
 
     async def _lookup_chunk(
         self,

@@ -1,0 +1,522 @@
+"""Reconcile: read each managed list's real members back from Marketo, compare them with the
+desired state and repair the drift (issue 23).
+
+**Reading a list.** Get Leads by List (ids only) costs one call per 300 members; a Bulk Lead
+Extract by `staticListId` costs a fixed handful (create, enqueue, a few status polls, the file)
+whatever the size, but waits for Marketo's export queue and spends the instance's daily export
+allowance. The line is `EXTRACT_ABOVE` = 3,000 desired members: below it paging costs at most
+10 calls, about what an extract costs, with no queue to wait for; above it the extract is
+cheaper (a 100,000-member list: 334 pages against about 6 calls).
+
+**Comparing.** Desired members are the audience's profiles whose membership is current, whose
+consent is not refused and that delivery has exported (`Store.desired_members`). `missing`: a
+desired member none of whose leads is in the list; `unexpected`: a list member that no desired
+membership holds. Missing members are first resolved again by their dedupe value (one Get
+Leads call per 300): a bound lead that was deleted or merged is replaced by the lead the value
+finds now (the most recently updated, as delivery chooses), and the profile is re-bound. A
+member whose new lead is already in the list (a merge moved the membership to the winner) is
+not drift: only its holder is recorded.
+
+**Repairing** (unless `dry_run`): the missing are added and the unexpected removed, in calls of
+300 ids, and the holders and re-bindings recorded. In a list the service did not create (a
+linked list) unexpected members are reported but never removed: other people manage that list.
+A list deleted in Marketo is created again in the destination's list folder, recorded on the
+activation and filled with every desired member.
+
+**Delivery constraints.** Reconciliation does not take the instance's lease: holding it for a
+list read (an extract may queue for minutes) would stop live delivery that long. Its calls go
+through the instance's shared limits instead (the same window, concurrency and daily budget as
+the drainer's), one call of at most 300 ids at a time, so a live batch waits for at most the
+reconciliation calls in flight: never more than one batch. A live update that changes a
+membership while a list is reconciled may be undone by the repair; the next reconciliation
+finds and repairs that again, from the desired state delivery recorded.
+
+**Periodically**, every `interval` seconds, each destination that keeps lists is reconciled,
+provided its estimated calls stay within `budget_share` of the instance's daily quota counted
+with what reconciliation already spent there today; a destination over budget waits for the
+next turn. Dry runs are not recorded; real runs record per list the time, the drift found and
+repaired (GetDataflow shows them) and raise the `DRIFT` alert when a list's drift exceeds 1 %
+of its size (resolved by the next run of the destination that finds none above it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+
+import httpx
+
+from service.api.access import current_principal
+from service.delivery.engine.executor import most_recent
+from service.domain import DesiredMember, ListDrift, ListReconciliation, dedupe_key
+from service.errors import FailedPrecondition, NotFound
+from service.marketo.client import MarketoClient
+from service.marketo.clock import Clock, SystemClock
+from service.marketo.errors import MarketoError
+from service.marketo.limits import marketo_day
+from service.marketo.types import Lead
+from service.store.base import (
+    ActivationRecord,
+    DestinationRecord,
+    DestinationState,
+    MembershipHolder,
+    Store,
+)
+from service.usecases.activation import list_folder
+from service.usecases.alerts import AlertMonitor
+from service.usecases.connections import MarketoConnections
+from service.usecases.destinations import marketo_failure
+
+__all__ = [
+    "DRIFT_ALERT_SHARE",
+    "EXTRACT_ABOVE",
+    "ExtractPolling",
+    "ListRepair",
+    "Reconciliation",
+    "read_members",
+    "reconcile_list",
+]
+
+log = logging.getLogger(__name__)
+
+PER_CALL = 300
+"""Ids per Get Leads by List page and per list add or remove call."""
+EXTRACT_ABOVE = 3_000
+"""Lists with more desired members than this are read by one Bulk Lead Extract."""
+EXTRACT_CALLS = 6
+"""About what an extract costs: create, enqueue, status polls, file (the budget's estimate)."""
+DRIFT_ALERT_SHARE = 0.01
+"""A list whose drift found exceeds this share of its size raises the DRIFT alert."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractPolling:
+    """How an extract's status is polled: first after `initial` seconds, then growing."""
+
+    initial: float = 2.0
+    maximum: float = 30.0
+    multiplier: float = 1.5
+    timeout: float = 3600.0
+    """An extract not Completed after this many seconds is cancelled and the run fails."""
+
+
+@dataclass(slots=True)
+class ListRepair:
+    """What reconciling one list found and did, with what the store must record."""
+
+    drift: ListDrift
+    members: int
+    """Leads in the list when it was read."""
+    holders: dict[str, int] = field(default_factory=dict)
+    """Profile -> the lead now holding its membership (only those that changed)."""
+    bindings: dict[str, int] = field(default_factory=dict)
+    """Profile -> the lead its dedupe value resolves to now (only re-bound profiles)."""
+    calls: int = 0
+    """Marketo calls made."""
+
+
+class ExtractFailed(MarketoError):
+    """A list extract ended Failed or Cancelled, or did not finish in time."""
+
+
+async def read_members(
+    client: MarketoClient,
+    list_id: int,
+    *,
+    expected: int,
+    clock: Clock,
+    polling: ExtractPolling = ExtractPolling(),
+    extract_above: int = EXTRACT_ABOVE,
+) -> tuple[set[int], int]:
+    """The ids of the list's members and the calls it took: pages of Get Leads by List when
+    `expected` members are at most `extract_above`, else one Bulk Lead Extract."""
+    if expected <= extract_above:
+        ids: set[int] = set()
+        calls = 0
+        token: str | None = None
+        while True:
+            page = await client.list_members_page(list_id, ["id"], page_token=token)
+            calls += 1
+            ids.update(lead.id for lead in page.leads)
+            token = page.next_page_token
+            if token is None:
+                return ids, calls
+    job = await client.create_export(["id"], static_list_id=list_id)
+    job = await client.enqueue_export(job.export_id)
+    calls = 2
+    delay, waited = polling.initial, 0.0
+    while job.status != "Completed":
+        if job.status in ("Cancelled", "Failed") or waited >= polling.timeout:
+            if job.status not in ("Cancelled", "Failed"):
+                with contextlib.suppress(MarketoError, httpx.HTTPError):
+                    await client.cancel_export(job.export_id)
+            raise ExtractFailed(
+                f"the extract of list {list_id} ended {job.status} after {waited:.0f} s",
+                code=None,
+            )
+        await clock.sleep(delay)
+        waited += delay
+        delay = min(delay * polling.multiplier, polling.maximum)
+        job = await client.export_status(job.export_id)
+        calls += 1
+    text = await client.export_file(job.export_id)
+    calls += 1
+    reader = csv.DictReader(io.StringIO(text))
+    return {int(row["id"]) for row in reader if row.get("id")}, calls
+
+
+async def reconcile_list(
+    client: MarketoClient,
+    audience_id: str,
+    list_id: int,
+    desired: Sequence[DesiredMember],
+    *,
+    dedupe_field: str,
+    dry_run: bool,
+    remove_unexpected: bool,
+    clock: Clock,
+    in_list: set[int] | None = None,
+    polling: ExtractPolling = ExtractPolling(),
+    extract_above: int = EXTRACT_ABOVE,
+) -> ListRepair:
+    """Compare the list's members (read unless `in_list` is given) with `desired`, resolve the
+    missing again by dedupe value and, unless `dry_run`, add the missing and remove the
+    unexpected (when `remove_unexpected`)."""
+    calls = 0
+    if in_list is None:
+        in_list, calls = await read_members(
+            client,
+            list_id,
+            expected=len(desired),
+            clock=clock,
+            polling=polling,
+            extract_above=extract_above,
+        )
+    absent = [m for m in desired if m.lead is None or m.lead not in in_list]
+    targets, lookups = await _resolve(client, dedupe_field, absent)
+    calls += lookups
+    holders: dict[str, int] = {}
+    bindings: dict[str, int] = {}
+    wanted: set[int] = set()
+    for member in desired:
+        lead = targets.get(member.profile_id, member.lead)
+        if lead is None:
+            continue
+        wanted.add(lead)
+        if lead != member.holder:
+            holders[member.profile_id] = lead
+        if member.bound_lead is not None and lead != member.bound_lead:
+            bindings[member.profile_id] = lead
+    missing = [m for m in desired if targets.get(m.profile_id, m.lead) not in in_list]
+    to_add = sorted({lead for m in missing if (lead := targets.get(m.profile_id, m.lead))})
+    unexpected = sorted(in_list - wanted)
+    drift = ListDrift(audience_id, list_id, missing=len(missing), unexpected=len(unexpected))
+    if dry_run:
+        return ListRepair(drift, len(in_list), calls=calls)
+    added: set[int] = set()
+    for start in range(0, len(to_add), PER_CALL):
+        results = await client.add_to_list(list_id, to_add[start : start + PER_CALL])
+        calls += 1
+        added.update(r.id for r in results if r.status in ("added", "memberof"))
+    removed = 0
+    if remove_unexpected:
+        for start in range(0, len(unexpected), PER_CALL):
+            results = await client.remove_from_list(list_id, unexpected[start : start + PER_CALL])
+            calls += 1
+            removed += sum(r.status == "removed" for r in results)
+    # A lead Marketo refused to add holds nothing.
+    refused = set(to_add) - added
+    holders = {p: lead for p, lead in holders.items() if lead not in refused}
+    return ListRepair(
+        replace(drift, added=len(added), removed=removed),
+        len(in_list),
+        holders=holders,
+        bindings=bindings,
+        calls=calls,
+    )
+
+
+async def _resolve(
+    client: MarketoClient, dedupe_field: str, absent: Sequence[DesiredMember]
+) -> tuple[dict[str, int | None], int]:
+    """The lead each absent member's dedupe value finds now (its current lead when that one
+    is still found; None when nothing is), with the calls it took. Members without a stored
+    dedupe value keep their lead."""
+    values = sorted({m.dedupe_value for m in absent if m.dedupe_value})
+    if not values:
+        return {}, 0
+    leads: list[Lead] = await client.find_leads(
+        dedupe_field, values, fields=[dedupe_field, "updatedAt"]
+    )
+    found: dict[str, list[Lead]] = {}
+    for lead in leads:
+        value = lead.fields.get(dedupe_field)
+        if isinstance(value, str):
+            found.setdefault(dedupe_key(value), []).append(lead)
+    targets: dict[str, int | None] = {}
+    for member in absent:
+        if not member.dedupe_value:
+            continue
+        matches = found.get(dedupe_key(member.dedupe_value), [])
+        if member.lead is not None and any(lead.id == member.lead for lead in matches):
+            targets[member.profile_id] = member.lead
+        else:
+            targets[member.profile_id] = most_recent(matches).id if matches else None
+    return targets, math.ceil(len(values) / PER_CALL)
+
+
+class Reconciliation:
+    """The Reconcile use case and the periodic reconciliation of every destination."""
+
+    def __init__(
+        self,
+        store: Store,
+        connections: MarketoConnections,
+        alerts: AlertMonitor,
+        *,
+        clock: Clock | None = None,
+        list_folder: str = "Marketo Destination",
+        interval: float = 21600.0,
+        budget_share: float = 0.05,
+        daily_quota: int = 50_000,
+        polling: ExtractPolling = ExtractPolling(),
+        extract_above: int = EXTRACT_ABOVE,
+    ) -> None:
+        """`interval` 0 turns the periodic reconciliation off."""
+        self._store = store
+        self._connections = connections
+        self._alerts = alerts
+        self._clock: Clock = clock or SystemClock()
+        self._list_folder = list_folder
+        self._interval = interval
+        self._budget = budget_share * daily_quota
+        self._polling = polling
+        self._extract_above = extract_above
+        self._spent: dict[tuple[str, date], int] = {}
+        """Calls reconciliation made per (instance, Marketo day)."""
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the periodic reconciliation (unless the interval is 0)."""
+        if self._task is None and self._interval > 0:
+            self._task = asyncio.create_task(self._periodically(), name="reconciliation")
+
+    async def stop(self) -> None:
+        """Stop the periodic reconciliation (a run in progress is cancelled)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- the RPC --------------------------------------------------------------------------------
+
+    async def reconcile(
+        self, destination_id: str, audience_ids: Sequence[str], *, dry_run: bool
+    ) -> list[ListDrift]:
+        """Reconcile the lists of the given active audiences (all when empty)."""
+        record = await self._store.get_destination(
+            destination_id, tenant=current_principal().tenant
+        )
+        if not record.spec.rules().manages_lists:
+            raise FailedPrecondition(
+                "the destination keeps no Marketo lists (sync type Profile only): "
+                "there is nothing to reconcile"
+            )
+        active = {
+            a.audience_id
+            for a in await self._store.activations(destination_id)
+            if a.active and a.marketo_list_id
+        }
+        unknown = sorted(set(audience_ids) - active)
+        if unknown:
+            raise NotFound(f"audiences without an active list here: {', '.join(unknown)}")
+        try:
+            return await self.reconcile_destination(record, audience_ids, dry_run=dry_run)
+        except (MarketoError, httpx.HTTPError) as error:
+            raise marketo_failure(error, "reconciling the lists") from None
+
+    # -- the work -------------------------------------------------------------------------------
+
+    async def reconcile_destination(
+        self, record: DestinationRecord, audience_ids: Sequence[str] = (), *, dry_run: bool
+    ) -> list[ListDrift]:
+        """Reconcile the destination's active lists (those of `audience_ids`, or all); one run
+        per destination at a time."""
+        lock = self._locks.setdefault(record.id, asyncio.Lock())
+        async with lock:
+            client = self._connections.client(record.spec.connection)
+            wanted = set(audience_ids)
+            activations = [
+                a
+                for a in await self._store.activations(record.id)
+                if a.active and a.marketo_list_id and (not wanted or a.audience_id in wanted)
+            ]
+            drifts: list[ListDrift] = []
+            above: list[str] = []
+            for activation in activations:
+                repair = await self._reconcile_activation(record, client, activation, dry_run)
+                drifts.append(repair.drift)
+                self._count(record.instance_key, repair.calls)
+                size = max(repair.members, len(repair.holders), 1)
+                if repair.drift.found > DRIFT_ALERT_SHARE * size:
+                    above.append(
+                        f"list {repair.drift.marketo_list_id} of audience "
+                        f"{activation.audience_id!r}: {repair.drift.found} of {size}"
+                    )
+                if not dry_run:
+                    await self._store.record_reconciliation(
+                        record.id,
+                        ListReconciliation(
+                            activation.audience_id,
+                            repair.drift.marketo_list_id,
+                            datetime.fromtimestamp(self._clock.now(), UTC),
+                            repair.drift.found,
+                            repair.drift.repaired,
+                        ),
+                    )
+            if not dry_run:
+                await self._alerts.drift(record.id, above)
+            return drifts
+
+    async def _reconcile_activation(
+        self,
+        record: DestinationRecord,
+        client: MarketoClient,
+        activation: ActivationRecord,
+        dry_run: bool,
+    ) -> ListRepair:
+        desired = await self._store.desired_members(record.id, activation.audience_id)
+        list_id = activation.marketo_list_id
+        in_list: set[int] | None = None
+        recreated = False
+        calls = 0
+        if await client.static_list(list_id) is None:
+            calls, recreated, in_list = 1, True, set()
+            if not dry_run:
+                list_id = await self._recreate(record, client, activation)
+                calls += 3
+        repair = await reconcile_list(
+            client,
+            activation.audience_id,
+            list_id,
+            desired,
+            dedupe_field=record.spec.dedupe_field,
+            dry_run=dry_run,
+            remove_unexpected=activation.created_by_service or recreated,
+            clock=self._clock,
+            in_list=in_list,
+            polling=self._polling,
+            extract_above=self._extract_above,
+        )
+        repair.drift = replace(repair.drift, recreated=recreated)
+        repair.calls += calls
+        if not dry_run and (repair.holders or repair.bindings):
+            await self._store.record_repairs(
+                record.id,
+                [
+                    MembershipHolder(record.id, profile, activation.audience_id, lead)
+                    for profile, lead in sorted(repair.holders.items())
+                ],
+                dict(repair.bindings),
+            )
+        return repair
+
+    async def _recreate(
+        self, record: DestinationRecord, client: MarketoClient, activation: ActivationRecord
+    ) -> int:
+        """Create the audience's list again (same name) and record it on the activation."""
+        folder = await list_folder(client, self._list_folder, record.spec.workspace_name)
+        name = activation.list_name or activation.audience_name
+        created = await client.create_static_list(name, folder.id)
+        await self._store.upsert_activations(
+            record.id,
+            [
+                replace(
+                    activation,
+                    marketo_list_id=created.id,
+                    list_name=created.name,
+                    created_by_service=True,
+                    holders_tracked=True,
+                )
+            ],
+        )
+        log.warning(
+            "list %s of audience %r of %s was gone from Marketo; created again as %s",
+            activation.marketo_list_id,
+            activation.audience_id,
+            record.id,
+            created.id,
+        )
+        return created.id
+
+    # -- periodic -------------------------------------------------------------------------------
+
+    async def reconcile_due(self) -> int:
+        """Reconcile every active destination that keeps lists and fits in its instance's
+        reconciliation budget today; returns how many were reconciled."""
+        done = 0
+        for backlog in await self._store.backlogs():
+            try:
+                record = await self._store.get_destination(backlog.destination_id, tenant=None)
+            except NotFound:
+                continue
+            if record.state is not DestinationState.ACTIVE or not record.spec.rules().manages_lists:
+                continue
+            estimate = await self._estimate(record)
+            spent = self._spent.get((record.instance_key, self._today()), 0)
+            if spent + estimate > self._budget:
+                log.info(
+                    "reconciliation of %s waits: %d calls estimated, %d of %.0f spent today",
+                    record.id,
+                    estimate,
+                    spent,
+                    self._budget,
+                )
+                continue
+            try:
+                await self.reconcile_destination(record, dry_run=False)
+                done += 1
+            except Exception:
+                log.exception("periodic reconciliation of %s failed", record.id)
+        return done
+
+    async def _estimate(self, record: DestinationRecord) -> int:
+        """Calls to read the destination's lists (repairs of a 1 % drift are a few more)."""
+        total = 0
+        for activation in await self._store.activations(record.id):
+            if activation.active and activation.marketo_list_id:
+                members = len(await self._store.desired_members(record.id, activation.audience_id))
+                reads = (
+                    EXTRACT_CALLS
+                    if members > self._extract_above
+                    else max(1, math.ceil(members / PER_CALL))
+                )
+                total += 1 + reads + math.ceil(members * 0.02 / PER_CALL)
+        return total
+
+    async def _periodically(self) -> None:
+        while True:
+            await self._clock.sleep(self._interval)
+            try:
+                await self.reconcile_due()
+            except Exception:
+                log.exception("periodic reconciliation failed")
+
+    def _count(self, instance_key: str, calls: int) -> None:
+        key = (instance_key, self._today())
+        self._spent = {k: v for k, v in self._spent.items() if k[1] == key[1]}
+        self._spent[key] = self._spent.get(key, 0) + calls
+
+    def _today(self) -> date:
+        return marketo_day(self._clock.now())
