@@ -163,6 +163,17 @@ async def open_application(
         connections = marketo_connections(settings, http, clock=clock, telemetry=telemetry)
         alerts = AlertMonitor(store, http=webhook_http, clock=clock)
         max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
+        reconciliation = Reconciliation(
+            store,
+            connections,
+            alerts,
+            clock=clock,
+            list_folder=settings.list_folder,
+            interval=settings.reconcile_interval_seconds,
+            budget_share=settings.reconcile_budget_share,
+            daily_quota=settings.marketo_daily_quota,
+            notify=lambda instance_key: dispatcher.notify(instance_key),
+        )
         dispatcher = Dispatcher(
             DeliveryServices(
                 store,
@@ -172,6 +183,7 @@ async def open_application(
                 decode=inbox_codec.decode_batch,
                 telemetry=telemetry,
                 clock=clock or SystemClock(),
+                list_gone=reconciliation.list_gone,
             ),
             delivery_settings(settings),
             holder=replica_name(settings),
@@ -205,18 +217,11 @@ async def open_application(
             monitoring=Monitoring(store, alerts, connections),
             dispatcher=dispatcher,
             alerts=alerts,
-            reconciliation=Reconciliation(
-                store,
-                connections,
-                alerts,
-                clock=clock,
-                list_folder=settings.list_folder,
-                interval=settings.reconcile_interval_seconds,
-                budget_share=settings.reconcile_budget_share,
-                daily_quota=settings.marketo_daily_quota,
-            ),
+            reconciliation=reconciliation,
             principals=principals,
         )
+        # Stops its periodic runs and the re-creation of deleted lists delivery asked for.
+        stack.push_async_callback(reconciliation.stop)
         if run_background:
             if telemetry is not None and telemetry.enabled:
                 gauges = GaugeFigures(store, connections, telemetry, clock=clock)
@@ -226,8 +231,7 @@ async def open_application(
             stack.push_async_callback(alerts.stop)
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
-            await app.reconciliation.start()
-            stack.push_async_callback(app.reconciliation.stop)
+            await reconciliation.start()
             if settings.outcome_retention_days:
                 retention = OutcomeRetention(
                     store, timedelta(days=settings.outcome_retention_days), clock=clock

@@ -31,6 +31,9 @@ reconciliation calls in flight: never more than one batch. A live update that ch
 membership while a list is reconciled may be undone by the repair; the next reconciliation
 finds and repairs that again, from the desired state delivery recorded.
 
+**A list deleted in Marketo found by delivery** (its 1013, `list_gone`) is created again and
+filled the same way, in the background, while delivery defers the updates that needed it.
+
 **Periodically**, every `interval` seconds, each destination that keeps lists is reconciled,
 provided its estimated calls stay within `budget_share` of the instance's daily quota counted
 with what reconciliation already spent there today; a destination over budget waits for the
@@ -47,7 +50,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
@@ -288,8 +291,10 @@ class Reconciliation:
         daily_quota: int = 50_000,
         polling: ExtractPolling = ExtractPolling(),
         extract_above: int = EXTRACT_ABOVE,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
-        """`interval` 0 turns the periodic reconciliation off."""
+        """`interval` 0 turns the periodic reconciliation off; `notify(instance_key)` wakes
+        delivery once a deleted list was created again."""
         self._store = store
         self._connections = connections
         self._alerts = alerts
@@ -299,10 +304,12 @@ class Reconciliation:
         self._budget = budget_share * daily_quota
         self._polling = polling
         self._extract_above = extract_above
+        self._notify = notify
         self._spent: dict[tuple[str, date], int] = {}
         """Calls reconciliation made per (instance, Marketo day)."""
         self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
+        self._repairs: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -312,12 +319,14 @@ class Reconciliation:
             self._task = asyncio.create_task(self._periodically(), name="reconciliation")
 
     async def stop(self) -> None:
-        """Stop the periodic reconciliation (a run in progress is cancelled)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the periodic reconciliation and the re-creation of deleted lists (runs in
+        progress are cancelled)."""
+        tasks = [*self._repairs.values(), *([self._task] if self._task is not None else [])]
+        self._task = None
+        self._repairs.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- the RPC --------------------------------------------------------------------------------
 
@@ -346,13 +355,39 @@ class Reconciliation:
         except (MarketoError, httpx.HTTPError) as error:
             raise marketo_failure(error, "reconciling the lists") from None
 
+    def list_gone(self, destination_id: str) -> None:
+        """Delivery found a list of the destination gone from Marketo (1013): create the lists
+        that are gone again and fill them, in the background (once at a time per destination)."""
+        running = self._repairs.get(destination_id)
+        if running is not None and not running.done():
+            return
+        self._repairs[destination_id] = asyncio.create_task(
+            self._recreate_gone(destination_id), name=f"recreate lists of {destination_id}"
+        )
+
+    async def _recreate_gone(self, destination_id: str) -> None:
+        try:
+            record = await self._store.get_destination(destination_id, tenant=None)
+            if await self.reconcile_destination(record, dry_run=False, gone_only=True):
+                # The updates deferred for the missing list go to the new one now.
+                await self._store.release_deferred(destination_id)
+                if self._notify is not None:
+                    self._notify(record.instance_key)
+        except Exception:
+            log.exception("creating the deleted lists of %s again failed", destination_id)
+
     # -- the work -------------------------------------------------------------------------------
 
     async def reconcile_destination(
-        self, record: DestinationRecord, audience_ids: Sequence[str] = (), *, dry_run: bool
+        self,
+        record: DestinationRecord,
+        audience_ids: Sequence[str] = (),
+        *,
+        dry_run: bool,
+        gone_only: bool = False,
     ) -> list[ListDrift]:
-        """Reconcile the destination's active lists (those of `audience_ids`, or all); one run
-        per destination at a time."""
+        """Reconcile the destination's active lists (those of `audience_ids`, or all; with
+        `gone_only`, only those deleted in Marketo); one run per destination at a time."""
         lock = self._locks.setdefault(record.id, asyncio.Lock())
         async with lock:
             client = self._connections.client(record.spec.connection)
@@ -365,7 +400,11 @@ class Reconciliation:
             drifts: list[ListDrift] = []
             above: list[str] = []
             for activation in activations:
-                repair = await self._reconcile_activation(record, client, activation, dry_run)
+                repair = await self._reconcile_activation(
+                    record, client, activation, dry_run, gone_only
+                )
+                if repair is None:
+                    continue
                 drifts.append(repair.drift)
                 self._count(record.instance_key, repair.calls)
                 size = max(repair.members, len(repair.holders), 1)
@@ -385,7 +424,7 @@ class Reconciliation:
                             repair.drift.repaired,
                         ),
                     )
-            if not dry_run:
+            if not dry_run and not gone_only:
                 await self._alerts.drift(record.id, above)
             return drifts
 
@@ -395,7 +434,8 @@ class Reconciliation:
         client: MarketoClient,
         activation: ActivationRecord,
         dry_run: bool,
-    ) -> ListRepair:
+        gone_only: bool = False,
+    ) -> ListRepair | None:
         desired = await self._store.desired_members(record.id, activation.audience_id)
         list_id = activation.marketo_list_id
         in_list: set[int] | None = None
@@ -406,6 +446,9 @@ class Reconciliation:
             if not dry_run:
                 list_id = await self._recreate(record, client, activation)
                 calls += 3
+        elif gone_only:
+            self._count(record.instance_key, 1)
+            return None
         repair = await reconcile_list(
             client,
             activation.audience_id,
