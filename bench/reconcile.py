@@ -22,16 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.economy import BASE_URL, IDENTITY, SteppingClock, spent
-from sandbox import SandboxSettings, asgi_transport, create_app
+from bench.economy import IDENTITY, sandbox_session, spent
 from service.domain import DesiredMember
-from service.marketo.client import MarketoClient
-from service.marketo.limits import InstanceLimits
-from service.marketo.retry import RetryPolicy
 from service.usecases.reconcile import ExtractPolling, reconcile_list
 
 SIZES = (1_000, 10_000, 100_000)
@@ -43,26 +37,10 @@ SEED_CHUNK = 10_000
 
 async def run(size: int) -> dict[str, Any]:
     """Reconcile one list of `size` desired members with 1 % drift; its figures."""
-    clock = SteppingClock()
-    settings = SandboxSettings(
-        calls_per_window=1_000_000, concurrency=1_000, daily_quota=10_000_000
-    )
-    app = create_app(settings, clock=clock.manual)
-    limits = InstanceLimits(
-        calls_per_window=1_000_000, share=1.0, concurrency=8, daily_quota=10_000_000, clock=clock
-    )
     rng = random.Random(size)
     drifted = max(1, round(size * DRIFT / 2))
-    async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE_URL) as http:
-        client = MarketoClient(
-            http,
-            base_url=BASE_URL,
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            limits=limits,
-            clock=clock,
-            retry=RetryPolicy(rng=random.Random(1)),
-        )
+    async with sandbox_session() as session:
+        http, client, clock = session.http, session.client, session.clock
         emails = [f"member{i:06d}@example.com" for i in range(size)]
         foreign = [f"foreign{i:06d}@example.com" for i in range(drifted)]
         ids: list[int] = []
@@ -78,7 +56,7 @@ async def run(size: int) -> dict[str, Any]:
         assert folder is not None
         list_id = (await client.create_static_list(f"Reconcile {size}", folder.id)).id
         removed_by_hand = set(rng.sample(member_ids, drifted))
-        static_list = app.state.sandbox.state.lists[list_id]
+        static_list = session.sandbox.state.lists[list_id]
         static_list.members.update(
             dict.fromkeys([i for i in member_ids if i not in removed_by_hand] + foreign_ids)
         )
