@@ -117,6 +117,8 @@ class ListRepair:
     drift: ListDrift
     members: int
     """Leads in the list when it was read."""
+    desired: int = 0
+    """Desired members of the audience."""
     holders: dict[str, int] = field(default_factory=dict)
     """Profile -> the lead now holding its membership (only those that changed)."""
     bindings: dict[str, int] = field(default_factory=dict)
@@ -222,7 +224,7 @@ async def reconcile_list(
     unexpected = sorted(in_list - wanted)
     drift = ListDrift(audience_id, list_id, missing=len(missing), unexpected=len(unexpected))
     if dry_run:
-        return ListRepair(drift, len(in_list), calls=calls)
+        return ListRepair(drift, len(in_list), len(desired), calls=calls)
     added: set[int] = set()
     for start in range(0, len(to_add), PER_CALL):
         results = await client.add_to_list(list_id, to_add[start : start + PER_CALL])
@@ -240,6 +242,7 @@ async def reconcile_list(
     return ListRepair(
         replace(drift, added=len(added), removed=removed),
         len(in_list),
+        len(desired),
         holders=holders,
         bindings=bindings,
         calls=calls,
@@ -407,7 +410,7 @@ class Reconciliation:
                     continue
                 drifts.append(repair.drift)
                 self._count(record.instance_key, repair.calls)
-                size = max(repair.members, len(repair.holders), 1)
+                size = max(repair.members, repair.desired, 1)
                 if repair.drift.found > DRIFT_ALERT_SHARE * size:
                     above.append(
                         f"list {repair.drift.marketo_list_id} of audience "

@@ -13,9 +13,21 @@ from typing import Any
 import grpc
 import pytest
 
+from sandbox import SandboxSettings
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.marketo.client import MarketoClient
+from service.marketo.clock import SystemClock
+from service.usecases.reconcile import ExtractPolling, read_members
 from tests.e2e.test_sync import REALIZED, delivered, seed, setup, sync
-from tests.harness import ENDPOINT, Service, running_service, sandbox_token, update
+from tests.harness import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    ENDPOINT,
+    Service,
+    running_service,
+    sandbox_token,
+    update,
+)
 
 T = 1_780_000_000.0
 
@@ -240,3 +252,40 @@ async def test_delivery_meeting_a_deleted_list_creates_it_again_instead_of_faili
     assert (await service.lists())[new_id] == set(everyone.values())
     (row,) = flow.lists
     assert (row.marketo_list_id, row.drift_found, row.drift_repaired) == (new_id, 2, 2)
+
+
+async def test_a_large_list_is_read_by_one_bulk_extract(tmp_path: Path) -> None:
+    fast = SandboxSettings(bulk_queue_seconds=0.0, bulk_export_seconds=0.0)
+    async with running_service(tmp_path, sandbox_settings=fast) as service:
+        _, list_id, leads = await members_synced(service, 5)
+        client = MarketoClient(
+            service.http, base_url=ENDPOINT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+        )
+        before = service_calls(await service.control("GET", "calls"))
+
+        paged, paged_calls = await read_members(
+            client, list_id, expected=5, clock=SystemClock(), extract_above=5
+        )
+        extracted, extract_calls = await read_members(
+            client,
+            list_id,
+            expected=6,
+            clock=SystemClock(),
+            extract_above=5,
+            polling=ExtractPolling(initial=0.01),
+        )
+
+        after = service_calls(await service.control("GET", "calls"))
+        assert paged == extracted == set(leads.values())
+        assert paged_calls == 1
+        assert extract_calls >= 4
+        assert after - before == paged_calls + extract_calls
+
+
+def service_calls(stats: dict[str, Any]) -> int:
+    """Marketo calls the sandbox counted, token calls left out."""
+    return sum(
+        entry["calls"]
+        for name, entry in stats["by_endpoint"].items()
+        if not name.endswith("/identity/oauth/token")
+    )
