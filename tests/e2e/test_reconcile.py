@@ -140,12 +140,26 @@ async def test_drift_above_one_percent_raises_the_alert_and_a_clean_run_resolves
     service: Service,
 ) -> None:
     destination_id, list_id, leads = await members_synced(service, 3)
+    alerts = service.stub.WatchAlerts(pb.WatchAlertsRequest(destination_id=destination_id))
     await remove_by_hand(service, list_id, [leads["m2@x.io"]])
     await reconcile(service, destination_id)
-    alerts = await service.app.store.open_alerts(destination_id)
-    assert [(a.type, f"list {list_id}" in a.message) for a in alerts] == [("drift", True)]
+    async with asyncio.timeout(10):
+        raised = (await alerts.read()).alert
+    assert (raised.type, raised.resolved) == (pb.ALERT_TYPE_DRIFT, False)
+    assert f"list {list_id}" in raised.message
 
     await reconcile(service, destination_id)
+    async with asyncio.timeout(10):
+        resolved = (await alerts.read()).alert
+    assert (resolved.type, resolved.resolved) == (pb.ALERT_TYPE_DRIFT, True)
+    alerts.cancel()
+
+
+async def test_a_drift_within_one_percent_raises_no_alert(service: Service) -> None:
+    destination_id, list_id, _ = await members_synced(service, 101)
+    (foreign,) = await seed(service, {"email": "f@x.io"})
+    await add_by_hand(service, list_id, [foreign])
+    assert await reconcile(service, destination_id) == [("a1", list_id, 0, 1, 0, 1, False)]
     assert await service.app.store.open_alerts(destination_id) == []
 
 
@@ -193,6 +207,31 @@ async def test_a_deleted_bound_lead_is_resolved_again_and_its_profile_rebound(
     state = await service.app.store.desired_state(destination_id, ["p0"])
     assert state.profiles["p0"].lead_id == again
     assert state.holders[("p0", "a1")] == again
+
+
+async def test_a_merged_bound_lead_is_followed_to_the_winner(service: Service) -> None:
+    destination_id, list_id, leads = await members_synced(service, 2)
+    loser = leads["m0@x.io"]
+    (winner,) = await seed(service, {"email": "m0@x.io", "firstName": "Dup"})
+    await rest(service, "POST", f"/rest/v1/leads/{winner}/merge.json", params={"leadIds": loser})
+    # Marketo moved the membership to the winner: nothing is missing or unexpected
+    assert (await service.lists())[list_id] == {winner, leads["m1@x.io"]}
+
+    assert await reconcile(service, destination_id) == [("a1", list_id, 0, 0, 0, 0, False)]
+    state = await service.app.store.desired_state(destination_id, ["p0"])
+    assert (state.profiles["p0"].lead_id, state.holders[("p0", "a1")]) == (winner, winner)
+
+
+async def test_a_profile_only_destination_has_nothing_to_reconcile(service: Service) -> None:
+    destination_id, _ = await setup(
+        service,
+        audiences=(),
+        sync_type=pb.SYNC_TYPE_PROFILE_ONLY,
+        person_action=pb.PERSON_ACTION_UPDATE_EXISTING_ONLY,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reconcile(service, destination_id)
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def test_reconcile_refuses_unknown_audiences(service: Service) -> None:
