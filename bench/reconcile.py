@@ -65,13 +65,16 @@ async def run(size: int) -> dict[str, Any]:
             for i, (lead, email) in enumerate(zip(member_ids, emails, strict=True))
         ]
 
+        async def load() -> list[DesiredMember]:
+            return desired
+
         before = (await http.get("/_sandbox/calls")).json()["by_endpoint"]
         started = time.perf_counter()
         repair = await reconcile_list(
             client,
             "audience",
             list_id,
-            desired,
+            load,
             dedupe_field="email",
             dry_run=False,
             remove_unexpected=True,

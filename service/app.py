@@ -173,6 +173,7 @@ async def open_application(
             budget_share=settings.reconcile_budget_share,
             daily_quota=settings.marketo_daily_quota,
             notify=lambda instance_key: dispatcher.notify(instance_key),
+            exclusive=lambda instance_key: dispatcher.exclusive(instance_key),
         )
         dispatcher = Dispatcher(
             DeliveryServices(
@@ -220,8 +221,6 @@ async def open_application(
             reconciliation=reconciliation,
             principals=principals,
         )
-        # Stops its periodic runs and the re-creation of deleted lists delivery asked for.
-        stack.push_async_callback(reconciliation.stop)
         if run_background:
             if telemetry is not None and telemetry.enabled:
                 gauges = GaugeFigures(store, connections, telemetry, clock=clock)
@@ -238,4 +237,7 @@ async def open_application(
                 )
                 await retention.start()
                 stack.push_async_callback(retention.stop)
+        # Stopped first: its periodic runs and the re-creation of deleted lists delivery asked
+        # for may be waiting for a delivery turn.
+        stack.push_async_callback(reconciliation.stop)
         yield app

@@ -17,19 +17,24 @@ finds now (the most recently updated, as delivery chooses), and the profile is r
 member whose new lead is already in the list (a merge moved the membership to the winner) is
 not drift: only its holder is recorded.
 
-**Repairing** (unless `dry_run`): the missing are added and the unexpected removed, in calls of
-300 ids, and the holders and re-bindings recorded. In a list the service did not create (a
+**Repairing** (unless `dry_run`): the missing are added and the unexpected removed, in steps
+of 300 ids, and the holders and re-bindings recorded. In a list the service did not create (a
 linked list) unexpected members are reported but never removed: other people manage that list.
 A list deleted in Marketo is created again in the destination's list folder, recorded on the
 activation and filled with every desired member.
 
-**Delivery constraints.** Reconciliation does not take the instance's lease: holding it for a
-list read (an extract may queue for minutes) would stop live delivery that long. Its calls go
-through the instance's shared limits instead (the same window, concurrency and daily budget as
-the drainer's), one call of at most 300 ids at a time, so a live batch waits for at most the
-reconciliation calls in flight: never more than one batch. A live update that changes a
-membership while a list is reconciled may be undone by the repair; the next reconciliation
-finds and repairs that again, from the desired state delivery recorded.
+**Delivery constraints.** The list is read with no lease or turn held: an extract may queue
+for minutes, and live delivery goes on meanwhile; its calls go through the instance's shared
+limits (the same window, concurrency and daily budget as the drainer's). The comparison and each
+repair step then run inside the instance's delivery turn (`Dispatcher.exclusive`: between two
+batches of the drainer, under the instance's lease), each with the desired members read again:
+everything delivery wrote before is recorded by then, so a lead it has just added is never
+taken for unexpected, and the holders a step makes are recorded before the next batch can exit
+them. A step is one batch's worth of work (at most 300 adds and 300 removals, plus the look-ups
+of the members found absent), so live updates wait for one step at most; the drainer's next
+batch goes before the next step (turns are taken in order). A live change made between two
+steps is at worst repeated (a lead added or removed twice), never undone: the list snapshot
+is only used to find what to write, the desired members always come fresh.
 
 **A list deleted in Marketo found by delivery** (its 1013, `list_gone`) is created again and
 filled the same way, in the background, while delivery defers the updates that needed it.
@@ -50,8 +55,9 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
 import httpx
@@ -59,7 +65,7 @@ import httpx
 from service.api.access import current_principal
 from service.delivery.engine.executor import most_recent
 from service.domain import DesiredMember, ListDrift, ListReconciliation, dedupe_key
-from service.errors import FailedPrecondition, NotFound
+from service.errors import FailedPrecondition, NotFound, Unavailable
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock, SystemClock
 from service.marketo.errors import MarketoError
@@ -119,10 +125,6 @@ class ListRepair:
     """Leads in the list when it was read."""
     desired: int = 0
     """Desired members of the audience."""
-    holders: dict[str, int] = field(default_factory=dict)
-    """Profile -> the lead now holding its membership (only those that changed)."""
-    bindings: dict[str, int] = field(default_factory=dict)
-    """Profile -> the lead its dedupe value resolves to now (only re-bound profiles)."""
     calls: int = 0
     """Marketo calls made."""
 
@@ -177,76 +179,136 @@ async def read_members(
     return {int(row["id"]) for row in reader if row.get("id")}, calls
 
 
+Turn = Callable[[], AbstractAsyncContextManager[object]]
+"""Enters the instance's delivery turn: no batch of the instance is in flight while it is held
+(`Dispatcher.exclusive`)."""
+Load = Callable[[], Awaitable[Sequence[DesiredMember]]]
+"""Reads the audience's desired members (`Store.desired_members`)."""
+Record = Callable[[dict[str, int], dict[str, int]], Awaitable[None]]
+"""Records holders and bindings (profile id -> lead id; `Store.record_repairs`)."""
+
+
 async def reconcile_list(
     client: MarketoClient,
     audience_id: str,
     list_id: int,
-    desired: Sequence[DesiredMember],
+    load: Load,
     *,
     dedupe_field: str,
     dry_run: bool,
     remove_unexpected: bool,
     clock: Clock,
     in_list: set[int] | None = None,
+    turn: Turn = contextlib.nullcontext,
+    record: Record | None = None,
     polling: ExtractPolling = ExtractPolling(),
     extract_above: int = EXTRACT_ABOVE,
 ) -> ListRepair:
-    """Compare the list's members (read unless `in_list` is given) with `desired`, resolve the
-    missing again by dedupe value and, unless `dry_run`, add the missing and remove the
-    unexpected (when `remove_unexpected`)."""
+    """Read the list (unless `in_list` is given), compare it with the desired members and,
+    unless `dry_run`, repair it.
+
+    The list is read outside the instance's delivery turn; the comparison and each repair step
+    (at most 300 adds and 300 removals, the holders they make recorded) run inside it, each
+    with the desired members read again: every membership delivery wrote before is recorded by
+    then, so a lead live delivery just added is never taken for unexpected, and live updates
+    wait for one step at most.
+    """
     calls = 0
     if in_list is None:
+        expected = len(await load())
         in_list, calls = await read_members(
             client,
             list_id,
-            expected=len(desired),
+            expected=expected,
             clock=clock,
             polling=polling,
             extract_above=extract_above,
         )
-    absent = [m for m in desired if m.lead is None or m.lead not in in_list]
-    targets, lookups = await _resolve(client, dedupe_field, absent)
-    calls += lookups
-    holders: dict[str, int] = {}
-    bindings: dict[str, int] = {}
-    wanted: set[int] = set()
-    for member in desired:
-        lead = targets.get(member.profile_id, member.lead)
-        if lead is None:
-            continue
-        wanted.add(lead)
-        if lead != member.holder:
-            holders[member.profile_id] = lead
-        if member.bound_lead is not None and lead != member.bound_lead:
-            bindings[member.profile_id] = lead
-    missing = [m for m in desired if targets.get(m.profile_id, m.lead) not in in_list]
-    to_add = sorted({lead for m in missing if (lead := targets.get(m.profile_id, m.lead))})
-    unexpected = sorted(in_list - wanted)
-    drift = ListDrift(audience_id, list_id, missing=len(missing), unexpected=len(unexpected))
-    if dry_run:
-        return ListRepair(drift, len(in_list), len(desired), calls=calls)
+    members = len(in_list)
+    resolved: dict[str, int | None] = {}
+    refused: set[int] = set()
     added: set[int] = set()
-    for start in range(0, len(to_add), PER_CALL):
-        results = await client.add_to_list(list_id, to_add[start : start + PER_CALL])
-        calls += 1
-        added.update(r.id for r in results if r.status in ("added", "memberof"))
     removed = 0
-    if remove_unexpected:
-        for start in range(0, len(unexpected), PER_CALL):
-            results = await client.remove_from_list(list_id, unexpected[start : start + PER_CALL])
-            calls += 1
-            removed += sum(r.status == "removed" for r in results)
-    # A lead Marketo refused to add holds nothing.
-    refused = set(to_add) - added
-    holders = {p: lead for p, lead in holders.items() if lead not in refused}
-    return ListRepair(
-        replace(drift, added=len(added), removed=removed),
-        len(in_list),
-        len(desired),
-        holders=holders,
-        bindings=bindings,
-        calls=calls,
-    )
+    first: tuple[int, int, int] | None = None
+    while True:
+        async with turn():
+            desired = await load()
+            absent = [
+                m
+                for m in desired
+                if (m.lead is None or m.lead not in in_list) and m.profile_id not in resolved
+            ]
+            targets, lookups = await _resolve(client, dedupe_field, absent)
+            calls += lookups
+            resolved.update(targets)
+            diff = _Difference.of(desired, resolved, in_list)
+            if first is None:
+                first = (len(diff.missing), len(diff.unexpected), len(desired))
+            if dry_run:
+                break
+            to_add = [lead for lead in diff.to_add if lead not in refused][:PER_CALL]
+            to_remove = diff.unexpected[:PER_CALL] if remove_unexpected else []
+            if to_add:
+                results = await client.add_to_list(list_id, to_add)
+                calls += 1
+                now_in = {r.id for r in results if r.status in ("added", "memberof")}
+                added |= now_in
+                in_list |= now_in
+                refused |= set(to_add) - now_in
+            if to_remove:
+                results = await client.remove_from_list(list_id, to_remove)
+                calls += 1
+                removed += sum(r.status == "removed" for r in results)
+                in_list.difference_update(to_remove)  # removed, or not a member after all
+            holders = {p: lead for p, lead in diff.holders.items() if lead in in_list}
+            bindings = {p: lead for p, lead in diff.bindings.items() if lead in in_list}
+            if record is not None and (holders or bindings):
+                await record(holders, bindings)
+            if not to_add and not to_remove:
+                break
+    missing, unexpected, desired_count = first
+    drift = ListDrift(audience_id, list_id, missing, unexpected, added=len(added), removed=removed)
+    return ListRepair(drift, members, desired_count, calls=calls)
+
+
+@dataclass(frozen=True, slots=True)
+class _Difference:
+    """The list against the desired members, their absent ones resolved again."""
+
+    missing: list[DesiredMember]
+    to_add: list[int]
+    unexpected: list[int]
+    holders: dict[str, int]
+    """Profile -> the lead that should hold its membership, where it is not the stored one."""
+    bindings: dict[str, int]
+    """Profile -> its new lead, for bound profiles resolved to another lead."""
+
+    @classmethod
+    def of(
+        cls,
+        desired: Sequence[DesiredMember],
+        resolved: Mapping[str, int | None],
+        in_list: set[int],
+    ) -> _Difference:
+        wanted: set[int] = set()
+        holders: dict[str, int] = {}
+        bindings: dict[str, int] = {}
+        missing: list[DesiredMember] = []
+        to_add: set[int] = set()
+        for member in desired:
+            lead = resolved.get(member.profile_id, member.lead)
+            if lead is None or lead not in in_list:
+                missing.append(member)
+            if lead is None:
+                continue
+            wanted.add(lead)
+            if lead not in in_list:
+                to_add.add(lead)
+            if lead != member.holder:
+                holders[member.profile_id] = lead
+            if member.bound_lead is not None and lead != member.bound_lead:
+                bindings[member.profile_id] = lead
+        return cls(missing, sorted(to_add), sorted(in_list - wanted), holders, bindings)
 
 
 async def _resolve(
@@ -295,9 +357,11 @@ class Reconciliation:
         polling: ExtractPolling = ExtractPolling(),
         extract_above: int = EXTRACT_ABOVE,
         notify: Callable[[str], None] | None = None,
+        exclusive: Callable[[str], AbstractAsyncContextManager[object]] | None = None,
     ) -> None:
         """`interval` 0 turns the periodic reconciliation off; `notify(instance_key)` wakes
-        delivery once a deleted list was created again."""
+        delivery once a deleted list was created again; `exclusive(instance_key)` holds the
+        instance's delivery turn (`Dispatcher.exclusive`; none: nothing else delivers)."""
         self._store = store
         self._connections = connections
         self._alerts = alerts
@@ -308,6 +372,9 @@ class Reconciliation:
         self._polling = polling
         self._extract_above = extract_above
         self._notify = notify
+        self._exclusive: Callable[[str], AbstractAsyncContextManager[object]] = exclusive or (
+            lambda _: contextlib.nullcontext()
+        )
         self._spent: dict[tuple[str, date], int] = {}
         """Calls reconciliation made per (instance, Marketo day)."""
         self._locks: dict[str, asyncio.Lock] = {}
@@ -439,7 +506,6 @@ class Reconciliation:
         dry_run: bool,
         gone_only: bool = False,
     ) -> ListRepair | None:
-        desired = await self._store.desired_members(record.id, activation.audience_id)
         list_id = activation.marketo_list_id
         in_list: set[int] | None = None
         recreated = False
@@ -452,30 +518,37 @@ class Reconciliation:
         elif gone_only:
             self._count(record.instance_key, 1)
             return None
+
+        async def load() -> list[DesiredMember]:
+            return await self._store.desired_members(record.id, activation.audience_id)
+
+        async def store_repairs(holders: dict[str, int], bindings: dict[str, int]) -> None:
+            await self._store.record_repairs(
+                record.id,
+                [
+                    MembershipHolder(record.id, profile, activation.audience_id, lead)
+                    for profile, lead in sorted(holders.items())
+                ],
+                dict(bindings),
+            )
+
         repair = await reconcile_list(
             client,
             activation.audience_id,
             list_id,
-            desired,
+            load,
             dedupe_field=record.spec.dedupe_field,
             dry_run=dry_run,
             remove_unexpected=activation.created_by_service or recreated,
             clock=self._clock,
             in_list=in_list,
+            turn=lambda: self._exclusive(record.instance_key),
+            record=store_repairs,
             polling=self._polling,
             extract_above=self._extract_above,
         )
         repair.drift = replace(repair.drift, recreated=recreated)
         repair.calls += calls
-        if not dry_run and (repair.holders or repair.bindings):
-            await self._store.record_repairs(
-                record.id,
-                [
-                    MembershipHolder(record.id, profile, activation.audience_id, lead)
-                    for profile, lead in sorted(repair.holders.items())
-                ],
-                dict(repair.bindings),
-            )
         return repair
 
     async def _recreate(
@@ -533,6 +606,8 @@ class Reconciliation:
             try:
                 await self.reconcile_destination(record, dry_run=False)
                 done += 1
+            except Unavailable as error:
+                log.info("reconciliation of %s waits for the next turn: %s", record.id, error)
             except Exception:
                 log.exception("periodic reconciliation of %s failed", record.id)
         return done

@@ -83,6 +83,11 @@ async def lists_equal(service: Service, list_id: int, members: set[int]) -> bool
     return (await service.lists()).get(list_id) == members
 
 
+async def reconciled(service: Service, destination_id: str) -> bool:
+    """Whether GetDataflow shows a reconciliation of the destination's lists."""
+    return bool((await delivered(service, destination_id)).lists)
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
     """Wait until `check()` holds (at most `seconds`)."""
     async with asyncio.timeout(seconds):
@@ -252,8 +257,8 @@ async def test_periodic_reconciliation_repairs_drift_without_any_rpc(tmp_path: P
         await add_by_hand(service, list_id, [foreign])
 
         await eventually(lambda: lists_equal(service, list_id, set(leads.values())))
-        flow = await delivered(service, destination_id)
-        (row,) = flow.lists
+        await eventually(lambda: reconciled(service, destination_id))
+        (row,) = (await delivered(service, destination_id)).lists
         assert (row.audience_id, row.marketo_list_id) == ("a1", list_id)
 
 
