@@ -118,7 +118,7 @@ class ExtractPolling:
 
 @dataclass(slots=True)
 class ListRepair:
-    """What reconciling one list found and did, with what the store must record."""
+    """What reconciling one list found and did, and what it cost."""
 
     drift: ListDrift
     members: int
