@@ -41,10 +41,13 @@ filled the same way, in the background, while delivery defers the updates that n
 
 **Periodically**, every `interval` seconds, each destination that keeps lists is reconciled,
 provided its estimated calls stay within `budget_share` of the instance's daily quota counted
-with what reconciliation already spent there today; a destination over budget waits for the
-next turn. Dry runs are not recorded; real runs record per list the time, the drift found and
-repaired (GetDataflow shows them) and raise the `DRIFT` alert when a list's drift exceeds 1 %
-of its size (resolved by the next run of the destination that finds none above it).
+with what reconciliation already spent there today, and within what is left of the instance's
+daily budget (`service.marketo.limits`, other integrations included); a destination over budget
+waits for the next interval.
+
+Dry runs are not recorded; real runs record per list the time, the drift found and repaired
+(GetDataflow shows them) and raise the `DRIFT` alert when a list's drift exceeds 1 % of its size
+(resolved by the next run of the destination that finds none above it).
 """
 
 from __future__ import annotations
@@ -594,13 +597,16 @@ class Reconciliation:
                 continue
             estimate = await self._estimate(record)
             spent = self._spent.get((record.instance_key, self._today()), 0)
-            if spent + estimate > self._budget:
+            remaining = self._connections.calls_today(record.spec.connection).remaining
+            if spent + estimate > self._budget or estimate > remaining:
                 log.info(
-                    "reconciliation of %s waits: %d calls estimated, %d of %.0f spent today",
+                    "reconciliation of %s waits: %d calls estimated, %d of its %.0f spent "
+                    "today, %d left in the instance's daily budget",
                     record.id,
                     estimate,
                     spent,
                     self._budget,
+                    remaining,
                 )
                 continue
             try:
