@@ -36,6 +36,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
+from sandbox.app import Sandbox
 from service.delivery.engine import Deferred, SyncEngine
 from service.domain import (
     AudienceMembership,
@@ -159,9 +160,20 @@ def ceil300(count: int) -> int:
     return math.ceil(count / PER_CALL)
 
 
-@asynccontextmanager
-async def sandboxed() -> AsyncIterator[tuple[httpx.AsyncClient, MarketoClient]]:
+@dataclass(frozen=True, slots=True)
+class Session:
     """An in-process sandbox (limits raised) and the real client on one stepping clock."""
+
+    http: httpx.AsyncClient
+    client: MarketoClient
+    sandbox: Sandbox
+    """The sandbox itself, for set-ups too large to make through its API."""
+    clock: SteppingClock
+
+
+@asynccontextmanager
+async def sandbox_session() -> AsyncIterator[Session]:
+    """A `Session` open for the block."""
     clock = SteppingClock()
     settings = SandboxSettings(
         calls_per_window=1_000_000, concurrency=1_000, daily_quota=10_000_000
@@ -171,18 +183,23 @@ async def sandboxed() -> AsyncIterator[tuple[httpx.AsyncClient, MarketoClient]]:
         calls_per_window=1_000_000, share=1.0, concurrency=8, daily_quota=10_000_000, clock=clock
     )
     async with httpx.AsyncClient(transport=asgi_transport(app), base_url=BASE_URL) as http:
-        yield (
+        client = MarketoClient(
             http,
-            MarketoClient(
-                http,
-                base_url=BASE_URL,
-                client_id=settings.client_id,
-                client_secret=settings.client_secret,
-                limits=limits,
-                clock=clock,
-                retry=RetryPolicy(rng=random.Random(1)),
-            ),
+            base_url=BASE_URL,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            limits=limits,
+            clock=clock,
+            retry=RetryPolicy(rng=random.Random(1)),
         )
+        yield Session(http, client, app.state.sandbox, clock)
+
+
+@asynccontextmanager
+async def sandboxed() -> AsyncIterator[tuple[httpx.AsyncClient, MarketoClient]]:
+    """An in-process sandbox (limits raised) and the real client on one stepping clock."""
+    async with sandbox_session() as session:
+        yield session.http, session.client
 
 
 def spent(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:

@@ -143,6 +143,12 @@ class Client:
         )
         return BlockingSyncStream(stream, self._loop)
 
+    def reconcile(
+        self, destination_id: str, audience_ids: Iterable[str] = (), *, dry_run: bool = False
+    ) -> list[Any]:
+        """See :meth:`AsyncClient.reconcile`."""
+        return self._run(self._client.reconcile(destination_id, audience_ids, dry_run=dry_run))
+
     def preview_sync(self, destination_id: str, updates: Iterable[Any]) -> Any:
         """See :meth:`AsyncClient.preview_sync`."""
         return self._run(self._client.preview_sync(destination_id, updates))

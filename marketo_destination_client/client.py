@@ -155,6 +155,16 @@ class AsyncClient:
             open_call, destination_id, depth=depth, backoff=backoff, on_retry=on_retry
         )
 
+    async def reconcile(
+        self, destination_id: str, audience_ids: Iterable[str] = (), *, dry_run: bool = False
+    ) -> list[Any]:
+        """Compare the lists of the audiences (all when empty) with Marketo's real members and,
+        unless ``dry_run``, repair them; one ``pb.ListDrift`` per list."""
+        request = pb.ReconcileRequest(
+            destination_id=destination_id, audience_ids=list(audience_ids), dry_run=dry_run
+        )
+        return list((await self._unary("Reconcile", request)).lists)
+
     async def preview_sync(self, destination_id: str, updates: Iterable[Any]) -> Any:
         """What Sync would do with ``updates``, writing nothing (``pb.PreviewSyncResponse``)."""
         request = pb.PreviewSyncRequest(destination_id=destination_id, updates=list(updates))

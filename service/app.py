@@ -40,6 +40,7 @@ from service.usecases.ingest import Ingest
 from service.usecases.mapping_rules import MappingRules
 from service.usecases.monitoring import Monitoring
 from service.usecases.preview import Preview
+from service.usecases.reconcile import Reconciliation
 
 
 def marketo_http(settings: Settings) -> httpx.AsyncClient:
@@ -72,6 +73,7 @@ class Application:
     monitoring: Monitoring
     dispatcher: Dispatcher
     alerts: AlertMonitor
+    reconciliation: Reconciliation
     principals: Principals | None
 
 
@@ -175,6 +177,18 @@ async def open_application(
         connections = marketo_connections(settings, http, clock=clock, telemetry=telemetry)
         alerts = AlertMonitor(store, http=webhook_http, clock=clock)
         max_clock_skew = timedelta(seconds=settings.max_clock_skew_seconds)
+        reconciliation = Reconciliation(
+            store,
+            connections,
+            alerts,
+            clock=clock,
+            list_folder=settings.list_folder,
+            interval=settings.reconcile_interval_seconds,
+            budget_share=settings.reconcile_budget_share,
+            daily_quota=settings.marketo_daily_quota,
+            notify=lambda instance_key: dispatcher.notify(instance_key),
+            exclusive=lambda instance_key: dispatcher.exclusive(instance_key),
+        )
         dispatcher = Dispatcher(
             DeliveryServices(
                 store,
@@ -184,6 +198,7 @@ async def open_application(
                 decode=inbox_codec.decode_batch,
                 telemetry=telemetry,
                 clock=clock or SystemClock(),
+                list_gone=reconciliation.list_gone,
             ),
             delivery_settings(settings),
             holder=replica_name(settings),
@@ -217,6 +232,7 @@ async def open_application(
             monitoring=Monitoring(store, alerts, connections),
             dispatcher=dispatcher,
             alerts=alerts,
+            reconciliation=reconciliation,
             principals=principals,
         )
         if run_background:
@@ -228,10 +244,14 @@ async def open_application(
             stack.push_async_callback(alerts.stop)
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
+            await reconciliation.start()
             if settings.outcome_retention_days:
                 retention = OutcomeRetention(
                     store, timedelta(days=settings.outcome_retention_days), clock=clock
                 )
                 await retention.start()
                 stack.push_async_callback(retention.stop)
+        # Stopped first: its periodic runs and the re-creation of deleted lists delivery asked
+        # for may be waiting for a delivery turn.
+        stack.push_async_callback(reconciliation.stop)
         yield app

@@ -509,6 +509,62 @@ class PreviewResult:
     rejected: tuple[Rejected, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class DesiredMember:
+    """A current member of an audience at a destination, as its desired state holds it: the
+    lead holding its membership in Marketo (None: none yet; `HOLDER_RESOLVED`: the bound lead)
+    and the lead the profile is bound to."""
+
+    profile_id: str
+    holder: int | None
+    bound_lead: int | None
+    dedupe_value: str | None = None
+
+    @property
+    def lead(self) -> int | None:
+        """The lead that should be in the list: the holder, else the bound lead."""
+        if self.holder is not None and self.holder != HOLDER_RESOLVED:
+            return self.holder
+        return self.bound_lead
+
+
+@dataclass(frozen=True, slots=True)
+class ListDrift:
+    """What reconciling one audience's list found and did."""
+
+    audience_id: str
+    marketo_list_id: int
+    missing: int = 0
+    """Desired members none of whose leads is in the list."""
+    unexpected: int = 0
+    """Members of the list that no desired membership holds."""
+    added: int = 0
+    removed: int = 0
+    recreated: bool = False
+    """The list was gone from Marketo and was (or, in a dry run, would be) created again."""
+
+    @property
+    def found(self) -> int:
+        """Drift found: missing plus unexpected."""
+        return self.missing + self.unexpected
+
+    @property
+    def repaired(self) -> int:
+        """Drift repaired: added plus removed."""
+        return self.added + self.removed
+
+
+@dataclass(frozen=True, slots=True)
+class ListReconciliation:
+    """The last reconciliation of one audience's list (what GetDataflow shows per list)."""
+
+    audience_id: str
+    marketo_list_id: int
+    reconciled_at: datetime
+    drift_found: int
+    drift_repaired: int
+
+
 class AlertType(enum.StrEnum):
     """The kinds of alert a destination raises."""
 
@@ -518,6 +574,7 @@ class AlertType(enum.StrEnum):
     QUOTA_EXHAUSTED = "quota_exhausted"
     AUTHENTICATION_FAILING = "authentication_failing"
     SCHEMA_MISMATCH = "schema_mismatch"
+    DRIFT = "drift"
 
 
 class AlertState(enum.StrEnum):

@@ -202,6 +202,14 @@ class Settings:
     before the schema is read again; the wait doubles after each unchanged read, up to ten
     times this."""
 
+    reconcile_interval_seconds: float = 21600.0
+    """How often each destination's lists are reconciled against Marketo (their real members
+    read back, drift repaired) without any RPC; 0 turns periodic reconciliation off."""
+
+    reconcile_budget_share: float = 0.05
+    """The share of the instance's daily call quota reconciliation may spend: a periodic run is
+    skipped while its estimated calls would take today's reconciliation calls past it."""
+
     outcome_retention_days: float = 30.0
     """How long each update's outcome (``ListProfileOutcomes``) is kept; older ones are deleted
     in the background. 0 keeps them for ever."""
@@ -264,6 +272,10 @@ class Settings:
             )
         if not self.schema_recheck_seconds > 0:
             raise InvalidSetting("schema_recheck_seconds", "must be more than 0")
+        if not self.reconcile_interval_seconds >= 0:
+            raise InvalidSetting("reconcile_interval_seconds", "must be 0 or more")
+        if not 0 <= self.reconcile_budget_share <= 1:
+            raise InvalidSetting("reconcile_budget_share", "must be between 0 and 1")
         if not self.outcome_retention_days >= 0:
             raise InvalidSetting(
                 "outcome_retention_days", f"must be 0 or more, got {self.outcome_retention_days}"

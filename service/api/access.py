@@ -120,6 +120,7 @@ RPC_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = {
         {DESTINATIONS_VIEW, DESTINATIONS_ACTIVATE, PROFILES_VIEW, SEGMENTS_VIEW}
     ),
     _rpc("Deactivate"): frozenset({DESTINATIONS_VIEW, DESTINATIONS_ACTIVATE}),
+    _rpc("Reconcile"): frozenset({DESTINATIONS_VIEW, DESTINATIONS_ACTIVATE}),
     _rpc("Sync"): frozenset({DESTINATIONS_VIEW, DESTINATIONS_ACTIVATE, PROFILES_VIEW}),
     _rpc("PreviewSync"): frozenset({DESTINATIONS_VIEW, PROFILES_VIEW}),
     _rpc("GetDataflow"): frozenset({DESTINATIONS_VIEW}),

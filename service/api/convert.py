@@ -28,6 +28,7 @@ from service.domain import (
     FieldMapping,
     FieldViolation,
     ListAction,
+    ListDrift,
     MarketoConnection,
     Outcome,
     OutcomeKind,
@@ -87,6 +88,7 @@ _ALERT_TYPE: dict[pb.AlertType, str] = {
     pb.ALERT_TYPE_QUOTA_EXHAUSTED: "quota_exhausted",
     pb.ALERT_TYPE_AUTHENTICATION_FAILING: "authentication_failing",
     pb.ALERT_TYPE_SCHEMA_MISMATCH: "schema_mismatch",
+    pb.ALERT_TYPE_DRIFT: "drift",
 }
 _ALERT_TYPE_PB: dict[str, pb.AlertType] = {value: key for key, value in _ALERT_TYPE.items()}
 _STATE_PB: dict[DestinationState, pb.DestinationState] = {
@@ -477,6 +479,16 @@ def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
             remaining=flow.marketo_calls.remaining,
             usage_read_at=timestamp(flow.marketo_calls.usage_read_at),
         ),
+        lists=[
+            pb.ListReconciliation(
+                audience_id=row.audience_id,
+                marketo_list_id=row.marketo_list_id,
+                reconciled_at=timestamp(row.reconciled_at),
+                drift_found=row.drift_found,
+                drift_repaired=row.drift_repaired,
+            )
+            for row in flow.lists
+        ],
     )
 
 
@@ -490,4 +502,16 @@ def alert_event_pb(event: AlertEvent) -> pb.Alert:
         raise_time=timestamp(alert.raised_at),
         resolved=event.state is AlertState.RESOLVED,
         paused_until=timestamp(alert.paused_until),
+    )
+
+
+def list_drift_pb(drift: ListDrift) -> pb.ListDrift:
+    return pb.ListDrift(
+        audience_id=drift.audience_id,
+        marketo_list_id=drift.marketo_list_id,
+        missing=drift.missing,
+        unexpected=drift.unexpected,
+        added=drift.added,
+        removed=drift.removed,
+        recreated=drift.recreated,
     )

@@ -166,3 +166,13 @@ class MarketoDestinationServicer:
             convert.destination_id(request.destination_id), include_open=request.include_open
         ):
             yield pb.WatchAlertsResponse(alert=convert.alert_event_pb(event))
+
+    async def Reconcile(
+        self, request: pb.ReconcileRequest, context: _Context
+    ) -> pb.ReconcileResponse:
+        drifts = await self._app.reconciliation.reconcile(
+            convert.destination_id(request.destination_id),
+            list(request.audience_ids),
+            dry_run=request.dry_run,
+        )
+        return pb.ReconcileResponse(lists=[convert.list_drift_pb(d) for d in drifts])

@@ -105,3 +105,6 @@ class DeliveryServices:
     telemetry: Telemetry | None = None
     clock: Clock = field(default_factory=SystemClock)
     rng: random.Random = field(default_factory=random.Random)
+    list_gone: Callable[[str], None] | None = None
+    """Called with a destination id when Marketo answered that one of its lists does not exist
+    (1013) during delivery: the reconciliation creates it again (`Reconciliation.list_gone`)."""

@@ -14,7 +14,10 @@ lease this runs is the scheduler's business (`service.delivery.dispatcher`).
 
 A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
 its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
-raise their alert and are cleared by the destination's next successful batch.
+raise their alert and are cleared by the destination's next successful batch. A list Marketo
+answers does not exist (1013, deleted by hand) defers the batch's unfinished updates and has the
+reconciliation create the list again and fill it (`DeliveryServices.list_gone`); the updates go
+to the new list when they are retried.
 
 A configuration error (Marketo refuses a request as a whole, e.g. it names a field deleted from
 the lead schema) makes the dispatcher read the instance's schema again: when the mapping no
@@ -39,6 +42,7 @@ from datetime import UTC, datetime
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.engine import BatchResult, KeyedLocks, SyncEngine
 from service.delivery.engine.bulk import BulkImportPort, BulkSyncEngine
+from service.delivery.engine.executor import CODE_LIST_NOT_FOUND
 from service.delivery.fence import GatedPort, LeaseUnconfirmed, current_gate
 from service.domain import DEDUPE_TARGET, DestinationSpec, FieldMapping, Outcome, WritePolicy
 from service.errors import FailedPrecondition
@@ -49,6 +53,7 @@ from service.marketo.errors import (
     ConfigurationError,
     MarketoError,
     QuotaExhaustedError,
+    RejectedError,
 )
 from service.store.base import (
     DestinationNotFound,
@@ -138,6 +143,7 @@ class BatchDelivery:
         self._telemetry = services.telemetry
         self._clock = services.clock
         self._rng = services.rng
+        self._list_gone = services.list_gone
         self._settings = settings
         self._schema_pauses: dict[str, _SchemaPause] = {}
         self._locks: dict[str, KeyedLocks] = {}
@@ -446,6 +452,11 @@ class BatchDelivery:
         if isinstance(error, AuthenticationError):
             await self._auth_failing(lease, record, left, error)
             return
+        if isinstance(error, RejectedError) and error.code == CODE_LIST_NOT_FOUND:
+            # A list was deleted in Marketo: the updates wait while it is created again.
+            log.warning("a list of %s is gone from Marketo: %s", record.id, error)
+            if self._list_gone is not None:
+                self._list_gone(record.id)
         if left:
             reason = _describe(error) if error is not None else "the engine left it unfinished"
             await self._defer(lease, left, reason)

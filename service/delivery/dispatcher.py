@@ -37,7 +37,9 @@ entries wait, due at once, without counting an attempt, and the drainer ends (a 
 is released). The per-instance rate, concurrency and daily limits are counted by the holder's
 process, so they hold as long as one holder calls at a time, which this gate ensures.
 
-A quota-paused instance gets no drainer until its pause ends. A batch whose store writes fail
+Each batch is delivered holding the instance's turn; `exclusive` lets other work
+(reconciliation) take the turn between two batches. A quota-paused instance gets no drainer
+until its pause ends. A batch whose store writes fail
 stays due and the drainer backs off for a poll interval; `stop` lets every drainer finish its
 batch in flight, then releases every lease.
 """
@@ -47,12 +49,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.delivery import BatchDelivery
 from service.delivery.fence import CallGate, use_gate
+from service.errors import Unavailable
 from service.marketo.clock import Clock
 from service.store.base import (
     DestinationRecord,
@@ -64,9 +68,19 @@ from service.store.base import (
 )
 from service.usecases.alerts import AlertMonitor
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "InstanceBusy"]
 
 log = logging.getLogger(__name__)
+
+
+class InstanceBusy(Unavailable):
+    """Another replica holds the instance's lease: work that needs its turn waits."""
+
+    def __init__(self, instance_key: str) -> None:
+        super().__init__(
+            f"another replica delivers to Marketo instance {instance_key} now; try again",
+            timedelta(seconds=10),
+        )
 
 
 @dataclass(slots=True)
@@ -103,6 +117,8 @@ class Dispatcher:
         self._woken: set[str] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
+        self._turns: dict[str, asyncio.Lock] = {}
+        """Per instance: held while a batch is delivered, or by `exclusive`."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -179,8 +195,35 @@ class Dispatcher:
         entries = await self.delivery.claim(lease, self._settings.batch_size)
         entries = await self.delivery.widen(lease, entries)
         if entries:
-            await self.delivery.deliver(instance_key, lease, entries)
+            async with self._turn(instance_key):
+                await self.delivery.deliver(instance_key, lease, entries)
         return len(entries)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, instance_key: str) -> AsyncIterator[None]:
+        """Hold the instance's delivery turn: no batch of it is in flight in this replica while
+        the block runs, and it waits for the batch in flight to end (turns are taken in
+        order, so a drainer waiting meanwhile goes next). Takes the instance's lease when no
+        drainer of this replica holds it; raises `InstanceBusy` when another replica does.
+
+        For work that must see every delivered write recorded (reconciliation): keep the block
+        short, one batch's worth of calls, since live updates wait for it.
+        """
+        async with self._turn(instance_key):
+            if instance_key in self._leases:
+                yield
+                return
+            lease = await self._lease(instance_key)
+            if lease is None:
+                raise InstanceBusy(instance_key)
+            try:
+                yield
+            finally:
+                if instance_key not in self._drainers:
+                    await self._release(lease)
+
+    def _turn(self, instance_key: str) -> asyncio.Lock:
+        return self._turns.setdefault(instance_key, asyncio.Lock())
 
     # -- supervisor and drainers ----------------------------------------------------------------
 
@@ -253,7 +296,8 @@ class Dispatcher:
                 if not entries or drainer.stopping or drainer.lost:
                     break
                 try:
-                    await self.delivery.deliver(key, drainer.lease, entries)
+                    async with self._turn(key):
+                        await self.delivery.deliver(key, drainer.lease, entries)
                 except FencingError as error:
                     log.warning("drainer of %s lost its lease: %s", key, error)
                     drainer.lost = True

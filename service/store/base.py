@@ -26,10 +26,12 @@ from typing import Generic, Protocol, TypeVar
 
 from service.domain import (
     DecodedBatch,
+    DesiredMember,
     DesiredState,
     DestinationSpec,
     FieldMapping,
     FieldViolation,
+    ListReconciliation,
     MarketoCalls,
     MembershipMark,
     Outcome,
@@ -337,6 +339,8 @@ class Dataflow:
     state_reason: str = ""
     marketo_calls: MarketoCalls | None = None
     """Today's calls of the destination's instance (filled in by the monitoring use case)."""
+    lists: tuple[ListReconciliation, ...] = ()
+    """The last reconciliation of each list (filled in by the monitoring use case)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,6 +635,31 @@ class Store(Protocol):
 
     async def pending_stats(self, destination_id: str) -> PendingStats:
         """Backlog count and oldest enqueue time, without scanning the backlog."""
+        ...
+
+    # -- reconciliation -------------------------------------------------------------------------
+
+    async def desired_members(self, destination_id: str, audience_id: str) -> list[DesiredMember]:
+        """The current members of the audience that Marketo should hold: a member status
+        applied and marketing consent not refused, by profile id."""
+        ...
+
+    async def record_repairs(
+        self,
+        destination_id: str,
+        holders: Sequence[MembershipHolder],
+        bindings: Mapping[str, int | None] | None = None,
+    ) -> None:
+        """Set the holders a reconciliation confirmed and re-bind the profiles whose lead was
+        resolved again (profile id -> lead id), in one transaction."""
+        ...
+
+    async def record_reconciliation(self, destination_id: str, row: ListReconciliation) -> None:
+        """Keep the last reconciliation of the row's audience (replacing the previous one)."""
+        ...
+
+    async def reconciliations(self, destination_id: str) -> list[ListReconciliation]:
+        """The last reconciliation of each of the destination's lists, by audience id."""
         ...
 
     async def instance_keys_with_due_work(self, now: datetime | None = None) -> list[str]:

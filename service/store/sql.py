@@ -18,7 +18,7 @@ import asyncio
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -27,8 +27,10 @@ from typing import Any, Protocol, TypeVar
 from service.domain import (
     UNDECODABLE,
     DecodedBatch,
+    DesiredMember,
     DesiredState,
     FieldMapping,
+    ListReconciliation,
     MembershipMark,
     MembershipStatus,
     Outcome,
@@ -1071,6 +1073,93 @@ class SqlStore(ABC):
                         consent_refused=bool(row[4]),
                     )
             return DesiredState(watermarks, marks, holders, profiles)
+
+        return await self._read(work)
+
+    async def desired_members(self, destination_id: str, audience_id: str) -> list[DesiredMember]:
+        """Members of the audience (status not exited) whose consent is not refused, with
+        their holder and bound lead."""
+
+        async def work(c: Connection) -> list[DesiredMember]:
+            rows = await c.execute(
+                "SELECT m.profile_id, m.lead_id, s.lead_id, s.dedupe_value "
+                "FROM membership_marks m LEFT JOIN profile_state s "
+                "ON s.destination_id = m.destination_id AND s.profile_id = m.profile_id "
+                "WHERE m.destination_id = ? AND m.audience_id = ? AND m.status <> ? "
+                "AND COALESCE(s.consent_refused, 0) = 0 ORDER BY m.profile_id",
+                (destination_id, audience_id, MembershipStatus.EXITED.value),
+            )
+            return [
+                DesiredMember(
+                    row[0],
+                    None if row[1] is None else int(row[1]),
+                    None if row[2] is None else int(row[2]),
+                    row[3],
+                )
+                for row in rows
+            ]
+
+        return await self._read(work)
+
+    async def record_repairs(
+        self,
+        destination_id: str,
+        holders: Sequence[MembershipHolder],
+        bindings: Mapping[str, int | None] | None = None,
+    ) -> None:
+        """Set holders and re-bind profiles, in one transaction."""
+
+        async def work(c: Connection) -> None:
+            if holders:
+                await c.executemany(
+                    SET_HOLDER,
+                    [(h.lead_id, h.destination_id, h.profile_id, h.audience_id) for h in holders],
+                )
+            if bindings:
+                await c.executemany(
+                    "UPDATE profile_state SET lead_id = ? "
+                    "WHERE destination_id = ? AND profile_id = ?",
+                    [(lead, destination_id, profile) for profile, lead in sorted(bindings.items())],
+                )
+
+        await self._write("record_repairs", work)
+
+    async def record_reconciliation(self, destination_id: str, row: ListReconciliation) -> None:
+        """Insert or replace the audience's last reconciliation."""
+
+        async def work(c: Connection) -> None:
+            await c.execute(
+                "INSERT INTO list_reconciliations (destination_id, audience_id, "
+                "marketo_list_id, reconciled_at, drift_found, drift_repaired) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (destination_id, audience_id) DO UPDATE "
+                "SET marketo_list_id = excluded.marketo_list_id, "
+                "reconciled_at = excluded.reconciled_at, drift_found = excluded.drift_found, "
+                "drift_repaired = excluded.drift_repaired",
+                (
+                    destination_id,
+                    row.audience_id,
+                    row.marketo_list_id,
+                    to_micros(row.reconciled_at),
+                    row.drift_found,
+                    row.drift_repaired,
+                ),
+            )
+
+        await self._write("record_reconciliation", work)
+
+    async def reconciliations(self, destination_id: str) -> list[ListReconciliation]:
+        """The destination's rows of `list_reconciliations`, by audience id."""
+
+        async def work(c: Connection) -> list[ListReconciliation]:
+            rows = await c.execute(
+                "SELECT audience_id, marketo_list_id, reconciled_at, drift_found, drift_repaired "
+                "FROM list_reconciliations WHERE destination_id = ? ORDER BY audience_id",
+                (destination_id,),
+            )
+            return [
+                ListReconciliation(row[0], int(row[1]), from_micros(row[2]), row[3], row[4])
+                for row in rows
+            ]
 
         return await self._read(work)
 

@@ -268,16 +268,7 @@ class Activations:
 
     async def _folder(self, client: MarketoClient, workspace: str) -> Folder:
         """The lists folder of the workspace, created under its Lead Database root if missing."""
-        try:
-            folder = await client.folder_by_name(self._list_folder, workspace=workspace)
-            if folder is not None:
-                return folder
-            root = await client.folder_by_name("Lead Database", workspace=workspace)
-            if root is None:
-                raise NotFound(f"workspace {workspace!r} has no Lead Database folder")
-            return await client.create_folder(self._list_folder, root.id)
-        except (MarketoError, httpx.HTTPError) as error:
-            raise _failure(error, f"preparing the list folder {self._list_folder!r}") from None
+        return await list_folder(client, self._list_folder, workspace)
 
     async def _list_for(
         self,
@@ -327,6 +318,21 @@ class Activations:
                 ) from None
             raise _failure(error, f"preparing the list of audience {audience.id!r}") from None
         return ActivatedAudience(audience.id, created.id, created.name, ListAction.CREATED)
+
+
+async def list_folder(client: MarketoClient, name: str, workspace: str) -> Folder:
+    """The folder `name` of the workspace, where the service creates its lists; created under
+    the workspace's Lead Database root if missing."""
+    try:
+        folder = await client.folder_by_name(name, workspace=workspace)
+        if folder is not None:
+            return folder
+        root = await client.folder_by_name("Lead Database", workspace=workspace)
+        if root is None:
+            raise NotFound(f"workspace {workspace!r} has no Lead Database folder")
+        return await client.create_folder(name, root.id)
+    except (MarketoError, httpx.HTTPError) as error:
+        raise _failure(error, f"preparing the list folder {name!r}") from None
 
 
 def _failure(error: MarketoError | httpx.HTTPError, what: str) -> Exception:

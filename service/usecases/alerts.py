@@ -28,7 +28,7 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -360,6 +360,20 @@ class AlertMonitor:
             f"{reason}; delivery is paused and updates are kept until the field is back in "
             "Marketo or the mapping no longer writes it",
         )
+
+    async def drift(self, destination_id: str, lists: Sequence[str]) -> None:
+        """A reconciliation of the destination ended: raise DRIFT naming the `lists` whose
+        drift found exceeded the threshold, or resolve it when there are none."""
+        if lists:
+            await self._raise_subscribed(
+                destination_id,
+                AlertType.DRIFT,
+                "Marketo lists differ from the desired state by more than 1 %: "
+                + "; ".join(lists)
+                + " (members missing or unexpected)",
+            )
+        else:
+            await self._resolve(destination_id, AlertType.DRIFT)
 
     async def recovered(self, destination_id: str) -> None:
         """A batch went through: resolve the quota, authentication and schema alerts."""

@@ -36,6 +36,7 @@ class Monitoring:
             state=record.state,
             state_reason=record.state_reason,
             marketo_calls=self._connections.calls_today(record.spec.connection),
+            lists=tuple(await self._store.reconciliations(destination_id)),
         )
 
     async def outcomes(

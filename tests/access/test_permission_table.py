@@ -43,6 +43,7 @@ def test_the_table_is_the_one_of_the_design() -> None:
         "WatchAlerts": {view},
         "Activate": {view, activate, PROFILES_VIEW, SEGMENTS_VIEW},
         "Deactivate": {view, activate},
+        "Reconcile": {view, activate},
         "Sync": {view, activate, PROFILES_VIEW},
         "PreviewSync": {view, PROFILES_VIEW},
         "ListProfileOutcomes": {view, PROFILES_VIEW},

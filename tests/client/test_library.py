@@ -98,6 +98,9 @@ async def test_every_unary_call_and_its_typed_result(tmp_path: Path) -> None:
         by_value = await client.list_profile_outcomes(first.id, dedupe_value="ada@example.com")
         assert [o.profile_id for o in by_value.outcomes] == ["p1"]
 
+        (drift,) = await client.reconcile(first.id, dry_run=True)
+        assert (drift.audience_id, drift.missing, drift.unexpected) == ("newsletter", 0, 0)
+
         assert await client.deactivate(first.id, ["newsletter"]) == ["newsletter"]
         await client.delete_destination(second.id)
         with pytest.raises(grpc.aio.AioRpcError) as missing:

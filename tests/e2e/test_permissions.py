@@ -90,6 +90,10 @@ async def call(service: Service, method: str, destination_id: str, token: str) -
             pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"]),
             metadata=metadata,
         )
+    elif method == "Reconcile":
+        await stub.Reconcile(
+            pb.ReconcileRequest(destination_id=destination_id, dry_run=True), metadata=metadata
+        )
     elif method == "Sync":
         request = pb.SyncRequest(
             destination_id=destination_id, updates=[update("p1", "a@example.com")]

@@ -14,7 +14,8 @@
    fresh look-up, then updated, never blindly retried.
 4. Add and remove list members by lead id, per audience (300 per call). An exit for a lead
    that is not in the list (Marketo answers 1015, or the lead was created by this batch, which
-   costs no call) is NOT_IN_LIST, not REMOVED.
+   costs no call) is NOT_IN_LIST, not REMOVED. A list Marketo no longer has (1013, deleted by
+   hand) stops the batch: its updates are deferred, not failed, while the list is created again.
 
 The engine writes the difference between the person's target (planned from the stored state and
 the batch) and what is applied:
@@ -116,6 +117,10 @@ among duplicates needs."""
 CODE_LEAD_NOT_FOUND = "1004"
 CODE_LEAD_EXISTS = "1005"
 CODE_NOT_IN_LIST = "1015"
+CODE_LIST_NOT_FOUND = "1013"
+"""A list call answered "object not found": the list was deleted in Marketo. The batch stops
+(its updates deferred, never failed) so the list can be created again (see
+`service.delivery.delivery`)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -325,7 +330,7 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _most_recent(leads: Sequence[Lead]) -> Lead:
+def most_recent(leads: Sequence[Lead]) -> Lead:
     """The lead the seed updates when several match: latest `updatedAt`, then highest id."""
 
     def order(lead: Lead) -> tuple[bool, datetime, int]:
@@ -737,7 +742,7 @@ class SyncEngine:
             error = failures.get(person.plan.key)
             if error is not None and not person.final:
                 person.fail(error.code or "", error.reason)
-        return {key: _most_recent(leads) for key, leads in matches.items() if leads}
+        return {key: most_recent(leads) for key, leads in matches.items() if leads}
 
     async def _lookup_chunk(
         self,
@@ -932,6 +937,8 @@ class SyncEngine:
             person.calls = True
         results = await self._split(ids, call)
         for lead_id, result in zip(ids, results, strict=True):
+            if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
+                raise _Stop(result)
             for person in by_id[lead_id]:
                 if isinstance(result, RejectedError):
                     person.fail(result.code or "", result.reason)

@@ -89,6 +89,7 @@ class AlertType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALERT_TYPE_QUOTA_EXHAUSTED: _ClassVar[AlertType]
     ALERT_TYPE_AUTHENTICATION_FAILING: _ClassVar[AlertType]
     ALERT_TYPE_SCHEMA_MISMATCH: _ClassVar[AlertType]
+    ALERT_TYPE_DRIFT: _ClassVar[AlertType]
 SYNC_TYPE_UNSPECIFIED: SyncType
 SYNC_TYPE_AUDIENCE_AND_PROFILE: SyncType
 SYNC_TYPE_PROFILE_ONLY: SyncType
@@ -137,6 +138,7 @@ ALERT_TYPE_DELIVERY_DELAYED: AlertType
 ALERT_TYPE_QUOTA_EXHAUSTED: AlertType
 ALERT_TYPE_AUTHENTICATION_FAILING: AlertType
 ALERT_TYPE_SCHEMA_MISMATCH: AlertType
+ALERT_TYPE_DRIFT: AlertType
 
 class MarketoConnection(_message.Message):
     __slots__ = ("munchkin_id", "client_id", "client_secret", "endpoint")
@@ -532,7 +534,7 @@ class DataflowRun(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received: _Optional[int] = ..., activated: _Optional[int] = ..., excluded: _Optional[int] = ..., failed: _Optional[int] = ..., skipped_rate: _Optional[float] = ...) -> None: ...
 
 class Dataflow(_message.Message):
-    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates", "excluded_by_field", "state", "state_reason", "marketo_calls")
+    __slots__ = ("destination_id", "received", "activated", "excluded", "failed", "pending", "oldest_pending_age", "runs", "superseded", "paused_until", "duplicates", "excluded_by_field", "state", "state_reason", "marketo_calls", "lists")
     class ExcludedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -562,6 +564,7 @@ class Dataflow(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     MARKETO_CALLS_FIELD_NUMBER: _ClassVar[int]
+    LISTS_FIELD_NUMBER: _ClassVar[int]
     destination_id: str
     received: int
     activated: ActivatedCounts
@@ -577,7 +580,22 @@ class Dataflow(_message.Message):
     state: DestinationState
     state_reason: str
     marketo_calls: MarketoCalls
-    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ..., excluded_by_field: _Optional[_Iterable[_Union[ExclusionCount, _Mapping]]] = ..., state: _Optional[_Union[DestinationState, str]] = ..., state_reason: _Optional[str] = ..., marketo_calls: _Optional[_Union[MarketoCalls, _Mapping]] = ...) -> None: ...
+    lists: _containers.RepeatedCompositeFieldContainer[ListReconciliation]
+    def __init__(self, destination_id: _Optional[str] = ..., received: _Optional[int] = ..., activated: _Optional[_Union[ActivatedCounts, _Mapping]] = ..., excluded: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., pending: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[DataflowRun, _Mapping]]] = ..., superseded: _Optional[int] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicates: _Optional[int] = ..., excluded_by_field: _Optional[_Iterable[_Union[ExclusionCount, _Mapping]]] = ..., state: _Optional[_Union[DestinationState, str]] = ..., state_reason: _Optional[str] = ..., marketo_calls: _Optional[_Union[MarketoCalls, _Mapping]] = ..., lists: _Optional[_Iterable[_Union[ListReconciliation, _Mapping]]] = ...) -> None: ...
+
+class ListReconciliation(_message.Message):
+    __slots__ = ("audience_id", "marketo_list_id", "reconciled_at", "drift_found", "drift_repaired")
+    AUDIENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MARKETO_LIST_ID_FIELD_NUMBER: _ClassVar[int]
+    RECONCILED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    audience_id: str
+    marketo_list_id: int
+    reconciled_at: _timestamp_pb2.Timestamp
+    drift_found: int
+    drift_repaired: int
+    def __init__(self, audience_id: _Optional[str] = ..., marketo_list_id: _Optional[int] = ..., reconciled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drift_found: _Optional[int] = ..., drift_repaired: _Optional[int] = ...) -> None: ...
 
 class MarketoCalls(_message.Message):
     __slots__ = ("ours", "others", "remaining", "usage_read_at")
@@ -706,3 +724,37 @@ class WatchAlertsResponse(_message.Message):
     ALERT_FIELD_NUMBER: _ClassVar[int]
     alert: Alert
     def __init__(self, alert: _Optional[_Union[Alert, _Mapping]] = ...) -> None: ...
+
+class ReconcileRequest(_message.Message):
+    __slots__ = ("destination_id", "audience_ids", "dry_run")
+    DESTINATION_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    destination_id: str
+    audience_ids: _containers.RepeatedScalarFieldContainer[str]
+    dry_run: bool
+    def __init__(self, destination_id: _Optional[str] = ..., audience_ids: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReconcileResponse(_message.Message):
+    __slots__ = ("lists",)
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    lists: _containers.RepeatedCompositeFieldContainer[ListDrift]
+    def __init__(self, lists: _Optional[_Iterable[_Union[ListDrift, _Mapping]]] = ...) -> None: ...
+
+class ListDrift(_message.Message):
+    __slots__ = ("audience_id", "marketo_list_id", "missing", "unexpected", "added", "removed", "recreated")
+    AUDIENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MARKETO_LIST_ID_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    UNEXPECTED_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    RECREATED_FIELD_NUMBER: _ClassVar[int]
+    audience_id: str
+    marketo_list_id: int
+    missing: int
+    unexpected: int
+    added: int
+    removed: int
+    recreated: bool
+    def __init__(self, audience_id: _Optional[str] = ..., marketo_list_id: _Optional[int] = ..., missing: _Optional[int] = ..., unexpected: _Optional[int] = ..., added: _Optional[int] = ..., removed: _Optional[int] = ..., recreated: _Optional[bool] = ...) -> None: ...

@@ -95,6 +95,11 @@ class MarketoDestinationServiceStub:
                 request_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.WatchAlertsRequest.SerializeToString,
                 response_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.WatchAlertsResponse.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/marketo_destination.v1.MarketoDestinationService/Reconcile',
+                request_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class MarketoDestinationServiceServicer:
@@ -212,6 +217,20 @@ class MarketoDestinationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconcile(self, request, context):
+        """Reads each managed list's real members from Marketo, compares them with the destination's
+        desired state and, unless dry_run, repairs the difference: adds the desired members the list
+        lacks, removes the members no desired membership holds, creates a list deleted in Marketo
+        again and fills it. Desired members are the profiles whose membership is current, whose
+        consent is not refused and that the service has exported. The repairs go through the
+        instance's limits like any delivery. The service also reconciles each destination
+        periodically (MARKETO_DEST_RECONCILE_INTERVAL_SECONDS) within its share of the daily quota
+        (MARKETO_DEST_RECONCILE_BUDGET_SHARE). Needs destinations.view and destinations.activate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MarketoDestinationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +293,11 @@ def add_MarketoDestinationServiceServicer_to_server(servicer, server):
                     servicer.WatchAlerts,
                     request_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.WatchAlertsRequest.FromString,
                     response_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.WatchAlertsResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileRequest.FromString,
+                    response_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -601,6 +625,33 @@ class MarketoDestinationService:
             '/marketo_destination.v1.MarketoDestinationService/WatchAlerts',
             service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.WatchAlertsRequest.SerializeToString,
             service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.WatchAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/marketo_destination.v1.MarketoDestinationService/Reconcile',
+            service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileRequest.SerializeToString,
+            service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,
