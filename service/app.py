@@ -33,12 +33,14 @@ from service.usecases.activation import Activations
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import LimitSettings, MarketoConnections
 from service.usecases.destinations import Destinations
+from service.usecases.forget import ForgetProfile
 from service.usecases.gauges import GaugeFigures
 from service.usecases.governance import load_policies
 from service.usecases.ingest import Ingest
 from service.usecases.mapping_rules import MappingRules
 from service.usecases.monitoring import Monitoring
 from service.usecases.preview import Preview
+from service.usecases.resync import Resync
 
 MARKETO_TIMEOUT = httpx.Timeout(connect=10.0, read=95.0, write=30.0, pool=120.0)
 """Sync Leads may take Marketo up to 90 s; the pool wait covers the per-instance limiter."""
@@ -53,6 +55,8 @@ class Application:
     activations: Activations
     ingest: Ingest
     preview: Preview
+    resync: Resync
+    forget: ForgetProfile
     monitoring: Monitoring
     dispatcher: Dispatcher
     alerts: AlertMonitor
@@ -200,6 +204,14 @@ async def open_application(
                 max_clock_skew=max_clock_skew,
             ),
             preview=Preview(store, dispatcher.delivery, max_clock_skew=max_clock_skew),
+            resync=Resync(
+                store,
+                dispatcher.delivery,
+                connections,
+                batch_size=delivery_settings(settings).batch_size,
+                notify=dispatcher.notify,
+            ),
+            forget=ForgetProfile(store, connections),
             monitoring=Monitoring(store, alerts, connections),
             dispatcher=dispatcher,
             alerts=alerts,
