@@ -887,23 +887,12 @@ class SqlStore(ABC):
                 "outcomes",
                 OUTCOME_INSERT,
                 [
-                    (
+                    _outcome_row(
                         entry.destination_id,
-                        outcome.update_id,
-                        outcome.profile_id,
-                        outcome.dedupe_value,
+                        outcome,
                         to_micros(entry.update.event_time),
                         recorded_at,
-                        outcome.kind.value,
-                        dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
-                        outcome.lead_id,
-                        outcome.reason,
-                        outcome.marketo_code,
-                        outcome.exclusion_code.value if outcome.exclusion_code else "",
-                        outcome.field,
                         deleted[entry.sequence],
-                        dumps(list(outcome.kept_fields)),
-                        dedupe_key(outcome.dedupe_value) if outcome.dedupe_value else None,
                     )
                     for entry, outcome in kept
                 ],
@@ -1226,26 +1215,7 @@ class SqlStore(ABC):
             await c.insert_many(
                 "outcomes",
                 OUTCOME_INSERT,
-                [
-                    (
-                        destination_id,
-                        outcome.update_id,
-                        profile_id,
-                        outcome.dedupe_value,
-                        recorded_at,
-                        recorded_at,
-                        outcome.kind.value,
-                        dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
-                        outcome.lead_id,
-                        outcome.reason,
-                        outcome.marketo_code,
-                        outcome.exclusion_code.value if outcome.exclusion_code else "",
-                        outcome.field,
-                        None,
-                        "[]",
-                        dedupe_key(outcome.dedupe_value) if outcome.dedupe_value else None,
-                    )
-                ],
+                [_outcome_row(destination_id, outcome, recorded_at, recorded_at, None)],
             )
 
         await self._write("forget_profile", work)
@@ -1530,6 +1500,30 @@ def _decode_all(
     decode: Callable[[bytes], DecodedBatch], batches: Sequence[InboxBatch]
 ) -> list[DecodedBatch]:
     return [decode(batch.body) for batch in batches]
+
+
+def _outcome_row(
+    destination_id: str, outcome: Outcome, event_time: int, recorded_at: int, digest: str | None
+) -> tuple[Any, ...]:
+    """An `OUTCOME_INSERT` row: `outcome` of the update of `event_time` and content `digest`."""
+    return (
+        destination_id,
+        outcome.update_id,
+        outcome.profile_id,
+        outcome.dedupe_value,
+        event_time,
+        recorded_at,
+        outcome.kind.value,
+        dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
+        outcome.lead_id,
+        outcome.reason,
+        outcome.marketo_code,
+        outcome.exclusion_code.value if outcome.exclusion_code else "",
+        outcome.field,
+        digest,
+        dumps(list(outcome.kept_fields)),
+        dedupe_key(outcome.dedupe_value) if outcome.dedupe_value else None,
+    )
 
 
 async def _next_batches(
