@@ -230,8 +230,9 @@ class MarketoDestinationServiceServicer:
         delivered update, which the service keeps for that purpose (until ForgetProfile or the
         destination is deleted); a profile with no kept update (delivered before it was kept, or
         never delivered) is skipped. Memberships are the stored desired ones. Forgotten profiles are
-        never resynced. With dry_run, nothing is written and no Marketo call is made: the answer
-        estimates the run from the same planner the dispatcher runs. Needs destinations.view and
+        never resynced. With dry_run, nothing is queued or written (the lead schema may be read, as
+        PreviewSync does): the answer estimates the run from the same planner the dispatcher runs.
+        See docs/delivery.md, "Resync and ForgetProfile". Needs destinations.view and
         destinations.activate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
