@@ -653,8 +653,8 @@ class Store(Protocol):
         updates: Sequence[ProfileUpdate],
         now: datetime | None = None,
     ) -> int:
-        """Queue resync updates in the outbox behind every live entry (priority 1); returns how
-        many were queued (an update id already queued is skipped)."""
+        """Queue resync updates in the outbox behind every live entry (priority 1), counted as
+        received; returns how many were queued (an update id already queued is skipped)."""
         ...
 
     async def forgotten(self, destination_id: str, profile_ids: Sequence[str]) -> frozenset[str]:

@@ -1140,7 +1140,8 @@ class SqlStore(ABC):
         updates: Sequence[ProfileUpdate],
         now: datetime | None = None,
     ) -> int:
-        """Queue resync updates behind every live entry; counted in the destination's backlog."""
+        """Queue resync updates behind every live entry; counted as received and pending, as
+        live updates are, so the dataflow's figures still add up."""
         enqueued = self._now(now)
 
         async def work(c: Connection) -> int:
@@ -1168,6 +1169,9 @@ class SqlStore(ABC):
             await c.execute(
                 "UPDATE destinations SET pending = pending + ? WHERE id = ?",
                 (inserted, destination_id),
+            )
+            await _add_counts(
+                c, destination_id, enqueued - enqueued % HOUR_US, Counts(received=inserted)
             )
             await c.execute(
                 "INSERT INTO outbox_instances (instance_key) VALUES (?) "

@@ -103,6 +103,8 @@ async def test_resync_work_is_claimed_after_live_entries(
     assert entries[2].update.memberships == ()
     assert entries[2].update.profile == update(1).profile
     assert (await store.pending_stats(destination.id)).count == 4
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.pending) == (4, 4)
 
 
 async def test_forget_profile_records_the_tombstone_and_drops_the_state(
