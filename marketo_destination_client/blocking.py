@@ -153,6 +153,22 @@ class Client:
         """See :meth:`AsyncClient.preview_sync`."""
         return self._run(self._client.preview_sync(destination_id, updates))
 
+    def resync(
+        self, destination_id: str, *, profile_ids: Iterable[str] = (), dry_run: bool = False
+    ) -> Any:
+        """See :meth:`AsyncClient.resync`."""
+        return self._run(
+            self._client.resync(destination_id, profile_ids=profile_ids, dry_run=dry_run)
+        )
+
+    def forget_profile(
+        self, destination_id: str, profile_id: str, *, delete_lead: bool = False
+    ) -> Any:
+        """See :meth:`AsyncClient.forget_profile`."""
+        return self._run(
+            self._client.forget_profile(destination_id, profile_id, delete_lead=delete_lead)
+        )
+
     def get_dataflow(self, destination_id: str, *, hours: int = 0) -> Any:
         """See :meth:`AsyncClient.get_dataflow`."""
         return self._run(self._client.get_dataflow(destination_id, hours=hours))

@@ -1,5 +1,5 @@
 """Operator commands of ``marketo-destination``, on the client library: ``destinations list|get``,
-``dataflow``, ``outcomes`` and ``alerts``.
+``dataflow``, ``outcomes``, ``alerts``, ``resync`` and ``forget``.
 
 Each command is one entry of :data:`COMMANDS`: its words, its help, its own arguments and one
 small async function that calls the service and prints what it got (a Rich table for people,
@@ -376,6 +376,71 @@ def _alerts_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+async def resync(client: AsyncClient, args: argparse.Namespace, out: Output) -> None:
+    """Write the desired state of the destination's profiles (or of --profile ones) again;
+    with --dry-run, only show what it would cost."""
+    answer = await client.resync(
+        args.destination_id, profile_ids=args.profile, dry_run=args.dry_run
+    )
+    if out.json_mode:
+        out.json({"dry_run": args.dry_run, **message_dict(answer)})
+        return
+    out.fields(
+        f"Resync of {args.destination_id}" + (" (dry run: nothing queued)" if args.dry_run else ""),
+        (
+            ("profiles", answer.profiles),
+            ("estimated Marketo calls", answer.estimated_marketo_calls),
+            ("estimated time", f"{answer.estimated_seconds:.1f}s"),
+            ("share of today's remaining quota", f"{answer.share_of_daily_quota:.2%}"),
+        ),
+    )
+
+
+def _resync_arguments(parser: argparse.ArgumentParser) -> None:
+    _destination_argument(parser)
+    parser.add_argument(
+        "--profile",
+        metavar="P",
+        action="append",
+        default=[],
+        help="a profile to resync (repeat for several; default: every profile)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="estimate the cost, queue nothing")
+
+
+async def forget(client: AsyncClient, args: argparse.Namespace, out: Output) -> None:
+    """Take a profile out of the destination's lists (and delete its lead with --delete-lead);
+    the destination never exports it again."""
+    answer = await client.forget_profile(
+        args.destination_id, args.profile_id, delete_lead=args.delete_lead
+    )
+    if out.json_mode:
+        out.json(
+            {
+                "lead_ids": [str(lead) for lead in answer.lead_ids],
+                "removed_from_lists": str(answer.removed_from_lists),
+                "lead_deleted": answer.lead_deleted,
+            }
+        )
+        return
+    out.fields(
+        f"Profile {args.profile_id} forgotten at {args.destination_id}",
+        (
+            ("leads", " ".join(str(lead) for lead in answer.lead_ids)),
+            ("removed from lists", answer.removed_from_lists),
+            ("lead deleted", "yes" if answer.lead_deleted else "no"),
+        ),
+    )
+
+
+def _forget_arguments(parser: argparse.ArgumentParser) -> None:
+    _destination_argument(parser)
+    parser.add_argument("profile_id", metavar="PROFILE", help="the upstream profile id")
+    parser.add_argument(
+        "--delete-lead", action="store_true", help="also delete the Marketo lead(s)"
+    )
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(("destinations", "list"), "list the destinations", destinations_list, _list_arguments),
     Command(
@@ -384,6 +449,10 @@ COMMANDS: tuple[Command, ...] = (
     Command(("dataflow",), "show a destination's dataflow", dataflow, _dataflow_arguments),
     Command(("outcomes",), "show what happened to one profile", outcomes, _outcomes_arguments),
     Command(("alerts",), "show (or --follow) a destination's alerts", alerts, _alerts_arguments),
+    Command(
+        ("resync",), "write profiles' desired state again (--dry-run)", resync, _resync_arguments
+    ),
+    Command(("forget",), "forget a profile at a destination", forget, _forget_arguments),
 )
 
 

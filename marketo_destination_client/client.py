@@ -170,6 +170,26 @@ class AsyncClient:
         request = pb.PreviewSyncRequest(destination_id=destination_id, updates=list(updates))
         return await self._unary("PreviewSync", request)
 
+    async def resync(
+        self, destination_id: str, *, profile_ids: Iterable[str] = (), dry_run: bool = False
+    ) -> Any:
+        """Write the desired state of some profiles (none: all) again, or with ``dry_run`` only
+        estimate its cost (``pb.ResyncResponse``)."""
+        request = pb.ResyncRequest(
+            destination_id=destination_id, profile_ids=list(profile_ids), dry_run=dry_run
+        )
+        return await self._unary("Resync", request)
+
+    async def forget_profile(
+        self, destination_id: str, profile_id: str, *, delete_lead: bool = False
+    ) -> Any:
+        """Take a profile out of the destination's lists, delete its lead with ``delete_lead``,
+        and never export it again (``pb.ForgetProfileResponse``)."""
+        request = pb.ForgetProfileRequest(
+            destination_id=destination_id, profile_id=profile_id, delete_lead=delete_lead
+        )
+        return await self._unary("ForgetProfile", request)
+
     async def get_dataflow(self, destination_id: str, *, hours: int = 0) -> Any:
         """The destination's dataflow metrics (``pb.Dataflow``)."""
         request = pb.GetDataflowRequest(destination_id=destination_id, hours=hours)

@@ -34,6 +34,7 @@ from service.usecases.activation import Activations
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import LimitSettings, MarketoConnections
 from service.usecases.destinations import Destinations
+from service.usecases.forget import ForgetProfile
 from service.usecases.gauges import GaugeFigures
 from service.usecases.governance import load_policies
 from service.usecases.ingest import Ingest
@@ -41,6 +42,7 @@ from service.usecases.mapping_rules import MappingRules
 from service.usecases.monitoring import Monitoring
 from service.usecases.preview import Preview
 from service.usecases.reconcile import Reconciliation
+from service.usecases.resync import Resync
 
 
 def marketo_http(settings: Settings) -> httpx.AsyncClient:
@@ -70,6 +72,8 @@ class Application:
     activations: Activations
     ingest: Ingest
     preview: Preview
+    resync: Resync
+    forget: ForgetProfile
     monitoring: Monitoring
     dispatcher: Dispatcher
     alerts: AlertMonitor
@@ -229,6 +233,14 @@ async def open_application(
                 max_clock_skew=max_clock_skew,
             ),
             preview=Preview(store, dispatcher.delivery, max_clock_skew=max_clock_skew),
+            resync=Resync(
+                store,
+                dispatcher.delivery,
+                connections,
+                batch_size=delivery_settings(settings).batch_size,
+                notify=dispatcher.notify,
+            ),
+            forget=ForgetProfile(store, connections),
             monitoring=Monitoring(store, alerts, connections),
             dispatcher=dispatcher,
             alerts=alerts,

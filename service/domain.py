@@ -9,8 +9,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -178,6 +178,25 @@ class DesiredState:
     marks: Mapping[tuple[str, str], MembershipMark] = field(default_factory=dict)
     holders: Mapping[tuple[str, str], int] = field(default_factory=dict)
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
+    forgotten: frozenset[str] = frozenset()
+    """Profiles forgotten with ForgetProfile: their updates are excluded, never written."""
+
+    def for_resync(self, profile_ids: Collection[str]) -> DesiredState:
+        """This state with what is applied to `profile_ids` taken as unknown: no holders and
+        no attribute digest, so their desired state is written again (Resync). The binding
+        and the desired memberships stay."""
+        if not profile_ids:
+            return self
+        return replace(
+            self,
+            holders={
+                pair: lead for pair, lead in self.holders.items() if pair[0] not in profile_ids
+            },
+            profiles={
+                pid: replace(state, digest=None) if pid in profile_ids else state
+                for pid, state in self.profiles.items()
+            },
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +284,8 @@ class ExclusionCode(enum.StrEnum):
     """A lead would be created but an attribute Marketo needs is missing."""
     DEDUPE_VALUE_HAS_COMMA = "dedupe_value_has_comma"
     """The dedupe value holds a comma: Marketo's look-up splits its values on commas."""
+    FORGOTTEN = "forgotten"
+    """The profile was forgotten (ForgetProfile): nothing of it is written again."""
     UNKNOWN = "unknown"
     """Counted before exclusions had codes, under a reason that maps to none of the above."""
 

@@ -126,6 +126,8 @@ RPC_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = {
     _rpc("GetDataflow"): frozenset({DESTINATIONS_VIEW}),
     _rpc("ListProfileOutcomes"): frozenset({DESTINATIONS_VIEW, PROFILES_VIEW}),
     _rpc("WatchAlerts"): frozenset({DESTINATIONS_VIEW}),
+    _rpc("Resync"): frozenset({DESTINATIONS_VIEW, DESTINATIONS_ACTIVATE}),
+    _rpc("ForgetProfile"): frozenset({DESTINATIONS_VIEW, DESTINATIONS_MANAGE, PROFILES_VIEW}),
 }
 """Permissions each RPC needs, by full method name. A method missing here is refused."""
 

@@ -159,6 +159,33 @@ class MarketoDestinationServicer:
             next_page_token=page.next_page_token,
         )
 
+    async def Resync(self, request: pb.ResyncRequest, context: _Context) -> pb.ResyncResponse:
+        estimate = await self._app.resync.resync(
+            convert.destination_id(request.destination_id),
+            list(request.profile_ids),
+            dry_run=request.dry_run,
+        )
+        return pb.ResyncResponse(
+            profiles=estimate.profiles,
+            estimated_marketo_calls=estimate.calls,
+            estimated_seconds=estimate.seconds,
+            share_of_daily_quota=estimate.share_of_daily_quota,
+        )
+
+    async def ForgetProfile(
+        self, request: pb.ForgetProfileRequest, context: _Context
+    ) -> pb.ForgetProfileResponse:
+        forgotten = await self._app.forget.forget(
+            convert.destination_id(request.destination_id),
+            request.profile_id,
+            delete_lead=request.delete_lead,
+        )
+        return pb.ForgetProfileResponse(
+            lead_ids=forgotten.lead_ids,
+            removed_from_lists=forgotten.removed_from_lists,
+            lead_deleted=forgotten.lead_deleted,
+        )
+
     async def WatchAlerts(
         self, request: pb.WatchAlertsRequest, context: _Context
     ) -> AsyncIterator[pb.WatchAlertsResponse]:

@@ -6,9 +6,10 @@ destination and, for each, builds the sync engine (rules, mapper, audience -> li
 import for a destination with at least `bulk_threshold` entries in the batch, see
 docs/bulk-import.md), reads the destination's stored state of the batch's profiles
 (`Store.desired_state`: watermarks, desired memberships and their holders, applied profile
-state) and runs it. Final outcomes are retired with their entries and the state they fold in
-(watermarks, desired statuses, holders and profile states Marketo confirmed) in one
-transaction; unfinished entries are deferred with exponential backoff and jitter, naming the
+state; for the profiles of resync entries, with what is applied taken as unknown, see
+`DesiredState.for_resync`) and runs it. Final outcomes are retired with their entries and the
+state they fold in (watermarks, desired statuses, holders and profile states Marketo confirmed)
+in one transaction; unfinished entries are deferred with exponential backoff and jitter, naming the
 error. The alerts of each destination are evaluated after its batch. When and under which
 lease this runs is the scheduler's business (`service.delivery.dispatcher`).
 
@@ -420,9 +421,9 @@ class BatchDelivery:
         """Run one destination's batch and count what came of it."""
         updates = [entry.update for entry in entries]
         profile_ids = sorted({u.profile_id for u in updates})
-        result = await engine.sync(
-            updates, state=await self._store.desired_state(record.id, profile_ids)
-        )
+        state = await self._store.desired_state(record.id, profile_ids)
+        resync = {entry.update.profile_id for entry in entries if entry.resync}
+        result = await engine.sync(updates, state=state.for_resync(resync))
         if self._telemetry is None:
             return result
         counts = Counter(outcome.kind.value for outcome in result.outcomes)

@@ -22,7 +22,7 @@ import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.domain import (
     DecodedBatch,
@@ -219,8 +219,20 @@ class OutboxEntry:
     last_error: str
     trace_context: str | None
     """The W3C trace context of the Sync call that appended it (for span links)."""
+    resync: bool = False
+    """Queued by Resync: delivered after live entries, with the applied state taken as unknown."""
     payload_bytes: int = 0
     """The size of the stored profile and memberships (JSON, UTF-8), which `claim_due` counts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncSource:
+    """What Resync re-sends for a profile: its latest delivered update whose attributes were
+    applied (the profile as the caller sent it) and that update's event time."""
+
+    profile_id: str
+    event_time: datetime
+    profile: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +575,8 @@ class Store(Protocol):
         after_sequence: int = 0,
         max_bytes: int = CLAIM_MAX_BYTES,
     ) -> list[OutboxEntry]:
-        """Up to `limit` due entries (not_before <= now) of the instance, by sequence, taken
+        """Up to `limit` due entries (not_before <= now) of the instance, live entries before
+        resync work (`OutboxEntry.resync`), each by sequence, taken
         while their payloads come to less than `max_bytes` (so the first is always taken, and a
         claim holds at most `max_bytes` plus one entry's payload); the rest stays due.
 
@@ -631,6 +644,37 @@ class Store(Protocol):
     async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
         """The stored state of the given profiles, in one read: attribute watermarks, desired
         memberships and their holders, applied profile state."""
+        ...
+
+    async def resync_sources(
+        self, destination_id: str, profile_ids: Sequence[str] | None = None
+    ) -> list[ResyncSource]:
+        """What Resync re-sends for the given profiles (None: every profile of the destination
+        that has one), by profile id; forgotten profiles have none."""
+        ...
+
+    async def queue_resync(
+        self,
+        destination_id: str,
+        instance_key: str,
+        updates: Sequence[ProfileUpdate],
+        now: datetime | None = None,
+    ) -> int:
+        """Queue resync updates in the outbox behind every live entry (priority 1), counted as
+        received; returns how many were queued (an update id already queued is skipped)."""
+        ...
+
+    async def forgotten(self, destination_id: str, profile_ids: Sequence[str]) -> frozenset[str]:
+        """Which of the given profiles are forgotten (ForgetProfile): reconciliation and Resync
+        never write them."""
+        ...
+
+    async def forget_profile(
+        self, destination_id: str, profile_id: str, outcome: Outcome, now: datetime | None = None
+    ) -> None:
+        """Record the tombstone of a profile in one transaction: mark it forgotten, drop its
+        desired memberships, applied state and resync source, and store `outcome` (what was
+        done) in its outcome history. Forgetting again records another outcome."""
         ...
 
     async def pending_stats(self, destination_id: str) -> PendingStats:

@@ -307,10 +307,10 @@ class PostgresConnection:
         return await self.execute(
             f"SELECT {OUTBOX_COLUMNS}, size FROM ("
             f"SELECT {OUTBOX_COLUMNS}, octet_length(payload) AS size, "
-            "sum(octet_length(payload)) OVER (ORDER BY sequence) AS running FROM outbox "
-            "WHERE instance_key = ? AND sequence > ? AND not_before <= ? "
-            "ORDER BY sequence LIMIT ?) AS due "
-            "WHERE running - size < ? ORDER BY sequence",
+            "sum(octet_length(payload)) OVER (ORDER BY priority, sequence) AS running "
+            "FROM outbox WHERE instance_key = ? AND sequence > ? AND not_before <= ? "
+            "ORDER BY priority, sequence LIMIT ?) AS due "
+            "WHERE running - size < ? ORDER BY priority, sequence",
             (instance_key, after_sequence, due, limit, max_bytes),
         )
 

@@ -397,7 +397,7 @@ def unpacked_counts(
 
 OUTBOX_COLUMNS = (
     "sequence, destination_id, instance_key, update_id, profile_id, event_time, payload, "
-    "trace_context, enqueued_at, not_before, attempts, last_error"
+    "trace_context, enqueued_at, not_before, attempts, last_error, priority"
 )
 """The columns `outbox_entry` reads, followed by the payload's size in bytes."""
 
@@ -545,7 +545,8 @@ def outbox_entry(row: Sequence[Any]) -> OutboxEntry:
         attempts=row[10],
         last_error=row[11],
         trace_context=row[7],
-        payload_bytes=row[12],
+        resync=row[12] > 0,
+        payload_bytes=row[13],
     )
 
 

@@ -15,6 +15,7 @@ event loop (`service.store.sqlite.complete`). SQL is written with `?` placeholde
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict, deque
@@ -36,6 +37,7 @@ from service.domain import (
     Outcome,
     OutcomeKind,
     ProfileState,
+    ProfileUpdate,
     dedupe_key,
 )
 from service.store.base import (
@@ -60,6 +62,7 @@ from service.store.base import (
     Page,
     PendingStats,
     ProfileStateRow,
+    ResyncSource,
     StoreError,
     VersionConflict,
     Watermark,
@@ -88,6 +91,7 @@ from service.store.rows import (
     encode_token,
     from_micros,
     outbox_entry,
+    outbox_payload,
     outcome_record,
     pair_outcomes,
     sort_batch,
@@ -158,7 +162,8 @@ class Connection(Protocol):
         self, instance_key: str, after_sequence: int, due: int, limit: int, max_bytes: int
     ) -> Rows:
         """The due entries `claim_due` reads: `OUTBOX_COLUMNS` and the payload's size, by
-        sequence (the engine may stop once the sizes reach `max_bytes`)."""
+        priority (live first), then sequence (the engine may stop once the sizes reach
+        `max_bytes`)."""
         ...
 
 
@@ -229,6 +234,22 @@ OUTBOX_INSERT: tuple[Column, ...] = (
     ("enqueued_at", "bigint"),
     ("not_before", "bigint"),
     ("digest", "text"),
+)
+
+RESYNC_INSERT: tuple[Column, ...] = (*OUTBOX_INSERT, ("priority", "integer"))
+RESYNC_PRIORITY = 1
+"""The outbox priority of resync work: claimed after every due live entry (priority 0)."""
+
+RESYNC_SOURCE_INSERT: tuple[Column, ...] = (
+    ("destination_id", "text"),
+    ("profile_id", "text"),
+    ("event_time", "bigint"),
+    ("payload", "text"),
+)
+RESYNC_SOURCE_TAIL = (
+    "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
+    "event_time = excluded.event_time, payload = excluded.payload "
+    "WHERE excluded.event_time >= resync_sources.event_time"
 )
 
 OUTCOME_INSERT: tuple[Column, ...] = (
@@ -811,7 +832,7 @@ class SqlStore(ABC):
             taken = 0
             for row in await c.claim(instance_key, after_sequence, due, limit, max_bytes):
                 entries.append(outbox_entry(row))
-                taken += row[12]
+                taken += row[13]
                 if taken >= max_bytes:
                     break
             return entries
@@ -868,26 +889,33 @@ class SqlStore(ABC):
                 "outcomes",
                 OUTCOME_INSERT,
                 [
-                    (
+                    _outcome_row(
                         entry.destination_id,
-                        outcome.update_id,
-                        outcome.profile_id,
-                        outcome.dedupe_value,
+                        outcome,
                         to_micros(entry.update.event_time),
                         recorded_at,
-                        outcome.kind.value,
-                        dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
-                        outcome.lead_id,
-                        outcome.reason,
-                        outcome.marketo_code,
-                        outcome.exclusion_code.value if outcome.exclusion_code else "",
-                        outcome.field,
                         deleted[entry.sequence],
-                        dumps(list(outcome.kept_fields)),
-                        dedupe_key(outcome.dedupe_value) if outcome.dedupe_value else None,
                     )
                     for entry, outcome in kept
                 ],
+            )
+            # What Resync re-sends: each profile's delivered update whose attributes were applied
+            # (the one that reached the profile's new watermark).
+            sources = {
+                (entry.destination_id, entry.update.profile_id): entry
+                for entry, outcome in kept
+                if outcome.kind is OutcomeKind.ACTIVATED
+                and highest.get((entry.destination_id, entry.update.profile_id))
+                == to_micros(entry.update.event_time)
+            }
+            await c.insert_many(
+                "resync_sources",
+                RESYNC_SOURCE_INSERT,
+                [
+                    (*key, to_micros(entry.update.event_time), dumps(entry.update.profile))
+                    for key, entry in sorted(sources.items())
+                ],
+                RESYNC_SOURCE_TAIL,
             )
             for destination_id in sorted(counts):
                 count = counts[destination_id]
@@ -1037,17 +1065,22 @@ class SqlStore(ABC):
         return await self._read(work)
 
     async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
-        """Watermarks, membership marks with their holders and profile states of the given
-        profiles, in one read transaction."""
+        """Watermarks, membership marks with their holders, profile states and the forgotten
+        ones among the given profiles, in one read transaction."""
 
         async def work(c: Connection) -> DesiredState:
             watermarks: dict[str, datetime] = {}
             marks: dict[tuple[str, str], MembershipMark] = {}
             holders: dict[tuple[str, str], int] = {}
             profiles: dict[str, ProfileState] = {}
+            forgotten: set[str] = set()
             for condition, params in c.in_lists(profile_ids):
                 where = f"WHERE destination_id = ? AND profile_id {condition}"
                 args = (destination_id, *params)
+                for row in await c.execute(
+                    f"SELECT profile_id FROM forgotten_profiles {where}", args
+                ):
+                    forgotten.add(row[0])
                 for row in await c.execute(
                     f"SELECT profile_id, event_time FROM profile_watermarks {where}", args
                 ):
@@ -1072,7 +1105,7 @@ class SqlStore(ABC):
                         digest=row[3],
                         consent_refused=bool(row[4]),
                     )
-            return DesiredState(watermarks, marks, holders, profiles)
+            return DesiredState(watermarks, marks, holders, profiles, frozenset(forgotten))
 
         return await self._read(work)
 
@@ -1162,6 +1195,123 @@ class SqlStore(ABC):
             ]
 
         return await self._read(work)
+
+    async def resync_sources(
+        self, destination_id: str, profile_ids: Sequence[str] | None = None
+    ) -> list[ResyncSource]:
+        """What Resync re-sends for the given profiles (None: all), by profile id."""
+        select = (
+            "SELECT profile_id, event_time, payload FROM resync_sources WHERE destination_id = ?"
+        )
+
+        async def work(c: Connection) -> list[ResyncSource]:
+            rows: list[Any] = []
+            if profile_ids is None:
+                rows.extend(await c.execute(select, (destination_id,)))
+            else:
+                for condition, params in c.in_lists(sorted(set(profile_ids))):
+                    rows.extend(
+                        await c.execute(
+                            f"{select} AND profile_id {condition}", (destination_id, *params)
+                        )
+                    )
+            return sorted(
+                (ResyncSource(row[0], from_micros(row[1]), json.loads(row[2])) for row in rows),
+                key=lambda source: source.profile_id,
+            )
+
+        return await self._read(work)
+
+    async def queue_resync(
+        self,
+        destination_id: str,
+        instance_key: str,
+        updates: Sequence[ProfileUpdate],
+        now: datetime | None = None,
+    ) -> int:
+        """Queue resync updates behind every live entry; counted as received and pending, as
+        live updates are, so the dataflow's figures still add up."""
+        enqueued = self._now(now)
+
+        async def work(c: Connection) -> int:
+            inserted = await c.insert_many(
+                "outbox",
+                RESYNC_INSERT,
+                [
+                    (
+                        destination_id,
+                        instance_key,
+                        update.update_id,
+                        update.profile_id,
+                        to_micros(update.event_time),
+                        outbox_payload(update),
+                        None,
+                        enqueued,
+                        enqueued,
+                        None,
+                        RESYNC_PRIORITY,
+                    )
+                    for update in updates
+                ],
+                "ON CONFLICT (destination_id, update_id) DO NOTHING",
+            )
+            await c.execute(
+                "UPDATE destinations SET pending = pending + ? WHERE id = ?",
+                (inserted, destination_id),
+            )
+            await _add_counts(
+                c, destination_id, enqueued - enqueued % HOUR_US, Counts(received=inserted)
+            )
+            await c.execute(
+                "INSERT INTO outbox_instances (instance_key) VALUES (?) "
+                "ON CONFLICT (instance_key) DO NOTHING",
+                (instance_key,),
+            )
+            return inserted
+
+        return await self._write("queue_resync", work)
+
+    async def forgotten(self, destination_id: str, profile_ids: Sequence[str]) -> frozenset[str]:
+        """Which of the given profiles are forgotten."""
+
+        async def work(c: Connection) -> frozenset[str]:
+            found: set[str] = set()
+            for condition, params in c.in_lists(sorted(set(profile_ids))):
+                rows = await c.execute(
+                    "SELECT profile_id FROM forgotten_profiles "
+                    f"WHERE destination_id = ? AND profile_id {condition}",
+                    (destination_id, *params),
+                )
+                found.update(row[0] for row in rows)
+            return frozenset(found)
+
+        return await self._read(work)
+
+    async def forget_profile(
+        self, destination_id: str, profile_id: str, outcome: Outcome, now: datetime | None = None
+    ) -> None:
+        """Mark the profile forgotten, drop its desired memberships, applied state and resync
+        source, and record `outcome`, in one transaction."""
+        recorded_at = self._now(now)
+
+        async def work(c: Connection) -> None:
+            key = (destination_id, profile_id)
+            await c.execute(
+                "INSERT INTO forgotten_profiles (destination_id, profile_id, forgotten_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (destination_id, profile_id) DO NOTHING",
+                (*key, recorded_at),
+            )
+            for table in ("membership_marks", "profile_state", "resync_sources"):
+                await c.execute(
+                    f"DELETE FROM {table} WHERE destination_id = ? AND profile_id = ?", key
+                )
+            await c.insert_many(
+                "outcomes",
+                OUTCOME_INSERT,
+                [_outcome_row(destination_id, outcome, recorded_at, recorded_at, None)],
+            )
+
+        await self._write("forget_profile", work)
 
     async def pending_stats(self, destination_id: str) -> PendingStats:
         """Backlog count (a kept counter) and oldest enqueue time (first row of an index)."""
@@ -1448,16 +1598,41 @@ def _decode_all(
     return [decode(batch.body) for batch in batches]
 
 
+def _outcome_row(
+    destination_id: str, outcome: Outcome, event_time: int, recorded_at: int, digest: str | None
+) -> tuple[Any, ...]:
+    """An `OUTCOME_INSERT` row: `outcome` of the update of `event_time` and content `digest`."""
+    return (
+        destination_id,
+        outcome.update_id,
+        outcome.profile_id,
+        outcome.dedupe_value,
+        event_time,
+        recorded_at,
+        outcome.kind.value,
+        dumps([[a.type.value, a.audience_id] for a in outcome.actions]),
+        outcome.lead_id,
+        outcome.reason,
+        outcome.marketo_code,
+        outcome.exclusion_code.value if outcome.exclusion_code else "",
+        outcome.field,
+        digest,
+        dumps(list(outcome.kept_fields)),
+        dedupe_key(outcome.dedupe_value) if outcome.dedupe_value else None,
+    )
+
+
 async def _next_batches(
     instance_key: str, now: int, limit: int, step: int, widen: bool, c: Connection
 ) -> tuple[int, int, list[InboxBatch]]:
-    """How many of the instance's outbox entries are due (up to `limit`), how many updates to
-    take from the inbox (`step`, or with `widen` false only as many as `limit` wants), and the
-    oldest batches of fewer updates than that before the last."""
+    """How many of the instance's live outbox entries are due (up to `limit`; resync work
+    never holds live updates back in the inbox), how many updates to take from the inbox
+    (`step`, or with `widen` false only as many as `limit` wants), and the oldest batches of
+    fewer updates than that before the last."""
     due = (
         await c.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM outbox "
-            "WHERE instance_key = ? AND not_before <= ? LIMIT ?) AS due",
+            "WHERE instance_key = ? AND priority = 0 AND not_before <= ? LIMIT ?) AS due",
             (instance_key, now, limit),
         )
     ).fetchone()[0]

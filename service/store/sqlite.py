@@ -448,7 +448,7 @@ class SqliteConnection:
         return self._connection.execute(
             f"SELECT {OUTBOX_COLUMNS}, length(CAST(payload AS BLOB)) FROM outbox "
             "WHERE instance_key = ? AND sequence > ? AND not_before <= ? "
-            "ORDER BY sequence LIMIT ?",
+            "ORDER BY priority, sequence LIMIT ?",
             (instance_key, after_sequence, due, limit),
         )
 

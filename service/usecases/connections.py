@@ -118,6 +118,12 @@ class MarketoConnections:
             usage_read_at=None if read_at is None else datetime.fromtimestamp(read_at, UTC),
         )
 
+    def calls_per_second(self, connection: MarketoConnection) -> float:
+        """The call rate this process allows itself on the connection's instance (its share of
+        Marketo's calls per window). Nothing is sent."""
+        limits = self._limits_of(self.base_url(connection))
+        return limits.allowance / limits.window_seconds
+
     def quota_samples(self) -> list[QuotaSample]:
         """Today's use of the daily quota of every instance a client was built for (kept at
         rest or in use), by instance key. Nothing is sent."""

@@ -47,6 +47,8 @@ def test_the_table_is_the_one_of_the_design() -> None:
         "Sync": {view, activate, PROFILES_VIEW},
         "PreviewSync": {view, PROFILES_VIEW},
         "ListProfileOutcomes": {view, PROFILES_VIEW},
+        "Resync": {view, activate},
+        "ForgetProfile": {view, manage, PROFILES_VIEW},
     }
     assert {m: set(p) for m, p in RPC_PERMISSIONS.items()} == {
         method_path(name): p for name, p in expected.items()

@@ -200,6 +200,44 @@ def test_exit_codes(running: Running) -> None:
     assert bad.returncode == EXIT_USAGE and "address" in bad.stderr
 
 
+def test_resync_dry_run_and_forget(running: Running) -> None:
+    # before the alerts test, which leaves the instance paused on its daily quota
+    destination = running.destination_id
+    dry = json_of(command(running, "resync", destination, "--dry-run", "--json"))
+    assert dry["dry_run"] is True
+    assert dry["profiles"] == "2"
+    assert int(dry["estimated_marketo_calls"]) >= 3  # look-up, update, list add
+    one = command(running, "resync", destination, "--profile", "p1", "--dry-run")
+    assert one.returncode == 0, one.stderr
+    assert re.search(r"profiles\s.*\b1\b", one.stdout)
+    assert "dry run" in one.stdout
+
+    with Client(Connection(running.address, token=ADMIN)) as client:
+        with client.sync_stream(destination) as stream:
+            stream.send([update("p4", "turing@example.com", audiences=REALIZED)])
+        deadline = time.monotonic() + 60
+        while client.get_dataflow(destination).activated.created < 3:
+            assert time.monotonic() < deadline, "the update was not delivered"
+            time.sleep(0.05)
+
+    forgotten = json_of(command(running, "forget", destination, "p4", "--delete-lead", "--json"))
+    assert len(forgotten["lead_ids"]) == 1
+    assert (forgotten["removed_from_lists"], forgotten["lead_deleted"]) == ("1", True)
+    leads = httpx.get(f"{running.sandbox}/_sandbox/leads").json()["leads"]
+    assert str(forgotten["lead_ids"][0]) not in {str(lead["id"]) for lead in leads}
+    again = command(running, "forget", destination, "p4")
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"removed from lists\s.*\b0\b", again.stdout)
+    assert re.search(r"lead deleted\s.*\bno\b", again.stdout)
+    shown = json_of(command(running, "outcomes", destination, "--profile", "p4", "--json"))
+    assert shown["outcomes"][0]["exclusion_code"] == "forgotten"
+
+    viewer = command(running, "forget", destination, "p4", token=VIEWER)
+    assert viewer.returncode == EXIT_DENIED and "PERMISSION_DENIED" in viewer.stderr
+    assert command(running, "forget", "dst_missing", "p1").returncode == EXIT_NOT_FOUND
+    assert command(running, "forget", destination).returncode == EXIT_USAGE
+
+
 def test_alerts_follow_prints_each_alert_until_interrupted(running: Running) -> None:
     follow = subprocess.Popen(
         [sys.executable, "-m", "service", "alerts", running.destination_id, "--follow", "--json"],

@@ -126,6 +126,15 @@ async def call(service: Service, method: str, destination_id: str, token: str) -
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
+    elif method == "Resync":
+        await stub.Resync(
+            pb.ResyncRequest(destination_id=destination_id, dry_run=True), metadata=metadata
+        )
+    elif method == "ForgetProfile":
+        await stub.ForgetProfile(
+            pb.ForgetProfileRequest(destination_id=destination_id, profile_id="p1"),
+            metadata=metadata,
+        )
     else:
         raise AssertionError(f"no call for {method}")
 

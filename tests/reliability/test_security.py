@@ -163,6 +163,8 @@ def request_for(name: str, destination_id: str) -> Message:
         return cls(destination_id=destination_id, updates=[update("p1", "ada@example.com")])
     if name == "ListProfileOutcomes":
         return pb.ListProfileOutcomesRequest(destination_id=destination_id, profile_id="p1")
+    if name == "ForgetProfile":
+        return pb.ForgetProfileRequest(destination_id=destination_id, profile_id="p1")
     if name == "WatchAlerts":
         return pb.WatchAlertsRequest(destination_id=destination_id, include_open=True)
     cls = getattr(pb, f"{name}Request")

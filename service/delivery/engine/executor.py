@@ -330,6 +330,11 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _calls(records: int, size: int) -> int:
+    """Calls that carry `records` records, `size` per call."""
+    return -(-records // size)
+
+
 def most_recent(leads: Sequence[Lead]) -> Lead:
     """The lead the seed updates when several match: latest `updatedAt`, then highest id."""
 
@@ -526,6 +531,36 @@ class SyncEngine:
             consent_refused=False,
         )
         return {} if state == plan.prior else {head: state}
+
+    def estimate_calls(self, plan: Plan) -> int:
+        """The Marketo calls executing `plan` makes, without making any: look-ups, lead writes
+        and list changes, chunked as `sync` chunks them. Every looked-up person is taken to
+        match one lead (its bound lead when it has one), so a person that turns out new, or
+        resolves to another lead than the bound one, may cost a call more."""
+        persons = [_Person(p) for p in plan.persons]
+        lookups = writes = 0
+        adds: dict[str, int] = {}
+        removes: dict[str, set[int]] = {}
+        for index, person in enumerate(persons):
+            if self._needs_lookup(person):
+                lookups += 1
+                writes += self._writes(person)
+            # a stand-in id for a person with no binding: never a real lead, nor HOLDER_RESOLVED
+            person.lead_id = person.plan.bound_lead or -2 - index
+            if not self._rules.manages_lists:
+                continue
+            joins, leaves = self._changes(person)
+            for audience in joins:
+                adds[audience] = adds.get(audience, 0) + 1
+            for audience, lead in leaves:
+                removes.setdefault(audience, set()).add(lead)
+        size = self._batch_size
+        return (
+            _calls(lookups, size)
+            + _calls(writes, size)
+            + sum(_calls(n, size) for n in adds.values())
+            + sum(_calls(len(leads), size) for leads in removes.values())
+        )
 
     async def dry_run(
         self,

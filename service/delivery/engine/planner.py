@@ -8,6 +8,8 @@ time of the attributes already applied), each membership against the mark of its
 audience) (the status already applied and its event time). An attribute update never supersedes a
 membership event, nor the reverse. Rules, in order:
 
+0. An update of a forgotten profile (`DesiredState.forgotten`) is excluded `forgotten`: nothing of
+   it is written, no state moves.
 1. Each update is split into its facts: its attributes are stale when older than the profile's
    watermark, each membership of an activated audience when older than its own mark. An update
    with no fact left is superseded and never written; one whose attributes only are stale still
@@ -67,6 +69,7 @@ REASON_ATTRIBUTES_STALE = (
 )
 REASON_SUPERSEDED_IN_BATCH = "superseded by a newer update in the same batch"
 REASON_NO_AUDIENCE = "no membership of an activated audience"
+REASON_FORGOTTEN = "the profile was forgotten (ForgetProfile): nothing of it is exported again"
 REASON_DEDUPE_COMMA = (
     "the dedupe value contains a comma, which Marketo's look-up takes as a separator between values"
 )
@@ -200,6 +203,7 @@ def excluded(update: ProfileUpdate, exclusion: Exclusion, dedupe: str | None) ->
 
 CONSENT_REFUSED = Exclusion(ExclusionCode.CONSENT_REFUSED, "", REASON_CONSENT_REFUSED)
 _NO_AUDIENCE = Exclusion(ExclusionCode.NO_AUDIENCE, "", REASON_NO_AUDIENCE)
+FORGOTTEN = Exclusion(ExclusionCode.FORGOTTEN, "", REASON_FORGOTTEN)
 
 
 def plan_batch(
@@ -241,6 +245,9 @@ def plan_batch(
 
     by_profile: dict[str, list[_Fact]] = {}
     for index, update in enumerate(updates):
+        if update.profile_id in state.forgotten:
+            outcomes.append(excluded(update, FORGOTTEN, None))
+            continue
         mark = marks.get(update.profile_id)
         current = mark is None or update.event_time >= mark
         memberships = tuple(

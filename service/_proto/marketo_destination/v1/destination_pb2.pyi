@@ -758,3 +758,45 @@ class ListDrift(_message.Message):
     removed: int
     recreated: bool
     def __init__(self, audience_id: _Optional[str] = ..., marketo_list_id: _Optional[int] = ..., missing: _Optional[int] = ..., unexpected: _Optional[int] = ..., added: _Optional[int] = ..., removed: _Optional[int] = ..., recreated: _Optional[bool] = ...) -> None: ...
+
+class ResyncRequest(_message.Message):
+    __slots__ = ("destination_id", "profile_ids", "dry_run")
+    DESTINATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_IDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    destination_id: str
+    profile_ids: _containers.RepeatedScalarFieldContainer[str]
+    dry_run: bool
+    def __init__(self, destination_id: _Optional[str] = ..., profile_ids: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ResyncResponse(_message.Message):
+    __slots__ = ("profiles", "estimated_marketo_calls", "estimated_seconds", "share_of_daily_quota")
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_MARKETO_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_OF_DAILY_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    profiles: int
+    estimated_marketo_calls: int
+    estimated_seconds: float
+    share_of_daily_quota: float
+    def __init__(self, profiles: _Optional[int] = ..., estimated_marketo_calls: _Optional[int] = ..., estimated_seconds: _Optional[float] = ..., share_of_daily_quota: _Optional[float] = ...) -> None: ...
+
+class ForgetProfileRequest(_message.Message):
+    __slots__ = ("destination_id", "profile_id", "delete_lead")
+    DESTINATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETE_LEAD_FIELD_NUMBER: _ClassVar[int]
+    destination_id: str
+    profile_id: str
+    delete_lead: bool
+    def __init__(self, destination_id: _Optional[str] = ..., profile_id: _Optional[str] = ..., delete_lead: _Optional[bool] = ...) -> None: ...
+
+class ForgetProfileResponse(_message.Message):
+    __slots__ = ("lead_ids", "removed_from_lists", "lead_deleted")
+    LEAD_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FROM_LISTS_FIELD_NUMBER: _ClassVar[int]
+    LEAD_DELETED_FIELD_NUMBER: _ClassVar[int]
+    lead_ids: _containers.RepeatedScalarFieldContainer[int]
+    removed_from_lists: int
+    lead_deleted: bool
+    def __init__(self, lead_ids: _Optional[_Iterable[int]] = ..., removed_from_lists: _Optional[int] = ..., lead_deleted: _Optional[bool] = ...) -> None: ...

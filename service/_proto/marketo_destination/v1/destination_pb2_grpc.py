@@ -100,6 +100,16 @@ class MarketoDestinationServiceStub:
                 request_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.Resync = channel.unary_unary(
+                '/marketo_destination.v1.MarketoDestinationService/Resync',
+                request_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ResyncRequest.SerializeToString,
+                response_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ResyncResponse.FromString,
+                _registered_method=True)
+        self.ForgetProfile = channel.unary_unary(
+                '/marketo_destination.v1.MarketoDestinationService/ForgetProfile',
+                request_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ForgetProfileRequest.SerializeToString,
+                response_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ForgetProfileResponse.FromString,
+                _registered_method=True)
 
 
 class MarketoDestinationServiceServicer:
@@ -231,6 +241,37 @@ class MarketoDestinationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resync(self, request, context):
+        """Re-applies the current desired state (attributes and list memberships) of all or some
+        profiles, whatever the service believes Marketo already holds: each profile gets one resync
+        update that the dispatcher delivers after the live updates waiting at that moment (live
+        updates always go first). The attributes re-sent are those of the profile's latest
+        delivered update, which the service keeps for that purpose (until ForgetProfile or the
+        destination is deleted); a profile with no kept update (delivered before it was kept, or
+        never delivered) is skipped. Memberships are the stored desired ones. Forgotten profiles are
+        never resynced. With dry_run, nothing is queued or written (the lead schema may be read, as
+        PreviewSync does): the answer estimates the run from the same planner the dispatcher runs.
+        See docs/delivery.md, "Resync and ForgetProfile". Needs destinations.view and
+        destinations.activate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetProfile(self, request, context):
+        """Forgets a profile at a destination: removes the lead(s) holding its memberships from every
+        list the service manages, deletes the lead the profile resolves to when delete_lead is set,
+        drops the update kept for Resync and records a tombstone. Later Sync updates of the profile
+        end EXCLUDED "forgotten"; Resync and reconciliation never recreate it; ListProfileOutcomes
+        shows what was done and when. Not covered: Marketo's CRM sync (or another integration) may
+        recreate the person, and other destinations writing to the same Marketo instance keep
+        their own state (forget the profile there too). Marketo calls run under the instance's
+        limits. Safe to retry. Needs destinations.view, destinations.manage and profiles.view.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MarketoDestinationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -298,6 +339,16 @@ def add_MarketoDestinationServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileRequest.FromString,
                     response_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'Resync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resync,
+                    request_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ResyncRequest.FromString,
+                    response_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ResyncResponse.SerializeToString,
+            ),
+            'ForgetProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetProfile,
+                    request_deserializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ForgetProfileRequest.FromString,
+                    response_serializer=service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ForgetProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -652,6 +703,60 @@ class MarketoDestinationService:
             '/marketo_destination.v1.MarketoDestinationService/Reconcile',
             service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileRequest.SerializeToString,
             service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/marketo_destination.v1.MarketoDestinationService/Resync',
+            service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ResyncRequest.SerializeToString,
+            service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ResyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/marketo_destination.v1.MarketoDestinationService/ForgetProfile',
+            service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ForgetProfileRequest.SerializeToString,
+            service_dot___proto_dot_marketo__destination_dot_v1_dot_destination__pb2.ForgetProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

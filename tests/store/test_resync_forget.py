@@ -1,0 +1,151 @@
+"""The store's part of Resync and ForgetProfile, on every backend: resync sources kept at retire,
+resync work queued behind live entries, and the tombstone of a forgotten profile."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from service.domain import (
+    Action,
+    ActionType,
+    ExclusionCode,
+    MembershipMark,
+    MembershipStatus,
+    Outcome,
+    OutcomeKind,
+    ProfileState,
+    ProfileUpdate,
+)
+from service.store.base import (
+    DestinationRecord,
+    MembershipHolder,
+    MembershipWatermark,
+    ProfileStateRow,
+    Store,
+    Watermark,
+)
+from tests.store.conftest import (
+    START,
+    activated,
+    append,
+    claimed,
+    excluded,
+    new_destination,
+    unpack,
+    update,
+)
+
+INSTANCE = "123-ABC-456"
+
+
+@pytest.fixture
+async def destination(store: Store) -> DestinationRecord:
+    return await store.create_destination(new_destination())
+
+
+def resync_update(n: int) -> ProfileUpdate:
+    source = update(n)
+    return ProfileUpdate(
+        update_id=f"resync:1:p{n}",
+        profile_id=source.profile_id,
+        event_time=source.event_time,
+        profile=source.profile,
+    )
+
+
+async def test_retire_keeps_the_latest_applied_update_of_each_profile(
+    store: Store, destination: DestinationRecord
+) -> None:
+    entries = await claimed(store, destination.id, INSTANCE, [1, 2, 3])
+    one, two, three = entries
+    await store.retire(
+        entries,
+        [activated(one), excluded(two, "no dedupe value"), activated(three)],
+        # p3's watermark is newer than the update: its attributes were not the ones applied
+        [
+            Watermark(destination.id, "p1", one.update.event_time),
+            Watermark(destination.id, "p2", two.update.event_time),
+            Watermark(destination.id, "p3", three.update.event_time + timedelta(hours=1)),
+        ],
+    )
+
+    sources = await store.resync_sources(destination.id)
+
+    assert [(s.profile_id, s.event_time, s.profile) for s in sources] == [
+        ("p1", one.update.event_time, one.update.profile)
+    ]
+    assert await store.resync_sources(destination.id, ["p2", "p1"]) == sources
+    assert await store.resync_sources(destination.id, ["p2"]) == []
+
+
+async def test_resync_work_is_claimed_after_live_entries(
+    store: Store, destination: DestinationRecord
+) -> None:
+    queued = await store.queue_resync(
+        destination.id, INSTANCE, [resync_update(1), resync_update(2)], START
+    )
+    again = await store.queue_resync(destination.id, INSTANCE, [resync_update(1)], START)
+    await append(store, destination.id, INSTANCE, [update(3), update(4)])
+    # the resync work due does not keep live updates in the inbox
+    await unpack(store, INSTANCE, limit=2)
+
+    entries = await store.claim_due(INSTANCE, 10, START)
+
+    assert (queued, again) == (2, 0)
+    assert [(e.update.update_id, e.resync) for e in entries] == [
+        ("u3", False),
+        ("u4", False),
+        ("resync:1:p1", True),
+        ("resync:1:p2", True),
+    ]
+    assert entries[2].update.memberships == ()
+    assert entries[2].update.profile == update(1).profile
+    assert (await store.pending_stats(destination.id)).count == 4
+    flow = await store.dataflow(destination.id, now=START)
+    assert (flow.received, flow.pending) == (4, 4)
+
+
+async def test_forget_profile_records_the_tombstone_and_drops_the_state(
+    store: Store, destination: DestinationRecord
+) -> None:
+    entries = await claimed(store, destination.id, INSTANCE, [1, 2])
+    mark = MembershipMark(MembershipStatus.REALIZED, START)
+    await store.retire(
+        entries,
+        [activated(e, ActionType.CREATED, ActionType.ADDED) for e in entries],
+        [Watermark(destination.id, e.update.profile_id, e.update.event_time) for e in entries],
+        membership_marks=[
+            MembershipWatermark(destination.id, pid, "aud-1", mark) for pid in ("p1", "p2")
+        ],
+        holders=[MembershipHolder(destination.id, pid, "aud-1", 7) for pid in ("p1", "p2")],
+        profiles=[
+            ProfileStateRow(destination.id, pid, ProfileState("x@example.com", 7, "d"))
+            for pid in ("p1", "p2")
+        ],
+    )
+    outcome = Outcome(
+        update_id="forget:1",
+        profile_id="p1",
+        dedupe_value=None,
+        kind=OutcomeKind.EXCLUDED,
+        actions=(Action(ActionType.REMOVED, "aud-1"),),
+        lead_id=7,
+        reason="profile forgotten: removed from 1 list",
+        exclusion_code=ExclusionCode.FORGOTTEN,
+    )
+
+    await store.forget_profile(destination.id, "p1", outcome, START + timedelta(hours=1))
+
+    assert await store.forgotten(destination.id, ["p1", "p2", "p9"]) == {"p1"}
+    state = await store.desired_state(destination.id, ["p1", "p2"])
+    assert state.forgotten == {"p1"}
+    assert set(state.marks) == set(state.holders) == {("p2", "aud-1")}
+    assert set(state.profiles) == {"p2"}
+    assert [s.profile_id for s in await store.resync_sources(destination.id)] == ["p2"]
+    page = await store.list_outcomes(destination.id, profile_id="p1")
+    newest = page.items[0]
+    assert newest.outcome == outcome
+    assert newest.recorded_at == START + timedelta(hours=1)
+    assert len(page.items) == 2
