@@ -7,6 +7,8 @@ and the plugins only ever see these.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -128,6 +130,54 @@ class MembershipMark:
 
     status: MembershipStatus
     event_time: datetime
+
+
+HOLDER_RESOLVED = -1
+"""Holder of a membership applied before holders were recorded: the lead the profile resolves
+to (its exit removes that lead)."""
+
+CONSENT_REFUSALS = frozenset({"n", "dn"})
+"""Consent values that refuse marketing (XDM's `n` and its default-no `dn`)."""
+
+
+def is_refusal(value: Any) -> bool:
+    """Whether a consent value refuses marketing (case and white space ignored)."""
+    return isinstance(value, str) and value.strip().lower() in CONSENT_REFUSALS
+
+
+def attributes_digest(fields: Mapping[str, Any]) -> str:
+    """The sha256 of the canonical JSON of mapped attributes: what the store keeps of the
+    attributes last applied (never the values, which are personal data)."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileState:
+    """Applied state of one profile at a destination: the dedupe value and the lead it resolved
+    to at its last confirmed write (the binding), the digest of the mapped attributes last
+    applied and whether its marketing consent is refused."""
+
+    dedupe_value: str | None = None
+    lead_id: int | None = None
+    digest: str | None = None
+    consent_refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """A destination's stored state for the profiles of a batch.
+
+    `watermarks`: event time of the attributes last applied per profile; `marks`: desired status
+    per (profile, audience); `holders`: the lead holding each membership in Marketo
+    (`HOLDER_RESOLVED` when applied before holders were recorded); `profiles`: applied state per
+    profile. The facts still in the inbox are the pending part of the desired state.
+    """
+
+    watermarks: Mapping[str, datetime] = field(default_factory=dict)
+    marks: Mapping[tuple[str, str], MembershipMark] = field(default_factory=dict)
+    holders: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    profiles: Mapping[str, ProfileState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

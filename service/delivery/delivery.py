@@ -4,11 +4,13 @@
 whose backlog has reached `bulk_threshold` widens to `bulk_batch_size` entries), groups them by
 destination and, for each, builds the sync engine (rules, mapper, audience -> list ids; bulk
 import for a destination with at least `bulk_threshold` entries in the batch, see
-docs/bulk-import.md), reads the watermarks and membership marks and runs it. Final outcomes are
-retired with their entries, the new watermarks and membership marks in one transaction; unfinished
-entries are deferred with exponential backoff and jitter, naming the error. The alerts of each
-destination are evaluated after its batch. When and under which lease this runs is the
-scheduler's business (`service.delivery.dispatcher`).
+docs/bulk-import.md), reads the destination's stored state of the batch's profiles
+(`Store.desired_state`: watermarks, desired memberships and their holders, applied profile
+state) and runs it. Final outcomes are retired with their entries and the state they fold in
+(watermarks, desired statuses, holders and profile states Marketo confirmed) in one
+transaction; unfinished entries are deferred with exponential backoff and jitter, naming the
+error. The alerts of each destination are evaluated after its batch. When and under which
+lease this runs is the scheduler's business (`service.delivery.dispatcher`).
 
 A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
 its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
@@ -53,8 +55,10 @@ from service.store.base import (
     DestinationState,
     FencingError,
     Lease,
+    MembershipHolder,
     MembershipWatermark,
     OutboxEntry,
+    ProfileStateRow,
     Watermark,
 )
 from service.telemetry.core import batch_attributes
@@ -370,6 +374,7 @@ class BatchDelivery:
             raise DestinationNotReady(error.message) from None
         activations = await self._store.activations(record.id)
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
+        tracked = [a.audience_id for a in activations if a.active and a.holders_tracked]
         if bulk:
             return BulkSyncEngine(
                 prepared.client,
@@ -382,6 +387,7 @@ class BatchDelivery:
                 batch_size=min(self._settings.batch_size, 300),
                 planning_scope=self._telemetry.mapping_span if self._telemetry else None,
                 write_policies=prepared.write_policies,
+                tracked_lists=tracked,
             )
         return SyncEngine(
             prepared.client,
@@ -393,6 +399,7 @@ class BatchDelivery:
             planning_scope=self._telemetry.mapping_span if self._telemetry else None,
             configuration_stops=configuration_stops,
             write_policies=prepared.write_policies,
+            tracked_lists=tracked,
         )
 
     async def _run_engine(
@@ -402,9 +409,7 @@ class BatchDelivery:
         updates = [entry.update for entry in entries]
         profile_ids = sorted({u.profile_id for u in updates})
         result = await engine.sync(
-            updates,
-            watermarks=await self._store.watermarks(record.id, profile_ids),
-            membership_marks=await self._store.membership_marks(record.id, profile_ids),
+            updates, state=await self._store.desired_state(record.id, profile_ids)
         )
         if self._telemetry is None:
             return result
@@ -464,12 +469,22 @@ class BatchDelivery:
             MembershipWatermark(record.id, profile_id, audience_id, mark)
             for (profile_id, audience_id), mark in result.membership_marks.items()
         ]
-        if done or marks or memberships:
+        holders = [
+            MembershipHolder(record.id, profile_id, audience_id, lead_id)
+            for (profile_id, audience_id), lead_id in result.holders.items()
+        ]
+        profiles = [
+            ProfileStateRow(record.id, profile_id, state)
+            for profile_id, state in result.profiles.items()
+        ]
+        if done or marks or memberships or holders or profiles:
             await self._store.retire(
                 done,
                 outcomes,
                 marks,
                 membership_marks=memberships,
+                holders=holders,
+                profiles=profiles,
                 fencing=lease.generation,
                 now=self.now(),
             )

@@ -26,12 +26,14 @@ from typing import Generic, Protocol, TypeVar
 
 from service.domain import (
     DecodedBatch,
+    DesiredState,
     DestinationSpec,
     FieldMapping,
     FieldViolation,
     MarketoCalls,
     MembershipMark,
     Outcome,
+    ProfileState,
     ProfileUpdate,
 )
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -51,12 +53,14 @@ __all__ = [
     "FencingError",
     "InvalidPageToken",
     "Lease",
+    "MembershipHolder",
     "MembershipWatermark",
     "NewDestination",
     "OutboxEntry",
     "OutcomeRecord",
     "Page",
     "PendingStats",
+    "ProfileStateRow",
     "Store",
     "StoreError",
     "VersionConflict",
@@ -184,6 +188,9 @@ class ActivationRecord:
     active: bool = True
     created_by_service: bool = False
     """The service created the list (Deactivate may delete it); False for a linked list."""
+    holders_tracked: bool = False
+    """The service created the list since it records membership holders: every lead it put
+    there is known (False for a linked list or one created before)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +239,25 @@ class MembershipWatermark:
     profile_id: str
     audience_id: str
     mark: MembershipMark
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipHolder:
+    """The lead Marketo confirmed holds a (profile, audience) membership (None: no lead)."""
+
+    destination_id: str
+    profile_id: str
+    audience_id: str
+    lead_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileStateRow:
+    """A profile's applied state at a destination (table `profile_state`)."""
+
+    destination_id: str
+    profile_id: str
+    state: ProfileState
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,12 +572,16 @@ class Store(Protocol):
         watermarks: Sequence[Watermark] = (),
         *,
         membership_marks: Sequence[MembershipWatermark] = (),
+        holders: Sequence[MembershipHolder] = (),
+        profiles: Sequence[ProfileStateRow] = (),
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
         """In one transaction: delete the entries, store one outcome per entry, raise watermarks
-        (max), replace the membership marks older than the given ones and count the outcomes in
-        the hourly dataflow counters.
+        (max), replace the membership marks older than the given ones (the desired status), set
+        the holders and profile states given (the applied state Marketo confirmed) and count the
+        outcomes in the hourly dataflow counters. Rows of a destination deleted meanwhile are
+        dropped.
 
         `outcomes[i]` is the outcome of `entries[i]` (same update id, else ValueError): update
         ids are unique per destination only, and one batch may span destinations. With
@@ -589,6 +619,11 @@ class Store(Protocol):
     ) -> dict[tuple[str, str], MembershipMark]:
         """Last applied membership status and its event time per (profile id, audience id) of
         the given profiles (pairs never applied are absent)."""
+        ...
+
+    async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
+        """The stored state of the given profiles, in one read: attribute watermarks, desired
+        memberships and their holders, applied profile state."""
         ...
 
     async def pending_stats(self, destination_id: str) -> PendingStats:

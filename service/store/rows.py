@@ -601,12 +601,15 @@ def pair_outcomes(
 
 
 def count_outcome(counts: Counts, outcome: Outcome) -> None:
-    if outcome.kind is OutcomeKind.ACTIVATED:
-        counts.activated += 1
+    """Count one outcome: its kind, and the writes Marketo confirmed for it (an EXCLUDED
+    outcome may carry removals: a refused consent removes the memberships held)."""
+    if outcome.kind in (OutcomeKind.ACTIVATED, OutcomeKind.EXCLUDED):
         for action in outcome.actions:
             column = ACTION_COLUMN.get(action.type)
             if column is not None:
                 setattr(counts, column, getattr(counts, column) + 1)
+    if outcome.kind is OutcomeKind.ACTIVATED:
+        counts.activated += 1
     elif outcome.kind is OutcomeKind.EXCLUDED:
         # By code and field, both from bounded sets: never by description, which would make a
         # counter per distinct text.

@@ -27,11 +27,13 @@ from typing import Any, Protocol, TypeVar
 from service.domain import (
     UNDECODABLE,
     DecodedBatch,
+    DesiredState,
     FieldMapping,
     MembershipMark,
     MembershipStatus,
     Outcome,
     OutcomeKind,
+    ProfileState,
     dedupe_key,
 )
 from service.store.base import (
@@ -48,12 +50,14 @@ from service.store.base import (
     DestinationState,
     FencingError,
     Lease,
+    MembershipHolder,
     MembershipWatermark,
     NewDestination,
     OutboxEntry,
     OutcomeRecord,
     Page,
     PendingStats,
+    ProfileStateRow,
     StoreError,
     VersionConflict,
     Watermark,
@@ -268,13 +272,36 @@ MEMBERSHIP_MARK_TAIL = (
     "WHERE excluded.event_time >= membership_marks.event_time"
 )
 
+SET_HOLDER = (
+    "UPDATE membership_marks SET lead_id = ? "
+    "WHERE destination_id = ? AND profile_id = ? AND audience_id = ?"
+)
+
+PROFILE_STATE_INSERT: tuple[Column, ...] = (
+    ("destination_id", "text"),
+    ("profile_id", "text"),
+    ("dedupe_value", "text"),
+    ("dedupe_key", "text"),
+    ("lead_id", "bigint"),
+    ("digest", "text"),
+    ("consent_refused", "integer"),
+)
+PROFILE_STATE_TAIL = (
+    "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
+    "dedupe_value = excluded.dedupe_value, dedupe_key = excluded.dedupe_key, "
+    "lead_id = excluded.lead_id, digest = excluded.digest, "
+    "consent_refused = excluded.consent_refused"
+)
+
 UPSERT_ACTIVATION = (
     "INSERT INTO activations (destination_id, audience_id, audience_name, origin, "
-    "marketo_list_id, list_name, active, created_by_service) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "marketo_list_id, list_name, active, created_by_service, holders_tracked) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (destination_id, audience_id) DO UPDATE SET "
     "audience_name = excluded.audience_name, origin = excluded.origin, "
     "marketo_list_id = excluded.marketo_list_id, list_name = excluded.list_name, "
-    "active = excluded.active, created_by_service = excluded.created_by_service"
+    "active = excluded.active, created_by_service = excluded.created_by_service, "
+    "holders_tracked = excluded.holders_tracked"
 )
 
 ADD_COUNTS = (
@@ -572,12 +599,14 @@ class SqlStore(ABC):
         async def work(c: Connection) -> list[ActivationRecord]:
             rows = await c.execute(
                 "SELECT audience_id, audience_name, origin, marketo_list_id, list_name, active, "
-                "created_by_service FROM activations WHERE destination_id = ? "
+                "created_by_service, holders_tracked FROM activations WHERE destination_id = ? "
                 "ORDER BY audience_id",
                 (destination_id,),
             )
             return [
-                ActivationRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]))
+                ActivationRecord(
+                    row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), bool(row[7])
+                )
                 for row in rows
             ]
 
@@ -621,6 +650,7 @@ class SqlStore(ABC):
                             activation.list_name,
                             int(activation.active),
                             int(activation.created_by_service),
+                            int(activation.holders_tracked),
                         )
                         for activation in activations
                     ],
@@ -793,11 +823,13 @@ class SqlStore(ABC):
         watermarks: Sequence[Watermark] = (),
         *,
         membership_marks: Sequence[MembershipWatermark] = (),
+        holders: Sequence[MembershipHolder] = (),
+        profiles: Sequence[ProfileStateRow] = (),
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
-        """Delete entries, store outcomes, raise watermarks and membership marks, count: all in
-        one transaction."""
+        """Delete entries, store outcomes, raise watermarks and membership marks, set holders
+        and profile states, count: all in one transaction."""
         pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         hour = recorded_at - recorded_at % HOUR_US
@@ -865,7 +897,12 @@ class SqlStore(ABC):
                 await _add_counts(c, destination_id, hour, count)
             # A destination deleted while its batch was in flight has no watermarks to keep.
             alive: set[str] = set()
-            destination_ids = {key[0] for key in highest} | {key[0] for key in latest}
+            destination_ids = (
+                {key[0] for key in highest}
+                | {key[0] for key in latest}
+                | {row.destination_id for row in holders}
+                | {row.destination_id for row in profiles}
+            )
             for condition, params in c.in_lists(sorted(destination_ids)):
                 rows = await c.execute(
                     f"SELECT id FROM destinations WHERE id {condition} ORDER BY id"
@@ -888,6 +925,31 @@ class SqlStore(ABC):
                     if pair[0] in alive
                 ],
                 MEMBERSHIP_MARK_TAIL,
+            )
+            held = [
+                (row.lead_id, row.destination_id, row.profile_id, row.audience_id)
+                for row in holders
+                if row.destination_id in alive
+            ]
+            if held:
+                await c.executemany(SET_HOLDER, held)
+            await c.insert_many(
+                "profile_state",
+                PROFILE_STATE_INSERT,
+                [
+                    (
+                        row.destination_id,
+                        row.profile_id,
+                        row.state.dedupe_value,
+                        dedupe_key(row.state.dedupe_value) if row.state.dedupe_value else None,
+                        row.state.lead_id,
+                        row.state.digest,
+                        int(row.state.consent_refused),
+                    )
+                    for row in sorted(profiles, key=lambda r: (r.destination_id, r.profile_id))
+                    if row.destination_id in alive
+                ],
+                PROFILE_STATE_TAIL,
             )
 
         await self._write("retire", work)
@@ -969,6 +1031,46 @@ class SqlStore(ABC):
                     for row in rows
                 )
             return found
+
+        return await self._read(work)
+
+    async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
+        """Watermarks, membership marks with their holders and profile states of the given
+        profiles, in one read transaction."""
+
+        async def work(c: Connection) -> DesiredState:
+            watermarks: dict[str, datetime] = {}
+            marks: dict[tuple[str, str], MembershipMark] = {}
+            holders: dict[tuple[str, str], int] = {}
+            profiles: dict[str, ProfileState] = {}
+            for condition, params in c.in_lists(profile_ids):
+                where = f"WHERE destination_id = ? AND profile_id {condition}"
+                args = (destination_id, *params)
+                for row in await c.execute(
+                    f"SELECT profile_id, event_time FROM profile_watermarks {where}", args
+                ):
+                    watermarks[row[0]] = from_micros(row[1])
+                for row in await c.execute(
+                    "SELECT profile_id, audience_id, status, event_time, lead_id "
+                    f"FROM membership_marks {where}",
+                    args,
+                ):
+                    pair = (row[0], row[1])
+                    marks[pair] = MembershipMark(MembershipStatus(row[2]), from_micros(row[3]))
+                    if row[4] is not None:
+                        holders[pair] = int(row[4])
+                for row in await c.execute(
+                    "SELECT profile_id, dedupe_value, lead_id, digest, consent_refused "
+                    f"FROM profile_state {where}",
+                    args,
+                ):
+                    profiles[row[0]] = ProfileState(
+                        dedupe_value=row[1],
+                        lead_id=None if row[2] is None else int(row[2]),
+                        digest=row[3],
+                        consent_refused=bool(row[4]),
+                    )
+            return DesiredState(watermarks, marks, holders, profiles)
 
         return await self._read(work)
 

@@ -148,7 +148,7 @@ class Activations:
             before = current.get(audience.id)
             if not spec.rules().manages_lists:
                 result = ActivatedAudience(audience.id, 0, "", ListAction.NONE)
-                created_by_service = False
+                created_by_service = tracked = False
             elif (
                 before is not None
                 and before.marketo_list_id
@@ -159,11 +159,12 @@ class Activations:
                     audience.id, before.marketo_list_id, before.list_name, ListAction.UNCHANGED
                 )
                 created_by_service = before.created_by_service
+                tracked = before.holders_tracked
             else:
                 if folder is None and not audience.marketo_list_id and not dry_run:
                     folder = await self._folder(client, spec.workspace_name)
                 result = await self._list_for(client, audience, folder, dry_run=dry_run)
-                created_by_service = result.list_action is ListAction.CREATED
+                created_by_service = tracked = result.list_action is ListAction.CREATED
                 if created_by_service and not dry_run:
                     # Recorded at once: a retry after a later failure reuses the list.
                     await self._store.upsert_activations(
@@ -174,12 +175,19 @@ class Activations:
                                 result,
                                 active=before is not None and before.active,
                                 created_by_service=True,
+                                holders_tracked=True,
                             )
                         ],
                     )
             results.append(result)
             records.append(
-                _record(audience, result, active=True, created_by_service=created_by_service)
+                _record(
+                    audience,
+                    result,
+                    active=True,
+                    created_by_service=created_by_service,
+                    holders_tracked=tracked,
+                )
             )
         if not dry_run:
             await self._store.upsert_activations(destination_id, records, mappings)
@@ -215,7 +223,11 @@ class Activations:
                     destination_id,
                     [
                         replace(
-                            activation, marketo_list_id=0, list_name="", created_by_service=False
+                            activation,
+                            marketo_list_id=0,
+                            list_name="",
+                            created_by_service=False,
+                            holders_tracked=False,
                         )
                     ],
                 )
@@ -302,7 +314,12 @@ def _failure(error: MarketoError | httpx.HTTPError, what: str) -> Exception:
 
 
 def _record(
-    audience: Audience, result: ActivatedAudience, *, active: bool, created_by_service: bool
+    audience: Audience,
+    result: ActivatedAudience,
+    *,
+    active: bool,
+    created_by_service: bool,
+    holders_tracked: bool,
 ) -> ActivationRecord:
     return ActivationRecord(
         audience_id=audience.id,
@@ -312,6 +329,7 @@ def _record(
         list_name=result.list_name,
         active=active,
         created_by_service=created_by_service,
+        holders_tracked=holders_tracked,
     )
 
 

@@ -60,8 +60,7 @@ class Preview:
         profile_ids = sorted({u.profile_id for u in good})
         result = await engine.dry_run(
             good,
-            watermarks=await self._store.watermarks(destination_id, profile_ids),
-            membership_marks=await self._store.membership_marks(destination_id, profile_ids),
+            state=await self._store.desired_state(destination_id, profile_ids),
         )
         if result.deferred:
             failure = result.deferred[0].error

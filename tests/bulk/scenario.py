@@ -16,6 +16,7 @@ from service.delivery.engine import BatchResult, SyncEngine
 from service.delivery.engine.bulk import BulkPolicy, BulkSyncEngine
 from service.domain import (
     AudienceMembership,
+    DesiredState,
     MappedProfile,
     MembershipStatus,
     Outcome,
@@ -248,7 +249,10 @@ async def run(
     mapper: ProfileMapper | None = None,
     before_write: Hook | None = None,
     write_policies: Mapping[str, WritePolicy] | None = None,
+    then: Sequence[ProfileUpdate] = (),
 ) -> Run:
+    """Run the updates through a fresh sandbox; with `then`, run those next with the state the
+    first batch left (as the store folds it in): the run shows the second batch."""
     async with running_sandbox() as sb:
         ids = await sb.seed(
             *(
@@ -289,6 +293,11 @@ async def run(
                 write_policies=write_policies,
             )
         result = await engine.sync(list(updates if updates is not None else make_updates()))
+        if then:
+            state = result.folded(DesiredState())
+            before = await sb.calls()
+            port.imports.clear()
+            result = await engine.sync(list(then), state=state)
         after = await sb.calls()
         calls = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
         return Run(

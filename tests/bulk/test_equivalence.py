@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 
 import pytest
 
-from service.domain import PersonAction, SyncRules, SyncType
-from tests.bulk.scenario import Run, quick_policy, run
+from service.domain import (
+    AudienceMembership,
+    MembershipStatus,
+    PersonAction,
+    ProfileUpdate,
+    SyncRules,
+    SyncType,
+)
+from tests.bulk.scenario import EVENT, UPDATES, Run, quick_policy, run
 
 CREATE = PersonAction.UPDATE_EXISTING_AND_CREATE_NEW
 UPDATE_ONLY = PersonAction.UPDATE_EXISTING_ONLY
@@ -99,3 +107,52 @@ async def test_files_split_under_the_size_bound_give_the_same_state() -> None:
     # 5 updates and 4 creations, one per file (the blank value of u_blank goes through REST)
     assert len(bulk.contents) == 9
     assert all(len(list(csv.reader(io.StringIO(c.decode())))) == 2 for c in bulk.contents)
+
+
+def later_batch() -> list[ProfileUpdate]:
+    """A second batch over the first one's profiles: a repeat with nothing new, an e-mail
+    change of a member, a refusal of consent by a member, an exit, an attribute-only change."""
+    first = {uid: profile for uid, profile, _ in UPDATES}
+    changes: list[tuple[str, dict[str, object], list[tuple[str, str]]]] = [
+        ("u_dup", first["u_dup"], [("a1", "realized")]),
+        ("u_part", {**first["u_part"], "email": "partner.new@x.io"}, []),
+        ("u_new2", {**first["u_new2"], "consents": {"marketing": {"any": {"val": "dn"}}}}, []),
+        ("u_new", first["u_new"], [("a1", "exited")]),
+        ("u_tie", {**first["u_tie"], "first": "Tio"}, []),
+    ]
+    return [
+        ProfileUpdate(
+            update_id="v" + uid[1:],
+            profile_id="p-" + uid,
+            event_time=EVENT + timedelta(hours=1),
+            profile=profile,
+            memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in members),
+        )
+        for uid, profile, members in changes
+    ]
+
+
+@pytest.mark.parametrize("name", list(RULES))
+async def test_bulk_and_rest_follow_the_same_desired_state(name: str) -> None:
+    rules = RULES[name]
+    rest = await run(rules, bulk=False, then=later_batch())
+    bulk = await run(rules, bulk=True, then=later_batch())
+
+    assert_same(rest, bulk)
+    outcomes = bulk.outcomes()
+    if rules.manages_lists and rules.creates_leads:
+        # the member who refused consent left both lists, the leaver left a1
+        assert outcomes["v_new2"][:2] == ("excluded", frozenset({"removed:a1", "removed:a2"}))
+        assert "removed:a1" in outcomes["v_new"][1]
+    if rules.writes_attributes:
+        assert outcomes["v_dup"][:2] == ("activated", frozenset()), "nothing new: no write"
+        assert outcomes["v_tie"][:2] == ("activated", frozenset({"updated"}))
+    if rules.manages_lists and rules.creates_leads:
+        # the new e-mail is a new lead: it takes the memberships over
+        assert outcomes["v_part"][1] == {
+            "created",
+            "added:a1",
+            "added:a2",
+            "removed:a1",
+            "removed:a2",
+        }

@@ -234,7 +234,7 @@ async def test_a_drainer_with_a_stale_lease_cannot_retire(env: Env) -> None:
 
 
 class FailingOnceStore:
-    """`watermarks` breaks once: an unexpected error in the middle of a batch."""
+    """`desired_state` breaks once: an unexpected error in the middle of a batch."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -243,11 +243,11 @@ class FailingOnceStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def watermarks(self, destination_id: str, profile_ids: Sequence[str]) -> Any:
+    async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> Any:
         if not self.failed:
             self.failed = True
             raise RuntimeError("disk hiccup")
-        return await self._store.watermarks(destination_id, profile_ids)
+        return await self._store.desired_state(destination_id, profile_ids)
 
 
 async def test_an_unexpected_error_defers_the_batch_and_nothing_is_lost(env: Env) -> None:
@@ -273,8 +273,8 @@ class DeletingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def watermarks(self, destination_id: str, profile_ids: Sequence[str]) -> Any:
-        marks = await self._store.watermarks(destination_id, profile_ids)
+    async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> Any:
+        marks = await self._store.desired_state(destination_id, profile_ids)
         if destination_id == self._victim:
             await self._store.delete_destination(destination_id, tenant="tenant-a")
         return marks

@@ -23,10 +23,10 @@ RECHECK = Backoff(base=timedelta(minutes=1), maximum=timedelta(minutes=10), jitt
 UPDATES = 300
 
 
-def tiered(n: int, prefix: str = "u") -> ProfileUpdate:
+def tiered(n: int, prefix: str = "u", tier: str = "gold") -> ProfileUpdate:
     update = profile(n, prefix=prefix)
     person = dict(update.profile["person"])
-    person["tier"] = "gold"
+    person["tier"] = tier
     return replace(update, profile={"person": person})
 
 
@@ -45,7 +45,8 @@ async def paused_destination(env: Env, **options: Any) -> tuple[DestinationRecor
     await env.control("POST", "reset", {"unknown_field_rejects_request": True})
     destination = await env.destination(mappings=WITH_TIER)
     dispatcher = env.dispatcher(schema_recheck=RECHECK, **options)
-    await env.append(destination.id, [tiered(0, prefix="warm")])
+    # another tier: person 0's later update is a change to write, not one already applied
+    await env.append(destination.id, [tiered(0, prefix="warm", tier="silver")])
     assert await drain_all(env, dispatcher) == 1
     await env.control("DELETE", f"fields/{FIELD}")
     await env.append(destination.id, [tiered(n) for n in range(UPDATES)])

@@ -515,6 +515,10 @@ async def test_stale_attributes_are_not_written_and_their_memberships_are() -> N
     assert fake.leads[known].fields["firstName"] == "New"
     assert fake.lists[11] == {known}
     assert dict(result.watermarks) == {}
+    # the desired status of every delivered membership fact is kept, whatever its outcome
     assert dict(result.membership_marks) == {
-        ("known", "a1"): MembershipMark(MembershipStatus.REALIZED, at(5))
+        ("known", "a1"): MembershipMark(MembershipStatus.REALIZED, at(5)),
+        ("unknown", "a1"): MembershipMark(MembershipStatus.REALIZED, at(5)),
     }
+    # the holder of a2 (stored before holders were) is now the resolved lead by its id
+    assert dict(result.holders) == {("known", "a1"): known, ("known", "a2"): known}

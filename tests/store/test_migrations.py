@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from service.domain import ExclusionCode, WritePolicy
+from service.domain import HOLDER_RESOLVED, ExclusionCode, WritePolicy
 from service.store.base import Store
 from service.store.migrations import Dialect, Migration, load_migrations
 from service.store.postgres import PostgresStore
@@ -136,10 +136,11 @@ _OLD_OUTCOME = (
 )
 
 
-def _before_exclusion_codes(dialect: Dialect) -> list[Migration]:
+def _before(dialect: Dialect, name: str) -> list[Migration]:
+    """The migrations before the one named `name`."""
     migrations = load_migrations(dialect)
     names = [m.name for m in migrations]
-    return migrations[: names.index("exclusion_codes")]
+    return migrations[: names.index(name)]
 
 
 def _write_old_rows(execute: Callable[[str, tuple[Any, ...]], object], destination: str) -> None:
@@ -217,7 +218,7 @@ async def _upgrade(
 async def test_counters_by_reason_are_folded_into_exclusion_codes(
     dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
 ) -> None:
-    before = _before_exclusion_codes(dialect)
+    before = _before(dialect, "exclusion_codes")
     await _upgrade(dialect, tmp_path, box, clock, before, _write_old_rows, _check_upgraded)
 
 
@@ -225,12 +226,6 @@ _OLD_MAPPINGS = (
     '[{"source": "person.email", "target": "DedupeField", "transform": null, "options": {}, '
     '"labels": []}]'
 )
-
-
-def _before_kept_fields(dialect: Dialect) -> list[Migration]:
-    migrations = load_migrations(dialect)
-    names = [m.name for m in migrations]
-    return migrations[: names.index("kept_fields_dedupe_key")]
 
 
 def _write_rows_before_kept_fields(
@@ -259,7 +254,7 @@ async def _check_kept_fields_upgrade(store: Store, destination: str) -> None:
 async def test_rows_from_before_write_policies_read_as_always_and_are_found_by_dedupe_key(
     dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
 ) -> None:
-    before = _before_kept_fields(dialect)
+    before = _before(dialect, "kept_fields_dedupe_key")
     await _upgrade(
         dialect,
         tmp_path,
@@ -268,4 +263,52 @@ async def test_rows_from_before_write_policies_read_as_always_and_are_found_by_d
         before,
         _write_rows_before_kept_fields,
         _check_kept_fields_upgrade,
+    )
+
+
+def _write_marks_before_holders(
+    execute: Callable[[str, tuple[Any, ...]], object], destination: str
+) -> None:
+    at = to_micros(START)
+    for audience, status in (("a1", "realized"), ("a2", "existing"), ("a3", "exited")):
+        execute(
+            "INSERT INTO membership_marks (destination_id, profile_id, audience_id, status, "
+            "event_time) VALUES ({0}, {0}, {0}, {0}, {0})",
+            (destination, "p", audience, status, at),
+        )
+    execute(
+        "INSERT INTO activations (destination_id, audience_id, audience_name, origin, "
+        "marketo_list_id, list_name, active, created_by_service) "
+        "VALUES ({0}, {0}, {0}, {0}, {0}, {0}, 1, 1)",
+        (destination, "a1", "A1", "AEP", 11, "A1 list"),
+    )
+
+
+async def _check_holders_upgrade(store: Store, destination: str) -> None:
+    state = await store.desired_state(destination, ["p"])
+    assert {pair: mark.status.value for pair, mark in state.marks.items()} == {
+        ("p", "a1"): "realized",
+        ("p", "a2"): "existing",
+        ("p", "a3"): "exited",
+    }
+    # members applied before holders were recorded are held by the lead the profile resolves to
+    assert state.holders == {("p", "a1"): HOLDER_RESOLVED, ("p", "a2"): HOLDER_RESOLVED}
+    assert state.profiles == {}
+    (activation,) = await store.activations(destination)
+    assert activation.created_by_service and not activation.holders_tracked
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_marks_from_before_holders_are_held_by_the_resolved_lead(
+    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+) -> None:
+    before = _before(dialect, "desired_state")
+    await _upgrade(
+        dialect,
+        tmp_path,
+        box,
+        clock,
+        before,
+        _write_marks_before_holders,
+        _check_holders_upgrade,
     )

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import threading
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -17,9 +17,11 @@ from service.domain import (
     ActionType,
     AudienceMembership,
     DecodedBatch,
+    DesiredState,
     MembershipMark,
     MembershipStatus,
     OutcomeKind,
+    ProfileState,
     ProfileUpdate,
 )
 from service.store.base import (
@@ -28,8 +30,10 @@ from service.store.base import (
     DestinationRecord,
     FencingError,
     Lease,
+    MembershipHolder,
     MembershipWatermark,
     OutboxEntry,
+    ProfileStateRow,
     Store,
     StoreError,
     Watermark,
@@ -861,3 +865,78 @@ async def test_release_deferred_makes_one_destinations_entries_due_keeping_attem
     assert ids(due) == ["u1", "u2", "u3"]
     assert {entry.attempts for entry in due} == {2}
     assert await store.release_deferred(destination.id, now=START) == 0
+
+
+async def test_desired_state_folds_in_desired_statuses_holders_and_profile_states(
+    store: Store, destination: DestinationRecord
+) -> None:
+    first, second = await claimed(store, destination.id, INSTANCE, [1, 2])
+    bound = ProfileState("Ann@x.io", 7, "d1", consent_refused=False)
+
+    await store.retire(
+        [first],
+        [activated(first, ActionType.ADDED)],
+        [Watermark(destination.id, "p", START)],
+        membership_marks=[
+            MembershipWatermark(destination.id, "p", "a1", MembershipMark(REALIZED, START)),
+            MembershipWatermark(destination.id, "p", "a2", MembershipMark(REALIZED, START)),
+        ],
+        holders=[
+            MembershipHolder(destination.id, "p", "a1", 7),
+            MembershipHolder(destination.id, "p", "a2", 7),
+        ],
+        profiles=[ProfileStateRow(destination.id, "p", bound)],
+    )
+    assert await store.desired_state(destination.id, ["p", "other"]) == DesiredState(
+        watermarks={"p": START},
+        marks={
+            ("p", "a1"): MembershipMark(REALIZED, START),
+            ("p", "a2"): MembershipMark(REALIZED, START),
+        },
+        holders={("p", "a1"): 7, ("p", "a2"): 7},
+        profiles={"p": bound},
+    )
+
+    # consent refused: a2 left (holder cleared), the desired statuses stay; an older exit of a1
+    # does not replace its newer desired status, while its holder moves to the new lead
+    refused = ProfileState("Ann@x.io", 7, "d1", consent_refused=True)
+    await store.retire(
+        [second],
+        [activated(second, ActionType.REMOVED)],
+        membership_marks=[
+            MembershipWatermark(destination.id, "p", "a1", MembershipMark(EXITED, older(START))),
+        ],
+        holders=[
+            MembershipHolder(destination.id, "p", "a1", 8),
+            MembershipHolder(destination.id, "p", "a2", None),
+        ],
+        profiles=[ProfileStateRow(destination.id, "p", refused)],
+    )
+    state = await store.desired_state(destination.id, ["p"])
+    assert state.marks == {
+        ("p", "a1"): MembershipMark(REALIZED, START),
+        ("p", "a2"): MembershipMark(REALIZED, START),
+    }
+    assert state.holders == {("p", "a1"): 8}
+    assert state.profiles == {"p": refused}
+
+
+def older(moment: datetime) -> datetime:
+    return moment - timedelta(minutes=1)
+
+
+async def test_desired_state_of_a_destination_deleted_in_flight_is_dropped(
+    store: Store, destination: DestinationRecord
+) -> None:
+    (entry,) = await claimed(store, destination.id, INSTANCE, [1])
+    await store.delete_destination(destination.id, tenant="acme")
+    await store.retire(
+        [entry],
+        [activated(entry, ActionType.ADDED)],
+        membership_marks=[
+            MembershipWatermark(destination.id, "p", "a1", MembershipMark(REALIZED, START))
+        ],
+        holders=[MembershipHolder(destination.id, "p", "a1", 7)],
+        profiles=[ProfileStateRow(destination.id, "p", ProfileState("a@x.io", 7, "d"))],
+    )
+    assert await store.desired_state(destination.id, ["p"]) == DesiredState()

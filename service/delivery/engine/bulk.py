@@ -36,7 +36,7 @@ import contextlib
 import csv
 import io
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -53,9 +53,9 @@ from service.delivery.engine.executor import (
 from service.delivery.engine.locks import KeyedLocks
 from service.delivery.engine.ports import MarketoPort
 from service.domain import (
+    HOLDER_RESOLVED,
     Action,
     ActionType,
-    OutcomeKind,
     ProfileMapper,
     SyncRules,
     WritePolicy,
@@ -271,6 +271,7 @@ class BulkSyncEngine(SyncEngine):
         max_rounds: int = 3,
         planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
         write_policies: Mapping[str, WritePolicy] | None = None,
+        tracked_lists: Collection[str] = (),
     ) -> None:
         super().__init__(
             client,
@@ -282,6 +283,7 @@ class BulkSyncEngine(SyncEngine):
             max_rounds=max_rounds,
             planning_scope=planning_scope,
             write_policies=write_policies,
+            tracked_lists=tracked_lists,
         )
         self._bulk = client
         self._clock = clock
@@ -296,6 +298,13 @@ class BulkSyncEngine(SyncEngine):
         tasks: list[asyncio.Task[None]] = []
         stop: _Stop | None = None
         try:
+            for person in persons:
+                if not self._needs_lookup(person):
+                    # bound and nothing to write: only its lists may change
+                    person.lead_id = person.plan.bound_lead
+                    person.bound = True
+                    run.written.append(person)
+            persons = [p for p in persons if p not in run.written]
             for wave in _chunks(persons, self._policy.wave_size):
                 log.debug("resolving %d persons", len(wave))
                 found = await self._resolve(wave)
@@ -350,6 +359,9 @@ class BulkSyncEngine(SyncEngine):
                     run.written.append(person)  # no attributes: memberships come later
                     continue
                 kind: JobKind = "update"
+            elif person.plan.consent_refused:
+                run.written.append(person)  # no lead to resolve to: the known holders leave
+                continue
             else:
                 self._decide_unmatched(person)
                 if person.final:
@@ -360,7 +372,7 @@ class BulkSyncEngine(SyncEngine):
             if not _expressible(fields) or (kind == "create" and rules.dedupe_field not in fields):
                 run.rest.append(person)
                 continue
-            joins = sorted(person.plan.joins) if rules.manages_lists else []
+            joins = sorted(self._joins(person)) if rules.manages_lists else []
             audience = joins[0] if joins else None
             groups.setdefault((kind, audience, frozenset(fields)), []).append(person)
         jobs: list[_Job] = []
@@ -521,36 +533,46 @@ class BulkSyncEngine(SyncEngine):
 
     # -- list changes left after the writes ---------------------------------------------------
 
+    def _joins(self, person: _Person) -> list[str]:
+        """The audiences the person's lead (resolved, or created when `lead_id` is None) joins
+        that it does not hold yet."""
+        plan = person.plan
+        lead = person.lead_id
+        return [
+            audience
+            for audience, want in plan.desired.items()
+            if want
+            and (
+                lead is None
+                or not {lead if h == HOLDER_RESOLVED else h for h in plan.holders.get(audience, ())}
+                & {lead}
+            )
+        ]
+
     async def _finish_lists(self, run: _Run) -> None:
         persons = [p for p in run.written if not p.final and p.unknown is None]
-        if self._rules.manages_lists:
-
-            def pending(person: _Person) -> list[str]:
-                done = run.joined.get(person.plan.key, set())
-                return [a for a in person.plan.joins if a not in done]
-
-            unknown_ids = [p for p in persons if p.lead_id is None and pending(p)]
-            if unknown_ids:
-                # created by an import, which names no ids: look them up to add them by id
-                found = await self._lookup(unknown_ids)
-                for person in unknown_ids:
-                    lead = found.get(person.plan.key)
-                    if lead is None:
-                        person.fail(CODE_LEAD_NOT_FOUND, "Lead not found")
-                    else:
-                        person.lead_id = lead.id
-            for audience in sorted({a for p in persons for a in p.plan.memberships}):
-                list_id = self._lists[audience]
-                adds = [p for p in persons if not p.final and audience in pending(p)]
-                if len(adds) >= self._policy.membership_import_min:
-                    await self._members_import(audience, list_id, adds)
+        unknown_ids = [p for p in persons if p.lead_id is None and p.created]
+        if unknown_ids:
+            # created by an import, which names no ids: look them up to bind them (and to add
+            # them to lists by id, recording which lead holds their memberships)
+            found = await self._lookup(unknown_ids)
+            for person in unknown_ids:
+                lead = found.get(person.plan.key)
+                if lead is None:
+                    person.fail(CODE_LEAD_NOT_FOUND, "Lead not found")
                 else:
-                    await self._membership(audience, list_id, adds, add=True)
-                removes = self._removals(audience, persons)
-                await self._membership(audience, list_id, removes, add=False)
-        for person in persons:
-            if not person.final and person.unknown is None:
-                person.kind = OutcomeKind.ACTIVATED
+                    person.lead_id = lead.id
+        if self._rules.manages_lists:
+            await self._write_lists(persons, run.joined)
+            await self._resolve_stale(persons)
+        self._finish([p for p in persons if p.unknown is None])
+
+    async def _add_members(self, audience: str, list_id: int, persons: list[_Person]) -> None:
+        """REST adds, or an id-only import for many members."""
+        if len(persons) >= self._policy.membership_import_min:
+            await self._members_import(audience, list_id, persons)
+        else:
+            await super()._add_members(audience, list_id, persons)
 
     async def _members_import(self, audience: str, list_id: int, persons: list[_Person]) -> None:
         files = _CsvFiles(["id"], self._policy.max_file_bytes)
@@ -568,14 +590,16 @@ class BulkSyncEngine(SyncEngine):
                 stop = stop or outcome
                 continue
             if outcome.redo:
-                await self._membership(audience, list_id, job.persons, add=True)
+                await super()._add_members(audience, list_id, job.persons)
                 continue
             for person in job.persons:
                 failure = outcome.failures.get(str(person.lead_id))
                 if failure is not None:
                     person.fail(reason_code(failure), failure)
                 else:
+                    assert person.lead_id is not None
                     person.actions.append(Action(ActionType.ADDED, audience))
+                    person.held.setdefault(audience, set()).add(person.lead_id)
                     self._warn(person, outcome.warnings.get(str(person.lead_id)))
         if stop is not None:
             raise stop

@@ -16,6 +16,24 @@
    that is not in the list (Marketo answers 1015, or the lead was created by this batch, which
    costs no call) is NOT_IN_LIST, not REMOVED.
 
+The engine writes the difference between the person's target (planned from the stored state and
+the batch) and what is applied:
+- attributes are written only when their digest differs from the one last applied or the dedupe
+  value is not the bound one; otherwise the bound lead is used without a look-up, unless the
+  lists need the resolved lead and no lead is bound. An update with nothing to write makes no
+  call: ACTIVATED, no actions, the bound lead, `REASON_NOTHING_TO_WRITE`.
+- membership follows the person: per activated audience, a desired member held by the resolved
+  lead costs nothing; not held, the resolved lead is added; a membership held by another lead
+  (new dedupe value, another duplicate became the most recent, a deleted lead) loses that lead.
+  A membership not desired (exit, refused consent) removes the lead that holds it, not the
+  resolved one. An exit with no holder costs no call and is NOT_IN_LIST, except on a list whose
+  holders are not all known to the service (a linked list, or one created before holders were
+  recorded: someone else may have added the lead): there the resolved lead is removed (one
+  call; 1015 is NOT_IN_LIST). A removal answered 1004 (the holder was deleted) is NOT_IN_LIST
+  and clears the holder.
+- refused consent: the removals go out, the attributes do not; the outcome is EXCLUDED
+  `consent_refused` and carries the REMOVED actions.
+
 Each update's outcome carries only the actions its own facts asked for (`own_actions`): the
 lead write on the update whose attributes it carried, each list change on the update whose
 membership it applied. So every write Marketo confirmed is on one outcome, and the dataflow,
@@ -34,14 +52,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from service.delivery.engine.locks import KeyedLocks
 from service.delivery.engine.planner import (
+    CONSENT_REFUSED,
     REASON_ATTRIBUTES_STALE,
     Plan,
     PlannedPerson,
@@ -49,16 +68,19 @@ from service.delivery.engine.planner import (
 )
 from service.delivery.engine.ports import MarketoPort
 from service.domain import (
+    HOLDER_RESOLVED,
     REQUIRED_FOR_CREATE,
     Action,
     ActionType,
     AudienceChanges,
+    DesiredState,
     Exclusion,
     ExclusionCode,
     MembershipMark,
     Outcome,
     OutcomeKind,
     ProfileMapper,
+    ProfileState,
     ProfileUpdate,
     SyncRules,
     SyncType,
@@ -80,6 +102,7 @@ BATCH_SIZE = 300
 REASON_NO_MATCHING_LEAD = "no matching lead"
 REASON_MISSING_REQUIRED = "missing required attributes"
 REASON_UNRESOLVED = "lead could not be resolved after repeated look-ups"
+REASON_NOTHING_TO_WRITE = "nothing needed writing: Marketo already holds this state"
 
 _NO_MATCHING_LEAD = Exclusion(ExclusionCode.NO_MATCHING_LEAD, "", REASON_NO_MATCHING_LEAD)
 
@@ -131,11 +154,37 @@ class BatchResult:
     deferred: tuple[Deferred, ...] = ()
     watermarks: Mapping[str, datetime] = field(default_factory=dict)
     membership_marks: Mapping[tuple[str, str], MembershipMark] = field(default_factory=dict)
+    holders: Mapping[tuple[str, str], int | None] = field(default_factory=dict)
+    """The lead now holding each (profile id, audience id) membership the batch changed (None:
+    no lead), as Marketo confirmed it."""
+    profiles: Mapping[str, ProfileState] = field(default_factory=dict)
+    """The applied state of the profiles the batch wrote (or found already applied)."""
 
     @property
     def error(self) -> MarketoError | None:
         """The error that stopped the batch, if any."""
         return self.deferred[0].error if self.deferred else None
+
+    def folded(self, state: DesiredState) -> DesiredState:
+        """`state` with this batch folded in, as `Store.retire` stores it: watermarks only move
+        forward, a desired status is replaced by one not older, holders and profile states are
+        set (for engines driven without a store: benchmarks, tests)."""
+        watermarks = dict(state.watermarks)
+        for profile_id, event_time in self.watermarks.items():
+            seen = watermarks.get(profile_id)
+            watermarks[profile_id] = event_time if seen is None else max(seen, event_time)
+        marks = dict(state.marks)
+        for pair, mark in self.membership_marks.items():
+            seen_mark = marks.get(pair)
+            if seen_mark is None or mark.event_time >= seen_mark.event_time:
+                marks[pair] = mark
+        holders = dict(state.holders)
+        for pair, lead_id in self.holders.items():
+            if lead_id is None:
+                holders.pop(pair, None)
+            elif pair in marks:
+                holders[pair] = lead_id
+        return DesiredState(watermarks, marks, holders, {**state.profiles, **self.profiles})
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +242,21 @@ class _Person:
     last_code: str = ""
     conflicted: bool = False
     unknown: MarketoError | None = None
+    held: dict[str, set[int]] = field(default_factory=dict)
+    """Per audience, the leads holding the membership (updated as Marketo confirms changes)."""
+    calls: bool = False
+    """Whether any Marketo call was made for the person."""
+    bound: bool = False
+    """`lead_id` is the bound lead, taken without a look-up."""
+    stale_binding: bool = False
+    """Marketo answered that the bound lead does not exist (deleted or merged)."""
+
+    def rebind(self) -> None:
+        """Forget the binding: the person is resolved again (and its attributes written)."""
+        plan = self.plan
+        self.plan = replace(plan, bound_lead=None, attributes_changed=plan.writes_attributes)
+        self.lead_id = None
+        self.bound = self.stale_binding = False
 
     @property
     def final(self) -> bool:
@@ -211,6 +275,7 @@ class _Person:
     def outcomes(self) -> list[Outcome]:
         assert self.kind is not None
         activated = self.kind is OutcomeKind.ACTIVATED
+        idle = activated and not self.calls and not self.actions
         return [
             Outcome(
                 update_id=u.update_id,
@@ -219,7 +284,7 @@ class _Person:
                 kind=self.kind,
                 actions=own_actions(self.plan, u.update_id, self.actions),
                 lead_id=self.lead_id,
-                reason=self.reason or self._note(u),
+                reason=self.reason or (REASON_NOTHING_TO_WRITE if idle else self._note(u)),
                 marketo_code=self.code,
                 exclusion_code=self.exclusion.code if self.exclusion else None,
                 field=self.exclusion.field if self.exclusion else "",
@@ -248,7 +313,11 @@ def own_actions(
         action
         for action in actions
         if update_id
-        == (person.writer if action.audience_id is None else person.sources.get(action.audience_id))
+        == (
+            person.writer
+            if action.audience_id is None
+            else person.sources.get(action.audience_id, person.speaker)
+        )
     )
 
 
@@ -302,15 +371,19 @@ class SyncEngine:
         planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
         configuration_stops: bool = True,
         write_policies: Mapping[str, WritePolicy] | None = None,
+        tracked_lists: Collection[str] = (),
     ) -> None:
         """`planning_scope(n)` wraps the planning (mapping) of n updates, e.g. in a span;
         `configuration_stops`: a configuration error stops the batch (its unfinished updates are
         deferred) rather than failing the records of the refused request; `write_policies` maps
-        Marketo fields to their mapping row's write policy (absent: always)."""
+        Marketo fields to their mapping row's write policy (absent: always); `tracked_lists`:
+        the audiences whose list only the service adds to since holders are recorded (an exit
+        with no known holder costs no call there)."""
         self._client = client
         self._rules = rules
         self._mapper = mapper
         self._lists = dict(audience_lists or {})
+        self._tracked = frozenset(tracked_lists)
         self._locks = locks if locks is not None else KeyedLocks()
         self._batch_size = batch_size
         self._max_rounds = max_rounds
@@ -332,8 +405,11 @@ class SyncEngine:
         *,
         watermarks: Mapping[str, datetime] | None = None,
         membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
+        state: DesiredState | None = None,
     ) -> Plan:
-        """Plan a batch without any Marketo call (on the calling thread)."""
+        """Plan a batch without any Marketo call (on the calling thread); `state` is the
+        destination's stored state of the batch's profiles (it replaces `watermarks` and
+        `membership_marks`)."""
         with self._planning_scope(len(updates)):
             return plan_batch(
                 updates,
@@ -342,6 +418,7 @@ class SyncEngine:
                 watermarks=watermarks,
                 membership_marks=membership_marks,
                 audience_lists=self._lists if self._rules.manages_lists else {},
+                state=state,
             )
 
     async def _plan_in_thread(
@@ -349,12 +426,17 @@ class SyncEngine:
         updates: Sequence[ProfileUpdate],
         watermarks: Mapping[str, datetime] | None,
         membership_marks: Mapping[tuple[str, str], MembershipMark] | None,
+        state: DesiredState | None,
     ) -> Plan:
         # Mapping runs every transform on every profile of the batch: CPU work that would hold
         # the event loop (health checks, lease renewals, other instances' delivery) for as long
         # as it lasts. A worker thread takes it; the context (the batch span) goes along.
         return await asyncio.to_thread(
-            self.plan, updates, watermarks=watermarks, membership_marks=membership_marks
+            self.plan,
+            updates,
+            watermarks=watermarks,
+            membership_marks=membership_marks,
+            state=state,
         )
 
     async def sync(
@@ -363,9 +445,11 @@ class SyncEngine:
         *,
         watermarks: Mapping[str, datetime] | None = None,
         membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
+        state: DesiredState | None = None,
     ) -> BatchResult:
-        """Plan and execute a batch; every update ends in `outcomes` or in `deferred`."""
-        plan = await self._plan_in_thread(updates, watermarks, membership_marks)
+        """Plan and execute a batch; every update ends in `outcomes` or in `deferred`. `state`
+        is the destination's stored state of the batch's profiles (see `DesiredState`)."""
+        plan = await self._plan_in_thread(updates, watermarks, membership_marks, state)
         persons = [_Person(p) for p in plan.persons]
         error: MarketoError | None = None
         async with self._locks.hold(self._lock_key(p.plan.key) for p in persons):
@@ -375,14 +459,17 @@ class SyncEngine:
                 error = stop.error
         outcomes = list(plan.outcomes)
         marks = dict(plan.watermarks)
-        applied: dict[tuple[str, str], MembershipMark] = {}
+        applied: dict[tuple[str, str], MembershipMark] = dict(plan.membership_marks)
+        holders: dict[tuple[str, str], int | None] = {}
+        profiles: dict[str, ProfileState] = dict(plan.profiles)
         deferred: list[Deferred] = []
         for person in persons:
             if person.final:
                 outcomes.extend(person.outcomes())
                 marks.update(person.plan.watermarks)
-                if person.kind is OutcomeKind.ACTIVATED:
-                    applied.update(person.plan.membership_marks)
+                applied.update(person.plan.membership_marks)
+                holders.update(self._holders(person))
+                profiles.update(self._profile_state(person))
                 continue
             cause = error or person.unknown
             assert cause is not None
@@ -395,7 +482,45 @@ class SyncEngine:
             deferred=tuple(deferred),
             watermarks=marks,
             membership_marks=applied,
+            holders=holders,
+            profiles=profiles,
         )
+
+    @staticmethod
+    def _holders(person: _Person) -> dict[tuple[str, str], int | None]:
+        """The holder rows that changed for `person`'s profiles."""
+        plan = person.plan
+        rows: dict[tuple[str, str], int | None] = {}
+        for audience, held in person.held.items():
+            holder = person.lead_id if person.lead_id in held else min(held) if held else None
+            before = plan.holders.get(audience, frozenset())
+            if before == ({holder} if holder is not None else set()):
+                continue
+            rows.update(((pid, audience), holder) for pid in plan.profile_ids)
+        return rows
+
+    @staticmethod
+    def _profile_state(person: _Person) -> dict[str, ProfileState]:
+        """The applied state of the profile whose attributes the person carries."""
+        plan = person.plan
+        prior = plan.prior or ProfileState()
+        head = next(
+            (u.profile_id for u in plan.updates if u.update_id == plan.speaker),
+            plan.profile_ids[0] if plan.profile_ids else "",
+        )
+        if plan.consent_refused:
+            if prior.consent_refused:
+                return {}
+            return {head: replace(prior, consent_refused=True)}
+        if person.kind is not OutcomeKind.ACTIVATED or person.lead_id is None:
+            return {}
+        state = ProfileState(
+            dedupe_value=plan.dedupe_value,
+            lead_id=person.lead_id,
+            digest=plan.digest if plan.writes_attributes else prior.digest,
+            consent_refused=False,
+        )
+        return {} if state == plan.prior else {head: state}
 
     async def dry_run(
         self,
@@ -403,9 +528,10 @@ class SyncEngine:
         *,
         watermarks: Mapping[str, datetime] | None = None,
         membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
+        state: DesiredState | None = None,
     ) -> DryRunResult:
         """Plan and look up like `sync`, write nothing; say what would be written."""
-        plan = await self._plan_in_thread(updates, watermarks, membership_marks)
+        plan = await self._plan_in_thread(updates, watermarks, membership_marks, state)
         persons = [_Person(p) for p in plan.persons]
         outcomes = list(plan.outcomes)
         create: list[str] = []
@@ -413,7 +539,7 @@ class SyncEngine:
         joins: dict[str, list[str]] = {}
         exits: dict[str, list[str]] = {}
         try:
-            found = await self._lookup(persons)
+            found = await self._lookup([p for p in persons if self._needs_lookup(p)])
         except _Stop as stop:
             deferred = tuple(
                 Deferred(u.update_id, u.profile_id, p.plan.dedupe_value, stop.error)
@@ -425,23 +551,29 @@ class SyncEngine:
             if person.final:
                 outcomes.extend(person.outcomes())
                 continue
-            lead = found.get(person.plan.key)
+            lead = found.get(person.plan.key) if self._needs_lookup(person) else None
             if lead is not None:
+                person.lead_id = lead.id
                 if self._writes(person):
                     self._settle(person, lead)
                     update.append(PlannedUpdate(person.plan.dedupe_value, lead.id, person.kept))
-                for audience in person.plan.joins:
-                    joins.setdefault(audience, []).append(person.plan.dedupe_value)
-                for audience in person.plan.exits:
-                    exits.setdefault(audience, []).append(person.plan.dedupe_value)
+            elif not self._needs_lookup(person):
+                person.lead_id = person.plan.bound_lead
+                person.bound = True
+            elif not person.plan.consent_refused:
+                self._decide_unmatched(person)
+                if person.final:
+                    outcomes.extend(person.outcomes())
+                    continue
+                create.append(person.plan.dedupe_value)
+                person.created = True
+            if not self._rules.manages_lists:
                 continue
-            self._decide_unmatched(person)
-            if person.final:
-                outcomes.extend(person.outcomes())
-                continue
-            create.append(person.plan.dedupe_value)
-            for audience in person.plan.joins:
+            adds, leaves = self._changes(person)
+            for audience in adds:
                 joins.setdefault(audience, []).append(person.plan.dedupe_value)
+            for audience, _ in leaves:
+                exits.setdefault(audience, []).append(person.plan.dedupe_value)
         audiences = tuple(
             AudienceChanges(
                 audience_id=a,
@@ -459,8 +591,15 @@ class SyncEngine:
         return f"{self._rules.dedupe_field}\x00{key}"
 
     async def _execute(self, persons: list[_Person]) -> None:
-        pending = list(persons)
+        pending: list[_Person] = []
         ready: list[_Person] = []
+        for person in persons:
+            if self._needs_lookup(person):
+                pending.append(person)
+            else:
+                person.lead_id = person.plan.bound_lead
+                person.bound = True
+                ready.append(person)
         for _ in range(self._max_rounds):
             if not pending:
                 break
@@ -475,6 +614,9 @@ class SyncEngine:
                     person.lead_id = lead.id
                     self._settle(person, lead)
                     (to_update if self._writes(person) else ready).append(person)
+                    continue
+                if person.plan.consent_refused:
+                    ready.append(person)  # no lead to resolve to: only the known holders leave
                     continue
                 if person.conflicted:
                     # Marketo says the lead exists, yet the dedupe value finds none: another
@@ -491,19 +633,48 @@ class SyncEngine:
         for person in pending:
             if person.unknown is None:
                 person.fail(person.last_code, REASON_UNRESOLVED)
-        for person in ready:
-            if not (self._rules.manages_lists and person.plan.memberships):
-                person.kind = OutcomeKind.ACTIVATED
         if self._rules.manages_lists:
             await self._write_lists(ready)
-        for person in ready:
-            if not person.final:
+            await self._resolve_stale(ready)
+        self._finish(ready)
+
+    async def _resolve_stale(self, persons: Sequence[_Person]) -> None:
+        """Resolve again, through REST, the persons whose bound lead Marketo no longer has: the
+        new lead gets the attributes and the memberships, the deleted holder's are cleared."""
+        stale = [p for p in persons if p.stale_binding and not p.final]
+        for person in stale:
+            person.rebind()
+        if stale:
+            await SyncEngine._execute(self, stale)
+
+    def _finish(self, persons: Sequence[_Person]) -> None:
+        """End the persons whose writes are done: ACTIVATED, or EXCLUDED when consent is
+        refused (with the removals made)."""
+        for person in persons:
+            if person.final:
+                continue
+            if person.plan.consent_refused:
+                person.exclude(CONSENT_REFUSED)
+            else:
                 person.kind = OutcomeKind.ACTIVATED
+
+    def _needs_lookup(self, person: _Person) -> bool:
+        """Whether `person` must be resolved: attributes to write, or list changes that need the
+        resolved lead while none is bound."""
+        plan = person.plan
+        if plan.consent_refused:
+            return (
+                plan.bound_lead is None
+                and bool(plan.key)
+                and any(HOLDER_RESOLVED in held for held in plan.holders.values())
+            )
+        return self._writes(person) or plan.bound_lead is None
 
     def _writes(self, person: _Person) -> bool:
         """Whether `person`'s lead gets attributes: the sync type writes them and the person
-        has some not older than what was applied."""
-        return self._rules.writes_attributes and person.plan.writes_attributes
+        has some not older than what was applied, which differ from them."""
+        plan = person.plan
+        return self._rules.writes_attributes and plan.writes_attributes and plan.attributes_changed
 
     def _settle(self, person: _Person, lead: Lead | None) -> None:
         """Set what `person`'s write sends to `lead` (None: a lead to create) under the write
@@ -532,7 +703,11 @@ class SyncEngine:
         if not rules.creates_leads or not plan.writes_attributes:
             # creating a lead from attributes older than those applied would write them
             person.exclude(_NO_MATCHING_LEAD)
-        elif rules.sync_type is SyncType.AUDIENCE_AND_PROFILE and plan.exits and not plan.joins:
+        elif (
+            rules.sync_type is SyncType.AUDIENCE_AND_PROFILE
+            and plan.exits
+            and not any(plan.desired.values())
+        ):
             # a person only leaving audiences is not worth a new lead
             person.exclude(_NO_MATCHING_LEAD)
         else:
@@ -551,7 +726,8 @@ class SyncEngine:
         """Resolve each person's dedupe value to its lead (most recently updated of the matches)."""
         values: dict[str, str] = {}
         for person in persons:
-            if not person.final:
+            if not person.final and person.plan.key:
+                person.calls = True
                 values.setdefault(person.plan.key, person.plan.dedupe_value)
         matches: dict[str, list[Lead]] = {}
         failures: dict[str, RejectedError] = {}
@@ -672,34 +848,78 @@ class SyncEngine:
                     person.fail(reason.code, reason.message)
         return again
 
-    async def _write_lists(self, persons: list[_Person]) -> None:
-        for audience in sorted({a for p in persons for a in p.plan.memberships}):
-            list_id = self._lists[audience]
-            adds = [p for p in persons if not p.final and audience in p.plan.joins]
-            await self._membership(audience, list_id, adds, add=True)
-            await self._membership(audience, list_id, self._removals(audience, persons), add=False)
-
-    @staticmethod
-    def _removals(audience: str, persons: Sequence[_Person]) -> list[_Person]:
-        """The persons whose lead must leave `audience`'s list. A lead created in this batch is
-        in no list yet: its exit is NOT_IN_LIST at once, without a call."""
-        removes = []
-        for person in persons:
-            if person.final or audience not in person.plan.exits:
+    def _changes(self, person: _Person) -> tuple[list[str], list[tuple[str, int]]]:
+        """The list changes that bring `person` to its target: audiences its resolved lead joins,
+        and (audience, lead) removals. Exits that need no call get NOT_IN_LIST here; the leads
+        holding each membership are recorded in `person.held`."""
+        plan = person.plan
+        lead = person.lead_id
+        adds: list[str] = []
+        removes: list[tuple[str, int]] = []
+        for audience, want in plan.desired.items():
+            held: set[int] = set()
+            for holder in plan.holders.get(audience, ()):
+                if holder != HOLDER_RESOLVED:
+                    held.add(holder)
+                elif lead is not None:
+                    held.add(lead)
+            person.held[audience] = set(held)
+            if want:
+                if lead is None and not person.created:
+                    continue  # unresolved (a created lead of a dry run is to be added)
+                removes.extend((audience, h) for h in sorted(held) if h != lead)
+                if lead not in held:
+                    adds.append(audience)
                 continue
-            if person.created:
-                person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
+            removes.extend((audience, h) for h in sorted(held))
+            if held or audience not in plan.exits or (lead is None and plan.consent_refused):
+                continue
+            if lead is not None and not person.created and audience not in self._tracked:
+                # someone else may have added the lead to this list: remove the resolved lead
+                removes.append((audience, lead))
             else:
-                removes.append(person)
-        return removes
+                person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
+        return adds, removes
+
+    async def _write_lists(
+        self, persons: Sequence[_Person], joined: Mapping[str, set[str]] | None = None
+    ) -> None:
+        """Write every person's list changes; `joined` names, per person key, the audiences an
+        import already added its lead to."""
+        adds: dict[str, list[_Person]] = {}
+        removes: dict[str, list[tuple[_Person, int]]] = {}
+        for person in persons:
+            if person.final:
+                continue
+            done = (joined or {}).get(person.plan.key, set())
+            joins, leaves = self._changes(person)
+            for audience in joins:
+                if audience in done:
+                    assert person.lead_id is not None
+                    person.held[audience].add(person.lead_id)
+                else:
+                    adds.setdefault(audience, []).append(person)
+            for audience, lead in leaves:
+                removes.setdefault(audience, []).append((person, lead))
+            if not joins and not leaves:
+                self._finish([person])  # nothing left to write: a later stop cannot defer it
+        for audience in sorted(set(adds) | set(removes)):
+            list_id = self._lists[audience]
+            await self._add_members(audience, list_id, adds.get(audience, []))
+            await self._membership(audience, list_id, removes.get(audience, []), add=False)
+
+    async def _add_members(self, audience: str, list_id: int, persons: list[_Person]) -> None:
+        """Add the persons' resolved leads to `audience`'s list."""
+        items = [(p, p.lead_id) for p in persons if not p.final and p.lead_id is not None]
+        await self._membership(audience, list_id, items, add=True)
 
     async def _membership(
-        self, audience: str, list_id: int, persons: list[_Person], *, add: bool
+        self, audience: str, list_id: int, items: Sequence[tuple[_Person, int]], *, add: bool
     ) -> None:
         by_id: dict[int, list[_Person]] = {}
-        for person in persons:
-            assert person.lead_id is not None
-            by_id.setdefault(person.lead_id, []).append(person)
+        for person, lead_id in items:
+            if not person.final:
+                by_id.setdefault(lead_id, []).append(person)
         if not by_id:
             return
         operation = self._client.add_to_list if add else self._client.remove_from_list
@@ -708,6 +928,8 @@ class SyncEngine:
             return await operation(list_id, part)
 
         ids = list(by_id)
+        for person in {id(p): p for group in by_id.values() for p in group}.values():
+            person.calls = True
         results = await self._split(ids, call)
         for lead_id, result in zip(ids, results, strict=True):
             for person in by_id[lead_id]:
@@ -715,12 +937,18 @@ class SyncEngine:
                     person.fail(result.code or "", result.reason)
                     continue
                 reason = _first_reason(result.reasons)
+                held = person.held.setdefault(audience, set())
                 if add and result.status == "added":
                     person.actions.append(Action(ActionType.ADDED, audience))
+                    held.add(lead_id)
                 elif not add and result.status == "removed":
                     person.actions.append(Action(ActionType.REMOVED, audience))
-                elif not add and reason.code == CODE_NOT_IN_LIST:
+                    held.discard(lead_id)
+                elif add and reason.code == CODE_LEAD_NOT_FOUND and person.bound:
+                    person.stale_binding = True  # resolved again once the lists are written
+                elif not add and reason.code in (CODE_NOT_IN_LIST, CODE_LEAD_NOT_FOUND):
                     person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
+                    held.discard(lead_id)
                 else:
                     person.fail(reason.code, reason.message)
 

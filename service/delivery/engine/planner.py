@@ -19,17 +19,28 @@ membership event, nor the reverse. Rules, in order:
 3. Profiles are coalesced per dedupe value: the latest current attributes win; memberships are
    merged per audience, the latest event time winning. Older updates that still carry a winning
    membership share the person's outcome; those left with nothing are superseded.
+
+Then each person gets its target from the stored state (`DesiredState`) plus the batch: per
+activated audience, whether the person should be a member (the batch's latest status, else the
+stored desired status of its profiles; never while consent is refused) and which leads hold the
+membership now; whether its attributes changed (digest of the mapped fields against the one last
+applied) and the lead it is bound to (when its dedupe value is the bound one). A refused consent
+(`n`, `dn`) does not drop the person: it is planned with no desired membership, so the removals
+of what it holds go out (they export no personal data); its attributes are not written. Without
+current attributes in the batch, the stored consent state decides.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from service.domain import (
+    HOLDER_RESOLVED,
     AudienceMembership,
+    DesiredState,
     Exclusion,
     ExclusionCode,
     MappingRejectedError,
@@ -39,12 +50,13 @@ from service.domain import (
     Outcome,
     OutcomeKind,
     ProfileMapper,
+    ProfileState,
     ProfileUpdate,
     SyncRules,
+    attributes_digest,
     dedupe_key,
+    is_refusal,
 )
-
-CONSENT_REFUSED = "n"
 
 REASON_CONSENT_REFUSED = "marketing consent refused"
 REASON_NO_DEDUPE_VALUE = "no dedupe value"
@@ -98,6 +110,27 @@ class PlannedPerson:
     """The update whose attributes `fields` are ("" when none is written)."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """Per audience of `memberships`, the update whose status it is."""
+    desired: Mapping[str, bool] = field(default_factory=dict)
+    """Per activated audience the person has state in: whether it should be a member."""
+    holders: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    """Per activated audience, the leads holding the membership now (`HOLDER_RESOLVED`: the
+    lead the person resolves to)."""
+    profile_ids: tuple[str, ...] = ()
+    bound_lead: int | None = None
+    """The lead the person's dedupe value was bound to at its last confirmed write."""
+    attributes_changed: bool = True
+    """Whether the mapped attributes differ from those last applied (or the binding is unknown)."""
+    digest: str | None = None
+    """Digest of `fields` (None when no attributes are written)."""
+    prior: ProfileState | None = None
+    """The stored state of the profile whose attributes `fields` are."""
+    consent_refused: bool = False
+
+    @property
+    def speaker(self) -> str:
+        """The update that carries the person's writes no fact of the batch asked for (a
+        membership that follows the person, one re-added after consent)."""
+        return self.writer or self.updates[-1].update_id
 
     @property
     def joins(self) -> tuple[str, ...]:
@@ -116,6 +149,10 @@ class Plan:
     persons: tuple[PlannedPerson, ...]
     outcomes: tuple[Outcome, ...]
     watermarks: Mapping[str, datetime] = field(default_factory=dict)
+    membership_marks: Mapping[tuple[str, str], MembershipMark] = field(default_factory=dict)
+    """Desired statuses of the decided (excluded) profiles' membership facts."""
+    profiles: Mapping[str, ProfileState] = field(default_factory=dict)
+    """The consent state of the profiles whose refusal was decided here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +172,7 @@ class _Profile:
     items: list[_Fact]
     dedupe_value: str
     fields: Mapping[str, Any]
+    refused: bool = False
 
 
 def _outcome(update: ProfileUpdate, kind: OutcomeKind, reason: str, dedupe: str | None) -> Outcome:
@@ -160,7 +198,7 @@ def excluded(update: ProfileUpdate, exclusion: Exclusion, dedupe: str | None) ->
     )
 
 
-_CONSENT_REFUSED = Exclusion(ExclusionCode.CONSENT_REFUSED, "", REASON_CONSENT_REFUSED)
+CONSENT_REFUSED = Exclusion(ExclusionCode.CONSENT_REFUSED, "", REASON_CONSENT_REFUSED)
 _NO_AUDIENCE = Exclusion(ExclusionCode.NO_AUDIENCE, "", REASON_NO_AUDIENCE)
 
 
@@ -172,19 +210,34 @@ def plan_batch(
     watermarks: Mapping[str, datetime] | None = None,
     membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
     audience_lists: Mapping[str, int] | None = None,
+    state: DesiredState | None = None,
 ) -> Plan:
     """Plan a batch of any size.
 
-    `watermarks` maps profile id to the event time of the attributes already applied;
-    `membership_marks` maps (profile id, audience id) to the membership already applied;
-    `audience_lists` maps every activated audience to its static list (memberships of other
-    audiences are ignored, and all memberships are ignored when the sync type keeps no lists).
+    `state` is the destination's stored state for the batch's profiles; without it,
+    `watermarks` maps profile id to the event time of the attributes already applied and
+    `membership_marks` maps (profile id, audience id) to the desired membership (a member held
+    by the resolved lead; no profile state). `audience_lists` maps every activated audience to
+    its static list (memberships of other audiences are ignored, and all memberships are ignored
+    when the sync type keeps no lists).
     """
-    marks = watermarks or {}
-    audience_marks = membership_marks or {}
+    if state is None:
+        # marks without holders, as stored before holders were: members hold the resolved lead
+        given = membership_marks or {}
+        state = DesiredState(
+            watermarks=watermarks or {},
+            marks=given,
+            holders={
+                pair: HOLDER_RESOLVED for pair, mark in given.items() if mark.status.is_member
+            },
+        )
+    marks = state.watermarks
+    audience_marks = state.marks
     lists = audience_lists if rules.manages_lists and audience_lists else {}
     outcomes: list[Outcome] = []
     new_marks: dict[str, datetime] = {}
+    decided_marks: dict[tuple[str, str], MembershipMark] = {}
+    decided_profiles: dict[str, ProfileState] = {}
 
     by_profile: dict[str, list[_Fact]] = {}
     for index, update in enumerate(updates):
@@ -207,8 +260,23 @@ def plan_batch(
     for items in by_profile.values():
         items.sort(key=lambda item: (item.update.event_time, item.index))
         head = next((item for item in reversed(items) if item.current), items[-1])
+        prior = state.profiles.get(head.update.profile_id)
+        refused = (
+            _refuses(head.update, rules)
+            if head.current
+            else prior is not None and prior.consent_refused
+        )
+        if refused:
+            dedupe = _known_dedupe_value(head.update, mapper)
+            profiles.append(_Profile(head, items, dedupe or "", {}, refused=True))
+            continue
         exclusion, dedupe, fields = _evaluate(head.update, rules, mapper)
         if exclusion is not None:
+            for item in items:
+                for m in item.memberships:
+                    decided_marks[(item.update.profile_id, m.audience_id)] = MembershipMark(
+                        m.status, item.update.event_time
+                    )
             outcomes.append(excluded(head.update, exclusion, dedupe))
             outcomes.extend(
                 _outcome(item.update, OutcomeKind.SUPERSEDED, REASON_SUPERSEDED_IN_BATCH, dedupe)
@@ -221,20 +289,103 @@ def plan_batch(
         assert dedupe is not None
         profiles.append(_Profile(head, items, dedupe, fields))
 
-    groups: dict[str, list[_Profile]] = {}
+    groups: dict[tuple[bool, str], list[_Profile]] = {}
     for profile in profiles:
-        groups.setdefault(dedupe_key(profile.dedupe_value), []).append(profile)
+        # a refused profile is its own person: nothing of another profile is written for it
+        group = profile.head.update.profile_id if profile.refused else ""
+        groups.setdefault((profile.refused, dedupe_key(profile.dedupe_value) + group), []).append(
+            profile
+        )
 
     persons: list[PlannedPerson] = []
-    for key, members in groups.items():
+    for (refused, _), members in groups.items():
+        key = dedupe_key(members[0].dedupe_value)
         person, superseded = _coalesce(key, members)
+        person = _target(person, state, lists, refused=refused)
         outcomes.extend(superseded)
-        if rules.manages_lists and not rules.writes_attributes and not person.memberships:
+        if refused and not person.holders:
+            # nothing held to remove: decided here, with the consent state to store
+            dedupe = person.dedupe_value or None
+            outcomes.extend(excluded(u, CONSENT_REFUSED, dedupe) for u in person.updates)
+            new_marks.update(person.watermarks)
+            decided_marks.update(person.membership_marks)
+            prior = person.prior or ProfileState()
+            if not prior.consent_refused:
+                decided_profiles[person.profile_ids[0]] = replace(prior, consent_refused=True)
+            continue
+        if (
+            not refused
+            and rules.manages_lists
+            and not rules.writes_attributes
+            and not person.memberships
+        ):
             outcomes.extend(excluded(u, _NO_AUDIENCE, person.dedupe_value) for u in person.updates)
             new_marks.update(person.watermarks)
             continue
         persons.append(person)
-    return Plan(persons=tuple(persons), outcomes=tuple(outcomes), watermarks=new_marks)
+    return Plan(
+        persons=tuple(persons),
+        outcomes=tuple(outcomes),
+        watermarks=new_marks,
+        membership_marks=decided_marks,
+        profiles=decided_profiles,
+    )
+
+
+def _target(
+    person: PlannedPerson, state: DesiredState, lists: Mapping[str, int], *, refused: bool
+) -> PlannedPerson:
+    """`person` with its target: desired memberships, holders, binding and attribute change."""
+    profile_ids = tuple(dict.fromkeys(u.profile_id for u in person.updates))
+    desired: dict[str, bool] = {}
+    holders: dict[str, frozenset[int]] = {}
+    for audience in sorted(lists):
+        held = frozenset(
+            lead for pid in profile_ids if (lead := state.holders.get((pid, audience))) is not None
+        )
+        status = person.memberships.get(audience)
+        if status is not None:
+            member = status.is_member
+        else:
+            stored = [state.marks.get((pid, audience)) for pid in profile_ids]
+            if not held and all(mark is None for mark in stored):
+                continue
+            member = any(mark is not None and mark.status.is_member for mark in stored)
+        desired[audience] = member and not refused
+        if held:
+            holders[audience] = held
+    writer = next((u for u in person.updates if u.update_id == person.writer), None)
+    head = writer or person.updates[-1]
+    prior = state.profiles.get(head.profile_id)
+    bound = (
+        prior.lead_id
+        if prior is not None
+        and prior.dedupe_value is not None
+        and person.key
+        and dedupe_key(prior.dedupe_value) == person.key
+        else None
+    )
+    digest = attributes_digest(person.fields) if person.writes_attributes and not refused else None
+    changed = person.writes_attributes and (
+        bound is None or prior is None or prior.digest != digest
+    )
+    return replace(
+        person,
+        fields={} if refused else person.fields,
+        writes_attributes=person.writes_attributes and not refused,
+        desired=desired,
+        holders=holders,
+        profile_ids=profile_ids,
+        bound_lead=bound,
+        attributes_changed=changed and not refused,
+        digest=digest,
+        prior=prior,
+        consent_refused=refused,
+    )
+
+
+def _refuses(update: ProfileUpdate, rules: SyncRules) -> bool:
+    return is_refusal(value_at(update.profile, rules.consent_path))
 
 
 def _older(update: ProfileUpdate, mark: MembershipMark | None) -> bool:
@@ -307,9 +458,6 @@ def _evaluate(
     update: ProfileUpdate, rules: SyncRules, mapper: ProfileMapper
 ) -> tuple[Exclusion | None, str | None, Mapping[str, Any]]:
     """(exclusion or None, dedupe value, mapped fields) of one update."""
-    consent = value_at(update.profile, rules.consent_path)
-    if isinstance(consent, str) and consent.strip().lower() == CONSENT_REFUSED:
-        return _CONSENT_REFUSED, _known_dedupe_value(update, mapper), {}
     try:
         mapped = mapper.map_profile(update.profile)
     except MissingDedupeValueError as error:
