@@ -33,6 +33,9 @@ the batch) and what is applied:
   and clears the holder.
 - refused consent: the removals go out, the attributes do not; the outcome is EXCLUDED
   `consent_refused` and carries the REMOVED actions.
+- a person that is a member of no activated audience: its removals and exits go out (ACTIVATED
+  with those actions), its attributes do not and no lead is created for it; with no list action
+  it is EXCLUDED `no_audience`.
 
 Each update's outcome carries only the actions its own facts asked for (`own_actions`): the
 lead write on the update whose attributes it carried, each list change on the update whose

@@ -28,6 +28,13 @@ applied) and the lead it is bound to (when its dedupe value is the bound one). A
 (`n`, `dn`) does not drop the person: it is planned with no desired membership, so the removals
 of what it holds go out (they export no personal data); its attributes are not written. Without
 current attributes in the batch, the stored consent state decides.
+
+A destination exports the members of its activated audiences, whatever its sync type (their
+membership facts are kept for Profile only too; only the list writes depend on the sync type).
+A person that is a member of none (`no_audience`) has no attributes written and no lead
+created: with nothing held and no exit to deliver to a list it is EXCLUDED `no_audience` here
+(its attributes not applied: the watermark does not move); otherwise only its removals and exits
+go to the executor.
 """
 
 from __future__ import annotations
