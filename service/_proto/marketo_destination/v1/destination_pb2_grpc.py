@@ -34,7 +34,8 @@ class MarketoDestinationServiceStub:
     least one activated audience gets its mapped attributes written (Profile only, Audience and
     profile) and, when the destination keeps lists, its lead in the list of every audience it is
     a member of. An attribute-only update of a current member is exported without repeating its
-    memberships: no list call.
+    memberships: no list call (Audience only writes no attributes: there an update with no
+    membership is EXCLUDED "no_audience").
     - a profile that is not, or no longer, a member of any activated audience creates no lead and
     its attributes are not written: its outcome is EXCLUDED "no_audience". An exit from the
     last audience still removes the lead from that list (when the destination keeps lists) and
@@ -144,7 +145,8 @@ class MarketoDestinationServiceServicer:
     least one activated audience gets its mapped attributes written (Profile only, Audience and
     profile) and, when the destination keeps lists, its lead in the list of every audience it is
     a member of. An attribute-only update of a current member is exported without repeating its
-    memberships: no list call.
+    memberships: no list call (Audience only writes no attributes: there an update with no
+    membership is EXCLUDED "no_audience").
     - a profile that is not, or no longer, a member of any activated audience creates no lead and
     its attributes are not written: its outcome is EXCLUDED "no_audience". An exit from the
     last audience still removes the lead from that list (when the destination keeps lists) and
@@ -370,7 +372,8 @@ class MarketoDestinationService:
     least one activated audience gets its mapped attributes written (Profile only, Audience and
     profile) and, when the destination keeps lists, its lead in the list of every audience it is
     a member of. An attribute-only update of a current member is exported without repeating its
-    memberships: no list call.
+    memberships: no list call (Audience only writes no attributes: there an update with no
+    membership is EXCLUDED "no_audience").
     - a profile that is not, or no longer, a member of any activated audience creates no lead and
     its attributes are not written: its outcome is EXCLUDED "no_audience". An exit from the
     last audience still removes the lead from that list (when the destination keeps lists) and
