@@ -13,7 +13,8 @@ them (five batches, each profile once per batch), 60 % of which touch unmapped f
 (their memberships repeated as they are); the others change a mapped attribute, join an
 audience or leave one. The engine is given the stored state the way delivery does (each batch's
 result folded in), and its floor counts only real changes: a look-up and an update per profile
-whose mapped attributes changed, a list call per 300 joins or exits per list.
+whose mapped attributes changed, a list call per 300 joins or exits per list. Every profile stays
+a member of at least one audience (a destination exports the members of its audiences only).
 """
 
 from __future__ import annotations
@@ -313,7 +314,11 @@ async def steady(rules: SyncRules, seed: int = 7) -> dict[str, Any]:
             port, rules, FlatMapper(), audience_lists=lists, tracked_lists=list(lists)
         )
         firsts = [f"First{i}" for i in range(STEADY_PROFILES)]
-        members = [{a for a in AUDIENCES if rng.random() < 0.5} for _ in range(STEADY_PROFILES)]
+        # every profile stays a member of an audience: a member of none is not exported
+        members = [
+            {a for a in AUDIENCES if rng.random() < 0.5} or {rng.choice(AUDIENCES)}
+            for _ in range(STEADY_PROFILES)
+        ]
         warm = [_steady_update(i, 0, firsts[i], members[i], "", []) for i in range(STEADY_PROFILES)]
         result = await engine.sync(warm, state=DesiredState())
         assert not result.deferred
@@ -337,7 +342,11 @@ async def steady(rules: SyncRules, seed: int = 7) -> dict[str, Any]:
                 left: list[str] = []
                 if draw < UNMAPPED_SHARE:
                     note = f"seen {round_}"  # an unmapped field only
-                elif draw < 0.8 or (draw < 0.9 and not outside) or (draw >= 0.9 and not members[i]):
+                elif (
+                    draw < 0.8
+                    or (draw < 0.9 and not outside)
+                    or (draw >= 0.9 and len(members[i]) < 2)
+                ):
                     firsts[i] = f"First{i}-{round_}"
                     changed += 1
                     note = ""

@@ -277,7 +277,7 @@ class ExclusionCode(enum.StrEnum):
     TRANSFORM_FAILED = "transform_failed"
     """A transform raised an unexpected error or returned the wrong type (a plugin bug)."""
     NO_AUDIENCE = "no_audience"
-    """Audience-only sync and no membership of an activated audience."""
+    """The profile is not, or no longer, a member of any activated audience."""
     NO_MATCHING_LEAD = "no_matching_lead"
     """No lead matched and the rules do not create one."""
     MISSING_REQUIRED = "missing_required"

@@ -109,6 +109,10 @@ STANDARD_MAPPINGS = (
 )
 
 
+MEMBER_OF = "a1"
+"""The audience the tests' destinations activate and `update()`'s profile is a member of."""
+
+
 def at(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(datetime.fromtimestamp(seconds, UTC))
@@ -125,12 +129,17 @@ def update(
     audiences: dict[str, int] | None = None,
     **extra: Any,
 ) -> pb.ProfileUpdate:
+    """A profile update; with `audiences` None, a member (realized) of `MEMBER_OF`, the audience
+    the tests' destinations activate: a destination exports the members of its activated
+    audiences only (`audiences={}`: an update with no membership)."""
     person: dict[str, Any] = {"firstName": first, "lastName": last, **extra}
     if email is not None:
         person["email"] = email
     message = pb.ProfileUpdate(profile_id=profile_id, event_time=at(time))
     message.profile.update({"person": person})
-    for audience_id, status in (audiences or {}).items():
+    if audiences is None:
+        audiences = {MEMBER_OF: pb.MEMBERSHIP_STATUS_REALIZED}
+    for audience_id, status in audiences.items():
         message.audiences.add(audience_id=audience_id, status=status)  # type: ignore[arg-type]
     return message
 

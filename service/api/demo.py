@@ -66,9 +66,10 @@ def synthetic_profile(index: int, rng: random.Random, now: float) -> pb.ProfileU
             }
         }
     )
-    for audience in AUDIENCES:
-        if rng.random() < 0.5:
-            update.audiences.add(audience_id=audience, status=pb.MEMBERSHIP_STATUS_REALIZED)
+    # a member of one audience at least: a destination exports the members of its audiences
+    joined = [a for a in AUDIENCES if rng.random() < 0.5] or [rng.choice(AUDIENCES)]
+    for audience in joined:
+        update.audiences.add(audience_id=audience, status=pb.MEMBERSHIP_STATUS_REALIZED)
     return update
 
 

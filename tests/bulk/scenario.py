@@ -119,7 +119,7 @@ UPDATES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
             "handle": "@plain",
             "city": 'Q "C", Inc\nNext line',
         },
-        [],
+        [("a2", "existing")],
     ),
 ]
 

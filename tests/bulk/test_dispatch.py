@@ -86,11 +86,12 @@ async def test_a_threshold_of_zero_never_imports(env: Env) -> None:
 
 
 async def test_lagging_entries_join_through_bulk_without_their_stale_attributes(env: Env) -> None:
-    destination = await env.destination()
+    destination = await env.destination(audiences=("aud-1", "aud-2"))
     drainer = bulk_drainer(env)
+    # members of aud-2 (so exported) whose newer attributes come before their aud-1 entries
     await env.append(
         destination.id,
-        [profile(n, audiences=(), event_offset=1_000, prefix="attrs") for n in range(30)],
+        [profile(n, audiences=("aud-2",), event_offset=1_000, prefix="attrs") for n in range(30)],
     )
     assert await drainer.drain_once(env.instance_key) == 30
 
@@ -109,7 +110,11 @@ async def test_lagging_entries_join_through_bulk_without_their_stale_attributes(
     assert await drainer.drain_once(env.instance_key) == 30
     leads = await env.leads()
     assert {lead["fields"]["firstName"] for lead in leads} == {f"First{n}" for n in range(30)}
-    (list_id,) = [a.marketo_list_id for a in await env.store.activations(destination.id)]
+    (list_id,) = [
+        a.marketo_list_id
+        for a in await env.store.activations(destination.id)
+        if a.audience_id == "aud-1"
+    ]
     assert sorted((await env.lists())[list_id]) == sorted(lead["id"] for lead in leads)
     entries = [
         o.outcome
@@ -124,7 +129,10 @@ async def test_lagging_entries_join_through_bulk_without_their_stale_attributes(
     assert {o.reason for o in entries} == {REASON_ATTRIBUTES_STALE}
     marks = await env.store.membership_marks(destination.id, ["p-3"])
     assert marks == {
-        ("p-3", "aud-1"): MembershipMark(MembershipStatus.REALIZED, profile(3).event_time)
+        ("p-3", "aud-1"): MembershipMark(MembershipStatus.REALIZED, profile(3).event_time),
+        ("p-3", "aud-2"): MembershipMark(
+            MembershipStatus.REALIZED, profile(3, event_offset=1_000).event_time
+        ),
     }
 
     await env.append(

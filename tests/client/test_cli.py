@@ -256,7 +256,9 @@ def test_alerts_follow_prints_each_alert_until_interrupted(running: Running) -> 
             Client(Connection(running.address, token=ADMIN)) as client,
             client.sync_stream(running.destination_id) as stream,
         ):
-            stream.send([update("p3", "alan@example.com", time=1_790_000_000.0)])
+            stream.send(
+                [update("p3", "alan@example.com", time=1_790_000_000.0, audiences=REALIZED)]
+            )
         assert follow.stdout is not None
         alert = json.loads(follow.stdout.readline())
         assert alert["type"] == "ALERT_TYPE_QUOTA_EXHAUSTED" and not alert.get("resolved")

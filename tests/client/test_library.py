@@ -154,24 +154,28 @@ async def test_a_request_id_in_flight_cannot_be_used_twice(tmp_path: Path) -> No
     async with running_service(tmp_path) as service, client_of(service) as client:
         destination_id = await activated_destination(client)
         async with client.sync_stream(destination_id, depth=2) as stream:
-            first = await stream.send([update("p1", "a@example.com")], request_id="same")
+            first = await stream.send(
+                [update("p1", "a@example.com", audiences=REALIZED)], request_id="same"
+            )
             if not first.done():
                 with pytest.raises(ValueError, match="request_id"):
-                    await stream.send([update("p2", "b@example.com")], request_id="same")
+                    await stream.send(
+                        [update("p2", "b@example.com", audiences=REALIZED)], request_id="same"
+                    )
         assert (await first).accepted == 1
 
 
 async def test_a_refused_stream_fails_every_request_without_retrying(tmp_path: Path) -> None:
     async with running_service(tmp_path) as service, client_of(service) as client:
         stream = client.sync_stream("dst_missing")
-        answer = await stream.send([update("p1", "a@example.com")])
+        answer = await stream.send([update("p1", "a@example.com", audiences=REALIZED)])
         with pytest.raises(SyncStreamError) as failed:
             await stream.close()
         assert failed.value.code == grpc.StatusCode.NOT_FOUND
         assert len(failed.value.unacknowledged) == 1
         assert answer.exception() is failed.value and stream.retries == []
         with pytest.raises(SyncStreamError):
-            await stream.send([update("p2", "b@example.com")])
+            await stream.send([update("p2", "b@example.com", audiences=REALIZED)])
 
 
 async def test_unacknowledged_requests_are_resent_after_retry_info_and_unavailable(
@@ -269,7 +273,7 @@ async def test_the_trace_context_and_token_reach_the_service(tmp_path: Path) -> 
         destination_id = await activated_destination(direct)
         with tracer.start_as_current_span("caller") as span:
             async with client.sync_stream(destination_id) as stream:
-                await stream.send([update("p1", "a@example.com")])
+                await stream.send([update("p1", "a@example.com", audiences=REALIZED)])
         trace_id = format(span.get_span_context().trace_id, "032x")
         (metadata,) = proxy.metadata
         assert metadata["authorization"] == "Bearer t0ken"

@@ -101,8 +101,9 @@ async def test_failure_rate_uses_the_subscription_threshold(env: Env) -> None:
 
 async def test_delivery_delay_follows_the_oldest_pending_update(env: Env) -> None:
     subscription = AlertSubscription(delivery_delay_threshold=timedelta(minutes=10))
-    destination = await plain_destination(env, subscription)
-    await env.append(destination.id, [profile(1, audiences=())])
+    # a member of the activated audience: delivered, not skipped
+    destination = await env.destination(alerts=subscription)
+    await env.append(destination.id, [profile(1)])
     env.alerts.watch(destination.id)
     env.clock.advance(10 * 60)
     await env.alerts.check_all()

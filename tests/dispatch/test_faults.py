@@ -122,8 +122,8 @@ async def test_607_pauses_the_instance_and_resumes_after_the_reset(env: Env) -> 
 
 
 async def test_failing_authentication_raises_the_alert_and_recovers(env: Env) -> None:
-    destination = await env.destination(client_id="revoked-client", audiences=())
-    await env.append(destination.id, [profile(n, audiences=()) for n in range(3)])
+    destination = await env.destination(client_id="revoked-client")
+    await env.append(destination.id, [profile(n) for n in range(3)])
     dispatcher = env.dispatcher()
     assert await dispatcher.drain_once(env.instance_key) == 3
 

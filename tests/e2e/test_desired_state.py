@@ -77,7 +77,8 @@ async def test_late_segment_events_still_join_and_leave(service: Service) -> Non
     )
     await delivered(service, destination_id)
     # a newer attribute update, then segment events evaluated earlier arrive
-    await sync(service, destination_id, [[update("p1", "ann@x.io", first="Ann", time=T + 10)]])
+    attributes = update("p1", "ann@x.io", first="Ann", time=T + 10, audiences={})
+    await sync(service, destination_id, [[attributes]])
     await delivered(service, destination_id)
     late = update("p1", "ann@x.io", time=T + 5, audiences={"a1": EXITED, "a2": REALIZED})
     await sync(service, destination_id, [[late]])

@@ -30,10 +30,10 @@ def actions(outcome: pb.ProfileOutcome) -> list[tuple[int, str]]:
 
 
 async def test_a_lagging_entry_joins_and_an_older_exit_is_stale(service: Service) -> None:
-    destination_id, lists = await setup(service, audiences=("A",))
-    await sync(
-        service, destination_id, [[named("attrs", update("p1", "a@x.io", first="New", time=T2))]]
-    )
+    # a member of B, so exported; A's entry lags the attribute stream
+    destination_id, lists = await setup(service, audiences=("A", "B"))
+    attrs = update("p1", "a@x.io", first="New", time=T2, audiences={"B": REALIZED})
+    await sync(service, destination_id, [[named("attrs", attrs)]])
     await delivered(service, destination_id)
     (lead,) = await service.leads()
 
@@ -62,7 +62,9 @@ async def test_a_lagging_entry_joins_and_an_older_exit_is_stale(service: Service
     assert (await service.lists())[lists["A"]] == {lead["id"]}
 
     await sync(
-        service, destination_id, [[named("late", update("p1", "a@x.io", first="Old", time=T1))]]
+        service,
+        destination_id,
+        [[named("late", update("p1", "a@x.io", first="Old", time=T1, audiences={}))]],
     )
     flow = await delivered(service, destination_id)
     (final,) = await service.leads()
@@ -79,8 +81,8 @@ async def test_a_lagging_entry_joins_and_an_older_exit_is_stale(service: Service
     assert actions(found["entry"]) == [(pb.ACTION_TYPE_ADDED, "A")]
     assert found["entry"].reason == STALE_ATTRIBUTES
     assert found["entry"].lead_id == lead["id"]
-    assert actions(found["attrs"]) == [(pb.ACTION_TYPE_CREATED, "")]
-    assert (flow.activated.created, flow.activated.updated, flow.activated.added) == (1, 0, 1)
+    assert actions(found["attrs"]) == [(pb.ACTION_TYPE_CREATED, ""), (pb.ACTION_TYPE_ADDED, "B")]
+    assert (flow.activated.created, flow.activated.updated, flow.activated.added) == (1, 0, 2)
     assert (flow.activated.removed, flow.superseded) == (0, 2)
 
 
@@ -94,9 +96,9 @@ async def test_a_lagging_exit_leaves_the_list(service: Service) -> None:
     await delivered(service, destination_id)
     (lead,) = await service.leads()
     assert (await service.lists())[lists["A"]] == {lead["id"]}
-    await sync(
-        service, destination_id, [[named("attrs", update("p1", "a@x.io", first="New", time=T2))]]
-    )
+    # an attribute-only update of the member, newer than the exit that follows
+    attrs = update("p1", "a@x.io", first="New", time=T2, audiences={})
+    await sync(service, destination_id, [[named("attrs", attrs)]])
     await delivered(service, destination_id)
 
     await sync(

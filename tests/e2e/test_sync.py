@@ -121,7 +121,6 @@ async def test_profile_only_update_existing_creates_nothing(service: Service) ->
     await seed(service, {"email": "known@example.com", "firstName": "Old"})
     destination_id, _ = await setup(
         service,
-        audiences=(),
         sync_type=pb.SYNC_TYPE_PROFILE_ONLY,
         person_action=pb.PERSON_ACTION_UPDATE_EXISTING_ONLY,
     )
@@ -208,7 +207,7 @@ async def test_an_update_that_does_not_decode_is_rejected_alone(service: Service
     node = deep.profile
     for _ in range(60):
         node = node.fields["x"].struct_value
-    broken = update("p3", "c@example.com")
+    broken = update("p3", "c@example.com", audiences={})
     broken_bytes = broken.SerializeToString() + encoded_field(4, b"\x0a\x09short")
     request = (
         encoded_field(1, destination_id.encode())

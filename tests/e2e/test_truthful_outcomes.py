@@ -14,12 +14,12 @@ Actions = set[tuple[int, str]]
 
 def coalesced_batch() -> list[pb.ProfileUpdate]:
     """Three updates of one person (profiles p1 and p2, one e-mail in two spellings) and two
-    other persons."""
+    other persons (bob a member of no audience)."""
     return [
         update("p1", "ann@x.io", first="A1", time=T, audiences={"a1": REALIZED}),
         update("p1", "ann@x.io", first="A2", time=T + 1, audiences={"a2": REALIZED}),
-        update("p2", "Ann@X.io", first="A3", time=T + 2),
-        update("p3", "bob@x.io", time=T),
+        update("p2", "Ann@X.io", first="A3", time=T + 2, audiences={}),
+        update("p3", "bob@x.io", time=T, audiences={}),
         update("p4", "carl@x.io", time=T, audiences={"a1": REALIZED}),
     ]
 
@@ -50,6 +50,7 @@ def leads_by_email(leads: list[dict[str, object]]) -> dict[str, dict[str, object
 
 
 ACTIVATED = pb.OUTCOME_KIND_ACTIVATED
+EXCLUDED = pb.OUTCOME_KIND_EXCLUDED
 CREATED = (pb.ACTION_TYPE_CREATED, "")
 UPDATED = (pb.ACTION_TYPE_UPDATED, "")
 
@@ -62,21 +63,26 @@ async def test_coalesced_updates_are_counted_once_and_shown_on_their_own_outcome
     flow = await delivered(service, destination_id)
 
     leads = leads_by_email(await service.leads())
-    assert sorted(leads) == ["ann@x.io", "bob@x.io", "carl@x.io"]
+    assert sorted(leads) == ["ann@x.io", "carl@x.io"]  # bob is in no audience: not exported
     assert leads["ann@x.io"]["fields"]["firstName"] == "A3"  # type: ignore[index]
     ann, carl = leads["ann@x.io"]["id"], leads["carl@x.io"]["id"]
     assert await service.lists() == {lists["a1"]: {ann, carl}, lists["a2"]: {ann}}
-    # three leads created, three memberships added, once each (not per update)
-    assert (flow.received, flow.superseded, flow.excluded, flow.failed) == (5, 0, {}, {})
+    # two leads created, three memberships added, once each (not per update)
+    assert (flow.received, flow.superseded, dict(flow.excluded), flow.failed) == (
+        5,
+        0,
+        {"no_audience": 1},
+        {},
+    )
     counts = flow.activated
-    assert (counts.created, counts.updated, counts.added, counts.removed) == (3, 0, 3, 0)
+    assert (counts.created, counts.updated, counts.added, counts.removed) == (2, 0, 3, 0)
     assert await outcomes_of(service, destination_id, "p1") == {
         int(T): (ACTIVATED, {(pb.ACTION_TYPE_ADDED, "a1")}),
         int(T + 1): (ACTIVATED, {(pb.ACTION_TYPE_ADDED, "a2")}),
     }
-    # the profile without memberships shows no list change
+    # the profile without memberships of its own shows no list change
     assert await outcomes_of(service, destination_id, "p2") == {int(T + 2): (ACTIVATED, {CREATED})}
-    assert await outcomes_of(service, destination_id, "p3") == {int(T): (ACTIVATED, {CREATED})}
+    assert await outcomes_of(service, destination_id, "p3") == {int(T): (EXCLUDED, set())}
     assert await outcomes_of(service, destination_id, "p4") == {
         int(T): (ACTIVATED, {CREATED, (pb.ACTION_TYPE_ADDED, "a1")})
     }
@@ -109,15 +115,15 @@ async def test_an_exit_for_a_lead_not_in_the_list_is_reported_and_counted_nowher
     assert leads["out@x.io"]["id"] == outsider
     assert await service.lists() == {lists["a1"]: {leads["new@x.io"]["id"]}, lists["a2"]: set()}
     counts = flow.activated
-    # created: in, new; updated: out by its exit (in's attributes are already applied);
-    # added: in, then new; removed: in only
-    assert (counts.created, counts.updated, counts.added, counts.removed) == (2, 1, 2, 1)
+    # created: in, new; updated: none (in leaves its only audience, out was never a member:
+    # their attributes are not exported); added: in, then new; removed: in only
+    assert (counts.created, counts.updated, counts.added, counts.removed) == (2, 0, 2, 1)
     assert (await outcomes_of(service, destination_id, "p1"))[int(T + 10)] == (
         ACTIVATED,
         {(pb.ACTION_TYPE_REMOVED, "a1")},
     )
     assert await outcomes_of(service, destination_id, "p2") == {
-        int(T + 10): (ACTIVATED, {UPDATED, (pb.ACTION_TYPE_NOT_IN_LIST, "a1")})
+        int(T + 10): (ACTIVATED, {(pb.ACTION_TYPE_NOT_IN_LIST, "a1")})
     }
     assert await outcomes_of(service, destination_id, "p3") == {
         int(T + 10): (
@@ -133,7 +139,7 @@ async def test_preview_shows_each_update_its_own_actions(service: Service) -> No
         pb.PreviewSyncRequest(destination_id=destination_id, updates=coalesced_batch())
     )
 
-    assert (preview.created, preview.updated) == (3, 0)
+    assert (preview.created, preview.updated) == (2, 0)
     assert [(a.audience_id, a.added, a.removed) for a in preview.audiences] == [
         ("a1", 2, 0),
         ("a2", 1, 0),
@@ -144,7 +150,7 @@ async def test_preview_shows_each_update_its_own_actions(service: Service) -> No
         ("p1", ACTIVATED, {(pb.ACTION_TYPE_ADDED, "a1")}),
         ("p1", ACTIVATED, {(pb.ACTION_TYPE_ADDED, "a2")}),
         ("p2", ACTIVATED, {CREATED}),
-        ("p3", ACTIVATED, {CREATED}),
+        ("p3", EXCLUDED, set()),
         ("p4", ACTIVATED, {CREATED, (pb.ACTION_TYPE_ADDED, "a1")}),
     ]
     assert await service.leads() == []

@@ -15,6 +15,15 @@ from service.marketo.types import Lead, MembershipResult, Reason, RecordResult, 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+MEMBER_OF = "a1"
+"""The audience the test destinations activate and their default update is a member of: a
+destination exports the members of its activated audiences only."""
+
+
+NO_MEMBERSHIP = ("", "")
+"""Given as the only membership to a test helper: the update carries no membership."""
+
+
 def at(minutes: int) -> datetime:
     return T0 + timedelta(minutes=minutes)
 

@@ -233,7 +233,7 @@ async def test_a_refusal_without_a_held_membership_makes_no_call() -> None:
 async def test_an_exit_for_a_lead_never_added_costs_no_call() -> None:
     fake = FakeMarketo()
     run = Run(fake, tracked=("a1",))
-    await run.sync(ann(1))
+    await run.sync(ann(1, ("a2", "realized")))  # a member of a2, never of a1
     before = calls(fake)
     out = only(await run.sync(ann(2, ("a1", "exited"))))
     assert calls(fake) == before
@@ -246,16 +246,16 @@ async def test_an_exit_for_a_lead_never_added_costs_no_call() -> None:
 async def test_a_linked_list_exit_without_holder_removes_the_resolved_lead() -> None:
     fake = FakeMarketo()
     run = Run(fake)  # a1 untracked: someone else may have added the lead
-    lead = only(await run.sync(ann(1))).lead_id
+    lead = only(await run.sync(ann(1, ("a2", "realized")))).lead_id
     assert lead is not None
     fake.lists.setdefault(11, set()).add(lead)
     out = only(await run.sync(ann(2, ("a1", "exited"))))
     assert out.actions == (Action(ActionType.REMOVED, "a1"),)
     assert fake.count("remove_from_list") == 1 and fake.lists[11] == set()
     # not in the list (1015): one call, NOT_IN_LIST
-    out = only(await run.sync(ann(3, ("a2", "exited"))))
-    assert out.actions == (Action(ActionType.NOT_IN_LIST, "a2"),)
-    assert fake.count("remove_from_list") == 2
+    out = only(await run.sync(ann(3, ("a1", "exited"))))
+    assert out.actions == (Action(ActionType.NOT_IN_LIST, "a1"),)
+    assert fake.count("remove_from_list") == 2 and fake.lists[12] == {lead}
 
 
 async def test_a_membership_stored_before_holders_were_leaves_by_the_resolved_lead() -> None:
@@ -269,16 +269,16 @@ async def test_a_membership_stored_before_holders_were_leaves_by_the_resolved_le
     result = await engine(fake, UPDATE_ONLY, tracked=("a1",)).sync(
         [ann(2, ("a1", "exited"))], state=state
     )
-    # no profile state yet: the attributes are written too
-    assert only(result).actions == (Action(ActionType.UPDATED), Action(ActionType.REMOVED, "a1"))
-    assert fake.lists[11] == set()
+    # the exit from its only audience removes the lead and writes no attributes
+    assert only(result).actions == (Action(ActionType.REMOVED, "a1"),)
+    assert fake.lists[11] == set() and fake.count(UPDATE) == 0
     assert dict(result.holders) == {("p1", "a1"): None}
 
 
 async def test_an_older_membership_event_after_a_newer_attribute_update_still_applies() -> None:
     fake = FakeMarketo()
     run = Run(fake)
-    lead = only(await run.sync(ann(5))).lead_id
+    lead = only(await run.sync(ann(5, ("a2", "realized")))).lead_id
     late = only(await run.sync(ann(3, ("a1", "realized"), uid="seg")))
     assert late.kind is OutcomeKind.ACTIVATED
     assert late.actions == (Action(ActionType.ADDED, "a1"),)

@@ -30,7 +30,7 @@ from service.marketo.errors import (
     UnavailableError,
 )
 from service.marketo.types import SyncAction
-from tests.engine.fakes import FakeMarketo, PathMapper, at
+from tests.engine.fakes import MEMBER_OF, NO_MEMBERSHIP, FakeMarketo, PathMapper, at
 
 CREATE = SyncRules(
     SyncType.AUDIENCE_AND_PROFILE, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "email", "Europe"
@@ -48,12 +48,15 @@ CREATE_CALL = f"sync_leads:{SyncAction.CREATE_ONLY}"
 def upd(
     uid: str, minute: int, *members: tuple[str, str], pid: str = "", **profile: Any
 ) -> ProfileUpdate:
+    """An update of `uid`; with no membership given, a member of `MEMBER_OF` (pass
+    `NO_MEMBERSHIP` for an update that carries none)."""
+    given = () if members == (NO_MEMBERSHIP,) else members or ((MEMBER_OF, "realized"),)
     return ProfileUpdate(
         update_id=uid,
         profile_id=pid or uid,
         event_time=at(minute),
         profile=profile,
-        memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in members),
+        memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in given),
     )
 
 
@@ -154,11 +157,15 @@ async def test_audience_only_never_writes_attributes_and_exit_removes() -> None:
     # removing a lead that is not a member (1015) is success
     assert outcomes["u2"].kind is OutcomeKind.ACTIVATED
     assert outcomes["u2"].lead_id == outsider
-    for uid in ("u3", "u4"):
-        assert (outcomes[uid].kind, outcomes[uid].reason) == (
-            OutcomeKind.EXCLUDED,
-            "no matching lead",
-        )
+    # never a member: nothing to export
+    assert (outcomes["u3"].kind, outcomes["u3"].exclusion_code) == (
+        OutcomeKind.EXCLUDED,
+        ExclusionCode.NO_AUDIENCE,
+    )
+    assert (outcomes["u4"].kind, outcomes["u4"].reason) == (
+        OutcomeKind.EXCLUDED,
+        "no matching lead",
+    )
     assert len(fake.leads) == 2
 
 
@@ -170,7 +177,7 @@ async def test_lead_created_meanwhile_is_looked_up_and_updated() -> None:
     assert len(fake.leads) == 1
     (lead,) = fake.leads.values()
     assert outcome.kind is OutcomeKind.ACTIVATED and outcome.lead_id == lead.id
-    assert outcome.actions == (Action(ActionType.UPDATED),)
+    assert outcome.actions == (Action(ActionType.UPDATED), Action(ActionType.ADDED, "a1"))
     assert lead.fields["firstName"] == "Fu1"
     assert fake.count("find_leads") == 2
 
@@ -191,13 +198,16 @@ async def test_create_whose_answer_is_lost_before_applying_is_retried_after_look
     fake = FakeMarketo()
     fake.faults[CREATE_CALL] = [OutcomeUnknownError("timeout", code="604")]
     result = await engine(fake, CREATE).sync([person("u1", "t@x.io")])
-    assert [o.actions for o in result.outcomes] == [(Action(ActionType.CREATED),)]
+    assert [o.actions for o in result.outcomes] == [
+        (Action(ActionType.CREATED), Action(ActionType.ADDED, "a1"))
+    ]
     assert len(fake.leads) == 1
     assert [name for name, _ in fake.calls] == [
         "find_leads",
         CREATE_CALL,
         "find_leads",
         CREATE_CALL,
+        "add_to_list",
     ]
 
 
@@ -284,8 +294,10 @@ async def test_quota_during_lists_defers_only_unfinished_persons() -> None:
     fake.seed(email="a@x.io")
     fake.seed(email="b@x.io")
     fake.faults["add_to_list"] = [QuotaExhaustedError(1_800_000_000.0)]
+    # u2 is a member already: its attribute update needs no list call
     result = await engine(fake, UPDATE_ONLY).sync(
-        [person("u1", "a@x.io", ("a1", "realized")), person("u2", "b@x.io")]
+        [person("u1", "a@x.io", ("a1", "realized")), person("u2", "b@x.io", NO_MEMBERSHIP)],
+        membership_marks={("u2", "a1"): MembershipMark(MembershipStatus.REALIZED, at(0))},
     )
     assert [(o.update_id, o.actions) for o in result.outcomes] == [
         ("u2", (Action(ActionType.UPDATED),))
@@ -304,7 +316,13 @@ async def test_concurrent_batches_for_one_person_create_one_lead(shared: bool) -
 
     def make() -> SyncEngine:
         mapper = PathMapper(dedupe="crm", dedupe_target="crmId")
-        return SyncEngine(fake, rules, mapper, locks=shared_locks if shared else KeyedLocks())
+        return SyncEngine(
+            fake,
+            rules,
+            mapper,
+            audience_lists=LISTS,
+            locks=shared_locks if shared else KeyedLocks(),
+        )
 
     if not shared:
         # Both batches look the person up before either creates it (planning runs in a worker
@@ -372,7 +390,9 @@ async def test_1005_for_a_key_held_by_another_lead_fails_without_retrying() -> N
     other = fake.seed(email="shared@x.io", crmId="OTHER")
     rules = SyncRules(SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "crmId")
     mapper = PathMapper(dedupe="crm", dedupe_target="crmId")
-    result = await SyncEngine(fake, rules, mapper).sync([person("u1", "shared@x.io", crm="MINE")])
+    result = await SyncEngine(fake, rules, mapper, audience_lists=LISTS).sync(
+        [person("u1", "shared@x.io", crm="MINE")]
+    )
     (outcome,) = result.outcomes
     assert (outcome.kind, outcome.marketo_code) == (OutcomeKind.FAILED, "1005")
     assert fake.count(CREATE_CALL) == 1 and fake.count("find_leads") == 2

@@ -10,12 +10,19 @@ from typing import Any
 import pytest
 
 from service.delivery.engine import REASON_MAPPING_REJECTED, DryRunResult, SyncEngine
-from service.domain import DEDUPE_TARGET, FieldMapping, OutcomeKind, ProfileUpdate
+from service.domain import (
+    DEDUPE_TARGET,
+    AudienceMembership,
+    FieldMapping,
+    MembershipStatus,
+    OutcomeKind,
+    ProfileUpdate,
+)
 from service.hookspecs import Transform, hookimpl
 from service.mapping.mapper import MAX_SOURCE_CHARS, FieldType, Mapper
 from service.mapping.registry import PluginRegistry
-from tests.engine.fakes import FakeMarketo, at
-from tests.engine.test_executor import UPDATE_ONLY
+from tests.engine.fakes import MEMBER_OF, FakeMarketo, at
+from tests.engine.test_executor import LISTS, UPDATE_ONLY
 
 SLOW_VALUE_SECONDS = 0.05
 """CPU time the slow transform spends on each value."""
@@ -46,7 +53,7 @@ def _engine(fake: FakeMarketo, transform: str = "slow") -> SyncEngine:
     registry = PluginRegistry.build(load_entry_points=False, extra_plugins=[Slow])
     rows = [FieldMapping("email", DEDUPE_TARGET), FieldMapping("first", "firstName", transform)]
     mapper = Mapper(rows, FIELDS, registry, dedupe_field="email")
-    return SyncEngine(fake, UPDATE_ONLY, mapper)
+    return SyncEngine(fake, UPDATE_ONLY, mapper, audience_lists=LISTS)
 
 
 def _update(index: int, first: str) -> ProfileUpdate:
@@ -55,6 +62,7 @@ def _update(index: int, first: str) -> ProfileUpdate:
         profile_id=f"p{index}",
         event_time=at(1),
         profile={"email": f"p{index}@example.com", "first": first},
+        memberships=(AudienceMembership(MEMBER_OF, MembershipStatus.REALIZED),),
     )
 
 

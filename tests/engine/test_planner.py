@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.delivery.engine import plan_batch
+from service.delivery.engine import plan_batch as plan_any
 from service.domain import (
     AudienceMembership,
     ExclusionCode,
@@ -16,7 +16,7 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from tests.engine.fakes import PathMapper, at
+from tests.engine.fakes import MEMBER_OF, NO_MEMBERSHIP, PathMapper, at
 
 BOTH = SyncRules(
     SyncType.AUDIENCE_AND_PROFILE, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "email"
@@ -31,13 +31,23 @@ EXITED = MembershipStatus.EXITED
 def upd(
     uid: str, pid: str, minute: int, *members: tuple[str, MembershipStatus], **profile: Any
 ) -> ProfileUpdate:
+    """With no membership given, a member of `MEMBER_OF` (`NO_MEMBERSHIP`: none)."""
+    given: tuple[tuple[str, Any], ...] = (
+        () if members == (NO_MEMBERSHIP,) else members or ((MEMBER_OF, REALIZED),)
+    )
     return ProfileUpdate(
         update_id=uid,
         profile_id=pid,
         event_time=at(minute),
         profile=profile,
-        memberships=tuple(AudienceMembership(a, s) for a, s in members),
+        memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in given),
     )
+
+
+def plan_batch(*args: Any, **kwargs: Any) -> Any:
+    """`plan_batch` for a destination that activated `LISTS` unless told otherwise."""
+    kwargs.setdefault("audience_lists", LISTS)
+    return plan_any(*args, **kwargs)
 
 
 def kinds(plan: Any) -> dict[str, tuple[OutcomeKind, str]]:
@@ -46,7 +56,7 @@ def kinds(plan: Any) -> dict[str, tuple[OutcomeKind, str]]:
 
 def test_update_older_than_watermark_is_superseded_equal_is_not() -> None:
     plan = plan_batch(
-        [upd("u1", "p1", 5, email="a@x.io"), upd("u2", "p2", 10, email="b@x.io")],
+        [upd("u1", "p1", 5, NO_MEMBERSHIP, email="a@x.io"), upd("u2", "p2", 10, email="b@x.io")],
         BOTH,
         PathMapper(),
         watermarks={"p1": at(6), "p2": at(10)},
@@ -142,12 +152,66 @@ def test_custom_consent_path() -> None:
     assert kinds(plan) == {"u": (OutcomeKind.EXCLUDED, "marketing consent refused")}
 
 
-def test_memberships_of_unknown_audiences_and_profile_only_are_ignored() -> None:
+def test_memberships_of_unknown_audiences_are_ignored_and_profile_only_keeps_them() -> None:
     updates = [upd("u", "p", 1, ("a1", REALIZED), ("zz", REALIZED), email="a@x.io")]
     (both,) = plan_batch(updates, BOTH, PathMapper(), audience_lists=LISTS).persons
     assert dict(both.memberships) == {"a1": REALIZED}
+    # Profile only keeps no list but records the desired status: it decides who is exported
     (profile,) = plan_batch(updates, PROFILE_ONLY, PathMapper(), audience_lists=LISTS).persons
-    assert dict(profile.memberships) == {}
+    assert dict(profile.memberships) == {"a1": REALIZED}
+    assert dict(profile.desired) == {"a1": True} and not profile.holders
+
+
+def test_a_profile_of_no_activated_audience_is_excluded_for_every_sync_type() -> None:
+    for rules in (BOTH, PROFILE_ONLY, AUDIENCE_ONLY):
+        plan = plan_batch(
+            [
+                upd("never", "p1", 1, NO_MEMBERSHIP, email="a@x.io"),
+                upd("other", "p2", 1, ("zz", REALIZED), email="b@x.io"),
+                upd("member", "p3", 1, email="c@x.io"),
+            ],
+            rules,
+            PathMapper(),
+        )
+        assert {o.update_id: o.exclusion_code for o in plan.outcomes} == {
+            "never": ExclusionCode.NO_AUDIENCE,
+            "other": ExclusionCode.NO_AUDIENCE,
+        }, rules
+        assert [p.updates[0].update_id for p in plan.persons] == ["member"]
+
+
+def test_an_attribute_update_of_a_stored_member_is_exported_without_list_change() -> None:
+    plan = plan_batch(
+        [upd("attrs", "p1", 5, NO_MEMBERSHIP, email="a@x.io", city="Oslo")],
+        BOTH,
+        PathMapper(),
+        membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(1))},
+    )
+    (person,) = plan.persons
+    assert person.fields["city"] == "Oslo" and not person.no_audience
+    assert dict(person.memberships) == {} and dict(person.desired) == {"a1": True}
+
+
+def test_an_exit_from_the_last_audience_removes_but_writes_no_attributes() -> None:
+    plan = plan_batch(
+        [upd("exit", "p1", 5, ("a1", EXITED), email="a@x.io", city="Oslo")],
+        BOTH,
+        PathMapper(),
+        membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(1))},
+    )
+    (person,) = plan.persons
+    assert person.no_audience and not person.writes_attributes and not person.fields
+    assert dict(person.desired) == {"a1": False} and "a1" in person.holders
+    # Profile only has no list to leave: nothing is exported, the exit is recorded
+    plan = plan_batch(
+        [upd("exit", "p1", 5, ("a1", EXITED), email="a@x.io", city="Oslo")],
+        PROFILE_ONLY,
+        PathMapper(),
+        membership_marks={("p1", "a1"): MembershipMark(REALIZED, at(1))},
+    )
+    assert not plan.persons
+    assert [o.exclusion_code for o in plan.outcomes] == [ExclusionCode.NO_AUDIENCE]
+    assert plan.membership_marks[("p1", "a1")] == MembershipMark(EXITED, at(5))
 
 
 def test_audience_only_without_activated_membership_is_excluded() -> None:
@@ -292,10 +356,10 @@ def test_a_membership_mark_never_supersedes_attributes() -> None:
 def test_in_a_batch_the_newest_fact_of_each_kind_wins() -> None:
     plan = ordered(
         [
-            upd("attrs", "p1", 30, email="a@x.io", city="New"),
+            upd("attrs", "p1", 30, NO_MEMBERSHIP, email="a@x.io", city="New"),
             upd("entry", "p1", 20, ("a1", REALIZED), email="a@x.io", city="Mid"),
             upd("lagging", "p1", 10, ("a1", EXITED), ("a2", REALIZED), email="a@x.io"),
-            upd("stale", "p1", 8, email="a@x.io", city="Stale"),
+            upd("stale", "p1", 8, NO_MEMBERSHIP, email="a@x.io", city="Stale"),
         ],
         watermarks={"p1": at(15)},
     )

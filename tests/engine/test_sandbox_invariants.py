@@ -13,6 +13,7 @@ from service.delivery.engine import KeyedLocks, SyncEngine
 from service.domain import (
     ActionType,
     AudienceMembership,
+    DesiredState,
     MembershipStatus,
     OutcomeKind,
     PersonAction,
@@ -22,7 +23,7 @@ from service.domain import (
 )
 from service.marketo.errors import OutcomeUnknownError
 from service.marketo.types import RecordResult, SyncAction
-from tests.engine.fakes import PathMapper
+from tests.engine.fakes import NO_MEMBERSHIP, PathMapper
 from tests.engine.sandbox_env import Sandbox, running_sandbox
 
 T = datetime(2026, 2, 1, tzinfo=UTC)
@@ -42,12 +43,14 @@ def upd(
 ) -> ProfileUpdate:
     profile.setdefault("first", "F")
     profile.setdefault("last", "L")
+    """With no membership given, a member of audience "a" (`[NO_MEMBERSHIP]`: none)."""
+    given = () if list(members) == [NO_MEMBERSHIP] else members or (("a", "realized"),)
     return ProfileUpdate(
         update_id=uid,
         profile_id=pid,
         event_time=T + timedelta(minutes=minute),
         profile=profile,
-        memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in members),
+        memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in given),
     )
 
 
@@ -99,13 +102,14 @@ async def test_concurrent_updates_of_one_person_create_one_lead(sandbox: Sandbox
 
 
 async def test_stale_event_changes_nothing_and_costs_no_call(sandbox: Sandbox) -> None:
-    engine = SyncEngine(sandbox.client, BY_EMAIL, PathMapper())
+    lists = await sandbox.make_lists(["A"])
+    engine = SyncEngine(sandbox.client, BY_EMAIL, PathMapper(), audience_lists={"a": lists["A"]})
     first = await engine.sync([upd("new", 10, email="s@x.io", first="Newest")])
     before_calls = await sandbox.calls()
     before_leads = await sandbox.leads()
 
     stale = await engine.sync(
-        [upd("old", 5, email="s@x.io", first="Stale")], watermarks=first.watermarks
+        [upd("old", 5, email="s@x.io", first="Stale")], state=first.folded(DesiredState())
     )
 
     assert [(o.update_id, o.kind) for o in stale.outcomes] == [("old", OutcomeKind.SUPERSEDED)]
@@ -125,18 +129,18 @@ async def test_exits_remove_and_a_repeated_exit_is_not_in_list(sandbox: Sandbox)
     (lead_id,) = {o.lead_id for o in joined.outcomes}
     assert await sandbox.lists() == {lists["A"]: {lead_id}, lists["B"]: {lead_id}}
 
-    left = await engine.sync([upd("x", 2, [("a", "exited")], email="e@x.io")])
-    again = await engine.sync([upd("y", 3, [("a", "exited")], email="e@x.io")])
+    # still a member of b: the attributes, unchanged, are not written again
+    state = joined.folded(DesiredState())
+    left = await engine.sync([upd("x", 2, [("a", "exited")], email="e@x.io")], state=state)
+    state = left.folded(state)
+    again = await engine.sync([upd("y", 3, [("a", "exited")], email="e@x.io")], state=state)
 
     assert await sandbox.lists() == {lists["A"]: set(), lists["B"]: {lead_id}}
     # the repeated exit succeeds, but removed nothing: Marketo answered 1015 (not a member)
     for result, removal in ((left, ActionType.REMOVED), (again, ActionType.NOT_IN_LIST)):
         (outcome,) = result.outcomes
         assert outcome.kind is OutcomeKind.ACTIVATED
-        assert {(a.type, a.audience_id) for a in outcome.actions} == {
-            (ActionType.UPDATED, None),
-            (removal, "a"),
-        }
+        assert {(a.type, a.audience_id) for a in outcome.actions} == {(removal, "a")}
 
 
 async def test_batch_run_twice_creates_no_duplicate(sandbox: Sandbox) -> None:

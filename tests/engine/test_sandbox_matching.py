@@ -66,11 +66,12 @@ Expected = tuple[OutcomeKind, frozenset[str], str]
 NO_LEAD: Expected = (EXCLUDED, frozenset(), "no matching lead")
 NO_LAST: Expected = (EXCLUDED, frozenset(), "missing required attributes: lastName")
 NO_CONSENT: Expected = (EXCLUDED, frozenset(), "marketing consent refused")
+# a member of no activated audience: nothing of it is exported but its exit
+NO_AUDIENCE: Expected = (EXCLUDED, frozenset(), "no membership of an activated audience")
 UPDATED_ATTRS = {
     ("dup@x.io", "EMEA"): ("Dana", "Dup2"),
     ("partner@x.io", "Partners"): ("Pat", "Partner2"),
     ("tie@x.io", "Partners"): ("Tia", "Tie2"),
-    ("leaver@x.io", "Default"): ("Lea", "Left"),
 }
 LISTS_BEFORE = {"a1": {("leaver@x.io", "Default")}, "a2": {("bystander@x.io", "Default")}}
 LISTS_AFTER = {
@@ -106,15 +107,15 @@ ROWS = [
         SyncRules(
             SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "email", "EMEA"
         ),
-        [*updated(BEFORE), ("new@x.io", "EMEA", "Nia", "New"), ("gone@x.io", "EMEA", "Go", "Ne")],
+        [*updated(BEFORE), ("new@x.io", "EMEA", "Nia", "New")],
         LISTS_BEFORE,
         {
             "u_dup": (ACTIVATED, act("updated"), ""),
             "u_part": (ACTIVATED, act("updated"), ""),
             "u_tie": (ACTIVATED, act("updated"), ""),
-            "u_leave": (ACTIVATED, act("updated"), ""),
+            "u_leave": NO_AUDIENCE,
             "u_new": (ACTIVATED, act("created"), ""),
-            "u_gone": (ACTIVATED, act("created"), ""),
+            "u_gone": NO_AUDIENCE,
             "u_half": NO_LAST,
             "u_nope": NO_CONSENT,
         },
@@ -128,9 +129,9 @@ ROWS = [
             "u_dup": (ACTIVATED, act("updated"), ""),
             "u_part": (ACTIVATED, act("updated"), ""),
             "u_tie": (ACTIVATED, act("updated"), ""),
-            "u_leave": (ACTIVATED, act("updated"), ""),
+            "u_leave": NO_AUDIENCE,
             "u_new": NO_LEAD,
-            "u_gone": NO_LEAD,
+            "u_gone": NO_AUDIENCE,
             "u_half": NO_LEAD,
             "u_nope": NO_CONSENT,
         },
@@ -146,7 +147,7 @@ ROWS = [
             "u_tie": (ACTIVATED, act("added:a2"), ""),
             "u_leave": (ACTIVATED, act("removed:a1"), ""),
             "u_new": NO_LEAD,
-            "u_gone": NO_LEAD,
+            "u_gone": NO_AUDIENCE,
             "u_half": NO_LEAD,
             "u_nope": NO_CONSENT,
         },
@@ -165,9 +166,9 @@ ROWS = [
             "u_dup": (ACTIVATED, act("updated", "added:a1"), ""),
             "u_part": (ACTIVATED, act("updated", "added:a1", "added:a2"), ""),
             "u_tie": (ACTIVATED, act("updated", "added:a2"), ""),
-            "u_leave": (ACTIVATED, act("updated", "removed:a1"), ""),
+            "u_leave": (ACTIVATED, act("removed:a1"), ""),  # its last audience: no attributes
             "u_new": (ACTIVATED, act("created", "added:a1"), ""),
-            "u_gone": NO_LEAD,  # only leaving an audience: no lead is created for that
+            "u_gone": NO_AUDIENCE,  # only leaving an audience: no lead is created for that
             "u_half": NO_LAST,
             "u_nope": NO_CONSENT,
         },
@@ -183,9 +184,9 @@ ROWS = [
             "u_dup": (ACTIVATED, act("updated", "added:a1"), ""),
             "u_part": (ACTIVATED, act("updated", "added:a1", "added:a2"), ""),
             "u_tie": (ACTIVATED, act("updated", "added:a2"), ""),
-            "u_leave": (ACTIVATED, act("updated", "removed:a1"), ""),
+            "u_leave": (ACTIVATED, act("removed:a1"), ""),
             "u_new": NO_LEAD,
-            "u_gone": NO_LEAD,
+            "u_gone": NO_AUDIENCE,
             "u_half": NO_LEAD,
             "u_nope": NO_CONSENT,
         },
@@ -201,9 +202,9 @@ ROWS = [
             "u_dup": (ACTIVATED, act("updated", "added:a1"), ""),
             "u_part": (ACTIVATED, act("updated", "added:a1", "added:a2"), ""),
             "u_tie": (ACTIVATED, act("updated", "added:a2"), ""),
-            "u_leave": (ACTIVATED, act("updated", "removed:a1"), ""),
+            "u_leave": (ACTIVATED, act("removed:a1"), ""),
             "u_new": (ACTIVATED, act("created", "added:a1"), ""),
-            "u_gone": NO_LEAD,
+            "u_gone": NO_AUDIENCE,
             "u_half": NO_LAST,
             "u_nope": NO_CONSENT,
         },

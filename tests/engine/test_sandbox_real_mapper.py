@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from service.delivery.engine import SyncEngine
 from service.domain import (
+    AudienceMembership,
     FieldMapping,
+    MembershipStatus,
     OutcomeKind,
     PersonAction,
     ProfileUpdate,
@@ -15,6 +17,7 @@ from service.domain import (
 )
 from service.mapping.mapper import FieldType, Mapper
 from service.mapping.registry import PluginRegistry
+from tests.engine.fakes import MEMBER_OF
 from tests.engine.sandbox_env import running_sandbox
 
 RULES = SyncRules(
@@ -42,12 +45,19 @@ def mapper() -> Mapper:
 
 
 def update(uid: str, **person: object) -> ProfileUpdate:
-    return ProfileUpdate(uid, "p-" + uid, datetime(2026, 3, 1, tzinfo=UTC), {"person": person})
+    return ProfileUpdate(
+        uid,
+        "p-" + uid,
+        datetime(2026, 3, 1, tzinfo=UTC),
+        {"person": person},
+        (AudienceMembership(MEMBER_OF, MembershipStatus.REALIZED),),
+    )
 
 
 async def test_mapped_values_reach_marketo_and_rejected_values_are_excluded() -> None:
     async with running_sandbox() as sandbox:
-        engine = SyncEngine(sandbox.client, RULES, mapper())
+        # a Profile only destination's activated audience has no list
+        engine = SyncEngine(sandbox.client, RULES, mapper(), audience_lists={MEMBER_OF: 0})
         result = await engine.sync(
             [
                 update("good", email="m@x.io", first="Mia", last="Map", score="42"),

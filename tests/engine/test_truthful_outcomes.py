@@ -10,10 +10,10 @@ import pytest
 
 from service.delivery.engine import BatchResult, SyncEngine
 from service.delivery.engine.bulk import BulkSyncEngine
-from service.domain import ActionType, Outcome, OutcomeKind, ProfileUpdate
+from service.domain import ActionType, ExclusionCode, Outcome, OutcomeKind, ProfileUpdate
 from service.store.rows import Counts, count_outcome
 from tests.bulk.scenario import quick_policy
-from tests.engine.fakes import PathMapper
+from tests.engine.fakes import NO_MEMBERSHIP, PathMapper
 from tests.engine.sandbox_env import Sandbox, running_sandbox
 from tests.engine.test_sandbox_invariants import BY_EMAIL, upd
 
@@ -52,12 +52,13 @@ def counted(outcomes: Sequence[Outcome]) -> tuple[int, int, int, int]:
 
 
 def coalesced_batch() -> list[ProfileUpdate]:
-    """Three updates of one person (two profiles, one e-mail in two spellings), two others."""
+    """Three updates of one person (two profiles, one e-mail in two spellings), two others (bob
+    a member of no audience)."""
     return [
         upd("ann-1", 1, [("a", "realized")], pid="p1", email="ann@x.io", first="A1"),
         upd("ann-2", 2, [("b", "realized")], pid="p1", email="ann@x.io", first="A2"),
-        upd("ann-3", 3, pid="p2", email="Ann@X.io", first="A3"),
-        upd("bob", 1, pid="p3", email="bob@x.io"),
+        upd("ann-3", 3, [NO_MEMBERSHIP], pid="p2", email="Ann@X.io", first="A3"),
+        upd("bob", 1, [NO_MEMBERSHIP], pid="p3", email="bob@x.io"),
         upd("carl", 1, [("a", "realized")], pid="p4", email="carl@x.io"),
     ]
 
@@ -72,20 +73,22 @@ async def test_coalesced_updates_each_show_only_their_own_actions(
     result = await engine.sync(coalesced_batch())
 
     leads = {str(lead["fields"]["email"]).lower(): lead for lead in await sandbox.leads()}
-    assert sorted(leads) == ["ann@x.io", "bob@x.io", "carl@x.io"]
+    assert sorted(leads) == ["ann@x.io", "carl@x.io"]  # bob is not exported
     assert leads["ann@x.io"]["fields"]["firstName"] == "A3"
     ann, carl = leads["ann@x.io"]["id"], leads["carl@x.io"]["id"]
     assert await sandbox.lists() == {lists["A"]: {ann, carl}, lists["B"]: {ann}}
-    assert {o.kind for o in result.outcomes} == {OutcomeKind.ACTIVATED}
+    kinds = {o.update_id: (o.kind, o.exclusion_code) for o in result.outcomes}
+    assert kinds.pop("bob") == (OutcomeKind.EXCLUDED, ExclusionCode.NO_AUDIENCE)
+    assert set(kinds.values()) == {(OutcomeKind.ACTIVATED, None)}
     assert actions(result) == {
         "ann-1": {(ActionType.ADDED, "a")},
         "ann-2": {(ActionType.ADDED, "b")},
         "ann-3": {(ActionType.CREATED, None)},
-        "bob": {(ActionType.CREATED, None)},
+        "bob": set(),
         "carl": {(ActionType.CREATED, None), (ActionType.ADDED, "a")},
     }
-    # three leads created, three memberships added: each counted once
-    assert counted(result.outcomes) == (3, 0, 3, 0)
+    # two leads created, three memberships added: each counted once
+    assert counted(result.outcomes) == (2, 0, 3, 0)
     assert {o.update_id: o.lead_id for o in result.outcomes if o.dedupe_value == "Ann@X.io"} == {
         "ann-1": ann,
         "ann-2": ann,
@@ -117,16 +120,17 @@ async def test_an_exit_for_a_lead_not_in_the_list_is_not_removed(
     new = {lead["fields"]["email"]: lead["id"] for lead in await sandbox.leads()}["new@x.io"]
     assert await sandbox.lists() == {lists["A"]: {new}, lists["B"]: set()}
     assert outsider not in (member, new)
+    # in-2 leaves its only audience, out was never a member: no attributes are written
     assert actions(result) == {
-        "in-2": {(ActionType.UPDATED, None), (ActionType.REMOVED, "a")},
-        "out": {(ActionType.UPDATED, None), (ActionType.NOT_IN_LIST, "a")},
+        "in-2": {(ActionType.REMOVED, "a")},
+        "out": {(ActionType.NOT_IN_LIST, "a")},
         "new": {
             (ActionType.CREATED, None),
             (ActionType.ADDED, "a"),
             (ActionType.NOT_IN_LIST, "b"),
         },
     }
-    assert counted(result.outcomes) == (1, 2, 1, 1)
+    assert counted(result.outcomes) == (1, 0, 1, 1)
     calls = Counter(await sandbox.calls()) - calls_before
     removals = {name: n for name, n in calls.items() if "leads" in name and "DELETE" in name}
     assert sum(removals.values()) == 1, calls  # one removal call, for list A only

@@ -256,6 +256,7 @@ async def test_chaos_loses_duplicates_and_regresses_nothing(tmp_path: Path) -> N
             await asyncio.sleep(0.2)
         transport.armed = False
 
+        outcomes_of: dict[int, list[pb.ProfileOutcome]] = {}
         for i in ids:
             outcomes: list[pb.ProfileOutcome] = []
             token = ""
@@ -270,6 +271,7 @@ async def test_chaos_loses_duplicates_and_regresses_nothing(tmp_path: Path) -> N
                 if not token:
                     break
             workload.check_outcomes(outcomes, loads[i].updates, exact=True)
+            outcomes_of[i] = outcomes
         await asyncio.sleep(0.5)  # let the resolve events reach the watchers
         for watcher in watchers:
             watcher.cancel()
@@ -278,7 +280,9 @@ async def test_chaos_loses_duplicates_and_regresses_nothing(tmp_path: Path) -> N
         calls = [await control(i, "GET", "calls") for i in range(2)]
 
     for load, flow in zip(loads, flows, strict=True):
-        workload.check_dataflow(flow, len(load.updates), exact=True)
+        workload.check_dataflow(
+            flow, len(load.updates), exact=True, outcomes=outcomes_of[load.index]
+        )
     for instance in range(2):
         lists = {item["id"]: set(item["members"]) for item in dumps[instance]["lists"]}
         workload.check_instance(instance, pool, loads, list_ids, states[instance]["leads"], lists)

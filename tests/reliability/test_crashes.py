@@ -121,6 +121,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         flows = [dataflow(service.port, i) for i in ids]
         channel, client = stub(service.port)
         with channel:
+            outcomes_of: dict[int, list[pb.ProfileOutcome]] = {}
             for load, destination_id in zip(loads, ids, strict=True):
                 outcomes: list[pb.ProfileOutcome] = []
                 token = ""
@@ -135,12 +136,15 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
                     if not token:
                         break
                 workload.check_outcomes(outcomes, load.updates, exact=False)
+                outcomes_of[load.index] = outcomes
         service.stop()
         states = [control.get("/leads").json()["leads"] for control in controls]
         dumps = [control.get("/lists").json()["lists"] for control in controls]
 
     for load, flow in zip(loads, flows, strict=True):
-        workload.check_dataflow(flow, len(load.updates), exact=False)
+        workload.check_dataflow(
+            flow, len(load.updates), exact=False, outcomes=outcomes_of[load.index]
+        )
     for instance in range(2):
         lists = {item["id"]: set(item["members"]) for item in dumps[instance]}
         workload.check_instance(instance, pool, loads, list_ids, states[instance], lists)

@@ -20,7 +20,7 @@ def deeply_nested(levels: int) -> dict[str, Any]:
 
 
 def too_deep_update() -> pb.ProfileUpdate:
-    message = update("p1", "deep@example.com")
+    message = update("p1", "deep@example.com", audiences={})
     # Each JSON level is a Struct inside a Value: 2 message levels; upb refuses beyond 100.
     message.profile.update({"person": {"email": "deep@example.com", "x": deeply_nested(80)}})
     return message
@@ -39,11 +39,13 @@ async def test_a_streamed_update_too_deep_to_parse_is_rejected_alone(tmp_path: P
         )
         call = service.stub.Sync()
         request = pb.SyncRequest(destination_id=destination_id)
-        request.updates.add().CopyFrom(update("p0", "fine@example.com"))
+        request.updates.add().CopyFrom(update("p0", "fine@example.com", audiences={}))
         request.updates.add().CopyFrom(too_deep_update())
         await call.write(request)
         await call.write(
-            pb.SyncRequest(destination_id=destination_id, updates=[update("p2", None)])
+            pb.SyncRequest(
+                destination_id=destination_id, updates=[update("p2", None, audiences={})]
+            )
         )
         await call.done_writing()
         responses = [response async for response in call]

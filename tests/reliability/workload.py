@@ -4,9 +4,22 @@ Two destinations share each Marketo instance. Each instance has a pool of e-mail
 the first destination updates the first 60 % of the pool, the second the last 60 %, so a fifth
 of the addresses are written by both (a create race between destinations). Every address gets
 1 to 3 versions (event times a minute apart) sent in a shuffled order, so older events often
-arrive after newer ones; the last version decides `firstName` and the list membership (exited
-for every tenth address, one of those that exist before). A fifth of each pool exists in Marketo
-before the run.
+arrive after newer ones. A fifth of each pool exists in Marketo before the run.
+
+The expected list members follow the destination's desired state, not the last event, and are
+computed here from these rules alone:
+- the last version decides `firstName` and the membership of an ordinary address;
+- every tenth address exits in its last version (`exited`): its lead leaves the list, and the
+  exit from its only audience writes no attributes;
+- some change e-mail in their last version (`moves`): the membership follows the person, the
+  new address's lead is in the list, the old one is not;
+- some refuse marketing consent (`dn` or `n`) in their last version while staying members
+  (`refuses`): their lead leaves the list;
+- some send an exit older than an attribute-only update after it (`lags`): the exit still
+  applies, the lead leaves the list.
+The special addresses exist before the run, so which leads exist never depends on the order
+of delivery; their `firstName` may (a profile out of every audience is not exported), so it is
+checked against the names that order allows.
 """
 
 from __future__ import annotations
@@ -33,9 +46,39 @@ def versions(i: int) -> int:
 
 def exited(i: int) -> bool:
     """The last version leaves the audience. Only for leads that exist before the run: an exit
-    alone never creates a lead ("no matching lead"), so a new address that exits would be created
-    or not depending on whether an earlier version was delivered first."""
+    alone never creates a lead (a member of no audience is not exported), so a new address that
+    exits would be created or not depending on whether an earlier version was delivered first."""
     return i % 10 == 5
+
+
+def seeded(i: int) -> bool:
+    """The address's lead exists before the run."""
+    return i % 5 == 0
+
+
+def moves(i: int) -> bool:
+    """The last (second) version carries a new e-mail address."""
+    return i % 30 == 10
+
+
+def refuses(i: int) -> bool:
+    """The last (third) version refuses marketing consent, still a member."""
+    return i % 30 == 20
+
+
+def lags(i: int) -> bool:
+    """After its entry (one version), an attribute-only update two minutes later, then an exit
+    one minute after the entry sent after everything else."""
+    return i % 30 == 0
+
+
+def moved_email(instance: int, index: int, i: int) -> str:
+    """The new e-mail address a destination's profile moves to."""
+    return f"i{instance}-user{i}-d{index}-moved@example.com"
+
+
+LAG_NAME = "Lagged"
+"""The `firstName` of the attribute-only update of a `lags` address."""
 
 
 def first_name(i: int, version: int) -> str:
@@ -63,24 +106,52 @@ def plan(per_destination: int, rng: random.Random) -> tuple[int, list[Destinatio
         instance = index // 2
         addresses = range(0, covered) if index % 2 == 0 else range(pool - covered, pool)
         load = DestinationLoad(index, instance, addresses, f"aud{index}")
+        late: list[pb.ProfileUpdate] = []
         for i in addresses:
+            profile_id = f"d{index}-p{i}"
             for version in range(1, versions(i) + 1):
+                last = version == versions(i)
                 status = (
                     pb.MEMBERSHIP_STATUS_EXITED
-                    if version == versions(i) and exited(i)
+                    if last and exited(i)
                     else pb.MEMBERSHIP_STATUS_REALIZED
                 )
-                load.updates.append(
+                extra: dict[str, Any] = {}
+                if last and refuses(i):
+                    extra["consents"] = {"marketing": {"any": {"val": "dn" if i % 60 else "n"}}}
+                message = update(
+                    profile_id,
+                    moved_email(instance, index, i) if last and moves(i) else email(instance, i),
+                    first=first_name(i, version),
+                    last="Chaos",
+                    time=BASE_TIME + 60 * version,
+                    audiences={load.audience_id: status},
+                )
+                for key, value in extra.items():
+                    message.profile.update({key: value})
+                load.updates.append(message)
+            if lags(i):
+                attributes = update(
+                    profile_id,
+                    email(instance, i),
+                    first=LAG_NAME,
+                    last="Chaos",
+                    time=BASE_TIME + 180,
+                )
+                del attributes.audiences[:]  # attribute-only
+                load.updates.append(attributes)
+                late.append(
                     update(
-                        f"d{index}-p{i}",
+                        profile_id,
                         email(instance, i),
-                        first=first_name(i, version),
+                        first=first_name(i, 2),
                         last="Chaos",
-                        time=BASE_TIME + 60 * version,
-                        audiences={load.audience_id: status},
+                        time=BASE_TIME + 120,
+                        audiences={load.audience_id: pb.MEMBERSHIP_STATUS_EXITED},
                     )
                 )
         rng.shuffle(load.updates)
+        load.updates.extend(late)  # sent after the newer attribute update
         loads.append(load)
     return pool, loads
 
@@ -88,9 +159,38 @@ def plan(per_destination: int, rng: random.Random) -> tuple[int, list[Destinatio
 def seeded_leads(instance: int, pool: int) -> list[dict[str, Any]]:
     """Leads that exist before the run: every fifth address."""
     return [
-        {"email": email(instance, i), "firstName": "Seeded", "lastName": "Before"}
-        for i in range(0, pool, 5)
+        {"email": email(instance, i), "firstName": SEEDED_NAME, "lastName": "Before"}
+        for i in range(pool)
+        if seeded(i)
     ]
+
+
+SEEDED_NAME = "Seeded"
+
+
+def expected_names(i: int) -> frozenset[str]:
+    """The `firstName`s the lead of address `i` may end with. An ordinary address ends at its
+    newest version. A profile that leaves its only audience, refuses consent or moves to another
+    lead exports nothing of its last version to this lead: the lead holds the newest version
+    delivered while the profile was a member there, which depends on the order of delivery."""
+    last = versions(i)
+    if not (exited(i) or refuses(i) or moves(i) or lags(i)):
+        return frozenset({first_name(i, last)})
+    earlier = {first_name(i, v) for v in range(1, last)}
+    if lags(i):
+        earlier |= {first_name(i, 1), LAG_NAME}
+    return frozenset({SEEDED_NAME, *earlier})
+
+
+def desired_members(load: DestinationLoad) -> set[str]:
+    """The e-mail addresses whose lead the destination's desired state holds in its list."""
+    members: set[str] = set()
+    for i in load.addresses:
+        if moves(i):
+            members.add(moved_email(load.instance, load.index, i))
+        elif not (exited(i) or refuses(i) or lags(i)):
+            members.add(email(load.instance, i))
+    return members
 
 
 def check_instance(
@@ -101,45 +201,76 @@ def check_instance(
     leads: list[dict[str, Any]],
     lists: dict[int, set[int]],
 ) -> None:
-    """The exact expected state of one instance: one lead per address, the newest first name,
-    exactly the expected list members."""
+    """The exact expected state of one instance: one lead per address (and per moved
+    address), the names the order allows, exactly the desired list members: no duplicate lead,
+    no lost removal (a lead in a list the desired state does not hold there), no missing one."""
     emails = [lead["fields"].get("email") for lead in leads]
     duplicates = sorted(e for e, n in Counter(emails).items() if n > 1)
     assert not duplicates, f"instance {instance}: duplicate leads for {duplicates[:10]}"
-    assert sorted(emails) == sorted(email(instance, i) for i in range(pool)), (
-        f"instance {instance}: {len(emails)} leads for {pool} addresses"
+    moved = {
+        moved_email(instance, load.index, i): i
+        for load in loads
+        if load.instance == instance
+        for i in load.addresses
+        if moves(i)
+    }
+    assert sorted(emails) == sorted([email(instance, i) for i in range(pool)] + list(moved)), (
+        f"instance {instance}: {len(emails)} leads for {pool} addresses and {len(moved)} moved"
     )
     by_email = {lead["fields"]["email"]: lead for lead in leads}
     wrong = [
         (email(instance, i), by_email[email(instance, i)]["fields"].get("firstName"))
         for i in range(pool)
-        if by_email[email(instance, i)]["fields"].get("firstName") != first_name(i, versions(i))
+        if by_email[email(instance, i)]["fields"].get("firstName") not in expected_names(i)
+    ]
+    wrong += [
+        (address, by_email[address]["fields"].get("firstName"))
+        for address, i in moved.items()
+        if by_email[address]["fields"].get("firstName") != first_name(i, versions(i))
     ]
     assert not wrong, (
         f"instance {instance}: {len(wrong)} leads not at their newest event: {wrong[:5]}"
     )
+    names = {lead["id"]: lead["fields"]["email"] for lead in leads}
     for load in loads:
         if load.instance != instance:
             continue
-        expected = {by_email[email(instance, i)]["id"] for i in load.addresses if not exited(i)}
-        actual = lists[list_ids[load.index]]
+        expected = desired_members(load)
+        actual = {
+            names.get(lead_id, f"deleted lead {lead_id}") for lead_id in lists[list_ids[load.index]]
+        }
         assert actual == expected, (
-            f"destination {load.index}: {len(actual - expected)} unexpected and "
-            f"{len(expected - actual)} missing list members"
+            f"destination {load.index}: lost removals {sorted(actual - expected)[:5]}, "
+            f"missing members {sorted(expected - actual)[:5]}"
         )
 
 
-def check_dataflow(flow: pb.Dataflow, acknowledged: int, *, exact: bool) -> None:
+def check_dataflow(
+    flow: pb.Dataflow,
+    acknowledged: int,
+    *,
+    exact: bool,
+    outcomes: Sequence[pb.ProfileOutcome] = (),
+) -> None:
     """Every acknowledged update was received and has a final outcome; none failed.
 
-    `exact`: each update counted once (no crash); after a crash a re-delivered update may be
-    counted twice."""
+    The activated counters count writes; an update activated for its list change alone (an
+    exit from the last audience writes no attributes) is counted from its outcome. `exact`:
+    each update counted once (no crash); after a crash a re-delivered update may be counted
+    twice."""
     assert flow.received == acknowledged, (flow.received, acknowledged)
     assert flow.pending == 0, flow
     assert not flow.failed, dict(flow.failed)
+    writes = {pb.ACTION_TYPE_CREATED, pb.ACTION_TYPE_UPDATED}
+    lists_only = sum(
+        1
+        for o in outcomes
+        if o.kind == pb.OUTCOME_KIND_ACTIVATED and not any(a.type in writes for a in o.actions)
+    )
     accounted = (
         flow.activated.created
         + flow.activated.updated
+        + lists_only
         + sum(flow.excluded.values())
         + sum(flow.failed.values())
         + flow.superseded

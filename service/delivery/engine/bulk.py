@@ -359,7 +359,7 @@ class BulkSyncEngine(SyncEngine):
                     run.written.append(person)  # no attributes: memberships come later
                     continue
                 kind: JobKind = "update"
-            elif person.plan.consent_refused:
+            elif self._leaves_unresolved(person):
                 run.written.append(person)  # no lead to resolve to: the known holders leave
                 continue
             else:

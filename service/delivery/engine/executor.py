@@ -34,6 +34,9 @@ the batch) and what is applied:
   and clears the holder.
 - refused consent: the removals go out, the attributes do not; the outcome is EXCLUDED
   `consent_refused` and carries the REMOVED actions.
+- a person that is a member of no activated audience: its removals and exits go out (ACTIVATED
+  with those actions), its attributes do not and no lead is created for it; with no list action
+  it is EXCLUDED `no_audience`.
 
 Each update's outcome carries only the actions its own facts asked for (`own_actions`): the
 lead write on the update whose attributes it carried, each list change on the update whose
@@ -62,6 +65,7 @@ from typing import Any, TypeVar
 from service.delivery.engine.locks import KeyedLocks
 from service.delivery.engine.planner import (
     CONSENT_REFUSED,
+    NO_AUDIENCE,
     REASON_ATTRIBUTES_STALE,
     Plan,
     PlannedPerson,
@@ -84,7 +88,6 @@ from service.domain import (
     ProfileState,
     ProfileUpdate,
     SyncRules,
-    SyncType,
     WritePolicy,
     dedupe_key,
     is_empty,
@@ -427,7 +430,7 @@ class SyncEngine:
                 self._mapper,
                 watermarks=watermarks,
                 membership_marks=membership_marks,
-                audience_lists=self._lists if self._rules.manages_lists else {},
+                audience_lists=self._lists,
                 state=state,
             )
 
@@ -600,7 +603,7 @@ class SyncEngine:
             elif not self._needs_lookup(person):
                 person.lead_id = person.plan.bound_lead
                 person.bound = True
-            elif not person.plan.consent_refused:
+            elif not self._leaves_unresolved(person):
                 self._decide_unmatched(person)
                 if person.final:
                     outcomes.extend(person.outcomes())
@@ -655,7 +658,7 @@ class SyncEngine:
                     self._settle(person, lead)
                     (to_update if self._writes(person) else ready).append(person)
                     continue
-                if person.plan.consent_refused:
+                if self._leaves_unresolved(person):
                     ready.append(person)  # no lead to resolve to: only the known holders leave
                     continue
                 if person.conflicted:
@@ -689,24 +692,37 @@ class SyncEngine:
 
     def _finish(self, persons: Sequence[_Person]) -> None:
         """End the persons whose writes are done: ACTIVATED, or EXCLUDED when consent is
-        refused (with the removals made)."""
+        refused (with the removals made) or when a person of no activated audience had no exit
+        to deliver."""
         for person in persons:
             if person.final:
                 continue
             if person.plan.consent_refused:
                 person.exclude(CONSENT_REFUSED)
+            elif person.plan.no_audience and not person.actions:
+                person.exclude(NO_AUDIENCE)
             else:
                 person.kind = OutcomeKind.ACTIVATED
+
+    @staticmethod
+    def _leaves_unresolved(person: _Person) -> bool:
+        """Whether a person no lead was found for still has writes: the removals of the leads
+        holding its memberships (consent refused, or a member of no audience)."""
+        plan = person.plan
+        return plan.consent_refused or (plan.no_audience and bool(plan.holders))
 
     def _needs_lookup(self, person: _Person) -> bool:
         """Whether `person` must be resolved: attributes to write, or list changes that need the
         resolved lead while none is bound."""
         plan = person.plan
-        if plan.consent_refused:
-            return (
-                plan.bound_lead is None
-                and bool(plan.key)
-                and any(HOLDER_RESOLVED in held for held in plan.holders.values())
+        if plan.removals_only:
+            if plan.bound_lead is not None or not plan.key:
+                return False
+            # the resolved lead is removed where it holds a membership, or from an untracked
+            # list an exit leaves with no known holder
+            return any(HOLDER_RESOLVED in held for held in plan.holders.values()) or (
+                plan.no_audience
+                and any(a not in plan.holders and a not in self._tracked for a in plan.exits)
             )
         return self._writes(person) or plan.bound_lead is None
 
@@ -740,15 +756,10 @@ class SyncEngine:
         """Exclude an unmatched person unless a lead may and should be created."""
         rules = self._rules
         plan = person.plan
-        if not rules.creates_leads or not plan.writes_attributes:
+        if plan.no_audience:
+            person.exclude(NO_AUDIENCE)
+        elif not rules.creates_leads or not plan.writes_attributes:
             # creating a lead from attributes older than those applied would write them
-            person.exclude(_NO_MATCHING_LEAD)
-        elif (
-            rules.sync_type is SyncType.AUDIENCE_AND_PROFILE
-            and plan.exits
-            and not any(plan.desired.values())
-        ):
-            # a person only leaving audiences is not worth a new lead
             person.exclude(_NO_MATCHING_LEAD)
         else:
             missing = _missing_for_create(plan.fields)

@@ -30,6 +30,13 @@ applied) and the lead it is bound to (when its dedupe value is the bound one). A
 (`n`, `dn`) does not drop the person: it is planned with no desired membership, so the removals
 of what it holds go out (they export no personal data); its attributes are not written. Without
 current attributes in the batch, the stored consent state decides.
+
+A destination exports the members of its activated audiences, whatever its sync type (their
+membership facts are kept for Profile only too; only the list writes depend on the sync type).
+A person that is a member of none (`no_audience`) has no attributes written and no lead
+created: with nothing held and no exit to deliver to a list it is EXCLUDED `no_audience` here
+(its attributes not applied: the watermark does not move); otherwise only its removals and exits
+go to the executor.
 """
 
 from __future__ import annotations
@@ -128,12 +135,21 @@ class PlannedPerson:
     prior: ProfileState | None = None
     """The stored state of the profile whose attributes `fields` are."""
     consent_refused: bool = False
+    no_audience: bool = False
+    """The person is a member of no activated audience: only its removals and exits are
+    delivered (no attributes, no lead created); with no list action it is EXCLUDED
+    `no_audience`."""
 
     @property
     def speaker(self) -> str:
         """The update that carries the person's writes no fact of the batch asked for (a
         membership that follows the person, one re-added after consent)."""
         return self.writer or self.updates[-1].update_id
+
+    @property
+    def removals_only(self) -> bool:
+        """Only removals (and exits) are delivered: consent refused or no audience."""
+        return self.consent_refused or self.no_audience
 
     @property
     def joins(self) -> tuple[str, ...]:
@@ -202,7 +218,7 @@ def excluded(update: ProfileUpdate, exclusion: Exclusion, dedupe: str | None) ->
 
 
 CONSENT_REFUSED = Exclusion(ExclusionCode.CONSENT_REFUSED, "", REASON_CONSENT_REFUSED)
-_NO_AUDIENCE = Exclusion(ExclusionCode.NO_AUDIENCE, "", REASON_NO_AUDIENCE)
+NO_AUDIENCE = Exclusion(ExclusionCode.NO_AUDIENCE, "", REASON_NO_AUDIENCE)
 FORGOTTEN = Exclusion(ExclusionCode.FORGOTTEN, "", REASON_FORGOTTEN)
 
 
@@ -237,7 +253,8 @@ def plan_batch(
         )
     marks = state.watermarks
     audience_marks = state.marks
-    lists = audience_lists if rules.manages_lists and audience_lists else {}
+    # membership facts of every activated audience are kept, whatever the sync type
+    lists = audience_lists or {}
     outcomes: list[Outcome] = []
     new_marks: dict[str, datetime] = {}
     decided_marks: dict[tuple[str, str], MembershipMark] = {}
@@ -308,7 +325,7 @@ def plan_batch(
     for (refused, _), members in groups.items():
         key = dedupe_key(members[0].dedupe_value)
         person, superseded = _coalesce(key, members)
-        person = _target(person, state, lists, refused=refused)
+        person = _target(person, state, lists, refused=refused, keeps_lists=rules.manages_lists)
         outcomes.extend(superseded)
         if refused and not person.holders:
             # nothing held to remove: decided here, with the consent state to store
@@ -320,13 +337,19 @@ def plan_batch(
             if not prior.consent_refused:
                 decided_profiles[person.profile_ids[0]] = replace(prior, consent_refused=True)
             continue
-        if (
-            not refused
-            and rules.manages_lists
-            and not rules.writes_attributes
-            and not person.memberships
-        ):
-            outcomes.extend(excluded(u, _NO_AUDIENCE, person.dedupe_value) for u in person.updates)
+        if not refused and not any(person.desired.values()):
+            # not (or no longer) a member of an activated audience: nothing of it is exported
+            # but the removals of what its leads hold and the exits the lists must see
+            person = _outside(person)
+            if not (rules.manages_lists and (person.holders or person.exits)):
+                outcomes.extend(
+                    excluded(u, NO_AUDIENCE, person.dedupe_value) for u in person.updates
+                )
+                decided_marks.update(person.membership_marks)
+                continue
+        elif not refused and not rules.writes_attributes and not person.memberships:
+            # Audience only: an update with no membership fact has nothing to export
+            outcomes.extend(excluded(u, NO_AUDIENCE, person.dedupe_value) for u in person.updates)
             new_marks.update(person.watermarks)
             continue
         persons.append(person)
@@ -339,16 +362,38 @@ def plan_batch(
     )
 
 
+def _outside(person: PlannedPerson) -> PlannedPerson:
+    """`person`, a member of no activated audience: no attributes are written for it and no
+    lead is created."""
+    return replace(
+        person,
+        fields={},
+        watermarks={},  # its attributes are not applied: a lagging entry still writes them
+        writes_attributes=False,
+        attributes_changed=False,
+        digest=None,
+        no_audience=True,
+    )
+
+
 def _target(
-    person: PlannedPerson, state: DesiredState, lists: Mapping[str, int], *, refused: bool
+    person: PlannedPerson,
+    state: DesiredState,
+    lists: Mapping[str, int],
+    *,
+    refused: bool,
+    keeps_lists: bool,
 ) -> PlannedPerson:
-    """`person` with its target: desired memberships, holders, binding and attribute change."""
+    """`person` with its target: desired memberships, holders (when the sync type keeps
+    lists), binding and attribute change."""
     profile_ids = tuple(dict.fromkeys(u.profile_id for u in person.updates))
     desired: dict[str, bool] = {}
     holders: dict[str, frozenset[int]] = {}
     for audience in sorted(lists):
         held = frozenset(
-            lead for pid in profile_ids if (lead := state.holders.get((pid, audience))) is not None
+            lead
+            for pid in profile_ids
+            if keeps_lists and (lead := state.holders.get((pid, audience))) is not None
         )
         status = person.memberships.get(audience)
         if status is not None:

@@ -27,6 +27,45 @@ if _version_not_supported:
 
 class MarketoDestinationServiceStub:
     """Keeps Marketo Engage leads and static lists in sync with a customer-data platform.
+
+    What a destination exports. As in Adobe Experience Platform, a destination exports the
+    members of its activated audiences, whatever its sync type:
+    - a profile that is a member (REALIZED or EXISTING, from this update or an earlier one) of at
+    least one activated audience gets its mapped attributes written (Profile only, Audience and
+    profile) and, when the destination keeps lists, its lead in the list of every audience it is
+    a member of. An attribute-only update of a current member is exported without repeating its
+    memberships: no list call (Audience only writes no attributes: there an update with no
+    membership is EXCLUDED "no_audience").
+    - a profile that is not, or no longer, a member of any activated audience creates no lead and
+    its attributes are not written: its outcome is EXCLUDED "no_audience". An exit from the
+    last audience still removes the lead from that list (when the destination keeps lists) and
+    is ACTIVATED with the REMOVED action, but writes no attributes. Membership events of
+    activated audiences are recorded for every sync type (a Profile only destination keeps them
+    too, with no list call).
+    - a profile whose marketing consent is refused ("n", or XDM's default-no "dn") has no desired
+    membership: the leads it holds leave the lists (a removal exports no personal data), its
+    attributes are not written; the outcome is EXCLUDED "consent_refused" with the REMOVED
+    actions. Its memberships come back when consent is given again.
+    - a no-op update costs nothing: mapped attributes equal to those last applied write nothing,
+    and a membership already applied makes no list call; the outcome is ACTIVATED with no
+    actions and the reason "nothing needed writing: ...".
+
+    Ordering. An update carries two kinds of fact, ordered each on its own by event_time: the
+    profile's attributes per profile, and each membership per (profile, audience). An older fact
+    never overwrites a newer one of the same kind, and an attribute update never supersedes a
+    membership event nor the reverse: a segment evaluation that lags the attribute stream is still
+    delivered. Within one batch the newest fact of each kind wins; equal event times are not
+    older.
+
+    Desired state. Each destination remembers what Marketo should hold: per profile its dedupe
+    value, the lead it resolves to and a digest of the attributes last applied; per (profile,
+    audience) the desired status and the lead that holds the membership. Sync updates the desired
+    state (an accepted update is part of it once committed); delivery writes only the difference
+    between desired and applied state and records what Marketo confirmed (membership follows the
+    person: when its dedupe value or its winning duplicate changes, the old lead leaves the lists
+    and the new one joins them); PreviewSync shows that difference for a set of updates without
+    writing it. GetDataflow and each ProfileOutcome count what Marketo confirmed, once per lead
+    and list.
     """
 
     def __init__(self, channel):
@@ -114,6 +153,45 @@ class MarketoDestinationServiceStub:
 
 class MarketoDestinationServiceServicer:
     """Keeps Marketo Engage leads and static lists in sync with a customer-data platform.
+
+    What a destination exports. As in Adobe Experience Platform, a destination exports the
+    members of its activated audiences, whatever its sync type:
+    - a profile that is a member (REALIZED or EXISTING, from this update or an earlier one) of at
+    least one activated audience gets its mapped attributes written (Profile only, Audience and
+    profile) and, when the destination keeps lists, its lead in the list of every audience it is
+    a member of. An attribute-only update of a current member is exported without repeating its
+    memberships: no list call (Audience only writes no attributes: there an update with no
+    membership is EXCLUDED "no_audience").
+    - a profile that is not, or no longer, a member of any activated audience creates no lead and
+    its attributes are not written: its outcome is EXCLUDED "no_audience". An exit from the
+    last audience still removes the lead from that list (when the destination keeps lists) and
+    is ACTIVATED with the REMOVED action, but writes no attributes. Membership events of
+    activated audiences are recorded for every sync type (a Profile only destination keeps them
+    too, with no list call).
+    - a profile whose marketing consent is refused ("n", or XDM's default-no "dn") has no desired
+    membership: the leads it holds leave the lists (a removal exports no personal data), its
+    attributes are not written; the outcome is EXCLUDED "consent_refused" with the REMOVED
+    actions. Its memberships come back when consent is given again.
+    - a no-op update costs nothing: mapped attributes equal to those last applied write nothing,
+    and a membership already applied makes no list call; the outcome is ACTIVATED with no
+    actions and the reason "nothing needed writing: ...".
+
+    Ordering. An update carries two kinds of fact, ordered each on its own by event_time: the
+    profile's attributes per profile, and each membership per (profile, audience). An older fact
+    never overwrites a newer one of the same kind, and an attribute update never supersedes a
+    membership event nor the reverse: a segment evaluation that lags the attribute stream is still
+    delivered. Within one batch the newest fact of each kind wins; equal event times are not
+    older.
+
+    Desired state. Each destination remembers what Marketo should hold: per profile its dedupe
+    value, the lead it resolves to and a digest of the attributes last applied; per (profile,
+    audience) the desired status and the lead that holds the membership. Sync updates the desired
+    state (an accepted update is part of it once committed); delivery writes only the difference
+    between desired and applied state and records what Marketo confirmed (membership follows the
+    person: when its dedupe value or its winning duplicate changes, the old lead leaves the lists
+    and the new one joins them); PreviewSync shows that difference for a set of updates without
+    writing it. GetDataflow and each ProfileOutcome count what Marketo confirmed, once per lead
+    and list.
     """
 
     def Configure(self, request, context):
@@ -183,7 +261,8 @@ class MarketoDestinationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Sync(self, request_iterator, context):
-        """Streams profile and audience-membership updates. Each request is answered once its accepted
+        """Streams profile and audience-membership updates into the destinations' desired state (see
+        the service comment). Each request is answered once its accepted
         updates are durably committed, in the order the requests came; bad updates are rejected one
         by one with a reason. Keep several requests in flight and match answers by request_id: up to
         8 per stream are checked and committed together, while a client that waits for each answer
@@ -195,8 +274,9 @@ class MarketoDestinationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PreviewSync(self, request, context):
-        """Plans a set of updates exactly as the dispatcher would, looks leads up in Marketo, writes
-        nothing, and reports what would be created, updated, added and removed. Needs
+        """Plans a set of updates exactly as the dispatcher would, against the stored desired state,
+        looks leads up in Marketo, writes nothing, and reports the difference delivery would write:
+        what would be created, updated, added and removed (a no-op update shows no action). Needs
         destinations.view and profiles.view.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -360,6 +440,45 @@ def add_MarketoDestinationServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class MarketoDestinationService:
     """Keeps Marketo Engage leads and static lists in sync with a customer-data platform.
+
+    What a destination exports. As in Adobe Experience Platform, a destination exports the
+    members of its activated audiences, whatever its sync type:
+    - a profile that is a member (REALIZED or EXISTING, from this update or an earlier one) of at
+    least one activated audience gets its mapped attributes written (Profile only, Audience and
+    profile) and, when the destination keeps lists, its lead in the list of every audience it is
+    a member of. An attribute-only update of a current member is exported without repeating its
+    memberships: no list call (Audience only writes no attributes: there an update with no
+    membership is EXCLUDED "no_audience").
+    - a profile that is not, or no longer, a member of any activated audience creates no lead and
+    its attributes are not written: its outcome is EXCLUDED "no_audience". An exit from the
+    last audience still removes the lead from that list (when the destination keeps lists) and
+    is ACTIVATED with the REMOVED action, but writes no attributes. Membership events of
+    activated audiences are recorded for every sync type (a Profile only destination keeps them
+    too, with no list call).
+    - a profile whose marketing consent is refused ("n", or XDM's default-no "dn") has no desired
+    membership: the leads it holds leave the lists (a removal exports no personal data), its
+    attributes are not written; the outcome is EXCLUDED "consent_refused" with the REMOVED
+    actions. Its memberships come back when consent is given again.
+    - a no-op update costs nothing: mapped attributes equal to those last applied write nothing,
+    and a membership already applied makes no list call; the outcome is ACTIVATED with no
+    actions and the reason "nothing needed writing: ...".
+
+    Ordering. An update carries two kinds of fact, ordered each on its own by event_time: the
+    profile's attributes per profile, and each membership per (profile, audience). An older fact
+    never overwrites a newer one of the same kind, and an attribute update never supersedes a
+    membership event nor the reverse: a segment evaluation that lags the attribute stream is still
+    delivered. Within one batch the newest fact of each kind wins; equal event times are not
+    older.
+
+    Desired state. Each destination remembers what Marketo should hold: per profile its dedupe
+    value, the lead it resolves to and a digest of the attributes last applied; per (profile,
+    audience) the desired status and the lead that holds the membership. Sync updates the desired
+    state (an accepted update is part of it once committed); delivery writes only the difference
+    between desired and applied state and records what Marketo confirmed (membership follows the
+    person: when its dedupe value or its winning duplicate changes, the old lead leaves the lists
+    and the new one joins them); PreviewSync shows that difference for a set of updates without
+    writing it. GetDataflow and each ProfileOutcome count what Marketo confirmed, once per lead
+    and list.
     """
 
     @staticmethod
