@@ -208,6 +208,13 @@ async def open_application(
             holder=replica_name(settings),
         )
         rules = MappingRules(registry, load_policies(settings.policies_file))
+        resync = Resync(
+            store,
+            dispatcher.delivery,
+            connections,
+            batch_size=delivery_settings(settings).batch_size,
+            notify=dispatcher.notify,
+        )
         app = Application(
             store=store,
             destinations=Destinations(
@@ -223,6 +230,7 @@ async def open_application(
                 rules,
                 list_folder=settings.list_folder,
                 on_changed=dispatcher.configuration_changed,
+                on_lists_created=resync.add_members,
             ),
             ingest=Ingest(
                 store,
@@ -233,13 +241,7 @@ async def open_application(
                 max_clock_skew=max_clock_skew,
             ),
             preview=Preview(store, dispatcher.delivery, max_clock_skew=max_clock_skew),
-            resync=Resync(
-                store,
-                dispatcher.delivery,
-                connections,
-                batch_size=delivery_settings(settings).batch_size,
-                notify=dispatcher.notify,
-            ),
+            resync=resync,
             forget=ForgetProfile(store, connections),
             monitoring=Monitoring(store, alerts, connections),
             dispatcher=dispatcher,

@@ -87,14 +87,18 @@ class Activations:
         *,
         list_folder: str = "Marketo Destination",
         on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
+        on_lists_created: Callable[[str, Sequence[str]], Awaitable[object]] | None = None,
     ) -> None:
         """`on_changed(before)` runs after Activate stored a mapping (the dispatcher re-checks a
-        paused destination at once)."""
+        paused destination at once); `on_lists_created(destination_id, audience_ids)` after it
+        created lists for audiences that were already activated (e.g. after a switch from
+        Profile only), whose current members delivery must then add."""
         self._store = store
         self._connections = connections
         self._rules = rules
         self._list_folder = list_folder
         self._on_changed = on_changed
+        self._on_lists_created = on_lists_created
 
     async def activate(
         self,
@@ -144,6 +148,7 @@ class Activations:
 
         results: list[ActivatedAudience] = []
         records: list[ActivationRecord] = []
+        refilled: list[str] = []
         folder: Folder | None = None
         for audience in [*audiences, *listless]:
             before = current.get(audience.id)
@@ -181,6 +186,8 @@ class Activations:
                 created_by_service = tracked = result.list_action is ListAction.CREATED
                 if created_by_service and not dry_run:
                     await record_created(result)
+                    if before is not None:
+                        refilled.append(audience.id)
             results.append(result)
             records.append(
                 _record(
@@ -195,6 +202,8 @@ class Activations:
             await self._store.upsert_activations(destination_id, records, mappings)
             if self._on_changed is not None:
                 await self._on_changed(record)
+            if refilled and self._on_lists_created is not None:
+                await self._on_lists_created(destination_id, refilled)
         return results
 
     async def deactivate(

@@ -103,6 +103,23 @@ class Resync:
             share_of_daily_quota=calls / remaining if remaining else float(calls > 0),
         )
 
+    async def add_members(self, destination_id: str, audience_ids: Sequence[str]) -> int:
+        """Queue a resync of the current desired members of audiences whose list was just
+        created (the destination kept no list for them before), so that delivery adds them;
+        returns how many profiles were queued."""
+        members = sorted(
+            {
+                member.profile_id
+                for audience_id in audience_ids
+                for member in await self._store.desired_members(destination_id, audience_id)
+            }
+        )
+        queued = 0
+        for start in range(0, len(members), MAX_RESYNC_PROFILES):
+            chunk = members[start : start + MAX_RESYNC_PROFILES]
+            queued += (await self.resync(destination_id, chunk, dry_run=False)).profiles
+        return queued
+
 
 def _check_profile_ids(profile_ids: Sequence[str]) -> None:
     if len(profile_ids) > MAX_RESYNC_PROFILES:

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from tests.e2e.test_sync import delivered, sync
 from tests.harness import (
     CLIENT_SECRET,
     STANDARD_MAPPINGS,
@@ -17,8 +18,11 @@ from tests.harness import (
     connection,
     running_service,
     spec,
+    update,
     violations,
 )
+
+T = 1_780_000_000.0
 
 
 async def configure_error(service: Service, request: pb.ConfigureRequest) -> grpc.aio.AioRpcError:
@@ -384,3 +388,49 @@ async def test_profile_only_turned_audience_and_profile_gets_its_lists_at_the_ne
     assert {a.audience_id: a.marketo_list_id for a in fetched.audiences} == {
         a.audience_id: a.marketo_list_id for a in answer.audiences
     }
+
+
+async def test_after_the_switch_the_new_lists_get_the_current_members(service: Service) -> None:
+    """Profile only keeps desired memberships without lists; once Audience and profile and the
+    next Activate created the lists, delivery adds the current members (and not those who left)."""
+    destination_id = await activated(
+        service,
+        audiences=[pb.Audience(id="a1", name="CDP a1")],
+        sync_type=pb.SYNC_TYPE_PROFILE_ONLY,
+    )
+    realized, exited = pb.MEMBERSHIP_STATUS_REALIZED, pb.MEMBERSHIP_STATUS_EXITED
+    await sync(
+        service,
+        destination_id,
+        [
+            [
+                update("p1", "ann@x.io", time=T, audiences={"a1": realized}),
+                update("p2", "bob@x.io", time=T, audiences={"a1": realized}),
+                update("p3", "cy@x.io", time=T, audiences={"a1": realized}),
+            ]
+        ],
+    )
+    await delivered(service, destination_id)
+    await sync(
+        service, destination_id, [[update("p3", "cy@x.io", time=T + 60, audiences={"a1": exited})]]
+    )
+    await delivered(service, destination_id)
+    assert await service.lists() == {}
+    ids = {lead["fields"]["email"]: lead["id"] for lead in await service.leads()}
+
+    await service.stub.Configure(
+        pb.ConfigureRequest(
+            destination_id=destination_id, spec=spec(sync_type=pb.SYNC_TYPE_AUDIENCE_AND_PROFILE)
+        )
+    )
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(destination_id=destination_id, mappings=STANDARD_MAPPINGS)
+    )
+    assert [(a.audience_id, a.list_action) for a in answer.audiences] == [
+        ("a1", pb.LIST_ACTION_CREATED)
+    ]
+    await delivered(service, destination_id)
+    assert await service.lists() == {
+        answer.audiences[0].marketo_list_id: {ids["ann@x.io"], ids["bob@x.io"]}
+    }
+    assert len(await service.leads()) == 3
