@@ -138,6 +138,7 @@ class PostgresStore(SqlStore):
         await pool.open(wait=True, timeout=30.0)
         store = cls(pool, box, clock=clock, max_group_rows=max_group_rows, fair_leases=fair_leases)
         store._start_committing()
+        await store._after_migrations(migrations)
         return store
 
     async def close(self) -> None:
@@ -241,6 +242,7 @@ class PostgresConnection:
     for_share = " FOR SHARE"
     for_key_share = " FOR KEY SHARE"
     holder_lock = "SELECT pg_advisory_xact_lock(hashtext(?))"
+    not_printable_ascii = "~ '[^ -~]'"
 
     def __init__(self, connection: PgConnection) -> None:
         self._connection = connection

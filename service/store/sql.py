@@ -68,6 +68,7 @@ from service.store.base import (
     Watermark,
     in_steps,
 )
+from service.store.migrations import Migration
 from service.store.rows import (
     ALERT_COLUMNS,
     COUNT_COLUMNS,
@@ -134,6 +135,9 @@ class Connection(Protocol):
     for_key_share: str
     holder_lock: str
     """A statement serializing one holder's lease acquisitions (parameter: a key), or empty."""
+    not_printable_ascii: str
+    """A condition on the column before it: the text holds a character outside printable
+    ASCII."""
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         """Run one statement (`?` placeholders)."""
@@ -362,6 +366,10 @@ NEXT_BATCHES = (
 )
 
 
+REKEY_MIGRATION = "dedupe_key_rekey"
+"""The migration whose data step is `SqlStore.rekey_legacy_dedupe_keys`."""
+
+
 class SqlStore(ABC):
     """The `Store` on a SQL engine; subclasses run transactions and group commits."""
 
@@ -404,6 +412,35 @@ class SqlStore(ABC):
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Register a callback run after each committed write transaction."""
         self._listeners.append(listener)
+
+    async def _after_migrations(self, migrations: Sequence[Migration]) -> None:
+        """Data steps of the applied `migrations` that SQL alone cannot do."""
+        if any(m.name == REKEY_MIGRATION for m in migrations):
+            await self.rekey_legacy_dedupe_keys()
+
+    async def rekey_legacy_dedupe_keys(self) -> int:
+        """Once, after migration 0015: give the outcomes that migration 0010 keyed with SQL's
+        lower(trim()) the planner's key (`dedupe_key`) where the two differ, i.e. values holding a
+        character outside printable ASCII (few in practice); returns how many were re-keyed."""
+
+        async def work(c: Connection) -> int:
+            if not list(await c.execute("SELECT pending FROM dedupe_rekey_pending")):
+                return 0
+            rows = await c.execute(
+                "SELECT id, dedupe_value, dedupe_key FROM outcomes "
+                f"WHERE dedupe_value IS NOT NULL AND dedupe_value {c.not_printable_ascii}"
+            )
+            changed = [
+                (dedupe_key(value), key_id)
+                for key_id, value, key in rows
+                if dedupe_key(value) != key
+            ]
+            if changed:
+                await c.executemany("UPDATE outcomes SET dedupe_key = ? WHERE id = ?", changed)
+            await c.execute("DELETE FROM dedupe_rekey_pending")
+            return len(changed)
+
+        return await self._write("rekey_legacy_dedupe_keys", work)
 
     def _start_committing(self) -> None:
         self._committer = asyncio.create_task(self._commit_loop(), name="store-group-commit")

@@ -169,6 +169,7 @@ class SqliteStore(SqlStore):
             store._readers.shutdown(wait=True)
             raise
         store._start_committing()
+        await store._after_migrations(migrations)
         store._checkpointer = threading.Thread(
             target=store._checkpoint_loop, name="store-checkpointer", daemon=True
         )
@@ -392,6 +393,7 @@ class SqliteConnection:
     for_share = ""
     for_key_share = ""
     holder_lock = ""
+    not_printable_ascii = "GLOB '*[^ -~]*'"
     """One writer at a time: statements are serialized already."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:

@@ -315,3 +315,47 @@ async def test_marks_from_before_holders_are_held_by_the_resolved_lead(
         _write_marks_before_holders,
         _check_holders_upgrade,
     )
+
+
+_LEGACY_VALUES = {
+    "u-ascii": " Ann@Example.COM",
+    "u-ring": "ÅSA@Example.COM",
+    "u-sharp": "\tSTRAẞE@x.io",
+}
+
+
+def _write_rows_with_legacy_keys(
+    execute: Callable[[str, tuple[Any, ...]], object], destination: str
+) -> None:
+    hour = to_micros(START.replace(minute=0))
+    for update_id, value in _LEGACY_VALUES.items():
+        execute(
+            "INSERT INTO outcomes (destination_id, update_id, profile_id, dedupe_value, "
+            "event_time, recorded_at, kind, actions, lead_id, reason, marketo_code) "
+            "VALUES ({0}, {0}, {0}, {0}, {0}, {0}, 'activated', '[]', 7, '', '')",
+            (destination, update_id, f"p-{update_id}", value, hour, hour),
+        )
+
+
+async def _check_rekeyed(store: Store, destination: str) -> None:
+    # Searched in another case and spelling than stored, as the mapping would normalise them.
+    for update_id, search in (
+        ("u-ascii", "ann@example.com"),
+        ("u-ring", "åsa@example.com"),
+        ("u-sharp", "strasse@X.IO"),
+    ):
+        (record,) = (await store.list_outcomes(destination, dedupe_value=search)).items
+        assert record.outcome.update_id == update_id
+        assert record.outcome.dedupe_value == _LEGACY_VALUES[update_id]
+    assert isinstance(store, SqliteStore | PostgresStore)
+    assert await store.rekey_legacy_dedupe_keys() == 0, "re-keyed once only"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_rows_keyed_before_the_planners_key_are_rekeyed_once(
+    dialect: Dialect, tmp_path: Path, box: SecretBox, clock: FakeClock
+) -> None:
+    before = _before(dialect, "kept_fields_dedupe_key")
+    await _upgrade(
+        dialect, tmp_path, box, clock, before, _write_rows_with_legacy_keys, _check_rekeyed
+    )
