@@ -1,5 +1,5 @@
 """Operator commands of ``marketo-destination``, on the client library: ``destinations list|get``,
-``dataflow``, ``outcomes``, ``alerts``, ``resync`` and ``forget``.
+``dataflow``, ``outcomes``, ``alerts``, ``reconcile``, ``resync`` and ``forget``.
 
 Each command is one entry of :data:`COMMANDS`: its words, its help, its own arguments and one
 small async function that calls the service and prints what it got (a Rich table for people,
@@ -376,6 +376,46 @@ def _alerts_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+async def reconcile(client: AsyncClient, args: argparse.Namespace, out: Output) -> None:
+    """Compare the destination's lists (or --audience ones) with Marketo's real members and,
+    unless --dry-run, repair them."""
+    drifts = await client.reconcile(
+        args.destination_id, audience_ids=args.audience, dry_run=args.dry_run
+    )
+    if out.json_mode:
+        out.json({"dry_run": args.dry_run, "lists": [message_dict(d) for d in drifts]})
+        return
+    out.table(
+        f"Reconcile of {args.destination_id}"
+        + (" (dry run: nothing changed)" if args.dry_run else ""),
+        ("AUDIENCE", "LIST ID", "MISSING", "UNEXPECTED", "ADDED", "REMOVED", "RECREATED"),
+        (
+            (
+                d.audience_id,
+                d.marketo_list_id,
+                d.missing,
+                d.unexpected,
+                d.added,
+                d.removed,
+                "yes" if d.recreated else "no",
+            )
+            for d in drifts
+        ),
+    )
+
+
+def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+    _destination_argument(parser)
+    parser.add_argument(
+        "--audience",
+        metavar="A",
+        action="append",
+        default=[],
+        help="an audience whose list to reconcile (repeat for several; default: every list)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="report the drift, change nothing")
+
+
 async def resync(client: AsyncClient, args: argparse.Namespace, out: Output) -> None:
     """Write the desired state of the destination's profiles (or of --profile ones) again;
     with --dry-run, only show what it would cost."""
@@ -449,6 +489,12 @@ COMMANDS: tuple[Command, ...] = (
     Command(("dataflow",), "show a destination's dataflow", dataflow, _dataflow_arguments),
     Command(("outcomes",), "show what happened to one profile", outcomes, _outcomes_arguments),
     Command(("alerts",), "show (or --follow) a destination's alerts", alerts, _alerts_arguments),
+    Command(
+        ("reconcile",),
+        "repair a destination's lists against Marketo (--dry-run)",
+        reconcile,
+        _reconcile_arguments,
+    ),
     Command(
         ("resync",), "write profiles' desired state again (--dry-run)", resync, _resync_arguments
     ),

@@ -200,6 +200,54 @@ def test_exit_codes(running: Running) -> None:
     assert bad.returncode == EXIT_USAGE and "address" in bad.stderr
 
 
+def _members(running: Running, list_id: int) -> set[int]:
+    dump = httpx.get(f"{running.sandbox}/_sandbox/lists").json()
+    return {set_id for item in dump["lists"] if item["id"] == list_id for set_id in item["members"]}
+
+
+def test_reconcile_reports_then_repairs(running: Running) -> None:
+    destination = running.destination_id
+    got = json_of(command(running, "destinations", "get", destination, "--json"))
+    list_id = int(got["audiences"][0]["marketo_list_id"])
+    before = _members(running, list_id)
+    assert len(before) == 2
+    # A marketer removes one member through Marketo's REST API.
+    token = httpx.post(
+        f"{running.sandbox}/identity/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        },
+    ).json()["access_token"]
+    removed = min(before)
+    answer = httpx.request(
+        "DELETE",
+        f"{running.sandbox}/rest/v1/lists/{list_id}/leads.json",
+        json={"input": [{"id": removed}]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert answer.json()["success"], answer.text
+    assert _members(running, list_id) == before - {removed}
+
+    dry = command(running, "reconcile", destination, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run" in dry.stdout
+    assert re.search(rf"newsletter\s.*\b{list_id}\b\s.*\b1\b\s.*\b0\b", dry.stdout), dry.stdout
+    assert _members(running, list_id) == before - {removed}, "a dry run changes nothing"
+
+    done = json_of(command(running, "reconcile", destination, "--json"))
+    assert done["dry_run"] is False
+    (drift,) = done["lists"]
+    assert (drift["audience_id"], drift["missing"], drift["added"]) == ("newsletter", "1", "1")
+    assert _members(running, list_id) == before
+    # A clean run finds nothing, and resolves the drift alert the repaired run raised.
+    (clean,) = json_of(command(running, "reconcile", destination, "--json"))["lists"]
+    assert (clean.get("missing", "0"), clean.get("unexpected", "0")) == ("0", "0")
+    viewer = command(running, "reconcile", destination, token=VIEWER)
+    assert viewer.returncode == EXIT_DENIED and "PERMISSION_DENIED" in viewer.stderr
+
+
 def test_resync_dry_run_and_forget(running: Running) -> None:
     # before the alerts test, which leaves the instance paused on its daily quota
     destination = running.destination_id
