@@ -404,16 +404,25 @@ async def reconcile(client: AsyncClient, args: argparse.Namespace, out: Output) 
     )
 
 
-def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+def _destination_items_dry_run(
+    parser: argparse.ArgumentParser, flag: str, metavar: str, item: str, dry_run: str
+) -> None:
+    """A destination, a repeatable `flag` naming some of its items (none: all), `--dry-run`."""
     _destination_argument(parser)
     parser.add_argument(
-        "--audience",
-        metavar="A",
-        action="append",
-        default=[],
-        help="an audience whose list to reconcile (repeat for several; default: every list)",
+        flag, metavar=metavar, action="append", default=[], help=f"{item}; repeat for several"
     )
-    parser.add_argument("--dry-run", action="store_true", help="report the drift, change nothing")
+    parser.add_argument("--dry-run", action="store_true", help=dry_run)
+
+
+def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+    _destination_items_dry_run(
+        parser,
+        "--audience",
+        "A",
+        "an audience whose list to reconcile (default: every list)",
+        "report the drift, change nothing",
+    )
 
 
 async def resync(client: AsyncClient, args: argparse.Namespace, out: Output) -> None:
@@ -437,15 +446,13 @@ async def resync(client: AsyncClient, args: argparse.Namespace, out: Output) -> 
 
 
 def _resync_arguments(parser: argparse.ArgumentParser) -> None:
-    _destination_argument(parser)
-    parser.add_argument(
+    _destination_items_dry_run(
+        parser,
         "--profile",
-        metavar="P",
-        action="append",
-        default=[],
-        help="a profile to resync (repeat for several; default: every profile)",
+        "P",
+        "a profile to resync (default: every profile)",
+        "estimate the cost, queue nothing",
     )
-    parser.add_argument("--dry-run", action="store_true", help="estimate the cost, queue nothing")
 
 
 async def forget(client: AsyncClient, args: argparse.Namespace, out: Output) -> None:

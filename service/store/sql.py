@@ -423,8 +423,14 @@ class SqlStore(ABC):
         lower(trim()) the planner's key (`dedupe_key`) where the two differ, i.e. values holding a
         character outside printable ASCII (few in practice); returns how many were re-keyed."""
 
+        async def pending(c: Connection) -> bool:
+            return bool(list(await c.execute("SELECT pending FROM dedupe_rekey_pending")))
+
+        if not await self._read(pending):
+            return 0  # every open after the first: a read, no write transaction
+
         async def work(c: Connection) -> int:
-            if not list(await c.execute("SELECT pending FROM dedupe_rekey_pending")):
+            if not await pending(c):
                 return 0
             rows = await c.execute(
                 "SELECT id, dedupe_value, dedupe_key FROM outcomes "
