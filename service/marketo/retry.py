@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from service.backoff import exponential_delay, jittered
 from service.marketo.codes import Action
 
 
@@ -35,5 +36,7 @@ class RetryPolicy:
             base = self.concurrency_delay if code == "615" else self.throttle_delay
         else:
             base = self.base_delay
-        nominal = min(self.max_delay, base * self.multiplier ** max(0, retry_number - 1))
-        return nominal * (0.5 + 0.5 * self.rng.random())
+        nominal = exponential_delay(
+            base, retry_number, multiplier=self.multiplier, maximum=self.max_delay
+        )
+        return jittered(nominal, 0.5, self.rng)

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from service.backoff import exponential_delay, jittered
 from service.delivery.egress import EgressRefused
 from service.domain import AlertState, AlertSubscription, AlertType
 from service.marketo.clock import Clock, SystemClock
@@ -108,6 +109,14 @@ class WebhookSettings:
     """Seconds per request (connect, read, write and pool wait each)."""
     queue_size: int = 100
     """Events waiting per destination; beyond it the oldest is dropped (logged)."""
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based): exponential, jittered
+        between half and all of the nominal delay."""
+        nominal = exponential_delay(
+            self.base_delay, attempt, multiplier=2.0, maximum=self.max_delay
+        )
+        return jittered(nominal, 0.5, rng)
 
 
 def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
@@ -563,8 +572,7 @@ class AlertMonitor:
                     problem,
                 )
                 return
-            delay = min(settings.max_delay, settings.base_delay * 2 ** (attempt - 1))
-            await self._clock.sleep(delay * (0.5 + 0.5 * self._rng.random()))
+            await self._clock.sleep(settings.delay(attempt, self._rng))
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), tz=UTC)

@@ -66,6 +66,7 @@ from datetime import UTC, date, datetime
 import httpx
 
 from service.api.access import current_principal
+from service.backoff import exponential_delay
 from service.delivery.engine.executor import most_recent
 from service.domain import DesiredMember, ListDrift, ListReconciliation, dedupe_key
 from service.errors import FailedPrecondition, NotFound, Unavailable
@@ -118,6 +119,12 @@ class ExtractPolling:
     timeout: float = 3600.0
     """An extract not Completed after this many seconds is cancelled and the run fails."""
 
+    def delay(self, poll_number: int) -> float:
+        """Seconds to wait before status poll `poll_number` (1-based)."""
+        return exponential_delay(
+            self.initial, poll_number, multiplier=self.multiplier, maximum=self.maximum
+        )
+
 
 @dataclass(slots=True)
 class ListRepair:
@@ -161,7 +168,7 @@ async def read_members(
     job = await client.create_export(["id"], static_list_id=list_id)
     job = await client.enqueue_export(job.export_id)
     calls = 2
-    delay, waited = polling.initial, 0.0
+    polls, waited = 0, 0.0
     while job.status != "Completed":
         if job.status in ("Cancelled", "Failed") or waited >= polling.timeout:
             if job.status not in ("Cancelled", "Failed"):
@@ -171,9 +178,10 @@ async def read_members(
                 f"the extract of list {list_id} ended {job.status} after {waited:.0f} s",
                 code=None,
             )
+        polls += 1
+        delay = polling.delay(polls)
         await clock.sleep(delay)
         waited += delay
-        delay = min(delay * polling.multiplier, polling.maximum)
         job = await client.export_status(job.export_id)
         calls += 1
     text = await client.export_file(job.export_id)
