@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 import pytest
 
 from service.backoff import exponential_delay, jittered
+from service.delivery.config import Backoff
 from service.marketo.codes import Action
 from service.marketo.retry import RetryPolicy
 from service.usecases.alerts import WebhookSettings
@@ -78,3 +80,11 @@ def test_extract_polls_grow_without_jitter() -> None:
     polling = ExtractPolling()
     waits = [polling.delay(n) for n in range(1, 10)]
     assert waits == [2.0, 3.0, 4.5, 6.75, 10.125, 15.1875, 22.78125, 30.0, 30.0]
+
+
+def test_deferred_entries_wait_base_times_multiplier_per_attempt() -> None:
+    backoff = Backoff(base=timedelta(seconds=5), maximum=timedelta(minutes=1), jitter=0.2)
+    assert backoff.delay(0, FixedDraw(1.0)) == timedelta(seconds=5)
+    assert backoff.delay(2, FixedDraw(1.0)) == timedelta(seconds=20)
+    assert backoff.delay(2, FixedDraw(0.0)) == timedelta(seconds=16)
+    assert backoff.delay(1_000, FixedDraw(1.0)) == timedelta(minutes=1)

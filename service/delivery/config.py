@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from service.backoff import exponential_delay, jittered
 from service.delivery.engine.bulk import BulkPolicy
 from service.domain import DecodedBatch
 from service.mapping.registry import PluginRegistry
@@ -35,10 +36,13 @@ class Backoff:
 
     def delay(self, attempts: int, rng: random.Random) -> timedelta:
         """The wait before the next try of an entry that already failed `attempts` times."""
-        seconds = self.base.total_seconds() * self.multiplier ** min(max(attempts, 0), 64)
-        seconds = min(seconds, self.maximum.total_seconds())
-        seconds -= seconds * self.jitter * rng.random()
-        return timedelta(seconds=max(seconds, 0.0))
+        seconds = exponential_delay(
+            self.base.total_seconds(),
+            attempts + 1,
+            multiplier=self.multiplier,
+            maximum=self.maximum.total_seconds(),
+        )
+        return timedelta(seconds=jittered(seconds, self.jitter, rng))
 
 
 @dataclass(frozen=True, slots=True)
