@@ -400,7 +400,7 @@ class AlertSubscription:
     """Which dataflow alerts a destination raises, and where they are delivered."""
 
     types: tuple[str, ...] = ()
-    """Alert types (see `service.usecases.alerts.AlertType`); empty means every type."""
+    """Alert types (`AlertType` values); empty means every type."""
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)
     failure_rate_threshold: float = 0.05

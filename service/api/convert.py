@@ -22,6 +22,7 @@ from service.domain import (
     ActivatedAudience,
     AlertState,
     AlertSubscription,
+    AlertType,
     Audience,
     AudienceType,
     DestinationSpec,
@@ -81,14 +82,14 @@ _PERSON_ACTION: dict[pb.PersonAction, PersonAction] = {
 _PERSON_ACTION_PB: dict[PersonAction, pb.PersonAction] = {
     value: key for key, value in _PERSON_ACTION.items()
 }
-_ALERT_TYPE: dict[pb.AlertType, str] = {
-    pb.ALERT_TYPE_SKIPPED_RATE: "skipped_rate",
-    pb.ALERT_TYPE_FAILURE_RATE: "failure_rate",
-    pb.ALERT_TYPE_DELIVERY_DELAYED: "delivery_delayed",
-    pb.ALERT_TYPE_QUOTA_EXHAUSTED: "quota_exhausted",
-    pb.ALERT_TYPE_AUTHENTICATION_FAILING: "authentication_failing",
-    pb.ALERT_TYPE_SCHEMA_MISMATCH: "schema_mismatch",
-    pb.ALERT_TYPE_DRIFT: "drift",
+_ALERT_TYPE: dict[pb.AlertType, AlertType] = {
+    pb.ALERT_TYPE_SKIPPED_RATE: AlertType.SKIPPED_RATE,
+    pb.ALERT_TYPE_FAILURE_RATE: AlertType.FAILURE_RATE,
+    pb.ALERT_TYPE_DELIVERY_DELAYED: AlertType.DELIVERY_DELAYED,
+    pb.ALERT_TYPE_QUOTA_EXHAUSTED: AlertType.QUOTA_EXHAUSTED,
+    pb.ALERT_TYPE_AUTHENTICATION_FAILING: AlertType.AUTHENTICATION_FAILING,
+    pb.ALERT_TYPE_SCHEMA_MISMATCH: AlertType.SCHEMA_MISMATCH,
+    pb.ALERT_TYPE_DRIFT: AlertType.DRIFT,
 }
 _ALERT_TYPE_PB: dict[str, pb.AlertType] = {value: key for key, value in _ALERT_TYPE.items()}
 _STATE_PB: dict[DestinationState, pb.DestinationState] = {

@@ -22,6 +22,7 @@ from service.api.access import current_principal
 from service.delivery.egress import OriginList, parse_url
 from service.domain import (
     FORBIDDEN_DEDUPE_FIELDS,
+    AlertType,
     DestinationSpec,
     FieldMapping,
     FieldViolation,
@@ -52,13 +53,8 @@ MUNCHKIN_ID = re.compile(r"^\d{3}-[A-Z]{3}-\d{3}$")
 MAX_NAME = 200
 MAX_DESCRIPTION = 2_000
 DOTTED_PATH = re.compile(r"^[A-Za-z_$@][\w$@-]*(\.[A-Za-z_$@][\w$@-]*)*$")
-ALERT_TYPES = (
-    "skipped_rate",
-    "failure_rate",
-    "delivery_delayed",
-    "quota_exhausted",
-    "authentication_failing",
-)
+ALERT_TYPES = frozenset(alert_type.value for alert_type in AlertType)
+"""The alert types a subscription may name: every `AlertType`."""
 PERMISSION_CODES = frozenset({"603", "1008"})
 """Marketo answers that mean the API user lacks a permission (role or partition)."""
 _CODE = re.compile(r"^[A-Za-z0-9_]{1,40}$")

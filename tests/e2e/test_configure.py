@@ -10,6 +10,15 @@ import grpc
 import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.domain import (
+    AlertSubscription,
+    AlertType,
+    DestinationSpec,
+    FieldViolation,
+    MarketoConnection,
+    SyncType,
+)
+from service.usecases.destinations import static_violations
 from tests.e2e.test_sync import delivered, sync
 from tests.harness import (
     CLIENT_SECRET,
@@ -83,6 +92,27 @@ async def test_every_static_violation_is_reported_at_once(service: Service) -> N
 async def test_each_static_rule(service: Service, changes: dict[str, object], field: str) -> None:
     found = violations(await configure_error(service, pb.ConfigureRequest(spec=spec(**changes))))
     assert field in found
+
+
+async def test_every_alert_type_can_be_subscribed(service: Service) -> None:
+    every = [value for value in pb.AlertType.values() if value != pb.ALERT_TYPE_UNSPECIFIED]
+    subscribed = spec(alerts=pb.AlertSubscription(types=every))
+    created = (await service.stub.Configure(pb.ConfigureRequest(spec=subscribed))).destination
+    assert list(created.spec.alerts.types) == every
+
+
+def test_an_alert_type_outside_alert_type_is_refused() -> None:
+    subscribed = DestinationSpec(
+        name="Marketing",
+        connection=MarketoConnection("123-ABC-456", "client", "secret"),
+        sync_type=SyncType.AUDIENCE_ONLY,
+        dedupe_field="email",
+        alerts=AlertSubscription(types=(AlertType.DRIFT.value, "sometimes")),
+    )
+    found = static_violations(subscribed, creating=True)
+    assert found == [
+        FieldViolation("spec.alerts.types[1]", "unknown alert type 'sometimes'"),
+    ]
 
 
 @pytest.mark.parametrize(
