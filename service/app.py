@@ -20,7 +20,7 @@ from service.api.access import Principals, load_principals
 from service.delivery.config import Backoff, DeliveryServices, DeliverySettings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.egress import WebhookTransport
-from service.delivery.fence import REPLICA_HEADER, check_current_gate
+from service.delivery.fence import REPLICA_HEADER
 from service.delivery.retention import OutcomeRetention
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock, SystemClock
@@ -46,8 +46,9 @@ from service.usecases.resync import Resync
 
 
 def marketo_http(settings: Settings) -> httpx.AsyncClient:
-    """The HTTP client of every Marketo call: answers awaited `marketo_timeout_seconds`, each
-    exchange checked against the calling drainer's lease gate, the replica named on request."""
+    """The HTTP client of every Marketo call: answers awaited `marketo_timeout_seconds`, the
+    replica named on request (the client checks each exchange against the calling drainer's
+    lease gate, `service.marketo.gate`)."""
     timeout = settings.marketo_timeout_seconds
     transport = httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -57,7 +58,6 @@ def marketo_http(settings: Settings) -> httpx.AsyncClient:
         transport=transport,
         timeout=httpx.Timeout(connect=min(10.0, timeout), read=timeout, write=30.0, pool=120.0),
         headers=headers,
-        event_hooks={"request": [check_current_gate]},
     )
 
 

@@ -42,9 +42,9 @@ from datetime import UTC, datetime
 
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.engine import BatchResult, KeyedLocks, SyncEngine
-from service.delivery.engine.bulk import BulkImportPort, BulkSyncEngine
+from service.delivery.engine.bulk import BulkSyncEngine
 from service.delivery.engine.executor import CODE_LIST_NOT_FOUND
-from service.delivery.fence import GatedPort, LeaseUnconfirmed, current_gate
+from service.delivery.fence import LeaseUnconfirmed
 from service.domain import DEDUPE_TARGET, DestinationSpec, FieldMapping, Outcome, WritePolicy
 from service.errors import FailedPrecondition
 from service.mapping.mapper import FieldType, Mapper, MappingConfigError, missing_fields
@@ -386,11 +386,9 @@ class BatchDelivery:
         activations = await self._store.activations(record.id)
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
         tracked = [a.audience_id for a in activations if a.active and a.holders_tracked]
-        gate = current_gate()  # a drainer's: every call passes its lease's gate
-        port: BulkImportPort = prepared.client if gate is None else GatedPort(prepared.client, gate)
         if bulk:
             return BulkSyncEngine(
-                port,
+                prepared.client,
                 prepared.spec.rules(),
                 prepared.mapper,
                 clock=self._clock,
@@ -403,7 +401,7 @@ class BatchDelivery:
                 tracked_lists=tracked,
             )
         return SyncEngine(
-            port,
+            prepared.client,
             prepared.spec.rules(),
             prepared.mapper,
             audience_lists=lists,

@@ -21,8 +21,8 @@ External fencing. The generation fences the store, not Marketo: a drainer that l
 (its process stalled, or cut off from the database) must also stop calling Marketo, or its late
 Sync Leads could land after the new holder wrote a newer version and Marketo would keep the older
 value. So every Marketo call of a drainer passes its `CallGate` (`service.delivery.fence`): the
-engine gets the client wrapped in a `GatedPort`, and the HTTP client checks the same gate right
-before each exchange. A call starts only while the lease is confirmed for more than
+Marketo client checks the gate current in the task when a call starts and again right before
+each exchange. A call starts only while the lease is confirmed for more than
 `call_margin` (the HTTP timeout plus a clock-skew allowance), so a call that starts ends before
 the lease can expire. The heartbeat renews every third of the TTL and feeds the gate: a renewal
 that fails leaves the gate to close by itself when the margin is reached; a lost lease closes it
@@ -55,9 +55,10 @@ from datetime import datetime, timedelta
 
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.delivery import BatchDelivery
-from service.delivery.fence import CallGate, use_gate
+from service.delivery.fence import CallGate
 from service.errors import Unavailable
 from service.marketo.clock import Clock
+from service.marketo.gate import use_gate
 from service.store.base import (
     DestinationRecord,
     DestinationState,
@@ -271,7 +272,7 @@ class Dispatcher:
                 return
             drainer.lease = lease
             gate = drainer.gate = self._gate(lease)
-            use_gate(gate)  # this task's Marketo calls (the engine's and the HTTP client's)
+            use_gate(gate)  # this task's Marketo calls, and those of the tasks it starts
             heartbeat = asyncio.create_task(self._heartbeat(drainer), name=f"lease {key}")
             while (wait := gate.opens_at - self._clock.now()) > 0 and not drainer.stopping:
                 # Taken over from an expired tenure: its holder's last call may still be on.

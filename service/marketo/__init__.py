@@ -2,5 +2,5 @@
 operations. See docs/marketo-client.md.
 
 Import each name from the module that defines it: `client` (MarketoClient), `types` (the typed
-results), `errors`, `limits`, `retry`, `auth`, `clock`, `codes`.
+results), `errors`, `limits`, `retry`, `auth`, `clock`, `codes`, `gate`.
 """

@@ -1,6 +1,7 @@
 """The Marketo REST client: typed operations over one injected `httpx.AsyncClient`.
 
-Every call goes through `_request`, which takes a token, is admitted by the instance's limits,
+Every call goes through `_request`, which checks the calling task's call gate (`gate.py`) when
+the call starts and before each exchange, takes a token, is admitted by the instance's limits,
 classifies the answer with the table in `codes.py` and retries, refreshes, pauses or raises
 accordingly. The client holds no domain rules: what a result means is the caller's business.
 Each HTTP exchange, attempt and retry is reported to the injected `MarketoObserver`
@@ -39,6 +40,7 @@ from service.marketo.errors import (
     RejectedError,
     UnavailableError,
 )
+from service.marketo.gate import check_current_gate
 from service.marketo.limits import InstanceLimits, next_reset
 from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver, endpoint_of
 from service.marketo.retry import RetryPolicy
@@ -329,8 +331,10 @@ class MarketoClient:
         )
 
     async def _send(self, call: Call) -> httpx.Response:
-        """Sends `call.request`, the exchange told to the observer."""
+        """Sends `call.request`, the exchange told to the observer, unless the calling task's
+        gate is shut now (then its error, an `UnavailableError`, leaves the exchange)."""
         with self._observer.exchange(call) as exchange:
+            check_current_gate()
             response = await self._http.send(call.request)
             exchange.answered(response)
         return response
@@ -382,6 +386,7 @@ class MarketoClient:
         successful answer. `endpoint` names the call (default: after its path, `endpoint_of`);
         `records`: how many records the request carries (told to the observer)."""
         endpoint = endpoint or endpoint_of(path)
+        check_current_gate()  # a refused call takes no token, no usage reading, no limit
         if self._seed_from_usage and self.limits.usage_due():
             await self._seed_usage()
         started = self._clock.now()

@@ -1,4 +1,4 @@
-"""External fencing: the call gate's margin logic, the port wrapper and HTTP hook that apply it,
+"""External fencing: the call gate's margin logic, the Marketo client's checks that apply it,
 and a drainer that takes over an expired lease waiting out the margin before its first call."""
 
 from __future__ import annotations
@@ -9,14 +9,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from service.delivery.fence import (
-    CallGate,
-    GatedPort,
-    LeaseUnconfirmed,
-    check_current_gate,
-    use_gate,
-)
+from service.delivery.fence import CallGate, LeaseUnconfirmed
+from service.marketo.client import MarketoClient
 from service.marketo.errors import UnavailableError
+from service.marketo.gate import use_gate
+from service.marketo.limits import InstanceLimits
 from service.marketo.types import SyncAction
 from service.settings import InvalidSetting, Settings
 from tests.dispatch.conftest import Env, eventually, profile
@@ -80,61 +77,80 @@ def test_a_lease_taken_over_opens_only_at_its_opening_time() -> None:
     assert taken.open
 
 
-class Port:
-    """A Marketo port that counts its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def find_leads(self, filter_type: str, values: object, fields: object) -> list[object]:
-        self.calls += 1
-        return []
-
-    async def sync_leads(self, records: object, **kw: object) -> list[object]:
-        self.calls += 1
-        return []
+LEADS = "/rest/v1/leads.json"
 
 
-async def test_the_gated_port_refuses_without_calling_through() -> None:
+class Marketo:
+    """A Marketo that records the paths it is sent: Identity, then leads updated, after one
+    answer 503 when `busy_first`."""
+
+    def __init__(self, *, busy_first: bool = False) -> None:
+        self.sent: list[str] = []
+        self._busy = busy_first
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request.url.path)
+        if request.url.path == "/identity/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        if self._busy:
+            self._busy = False
+            return httpx.Response(503)
+        return httpx.Response(
+            200, json={"success": True, "result": [{"id": 1, "status": "updated"}]}
+        )
+
+
+def client(http: httpx.AsyncClient, clock: Clock) -> MarketoClient:
+    return MarketoClient(
+        http,
+        base_url="https://123-ABC-456.mktorest.com",
+        client_id="id",
+        client_secret="secret",
+        limits=InstanceLimits(clock=clock),
+        clock=clock,
+    )
+
+
+async def update(marketo: MarketoClient) -> None:
+    await marketo.sync_leads([{"id": 1}], action=SyncAction.UPDATE_ONLY, lookup_field="id")
+
+
+async def test_a_call_of_a_task_whose_gate_is_shut_takes_nothing_and_sends_nothing() -> None:
     clock = Clock()
-    port = Port()
-    wrapped = GatedPort(port, gate(clock))  # type: ignore[arg-type]
-    await wrapped.sync_leads([{"email": "a@example.com"}], action=SyncAction.UPDATE_ONLY)
-    assert port.calls == 1
-    clock.t += 25.0
-    with pytest.raises(LeaseUnconfirmed):
-        await wrapped.sync_leads([{"email": "a@example.com"}], action=SyncAction.UPDATE_ONLY)
-    with pytest.raises(LeaseUnconfirmed):
-        await wrapped.find_leads("email", ["a@example.com"], [])
-    assert port.calls == 1
+    marketo = Marketo()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(marketo)) as http:
+        gated = client(http, clock)
 
-
-async def test_the_http_hook_stops_an_exchange_of_a_task_whose_gate_is_shut() -> None:
-    clock = Clock()
-    sent: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request.url.path)
-        return httpx.Response(200, json={})
-
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), event_hooks={"request": [check_current_gate]}
-    ) as http:
-
-        async def drainer(path: str, seconds_later: float) -> None:
+        async def drainer(seconds_later: float) -> None:
             use_gate(gate(clock))
             clock.t += seconds_later
+            await asyncio.create_task(update(gated))  # a task it starts inherits the gate
 
-            async def child() -> None:  # a task it starts inherits the gate
-                await http.get(f"http://127.0.0.1/{path}")
-
-            await asyncio.create_task(child())
-
-        await asyncio.create_task(drainer("early", 1.0))
+        await asyncio.create_task(drainer(1.0))
+        assert marketo.sent == ["/identity/oauth/token", LEADS]
+        counted = gated.limits.used_today
+        marketo.sent.clear()
         with pytest.raises(LeaseUnconfirmed):
-            await asyncio.create_task(drainer("late", 25.0))
-        await http.get("http://127.0.0.1/ungated")  # no gate in this task: not a drainer's
-    assert sent == ["/early", "/ungated"]
+            await asyncio.create_task(drainer(25.0))
+        assert marketo.sent == []
+        assert gated.limits.used_today == counted  # no turn at the instance's limits taken
+        await update(gated)  # no gate in this task: not a drainer's
+    assert marketo.sent == [LEADS]
+
+
+async def test_a_call_held_up_is_checked_again_before_its_next_exchange() -> None:
+    clock = Clock()
+    marketo = Marketo(busy_first=True)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(marketo)) as http:
+        gated = client(http, clock)
+
+        async def drainer() -> None:
+            use_gate(gate(clock, confirmed_for=10.2, margin=10.0))  # open for 0.2 s more
+            await update(gated)  # answered 503, retried after a backoff of 0.5 s or more
+
+        with pytest.raises(LeaseUnconfirmed):
+            await asyncio.create_task(drainer())
+    assert marketo.sent == ["/identity/oauth/token", LEADS]
 
 
 def test_the_lease_must_outlast_the_call_margin_between_renewals() -> None:

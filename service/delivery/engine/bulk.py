@@ -353,9 +353,7 @@ class BulkSyncEngine(SyncEngine):
                 continue
             lead = found.get(person.plan.key)
             if lead is not None:
-                person.lead_id = lead.id
-                self._settle(person, lead)
-                if not self._writes(person):
+                if not self._matched(person, lead):
                     run.written.append(person)  # no attributes: memberships come later
                     continue
                 kind: JobKind = "update"

@@ -654,9 +654,7 @@ class SyncEngine:
                     continue
                 lead = found.get(person.plan.key)
                 if lead is not None:
-                    person.lead_id = lead.id
-                    self._settle(person, lead)
-                    (to_update if self._writes(person) else ready).append(person)
+                    (to_update if self._matched(person, lead) else ready).append(person)
                     continue
                 if self._leaves_unresolved(person):
                     ready.append(person)  # no lead to resolve to: only the known holders leave
@@ -731,6 +729,13 @@ class SyncEngine:
         has some not older than what was applied, which differ from them."""
         plan = person.plan
         return self._rules.writes_attributes and plan.writes_attributes and plan.attributes_changed
+
+    def _matched(self, person: _Person, lead: Lead) -> bool:
+        """Bind `person` to the lead its dedupe value found and settle its write against it;
+        whether that lead gets attributes (else only its memberships change)."""
+        person.lead_id = lead.id
+        self._settle(person, lead)
+        return self._writes(person)
 
     def _settle(self, person: _Person, lead: Lead | None) -> None:
         """Set what `person`'s write sends to `lead` (None: a lead to create) under the write
