@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -105,12 +105,17 @@ from service.store.rows import (
 )
 from service.store.secrets import SecretBox
 
-__all__ = ["Column", "Connection", "PendingAppend", "Rows", "SqlStore"]
+__all__ = ["Column", "Connection", "PendingAppend", "Rows", "SqlStore", "utc_now"]
 
 R = TypeVar("R")
 Row = tuple[Any, ...]
 Column = tuple[str, str]
 """A column of a bulk insert: its name and its PostgreSQL type (for typed array parameters)."""
+
+
+def utc_now() -> datetime:
+    """The engines' default clock: the current time, in UTC."""
+    return datetime.now(UTC)
 
 
 class Rows(Protocol):
