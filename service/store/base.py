@@ -383,6 +383,10 @@ class Lease:
 
 
 CommitListener = Callable[[str], None]
+"""Called with the operation name ("append", "retire", ...) after each committed transaction.
+
+It runs on the store's writer thread: keep it quick and thread-safe. For tests and metrics.
+"""
 
 UNPACK_STEP = 5_000
 """About how many updates one unpack transaction takes from the inbox."""
@@ -417,12 +421,6 @@ def settle_appends(
             future.set_exception(result)
         else:
             future.set_result(result)
-
-
-"""Called with the operation name ("append", "retire", ...) after each committed transaction.
-
-It runs on the store's writer thread: keep it quick and thread-safe. For tests and metrics.
-"""
 
 
 class Store(Protocol):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache, partial
 from typing import Any, TypeVar
 
@@ -39,7 +39,7 @@ from service.store.base import AppendResult, Store, settle_appends
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
 from service.store.rows import OUTBOX_COLUMNS, to_micros
 from service.store.secrets import SecretBox
-from service.store.sql import Column, Connection, PendingAppend, Rows, SqlStore
+from service.store.sql import Column, Connection, PendingAppend, Rows, SqlStore, utc_now
 
 __all__ = ["MIGRATION_LOCK", "PostgresStore", "apply_migrations", "is_postgres_url"]
 
@@ -56,10 +56,6 @@ _RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure)
 def is_postgres_url(url: str) -> bool:
     """Whether `url` names a PostgreSQL database (`postgresql://` or `postgres://`)."""
     return url.startswith(("postgresql://", "postgres://"))
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def apply_migrations(connection: PgConnection, migrations: Sequence[Migration]) -> list[int]:
@@ -79,7 +75,7 @@ async def apply_migrations(connection: PgConnection, migrations: Sequence[Migrat
                     await connection.execute(statement)
                 await connection.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, to_micros(_utc_now())),
+                    (migration.version, migration.name, to_micros(utc_now())),
                 )
             done.append(migration.version)
         return done
@@ -95,7 +91,7 @@ class PostgresStore(SqlStore):
         pool: AsyncConnectionPool[PgConnection],
         box: SecretBox,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         max_group_rows: int = 10_000,
         fair_leases: bool = True,
     ) -> None:
@@ -111,7 +107,7 @@ class PostgresStore(SqlStore):
         url: str,
         box: SecretBox,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         min_connections: int = 2,
         max_connections: int = 10,
         max_group_rows: int = 10_000,

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -105,12 +105,17 @@ from service.store.rows import (
 )
 from service.store.secrets import SecretBox
 
-__all__ = ["Column", "Connection", "PendingAppend", "Rows", "SqlStore"]
+__all__ = ["Column", "Connection", "PendingAppend", "Rows", "SqlStore", "utc_now"]
 
 R = TypeVar("R")
 Row = tuple[Any, ...]
 Column = tuple[str, str]
 """A column of a bulk insert: its name and its PostgreSQL type (for typed array parameters)."""
+
+
+def utc_now() -> datetime:
+    """The engines' default clock: the current time, in UTC."""
+    return datetime.now(UTC)
 
 
 class Rows(Protocol):
@@ -339,6 +344,11 @@ ADD_COUNTS = (
         f"{column} = dataflow_hours.{column} + excluded.{column}" for column in COUNT_COLUMNS
     )
 )
+
+ADD_INSTANCE = (
+    "INSERT INTO outbox_instances (instance_key) VALUES (?) ON CONFLICT (instance_key) DO NOTHING"
+)
+"""Record an instance that has work (parameter: its key); its row is never deleted."""
 
 ADD_REASONS = (
     "INSERT INTO dataflow_reasons (destination_id, hour_start, kind, reason, field, count) "
@@ -777,7 +787,6 @@ class SqlStore(ABC):
     ) -> list[AppendResult | Exception]:
         """Store the group's batches in the inbox and count them (one transaction)."""
         now = self._now(None)
-        hour = now - now % HOUR_US
         known: set[str] = set()
         for condition, params in c.in_lists(sorted({item.destination_id for item in group})):
             rows = await c.execute(f"SELECT id FROM destinations WHERE id {condition}", params)
@@ -796,18 +805,9 @@ class SqlStore(ABC):
         # Rows are locked in a fixed order (destinations, then instances, sorted) so concurrent
         # groups of other replicas and retires cannot deadlock with this one.
         for destination_id in sorted(received):
-            count = received[destination_id]
-            await c.execute(
-                "UPDATE destinations SET pending = pending + ? WHERE id = ?",
-                (count, destination_id),
-            )
-            await _add_counts(c, destination_id, hour, Counts(received=count))
+            await _add_counts(c, destination_id, now, Counts(received=received[destination_id]))
         for instance_key in sorted({item.instance_key for item in group} - self._instances_known):
-            await c.execute(
-                "INSERT INTO outbox_instances (instance_key) VALUES (?) "
-                "ON CONFLICT (instance_key) DO NOTHING",
-                (instance_key,),
-            )
+            await c.execute(ADD_INSTANCE, (instance_key,))
         return results
 
     def _appended(self, group: Sequence[PendingAppend]) -> None:
@@ -898,7 +898,6 @@ class SqlStore(ABC):
         and profile states, count: all in one transaction."""
         pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
-        hour = recorded_at - recorded_at % HOUR_US
         highest: dict[tuple[str, str], int] = {}
         for watermark in watermarks:
             key = (watermark.destination_id, watermark.profile_id)
@@ -961,13 +960,7 @@ class SqlStore(ABC):
                 RESYNC_SOURCE_TAIL,
             )
             for destination_id in sorted(counts):
-                count = counts[destination_id]
-                retired = count.activated + count.excluded + count.failed + count.superseded
-                await c.execute(
-                    "UPDATE destinations SET pending = pending - ? WHERE id = ?",
-                    (retired, destination_id),
-                )
-                await _add_counts(c, destination_id, hour, count)
+                await _add_counts(c, destination_id, recorded_at, counts[destination_id])
             # A destination deleted while its batch was in flight has no watermarks to keep.
             alive: set[str] = set()
             destination_ids = (
@@ -1298,18 +1291,8 @@ class SqlStore(ABC):
                 ],
                 "ON CONFLICT (destination_id, update_id) DO NOTHING",
             )
-            await c.execute(
-                "UPDATE destinations SET pending = pending + ? WHERE id = ?",
-                (inserted, destination_id),
-            )
-            await _add_counts(
-                c, destination_id, enqueued - enqueued % HOUR_US, Counts(received=inserted)
-            )
-            await c.execute(
-                "INSERT INTO outbox_instances (instance_key) VALUES (?) "
-                "ON CONFLICT (instance_key) DO NOTHING",
-                (instance_key,),
-            )
+            await _add_counts(c, destination_id, enqueued, Counts(received=inserted))
+            await c.execute(ADD_INSTANCE, (instance_key,))
             return inserted
 
         return await self._write("queue_resync", work)
@@ -1701,7 +1684,6 @@ async def _unpack_batches(
     cannot be, count the duplicates. (Entries stored, updates taken, batches gone through.)"""
     if fencing is not None:
         await _check_fencing(c, {instance_key}, fencing)
-    hour = now - now % HOUR_US
     stored = taken = processed = 0
     duplicates: Counter[str] = Counter()
     failed: Counter[tuple[str, str]] = Counter()
@@ -1757,11 +1739,7 @@ async def _unpack_batches(
         duplicates[destination_id] += sorted_out.duplicates + len(fresh) - inserted
     # Rows are locked in a fixed order, as append does, so the two cannot deadlock.
     for destination_id, counts in unpacked_counts(duplicates, failed):
-        await c.execute(
-            "UPDATE destinations SET pending = pending - ? WHERE id = ?",
-            (counts.duplicates + counts.failed, destination_id),
-        )
-        await _add_counts(c, destination_id, hour, counts)
+        await _add_counts(c, destination_id, now, counts)
     return stored, taken, processed
 
 
@@ -1790,7 +1768,18 @@ async def _lock_destination(c: Connection, destination_id: str) -> bool:
     return rows.fetchone() is not None
 
 
-async def _add_counts(c: Connection, destination_id: str, hour: int, counts: Counts) -> None:
+async def _add_counts(c: Connection, destination_id: str, at: int, counts: Counts) -> None:
+    """Add `counts` to the destination's dataflow counters of the hour of `at` and keep its
+    backlog (`destinations.pending`) in step: received updates join it, settled ones (activated,
+    excluded, failed, superseded, or dropped as duplicates) leave it."""
+    settled = (
+        counts.activated + counts.excluded + counts.failed + counts.superseded + counts.duplicates
+    )
+    await c.execute(
+        "UPDATE destinations SET pending = pending + ? WHERE id = ?",
+        (counts.received - settled, destination_id),
+    )
+    hour = at - at % HOUR_US
     await c.execute(
         ADD_COUNTS,
         (destination_id, hour, *(getattr(counts, column) for column in COUNT_COLUMNS)),

@@ -26,7 +26,7 @@ import stat
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -35,7 +35,7 @@ from service.store.base import AppendResult, Store, settle_appends
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
 from service.store.rows import OUTBOX_COLUMNS, to_micros
 from service.store.secrets import SecretBox, owner_only_directory
-from service.store.sql import Column, Connection, PendingAppend, SqlStore, chunks
+from service.store.sql import Column, Connection, PendingAppend, SqlStore, chunks, utc_now
 
 __all__ = [
     "DATABASE_FILE_NAME",
@@ -55,10 +55,6 @@ BATCHES_PER_INSERT = 500
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migration]) -> list[int]:
     """Apply the migrations not yet recorded, in order, each in one transaction.
 
@@ -76,7 +72,7 @@ def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migrat
                 connection.execute(statement)
             connection.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, to_micros(_utc_now())),
+                (migration.version, migration.name, to_micros(utc_now())),
             )
         except BaseException:
             connection.execute("ROLLBACK")
@@ -109,7 +105,7 @@ class SqliteStore(SqlStore):
         path: Path,
         box: SecretBox,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         synchronous: Synchronous = "FULL",
         readers: int = 2,
         max_group_rows: int = 10_000,
@@ -140,7 +136,7 @@ class SqliteStore(SqlStore):
         path: Path | str,
         box: SecretBox,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         synchronous: Synchronous = "FULL",
         readers: int = 2,
         max_group_rows: int = 10_000,
