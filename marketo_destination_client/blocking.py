@@ -29,8 +29,23 @@ P = ParamSpec("P")
 
 def _wait_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on ``loop`` (running in another thread) in a copy of the caller's
-    context, so with its OpenTelemetry trace context, and wait for its result."""
+    context, so with its OpenTelemetry trace context, and wait for its result.
+
+    Raises :class:`RuntimeError` when called on ``loop`` itself (e.g. from ``on_retry``), where
+    waiting would never end."""
+    if _running_loop() is loop:
+        coroutine.close()
+        raise RuntimeError(
+            "a blocking call from the client's own thread (e.g. in on_retry) would wait forever"
+        )
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _iterate_on(loop: asyncio.AbstractEventLoop, items: AsyncIterator[T]) -> Iterator[T]:

@@ -5,6 +5,7 @@ stream of answers (closing the call when the caller stops early) or a blocking S
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import time
@@ -145,3 +146,18 @@ def test_a_sync_stream_is_the_blocking_one_on_the_clients_loop(
     stream.close()  # nothing was sent: no call was opened
     with pytest.raises(RuntimeError, match="closed"):
         stream.send([])
+
+
+def test_a_blocking_call_from_the_clients_own_thread_fails_instead_of_waiting_forever(
+    client: tuple[Client, FakeStub],
+) -> None:
+    blocking, stub = client
+
+    async def on_the_loop() -> None:  # as an on_retry callback runs
+        blocking.get_destination("d1")
+
+    waiting = asyncio.run_coroutine_threadsafe(on_the_loop(), blocking._loop)
+    with pytest.raises(RuntimeError, match="own thread"):
+        waiting.result(timeout=10)
+    assert stub.threads == []
+    assert blocking.get_destination("d2").id == "d2"  # the client still works
