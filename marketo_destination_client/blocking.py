@@ -1,30 +1,110 @@
 """The synchronous facade: :class:`Client` runs an :class:`AsyncClient` on an event loop in a
-background thread and waits for each call, for programs without asyncio."""
+background thread and waits for each call, for programs without asyncio.
+
+Every request is built, sent and read by :class:`AsyncClient` alone: each method of
+:class:`Client` is the asynchronous one, called on the client's loop through :func:`_blocking`
+with one of three ways of waiting for what it gives (an answer, an iterator, a Sync stream)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from marketo_destination_client.client import AsyncClient
 from marketo_destination_client.connection import Connection
-from marketo_destination_client.stream import (
-    DEFAULT_BACKOFF,
-    DEFAULT_DEPTH,
-    Backoff,
-    RetryEvent,
-    SyncResult,
-    SyncStream,
-    UpdateRejection,
-)
+from marketo_destination_client.stream import RetryEvent, SyncResult, SyncStream, UpdateRejection
 
 __all__ = ["BlockingSyncStream", "Client"]
 
 T = TypeVar("T")
+Given = TypeVar("Given")
+Result = TypeVar("Result")
+P = ParamSpec("P")
+
+
+def _wait_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on ``loop`` (running in another thread) in a copy of the caller's
+    context, so with its OpenTelemetry trace context, and wait for its result.
+
+    Raises :class:`RuntimeError` when called on ``loop`` itself (e.g. from ``on_retry``), where
+    waiting would never end."""
+    if _running_loop() is loop:
+        coroutine.close()
+        raise RuntimeError(
+            "a blocking call from the client's own thread (e.g. in on_retry) would wait forever"
+        )
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _iterate_on(loop: asyncio.AbstractEventLoop, items: AsyncIterator[T]) -> Iterator[T]:
+    """``items`` read one by one on ``loop``; closing the iterator closes an async generator
+    there (ending the call it reads)."""
+
+    async def step() -> T:
+        return await anext(items)
+
+    async def finish() -> None:
+        if isinstance(items, AsyncGenerator):
+            await items.aclose()
+
+    try:
+        while True:
+            try:
+                yield _wait_on(loop, step())
+            except StopAsyncIteration:
+                return
+    finally:
+        if not loop.is_closed():
+            _wait_on(loop, finish())
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncClient, P], Given],
+    wait: Callable[[Client, Given], Result],
+    note: str = "",
+) -> Callable[Concatenate[Client, P], Result]:
+    """A method of :class:`Client`: ``method`` of the :class:`AsyncClient` underneath, called
+    with the same arguments in the caller's thread, and what it gives (a coroutine, an async
+    iterator, a :class:`SyncStream`) passed to ``wait``, which runs it on the client's loop."""
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Result:
+        return wait(self, method(self.aio, *args, **kwargs))
+
+    name = method.__name__
+    call.__name__ = name
+    call.__qualname__ = f"Client.{name}"
+    call.__doc__ = f"See :meth:`AsyncClient.{name}`{note}."
+    # help() and inspect.signature show the parameters; the return type is ``wait``'s.
+    parameters = inspect.signature(method).replace(return_annotation=inspect.Signature.empty)
+    call.__signature__ = parameters  # type: ignore[attr-defined]
+    return call
+
+
+def _answer(client: Client, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Wait for a unary call's answer."""
+    return _wait_on(client._loop, coroutine)
+
+
+def _items(client: Client, items: AsyncIterator[T]) -> Iterator[T]:
+    """Read a server stream (or pages) item by item."""
+    return _iterate_on(client._loop, items)
+
+
+def _sync_stream(client: Client, stream: SyncStream) -> BlockingSyncStream:
+    """Drive a Sync stream from the caller's thread."""
+    return BlockingSyncStream(stream, client._loop)
 
 
 class Client:
@@ -42,23 +122,15 @@ class Client:
             return AsyncClient(connection, timeout=timeout)
 
         try:
-            self._client = self._run(make())
+            self._client = _wait_on(self._loop, make())
         except BaseException:
             self._stop_loop()
             raise
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -66,7 +138,7 @@ class Client:
         if self._loop.is_closed():
             return
         try:
-            self._run(self._client.close())
+            _wait_on(self._loop, self._client.close())
         finally:
             self._stop_loop()
 
@@ -80,145 +152,26 @@ class Client:
         """The asynchronous client underneath (its loop runs in this client's thread)."""
         return self._client
 
-    def configure(self, spec: Any, *, destination_id: str = "", validate_only: bool = False) -> Any:
-        """See :meth:`AsyncClient.configure`."""
-        return self._run(
-            self._client.configure(spec, destination_id=destination_id, validate_only=validate_only)
-        )
-
-    def get_destination(self, destination_id: str) -> Any:
-        """See :meth:`AsyncClient.get_destination`."""
-        return self._run(self._client.get_destination(destination_id))
-
-    def list_destinations(self, *, page_size: int = 0, page_token: str = "") -> Any:
-        """See :meth:`AsyncClient.list_destinations`."""
-        return self._run(self._client.list_destinations(page_size=page_size, page_token=page_token))
-
-    def all_destinations(self, *, page_size: int = 0) -> Iterator[Any]:
-        """See :meth:`AsyncClient.all_destinations`."""
-        return self._iterate(self._client.all_destinations(page_size=page_size).__anext__)
-
-    def delete_destination(self, destination_id: str) -> None:
-        """See :meth:`AsyncClient.delete_destination`."""
-        self._run(self._client.delete_destination(destination_id))
-
-    def describe_marketo(self, *, destination_id: str | None = None, connection: Any = None) -> Any:
-        """See :meth:`AsyncClient.describe_marketo`."""
-        return self._run(
-            self._client.describe_marketo(destination_id=destination_id, connection=connection)
-        )
-
-    def activate(
-        self,
-        destination_id: str,
-        audiences: Iterable[Any] = (),
-        mappings: Iterable[Any] = (),
-        *,
-        dry_run: bool = False,
-    ) -> list[Any]:
-        """See :meth:`AsyncClient.activate`."""
-        return self._run(
-            self._client.activate(destination_id, audiences, mappings, dry_run=dry_run)
-        )
-
-    def deactivate(
-        self, destination_id: str, audience_ids: Iterable[str], *, delete_lists: bool = False
-    ) -> list[str]:
-        """See :meth:`AsyncClient.deactivate`."""
-        return self._run(
-            self._client.deactivate(destination_id, audience_ids, delete_lists=delete_lists)
-        )
-
-    def sync_stream(
-        self,
-        destination_id: str,
-        *,
-        depth: int = DEFAULT_DEPTH,
-        backoff: Backoff = DEFAULT_BACKOFF,
-        on_retry: Callable[[RetryEvent], None] | None = None,
-    ) -> BlockingSyncStream:
-        """See :meth:`AsyncClient.sync_stream`; ``on_retry`` runs in the client's thread."""
-        stream = self._client.sync_stream(
-            destination_id, depth=depth, backoff=backoff, on_retry=on_retry
-        )
-        return BlockingSyncStream(stream, self._loop)
-
-    def reconcile(
-        self, destination_id: str, audience_ids: Iterable[str] = (), *, dry_run: bool = False
-    ) -> list[Any]:
-        """See :meth:`AsyncClient.reconcile`."""
-        return self._run(self._client.reconcile(destination_id, audience_ids, dry_run=dry_run))
-
-    def preview_sync(self, destination_id: str, updates: Iterable[Any]) -> Any:
-        """See :meth:`AsyncClient.preview_sync`."""
-        return self._run(self._client.preview_sync(destination_id, updates))
-
-    def resync(
-        self, destination_id: str, *, profile_ids: Iterable[str] = (), dry_run: bool = False
-    ) -> Any:
-        """See :meth:`AsyncClient.resync`."""
-        return self._run(
-            self._client.resync(destination_id, profile_ids=profile_ids, dry_run=dry_run)
-        )
-
-    def forget_profile(
-        self, destination_id: str, profile_id: str, *, delete_lead: bool = False
-    ) -> Any:
-        """See :meth:`AsyncClient.forget_profile`."""
-        return self._run(
-            self._client.forget_profile(destination_id, profile_id, delete_lead=delete_lead)
-        )
-
-    def get_dataflow(self, destination_id: str, *, hours: int = 0) -> Any:
-        """See :meth:`AsyncClient.get_dataflow`."""
-        return self._run(self._client.get_dataflow(destination_id, hours=hours))
-
-    def list_profile_outcomes(
-        self,
-        destination_id: str,
-        *,
-        profile_id: str | None = None,
-        dedupe_value: str | None = None,
-        page_size: int = 0,
-        page_token: str = "",
-    ) -> Any:
-        """See :meth:`AsyncClient.list_profile_outcomes`."""
-        return self._run(
-            self._client.list_profile_outcomes(
-                destination_id,
-                profile_id=profile_id,
-                dedupe_value=dedupe_value,
-                page_size=page_size,
-                page_token=page_token,
-            )
-        )
-
-    def watch_alerts(self, destination_id: str, *, include_open: bool = False) -> Iterator[Any]:
-        """See :meth:`AsyncClient.watch_alerts`; closing the iterator ends the call."""
-        alerts = self._client.watch_alerts(destination_id, include_open=include_open)
-        return self._iterate(alerts.__anext__, alerts.aclose)
-
-    def _iterate(
-        self,
-        next_item: Callable[[], Awaitable[T]],
-        close: Callable[[], Awaitable[None]] | None = None,
-    ) -> Iterator[T]:
-        async def step() -> T:
-            return await next_item()
-
-        async def finish() -> None:
-            if close is not None:
-                await close()
-
-        try:
-            while True:
-                try:
-                    yield self._run(step())
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self._loop.is_closed():
-                self._run(finish())
+    configure = _blocking(AsyncClient.configure, _answer)
+    get_destination = _blocking(AsyncClient.get_destination, _answer)
+    list_destinations = _blocking(AsyncClient.list_destinations, _answer)
+    all_destinations = _blocking(AsyncClient.all_destinations, _items)
+    delete_destination = _blocking(AsyncClient.delete_destination, _answer)
+    describe_marketo = _blocking(AsyncClient.describe_marketo, _answer)
+    activate = _blocking(AsyncClient.activate, _answer)
+    deactivate = _blocking(AsyncClient.deactivate, _answer)
+    sync_stream = _blocking(
+        AsyncClient.sync_stream, _sync_stream, "; ``on_retry`` runs in the client's thread"
+    )
+    reconcile = _blocking(AsyncClient.reconcile, _answer)
+    preview_sync = _blocking(AsyncClient.preview_sync, _answer)
+    resync = _blocking(AsyncClient.resync, _answer)
+    forget_profile = _blocking(AsyncClient.forget_profile, _answer)
+    get_dataflow = _blocking(AsyncClient.get_dataflow, _answer)
+    list_profile_outcomes = _blocking(AsyncClient.list_profile_outcomes, _answer)
+    watch_alerts = _blocking(
+        AsyncClient.watch_alerts, _items, "; closing the iterator ends the call"
+    )
 
 
 class BlockingSyncStream:
@@ -238,10 +191,7 @@ class BlockingSyncStream:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if error is None:
-            self.close()
-        else:
-            self.abort()
+        _wait_on(self._loop, self._stream.__aexit__(kind, error, traceback))
 
     @property
     def rejections(self) -> list[UpdateRejection]:
@@ -257,12 +207,7 @@ class BlockingSyncStream:
         self, updates: Iterable[Any], *, request_id: str | None = None
     ) -> concurrent.futures.Future[SyncResult]:
         """See :meth:`SyncStream.send`."""
-        stream = self._stream
-
-        async def submit() -> asyncio.Future[SyncResult]:
-            return await stream.send(updates, request_id=request_id)
-
-        answer = asyncio.run_coroutine_threadsafe(submit(), self._loop).result()
+        answer = _wait_on(self._loop, self._stream.send(updates, request_id=request_id))
 
         async def wait() -> SyncResult:
             return await answer
@@ -271,8 +216,8 @@ class BlockingSyncStream:
 
     def close(self) -> None:
         """See :meth:`SyncStream.close`."""
-        asyncio.run_coroutine_threadsafe(self._stream.close(), self._loop).result()
+        _wait_on(self._loop, self._stream.close())
 
     def abort(self) -> None:
         """See :meth:`SyncStream.abort`."""
-        asyncio.run_coroutine_threadsafe(self._stream.abort(), self._loop).result()
+        _wait_on(self._loop, self._stream.abort())
