@@ -24,7 +24,7 @@ from sandbox import SandboxSettings, create_app
 from service.__main__ import build_parser
 from service._proto.marketo_destination.v1 import destination_pb2
 from service.api.access import RPC_PERMISSIONS
-from service.domain import ExclusionCode
+from service.domain import AlertType, ExclusionCode
 from service.telemetry.core import Telemetry
 
 from .conftest import REPO
@@ -252,3 +252,8 @@ def test_the_sandbox_page_documents_every_setting_flag_and_control_call() -> Non
         if method != "HEAD"
     }
     assert {quoted(row[0])[0] for row in table_rows(text, "Call")} == routes
+
+
+def test_the_delivery_page_explains_every_alert_type() -> None:
+    rows = table_rows(page("docs/delivery.md"), "Type")
+    assert [quoted(row[0])[0] for row in rows] == [alert.value for alert in AlertType]
