@@ -9,7 +9,7 @@ import io
 import json
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -179,40 +179,19 @@ def test_the_observability_page_lists_every_exclusion_code() -> None:
     assert [quoted(row[0])[0] for row in rows] == [code.value for code in ExclusionCode]
 
 
-class _NamingMeter(metrics.NoOpMeter):
-    """A meter that only remembers the names of the instruments created with it."""
+class _NamingMeter:
+    """A no-op meter that remembers the name of every instrument created with it."""
 
     def __init__(self, names: list[str]) -> None:
-        super().__init__("naming")
+        self._meter = metrics.NoOpMeter("naming")
         self.names = names
 
-    def create_counter(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.names.append(name)
-        return super().create_counter(name, *args, **kwargs)
+    def __getattr__(self, create: str) -> Callable[..., Any]:
+        def named(name: str, *args: Any, **kwargs: Any) -> Any:
+            self.names.append(name)
+            return getattr(self._meter, create)(name, *args, **kwargs)
 
-    def create_up_down_counter(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.names.append(name)
-        return super().create_up_down_counter(name, *args, **kwargs)
-
-    def create_histogram(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.names.append(name)
-        return super().create_histogram(name, *args, **kwargs)
-
-    def create_gauge(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.names.append(name)
-        return super().create_gauge(name, *args, **kwargs)
-
-    def create_observable_counter(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.names.append(name)
-        return super().create_observable_counter(name, *args, **kwargs)
-
-    def create_observable_up_down_counter(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.names.append(name)
-        return super().create_observable_up_down_counter(name, *args, **kwargs)
-
-    def create_observable_gauge(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.names.append(name)
-        return super().create_observable_gauge(name, *args, **kwargs)
+        return named
 
 
 class _NamingMeterProvider(metrics.NoOpMeterProvider):
@@ -221,7 +200,7 @@ class _NamingMeterProvider(metrics.NoOpMeterProvider):
     def __init__(self) -> None:
         self.names: list[str] = []
 
-    def get_meter(self, name: str, *args: Any, **kwargs: Any) -> metrics.Meter:
+    def get_meter(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return _NamingMeter(self.names)
 
 
