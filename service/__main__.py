@@ -1,6 +1,7 @@
 """Command line: ``marketo-destination serve`` runs the service, ``marketo-destination health``
-probes one; ``destinations``, ``dataflow``, ``outcomes`` and ``alerts`` ask a running one
-(:mod:`marketo_destination_client.cli`).
+probes one, ``demo`` runs the whole path in one process; the operator commands
+(``destinations``, ``dataflow``, ``outcomes``, ``alerts``, ``reconcile``, ``resync``, ``forget``)
+ask a running one (:mod:`marketo_destination_client.cli`).
 
 Settings come from the environment (:meth:`service.settings.Settings.from_env`, called here and
 nowhere else); the ``serve`` flags override it.
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd.add_argument(
         "--client-key", type=Path, metavar="PEM", help="private key of --client-cert"
     )
-    # destinations list|get, dataflow, outcomes, alerts: calls to a running service.
+    # destinations list|get, dataflow, outcomes, alerts, reconcile, resync, forget: calls to a
+    # running service.
     operator_cli.add_commands(commands)
     return parser
 

@@ -58,9 +58,11 @@ class MarketoDestinationServicer:
     async def ListDestinations(
         self, request: pb.ListDestinationsRequest, context: _Context
     ) -> pb.ListDestinationsResponse:
-        page = await self._app.destinations.list(request.page_size, request.page_token)
+        page = await self._app.destinations.list_with_activations(
+            request.page_size, request.page_token
+        )
         return pb.ListDestinationsResponse(
-            destinations=[convert.destination_pb(d) for d in page.items],
+            destinations=[convert.destination_pb(d, activations) for d, activations in page.items],
             next_page_token=page.next_page_token,
         )
 

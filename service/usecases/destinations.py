@@ -403,16 +403,18 @@ class Destinations:
         destination = await self.get(destination_id)
         return destination, await self._store.activations(destination_id)
 
-    async def list(self, page_size: int, page_token: str) -> Page[Destination]:
+    async def list_with_activations(
+        self, page_size: int, page_token: str
+    ) -> Page[tuple[Destination, list[ActivationRecord]]]:
+        """One page of the caller's destinations, each with its activations (as
+        :meth:`get_with_activations`), so a listed destination shows its audiences."""
         page = await self._store.list_destinations(
             current_principal().tenant,
             page_size=checked_page_size(page_size),
             page_token=page_token,
         )
-        return Page(
-            items=tuple(Destination(r, r.spec) for r in page.items),
-            next_page_token=page.next_page_token,
-        )
+        items = [(Destination(r, r.spec), await self._store.activations(r.id)) for r in page.items]
+        return Page(items=tuple(items), next_page_token=page.next_page_token)
 
     async def delete(self, destination_id: str) -> None:
         await self._store.delete_destination(destination_id, tenant=current_principal().tenant)

@@ -75,6 +75,18 @@ async def test_activation_creates_one_list_per_audience_in_the_folder(service: S
     ).destination
     assert {a.audience_id for a in fetched.audiences} == {"a1", "a2"}
     assert [m.target for m in fetched.mappings] == [m.target for m in STANDARD_MAPPINGS]
+    (listed,) = (await service.stub.ListDestinations(pb.ListDestinationsRequest())).destinations
+    assert listed == fetched
+
+
+async def test_a_listed_destination_shows_only_its_active_audiences(service: Service) -> None:
+    destination_id, _ = await activated_with_two_audiences(service)
+    await destination(service, name="Other")
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+    )
+    listed = (await service.stub.ListDestinations(pb.ListDestinationsRequest())).destinations
+    assert [[a.audience_id for a in d.audiences] for d in listed] == [["a2"], []]
 
 
 async def test_a_taken_list_name_is_already_exists_unless_linked(service: Service) -> None:
