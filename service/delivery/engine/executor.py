@@ -217,6 +217,9 @@ class DryRunResult:
     audiences: tuple[AudienceChanges, ...]
     outcomes: tuple[Outcome, ...]
     deferred: tuple[Deferred, ...] = ()
+    uncalled: Mapping[str, tuple[Action, ...]] = field(default_factory=dict)
+    """Per person (by its `speaker` update id), the actions that need no call: an exit whose
+    lead holds no membership of a tracked list (or was created by this write) is NOT_IN_LIST."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,6 +584,7 @@ class SyncEngine:
         update: list[PlannedUpdate] = []
         joins: dict[str, list[str]] = {}
         exits: dict[str, list[str]] = {}
+        uncalled: dict[str, tuple[Action, ...]] = {}
         try:
             found = await self._lookup([p for p in persons if self._needs_lookup(p)])
         except _Stop as stop:
@@ -613,6 +617,8 @@ class SyncEngine:
             if not self._rules.manages_lists:
                 continue
             adds, leaves = self._changes(person)
+            if person.actions:
+                uncalled[person.plan.speaker] = tuple(person.actions)
             for audience in adds:
                 joins.setdefault(audience, []).append(person.plan.dedupe_value)
             for audience, _ in leaves:
@@ -626,7 +632,9 @@ class SyncEngine:
             )
             for a in sorted(set(joins) | set(exits))
         )
-        return DryRunResult(plan, tuple(create), tuple(update), audiences, tuple(outcomes))
+        return DryRunResult(
+            plan, tuple(create), tuple(update), audiences, tuple(outcomes), uncalled=uncalled
+        )
 
     # -- execution -------------------------------------------------------------------------
 
