@@ -10,15 +10,20 @@ from typing import Any, cast
 import pytest
 
 from service.delivery.retention import OutcomeRetention
-from service.store.base import Store
+from service.domain import ActionType
+from service.store.base import Store, Watermark
 from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
 from tests.store.conftest import (
     START,
     FakeClock,
+    activated,
+    append,
     deliver_daily,
     new_destination,
     outcome_update_ids,
+    unpack,
+    update,
 )
 
 INSTANCE = "123-ABC-456"
@@ -68,13 +73,45 @@ async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path
         await store.close()
 
 
+async def test_purge_deletes_the_resync_sources_past_the_retention(tmp_path: Path) -> None:
+    store_clock = FakeClock()
+    store = await SqliteStore.open(
+        tmp_path / "store.db", SecretBox(SecretBox.generate_key()), clock=store_clock
+    )
+    try:
+        destination = await store.create_destination(new_destination())
+        for n in range(5):  # p0 .. p4, one a day, each update's attributes applied
+            await append(store, destination.id, INSTANCE, [update(n)])
+            await unpack(store, INSTANCE, now=store_clock.now)
+            entries = await store.claim_due(INSTANCE, 10, store_clock.now)
+            await store.retire(
+                entries,
+                [activated(e, ActionType.UPDATED) for e in entries],
+                [
+                    Watermark(destination.id, e.update.profile_id, e.update.event_time)
+                    for e in entries
+                ],
+            )
+            store_clock.advance(timedelta(days=1))
+        clock = Clock(START + timedelta(days=5))
+        retention = OutcomeRetention(store, timedelta(days=2), clock=clock, chunk=2, pause=0.5)
+
+        assert await retention.purge() == 3
+        sources = await store.resync_sources(destination.id)
+        assert [s.profile_id for s in sources] == ["p3", "p4"]
+        assert clock.slept == [0.5] * 4  # two chunks of outcomes, two of resync sources
+    finally:
+        await store.close()
+
+
 class PurgeCalls:
     """A store that only purges: each call answers the next of `answers` (an exception is
-    raised) and remembers its cut."""
+    raised) and remembers its cut; it has no resync source to purge."""
 
     def __init__(self, *answers: int | Exception) -> None:
         self.answers = list(answers)
         self.cuts: list[datetime] = []
+        self.source_cuts: list[datetime] = []
 
     async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
         self.cuts.append(recorded_before)
@@ -82,6 +119,10 @@ class PurgeCalls:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    async def purge_resync_sources(self, recorded_before: datetime, limit: int) -> int:
+        self.source_cuts.append(recorded_before)
+        return 0
 
 
 async def until(condition: Any) -> None:
@@ -109,6 +150,7 @@ async def test_it_purges_on_start_then_every_interval_and_outlives_a_failure() -
         await until(lambda: len(clock.slept) == 3)  # 5 deleted, a pause, then none: wait
         assert clock.slept[-1] == 300.0
         assert store.cuts[1:] == [now + timedelta(seconds=300) - timedelta(days=30)] * 2
+        assert store.source_cuts == [now + timedelta(seconds=300) - timedelta(days=30)]
     finally:
         await retention.stop()
     assert retention._task is None

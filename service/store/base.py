@@ -736,6 +736,12 @@ class Store(Protocol):
         replica whose clock runs behind may wait for the next call)."""
         ...
 
+    async def purge_resync_sources(self, recorded_before: datetime, limit: int) -> int:
+        """Delete resync sources (personal data) recorded before `recorded_before`, oldest
+        first, at most `limit` of them in one short transaction; returns how many went. A
+        profile whose source went is not resynced until its next delivered update."""
+        ...
+
     async def dataflow(
         self, destination_id: str, hours: int = 24, now: datetime | None = None
     ) -> Dataflow:

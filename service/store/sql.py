@@ -249,11 +249,18 @@ RESYNC_SOURCE_INSERT: tuple[Column, ...] = (
     ("profile_id", "text"),
     ("event_time", "bigint"),
     ("payload", "text"),
+    ("recorded_at", "bigint"),
 )
 RESYNC_SOURCE_TAIL = (
     "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
-    "event_time = excluded.event_time, payload = excluded.payload "
+    "event_time = excluded.event_time, payload = excluded.payload, "
+    "recorded_at = excluded.recorded_at "
     "WHERE excluded.event_time >= resync_sources.event_time"
+)
+PURGE_RESYNC_SOURCES = (
+    "DELETE FROM resync_sources WHERE (destination_id, profile_id) IN "
+    "(SELECT destination_id, profile_id FROM resync_sources WHERE recorded_at < ? "
+    "ORDER BY recorded_at LIMIT ?)"
 )
 
 OUTCOME_INSERT: tuple[Column, ...] = (
@@ -955,7 +962,12 @@ class SqlStore(ABC):
                 "resync_sources",
                 RESYNC_SOURCE_INSERT,
                 [
-                    (*key, to_micros(entry.update.event_time), dumps(entry.update.profile))
+                    (
+                        *key,
+                        to_micros(entry.update.event_time),
+                        dumps(entry.update.profile),
+                        recorded_at,
+                    )
                     for key, entry in sorted(sources.items())
                 ],
                 RESYNC_SOURCE_TAIL,
@@ -1396,6 +1408,15 @@ class SqlStore(ABC):
             return max((await c.execute(PURGE_OUTCOMES, (limit, before))).rowcount, 0)
 
         return await self._write("purge_outcomes", work)
+
+    async def purge_resync_sources(self, recorded_before: datetime, limit: int) -> int:
+        """Delete at most `limit` of the oldest resync sources recorded before `recorded_before`."""
+        before = to_micros(recorded_before)
+
+        async def work(c: Connection) -> int:
+            return max((await c.execute(PURGE_RESYNC_SOURCES, (before, limit))).rowcount, 0)
+
+        return await self._write("purge_resync_sources", work)
 
     async def list_outcomes(
         self,

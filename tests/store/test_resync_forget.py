@@ -3,7 +3,8 @@ resync work queued behind live entries, and the tombstone of a forgotten profile
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -22,6 +23,7 @@ from service.store.base import (
     DestinationRecord,
     MembershipHolder,
     MembershipWatermark,
+    OutboxEntry,
     ProfileStateRow,
     Store,
     Watermark,
@@ -149,3 +151,36 @@ async def test_forget_profile_records_the_tombstone_and_drops_the_state(
     assert newest.outcome == outcome
     assert newest.recorded_at == START + timedelta(hours=1)
     assert len(page.items) == 2
+
+
+async def test_resync_sources_past_the_retention_are_purged_oldest_first(
+    store: Store, destination: DestinationRecord
+) -> None:
+    """A resync source holds a profile's personal data: it goes once it was recorded longer
+    ago than the retention, like the outcomes; a newer delivery of the profile renews it."""
+    entries = await claimed(store, destination.id, INSTANCE, [1, 2, 3])
+
+    async def deliver(entry: OutboxEntry, event_time: datetime, now: datetime) -> None:
+        moved = replace(entry, update=replace(entry.update, event_time=event_time))
+        await store.retire(
+            [moved],
+            [activated(moved)],
+            [Watermark(destination.id, moved.update.profile_id, event_time)],
+            now=now,
+        )
+
+    one, two, three = entries
+    await deliver(one, START, START)
+    await deliver(two, START, START + timedelta(days=1))
+    await deliver(three, START, START + timedelta(days=2))
+    # p1 is delivered again later: its source is recorded anew
+    (again,) = await claimed(store, destination.id, INSTANCE, [4])
+    again = replace(again, update=replace(again.update, profile_id="p1"))
+    await deliver(again, START + timedelta(hours=1), START + timedelta(days=3))
+
+    cut = START + timedelta(days=2, hours=12)
+    assert await store.purge_resync_sources(cut, 1) == 1
+    assert [s.profile_id for s in await store.resync_sources(destination.id)] == ["p1", "p3"]
+    assert await store.purge_resync_sources(cut, 10) == 1
+    assert await store.purge_resync_sources(cut, 10) == 0
+    assert [s.profile_id for s in await store.resync_sources(destination.id)] == ["p1"]
