@@ -20,7 +20,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -902,7 +902,8 @@ class SqlStore(ABC):
         now: datetime | None = None,
     ) -> None:
         """Delete entries, store outcomes, raise watermarks and membership marks, set holders
-        and profile states, count: all in one transaction."""
+        and profile states, count: all in one transaction. A profile forgotten meanwhile gets
+        its outcomes without dedupe value and none of its state."""
         pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         hour = recorded_at - recorded_at % HOUR_US
@@ -932,6 +933,24 @@ class SqlStore(ABC):
                 for entry, outcome in pairs
                 if entry.sequence in deleted
             ]
+            # A profile forgotten while its batch was in flight (ForgetProfile committed after
+            # the claim): its outcomes keep no dedupe value, none of its state is written back.
+            forgotten = await _forgotten_pairs(
+                c,
+                {(entry.destination_id, entry.update.profile_id) for entry, _ in kept}
+                | {pair[:2] for pair in latest}
+                | {(row.destination_id, row.profile_id) for row in holders}
+                | {(row.destination_id, row.profile_id) for row in profiles},
+            )
+            kept = [
+                (
+                    entry,
+                    replace(outcome, dedupe_value=None)
+                    if (entry.destination_id, entry.update.profile_id) in forgotten
+                    else outcome,
+                )
+                for entry, outcome in kept
+            ]
             counts: defaultdict[str, Counts] = defaultdict(Counts)
             for entry, outcome in kept:
                 count_outcome(counts[entry.destination_id], outcome)
@@ -955,6 +974,7 @@ class SqlStore(ABC):
                 (entry.destination_id, entry.update.profile_id): entry
                 for entry, outcome in kept
                 if outcome.kind is OutcomeKind.ACTIVATED
+                and (entry.destination_id, entry.update.profile_id) not in forgotten
                 and highest.get((entry.destination_id, entry.update.profile_id))
                 == to_micros(entry.update.event_time)
             }
@@ -1007,7 +1027,7 @@ class SqlStore(ABC):
                 [
                     (*pair, latest[pair][1], latest[pair][0])
                     for pair in sorted(latest)
-                    if pair[0] in alive
+                    if pair[0] in alive and pair[:2] not in forgotten
                 ],
                 MEMBERSHIP_MARK_TAIL,
             )
@@ -1015,6 +1035,7 @@ class SqlStore(ABC):
                 (row.lead_id, row.destination_id, row.profile_id, row.audience_id)
                 for row in holders
                 if row.destination_id in alive
+                and (row.destination_id, row.profile_id) not in forgotten
             ]
             if held:
                 await c.executemany(SET_HOLDER, held)
@@ -1033,6 +1054,7 @@ class SqlStore(ABC):
                     )
                     for row in sorted(profiles, key=lambda r: (r.destination_id, r.profile_id))
                     if row.destination_id in alive
+                    and (row.destination_id, row.profile_id) not in forgotten
                 ],
                 PROFILE_STATE_TAIL,
             )
@@ -1330,15 +1352,7 @@ class SqlStore(ABC):
         """Which of the given profiles are forgotten."""
 
         async def work(c: Connection) -> frozenset[str]:
-            found: set[str] = set()
-            for condition, params in c.in_lists(sorted(set(profile_ids))):
-                rows = await c.execute(
-                    "SELECT profile_id FROM forgotten_profiles "
-                    f"WHERE destination_id = ? AND profile_id {condition}",
-                    (destination_id, *params),
-                )
-                found.update(row[0] for row in rows)
-            return frozenset(found)
+            return frozenset(await _forgotten(c, destination_id, profile_ids))
 
         return await self._read(work)
 
@@ -1351,6 +1365,11 @@ class SqlStore(ABC):
 
         async def work(c: Connection) -> None:
             key = (destination_id, profile_id)
+            # a retire of the destination reads the tombstones under a key share lock of this
+            # row: it commits before this transaction starts, or sees the tombstone
+            await c.execute(
+                f"SELECT 1 FROM destinations WHERE id = ?{c.for_update}", (destination_id,)
+            )
             await c.execute(
                 "INSERT INTO forgotten_profiles (destination_id, profile_id, forgotten_at) "
                 "VALUES (?, ?, ?) ON CONFLICT (destination_id, profile_id) DO NOTHING",
@@ -1800,6 +1819,34 @@ async def _known_digests(
             (destination_id, *params, destination_id, *params),
         )
         found.update((row[0], row[1]) for row in rows)
+    return found
+
+
+async def _forgotten(c: Connection, destination_id: str, profile_ids: Iterable[str]) -> set[str]:
+    """Which of the given profiles of the destination are forgotten."""
+    found: set[str] = set()
+    for condition, params in c.in_lists(sorted(set(profile_ids))):
+        rows = await c.execute(
+            "SELECT profile_id FROM forgotten_profiles "
+            f"WHERE destination_id = ? AND profile_id {condition}",
+            (destination_id, *params),
+        )
+        found.update(row[0] for row in rows)
+    return found
+
+
+async def _forgotten_pairs(c: Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (destination id, profile id) pairs are forgotten. Each destination row is locked
+    (key share) first, as ForgetProfile locks it for update: a forget commits wholly before the
+    read or after this transaction."""
+    by_destination: defaultdict[str, set[str]] = defaultdict(set)
+    for destination_id, profile_id in pairs:
+        by_destination[destination_id].add(profile_id)
+    found: set[tuple[str, str]] = set()
+    for destination_id in sorted(by_destination):
+        await _lock_destination(c, destination_id)
+        profile_ids = by_destination[destination_id]
+        found.update((destination_id, p) for p in await _forgotten(c, destination_id, profile_ids))
     return found
 
 

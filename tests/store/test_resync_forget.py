@@ -184,3 +184,56 @@ async def test_resync_sources_past_the_retention_are_purged_oldest_first(
     assert await store.purge_resync_sources(cut, 10) == 1
     assert await store.purge_resync_sources(cut, 10) == 0
     assert [s.profile_id for s in await store.resync_sources(destination.id)] == ["p1"]
+
+
+async def test_a_batch_claimed_before_a_forget_and_retired_after_it_writes_no_state_back(
+    store: Store, destination: DestinationRecord
+) -> None:
+    """ForgetProfile runs while a batch of the profile is in flight: the retire that follows
+    stores the batch's outcomes without personal data and none of the profile's state (desired
+    memberships, holders, applied state, resync source); the other profiles' state is kept."""
+    entries = await claimed(store, destination.id, INSTANCE, [1, 2])
+    forget = Outcome(
+        update_id="forget:1",
+        profile_id="p1",
+        dedupe_value=None,
+        kind=OutcomeKind.EXCLUDED,
+        reason="profile forgotten: nothing removed",
+        exclusion_code=ExclusionCode.FORGOTTEN,
+    )
+    await store.forget_profile(destination.id, "p1", forget, START)
+
+    mark = MembershipMark(MembershipStatus.REALIZED, START)
+    await store.retire(
+        entries,
+        [activated(e, ActionType.CREATED, ActionType.ADDED) for e in entries],
+        [Watermark(destination.id, e.update.profile_id, e.update.event_time) for e in entries],
+        membership_marks=[
+            MembershipWatermark(destination.id, pid, "aud-1", mark) for pid in ("p1", "p2")
+        ],
+        holders=[MembershipHolder(destination.id, pid, "aud-1", 7) for pid in ("p1", "p2")],
+        profiles=[
+            ProfileStateRow(destination.id, pid, ProfileState(f"{pid}@example.com", 7, "d"))
+            for pid in ("p1", "p2")
+        ],
+        now=START + timedelta(minutes=1),
+    )
+
+    state = await store.desired_state(destination.id, ["p1", "p2"])
+    assert state.forgotten == {"p1"}
+    assert set(state.marks) == set(state.holders) == {("p2", "aud-1")}
+    assert set(state.profiles) == {"p2"}
+    assert [s.profile_id for s in await store.resync_sources(destination.id)] == ["p2"]
+    (retired, tombstone) = (await store.list_outcomes(destination.id, profile_id="p1")).items
+    assert tombstone.outcome == forget
+    # what Marketo confirmed is still told, without the profile's dedupe value
+    assert retired.outcome == replace(
+        activated(entries[0], ActionType.CREATED, ActionType.ADDED), dedupe_value=None
+    )
+    assert await store.list_outcomes(destination.id, dedupe_value="p1@example.com") == (
+        await store.list_outcomes(destination.id, dedupe_value="nobody@example.com")
+    )
+    (kept,) = (await store.list_outcomes(destination.id, profile_id="p2")).items
+    assert kept.outcome.dedupe_value == "p2@example.com"
+    assert (await store.pending_stats(destination.id)).count == 0
+    assert await store.claim_due(INSTANCE, 10, START + timedelta(hours=1)) == []
