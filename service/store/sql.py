@@ -38,6 +38,7 @@ from service.domain import (
     OutcomeKind,
     ProfileState,
     ProfileUpdate,
+    UnappliedAttributes,
     dedupe_key,
 )
 from service.store.base import (
@@ -64,6 +65,7 @@ from service.store.base import (
     ProfileStateRow,
     ResyncSource,
     StoreError,
+    UnappliedRow,
     VersionConflict,
     Watermark,
     in_steps,
@@ -250,12 +252,17 @@ RESYNC_SOURCE_INSERT: tuple[Column, ...] = (
     ("event_time", "bigint"),
     ("payload", "text"),
     ("recorded_at", "bigint"),
+    ("applied", "integer"),
 )
 RESYNC_SOURCE_TAIL = (
     "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
     "event_time = excluded.event_time, payload = excluded.payload, "
-    "recorded_at = excluded.recorded_at "
+    "recorded_at = excluded.recorded_at, applied = excluded.applied "
     "WHERE excluded.event_time >= resync_sources.event_time"
+)
+MARK_SOURCE_APPLIED = (
+    "UPDATE resync_sources SET applied = 1 "
+    "WHERE destination_id = ? AND profile_id = ? AND applied = 0 AND event_time <= ?"
 )
 PURGE_RESYNC_SOURCES = (
     "DELETE FROM resync_sources WHERE (destination_id, profile_id) IN "
@@ -898,12 +905,13 @@ class SqlStore(ABC):
         membership_marks: Sequence[MembershipWatermark] = (),
         holders: Sequence[MembershipHolder] = (),
         profiles: Sequence[ProfileStateRow] = (),
+        unapplied: Sequence[UnappliedRow] = (),
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
-        """Delete entries, store outcomes, raise watermarks and membership marks, set holders
-        and profile states, count: all in one transaction. A profile forgotten meanwhile gets
-        its outcomes without dedupe value and none of its state."""
+        """Delete entries, store outcomes, raise watermarks and membership marks, set holders,
+        profile states and unapplied attributes, count: all in one transaction. A profile
+        forgotten meanwhile gets its outcomes without dedupe value and none of its state."""
         pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         hour = recorded_at - recorded_at % HOUR_US
@@ -940,7 +948,8 @@ class SqlStore(ABC):
                 {(entry.destination_id, entry.update.profile_id) for entry, _ in kept}
                 | {pair[:2] for pair in latest}
                 | {(row.destination_id, row.profile_id) for row in holders}
-                | {(row.destination_id, row.profile_id) for row in profiles},
+                | {(row.destination_id, row.profile_id) for row in profiles}
+                | {(row.destination_id, row.profile_id) for row in unapplied},
             )
             kept = [
                 (
@@ -987,11 +996,38 @@ class SqlStore(ABC):
                         to_micros(entry.update.event_time),
                         dumps(entry.update.profile),
                         recorded_at,
+                        1,
                     )
                     for key, entry in sorted(sources.items())
+                ]
+                + [
+                    (
+                        row.destination_id,
+                        row.profile_id,
+                        to_micros(row.attributes.event_time),
+                        dumps(row.attributes.profile),
+                        recorded_at,
+                        0,
+                    )
+                    for row in unapplied
+                    if (row.destination_id, row.profile_id) not in forgotten
+                    and (row.destination_id, row.profile_id) not in sources
                 ],
                 RESYNC_SOURCE_TAIL,
             )
+            # An activated profile whose watermark went past its entries' event times wrote the
+            # newest unapplied attributes in their stead: they are applied now.
+            reached = {
+                key
+                for entry, outcome in kept
+                if outcome.kind is OutcomeKind.ACTIVATED
+                and (key := (entry.destination_id, entry.update.profile_id)) in highest
+                and key not in sources
+            }
+            if reached:
+                await c.executemany(
+                    MARK_SOURCE_APPLIED, [(*key, highest[key]) for key in sorted(reached)]
+                )
             for destination_id in sorted(counts):
                 count = counts[destination_id]
                 retired = count.activated + count.excluded + count.failed + count.superseded
@@ -1142,8 +1178,8 @@ class SqlStore(ABC):
         return await self._read(work)
 
     async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
-        """Watermarks, membership marks with their holders, profile states and the forgotten
-        ones among the given profiles, in one read transaction."""
+        """Watermarks, membership marks with their holders, profile states, unapplied
+        attributes and the forgotten ones among the given profiles, in one read transaction."""
 
         async def work(c: Connection) -> DesiredState:
             watermarks: dict[str, datetime] = {}
@@ -1151,6 +1187,7 @@ class SqlStore(ABC):
             holders: dict[tuple[str, str], int] = {}
             profiles: dict[str, ProfileState] = {}
             forgotten: set[str] = set()
+            unapplied: dict[str, UnappliedAttributes] = {}
             for condition, params in c.in_lists(profile_ids):
                 where = f"WHERE destination_id = ? AND profile_id {condition}"
                 args = (destination_id, *params)
@@ -1182,7 +1219,15 @@ class SqlStore(ABC):
                         digest=row[3],
                         consent_refused=bool(row[4]),
                     )
-            return DesiredState(watermarks, marks, holders, profiles, frozenset(forgotten))
+                for row in await c.execute(
+                    f"SELECT profile_id, event_time, payload FROM resync_sources {where} "
+                    "AND applied = 0",
+                    args,
+                ):
+                    unapplied[row[0]] = UnappliedAttributes(from_micros(row[1]), json.loads(row[2]))
+            return DesiredState(
+                watermarks, marks, holders, profiles, frozenset(forgotten), unapplied=unapplied
+            )
 
         return await self._read(work)
 
@@ -1278,7 +1323,8 @@ class SqlStore(ABC):
     ) -> list[ResyncSource]:
         """What Resync re-sends for the given profiles (None: all), by profile id."""
         select = (
-            "SELECT profile_id, event_time, payload FROM resync_sources WHERE destination_id = ?"
+            "SELECT profile_id, event_time, payload FROM resync_sources "
+            "WHERE applied = 1 AND destination_id = ?"
         )
 
         async def work(c: Connection) -> list[ResyncSource]:

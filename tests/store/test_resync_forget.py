@@ -18,6 +18,7 @@ from service.domain import (
     OutcomeKind,
     ProfileState,
     ProfileUpdate,
+    UnappliedAttributes,
 )
 from service.store.base import (
     DestinationRecord,
@@ -26,6 +27,7 @@ from service.store.base import (
     OutboxEntry,
     ProfileStateRow,
     Store,
+    UnappliedRow,
     Watermark,
 )
 from tests.store.conftest import (
@@ -237,3 +239,38 @@ async def test_a_batch_claimed_before_a_forget_and_retired_after_it_writes_no_st
     assert kept.outcome.dedupe_value == "p2@example.com"
     assert (await store.pending_stats(destination.id)).count == 0
     assert await store.claim_due(INSTANCE, 10, START + timedelta(hours=1)) == []
+
+
+async def test_unapplied_attributes_are_kept_until_an_activated_outcome_reaches_them(
+    store: Store, destination: DestinationRecord
+) -> None:
+    """The newest attributes of a profile in no audience: read with the desired state, never
+    resynced; an activated outcome whose watermark reaches them (an older update wrote them)
+    makes them applied."""
+    first, second = await claimed(store, destination.id, INSTANCE, [1, 2])
+    newest = UnappliedAttributes(START + timedelta(hours=1), {"person": {"name": "newest"}})
+    await store.retire(
+        [first],
+        [excluded(first, "no membership of an activated audience")],
+        [Watermark(destination.id, "p1", newest.event_time)],
+        unapplied=[UnappliedRow(destination.id, "p1", newest)],
+    )
+    older = UnappliedAttributes(START, {"person": {"name": "older"}})
+    await store.retire([], [], unapplied=[UnappliedRow(destination.id, "p1", older)])
+
+    state = await store.desired_state(destination.id, ["p1"])
+    assert state.unapplied == {"p1": newest}, "an older one does not replace it"
+    assert state.watermarks == {"p1": newest.event_time}
+    assert await store.resync_sources(destination.id) == []
+
+    # an older update of p1 exported the profile with the newest attributes
+    lagging = replace(second, update=replace(second.update, profile_id="p1"))
+    await store.retire(
+        [lagging],
+        [activated(lagging, ActionType.CREATED)],
+        [Watermark(destination.id, "p1", newest.event_time)],
+    )
+
+    assert (await store.desired_state(destination.id, ["p1"])).unapplied == {}
+    (source,) = await store.resync_sources(destination.id)
+    assert (source.event_time, source.profile) == (newest.event_time, newest.profile)

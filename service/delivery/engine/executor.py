@@ -88,6 +88,7 @@ from service.domain import (
     ProfileState,
     ProfileUpdate,
     SyncRules,
+    UnappliedAttributes,
     WritePolicy,
     dedupe_key,
     is_empty,
@@ -167,6 +168,8 @@ class BatchResult:
     no lead), as Marketo confirmed it."""
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     """The applied state of the profiles the batch wrote (or found already applied)."""
+    unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
+    """The newest attributes of the profiles excluded as members of no activated audience."""
 
     @property
     def error(self) -> MarketoError | None:
@@ -176,7 +179,8 @@ class BatchResult:
     def folded(self, state: DesiredState) -> DesiredState:
         """`state` with this batch folded in, as `Store.retire` stores it: watermarks only move
         forward, a desired status is replaced by one not older, holders and profile states are
-        set (for engines driven without a store: benchmarks, tests)."""
+        set, unapplied attributes kept until an activated outcome reaches them (for engines
+        driven without a store: benchmarks, tests)."""
         watermarks = dict(state.watermarks)
         for profile_id, event_time in self.watermarks.items():
             seen = watermarks.get(profile_id)
@@ -192,7 +196,21 @@ class BatchResult:
                 holders.pop(pair, None)
             elif pair in marks:
                 holders[pair] = lead_id
-        return DesiredState(watermarks, marks, holders, {**state.profiles, **self.profiles})
+        unapplied = {**state.unapplied, **self.unapplied}
+        for outcome in self.outcomes:
+            newest = unapplied.get(outcome.profile_id)
+            reached = self.watermarks.get(outcome.profile_id)
+            if (
+                outcome.kind is OutcomeKind.ACTIVATED
+                and newest is not None
+                and reached is not None
+                and reached >= newest.event_time
+            ):
+                del unapplied[outcome.profile_id]
+        profiles = {**state.profiles, **self.profiles}
+        return DesiredState(
+            watermarks, marks, holders, profiles, state.forgotten, unapplied=unapplied
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +518,7 @@ class SyncEngine:
             membership_marks=applied,
             holders=holders,
             profiles=profiles,
+            unapplied=plan.unapplied,
         )
 
     @staticmethod
