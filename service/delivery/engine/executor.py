@@ -547,7 +547,10 @@ class SyncEngine:
             if prior.consent_refused:
                 return {}
             return {head: replace(prior, consent_refused=True)}
-        if person.kind is not OutcomeKind.ACTIVATED or person.lead_id is None:
+        if person.kind is not OutcomeKind.ACTIVATED or (
+            person.lead_id is None and not person.created
+        ):
+            # a lead an import created keeps its digest; its next update binds it
             return {}
         state = ProfileState(
             dedupe_value=plan.dedupe_value,
@@ -973,8 +976,9 @@ class SyncEngine:
             joins, leaves = self._changes(person)
             for audience in joins:
                 if audience in done:
-                    assert person.lead_id is not None
-                    person.held[audience].add(person.lead_id)
+                    # a lead an import created is known by the dedupe value only
+                    lead = person.lead_id
+                    person.held[audience].add(HOLDER_RESOLVED if lead is None else lead)
                 else:
                     adds.setdefault(audience, []).append(person)
             for audience, lead in leaves:

@@ -441,17 +441,17 @@ def _target(
     writer = next((u for u in person.updates if u.update_id == person.writer), None)
     head = writer or person.updates[-1]
     prior = state.profiles.get(head.profile_id)
-    bound = (
-        prior.lead_id
-        if prior is not None
+    same_value = (
+        prior is not None
         and prior.dedupe_value is not None
-        and person.key
+        and bool(person.key)
         and dedupe_key(prior.dedupe_value) == person.key
-        else None
     )
+    # no lead bound yet (one an import created): resolved by a look-up, written only if changed
+    bound = prior.lead_id if prior is not None and same_value else None
     digest = attributes_digest(person.fields) if person.writes_attributes and not refused else None
     changed = person.writes_attributes and (
-        bound is None or prior is None or prior.digest != digest
+        not same_value or prior is None or prior.digest != digest
     )
     return replace(
         person,
