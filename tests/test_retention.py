@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -10,20 +12,15 @@ from typing import Any, cast
 import pytest
 
 from service.delivery.retention import OutcomeRetention
-from service.domain import ActionType
-from service.store.base import Store, Watermark
+from service.store.base import Store
 from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
 from tests.store.conftest import (
     START,
     FakeClock,
-    activated,
-    append,
     deliver_daily,
     new_destination,
     outcome_update_ids,
-    unpack,
-    update,
 )
 
 INSTANCE = "123-ABC-456"
@@ -53,12 +50,21 @@ class Clock:
         self._release.set()
 
 
-async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path: Path) -> None:
-    store_clock = FakeClock()
+@contextlib.asynccontextmanager
+async def opened(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    """A SQLite store in `tmp_path` on `clock`, closed on exit."""
     store = await SqliteStore.open(
-        tmp_path / "store.db", SecretBox(SecretBox.generate_key()), clock=store_clock
+        tmp_path / "store.db", SecretBox(SecretBox.generate_key()), clock=clock
     )
     try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path: Path) -> None:
+    store_clock = FakeClock()
+    async with opened(tmp_path, store_clock) as store:
         destination = await store.create_destination(new_destination())
         await deliver_daily(store, destination.id, INSTANCE, store_clock, days=10)  # u0 .. u9
         # Ten days after START: with a retention of 3 days, u0 to u6 are too old.
@@ -69,30 +75,14 @@ async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path
         assert await outcome_update_ids(store, destination.id) == ["u7", "u8", "u9"]
         assert clock.slept == [0.5] * 4  # a pause after each of the four chunks that deleted
         assert await retention.purge() == 0
-    finally:
-        await store.close()
 
 
 async def test_purge_deletes_the_resync_sources_past_the_retention(tmp_path: Path) -> None:
     store_clock = FakeClock()
-    store = await SqliteStore.open(
-        tmp_path / "store.db", SecretBox(SecretBox.generate_key()), clock=store_clock
-    )
-    try:
+    async with opened(tmp_path, store_clock) as store:
         destination = await store.create_destination(new_destination())
-        for n in range(5):  # p0 .. p4, one a day, each update's attributes applied
-            await append(store, destination.id, INSTANCE, [update(n)])
-            await unpack(store, INSTANCE, now=store_clock.now)
-            entries = await store.claim_due(INSTANCE, 10, store_clock.now)
-            await store.retire(
-                entries,
-                [activated(e, ActionType.UPDATED) for e in entries],
-                [
-                    Watermark(destination.id, e.update.profile_id, e.update.event_time)
-                    for e in entries
-                ],
-            )
-            store_clock.advance(timedelta(days=1))
+        # p0 .. p4, one a day, each update's attributes applied
+        await deliver_daily(store, destination.id, INSTANCE, store_clock, days=5, applied=True)
         clock = Clock(START + timedelta(days=5))
         retention = OutcomeRetention(store, timedelta(days=2), clock=clock, chunk=2, pause=0.5)
 
@@ -100,8 +90,6 @@ async def test_purge_deletes_the_resync_sources_past_the_retention(tmp_path: Pat
         sources = await store.resync_sources(destination.id)
         assert [s.profile_id for s in sources] == ["p3", "p4"]
         assert clock.slept == [0.5] * 4  # two chunks of outcomes, two of resync sources
-    finally:
-        await store.close()
 
 
 class PurgeCalls:

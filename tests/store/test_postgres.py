@@ -29,6 +29,7 @@ from tests.store.conftest import (
     PostgresBackend,
     activated,
     append,
+    claimed,
     new_destination,
     unpack,
     update,
@@ -163,6 +164,15 @@ async def test_a_retire_waits_for_a_takeover_in_progress_and_is_fenced(
         await store.close()
 
 
+async def finished_after_commit(task: asyncio.Future[None], other: psycopg.Connection) -> None:
+    """Check that `task` waits for the other connection's open transaction (a row it locked),
+    then commit that transaction and let `task` finish."""
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    other.commit()
+    await asyncio.wait_for(task, 10)
+
+
 def forgotten_outcome(profile_id: str) -> Outcome:
     return Outcome(
         update_id=f"forget:{profile_id}",
@@ -183,9 +193,7 @@ async def test_a_retire_waits_for_a_forget_in_progress_and_writes_no_state_back(
     store = await backend.open(clock)
     try:
         destination = await store.create_destination(new_destination())
-        await append(store, destination.id, "i1", [update(1)])
-        await unpack(store, "i1")
-        entries = await store.claim_due("i1", 10, START)
+        entries = await claimed(store, destination.id, "i1", [1])
         with psycopg.connect(backend.url) as forget:
             # what ForgetProfile's transaction does first: lock the destination, the tombstone
             forget.execute("SELECT 1 FROM destinations WHERE id = %s FOR UPDATE", (destination.id,))
@@ -204,10 +212,7 @@ async def test_a_retire_waits_for_a_forget_in_progress_and_writes_no_state_back(
                     ],
                 )
             )
-            await asyncio.sleep(0.3)
-            assert not retire.done()  # blocked on the destination row
-            forget.commit()
-            await asyncio.wait_for(retire, 10)
+            await finished_after_commit(retire, forget)
         state = await store.desired_state(destination.id, ["p1"])
         assert (state.forgotten, dict(state.profiles)) == ({"p1"}, {})
         assert await store.resync_sources(destination.id) == []
@@ -238,10 +243,7 @@ async def test_a_forget_waits_for_a_retire_in_progress_and_drops_what_it_wrote(
             forget = asyncio.ensure_future(
                 store.forget_profile(destination.id, "p1", forgotten_outcome("p1"), START)
             )
-            await asyncio.sleep(0.3)
-            assert not forget.done()  # blocked on the destination row
-            retire.commit()
-            await asyncio.wait_for(forget, 10)
+            await finished_after_commit(forget, retire)
         state = await store.desired_state(destination.id, ["p1"])
         assert (state.forgotten, dict(state.profiles)) == ({"p1"}, {})
     finally:

@@ -3,6 +3,7 @@ resync work queued behind live entries, and the tombstone of a forgotten profile
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -56,6 +57,30 @@ def resync_update(n: int) -> ProfileUpdate:
         profile_id=source.profile_id,
         event_time=source.event_time,
         profile=source.profile,
+    )
+
+
+async def retire_with_state(
+    store: Store, destination_id: str, entries: Sequence[OutboxEntry], now: datetime | None = None
+) -> None:
+    """Retire the entries as activated (lead 7 created and added to aud-1) with the state that
+    folds in: each profile's watermark, its desired membership of aud-1 held by lead 7 and its
+    applied state (dedupe value `<profile id>@example.com`, bound to lead 7)."""
+    mark = MembershipMark(MembershipStatus.REALIZED, START)
+    profile_ids = [e.update.profile_id for e in entries]
+    await store.retire(
+        entries,
+        [activated(e, ActionType.CREATED, ActionType.ADDED) for e in entries],
+        [Watermark(destination_id, e.update.profile_id, e.update.event_time) for e in entries],
+        membership_marks=[
+            MembershipWatermark(destination_id, pid, "aud-1", mark) for pid in profile_ids
+        ],
+        holders=[MembershipHolder(destination_id, pid, "aud-1", 7) for pid in profile_ids],
+        profiles=[
+            ProfileStateRow(destination_id, pid, ProfileState(f"{pid}@example.com", 7, "d"))
+            for pid in profile_ids
+        ],
+        now=now,
     )
 
 
@@ -115,20 +140,7 @@ async def test_forget_profile_records_the_tombstone_and_drops_the_state(
     store: Store, destination: DestinationRecord
 ) -> None:
     entries = await claimed(store, destination.id, INSTANCE, [1, 2])
-    mark = MembershipMark(MembershipStatus.REALIZED, START)
-    await store.retire(
-        entries,
-        [activated(e, ActionType.CREATED, ActionType.ADDED) for e in entries],
-        [Watermark(destination.id, e.update.profile_id, e.update.event_time) for e in entries],
-        membership_marks=[
-            MembershipWatermark(destination.id, pid, "aud-1", mark) for pid in ("p1", "p2")
-        ],
-        holders=[MembershipHolder(destination.id, pid, "aud-1", 7) for pid in ("p1", "p2")],
-        profiles=[
-            ProfileStateRow(destination.id, pid, ProfileState("x@example.com", 7, "d"))
-            for pid in ("p1", "p2")
-        ],
-    )
+    await retire_with_state(store, destination.id, entries)
     outcome = Outcome(
         update_id="forget:1",
         profile_id="p1",
@@ -205,21 +217,7 @@ async def test_a_batch_claimed_before_a_forget_and_retired_after_it_writes_no_st
     )
     await store.forget_profile(destination.id, "p1", forget, START)
 
-    mark = MembershipMark(MembershipStatus.REALIZED, START)
-    await store.retire(
-        entries,
-        [activated(e, ActionType.CREATED, ActionType.ADDED) for e in entries],
-        [Watermark(destination.id, e.update.profile_id, e.update.event_time) for e in entries],
-        membership_marks=[
-            MembershipWatermark(destination.id, pid, "aud-1", mark) for pid in ("p1", "p2")
-        ],
-        holders=[MembershipHolder(destination.id, pid, "aud-1", 7) for pid in ("p1", "p2")],
-        profiles=[
-            ProfileStateRow(destination.id, pid, ProfileState(f"{pid}@example.com", 7, "d"))
-            for pid in ("p1", "p2")
-        ],
-        now=START + timedelta(minutes=1),
-    )
+    await retire_with_state(store, destination.id, entries, START + timedelta(minutes=1))
 
     state = await store.desired_state(destination.id, ["p1", "p2"])
     assert state.forgotten == {"p1"}
