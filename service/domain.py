@@ -165,6 +165,16 @@ class ProfileState:
 
 
 @dataclass(frozen=True, slots=True)
+class UnappliedAttributes:
+    """A profile's newest attributes, not applied because it was a member of no activated
+    audience when they came (its watermark moved to them all the same): once the profile is
+    exported, an older update of it writes these instead of its own."""
+
+    event_time: datetime
+    profile: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     """A destination's stored state for the profiles of a batch.
 
@@ -180,6 +190,9 @@ class DesiredState:
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     forgotten: frozenset[str] = frozenset()
     """Profiles forgotten with ForgetProfile: their updates are excluded, never written."""
+    unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
+    """Per profile, its newest attributes when they were not applied (see
+    `UnappliedAttributes`)."""
 
     def for_resync(self, profile_ids: Collection[str]) -> DesiredState:
         """This state with what is applied to `profile_ids` taken as unknown: no holders and

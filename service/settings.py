@@ -211,8 +211,9 @@ class Settings:
     skipped while its estimated calls would take today's reconciliation calls past it."""
 
     outcome_retention_days: float = 30.0
-    """How long each update's outcome (``ListProfileOutcomes``) is kept; older ones are deleted
-    in the background. 0 keeps them for ever."""
+    """How long each update's outcome (``ListProfileOutcomes``) and each profile's resync source
+    (its latest applied profile, kept for Resync) are kept; older ones are deleted in the
+    background. 0 keeps them for ever."""
 
     max_clock_skew_seconds: int = 300
     """How far in the future an update's ``event_time`` may be (callers' clocks drift); Sync

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -48,12 +50,21 @@ class Clock:
         self._release.set()
 
 
-async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path: Path) -> None:
-    store_clock = FakeClock()
+@contextlib.asynccontextmanager
+async def opened(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    """A SQLite store in `tmp_path` on `clock`, closed on exit."""
     store = await SqliteStore.open(
-        tmp_path / "store.db", SecretBox(SecretBox.generate_key()), clock=store_clock
+        tmp_path / "store.db", SecretBox(SecretBox.generate_key()), clock=clock
     )
     try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path: Path) -> None:
+    store_clock = FakeClock()
+    async with opened(tmp_path, store_clock) as store:
         destination = await store.create_destination(new_destination())
         await deliver_daily(store, destination.id, INSTANCE, store_clock, days=10)  # u0 .. u9
         # Ten days after START: with a retention of 3 days, u0 to u6 are too old.
@@ -64,17 +75,31 @@ async def test_purge_deletes_every_outcome_past_the_retention_in_chunks(tmp_path
         assert await outcome_update_ids(store, destination.id) == ["u7", "u8", "u9"]
         assert clock.slept == [0.5] * 4  # a pause after each of the four chunks that deleted
         assert await retention.purge() == 0
-    finally:
-        await store.close()
+
+
+async def test_purge_deletes_the_resync_sources_past_the_retention(tmp_path: Path) -> None:
+    store_clock = FakeClock()
+    async with opened(tmp_path, store_clock) as store:
+        destination = await store.create_destination(new_destination())
+        # p0 .. p4, one a day, each update's attributes applied
+        await deliver_daily(store, destination.id, INSTANCE, store_clock, days=5, applied=True)
+        clock = Clock(START + timedelta(days=5))
+        retention = OutcomeRetention(store, timedelta(days=2), clock=clock, chunk=2, pause=0.5)
+
+        assert await retention.purge() == 3
+        sources = await store.resync_sources(destination.id)
+        assert [s.profile_id for s in sources] == ["p3", "p4"]
+        assert clock.slept == [0.5] * 4  # two chunks of outcomes, two of resync sources
 
 
 class PurgeCalls:
     """A store that only purges: each call answers the next of `answers` (an exception is
-    raised) and remembers its cut."""
+    raised) and remembers its cut; it has no resync source to purge."""
 
     def __init__(self, *answers: int | Exception) -> None:
         self.answers = list(answers)
         self.cuts: list[datetime] = []
+        self.source_cuts: list[datetime] = []
 
     async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
         self.cuts.append(recorded_before)
@@ -82,6 +107,10 @@ class PurgeCalls:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    async def purge_resync_sources(self, recorded_before: datetime, limit: int) -> int:
+        self.source_cuts.append(recorded_before)
+        return 0
 
 
 async def until(condition: Any) -> None:
@@ -109,6 +138,7 @@ async def test_it_purges_on_start_then_every_interval_and_outlives_a_failure() -
         await until(lambda: len(clock.slept) == 3)  # 5 deleted, a pause, then none: wait
         assert clock.slept[-1] == 300.0
         assert store.cuts[1:] == [now + timedelta(seconds=300) - timedelta(days=30)] * 2
+        assert store.source_cuts == [now + timedelta(seconds=300) - timedelta(days=30)]
     finally:
         await retention.stop()
     assert retention._task is None

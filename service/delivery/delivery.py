@@ -66,6 +66,7 @@ from service.store.base import (
     MembershipWatermark,
     OutboxEntry,
     ProfileStateRow,
+    UnappliedRow,
     Watermark,
 )
 from service.telemetry.core import batch_attributes
@@ -498,7 +499,11 @@ class BatchDelivery:
             ProfileStateRow(record.id, profile_id, state)
             for profile_id, state in result.profiles.items()
         ]
-        if done or marks or memberships or holders or profiles:
+        unapplied = [
+            UnappliedRow(record.id, profile_id, attributes)
+            for profile_id, attributes in result.unapplied.items()
+        ]
+        if done or marks or memberships or holders or profiles or unapplied:
             await self._store.retire(
                 done,
                 outcomes,
@@ -506,6 +511,7 @@ class BatchDelivery:
                 membership_marks=memberships,
                 holders=holders,
                 profiles=profiles,
+                unapplied=unapplied,
                 fencing=lease.generation,
                 now=self.now(),
             )

@@ -2,11 +2,12 @@
 
 Every delivered update leaves one outcome (what `ListProfileOutcomes` answers); kept for ever,
 they would grow the store for as long as the service runs. `OutcomeRetention` deletes those
-recorded before now minus the retention when the service starts and then every `interval`,
-a chunk at a time: each chunk is a short write transaction of its own, so appends never wait
-long behind it. Every replica may run it (deleting is idempotent). The dataflow's hourly counts
-and each profile's watermark are kept: an update re-sent after its outcome is gone is still
-recognised as superseded when a newer one was delivered.
+recorded before now minus the retention, and the resync sources (each profile's latest applied
+profile, personal data kept for Resync) recorded before that too, when the service starts and
+then every `interval`, a chunk at a time: each chunk is a short write transaction of its own,
+so appends never wait long behind it. Every replica may run it (deleting is idempotent). The
+dataflow's hourly counts and each profile's watermark are kept: an update re-sent after its
+outcome is gone is still recognised as superseded when a newer one was delivered.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from service.marketo.clock import Clock, SystemClock
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class OutcomeRetention:
-    """Deletes outcomes older than `retention`, on start and every `interval` seconds."""
+    """Deletes outcomes and resync sources older than `retention`, on start and every
+    `interval` seconds."""
 
     def __init__(
         self,
@@ -48,14 +51,25 @@ class OutcomeRetention:
         self._task: asyncio.Task[None] | None = None
 
     async def purge(self) -> int:
-        """Delete every outcome recorded before now minus the retention; how many went."""
+        """Delete every outcome and resync source recorded before now minus the retention; how
+        many outcomes went."""
         before = datetime.fromtimestamp(self._clock.now(), UTC) - self._retention
-        deleted = 0
-        while purged := await self._store.purge_outcomes(before, self._chunk):
-            deleted += purged
-            await self._clock.sleep(self._pause)
+        deleted = await self._purge(self._store.purge_outcomes, before)
         if deleted:
             log.info("deleted %d outcomes recorded before %s", deleted, before.isoformat())
+        sources = await self._purge(self._store.purge_resync_sources, before)
+        if sources:
+            log.info("deleted %d resync sources recorded before %s", sources, before.isoformat())
+        return deleted
+
+    async def _purge(
+        self, purge: Callable[[datetime, int], Awaitable[int]], before: datetime
+    ) -> int:
+        """Call `purge` a chunk at a time, pausing after each chunk, until nothing is left."""
+        deleted = 0
+        while purged := await purge(before, self._chunk):
+            deleted += purged
+            await self._clock.sleep(self._pause)
         return deleted
 
     async def start(self) -> None:

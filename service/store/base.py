@@ -37,6 +37,7 @@ from service.domain import (
     Outcome,
     ProfileState,
     ProfileUpdate,
+    UnappliedAttributes,
 )
 from service.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -65,6 +66,7 @@ __all__ = [
     "ProfileStateRow",
     "Store",
     "StoreError",
+    "UnappliedRow",
     "VersionConflict",
     "Watermark",
     "in_steps",
@@ -233,6 +235,16 @@ class ResyncSource:
     profile_id: str
     event_time: datetime
     profile: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnappliedRow:
+    """A profile's newest attributes, not applied because it was a member of no activated
+    audience (kept in `resync_sources`, not applied, until an activated outcome reaches them)."""
+
+    destination_id: str
+    profile_id: str
+    attributes: UnappliedAttributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,14 +604,16 @@ class Store(Protocol):
         membership_marks: Sequence[MembershipWatermark] = (),
         holders: Sequence[MembershipHolder] = (),
         profiles: Sequence[ProfileStateRow] = (),
+        unapplied: Sequence[UnappliedRow] = (),
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
         """In one transaction: delete the entries, store one outcome per entry, raise watermarks
         (max), replace the membership marks older than the given ones (the desired status), set
-        the holders and profile states given (the applied state Marketo confirmed) and count the
-        outcomes in the hourly dataflow counters. Rows of a destination deleted meanwhile are
-        dropped.
+        the holders and profile states given (the applied state Marketo confirmed), keep the
+        unapplied attributes given (when newer) and count the outcomes in the hourly dataflow
+        counters. Rows of a destination deleted meanwhile are dropped; a profile forgotten
+        meanwhile gets its outcomes without dedupe value and none of its state.
 
         `outcomes[i]` is the outcome of `entries[i]` (same update id, else ValueError): update
         ids are unique per destination only, and one batch may span destinations. With
@@ -732,6 +746,12 @@ class Store(Protocol):
         them in one short transaction; returns how many went. Only the `limit` oldest outcomes
         are looked at, so a call costs the same however many outcomes there are (those of a
         replica whose clock runs behind may wait for the next call)."""
+        ...
+
+    async def purge_resync_sources(self, recorded_before: datetime, limit: int) -> int:
+        """Delete resync sources (personal data) recorded before `recorded_before`, oldest
+        first, at most `limit` of them in one short transaction; returns how many went. A
+        profile whose source went is not resynced until its next delivered update."""
         ...
 
     async def dataflow(

@@ -20,7 +20,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -38,6 +38,7 @@ from service.domain import (
     OutcomeKind,
     ProfileState,
     ProfileUpdate,
+    UnappliedAttributes,
     dedupe_key,
 )
 from service.store.base import (
@@ -64,6 +65,7 @@ from service.store.base import (
     ProfileStateRow,
     ResyncSource,
     StoreError,
+    UnappliedRow,
     VersionConflict,
     Watermark,
     in_steps,
@@ -254,11 +256,23 @@ RESYNC_SOURCE_INSERT: tuple[Column, ...] = (
     ("profile_id", "text"),
     ("event_time", "bigint"),
     ("payload", "text"),
+    ("recorded_at", "bigint"),
+    ("applied", "integer"),
 )
 RESYNC_SOURCE_TAIL = (
     "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
-    "event_time = excluded.event_time, payload = excluded.payload "
+    "event_time = excluded.event_time, payload = excluded.payload, "
+    "recorded_at = excluded.recorded_at, applied = excluded.applied "
     "WHERE excluded.event_time >= resync_sources.event_time"
+)
+MARK_SOURCE_APPLIED = (
+    "UPDATE resync_sources SET applied = 1 "
+    "WHERE destination_id = ? AND profile_id = ? AND applied = 0 AND event_time <= ?"
+)
+PURGE_RESYNC_SOURCES = (
+    "DELETE FROM resync_sources WHERE (destination_id, profile_id) IN "
+    "(SELECT destination_id, profile_id FROM resync_sources WHERE recorded_at < ? "
+    "ORDER BY recorded_at LIMIT ?)"
 )
 
 OUTCOME_INSERT: tuple[Column, ...] = (
@@ -891,11 +905,13 @@ class SqlStore(ABC):
         membership_marks: Sequence[MembershipWatermark] = (),
         holders: Sequence[MembershipHolder] = (),
         profiles: Sequence[ProfileStateRow] = (),
+        unapplied: Sequence[UnappliedRow] = (),
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
-        """Delete entries, store outcomes, raise watermarks and membership marks, set holders
-        and profile states, count: all in one transaction."""
+        """Delete entries, store outcomes, raise watermarks and membership marks, set holders,
+        profile states and unapplied attributes, count: all in one transaction. A profile
+        forgotten meanwhile gets its outcomes without dedupe value and none of its state."""
         pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         highest: dict[tuple[str, str], int] = {}
@@ -924,6 +940,25 @@ class SqlStore(ABC):
                 for entry, outcome in pairs
                 if entry.sequence in deleted
             ]
+            # A profile forgotten while its batch was in flight (ForgetProfile committed after
+            # the claim): its outcomes keep no dedupe value, none of its state is written back.
+            forgotten = await _forgotten_pairs(
+                c,
+                {(entry.destination_id, entry.update.profile_id) for entry, _ in kept}
+                | {pair[:2] for pair in latest}
+                | {(row.destination_id, row.profile_id) for row in holders}
+                | {(row.destination_id, row.profile_id) for row in profiles}
+                | {(row.destination_id, row.profile_id) for row in unapplied},
+            )
+            kept = [
+                (
+                    entry,
+                    replace(outcome, dedupe_value=None)
+                    if (entry.destination_id, entry.update.profile_id) in forgotten
+                    else outcome,
+                )
+                for entry, outcome in kept
+            ]
             counts: defaultdict[str, Counts] = defaultdict(Counts)
             for entry, outcome in kept:
                 count_outcome(counts[entry.destination_id], outcome)
@@ -947,6 +982,7 @@ class SqlStore(ABC):
                 (entry.destination_id, entry.update.profile_id): entry
                 for entry, outcome in kept
                 if outcome.kind is OutcomeKind.ACTIVATED
+                and (entry.destination_id, entry.update.profile_id) not in forgotten
                 and highest.get((entry.destination_id, entry.update.profile_id))
                 == to_micros(entry.update.event_time)
             }
@@ -954,11 +990,43 @@ class SqlStore(ABC):
                 "resync_sources",
                 RESYNC_SOURCE_INSERT,
                 [
-                    (*key, to_micros(entry.update.event_time), dumps(entry.update.profile))
+                    (
+                        *key,
+                        to_micros(entry.update.event_time),
+                        dumps(entry.update.profile),
+                        recorded_at,
+                        1,
+                    )
                     for key, entry in sorted(sources.items())
+                ]
+                + [
+                    (
+                        row.destination_id,
+                        row.profile_id,
+                        to_micros(row.attributes.event_time),
+                        dumps(row.attributes.profile),
+                        recorded_at,
+                        0,
+                    )
+                    for row in unapplied
+                    if (row.destination_id, row.profile_id) not in forgotten
+                    and (row.destination_id, row.profile_id) not in sources
                 ],
                 RESYNC_SOURCE_TAIL,
             )
+            # An activated profile whose watermark went past its entries' event times wrote the
+            # newest unapplied attributes in their stead: they are applied now.
+            reached = {
+                key
+                for entry, outcome in kept
+                if outcome.kind is OutcomeKind.ACTIVATED
+                and (key := (entry.destination_id, entry.update.profile_id)) in highest
+                and key not in sources
+            }
+            if reached:
+                await c.executemany(
+                    MARK_SOURCE_APPLIED, [(*key, highest[key]) for key in sorted(reached)]
+                )
             for destination_id in sorted(counts):
                 await _add_counts(c, destination_id, recorded_at, counts[destination_id])
             # A destination deleted while its batch was in flight has no watermarks to keep.
@@ -988,7 +1056,7 @@ class SqlStore(ABC):
                 [
                     (*pair, latest[pair][1], latest[pair][0])
                     for pair in sorted(latest)
-                    if pair[0] in alive
+                    if pair[0] in alive and pair[:2] not in forgotten
                 ],
                 MEMBERSHIP_MARK_TAIL,
             )
@@ -996,6 +1064,7 @@ class SqlStore(ABC):
                 (row.lead_id, row.destination_id, row.profile_id, row.audience_id)
                 for row in holders
                 if row.destination_id in alive
+                and (row.destination_id, row.profile_id) not in forgotten
             ]
             if held:
                 await c.executemany(SET_HOLDER, held)
@@ -1014,6 +1083,7 @@ class SqlStore(ABC):
                     )
                     for row in sorted(profiles, key=lambda r: (r.destination_id, r.profile_id))
                     if row.destination_id in alive
+                    and (row.destination_id, row.profile_id) not in forgotten
                 ],
                 PROFILE_STATE_TAIL,
             )
@@ -1101,8 +1171,8 @@ class SqlStore(ABC):
         return await self._read(work)
 
     async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
-        """Watermarks, membership marks with their holders, profile states and the forgotten
-        ones among the given profiles, in one read transaction."""
+        """Watermarks, membership marks with their holders, profile states, unapplied
+        attributes and the forgotten ones among the given profiles, in one read transaction."""
 
         async def work(c: Connection) -> DesiredState:
             watermarks: dict[str, datetime] = {}
@@ -1110,6 +1180,7 @@ class SqlStore(ABC):
             holders: dict[tuple[str, str], int] = {}
             profiles: dict[str, ProfileState] = {}
             forgotten: set[str] = set()
+            unapplied: dict[str, UnappliedAttributes] = {}
             for condition, params in c.in_lists(profile_ids):
                 where = f"WHERE destination_id = ? AND profile_id {condition}"
                 args = (destination_id, *params)
@@ -1141,7 +1212,15 @@ class SqlStore(ABC):
                         digest=row[3],
                         consent_refused=bool(row[4]),
                     )
-            return DesiredState(watermarks, marks, holders, profiles, frozenset(forgotten))
+                for row in await c.execute(
+                    f"SELECT profile_id, event_time, payload FROM resync_sources {where} "
+                    "AND applied = 0",
+                    args,
+                ):
+                    unapplied[row[0]] = UnappliedAttributes(from_micros(row[1]), json.loads(row[2]))
+            return DesiredState(
+                watermarks, marks, holders, profiles, frozenset(forgotten), unapplied=unapplied
+            )
 
         return await self._read(work)
 
@@ -1237,7 +1316,8 @@ class SqlStore(ABC):
     ) -> list[ResyncSource]:
         """What Resync re-sends for the given profiles (None: all), by profile id."""
         select = (
-            "SELECT profile_id, event_time, payload FROM resync_sources WHERE destination_id = ?"
+            "SELECT profile_id, event_time, payload FROM resync_sources "
+            "WHERE applied = 1 AND destination_id = ?"
         )
 
         async def work(c: Connection) -> list[ResyncSource]:
@@ -1301,15 +1381,7 @@ class SqlStore(ABC):
         """Which of the given profiles are forgotten."""
 
         async def work(c: Connection) -> frozenset[str]:
-            found: set[str] = set()
-            for condition, params in c.in_lists(sorted(set(profile_ids))):
-                rows = await c.execute(
-                    "SELECT profile_id FROM forgotten_profiles "
-                    f"WHERE destination_id = ? AND profile_id {condition}",
-                    (destination_id, *params),
-                )
-                found.update(row[0] for row in rows)
-            return frozenset(found)
+            return frozenset(await _forgotten(c, destination_id, profile_ids))
 
         return await self._read(work)
 
@@ -1322,6 +1394,11 @@ class SqlStore(ABC):
 
         async def work(c: Connection) -> None:
             key = (destination_id, profile_id)
+            # a retire of the destination reads the tombstones under a key share lock of this
+            # row: it commits before this transaction starts, or sees the tombstone
+            await c.execute(
+                f"SELECT 1 FROM destinations WHERE id = ?{c.for_update}", (destination_id,)
+            )
             await c.execute(
                 "INSERT INTO forgotten_profiles (destination_id, profile_id, forgotten_at) "
                 "VALUES (?, ?, ?) ON CONFLICT (destination_id, profile_id) DO NOTHING",
@@ -1379,6 +1456,15 @@ class SqlStore(ABC):
             return max((await c.execute(PURGE_OUTCOMES, (limit, before))).rowcount, 0)
 
         return await self._write("purge_outcomes", work)
+
+    async def purge_resync_sources(self, recorded_before: datetime, limit: int) -> int:
+        """Delete at most `limit` of the oldest resync sources recorded before `recorded_before`."""
+        before = to_micros(recorded_before)
+
+        async def work(c: Connection) -> int:
+            return max((await c.execute(PURGE_RESYNC_SOURCES, (before, limit))).rowcount, 0)
+
+        return await self._write("purge_resync_sources", work)
 
     async def list_outcomes(
         self,
@@ -1757,6 +1843,34 @@ async def _known_digests(
             (destination_id, *params, destination_id, *params),
         )
         found.update((row[0], row[1]) for row in rows)
+    return found
+
+
+async def _forgotten(c: Connection, destination_id: str, profile_ids: Iterable[str]) -> set[str]:
+    """Which of the given profiles of the destination are forgotten."""
+    found: set[str] = set()
+    for condition, params in c.in_lists(sorted(set(profile_ids))):
+        rows = await c.execute(
+            "SELECT profile_id FROM forgotten_profiles "
+            f"WHERE destination_id = ? AND profile_id {condition}",
+            (destination_id, *params),
+        )
+        found.update(row[0] for row in rows)
+    return found
+
+
+async def _forgotten_pairs(c: Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (destination id, profile id) pairs are forgotten. Each destination row is locked
+    (key share) first, as ForgetProfile locks it for update: a forget commits wholly before the
+    read or after this transaction."""
+    by_destination: defaultdict[str, set[str]] = defaultdict(set)
+    for destination_id, profile_id in pairs:
+        by_destination[destination_id].add(profile_id)
+    found: set[tuple[str, str]] = set()
+    for destination_id in sorted(by_destination):
+        await _lock_destination(c, destination_id)
+        profile_ids = by_destination[destination_id]
+        found.update((destination_id, p) for p in await _forgotten(c, destination_id, profile_ids))
     return found
 
 

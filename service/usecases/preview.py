@@ -75,8 +75,6 @@ class Preview:
             actions: list[Action] = []
             if person.dedupe_value in created:
                 actions.append(Action(ActionType.CREATED))
-                # a lead created by this write is in no list: its exits would remove nothing
-                actions += [Action(ActionType.NOT_IN_LIST, a) for a in person.exits]
             elif person.dedupe_value in updated:
                 actions.append(Action(ActionType.UPDATED))
             for change in result.audiences:
@@ -84,6 +82,9 @@ class Preview:
                     actions.append(Action(ActionType.ADDED, change.audience_id))
                 if person.dedupe_value in change.remove:
                     actions.append(Action(ActionType.REMOVED, change.audience_id))
+            # exits that cost no call, as Sync delivers them (a lead created by this write, or
+            # one the service never added to a tracked list, is not in the list)
+            actions += result.uncalled.get(person.speaker, ())
             for update in person.updates:
                 if update.update_id in outcomes:
                     continue

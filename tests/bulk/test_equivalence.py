@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from service.domain import (
+    HOLDER_RESOLVED,
     AudienceMembership,
     MembershipStatus,
     PersonAction,
@@ -16,7 +18,7 @@ from service.domain import (
     SyncRules,
     SyncType,
 )
-from tests.bulk.scenario import EVENT, UPDATES, Run, quick_policy, run
+from tests.bulk.scenario import EVENT, UPDATES, R, Run, make_updates, quick_policy, run
 
 CREATE = PersonAction.UPDATE_EXISTING_AND_CREATE_NEW
 UPDATE_ONLY = PersonAction.UPDATE_EXISTING_ONLY
@@ -157,3 +159,46 @@ async def test_bulk_and_rest_follow_the_same_desired_state(name: str) -> None:
             "removed:a1",
             "removed:a2",
         }
+
+
+LOOKUPS = "GET /rest/v1/leads.json"
+NEW_MEMBERS = [
+    ("u_one", {"email": "one@x.io", "first": "O", "last": "Ne"}, [("a1", R)]),
+    ("u_two", {"email": "two@x.io", "first": "T", "last": "Wo"}, [("a1", R), ("a2", R)]),
+]
+
+
+async def test_leads_an_import_created_are_looked_up_only_for_a_further_join() -> None:
+    """An import names no ids: a lead it created into its list holds that membership as the
+    lead the profile resolves to, without a look-up; only a lead with a further join (a REST
+    add by id) is looked up. The next update binds the profile to its lead."""
+    rules = RULES["audience and profile, update and create"]
+    bulk = await run(rules, bulk=True, updates=make_updates(NEW_MEMBERS))
+    rest = await run(rules, bulk=False, updates=make_updates(NEW_MEMBERS))
+    assert_same(rest, bulk)
+
+    # one look-up before the imports, one after for u_two's second list
+    assert bulk.calls[LOOKUPS] == 2
+    alone = await run(rules, bulk=True, updates=make_updates(NEW_MEMBERS[:1]))
+    assert alone.calls[LOOKUPS] == 1, "u_one alone: no look-up after its import"
+    holders = bulk.result.holders
+    assert holders[("p-u_one", "a1")] == HOLDER_RESOLVED
+    assert holders[("p-u_two", "a1")] == holders[("p-u_two", "a2")] != HOLDER_RESOLVED
+    # u_one's applied attributes are kept, its lead is not bound yet
+    assert bulk.result.profiles["p-u_one"] == replace(rest.result.profiles["p-u_one"], lead_id=None)
+    assert bulk.result.profiles["p-u_two"] == rest.result.profiles["p-u_two"]
+
+    again = [replace(u, update_id="v" + u.update_id[1:]) for u in make_updates(NEW_MEMBERS)]
+    later = await run(rules, bulk=True, updates=make_updates(NEW_MEMBERS), then=again)
+    by_rest = await run(rules, bulk=False, updates=make_updates(NEW_MEMBERS), then=again)
+    assert (later.leads, later.lists) == (by_rest.leads, by_rest.lists)
+    assert {u: o[:2] for u, o in later.outcomes().items()} == {
+        "v_one": ("activated", frozenset()),
+        "v_two": ("activated", frozenset()),
+    }
+    # the repeat writes nothing: one look-up binds u_one to its lead, which holds a1 now (REST
+    # bound it at its creation: no call at all)
+    assert (later.calls, by_rest.calls) == ({LOOKUPS: 1}, {})
+    bound = later.result.profiles["p-u_one"]
+    assert bound.lead_id is not None and bound.lead_id != HOLDER_RESOLVED
+    assert later.result.holders[("p-u_one", "a1")] == bound.lead_id

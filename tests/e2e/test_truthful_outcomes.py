@@ -154,3 +154,31 @@ async def test_preview_shows_each_update_its_own_actions(service: Service) -> No
         ("p4", ACTIVATED, {CREATED, (pb.ACTION_TYPE_ADDED, "a1")}),
     ]
     assert await service.leads() == []
+
+
+async def test_preview_shows_an_exit_with_no_holder_as_sync_delivers_it(service: Service) -> None:
+    """An exit from a tracked list the service never added the person's lead to costs no call:
+    Sync delivers it as NOT_IN_LIST, and the preview says so (not a bare ACTIVATED)."""
+    destination_id, _ = await setup(service, audiences=("a1", "a2"))
+    await seed(service, {"email": "out@x.io", "firstName": "Out", "lastName": "Sider"})
+    await sync(
+        service, destination_id, [[update("p1", "in@x.io", time=T, audiences={"a2": REALIZED})]]
+    )
+    await delivered(service, destination_id)
+    batch = [
+        # a member of a2 that was never in a1; an outsider that is a member of nothing
+        update("p1", "in@x.io", time=T + 10, audiences={"a1": EXITED}),
+        update("p2", "out@x.io", time=T + 10, audiences={"a1": EXITED}),
+    ]
+    preview = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(destination_id=destination_id, updates=batch)
+    )
+    shown = {o.profile_id: (o.outcome.kind, actions(o.outcome)) for o in preview.outcomes}
+    not_in_list = {(pb.ACTION_TYPE_NOT_IN_LIST, "a1")}
+    assert shown == {"p1": (ACTIVATED, not_in_list), "p2": (ACTIVATED, not_in_list)}
+
+    await sync(service, destination_id, [batch])
+    await delivered(service, destination_id)
+    for profile_id in ("p1", "p2"):
+        delivered_ = await outcomes_of(service, destination_id, profile_id)
+        assert delivered_[int(T + 10)] == shown[profile_id]

@@ -131,3 +131,36 @@ async def test_an_attribute_only_update_of_a_member_is_written_without_a_list_ca
     assert outcomes[int(T + 10)] == (ACTIVATED, {UPDATED})
     assert counts(flow) == (1, 1, 1 if keeps_lists else 0, 0)
     assert dict(flow.excluded) == {}
+
+
+async def test_the_newest_attributes_win_when_a_lagging_entry_exports_the_profile(
+    service: Service,
+) -> None:
+    """An attribute update of a profile in no audience writes nothing, yet its attributes are
+    the newest: the older entry that exports the profile later creates the lead with them."""
+    destination_id, lists = await setup(service)
+    newer = update("p1", "ann@x.io", first="Newer", time=T + 10, audiences={})
+    await sync(service, destination_id, [[newer]])
+    await delivered(service, destination_id)
+    assert await service.leads() == []
+    assert await resynced(service, destination_id) == 0, "nothing applied to resync"
+
+    entry = update("p1", "ann@x.io", first="Entry", time=T, audiences={"a1": REALIZED})
+    await sync(service, destination_id, [[entry]])
+    flow = await delivered(service, destination_id)
+
+    lead = leads_by_email(await service.leads())["ann@x.io"]
+    assert lead["fields"]["firstName"] == "Newer"
+    assert await service.lists() == {lists["a1"]: {lead["id"]}}
+    assert await outcomes_of(service, destination_id, "p1") == {
+        int(T + 10): (EXCLUDED, set()),
+        int(T): (ACTIVATED, {CREATED, ADDED}),
+    }
+    assert counts(flow) == (1, 0, 1, 0)
+    assert await resynced(service, destination_id) == 1  # the attributes applied now
+
+
+async def resynced(service: Service, destination_id: str) -> int:
+    """The profiles a Resync of the destination would write (a dry run)."""
+    request = pb.ResyncRequest(destination_id=destination_id, dry_run=True)
+    return (await service.stub.Resync(request)).profiles

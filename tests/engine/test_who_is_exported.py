@@ -109,15 +109,36 @@ async def test_an_attribute_update_of_a_member_is_exported_without_list_calls(
     assert calls(fake) == before
 
 
-async def test_a_lagging_entry_after_a_non_member_update_writes_its_attributes() -> None:
-    # the attribute update came first while the profile was in no audience: not applied, so
-    # the older entry still creates the lead with its own attributes
+async def test_a_lagging_entry_after_a_non_member_update_writes_the_newest_attributes() -> None:
+    # the attribute update came first while the profile was in no audience: not applied, but
+    # the newest attributes all the same; the older entry that exports the profile writes them
     fake = FakeMarketo()
     run = Run(fake)
     early = only(await run.sync(ann(5, NO_MEMBERSHIP, first="Newer")))
-    assert early.exclusion_code is ExclusionCode.NO_AUDIENCE
+    assert early.exclusion_code is ExclusionCode.NO_AUDIENCE and fake.calls == []
+    assert run.state.watermarks["p1"] == at(5)
     entry = only(await run.sync(ann(3, ("a1", "realized"), first="Entry")))
     assert entry.kind is OutcomeKind.ACTIVATED
     assert set(entry.actions) == {Action(ActionType.CREATED), Action(ActionType.ADDED, "a1")}
     (lead,) = fake.leads.values()
-    assert lead.fields["firstName"] == "Entry" and fake.lists[11] == {lead.id}
+    assert lead.fields["firstName"] == "Newer" and fake.lists[11] == {lead.id}
+    assert run.state.unapplied == {}
+    # applied now: another lagging entry writes no attributes
+    before = calls(fake, UPDATE)
+    late = only(await run.sync(ann(4, ("a2", "realized"), first="Late")))
+    assert set(late.actions) == {Action(ActionType.ADDED, "a2")}
+    assert calls(fake, UPDATE) == before and lead.fields["firstName"] == "Newer"
+
+
+async def test_a_non_member_keeps_only_its_newest_attributes() -> None:
+    fake = FakeMarketo()
+    run = Run(fake)
+    only(await run.sync(ann(5, NO_MEMBERSHIP, first="Five")))
+    # older than the newest seen: superseded, the newest kept
+    stale = only(await run.sync(ann(4, NO_MEMBERSHIP, first="Four")))
+    assert stale.kind is OutcomeKind.EXCLUDED and fake.calls == []
+    only(await run.sync(ann(6, NO_MEMBERSHIP, first="Six")))
+    assert run.state.unapplied["p1"].event_time == at(6)
+    only(await run.sync(ann(1, ("a1", "realized"), first="One")))
+    (lead,) = fake.leads.values()
+    assert lead.fields["firstName"] == "Six"

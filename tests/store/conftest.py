@@ -32,7 +32,7 @@ from service.domain import (
     ProfileUpdate,
     SyncType,
 )
-from service.store.base import AppendResult, NewDestination, OutboxEntry, Store
+from service.store.base import AppendResult, NewDestination, OutboxEntry, Store, Watermark
 from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
@@ -253,16 +253,31 @@ async def claimed(
 
 
 async def deliver_daily(
-    store: Store, destination_id: str, instance_key: str, clock: FakeClock, days: int
+    store: Store,
+    destination_id: str,
+    instance_key: str,
+    clock: FakeClock,
+    days: int,
+    *,
+    applied: bool = False,
 ) -> list[str]:
     """One update delivered a day for `days` days, from the clock's time (u0 first), each
-    retired as activated; their update ids, oldest first."""
+    retired as activated (with `applied`, its attributes applied: its profile's watermark
+    raised, so its resync source kept); their update ids, oldest first."""
     delivered = []
     for n in range(days):
         await append(store, destination_id, instance_key, [update(n)])
         await unpack(store, instance_key, now=clock.now)
         entries = await store.claim_due(instance_key, 10, clock.now)
-        await store.retire(entries, [activated(e, ActionType.UPDATED) for e in entries])
+        await store.retire(
+            entries,
+            [activated(e, ActionType.UPDATED) for e in entries],
+            [
+                Watermark(destination_id, e.update.profile_id, e.update.event_time)
+                for e in entries
+                if applied
+            ],
+        )
         delivered.extend(e.update.update_id for e in entries)
         clock.advance(timedelta(days=1))
     return delivered

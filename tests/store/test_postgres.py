@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.domain import ActionType
-from service.store.base import FencingError, Store
+from service.domain import ActionType, ExclusionCode, Outcome, OutcomeKind, ProfileState
+from service.store.base import FencingError, ProfileStateRow, Store, Watermark
 from service.store.migrations import load_migrations
 from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox
@@ -29,6 +29,7 @@ from tests.store.conftest import (
     PostgresBackend,
     activated,
     append,
+    claimed,
     new_destination,
     unpack,
     update,
@@ -159,6 +160,92 @@ async def test_a_retire_waits_for_a_takeover_in_progress_and_is_fenced(
         assert [e.sequence for e in await store.claim_due("i1", 10, START)] == [
             e.sequence for e in entries
         ]
+    finally:
+        await store.close()
+
+
+async def finished_after_commit(task: asyncio.Future[None], other: psycopg.Connection) -> None:
+    """Check that `task` waits for the other connection's open transaction (a row it locked),
+    then commit that transaction and let `task` finish."""
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    other.commit()
+    await asyncio.wait_for(task, 10)
+
+
+def forgotten_outcome(profile_id: str) -> Outcome:
+    return Outcome(
+        update_id=f"forget:{profile_id}",
+        profile_id=profile_id,
+        dedupe_value=None,
+        kind=OutcomeKind.EXCLUDED,
+        reason="profile forgotten: nothing removed",
+        exclusion_code=ExclusionCode.FORGOTTEN,
+    )
+
+
+async def test_a_retire_waits_for_a_forget_in_progress_and_writes_no_state_back(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A ForgetProfile not yet committed when a batch of the profile is retired: the retire
+    waits for it, then sees the tombstone and stores none of the profile's state."""
+    assert isinstance(backend, PostgresBackend)
+    store = await backend.open(clock)
+    try:
+        destination = await store.create_destination(new_destination())
+        entries = await claimed(store, destination.id, "i1", [1])
+        with psycopg.connect(backend.url) as forget:
+            # what ForgetProfile's transaction does first: lock the destination, the tombstone
+            forget.execute("SELECT 1 FROM destinations WHERE id = %s FOR UPDATE", (destination.id,))
+            forget.execute(
+                "INSERT INTO forgotten_profiles (destination_id, profile_id, forgotten_at) "
+                "VALUES (%s, 'p1', 0)",
+                (destination.id,),
+            )
+            retire = asyncio.ensure_future(
+                store.retire(
+                    entries,
+                    [activated(e, ActionType.UPDATED) for e in entries],
+                    [Watermark(destination.id, "p1", entries[0].update.event_time)],
+                    profiles=[
+                        ProfileStateRow(destination.id, "p1", ProfileState("p1@x.io", 7, "d"))
+                    ],
+                )
+            )
+            await finished_after_commit(retire, forget)
+        state = await store.desired_state(destination.id, ["p1"])
+        assert (state.forgotten, dict(state.profiles)) == ({"p1"}, {})
+        assert await store.resync_sources(destination.id) == []
+    finally:
+        await store.close()
+
+
+async def test_a_forget_waits_for_a_retire_in_progress_and_drops_what_it_wrote(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A retire of the profile's batch not yet committed when ForgetProfile runs: the forget
+    waits for it, then deletes the state the retire wrote."""
+    assert isinstance(backend, PostgresBackend)
+    store = await backend.open(clock)
+    try:
+        destination = await store.create_destination(new_destination())
+        with psycopg.connect(backend.url) as retire:
+            # what a retire's transaction holds: the destination row locked (key share), the
+            # profile's state written
+            retire.execute(
+                "SELECT 1 FROM destinations WHERE id = %s FOR KEY SHARE", (destination.id,)
+            )
+            retire.execute(
+                "INSERT INTO profile_state (destination_id, profile_id, lead_id) "
+                "VALUES (%s, 'p1', 7)",
+                (destination.id,),
+            )
+            forget = asyncio.ensure_future(
+                store.forget_profile(destination.id, "p1", forgotten_outcome("p1"), START)
+            )
+            await finished_after_commit(forget, retire)
+        state = await store.desired_state(destination.id, ["p1"])
+        assert (state.forgotten, dict(state.profiles)) == ({"p1"}, {})
     finally:
         await store.close()
 

@@ -15,7 +15,9 @@ imports of the previous one):
    fails and goes to the REST path, which picks the most recent one);
 3. each row carries the person's first joined audience through the import's `listId` (failed
    rows join no list); further joins use REST list adds by id, or an id-only import when that
-   spends fewer calls; exits always use REST removals.
+   spends fewer calls; exits always use REST removals. A lead an import created is looked up
+   only for such a further join: otherwise the lead its profile resolves to
+   (`HOLDER_RESOLVED`) holds its membership and its next update binds it.
 
 Files are CSV (csv module quoting) under `BulkPolicy.max_file_bytes`, one column set per file
 (a missing column leaves a field alone, which an empty cell may not); rows holding an empty
@@ -549,10 +551,15 @@ class BulkSyncEngine(SyncEngine):
 
     async def _finish_lists(self, run: _Run) -> None:
         persons = [p for p in run.written if not p.final and p.unknown is None]
-        unknown_ids = [p for p in persons if p.lead_id is None and p.created]
+        # Created by an import, which names no ids: the lead the profile resolves to holds the
+        # memberships the import's list joined (HOLDER_RESOLVED) and the next update of the
+        # profile binds it. Only a person with a further join (a REST add by id) is looked up.
+        unknown_ids = [
+            p
+            for p in persons
+            if p.lead_id is None and p.created and self._joins_left(p, run.joined)
+        ]
         if unknown_ids:
-            # created by an import, which names no ids: look them up to bind them (and to add
-            # them to lists by id, recording which lead holds their memberships)
             found = await self._lookup(unknown_ids)
             for person in unknown_ids:
                 lead = found.get(person.plan.key)
@@ -564,6 +571,11 @@ class BulkSyncEngine(SyncEngine):
             await self._write_lists(persons, run.joined)
             await self._resolve_stale(persons)
         self._finish([p for p in persons if p.unknown is None])
+
+    def _joins_left(self, person: _Person, joined: Mapping[str, set[str]]) -> bool:
+        """Whether the person's lead joins a list beyond those its import joined."""
+        done = joined.get(person.plan.key, set())
+        return self._rules.manages_lists and any(a not in done for a in self._joins(person))
 
     async def _add_members(self, audience: str, list_id: int, persons: list[_Person]) -> None:
         """REST adds, or an id-only import for many members."""

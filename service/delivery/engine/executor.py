@@ -88,6 +88,7 @@ from service.domain import (
     ProfileState,
     ProfileUpdate,
     SyncRules,
+    UnappliedAttributes,
     WritePolicy,
     dedupe_key,
     is_empty,
@@ -167,6 +168,8 @@ class BatchResult:
     no lead), as Marketo confirmed it."""
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     """The applied state of the profiles the batch wrote (or found already applied)."""
+    unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
+    """The newest attributes of the profiles excluded as members of no activated audience."""
 
     @property
     def error(self) -> MarketoError | None:
@@ -176,7 +179,8 @@ class BatchResult:
     def folded(self, state: DesiredState) -> DesiredState:
         """`state` with this batch folded in, as `Store.retire` stores it: watermarks only move
         forward, a desired status is replaced by one not older, holders and profile states are
-        set (for engines driven without a store: benchmarks, tests)."""
+        set, unapplied attributes kept until an activated outcome reaches them (for engines
+        driven without a store: benchmarks, tests)."""
         watermarks = dict(state.watermarks)
         for profile_id, event_time in self.watermarks.items():
             seen = watermarks.get(profile_id)
@@ -192,7 +196,21 @@ class BatchResult:
                 holders.pop(pair, None)
             elif pair in marks:
                 holders[pair] = lead_id
-        return DesiredState(watermarks, marks, holders, {**state.profiles, **self.profiles})
+        unapplied = {**state.unapplied, **self.unapplied}
+        for outcome in self.outcomes:
+            newest = unapplied.get(outcome.profile_id)
+            reached = self.watermarks.get(outcome.profile_id)
+            if (
+                outcome.kind is OutcomeKind.ACTIVATED
+                and newest is not None
+                and reached is not None
+                and reached >= newest.event_time
+            ):
+                del unapplied[outcome.profile_id]
+        profiles = {**state.profiles, **self.profiles}
+        return DesiredState(
+            watermarks, marks, holders, profiles, state.forgotten, unapplied=unapplied
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +235,9 @@ class DryRunResult:
     audiences: tuple[AudienceChanges, ...]
     outcomes: tuple[Outcome, ...]
     deferred: tuple[Deferred, ...] = ()
+    uncalled: Mapping[str, tuple[Action, ...]] = field(default_factory=dict)
+    """Per person (by its `speaker` update id), the actions that need no call: an exit whose
+    lead holds no membership of a tracked list (or was created by this write) is NOT_IN_LIST."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +518,7 @@ class SyncEngine:
             membership_marks=applied,
             holders=holders,
             profiles=profiles,
+            unapplied=plan.unapplied,
         )
 
     @staticmethod
@@ -525,7 +547,10 @@ class SyncEngine:
             if prior.consent_refused:
                 return {}
             return {head: replace(prior, consent_refused=True)}
-        if person.kind is not OutcomeKind.ACTIVATED or person.lead_id is None:
+        if person.kind is not OutcomeKind.ACTIVATED or (
+            person.lead_id is None and not person.created
+        ):
+            # a lead an import created keeps its digest; its next update binds it
             return {}
         state = ProfileState(
             dedupe_value=plan.dedupe_value,
@@ -581,6 +606,7 @@ class SyncEngine:
         update: list[PlannedUpdate] = []
         joins: dict[str, list[str]] = {}
         exits: dict[str, list[str]] = {}
+        uncalled: dict[str, tuple[Action, ...]] = {}
         try:
             found = await self._lookup([p for p in persons if self._needs_lookup(p)])
         except _Stop as stop:
@@ -613,6 +639,8 @@ class SyncEngine:
             if not self._rules.manages_lists:
                 continue
             adds, leaves = self._changes(person)
+            if person.actions:
+                uncalled[person.plan.speaker] = tuple(person.actions)
             for audience in adds:
                 joins.setdefault(audience, []).append(person.plan.dedupe_value)
             for audience, _ in leaves:
@@ -626,7 +654,9 @@ class SyncEngine:
             )
             for a in sorted(set(joins) | set(exits))
         )
-        return DryRunResult(plan, tuple(create), tuple(update), audiences, tuple(outcomes))
+        return DryRunResult(
+            plan, tuple(create), tuple(update), audiences, tuple(outcomes), uncalled=uncalled
+        )
 
     # -- execution -------------------------------------------------------------------------
 
@@ -951,8 +981,9 @@ class SyncEngine:
             joins, leaves = self._changes(person)
             for audience in joins:
                 if audience in done:
-                    assert person.lead_id is not None
-                    person.held[audience].add(person.lead_id)
+                    # a lead an import created is known by the dedupe value only
+                    lead = person.lead_id
+                    person.held[audience].add(HOLDER_RESOLVED if lead is None else lead)
                 else:
                     adds.setdefault(audience, []).append(person)
             for audience, lead in leaves:

@@ -34,9 +34,11 @@ current attributes in the batch, the stored consent state decides.
 A destination exports the members of its activated audiences, whatever its sync type (their
 membership facts are kept for Profile only too; only the list writes depend on the sync type).
 A person that is a member of none (`no_audience`) has no attributes written and no lead
-created: with nothing held and no exit to deliver to a list it is EXCLUDED `no_audience` here
-(its attributes not applied: the watermark does not move); otherwise only its removals and exits
-go to the executor.
+created: with nothing held and no exit to deliver to a list it is EXCLUDED `no_audience` here;
+its attributes are not applied, yet they are the newest: the watermark moves to them and they
+are kept (`Plan.unapplied`, then `DesiredState.unapplied`), so that an older update which
+exports the profile writes them instead of its own (the newest attributes win). Otherwise only
+its removals and exits go to the executor (its watermark does not move).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from service.domain import (
     ProfileState,
     ProfileUpdate,
     SyncRules,
+    UnappliedAttributes,
     attributes_digest,
     dedupe_key,
     is_refusal,
@@ -172,6 +175,10 @@ class Plan:
     """Desired statuses of the decided (excluded) profiles' membership facts."""
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     """The consent state of the profiles whose refusal was decided here."""
+    unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
+    """The newest attributes of the profiles excluded here as members of no activated audience
+    (their watermark moves to them): an older update writes these once the profile is
+    exported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +190,9 @@ class _Fact:
     update: ProfileUpdate
     current: bool
     memberships: tuple[AudienceMembership, ...]
+    attributes_time: datetime
+    """The event time of the update's attributes: its own, or that of the profile's newest
+    unapplied attributes it carries instead of its older ones."""
 
 
 @dataclass(slots=True)
@@ -259,6 +269,7 @@ def plan_batch(
     new_marks: dict[str, datetime] = {}
     decided_marks: dict[tuple[str, str], MembershipMark] = {}
     decided_profiles: dict[str, ProfileState] = {}
+    unapplied: dict[str, UnappliedAttributes] = {}
 
     by_profile: dict[str, list[_Fact]] = {}
     for index, update in enumerate(updates):
@@ -267,6 +278,13 @@ def plan_batch(
             continue
         mark = marks.get(update.profile_id)
         current = mark is None or update.event_time >= mark
+        attributes_time = update.event_time
+        newest = state.unapplied.get(update.profile_id)
+        if not current and newest is not None and mark is not None and newest.event_time >= mark:
+            # the newest attributes, seen while the profile was exported nowhere, win over the
+            # update's older ones
+            update = replace(update, profile=newest.profile)
+            current, attributes_time = True, newest.event_time
         memberships = tuple(
             m
             for m in update.memberships
@@ -277,7 +295,7 @@ def plan_batch(
             outcomes.append(_outcome(update, OutcomeKind.SUPERSEDED, REASON_STALE, None))
             continue
         by_profile.setdefault(update.profile_id, []).append(
-            _Fact(index, update, current, memberships)
+            _Fact(index, update, current, memberships, attributes_time)
         )
 
     profiles: list[_Profile] = []
@@ -308,7 +326,7 @@ def plan_batch(
                 if item is not head
             )
             if head.current:
-                new_marks[head.update.profile_id] = head.update.event_time
+                new_marks[head.update.profile_id] = head.attributes_time
             continue
         assert dedupe is not None
         profiles.append(_Profile(head, items, dedupe, fields))
@@ -340,13 +358,22 @@ def plan_batch(
         if not refused and not any(person.desired.values()):
             # not (or no longer) a member of an activated audience: nothing of it is exported
             # but the removals of what its leads hold and the exits the lists must see
-            person = _outside(person)
-            if not (rules.manages_lists and (person.holders or person.exits)):
+            outside = _outside(person)
+            if not (rules.manages_lists and (outside.holders or outside.exits)):
                 outcomes.extend(
                     excluded(u, NO_AUDIENCE, person.dedupe_value) for u in person.updates
                 )
                 decided_marks.update(person.membership_marks)
+                # the newest attributes seen: kept, so that an older update never writes its
+                # own once the profile is exported
+                new_marks.update(person.watermarks)
+                unapplied.update(
+                    (p.head.update.profile_id, _unapplied(p.head))
+                    for p in members
+                    if p.head.current
+                )
                 continue
+            person = outside
         elif not refused and not rules.writes_attributes and not person.memberships:
             # Audience only: an update with no membership fact has nothing to export
             outcomes.extend(excluded(u, NO_AUDIENCE, person.dedupe_value) for u in person.updates)
@@ -359,7 +386,12 @@ def plan_batch(
         watermarks=new_marks,
         membership_marks=decided_marks,
         profiles=decided_profiles,
+        unapplied=unapplied,
     )
+
+
+def _unapplied(fact: _Fact) -> UnappliedAttributes:
+    return UnappliedAttributes(fact.attributes_time, fact.update.profile)
 
 
 def _outside(person: PlannedPerson) -> PlannedPerson:
@@ -409,17 +441,17 @@ def _target(
     writer = next((u for u in person.updates if u.update_id == person.writer), None)
     head = writer or person.updates[-1]
     prior = state.profiles.get(head.profile_id)
-    bound = (
-        prior.lead_id
-        if prior is not None
+    same_value = (
+        prior is not None
         and prior.dedupe_value is not None
-        and person.key
+        and bool(person.key)
         and dedupe_key(prior.dedupe_value) == person.key
-        else None
     )
+    # no lead bound yet (one an import created): resolved by a look-up, written only if changed
+    bound = prior.lead_id if prior is not None and same_value else None
     digest = attributes_digest(person.fields) if person.writes_attributes and not refused else None
     changed = person.writes_attributes and (
-        bound is None or prior is None or prior.digest != digest
+        not same_value or prior is None or prior.digest != digest
     )
     return replace(
         person,
@@ -448,7 +480,7 @@ def _coalesce(key: str, members: Sequence[_Profile]) -> tuple[PlannedPerson, lis
     """The person of the profiles sharing one dedupe value, and the outcomes of the updates
     whose every fact a newer one of the batch replaces."""
     current = [p for p in members if p.head.current]
-    winner = max(current or members, key=lambda p: (p.head.update.event_time, p.head.index))
+    winner = max(current or members, key=lambda p: (p.head.attributes_time, p.head.index))
     latest: dict[str, tuple[datetime, int, ProfileUpdate, AudienceMembership]] = {}
     own: dict[tuple[str, str], MembershipMark] = {}
     for profile in members:
@@ -491,7 +523,7 @@ def _coalesce(key: str, members: Sequence[_Profile]) -> tuple[PlannedPerson, lis
         fields=winner.fields if current else {},
         memberships={a: m.status for a, (_, _, _, m) in sorted(latest.items())},
         updates=tuple(sharing),
-        watermarks={p.head.update.profile_id: p.head.update.event_time for p in current},
+        watermarks={p.head.update.profile_id: p.head.attributes_time for p in current},
         writes_attributes=bool(current),
         stale_attributes=frozenset(
             item.update.update_id
