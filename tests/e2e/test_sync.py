@@ -415,6 +415,25 @@ async def test_an_unknown_destination_ends_the_stream_not_found(service: Service
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_request_of_more_than_ten_thousand_updates_ends_the_stream(
+    service: Service,
+) -> None:
+    """SyncRequest.updates holds at most 10,000 updates: a larger request is INVALID_ARGUMENT
+    naming `updates`, and none of its updates is accepted."""
+    destination_id, _ = await setup(service)
+    oversized = [
+        pb.ProfileUpdate(profile_id=f"p{i}", event_time=update("p", None).event_time)
+        for i in range(10_001)
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sync(service, destination_id, [oversized])
+    assert "10000" in violations(caught.value)["updates"]
+    flow = (
+        await service.stub.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id))
+    ).dataflow
+    assert flow.received == 0
+
+
 async def test_a_destination_without_activation_is_a_failed_precondition(
     service: Service,
 ) -> None:
