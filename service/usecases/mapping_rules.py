@@ -130,5 +130,5 @@ def mapping_violations(
                 dedupe_field=spec.dedupe_field,
             )
         except MappingConfigError as error:
-            violations.extend(FieldViolation("mappings", problem) for problem in error.problems)
+            violations.extend(error.violations)
     return violations

@@ -221,8 +221,18 @@ def test_configuration_problems_are_all_reported(registry: PluginRegistry) -> No
         "'DedupeField (email)' is mapped more than once",
     ):
         assert fragment in joined
-    with pytest.raises(MappingConfigError):
+    with pytest.raises(MappingConfigError) as caught:
         Mapper(rows, FIELDS, registry, dedupe_field="email")
+    assert [v.field for v in caught.value.violations] == [
+        "mappings[0].target",
+        "mappings[1].target",
+        "mappings[2].transform",
+        "mappings[3].options",
+        "mappings[4].options",
+        "mappings[5].options",
+        "mappings[6].source",
+        "mappings[8].target",
+    ]
     assert validate_mapping_types(rows[7:8], FIELDS, registry, dedupe_field="email") == []
 
 
