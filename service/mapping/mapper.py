@@ -49,12 +49,15 @@ __all__ = [
     "FieldType",
     "Mapper",
     "MappingConfigError",
+    "reads_identities",
     "source_limit",
     "validate_mapping_types",
 ]
 
 Reader = Callable[[Mapping[str, Any]], object]
 
+IDENTITY_MAP = "identityMap"
+"""The profile key holding the identities by namespace: a source path under it reads identities."""
 MAX_SOURCE_CHARS = 4_096
 """Longest text, in characters, a source value may hold when its target field takes less."""
 MAX_TEXT_CHARS = DEFAULT_LENGTHS["text"]
@@ -387,7 +390,7 @@ def _compile(
                     )
     elif row.options:
         bad("options", f"target {label!r}: options given without a transform")
-    paths = [p.strip() for p in row.source.split(",")] if multi else [row.source.strip()]
+    paths = source_paths(row, registry)
     if any(not p or "" in p.split(".") for p in paths):
         bad("source", f"target {label!r}: invalid source path {row.source!r}")
     if len(problems) > before or field_type is None:
@@ -416,9 +419,31 @@ def _compile(
     )
 
 
+def source_paths(row: FieldMapping, registry: PluginRegistry) -> list[str]:
+    """The profile paths a mapping row reads: its source, or each of its comma-separated paths
+    when its transform takes several sources."""
+    transform = row.transform
+    multi = (
+        transform is not None
+        and registry.has_transform(transform)
+        and registry.transform(transform).item.multi_source
+    )
+    return [p.strip() for p in row.source.split(",")] if multi else [row.source.strip()]
+
+
+def reads_identities(mappings: Iterable[FieldMapping], registry: PluginRegistry) -> bool:
+    """Whether a row of the mapping reads the profile's identities (a path under `identityMap`,
+    as one of its sources or its only one)."""
+    return any(
+        path.split(".")[0] == IDENTITY_MAP
+        for row in mappings
+        for path in source_paths(row, registry)
+    )
+
+
 def _reader(path: str) -> Reader:
     parts = path.split(".")
-    if len(parts) == 2 and parts[0] == "identityMap":
+    if len(parts) == 2 and parts[0] == IDENTITY_MAP:
         return _identity_reader(parts[1])
     if any(p.isdigit() for p in parts):
         keys: tuple[str | int, ...] = tuple(int(p) if p.isdigit() else p for p in parts)
