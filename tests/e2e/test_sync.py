@@ -198,6 +198,32 @@ async def test_bad_updates_are_rejected_alone(service: Service) -> None:
     assert set(by_email(await service.leads())) == {"a@example.com", "e@example.com"}
 
 
+async def test_a_membership_of_an_audience_not_activated_rejects_its_update(
+    service: Service,
+) -> None:
+    """Sync and PreviewSync refuse an update naming an audience the destination has not
+    activated (or has deactivated), naming the membership; the other updates go on."""
+    destination_id, _ = await setup(service, audiences=("a1", "a2"))
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a2"])
+    )
+    batch = [
+        update("p1", "a@example.com"),
+        update("p2", "b@example.com", audiences={"a1": REALIZED, "a2": REALIZED}),
+    ]
+    (response,) = await sync(service, destination_id, [batch])
+    preview = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(destination_id=destination_id, updates=batch)
+    )
+    for rejected in (response.rejected, preview.rejected):
+        assert [(r.index, r.field) for r in rejected] == [
+            (1, "updates[1].audiences[1].audience_id")
+        ]
+        assert "'a2' is not active" in rejected[0].reason
+    assert response.accepted == 1
+    assert [o.profile_id for o in preview.outcomes] == ["p1"]
+
+
 async def test_an_update_that_does_not_decode_is_rejected_alone(service: Service) -> None:
     """A client may send what a protobuf library would refuse to parse: a profile nested past
     the parser's limit, a membership that is not a message. Only those updates are refused."""
