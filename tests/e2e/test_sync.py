@@ -555,11 +555,25 @@ async def test_a_quota_stop_pauses_the_destination_and_raises_an_alert(service: 
     assert not await service.leads()
 
 
-async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> None:
-    destination_id, _ = await setup(service)
+@pytest.mark.parametrize(
+    ("consent_path", "value"),
+    [
+        ("", "n"),
+        ("", "dn"),  # XDM's default-no
+        ("", " N "),
+        ("privacy.marketingOptIn", "n"),
+    ],
+)
+async def test_consent_refused_is_excluded_with_its_reason(
+    service: Service, consent_path: str, value: str
+) -> None:
+    destination_id, _ = await setup(service, consent_path=consent_path)
     refused = update("p1", "a@example.com")
-    refused.profile.update({"consents": {"marketing": {"any": {"val": "n"}}}})
-    await sync(service, destination_id, [[refused, update("p2", "b@example.com")]])
+    path = consent_path or "consents.marketing.any.val"
+    refused.profile.update(_nested(path.split("."), value))
+    given = update("p2", "b@example.com")
+    given.profile.update(_nested(path.split("."), "y"))
+    await sync(service, destination_id, [[refused, given]])
     flow = await delivered(service, destination_id)
     assert flow.excluded == {"consent_refused": 1}
     assert set(by_email(await service.leads())) == {"b@example.com"}
@@ -571,6 +585,15 @@ async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> 
     assert outcome.kind == pb.OUTCOME_KIND_EXCLUDED
     assert outcome.reason == "marketing consent refused"
     assert outcome.exclusion_code == "consent_refused"
+
+
+def _nested(keys: list[str], value: str) -> dict[str, object]:
+    """`{keys[0]: {keys[1]: ... value}}`, merged into a profile by `Struct.update`."""
+    nested: object = value
+    for key in reversed(keys):
+        nested = {key: nested}
+    assert isinstance(nested, dict)
+    return nested
 
 
 async def test_invalid_values_are_counted_by_code_and_never_quoted(service: Service) -> None:
