@@ -1,4 +1,5 @@
-"""The servicer implements exactly the RPCs of the v1 contract, with the right call shapes."""
+"""The servicer implements exactly the RPCs of the v1 contract, with the right call shapes, and the
+proto's comments state the limits the service applies."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import pytest
 
 from service._proto.marketo_destination.v1 import destination_pb2
 from service.api.servicer import SYNC_PIPELINE_DEPTH, MarketoDestinationServicer
+from service.api.sync_checks import MAX_UPDATES
+from service.usecases.monitoring import MAX_HOURS
+from service.usecases.preview import MAX_PREVIEW
+from service.usecases.resync import MAX_RESYNC_PROFILES
 
 SERVICE = destination_pb2.DESCRIPTOR.services_by_name["MarketoDestinationService"]
 
@@ -77,3 +82,34 @@ def test_the_sync_comment_tells_callers_the_pipeline_depth() -> None:
     said = re.search(r"up to\s+(\d+)\s+per\s+stream", comment.replace("//", " "))
     assert said is not None, "the Sync comment no longer says how many requests are in flight"
     assert int(said.group(1)) == SYNC_PIPELINE_DEPTH
+
+
+def field_comment(message: str, field: str) -> str:
+    """The comment right above `field` in `message` of the proto, without the slashes."""
+    proto = Path(__file__).resolve().parents[1] / "proto/marketo_destination/v1/destination.proto"
+    body = proto.read_text().split(f"\nmessage {message} {{\n", 1)[1].split("\n}\n", 1)[0]
+    comment: list[str] = []
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith("//"):
+            comment.append(line.removeprefix("//").strip())
+        elif re.search(rf"\b{field} = \d+;", line):
+            return " ".join(comment)
+        else:
+            comment = []
+    raise AssertionError(f"{message}.{field} is not in the proto")
+
+
+@pytest.mark.parametrize(
+    ("message", "field", "limit"),
+    [
+        ("SyncRequest", "updates", MAX_UPDATES),
+        ("PreviewSyncRequest", "updates", MAX_PREVIEW),
+        ("ResyncRequest", "profile_ids", MAX_RESYNC_PROFILES),
+        ("GetDataflowRequest", "hours", MAX_HOURS),
+    ],
+)
+def test_the_proto_comments_state_the_limits_the_service_applies(
+    message: str, field: str, limit: int
+) -> None:
+    assert f"{limit:,}" in field_comment(message, field)

@@ -236,3 +236,10 @@ def test_the_sandbox_page_documents_every_setting_flag_and_control_call() -> Non
 def test_the_delivery_page_explains_every_alert_type() -> None:
     rows = table_rows(page("docs/delivery.md"), "Type")
     assert [quoted(row[0])[0] for row in rows] == [alert.value for alert in AlertType]
+
+
+def test_the_proto_names_every_exclusion_code() -> None:
+    """The proto's comment on ProfileOutcome.exclusion_code names each `ExclusionCode`."""
+    proto = (REPO / "proto/marketo_destination/v1/destination.proto").read_text()
+    comment = proto.split("string exclusion_code = 11;")[0].rsplit("string update_id = 10;")[1]
+    assert [code.value for code in ExclusionCode if f'"{code.value}"' not in comment] == []

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.api import convert, inbox_codec, sync_checks
 from service.domain import ProfileUpdate, Rejected
+from service.errors import InvalidArgument
 from service.usecases.ingest import IndexedAudiences, WireUpdates
 from tests.harness import encoded_field, retained_memory, varint
 
@@ -967,6 +968,23 @@ def test_the_update_id_limit_counts_characters(implementation: str, character: s
     past.update_id = character * (sync_checks.MAX_UPDATE_ID_LENGTH + 1)
     assert_limit(at_limit, past, implementation)
     assert look(empty, implementation)[0] == []  # none: one is derived
+
+
+@both_implementations
+def test_the_updates_per_request_limit(implementation: str) -> None:
+    """A request of at most `MAX_UPDATES` updates is checked update by update; a larger one is
+    refused whole, naming `updates`, whether protobuf parses it whole or not."""
+    limit = sync_checks.MAX_UPDATES
+    at_limit = [pb.ProfileUpdate(profile_id="p", event_time=good("p").event_time)] * limit
+    checked, rejected = sync(wire_of(at_limit), implementation)
+    assert (checked.count, rejected) == (limit, [])
+    for wire in (
+        wire_of([*at_limit, good("p")]),
+        wire_of(at_limit) + encoded_field(2, with_raw(good("p"), profile=b"\xff")),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            sync(wire, implementation)
+        assert [v.field for v in caught.value.violations] == ["updates"]
 
 
 @both_implementations

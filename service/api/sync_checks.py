@@ -22,8 +22,12 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.domain import FieldViolation, Rejected
+from service.errors import InvalidArgument
 from service.usecases.ingest import IndexedAudiences, WireUpdates
 
+MAX_UPDATES = 10_000
+"""The most updates one Sync request may carry (SyncRequest.updates); a larger request is
+refused whole."""
 MAX_PROFILE_ID_LENGTH = 512
 MAX_UPDATE_ID_LENGTH = 128
 MAX_PROFILE_BYTES = 256 * 1024
@@ -325,7 +329,8 @@ def sync_request(
     each problem (or finding it good after all). When the request does not parse whole, each
     update is read on its own (`split_request`): one whose profile or membership does not
     decode, or is nested past protobuf's parse limit, is rejected alone. Raises DecodeError when
-    the request is not a SyncRequest at all.
+    the request is not a SyncRequest at all, InvalidArgument when it carries more than
+    `MAX_UPDATES` updates.
     """
     limit = event_time_limit(now, max_skew)
     try:
@@ -333,6 +338,7 @@ def sync_request(
     except DecodeError:
         return _sync_request_in_parts(wire, limit)
     messages = request.updates
+    _check_count(len(messages))
     found = None if _plain_updates_in_c is None else _plain_updates_in_c(wire, limit[0])
     unsure: Sequence[int]
     memberships: list[IndexedAudiences]
@@ -345,6 +351,14 @@ def sync_request(
     # the C finds plain has each field once, so it decodes as the C read it).
     updates = _CheckedUpdates(wire, messages, memberships, {r.index for r in rejected})
     return SyncRequestChecked(request.destination_id, request.request_id, updates, rejected)
+
+
+def _check_count(count: int) -> None:
+    """Refuse a request of more than `MAX_UPDATES` updates, naming `updates`."""
+    if count > MAX_UPDATES:
+        raise InvalidArgument(
+            [FieldViolation("updates", f"has more than {MAX_UPDATES} updates in one request")]
+        )
 
 
 def _checked(
@@ -378,6 +392,7 @@ def _sync_request_in_parts(wire: bytes, limit: tuple[int, int]) -> SyncRequestCh
     """`sync_request` of a request protobuf cannot parse whole: each update decoded on its own.
     The kept ones are stored re-encoded, each as it was checked."""
     destination_id, request_id, encoded = split_request(wire)
+    _check_count(len(encoded))
     messages: list[pb.ProfileUpdate] = []
     rejected: list[Rejected] = []
     for index, data in enumerate(encoded):

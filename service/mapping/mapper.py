@@ -19,7 +19,7 @@ unbounded value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from service.domain import (
     DEDUPE_TARGET,
     ExclusionCode,
     FieldMapping,
+    FieldViolation,
     MappedProfile,
     MappingRejectedError,
     MissingDedupeValueError,
@@ -48,12 +49,15 @@ __all__ = [
     "FieldType",
     "Mapper",
     "MappingConfigError",
+    "reads_identities",
     "source_limit",
     "validate_mapping_types",
 ]
 
 Reader = Callable[[Mapping[str, Any]], object]
 
+IDENTITY_MAP = "identityMap"
+"""The profile key holding the identities by namespace: a source path under it reads identities."""
 MAX_SOURCE_CHARS = 4_096
 """Longest text, in characters, a source value may hold when its target field takes less."""
 MAX_TEXT_CHARS = DEFAULT_LENGTHS["text"]
@@ -85,11 +89,16 @@ class FieldType:
 
 
 class MappingConfigError(ValueError):
-    """Mapping rows that cannot be compiled; `problems` lists each one."""
+    """Mapping rows that cannot be compiled: `violations` names the field of each problem as a
+    request names it (`mappings[3].target`; `mappings` when given as bare text), `problems`
+    words each one."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+    def __init__(self, problems: Sequence[str | FieldViolation]) -> None:
+        self.violations = tuple(
+            p if isinstance(p, FieldViolation) else FieldViolation("mappings", p) for p in problems
+        )
+        self.problems = [v.description for v in self.violations]
+        super().__init__("; ".join(self.problems))
 
 
 def validate_mapping_types(
@@ -142,18 +151,22 @@ class Mapper:
         field); `dedupe_field` is the Marketo field the `DedupeField` target is written to.
         """
         types = {ft.name: ft for ft in field_types}
-        problems: list[str] = []
+        problems: list[FieldViolation] = []
         steps: list[tuple[str, Step]] = []
         seen: set[str] = set()
         dedupe_step: tuple[str, Step] | None = None
-        for row in mappings:
+        for index, row in enumerate(mappings):
             output = dedupe_field if row.target == DEDUPE_TARGET else row.target
             label = row.target if output == row.target else f"{row.target} ({output})"
             if output in seen:
-                problems.append(f"target {label!r} is mapped more than once")
+                problems.append(
+                    FieldViolation(
+                        f"mappings[{index}].target", f"target {label!r} is mapped more than once"
+                    )
+                )
                 continue
             seen.add(output)
-            step = _compile(row, output, label, types.get(output), registry, problems)
+            step = _compile(row, index, output, label, types.get(output), registry, problems)
             if step is None:
                 continue
             if row.target == DEDUPE_TARGET:
@@ -328,18 +341,25 @@ def _step(
 
 def _compile(
     row: FieldMapping,
+    index: int,
     output: str,
     label: str,
     field_type: FieldType | None,
     registry: PluginRegistry,
-    problems: list[str],
+    problems: list[FieldViolation],
 ) -> Step | None:
+    """The step of mapping row `index`, or None with its problems added to `problems`."""
     before = len(problems)
+
+    def bad(attribute: str, description: str) -> None:
+        problems.append(FieldViolation(f"mappings[{index}].{attribute}", description))
+
     if field_type is None:
-        problems.append(f"target {label!r} is not a field of the Marketo instance")
+        bad("target", f"target {label!r} is not a field of the Marketo instance")
     elif field_type.data_type not in SUPPORTED_DATA_TYPES:
-        problems.append(
-            f"target {label!r} has data type {field_type.data_type!r}, which cannot be mapped"
+        bad(
+            "target",
+            f"target {label!r} has data type {field_type.data_type!r}, which cannot be mapped",
         )
     func: TransformFunc | None = None
     plugin = ""
@@ -347,30 +367,32 @@ def _compile(
     multi = False
     if row.transform:
         if not registry.has_transform(row.transform):
-            problems.append(f"target {label!r}: unknown transform {row.transform!r}")
+            bad("transform", f"target {label!r}: unknown transform {row.transform!r}")
         else:
             entry = registry.transform(row.transform)
             plugin, declared = entry.plugin, entry.item
             returns, multi = declared.returns, declared.multi_source
             unknown = sorted(set(row.options) - set(declared.options))
             if unknown:
-                problems.append(
+                bad(
+                    "options",
                     f"target {label!r}: transform {row.transform!r} has no option(s) "
-                    f"{', '.join(unknown)}"
+                    f"{', '.join(unknown)}",
                 )
             else:
                 try:
                     func = declared.prepare(row.options)
                 except Exception as exc:
-                    problems.append(
+                    bad(
+                        "options",
                         f"target {label!r}: transform {row.transform!r} of plugin {plugin!r} "
-                        f"refused its options: {exc}"
+                        f"refused its options: {exc}",
                     )
     elif row.options:
-        problems.append(f"target {label!r}: options given without a transform")
-    paths = [p.strip() for p in row.source.split(",")] if multi else [row.source.strip()]
+        bad("options", f"target {label!r}: options given without a transform")
+    paths = source_paths(row, registry)
     if any(not p or "" in p.split(".") for p in paths):
-        problems.append(f"target {label!r}: invalid source path {row.source!r}")
+        bad("source", f"target {label!r}: invalid source path {row.source!r}")
     if len(problems) > before or field_type is None:
         return None
     readers = [_reader(p) for p in paths]
@@ -397,9 +419,31 @@ def _compile(
     )
 
 
+def source_paths(row: FieldMapping, registry: PluginRegistry) -> list[str]:
+    """The profile paths a mapping row reads: its source, or each of its comma-separated paths
+    when its transform takes several sources."""
+    transform = row.transform
+    multi = (
+        transform is not None
+        and registry.has_transform(transform)
+        and registry.transform(transform).item.multi_source
+    )
+    return [p.strip() for p in row.source.split(",")] if multi else [row.source.strip()]
+
+
+def reads_identities(mappings: Iterable[FieldMapping], registry: PluginRegistry) -> bool:
+    """Whether a row of the mapping reads the profile's identities (a path under `identityMap`,
+    as one of its sources or its only one)."""
+    return any(
+        path.split(".")[0] == IDENTITY_MAP
+        for row in mappings
+        for path in source_paths(row, registry)
+    )
+
+
 def _reader(path: str) -> Reader:
     parts = path.split(".")
-    if len(parts) == 2 and parts[0] == "identityMap":
+    if len(parts) == 2 and parts[0] == IDENTITY_MAP:
         return _identity_reader(parts[1])
     if any(p.isdigit() for p in parts):
         keys: tuple[str | int, ...] = tuple(int(p) if p.isdigit() else p for p in parts)

@@ -113,7 +113,7 @@ class Activations:
         the requested ones in the answer."""
         principal = current_principal()
         record = await self._store.get_destination(destination_id, tenant=principal.tenant)
-        if any(m.source.startswith("identityMap.") for m in mappings):
+        if self._rules.reads_identities(mappings):
             require(principal, IDENTITY_GRAPH_VIEW)
         spec = record.spec
         current = {a.audience_id: a for a in await self._store.activations(destination_id)}

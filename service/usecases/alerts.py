@@ -8,7 +8,9 @@ clears (the store keeps one open alert per destination and type):
   subscription's `failure_rate_threshold`;
 - `delivery_delayed`: the oldest pending update older than `delivery_delay_threshold`;
 - `quota_exhausted`: Marketo's daily quota is spent, delivery paused until the reset;
-- `authentication_failing`: Marketo refuses the destination's credentials.
+- `authentication_failing`: Marketo refuses the destination's credentials;
+- `schema_mismatch`: Marketo's lead schema lacks a field the mapping writes, delivery paused;
+- `drift`: a reconciliation found a list differing from the desired state by more than 1 %.
 
 "The last hour" is a sliding hour estimated from the hourly dataflow counters: the current hour
 plus the previous hour weighted by the part of it still inside the window.

@@ -21,7 +21,7 @@ from service.domain import (
     FieldMapping,
     FieldViolation,
 )
-from service.mapping.mapper import FieldType, Mapper, MappingConfigError
+from service.mapping.mapper import FieldType, Mapper, MappingConfigError, reads_identities
 from service.mapping.registry import PluginRegistry
 from service.marketo.types import SchemaField
 from service.usecases.governance import Policy
@@ -40,6 +40,10 @@ class MappingRules:
     def __init__(self, registry: PluginRegistry, policies: Sequence[Policy] = ()) -> None:
         self._registry = registry
         self._policies = tuple(policies)
+
+    def reads_identities(self, mappings: Sequence[FieldMapping]) -> bool:
+        """Whether the mapping reads an identity namespace, which needs identity_graph.view."""
+        return reads_identities(mappings, self._registry)
 
     def violations(
         self,
@@ -130,5 +134,5 @@ def mapping_violations(
                 dedupe_field=spec.dedupe_field,
             )
         except MappingConfigError as error:
-            violations.extend(FieldViolation("mappings", problem) for problem in error.problems)
+            violations.extend(error.violations)
     return violations

@@ -195,6 +195,34 @@ async def test_dry_run_reports_without_writing(service: Service) -> None:
             "mappings[3].source",
             "array",
         ),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="person.nick", target="firstName")],
+            "mappings[3].target",
+            "more than once",
+        ),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="person.email", target="email")],
+            "mappings[3].target",
+            "more than once",
+        ),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="person..title", target="title")],
+            "mappings[3].source",
+            "invalid source path",
+        ),
+        (
+            [*STANDARD_MAPPINGS, pb.FieldMapping(source="x", target="title", options={"a": "b"})],
+            "mappings[3].options",
+            "without a transform",
+        ),
+        (
+            [
+                *STANDARD_MAPPINGS,
+                pb.FieldMapping(source="x", target="title", transform="trim", options={"a": "b"}),
+            ],
+            "mappings[3].options",
+            "has no option(s) a",
+        ),
     ],
 )
 async def test_mapping_rules(

@@ -194,6 +194,27 @@ async def test_update_keeps_the_stored_secret_when_none_is_given(service: Servic
     assert updated.client_secret_set
 
 
+async def test_update_keeps_the_stored_webhook_secret_when_none_is_given(
+    service: Service,
+) -> None:
+    url = "https://hooks.example.com/marketo"
+    hook = pb.AlertSubscription(webhook_url=url, webhook_secret="hook-secret")
+    created = (
+        await service.stub.Configure(pb.ConfigureRequest(spec=spec(alerts=hook)))
+    ).destination
+    assert created.spec.alerts.webhook_secret == ""
+    for given, stored in (("", "hook-secret"), ("new-secret", "new-secret")):
+        changed = spec(
+            name="Renamed", alerts=pb.AlertSubscription(webhook_url=url, webhook_secret=given)
+        )
+        answer = await service.stub.Configure(
+            pb.ConfigureRequest(destination_id=created.id, spec=changed)
+        )
+        assert answer.destination.spec.alerts.webhook_secret == ""
+        record = await service.app.store.get_destination(created.id, tenant=None)
+        assert record.spec.alerts.webhook_secret == stored
+
+
 async def test_delete_removes_the_destination(service: Service) -> None:
     created = (await service.stub.Configure(pb.ConfigureRequest(spec=spec()))).destination
     await service.stub.DeleteDestination(pb.DeleteDestinationRequest(destination_id=created.id))

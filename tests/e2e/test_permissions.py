@@ -212,14 +212,22 @@ async def test_tenants_list_only_their_own(secured: tuple[Service, str]) -> None
     assert [d.id for d in listed_a.destinations] == [destination_id]
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        pb.FieldMapping(source="identityMap.email", target="DedupeField"),
+        pb.FieldMapping(
+            source="person.firstName, identityMap.email", target="title", transform="concat"
+        ),
+    ],
+    ids=["source", "one of a transform's sources"],
+)
 async def test_identity_namespaces_need_identity_graph_view(
-    secured: tuple[Service, str],
+    secured: tuple[Service, str], row: pb.FieldMapping
 ) -> None:
     service, destination_id = secured
-    mappings = [
-        pb.FieldMapping(source="identityMap.email", target="DedupeField"),
-        *STANDARD_MAPPINGS[1:],
-    ]
+    kept = STANDARD_MAPPINGS[1:] if row.target == "DedupeField" else STANDARD_MAPPINGS
+    mappings = [*kept, row]
     request = pb.ActivateRequest(destination_id=destination_id, mappings=mappings)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Activate(request, metadata=bearer("token-Activate-exactly"))

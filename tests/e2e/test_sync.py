@@ -198,6 +198,32 @@ async def test_bad_updates_are_rejected_alone(service: Service) -> None:
     assert set(by_email(await service.leads())) == {"a@example.com", "e@example.com"}
 
 
+async def test_a_membership_of_an_audience_not_activated_rejects_its_update(
+    service: Service,
+) -> None:
+    """Sync and PreviewSync refuse an update naming an audience the destination has not
+    activated (or has deactivated), naming the membership; the other updates go on."""
+    destination_id, _ = await setup(service, audiences=("a1", "a2"))
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a2"])
+    )
+    batch = [
+        update("p1", "a@example.com"),
+        update("p2", "b@example.com", audiences={"a1": REALIZED, "a2": REALIZED}),
+    ]
+    (response,) = await sync(service, destination_id, [batch])
+    preview = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(destination_id=destination_id, updates=batch)
+    )
+    for rejected in (response.rejected, preview.rejected):
+        assert [(r.index, r.field) for r in rejected] == [
+            (1, "updates[1].audiences[1].audience_id")
+        ]
+        assert "'a2' is not active" in rejected[0].reason
+    assert response.accepted == 1
+    assert [o.profile_id for o in preview.outcomes] == ["p1"]
+
+
 async def test_an_update_that_does_not_decode_is_rejected_alone(service: Service) -> None:
     """A client may send what a protobuf library would refuse to parse: a profile nested past
     the parser's limit, a membership that is not a message. Only those updates are refused."""
@@ -415,6 +441,25 @@ async def test_an_unknown_destination_ends_the_stream_not_found(service: Service
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_request_of_more_than_ten_thousand_updates_ends_the_stream(
+    service: Service,
+) -> None:
+    """SyncRequest.updates holds at most 10,000 updates: a larger request is INVALID_ARGUMENT
+    naming `updates`, and none of its updates is accepted."""
+    destination_id, _ = await setup(service)
+    oversized = [
+        pb.ProfileUpdate(profile_id=f"p{i}", event_time=update("p", None).event_time)
+        for i in range(10_001)
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sync(service, destination_id, [oversized])
+    assert "10000" in violations(caught.value)["updates"]
+    flow = (
+        await service.stub.GetDataflow(pb.GetDataflowRequest(destination_id=destination_id))
+    ).dataflow
+    assert flow.received == 0
+
+
 async def test_a_destination_without_activation_is_a_failed_precondition(
     service: Service,
 ) -> None:
@@ -510,11 +555,25 @@ async def test_a_quota_stop_pauses_the_destination_and_raises_an_alert(service: 
     assert not await service.leads()
 
 
-async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> None:
-    destination_id, _ = await setup(service)
+@pytest.mark.parametrize(
+    ("consent_path", "value"),
+    [
+        ("", "n"),
+        ("", "dn"),  # XDM's default-no
+        ("", " N "),
+        ("privacy.marketingOptIn", "n"),
+    ],
+)
+async def test_consent_refused_is_excluded_with_its_reason(
+    service: Service, consent_path: str, value: str
+) -> None:
+    destination_id, _ = await setup(service, consent_path=consent_path)
     refused = update("p1", "a@example.com")
-    refused.profile.update({"consents": {"marketing": {"any": {"val": "n"}}}})
-    await sync(service, destination_id, [[refused, update("p2", "b@example.com")]])
+    path = consent_path or "consents.marketing.any.val"
+    refused.profile.update(_nested(path.split("."), value))
+    given = update("p2", "b@example.com")
+    given.profile.update(_nested(path.split("."), "y"))
+    await sync(service, destination_id, [[refused, given]])
     flow = await delivered(service, destination_id)
     assert flow.excluded == {"consent_refused": 1}
     assert set(by_email(await service.leads())) == {"b@example.com"}
@@ -526,6 +585,15 @@ async def test_consent_refused_is_excluded_with_its_reason(service: Service) -> 
     assert outcome.kind == pb.OUTCOME_KIND_EXCLUDED
     assert outcome.reason == "marketing consent refused"
     assert outcome.exclusion_code == "consent_refused"
+
+
+def _nested(keys: list[str], value: str) -> dict[str, object]:
+    """`{keys[0]: {keys[1]: ... value}}`, merged into a profile by `Struct.update`."""
+    nested: object = value
+    for key in reversed(keys):
+        nested = {key: nested}
+    assert isinstance(nested, dict)
+    return nested
 
 
 async def test_invalid_values_are_counted_by_code_and_never_quoted(service: Service) -> None:

@@ -146,6 +146,9 @@ async def test_a_dedupe_value_with_a_comma_is_excluded_saying_why(service: Servi
     )
     flow = await delivered(service, destination_id)
     assert flow.excluded == {"dedupe_value_has_comma": 1}
+    assert [(c.code, c.field, c.count) for c in flow.excluded_by_field] == [
+        ("dedupe_value_has_comma", "email", 1)
+    ]
     assert set(by_email(await service.leads())) == {"fine@example.com"}
     outcome = await outcome_of(service, destination_id, "p1")
     assert outcome.kind == pb.OUTCOME_KIND_EXCLUDED

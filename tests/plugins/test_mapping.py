@@ -23,6 +23,7 @@ from service.mapping.mapper import (
     FieldType,
     Mapper,
     MappingConfigError,
+    reads_identities,
     validate_mapping_types,
 )
 from service.mapping.registry import PluginRegistry
@@ -221,9 +222,36 @@ def test_configuration_problems_are_all_reported(registry: PluginRegistry) -> No
         "'DedupeField (email)' is mapped more than once",
     ):
         assert fragment in joined
-    with pytest.raises(MappingConfigError):
+    with pytest.raises(MappingConfigError) as caught:
         Mapper(rows, FIELDS, registry, dedupe_field="email")
+    assert [v.field for v in caught.value.violations] == [
+        "mappings[0].target",
+        "mappings[1].target",
+        "mappings[2].transform",
+        "mappings[3].options",
+        "mappings[4].options",
+        "mappings[5].options",
+        "mappings[6].source",
+        "mappings[8].target",
+    ]
     assert validate_mapping_types(rows[7:8], FIELDS, registry, dedupe_field="email") == []
+
+
+@pytest.mark.parametrize(
+    ("row", "reads"),
+    [
+        (FieldMapping("identityMap.email", DEDUPE_TARGET), True),
+        (FieldMapping("identityMap", "notes"), True),
+        (FieldMapping("person.first, identityMap.email", "notes", "concat"), True),
+        (FieldMapping("person.first, identityMap.email", "notes"), False),  # one path
+        (FieldMapping("person.identityMap.email", "notes"), False),
+        (FieldMapping("person.first, person.last", "notes", "concat"), False),
+    ],
+)
+def test_reads_identities_looks_at_every_path_a_row_reads(
+    registry: PluginRegistry, row: FieldMapping, reads: bool
+) -> None:
+    assert reads_identities([FieldMapping("person.email", DEDUPE_TARGET), row], registry) is reads
 
 
 def test_field_type_from_describe() -> None:
