@@ -16,6 +16,7 @@ from marketo_destination_client.messages import pb
 from marketo_destination_client.stream import (
     DEFAULT_BACKOFF,
     DEFAULT_DEPTH,
+    MAX_UPDATES_PER_REQUEST,
     Backoff,
     RetryEvent,
     SyncResult,
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_BACKOFF",
     "DEFAULT_DEPTH",
+    "MAX_UPDATES_PER_REQUEST",
     "RETRYABLE",
     "TLS",
     "AsyncClient",

@@ -39,6 +39,9 @@ _log = logging.getLogger("marketo_destination_client")
 # in proto/marketo_destination/v1/destination.proto): more in flight only queue.
 DEFAULT_DEPTH = 8
 
+MAX_UPDATES_PER_REQUEST = 10_000
+"""The service's bound on the updates of one Sync request."""
+
 OpenCall = Callable[[AsyncIterator[Any]], Any]
 
 
@@ -184,8 +187,14 @@ class SyncStream:
 
         Waits while ``depth`` requests are in flight. ``request_id``: unique among the stream's
         unanswered requests; empty gives one. Raises :class:`SyncStreamError` once the stream
-        has failed.
+        has failed, and :class:`ValueError` (sending nothing) for more than 10,000 updates, which
+        the service would answer by ending the stream.
         """
+        updates = list(updates)
+        if len(updates) > MAX_UPDATES_PER_REQUEST:
+            raise ValueError(
+                f"updates: {len(updates)} in one request, at most {MAX_UPDATES_PER_REQUEST}"
+            )
         if self._error is not None:
             raise self._error
         if self._closing:
@@ -201,7 +210,7 @@ class SyncStream:
             self._slots.release()
             raise ValueError(f"request_id: {request_id!r} is already in flight on this stream")
         request = pb.SyncRequest(
-            destination_id=self._destination_id, updates=list(updates), request_id=request_id
+            destination_id=self._destination_id, updates=updates, request_id=request_id
         )
         pending = _Pending(request, asyncio.get_running_loop().create_future())
         pending.future.add_done_callback(lambda _: self._release())

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from marketo_destination_client import (
     DEFAULT_DEPTH,
+    MAX_UPDATES_PER_REQUEST,
     TLS,
     AsyncClient,
     Backoff,
@@ -30,6 +31,7 @@ from marketo_destination_client import (
 from sandbox import SandboxSettings, create_app
 from service.api.access import ALL_PERMISSIONS, AccessInterceptor, parse_principals
 from service.api.servicer import SYNC_PIPELINE_DEPTH
+from service.api.sync_checks import MAX_UPDATES
 from service.api.tls import server_credentials
 from tests.access.harness import Pki, principals_json, serve, token_for
 from tests.client.proxy import Fault, sync_proxy
@@ -148,6 +150,22 @@ async def test_a_stream_pipelines_requests_and_matches_answers(tmp_path: Path) -
         assert rejection.index == 1 and rejection.profile_id == "no-time"
         assert rejection.field == "updates[1].event_time" and rejection.reason
         assert stream.rejections == [rejection] and stream.retries == []
+
+
+def test_the_request_bound_is_the_services() -> None:
+    assert MAX_UPDATES_PER_REQUEST == MAX_UPDATES
+
+
+async def test_an_oversized_request_is_refused_before_it_ends_the_stream(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as service, client_of(service) as client:
+        destination_id = await activated_destination(client)
+        async with client.sync_stream(destination_id) as stream:
+            one = update("p1", "a@example.com", audiences=REALIZED)
+            with pytest.raises(ValueError, match="updates: 10001 in one request"):
+                await stream.send([one] * (MAX_UPDATES_PER_REQUEST + 1))
+            answer = await stream.send([one])
+        assert (await answer).accepted == 1
+        assert stream.unacknowledged == 0
 
 
 async def test_a_request_id_in_flight_cannot_be_used_twice(tmp_path: Path) -> None:
