@@ -344,12 +344,32 @@ async def test_deactivate_keeps_or_deletes_the_list(service: Service) -> None:
         await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
     ).destination
     assert not fetched.audiences
+    assert deleted not in await service.lists()
+
+
+async def test_deactivate_again_is_answered_as_the_first_one(service: Service) -> None:
+    """A retry after a lost answer is no failure; an audience never activated is NOT_FOUND."""
+    destination_id, answer = await activated_with_two_audiences(service)
+    kept = answer.audiences[0].marketo_list_id
+    request = pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+    assert list((await service.stub.Deactivate(request)).audience_ids) == ["a1"]
+    assert list((await service.stub.Deactivate(request)).audience_ids) == ["a1"]
+    assert kept in await service.lists()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Deactivate(
-            pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+            pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1", "a9"])
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert deleted not in await service.lists()
+    assert "a9" in (caught.value.details() or "")
+
+    # Asked later with delete_lists, the kept list of the inactive audience is deleted.
+    request.delete_lists = True
+    assert list((await service.stub.Deactivate(request)).audience_ids) == ["a1"]
+    assert kept not in await service.lists()
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert [a.audience_id for a in fetched.audiences] == ["a2"]
 
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float:

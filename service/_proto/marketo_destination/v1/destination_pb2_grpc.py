@@ -253,7 +253,9 @@ class MarketoDestinationServiceServicer:
 
     def Deactivate(self, request, context):
         """Stops exporting audiences of a destination. Their Marketo lists are kept unless asked;
-        delete_lists deletes only lists the service created, never a linked one. Safe to retry.
+        delete_lists deletes only lists the service created, never a linked one. Safe to retry: an
+        audience already inactive is answered as deactivated (with delete_lists, its kept list is
+        deleted); an audience never activated on the destination is NOT_FOUND.
         Needs destinations.view and destinations.activate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
