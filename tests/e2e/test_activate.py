@@ -263,6 +263,29 @@ async def test_email_must_be_mapped_when_another_field_is_the_dedupe_field(
     )
 
 
+@pytest.mark.parametrize(
+    ("sync_type", "person_action"),
+    [
+        (pb.SYNC_TYPE_AUDIENCE_ONLY, pb.PERSON_ACTION_UNSPECIFIED),
+        (pb.SYNC_TYPE_PROFILE_ONLY, pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW),
+        (pb.SYNC_TYPE_AUDIENCE_AND_PROFILE, pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW),
+    ],
+)
+async def test_an_activate_with_no_audiences_only_replaces_the_mapping(
+    service: Service, sync_type: int, person_action: int
+) -> None:
+    destination_id = await destination(service, sync_type=sync_type, person_action=person_action)
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(destination_id=destination_id, mappings=STANDARD_MAPPINGS)
+    )
+    assert list(answer.audiences) == []
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert (list(fetched.audiences), len(fetched.mappings)) == ([], len(STANDARD_MAPPINGS))
+    assert await service.lists() == {}
+
+
 async def test_update_only_destinations_need_no_name_mappings(service: Service) -> None:
     destination_id = await destination(service, person_action=pb.PERSON_ACTION_UPDATE_EXISTING_ONLY)
     await service.stub.Activate(
