@@ -294,8 +294,10 @@ class MarketoDestinationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProfileOutcomes(self, request, context):
-        """Lists what happened to one profile, newest first. Needs destinations.view and profiles.view.
-        Outcomes are kept for the service's outcome retention (30 days unless configured).
+        """Lists what happened to one profile, newest first; with no profile in the request, to every
+        profile of the destination (an audit of its whole dataflow). Needs destinations.view and
+        profiles.view. Outcomes are kept for the service's outcome retention (30 days unless
+        configured).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
