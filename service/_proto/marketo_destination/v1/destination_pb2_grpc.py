@@ -295,7 +295,8 @@ class MarketoDestinationServiceServicer:
 
     def ListProfileOutcomes(self, request, context):
         """Lists what happened to one profile, newest first; with no profile in the request, to every
-        profile of the destination (an audit of its whole dataflow). Needs destinations.view and
+        profile of the destination (an audit of its whole dataflow). An update still waiting for
+        delivery has no outcome yet (GetDataflow counts it in pending). Needs destinations.view and
         profiles.view. Outcomes are kept for the service's outcome retention (30 days unless
         configured).
         """
