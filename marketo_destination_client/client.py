@@ -121,7 +121,8 @@ class AsyncClient:
     async def deactivate(
         self, destination_id: str, audience_ids: Iterable[str], *, delete_lists: bool = False
     ) -> list[str]:
-        """Stop exporting audiences; the ids of those that were active."""
+        """Stop exporting audiences; their ids (one already inactive included: a retry gets
+        the first answer)."""
         request = pb.DeactivateRequest(
             destination_id=destination_id,
             audience_ids=list(audience_ids),

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.api import convert, inbox_codec
-from service.domain import MembershipStatus, ProfileUpdate
+from service.domain import MembershipStatus, Outcome, OutcomeKind, ProfileUpdate
+from service.store.base import OutcomeRecord
 from tests.harness import damaged, update
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -133,3 +134,15 @@ def test_bytes_that_are_no_batch_say_so() -> None:
 
     assert decoded.updates == () and decoded.undecodable == ()
     assert "not a SyncRequest" in decoded.problem
+
+
+def test_every_outcome_kind_is_answered_but_pending_which_is_deprecated() -> None:
+    """An outcome is recorded once its update is final: no stored kind converts to PENDING,
+    and the proto says so by deprecating the value."""
+    answered = {
+        convert.outcome_pb(OutcomeRecord("d", Outcome("u", "p", None, kind), NOW, NOW)).kind
+        for kind in OutcomeKind
+    }
+    values = pb.OutcomeKind.DESCRIPTOR.values_by_number
+    assert answered == set(values) - {pb.OUTCOME_KIND_UNSPECIFIED, pb.OUTCOME_KIND_PENDING}
+    assert values[pb.OUTCOME_KIND_PENDING].GetOptions().deprecated

@@ -515,6 +515,13 @@ class Store(Protocol):
         """Every activation of the destination (active or not), by audience id."""
         ...
 
+    async def activations_of(
+        self, destination_ids: Sequence[str]
+    ) -> dict[str, list[ActivationRecord]]:
+        """Every activation of each destination (active or not), by audience id, in one read;
+        a destination with none (or unknown) maps to an empty list."""
+        ...
+
     async def upsert_activations(
         self,
         destination_id: str,

@@ -685,20 +685,37 @@ class SqlStore(ABC):
 
     async def activations(self, destination_id: str) -> list[ActivationRecord]:
         """Every activation of the destination (active or not), by audience id."""
+        return (await self.activations_of([destination_id]))[destination_id]
 
-        async def work(c: Connection) -> list[ActivationRecord]:
-            rows = await c.execute(
-                "SELECT audience_id, audience_name, origin, marketo_list_id, list_name, active, "
-                "created_by_service, holders_tracked FROM activations WHERE destination_id = ? "
-                "ORDER BY audience_id",
-                (destination_id,),
-            )
-            return [
-                ActivationRecord(
-                    row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), bool(row[7])
+    async def activations_of(
+        self, destination_ids: Sequence[str]
+    ) -> dict[str, list[ActivationRecord]]:
+        """Every activation of each destination (active or not), by audience id; a destination
+        with none (or unknown) maps to an empty list."""
+
+        async def work(c: Connection) -> dict[str, list[ActivationRecord]]:
+            found: dict[str, list[ActivationRecord]] = {d: [] for d in destination_ids}
+            for condition, params in c.in_lists(sorted(found)):
+                rows = await c.execute(
+                    "SELECT destination_id, audience_id, audience_name, origin, marketo_list_id, "
+                    "list_name, active, created_by_service, holders_tracked FROM activations "
+                    f"WHERE destination_id {condition} ORDER BY destination_id, audience_id",
+                    params,
                 )
-                for row in rows
-            ]
+                for row in rows:
+                    found[row[0]].append(
+                        ActivationRecord(
+                            row[1],
+                            row[2],
+                            row[3],
+                            row[4],
+                            row[5],
+                            bool(row[6]),
+                            bool(row[7]),
+                            bool(row[8]),
+                        )
+                    )
+            return found
 
         return await self._read(work)
 

@@ -211,22 +211,22 @@ class Activations:
     ) -> list[str]:
         """Stop exporting the audiences; with `delete_lists`, delete the lists the service
         created (a linked list is kept). Each deleted list is forgotten at once, so a retry after
-        a failure deletes only the rest."""
+        a failure deletes only the rest. An audience already inactive is answered as
+        deactivated (a retry after a lost answer gets the same answer); one never activated on
+        the destination is NOT_FOUND."""
         record = await self._store.get_destination(
             destination_id, tenant=current_principal().tenant
         )
         if not audience_ids:
             raise InvalidArgument([FieldViolation("audience_ids", "is required")])
-        active = {
-            a.audience_id: a for a in await self._store.activations(destination_id) if a.active
-        }
-        unknown = [a for a in audience_ids if a not in active]
+        known = {a.audience_id: a for a in await self._store.activations(destination_id)}
+        unknown = [a for a in audience_ids if a not in known]
         if unknown:
-            raise NotFound(f"audiences not active on this destination: {', '.join(unknown)}")
+            raise NotFound(f"audiences never activated on this destination: {', '.join(unknown)}")
         if delete_lists:
             client = self._connections.client(record.spec.connection, interactive=True)
             for audience_id in audience_ids:
-                activation = active[audience_id]
+                activation = known[audience_id]
                 if not (activation.marketo_list_id and activation.created_by_service):
                     continue
                 await self._delete_list(client, activation.marketo_list_id)

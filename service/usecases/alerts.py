@@ -374,7 +374,8 @@ class AlertMonitor:
 
     async def drift(self, destination_id: str, lists: Sequence[str]) -> None:
         """A reconciliation of the destination ended: raise DRIFT naming the `lists` whose
-        drift found exceeded the threshold, or resolve it when there are none."""
+        drift found exceeded the threshold, or resolve it when there are none (the caller
+        passes none only for a run that covered every list of the destination)."""
         if lists:
             await self._raise_subscribed(
                 destination_id,

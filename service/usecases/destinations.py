@@ -413,7 +413,8 @@ class Destinations:
             page_size=checked_page_size(page_size),
             page_token=page_token,
         )
-        items = [(Destination(r, r.spec), await self._store.activations(r.id)) for r in page.items]
+        activations = await self._store.activations_of([r.id for r in page.items])
+        items = [(Destination(r, r.spec), activations[r.id]) for r in page.items]
         return Page(items=tuple(items), next_page_token=page.next_page_token)
 
     async def delete(self, destination_id: str) -> None:

@@ -47,7 +47,8 @@ waits for the next interval.
 
 Dry runs are not recorded; real runs record per list the time, the drift found and repaired
 (GetDataflow shows them) and raise the `DRIFT` alert when a list's drift exceeds 1 % of its size
-(resolved by the next run of the destination that finds none above it).
+(resolved by the next run of the destination that covers every list and finds none above it; a
+run of some audiences' lists never resolves it, since the lists it did not read may still drift).
 """
 
 from __future__ import annotations
@@ -473,11 +474,12 @@ class Reconciliation:
         async with lock:
             client = self._connections.client(record.spec.connection)
             wanted = set(audience_ids)
-            activations = [
+            managed = [
                 a
                 for a in await self._store.activations(record.id)
-                if a.active and a.marketo_list_id and (not wanted or a.audience_id in wanted)
+                if a.active and a.marketo_list_id
             ]
+            activations = [a for a in managed if not wanted or a.audience_id in wanted]
             drifts: list[ListDrift] = []
             above: list[str] = []
             for activation in activations:
@@ -505,7 +507,9 @@ class Reconciliation:
                             repair.drift.repaired,
                         ),
                     )
-            if not dry_run and not gone_only:
+            # A run of some lists that finds none above the threshold says nothing of the
+            # others: only a run that covered every list resolves the alert.
+            if not dry_run and not gone_only and (above or len(activations) == len(managed)):
                 await self._alerts.drift(record.id, above)
             return drifts
 

@@ -263,6 +263,29 @@ async def test_email_must_be_mapped_when_another_field_is_the_dedupe_field(
     )
 
 
+@pytest.mark.parametrize(
+    ("sync_type", "person_action"),
+    [
+        (pb.SYNC_TYPE_AUDIENCE_ONLY, pb.PERSON_ACTION_UNSPECIFIED),
+        (pb.SYNC_TYPE_PROFILE_ONLY, pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW),
+        (pb.SYNC_TYPE_AUDIENCE_AND_PROFILE, pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW),
+    ],
+)
+async def test_an_activate_with_no_audiences_only_replaces_the_mapping(
+    service: Service, sync_type: int, person_action: int
+) -> None:
+    destination_id = await destination(service, sync_type=sync_type, person_action=person_action)
+    answer = await service.stub.Activate(
+        pb.ActivateRequest(destination_id=destination_id, mappings=STANDARD_MAPPINGS)
+    )
+    assert list(answer.audiences) == []
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert (list(fetched.audiences), len(fetched.mappings)) == ([], len(STANDARD_MAPPINGS))
+    assert await service.lists() == {}
+
+
 async def test_update_only_destinations_need_no_name_mappings(service: Service) -> None:
     destination_id = await destination(service, person_action=pb.PERSON_ACTION_UPDATE_EXISTING_ONLY)
     await service.stub.Activate(
@@ -344,12 +367,32 @@ async def test_deactivate_keeps_or_deletes_the_list(service: Service) -> None:
         await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
     ).destination
     assert not fetched.audiences
+    assert deleted not in await service.lists()
+
+
+async def test_deactivate_again_is_answered_as_the_first_one(service: Service) -> None:
+    """A retry after a lost answer is no failure; an audience never activated is NOT_FOUND."""
+    destination_id, answer = await activated_with_two_audiences(service)
+    kept = answer.audiences[0].marketo_list_id
+    request = pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+    assert list((await service.stub.Deactivate(request)).audience_ids) == ["a1"]
+    assert list((await service.stub.Deactivate(request)).audience_ids) == ["a1"]
+    assert kept in await service.lists()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Deactivate(
-            pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+            pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1", "a9"])
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert deleted not in await service.lists()
+    assert "a9" in (caught.value.details() or "")
+
+    # Asked later with delete_lists, the kept list of the inactive audience is deleted.
+    request.delete_lists = True
+    assert list((await service.stub.Deactivate(request)).audience_ids) == ["a1"]
+    assert kept not in await service.lists()
+    fetched = (
+        await service.stub.GetDestination(pb.GetDestinationRequest(destination_id=destination_id))
+    ).destination
+    assert [a.audience_id for a in fetched.audiences] == ["a2"]
 
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float:

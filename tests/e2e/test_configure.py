@@ -19,7 +19,7 @@ from service.domain import (
     SyncType,
 )
 from service.usecases.destinations import static_violations
-from tests.e2e.test_sync import delivered, sync
+from tests.e2e.test_sync import delivered, setup, sync
 from tests.harness import (
     CLIENT_SECRET,
     STANDARD_MAPPINGS,
@@ -243,6 +243,33 @@ async def test_list_pages(service: Service) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.ListDestinations(pb.ListDestinationsRequest(page_size=5000))
     assert "page_size" in violations(caught.value)
+
+
+async def test_a_listed_page_reads_its_destinations_activations_at_once(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lists = dict([await setup(service, (f"a{index}",)) for index in range(3)])
+    store = service.app.store
+    reads: list[object] = []
+    batched = store.activations_of
+
+    async def one_destination(destination_id: str) -> object:
+        reads.append(destination_id)
+        raise AssertionError("one activations read per listed destination")
+
+    async def several(destination_ids: list[str]) -> object:
+        reads.append(list(destination_ids))
+        return await batched(destination_ids)
+
+    monkeypatch.setattr(store, "activations", one_destination)
+    monkeypatch.setattr(store, "activations_of", several)
+    page = await service.stub.ListDestinations(pb.ListDestinationsRequest())
+
+    shown = {
+        d.id: {a.audience_id: a.marketo_list_id for a in d.audiences} for d in page.destinations
+    }
+    assert shown == lists
+    assert reads == [list(lists)]
 
 
 async def test_describe_shows_the_pickers(service: Service) -> None:

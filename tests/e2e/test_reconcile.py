@@ -333,3 +333,43 @@ def service_calls(stats: dict[str, Any]) -> int:
         for name, entry in stats["by_endpoint"].items()
         if not name.endswith("/identity/oauth/token")
     )
+
+
+async def test_a_reconcile_of_some_audiences_does_not_resolve_drift_of_the_others(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service, ("a1", "a2"))
+    both = {"a1": REALIZED, "a2": REALIZED}
+    await sync(
+        service,
+        destination_id,
+        [[update(f"p{i}", f"m{i}@x.io", time=T, audiences=both) for i in range(3)]],
+    )
+    await delivered(service, destination_id)
+    (lead, *_) = (await service.lists())[lists["a1"]]
+    await remove_by_hand(service, lists["a1"], [lead])
+    await remove_by_hand(service, lists["a2"], [lead])
+
+    async def open_drift() -> list[str]:
+        return [
+            alert.message
+            for alert in await service.app.store.open_alerts(destination_id)
+            if alert.type == "drift"
+        ]
+
+    async def reconcile_only(audience_id: str) -> None:
+        await service.stub.Reconcile(
+            pb.ReconcileRequest(destination_id=destination_id, audience_ids=[audience_id])
+        )
+
+    await reconcile_only("a1")
+    (message,) = await open_drift()
+    assert f"list {lists['a1']}" in message
+    await reconcile_only("a1")
+    assert len(await open_drift()) == 1, "a2's list still drifts: a1's clean run says nothing"
+
+    await reconcile(service, destination_id)
+    (message,) = await open_drift()
+    assert f"list {lists['a2']}" in message
+    await reconcile(service, destination_id)
+    assert await open_drift() == [], "a run of every list that finds no drift resolves it"

@@ -115,6 +115,10 @@ async def test_audience_and_profile_with_create(service: Service) -> None:
     assert [o.kind for o in outcomes] == [pb.OUTCOME_KIND_ACTIVATED]
     assert {a.type for a in outcomes[0].actions} == {pb.ACTION_TYPE_CREATED, pb.ACTION_TYPE_ADDED}
     assert outcomes[0].lead_id == created["id"]
+    every = await service.stub.ListProfileOutcomes(
+        pb.ListProfileOutcomesRequest(destination_id=destination_id)
+    )
+    assert sorted(o.profile_id for o in every.outcomes) == ["p1", "p2"], "no profile: all of them"
 
 
 async def test_profile_only_update_existing_creates_nothing(service: Service) -> None:

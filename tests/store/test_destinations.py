@@ -165,6 +165,28 @@ async def test_activations_upsert_and_deactivate(store: Store) -> None:
         await store.upsert_activations("dst_missing", [first])
 
 
+async def test_activations_of_several_destinations_in_one_read(store: Store) -> None:
+    gold = ActivationRecord("aud-1", "Gold", "segmentation", 1001, "AEP - Gold")
+    silver = ActivationRecord("aud-2", "Silver", "custom_upload", 1002, "AEP - Silver")
+    both = await store.create_destination(new_destination(name="both"))
+    one = await store.create_destination(new_destination(name="one"))
+    none = await store.create_destination(new_destination(name="none"))
+    await store.upsert_activations(both.id, [silver, gold])
+    await store.upsert_activations(one.id, [silver])
+    await store.deactivate(one.id, ["aud-2"])
+
+    found = await store.activations_of([one.id, none.id, both.id, "dst_missing"])
+
+    assert found == {
+        both.id: [gold, silver],
+        one.id: [dataclasses.replace(silver, active=False)],
+        none.id: [],
+        "dst_missing": [],
+    }
+    assert found[both.id] == await store.activations(both.id)
+    assert await store.activations_of([]) == {}
+
+
 async def test_delete_cascades_everything(store: Store, backend: Backend) -> None:
     doomed = await store.create_destination(new_destination())
     kept = await store.create_destination(new_destination(name="kept"))

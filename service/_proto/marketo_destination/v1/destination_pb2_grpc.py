@@ -253,7 +253,9 @@ class MarketoDestinationServiceServicer:
 
     def Deactivate(self, request, context):
         """Stops exporting audiences of a destination. Their Marketo lists are kept unless asked;
-        delete_lists deletes only lists the service created, never a linked one. Safe to retry.
+        delete_lists deletes only lists the service created, never a linked one. Safe to retry: an
+        audience already inactive is answered as deactivated (with delete_lists, its kept list is
+        deleted); an audience never activated on the destination is NOT_FOUND.
         Needs destinations.view and destinations.activate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -292,8 +294,11 @@ class MarketoDestinationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProfileOutcomes(self, request, context):
-        """Lists what happened to one profile, newest first. Needs destinations.view and profiles.view.
-        Outcomes are kept for the service's outcome retention (30 days unless configured).
+        """Lists what happened to one profile, newest first; with no profile in the request, to every
+        profile of the destination (an audit of its whole dataflow). An update still waiting for
+        delivery has no outcome yet (GetDataflow counts it in pending). Needs destinations.view and
+        profiles.view. Outcomes are kept for the service's outcome retention (30 days unless
+        configured).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
