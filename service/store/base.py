@@ -624,9 +624,10 @@ class Store(Protocol):
 
         `outcomes[i]` is the outcome of `entries[i]` (same update id, else ValueError): update
         ids are unique per destination only, and one batch may span destinations. With
-        `fencing`, the entries' instance lease must have that generation, else FencingError and
-        nothing is committed. Entries already retired are ignored (with their outcomes), so a
-        retried retire is harmless.
+        `fencing`, the entries' instance lease (with no entries, that of the state's
+        destinations) must have that generation, else FencingError and nothing is committed.
+        Entries already retired are ignored (with their outcomes), so a retried retire is
+        harmless.
         """
         ...
 

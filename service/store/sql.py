@@ -943,7 +943,19 @@ class SqlStore(ABC):
 
         async def work(c: Connection) -> None:
             if fencing is not None:
-                await _check_fencing(c, {entry.instance_key for entry in entries}, fencing)
+                fenced = {entry.instance_key for entry in entries}
+                if not fenced:
+                    # State alone (list changes Marketo confirmed for entries that wait): fenced
+                    # by the lease of its destinations' instance.
+                    fenced = await _instances_of(
+                        c,
+                        {key[0] for key in highest}
+                        | {key[0] for key in latest}
+                        | {row.destination_id for row in holders}
+                        | {row.destination_id for row in profiles}
+                        | {row.destination_id for row in unapplied},
+                    )
+                await _check_fencing(c, fenced, fencing)
             deleted: dict[int, str | None] = {}
             for condition, params in c.in_lists(sorted(entry.sequence for entry in entries)):
                 rows = await c.execute(
@@ -1917,6 +1929,17 @@ async def _add_counts(c: Connection, destination_id: str, at: int, counts: Count
     )
     for (kind, reason, field), count in sorted(counts.reasons.items()):
         await c.execute(ADD_REASONS, (destination_id, hour, kind, reason, field, count))
+
+
+async def _instances_of(c: Connection, destination_ids: set[str]) -> set[str]:
+    """The Marketo instances of the given destinations (those that still exist)."""
+    instances: set[str] = set()
+    for condition, params in c.in_lists(sorted(destination_ids)):
+        rows = await c.execute(
+            f"SELECT instance_key FROM destinations WHERE id {condition}", params
+        )
+        instances.update(row[0] for row in rows)
+    return instances
 
 
 async def _check_fencing(c: Connection, instance_keys: set[str], fencing: int) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from service.delivery.engine import SyncEngine
 from service.delivery.engine.executor import REASON_NOTHING_TO_WRITE, BatchResult
+from service.delivery.fence import LeaseUnconfirmed
 from service.domain import (
     HOLDER_RESOLVED,
     Action,
@@ -306,3 +309,83 @@ async def test_a_join_for_a_deleted_bound_lead_resolves_the_person_again() -> No
     assert fake.lists[11] == fake.lists[12] == {survivor}
     assert run.state.holders == {("p1", "a1"): survivor, ("p1", "a2"): survivor}
     assert run.state.profiles["p1"].lead_id == survivor
+
+
+def stop_at_second(fake: FakeMarketo, operation: str) -> None:
+    """The first `operation` call goes through; the second finds the batch stopped (the lease
+    no longer confirmed, as when the drainer's lease lapses part-way through a batch)."""
+
+    def stop() -> None:
+        raise LeaseUnconfirmed("Marketo call not sent: the lease is not confirmed")
+
+    def arm() -> None:
+        fake.before[operation] = stop
+
+    fake.before[operation] = arm
+
+
+async def stopped(run: Run, *updates: ProfileUpdate) -> BatchResult:
+    """Run a batch that stops part-way: every update is deferred, and what Marketo confirmed
+    is folded in as the retire stores it."""
+    result = await run.engine.sync(updates, state=run.state)
+    assert result.outcomes == ()
+    assert {d.update_id for d in result.deferred} == {u.update_id for u in updates}
+    run.state = result.folded(run.state)
+    return result
+
+
+REFUSED = {"marketing": {"any": {"val": "dn"}}}
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        ann(3, ("a1", "realized"), ("a2", "realized"), consents=REFUSED, uid="refusal"),
+        ann(3, ("a1", "exited"), ("a2", "exited"), uid="exit"),
+    ],
+    ids=["refused-consent", "exit"],
+)
+async def test_a_join_confirmed_before_the_batch_stopped_is_removed_by_a_later_update(
+    later: ProfileUpdate,
+) -> None:
+    fake = FakeMarketo()
+    run = Run(fake, UPDATE_ONLY, tracked=("a1", "a2"))
+    lead = fake.seed(email="ann@x.io")
+    stop_at_second(fake, "add_to_list")
+    result = await stopped(run, ann(1, ("a1", "realized"), ("a2", "realized")))
+    assert fake.lists[11] == {lead} and 12 not in fake.lists, "a1 joined, then the stop"
+    assert dict(result.holders) == {("p1", "a1"): lead}
+    assert run.state.marks[("p1", "a1")] == MembershipMark(REALIZED, at(1))
+    assert ("p1", "a2") not in run.state.marks, "nothing of a2 reached Marketo"
+
+    # the newer update comes before the stopped one is retried: the lead leaves a1
+    out = only(await run.sync(later))
+    assert Action(ActionType.REMOVED, "a1") in out.actions
+    assert fake.lists[11] == set()
+    assert run.state.holders == {}
+    # the retried update's memberships are older than the newer facts: no list joins again
+    retried = only(await run.sync(ann(1, ("a1", "realized"), ("a2", "realized"))))
+    assert retried.kind is not OutcomeKind.ACTIVATED and retried.actions == ()
+    assert fake.lists[11] == set() and fake.lists.get(12, set()) == set()
+
+
+async def test_a_removal_confirmed_before_the_batch_stopped_lets_a_later_entry_add_again() -> None:
+    fake = FakeMarketo()
+    run = Run(fake, UPDATE_ONLY, tracked=("a1", "a2"))
+    lead = fake.seed(email="ann@x.io")
+    await run.sync(ann(1, ("a1", "realized"), ("a2", "realized")))
+    assert fake.lists[11] == fake.lists[12] == {lead}
+    stop_at_second(fake, "remove_from_list")
+    result = await stopped(run, ann(2, ("a1", "exited"), ("a2", "exited")))
+    assert fake.lists[11] == set() and fake.lists[12] == {lead}
+    assert dict(result.holders) == {("p1", "a1"): None}
+    assert run.state.holders == {("p1", "a2"): lead}
+
+    # a re-entry into a1 before the exit is retried: the lead is added again
+    out = only(await run.sync(ann(3, ("a1", "realized"), uid="back")))
+    assert out.actions == (Action(ActionType.ADDED, "a1"),)
+    assert fake.lists[11] == {lead}
+    # the retried exit: a1's is older than the re-entry, a2's still removes the lead
+    retried = only(await run.sync(ann(2, ("a1", "exited"), ("a2", "exited"))))
+    assert retried.actions == (Action(ActionType.REMOVED, "a2"),)
+    assert fake.lists[11] == {lead} and fake.lists[12] == set()

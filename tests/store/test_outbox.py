@@ -779,6 +779,25 @@ async def test_stale_fencing_token_commits_nothing(
     assert await store.claim_due(INSTANCE, 10, clock.now) == []
 
 
+async def test_state_retired_without_entries_is_fenced_by_its_destinations_instance(
+    store: Store, destination: DestinationRecord, clock: FakeClock
+) -> None:
+    """A batch stopped part-way records the list changes Marketo confirmed while every entry
+    waits: a retire with state and no entries is fenced like one with entries."""
+    old, new = await taken_over(store, clock)
+    mark = MembershipWatermark(destination.id, "p1", "aud-1", MembershipMark(REALIZED, START))
+    held = MembershipHolder(destination.id, "p1", "aud-1", 7)
+
+    with pytest.raises(FencingError):
+        await store.retire([], [], membership_marks=[mark], holders=[held], fencing=old.generation)
+    assert (await store.desired_state(destination.id, ["p1"])).marks == {}
+
+    await store.retire([], [], membership_marks=[mark], holders=[held], fencing=new.generation)
+    state = await store.desired_state(destination.id, ["p1"])
+    assert state.marks == {("p1", "aud-1"): MembershipMark(REALIZED, START)}
+    assert state.holders == {("p1", "aud-1"): 7}
+
+
 async def test_fencing_without_any_lease_is_refused(
     store: Store, backend: Backend, destination: DestinationRecord
 ) -> None:

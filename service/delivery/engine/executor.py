@@ -48,7 +48,10 @@ record-level reasons become FAILED outcomes with their code. A configuration err
 refuses the request itself, e.g. it names a field deleted from the schema) is never split: no
 record causes it. Transient, quota, authentication and configuration errors stop the batch:
 unfinished updates come back as deferred, with the error, for the caller to decide (the
-dispatcher re-reads the schema on a configuration error). An engine built with
+dispatcher re-reads the schema on a configuration error). The list changes Marketo confirmed for
+them before the stop are kept all the same (holders, with the membership facts they applied): a
+later update plans against the lists as they are, so an exit or a refused consent that comes
+before the retry still removes a lead that joined. An engine built with
 `configuration_stops=False` instead fails the records of a request so refused, without splitting.
 """
 
@@ -156,7 +159,8 @@ class BatchResult:
     `outcomes` are final (write them and retire their updates); `deferred` updates must be retried
     later; `watermarks` (profile id -> event time) are the new applied attribute event times of
     the profiles whose outcomes are final; `membership_marks` the memberships applied, per
-    (profile id, audience id), by activated persons.
+    (profile id, audience id), by activated persons, and by deferred ones whose list change
+    Marketo confirmed before the batch stopped.
     """
 
     outcomes: tuple[Outcome, ...]
@@ -165,7 +169,7 @@ class BatchResult:
     membership_marks: Mapping[tuple[str, str], MembershipMark] = field(default_factory=dict)
     holders: Mapping[tuple[str, str], int | None] = field(default_factory=dict)
     """The lead now holding each (profile id, audience id) membership the batch changed (None:
-    no lead), as Marketo confirmed it."""
+    no lead), as Marketo confirmed it, deferred updates' changes included."""
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     """The applied state of the profiles the batch wrote (or found already applied)."""
     unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
@@ -505,6 +509,16 @@ class SyncEngine:
                 holders.update(self._holders(person))
                 profiles.update(self._profile_state(person))
                 continue
+            # The list changes Marketo confirmed before the batch stopped are recorded with the
+            # membership facts they applied: a later update of the person (an exit, a refused
+            # consent) must remove the lead that joined, not plan against the lists as they were.
+            confirmed = self._holders(person)
+            holders.update(confirmed)
+            applied.update(
+                (pair, mark)
+                for pair, mark in person.plan.membership_marks.items()
+                if pair in confirmed
+            )
             cause = error or person.unknown
             assert cause is not None
             deferred.extend(
