@@ -32,7 +32,14 @@ from service.domain import (
     ProfileUpdate,
     SyncType,
 )
-from service.store.base import AppendResult, NewDestination, OutboxEntry, Store, Watermark
+from service.store.base import (
+    AppendResult,
+    DestinationRecord,
+    NewDestination,
+    OutboxEntry,
+    Store,
+    Watermark,
+)
 from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox
 from service.store.sqlite import SqliteStore
@@ -289,11 +296,15 @@ async def outcome_update_ids(store: Store, destination_id: str) -> list[str]:
     return [record.outcome.update_id for record in reversed(page.items)]
 
 
+INSTANCE = "123-ABC-456"
+"""The Marketo instance of the destinations these tests create."""
+
+
 def destination_spec(name: str = "d", client_secret: str = CLIENT_SECRET) -> DestinationSpec:
     """A destination spec with both secrets (the webhook secret is `WEBHOOK_SECRET`)."""
     return DestinationSpec(
         name=name,
-        connection=MarketoConnection("123-ABC-456", "cid", client_secret),
+        connection=MarketoConnection(INSTANCE, "cid", client_secret),
         sync_type=SyncType.AUDIENCE_AND_PROFILE,
         dedupe_field="email",
         alerts=AlertSubscription(webhook_secret=WEBHOOK_SECRET),
@@ -307,11 +318,17 @@ def new_destination(
         "tenant": tenant,
         "name": name,
         "spec": destination_spec(name),
-        "instance_key": "123-ABC-456",
+        "instance_key": INSTANCE,
         "mappings": (FieldMapping("person.email", "DedupeField", labels=("C2",)),),
     }
     values.update(changes)
     return NewDestination(**values)
+
+
+@pytest.fixture
+async def destination(store: Store) -> DestinationRecord:
+    """A destination of `new_destination()`'s, created in the test's store."""
+    return await store.create_destination(new_destination())
 
 
 def update(

@@ -11,6 +11,7 @@ import pytest
 from service.domain import ActionType, ProfileUpdate
 from service.store.base import Store
 from tests.store.conftest import (
+    INSTANCE,
     START,
     Backend,
     SqliteBackend,
@@ -20,7 +21,6 @@ from tests.store.conftest import (
     unpack,
 )
 
-INSTANCE = "123-ABC-456"
 BACKLOG = 200_000
 CHUNK = 2_000
 BATCH = 300

@@ -23,14 +23,14 @@ from service.domain import (
     ProfileUpdate,
 )
 from service.store.base import DestinationRecord, Store
-from tests.store.conftest import FakeClock, activated, append, new_destination, unpack, update
-
-INSTANCE = "123-ABC-456"
-
-
-@pytest.fixture
-async def destination(store: Store) -> DestinationRecord:
-    return await store.create_destination(new_destination())
+from tests.store.conftest import (
+    INSTANCE,
+    FakeClock,
+    activated,
+    append,
+    unpack,
+    update,
+)
 
 
 async def queued_ids(store: Store) -> list[str]:

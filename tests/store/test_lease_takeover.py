@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from service.store.base import Store
-from tests.store.conftest import START, FakeClock
+from tests.store.conftest import INSTANCE, START, FakeClock
 
-INSTANCE = "123-ABC-456"
 TTL = timedelta(seconds=30)
 
 

@@ -40,6 +40,7 @@ from service.store.base import (
 )
 from tests.harness import damaged
 from tests.store.conftest import (
+    INSTANCE,
     START,
     Backend,
     FakeClock,
@@ -53,14 +54,8 @@ from tests.store.conftest import (
     update,
 )
 
-INSTANCE = "123-ABC-456"
 REALIZED = MembershipStatus.REALIZED
 EXITED = MembershipStatus.EXITED
-
-
-@pytest.fixture
-async def destination(store: Store) -> DestinationRecord:
-    return await store.create_destination(new_destination())
 
 
 def ids(entries: Sequence[OutboxEntry]) -> list[str]:

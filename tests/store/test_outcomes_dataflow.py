@@ -10,6 +10,7 @@ import pytest
 from service.domain import ActionType, ExclusionCode
 from service.store.base import DataflowRun, DestinationRecord, InvalidPageToken, Store
 from tests.store.conftest import (
+    INSTANCE,
     START,
     FakeClock,
     activated,
@@ -25,13 +26,7 @@ from tests.store.conftest import (
     update,
 )
 
-INSTANCE = "123-ABC-456"
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-async def destination(store: Store) -> DestinationRecord:
-    return await store.create_destination(new_destination())
 
 
 async def test_outcomes_page_newest_first(store: Store, destination: DestinationRecord) -> None:

@@ -9,9 +9,7 @@ import pytest
 
 from service.store.base import InvalidPageToken, Store
 from service.store.rows import encode_token
-from tests.store.conftest import START, activated, append, new_destination, unpack, update
-
-INSTANCE = "123-ABC-456"
+from tests.store.conftest import INSTANCE, START, activated, append, new_destination, unpack, update
 
 
 def b64(raw: bytes) -> str:

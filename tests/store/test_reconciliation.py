@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from service.domain import (
     HOLDER_RESOLVED,
     ActionType,
@@ -23,14 +21,7 @@ from service.store.base import (
     ProfileStateRow,
     Store,
 )
-from tests.store.conftest import START, activated, claimed, new_destination
-
-INSTANCE = "123-ABC-456"
-
-
-@pytest.fixture
-async def destination(store: Store) -> DestinationRecord:
-    return await store.create_destination(new_destination())
+from tests.store.conftest import INSTANCE, START, activated, claimed
 
 
 async def test_desired_members_are_current_members_whose_consent_is_not_refused(

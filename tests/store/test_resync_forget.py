@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-import pytest
-
 from service.domain import (
     Action,
     ActionType,
@@ -32,22 +30,15 @@ from service.store.base import (
     Watermark,
 )
 from tests.store.conftest import (
+    INSTANCE,
     START,
     activated,
     append,
     claimed,
     excluded,
-    new_destination,
     unpack,
     update,
 )
-
-INSTANCE = "123-ABC-456"
-
-
-@pytest.fixture
-async def destination(store: Store) -> DestinationRecord:
-    return await store.create_destination(new_destination())
 
 
 def resync_update(n: int) -> ProfileUpdate:
