@@ -940,6 +940,13 @@ class SqlStore(ABC):
             pair = (row.destination_id, row.profile_id, row.audience_id)
             mark = (to_micros(row.mark.event_time), row.mark.status.value)
             latest[pair] = max(latest.get(pair, mark), mark)
+        # the destinations whose watermarks, marks, holders or profile states the batch writes
+        stated = (
+            {key[0] for key in highest}
+            | {key[0] for key in latest}
+            | {row.destination_id for row in holders}
+            | {row.destination_id for row in profiles}
+        )
 
         async def work(c: Connection) -> None:
             if fencing is not None:
@@ -948,12 +955,7 @@ class SqlStore(ABC):
                     # State alone (list changes Marketo confirmed for entries that wait): fenced
                     # by the lease of its destinations' instance.
                     fenced = await _instances_of(
-                        c,
-                        {key[0] for key in highest}
-                        | {key[0] for key in latest}
-                        | {row.destination_id for row in holders}
-                        | {row.destination_id for row in profiles}
-                        | {row.destination_id for row in unapplied},
+                        c, stated | {row.destination_id for row in unapplied}
                     )
                 await _check_fencing(c, fenced, fencing)
             deleted: dict[int, str | None] = {}
@@ -1060,13 +1062,7 @@ class SqlStore(ABC):
                 await _add_counts(c, destination_id, recorded_at, counts[destination_id])
             # A destination deleted while its batch was in flight has no watermarks to keep.
             alive: set[str] = set()
-            destination_ids = (
-                {key[0] for key in highest}
-                | {key[0] for key in latest}
-                | {row.destination_id for row in holders}
-                | {row.destination_id for row in profiles}
-            )
-            for condition, params in c.in_lists(sorted(destination_ids)):
+            for condition, params in c.in_lists(sorted(stated)):
                 rows = await c.execute(
                     f"SELECT id FROM destinations WHERE id {condition} ORDER BY id"
                     f"{c.for_key_share}",
