@@ -400,8 +400,8 @@ class Store(ABC):
 
     Every query is written here once; an engine's subclass (`SqliteStore`, `PostgresStore`) runs
     transactions and group commits (`_write`, `_read`, `_commit_loop`) and closes its
-    connections (`close`). Every method but `append` and `add_commit_listener` is a coroutine;
-    blocking database work runs off the event loop.
+    connections (`close`). Every public method but `append` and `add_commit_listener` is a
+    coroutine; blocking database work runs off the event loop.
 
     Conventions of every method:
 
