@@ -24,8 +24,9 @@ from pathlib import Path
 
 from service.api import inbox_codec
 from service.domain import DestinationSpec, MarketoConnection, ProfileUpdate
-from service.store.base import NewDestination, Store
+from service.store.base import NewDestination
 from service.store.secrets import SecretBox
+from service.store.sql import Store
 from service.store.sqlite import SqliteStore, Synchronous
 
 

@@ -25,8 +25,8 @@ from service.delivery.retention import OutcomeRetention
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock, SystemClock
 from service.settings import Settings
-from service.store.base import Store
 from service.store.secrets import SecretBox, owner_only_directory
+from service.store.sql import Store
 from service.store.sqlite import Synchronous, open_in_data_dir
 from service.telemetry.context import current_trace_context
 from service.telemetry.core import Telemetry

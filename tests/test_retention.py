@@ -12,8 +12,8 @@ from typing import Any, cast
 import pytest
 
 from service.delivery.retention import OutcomeRetention
-from service.store.base import Store
 from service.store.secrets import SecretBox
+from service.store.sql import Store
 from service.store.sqlite import SqliteStore
 from tests.store.conftest import (
     START,

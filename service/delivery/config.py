@@ -14,7 +14,8 @@ from service.delivery.engine.bulk import BulkPolicy
 from service.domain import DecodedBatch
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock, SystemClock
-from service.store.base import CLAIM_MAX_BYTES, Store
+from service.store.base import CLAIM_MAX_BYTES
+from service.store.sql import Store
 from service.telemetry.core import Telemetry
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import MarketoConnections

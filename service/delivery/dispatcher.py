@@ -65,8 +65,8 @@ from service.store.base import (
     FencingError,
     Lease,
     OutboxEntry,
-    Store,
 )
+from service.store.sql import Store
 from service.usecases.alerts import AlertMonitor
 
 __all__ = ["Dispatcher", "InstanceBusy"]

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from service.marketo.clock import Clock, SystemClock
-from service.store.base import Store
+from service.store.sql import Store
 
 log = logging.getLogger(__name__)
 

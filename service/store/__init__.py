@@ -1,6 +1,6 @@
 """The durable store: destinations, activations, the outbox and what became of each update.
 
-`base.Store` is the interface and holds the record types; `sql.SqlStore` writes every query once;
-`sqlite.SqliteStore` (the embedded default, `await SqliteStore.open(path, box)`) and
-`postgres.PostgresStore` run it.
+`sql.Store` is the store: every query, written once, with what each method does; `base` holds the
+records it takes and returns and its errors. `sqlite.SqliteStore` (the embedded default,
+`await SqliteStore.open(path, box)`) and `postgres.PostgresStore` subclass it and run its queries.
 """

@@ -35,11 +35,11 @@ import psycopg
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
-from service.store.base import AppendResult, Store, settle_appends
+from service.store.base import AppendResult, settle_appends
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
 from service.store.rows import OUTBOX_COLUMNS, to_micros
 from service.store.secrets import SecretBox
-from service.store.sql import Column, Connection, PendingAppend, Rows, SqlStore, utc_now
+from service.store.sql import Column, Connection, PendingAppend, Rows, Store, utc_now
 
 __all__ = ["MIGRATION_LOCK", "PostgresStore", "apply_migrations", "is_postgres_url"]
 
@@ -83,7 +83,7 @@ async def apply_migrations(connection: PgConnection, migrations: Sequence[Migrat
         await connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(Store):
     """The `Store` on PostgreSQL. Open with `await PostgresStore.open(url, box)`."""
 
     def __init__(
@@ -191,10 +191,6 @@ class PostgresStore(SqlStore):
                 settle_appends([item.future for item in group], results)
             if self._closed:
                 return
-
-
-def _conforms(store: PostgresStore) -> Store:
-    return store  # mypy checks PostgresStore against the Store protocol here
 
 
 @dataclass(frozen=True, slots=True)

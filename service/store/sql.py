@@ -1,11 +1,12 @@
-"""The store written once: every query and the transaction logic both engines run.
+"""The durable store, written once: every query and the transaction logic both engines run.
 
-`SqlStore` implements the `Store` protocol against `Connection`, a small interface over one
-transaction's database connection. The engines (`service.store.sqlite`, `service.store.postgres`)
-supply only what really differs: how a transaction is run (SQLite's writer thread and group
-commit, PostgreSQL's pool and retries), and a `Connection` that knows its engine's placeholders,
-list parameters, bulk inserts, row locks and the two queries that are faster written apart (the
-inbox insert and the claim).
+`Store` is what the use cases, the delivery and the tests type against: its methods are the
+queries, run against `Connection`, a small interface over one transaction's database connection.
+Its records and errors are in `service.store.base`. The engines (`service.store.sqlite`,
+`service.store.postgres`) subclass it and supply only what really differs: how a transaction is
+run (SQLite's writer thread and group commit, PostgreSQL's pool and retries), and a `Connection`
+that knows its engine's placeholders, list parameters, bulk inserts, row locks and the two
+queries that are faster written apart (the inbox insert and the claim).
 
 The shared code is written as coroutines. On PostgreSQL each `await` is real I/O; SQLite's
 connection answers at once, so its writer thread runs the same coroutine to completion without an
@@ -107,7 +108,7 @@ from service.store.rows import (
 )
 from service.store.secrets import SecretBox
 
-__all__ = ["Column", "Connection", "PendingAppend", "Rows", "SqlStore", "utc_now"]
+__all__ = ["Column", "Connection", "PendingAppend", "Rows", "Store", "utc_now"]
 
 R = TypeVar("R")
 Row = tuple[Any, ...]
@@ -391,11 +392,27 @@ NEXT_BATCHES = (
 
 
 REKEY_MIGRATION = "dedupe_key_rekey"
-"""The migration whose data step is `SqlStore.rekey_legacy_dedupe_keys`."""
+"""The migration whose data step is `Store.rekey_legacy_dedupe_keys`."""
 
 
-class SqlStore(ABC):
-    """The `Store` on a SQL engine; subclasses run transactions and group commits."""
+class Store(ABC):
+    """The durable store: destinations, activations, the outbox, outcomes, metrics, alerts, leases.
+
+    Every query is written here once; an engine's subclass (`SqliteStore`, `PostgresStore`) runs
+    transactions and group commits (`_write`, `_read`, `_commit_loop`) and closes its
+    connections (`close`). Every public method but `append` and `add_commit_listener` is a
+    coroutine; blocking database work runs off the event loop.
+
+    Conventions of every method:
+
+    - Times are timezone-aware UTC `datetime`s; naive ones are taken as UTC. They are stored as
+      integer microseconds since the epoch, so ordering and comparison are exact in both engines.
+    - Secrets are passed and returned in plain text (in the destination's `DestinationSpec`, whose
+      fields that hold them have `repr=False`) and sealed at rest by the store's `SecretBox`.
+    - Another tenant's destination is simply not found.
+    - Page tokens are opaque strings; an empty token is the first page, an empty
+      `next_page_token` means the last page.
+    """
 
     def __init__(
         self,
@@ -432,6 +449,10 @@ class SqlStore(ABC):
         """Commit queued appends (`_take_group`, `_append_group`) until the store closes."""
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending appends and close every connection."""
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Register a callback run after each committed write transaction."""
@@ -531,7 +552,10 @@ class SqlStore(ABC):
     async def get_destination(
         self, destination_id: str, *, tenant: str | None
     ) -> DestinationRecord:
-        """The destination, or DestinationNotFound (also for another tenant's)."""
+        """Return the destination; `tenant=None` only for internal callers (dispatcher).
+
+        Raises DestinationNotFound when missing or in another tenant.
+        """
         return await self._read(
             partial(self._fetch_destination, destination_id=destination_id, tenant=tenant)
         )
@@ -564,6 +588,7 @@ class SqlStore(ABC):
     async def update_destination(self, record: DestinationRecord) -> DestinationRecord:
         """Write name, spec, secrets and instance key if `record.version` is current.
 
+        Returns the stored record (version + 1). Raises DestinationNotFound or VersionConflict.
         Mappings change through `upsert_activations`, state through `set_destination_state`.
         """
         now = self._now(None)
@@ -622,7 +647,8 @@ class SqlStore(ABC):
         await self._write("set_destination_state", work)
 
     async def pause_instance(self, instance_key: str, until: datetime) -> None:
-        """Record that the Marketo instance makes no call before `until`; a later pause stays."""
+        """Record that the Marketo instance makes no call before `until` (its daily quota is
+        spent); an existing later pause is kept."""
         micros = to_micros(until)
 
         async def work(c: Connection) -> None:
@@ -639,7 +665,8 @@ class SqlStore(ABC):
     async def instance_paused_until(
         self, instance_key: str, now: datetime | None = None
     ) -> datetime | None:
-        """When the instance's recorded pause ends, if that is after `now`."""
+        """When the instance's recorded pause ends, if that is after `now` (default: the
+        store's clock)."""
         current = self._now(now)
 
         async def work(c: Connection) -> Any:
@@ -655,7 +682,11 @@ class SqlStore(ABC):
         return None if row is None else from_micros(row[0])
 
     async def delete_destination(self, destination_id: str, *, tenant: str) -> None:
-        """Delete the destination; foreign keys cascade to everything that belongs to it."""
+        """Delete the destination and its activations, outbox rows, outcomes, counters, alerts
+        (foreign keys cascade to everything that belongs to it).
+
+        Raises DestinationNotFound.
+        """
 
         async def work(c: Connection) -> None:
             cursor = await c.execute(
@@ -690,8 +721,8 @@ class SqlStore(ABC):
     async def activations_of(
         self, destination_ids: Sequence[str]
     ) -> dict[str, list[ActivationRecord]]:
-        """Every activation of each destination (active or not), by audience id; a destination
-        with none (or unknown) maps to an empty list."""
+        """Every activation of each destination (active or not), by audience id, in one read;
+        a destination with none (or unknown) maps to an empty list."""
 
         async def work(c: Connection) -> dict[str, list[ActivationRecord]]:
             found: dict[str, list[ActivationRecord]] = {d: [] for d in destination_ids}
@@ -725,10 +756,12 @@ class SqlStore(ABC):
         activations: Sequence[ActivationRecord],
         mappings: Sequence[FieldMapping] | None = None,
     ) -> None:
-        """Insert or replace activations; with `mappings`, also set them and bump the version.
+        """Insert or replace activations by audience id; with `mappings`, also set them and
+        bump the version.
 
-        The version bump makes a concurrent Configure that read the old record fail with
-        VersionConflict instead of working on a stale view.
+        One transaction. Raises DestinationNotFound. The version bump makes a concurrent
+        Configure that read the old record fail with VersionConflict instead of working on a
+        stale view.
         """
         now = self._now(None)
 
@@ -766,8 +799,8 @@ class SqlStore(ABC):
         await self._write("upsert_activations", work)
 
     async def deactivate(self, destination_id: str, audience_ids: Sequence[str]) -> int:
-        """Mark those audiences inactive (their lists stay recorded); returns how many were
-        active."""
+        """Mark those audiences inactive; returns how many were active. Their lists stay
+        recorded, so a later Activate of the audience reuses them."""
 
         async def work(c: Connection) -> int:
             changed = 0
@@ -792,7 +825,14 @@ class SqlStore(ABC):
         count: int,
         trace_context: str | None = None,
     ) -> asyncio.Future[AppendResult]:
-        """Queue a batch for the next group commit; the future resolves once it is durable."""
+        """Queue a batch of `count` encoded updates for the next group commit; the returned
+        future resolves once it is durable (or with DestinationNotFound). Batches are committed
+        in the order of the calls.
+
+        The batch goes to the inbox as it is, one row (ingest never converts an update); the
+        drainer of the instance unpacks it into outbox entries (`unpack`) when it needs them.
+        Counts "received" and pending. Raises StoreError at once when the store is closed.
+        """
         self._check_open()
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._queue.append(
@@ -858,9 +898,17 @@ class SqlStore(ABC):
         step: int = UNPACK_STEP,
     ) -> int:
         """Move the instance's oldest inbox batches into the outbox while fewer than `limit`
-        entries are due, about `step` updates at a time: each step reads its batches, decodes
-        them off the event loop and outside any transaction, then stores them in one write
-        transaction (fenced by the lease)."""
+        entries of it are due; returns how many entries were stored.
+
+        Commits after about `step` updates taken from the inbox, so no transaction grows with
+        the backlog (re-sent duplicates count too): each step reads its batches, decodes them
+        off the event loop and outside any transaction, then stores them in one write
+        transaction, fenced by the lease. Idempotent on (destination_id, update_id): an update
+        already in the outbox or already delivered is dropped here and counted as a duplicate.
+        Entries keep their batch's enqueue time and trace context, and come after every entry
+        unpacked before. Updates `decode` could not decode fail here (code "undecodable"; an
+        outcome each that could be told apart) rather than hold up the queue.
+        """
         current = self._now(now)
         step = max(step, 1)
         widen = False
@@ -897,8 +945,14 @@ class SqlStore(ABC):
         after_sequence: int = 0,
         max_bytes: int = CLAIM_MAX_BYTES,
     ) -> list[OutboxEntry]:
-        """Up to `limit` due entries of the instance, by sequence, while their payloads come to
-        less than `max_bytes` (read through `outbox_due`)."""
+        """Up to `limit` due entries (not_before <= now) of the instance, live entries before
+        resync work (`OutboxEntry.resync`), each by sequence, taken while their payloads come to
+        less than `max_bytes` (so the first is always taken, and a claim holds at most
+        `max_bytes` plus one entry's payload); the rest stays due.
+
+        Rows are not locked or hidden: exactly one drainer per instance (the lease holder) calls
+        this; `after_sequence` skips entries it already holds in flight.
+        """
         due = self._now(now)
 
         async def work(c: Connection) -> list[OutboxEntry]:
@@ -926,9 +980,20 @@ class SqlStore(ABC):
         fencing: int | None = None,
         now: datetime | None = None,
     ) -> None:
-        """Delete entries, store outcomes, raise watermarks and membership marks, set holders,
-        profile states and unapplied attributes, count: all in one transaction. A profile
-        forgotten meanwhile gets its outcomes without dedupe value and none of its state."""
+        """In one transaction: delete the entries, store one outcome per entry, raise watermarks
+        (max), replace the membership marks older than the given ones (the desired status), set
+        the holders and profile states given (the applied state Marketo confirmed), keep the
+        unapplied attributes given (when newer) and count the outcomes in the hourly dataflow
+        counters. Rows of a destination deleted meanwhile are dropped; a profile forgotten
+        meanwhile gets its outcomes without dedupe value and none of its state.
+
+        `outcomes[i]` is the outcome of `entries[i]` (same update id, else ValueError): update
+        ids are unique per destination only, and one batch may span destinations. With
+        `fencing`, the entries' instance lease (with no entries, that of the state's
+        destinations) must have that generation, else FencingError and nothing is committed.
+        Entries already retired are ignored (with their outcomes), so a retried retire is
+        harmless.
+        """
         pairs = pair_outcomes(entries, outcomes)
         recorded_at = self._now(now)
         highest: dict[tuple[str, str], int] = {}
@@ -1141,7 +1206,8 @@ class SqlStore(ABC):
         await self._write("defer", work)
 
     async def release_deferred(self, destination_id: str, now: datetime | None = None) -> int:
-        """Make the destination's deferred outbox entries due now (attempts unchanged)."""
+        """Make the destination's deferred outbox entries due now (attempts unchanged), e.g.
+        when a change of its mapping may end a pause; returns how many."""
         due = self._now(now)
 
         async def work(c: Connection) -> int:
@@ -1174,7 +1240,8 @@ class SqlStore(ABC):
     async def membership_marks(
         self, destination_id: str, profile_ids: Sequence[str]
     ) -> dict[tuple[str, str], MembershipMark]:
-        """Last applied membership status and event time per (profile id, audience id)."""
+        """Last applied membership status and its event time per (profile id, audience id) of
+        the given profiles (pairs never applied are absent)."""
 
         async def work(c: Connection) -> dict[tuple[str, str], MembershipMark]:
             found: dict[tuple[str, str], MembershipMark] = {}
@@ -1196,8 +1263,9 @@ class SqlStore(ABC):
         return await self._read(work)
 
     async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
-        """Watermarks, membership marks with their holders, profile states, unapplied
-        attributes and the forgotten ones among the given profiles, in one read transaction."""
+        """The stored state of the given profiles, in one read transaction: attribute
+        watermarks, desired memberships (membership marks) and their holders, applied profile
+        states, unapplied attributes and which of them are forgotten."""
 
         async def work(c: Connection) -> DesiredState:
             watermarks: dict[str, datetime] = {}
@@ -1250,8 +1318,9 @@ class SqlStore(ABC):
         return await self._read(work)
 
     async def desired_members(self, destination_id: str, audience_id: str) -> list[DesiredMember]:
-        """Members of the audience (status not exited) whose consent is not refused, with
-        their holder and bound lead."""
+        """The current members of the audience that Marketo should hold: a member status
+        applied (not exited) and marketing consent not refused, by profile id, with their
+        holder and bound lead."""
 
         async def work(c: Connection) -> list[DesiredMember]:
             rows = await c.execute(
@@ -1280,7 +1349,8 @@ class SqlStore(ABC):
         holders: Sequence[MembershipHolder],
         bindings: Mapping[str, int | None] | None = None,
     ) -> None:
-        """Set holders and re-bind profiles, in one transaction."""
+        """Set the holders a reconciliation confirmed and re-bind the profiles whose lead was
+        resolved again (profile id -> lead id), in one transaction."""
 
         async def work(c: Connection) -> None:
             if holders:
@@ -1298,7 +1368,7 @@ class SqlStore(ABC):
         await self._write("record_repairs", work)
 
     async def record_reconciliation(self, destination_id: str, row: ListReconciliation) -> None:
-        """Insert or replace the audience's last reconciliation."""
+        """Keep the last reconciliation of the row's audience (replacing the previous one)."""
 
         async def work(c: Connection) -> None:
             await c.execute(
@@ -1321,7 +1391,8 @@ class SqlStore(ABC):
         await self._write("record_reconciliation", work)
 
     async def reconciliations(self, destination_id: str) -> list[ListReconciliation]:
-        """The destination's rows of `list_reconciliations`, by audience id."""
+        """The last reconciliation of each of the destination's lists (its rows of
+        `list_reconciliations`), by audience id."""
 
         async def work(c: Connection) -> list[ListReconciliation]:
             rows = await c.execute(
@@ -1339,7 +1410,8 @@ class SqlStore(ABC):
     async def resync_sources(
         self, destination_id: str, profile_ids: Sequence[str] | None = None
     ) -> list[ResyncSource]:
-        """What Resync re-sends for the given profiles (None: all), by profile id."""
+        """What Resync re-sends for the given profiles (None: every profile of the destination
+        that has one), by profile id; forgotten profiles have none."""
         select = (
             "SELECT profile_id, event_time, payload FROM resync_sources "
             "WHERE applied = 1 AND destination_id = ?"
@@ -1370,8 +1442,9 @@ class SqlStore(ABC):
         updates: Sequence[ProfileUpdate],
         now: datetime | None = None,
     ) -> int:
-        """Queue resync updates behind every live entry; counted as received and pending, as
-        live updates are, so the dataflow's figures still add up."""
+        """Queue resync updates in the outbox behind every live entry (priority 1); returns how
+        many were queued (an update id already queued is skipped). They are counted as received
+        and pending, as live updates are, so the dataflow's figures still add up."""
         enqueued = self._now(now)
 
         async def work(c: Connection) -> int:
@@ -1403,7 +1476,8 @@ class SqlStore(ABC):
         return await self._write("queue_resync", work)
 
     async def forgotten(self, destination_id: str, profile_ids: Sequence[str]) -> frozenset[str]:
-        """Which of the given profiles are forgotten."""
+        """Which of the given profiles are forgotten (ForgetProfile): reconciliation and Resync
+        never write them."""
 
         async def work(c: Connection) -> frozenset[str]:
             return frozenset(await _forgotten(c, destination_id, profile_ids))
@@ -1413,8 +1487,9 @@ class SqlStore(ABC):
     async def forget_profile(
         self, destination_id: str, profile_id: str, outcome: Outcome, now: datetime | None = None
     ) -> None:
-        """Mark the profile forgotten, drop its desired memberships, applied state and resync
-        source, and record `outcome`, in one transaction."""
+        """Record the tombstone of a profile in one transaction: mark it forgotten, drop its
+        desired memberships, applied state and resync source, and store `outcome` (what was
+        done) in its outcome history. Forgetting again records another outcome."""
         recorded_at = self._now(now)
 
         async def work(c: Connection) -> None:
@@ -1442,12 +1517,14 @@ class SqlStore(ABC):
         await self._write("forget_profile", work)
 
     async def pending_stats(self, destination_id: str) -> PendingStats:
-        """Backlog count (a kept counter) and oldest enqueue time (first row of an index)."""
+        """Backlog count (a kept counter) and oldest enqueue time (first row of an index),
+        without scanning the backlog."""
         return await self._read(partial(_pending_stats, destination_id=destination_id))
 
     async def backlogs(self) -> list[Backlog]:
-        """Every destination's backlog: its kept counter, and the oldest entry of those that
-        have one (first row of an index)."""
+        """The backlog of every destination of every tenant (the metrics' gauges), by
+        destination id; like `pending_stats`, without scanning the backlogs: its kept counter,
+        and the oldest entry of those that have one (first row of an index)."""
 
         async def work(c: Connection) -> list[Backlog]:
             rows = (
@@ -1462,7 +1539,7 @@ class SqlStore(ABC):
         return await self._read(work)
 
     async def instance_keys_with_due_work(self, now: datetime | None = None) -> list[str]:
-        """Instances that have at least one due entry."""
+        """Instances that have work: at least one due outbox entry, or an inbox batch."""
         due = self._now(now)
 
         async def work(c: Connection) -> list[str]:
@@ -1474,7 +1551,10 @@ class SqlStore(ABC):
     # -- outcomes and dataflow ------------------------------------------------------------------
 
     async def purge_outcomes(self, recorded_before: datetime, limit: int) -> int:
-        """Delete at most `limit` of the oldest outcomes recorded before `recorded_before`."""
+        """Delete outcomes recorded before `recorded_before`, oldest first, at most `limit` of
+        them in one short transaction; returns how many went. Only the `limit` oldest outcomes
+        are looked at, so a call costs the same however many outcomes there are (those of a
+        replica whose clock runs behind may wait for the next call)."""
         before = to_micros(recorded_before)
 
         async def work(c: Connection) -> int:
@@ -1483,7 +1563,9 @@ class SqlStore(ABC):
         return await self._write("purge_outcomes", work)
 
     async def purge_resync_sources(self, recorded_before: datetime, limit: int) -> int:
-        """Delete at most `limit` of the oldest resync sources recorded before `recorded_before`."""
+        """Delete resync sources (personal data) recorded before `recorded_before`, oldest
+        first, at most `limit` of them in one short transaction; returns how many went. A
+        profile whose source went is not resynced until its next delivered update."""
         before = to_micros(recorded_before)
 
         async def work(c: Connection) -> int:
@@ -1527,7 +1609,8 @@ class SqlStore(ABC):
     async def dataflow(
         self, destination_id: str, hours: int = 24, now: datetime | None = None
     ) -> Dataflow:
-        """Totals over the destination's life and the last `hours` hourly runs, newest first."""
+        """Dataflow totals over the destination's life and the last `hours` hourly runs, newest
+        first. Raises DestinationNotFound."""
         current = self._now(now)
         current_hour = current - current % HOUR_US
         first_hour = current_hour - (max(hours, 0) - 1) * HOUR_US
@@ -1574,7 +1657,10 @@ class SqlStore(ABC):
         paused_until: datetime | None = None,
         now: datetime | None = None,
     ) -> tuple[AlertRecord, bool]:
-        """Open an alert of that type unless one is open; returns (the open alert, newly raised)."""
+        """Open an alert of that type unless one is open; returns (the open alert, newly raised).
+
+        An already open alert gets the new message and paused_until.
+        """
         raised_at = self._now(now)
         until = to_micros(paused_until) if paused_until is not None else None
         alert_id = "alr_" + secrets.token_hex(10)
@@ -1639,7 +1725,10 @@ class SqlStore(ABC):
         self, instance_key: str, holder: str, ttl: timedelta, now: datetime | None = None
     ) -> Lease | None:
         """Take the instance's lease if free, expired or already ours; None if someone holds it
-        (or, with fair leases, if taking it would put us above our fair share)."""
+        (or, with fair leases, if taking it would put us above our fair share).
+
+        Taking it from another holder (or after it lapsed) increments the generation.
+        """
         current = self._now(now)
         expires = current + ttl // timedelta(microseconds=1)
 
@@ -1716,12 +1805,21 @@ class SqlStore(ABC):
     async def heartbeat_replica(
         self, holder: str, ttl: timedelta, now: datetime | None = None
     ) -> None:
-        """Record that replica `holder` is alive until `now + ttl`."""
+        """Record that replica `holder` is alive until `now + ttl`.
+
+        Taking or renewing a lease does this too; an idle replica calls it so it counts in
+        `fair_share`.
+        """
         expires = self._now(now) + ttl // timedelta(microseconds=1)
         await self._write("heartbeat_replica", partial(_beat, holder=holder, expires=expires))
 
     async def fair_share(self, holder: str, now: datetime | None = None) -> int:
-        """ceil(instances with due work or a live lease / live replicas), at least 1."""
+        """How many instance leases `holder` should hold at most now (at least 1).
+
+        `ceil(instances / replicas)`, where instances are those with due work or a live lease
+        and replicas are the live ones (`holder` included). A replica above its share should
+        let leases go after their batch in flight, and not take new ones.
+        """
         current = self._now(now)
         return await self._read(partial(_share, holder=holder, now=current, wanted=None))
 

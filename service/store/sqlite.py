@@ -31,11 +31,11 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from service.store.base import AppendResult, Store, settle_appends
+from service.store.base import AppendResult, settle_appends
 from service.store.migrations import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
 from service.store.rows import OUTBOX_COLUMNS, to_micros
 from service.store.secrets import SecretBox, owner_only_directory
-from service.store.sql import Column, Connection, PendingAppend, SqlStore, chunks, utc_now
+from service.store.sql import Column, Connection, PendingAppend, Store, chunks, utc_now
 
 __all__ = [
     "DATABASE_FILE_NAME",
@@ -97,7 +97,7 @@ CATCH_UP_PAGES = 256
 """Pages a checkpoint may leave behind for the writer to copy (1 MB: a short pause)."""
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(Store):
     """The `Store` on SQLite (WAL). Open with `await SqliteStore.open(path, box)`."""
 
     def __init__(
@@ -357,10 +357,6 @@ def _owner_only_files(database: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_IMODE(path.stat().st_mode) & 0o077:
                 path.chmod(0o600)
-
-
-def _conforms(store: SqliteStore) -> Store:
-    return store  # mypy checks SqliteStore against the Store protocol here
 
 
 def complete(coroutine: Coroutine[Any, Any, R]) -> R:

@@ -32,7 +32,8 @@ from service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from service.marketo.client import MarketoClient
 from service.marketo.errors import MarketoError, OutcomeUnknownError, QuotaExhaustedError
 from service.marketo.types import Folder, StaticList
-from service.store.base import ActivationRecord, DestinationRecord, Store
+from service.store.base import ActivationRecord, DestinationRecord
+from service.store.sql import Store
 from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import describe_instance, marketo_failure
 from service.usecases.mapping_rules import MappingRules

@@ -41,7 +41,8 @@ from service.backoff import exponential_delay, jittered
 from service.delivery.egress import EgressRefused
 from service.domain import AlertState, AlertSubscription, AlertType
 from service.marketo.clock import Clock, SystemClock
-from service.store.base import AlertRecord, DestinationNotFound, Store
+from service.store.base import AlertRecord, DestinationNotFound
+from service.store.sql import Store
 
 __all__ = [
     "SIGNATURE_HEADER",

@@ -44,8 +44,8 @@ from service.store.base import (
     DestinationState,
     NewDestination,
     Page,
-    Store,
 )
+from service.store.sql import Store
 from service.usecases.connections import MarketoConnections
 from service.usecases.mapping_rules import MappingRules
 

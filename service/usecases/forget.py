@@ -33,7 +33,7 @@ from service.domain import (
 from service.errors import InvalidArgument
 from service.marketo.client import MarketoClient
 from service.marketo.errors import MarketoError
-from service.store.base import Store
+from service.store.sql import Store
 from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import marketo_failure
 

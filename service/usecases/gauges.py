@@ -13,7 +13,7 @@ import contextlib
 import logging
 
 from service.marketo.clock import Clock, SystemClock
-from service.store.base import Store
+from service.store.sql import Store
 from service.telemetry.core import QueueSample, QuotaSample, Telemetry
 from service.usecases.connections import MarketoConnections
 

@@ -22,7 +22,8 @@ from service.api.access import current_principal
 from service.caches import BytesBoundedCache, deep_size
 from service.domain import FieldViolation, ProfileUpdate, Rejected, SyncAck
 from service.errors import FailedPrecondition, ResourceExhausted
-from service.store.base import AppendResult, Store
+from service.store.base import AppendResult
+from service.store.sql import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ from dataclasses import replace
 from service.api.access import current_principal
 from service.domain import AlertState, FieldViolation
 from service.errors import InvalidArgument
-from service.store.base import Dataflow, OutcomeRecord, Page, Store
+from service.store.base import Dataflow, OutcomeRecord, Page
+from service.store.sql import Store
 from service.usecases.alerts import AlertEvent, AlertMonitor
 from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import checked_page_size

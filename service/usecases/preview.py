@@ -18,7 +18,8 @@ from service.domain import (
 )
 from service.errors import InvalidArgument
 from service.marketo.errors import MarketoError
-from service.store.base import DestinationRecord, Store
+from service.store.base import DestinationRecord
+from service.store.sql import Store
 from service.usecases.destinations import marketo_failure
 from service.usecases.ingest import IndexedUpdate, check_audiences
 

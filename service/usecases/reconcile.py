@@ -81,8 +81,8 @@ from service.store.base import (
     DestinationRecord,
     DestinationState,
     MembershipHolder,
-    Store,
 )
+from service.store.sql import Store
 from service.usecases.activation import list_folder
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import MarketoConnections

@@ -22,7 +22,8 @@ from service.api.access import current_principal
 from service.domain import FieldViolation, ProfileUpdate
 from service.errors import InvalidArgument
 from service.marketo.errors import MarketoError
-from service.store.base import ResyncSource, Store
+from service.store.base import ResyncSource
+from service.store.sql import Store
 from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import marketo_failure
 from service.usecases.preview import EngineSource

@@ -38,8 +38,9 @@ from service.domain import (
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock
 from service.settings import Settings
-from service.store.base import ActivationRecord, DestinationRecord, NewDestination, Store
+from service.store.base import ActivationRecord, DestinationRecord, NewDestination
 from service.store.secrets import SecretBox
+from service.store.sql import Store
 from service.store.sqlite import SqliteStore
 from service.usecases.alerts import AlertMonitor, WebhookSettings
 from service.usecases.connections import MarketoConnections

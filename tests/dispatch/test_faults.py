@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from service.domain import AlertType, Outcome, OutcomeKind
-from service.store.base import DestinationState, FencingError, OutboxEntry, Store, Watermark
+from service.store.base import DestinationState, FencingError, OutboxEntry, Watermark
+from service.store.sql import Store
 from tests.dispatch.conftest import Env, connection, drain_all, eventually, profile
 
 LEADS = "/rest/v1/leads.json"

@@ -37,11 +37,11 @@ from service.store.base import (
     DestinationRecord,
     NewDestination,
     OutboxEntry,
-    Store,
     Watermark,
 )
 from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox
+from service.store.sql import Store
 from service.store.sqlite import SqliteStore
 from tests.pg import fresh_database, truncate_all
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from service.domain import ActionType, ProfileUpdate
-from service.store.base import Store
+from service.store.sql import Store
 from tests.store.conftest import (
     INSTANCE,
     START,

@@ -22,7 +22,8 @@ from service.domain import (
     OutcomeKind,
     ProfileUpdate,
 )
-from service.store.base import DestinationRecord, Store
+from service.store.base import DestinationRecord
+from service.store.sql import Store
 from tests.store.conftest import (
     INSTANCE,
     FakeClock,

@@ -13,10 +13,10 @@ from service.store.base import (
     DestinationNotFound,
     DestinationState,
     InvalidPageToken,
-    Store,
     VersionConflict,
     Watermark,
 )
+from service.store.sql import Store
 from tests.store.conftest import (
     CLIENT_SECRET,
     START,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.store.base import Store
+from service.store.sql import Store
 from tests.store.conftest import START, Backend, FakeClock
 
 INSTANCE = "123-abc-456.mktorest.com"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.store.base import Store
+from service.store.sql import Store
 from tests.store.conftest import INSTANCE, START, FakeClock
 
 TTL = timedelta(seconds=30)

@@ -11,11 +11,11 @@ import psycopg
 import pytest
 
 from service.domain import HOLDER_RESOLVED, ExclusionCode, WritePolicy
-from service.store.base import Store
 from service.store.migrations import Dialect, Migration, load_migrations
 from service.store.postgres import PostgresStore
 from service.store.rows import to_micros
 from service.store.secrets import SecretBox
+from service.store.sql import Store
 from service.store.sqlite import SqliteStore, apply_migrations, open_in_data_dir
 from tests.pg import fresh_database
 from tests.store.conftest import START, FakeClock, new_destination

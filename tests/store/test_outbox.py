@@ -34,10 +34,10 @@ from service.store.base import (
     MembershipWatermark,
     OutboxEntry,
     ProfileStateRow,
-    Store,
     StoreError,
     Watermark,
 )
+from service.store.sql import Store
 from tests.harness import damaged
 from tests.store.conftest import (
     INSTANCE,

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 
 from service.domain import ActionType, ExclusionCode
-from service.store.base import DataflowRun, DestinationRecord, InvalidPageToken, Store
+from service.store.base import DataflowRun, DestinationRecord, InvalidPageToken
+from service.store.sql import Store
 from tests.store.conftest import (
     INSTANCE,
     START,

@@ -7,8 +7,9 @@ import base64
 
 import pytest
 
-from service.store.base import InvalidPageToken, Store
+from service.store.base import InvalidPageToken
 from service.store.rows import encode_token
+from service.store.sql import Store
 from tests.store.conftest import INSTANCE, START, activated, append, new_destination, unpack, update
 
 

@@ -15,10 +15,11 @@ import psycopg
 import pytest
 
 from service.domain import ActionType, ExclusionCode, Outcome, OutcomeKind, ProfileState
-from service.store.base import FencingError, ProfileStateRow, Store, Watermark
+from service.store.base import FencingError, ProfileStateRow, Watermark
 from service.store.migrations import load_migrations
 from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox
+from service.store.sql import Store
 from tests.pg import fresh_database
 from tests.store.conftest import (
     CLIENT_SECRET,

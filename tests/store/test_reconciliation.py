@@ -19,8 +19,8 @@ from service.store.base import (
     MembershipHolder,
     MembershipWatermark,
     ProfileStateRow,
-    Store,
 )
+from service.store.sql import Store
 from tests.store.conftest import INSTANCE, START, activated, claimed
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.store.base import Store
+from service.store.sql import Store
 from tests.store.conftest import FakeClock, append, new_destination, unpack, update
 
 TTL = timedelta(seconds=30)

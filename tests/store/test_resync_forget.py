@@ -25,10 +25,10 @@ from service.store.base import (
     MembershipWatermark,
     OutboxEntry,
     ProfileStateRow,
-    Store,
     UnappliedRow,
     Watermark,
 )
+from service.store.sql import Store
 from tests.store.conftest import (
     INSTANCE,
     START,
