@@ -7,7 +7,10 @@ wire name does not follow the convention is named in the map's `exceptions`.
 A map is refused at import (ValueError) when a domain member has no wire value, so a new domain
 member cannot be forgotten here. On the wire, zero (`<PREFIX>_UNSPECIFIED`) means unset and a
 number no domain member has is unknown: neither is in `to_domain`. `decode` reports an unknown
-number as the violation "unknown value N" and returns None for both.
+number as the violation "unknown value N" and returns None for both (the caller gives unset its
+default: `WritePolicy.ALWAYS`, `AudienceType.PEOPLE`, or none); a stored membership status is
+looked up in `to_domain` directly, so an unknown one raises KeyError. `encode` sends None, and a
+value no member has (an alert type stored by another version), as UNSPECIFIED.
 """
 
 from __future__ import annotations
