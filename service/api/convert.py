@@ -8,44 +8,47 @@ Conversions of caller input validate as they go and report problems as field vio
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.api.enums import (
+    ACTION_TYPE,
+    ALERT_TYPE,
+    AUDIENCE_TYPE,
+    DESTINATION_STATE,
+    LIST_ACTION,
+    OUTCOME_KIND,
+    PERSON_ACTION,
+    SYNC_TYPE,
+    WRITE_POLICY,
+)
 from service.api.inbox_codec import decode_update
 from service.api.sync_checks import MAX_CLOCK_SKEW, NUL, NUL_PROBLEM, check_update, event_time_limit
 from service.domain import (
-    ActionType,
     ActivatedAudience,
     AlertState,
     AlertSubscription,
-    AlertType,
     Audience,
     AudienceType,
     DestinationSpec,
     FieldMapping,
     FieldViolation,
-    ListAction,
     ListDrift,
     MarketoConnection,
     Outcome,
-    OutcomeKind,
-    PersonAction,
     PreviewResult,
     ProfileUpdate,
     Rejected,
     SyncAck,
-    SyncType,
     WritePolicy,
 )
 from service.errors import InvalidArgument
 from service.store.base import (
     ActivationRecord,
     Dataflow,
-    DestinationState,
     OutcomeRecord,
 )
 from service.usecases.alerts import AlertEvent
@@ -69,81 +72,6 @@ def duration(delta: timedelta) -> duration_pb2.Duration:
 
 # -- destinations -------------------------------------------------------------------------------
 
-_SYNC_TYPE: dict[pb.SyncType, SyncType] = {
-    pb.SYNC_TYPE_AUDIENCE_AND_PROFILE: SyncType.AUDIENCE_AND_PROFILE,
-    pb.SYNC_TYPE_PROFILE_ONLY: SyncType.PROFILE_ONLY,
-    pb.SYNC_TYPE_AUDIENCE_ONLY: SyncType.AUDIENCE_ONLY,
-}
-_SYNC_TYPE_PB: dict[SyncType, pb.SyncType] = {value: key for key, value in _SYNC_TYPE.items()}
-_PERSON_ACTION: dict[pb.PersonAction, PersonAction] = {
-    pb.PERSON_ACTION_UPDATE_EXISTING_AND_CREATE_NEW: PersonAction.UPDATE_EXISTING_AND_CREATE_NEW,
-    pb.PERSON_ACTION_UPDATE_EXISTING_ONLY: PersonAction.UPDATE_EXISTING_ONLY,
-}
-_PERSON_ACTION_PB: dict[PersonAction, pb.PersonAction] = {
-    value: key for key, value in _PERSON_ACTION.items()
-}
-_ALERT_TYPE: dict[pb.AlertType, AlertType] = {
-    pb.ALERT_TYPE_SKIPPED_RATE: AlertType.SKIPPED_RATE,
-    pb.ALERT_TYPE_FAILURE_RATE: AlertType.FAILURE_RATE,
-    pb.ALERT_TYPE_DELIVERY_DELAYED: AlertType.DELIVERY_DELAYED,
-    pb.ALERT_TYPE_QUOTA_EXHAUSTED: AlertType.QUOTA_EXHAUSTED,
-    pb.ALERT_TYPE_AUTHENTICATION_FAILING: AlertType.AUTHENTICATION_FAILING,
-    pb.ALERT_TYPE_SCHEMA_MISMATCH: AlertType.SCHEMA_MISMATCH,
-    pb.ALERT_TYPE_DRIFT: AlertType.DRIFT,
-}
-_ALERT_TYPE_PB: dict[str, pb.AlertType] = {value: key for key, value in _ALERT_TYPE.items()}
-_STATE_PB: dict[DestinationState, pb.DestinationState] = {
-    DestinationState.ACTIVE: pb.DESTINATION_STATE_ACTIVE,
-    DestinationState.QUOTA_PAUSED: pb.DESTINATION_STATE_QUOTA_PAUSED,
-    DestinationState.AUTH_FAILING: pb.DESTINATION_STATE_AUTH_FAILING,
-    DestinationState.SCHEMA_PAUSED: pb.DESTINATION_STATE_SCHEMA_PAUSED,
-}
-_AUDIENCE_TYPE: dict[int, AudienceType] = {
-    pb.AUDIENCE_TYPE_UNSPECIFIED: AudienceType.PEOPLE,
-    pb.AUDIENCE_TYPE_PEOPLE: AudienceType.PEOPLE,
-    pb.AUDIENCE_TYPE_ACCOUNT: AudienceType.ACCOUNT,
-    pb.AUDIENCE_TYPE_PROSPECT: AudienceType.PROSPECT,
-    pb.AUDIENCE_TYPE_DATASET: AudienceType.DATASET,
-}
-_LIST_ACTION_PB: dict[ListAction, pb.ListAction] = {
-    ListAction.CREATED: pb.LIST_ACTION_CREATED,
-    ListAction.LINKED: pb.LIST_ACTION_LINKED,
-    ListAction.UNCHANGED: pb.LIST_ACTION_UNCHANGED,
-}
-_OUTCOME_KIND_PB: dict[OutcomeKind, pb.OutcomeKind] = {
-    OutcomeKind.ACTIVATED: pb.OUTCOME_KIND_ACTIVATED,
-    OutcomeKind.EXCLUDED: pb.OUTCOME_KIND_EXCLUDED,
-    OutcomeKind.FAILED: pb.OUTCOME_KIND_FAILED,
-    OutcomeKind.SUPERSEDED: pb.OUTCOME_KIND_SUPERSEDED,
-}
-_ACTION_PB: dict[ActionType, pb.ActionType] = {
-    ActionType.CREATED: pb.ACTION_TYPE_CREATED,
-    ActionType.UPDATED: pb.ACTION_TYPE_UPDATED,
-    ActionType.ADDED: pb.ACTION_TYPE_ADDED,
-    ActionType.REMOVED: pb.ACTION_TYPE_REMOVED,
-    ActionType.NOT_IN_LIST: pb.ACTION_TYPE_NOT_IN_LIST,
-}
-_WRITE_POLICY: dict[pb.WritePolicy, WritePolicy] = {
-    pb.WRITE_POLICY_ALWAYS: WritePolicy.ALWAYS,
-    pb.WRITE_POLICY_IF_EMPTY: WritePolicy.IF_EMPTY,
-    pb.WRITE_POLICY_NEVER_CLEAR: WritePolicy.NEVER_CLEAR,
-}
-_WRITE_POLICY_PB: dict[WritePolicy, pb.WritePolicy] = {
-    value: key for key, value in _WRITE_POLICY.items()
-}
-
-
-def _enum(
-    value: int, table: Mapping[Any, Any], field: str, violations: list[FieldViolation]
-) -> Any:
-    """Map a proto enum value; an unknown non-zero value is a violation, zero means unset."""
-    if value == 0:
-        return None
-    if value not in table:
-        violations.append(FieldViolation(field, f"unknown value {value}"))
-        return None
-    return table[value]
-
 
 def destination_id(value: str) -> str:
     """The destination_id of a request about one destination; raise InvalidArgument when it is
@@ -159,12 +87,12 @@ def destination_id(value: str) -> str:
 def destination_spec(message: pb.DestinationSpec) -> DestinationSpec:
     """Convert a spec; raise InvalidArgument for enum values this version does not know."""
     violations: list[FieldViolation] = []
-    sync_type = _enum(message.sync_type, _SYNC_TYPE, "spec.sync_type", violations)
-    person_action = _enum(message.person_action, _PERSON_ACTION, "spec.person_action", violations)
+    sync_type = SYNC_TYPE.decode(message.sync_type, "spec.sync_type", violations)
+    person_action = PERSON_ACTION.decode(message.person_action, "spec.person_action", violations)
     alerts = message.alerts
     types = []
     for index, value in enumerate(alerts.types):
-        alert_type = _enum(value, _ALERT_TYPE, f"spec.alerts.types[{index}]", violations)
+        alert_type = ALERT_TYPE.decode(value, f"spec.alerts.types[{index}]", violations)
         if alert_type is None and value == 0:
             violations.append(FieldViolation(f"spec.alerts.types[{index}]", "must be set"))
         elif alert_type is not None:
@@ -212,16 +140,12 @@ def _spec_pb(spec: DestinationSpec) -> pb.DestinationSpec:
             endpoint=spec.connection.endpoint,
         ),
         workspace=spec.workspace,
-        sync_type=_SYNC_TYPE_PB[spec.sync_type] if spec.sync_type else pb.SYNC_TYPE_UNSPECIFIED,
+        sync_type=SYNC_TYPE.encode(spec.sync_type),
         partition=spec.partition,
         dedupe_field=spec.dedupe_field,
-        person_action=(
-            _PERSON_ACTION_PB[spec.person_action]
-            if spec.person_action
-            else pb.PERSON_ACTION_UNSPECIFIED
-        ),
+        person_action=PERSON_ACTION.encode(spec.person_action),
         alerts=pb.AlertSubscription(
-            types=[_ALERT_TYPE_PB[t] for t in alerts.types],
+            types=[ALERT_TYPE.encode(t) for t in alerts.types],
             webhook_url=alerts.webhook_url,
             failure_rate_threshold=alerts.failure_rate_threshold,
             delivery_delay_threshold=duration(alerts.delivery_delay_threshold),
@@ -238,7 +162,7 @@ def mapping_pb(mapping: FieldMapping) -> pb.FieldMapping:
         transform=mapping.transform or "",
         options=dict(mapping.options),
         labels=list(mapping.labels),
-        write_policy=_WRITE_POLICY_PB[mapping.write],
+        write_policy=WRITE_POLICY.encode(mapping.write),
     )
 
 
@@ -250,7 +174,7 @@ def destination_pb(
         id=record.id,
         spec=_spec_pb(destination.spec),
         client_secret_set=bool(record.spec.connection.client_secret),
-        state=_STATE_PB[record.state],
+        state=DESTINATION_STATE.encode(record.state),
         state_reason=record.state_reason,
         paused_until=timestamp(record.paused_until),
         create_time=timestamp(record.created_at) if record.id else None,
@@ -295,15 +219,15 @@ def instance_description_pb(description: InstanceDescription) -> pb.DescribeMark
 
 
 def audience(message: pb.Audience, index: int) -> Audience:
-    if message.type not in _AUDIENCE_TYPE:
-        raise InvalidArgument(
-            [FieldViolation(f"audiences[{index}].type", f"unknown value {message.type}")]
-        )
+    violations: list[FieldViolation] = []
+    audience_type = AUDIENCE_TYPE.decode(message.type, f"audiences[{index}].type", violations)
+    if violations:
+        raise InvalidArgument(violations)
     return Audience(
         id=message.id,
         name=message.name,
         origin=message.origin,
-        type=_AUDIENCE_TYPE[message.type],
+        type=audience_type or AudienceType.PEOPLE,
         marketo_list_id=message.marketo_list_id,
         link_existing_list=message.link_existing_list,
     )
@@ -314,7 +238,7 @@ def field_mapping(message: pb.FieldMapping, index: int) -> FieldMapping:
     know."""
     violations: list[FieldViolation] = []
     field = f"mappings[{index}].write_policy"
-    write = _enum(message.write_policy, _WRITE_POLICY, field, violations)
+    write = WRITE_POLICY.decode(message.write_policy, field, violations)
     if violations:
         raise InvalidArgument(violations)
     return FieldMapping(
@@ -332,7 +256,7 @@ def activated_audience_pb(activated: ActivatedAudience) -> pb.ActivatedAudience:
         audience_id=activated.audience_id,
         marketo_list_id=activated.marketo_list_id,
         list_name=activated.list_name,
-        list_action=_LIST_ACTION_PB.get(activated.list_action, pb.LIST_ACTION_UNSPECIFIED),
+        list_action=LIST_ACTION.encode(activated.list_action),
     )
 
 
@@ -426,9 +350,9 @@ def _outcome_pb(outcome: Outcome) -> pb.ProfileOutcome:
     return pb.ProfileOutcome(
         profile_id=outcome.profile_id,
         dedupe_value=outcome.dedupe_value or "",
-        kind=_OUTCOME_KIND_PB[outcome.kind],
+        kind=OUTCOME_KIND.encode(outcome.kind),
         actions=[
-            pb.Action(type=_ACTION_PB[a.type], audience_id=a.audience_id or "")
+            pb.Action(type=ACTION_TYPE.encode(a.type), audience_id=a.audience_id or "")
             for a in outcome.actions
         ],
         lead_id=outcome.lead_id or 0,
@@ -470,7 +394,7 @@ def dataflow_pb(flow: Dataflow) -> pb.Dataflow:
             pb.ExclusionCount(code=code, field=field, count=count)
             for (code, field), count in sorted(flow.excluded_by_field.items())
         ],
-        state=_STATE_PB[flow.state],
+        state=DESTINATION_STATE.encode(flow.state),
         state_reason=flow.state_reason,
         marketo_calls=None
         if flow.marketo_calls is None
@@ -498,7 +422,7 @@ def alert_event_pb(event: AlertEvent) -> pb.Alert:
     return pb.Alert(
         id=alert.id,
         destination_id=alert.destination_id,
-        type=_ALERT_TYPE_PB.get(alert.type, pb.ALERT_TYPE_UNSPECIFIED),
+        type=ALERT_TYPE.encode(alert.type),
         message=alert.message,
         raise_time=timestamp(alert.raised_at),
         resolved=event.state is AlertState.RESOLVED,

@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.api.enums import MEMBERSHIP_STATUS
 from service.api.sync_checks import (
     MAX_PROFILE_DEPTH,
     MAX_SECONDS,
@@ -25,19 +26,9 @@ from service.api.sync_checks import (
 from service.domain import (
     AudienceMembership,
     DecodedBatch,
-    MembershipStatus,
     ProfileUpdate,
     UndecodableUpdate,
 )
-
-_MEMBERSHIP_STATUS: dict[pb.MembershipStatus, MembershipStatus] = {
-    pb.MEMBERSHIP_STATUS_REALIZED: MembershipStatus.REALIZED,
-    pb.MEMBERSHIP_STATUS_EXISTING: MembershipStatus.EXISTING,
-    pb.MEMBERSHIP_STATUS_EXITED: MembershipStatus.EXITED,
-}
-_MEMBERSHIP_STATUS_PB: dict[MembershipStatus, pb.MembershipStatus] = {
-    value: key for key, value in _MEMBERSHIP_STATUS.items()
-}
 
 
 class _TooDeepError(ValueError):
@@ -110,7 +101,7 @@ def decode_update(message: pb.ProfileUpdate) -> ProfileUpdate:
         event_time=event_time,
         profile=struct_to_dict(message.profile),
         memberships=tuple(
-            AudienceMembership(m.audience_id, _MEMBERSHIP_STATUS[m.status])
+            AudienceMembership(m.audience_id, MEMBERSHIP_STATUS.to_domain[m.status])
             for m in message.audiences
         ),
     )
@@ -162,6 +153,7 @@ def encode_updates(updates: Sequence[ProfileUpdate]) -> bytes:
         message.profile.update(dict(update.profile))
         for membership in update.memberships:
             message.audiences.add(
-                audience_id=membership.audience_id, status=_MEMBERSHIP_STATUS_PB[membership.status]
+                audience_id=membership.audience_id,
+                status=MEMBERSHIP_STATUS.encode(membership.status),
             )
     return request.SerializeToString()

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from service.api.enums import MEMBERSHIP_STATUS
 from service.domain import FieldViolation, Rejected
 from service.errors import InvalidArgument
 from service.usecases.ingest import IndexedAudiences, WireUpdates
@@ -44,9 +45,7 @@ hold one, and no Marketo field needs one."""
 _NUL_NAMED = 10
 """At most this many strings of one profile are named for holding a NUL."""
 
-MEMBERSHIP_STATUSES = frozenset(
-    {pb.MEMBERSHIP_STATUS_REALIZED, pb.MEMBERSHIP_STATUS_EXISTING, pb.MEMBERSHIP_STATUS_EXITED}
-)
+MEMBERSHIP_STATUSES = frozenset(MEMBERSHIP_STATUS.to_domain)
 """The statuses a membership may have (zero, unset, is refused)."""
 
 PlainUpdates = tuple[str, str, int, list[int], list[IndexedAudiences]]
