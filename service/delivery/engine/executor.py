@@ -284,6 +284,12 @@ class _Person:
     stale_binding: bool = False
     """Marketo answered that the bound lead does not exist (deleted or merged)."""
 
+    def join(self, audience: str) -> None:
+        """Record that an import Marketo confirmed added the person's lead to `audience` (a lead
+        an import created is known by its dedupe value only: `HOLDER_RESOLVED`)."""
+        lead = self.lead_id
+        self.held.setdefault(audience, set()).add(HOLDER_RESOLVED if lead is None else lead)
+
     def rebind(self) -> None:
         """Forget the binding: the person is resolved again (and its attributes written)."""
         plan = self.plan
@@ -995,9 +1001,7 @@ class SyncEngine:
             joins, leaves = self._changes(person)
             for audience in joins:
                 if audience in done:
-                    # a lead an import created is known by the dedupe value only
-                    lead = person.lead_id
-                    person.held[audience].add(HOLDER_RESOLVED if lead is None else lead)
+                    person.join(audience)
                 else:
                     adds.setdefault(audience, []).append(person)
             for audience, lead in leaves:
