@@ -556,7 +556,10 @@ class SyncEngine:
 
     @staticmethod
     def _profile_state(person: _Person) -> dict[str, ProfileState]:
-        """The applied state of the profile whose attributes the person carries."""
+        """The applied state of the profile whose attributes the person carries and, once they
+        are applied, of every profile coalesced into the person: all are bound to the lead that
+        holds those attributes now (else a later update of another of them, with its own older
+        attributes, would find its stale digest equal and write nothing)."""
         plan = person.plan
         prior = plan.prior or ProfileState()
         head = next(
@@ -578,7 +581,12 @@ class SyncEngine:
             digest=plan.digest if plan.writes_attributes else prior.digest,
             consent_refused=False,
         )
-        return {} if state == plan.prior else {head: state}
+        states = {} if state == plan.prior else {head: state}
+        if plan.writes_attributes:
+            # the profiles whose updates share the outcome or were superseded by the writer's
+            others = dict.fromkeys((*plan.profile_ids, *plan.watermarks))
+            states.update((pid, state) for pid in others if pid != head)
+        return states
 
     def estimate_calls(self, plan: Plan) -> int:
         """The Marketo calls executing `plan` makes, without making any: look-ups, lead writes
