@@ -17,7 +17,9 @@ imports of the previous one):
    rows join no list); further joins use REST list adds by id, or an id-only import when that
    spends fewer calls; exits always use REST removals. A lead an import created is looked up
    only for such a further join: otherwise the lead its profile resolves to
-   (`HOLDER_RESOLVED`) holds its membership and its next update binds it.
+   (`HOLDER_RESOLVED`) holds its membership and its next update binds it. A join is held as
+   soon as its import completed, so a batch that stops later (a look-up, the REST fall-back)
+   still records it with its deferred updates, like the executor's confirmed list changes.
 
 Files are CSV (csv module quoting) under `BulkPolicy.max_file_bytes`, one column set per file
 (a missing column leaves a field alone, which an empty cell may not); rows holding an empty
@@ -522,6 +524,8 @@ class BulkSyncEngine(SyncEngine):
             if job.audience is not None:
                 person.actions.append(Action(ActionType.ADDED, job.audience))
                 run.joined.setdefault(person.plan.key, set()).add(job.audience)
+                # held at once: a stop before the lists are finished still records the join
+                person.join(job.audience)
             self._warn(person, outcome.warnings.get(key))
             run.written.append(person)
 

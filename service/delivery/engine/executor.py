@@ -284,6 +284,12 @@ class _Person:
     stale_binding: bool = False
     """Marketo answered that the bound lead does not exist (deleted or merged)."""
 
+    def join(self, audience: str) -> None:
+        """Record that an import Marketo confirmed added the person's lead to `audience` (a lead
+        an import created is known by its dedupe value only: `HOLDER_RESOLVED`)."""
+        lead = self.lead_id
+        self.held.setdefault(audience, set()).add(HOLDER_RESOLVED if lead is None else lead)
+
     def rebind(self) -> None:
         """Forget the binding: the person is resolved again (and its attributes written)."""
         plan = self.plan
@@ -550,7 +556,10 @@ class SyncEngine:
 
     @staticmethod
     def _profile_state(person: _Person) -> dict[str, ProfileState]:
-        """The applied state of the profile whose attributes the person carries."""
+        """The applied state of the profile whose attributes the person carries and, once they
+        are applied, of every profile coalesced into the person: all are bound to the lead that
+        holds those attributes now (else a later update of another of them, with its own older
+        attributes, would find its stale digest equal and write nothing)."""
         plan = person.plan
         prior = plan.prior or ProfileState()
         head = next(
@@ -572,7 +581,12 @@ class SyncEngine:
             digest=plan.digest if plan.writes_attributes else prior.digest,
             consent_refused=False,
         )
-        return {} if state == plan.prior else {head: state}
+        states = {} if state == plan.prior else {head: state}
+        if plan.writes_attributes:
+            # the profiles whose updates share the outcome or were superseded by the writer's
+            others = dict.fromkeys((*plan.profile_ids, *plan.watermarks))
+            states.update((pid, state) for pid in others if pid != head)
+        return states
 
     def estimate_calls(self, plan: Plan) -> int:
         """The Marketo calls executing `plan` makes, without making any: look-ups, lead writes
@@ -995,9 +1009,7 @@ class SyncEngine:
             joins, leaves = self._changes(person)
             for audience in joins:
                 if audience in done:
-                    # a lead an import created is known by the dedupe value only
-                    lead = person.lead_id
-                    person.held[audience].add(HOLDER_RESOLVED if lead is None else lead)
+                    person.join(audience)
                 else:
                     adds.setdefault(audience, []).append(person)
             for audience, lead in leaves:

@@ -1,0 +1,155 @@
+"""A bulk batch that stops part-way keeps the list joins its imports made: a later exit or
+refused consent of the same person is planned against the lists as they are (the REST path's
+tests: `tests/engine/test_desired_state.py`)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from service.delivery.engine import BatchResult, SyncEngine
+from service.delivery.engine.bulk import BulkSyncEngine
+from service.delivery.fence import LeaseUnconfirmed
+from service.domain import (
+    HOLDER_RESOLVED,
+    ActionType,
+    AudienceMembership,
+    DesiredState,
+    MembershipMark,
+    MembershipStatus,
+    OutcomeKind,
+    ProfileUpdate,
+)
+from tests.bulk.scenario import EVENT, R, ScenarioMapper, X, quick_policy
+from tests.bulk.test_equivalence import RULES
+from tests.engine.sandbox_env import Sandbox, running_sandbox
+
+BOTH = RULES["audience and profile, update and create"]
+REFUSED = {"marketing": {"any": {"val": "dn"}}}
+
+
+def person(
+    name: str, minute: int, *members: tuple[str, str], uid: str = "", **profile: Any
+) -> ProfileUpdate:
+    """An update of profile `p-<name>` (e-mail `<name>@x.io`) at EVENT + `minute`."""
+    return ProfileUpdate(
+        update_id=uid or f"{name}-{minute}",
+        profile_id=f"p-{name}",
+        event_time=EVENT + timedelta(minutes=minute),
+        profile={"email": f"{name}@x.io", "first": name.title(), "last": "Lee", **profile},
+        memberships=tuple(AudienceMembership(a, MembershipStatus(s)) for a, s in members),
+    )
+
+
+class StopAtSecond:
+    """The real client, except that the second call of `operation` finds the batch stopped (the
+    lease no longer confirmed, as when the drainer's lease lapses part-way through a batch)."""
+
+    def __init__(self, sandbox: Sandbox, operation: str) -> None:
+        self.client = sandbox.client
+        self.operation = operation
+        self.seen = 0
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+        if name != self.operation:
+            return call
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.seen += 1
+            if self.seen == 2:
+                raise LeaseUnconfirmed("Marketo call not sent: the lease is not confirmed")
+            return await call(*args, **kwargs)
+
+        return counted
+
+
+# Each batch joins ann (an existing lead, written by id) and bea (a new lead, created by an
+# import) to a1 through the imports' listId; the second look-up of the batch is stopped.
+STOPS = {
+    # the next wave's look-up: the first wave's imports ran to their end
+    "next wave": (
+        {"wave_size": 2},
+        [person("ann", 1, ("a1", R)), person("bea", 1, ("a1", R)), person("cy", 1, ("a1", R))],
+    ),
+    # the look-up of the REST fall-back (cy's empty city cannot go in an import)
+    "REST fall-back": (
+        {},
+        [
+            person("ann", 1, ("a1", R)),
+            person("bea", 1, ("a1", R)),
+            person("cy", 1, ("a1", R), city=""),
+        ],
+    ),
+    # the look-up of the lead bea's import created, for its further join (a2, by id)
+    "created lead's id": (
+        {},
+        [person("ann", 1, ("a1", R)), person("bea", 1, ("a1", R), ("a2", R))],
+    ),
+}
+
+LATER = {
+    "exit": lambda name: person(name, 3, ("a1", X), uid=f"{name}-exit"),
+    "refused consent": lambda name: person(name, 3, ("a1", R), uid=f"{name}-no", consents=REFUSED),
+}
+
+
+@pytest.mark.parametrize("later", sorted(LATER))
+@pytest.mark.parametrize("stop", sorted(STOPS))
+async def test_a_join_an_import_made_before_the_batch_stopped_is_removed_by_a_later_update(
+    stop: str, later: str
+) -> None:
+    policy, batch = STOPS[stop]
+    async with running_sandbox() as sb:
+        (ann,) = await sb.seed({"email": "ann@x.io", "firstName": "Old", "lastName": "Lee"})
+        made = await sb.make_lists(["Audience 1", "Audience 2"])
+        lists = {"a1": made["Audience 1"], "a2": made["Audience 2"]}
+        tracked = ("a1", "a2")
+        bulk = BulkSyncEngine(
+            StopAtSecond(sb, "find_leads"),  # type: ignore[arg-type]
+            BOTH,
+            ScenarioMapper(),
+            clock=sb.clock,
+            policy=quick_policy(**policy),
+            audience_lists=lists,
+            tracked_lists=tracked,
+        )
+        result = await bulk.sync(batch)
+        assert result.outcomes == ()
+        assert {d.update_id for d in result.deferred} == {u.update_id for u in batch}
+        bea = next(lead["id"] for lead in await sb.leads() if lead["fields"]["email"] == "bea@x.io")
+        assert (await sb.lists())[lists["a1"]] == {ann, bea}, "the imports joined a1, then the stop"
+        assert dict(result.holders) == {("p-ann", "a1"): ann, ("p-bea", "a1"): HOLDER_RESOLVED}
+        state = result.folded(DesiredState())
+        assert state.marks[("p-ann", "a1")] == MembershipMark(
+            MembershipStatus.REALIZED, EVENT + timedelta(minutes=1)
+        )
+        assert ("p-bea", "a2") not in state.marks, "nothing of a2 reached Marketo"
+
+        # the newer updates come (through REST, as a small batch) before the stopped batch is
+        # retried: both leads leave a1
+        rest = SyncEngine(
+            sb.client, BOTH, ScenarioMapper(), audience_lists=lists, tracked_lists=tracked
+        )
+        newer = await rest.sync([LATER[later]("ann"), LATER[later]("bea")], state=state)
+        assert newer.deferred == ()
+        for outcome in newer.outcomes:
+            assert (ActionType.REMOVED, "a1") in {(a.type, a.audience_id) for a in outcome.actions}
+        assert (await sb.lists())[lists["a1"]] == set()
+        state = newer.folded(state)
+        assert ("p-ann", "a1") not in state.holders and ("p-bea", "a1") not in state.holders
+
+        # the retried batch: its memberships of a1 are older than the newer facts, so neither
+        # lead joins a1 again (cy, who had no newer update, does)
+        retried: BatchResult = await rest.sync(batch, state=state)
+        assert retried.deferred == ()
+        again = {o.update_id: o for o in retried.outcomes}
+        for name in ("ann", "bea"):
+            outcome = again[f"{name}-1"]
+            assert outcome.kind is not OutcomeKind.FAILED
+            assert (ActionType.ADDED, "a1") not in {
+                (a.type, a.audience_id) for a in outcome.actions
+            }
+        assert not (await sb.lists())[lists["a1"]] & {ann, bea}
