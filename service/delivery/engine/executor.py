@@ -441,57 +441,28 @@ class SyncEngine:
     def rules(self) -> SyncRules:
         return self._rules
 
-    def plan(
-        self,
-        updates: Sequence[ProfileUpdate],
-        *,
-        watermarks: Mapping[str, datetime] | None = None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
-        state: DesiredState | None = None,
-    ) -> Plan:
+    def plan(self, updates: Sequence[ProfileUpdate], *, state: DesiredState | None = None) -> Plan:
         """Plan a batch without any Marketo call (on the calling thread); `state` is the
-        destination's stored state of the batch's profiles (it replaces `watermarks` and
-        `membership_marks`)."""
+        destination's stored state of the batch's profiles (none: nothing applied yet)."""
         with self._planning_scope(len(updates)):
             return plan_batch(
-                updates,
-                self._rules,
-                self._mapper,
-                watermarks=watermarks,
-                membership_marks=membership_marks,
-                audience_lists=self._lists,
-                state=state,
+                updates, self._rules, self._mapper, audience_lists=self._lists, state=state
             )
 
     async def _plan_in_thread(
-        self,
-        updates: Sequence[ProfileUpdate],
-        watermarks: Mapping[str, datetime] | None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None,
-        state: DesiredState | None,
+        self, updates: Sequence[ProfileUpdate], state: DesiredState | None
     ) -> Plan:
         # Mapping runs every transform on every profile of the batch: CPU work that would hold
         # the event loop (health checks, lease renewals, other instances' delivery) for as long
         # as it lasts. A worker thread takes it; the context (the batch span) goes along.
-        return await asyncio.to_thread(
-            self.plan,
-            updates,
-            watermarks=watermarks,
-            membership_marks=membership_marks,
-            state=state,
-        )
+        return await asyncio.to_thread(self.plan, updates, state=state)
 
     async def sync(
-        self,
-        updates: Sequence[ProfileUpdate],
-        *,
-        watermarks: Mapping[str, datetime] | None = None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
-        state: DesiredState | None = None,
+        self, updates: Sequence[ProfileUpdate], *, state: DesiredState | None = None
     ) -> BatchResult:
         """Plan and execute a batch; every update ends in `outcomes` or in `deferred`. `state`
         is the destination's stored state of the batch's profiles (see `DesiredState`)."""
-        plan = await self._plan_in_thread(updates, watermarks, membership_marks, state)
+        plan = await self._plan_in_thread(updates, state)
         persons = [_Person(p) for p in plan.persons]
         error: MarketoError | None = None
         async with self._locks.hold(self._lock_key(p.plan.key) for p in persons):
@@ -611,15 +582,10 @@ class SyncEngine:
         )
 
     async def dry_run(
-        self,
-        updates: Sequence[ProfileUpdate],
-        *,
-        watermarks: Mapping[str, datetime] | None = None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
-        state: DesiredState | None = None,
+        self, updates: Sequence[ProfileUpdate], *, state: DesiredState | None = None
     ) -> DryRunResult:
         """Plan and look up like `sync`, write nothing; say what would be written."""
-        plan = await self._plan_in_thread(updates, watermarks, membership_marks, state)
+        plan = await self._plan_in_thread(updates, state)
         persons = [_Person(p) for p in plan.persons]
         outcomes = list(plan.outcomes)
         create: list[str] = []
