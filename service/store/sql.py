@@ -1073,12 +1073,15 @@ class Store(ABC):
                 ],
             )
             # What Resync re-sends: each profile's delivered update whose attributes were applied
-            # (the one that reached the profile's new watermark).
+            # (the one that reached the profile's new watermark). A profile whose attributes the
+            # batch keeps unapplied wrote none, even when activated (its exits went out).
+            kept_unapplied = {(row.destination_id, row.profile_id) for row in unapplied}
+            unwritten = forgotten | kept_unapplied
             sources = {
                 (entry.destination_id, entry.update.profile_id): entry
                 for entry, outcome in kept
                 if outcome.kind is OutcomeKind.ACTIVATED
-                and (entry.destination_id, entry.update.profile_id) not in forgotten
+                and (entry.destination_id, entry.update.profile_id) not in unwritten
                 and highest.get((entry.destination_id, entry.update.profile_id))
                 == to_micros(entry.update.event_time)
             }
@@ -1106,7 +1109,6 @@ class Store(ABC):
                     )
                     for row in unapplied
                     if (row.destination_id, row.profile_id) not in forgotten
-                    and (row.destination_id, row.profile_id) not in sources
                 ],
                 RESYNC_SOURCE_TAIL,
             )
@@ -1118,6 +1120,7 @@ class Store(ABC):
                 if outcome.kind is OutcomeKind.ACTIVATED
                 and (key := (entry.destination_id, entry.update.profile_id)) in highest
                 and key not in sources
+                and key not in kept_unapplied
             }
             if reached:
                 await c.executemany(

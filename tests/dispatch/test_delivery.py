@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from service.delivery.dispatcher import Dispatcher
-from service.domain import OutcomeKind, ProfileUpdate
+from service.domain import AudienceMembership, MembershipStatus, OutcomeKind, ProfileUpdate
 from tests.dispatch.conftest import Env, drain_all, eventually, profile, settle
 
 
@@ -192,3 +193,42 @@ async def _is_zero(env: Env, destination_id: str) -> bool:
 
 async def _idle(dispatcher: Dispatcher) -> bool:
     return not dispatcher.active_instances
+
+
+async def test_an_exit_keeps_its_attributes_the_newest_through_the_store(env: Env) -> None:
+    """The update that leaves p-1's only audience writes no attributes, yet they are the newest:
+    the older entry that exports the profile again, delivered after it, writes them."""
+    destination = await env.destination(audiences=("aud-1", "aud-2"))
+    lists = {a.audience_id: a.marketo_list_id for a in await env.store.activations(destination.id)}
+    dispatcher = env.dispatcher()
+
+    def p1(uid: str, second: int, first: str, audience: str, status: MembershipStatus) -> Any:
+        return ProfileUpdate(
+            update_id=uid,
+            profile_id="p-1",
+            event_time=datetime(2026, 5, 1, tzinfo=UTC) + timedelta(seconds=second),
+            profile={"person": {"email": "ann@example.com", "first": first, "last": "Lee"}},
+            memberships=(AudienceMembership(audience, status),),
+        )
+
+    for update in (
+        p1("joins", 1, "One", "aud-1", MembershipStatus.REALIZED),
+        p1("leaves", 3, "Three", "aud-1", MembershipStatus.EXITED),
+        p1("lagging", 2, "Two", "aud-2", MembershipStatus.REALIZED),
+    ):
+        await env.append(destination.id, [update])
+        assert await drain_all(env, dispatcher) == 1
+
+    (lead,) = await env.leads()
+    assert lead["fields"]["firstName"] == "Three", "the newest attributes win"
+    held = await env.lists()
+    assert (held[lists["aud-1"]], held[lists["aud-2"]]) == ([], [lead["id"]])
+    outcomes = (await env.store.list_outcomes(destination.id, page_size=10)).items
+    assert {o.outcome.update_id: o.outcome.kind for o in outcomes} == {
+        "joins": OutcomeKind.ACTIVATED,
+        "leaves": OutcomeKind.ACTIVATED,
+        "lagging": OutcomeKind.ACTIVATED,
+    }
+    assert (await env.store.desired_state(destination.id, ["p-1"])).unapplied == {}
+    (source,) = await env.store.resync_sources(destination.id)
+    assert source.profile["person"]["first"] == "Three", "Resync re-sends the attributes applied"

@@ -9,9 +9,11 @@ import pytest
 
 from service.delivery.engine import KeyedLocks, SyncEngine
 from service.domain import (
+    HOLDER_RESOLVED,
     Action,
     ActionType,
     AudienceMembership,
+    DesiredState,
     ExclusionCode,
     MembershipMark,
     MembershipStatus,
@@ -297,7 +299,10 @@ async def test_quota_during_lists_defers_only_unfinished_persons() -> None:
     # u2 is a member already: its attribute update needs no list call
     result = await engine(fake, UPDATE_ONLY).sync(
         [person("u1", "a@x.io", ("a1", "realized")), person("u2", "b@x.io", NO_MEMBERSHIP)],
-        membership_marks={("u2", "a1"): MembershipMark(MembershipStatus.REALIZED, at(0))},
+        state=DesiredState(
+            marks={("u2", "a1"): MembershipMark(MembershipStatus.REALIZED, at(0))},
+            holders={("u2", "a1"): HOLDER_RESOLVED},
+        ),
     )
     assert [(o.update_id, o.actions) for o in result.outcomes] == [
         ("u2", (Action(ActionType.UPDATED),))
@@ -519,8 +524,11 @@ async def test_stale_attributes_are_not_written_and_their_memberships_are() -> N
             person("known", "a@x.io", ("a1", "realized"), minute=5),
             person("unknown", "b@x.io", ("a1", "realized"), minute=5),
         ],
-        watermarks={"known": at(9), "unknown": at(9)},
-        membership_marks={("known", "a2"): MembershipMark(MembershipStatus.REALIZED, at(9))},
+        state=DesiredState(
+            watermarks={"known": at(9), "unknown": at(9)},
+            marks={("known", "a2"): MembershipMark(MembershipStatus.REALIZED, at(9))},
+            holders={("known", "a2"): HOLDER_RESOLVED},
+        ),
     )
     outcomes = by_update(result)
     assert outcomes["known"].kind is OutcomeKind.ACTIVATED

@@ -18,8 +18,16 @@ from service.domain import (
     SyncType,
 )
 from tests.engine.fakes import NO_MEMBERSHIP, FakeMarketo, at
-from tests.engine.test_desired_state import LIST_CALLS, Run, ann, calls, only
-from tests.engine.test_executor import CREATE, CREATE_CALL, UPDATE
+from tests.engine.test_desired_state import (
+    LIST_CALLS,
+    Run,
+    ann,
+    calls,
+    only,
+    stop_at_second,
+    stopped,
+)
+from tests.engine.test_executor import CREATE, CREATE_CALL, UPDATE, UPDATE_ONLY
 
 PROFILE_ONLY = SyncRules(
     SyncType.PROFILE_ONLY, PersonAction.UPDATE_EXISTING_AND_CREATE_NEW, "email"
@@ -142,3 +150,66 @@ async def test_a_non_member_keeps_only_its_newest_attributes() -> None:
     only(await run.sync(ann(1, ("a1", "realized"), first="One")))
     (lead,) = fake.leads.values()
     assert lead.fields["firstName"] == "Six"
+
+
+async def test_an_exit_keeps_its_attributes_the_newest_for_a_lagging_entry() -> None:
+    # the update that leaves the only audience writes no attributes, yet they are the newest:
+    # an older entry that exports the profile again writes them, not its own
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = only(await run.sync(ann(1, ("a1", "realized"), first="One"))).lead_id
+    gone = only(await run.sync(ann(3, ("a1", "exited"), first="Three")))
+    assert (gone.kind, gone.actions) == (OutcomeKind.ACTIVATED, (Action(ActionType.REMOVED, "a1"),))
+    assert fake.leads[lead].fields["firstName"] == "One" and fake.lists[11] == set()
+    assert run.state.watermarks["p1"] == at(3)
+    assert run.state.unapplied["p1"].event_time == at(3)
+
+    back = only(await run.sync(ann(2, ("a2", "realized"), first="Two")))
+    assert (back.kind, set(back.actions)) == (
+        OutcomeKind.ACTIVATED,
+        {Action(ActionType.UPDATED), Action(ActionType.ADDED, "a2")},
+    )
+    assert fake.leads[lead].fields["firstName"] == "Three", "the newest attributes win"
+    assert fake.lists[12] == {lead} and fake.lists[11] == set()
+    assert run.state.unapplied == {}
+
+
+async def test_a_refusal_that_removes_keeps_a_lagging_entry_from_writing() -> None:
+    # consent refused at 3 while a member: the lead leaves, nothing of the older entry at 2
+    # (attributes or a join) is written afterwards
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = only(await run.sync(ann(1, ("a1", "realized"), first="One"))).lead_id
+    refused = {"marketing": {"any": {"val": "n"}}}
+    out = only(await run.sync(ann(3, consents=refused, first="Three")))
+    assert (out.exclusion_code, out.actions) == (
+        ExclusionCode.CONSENT_REFUSED,
+        (Action(ActionType.REMOVED, "a1"),),
+    )
+    late = only(await run.sync(ann(2, ("a2", "realized"), first="Two")))
+    assert (late.exclusion_code, late.actions) == (ExclusionCode.CONSENT_REFUSED, ())
+    assert fake.leads[lead].fields["firstName"] == "One"
+    assert fake.lists[11] == set() and fake.lists.get(12, set()) == set()
+
+
+async def test_an_exit_stopped_mid_batch_keeps_neither_watermark_nor_attributes() -> None:
+    fake = FakeMarketo()
+    run = Run(fake, UPDATE_ONLY, tracked=("a1", "a2"))
+    lead = fake.seed(email="ann@x.io")
+    await run.sync(ann(1, ("a1", "realized"), ("a2", "realized"), first="One"))
+    stop_at_second(fake, "remove_from_list")
+    exit_ = ann(3, ("a1", "exited"), ("a2", "exited"), first="Three")
+    result = await stopped(run, exit_)
+    assert fake.lists[11] == set() and fake.lists[12] == {lead}
+    assert (dict(result.watermarks), dict(result.unapplied)) == ({}, {})
+    assert run.state.watermarks["p1"] == at(1) and run.state.unapplied == {}
+
+    # retried: the last removal goes out, then the attributes are the newest, not applied
+    retried = only(await run.sync(exit_))
+    assert set(retried.actions) == {
+        Action(ActionType.NOT_IN_LIST, "a1"),
+        Action(ActionType.REMOVED, "a2"),
+    }
+    assert run.state.watermarks["p1"] == at(3)
+    assert run.state.unapplied["p1"].profile["first"] == "Three"
+    assert fake.leads[lead].fields["firstName"] == "One"

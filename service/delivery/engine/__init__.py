@@ -3,8 +3,8 @@
 Typical use by the dispatcher::
 
     engine = SyncEngine(client, rules, mapper, audience_lists={"aud-1": 1001}, locks=shared_locks)
-    result = await engine.sync(updates, watermarks=stored_watermarks)
-    # persist result.outcomes and result.watermarks, retry result.deferred later
+    result = await engine.sync(updates, state=stored_state)  # the batch's DesiredState
+    # persist result.outcomes and the state it folds in, retry result.deferred later
 """
 
 from service.delivery.engine.executor import (

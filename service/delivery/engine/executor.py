@@ -36,7 +36,8 @@ the batch) and what is applied:
   `consent_refused` and carries the REMOVED actions.
 - a person that is a member of no activated audience: its removals and exits go out (ACTIVATED
   with those actions), its attributes do not and no lead is created for it; with no list action
-  it is EXCLUDED `no_audience`.
+  it is EXCLUDED `no_audience`. Either way, once its outcome is final, its watermarks move to its
+  attributes, which are kept unapplied (`BatchResult.unapplied`): the newest attributes win.
 
 Each update's outcome carries only the actions its own facts asked for (`own_actions`): the
 lead write on the update whose attributes it carried, each list change on the update whose
@@ -173,7 +174,8 @@ class BatchResult:
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     """The applied state of the profiles the batch wrote (or found already applied)."""
     unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
-    """The newest attributes of the profiles excluded as members of no activated audience."""
+    """The newest attributes, not written, of the profiles whose outcomes are final as members
+    of no activated audience (excluded, or activated with their exits only)."""
 
     @property
     def error(self) -> MarketoError | None:
@@ -183,8 +185,8 @@ class BatchResult:
     def folded(self, state: DesiredState) -> DesiredState:
         """`state` with this batch folded in, as `Store.retire` stores it: watermarks only move
         forward, a desired status is replaced by one not older, holders and profile states are
-        set, unapplied attributes kept until an activated outcome reaches them (for engines
-        driven without a store: benchmarks, tests)."""
+        set, unapplied attributes kept until an activated outcome of a later batch reaches them
+        (for engines driven without a store: benchmarks, tests)."""
         watermarks = dict(state.watermarks)
         for profile_id, event_time in self.watermarks.items():
             seen = watermarks.get(profile_id)
@@ -200,7 +202,7 @@ class BatchResult:
                 holders.pop(pair, None)
             elif pair in marks:
                 holders[pair] = lead_id
-        unapplied = {**state.unapplied, **self.unapplied}
+        unapplied = dict(state.unapplied)
         for outcome in self.outcomes:
             newest = unapplied.get(outcome.profile_id)
             reached = self.watermarks.get(outcome.profile_id)
@@ -211,6 +213,8 @@ class BatchResult:
                 and reached >= newest.event_time
             ):
                 del unapplied[outcome.profile_id]
+        # an activated outcome that wrote no attributes (an exit) keeps the ones it brought
+        unapplied.update(self.unapplied)
         profiles = {**state.profiles, **self.profiles}
         return DesiredState(
             watermarks, marks, holders, profiles, state.forgotten, unapplied=unapplied
@@ -443,57 +447,28 @@ class SyncEngine:
     def rules(self) -> SyncRules:
         return self._rules
 
-    def plan(
-        self,
-        updates: Sequence[ProfileUpdate],
-        *,
-        watermarks: Mapping[str, datetime] | None = None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
-        state: DesiredState | None = None,
-    ) -> Plan:
+    def plan(self, updates: Sequence[ProfileUpdate], *, state: DesiredState | None = None) -> Plan:
         """Plan a batch without any Marketo call (on the calling thread); `state` is the
-        destination's stored state of the batch's profiles (it replaces `watermarks` and
-        `membership_marks`)."""
+        destination's stored state of the batch's profiles (none: nothing applied yet)."""
         with self._planning_scope(len(updates)):
             return plan_batch(
-                updates,
-                self._rules,
-                self._mapper,
-                watermarks=watermarks,
-                membership_marks=membership_marks,
-                audience_lists=self._lists,
-                state=state,
+                updates, self._rules, self._mapper, audience_lists=self._lists, state=state
             )
 
     async def _plan_in_thread(
-        self,
-        updates: Sequence[ProfileUpdate],
-        watermarks: Mapping[str, datetime] | None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None,
-        state: DesiredState | None,
+        self, updates: Sequence[ProfileUpdate], state: DesiredState | None
     ) -> Plan:
         # Mapping runs every transform on every profile of the batch: CPU work that would hold
         # the event loop (health checks, lease renewals, other instances' delivery) for as long
         # as it lasts. A worker thread takes it; the context (the batch span) goes along.
-        return await asyncio.to_thread(
-            self.plan,
-            updates,
-            watermarks=watermarks,
-            membership_marks=membership_marks,
-            state=state,
-        )
+        return await asyncio.to_thread(self.plan, updates, state=state)
 
     async def sync(
-        self,
-        updates: Sequence[ProfileUpdate],
-        *,
-        watermarks: Mapping[str, datetime] | None = None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
-        state: DesiredState | None = None,
+        self, updates: Sequence[ProfileUpdate], *, state: DesiredState | None = None
     ) -> BatchResult:
         """Plan and execute a batch; every update ends in `outcomes` or in `deferred`. `state`
         is the destination's stored state of the batch's profiles (see `DesiredState`)."""
-        plan = await self._plan_in_thread(updates, watermarks, membership_marks, state)
+        plan = await self._plan_in_thread(updates, state)
         persons = [_Person(p) for p in plan.persons]
         error: MarketoError | None = None
         async with self._locks.hold(self._lock_key(p.plan.key) for p in persons):
@@ -506,11 +481,13 @@ class SyncEngine:
         applied: dict[tuple[str, str], MembershipMark] = dict(plan.membership_marks)
         holders: dict[tuple[str, str], int | None] = {}
         profiles: dict[str, ProfileState] = dict(plan.profiles)
+        unapplied: dict[str, UnappliedAttributes] = dict(plan.unapplied)
         deferred: list[Deferred] = []
         for person in persons:
             if person.final:
                 outcomes.extend(person.outcomes())
                 marks.update(person.plan.watermarks)
+                unapplied.update(person.plan.unapplied)
                 applied.update(person.plan.membership_marks)
                 holders.update(self._holders(person))
                 profiles.update(self._profile_state(person))
@@ -538,7 +515,7 @@ class SyncEngine:
             membership_marks=applied,
             holders=holders,
             profiles=profiles,
-            unapplied=plan.unapplied,
+            unapplied=unapplied,
         )
 
     @staticmethod
@@ -619,15 +596,10 @@ class SyncEngine:
         )
 
     async def dry_run(
-        self,
-        updates: Sequence[ProfileUpdate],
-        *,
-        watermarks: Mapping[str, datetime] | None = None,
-        membership_marks: Mapping[tuple[str, str], MembershipMark] | None = None,
-        state: DesiredState | None = None,
+        self, updates: Sequence[ProfileUpdate], *, state: DesiredState | None = None
     ) -> DryRunResult:
         """Plan and look up like `sync`, write nothing; say what would be written."""
-        plan = await self._plan_in_thread(updates, watermarks, membership_marks, state)
+        plan = await self._plan_in_thread(updates, state)
         persons = [_Person(p) for p in plan.persons]
         outcomes = list(plan.outcomes)
         create: list[str] = []

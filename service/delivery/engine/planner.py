@@ -34,11 +34,13 @@ current attributes in the batch, the stored consent state decides.
 A destination exports the members of its activated audiences, whatever its sync type (their
 membership facts are kept for Profile only too; only the list writes depend on the sync type).
 A person that is a member of none (`no_audience`) has no attributes written and no lead
-created: with nothing held and no exit to deliver to a list it is EXCLUDED `no_audience` here;
-its attributes are not applied, yet they are the newest: the watermark moves to them and they
-are kept (`Plan.unapplied`, then `DesiredState.unapplied`), so that an older update which
-exports the profile writes them instead of its own (the newest attributes win). Otherwise only
-its removals and exits go to the executor (its watermark does not move).
+created. Its attributes are not applied, yet they are the newest: the watermark moves to them
+and they are kept (`UnappliedAttributes`, then `DesiredState.unapplied`), so that an older
+update which exports the profile writes them instead of its own (the newest attributes win).
+With nothing held and no exit to deliver to a list it is EXCLUDED `no_audience` here (its
+watermarks and attributes in `Plan.watermarks` and `Plan.unapplied`); otherwise its removals and
+exits go to the executor, which keeps its watermarks and attributes (`PlannedPerson.unapplied`)
+once its outcome is final, not when the batch stops before.
 """
 
 from __future__ import annotations
@@ -142,6 +144,9 @@ class PlannedPerson:
     """The person is a member of no activated audience: only its removals and exits are
     delivered (no attributes, no lead created); with no list action it is EXCLUDED
     `no_audience`."""
+    unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
+    """A person of no activated audience: the newest attributes of its profiles, not written;
+    kept (with `watermarks`, which reach them) once its outcome is final."""
 
     @property
     def speaker(self) -> str:
@@ -357,21 +362,20 @@ def plan_batch(
             continue
         if not refused and not any(person.desired.values()):
             # not (or no longer) a member of an activated audience: nothing of it is exported
-            # but the removals of what its leads hold and the exits the lists must see
-            outside = _outside(person)
+            # but the removals of what its leads hold and the exits the lists must see; the
+            # newest attributes seen are kept, so that an older update never writes its own
+            # once the profile is exported
+            outside = _outside(
+                person,
+                {p.head.update.profile_id: _unapplied(p.head) for p in members if p.head.current},
+            )
             if not (rules.manages_lists and (outside.holders or outside.exits)):
                 outcomes.extend(
                     excluded(u, NO_AUDIENCE, person.dedupe_value) for u in person.updates
                 )
                 decided_marks.update(person.membership_marks)
-                # the newest attributes seen: kept, so that an older update never writes its
-                # own once the profile is exported
-                new_marks.update(person.watermarks)
-                unapplied.update(
-                    (p.head.update.profile_id, _unapplied(p.head))
-                    for p in members
-                    if p.head.current
-                )
+                new_marks.update(outside.watermarks)
+                unapplied.update(outside.unapplied)
                 continue
             person = outside
         elif not refused and not rules.writes_attributes and not person.memberships:
@@ -394,13 +398,13 @@ def _unapplied(fact: _Fact) -> UnappliedAttributes:
     return UnappliedAttributes(fact.attributes_time, fact.update.profile)
 
 
-def _outside(person: PlannedPerson) -> PlannedPerson:
+def _outside(person: PlannedPerson, unapplied: Mapping[str, UnappliedAttributes]) -> PlannedPerson:
     """`person`, a member of no activated audience: no attributes are written for it and no
-    lead is created."""
+    lead is created; its watermarks still move, to its `unapplied` attributes."""
     return replace(
         person,
         fields={},
-        watermarks={},  # its attributes are not applied: a lagging entry still writes them
+        unapplied=unapplied,
         writes_attributes=False,
         attributes_changed=False,
         digest=None,
