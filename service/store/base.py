@@ -226,7 +226,8 @@ class ResyncSource:
 @dataclass(frozen=True, slots=True)
 class UnappliedRow:
     """A profile's newest attributes, not applied because it was a member of no activated
-    audience (kept in `resync_sources`, not applied, until an activated outcome reaches them)."""
+    audience (kept in `resync_sources`, not applied, until an activated outcome of a later batch
+    reaches them)."""
 
     destination_id: str
     profile_id: str
