@@ -134,7 +134,9 @@ class MarketoDestinationServicer:
             request.updates, datetime.now(UTC), self._app.preview.max_clock_skew
         )
         preview = await self._app.preview.preview(
-            convert.destination_id(request.destination_id), updates
+            convert.destination_id(request.destination_id),
+            updates,
+            received=len(request.updates),
         )
         return convert.preview_pb(preview, rejected)
 

@@ -39,8 +39,12 @@ class Preview:
         self._store = store
         self._engines = engines
 
-    async def preview(self, destination_id: str, updates: Sequence[IndexedUpdate]) -> PreviewResult:
-        if len(updates) > MAX_PREVIEW:
+    async def preview(
+        self, destination_id: str, updates: Sequence[IndexedUpdate], *, received: int
+    ) -> PreviewResult:
+        """Plan `updates` (the well-formed ones of a request of `received` updates) as Sync would,
+        writing nothing. The bound applies to the whole request, malformed updates included."""
+        if received > MAX_PREVIEW:
             raise InvalidArgument(
                 [FieldViolation("updates", f"at most {MAX_PREVIEW} updates can be previewed")]
             )

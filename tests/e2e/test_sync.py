@@ -499,6 +499,28 @@ async def test_preview_writes_nothing(service: Service) -> None:
     assert all(not members for members in (await service.lists()).values())
 
 
+async def test_preview_bounds_the_whole_request_malformed_updates_included(
+    service: Service,
+) -> None:
+    destination_id, _ = await setup(service)
+    malformed = update("p\x00", "bad@example.com")
+    good = [update(f"p{n}", f"{n}@example.com") for n in range(999)]
+
+    at_the_bound = await service.stub.PreviewSync(
+        pb.PreviewSyncRequest(destination_id=destination_id, updates=[*good, malformed])
+    )
+    assert [r.index for r in at_the_bound.rejected] == [999]
+    assert len(at_the_bound.outcomes) == 999
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PreviewSync(
+            pb.PreviewSyncRequest(
+                destination_id=destination_id, updates=[*good, malformed, malformed]
+            )
+        )
+    assert "at most 1000" in violations(caught.value)["updates"]
+
+
 async def test_back_pressure_refuses_with_retry_info(tmp_path: Path) -> None:
     async with running_service(
         tmp_path, max_backlog=5, linger_seconds=3600, backpressure_wait_seconds=0.2
