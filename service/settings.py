@@ -10,7 +10,7 @@ The tuning types are frozen dataclasses, one per component, with defaults that s
 :class:`RetryPolicy` (Marketo call retries), :class:`LimitSettings` (this process's share of each
 Marketo instance; :attr:`Settings.limits` builds it, and the ``marketo_*`` fields take their
 defaults from it), :class:`WebhookSettings` (alert webhooks) and :class:`ExtractPolling` (list
-extract status polls). Tests, benchmarks and the sandbox build them with their own numbers.
+extract status polls). Tests and benchmarks build them with their own numbers.
 
 OpenTelemetry is configured by the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``,
 ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED`` ...). They are not
