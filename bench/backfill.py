@@ -52,8 +52,7 @@ from service.domain import (
 from service.marketo.client import MarketoClient
 from service.marketo.clock import SystemClock
 from service.marketo.limits import InstanceLimits
-from service.marketo.retry import RetryPolicy
-from service.settings import Settings
+from service.settings import RetryPolicy, Settings
 
 MEMBERS = 200_000
 EXISTING_SHARE = 0.5

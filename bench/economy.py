@@ -53,8 +53,8 @@ from service.domain import (
 )
 from service.marketo.client import MarketoClient
 from service.marketo.limits import InstanceLimits
-from service.marketo.retry import RetryPolicy
 from service.marketo.types import Lead, MembershipResult, RecordResult, SyncAction
+from service.settings import RetryPolicy
 
 BASE_URL = "https://123-ABC-456.mktorest.com"
 UPDATES = 10_000

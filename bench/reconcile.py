@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.economy import IDENTITY, sandbox_session, spent
 from service.domain import DesiredMember
-from service.usecases.reconcile import ExtractPolling, reconcile_list
+from service.settings import ExtractPolling
+from service.usecases.reconcile import reconcile_list
 
 SIZES = (1_000, 10_000, 100_000)
 DRIFT = 0.01

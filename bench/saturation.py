@@ -34,7 +34,7 @@ import httpx  # noqa: E402
 from sandbox import SandboxSettings, asgi_transport, create_app  # noqa: E402
 from service.marketo.client import MarketoClient  # noqa: E402
 from service.marketo.limits import InstanceLimits  # noqa: E402
-from service.marketo.retry import RetryPolicy  # noqa: E402
+from service.settings import RetryPolicy  # noqa: E402
 
 BASE = "https://123-ABC-456.mktorest.com"
 PER_WINDOW = 100

@@ -32,7 +32,7 @@ from service.telemetry.context import current_trace_context
 from service.telemetry.core import Telemetry
 from service.usecases.activation import Activations
 from service.usecases.alerts import AlertMonitor
-from service.usecases.connections import LimitSettings, MarketoConnections
+from service.usecases.connections import MarketoConnections
 from service.usecases.destinations import Destinations
 from service.usecases.forget import ForgetProfile
 from service.usecases.gauges import GaugeFigures
@@ -104,13 +104,7 @@ def marketo_connections(
         http,
         default_endpoint=settings.default_marketo_endpoint,
         allowed_endpoints=settings.endpoint_allowlist,
-        limits=LimitSettings(
-            share=settings.marketo_share,
-            window_seconds=settings.marketo_window_seconds,
-            concurrency=settings.marketo_concurrency,
-            daily_quota=settings.marketo_daily_quota,
-            daily_reserve=settings.marketo_daily_reserve,
-        ),
+        limits=settings.limits,
         clock=clock,
         telemetry=telemetry,
     )

@@ -1,9 +1,9 @@
 """How long to wait before try n: exponential growth from a first wait, a cap, and jitter.
 
 The retry and poll loops of the service wait this way: Marketo call retries
-(`service.marketo.retry.RetryPolicy`), alert webhooks (`service.usecases.alerts`), deferred
+(`service.settings.RetryPolicy`), alert webhooks (`service.settings.WebhookSettings`), deferred
 outbox entries (`service.delivery.config.Backoff`) and list extract polls
-(`service.usecases.reconcile.ExtractPolling`). Each keeps its own numbers; the arithmetic is here.
+(`service.settings.ExtractPolling`). Each keeps its own numbers; the arithmetic is here.
 """
 
 from __future__ import annotations

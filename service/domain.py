@@ -544,6 +544,20 @@ class PreviewResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncEstimate:
+    """What a Resync does (or, in a dry run, would do)."""
+
+    profiles: int
+    """Profiles resynced: those with a kept update, not forgotten."""
+    calls: int
+    """Marketo calls estimated from the dispatcher's planner."""
+    seconds: float
+    """Time those calls take at the instance's call allowance."""
+    share_of_daily_quota: float
+    """Share of the calls the instance may still make today (above 1: does not fit)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredMember:
     """A current member of an audience at a destination, as its desired state holds it: the
     lead holding its membership in Marketo (None: none yet; `HOLDER_RESOLVED`: the bound lead)

@@ -1,8 +1,16 @@
-"""The service's configuration: one frozen dataclass, read from the environment once.
+"""The service's configuration: `Settings`, read from the environment once, and the tuning
+types each component takes.
 
-Every field is set by the environment variable ``MARKETO_DEST_<FIELD NAME IN CAPITALS>``
-(:func:`env_var`); :meth:`Settings.from_env` is called in ``service.__main__`` only, and every
-other module receives the :class:`Settings` instance (or the values it needs) as an argument.
+Every field of :class:`Settings` is set by the environment variable
+``MARKETO_DEST_<FIELD NAME IN CAPITALS>`` (:func:`env_var`); :meth:`Settings.from_env` is called
+in ``service.__main__`` only, and every other module receives the :class:`Settings` instance (or
+the values it needs) as an argument.
+
+The tuning types are frozen dataclasses, one per component, with defaults that suit production:
+:class:`RetryPolicy` (Marketo call retries), :class:`LimitSettings` (this process's share of each
+Marketo instance; :attr:`Settings.limits` builds it, and the ``marketo_*`` fields take their
+defaults from it), :class:`WebhookSettings` (alert webhooks) and :class:`ExtractPolling` (list
+extract status polls). Tests and benchmarks build them with their own numbers.
 
 OpenTelemetry is configured by the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``,
 ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED`` ...). They are not
@@ -16,14 +24,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from service.backoff import exponential_delay, jittered
 from service.delivery.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpoint_allowlist
+from service.marketo.codes import Action
 
-__all__ = ["ENV_PREFIX", "InvalidSetting", "Settings", "env_var", "field_docs", "parse_address"]
+__all__ = [
+    "ENV_PREFIX",
+    "ExtractPolling",
+    "InvalidSetting",
+    "LimitSettings",
+    "RetryPolicy",
+    "Settings",
+    "WebhookSettings",
+    "env_var",
+    "field_docs",
+    "parse_address",
+]
 
 ENV_PREFIX = "MARKETO_DEST_"
 # Read by the operator commands (marketo_destination_client.cli), not by the service: an
@@ -61,6 +83,98 @@ def parse_address(value: str) -> str:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"port must be a number from 0 to 65535, got {port!r}")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a Marketo call is retried: backoff with jitter, bounded by attempts and a deadline per
+    HTTP call."""
+
+    max_attempts: int = 8
+    """Calls made for one request at most (the first included)."""
+    deadline: float = 300.0
+    """Seconds from the first attempt after which no retry is started."""
+    base_delay: float = 1.0
+    """First backoff for transient failures (604/608/611/713/719, 5xx, connection errors)."""
+    throttle_delay: float = 2.0
+    """First backoff after 606 (rate limit) or a busy import queue."""
+    concurrency_delay: float = 0.5
+    """First backoff after 615 (concurrency limit)."""
+    max_delay: float = 30.0
+    """Cap on any single backoff."""
+    multiplier: float = 2.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    """Source of jitter; seed it in tests for reproducible delays."""
+
+    def delay(self, action: Action, retry_number: int, code: str | None = None) -> float:
+        """Seconds to wait before retry `retry_number` (1-based): exponential, jittered
+        between half and all of the nominal delay."""
+        if action is Action.THROTTLED:
+            base = self.concurrency_delay if code == "615" else self.throttle_delay
+        else:
+            base = self.base_delay
+        nominal = exponential_delay(
+            base, retry_number, multiplier=self.multiplier, maximum=self.max_delay
+        )
+        return jittered(nominal, 0.5, self.rng)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """How much of each Marketo instance this process may use. The service builds it from its
+    settings (:attr:`Settings.limits`), whose ``marketo_*`` fields default to these values."""
+
+    share: float = 0.8
+    """Share of the instance's 100 calls / 20 s left to this service (others keep the rest)."""
+    window_seconds: float = 20.0
+    concurrency: int = 8
+    daily_quota: int = 50_000
+    daily_reserve: int = 5_000
+    """Calls a day left for the instance's other integrations."""
+
+
+_DEFAULT_LIMITS = LimitSettings()
+"""Where the defaults of the ``marketo_*`` limit settings come from."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """How alert webhooks are delivered."""
+
+    max_attempts: int = 6
+    """Tries per event before it is given up (logged)."""
+    base_delay: float = 1.0
+    """Seconds before the first retry; doubled on each retry."""
+    max_delay: float = 60.0
+    timeout: float = 5.0
+    """Seconds per request (connect, read, write and pool wait each)."""
+    queue_size: int = 100
+    """Events waiting per destination; beyond it the oldest is dropped (logged)."""
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based): exponential, jittered
+        between half and all of the nominal delay."""
+        nominal = exponential_delay(
+            self.base_delay, attempt, multiplier=2.0, maximum=self.max_delay
+        )
+        return jittered(nominal, 0.5, rng)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractPolling:
+    """How a list extract's status is polled: first after `initial` seconds, then growing."""
+
+    initial: float = 2.0
+    maximum: float = 30.0
+    multiplier: float = 1.5
+    timeout: float = 3600.0
+    """An extract not Completed after this many seconds is cancelled and the run fails."""
+
+    def delay(self, poll_number: int) -> float:
+        """Seconds to wait before status poll `poll_number` (1-based)."""
+        return exponential_delay(
+            self.initial, poll_number, multiplier=self.multiplier, maximum=self.maximum
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,20 +268,20 @@ class Settings:
     """How long a Sync request waits for the backlog to drop below the bound before it is
     refused with RESOURCE_EXHAUSTED."""
 
-    marketo_share: float = 0.8
+    marketo_share: float = _DEFAULT_LIMITS.share
     """Share of each Marketo instance's 100 calls / 20 s this service may use."""
 
-    marketo_window_seconds: float = 20.0
+    marketo_window_seconds: float = _DEFAULT_LIMITS.window_seconds
     """Length of Marketo's rate window (100 calls per 20 s); only a time-scaled sandbox (demo,
     benchmarks) has a shorter one."""
 
-    marketo_concurrency: int = 8
+    marketo_concurrency: int = _DEFAULT_LIMITS.concurrency
     """Concurrent Marketo calls per instance (Marketo allows 10 in all)."""
 
-    marketo_daily_quota: int = 50_000
+    marketo_daily_quota: int = _DEFAULT_LIMITS.daily_quota
     """Daily API quota of each Marketo instance."""
 
-    marketo_daily_reserve: int = 5_000
+    marketo_daily_reserve: int = _DEFAULT_LIMITS.daily_reserve
     """Calls a day left for each instance's other integrations."""
 
     replica_id: str = ""
@@ -315,6 +429,17 @@ class Settings:
         if not self.database_url:
             return 30.0
         return max(30.0, 1.8 * self.call_margin_seconds)
+
+    @property
+    def limits(self) -> LimitSettings:
+        """The ``marketo_*`` limits: how much of each Marketo instance this process may use."""
+        return LimitSettings(
+            share=self.marketo_share,
+            window_seconds=self.marketo_window_seconds,
+            concurrency=self.marketo_concurrency,
+            daily_quota=self.marketo_daily_quota,
+            daily_reserve=self.marketo_daily_reserve,
+        )
 
     @property
     def endpoint_allowlist(self) -> OriginList:

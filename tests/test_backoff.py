@@ -10,9 +10,7 @@ import pytest
 from service.backoff import exponential_delay, jittered
 from service.delivery.config import Backoff
 from service.marketo.codes import Action
-from service.marketo.retry import RetryPolicy
-from service.usecases.alerts import WebhookSettings
-from service.usecases.reconcile import ExtractPolling
+from service.settings import ExtractPolling, RetryPolicy, WebhookSettings
 
 
 class FixedDraw(random.Random):

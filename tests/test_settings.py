@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from service.__main__ import build_parser, settings_for
-from service.settings import ENV_PREFIX, InvalidSetting, Settings, env_var, field_docs
+from service.settings import (
+    ENV_PREFIX,
+    InvalidSetting,
+    LimitSettings,
+    Settings,
+    env_var,
+    field_docs,
+)
 
 from .conftest import REPO
 
@@ -23,6 +30,22 @@ def test_defaults_suit_a_local_run() -> None:
     assert settings.data_dir == Path("data")
     assert settings.sandbox is False
     assert settings.grace_seconds > 0
+
+
+def test_the_limit_settings_are_the_marketo_limits_of_the_settings() -> None:
+    assert Settings().limits == LimitSettings()
+    settings = Settings.from_env(
+        {
+            "MARKETO_DEST_MARKETO_SHARE": "0.5",
+            "MARKETO_DEST_MARKETO_WINDOW_SECONDS": "2",
+            "MARKETO_DEST_MARKETO_CONCURRENCY": "3",
+            "MARKETO_DEST_MARKETO_DAILY_QUOTA": "1000",
+            "MARKETO_DEST_MARKETO_DAILY_RESERVE": "10",
+        }
+    )
+    assert settings.limits == LimitSettings(
+        share=0.5, window_seconds=2.0, concurrency=3, daily_quota=1000, daily_reserve=10
+    )
 
 
 def test_every_field_is_read_from_its_variable() -> None:

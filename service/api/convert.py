@@ -46,13 +46,14 @@ from service.domain import (
     WritePolicy,
 )
 from service.errors import InvalidArgument
+from service.marketo.types import InstanceDescription
 from service.store.base import (
     ActivationRecord,
     Dataflow,
+    Destination,
     OutcomeRecord,
 )
 from service.usecases.alerts import AlertEvent
-from service.usecases.destinations import Destination, InstanceDescription
 from service.usecases.ingest import IndexedUpdate
 
 

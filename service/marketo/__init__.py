@@ -2,5 +2,6 @@
 operations. See docs/marketo-client.md.
 
 Import each name from the module that defines it: `client` (MarketoClient), `types` (the typed
-results), `errors`, `limits`, `retry`, `auth`, `clock`, `codes`, `gate`.
+results), `errors`, `limits`, `auth`, `clock`, `codes`, `gate`. How calls are retried
+(`RetryPolicy`) is tuning, in `service.settings`.
 """

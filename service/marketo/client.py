@@ -43,7 +43,6 @@ from service.marketo.errors import (
 from service.marketo.gate import check_current_gate
 from service.marketo.limits import InstanceLimits, next_reset
 from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver, endpoint_of
-from service.marketo.retry import RetryPolicy
 from service.marketo.types import (
     ExportJob,
     FieldDescription,
@@ -62,6 +61,7 @@ from service.marketo.types import (
     UsageDay,
     Workspace,
 )
+from service.settings import RetryPolicy
 
 _T = TypeVar("_T")
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Typed results of Marketo REST operations.
+"""Typed results of Marketo REST operations, and `InstanceDescription` (several of them read
+together).
 
 These are plain data, free of domain rules: the sync engine decides what they mean.
 """
@@ -199,3 +200,15 @@ class ExportJob:
     records: int | None = None
     file_size: int | None = None
     file_checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDescription:
+    """An instance's workspaces, partitions and lead schema together: what DescribeMarketo
+    shows, the pickers of the configuration form."""
+
+    workspaces: tuple[Workspace, ...]
+    partitions: tuple[Partition, ...]
+    dedupe_fields: tuple[str, ...]
+    fields: tuple[SchemaField, ...]
+    searchable: frozenset[str]

@@ -37,6 +37,7 @@ __all__ = [
     "CommitListener",
     "Dataflow",
     "DataflowRun",
+    "Destination",
     "DestinationNotFound",
     "DestinationRecord",
     "DestinationState",
@@ -379,6 +380,14 @@ class Lease:
     previous_expiry: datetime | None = field(default=None, compare=False)
     """When the previous tenure expired, if this lease was taken after it expired rather than
     after a release: its holder may still have had a Marketo call in flight until then."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A stored destination as callers see it (secrets are in `record` only)."""
+
+    record: DestinationRecord
+    spec: DestinationSpec
 
 
 CommitListener = Callable[[str], None]

@@ -37,10 +37,10 @@ from typing import Any
 
 import httpx
 
-from service.backoff import exponential_delay, jittered
 from service.delivery.egress import EgressRefused
 from service.domain import AlertState, AlertSubscription, AlertType
 from service.marketo.clock import Clock, SystemClock
+from service.settings import WebhookSettings
 from service.store.base import AlertRecord, DestinationNotFound
 from service.store.sql import Store
 
@@ -50,7 +50,6 @@ __all__ = [
     "AlertEvent",
     "AlertMonitor",
     "AlertWatcher",
-    "WebhookSettings",
     "sign_webhook",
     "verify_webhook",
 ]
@@ -97,29 +96,6 @@ class AlertEvent:
             "resolved_at": _iso(alert.resolved_at),
             "paused_until": _iso(alert.paused_until),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookSettings:
-    """How alert webhooks are delivered."""
-
-    max_attempts: int = 6
-    """Tries per event before it is given up (logged)."""
-    base_delay: float = 1.0
-    """Seconds before the first retry; doubled on each retry."""
-    max_delay: float = 60.0
-    timeout: float = 5.0
-    """Seconds per request (connect, read, write and pool wait each)."""
-    queue_size: int = 100
-    """Events waiting per destination; beyond it the oldest is dropped (logged)."""
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt `attempt` (1-based): exponential, jittered
-        between half and all of the nominal delay."""
-        nominal = exponential_delay(
-            self.base_delay, attempt, multiplier=2.0, maximum=self.max_delay
-        )
-        return jittered(nominal, 0.5, rng)
 
 
 def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:

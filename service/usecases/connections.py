@@ -3,7 +3,6 @@ one telemetry observer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -19,25 +18,12 @@ from service.errors import FailedPrecondition
 from service.marketo.client import MarketoClient
 from service.marketo.clock import Clock
 from service.marketo.limits import InstanceLimits, instance_key
-from service.marketo.retry import RetryPolicy
+from service.settings import LimitSettings, RetryPolicy
 from service.telemetry.core import QuotaSample, Telemetry
 from service.telemetry.marketo import marketo_observer
 
 INTERACTIVE_RETRY = RetryPolicy(max_attempts=3, deadline=15.0, base_delay=0.5)
 """Retries of Marketo calls made while a caller waits (Configure, Activate, DescribeMarketo)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LimitSettings:
-    """How much of each Marketo instance this process may use."""
-
-    share: float = 0.8
-    """Share of the instance's 100 calls / 20 s left to this service (others keep the rest)."""
-    window_seconds: float = 20.0
-    concurrency: int = 8
-    daily_quota: int = 50_000
-    daily_reserve: int = 5_000
-    """Calls a day left for the instance's other integrations."""
 
 
 class EndpointRefused(FailedPrecondition):

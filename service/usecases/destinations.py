@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -37,9 +37,10 @@ from service.marketo.errors import (
     QuotaExhaustedError,
     UnavailableError,
 )
-from service.marketo.types import Partition, SchemaField, SyncAction, Workspace
+from service.marketo.types import InstanceDescription, SyncAction
 from service.store.base import (
     ActivationRecord,
+    Destination,
     DestinationRecord,
     DestinationState,
     NewDestination,
@@ -58,25 +59,6 @@ ALERT_TYPES = frozenset(alert_type.value for alert_type in AlertType)
 PERMISSION_CODES = frozenset({"603", "1008"})
 """Marketo answers that mean the API user lacks a permission (role or partition)."""
 _CODE = re.compile(r"^[A-Za-z0-9_]{1,40}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """A stored destination as callers see it (secrets are in `record` only)."""
-
-    record: DestinationRecord
-    spec: DestinationSpec
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceDescription:
-    """What DescribeMarketo shows: the pickers of the configuration form."""
-
-    workspaces: tuple[Workspace, ...]
-    partitions: tuple[Partition, ...]
-    dedupe_fields: tuple[str, ...]
-    fields: tuple[SchemaField, ...]
-    searchable: frozenset[str]
 
 
 def checked_page_size(page_size: int, field: str = "page_size") -> int:

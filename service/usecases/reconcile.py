@@ -67,7 +67,6 @@ from datetime import UTC, date, datetime
 import httpx
 
 from service.api.access import current_principal
-from service.backoff import exponential_delay
 from service.delivery.engine.executor import most_recent
 from service.domain import DesiredMember, ListDrift, ListReconciliation, dedupe_key
 from service.errors import FailedPrecondition, NotFound, Unavailable
@@ -76,6 +75,7 @@ from service.marketo.clock import Clock, SystemClock
 from service.marketo.errors import MarketoError
 from service.marketo.limits import marketo_day
 from service.marketo.types import Lead
+from service.settings import ExtractPolling
 from service.store.base import (
     ActivationRecord,
     DestinationRecord,
@@ -91,7 +91,6 @@ from service.usecases.destinations import marketo_failure
 __all__ = [
     "DRIFT_ALERT_SHARE",
     "EXTRACT_ABOVE",
-    "ExtractPolling",
     "ListRepair",
     "Reconciliation",
     "read_members",
@@ -108,23 +107,8 @@ EXTRACT_CALLS = 6
 """About what an extract costs: create, enqueue, status polls, file (the budget's estimate)."""
 DRIFT_ALERT_SHARE = 0.01
 """A list whose drift found exceeds this share of its size raises the DRIFT alert."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExtractPolling:
-    """How an extract's status is polled: first after `initial` seconds, then growing."""
-
-    initial: float = 2.0
-    maximum: float = 30.0
-    multiplier: float = 1.5
-    timeout: float = 3600.0
-    """An extract not Completed after this many seconds is cancelled and the run fails."""
-
-    def delay(self, poll_number: int) -> float:
-        """Seconds to wait before status poll `poll_number` (1-based)."""
-        return exponential_delay(
-            self.initial, poll_number, multiplier=self.multiplier, maximum=self.maximum
-        )
+EXTRACT_POLLING = ExtractPolling()
+"""How extracts are polled unless a caller says otherwise (tests and benchmarks poll faster)."""
 
 
 @dataclass(slots=True)
@@ -150,7 +134,7 @@ async def read_members(
     *,
     expected: int,
     clock: Clock,
-    polling: ExtractPolling = ExtractPolling(),
+    polling: ExtractPolling = EXTRACT_POLLING,
     extract_above: int = EXTRACT_ABOVE,
 ) -> tuple[set[int], int]:
     """The ids of the list's members and the calls it took: pages of Get Leads by List when
@@ -213,7 +197,7 @@ async def reconcile_list(
     in_list: set[int] | None = None,
     turn: Turn = contextlib.nullcontext,
     record: Record | None = None,
-    polling: ExtractPolling = ExtractPolling(),
+    polling: ExtractPolling = EXTRACT_POLLING,
     extract_above: int = EXTRACT_ABOVE,
 ) -> ListRepair:
     """Read the list (unless `in_list` is given), compare it with the desired members and,
@@ -366,7 +350,7 @@ class Reconciliation:
         interval: float = 21600.0,
         budget_share: float = 0.05,
         daily_quota: int = 50_000,
-        polling: ExtractPolling = ExtractPolling(),
+        polling: ExtractPolling = EXTRACT_POLLING,
         extract_above: int = EXTRACT_ABOVE,
         notify: Callable[[str], None] | None = None,
         exclusive: Callable[[str], AbstractAsyncContextManager[object]] | None = None,

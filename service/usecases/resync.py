@@ -15,11 +15,10 @@ nothing and writes nothing to Marketo.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from service.api.access import current_principal
-from service.domain import FieldViolation, ProfileUpdate
+from service.domain import FieldViolation, ProfileUpdate, ResyncEstimate
 from service.errors import InvalidArgument
 from service.marketo.errors import MarketoError
 from service.store.base import ResyncSource
@@ -33,20 +32,6 @@ MAX_RESYNC_PROFILES = 10_000
 
 RESYNC_UPDATE_PREFIX = "resync:"
 """Update ids of resync updates start with this, then the request's time and the profile id."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncEstimate:
-    """What a Resync does (or, in a dry run, would do)."""
-
-    profiles: int
-    """Profiles resynced: those with a kept update, not forgotten."""
-    calls: int
-    """Marketo calls estimated from the dispatcher's planner."""
-    seconds: float
-    """Time those calls take at the instance's call allowance."""
-    share_of_daily_quota: float
-    """Share of the calls the instance may still make today (above 1: does not fit)."""
 
 
 class Resync:

@@ -37,12 +37,12 @@ from service.domain import (
 )
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock
-from service.settings import Settings
+from service.settings import Settings, WebhookSettings
 from service.store.base import ActivationRecord, DestinationRecord, NewDestination
 from service.store.secrets import SecretBox
 from service.store.sql import Store
 from service.store.sqlite import SqliteStore
-from service.usecases.alerts import AlertMonitor, WebhookSettings
+from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import MarketoConnections
 
 BASE_URL = "https://123-ABC-456.mktorest.com"

@@ -11,12 +11,12 @@ from datetime import timedelta
 import httpx
 
 from service.domain import AlertState, AlertSubscription, AlertType, Outcome, OutcomeKind
+from service.settings import WebhookSettings
 from service.store.base import DestinationRecord
 from service.usecases.alerts import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AlertMonitor,
-    WebhookSettings,
     sign_webhook,
     verify_webhook,
 )

@@ -8,8 +8,9 @@ import pytest
 
 from service.delivery.egress import OriginList, WebhookTransport
 from service.domain import AlertSubscription
-from service.usecases.alerts import AlertMonitor, WebhookSettings
-from service.usecases.connections import LimitSettings, MarketoConnections
+from service.settings import LimitSettings, WebhookSettings
+from service.usecases.alerts import AlertMonitor
+from service.usecases.connections import MarketoConnections
 from tests.dispatch.conftest import BASE_URL, Env, SteppingClock, profile
 from tests.netfakes import FakeResolver, Listener, RecordingBackend
 

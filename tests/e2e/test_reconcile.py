@@ -17,7 +17,8 @@ from sandbox import SandboxSettings
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.marketo.client import MarketoClient
 from service.marketo.clock import SystemClock
-from service.usecases.reconcile import ExtractPolling, read_members
+from service.settings import ExtractPolling
+from service.usecases.reconcile import read_members
 from tests.e2e.test_sync import REALIZED, delivered, seed, setup, sync
 from tests.harness import (
     CLIENT_ID,

@@ -13,7 +13,7 @@ import httpx
 from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo.client import MarketoClient
 from service.marketo.limits import InstanceLimits
-from service.marketo.retry import RetryPolicy
+from service.settings import RetryPolicy
 
 BASE_URL = "https://123-ABC-456.mktorest.com"
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from service.marketo.client import MarketoClient
 from service.marketo.limits import InstanceLimits
 from service.marketo.observer import MarketoObserver
-from service.marketo.retry import RetryPolicy
+from service.settings import RetryPolicy
 from service.telemetry.marketo import marketo_observer
 from service.telemetry.setup import setup_telemetry
 

@@ -122,7 +122,7 @@ async def test_repeated_601_is_bounded(
     marketo: FakeMarketo, make_client: Callable[..., MarketoClient]
 ) -> None:
     marketo.route("GET", PARTITIONS, lambda s: error("601", "Access token invalid"))
-    from service.marketo.retry import RetryPolicy
+    from service.settings import RetryPolicy
 
     client = make_client(retry=RetryPolicy(max_attempts=4))
     with pytest.raises(UnavailableError) as caught:

@@ -18,8 +18,8 @@ from service.marketo.errors import (
     UnavailableError,
 )
 from service.marketo.limits import next_reset
-from service.marketo.retry import RetryPolicy
 from service.marketo.types import SyncAction
+from service.settings import RetryPolicy
 from tests.marketo.conftest import FakeClock, FakeMarketo, Seen, error, ok
 
 LEADS = "/rest/v1/leads.json"

@@ -13,8 +13,8 @@ import pytest
 from service.marketo.client import MarketoClient
 from service.marketo.errors import UnavailableError
 from service.marketo.observer import NO_OBSERVER, Call, Exchange, MarketoObserver
-from service.marketo.retry import RetryPolicy
 from service.marketo.types import SyncAction
+from service.settings import RetryPolicy
 from tests.marketo.conftest import FakeMarketo, Seen, error, ok
 
 PARTITIONS = "/rest/v1/leads/partitions.json"

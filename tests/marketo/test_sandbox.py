@@ -19,8 +19,8 @@ from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo.client import MarketoClient
 from service.marketo.errors import OutcomeUnknownError, QuotaExhaustedError
 from service.marketo.limits import InstanceLimits, next_reset
-from service.marketo.retry import RetryPolicy
 from service.marketo.types import SyncAction
+from service.settings import RetryPolicy
 from tests.marketo.conftest import START
 
 BASE = "https://123-ABC-456.mktorest.com"

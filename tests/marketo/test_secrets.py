@@ -14,8 +14,8 @@ from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo.client import MarketoClient
 from service.marketo.errors import AuthenticationError, MarketoError
 from service.marketo.limits import InstanceLimits
-from service.marketo.retry import RetryPolicy
 from service.marketo.types import SyncAction
+from service.settings import RetryPolicy
 from service.telemetry.marketo import marketo_observer
 from service.telemetry.setup import setup_telemetry
 from tests.marketo.conftest import BASE as MOCK_BASE

@@ -7,7 +7,8 @@ from dataclasses import replace
 from datetime import timedelta
 
 from service.domain import ActionType, UnappliedAttributes
-from service.store.base import DestinationRecord, Store, UnappliedRow, Watermark
+from service.store.base import DestinationRecord, UnappliedRow, Watermark
+from service.store.sql import Store
 from tests.store.conftest import INSTANCE, activated, claimed
 
 

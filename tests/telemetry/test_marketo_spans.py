@@ -16,8 +16,8 @@ from sandbox import ManualClock, SandboxSettings, asgi_transport, create_app
 from service.marketo.client import MarketoClient
 from service.marketo.limits import InstanceLimits
 from service.marketo.observer import Call, endpoint_of
-from service.marketo.retry import RetryPolicy
 from service.marketo.types import SyncAction
+from service.settings import RetryPolicy
 from service.telemetry.core import Telemetry, batch_attributes
 from service.telemetry.marketo import (
     MarketoTelemetry,
