@@ -19,7 +19,7 @@ from service.domain import (
 from tests.engine.fakes import NO_MEMBERSHIP, FakeMarketo, at
 from tests.engine.test_desired_state import LIST_CALLS, Run, calls, only
 from tests.engine.test_executor import CREATE, UPDATE, upd
-from tests.engine.test_who_is_exported import PROFILE_ONLY
+from tests.engine.test_who_is_exported import SYNC_TYPES
 
 
 def of(pid: str, uid: str, minute: int, first: str, *members: tuple[str, str]) -> ProfileUpdate:
@@ -85,10 +85,6 @@ async def test_a_coalesced_profile_is_bound_and_costs_no_call_when_nothing_chang
 
 # Who is exported, for a coalesced person: a member of an activated audience through any profile
 # coalesced into it in the batch, whether or not that profile's update shares the outcome.
-
-SYNC_TYPES = pytest.mark.parametrize(
-    "rules", [PROFILE_ONLY, CREATE], ids=["profile only", "audience and profile"]
-)
 
 # p1's update in the batch, older than p2's attributes-only update: nothing of it is written
 P1_SUPERSEDED = {
