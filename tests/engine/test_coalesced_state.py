@@ -6,10 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from service.domain import Action, ActionType, OutcomeKind, ProfileUpdate, attributes_digest
-from tests.engine.fakes import NO_MEMBERSHIP, FakeMarketo
-from tests.engine.test_desired_state import Run, calls, only
-from tests.engine.test_executor import UPDATE, upd
+from service.delivery.engine.planner import REASON_STALE
+from service.domain import (
+    Action,
+    ActionType,
+    ExclusionCode,
+    OutcomeKind,
+    ProfileUpdate,
+    SyncRules,
+    attributes_digest,
+)
+from tests.engine.fakes import NO_MEMBERSHIP, FakeMarketo, at
+from tests.engine.test_desired_state import LIST_CALLS, Run, calls, only
+from tests.engine.test_executor import CREATE, UPDATE, upd
+from tests.engine.test_who_is_exported import SYNC_TYPES
 
 
 def of(pid: str, uid: str, minute: int, first: str, *members: tuple[str, str]) -> ProfileUpdate:
@@ -71,3 +81,99 @@ async def test_a_coalesced_profile_is_bound_and_costs_no_call_when_nothing_chang
     out = only(await run.sync(of("p1", "p1-again", 3, "Annie", ("a1", "realized"))))
     assert (out.kind, out.actions, out.lead_id) == (OutcomeKind.ACTIVATED, (), lead)
     assert len(fake.calls) == before
+
+
+# Who is exported, for a coalesced person: a member of an activated audience through any profile
+# coalesced into it in the batch, whether or not that profile's update shares the outcome.
+
+# p1's update in the batch, older than p2's attributes-only update: nothing of it is written
+P1_SUPERSEDED = {
+    "same attributes": of("p1", "p1-same", 2, "Ann", NO_MEMBERSHIP),
+    "other attributes": of("p1", "p1-other", 2, "Anne", NO_MEMBERSHIP),
+}
+
+
+async def ann_in_a1(rules: SyncRules) -> tuple[FakeMarketo, Run, int]:
+    """p1 (ann@x.io) exported as a member of a1: its lead, and the run holding its state."""
+    fake = FakeMarketo()
+    run = Run(fake, rules)
+    out = only(await run.sync(of("p1", "p1-first", 1, "Ann", ("a1", "realized"))))
+    assert out.kind is OutcomeKind.ACTIVATED
+    return fake, run, out.lead_id
+
+
+@SYNC_TYPES
+@pytest.mark.parametrize("p1_update", sorted(P1_SUPERSEDED))
+async def test_a_profile_coalesced_with_a_stored_member_is_exported(
+    rules: SyncRules, p1_update: str
+) -> None:
+    fake, run, lead = await ann_in_a1(rules)
+    list_calls = calls(fake, *LIST_CALLS)
+
+    result = await run.sync(P1_SUPERSEDED[p1_update], of("p2", "p2", 3, "Annie", NO_MEMBERSHIP))
+    outcomes = {o.update_id: o for o in result.outcomes}
+    assert outcomes[P1_SUPERSEDED[p1_update].update_id].kind is OutcomeKind.SUPERSEDED
+    written = outcomes["p2"]
+    assert (written.kind, written.exclusion_code, written.actions, written.lead_id) == (
+        OutcomeKind.ACTIVATED,
+        None,
+        (Action(ActionType.UPDATED),),
+        lead,
+    )
+    assert fake.leads[lead].fields["firstName"] == "Annie"
+    assert calls(fake, *LIST_CALLS) == list_calls, "the lead already holds a1: no list call"
+    assert "p2" not in run.state.unapplied
+    assert run.state.profiles["p2"].lead_id == lead
+
+
+async def test_an_exit_of_a_coalesced_profile_removes_the_lead_another_one_holds() -> None:
+    fake = FakeMarketo()
+    run = Run(fake, CREATE, tracked=("a1",))
+    lead = only(await run.sync(of("p1", "p1-first", 1, "Ann", ("a1", "realized")))).lead_id
+    assert fake.lists[11] == {lead}
+
+    # p1's attributes lose to p2's, its a1 event to p2's newer exit: p1's update is superseded,
+    # and the membership its lead holds leaves with the person's exit
+    result = await run.sync(
+        of("p1", "p1-again", 2, "Ann", ("a1", "realized")),
+        of("p2", "p2-exit", 3, "Annie", ("a1", "exited")),
+    )
+    outcomes = {o.update_id: o for o in result.outcomes}
+    assert outcomes["p1-again"].kind is OutcomeKind.SUPERSEDED
+    assert (outcomes["p2-exit"].kind, outcomes["p2-exit"].actions) == (
+        OutcomeKind.ACTIVATED,
+        (Action(ActionType.REMOVED, "a1"),),
+    )
+    assert fake.lists[11] == set()
+    assert ("p1", "a1") not in run.state.holders
+
+
+@SYNC_TYPES
+async def test_a_profile_alone_is_not_exported_through_another_profile_of_its_lead(
+    rules: SyncRules,
+) -> None:
+    # the person is the profiles coalesced in one batch: p1, a member bound to the same lead
+    # but not in the batch, does not make p2 (a member of nothing) exported
+    fake, run, lead = await ann_in_a1(rules)
+    before = calls(fake)
+    out = only(await run.sync(of("p2", "p2", 3, "Annie", NO_MEMBERSHIP)))
+    assert (out.kind, out.exclusion_code) == (OutcomeKind.EXCLUDED, ExclusionCode.NO_AUDIENCE)
+    assert calls(fake) == before and fake.leads[lead].fields["firstName"] == "Ann"
+    assert run.state.unapplied["p2"].event_time == at(3)
+
+
+async def test_a_stale_update_does_not_coalesce_its_profile() -> None:
+    # p1's update is older than p1's attributes already applied: it tells nothing of p1 now and
+    # is superseded alone, so p2 is a person on its own, as if p1 were not in the batch
+    fake, run, lead = await ann_in_a1(CREATE)
+    await run.sync(of("p1", "p1-newer", 5, "Ann", NO_MEMBERSHIP))
+    result = await run.sync(
+        of("p1", "p1-stale", 2, "Ann", NO_MEMBERSHIP), of("p2", "p2", 6, "Annie", NO_MEMBERSHIP)
+    )
+    outcomes = {o.update_id: o for o in result.outcomes}
+    assert (outcomes["p1-stale"].kind, outcomes["p1-stale"].reason) == (
+        OutcomeKind.SUPERSEDED,
+        REASON_STALE,
+    )
+    assert outcomes["p2"].exclusion_code is ExclusionCode.NO_AUDIENCE
+    assert fake.leads[lead].fields["firstName"] == "Ann"

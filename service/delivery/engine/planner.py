@@ -31,6 +31,13 @@ applied) and the lead it is bound to (when its dedupe value is the bound one). A
 of what it holds go out (they export no personal data); its attributes are not written. Without
 current attributes in the batch, the stored consent state decides.
 
+The person's profiles are those coalesced into it: the profiles of the updates sharing its
+outcome and every profile whose current attributes lost to the winner's (its update superseded).
+So a stored member makes the person exported, and the memberships held for it move or leave
+with the person, whichever profile's update wins. Coalescing is per batch: a profile with no
+update in the batch, or only stale ones (rule 1), is not one of the person's, even when it is
+bound to the same lead.
+
 A destination exports the members of its activated audiences, whatever its sync type (their
 membership facts are kept for Profile only too; only the list writes depend on the sync type).
 A person that is a member of none (`no_audience`) has no attributes written and no lead
@@ -131,6 +138,9 @@ class PlannedPerson:
     """Per activated audience, the leads holding the membership now (`HOLDER_RESOLVED`: the
     lead the person resolves to)."""
     profile_ids: tuple[str, ...] = ()
+    """The person's profiles: those of `updates`, then those whose current attributes lost to
+    the writer's (every update of theirs superseded). The stored state of each counts toward the
+    target: its desired memberships and the leads holding them."""
     bound_lead: int | None = None
     """The lead the person's dedupe value was bound to at its last confirmed write."""
     attributes_changed: bool = True
@@ -422,7 +432,7 @@ def _target(
 ) -> PlannedPerson:
     """`person` with its target: desired memberships, holders (when the sync type keeps
     lists), binding and attribute change."""
-    profile_ids = tuple(dict.fromkeys(u.profile_id for u in person.updates))
+    profile_ids = person.profile_ids
     desired: dict[str, bool] = {}
     holders: dict[str, frozenset[int]] = {}
     for audience in sorted(lists):
@@ -538,6 +548,12 @@ def _coalesce(key: str, members: Sequence[_Profile]) -> tuple[PlannedPerson, lis
         membership_marks=own,
         writer=winner.head.update.update_id if current else "",
         sources={a: u.update_id for a, (_, _, u, _) in latest.items()},
+        # a profile whose current attributes lost to the writer's is the person's all the same
+        profile_ids=tuple(
+            dict.fromkeys(
+                (*(u.profile_id for u in sharing), *(p.head.update.profile_id for p in current))
+            )
+        ),
     )
     return person, superseded
 
