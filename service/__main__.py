@@ -61,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings are read from MARKETO_DEST_* environment variables; flags override them.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    defaults = Settings()
 
     serve_cmd = commands.add_parser("serve", help="run the gRPC service until SIGTERM/SIGINT")
-    _add_address(serve_cmd, "listen address (default 127.0.0.1:50051)")
+    _add_address(serve_cmd, f"listen address (default {defaults.address})")
     serve_cmd.add_argument(
-        "--data-dir", type=Path, metavar="DIR", help="data directory (default ./data)"
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"data directory (default {os.path.join('.', defaults.data_dir)})",
     )
     serve_cmd.add_argument(
         "--sandbox",

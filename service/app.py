@@ -24,7 +24,7 @@ from service.delivery.fence import REPLICA_HEADER
 from service.delivery.retention import OutcomeRetention
 from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock, SystemClock
-from service.settings import Settings
+from service.settings import Settings, WebhookSettings
 from service.store.secrets import SecretBox, owner_only_directory
 from service.store.sql import Store
 from service.store.sqlite import Synchronous, open_in_data_dir
@@ -61,8 +61,9 @@ def marketo_http(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-WEBHOOK_TIMEOUT = httpx.Timeout(5.0)
-"""A webhook receiver answers quickly or the attempt is retried later."""
+WEBHOOK_TIMEOUT = httpx.Timeout(WebhookSettings().timeout)
+"""A webhook receiver answers quickly or the attempt is retried later: the default
+`WebhookSettings.timeout`, which the alert monitor also gives each request."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,8 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
     """How much of each Marketo instance this process may use. The service builds it from its
-    settings (:attr:`Settings.limits`), whose ``marketo_*`` fields default to these values."""
+    settings (:attr:`Settings.limits`), whose ``marketo_*`` fields default to these values, as
+    do the arguments of ``service.marketo.limits.InstanceLimits`` (no daily reserve there)."""
 
     share: float = 0.8
     """Share of the instance's 100 calls / 20 s left to this service (others keep the rest)."""
@@ -135,6 +136,9 @@ class LimitSettings:
 
 _DEFAULT_LIMITS = LimitSettings()
 """Where the defaults of the ``marketo_*`` limit settings come from."""
+
+_LEAST_LEASE_TTL = 30.0
+"""Seconds: the automatic lease TTL with the embedded store, and the least with PostgreSQL."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,8 +431,8 @@ class Settings:
         if self.lease_ttl_seconds:
             return self.lease_ttl_seconds
         if not self.database_url:
-            return 30.0
-        return max(30.0, 1.8 * self.call_margin_seconds)
+            return _LEAST_LEASE_TTL
+        return max(_LEAST_LEASE_TTL, 1.8 * self.call_margin_seconds)
 
     @property
     def limits(self) -> LimitSettings:

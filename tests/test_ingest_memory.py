@@ -56,6 +56,8 @@ class _NoUpdates:
 async def test_the_caches_of_ingest_stay_within_a_bound_in_bytes() -> None:
     ingest = Ingest(
         _Destinations(),  # type: ignore[arg-type]
+        max_backlog=1_000_000,
+        max_wait=timedelta(seconds=30),
         cache_seconds=3_600.0,
         max_clock_skew=timedelta(minutes=5),
     )

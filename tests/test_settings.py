@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from service.__main__ import build_parser, settings_for
+from service.api import convert, sync_checks
+from service.app import delivery_settings
+from service.delivery.config import DeliverySettings
+from service.marketo.limits import InstanceLimits
 from service.settings import (
     ENV_PREFIX,
     InvalidSetting,
@@ -17,6 +24,9 @@ from service.settings import (
     env_var,
     field_docs,
 )
+from service.usecases.activation import Activations
+from service.usecases.ingest import Ingest
+from service.usecases.reconcile import Reconciliation
 
 from .conftest import REPO
 
@@ -46,6 +56,44 @@ def test_the_limit_settings_are_the_marketo_limits_of_the_settings() -> None:
     assert settings.limits == LimitSettings(
         share=0.5, window_seconds=2.0, concurrency=3, daily_quota=1000, daily_reserve=10
     )
+
+
+DEFAULTS = Settings()
+FED_BY_SETTINGS: list[tuple[Callable[..., object], str, object]] = [
+    (Reconciliation, "list_folder", DEFAULTS.list_folder),
+    (Reconciliation, "interval", DEFAULTS.reconcile_interval_seconds),
+    (Reconciliation, "budget_share", DEFAULTS.reconcile_budget_share),
+    (Reconciliation, "daily_quota", DEFAULTS.marketo_daily_quota),
+    (Activations, "list_folder", DEFAULTS.list_folder),
+    (Ingest, "max_backlog", DEFAULTS.max_backlog),
+    (Ingest, "max_wait", timedelta(seconds=DEFAULTS.backpressure_wait_seconds)),
+    *(
+        (DeliverySettings, name, getattr(delivery_settings(DEFAULTS), name))
+        for name in ("batch_size", "linger", "lease_ttl", "bulk_threshold", "schema_recheck")
+    ),
+    (InstanceLimits, "share", DEFAULTS.marketo_share),
+    (InstanceLimits, "window_seconds", DEFAULTS.marketo_window_seconds),
+    (InstanceLimits, "concurrency", DEFAULTS.marketo_concurrency),
+    (InstanceLimits, "daily_quota", DEFAULTS.marketo_daily_quota),
+    (sync_checks.event_time_limit, "max_skew", timedelta(seconds=DEFAULTS.max_clock_skew_seconds)),
+    (sync_checks.sync_request, "max_skew", timedelta(seconds=DEFAULTS.max_clock_skew_seconds)),
+    (convert.profile_update, "max_skew", timedelta(seconds=DEFAULTS.max_clock_skew_seconds)),
+]
+"""(component, parameter, what the service passes it with the default settings)."""
+
+
+@pytest.mark.parametrize(
+    ("component", "parameter", "passed"),
+    FED_BY_SETTINGS,
+    ids=[f"{component.__qualname__}.{name}" for component, name, _ in FED_BY_SETTINGS],
+)
+def test_a_component_default_is_the_default_of_the_setting_that_feeds_it(
+    component: Callable[..., object], parameter: str, passed: object
+) -> None:
+    """A parameter the service feeds from a setting has no default, or the one the service
+    passes with the default settings: the two cannot drift apart."""
+    default = inspect.signature(component).parameters[parameter].default
+    assert default is inspect.Parameter.empty or default == passed
 
 
 def test_every_field_is_read_from_its_variable() -> None:

@@ -24,6 +24,7 @@ from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from service.api.enums import MEMBERSHIP_STATUS
 from service.domain import FieldViolation, Rejected
 from service.errors import InvalidArgument
+from service.settings import Settings
 from service.usecases.ingest import IndexedAudiences, WireUpdates
 
 MAX_UPDATES = 10_000
@@ -34,7 +35,7 @@ MAX_UPDATE_ID_LENGTH = 128
 MAX_PROFILE_BYTES = 256 * 1024
 MAX_PROFILE_DEPTH = 32
 MAX_MEMBERSHIPS = 1_000
-MAX_CLOCK_SKEW = timedelta(seconds=300)
+MAX_CLOCK_SKEW = timedelta(seconds=Settings().max_clock_skew_seconds)
 """An event time further ahead than this is refused: it would hold back every later change.
 The default of `Settings.max_clock_skew_seconds`; Sync and PreviewSync pass the setting."""
 

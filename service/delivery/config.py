@@ -46,15 +46,16 @@ class Backoff:
         return timedelta(seconds=jittered(seconds, self.jitter, rng))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeliverySettings:
-    """The dispatcher's tuning numbers (durations in seconds unless typed `timedelta`)."""
+    """The dispatcher's tuning numbers (durations in seconds unless typed `timedelta`). Those
+    without a default come from the service settings (`service.app.delivery_settings`)."""
 
-    batch_size: int = 300
+    batch_size: int
     """Entries claimed at once by a drainer."""
-    linger: float = 1.0
+    linger: float
     """How long a partial batch waits for more updates."""
-    lease_ttl: timedelta = timedelta(seconds=30)
+    lease_ttl: timedelta
     """Life of an instance lease (renewed every third of it while held)."""
     call_margin: float = 0.0
     """Seconds of confirmed lease under which a drainer starts no Marketo call (at least the
@@ -73,11 +74,11 @@ class DeliverySettings:
     it counts as full."""
     backoff: Backoff = Backoff()
     """Waits of deferred entries."""
-    schema_recheck: Backoff = Backoff(base=timedelta(minutes=1), maximum=timedelta(minutes=10))
+    schema_recheck: Backoff
     """Spaces the schema reads of a destination paused by a schema mismatch."""
     field_types_ttl: float = 600.0
     """How long an instance's lead schema is cached."""
-    bulk_threshold: int = 5_000
+    bulk_threshold: int
     """Due backlog of one destination from which its work goes through bulk import (0: never;
     a negative number counts as 0)."""
     bulk_batch_size: int = 200_000

@@ -86,11 +86,12 @@ class Activations:
         connections: MarketoConnections,
         rules: MappingRules,
         *,
-        list_folder: str = "Marketo Destination",
+        list_folder: str,
         on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
         on_lists_created: Callable[[str, Sequence[str]], Awaitable[object]] | None = None,
     ) -> None:
-        """`on_changed(before)` runs after Activate stored a mapping (the dispatcher re-checks a
+        """`list_folder` (the setting of that name) is the Marketo folder lists are created in.
+        `on_changed(before)` runs after Activate stored a mapping (the dispatcher re-checks a
         paused destination at once); `on_lists_created(destination_id, audience_ids)` after it
         created lists for audiences that were already activated (e.g. after a switch from
         Profile only), whose current members delivery must then add."""

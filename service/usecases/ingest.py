@@ -137,12 +137,14 @@ class Ingest:
         store: Store,
         *,
         notify: Callable[[str, str], None] = lambda instance_key, destination_id: None,
-        max_backlog: int = 1_000_000,
-        max_wait: timedelta = timedelta(seconds=30),
+        max_backlog: int,
+        max_wait: timedelta,
         trace_context: Callable[[], str | None] = lambda: None,
         cache_seconds: float = 2.0,
         max_clock_skew: timedelta,
     ) -> None:
+        """`max_backlog`, `max_wait` and `max_clock_skew` are the settings `max_backlog`,
+        `backpressure_wait_seconds` and `max_clock_skew_seconds`."""
         self.max_clock_skew = max_clock_skew
         """How far in the future an update's event time may be."""
         self._store = store

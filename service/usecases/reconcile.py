@@ -345,19 +345,22 @@ class Reconciliation:
         connections: MarketoConnections,
         alerts: AlertMonitor,
         *,
+        list_folder: str,
+        interval: float,
+        budget_share: float,
+        daily_quota: int,
         clock: Clock | None = None,
-        list_folder: str = "Marketo Destination",
-        interval: float = 21600.0,
-        budget_share: float = 0.05,
-        daily_quota: int = 50_000,
         polling: ExtractPolling = EXTRACT_POLLING,
         extract_above: int = EXTRACT_ABOVE,
         notify: Callable[[str], None] | None = None,
         exclusive: Callable[[str], AbstractAsyncContextManager[object]] | None = None,
     ) -> None:
-        """`interval` 0 turns the periodic reconciliation off; `notify(instance_key)` wakes
-        delivery once a deleted list was created again; `exclusive(instance_key)` holds the
-        instance's delivery turn (`Dispatcher.exclusive`; none: nothing else delivers)."""
+        """`list_folder`, `interval`, `budget_share` and `daily_quota` are the settings
+        `list_folder`, `reconcile_interval_seconds`, `reconcile_budget_share` and
+        `marketo_daily_quota`; `interval` 0 turns the periodic reconciliation off.
+        `notify(instance_key)` wakes delivery once a deleted list was created again;
+        `exclusive(instance_key)` holds the instance's delivery turn (`Dispatcher.exclusive`;
+        none: nothing else delivers)."""
         self._store = store
         self._connections = connections
         self._alerts = alerts

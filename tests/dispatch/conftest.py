@@ -201,6 +201,9 @@ class Env:
         settings = DeliverySettings(
             batch_size=300,
             linger=1.0,
+            lease_ttl=timedelta(seconds=30),
+            bulk_threshold=5_000,
+            schema_recheck=Backoff(base=timedelta(minutes=1), maximum=timedelta(minutes=10)),
             poll_interval=3_600.0,
             backoff=Backoff(base=timedelta(seconds=5), maximum=timedelta(minutes=5)),
         )
