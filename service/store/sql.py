@@ -333,6 +333,10 @@ PROFILE_STATE_INSERT: tuple[Column, ...] = (
     ("digest", "text"),
     ("consent_refused", "integer"),
 )
+CLEAR_STALE_DIGEST = (
+    "UPDATE profile_state SET digest = NULL "
+    "WHERE destination_id = ? AND lead_id = ? AND digest <> ?"
+)
 PROFILE_STATE_TAIL = (
     "ON CONFLICT (destination_id, profile_id) DO UPDATE SET "
     "dedupe_value = excluded.dedupe_value, dedupe_key = excluded.dedupe_key, "
@@ -1158,6 +1162,19 @@ class Store(ABC):
             ]
             if held:
                 await c.executemany(SET_HOLDER, held)
+            # A lead written for some profiles no longer holds what the other profiles bound to
+            # it last applied (several profiles may share a dedupe value): their digests are
+            # cleared, so the next update of each writes its attributes again (one write too
+            # many at most, never one too few). The batch's own rows are stored after.
+            written = {
+                (row.destination_id, row.state.lead_id, row.state.digest)
+                for row in profiles
+                if row.destination_id in alive
+                and row.state.lead_id is not None
+                and row.state.digest is not None
+            }
+            if written:
+                await c.executemany(CLEAR_STALE_DIGEST, sorted(written))
             await c.insert_many(
                 "profile_state",
                 PROFILE_STATE_INSERT,

@@ -71,3 +71,54 @@ async def test_a_coalesced_profile_is_bound_and_costs_no_call_when_nothing_chang
     out = only(await run.sync(of("p1", "p1-again", 3, "Annie", ("a1", "realized"))))
     assert (out.kind, out.actions, out.lead_id) == (OutcomeKind.ACTIVATED, (), lead)
     assert len(fake.calls) == before
+
+
+async def test_a_profile_writes_again_what_another_profile_of_its_lead_overwrote() -> None:
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = fake.seed(email="ann@x.io", firstName="Old", lastName="Lee")
+    await run.sync(of("p1", "p1-first", 1, "Ann", ("a1", "realized")))
+    # p2, same e-mail, in a batch of its own: bound to the same lead, it writes Annie there
+    out = only(await run.sync(of("p2", "p2", 2, "Annie", ("a1", "realized"))))
+    assert (out.kind, out.lead_id) == (OutcomeKind.ACTIVATED, lead)
+    assert fake.leads[lead].fields["firstName"] == "Annie"
+    # p1's digest no longer says what the lead holds
+    assert run.state.profiles["p1"].digest is None
+    assert run.state.profiles["p1"].lead_id == lead
+
+    # p1's newer update brings Ann back: the most recent update wins, so it is written
+    before = calls(fake, UPDATE)
+    out = only(await run.sync(of("p1", "p1-later", 3, "Ann", NO_MEMBERSHIP)))
+    assert (out.kind, out.actions, out.lead_id) == (
+        OutcomeKind.ACTIVATED,
+        (Action(ActionType.UPDATED),),
+        lead,
+    )
+    assert calls(fake, UPDATE) == before + 1
+    assert fake.leads[lead].fields["firstName"] == "Ann"
+
+    # p2 now holds a stale digest in turn, while p1's again says what the lead holds
+    assert run.state.profiles["p2"].digest is None
+    assert run.state.profiles["p1"].digest == attributes_digest(
+        {"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"}
+    )
+    before = len(fake.calls)
+    out = only(await run.sync(of("p1", "p1-again", 4, "Ann", NO_MEMBERSHIP)))
+    assert (out.kind, out.actions) == (OutcomeKind.ACTIVATED, ())
+    assert len(fake.calls) == before
+
+
+async def test_a_write_that_leaves_the_lead_as_it_was_keeps_the_other_digests() -> None:
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = fake.seed(email="ann@x.io", firstName="Old", lastName="Lee")
+    await run.sync(of("p1", "p1", 1, "Ann", ("a1", "realized")))
+    await run.sync(of("p2", "p2", 2, "Ann", ("a1", "realized")))
+    ann = attributes_digest({"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"})
+    assert {pid: run.state.profiles[pid].digest for pid in ("p1", "p2")} == {"p1": ann, "p2": ann}
+
+    # p1 again with what the lead holds: no call
+    before = len(fake.calls)
+    out = only(await run.sync(of("p1", "p1-again", 3, "Ann", NO_MEMBERSHIP)))
+    assert (out.kind, out.actions, out.lead_id) == (OutcomeKind.ACTIVATED, (), lead)
+    assert len(fake.calls) == before
