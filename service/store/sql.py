@@ -1162,6 +1162,9 @@ class Store(ABC):
             # it last applied (several profiles may share a dedupe value): their digests are
             # cleared, so the next update of each writes its attributes again (one write too
             # many at most, never one too few). A forgotten profile's last write counts too.
+            # Profiles of the batch bound to one lead with different digests (a refused consent
+            # keeps its digest while another profile writes the lead) keep none: which the lead
+            # holds is not known.
             written: defaultdict[tuple[str, int], set[str]] = defaultdict(set)
             for row in profiles:
                 if (
@@ -1183,7 +1186,10 @@ class Store(ABC):
                         row.state.dedupe_value,
                         dedupe_key(row.state.dedupe_value) if row.state.dedupe_value else None,
                         row.state.lead_id,
-                        row.state.digest,
+                        None
+                        if row.state.lead_id is not None
+                        and len(written.get((row.destination_id, row.state.lead_id), ())) > 1
+                        else row.state.digest,
                         int(row.state.consent_refused),
                     )
                     for row in sorted(profiles, key=lambda r: (r.destination_id, r.profile_id))

@@ -4,11 +4,13 @@ of them is planned against what the lead holds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from service.domain import Action, ActionType, OutcomeKind, ProfileUpdate, attributes_digest
 from tests.engine.fakes import NO_MEMBERSHIP, FakeMarketo
-from tests.engine.test_desired_state import Run, calls, only
+from tests.engine.test_desired_state import REFUSED, Run, calls, only
 from tests.engine.test_executor import UPDATE, upd
 
 
@@ -122,3 +124,23 @@ async def test_a_write_that_leaves_the_lead_as_it_was_keeps_the_other_digests() 
     out = only(await run.sync(of("p1", "p1-again", 3, "Ann", NO_MEMBERSHIP)))
     assert (out.kind, out.actions, out.lead_id) == (OutcomeKind.ACTIVATED, (), lead)
     assert len(fake.calls) == before
+
+
+async def test_a_profile_refusing_consent_while_another_writes_its_lead_writes_again_later() -> (
+    None
+):
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = fake.seed(email="ann@x.io", firstName="Old", lastName="Lee")
+    await run.sync(of("p1", "p1-first", 1, "Ann", ("a1", "realized")))
+    # one batch: p1 refuses consent (its attributes are not written), p2 writes Annie to lead 7
+    ann = of("p1", "p1-refuses", 2, "Ann", NO_MEMBERSHIP)
+    refusal = replace(ann, profile={**ann.profile, "consents": REFUSED})
+    await run.sync(refusal, of("p2", "p2", 3, "Annie", ("a1", "realized")))
+    assert fake.leads[lead].fields["firstName"] == "Annie"
+    assert run.state.profiles["p1"].consent_refused
+
+    # p1 gives its consent back with Ann: the most recent update, written
+    out = only(await run.sync(of("p1", "p1-back", 4, "Ann", NO_MEMBERSHIP)))
+    assert (out.kind, out.lead_id) == (OutcomeKind.ACTIVATED, lead)
+    assert fake.leads[lead].fields["firstName"] == "Ann"

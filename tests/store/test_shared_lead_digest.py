@@ -81,3 +81,20 @@ async def test_a_forgotten_profile_gets_no_state_back_and_its_last_write_still_c
     # p2 writes to lead 7: the forgotten profile gets no state back
     await store.retire([], [], profiles=rows(destination.id, p2=ANNIE))
     assert (await store.desired_state(destination.id, ["p1", "p2"])).profiles == {"p2": ANNIE}
+
+
+async def test_profiles_of_one_lead_stored_with_different_digests_keep_none(
+    store: Store, destination: DestinationRecord
+) -> None:
+    await store.retire([], [], profiles=rows(destination.id, p1=ANN, p3=ANN))
+    refused = ProfileState("ann@x.io", 7, "d-ann", consent_refused=True)
+
+    # one batch: p1 refuses consent (keeping its digest), p2 writes Annie to the same lead
+    await store.retire([], [], profiles=rows(destination.id, p1=refused, p2=ANNIE))
+
+    state = await store.desired_state(destination.id, ["p1", "p2", "p3"])
+    assert state.profiles == {
+        "p1": ProfileState("ann@x.io", 7, None, consent_refused=True),
+        "p2": ProfileState("Ann@x.io", 7, None),
+        "p3": ProfileState("ann@x.io", 7, None),
+    }

@@ -212,20 +212,20 @@ class BatchResult:
             ):
                 del unapplied[outcome.profile_id]
         profiles = {**state.profiles, **self.profiles}
-        # As retire stores them: a lead the batch wrote no longer holds what the other profiles
-        # bound to it last applied, their digests are cleared.
+        # As retire stores them: a lead the batch stored digests for holds one of them only; a
+        # profile bound to it with another digest (or any, when several) has its digest cleared.
         written: dict[int, set[str]] = {}
         for row in self.profiles.values():
             if row.lead_id is not None and row.digest is not None:
                 written.setdefault(row.lead_id, set()).add(row.digest)
-        profiles.update(
+        stale = [
             (profile_id, replace(kept, digest=None))
-            for profile_id, kept in state.profiles.items()
-            if profile_id not in self.profiles
-            and kept.lead_id is not None
+            for profile_id, kept in profiles.items()
+            if kept.lead_id is not None
             and kept.digest is not None
             and written.get(kept.lead_id, set()) - {kept.digest}
-        )
+        ]
+        profiles.update(stale)
         return DesiredState(
             watermarks, marks, holders, profiles, state.forgotten, unapplied=unapplied
         )
