@@ -4,9 +4,10 @@ to it that last applied something else, so that their next update writes again."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
-from service.domain import Action, ActionType, ExclusionCode, Outcome, OutcomeKind, ProfileState
+from service.domain import ExclusionCode, Outcome, OutcomeKind, ProfileState
 from service.store.base import DestinationRecord, ProfileStateRow
 from service.store.sql import Store
 from tests.store.conftest import START, new_destination
@@ -60,16 +61,8 @@ async def test_a_forgotten_profile_gets_no_state_back_and_its_last_write_still_c
     store: Store, destination: DestinationRecord
 ) -> None:
     await store.retire([], [], profiles=rows(destination.id, p1=ANN, p2=ANN))
-    forget = Outcome(
-        update_id="forget:1",
-        profile_id="p1",
-        dedupe_value=None,
-        kind=OutcomeKind.EXCLUDED,
-        actions=(Action(ActionType.REMOVED, "aud-1"),),
-        lead_id=7,
-        reason="profile forgotten",
-        exclusion_code=ExclusionCode.FORGOTTEN,
-    )
+    forget = Outcome("forget:1", "p1", None, OutcomeKind.EXCLUDED, reason="profile forgotten")
+    forget = replace(forget, exclusion_code=ExclusionCode.FORGOTTEN)
     await store.forget_profile(destination.id, "p1", forget, START + timedelta(hours=1))
 
     # p1's batch was in flight: it wrote Annie to lead 7 once more, p2 wrote nothing since
