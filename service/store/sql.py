@@ -1161,6 +1161,24 @@ class Store(ABC):
             ]
             if held:
                 await c.executemany(SET_HOLDER, held)
+            # A lead written for some profiles no longer holds what the other profiles bound to
+            # it last applied (several profiles may share a dedupe value): their digests are
+            # cleared, so the next update of each writes its attributes again (one write too
+            # many at most, never one too few). A forgotten profile's last write counts too.
+            # Profiles of the batch bound to one lead with different digests (a refused consent
+            # keeps its digest while another profile writes the lead) keep none: which the lead
+            # holds is not known.
+            written: defaultdict[tuple[str, int], set[str]] = defaultdict(set)
+            for row in profiles:
+                if (
+                    row.destination_id in alive
+                    and row.state.lead_id is not None
+                    and row.state.digest is not None
+                ):
+                    written[(row.destination_id, row.state.lead_id)].add(row.state.digest)
+            await _clear_stale_digests(
+                c, written, {(row.destination_id, row.profile_id) for row in profiles}
+            )
             await c.insert_many(
                 "profile_state",
                 PROFILE_STATE_INSERT,
@@ -1171,7 +1189,10 @@ class Store(ABC):
                         row.state.dedupe_value,
                         dedupe_key(row.state.dedupe_value) if row.state.dedupe_value else None,
                         row.state.lead_id,
-                        row.state.digest,
+                        None
+                        if row.state.lead_id is not None
+                        and len(written.get((row.destination_id, row.state.lead_id), ())) > 1
+                        else row.state.digest,
                         int(row.state.consent_refused),
                     )
                     for row in sorted(profiles, key=lambda r: (r.destination_id, r.profile_id))
@@ -1998,6 +2019,38 @@ async def _forgotten_pairs(c: Connection, pairs: Iterable[tuple[str, str]]) -> s
         profile_ids = by_destination[destination_id]
         found.update((destination_id, p) for p in await _forgotten(c, destination_id, profile_ids))
     return found
+
+
+async def _clear_stale_digests(
+    c: Connection, written: Mapping[tuple[str, int], set[str]], stored: set[tuple[str, str]]
+) -> None:
+    """Clear the digest of each profile bound to a lead that `written` ((destination, lead) ->
+    the digests stored for it now) names with another digest than the profile's; `stored`, the
+    profiles whose state is being stored, are left alone. One indexed read per destination, a
+    write only when some profile's digest is stale."""
+    leads: defaultdict[str, list[int]] = defaultdict(list)
+    for destination_id, lead_id in sorted(written):
+        leads[destination_id].append(lead_id)
+    for destination_id, bound in leads.items():
+        stale: list[str] = []
+        for condition, params in c.in_lists(bound):
+            rows = await c.execute(
+                "SELECT profile_id, lead_id, digest FROM profile_state "
+                f"WHERE destination_id = ? AND lead_id {condition} AND digest IS NOT NULL",
+                (destination_id, *params),
+            )
+            stale.extend(
+                row[0]
+                for row in rows
+                if (destination_id, row[0]) not in stored
+                and written[(destination_id, int(row[1]))] - {row[2]}
+            )
+        for condition, params in c.in_lists(sorted(stale)):
+            await c.execute(
+                "UPDATE profile_state SET digest = NULL "
+                f"WHERE destination_id = ? AND profile_id {condition}",
+                (destination_id, *params),
+            )
 
 
 async def _lock_destination(c: Connection, destination_id: str) -> bool:

@@ -4,6 +4,8 @@ of them is planned against what the lead holds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from service.delivery.engine.planner import REASON_STALE
@@ -17,7 +19,7 @@ from service.domain import (
     attributes_digest,
 )
 from tests.engine.fakes import NO_MEMBERSHIP, FakeMarketo, at
-from tests.engine.test_desired_state import LIST_CALLS, Run, calls, only
+from tests.engine.test_desired_state import LIST_CALLS, REFUSED, Run, calls, only
 from tests.engine.test_executor import CREATE, UPDATE, upd
 from tests.engine.test_who_is_exported import SYNC_TYPES
 
@@ -56,15 +58,20 @@ async def test_a_coalesced_profile_updating_alone_gets_its_attributes_written_ag
         ), pid
 
     # p1's newer attributes are those it had before, not those the lead holds: written again
-    before = calls(fake, UPDATE)
-    out = only(await run.sync(of("p1", "p1-later", 4, "Ann", NO_MEMBERSHIP)))
+    await written_again(run, lead, of("p1", "p1-later", 4, "Ann", NO_MEMBERSHIP))
+
+
+async def written_again(run: Run, lead: int, update: ProfileUpdate) -> None:
+    """`update` (first name Ann) updates `lead` with one write."""
+    before = calls(run.fake, UPDATE)
+    out = only(await run.sync(update))
     assert (out.kind, out.actions, out.lead_id) == (
         OutcomeKind.ACTIVATED,
         (Action(ActionType.UPDATED),),
         lead,
     )
-    assert calls(fake, UPDATE) == before + 1
-    assert fake.leads[lead].fields["firstName"] == "Ann"
+    assert calls(run.fake, UPDATE) == before + 1
+    assert run.fake.leads[lead].fields["firstName"] == "Ann"
 
 
 async def test_a_coalesced_profile_is_bound_and_costs_no_call_when_nothing_changed() -> None:
@@ -77,10 +84,15 @@ async def test_a_coalesced_profile_is_bound_and_costs_no_call_when_nothing_chang
     assert fake.leads[lead].fields["firstName"] == "Annie"
 
     # p1 comes alone with the attributes the lead holds, and its membership held: no call
-    before = len(fake.calls)
-    out = only(await run.sync(of("p1", "p1-again", 3, "Annie", ("a1", "realized"))))
+    await no_call(run, lead, of("p1", "p1-again", 3, "Annie", ("a1", "realized")))
+
+
+async def no_call(run: Run, lead: int, update: ProfileUpdate) -> None:
+    """`update` finds everything applied on `lead`: no call."""
+    before = len(run.fake.calls)
+    out = only(await run.sync(update))
     assert (out.kind, out.actions, out.lead_id) == (OutcomeKind.ACTIVATED, (), lead)
-    assert len(fake.calls) == before
+    assert len(run.fake.calls) == before
 
 
 # Who is exported, for a coalesced person: a member of an activated audience through any profile
@@ -176,4 +188,61 @@ async def test_a_stale_update_does_not_coalesce_its_profile() -> None:
         REASON_STALE,
     )
     assert outcomes["p2"].exclusion_code is ExclusionCode.NO_AUDIENCE
+    assert fake.leads[lead].fields["firstName"] == "Ann"
+
+
+async def test_a_profile_writes_again_what_another_profile_of_its_lead_overwrote() -> None:
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = fake.seed(email="ann@x.io", firstName="Old", lastName="Lee")
+    await run.sync(of("p1", "p1-first", 1, "Ann", ("a1", "realized")))
+    # p2, same e-mail, in a batch of its own: bound to the same lead, it writes Annie there
+    out = only(await run.sync(of("p2", "p2", 2, "Annie", ("a1", "realized"))))
+    assert (out.kind, out.lead_id) == (OutcomeKind.ACTIVATED, lead)
+    assert fake.leads[lead].fields["firstName"] == "Annie"
+    # p1's digest no longer says what the lead holds
+    assert run.state.profiles["p1"].digest is None
+    assert run.state.profiles["p1"].lead_id == lead
+
+    # p1's newer update brings Ann back: the most recent update wins, so it is written
+    await written_again(run, lead, of("p1", "p1-later", 3, "Ann", NO_MEMBERSHIP))
+
+    # p2 now holds a stale digest in turn, while p1's again says what the lead holds
+    assert run.state.profiles["p2"].digest is None
+    assert run.state.profiles["p1"].digest == attributes_digest(
+        {"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"}
+    )
+    await no_call(run, lead, of("p1", "p1-again", 4, "Ann", NO_MEMBERSHIP))
+
+
+async def test_a_write_that_leaves_the_lead_as_it_was_keeps_the_other_digests() -> None:
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = fake.seed(email="ann@x.io", firstName="Old", lastName="Lee")
+    await run.sync(of("p1", "p1", 1, "Ann", ("a1", "realized")))
+    await run.sync(of("p2", "p2", 2, "Ann", ("a1", "realized")))
+    ann = attributes_digest({"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"})
+    assert {pid: run.state.profiles[pid].digest for pid in ("p1", "p2")} == {"p1": ann, "p2": ann}
+
+    # p1 again with what the lead holds: no call
+    await no_call(run, lead, of("p1", "p1-again", 3, "Ann", NO_MEMBERSHIP))
+
+
+async def test_a_profile_refusing_consent_while_another_writes_its_lead_writes_again_later() -> (
+    None
+):
+    fake = FakeMarketo()
+    run = Run(fake)
+    lead = fake.seed(email="ann@x.io", firstName="Old", lastName="Lee")
+    await run.sync(of("p1", "p1-first", 1, "Ann", ("a1", "realized")))
+    # one batch: p1 refuses consent (its attributes are not written), p2 writes Annie to lead 7
+    ann = of("p1", "p1-refuses", 2, "Ann", NO_MEMBERSHIP)
+    refusal = replace(ann, profile={**ann.profile, "consents": REFUSED})
+    await run.sync(refusal, of("p2", "p2", 3, "Annie", ("a1", "realized")))
+    assert fake.leads[lead].fields["firstName"] == "Annie"
+    assert run.state.profiles["p1"].consent_refused
+
+    # p1 gives its consent back with Ann: the most recent update, written (and a1 joined again)
+    out = only(await run.sync(of("p1", "p1-back", 4, "Ann", NO_MEMBERSHIP)))
+    assert (out.kind, out.lead_id) == (OutcomeKind.ACTIVATED, lead)
     assert fake.leads[lead].fields["firstName"] == "Ann"

@@ -216,6 +216,20 @@ class BatchResult:
         # an activated outcome that wrote no attributes (an exit) keeps the ones it brought
         unapplied.update(self.unapplied)
         profiles = {**state.profiles, **self.profiles}
+        # As retire stores them: a lead the batch stored digests for holds one of them only; a
+        # profile bound to it with another digest (or any, when several) has its digest cleared.
+        written: dict[int, set[str]] = {}
+        for row in self.profiles.values():
+            if row.lead_id is not None and row.digest is not None:
+                written.setdefault(row.lead_id, set()).add(row.digest)
+        stale = [
+            (profile_id, replace(kept, digest=None))
+            for profile_id, kept in profiles.items()
+            if kept.lead_id is not None
+            and kept.digest is not None
+            and written.get(kept.lead_id, set()) - {kept.digest}
+        ]
+        profiles.update(stale)
         return DesiredState(
             watermarks, marks, holders, profiles, state.forgotten, unapplied=unapplied
         )
