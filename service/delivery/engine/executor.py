@@ -520,15 +520,18 @@ class SyncEngine:
 
     @staticmethod
     def _holders(person: _Person) -> dict[tuple[str, str], int | None]:
-        """The holder rows that changed for `person`'s profiles."""
+        """The holder rows that changed for `person`'s profiles: where the person is a member,
+        the profiles that want the audience hold its lead and the others none; where it is
+        not, every profile keeps what is left (a removal that failed)."""
         plan = person.plan
         rows: dict[tuple[str, str], int | None] = {}
         for audience, held in person.held.items():
             holder = person.lead_id if person.lead_id in held else min(held) if held else None
-            before = plan.holders.get(audience, frozenset())
-            if before == ({holder} if holder is not None else set()):
-                continue
-            rows.update(((pid, audience), holder) for pid in plan.profile_ids)
+            wanting = plan.wanting.get(audience) if plan.desired.get(audience) else None
+            for pid in plan.profile_ids:
+                value = holder if wanting is None or pid in wanting else None
+                if plan.profile_holders.get((pid, audience)) != value:
+                    rows[(pid, audience)] = value
         return rows
 
     @staticmethod
@@ -949,17 +952,22 @@ class SyncEngine:
                     held.add(holder)
                 elif lead is not None:
                     held.add(lead)
-            person.held[audience] = set(held)
+            # a lead other profiles still want in the list stays; the person holds it no more
+            kept = plan.kept.get(audience, frozenset())
+            leaving = {h for h in held if h not in kept or (want and h == lead)}
+            person.held[audience] = set(leaving)
             if want:
                 if lead is None and not person.created:
                     continue  # unresolved (a created lead of a dry run is to be added)
-                removes.extend((audience, h) for h in sorted(held) if h != lead)
-                if lead not in held:
+                removes.extend((audience, h) for h in sorted(leaving) if h != lead)
+                if lead not in leaving:
                     adds.append(audience)
                 continue
-            removes.extend((audience, h) for h in sorted(held))
+            removes.extend((audience, h) for h in sorted(leaving))
             if held or audience not in plan.exits or (lead is None and plan.consent_refused):
                 continue
+            if (lead if lead is not None else plan.bound_lead) in kept:
+                continue  # in the list for another profile: nothing to remove, nor NOT_IN_LIST
             if lead is not None and not person.created and audience not in self._tracked:
                 # someone else may have added the lead to this list: remove the resolved lead
                 removes.append((audience, lead))
