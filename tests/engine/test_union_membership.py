@@ -6,20 +6,25 @@ against it). Each profile's own mark still records its exit."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
+from service.delivery.engine import SyncEngine
 from service.domain import (
     Action,
     ActionType,
+    DesiredState,
     ExclusionCode,
+    MembershipMark,
     MembershipStatus,
     Outcome,
     OutcomeKind,
+    ProfileState,
     ProfileUpdate,
 )
-from tests.engine.fakes import FakeMarketo
+from tests.engine.fakes import FakeMarketo, PathMapper, at
 from tests.engine.test_desired_state import LIST_CALLS, Run, calls, only
-from tests.engine.test_executor import CREATE, upd
+from tests.engine.test_executor import CREATE, LISTS, upd
 
 EXITED = MembershipStatus.EXITED
 REALIZED = MembershipStatus.REALIZED
@@ -161,7 +166,7 @@ async def test_a_consent_refusal_keeps_the_lead_another_profile_wants() -> None:
 
 
 async def test_the_last_wanting_profiles_exiting_together_remove_the_lead() -> None:
-    fake, run, lead = await both_members()
+    fake, run, _ = await both_members()
     result = await run.sync(
         of("p1", "p1-exit", 3, ("a1", "exited"), ("a2", "realized")),
         of("p2", "p2-exit", 4, ("a1", "exited"), ("a2", "realized")),
@@ -170,3 +175,33 @@ async def test_the_last_wanting_profiles_exiting_together_remove_the_lead() -> N
     assert Action(ActionType.REMOVED, "a1") in list_actions(result.outcomes)
     assert run.state.marks[("p1", "a1")].status is EXITED
     assert run.state.marks[("p2", "a1")].status is EXITED
+
+
+async def test_an_exit_keeps_a_lead_only_co_holders_read_from_the_store_want() -> None:
+    # as the store reads it: the batch's profile alone, with the other profiles wanting its
+    # lead in a1 as co-holders (their own rows are not read)
+    fake = FakeMarketo()
+    lead = fake.seed(email="ann@x.io", firstName="Ann", lastName="Lee")
+    fake.lists[11] = {lead}
+    stored = DesiredState(
+        marks={("p2", "a1"): MembershipMark(REALIZED, at(1))},
+        holders={("p2", "a1"): lead},
+        profiles={"p2": ProfileState("ann@x.io", lead)},
+    )
+    engine = SyncEngine(fake, CREATE, PathMapper(), audience_lists=LISTS, tracked_lists=("a1",))
+    exit_ = of("p2", "p2-exit", 3, ("a1", "exited"), ("a2", "realized"))
+
+    kept = await engine.sync(
+        [exit_], state=replace(stored, co_holders={("a1", lead): frozenset({"p1"})})
+    )
+    assert fake.lists[11] == {lead}
+    assert list_actions(kept.outcomes) == [Action(ActionType.ADDED, "a2")]
+    assert kept.holders[("p2", "a1")] is None
+
+    # a co-holder that is itself in the batch counts through its own update only
+    alone = await engine.sync(
+        [exit_, of("p1", "p1-exit", 3, ("a1", "exited"))],
+        state=replace(stored, co_holders={("a1", lead): frozenset({"p1"})}),
+    )
+    assert fake.lists[11] == set()
+    assert Action(ActionType.REMOVED, "a1") in list_actions(alone.outcomes)

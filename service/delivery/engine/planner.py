@@ -52,7 +52,7 @@ once its outcome is final, not when the batch stops before.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -368,7 +368,7 @@ def plan_batch(
         )
 
     kept = _wanted_elsewhere(
-        state, {p.head.update.profile_id for p in profiles}, decided_marks
+        state, frozenset(p.head.update.profile_id for p in profiles), decided_marks
     )
     persons: list[PlannedPerson] = []
     for (refused, _), members in groups.items():
@@ -442,7 +442,7 @@ def _outside(person: PlannedPerson, unapplied: Mapping[str, UnappliedAttributes]
 
 def _wanted_elsewhere(
     state: DesiredState,
-    planned: Collection[str],
+    planned: frozenset[str],
     decided: Mapping[tuple[str, str], MembershipMark],
 ) -> dict[str, frozenset[int]]:
     """Per audience, the leads that profiles planned into no person of the batch want in its
@@ -450,9 +450,9 @@ def _wanted_elsewhere(
     the lead or, holding none, bound to it. A profile planned in the batch counts through its
     own person only."""
     leads: dict[str, set[int]] = {}
-    for (audience, lead), profile_ids in state.co_holders.items():
+    for (audience, co_held), profile_ids in state.co_holders.items():
         if not profile_ids <= planned:
-            leads.setdefault(audience, set()).add(lead)
+            leads.setdefault(audience, set()).add(co_held)
     for (pid, audience), mark in state.marks.items():
         if pid in planned or pid in state.forgotten:
             continue
@@ -462,8 +462,13 @@ def _wanted_elsewhere(
         if profile is not None and profile.consent_refused:
             continue
         holder = state.holders.get((pid, audience))
-        bound = profile.lead_id if profile is not None else None
-        lead = holder if holder is not None and holder != HOLDER_RESOLVED else bound
+        lead = (
+            holder
+            if holder is not None and holder != HOLDER_RESOLVED
+            else profile.lead_id
+            if profile is not None
+            else None
+        )
         if lead is not None:
             leads.setdefault(audience, set()).add(lead)
     return {audience: frozenset(found) for audience, found in leads.items()}
@@ -493,9 +498,7 @@ def _target(
                 for pid in profile_ids
                 if (lead := state.holders.get((pid, audience))) is not None
             )
-        held = frozenset(
-            lead for (_, a), lead in profile_holders.items() if a == audience
-        )
+        held = frozenset(lead for (_, a), lead in profile_holders.items() if a == audience)
         latest = [
             person.membership_marks.get((pid, audience)) or state.marks.get((pid, audience))
             for pid in profile_ids
