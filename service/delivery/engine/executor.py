@@ -27,11 +27,15 @@ the batch) and what is applied:
   lead costs nothing; not held, the resolved lead is added; a membership held by another lead
   (new dedupe value, another duplicate became the most recent, a deleted lead) loses that lead.
   A membership not desired (exit, refused consent) removes the lead that holds it, not the
-  resolved one. An exit with no holder costs no call and is NOT_IN_LIST, except on a list whose
-  holders are not all known to the service (a linked list, or one created before holders were
-  recorded: someone else may have added the lead): there the resolved lead is removed (one
-  call; 1015 is NOT_IN_LIST). A removal answered 1004 (the holder was deleted) is NOT_IN_LIST
-  and clears the holder.
+  resolved one, unless another profile still wants that lead in the list (`PlannedPerson.kept`):
+  then nothing is removed, no action is reported (the lead is in the list: not NOT_IN_LIST) and
+  the person's profiles hold it no more; the same goes for a lead a move leaves behind. Where
+  the person is a member, only its profiles that want the audience hold its lead (the others'
+  holders are cleared). An exit with no holder costs no call and is NOT_IN_LIST (no action when
+  the lead is kept for another profile), except on a list whose holders are not all known to the
+  service (a linked list, or one created before holders were recorded: someone else may have
+  added the lead): there the resolved lead is removed (one call; 1015 is NOT_IN_LIST). A
+  removal answered 1004 (the holder was deleted) is NOT_IN_LIST and clears the holder.
 - refused consent: the removals go out, the attributes do not; the outcome is EXCLUDED
   `consent_refused` and carries the REMOVED actions.
 - a person that is a member of no activated audience: its removals and exits go out (ACTIVATED

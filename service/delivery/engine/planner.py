@@ -19,14 +19,21 @@ membership event, nor the reverse. Rules, in order:
    rejection, a missing dedupe value or one holding a comma (Marketo's look-up splits its values
    on commas) exclude it, and the profile's other updates in the batch are superseded by it.
 3. Profiles are coalesced per dedupe value: the latest current attributes win; memberships are
-   merged per audience, the latest event time winning. Older updates that still carry a winning
-   membership share the person's outcome; those left with nothing are superseded.
+   merged per audience as a union of the profiles' latest statuses: the person's status is the
+   latest member status among them, else the latest exit. The update carrying it shares the
+   person's outcome, and so do the newer exits it outlives (their profiles' marks record them);
+   older updates left with nothing are superseded.
 
 Then each person gets its target from the stored state (`DesiredState`) plus the batch: per
-activated audience, whether the person should be a member (the batch's latest status, else the
-stored desired status of its profiles; never while consent is refused) and which leads hold the
-membership now; whether its attributes changed (digest of the mapped fields against the one last
-applied) and the lead it is bound to (when its dedupe value is the bound one). A refused consent
+activated audience, whether the person should be a member (any of its profiles is, by its
+latest status of the batch, else its stored desired status: a lead is in a list while at least
+one profile that resolves to it wants it; never while consent is refused), which of its
+profiles want it (they alone hold the membership) and which leads hold it now, and the leads
+that profiles outside the person still want in the list (`kept`: members holding the lead or
+bound to it, consent not refused, from `DesiredState.co_holders` and the stored marks of
+profiles planned into no person), which the person never removes; whether its attributes
+changed (digest of the mapped fields against the one last applied) and the lead it is bound to
+(when its dedupe value is the bound one). A refused consent
 (`n`, `dn`) does not drop the person: it is planned with no desired membership, so the removals
 of what it holds go out (they export no personal data); its attributes are not written. Without
 current attributes in the batch, the stored consent state decides.
@@ -109,7 +116,8 @@ class PlannedPerson:
     """Everything the executor writes for one dedupe value.
 
     `updates` are the updates that share this person's outcome; `memberships` holds, per
-    activated audience, the latest status seen in the batch. `writer` is the update whose
+    activated audience, the person's status in the batch (the latest member status of its
+    profiles, else the latest exit). `writer` is the update whose
     attributes `fields` are and `sources` maps each audience of `memberships` to the update whose
     status it is: each write is shown on the outcome of the update that asked for it.
     """
