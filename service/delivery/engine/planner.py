@@ -500,13 +500,13 @@ def _target(
     holders: dict[str, frozenset[int]] = {}
     profile_holders: dict[tuple[str, str], int] = {}
     for audience in sorted(lists):
-        if keeps_lists:
-            profile_holders.update(
-                ((pid, audience), lead)
-                for pid in profile_ids
-                if (lead := state.holders.get((pid, audience))) is not None
-            )
-        held = frozenset(lead for (_, a), lead in profile_holders.items() if a == audience)
+        stored_holders = {
+            (pid, audience): lead
+            for pid in profile_ids
+            if keeps_lists and (lead := state.holders.get((pid, audience))) is not None
+        }
+        profile_holders.update(stored_holders)
+        held = frozenset(stored_holders.values())
         latest = [
             person.membership_marks.get((pid, audience)) or state.marks.get((pid, audience))
             for pid in profile_ids
