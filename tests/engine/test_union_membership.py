@@ -9,25 +9,12 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from service import domain
 from service.delivery.engine import SyncEngine
-from service.domain import (
-    Action,
-    ActionType,
-    DesiredState,
-    ExclusionCode,
-    MembershipMark,
-    MembershipStatus,
-    Outcome,
-    OutcomeKind,
-    ProfileState,
-    ProfileUpdate,
-)
+from service.domain import Action, ActionType, Outcome, OutcomeKind, ProfileUpdate
 from tests.engine.fakes import FakeMarketo, PathMapper, at
-from tests.engine.test_desired_state import LIST_CALLS, Run, calls, only
+from tests.engine.test_desired_state import EXITED, LIST_CALLS, REALIZED, Run, calls, only
 from tests.engine.test_executor import CREATE, LISTS, upd
-
-EXITED = MembershipStatus.EXITED
-REALIZED = MembershipStatus.REALIZED
 
 
 def of(pid: str, uid: str, minute: int, *members: tuple[str, str], **extra: Any) -> ProfileUpdate:
@@ -123,7 +110,10 @@ async def test_an_exit_from_the_only_audience_keeps_the_lead_and_writes_nothing(
     assert calls(fake) == before, "nothing to remove, nothing else to write: no call"
     # not NOT_IN_LIST: the lead is in the list, held for p1
     assert out.actions == ()
-    assert (out.kind, out.exclusion_code) == (OutcomeKind.EXCLUDED, ExclusionCode.NO_AUDIENCE)
+    assert (out.kind, out.exclusion_code) == (
+        OutcomeKind.EXCLUDED,
+        domain.ExclusionCode.NO_AUDIENCE,
+    )
     assert run.state.marks[("p2", "a1")].status is EXITED
 
 
@@ -152,7 +142,7 @@ async def test_a_consent_refusal_keeps_the_lead_another_profile_wants() -> None:
     )
     assert (out.kind, out.exclusion_code, out.actions) == (
         OutcomeKind.EXCLUDED,
-        ExclusionCode.CONSENT_REFUSED,
+        domain.ExclusionCode.CONSENT_REFUSED,
         (),
     )
     assert fake.lists[11] == {lead}
@@ -183,10 +173,10 @@ async def test_an_exit_keeps_a_lead_only_co_holders_read_from_the_store_want() -
     fake = FakeMarketo()
     lead = fake.seed(email="ann@x.io", firstName="Ann", lastName="Lee")
     fake.lists[11] = {lead}
-    stored = DesiredState(
-        marks={("p2", "a1"): MembershipMark(REALIZED, at(1))},
+    stored = domain.DesiredState(
+        marks={("p2", "a1"): domain.MembershipMark(REALIZED, at(1))},
         holders={("p2", "a1"): lead},
-        profiles={"p2": ProfileState("ann@x.io", lead)},
+        profiles={"p2": domain.ProfileState("ann@x.io", lead)},
     )
     engine = SyncEngine(fake, CREATE, PathMapper(), audience_lists=LISTS, tracked_lists=("a1",))
     exit_ = of("p2", "p2-exit", 3, ("a1", "exited"), ("a2", "realized"))

@@ -5,33 +5,22 @@ only when no other profile still wants it."""
 
 from __future__ import annotations
 
-from service.domain import (
-    HOLDER_RESOLVED,
-    ActionType,
-    MembershipMark,
-    MembershipStatus,
-    ProfileState,
-)
-from service.store.base import (
-    DestinationRecord,
-    MembershipHolder,
-    MembershipWatermark,
-    ProfileStateRow,
-)
+from service import domain
+from service.domain import HOLDER_RESOLVED, ActionType, MembershipMark, ProfileState
+from service.store import base
+from service.store.base import MembershipHolder, MembershipWatermark, ProfileStateRow
 from service.store.sql import Store
+from tests.engine.test_desired_state import EXITED, REALIZED
 from tests.store.conftest import INSTANCE, START, activated, claimed
-
-REALIZED = MembershipStatus.REALIZED
-EXITED = MembershipStatus.EXITED
 
 
 async def test_co_holders_are_the_other_profiles_that_want_the_leads_in_the_lists(
-    store: Store, destination: DestinationRecord
+    store: Store, destination: base.DestinationRecord
 ) -> None:
     (entry,) = await claimed(store, destination.id, INSTANCE, [1])
     d = destination.id
 
-    def mark(profile: str, audience: str, status: MembershipStatus) -> MembershipWatermark:
+    def mark(profile: str, audience: str, status: domain.MembershipStatus) -> MembershipWatermark:
         return MembershipWatermark(d, profile, audience, MembershipMark(status, START))
 
     await store.retire(
@@ -87,6 +76,6 @@ async def test_co_holders_are_the_other_profiles_that_want_the_leads_in_the_list
 
 
 async def test_a_profile_with_nothing_held_or_bound_has_no_co_holders(
-    store: Store, destination: DestinationRecord
+    store: Store, destination: base.DestinationRecord
 ) -> None:
     assert (await store.desired_state(destination.id, ["nobody"])).co_holders == {}
