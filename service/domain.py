@@ -193,6 +193,11 @@ class DesiredState:
     unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
     """Per profile, its newest attributes when they were not applied (see
     `UnappliedAttributes`)."""
+    co_holders: Mapping[tuple[str, int], frozenset[str]] = field(default_factory=dict)
+    """Per (audience id, lead id), the other profiles (not among those this state was read for)
+    that want that lead in the audience's list: a member status, consent not refused, holding
+    the lead there or, holding none, bound to it. Read for the leads the state's profiles hold
+    or are bound to; an exit of those profiles leaves the lead in the list (the union)."""
 
     def for_resync(self, profile_ids: Collection[str]) -> DesiredState:
         """This state with what is applied to `profile_ids` taken as unknown: no holders and

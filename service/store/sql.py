@@ -20,13 +20,14 @@ import json
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from service.domain import (
+    HOLDER_RESOLVED,
     UNDECODABLE,
     DecodedBatch,
     DesiredMember,
@@ -1289,7 +1290,8 @@ class Store(ABC):
     async def desired_state(self, destination_id: str, profile_ids: Sequence[str]) -> DesiredState:
         """The stored state of the given profiles, in one read transaction: attribute
         watermarks, desired memberships (membership marks) and their holders, applied profile
-        states, unapplied attributes and which of them are forgotten."""
+        states, unapplied attributes, which of them are forgotten, and the other profiles that
+        want the leads they hold or are bound to in the same lists (`DesiredState.co_holders`)."""
 
         async def work(c: Connection) -> DesiredState:
             watermarks: dict[str, datetime] = {}
@@ -1335,8 +1337,18 @@ class Store(ABC):
                     args,
                 ):
                     unapplied[row[0]] = UnappliedAttributes(from_micros(row[1]), json.loads(row[2]))
+            leads = {lead for lead in holders.values() if lead != HOLDER_RESOLVED} | {
+                state.lead_id for state in profiles.values() if state.lead_id is not None
+            }
+            co_holders = await _co_holders(c, destination_id, sorted(leads), set(profile_ids))
             return DesiredState(
-                watermarks, marks, holders, profiles, frozenset(forgotten), unapplied=unapplied
+                watermarks,
+                marks,
+                holders,
+                profiles,
+                frozenset(forgotten),
+                unapplied=unapplied,
+                co_holders=co_holders,
             )
 
         return await self._read(work)
@@ -2004,6 +2016,37 @@ async def _forgotten(c: Connection, destination_id: str, profile_ids: Iterable[s
         )
         found.update(row[0] for row in rows)
     return found
+
+
+async def _co_holders(
+    c: Connection, destination_id: str, leads: Sequence[int], excluded: Collection[str]
+) -> dict[tuple[str, int], frozenset[str]]:
+    """Per (audience id, lead id) of `leads`, the profiles (not in `excluded`) that want that
+    lead in the audience's list: a member status, consent not refused, holding the lead there
+    or, holding none (or the bound lead), bound to it. Forgotten profiles have no marks left."""
+    found: dict[tuple[str, int], set[str]] = {}
+    wants = "m.status <> ? AND COALESCE(s.consent_refused, 0) = 0"
+    exited = MembershipStatus.EXITED.value
+    for condition, params in c.in_lists(leads):
+        held = await c.execute(
+            "SELECT m.audience_id, m.lead_id, m.profile_id FROM membership_marks m "
+            "LEFT JOIN profile_state s "
+            "ON s.destination_id = m.destination_id AND s.profile_id = m.profile_id "
+            f"WHERE m.destination_id = ? AND m.lead_id {condition} AND {wants}",
+            (destination_id, *params, exited),
+        )
+        bound = await c.execute(
+            "SELECT m.audience_id, s.lead_id, m.profile_id FROM profile_state s "
+            "JOIN membership_marks m "
+            "ON m.destination_id = s.destination_id AND m.profile_id = s.profile_id "
+            f"WHERE s.destination_id = ? AND s.lead_id {condition} "
+            f"AND (m.lead_id IS NULL OR m.lead_id = ?) AND {wants}",
+            (destination_id, *params, HOLDER_RESOLVED, exited),
+        )
+        for row in (*held, *bound):
+            if row[2] not in excluded:
+                found.setdefault((row[0], int(row[1])), set()).add(row[2])
+    return {pair: frozenset(pids) for pair, pids in found.items()}
 
 
 async def _forgotten_pairs(c: Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -144,10 +144,11 @@ async def test_an_exit_of_a_coalesced_profile_removes_the_lead_another_one_holds
     lead = only(await run.sync(of("p1", "p1-first", 1, "Ann", ("a1", "realized")))).lead_id
     assert fake.lists[11] == {lead}
 
-    # p1's attributes lose to p2's, its a1 event to p2's newer exit: p1's update is superseded,
-    # and the membership its lead holds leaves with the person's exit
+    # p1's attributes lose to p2's, its own exit of a1 to p2's newer one: p1's update is
+    # superseded, and the membership its lead holds leaves with the person's exit (no profile
+    # of the person wants a1 any more; see test_union_membership for one that still does)
     result = await run.sync(
-        of("p1", "p1-again", 2, "Ann", ("a1", "realized")),
+        of("p1", "p1-again", 2, "Ann", ("a1", "exited")),
         of("p2", "p2-exit", 3, "Annie", ("a1", "exited")),
     )
     outcomes = {o.update_id: o for o in result.outcomes}

@@ -27,11 +27,15 @@ the batch) and what is applied:
   lead costs nothing; not held, the resolved lead is added; a membership held by another lead
   (new dedupe value, another duplicate became the most recent, a deleted lead) loses that lead.
   A membership not desired (exit, refused consent) removes the lead that holds it, not the
-  resolved one. An exit with no holder costs no call and is NOT_IN_LIST, except on a list whose
-  holders are not all known to the service (a linked list, or one created before holders were
-  recorded: someone else may have added the lead): there the resolved lead is removed (one
-  call; 1015 is NOT_IN_LIST). A removal answered 1004 (the holder was deleted) is NOT_IN_LIST
-  and clears the holder.
+  resolved one, unless another profile still wants that lead in the list (`PlannedPerson.kept`):
+  then nothing is removed, no action is reported (the lead is in the list: not NOT_IN_LIST) and
+  the person's profiles hold it no more; the same goes for a lead a move leaves behind. Where
+  the person is a member, only its profiles that want the audience hold its lead (the others'
+  holders are cleared). An exit with no holder costs no call and is NOT_IN_LIST (no action when
+  the lead is kept for another profile), except on a list whose holders are not all known to the
+  service (a linked list, or one created before holders were recorded: someone else may have
+  added the lead): there the resolved lead is removed (one call; 1015 is NOT_IN_LIST). A
+  removal answered 1004 (the holder was deleted) is NOT_IN_LIST and clears the holder.
 - refused consent: the removals go out, the attributes do not; the outcome is EXCLUDED
   `consent_refused` and carries the REMOVED actions.
 - a person that is a member of no activated audience: its removals and exits go out (ACTIVATED
@@ -534,15 +538,18 @@ class SyncEngine:
 
     @staticmethod
     def _holders(person: _Person) -> dict[tuple[str, str], int | None]:
-        """The holder rows that changed for `person`'s profiles."""
+        """The holder rows that changed for `person`'s profiles: where the person is a member,
+        the profiles that want the audience hold its lead and the others none; where it is
+        not, every profile keeps what is left (a removal that failed)."""
         plan = person.plan
         rows: dict[tuple[str, str], int | None] = {}
         for audience, held in person.held.items():
             holder = person.lead_id if person.lead_id in held else min(held) if held else None
-            before = plan.holders.get(audience, frozenset())
-            if before == ({holder} if holder is not None else set()):
-                continue
-            rows.update(((pid, audience), holder) for pid in plan.profile_ids)
+            wanting = plan.wanting.get(audience) if plan.desired.get(audience) else None
+            for pid in plan.profile_ids:
+                value = holder if wanting is None or pid in wanting else None
+                if plan.profile_holders.get((pid, audience)) != value:
+                    rows[(pid, audience)] = value
         return rows
 
     @staticmethod
@@ -963,17 +970,22 @@ class SyncEngine:
                     held.add(holder)
                 elif lead is not None:
                     held.add(lead)
-            person.held[audience] = set(held)
+            # a lead other profiles still want in the list stays; the person holds it no more
+            kept = plan.kept.get(audience, frozenset())
+            leaving = {h for h in held if h not in kept or (want and h == lead)}
+            person.held[audience] = set(leaving)
             if want:
                 if lead is None and not person.created:
                     continue  # unresolved (a created lead of a dry run is to be added)
-                removes.extend((audience, h) for h in sorted(held) if h != lead)
-                if lead not in held:
+                removes.extend((audience, h) for h in sorted(leaving) if h != lead)
+                if lead not in leaving:
                     adds.append(audience)
                 continue
-            removes.extend((audience, h) for h in sorted(held))
+            removes.extend((audience, h) for h in sorted(leaving))
             if held or audience not in plan.exits or (lead is None and plan.consent_refused):
                 continue
+            if (lead if lead is not None else plan.bound_lead) in kept:
+                continue  # in the list for another profile: nothing to remove, nor NOT_IN_LIST
             if lead is not None and not person.created and audience not in self._tracked:
                 # someone else may have added the lead to this list: remove the resolved lead
                 removes.append((audience, lead))

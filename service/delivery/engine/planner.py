@@ -19,14 +19,21 @@ membership event, nor the reverse. Rules, in order:
    rejection, a missing dedupe value or one holding a comma (Marketo's look-up splits its values
    on commas) exclude it, and the profile's other updates in the batch are superseded by it.
 3. Profiles are coalesced per dedupe value: the latest current attributes win; memberships are
-   merged per audience, the latest event time winning. Older updates that still carry a winning
-   membership share the person's outcome; those left with nothing are superseded.
+   merged per audience as a union of the profiles' latest statuses: the person's status is the
+   latest member status among them, else the latest exit. The update carrying it shares the
+   person's outcome, and so do the newer exits it outlives (their profiles' marks record them);
+   older updates left with nothing are superseded.
 
 Then each person gets its target from the stored state (`DesiredState`) plus the batch: per
-activated audience, whether the person should be a member (the batch's latest status, else the
-stored desired status of its profiles; never while consent is refused) and which leads hold the
-membership now; whether its attributes changed (digest of the mapped fields against the one last
-applied) and the lead it is bound to (when its dedupe value is the bound one). A refused consent
+activated audience, whether the person should be a member (any of its profiles is, by its
+latest status of the batch, else its stored desired status: a lead is in a list while at least
+one profile that resolves to it wants it; never while consent is refused), which of its
+profiles want it (they alone hold the membership) and which leads hold it now, and the leads
+that profiles outside the person still want in the list (`kept`: members holding the lead or
+bound to it, consent not refused, from `DesiredState.co_holders` and the stored marks of
+profiles planned into no person), which the person never removes; whether its attributes
+changed (digest of the mapped fields against the one last applied) and the lead it is bound to
+(when its dedupe value is the bound one). A refused consent
 (`n`, `dn`) does not drop the person: it is planned with no desired membership, so the removals
 of what it holds go out (they export no personal data); its attributes are not written. Without
 current attributes in the batch, the stored consent state decides.
@@ -109,7 +116,8 @@ class PlannedPerson:
     """Everything the executor writes for one dedupe value.
 
     `updates` are the updates that share this person's outcome; `memberships` holds, per
-    activated audience, the latest status seen in the batch. `writer` is the update whose
+    activated audience, the person's status in the batch (the latest member status of its
+    profiles, else the latest exit). `writer` is the update whose
     attributes `fields` are and `sources` maps each audience of `memberships` to the update whose
     status it is: each write is shown on the outcome of the update that asked for it.
     """
@@ -141,6 +149,15 @@ class PlannedPerson:
     """The person's profiles: those of `updates`, then those whose current attributes lost to
     the writer's (every update of theirs superseded). The stored state of each counts toward the
     target: its desired memberships and the leads holding them."""
+    wanting: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Per audience the person should be a member of, its profiles that want it (their latest
+    status, of the batch else stored, is a member): they hold the membership; the others hold
+    nothing there."""
+    profile_holders: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """The stored holder of each (profile id, audience id) of the person's profiles."""
+    kept: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    """Per activated audience, the leads that profiles outside the person still want in its
+    list (`DesiredState.co_holders`): the person never removes them."""
     bound_lead: int | None = None
     """The lead the person's dedupe value was bound to at its last confirmed write."""
     attributes_changed: bool = True
@@ -208,6 +225,10 @@ class _Fact:
     attributes_time: datetime
     """The event time of the update's attributes: its own, or that of the profile's newest
     unapplied attributes it carries instead of its older ones."""
+
+
+_Status = tuple[datetime, int, ProfileUpdate, AudienceMembership]
+"""A profile's latest membership fact for an audience: event time, batch position, update."""
 
 
 @dataclass(slots=True)
@@ -354,11 +375,16 @@ def plan_batch(
             profile
         )
 
+    kept = _wanted_elsewhere(
+        state, frozenset(p.head.update.profile_id for p in profiles), decided_marks
+    )
     persons: list[PlannedPerson] = []
     for (refused, _), members in groups.items():
         key = dedupe_key(members[0].dedupe_value)
         person, superseded = _coalesce(key, members)
-        person = _target(person, state, lists, refused=refused, keeps_lists=rules.manages_lists)
+        person = _target(
+            person, state, lists, kept, refused=refused, keeps_lists=rules.manages_lists
+        )
         outcomes.extend(superseded)
         if refused and not person.holders:
             # nothing held to remove: decided here, with the consent state to store
@@ -422,34 +448,79 @@ def _outside(person: PlannedPerson, unapplied: Mapping[str, UnappliedAttributes]
     )
 
 
+def _wanted_elsewhere(
+    state: DesiredState,
+    planned: frozenset[str],
+    decided: Mapping[tuple[str, str], MembershipMark],
+) -> dict[str, frozenset[int]]:
+    """Per audience, the leads that profiles planned into no person of the batch want in its
+    list: a member status (the batch's decided one, else stored), consent not refused, holding
+    the lead or, holding none, bound to it. A profile planned in the batch counts through its
+    own person only."""
+    leads: dict[str, set[int]] = {}
+    for (audience, co_held), profile_ids in state.co_holders.items():
+        if not profile_ids <= planned:
+            leads.setdefault(audience, set()).add(co_held)
+    for (pid, audience), mark in state.marks.items():
+        if pid in planned or pid in state.forgotten:
+            continue
+        if not decided.get((pid, audience), mark).status.is_member:
+            continue
+        profile = state.profiles.get(pid)
+        if profile is not None and profile.consent_refused:
+            continue
+        holder = state.holders.get((pid, audience))
+        lead = (
+            holder
+            if holder is not None and holder != HOLDER_RESOLVED
+            else profile.lead_id
+            if profile is not None
+            else None
+        )
+        if lead is not None:
+            leads.setdefault(audience, set()).add(lead)
+    return {audience: frozenset(found) for audience, found in leads.items()}
+
+
 def _target(
     person: PlannedPerson,
     state: DesiredState,
     lists: Mapping[str, int],
+    kept: Mapping[str, frozenset[int]],
     *,
     refused: bool,
     keeps_lists: bool,
 ) -> PlannedPerson:
-    """`person` with its target: desired memberships, holders (when the sync type keeps
-    lists), binding and attribute change."""
+    """`person` with its target: desired memberships (the union of its profiles' latest
+    statuses), holders and the leads others keep (when the sync type keeps lists), binding and
+    attribute change."""
     profile_ids = person.profile_ids
     desired: dict[str, bool] = {}
+    wanting: dict[str, frozenset[str]] = {}
     holders: dict[str, frozenset[int]] = {}
+    profile_holders: dict[tuple[str, str], int] = {}
     for audience in sorted(lists):
-        held = frozenset(
-            lead
+        stored_holders = {
+            (pid, audience): lead
             for pid in profile_ids
             if keeps_lists and (lead := state.holders.get((pid, audience))) is not None
+        }
+        profile_holders.update(stored_holders)
+        held = frozenset(stored_holders.values())
+        latest = [
+            person.membership_marks.get((pid, audience)) or state.marks.get((pid, audience))
+            for pid in profile_ids
+        ]
+        if not held and all(mark is None for mark in latest):
+            continue
+        members = frozenset(
+            pid
+            for pid, mark in zip(profile_ids, latest, strict=True)
+            if mark is not None and mark.status.is_member
         )
-        status = person.memberships.get(audience)
-        if status is not None:
-            member = status.is_member
-        else:
-            stored = [state.marks.get((pid, audience)) for pid in profile_ids]
-            if not held and all(mark is None for mark in stored):
-                continue
-            member = any(mark is not None and mark.status.is_member for mark in stored)
-        desired[audience] = member and not refused
+        desired[audience] = bool(members) and not refused
+        if desired[audience]:
+            wanting[audience] = members
         if held:
             holders[audience] = held
     writer = next((u for u in person.updates if u.update_id == person.writer), None)
@@ -473,6 +544,9 @@ def _target(
         writes_attributes=person.writes_attributes and not refused,
         desired=desired,
         holders=holders,
+        wanting=wanting,
+        profile_holders=profile_holders,
+        kept={a: kept[a] for a in desired if keeps_lists and a in kept},
         profile_ids=profile_ids,
         bound_lead=bound,
         attributes_changed=changed and not refused,
@@ -495,25 +569,31 @@ def _coalesce(key: str, members: Sequence[_Profile]) -> tuple[PlannedPerson, lis
     whose every fact a newer one of the batch replaces."""
     current = [p for p in members if p.head.current]
     winner = max(current or members, key=lambda p: (p.head.attributes_time, p.head.index))
-    latest: dict[str, tuple[datetime, int, ProfileUpdate, AudienceMembership]] = {}
-    own: dict[tuple[str, str], MembershipMark] = {}
+    facts: dict[tuple[str, str], _Status] = {}
     for profile in members:
         for item in profile.items:
             update = item.update
             for membership in item.memberships:
-                seen = latest.get(membership.audience_id)
-                if seen is None or (update.event_time, item.index) >= seen[:2]:
-                    latest[membership.audience_id] = (
-                        update.event_time,
-                        item.index,
-                        update,
-                        membership,
-                    )
                 # items are in event time order: the profile's latest status per audience wins
-                own[(update.profile_id, membership.audience_id)] = MembershipMark(
-                    membership.status, update.event_time
+                facts[(update.profile_id, membership.audience_id)] = (
+                    update.event_time,
+                    item.index,
+                    update,
+                    membership,
                 )
-    contributors = {u.update_id for _, _, u, _ in latest.values()}
+    own = {pair: MembershipMark(f[3].status, f[0]) for pair, f in facts.items()}
+    by_audience: dict[str, list[_Status]] = {}
+    for (_, audience), fact in facts.items():
+        by_audience.setdefault(audience, []).append(fact)
+    latest: dict[str, _Status] = {}
+    contributors: set[str] = set()
+    for audience, found in by_audience.items():
+        # the union: a profile still a member makes the person one; newer exits share its outcome
+        joined = [f for f in found if f[3].status.is_member]
+        source = max(joined or found, key=lambda f: f[:2])
+        latest[audience] = source
+        contributors.add(source[2].update_id)
+        contributors.update(f[2].update_id for f in found if f[:2] > source[:2])
     if current:
         contributors.add(winner.head.update.update_id)
     sharing: list[ProfileUpdate] = []
