@@ -34,9 +34,8 @@ def test_migrations_are_numbered_in_order() -> None:
         migrations = load_migrations(dialect)
         versions = [m.version for m in migrations]
         assert versions == sorted(set(versions))
-        # 0013 (reconciliation) is numbered ahead and lands on its own; so does 0018, numbered
-        # before 0019 (holders by lead) and written on another branch
-        assert set(range(1, versions[-1] + 1)) - set(versions) <= {13, 18}
+        # 0013 (reconciliation) is numbered ahead and lands on its own
+        assert set(range(1, versions[-1] + 1)) - set(versions) <= {13}
         assert all("${" not in s for m in migrations for s in m.statements)
     sqlite_sql = " ".join(s for m in load_migrations("sqlite") for s in m.statements)
     postgres_sql = " ".join(s for m in load_migrations("postgresql") for s in m.statements)
