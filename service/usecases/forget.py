@@ -3,7 +3,9 @@ never export the profile again.
 
 The leads of the profile are its binding (the lead it resolved to at its last confirmed write)
 and the leads holding its memberships (`DesiredState`). Each is removed from the list of every
-active audience the profile has desired state in; with `delete_lead`, they are deleted. Then the
+active audience the profile has desired state in, unless another profile of the same lead still
+wants it in that list (`DesiredState.co_holders`: the lead stays, as delivery and reconciliation
+keep it); with `delete_lead`, they are deleted all the same. Then the
 store records the tombstone (`Store.forget_profile`): later updates end EXCLUDED `forgotten`,
 Resync and reconciliation skip the profile, and an outcome says what was done and when.
 
@@ -100,7 +102,12 @@ class ForgetProfile:
         actions: list[Action] = []
         for audience, list_id in sorted(lists.items()):
             # the binding too: it may have joined the list by another way than the service
-            targets = sorted(leads_by_audience.get(audience, set()) | ({bound} if bound else set()))
+            targets = sorted(
+                lead
+                for lead in leads_by_audience.get(audience, set()) | ({bound} if bound else set())
+                # another profile of the lead still wants it there: it stays (the union rule)
+                if not state.co_holders.get((audience, lead))
+            )
             if not targets:
                 continue
             removed = await _remove(client, list_id, targets)

@@ -147,6 +147,37 @@ async def test_forget_without_delete_keeps_the_lead_and_resync_skips_it(service:
     assert await service.lists() == {lists["a1"]: {bob}, lists["a2"]: set()}
 
 
+async def test_forget_leaves_a_lead_in_the_lists_another_profile_of_it_still_wants(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service, audiences=("a1", "a2"))
+    await sync(
+        service,
+        destination_id,
+        [
+            [
+                update("p1", "ann@x.io", time=T, audiences={"a1": REALIZED, "a2": REALIZED}),
+                update("p3", "ann@x.io", time=T + 1, audiences={"a1": REALIZED}),
+            ]
+        ],
+    )
+    await delivered(service, destination_id)
+    (ann,) = [lead["id"] for lead in await service.leads()]
+    assert await service.lists() == {lists["a1"]: {ann}, lists["a2"]: {ann}}
+
+    answer = await service.stub.ForgetProfile(
+        pb.ForgetProfileRequest(destination_id=destination_id, profile_id="p1")
+    )
+
+    # p3, the same person, is still a member of a1: only a2 lets the lead go
+    assert (list(answer.lead_ids), answer.removed_from_lists) == ([ann], 1)
+    assert await service.lists() == {lists["a1"]: {ann}, lists["a2"]: set()}
+    drift = await service.stub.Reconcile(
+        pb.ReconcileRequest(destination_id=destination_id, dry_run=True)
+    )
+    assert all(not (d.missing or d.unexpected) for d in drift.lists), "nothing to repair"
+
+
 async def test_forget_needs_a_profile_id(service: Service) -> None:
     destination_id, _ = await setup(service)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

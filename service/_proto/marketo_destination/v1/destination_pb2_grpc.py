@@ -345,7 +345,8 @@ class MarketoDestinationServiceServicer:
 
     def ForgetProfile(self, request, context):
         """Forgets a profile at a destination: removes the lead(s) holding its memberships from every
-        list the service manages, deletes the lead the profile resolves to when delete_lead is set,
+        list the service manages (a lead stays in a list where another profile resolving to it is
+        still a member), deletes the lead the profile resolves to when delete_lead is set,
         drops the update kept for Resync and records a tombstone. Later Sync updates of the profile
         end EXCLUDED "forgotten"; Resync and reconciliation never recreate it; ListProfileOutcomes
         shows what was done and when. Not covered: Marketo's CRM sync (or another integration) may
