@@ -10,11 +10,10 @@ which never see profile attribute values, secrets or tokens.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_EXCLUDED_SERVICES",
     "DURATION_BUCKETS",
-    "INSTRUMENTS",
-    "Instrument",
     "QueueSample",
     "QuotaSample",
     "Telemetry",
@@ -113,32 +110,76 @@ class Telemetry:
         self.enabled = enabled
         self.excluded_services = frozenset(excluded_services)
         self.tracer = tracer_provider.get_tracer(_SCOPE)
+        meter = meter_provider.get_meter(_SCOPE)
+        self._records = meter.create_counter(
+            "marketo_destination.records",
+            unit="{record}",
+            description="Profile updates dispatched, by outcome",
+        )
+        self._batch_size = meter.create_histogram(
+            "marketo_destination.batch.size",
+            unit="{record}",
+            description="Updates per dispatched batch",
+        )
+        self._limiter_wait = meter.create_histogram(
+            "marketo.limiter.wait",
+            unit="s",
+            description="Time a Marketo call waited for the instance's rate and concurrency limits",
+        )
+        self._rpc_duration = meter.create_histogram(
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of the RPCs the service answered",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        marketo = meter_provider.get_meter(_MARKETO_SCOPE)
+        self._http_duration = marketo.create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Duration of the HTTP requests sent to Marketo",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._marketo_calls = marketo.create_counter(
+            "marketo.calls", unit="{call}", description="Marketo REST calls by endpoint and code"
+        )
+        self._marketo_retries = marketo.create_counter(
+            "marketo.retries",
+            unit="{call}",
+            description="Marketo calls retried, by endpoint and action",
+        )
+        self._marketo_duration = marketo.create_histogram(
+            "marketo.call.duration",
+            unit="s",
+            description="Duration of Marketo REST calls",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
         self._queue_sources: list[Callable[[], Iterable[QueueSample]]] = []
+        meter.create_observable_gauge(
+            "marketo_destination.outbox.depth",
+            callbacks=[self._observe_depth],
+            unit="{update}",
+            description="Updates waiting in the outbox, per Marketo instance",
+        )
+        meter.create_observable_gauge(
+            "marketo_destination.outbox.oldest_age",
+            callbacks=[self._observe_age],
+            unit="s",
+            description="Age of the oldest update waiting in the outbox, per Marketo instance",
+        )
         self._quota_sources: list[Callable[[], Iterable[QuotaSample]]] = []
-        self._counters: dict[str, metrics.Counter] = {}
-        self._histograms: dict[str, metrics.Histogram] = {}
-        meters = {scope: meter_provider.get_meter(scope) for scope in (_SCOPE, _MARKETO_SCOPE)}
-        for row in INSTRUMENTS:
-            meter = meters[row.scope]
-            if row.kind == "counter":
-                self._counters[row.name] = meter.create_counter(
-                    row.name, unit=row.unit, description=row.description
-                )
-            elif row.kind == "histogram":
-                self._histograms[row.name] = meter.create_histogram(
-                    row.name,
-                    unit=row.unit,
-                    description=row.description,
-                    explicit_bucket_boundaries_advisory=row.buckets,
-                )
-            else:
-                assert row.observe is not None, f"gauge {row.name} has nothing to observe"
-                meter.create_observable_gauge(
-                    row.name,
-                    callbacks=[functools.partial(row.observe, self)],
-                    unit=row.unit,
-                    description=row.description,
-                )
+        marketo.create_observable_gauge(
+            "marketo.daily_quota.used",
+            callbacks=[self._observe_quota_used],
+            unit="{call}",
+            description="Calls counted against the Marketo instance's daily quota today, "
+            "by caller (this service or the instance's other API users)",
+        )
+        marketo.create_observable_gauge(
+            "marketo.daily_quota.remaining",
+            callbacks=[self._observe_quota_remaining],
+            unit="{call}",
+            description="Calls this service may still make today on the Marketo instance",
+        )
         self.metrics_endpoint: MetricsEndpoint | None = None
         """The Prometheus endpoint serving these metrics, when one was asked for."""
 
@@ -223,19 +264,15 @@ class Telemetry:
             base["marketo_destination.sync_type"] = sync_type
         for outcome, count in counts.items():
             if count:
-                self._counters["marketo_destination.records"].add(
-                    count, {**base, "marketo_destination.outcome": outcome}
-                )
+                self._records.add(count, {**base, "marketo_destination.outcome": outcome})
 
     def record_batch(self, size: int, *, instance: str) -> None:
         """Records the number of updates in one dispatched batch of the Marketo ``instance``."""
-        self._histograms["marketo_destination.batch.size"].record(
-            size, {"marketo.instance": instance}
-        )
+        self._batch_size.record(size, {"marketo.instance": instance})
 
     def record_rpc(self, seconds: float, *, service: str, method: str, status_code: int) -> None:
         """Records the duration of one answered RPC, by service, method and gRPC status code."""
-        self._histograms["rpc.server.call.duration"].record(
+        self._rpc_duration.record(
             seconds,
             {
                 "rpc.system": "grpc",
@@ -264,11 +301,11 @@ class Telemetry:
             attributes["http.response.status_code"] = status_code
         if error_type is not None:
             attributes["error.type"] = error_type
-        self._histograms["http.client.request.duration"].record(seconds, attributes)
+        self._http_duration.record(seconds, attributes)
 
     def record_limiter_wait(self, seconds: float, *, instance: str) -> None:
         """Records how long one Marketo call waited for its instance's limits."""
-        self._histograms["marketo.limiter.wait"].record(seconds, {"marketo.instance": instance})
+        self._limiter_wait.record(seconds, {"marketo.instance": instance})
 
     def record_marketo_call(self, *, endpoint: str, method: str, code: str, seconds: float) -> None:
         """Counts one attempt of a Marketo call and records its duration, by endpoint, method
@@ -278,14 +315,12 @@ class Telemetry:
             "http.request.method": method,
             "marketo.code": code,
         }
-        self._counters["marketo.calls"].add(1, attributes)
-        self._histograms["marketo.call.duration"].record(seconds, attributes)
+        self._marketo_calls.add(1, attributes)
+        self._marketo_duration.record(seconds, attributes)
 
     def record_marketo_retry(self, *, endpoint: str, action: str) -> None:
         """Counts one retry of a Marketo call, by endpoint and the ``action`` that led to it."""
-        self._counters["marketo.retries"].add(
-            1, {"marketo.endpoint": endpoint, "marketo.action": action}
-        )
+        self._marketo_retries.add(1, {"marketo.endpoint": endpoint, "marketo.action": action})
 
     def observe_queue(self, source: Callable[[], Iterable[QueueSample]]) -> None:
         """Registers ``source`` to feed the outbox gauges at each metric collection.
@@ -324,57 +359,6 @@ class Telemetry:
             Observation(s.oldest_age_seconds, s.attributes())
             for s in _gather(self._queue_sources, "outbox")
         ]
-
-
-@dataclass(frozen=True, slots=True)
-class Instrument:
-    """One metric instrument of the service, as :class:`Telemetry` creates it."""
-
-    scope: str
-    """The meter: ``service.telemetry`` (what the service does) or ``service.marketo``."""
-    kind: Literal["counter", "histogram", "gauge"]
-    name: str
-    unit: str
-    description: str
-    buckets: Sequence[float] | None = None
-    """A histogram's bucket boundaries; ``None``: the SDK's default ones."""
-    observe: Callable[[Telemetry, CallbackOptions], Iterable[Observation]] | None = None
-    """A gauge's callback, read at each metric collection."""
-
-
-INSTRUMENTS: tuple[Instrument, ...] = (
-    # meter, kind, name, unit; description; buckets or a gauge's callback
-    Instrument(_SCOPE, "counter", "marketo_destination.records", "{record}",
-               "Profile updates dispatched, by outcome"),
-    Instrument(_SCOPE, "histogram", "marketo_destination.batch.size", "{record}",
-               "Updates per dispatched batch"),
-    Instrument(_SCOPE, "histogram", "marketo.limiter.wait", "s",
-               "Time a Marketo call waited for the instance's rate and concurrency limits"),
-    Instrument(_SCOPE, "histogram", "rpc.server.call.duration", "s",
-               "Duration of the RPCs the service answered", DURATION_BUCKETS),
-    Instrument(_MARKETO_SCOPE, "histogram", "http.client.request.duration", "s",
-               "Duration of the HTTP requests sent to Marketo", DURATION_BUCKETS),
-    Instrument(_MARKETO_SCOPE, "counter", "marketo.calls", "{call}",
-               "Marketo REST calls by endpoint and code"),
-    Instrument(_MARKETO_SCOPE, "counter", "marketo.retries", "{call}",
-               "Marketo calls retried, by endpoint and action"),
-    Instrument(_MARKETO_SCOPE, "histogram", "marketo.call.duration", "s",
-               "Duration of Marketo REST calls", DURATION_BUCKETS),
-    Instrument(_SCOPE, "gauge", "marketo_destination.outbox.depth", "{update}",
-               "Updates waiting in the outbox, per Marketo instance",
-               observe=Telemetry._observe_depth),
-    Instrument(_SCOPE, "gauge", "marketo_destination.outbox.oldest_age", "s",
-               "Age of the oldest update waiting in the outbox, per Marketo instance",
-               observe=Telemetry._observe_age),
-    Instrument(_MARKETO_SCOPE, "gauge", "marketo.daily_quota.used", "{call}",
-               "Calls counted against the Marketo instance's daily quota today, by caller (this "
-               "service or the instance's other API users)",
-               observe=Telemetry._observe_quota_used),
-    Instrument(_MARKETO_SCOPE, "gauge", "marketo.daily_quota.remaining", "{call}",
-               "Calls this service may still make today on the Marketo instance",
-               observe=Telemetry._observe_quota_remaining),
-)  # fmt: skip
-"""Every metric instrument the service exports (docs/observability.md lists them all)."""
 
 
 def _gather(sources: Iterable[Callable[[], Iterable[_Sample]]], gauge: str) -> list[_Sample]:
