@@ -35,6 +35,7 @@ from service.delivery.egress import DEFAULT_ALLOWED_ENDPOINTS, OriginList, endpo
 from service.marketo.codes import Action
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "ENV_PREFIX",
     "ExtractPolling",
     "InvalidSetting",
@@ -134,8 +135,9 @@ class LimitSettings:
     """Calls a day left for the instance's other integrations."""
 
 
-_DEFAULT_LIMITS = LimitSettings()
-"""Where the defaults of the ``marketo_*`` limit settings come from."""
+DEFAULT_LIMITS = LimitSettings()
+"""Where the defaults of the ``marketo_*`` limit settings (and of
+``service.marketo.limits.InstanceLimits``) come from."""
 
 _LEAST_LEASE_TTL = 30.0
 """Seconds: the automatic lease TTL with the embedded store, and the least with PostgreSQL."""
@@ -272,20 +274,20 @@ class Settings:
     """How long a Sync request waits for the backlog to drop below the bound before it is
     refused with RESOURCE_EXHAUSTED."""
 
-    marketo_share: float = _DEFAULT_LIMITS.share
+    marketo_share: float = DEFAULT_LIMITS.share
     """Share of each Marketo instance's 100 calls / 20 s this service may use."""
 
-    marketo_window_seconds: float = _DEFAULT_LIMITS.window_seconds
+    marketo_window_seconds: float = DEFAULT_LIMITS.window_seconds
     """Length of Marketo's rate window (100 calls per 20 s); only a time-scaled sandbox (demo,
     benchmarks) has a shorter one."""
 
-    marketo_concurrency: int = _DEFAULT_LIMITS.concurrency
+    marketo_concurrency: int = DEFAULT_LIMITS.concurrency
     """Concurrent Marketo calls per instance (Marketo allows 10 in all)."""
 
-    marketo_daily_quota: int = _DEFAULT_LIMITS.daily_quota
+    marketo_daily_quota: int = DEFAULT_LIMITS.daily_quota
     """Daily API quota of each Marketo instance."""
 
-    marketo_daily_reserve: int = _DEFAULT_LIMITS.daily_reserve
+    marketo_daily_reserve: int = DEFAULT_LIMITS.daily_reserve
     """Calls a day left for each instance's other integrations."""
 
     replica_id: str = ""

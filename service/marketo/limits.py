@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 from service.caches import BytesBoundedCache, deep_size
 from service.marketo.clock import Clock, SystemClock
 from service.marketo.errors import QuotaExhaustedError
-from service.settings import LimitSettings
+from service.settings import DEFAULT_LIMITS
 
 MARKETO_DAY = ZoneInfo("America/Chicago")
 """Marketo's daily quota resets at midnight US Central (DST-aware)."""
@@ -131,9 +131,6 @@ class _SharedLimits:
 
 _SHARED: weakref.WeakKeyDictionary[Any, _SharedLimits] = weakref.WeakKeyDictionary()
 
-_DEFAULT_LIMITS = LimitSettings()
-"""Where the defaults of `InstanceLimits` come from; a bare one keeps no daily reserve."""
-
 
 class InstanceLimits:
     """Rate, concurrency and daily limits of one Marketo instance, shared by its clients."""
@@ -142,10 +139,10 @@ class InstanceLimits:
         self,
         *,
         calls_per_window: int = 100,
-        window_seconds: float = _DEFAULT_LIMITS.window_seconds,
-        share: float = _DEFAULT_LIMITS.share,
-        concurrency: int = _DEFAULT_LIMITS.concurrency,
-        daily_quota: int = _DEFAULT_LIMITS.daily_quota,
+        window_seconds: float = DEFAULT_LIMITS.window_seconds,
+        share: float = DEFAULT_LIMITS.share,
+        concurrency: int = DEFAULT_LIMITS.concurrency,
+        daily_quota: int = DEFAULT_LIMITS.daily_quota,
         daily_reserve: int = 0,
         clock: Clock | None = None,
     ) -> None:
