@@ -46,9 +46,10 @@ from service.usecases.resync import Resync
 
 
 def marketo_http(settings: Settings) -> httpx.AsyncClient:
-    """The HTTP client of every Marketo call: answers awaited `marketo_timeout_seconds`, the
-    replica named on request (the client checks each exchange against the calling drainer's
-    lease gate, `service.marketo.gate`)."""
+    """The HTTP client of every Marketo call: answers awaited `marketo_timeout_seconds` (the
+    Marketo client cuts each whole exchange, pool wait included, there too), the replica named
+    on request (a drainer's gated client view checks each exchange against its lease gate,
+    `service.marketo.gate`)."""
     timeout = settings.marketo_timeout_seconds
     transport = httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)

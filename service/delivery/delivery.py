@@ -11,7 +11,10 @@ state; for the profiles of resync entries, with what is applied taken as unknown
 state they fold in (watermarks, desired statuses, holders and profile states Marketo confirmed)
 in one transaction; unfinished entries are deferred with exponential backoff and jitter, naming the
 error. The alerts of each destination are evaluated after its batch. When and under which
-lease this runs is the scheduler's business (`service.delivery.dispatcher`).
+lease this runs is the scheduler's business (`service.delivery.dispatcher`); the call gate of
+that lease, given to `deliver`, gates every Marketo call of the batch (engines and schema reads
+call through `MarketoClient.gated(gate)`; the cached clients themselves stay ungated, for dry
+runs and other callers).
 
 A 607 (daily quota) defers the whole batch to the reset, holds the instance until then and marks
 its destinations QUOTA_PAUSED; an authentication failure marks the destination AUTH_FAILING. Both
@@ -56,6 +59,7 @@ from service.marketo.errors import (
     QuotaExhaustedError,
     RejectedError,
 )
+from service.marketo.gate import Gate
 from service.store.base import (
     DestinationNotFound,
     DestinationRecord,
@@ -246,17 +250,23 @@ class BatchDelivery:
     # -- one batch ------------------------------------------------------------------------------
 
     async def deliver(
-        self, instance_key: str, lease: Lease, entries: Sequence[OutboxEntry]
+        self,
+        instance_key: str,
+        lease: Lease,
+        entries: Sequence[OutboxEntry],
+        *,
+        gate: Gate | None = None,
     ) -> None:
-        """Deliver a claimed batch destination by destination; raises only FencingError and
-        store failures (the entries then stay due)."""
+        """Deliver a claimed batch destination by destination, every Marketo call of it through
+        `gate` (the lease's call gate; none: not gated); raises only FencingError and store
+        failures (the entries then stay due)."""
         groups: dict[str, list[OutboxEntry]] = {}
         for entry in entries:
             groups.setdefault(entry.destination_id, []).append(entry)
         pending = list(groups.items())
         for index, (destination_id, group) in enumerate(pending):
             try:
-                await self._deliver_destination(lease, destination_id, group)
+                await self._deliver_destination(lease, destination_id, group, gate)
             except _Paused as pause:
                 rest = [entry for _, later in pending[index:] for entry in later]
                 await self._pause(instance_key, lease, rest, pause)
@@ -271,7 +281,7 @@ class BatchDelivery:
             await self._evaluate(destination_id)
 
     async def _deliver_destination(
-        self, lease: Lease, destination_id: str, entries: list[OutboxEntry]
+        self, lease: Lease, destination_id: str, entries: list[OutboxEntry], gate: Gate | None
     ) -> None:
         try:
             record = await self._store.get_destination(destination_id, tenant=None)
@@ -280,7 +290,7 @@ class BatchDelivery:
             self._prepared.pop(destination_id, None)
             return
         with self._batch_span(record, entries):
-            await self._deliver_record(lease, record, entries)
+            await self._deliver_record(lease, record, entries, gate)
 
     def _batch_span(
         self, record: DestinationRecord, entries: Sequence[OutboxEntry]
@@ -298,22 +308,26 @@ class BatchDelivery:
         return self._telemetry.batch_span((e.trace_context for e in entries), attributes)
 
     async def _deliver_record(
-        self, lease: Lease, record: DestinationRecord, entries: list[OutboxEntry]
+        self,
+        lease: Lease,
+        record: DestinationRecord,
+        entries: list[OutboxEntry],
+        gate: Gate | None,
     ) -> None:
         bulk = 0 < self._settings.bulk_threshold <= len(entries)
         if record.state is DestinationState.SCHEMA_PAUSED:
-            resumed = await self._schema_resumes(lease, record, entries)
+            resumed = await self._schema_resumes(lease, record, entries, gate)
             if resumed is None:
                 return
             record = resumed
-        engine = await self._engine_or_hold(lease, record, entries, bulk=bulk)
+        engine = await self._engine_or_hold(lease, record, entries, gate, bulk=bulk)
         if engine is None:
             return
         result = await self._run_engine(record, engine, entries)
         if isinstance(result.error, ConfigurationError):
             entries = await self._retire_final(lease, record, entries, result)
             try:
-                missing = await self._missing_fields(record, max_age=0.0)
+                missing = await self._missing_fields(record, gate, max_age=0.0)
             except QuotaExhaustedError as error:
                 raise _Paused(_from_epoch(error.paused_until), error) from error
             except MarketoError:
@@ -326,7 +340,7 @@ class BatchDelivery:
             # The mapping fits the schema: something else refused the request. Try the refused
             # work once more; a second refusal fails those records, never split record by record.
             engine = await self._engine_or_hold(
-                lease, record, entries, bulk=bulk, configuration_stops=False
+                lease, record, entries, gate, bulk=bulk, configuration_stops=False
             )
             if engine is None:
                 return
@@ -338,13 +352,16 @@ class BatchDelivery:
         lease: Lease,
         record: DestinationRecord,
         entries: list[OutboxEntry],
+        gate: Gate | None,
         *,
         bulk: bool,
         configuration_stops: bool = True,
     ) -> SyncEngine | None:
         """The destination's engine, or None once the entries are deferred or held."""
         try:
-            return await self.engine_for(record, bulk=bulk, configuration_stops=configuration_stops)
+            return await self.engine_for(
+                record, bulk=bulk, configuration_stops=configuration_stops, gate=gate
+            )
         except SchemaMismatch as error:
             await self._schema_pause(lease, record, entries, error.missing)
         except DestinationNotReady as error:
@@ -361,11 +378,17 @@ class BatchDelivery:
         return None
 
     async def engine_for(
-        self, record: DestinationRecord, *, bulk: bool = False, configuration_stops: bool = True
+        self,
+        record: DestinationRecord,
+        *,
+        bulk: bool = False,
+        configuration_stops: bool = True,
+        gate: Gate | None = None,
     ) -> SyncEngine:
         """The sync engine the dispatcher uses for the destination (also for dry runs); with
         `bulk`, the one that writes through bulk import; `configuration_stops=False`: a REST
-        engine that fails the records of a request refused as a whole instead of stopping.
+        engine that fails the records of a request refused as a whole instead of stopping;
+        `gate`: every Marketo call of the engine, and the schema read it may need, passes it.
 
         Raises DestinationNotReady (no mapping, or one the instance's schema refuses: then
         SchemaMismatch when fields are missing) and, while reading the instance's lead schema,
@@ -376,7 +399,7 @@ class BatchDelivery:
                 "the destination has no active mapping: Activate it with a mapping to deliver"
             )
         try:
-            prepared = await self._prepare(record)
+            prepared = await self._prepare(record, gate)
         except MappingConfigError as error:
             raise DestinationNotReady(f"the destination's mapping is unusable: {error}") from None
         except EndpointRefused as error:
@@ -387,9 +410,10 @@ class BatchDelivery:
         activations = await self._store.activations(record.id)
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
         tracked = [a.audience_id for a in activations if a.active and a.holders_tracked]
+        client = prepared.client.gated(gate)
         if bulk:
             return BulkSyncEngine(
-                prepared.client,
+                client,
                 prepared.spec.rules(),
                 prepared.mapper,
                 clock=self._clock,
@@ -402,7 +426,7 @@ class BatchDelivery:
                 tracked_lists=tracked,
             )
         return SyncEngine(
-            prepared.client,
+            client,
             prepared.spec.rules(),
             prepared.mapper,
             audience_lists=lists,
@@ -583,7 +607,11 @@ class BatchDelivery:
             pass
 
     async def _schema_resumes(
-        self, lease: Lease, record: DestinationRecord, entries: Sequence[OutboxEntry]
+        self,
+        lease: Lease,
+        record: DestinationRecord,
+        entries: Sequence[OutboxEntry],
+        gate: Gate | None,
     ) -> DestinationRecord | None:
         """For a SCHEMA_PAUSED destination: the record, ACTIVE again, when its mapping fits the
         instance's schema now; None (its entries held) while it does not or the next re-check
@@ -597,7 +625,7 @@ class BatchDelivery:
         # a changed mapping is checked against a fresh one.
         max_age = 0.0 if changed else self._settings.schema_recheck.base.total_seconds() / 2
         try:
-            missing = await self._missing_fields(record, max_age=max_age)
+            missing = await self._missing_fields(record, gate, max_age=max_age)
         except QuotaExhaustedError as error:
             raise _Paused(_from_epoch(error.paused_until), error) from error
         except MarketoError as error:
@@ -616,17 +644,22 @@ class BatchDelivery:
         await self._alerts.recovered(record.id)
         return replace(record, state=DestinationState.ACTIVE, state_reason="")
 
-    async def _missing_fields(self, record: DestinationRecord, *, max_age: float) -> list[str]:
+    async def _missing_fields(
+        self, record: DestinationRecord, gate: Gate | None, *, max_age: float
+    ) -> list[str]:
         """The fields the destination's mapping uses that the instance's lead schema (read
-        again when the cached one is older than `max_age` seconds) does not have."""
+        again, through `gate`, when the cached one is older than `max_age` seconds) does not
+        have."""
         spec = record.spec
-        client = self._connections.client(spec.connection)
+        client = self._connections.client(spec.connection).gated(gate)
         types = await self._lead_fields(record.instance_key, client, max_age=max_age)
         return missing_fields(record.mappings, types, dedupe_field=spec.dedupe_field)
 
     # -- per-destination preparation ------------------------------------------------------------
 
-    async def _prepare(self, record: DestinationRecord) -> _Prepared:
+    async def _prepare(self, record: DestinationRecord, gate: Gate | None) -> _Prepared:
+        """The destination's cached inputs (its ungated client among them), built anew for a
+        new version or mapping; the lead schema they need is read through `gate`."""
         cached = self._prepared.get(record.id)
         if (
             cached is not None
@@ -638,12 +671,13 @@ class BatchDelivery:
         if spec.sync_type is None:
             raise MappingConfigError(["the destination has no sync type"])
         client = self._connections.client(spec.connection)
-        types = await self._lead_fields(record.instance_key, client)
+        reader = client.gated(gate)
+        types = await self._lead_fields(record.instance_key, reader)
         try:
             mapper = Mapper(record.mappings, types, self._registry, dedupe_field=spec.dedupe_field)
         except MappingConfigError:
             # A field added to the instance after the schema was cached: look again once.
-            types = await self._lead_fields(record.instance_key, client, max_age=0.0)
+            types = await self._lead_fields(record.instance_key, reader, max_age=0.0)
             missing = missing_fields(record.mappings, types, dedupe_field=spec.dedupe_field)
             if missing:
                 raise SchemaMismatch(missing) from None

@@ -21,10 +21,12 @@ External fencing. The generation fences the store, not Marketo: a drainer that l
 (its process stalled, or cut off from the database) must also stop calling Marketo, or its late
 Sync Leads could land after the new holder wrote a newer version and Marketo would keep the older
 value. So every Marketo call of a drainer passes its `CallGate` (`service.delivery.fence`): the
-Marketo client checks the gate current in the task when a call starts and again right before
-each exchange. A call starts only while the lease is confirmed for more than
-`call_margin` (the HTTP timeout plus a clock-skew allowance), so a call that starts ends before
-the lease can expire. The heartbeat renews every third of the TTL and feeds the gate: a renewal
+drainer hands it to `BatchDelivery.deliver`, whose engines and schema reads call through a
+gated view of the destination's client (`MarketoClient.gated`), which checks the gate when a
+call starts and again right before each exchange. A call starts only while the lease is
+confirmed for more than `call_margin` (the HTTP timeout, which bounds each whole exchange, plus
+a clock-skew allowance), so a call that starts ends before the lease can expire. The heartbeat
+renews every third of the TTL and feeds the gate: a renewal
 that fails leaves the gate to close by itself when the margin is reached; a lost lease closes it
 at once; a heartbeat that wakes up late by more than half its interval (the event loop stalled,
 e.g. the process was stopped) closes it until the renewal it then makes succeeds. A lease taken
@@ -58,7 +60,6 @@ from service.delivery.delivery import BatchDelivery
 from service.delivery.fence import CallGate
 from service.errors import Unavailable
 from service.marketo.clock import Clock
-from service.marketo.gate import use_gate
 from service.store.base import (
     DestinationRecord,
     DestinationState,
@@ -182,8 +183,8 @@ class Dispatcher:
         return self.delivery.paused_until(instance_key)
 
     async def drain_once(self, instance_key: str) -> int:
-        """Deliver one batch of the instance's due entries now (no linger); for tests and tools,
-        not while the dispatcher is started.
+        """Deliver one batch of the instance's due entries now (no linger, no call gate); for
+        tests and tools, not while the dispatcher is started.
 
         Takes the instance's lease if needed. Returns how many entries were claimed (0 when
         nothing is due, the instance is quota-paused or another holder has the lease).
@@ -272,7 +273,6 @@ class Dispatcher:
                 return
             drainer.lease = lease
             gate = drainer.gate = self._gate(lease)
-            use_gate(gate)  # this task's Marketo calls, and those of the tasks it starts
             heartbeat = asyncio.create_task(self._heartbeat(drainer), name=f"lease {key}")
             while (wait := gate.opens_at - self._clock.now()) > 0 and not drainer.stopping:
                 # Taken over from an expired tenure: its holder's last call may still be on.
@@ -298,7 +298,7 @@ class Dispatcher:
                     break
                 try:
                     async with self._turn(key):
-                        await self.delivery.deliver(key, drainer.lease, entries)
+                        await self.delivery.deliver(key, drainer.lease, entries, gate=gate)
                 except FencingError as error:
                     log.warning("drainer of %s lost its lease: %s", key, error)
                     drainer.lost = True

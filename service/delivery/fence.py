@@ -6,18 +6,22 @@ call that lands after the new holder wrote a newer version. A `CallGate` per dra
 
 - a call may start only while `confirmed_until - now > margin`, where `confirmed_until` is the
   expiry of the last lease renewal that succeeded and `margin` is at least the longest Marketo
-  exchange (the HTTP timeout) plus a clock-skew allowance; so an exchange that starts is
-  answered, or given up, before the lease can expire on any clock within the skew;
+  exchange (the HTTP timeout, which the client applies to each exchange as a whole, waiting for
+  a pooled connection included, not only to each of httpx's phases) plus a clock-skew
+  allowance; so an exchange that starts is answered, or given up, before the lease can expire
+  on any clock within the skew;
 - a lost lease, or an event-loop stall seen by the heartbeat, closes the gate at once (a renewal
   that succeeds after a stall opens it again: the lease was still ours);
 - a lease taken over after its previous tenure expired (rather than being released) opens only
   `margin` after that expiry: a call the previous holder started just in time has ended by then.
 
-A drainer task makes its gate current (`service.marketo.gate.use_gate`, a context variable:
-tasks it starts inherit it), and `MarketoClient` checks it in its single request path: when a
-call starts (before its token and its turn at the instance's limits) and again right before each
-HTTP exchange, so a call held up by the instance's rate limiter or retried after a backoff is
-checked again when it goes out.
+A drainer hands its gate to the batch delivery, whose engines (their tasks included) and schema
+reads call through `MarketoClient.gated(gate)`, a view of the destination's client (see
+`service.marketo.gate`); the client checks the gate in its single request path: when a call
+starts (before its token and its turn at the instance's limits) and again right before each
+HTTP exchange, Identity's included, so a call held up by the instance's rate limiter or retried
+after a backoff is checked again when it goes out. Other callers of the same clients (dry runs,
+reconciliation, the RPCs) are not gated by it.
 """
 
 from __future__ import annotations

@@ -1,15 +1,19 @@
 """The Marketo REST client: typed operations over one injected `httpx.AsyncClient`.
 
-Every call goes through `_request`, which checks the calling task's call gate (`gate.py`) when
-the call starts and before each exchange, takes a token, is admitted by the instance's limits,
-classifies the answer with the table in `codes.py` and retries, refreshes, pauses or raises
-accordingly. The client holds no domain rules: what a result means is the caller's business.
+Every call goes through `_request`, which checks the client's call gate (a gated view's, see
+`gated` and `gate.py`) when the call starts and before each exchange, takes a token, is admitted
+by the instance's limits, classifies the answer with the table in `codes.py` and retries,
+refreshes, pauses or raises accordingly. Each HTTP exchange, waiting for a pooled connection
+included, lasts at most the HTTP client's read timeout as a whole (`_send`). The client holds
+no domain rules: what a result means is the caller's business.
 Each HTTP exchange, attempt and retry is reported to the injected `MarketoObserver`
 (`observer.py`; by default nobody), never to a global meter.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import logging
 import re
@@ -40,7 +44,7 @@ from service.marketo.errors import (
     RejectedError,
     UnavailableError,
 )
-from service.marketo.gate import check_current_gate
+from service.marketo.gate import Gate
 from service.marketo.limits import InstanceLimits, next_reset
 from service.marketo.observer import NO_OBSERVER, Call, MarketoObserver, endpoint_of
 from service.marketo.types import (
@@ -227,11 +231,33 @@ class MarketoClient:
         self.retry = retry or RetryPolicy()
         self._tokens = TokenCache.shared(http, self._base, client_id, client_secret)
         self._seed_from_usage = seed_from_usage
+        self._gate: Gate | None = None
+        self._exchange_timeout: float | None = http.timeout.read
+        """The longest one HTTP exchange may last, whole: httpx applies its timeouts to each
+        phase (pool wait, connect, write, each read) apart, the read one being the longest wait
+        for Marketo's answer (`marketo_timeout_seconds`)."""
         self.attempts = 0
         """HTTP calls made by this client (Identity included)."""
 
     def __repr__(self) -> str:
         return f"MarketoClient(base_url={self._base!r}, client_id={self._client_id!r})"
+
+    def gated(self, gate: Gate | None) -> MarketoClient:
+        """A view of this client whose calls pass `gate` (none: a view with no gate): it shares
+        the HTTP client, token cache, limits and observer, and counts its own `attempts`. The
+        gate is checked when a call starts and right before each exchange, Identity included;
+        this client, and every other one of the instance, are not gated by it."""
+        if gate is self._gate:
+            return self
+        view = copy.copy(self)
+        view._gate = gate
+        view.attempts = 0
+        return view
+
+    def _check_gate(self) -> None:
+        """Raise the gate's error (an `UnavailableError`, nothing sent) when it is shut now."""
+        if self._gate is not None:
+            self._gate.check()
 
     # ------------------------------------------------------------------ auth
 
@@ -331,11 +357,25 @@ class MarketoClient:
         )
 
     async def _send(self, call: Call) -> httpx.Response:
-        """Sends `call.request`, the exchange told to the observer, unless the calling task's
-        gate is shut now (then its error, an `UnavailableError`, leaves the exchange)."""
+        """Sends `call.request`, the exchange told to the observer, unless the client's gate is
+        shut now (then its error, an `UnavailableError`, leaves the exchange).
+
+        The exchange as a whole, waiting for a pooled connection included, is cut after
+        `_exchange_timeout` (`httpx.TimeoutException`: the request may have been processed, as
+        after a read timeout), so a call the gate lets start ends within the gate's margin."""
         with self._observer.exchange(call) as exchange:
-            check_current_gate()
-            response = await self._http.send(call.request)
+            self._check_gate()
+            deadline = asyncio.timeout(self._exchange_timeout)
+            try:
+                async with deadline:
+                    response = await self._http.send(call.request)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise httpx.TimeoutException(
+                    f"no answer within {self._exchange_timeout:g}s (pool wait included)",
+                    request=call.request,
+                ) from None
             exchange.answered(response)
         return response
 
@@ -386,7 +426,7 @@ class MarketoClient:
         successful answer. `endpoint` names the call (default: after its path, `endpoint_of`);
         `records`: how many records the request carries (told to the observer)."""
         endpoint = endpoint or endpoint_of(path)
-        check_current_gate()  # a refused call takes no token, no usage reading, no limit
+        self._check_gate()  # a refused call takes no token, no usage reading, no limit
         if self._seed_from_usage and self.limits.usage_due():
             await self._seed_usage()
         started = self._clock.now()

@@ -11,8 +11,7 @@ import pytest
 
 from service.delivery.fence import CallGate, LeaseUnconfirmed
 from service.marketo.client import MarketoClient
-from service.marketo.errors import UnavailableError
-from service.marketo.gate import use_gate
+from service.marketo.errors import OutcomeUnknownError, UnavailableError
 from service.marketo.limits import InstanceLimits
 from service.marketo.types import SyncAction
 from service.settings import InvalidSetting, Settings
@@ -119,22 +118,22 @@ async def test_a_call_of_a_task_whose_gate_is_shut_takes_nothing_and_sends_nothi
     clock = Clock()
     marketo = Marketo()
     async with httpx.AsyncClient(transport=httpx.MockTransport(marketo)) as http:
-        gated = client(http, clock)
+        shared = client(http, clock)
 
         async def drainer(seconds_later: float) -> None:
-            use_gate(gate(clock))
+            gated = shared.gated(gate(clock))
             clock.t += seconds_later
-            await asyncio.create_task(update(gated))  # a task it starts inherits the gate
+            await asyncio.create_task(update(gated))  # a task it starts calls through its view
 
         await asyncio.create_task(drainer(1.0))
         assert marketo.sent == ["/identity/oauth/token", LEADS]
-        counted = gated.limits.used_today
+        counted = shared.limits.used_today
         marketo.sent.clear()
         with pytest.raises(LeaseUnconfirmed):
             await asyncio.create_task(drainer(25.0))
         assert marketo.sent == []
-        assert gated.limits.used_today == counted  # no turn at the instance's limits taken
-        await update(gated)  # no gate in this task: not a drainer's
+        assert shared.limits.used_today == counted  # no turn at the instance's limits taken
+        await update(shared)  # the client itself has no gate: not a drainer's
     assert marketo.sent == [LEADS]
 
 
@@ -142,15 +141,93 @@ async def test_a_call_held_up_is_checked_again_before_its_next_exchange() -> Non
     clock = Clock()
     marketo = Marketo(busy_first=True)
     async with httpx.AsyncClient(transport=httpx.MockTransport(marketo)) as http:
-        gated = client(http, clock)
+        shared = client(http, clock)
 
         async def drainer() -> None:
-            use_gate(gate(clock, confirmed_for=10.2, margin=10.0))  # open for 0.2 s more
+            gated = shared.gated(gate(clock, confirmed_for=10.2, margin=10.0))  # 0.2 s more
             await update(gated)  # answered 503, retried after a backoff of 0.5 s or more
 
         with pytest.raises(LeaseUnconfirmed):
             await asyncio.create_task(drainer())
     assert marketo.sent == ["/identity/oauth/token", LEADS]
+
+
+async def test_a_gate_refuses_only_the_calls_of_its_own_view_of_a_shared_client() -> None:
+    clock = Clock()
+    marketo = Marketo()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(marketo)) as http:
+        shared = client(http, clock)  # as the connections hand it to every caller
+        lost = gate(clock)
+        lost.close("the lease was lost")
+        stopped = shared.gated(lost)  # a drainer whose lease is gone
+        running = shared.gated(gate(clock))  # another drainer, its lease confirmed
+        # One task calls through all three: nothing of the stopped drainer's gate is the task's.
+        with pytest.raises(LeaseUnconfirmed, match="the lease was lost"):
+            await update(stopped)
+        assert marketo.sent == []
+        await update(shared)  # an RPC's call (DescribeMarketo, Configure, Reconcile ...)
+        await update(running)
+        with pytest.raises(LeaseUnconfirmed):
+            await update(stopped)
+    assert marketo.sent == ["/identity/oauth/token", LEADS, LEADS]
+
+
+class OneCheck:
+    """A gate that lets one check pass, then refuses (the lease lost meanwhile)."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.checks > 1:
+            raise LeaseUnconfirmed("Marketo call not sent: the lease was lost")
+
+
+async def test_the_identity_exchange_of_a_gated_call_is_checked_too() -> None:
+    clock = Clock()
+    marketo = Marketo()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(marketo)) as http:
+        shut_after_start = OneCheck()
+        with pytest.raises(LeaseUnconfirmed):
+            await update(client(http, clock).gated(shut_after_start))
+    assert shut_after_start.checks == 2  # when the call started, then before its token request
+    assert marketo.sent == []
+
+
+class OneConnection(httpx.AsyncBaseTransport):
+    """A connection pool of one connection: a REST request waits until `connection` is free,
+    as httpx waits for a pooled connection (bounded by its pool timeout alone, none here).
+    Identity answers at once."""
+
+    def __init__(self) -> None:
+        self.connection = asyncio.Lock()
+        self.sent: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/identity/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        async with self.connection:
+            self.sent.append(request.url.path)
+            return httpx.Response(200, json={"success": True, "result": [{"status": "created"}]})
+
+
+async def test_an_exchange_waiting_for_a_pooled_connection_is_cut_at_the_timeout() -> None:
+    clock = Clock()
+    pool = OneConnection()
+    timeout = httpx.Timeout(0.05, pool=None)  # each phase bounded but the pool wait
+    async with httpx.AsyncClient(transport=pool, timeout=timeout) as http:
+        gated = client(http, clock).gated(gate(clock))
+        async with pool.connection:  # another call holds the only connection, for ever
+            creating = gated.sync_leads(
+                [{"email": "a@example.com"}],
+                action=SyncAction.CREATE_OR_UPDATE,
+                lookup_field="email",
+            )
+            with pytest.raises(OutcomeUnknownError, match="Timed out waiting for Marketo"):
+                # The outer bound only keeps a failing test from waiting for ever.
+                await asyncio.wait_for(creating, 30.0)
+    assert pool.sent == []
 
 
 def test_the_lease_must_outlast_the_call_margin_between_renewals() -> None:
@@ -208,6 +285,34 @@ async def test_a_released_lease_is_taken_without_waiting(env: Env) -> None:
     dispatcher.notify(env.instance_key)
     await eventually(lambda: _delivered(env, destination.id), what="delivered")
     await dispatcher.stop()
+
+
+async def test_a_batch_calls_through_its_gate_and_leaves_the_cached_client_ungated(
+    env: Env,
+) -> None:
+    destination = await env.destination()
+    await env.append(destination.id, [profile(0)])
+    delivery = env.dispatcher().delivery
+    ttl = timedelta(seconds=30)
+    lease = await env.store.acquire_lease(
+        env.instance_key, "replica-1", ttl, now=env.clock.datetime()
+    )
+    assert lease is not None
+    record = await env.store.get_destination(destination.id, tenant=None)
+    await delivery.engine_for(record)  # a dry run: the destination's client is cached
+    before = (await env.calls())["counted"]
+    lost = CallGate(env.clock, margin=5.0, confirmed_until=lease.expires_at)
+    lost.close("the lease was lost")
+
+    await delivery.deliver(env.instance_key, lease, await delivery.claim(lease, 10), gate=lost)
+    assert (await env.calls())["counted"] == before  # nothing sent
+    [held] = await delivery.claim(lease, 10)  # due at once, no attempt counted
+    assert held.attempts == 0
+    assert "the lease was lost" in held.last_error
+
+    await delivery.deliver(env.instance_key, lease, [held])  # no gate: the cached client's own
+    assert await env.pending(destination.id) == 0
+    assert [lead["fields"]["email"] for lead in await env.leads()] == ["person0@example.com"]
 
 
 async def _running(dispatcher: object, env: Env) -> bool:
