@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import httpx
@@ -283,3 +283,42 @@ async def test_a_hanging_webhook_never_blocks_delivery(env: Env) -> None:
         assert await open_types(env, destination.id) == {AlertType.AUTHENTICATION_FAILING}
         gate.set()
         await env.alerts.idle()
+
+
+class EndlessBody(httpx.AsyncByteStream):
+    """A response body that never ends: `burst` bytes at once, then nothing more, ever."""
+
+    def __init__(self, burst: int) -> None:
+        self.burst = burst
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunk = b"x" * 65_536
+        while self.sent < self.burst:
+            self.sent += len(chunk)
+            yield chunk
+        await asyncio.Event().wait()
+        yield b""  # never reached
+
+
+async def test_a_webhook_answer_whose_body_never_ends_is_not_read(env: Env) -> None:
+    bodies: list[EndlessBody] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        bodies.append(EndlessBody(burst=32 * 1024 * 1024))
+        return httpx.Response(500 if len(bodies) == 1 else 200, stream=bodies[-1])
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
+        monitor = AlertMonitor(
+            env.store,
+            http=http,
+            clock=SteppingClock(env.clock),
+            webhooks=WebhookSettings(max_attempts=3),
+        )
+        subscription = AlertSubscription(webhook_url=WEBHOOK_URL, webhook_secret=WEBHOOK_SECRET)
+        destination = await plain_destination(env, subscription)
+        await monitor.authentication_failing(destination.id, "bad secret")
+        # A generous guard: the sender, reading the body, never came back.
+        await asyncio.wait_for(monitor.idle(), 60)
+    assert len(bodies) == 2, "the 500 is retried, the 200 accepted, whatever their bodies"
+    assert all(body.sent <= 65_536 for body in bodies), [body.sent for body in bodies]
