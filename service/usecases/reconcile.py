@@ -6,7 +6,9 @@ Extract by `staticListId` costs a fixed handful (create, enqueue, a few status p
 whatever the size, but waits for Marketo's export queue and spends the instance's daily export
 allowance. The line is `EXTRACT_ABOVE` = 3,000 desired members: below it paging costs at most
 10 calls, about what an extract costs, with no queue to wait for; above it the extract is
-cheaper (a 100,000-member list: 334 pages against about 6 calls).
+cheaper (a 100,000-member list: 334 pages against about 6 calls). A page token Marketo gave
+before ends the paging with an error (the run fails, Reconcile answers FAILED_PRECONDITION):
+pages going round in a circle would otherwise be read, and counted, for ever.
 
 **Comparing.** Desired members are the audience's profiles whose membership is current, whose
 consent is not refused and that delivery has exported (`Store.desired_members`). `missing`: a
@@ -143,6 +145,7 @@ async def read_members(
         ids: set[int] = set()
         calls = 0
         token: str | None = None
+        given: set[str] = set()
         while True:
             page = await client.list_members_page(list_id, ["id"], page_token=token)
             calls += 1
@@ -150,6 +153,15 @@ async def read_members(
             token = page.next_page_token
             if token is None:
                 return ids, calls
+            if token in given:
+                # Pages going round in a circle would be read (and counted against the
+                # instance's daily quota) for ever.
+                raise MarketoError(
+                    f"reading list {list_id} page by page, Marketo answered a page token it "
+                    f"had given before (after {calls} pages)",
+                    code=None,
+                )
+            given.add(token)
     job = await client.create_export(["id"], static_list_id=list_id)
     job = await client.enqueue_export(job.export_id)
     calls = 2
