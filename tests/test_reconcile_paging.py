@@ -6,7 +6,7 @@ import pytest
 
 from service.marketo.clock import SystemClock
 from service.marketo.errors import MarketoError
-from service.marketo.types import Lead, LeadPage
+from service.marketo.types import ExportJob, Lead, LeadPage
 from service.usecases.reconcile import read_members
 
 CALLS_BEFORE_GIVING_UP = 1_000
@@ -47,3 +47,41 @@ async def test_a_page_token_given_twice_stops_the_read(tokens: dict[str | None, 
     with pytest.raises(MarketoError, match=r"list 7.*page token it had given before"):
         await read_members(client, 7, expected=3, clock=SystemClock())  # type: ignore[arg-type]
     assert client.calls == len(tokens)  # every page once, then the repeat was seen
+
+
+class Extract:
+    """A bulk extract of a list that completes at once with the file `text`."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def create_export(self, fields: object, *, static_list_id: int) -> ExportJob:
+        return ExportJob("e1", "Created")
+
+    async def enqueue_export(self, export_id: str) -> ExportJob:
+        return ExportJob(export_id, "Completed")
+
+    async def export_file(self, export_id: str) -> str:
+        return self.text
+
+
+async def test_an_extract_file_is_read_into_lead_ids() -> None:
+    client = Extract("id\n12\n\n13\n")
+    ids, calls = await read_members(client, 7, expected=5_000, clock=SystemClock())  # type: ignore[arg-type]
+    assert (ids, calls) == ({12, 13}, 3)
+
+
+@pytest.mark.parametrize(
+    "text", ["id\n12\nnot-a-number\n", "id\n12\n1e400\n", "id\n12\n" + "9" * 5_000 + "\n"]
+)
+async def test_an_extract_file_with_an_id_that_is_no_lead_id_is_a_marketo_error(
+    text: str,
+) -> None:
+    with pytest.raises(MarketoError, match=r"list 7: the extract file .*\(row 2\)"):
+        await read_members(Extract(text), 7, expected=5_000, clock=SystemClock())  # type: ignore[arg-type]
+
+
+async def test_an_extract_file_that_csv_cannot_read_is_a_marketo_error() -> None:
+    text = 'id\n12\n"' + "1" * 200_000 + '"\n'  # a field past the csv module's limit
+    with pytest.raises(MarketoError, match=r"list 7: the extract file cannot be read \(row 2\)"):
+        await read_members(Extract(text), 7, expected=5_000, clock=SystemClock())  # type: ignore[arg-type]
