@@ -8,7 +8,8 @@ allowance. The line is `EXTRACT_ABOVE` = 3,000 desired members: below it paging 
 10 calls, about what an extract costs, with no queue to wait for; above it the extract is
 cheaper (a 100,000-member list: 334 pages against about 6 calls). A page token Marketo gave
 before ends the paging with an error (the run fails, Reconcile answers FAILED_PRECONDITION):
-pages going round in a circle would otherwise be read, and counted, for ever.
+pages going round in a circle would otherwise be read, and counted, for ever. So does an
+extract file with an id that is no lead id, or that the csv module cannot read.
 
 **Comparing.** Desired members are the audience's profiles whose membership is current, whose
 consent is not refused and that delivery has exported (`Store.desired_members`). `missing`: a
@@ -126,6 +127,10 @@ class ListRepair:
     """Marketo calls made."""
 
 
+MAX_LEAD_ID_DIGITS = 18
+"""Digits of the longest lead id read from an extract file (a positive int64 holds 18 in full)."""
+
+
 class ExtractFailed(MarketoError):
     """A list extract ended Failed or Cancelled, or did not finish in time."""
 
@@ -183,8 +188,29 @@ async def read_members(
         calls += 1
     text = await client.export_file(job.export_id)
     calls += 1
-    reader = csv.DictReader(io.StringIO(text))
-    return {int(row["id"]) for row in reader if row.get("id")}, calls
+    return _extracted_ids(text, list_id), calls
+
+
+def _extracted_ids(text: str, list_id: int) -> set[int]:
+    """The lead ids of an extract file; MarketoError when a row's id is no lead id."""
+    ids: set[int] = set()
+    row = 0
+    try:
+        for row, record in enumerate(csv.DictReader(io.StringIO(text)), start=1):
+            raw = record.get("id")
+            if not raw:
+                continue
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LEAD_ID_DIGITS):
+                raise MarketoError(
+                    f"list {list_id}: the extract file holds an id that is no lead id (row {row})",
+                    code=None,
+                )
+            ids.add(int(raw))
+    except csv.Error:
+        raise MarketoError(
+            f"list {list_id}: the extract file cannot be read (row {row + 1})", code=None
+        ) from None
+    return ids
 
 
 Turn = Callable[[], AbstractAsyncContextManager[object]]
