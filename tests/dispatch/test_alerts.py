@@ -322,3 +322,28 @@ async def test_a_webhook_answer_whose_body_never_ends_is_not_read(env: Env) -> N
         await asyncio.wait_for(monitor.idle(), 60)
     assert len(bodies) == 2, "the 500 is retried, the 200 accepted, whatever their bodies"
     assert all(body.sent <= 65_536 for body in bodies), [body.sent for body in bodies]
+
+
+async def test_a_webhook_attempt_that_never_answers_ends_and_is_retried(env: Env) -> None:
+    calls: list[int] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        # A receiver that trickles its answer (a byte now and then, each within the read
+        # timeout) looks like this to the sender: an answer that never comes.
+        calls.append(1)
+        if len(calls) == 1:
+            await asyncio.Event().wait()
+        return httpx.Response(200)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
+        monitor = AlertMonitor(
+            env.store,
+            http=http,
+            clock=SteppingClock(env.clock),
+            webhooks=WebhookSettings(max_attempts=3, timeout=0.05),
+        )
+        subscription = AlertSubscription(webhook_url=WEBHOOK_URL, webhook_secret=WEBHOOK_SECRET)
+        destination = await plain_destination(env, subscription)
+        await monitor.authentication_failing(destination.id, "bad secret")
+        await asyncio.wait_for(monitor.idle(), 60)  # a generous guard against the hang
+    assert len(calls) == 2, "the attempt that never answered is cut and tried again"
