@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, tzinfo
 from functools import partial
@@ -27,8 +28,29 @@ def _zone(options: Mapping[str, str]) -> tzinfo:
         raise ValueError(f"unknown timezone {name!r}") from None
 
 
+_SAMPLE = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)
+"""A date-time every usable `input_format` writes (strftime) and reads back (strptime)."""
+
+
+def _input_format(options: Mapping[str, str]) -> str | None:
+    """The `input_format` option once strptime has read a date-time written in it: a format it
+    cannot use would otherwise refuse every value, profile after profile."""
+    pattern = options.get("input_format")
+    if pattern is None:
+        return None
+    try:
+        datetime.strptime(_SAMPLE.strftime(pattern), pattern)
+    except re.error:  # strptime compiles the format; a directive given twice fails there
+        problem = "a directive appears twice"
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        return pattern
+    raise ValueError(f"input_format {pattern!r} cannot be read by strptime: {problem}")
+
+
 def _parser(options: Mapping[str, str]) -> Callable[[object], datetime | None]:
-    return partial(parse_datetime, pattern=options.get("input_format"), zone=_zone(options))
+    return partial(parse_datetime, pattern=_input_format(options), zone=_zone(options))
 
 
 def _prepare_date(options: Mapping[str, str]) -> TransformFunc:

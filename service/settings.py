@@ -157,6 +157,12 @@ class WebhookSettings:
     queue_size: int = 100
     """Events waiting per destination; beyond it the oldest is dropped (logged)."""
 
+    @property
+    def attempt_seconds(self) -> float:
+        """The longest one attempt lasts, from the pool wait to the answer's headers: each of
+        its four phases at its own `timeout` (a receiver trickling its answer is cut there)."""
+        return 4 * self.timeout
+
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based): exponential, jittered
         between half and all of the nominal delay."""

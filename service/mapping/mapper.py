@@ -312,8 +312,11 @@ def _step(
             value = func(value)
         except TransformError:
             raise MappingRejectedError(refused, field=output) from None
-        except Exception as exc:
-            # A plugin bug excludes this profile only; the batch and the service go on.
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            # A plugin bug excludes this profile only; the batch and the service go on. Even
+            # SystemExit: raised in the planning thread, it would stop the event loop.
             raise MappingRejectedError(
                 f"{where} failed ({type(exc).__name__})",
                 code=ExclusionCode.TRANSFORM_FAILED,
@@ -382,7 +385,9 @@ def _compile(
             else:
                 try:
                     func = declared.prepare(row.options)
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # a plugin's, SystemExit included
                     bad(
                         "options",
                         f"target {label!r}: transform {row.transform!r} of plugin {plugin!r} "

@@ -629,6 +629,7 @@ class MarketoClient:
     ) -> list[Mapping[str, Any]]:
         rows: list[Mapping[str, Any]] = []
         page_token: str | None = None
+        given: set[str] = set()
         while True:
             query = params + ([("nextPageToken", page_token)] if page_token else [])
             answer = await self._request("GET", path, params=query, records=records)
@@ -637,6 +638,14 @@ class MarketoClient:
             page_token = body.get("nextPageToken")
             if not body.get("moreResult") or not page_token:
                 return rows
+            page_token = str(page_token)
+            if page_token in given:
+                # Pages going round in a circle would be asked for (and counted) for ever.
+                raise MarketoError(
+                    "Marketo answered a page token it had given before",
+                    endpoint=endpoint_of(path),
+                )
+            given.add(page_token)
 
     # ------------------------------------------------------------ schema, org
 

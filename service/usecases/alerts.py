@@ -524,22 +524,33 @@ class AlertMonitor:
                     subscription.webhook_secret, timestamp, body
                 )
             try:
-                response = await self._http.post(
-                    subscription.webhook_url,
-                    content=body,
-                    headers=headers,
-                    timeout=settings.timeout,
-                )
+                # Only the status counts: the body is never read, so a receiver whose answer
+                # never ends (or is huge) neither holds this sender nor fills memory. The whole
+                # attempt is bounded too: one trickling its answer a byte at a time, each within
+                # the read timeout, would otherwise hold a connection of the shared pool.
+                async with (
+                    asyncio.timeout(settings.attempt_seconds),
+                    self._http.stream(
+                        "POST",
+                        subscription.webhook_url,
+                        content=body,
+                        headers=headers,
+                        timeout=settings.timeout,
+                    ) as response,
+                ):
+                    status = response.status_code
             except EgressRefused as error:
                 log.warning("webhook for alert %s not sent: %s", event.alert.id, error)
                 return
             except httpx.HTTPError as error:
                 problem = f"{type(error).__name__}"
+            except TimeoutError:
+                problem = f"no answer within {settings.attempt_seconds:g} s"
             else:
-                if response.is_success:
+                if 200 <= status < 300:
                     return
-                problem = f"HTTP {response.status_code}"
-                if response.status_code < 500 and response.status_code not in (408, 429):
+                problem = f"HTTP {status}"
+                if status < 500 and status not in (408, 429):
                     log.warning(
                         "webhook for alert %s refused (%s); not retried", event.alert.id, problem
                     )

@@ -6,7 +6,10 @@ Extract by `staticListId` costs a fixed handful (create, enqueue, a few status p
 whatever the size, but waits for Marketo's export queue and spends the instance's daily export
 allowance. The line is `EXTRACT_ABOVE` = 3,000 desired members: below it paging costs at most
 10 calls, about what an extract costs, with no queue to wait for; above it the extract is
-cheaper (a 100,000-member list: 334 pages against about 6 calls).
+cheaper (a 100,000-member list: 334 pages against about 6 calls). A page token Marketo gave
+before ends the paging with an error (the run fails, Reconcile answers FAILED_PRECONDITION):
+pages going round in a circle would otherwise be read, and counted, for ever. So does an
+extract file with an id that is no lead id, or that the csv module cannot read.
 
 **Comparing.** Desired members are the audience's profiles whose membership is current, whose
 consent is not refused and that delivery has exported (`Store.desired_members`). `missing`: a
@@ -124,6 +127,10 @@ class ListRepair:
     """Marketo calls made."""
 
 
+MAX_LEAD_ID_DIGITS = 18
+"""Digits of the longest lead id read from an extract file (a positive int64 holds 18 in full)."""
+
+
 class ExtractFailed(MarketoError):
     """A list extract ended Failed or Cancelled, or did not finish in time."""
 
@@ -143,6 +150,7 @@ async def read_members(
         ids: set[int] = set()
         calls = 0
         token: str | None = None
+        given: set[str] = set()
         while True:
             page = await client.list_members_page(list_id, ["id"], page_token=token)
             calls += 1
@@ -150,6 +158,15 @@ async def read_members(
             token = page.next_page_token
             if token is None:
                 return ids, calls
+            if token in given:
+                # Pages going round in a circle would be read (and counted against the
+                # instance's daily quota) for ever.
+                raise MarketoError(
+                    f"reading list {list_id} page by page, Marketo answered a page token it "
+                    f"had given before (after {calls} pages)",
+                    code=None,
+                )
+            given.add(token)
     job = await client.create_export(["id"], static_list_id=list_id)
     job = await client.enqueue_export(job.export_id)
     calls = 2
@@ -171,8 +188,29 @@ async def read_members(
         calls += 1
     text = await client.export_file(job.export_id)
     calls += 1
-    reader = csv.DictReader(io.StringIO(text))
-    return {int(row["id"]) for row in reader if row.get("id")}, calls
+    return _extracted_ids(text, list_id), calls
+
+
+def _extracted_ids(text: str, list_id: int) -> set[int]:
+    """The lead ids of an extract file; MarketoError when a row's id is no lead id."""
+    ids: set[int] = set()
+    row = 0
+    try:
+        for row, record in enumerate(csv.DictReader(io.StringIO(text)), start=1):
+            raw = record.get("id")
+            if not raw:
+                continue
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LEAD_ID_DIGITS):
+                raise MarketoError(
+                    f"list {list_id}: the extract file holds an id that is no lead id (row {row})",
+                    code=None,
+                )
+            ids.add(int(raw))
+    except csv.Error:
+        raise MarketoError(
+            f"list {list_id}: the extract file cannot be read (row {row + 1})", code=None
+        ) from None
+    return ids
 
 
 Turn = Callable[[], AbstractAsyncContextManager[object]]

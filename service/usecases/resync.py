@@ -14,6 +14,7 @@ nothing and writes nothing to Marketo.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -76,7 +77,10 @@ class Resync:
             batch = updates[start : start + self._batch_size]
             ids = [u.profile_id for u in batch]
             state = await self._store.desired_state(destination_id, ids)
-            calls += engine.estimate_calls(engine.plan(batch, state=state.for_resync(ids)))
+            # Planning maps every profile of the batch: a worker thread takes it, as delivery's
+            # does, so a Resync of every profile holds neither the event loop nor other calls.
+            plan = await asyncio.to_thread(engine.plan, batch, state=state.for_resync(ids))
+            calls += engine.estimate_calls(plan)
         if updates and not dry_run:
             await self._store.queue_resync(destination_id, record.instance_key, updates)
             self._notify(record.instance_key, destination_id)

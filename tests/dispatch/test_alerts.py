@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import httpx
 
@@ -242,6 +244,20 @@ async def test_webhooks_are_signed_and_retried_until_accepted(env: Env) -> None:
     assert len({r.headers["X-Marketo-Destination-Event"] for r in received}) == 1
 
 
+@contextlib.asynccontextmanager
+async def webhook_monitor(
+    env: Env, receiver: Callable[[httpx.Request], Any], webhooks: WebhookSettings
+) -> AsyncIterator[tuple[AlertMonitor, str]]:
+    """A monitor sending webhooks to `receiver`, and a destination subscribed to them."""
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
+        monitor = AlertMonitor(
+            env.store, http=http, clock=SteppingClock(env.clock), webhooks=webhooks
+        )
+        subscription = AlertSubscription(webhook_url=WEBHOOK_URL, webhook_secret=WEBHOOK_SECRET)
+        destination = await plain_destination(env, subscription)
+        yield monitor, destination.id
+
+
 async def test_webhooks_give_up_after_the_attempts_and_on_client_errors(env: Env) -> None:
     calls: list[int] = []
 
@@ -249,19 +265,11 @@ async def test_webhooks_give_up_after_the_attempts_and_on_client_errors(env: Env
         calls.append(1)
         return httpx.Response(500 if len(calls) <= 3 else 404)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
-        monitor = AlertMonitor(
-            env.store,
-            http=http,
-            clock=SteppingClock(env.clock),
-            webhooks=WebhookSettings(max_attempts=3),
-        )
-        subscription = AlertSubscription(webhook_url=WEBHOOK_URL, webhook_secret=WEBHOOK_SECRET)
-        destination = await plain_destination(env, subscription)
-        await monitor.authentication_failing(destination.id, "bad secret")
+    async with webhook_monitor(env, receiver, WebhookSettings(max_attempts=3)) as (monitor, dst):
+        await monitor.authentication_failing(dst, "bad secret")
         await monitor.idle()
         assert len(calls) == 3
-        await monitor.recovered(destination.id)
+        await monitor.recovered(dst)
         await monitor.idle()
         assert len(calls) == 4, "a 404 is not retried"
 
@@ -283,3 +291,52 @@ async def test_a_hanging_webhook_never_blocks_delivery(env: Env) -> None:
         assert await open_types(env, destination.id) == {AlertType.AUTHENTICATION_FAILING}
         gate.set()
         await env.alerts.idle()
+
+
+class EndlessBody(httpx.AsyncByteStream):
+    """A response body that never ends: `burst` bytes at once, then nothing more, ever."""
+
+    def __init__(self, burst: int) -> None:
+        self.burst = burst
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunk = b"x" * 65_536
+        while self.sent < self.burst:
+            self.sent += len(chunk)
+            yield chunk
+        await asyncio.Event().wait()
+        yield b""  # never reached
+
+
+async def test_a_webhook_answer_whose_body_never_ends_is_not_read(env: Env) -> None:
+    bodies: list[EndlessBody] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        bodies.append(EndlessBody(burst=32 * 1024 * 1024))
+        return httpx.Response(500 if len(bodies) == 1 else 200, stream=bodies[-1])
+
+    async with webhook_monitor(env, receiver, WebhookSettings(max_attempts=3)) as (monitor, dst):
+        await monitor.authentication_failing(dst, "bad secret")
+        # A generous guard: the sender, reading the body, never came back.
+        await asyncio.wait_for(monitor.idle(), 60)
+    assert len(bodies) == 2, "the 500 is retried, the 200 accepted, whatever their bodies"
+    assert all(body.sent <= 65_536 for body in bodies), [body.sent for body in bodies]
+
+
+async def test_a_webhook_attempt_that_never_answers_ends_and_is_retried(env: Env) -> None:
+    calls: list[int] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        # A receiver that trickles its answer (a byte now and then, each within the read
+        # timeout) looks like this to the sender: an answer that never comes.
+        calls.append(1)
+        if len(calls) == 1:
+            await asyncio.Event().wait()
+        return httpx.Response(200)
+
+    webhooks = WebhookSettings(max_attempts=3, timeout=0.05)
+    async with webhook_monitor(env, receiver, webhooks) as (monitor, dst):
+        await monitor.authentication_failing(dst, "bad secret")
+        await asyncio.wait_for(monitor.idle(), 60)  # a generous guard against the hang
+    assert len(calls) == 2, "the attempt that never answered is cut and tried again"

@@ -12,6 +12,7 @@ import pytest
 from service.marketo.client import MarketoClient
 from service.marketo.errors import (
     ConfigurationError,
+    MarketoError,
     OutcomeUnknownError,
     QuotaExhaustedError,
     RejectedError,
@@ -559,3 +560,19 @@ async def test_1029_by_reason(
     assert client.limits.paused_until is None  # the instance's other calls go on
     assert [p.name for p in await client.partitions()] == ["Default"]
     assert len(marketo.calls(path)) == 5
+
+
+async def test_pages_whose_token_comes_back_end_with_an_error(
+    marketo: FakeMarketo, make_client: Make
+) -> None:
+    def handler(seen: Seen) -> dict[str, Any]:
+        assert len(marketo.calls(LEADS)) <= 1_000, "the client never stops asking"
+        token = query(seen).get("nextPageToken", [""])[0]
+        following = {"": "A", "A": "B", "B": "A"}[token]
+        return ok([lead(1)], moreResult=True, nextPageToken=following)
+
+    marketo.route("GET", LEADS, handler)
+    marketo.route("POST", LEADS, handler)
+    with pytest.raises(MarketoError, match="page token it had given before"):
+        await make_client().find_leads("email", ["p1@example.com"])
+    assert len(marketo.calls(LEADS)) == 3  # each page once, then the token seen again

@@ -95,6 +95,10 @@ def test_builtin_refusals(
         ("phone_e164", {"default_country": "XX"}),
         ("datetime", {"timezone": "Mars/Olympus"}),
         ("sha256", {"normalize": "upper"}),
+        ("date", {"input_format": "%Q-%m"}),
+        ("datetime", {"input_format": "%d/%m/%d"}),
+        ("date", {"input_format": "%Y-%m-%"}),
+        ("date", {"input_format": "%G-%m"}),
     ],
 )
 def test_bad_options_are_refused_when_prepared(
@@ -102,3 +106,29 @@ def test_bad_options_are_refused_when_prepared(
 ) -> None:
     with pytest.raises(ValueError):
         registry.transform(name).item.prepare(options)
+
+
+@pytest.mark.parametrize(
+    ("input_format", "problem"),
+    [
+        ("%Q-%m", "input_format '%Q-%m' cannot be read by strptime: 'Q' is a bad directive"),
+        (
+            "%d/%m/%d",
+            "input_format '%d/%m/%d' cannot be read by strptime: a directive appears twice",
+        ),
+    ],
+)
+@pytest.mark.parametrize("name", ["date", "datetime"])
+def test_an_input_format_strptime_cannot_read_is_named_when_prepared(
+    registry: PluginRegistry, name: str, input_format: str, problem: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        registry.transform(name).item.prepare({"input_format": input_format})
+    assert str(info.value).startswith(problem)
+
+
+@pytest.mark.parametrize("input_format", ["%d/%m/%Y", "%Y-%m-%dT%H:%M:%S%z", "%c", "%G-%V-%u %Z"])
+def test_an_input_format_strptime_reads_is_taken(
+    registry: PluginRegistry, input_format: str
+) -> None:
+    registry.transform("datetime").item.prepare({"input_format": input_format})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -306,6 +307,49 @@ def test_faulty_plugin_excludes_only_that_profile() -> None:
         3: "field 'firstName': transform 'fragile' of plugin 'Faulty' returned int, expected str",
     }
     assert codes == {1: ExclusionCode.TRANSFORM_FAILED, 3: ExclusionCode.TRANSFORM_FAILED}
+
+
+class Exiting:
+    """A third-party plugin that exits on one value and on one option: `SystemExit` is no
+    `Exception`, and raised in the planning thread it stopped the whole service's event loop."""
+
+    @staticmethod
+    @hookimpl
+    def register_transforms() -> Iterable[Transform]:
+        def quitter(value: object) -> object:
+            if value == "quit":
+                sys.exit("cannot go on")
+            return value
+
+        def prepare(options: Mapping[str, str]) -> Callable[[object], object]:
+            if options.get("mode") == "quit":
+                sys.exit(2)
+            return quitter
+
+        return [Transform(name="quitter", prepare=prepare, returns=(str,), options={"mode": "how"})]
+
+
+def test_a_transform_that_exits_excludes_only_that_profile() -> None:
+    registry = PluginRegistry.build(load_entry_points=False, extra_plugins=[Exiting])
+    m = mapper(registry, FieldMapping("title", "firstName", "quitter"))
+    assert m.map_profile({"title": "stay"}).fields["firstName"] == "stay"
+    with pytest.raises(MappingRejectedError) as info:
+        m.map_profile({"title": "quit"})
+    assert info.value.reason == (
+        "field 'firstName': transform 'quitter' of plugin 'Exiting' failed (SystemExit)"
+    )
+    assert (info.value.code, info.value.field) == (ExclusionCode.TRANSFORM_FAILED, "firstName")
+
+
+def test_a_transform_whose_options_make_it_exit_is_a_mapping_problem() -> None:
+    registry = PluginRegistry.build(load_entry_points=False, extra_plugins=[Exiting])
+    with pytest.raises(MappingConfigError) as info:
+        mapper(registry, FieldMapping("title", "firstName", "quitter", {"mode": "quit"}))
+    ((field, description),) = [(v.field, v.description) for v in info.value.violations]
+    assert field == "mappings[0].options"
+    assert description.startswith(
+        "target 'firstName': transform 'quitter' of plugin 'Exiting' refused its options"
+    )
 
 
 def test_transform_refusal_names_plugin_and_field(registry: PluginRegistry) -> None:
