@@ -198,6 +198,10 @@ class DesiredState:
     that want that lead in the audience's list: a member status, consent not refused, holding
     the lead there or, holding none, bound to it. Read for the leads the state's profiles hold
     or are bound to; an exit of those profiles leaves the lead in the list (the union)."""
+    unconfirmed: frozenset[tuple[str, str]] = frozenset()
+    """The (profile, audience) pairs of `holders` recorded after a list call whose outcome is
+    unknown: the lead may be in the list or not. It is removed like any holder; where the
+    profile is a member it is added again rather than taken as present."""
 
     def for_resync(self, profile_ids: Collection[str]) -> DesiredState:
         """This state with what is applied to `profile_ids` taken as unknown: no holders and

@@ -492,7 +492,13 @@ class BatchDelivery:
             for (profile_id, audience_id), mark in result.membership_marks.items()
         ]
         holders = [
-            MembershipHolder(record.id, profile_id, audience_id, lead_id)
+            MembershipHolder(
+                record.id,
+                profile_id,
+                audience_id,
+                lead_id,
+                confirmed=(profile_id, audience_id) not in result.unconfirmed,
+            )
             for (profile_id, audience_id), lead_id in result.holders.items()
         ]
         profiles = [

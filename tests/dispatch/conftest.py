@@ -9,6 +9,7 @@ advances it. Nothing sleeps for real except a few event-loop turns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -322,6 +323,13 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     box = SecretBox(SecretBox.generate_key())
     path = tmp_path / "store.db"
     store = await SqliteStore.open(path, box, clock=clock.datetime)
+    async with world(path, box, clock, store) as environment:
+        yield environment
+
+
+@contextlib.asynccontextmanager
+async def world(path: Path, box: SecretBox, clock: TestClock, store: Store) -> AsyncIterator[Env]:
+    """The dispatcher's world over `store` (opened with `clock`), closed at the end."""
     app = create_app(SandboxSettings(), clock=clock.manual)
     requests: list[httpx.Request] = []
 

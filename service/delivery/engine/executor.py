@@ -56,7 +56,9 @@ unfinished updates come back as deferred, with the error, for the caller to deci
 dispatcher re-reads the schema on a configuration error). The list changes Marketo confirmed for
 them before the stop are kept all the same (holders, with the membership facts they applied): a
 later update plans against the lists as they are, so an exit or a refused consent that comes
-before the retry still removes a lead that joined. An engine built with
+before the retry still removes a lead that joined. A list call whose outcome is unknown
+(`may_have_applied`) leaves its leads held, unconfirmed (`BatchResult.unconfirmed`): they are
+removed where they leave, and added again where the person is a member. An engine built with
 `configuration_stops=False` instead fails the records of a request so refused, without splitting.
 """
 
@@ -106,6 +108,7 @@ from service.marketo.errors import (
     MarketoError,
     OutcomeUnknownError,
     RejectedError,
+    UnavailableError,
 )
 from service.marketo.types import Lead, MembershipResult, Reason, RecordResult, SyncAction
 
@@ -175,6 +178,9 @@ class BatchResult:
     holders: Mapping[tuple[str, str], int | None] = field(default_factory=dict)
     """The lead now holding each (profile id, audience id) membership the batch changed (None:
     no lead), as Marketo confirmed it, deferred updates' changes included."""
+    unconfirmed: frozenset[tuple[str, str]] = frozenset()
+    """The pairs of `holders` whose lead a list call of unknown outcome concerned (it may be in
+    the list or not); the others are confirmed."""
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     """The applied state of the profiles the batch wrote (or found already applied)."""
     unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
@@ -201,11 +207,17 @@ class BatchResult:
             if seen_mark is None or mark.event_time >= seen_mark.event_time:
                 marks[pair] = mark
         holders = dict(state.holders)
+        unconfirmed = set(state.unconfirmed)
         for pair, lead_id in self.holders.items():
             if lead_id is None:
                 holders.pop(pair, None)
+                unconfirmed.discard(pair)
             elif pair in marks:
                 holders[pair] = lead_id
+                if pair in self.unconfirmed:
+                    unconfirmed.add(pair)
+                else:
+                    unconfirmed.discard(pair)
         unapplied = dict(state.unapplied)
         for outcome in self.outcomes:
             newest = unapplied.get(outcome.profile_id)
@@ -235,7 +247,13 @@ class BatchResult:
         ]
         profiles.update(stale)
         return DesiredState(
-            watermarks, marks, holders, profiles, state.forgotten, unapplied=unapplied
+            watermarks,
+            marks,
+            holders,
+            profiles,
+            state.forgotten,
+            unapplied=unapplied,
+            unconfirmed=frozenset(unconfirmed),
         )
 
 
@@ -299,6 +317,9 @@ class _Person:
     unknown: MarketoError | None = None
     held: dict[str, set[int]] = field(default_factory=dict)
     """Per audience, the leads holding the membership (updated as Marketo confirms changes)."""
+    unsure: dict[str, set[int]] = field(default_factory=dict)
+    """Per audience, the leads of `held` a list call of unknown outcome concerned: they may be
+    in the list or not (removed where they leave, added again where the person is a member)."""
     calls: bool = False
     """Whether any Marketo call was made for the person."""
     bound: bool = False
@@ -306,11 +327,14 @@ class _Person:
     stale_binding: bool = False
     """Marketo answered that the bound lead does not exist (deleted or merged)."""
 
-    def join(self, audience: str) -> None:
-        """Record that an import Marketo confirmed added the person's lead to `audience` (a lead
-        an import created is known by its dedupe value only: `HOLDER_RESOLVED`)."""
-        lead = self.lead_id
-        self.held.setdefault(audience, set()).add(HOLDER_RESOLVED if lead is None else lead)
+    def join(self, audience: str, *, unsure: bool = False) -> None:
+        """Record that an import Marketo confirmed (`unsure`: one whose outcome is unknown) added
+        the person's lead to `audience` (a lead an import created is known by its dedupe value
+        only: `HOLDER_RESOLVED`)."""
+        lead = HOLDER_RESOLVED if self.lead_id is None else self.lead_id
+        self.held.setdefault(audience, set()).add(lead)
+        if unsure:
+            self.unsure.setdefault(audience, set()).add(lead)
 
     def rebind(self) -> None:
         """Forget the binding: the person is resolved again (and its attributes written)."""
@@ -498,6 +522,7 @@ class SyncEngine:
         marks = dict(plan.watermarks)
         applied: dict[tuple[str, str], MembershipMark] = dict(plan.membership_marks)
         holders: dict[tuple[str, str], int | None] = {}
+        unconfirmed: set[tuple[str, str]] = set()
         profiles: dict[str, ProfileState] = dict(plan.profiles)
         unapplied: dict[str, UnappliedAttributes] = dict(plan.unapplied)
         deferred: list[Deferred] = []
@@ -507,14 +532,18 @@ class SyncEngine:
                 marks.update(person.plan.watermarks)
                 unapplied.update(person.plan.unapplied)
                 applied.update(person.plan.membership_marks)
-                holders.update(self._holders(person))
+                changed, unsure = self._holders(person)
+                holders.update(changed)
+                unconfirmed.update(unsure)
                 profiles.update(self._profile_state(person))
                 continue
-            # The list changes Marketo confirmed before the batch stopped are recorded with the
-            # membership facts they applied: a later update of the person (an exit, a refused
-            # consent) must remove the lead that joined, not plan against the lists as they were.
-            confirmed = self._holders(person)
+            # The list changes Marketo confirmed before the batch stopped, and those whose
+            # outcome is unknown, are recorded with the membership facts they applied: a later
+            # update of the person (an exit, a refused consent) must remove the lead that may
+            # have joined, not plan against the lists as they were.
+            confirmed, unsure = self._holders(person)
             holders.update(confirmed)
+            unconfirmed.update(unsure)
             applied.update(
                 (pair, mark)
                 for pair, mark in person.plan.membership_marks.items()
@@ -532,25 +561,35 @@ class SyncEngine:
             watermarks=marks,
             membership_marks=applied,
             holders=holders,
+            unconfirmed=frozenset(unconfirmed),
             profiles=profiles,
             unapplied=unapplied,
         )
 
     @staticmethod
-    def _holders(person: _Person) -> dict[tuple[str, str], int | None]:
-        """The holder rows that changed for `person`'s profiles: where the person is a member,
-        the profiles that want the audience hold its lead and the others none; where it is
-        not, every profile keeps what is left (a removal that failed)."""
+    def _holders(
+        person: _Person,
+    ) -> tuple[dict[tuple[str, str], int | None], set[tuple[str, str]]]:
+        """The holder rows that changed for `person`'s profiles (in lead or in being confirmed):
+        where the person is a member, the profiles that want the audience hold its lead and
+        the others none; where it is not, every profile keeps what is left (a removal that
+        failed); and which of those rows hold a lead a call of unknown outcome concerned."""
         plan = person.plan
         rows: dict[tuple[str, str], int | None] = {}
+        unconfirmed: set[tuple[str, str]] = set()
         for audience, held in person.held.items():
             holder = person.lead_id if person.lead_id in held else min(held) if held else None
+            unsure = holder is not None and holder in person.unsure.get(audience, ())
             wanting = plan.wanting.get(audience) if plan.desired.get(audience) else None
             for pid in plan.profile_ids:
+                pair = (pid, audience)
                 value = holder if wanting is None or pid in wanting else None
-                if plan.profile_holders.get((pid, audience)) != value:
-                    rows[(pid, audience)] = value
-        return rows
+                settled = value is None or (pair in plan.unconfirmed) == unsure
+                if plan.profile_holders.get(pair) != value or not settled:
+                    rows[pair] = value
+                    if value is not None and unsure:
+                        unconfirmed.add(pair)
+        return rows, unconfirmed
 
     @staticmethod
     def _profile_state(person: _Person) -> dict[str, ProfileState]:
@@ -974,12 +1013,21 @@ class SyncEngine:
             kept = plan.kept.get(audience, frozenset())
             leaving = {h for h in held if h not in kept or (want and h == lead)}
             person.held[audience] = set(leaving)
+            unsure: set[int] = set()  # held after a call of unknown outcome
+            for pair, holder in plan.profile_holders.items():
+                if pair[1] != audience or pair not in plan.unconfirmed:
+                    continue
+                if holder != HOLDER_RESOLVED:
+                    unsure.add(holder)
+                elif lead is not None:
+                    unsure.add(lead)
+            person.unsure[audience] = unsure & leaving
             if want:
                 if lead is None and not person.created:
                     continue  # unresolved (a created lead of a dry run is to be added)
                 removes.extend((audience, h) for h in sorted(leaving) if h != lead)
-                if lead not in leaving:
-                    adds.append(audience)
+                if lead not in leaving or lead in unsure:
+                    adds.append(audience)  # an add of unknown outcome is made again
                 continue
             removes.extend((audience, h) for h in sorted(leaving))
             if held or audience not in plan.exits or (lead is None and plan.consent_refused):
@@ -1041,7 +1089,17 @@ class SyncEngine:
         ids = list(by_id)
         for person in {id(p): p for group in by_id.values() for p in group}.values():
             person.calls = True
-        results = await self._split(ids, call)
+        try:
+            results = await self._split(ids, call)
+        except _Stop as stop:
+            if may_have_applied(stop.error):
+                # The request may have changed the list: its leads count as held, unconfirmed
+                # (an exit removes them, a member's retry adds them again).
+                for lead_id, group in by_id.items():
+                    for person in group:
+                        person.held.setdefault(audience, set()).add(lead_id)
+                        person.unsure.setdefault(audience, set()).add(lead_id)
+            raise
         for lead_id, result in zip(ids, results, strict=True):
             if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
                 raise _Stop(result)
@@ -1051,6 +1109,11 @@ class SyncEngine:
                     continue
                 reason = _first_reason(result.reasons)
                 held = person.held.setdefault(audience, set())
+                if result.status in ("added", "removed") or reason.code in (
+                    CODE_NOT_IN_LIST,
+                    CODE_LEAD_NOT_FOUND,
+                ):
+                    person.unsure.get(audience, set()).discard(lead_id)  # answered
                 if add and result.status == "added":
                     person.actions.append(Action(ActionType.ADDED, audience))
                     held.add(lead_id)
@@ -1104,6 +1167,15 @@ class SyncEngine:
             raise
         except MarketoError as error:
             raise _Stop(error) from error
+
+
+def may_have_applied(error: MarketoError) -> bool:
+    """Whether a write that ended in `error` may have been applied all the same: no answer
+    came back after the request left (or none could be read), as far as the client knows. A
+    call never sent (no attempt: the lease not confirmed) changed nothing."""
+    if isinstance(error, UnavailableError):
+        return error.attempts > 0
+    return isinstance(error, OutcomeUnknownError)
 
 
 def _not_a_record(error: RejectedError) -> bool:
