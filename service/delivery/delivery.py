@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.engine import BatchResult, KeyedLocks, SyncEngine
@@ -387,6 +388,7 @@ class BatchDelivery:
         activations = await self._store.activations(record.id)
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
         tracked = [a.audience_id for a in activations if a.active and a.holders_tracked]
+        co_holders = partial(self._store.co_holders, record.id)
         if bulk:
             return BulkSyncEngine(
                 prepared.client,
@@ -400,6 +402,7 @@ class BatchDelivery:
                 planning_scope=self._telemetry.mapping_span if self._telemetry else None,
                 write_policies=prepared.write_policies,
                 tracked_lists=tracked,
+                co_holders=co_holders,
             )
         return SyncEngine(
             prepared.client,
@@ -412,6 +415,7 @@ class BatchDelivery:
             configuration_stops=configuration_stops,
             write_policies=prepared.write_policies,
             tracked_lists=tracked,
+            co_holders=co_holders,
         )
 
     async def _run_engine(

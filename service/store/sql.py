@@ -1357,6 +1357,18 @@ class Store(ABC):
 
         return await self._read(work)
 
+    async def co_holders(
+        self, destination_id: str, lead_ids: Sequence[int], excluded: Collection[str]
+    ) -> dict[tuple[str, int], frozenset[str]]:
+        """Per (audience id, lead id) of `lead_ids`, the profiles (not in `excluded`) that want
+        that lead in the audience's list, as `DesiredState.co_holders` counts them: for leads a
+        look-up resolved a batch's person to."""
+
+        async def work(c: Connection) -> dict[tuple[str, int], frozenset[str]]:
+            return await _co_holders(c, destination_id, lead_ids, excluded)
+
+        return await self._read(work)
+
     async def desired_members(self, destination_id: str, audience_id: str) -> list[DesiredMember]:
         """The current members of the audience that Marketo should hold: a member status
         applied (not exited) and marketing consent not refused, by profile id, with their

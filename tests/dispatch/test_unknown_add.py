@@ -4,10 +4,8 @@ retry still adds it. Through the dispatcher, the store (both engines) and the sa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,52 +14,26 @@ from service.api.access import ALL_PERMISSIONS, Principal, principal_scope
 from service.domain import (
     Action,
     ActionType,
-    AudienceMembership,
-    MembershipStatus,
     Outcome,
-    ProfileUpdate,
 )
 from service.store.base import DestinationRecord
-from service.store.postgres import PostgresStore
-from service.store.secrets import SecretBox
-from service.store.sql import Store
-from service.store.sqlite import SqliteStore
 from service.usecases.forget import ForgetProfile
 from tests.dispatch.conftest import (
     TENANT,
     Env,
-    TestClock,
     connection,
     drain_all,
+    exited,
     profile,
-    world,
 )
-from tests.pg import fresh_database, truncate_all
 
 LISTS = "/rest/v1/lists/"
 AUDIENCE = "aud-1"
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Any:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
-    clock = TestClock()
-    box = SecretBox(SecretBox.generate_key())
-    path = tmp_path / "store.db"
-    store: Store
-    if request.param == "sqlite":
-        store = await SqliteStore.open(path, box, clock=clock.datetime)
-    else:
-        url: str = request.getfixturevalue("postgres_url")
-        truncate_all(url)
-        store = await PostgresStore.open(url, box, clock=clock.datetime)
-    async with world(path, box, clock, store) as environment:
-        yield environment
+@pytest.fixture
+def env(either_env: Env) -> Env:
+    return either_env
 
 
 async def tracked(env: Env) -> tuple[DestinationRecord, int]:
@@ -71,11 +43,6 @@ async def tracked(env: Env) -> tuple[DestinationRecord, int]:
     (activation,) = await env.store.activations(destination.id)
     await env.store.upsert_activations(destination.id, [replace(activation, holders_tracked=True)])
     return destination, activation.marketo_list_id
-
-
-def exit_of(n: int, *, event_offset: float) -> ProfileUpdate:
-    update = profile(n, prefix="x", event_offset=event_offset)
-    return replace(update, memberships=(AudienceMembership(AUDIENCE, MembershipStatus.EXITED),))
 
 
 async def members(env: Env, list_id: int) -> list[int]:
@@ -107,7 +74,7 @@ async def test_an_exit_before_the_retry_removes_a_lead_whose_add_may_have_landed
         await env.connections.client(connection()).add_to_list(list_id, [lead])
 
     # the profile exits before the add is retried
-    await env.append(destination.id, [exit_of(1, event_offset=60)])
+    await env.append(destination.id, [exited(1, AUDIENCE, prefix="x", event_offset=60)])
     await drain_all(env, dispatcher)
     assert await members(env, list_id) == []
 
@@ -139,7 +106,7 @@ async def test_the_retry_of_an_add_that_may_not_have_landed_adds_the_lead(env: E
     assert await env.pending(destination.id) == 0
 
     # confirmed now: the next exit removes it, the next entry costs no list call
-    await env.append(destination.id, [exit_of(1, event_offset=60)])
+    await env.append(destination.id, [exited(1, AUDIENCE, prefix="x", event_offset=60)])
     await drain_all(env, dispatcher)
     assert await members(env, list_id) == []
 
@@ -199,7 +166,7 @@ async def test_an_entry_after_a_removal_that_may_have_landed_adds_the_lead_again
 
     # the exit's removal is carried out, its answer never arrives
     await env.fault(path_prefix=LISTS, drop="after")
-    await env.append(destination.id, [exit_of(1, event_offset=60)])
+    await env.append(destination.id, [exited(1, AUDIENCE, prefix="x", event_offset=60)])
     await drain_all(env, dispatcher)
     await env.clear_faults()
     assert await members(env, list_id) == []

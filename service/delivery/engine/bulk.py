@@ -52,6 +52,7 @@ from typing import Any, Literal, Protocol
 from service.delivery.engine.executor import (
     BATCH_SIZE,
     CODE_LEAD_NOT_FOUND,
+    CoHolderReader,
     SyncEngine,
     _chunks,
     _Person,
@@ -282,6 +283,7 @@ class BulkSyncEngine(SyncEngine):
         planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
         write_policies: Mapping[str, WritePolicy] | None = None,
         tracked_lists: Collection[str] = (),
+        co_holders: CoHolderReader | None = None,
     ) -> None:
         super().__init__(
             client,
@@ -294,6 +296,7 @@ class BulkSyncEngine(SyncEngine):
             planning_scope=planning_scope,
             write_policies=write_policies,
             tracked_lists=tracked_lists,
+            co_holders=co_holders,
         )
         self._bulk = client
         self._clock = clock

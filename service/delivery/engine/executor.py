@@ -27,7 +27,8 @@ the batch) and what is applied:
   lead costs nothing; not held, the resolved lead is added; a membership held by another lead
   (new dedupe value, another duplicate became the most recent, a deleted lead) loses that lead.
   A membership not desired (exit, refused consent) removes the lead that holds it, not the
-  resolved one, unless another profile still wants that lead in the list (`PlannedPerson.kept`):
+  resolved one, unless another profile still wants that lead in the list (`PlannedPerson.kept`;
+  for a lead a look-up resolved to, read before the list changes are sent: `co_holders`):
   then nothing is removed, no action is reported (the lead is in the list: not NOT_IN_LIST) and
   the person's profiles hold it no more; the same goes for a lead a move leaves behind. Where
   the person is a member, only its profiles that want the audience hold its lead (the others'
@@ -141,6 +142,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+CoHolderReader = Callable[
+    [Sequence[int], Collection[str]], Awaitable[Mapping[tuple[str, int], frozenset[str]]]
+]
+"""Reads, per (audience id, lead id) of the given leads, the profiles (not among the given
+profile ids) that want that lead in the audience's list (`Store.co_holders` for a
+destination)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,14 +470,17 @@ class SyncEngine:
         configuration_stops: bool = True,
         write_policies: Mapping[str, WritePolicy] | None = None,
         tracked_lists: Collection[str] = (),
+        co_holders: CoHolderReader | None = None,
     ) -> None:
         """`planning_scope(n)` wraps the planning (mapping) of n updates, e.g. in a span;
         `configuration_stops`: a configuration error stops the batch (its unfinished updates are
         deferred) rather than failing the records of the refused request; `write_policies` maps
         Marketo fields to their mapping row's write policy (absent: always); `tracked_lists`:
         the audiences whose list only the service adds to since holders are recorded (an exit
-        with no known holder costs no call there)."""
+        with no known holder costs no call there); `co_holders` reads the other profiles that
+        want a lead a look-up resolved to (none: only the stored state's co-holders count)."""
         self._client = client
+        self._co_holders = co_holders
         self._rules = rules
         self._mapper = mapper
         self._lists = dict(audience_lists or {})
@@ -676,6 +687,7 @@ class SyncEngine:
                 for u in p.plan.updates
             )
             return DryRunResult(plan, (), (), (), tuple(outcomes), deferred)
+        listed: list[_Person] = []  # the persons whose list changes are shown
         for person in persons:
             if person.final:
                 outcomes.extend(person.outcomes())
@@ -696,8 +708,10 @@ class SyncEngine:
                     continue
                 create.append(person.plan.dedupe_value)
                 person.created = True
-            if not self._rules.manages_lists:
-                continue
+            if self._rules.manages_lists:
+                listed.append(person)
+        await self._keep_for_others(listed)
+        for person in listed:
             adds, leaves = self._changes(person)
             if person.actions:
                 uncalled[person.plan.speaker] = tuple(person.actions)
@@ -1048,6 +1062,7 @@ class SyncEngine:
         import already added its lead to."""
         adds: dict[str, list[_Person]] = {}
         removes: dict[str, list[tuple[_Person, int]]] = {}
+        await self._keep_for_others(persons)
         for person in persons:
             if person.final:
                 continue
@@ -1066,6 +1081,34 @@ class SyncEngine:
             list_id = self._lists[audience]
             await self._add_members(audience, list_id, adds.get(audience, []))
             await self._membership(audience, list_id, removes.get(audience, []), add=False)
+
+    async def _keep_for_others(self, persons: Sequence[_Person]) -> None:
+        """Add to each person's `kept` the leads other profiles want in its lists among those
+        a look-up resolved it to: the stored state's co-holders cover only the leads its
+        profiles hold or are bound to, and an exit may remove the resolved lead (a membership
+        held by `HOLDER_RESOLVED`, an untracked list). The profiles of `persons` count through
+        their own person only."""
+        fresh = {
+            p.lead_id
+            for p in persons
+            if not p.final
+            and p.lead_id is not None
+            and p.lead_id != p.plan.bound_lead
+            and not all(p.plan.desired.values())
+        }
+        if self._co_holders is None or not fresh:
+            return
+        planned = {pid for p in persons for pid in p.plan.profile_ids}
+        found = await self._co_holders(sorted(fresh), planned)
+        for person in persons:
+            plan = person.plan
+            kept = {
+                audience: plan.kept.get(audience, frozenset()) | {lead}
+                for (audience, lead) in found
+                if lead == person.lead_id and audience in plan.desired
+            }
+            if kept:
+                person.plan = replace(plan, kept={**plan.kept, **kept})
 
     async def _add_members(self, audience: str, list_id: int, persons: list[_Person]) -> None:
         """Add the persons' resolved leads to `audience`'s list."""
