@@ -197,7 +197,12 @@ class DesiredState:
     """Per (audience id, lead id), the other profiles (not among those this state was read for)
     that want that lead in the audience's list: a member status, consent not refused, holding
     the lead there or, holding none, bound to it. Read for the leads the state's profiles hold
-    or are bound to; an exit of those profiles leaves the lead in the list (the union)."""
+    or are bound to; an exit of those profiles leaves the lead in the list (the union). The
+    engine reads those of a lead a look-up resolved to again (`SyncEngine(co_holders=...)`)."""
+    unconfirmed: frozenset[tuple[str, str]] = frozenset()
+    """The (profile, audience) pairs of `holders` recorded after a list call whose outcome is
+    unknown: the lead may be in the list or not. It is removed like any holder; where the
+    profile is a member it is added again rather than taken as present."""
 
     def for_resync(self, profile_ids: Collection[str]) -> DesiredState:
         """This state with what is applied to `profile_ids` taken as unknown: no holders and

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 
 from service.delivery.config import DeliveryServices, DeliverySettings
 from service.delivery.engine import BatchResult, KeyedLocks, SyncEngine
@@ -411,6 +412,7 @@ class BatchDelivery:
         lists = {a.audience_id: a.marketo_list_id for a in activations if a.active}
         tracked = [a.audience_id for a in activations if a.active and a.holders_tracked]
         client = prepared.client.gated(gate)
+        co_holders = partial(self._store.co_holders, record.id)
         if bulk:
             return BulkSyncEngine(
                 client,
@@ -424,6 +426,7 @@ class BatchDelivery:
                 planning_scope=self._telemetry.mapping_span if self._telemetry else None,
                 write_policies=prepared.write_policies,
                 tracked_lists=tracked,
+                co_holders=co_holders,
             )
         return SyncEngine(
             client,
@@ -436,6 +439,7 @@ class BatchDelivery:
             configuration_stops=configuration_stops,
             write_policies=prepared.write_policies,
             tracked_lists=tracked,
+            co_holders=co_holders,
         )
 
     async def _run_engine(
@@ -516,7 +520,13 @@ class BatchDelivery:
             for (profile_id, audience_id), mark in result.membership_marks.items()
         ]
         holders = [
-            MembershipHolder(record.id, profile_id, audience_id, lead_id)
+            MembershipHolder(
+                record.id,
+                profile_id,
+                audience_id,
+                lead_id,
+                confirmed=(profile_id, audience_id) not in result.unconfirmed,
+            )
             for (profile_id, audience_id), lead_id in result.holders.items()
         ]
         profiles = [

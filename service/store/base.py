@@ -263,6 +263,9 @@ class MembershipHolder:
     profile_id: str
     audience_id: str
     lead_id: int | None
+    confirmed: bool = True
+    """False: a list call of unknown outcome concerned the lead (it may be in the list or not;
+    an exit removes it, a desired member's next delivery adds it again)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -321,7 +321,7 @@ MEMBERSHIP_MARK_TAIL = (
 )
 
 SET_HOLDER = (
-    "UPDATE membership_marks SET lead_id = ? "
+    "UPDATE membership_marks SET lead_id = ?, holder_unconfirmed = ? "
     "WHERE destination_id = ? AND profile_id = ? AND audience_id = ?"
 )
 
@@ -1155,7 +1155,7 @@ class Store(ABC):
                 MEMBERSHIP_MARK_TAIL,
             )
             held = [
-                (row.lead_id, row.destination_id, row.profile_id, row.audience_id)
+                _holder_row(row)
                 for row in holders
                 if row.destination_id in alive
                 and (row.destination_id, row.profile_id) not in forgotten
@@ -1297,6 +1297,7 @@ class Store(ABC):
             watermarks: dict[str, datetime] = {}
             marks: dict[tuple[str, str], MembershipMark] = {}
             holders: dict[tuple[str, str], int] = {}
+            unconfirmed: set[tuple[str, str]] = set()
             profiles: dict[str, ProfileState] = {}
             forgotten: set[str] = set()
             unapplied: dict[str, UnappliedAttributes] = {}
@@ -1312,14 +1313,16 @@ class Store(ABC):
                 ):
                     watermarks[row[0]] = from_micros(row[1])
                 for row in await c.execute(
-                    "SELECT profile_id, audience_id, status, event_time, lead_id "
-                    f"FROM membership_marks {where}",
+                    "SELECT profile_id, audience_id, status, event_time, lead_id, "
+                    f"holder_unconfirmed FROM membership_marks {where}",
                     args,
                 ):
                     pair = (row[0], row[1])
                     marks[pair] = MembershipMark(MembershipStatus(row[2]), from_micros(row[3]))
                     if row[4] is not None:
                         holders[pair] = int(row[4])
+                        if row[5]:
+                            unconfirmed.add(pair)
                 for row in await c.execute(
                     "SELECT profile_id, dedupe_value, lead_id, digest, consent_refused "
                     f"FROM profile_state {where}",
@@ -1349,7 +1352,20 @@ class Store(ABC):
                 frozenset(forgotten),
                 unapplied=unapplied,
                 co_holders=co_holders,
+                unconfirmed=frozenset(unconfirmed),
             )
+
+        return await self._read(work)
+
+    async def co_holders(
+        self, destination_id: str, lead_ids: Sequence[int], excluded: Collection[str]
+    ) -> dict[tuple[str, int], frozenset[str]]:
+        """Per (audience id, lead id) of `lead_ids`, the profiles (not in `excluded`) that want
+        that lead in the audience's list, as `DesiredState.co_holders` counts them: for leads a
+        look-up resolved a batch's person to."""
+
+        async def work(c: Connection) -> dict[tuple[str, int], frozenset[str]]:
+            return await _co_holders(c, destination_id, lead_ids, excluded)
 
         return await self._read(work)
 
@@ -1390,10 +1406,7 @@ class Store(ABC):
 
         async def work(c: Connection) -> None:
             if holders:
-                await c.executemany(
-                    SET_HOLDER,
-                    [(h.lead_id, h.destination_id, h.profile_id, h.audience_id) for h in holders],
-                )
+                await c.executemany(SET_HOLDER, [_holder_row(h) for h in holders])
             if bindings:
                 await c.executemany(
                     "UPDATE profile_state SET lead_id = ? "
@@ -2016,6 +2029,12 @@ async def _forgotten(c: Connection, destination_id: str, profile_ids: Iterable[s
         )
         found.update(row[0] for row in rows)
     return found
+
+
+def _holder_row(row: MembershipHolder) -> tuple[int | None, int, str, str, str]:
+    """`SET_HOLDER`'s parameters for `row`."""
+    unconfirmed = int(row.lead_id is not None and not row.confirmed)
+    return (row.lead_id, unconfirmed, row.destination_id, row.profile_id, row.audience_id)
 
 
 async def _co_holders(

@@ -22,6 +22,7 @@ from service.domain import (
     OutcomeKind,
     ProfileUpdate,
 )
+from service.marketo.errors import UnavailableError
 from tests.bulk.scenario import EVENT, R, ScenarioMapper, X, quick_policy
 from tests.bulk.test_equivalence import RULES
 from tests.engine.sandbox_env import Sandbox, running_sandbox
@@ -153,3 +154,65 @@ async def test_a_join_an_import_made_before_the_batch_stopped_is_removed_by_a_la
                 (a.type, a.audience_id) for a in outcome.actions
             }
         assert not (await sb.lists())[lists["a1"]] & {ann, bea}
+
+
+class StatusUnknown:
+    """The real client, except that the first `import_status` of each import finds Marketo out
+    of reach: the import, queued, runs to its end in Marketo while the batch stops."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.client = sandbox.client
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+        if name != "import_status":
+            return call
+
+        async def unknown(batch_id: int) -> Any:
+            if batch_id not in self.batches:
+                self.batches.append(batch_id)
+                raise UnavailableError("Marketo unavailable", code="502", attempts=8)
+            return await call(batch_id)
+
+        return unknown
+
+
+@pytest.mark.parametrize("name", ["ann", "bea"])  # ann's lead exists, the import creates bea's
+@pytest.mark.parametrize("later", sorted(LATER))
+async def test_a_join_an_import_of_unknown_status_may_have_made_is_removed_by_a_later_update(
+    later: str, name: str
+) -> None:
+    async with running_sandbox() as sb:
+        await sb.seed({"email": "ann@x.io", "firstName": "Old", "lastName": "Lee"})
+        made = await sb.make_lists(["Audience 1"])
+        lists = {"a1": made["Audience 1"]}
+        client = StatusUnknown(sb)
+        bulk = BulkSyncEngine(
+            client,  # type: ignore[arg-type]
+            BOTH,
+            ScenarioMapper(),
+            clock=sb.clock,
+            policy=quick_policy(),
+            audience_lists=lists,
+            tracked_lists=("a1",),
+        )
+        batch = [person(name, 1, ("a1", R))]
+        result = await bulk.sync(batch)
+        assert [d.update_id for d in result.deferred] == [f"{name}-1"]
+        (batch_id,) = client.batches  # the import ends in Marketo all the same
+        for _ in range(60):
+            if (await sb.client.import_status(batch_id)).status == "Complete":
+                break
+            await sb.clock.sleep(1.0)
+        (lead,) = [x["id"] for x in await sb.leads() if x["fields"]["email"] == f"{name}@x.io"]
+        assert (await sb.lists())[lists["a1"]] == {lead}
+        state = result.folded(DesiredState())
+
+        # the newer update comes before the stopped batch is retried: the lead leaves a1
+        rest = SyncEngine(
+            sb.client, BOTH, ScenarioMapper(), audience_lists=lists, tracked_lists=("a1",)
+        )
+        newer = await rest.sync([LATER[later](name)], state=state)
+        assert newer.deferred == ()
+        assert (await sb.lists())[lists["a1"]] == set()

@@ -9,8 +9,9 @@ advances it. Nothing sleeps for real except a few event-loop turns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,11 +40,13 @@ from service.mapping.registry import PluginRegistry
 from service.marketo.clock import Clock
 from service.settings import Settings, WebhookSettings
 from service.store.base import ActivationRecord, DestinationRecord, NewDestination
+from service.store.postgres import PostgresStore
 from service.store.secrets import SecretBox
 from service.store.sql import Store
 from service.store.sqlite import SqliteStore
 from service.usecases.alerts import AlertMonitor
 from service.usecases.connections import MarketoConnections
+from tests.pg import fresh_database, truncate_all
 
 BASE_URL = "https://123-ABC-456.mktorest.com"
 MARKETO = Settings(default_marketo_endpoint=BASE_URL, marketo_share=1.0)
@@ -316,12 +319,48 @@ def profile(
     )
 
 
+def exited(n: int, audience: str, **options: Any) -> ProfileUpdate:
+    """`profile(n, **options)` exiting `audience` (its only membership)."""
+    update = profile(n, **options)
+    return replace(update, memberships=(AudienceMembership(audience, MembershipStatus.EXITED),))
+
+
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     clock = TestClock()
     box = SecretBox(SecretBox.generate_key())
     path = tmp_path / "store.db"
     store = await SqliteStore.open(path, box, clock=clock.datetime)
+    async with world(path, box, clock, store) as environment:
+        yield environment
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def either_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+    """The same world over either store."""
+    clock = TestClock()
+    box = SecretBox(SecretBox.generate_key())
+    path = tmp_path / "store.db"
+    store: Store
+    if request.param == "sqlite":
+        store = await SqliteStore.open(path, box, clock=clock.datetime)
+    else:
+        url: str = request.getfixturevalue("postgres_url")
+        truncate_all(url)
+        store = await PostgresStore.open(url, box, clock=clock.datetime)
+    async with world(path, box, clock, store) as environment:
+        yield environment
+
+
+@contextlib.asynccontextmanager
+async def world(path: Path, box: SecretBox, clock: TestClock, store: Store) -> AsyncIterator[Env]:
+    """The dispatcher's world over `store` (opened with `clock`), closed at the end."""
     app = create_app(SandboxSettings(), clock=clock.manual)
     requests: list[httpx.Request] = []
 

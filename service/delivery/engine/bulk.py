@@ -19,7 +19,10 @@ imports of the previous one):
    only for such a further join: otherwise the lead its profile resolves to
    (`HOLDER_RESOLVED`) holds its membership and its next update binds it. A join is held as
    soon as its import completed, so a batch that stops later (a look-up, the REST fall-back)
-   still records it with its deferred updates, like the executor's confirmed list changes.
+   still records it with its deferred updates, like the executor's confirmed list changes. An
+   import whose status is unknown when the batch stops (queued, or its creation unanswered)
+   may still join its rows' leads: they are held unconfirmed, like a REST add of unknown
+   outcome (removed by an exit before the retry, added again by the retry).
 
 Files are CSV (csv module quoting) under `BulkPolicy.max_file_bytes`, one column set per file
 (a missing column leaves a field alone, which an empty cell may not); rows holding an empty
@@ -49,10 +52,12 @@ from typing import Any, Literal, Protocol
 from service.delivery.engine.executor import (
     BATCH_SIZE,
     CODE_LEAD_NOT_FOUND,
+    CoHolderReader,
     SyncEngine,
     _chunks,
     _Person,
     _Stop,
+    may_have_applied,
 )
 from service.delivery.engine.locks import KeyedLocks
 from service.delivery.engine.ports import MarketoPort
@@ -170,6 +175,8 @@ class _Job:
     list_id: int | None = None
     audience: str | None = None
     partition: str | None = None
+    queued: bool = False
+    """Marketo accepted the import: it runs to its end whatever happens to this batch."""
 
 
 @dataclass(slots=True)
@@ -276,6 +283,7 @@ class BulkSyncEngine(SyncEngine):
         planning_scope: Callable[[int], AbstractContextManager[object]] | None = None,
         write_policies: Mapping[str, WritePolicy] | None = None,
         tracked_lists: Collection[str] = (),
+        co_holders: CoHolderReader | None = None,
     ) -> None:
         super().__init__(
             client,
@@ -288,6 +296,7 @@ class BulkSyncEngine(SyncEngine):
             planning_scope=planning_scope,
             write_policies=write_policies,
             tracked_lists=tracked_lists,
+            co_holders=co_holders,
         )
         self._bulk = client
         self._clock = clock
@@ -454,6 +463,7 @@ class BulkSyncEngine(SyncEngine):
                 partition_name=job.partition,
             )
         )
+        job.queued = True
         log.debug(
             "import %s queued: %s rows, %d bytes, lookupField=%s, listId=%s",
             queued.batch_id,
@@ -501,6 +511,7 @@ class BulkSyncEngine(SyncEngine):
         if isinstance(outcome, _Stop):
             for person in job.persons:
                 person.unknown = outcome.error
+            self._joined_unsure(job, outcome)
             return
         if outcome.redo:
             run.rest.extend(job.persons)
@@ -528,6 +539,16 @@ class BulkSyncEngine(SyncEngine):
                 person.join(job.audience)
             self._warn(person, outcome.warnings.get(key))
             run.written.append(person)
+
+    @staticmethod
+    def _joined_unsure(job: _Job, stop: _Stop) -> None:
+        """An import into a list whose status is unknown (queued, or its creation unanswered)
+        may join its persons' leads to the list: they count as held, unconfirmed, so that an
+        exit before the retry removes them and the retry adds them again."""
+        if job.audience is None or not (job.queued or may_have_applied(stop.error)):
+            return
+        for person in job.persons:
+            person.join(job.audience, unsure=True)
 
     @staticmethod
     def _warn(person: _Person, warning: str | None) -> None:
@@ -602,6 +623,7 @@ class BulkSyncEngine(SyncEngine):
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, _Stop):
                 stop = stop or outcome
+                self._joined_unsure(job, outcome)
                 continue
             if outcome.redo:
                 await super()._add_members(audience, list_id, job.persons)

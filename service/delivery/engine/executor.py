@@ -27,7 +27,8 @@ the batch) and what is applied:
   lead costs nothing; not held, the resolved lead is added; a membership held by another lead
   (new dedupe value, another duplicate became the most recent, a deleted lead) loses that lead.
   A membership not desired (exit, refused consent) removes the lead that holds it, not the
-  resolved one, unless another profile still wants that lead in the list (`PlannedPerson.kept`):
+  resolved one, unless another profile still wants that lead in the list (`PlannedPerson.kept`;
+  for a lead a look-up resolved to, read before the list changes are sent: `co_holders`):
   then nothing is removed, no action is reported (the lead is in the list: not NOT_IN_LIST) and
   the person's profiles hold it no more; the same goes for a lead a move leaves behind. Where
   the person is a member, only its profiles that want the audience hold its lead (the others'
@@ -56,7 +57,9 @@ unfinished updates come back as deferred, with the error, for the caller to deci
 dispatcher re-reads the schema on a configuration error). The list changes Marketo confirmed for
 them before the stop are kept all the same (holders, with the membership facts they applied): a
 later update plans against the lists as they are, so an exit or a refused consent that comes
-before the retry still removes a lead that joined. An engine built with
+before the retry still removes a lead that joined. A list call whose outcome is unknown
+(`may_have_applied`) leaves its leads held, unconfirmed (`BatchResult.unconfirmed`): they are
+removed where they leave, and added again where the person is a member. An engine built with
 `configuration_stops=False` instead fails the records of a request so refused, without splitting.
 """
 
@@ -106,6 +109,7 @@ from service.marketo.errors import (
     MarketoError,
     OutcomeUnknownError,
     RejectedError,
+    UnavailableError,
 )
 from service.marketo.types import Lead, MembershipResult, Reason, RecordResult, SyncAction
 
@@ -138,6 +142,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+CoHolderReader = Callable[
+    [Sequence[int], Collection[str]], Awaitable[Mapping[tuple[str, int], frozenset[str]]]
+]
+"""Reads, per (audience id, lead id) of the given leads, the profiles (not among the given
+profile ids) that want that lead in the audience's list (`Store.co_holders` for a
+destination)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +186,9 @@ class BatchResult:
     holders: Mapping[tuple[str, str], int | None] = field(default_factory=dict)
     """The lead now holding each (profile id, audience id) membership the batch changed (None:
     no lead), as Marketo confirmed it, deferred updates' changes included."""
+    unconfirmed: frozenset[tuple[str, str]] = frozenset()
+    """The pairs of `holders` whose lead a list call of unknown outcome concerned (it may be in
+    the list or not); the others are confirmed."""
     profiles: Mapping[str, ProfileState] = field(default_factory=dict)
     """The applied state of the profiles the batch wrote (or found already applied)."""
     unapplied: Mapping[str, UnappliedAttributes] = field(default_factory=dict)
@@ -201,11 +215,17 @@ class BatchResult:
             if seen_mark is None or mark.event_time >= seen_mark.event_time:
                 marks[pair] = mark
         holders = dict(state.holders)
+        unconfirmed = set(state.unconfirmed)
         for pair, lead_id in self.holders.items():
             if lead_id is None:
                 holders.pop(pair, None)
+                unconfirmed.discard(pair)
             elif pair in marks:
                 holders[pair] = lead_id
+                if pair in self.unconfirmed:
+                    unconfirmed.add(pair)
+                else:
+                    unconfirmed.discard(pair)
         unapplied = dict(state.unapplied)
         for outcome in self.outcomes:
             newest = unapplied.get(outcome.profile_id)
@@ -235,7 +255,13 @@ class BatchResult:
         ]
         profiles.update(stale)
         return DesiredState(
-            watermarks, marks, holders, profiles, state.forgotten, unapplied=unapplied
+            watermarks,
+            marks,
+            holders,
+            profiles,
+            state.forgotten,
+            unapplied=unapplied,
+            unconfirmed=frozenset(unconfirmed),
         )
 
 
@@ -299,6 +325,9 @@ class _Person:
     unknown: MarketoError | None = None
     held: dict[str, set[int]] = field(default_factory=dict)
     """Per audience, the leads holding the membership (updated as Marketo confirms changes)."""
+    unsure: dict[str, set[int]] = field(default_factory=dict)
+    """Per audience, the leads of `held` a list call of unknown outcome concerned: they may be
+    in the list or not (removed where they leave, added again where the person is a member)."""
     calls: bool = False
     """Whether any Marketo call was made for the person."""
     bound: bool = False
@@ -306,11 +335,14 @@ class _Person:
     stale_binding: bool = False
     """Marketo answered that the bound lead does not exist (deleted or merged)."""
 
-    def join(self, audience: str) -> None:
-        """Record that an import Marketo confirmed added the person's lead to `audience` (a lead
-        an import created is known by its dedupe value only: `HOLDER_RESOLVED`)."""
-        lead = self.lead_id
-        self.held.setdefault(audience, set()).add(HOLDER_RESOLVED if lead is None else lead)
+    def join(self, audience: str, *, unsure: bool = False) -> None:
+        """Record that an import Marketo confirmed (`unsure`: one whose outcome is unknown) added
+        the person's lead to `audience` (a lead an import created is known by its dedupe value
+        only: `HOLDER_RESOLVED`)."""
+        lead = HOLDER_RESOLVED if self.lead_id is None else self.lead_id
+        self.held.setdefault(audience, set()).add(lead)
+        if unsure:
+            self.unsure.setdefault(audience, set()).add(lead)
 
     def rebind(self) -> None:
         """Forget the binding: the person is resolved again (and its attributes written)."""
@@ -438,14 +470,17 @@ class SyncEngine:
         configuration_stops: bool = True,
         write_policies: Mapping[str, WritePolicy] | None = None,
         tracked_lists: Collection[str] = (),
+        co_holders: CoHolderReader | None = None,
     ) -> None:
         """`planning_scope(n)` wraps the planning (mapping) of n updates, e.g. in a span;
         `configuration_stops`: a configuration error stops the batch (its unfinished updates are
         deferred) rather than failing the records of the refused request; `write_policies` maps
         Marketo fields to their mapping row's write policy (absent: always); `tracked_lists`:
         the audiences whose list only the service adds to since holders are recorded (an exit
-        with no known holder costs no call there)."""
+        with no known holder costs no call there); `co_holders` reads the other profiles that
+        want a lead a look-up resolved to (none: only the stored state's co-holders count)."""
         self._client = client
+        self._co_holders = co_holders
         self._rules = rules
         self._mapper = mapper
         self._lists = dict(audience_lists or {})
@@ -498,6 +533,7 @@ class SyncEngine:
         marks = dict(plan.watermarks)
         applied: dict[tuple[str, str], MembershipMark] = dict(plan.membership_marks)
         holders: dict[tuple[str, str], int | None] = {}
+        unconfirmed: set[tuple[str, str]] = set()
         profiles: dict[str, ProfileState] = dict(plan.profiles)
         unapplied: dict[str, UnappliedAttributes] = dict(plan.unapplied)
         deferred: list[Deferred] = []
@@ -507,14 +543,18 @@ class SyncEngine:
                 marks.update(person.plan.watermarks)
                 unapplied.update(person.plan.unapplied)
                 applied.update(person.plan.membership_marks)
-                holders.update(self._holders(person))
+                changed, unsure = self._holders(person)
+                holders.update(changed)
+                unconfirmed.update(unsure)
                 profiles.update(self._profile_state(person))
                 continue
-            # The list changes Marketo confirmed before the batch stopped are recorded with the
-            # membership facts they applied: a later update of the person (an exit, a refused
-            # consent) must remove the lead that joined, not plan against the lists as they were.
-            confirmed = self._holders(person)
+            # The list changes Marketo confirmed before the batch stopped, and those whose
+            # outcome is unknown, are recorded with the membership facts they applied: a later
+            # update of the person (an exit, a refused consent) must remove the lead that may
+            # have joined, not plan against the lists as they were.
+            confirmed, unsure = self._holders(person)
             holders.update(confirmed)
+            unconfirmed.update(unsure)
             applied.update(
                 (pair, mark)
                 for pair, mark in person.plan.membership_marks.items()
@@ -532,25 +572,35 @@ class SyncEngine:
             watermarks=marks,
             membership_marks=applied,
             holders=holders,
+            unconfirmed=frozenset(unconfirmed),
             profiles=profiles,
             unapplied=unapplied,
         )
 
     @staticmethod
-    def _holders(person: _Person) -> dict[tuple[str, str], int | None]:
-        """The holder rows that changed for `person`'s profiles: where the person is a member,
-        the profiles that want the audience hold its lead and the others none; where it is
-        not, every profile keeps what is left (a removal that failed)."""
+    def _holders(
+        person: _Person,
+    ) -> tuple[dict[tuple[str, str], int | None], set[tuple[str, str]]]:
+        """The holder rows that changed for `person`'s profiles (in lead or in being confirmed):
+        where the person is a member, the profiles that want the audience hold its lead and
+        the others none; where it is not, every profile keeps what is left (a removal that
+        failed); and which of those rows hold a lead a call of unknown outcome concerned."""
         plan = person.plan
         rows: dict[tuple[str, str], int | None] = {}
+        unconfirmed: set[tuple[str, str]] = set()
         for audience, held in person.held.items():
             holder = person.lead_id if person.lead_id in held else min(held) if held else None
+            unsure = holder is not None and holder in person.unsure.get(audience, ())
             wanting = plan.wanting.get(audience) if plan.desired.get(audience) else None
             for pid in plan.profile_ids:
+                pair = (pid, audience)
                 value = holder if wanting is None or pid in wanting else None
-                if plan.profile_holders.get((pid, audience)) != value:
-                    rows[(pid, audience)] = value
-        return rows
+                settled = value is None or (pair in plan.unconfirmed) == unsure
+                if plan.profile_holders.get(pair) != value or not settled:
+                    rows[pair] = value
+                    if value is not None and unsure:
+                        unconfirmed.add(pair)
+        return rows, unconfirmed
 
     @staticmethod
     def _profile_state(person: _Person) -> dict[str, ProfileState]:
@@ -637,6 +687,7 @@ class SyncEngine:
                 for u in p.plan.updates
             )
             return DryRunResult(plan, (), (), (), tuple(outcomes), deferred)
+        listed: list[_Person] = []  # the persons whose list changes are shown
         for person in persons:
             if person.final:
                 outcomes.extend(person.outcomes())
@@ -657,8 +708,10 @@ class SyncEngine:
                     continue
                 create.append(person.plan.dedupe_value)
                 person.created = True
-            if not self._rules.manages_lists:
-                continue
+            if self._rules.manages_lists:
+                listed.append(person)
+        await self._keep_for_others(listed)
+        for person in listed:
             adds, leaves = self._changes(person)
             if person.actions:
                 uncalled[person.plan.speaker] = tuple(person.actions)
@@ -974,12 +1027,21 @@ class SyncEngine:
             kept = plan.kept.get(audience, frozenset())
             leaving = {h for h in held if h not in kept or (want and h == lead)}
             person.held[audience] = set(leaving)
+            unsure: set[int] = set()  # held after a call of unknown outcome
+            for pair, holder in plan.profile_holders.items():
+                if pair[1] != audience or pair not in plan.unconfirmed:
+                    continue
+                if holder != HOLDER_RESOLVED:
+                    unsure.add(holder)
+                elif lead is not None:
+                    unsure.add(lead)
+            person.unsure[audience] = unsure & leaving
             if want:
                 if lead is None and not person.created:
                     continue  # unresolved (a created lead of a dry run is to be added)
                 removes.extend((audience, h) for h in sorted(leaving) if h != lead)
-                if lead not in leaving:
-                    adds.append(audience)
+                if lead not in leaving or lead in unsure:
+                    adds.append(audience)  # an add of unknown outcome is made again
                 continue
             removes.extend((audience, h) for h in sorted(leaving))
             if held or audience not in plan.exits or (lead is None and plan.consent_refused):
@@ -1000,6 +1062,7 @@ class SyncEngine:
         import already added its lead to."""
         adds: dict[str, list[_Person]] = {}
         removes: dict[str, list[tuple[_Person, int]]] = {}
+        await self._keep_for_others(persons)
         for person in persons:
             if person.final:
                 continue
@@ -1018,6 +1081,34 @@ class SyncEngine:
             list_id = self._lists[audience]
             await self._add_members(audience, list_id, adds.get(audience, []))
             await self._membership(audience, list_id, removes.get(audience, []), add=False)
+
+    async def _keep_for_others(self, persons: Sequence[_Person]) -> None:
+        """Add to each person's `kept` the leads other profiles want in its lists among those
+        a look-up resolved it to: the stored state's co-holders cover only the leads its
+        profiles hold or are bound to, and an exit may remove the resolved lead (a membership
+        held by `HOLDER_RESOLVED`, an untracked list). The profiles of `persons` count through
+        their own person only."""
+        fresh = {
+            p.lead_id
+            for p in persons
+            if not p.final
+            and p.lead_id is not None
+            and p.lead_id != p.plan.bound_lead
+            and not all(p.plan.desired.values())
+        }
+        if self._co_holders is None or not fresh:
+            return
+        planned = {pid for p in persons for pid in p.plan.profile_ids}
+        found = await self._co_holders(sorted(fresh), planned)
+        for person in persons:
+            plan = person.plan
+            kept = {
+                audience: plan.kept.get(audience, frozenset()) | {lead}
+                for (audience, lead) in found
+                if lead == person.lead_id and audience in plan.desired
+            }
+            if kept:
+                person.plan = replace(plan, kept={**plan.kept, **kept})
 
     async def _add_members(self, audience: str, list_id: int, persons: list[_Person]) -> None:
         """Add the persons' resolved leads to `audience`'s list."""
@@ -1041,7 +1132,17 @@ class SyncEngine:
         ids = list(by_id)
         for person in {id(p): p for group in by_id.values() for p in group}.values():
             person.calls = True
-        results = await self._split(ids, call)
+        try:
+            results = await self._split(ids, call)
+        except _Stop as stop:
+            if may_have_applied(stop.error):
+                # The request may have changed the list: its leads count as held, unconfirmed
+                # (an exit removes them, a member's retry adds them again).
+                for lead_id, group in by_id.items():
+                    for person in group:
+                        person.held.setdefault(audience, set()).add(lead_id)
+                        person.unsure.setdefault(audience, set()).add(lead_id)
+            raise
         for lead_id, result in zip(ids, results, strict=True):
             if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
                 raise _Stop(result)
@@ -1051,6 +1152,11 @@ class SyncEngine:
                     continue
                 reason = _first_reason(result.reasons)
                 held = person.held.setdefault(audience, set())
+                if result.status in ("added", "removed") or reason.code in (
+                    CODE_NOT_IN_LIST,
+                    CODE_LEAD_NOT_FOUND,
+                ):
+                    person.unsure.get(audience, set()).discard(lead_id)  # answered
                 if add and result.status == "added":
                     person.actions.append(Action(ActionType.ADDED, audience))
                     held.add(lead_id)
@@ -1104,6 +1210,15 @@ class SyncEngine:
             raise
         except MarketoError as error:
             raise _Stop(error) from error
+
+
+def may_have_applied(error: MarketoError) -> bool:
+    """Whether a write that ended in `error` may have been applied all the same: no answer
+    came back after the request left (or none could be read), as far as the client knows. A
+    call never sent (no attempt: the lease not confirmed) changed nothing."""
+    if isinstance(error, UnavailableError):
+        return error.attempts > 0
+    return isinstance(error, OutcomeUnknownError)
 
 
 def _not_a_record(error: RejectedError) -> bool:

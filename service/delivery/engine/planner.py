@@ -155,6 +155,9 @@ class PlannedPerson:
     nothing there."""
     profile_holders: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """The stored holder of each (profile id, audience id) of the person's profiles."""
+    unconfirmed: frozenset[tuple[str, str]] = frozenset()
+    """The pairs of `profile_holders` a list call of unknown outcome left: the lead may be in
+    the list or not (removed where it leaves, added again where the person is a member)."""
     kept: Mapping[str, frozenset[int]] = field(default_factory=dict)
     """Per activated audience, the leads that profiles outside the person still want in its
     list (`DesiredState.co_holders`): the person never removes them."""
@@ -548,6 +551,7 @@ def _target(
         profile_holders=profile_holders,
         kept={a: kept[a] for a in desired if keeps_lists and a in kept},
         profile_ids=profile_ids,
+        unconfirmed=frozenset(pair for pair in profile_holders if pair in state.unconfirmed),
         bound_lead=bound,
         attributes_changed=changed and not refused,
         digest=digest,
