@@ -9,8 +9,10 @@ allowance. The line is `EXTRACT_ABOVE` = 3,000 desired members: below it paging 
 cheaper (a 100,000-member list: 334 pages against about 6 calls).
 
 **Comparing.** Desired members are the audience's profiles whose membership is current, whose
-consent is not refused and that delivery has exported (`Store.desired_members`). `missing`: a
-desired member none of whose leads is in the list; `unexpected`: a list member that no desired
+consent is not refused (`Store.desired_members`). `missing`: a desired member none of whose
+leads is in the list, among those delivery exported (a member that never held a lead nor was
+bound to one, e.g. unmatched where no lead may be created, and that its dedupe value still
+finds in no lead, is not drift: no list can hold it); `unexpected`: a list member that no desired
 membership holds. Missing members are first resolved again by their dedupe value (one Get
 Leads call per 300): a bound lead that was deleted or merged is replaced by the lead the value
 finds now (the most recently updated, as delivery chooses), and the profile is re-bound. A
@@ -293,6 +295,8 @@ class _Difference:
         to_add: set[int] = set()
         for member in desired:
             lead = resolved.get(member.profile_id, member.lead)
+            if lead is None and member.holder is None and member.bound_lead is None:
+                continue  # never exported (no lead matched it): no list can hold it
             if lead is None or lead not in in_list:
                 missing.append(member)
             if lead is None:
