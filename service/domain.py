@@ -199,21 +199,24 @@ class DesiredState:
     the lead there or, holding none, bound to it. Read for the leads the state's profiles hold
     or are bound to; an exit of those profiles leaves the lead in the list (the union)."""
 
+    reapplied: frozenset[str] = frozenset()
+    """Profiles whose memberships are written again whatever their holders (Resync)."""
+
     def for_resync(self, profile_ids: Collection[str]) -> DesiredState:
-        """This state with what is applied to `profile_ids` taken as unknown: no holders and
-        no attribute digest, so their desired state is written again (Resync). The binding
-        and the desired memberships stay."""
+        """This state with what is applied to `profile_ids` taken as unknown: no attribute
+        digest and their memberships `reapplied`, so their desired state is written again
+        (Resync). The binding, the desired memberships and the holders stay: a holder that is
+        not the lead the profile resolves to now (its dedupe value edited in Marketo) leaves
+        the list as the membership moves."""
         if not profile_ids:
             return self
         return replace(
             self,
-            holders={
-                pair: lead for pair, lead in self.holders.items() if pair[0] not in profile_ids
-            },
             profiles={
                 pid: replace(state, digest=None) if pid in profile_ids else state
                 for pid, state in self.profiles.items()
             },
+            reapplied=self.reapplied | frozenset(profile_ids),
         )
 
 

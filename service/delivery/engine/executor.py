@@ -978,7 +978,7 @@ class SyncEngine:
                 if lead is None and not person.created:
                     continue  # unresolved (a created lead of a dry run is to be added)
                 removes.extend((audience, h) for h in sorted(leaving) if h != lead)
-                if lead not in leaving:
+                if lead not in leaving or plan.reapply:
                     adds.append(audience)
                 continue
             removes.extend((audience, h) for h in sorted(leaving))

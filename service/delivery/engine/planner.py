@@ -158,6 +158,9 @@ class PlannedPerson:
     kept: Mapping[str, frozenset[int]] = field(default_factory=dict)
     """Per activated audience, the leads that profiles outside the person still want in its
     list (`DesiredState.co_holders`): the person never removes them."""
+    reapply: bool = False
+    """A profile of the person is resynced: each desired membership is added again, even
+    where its resolved lead holds it."""
     bound_lead: int | None = None
     """The lead the person's dedupe value was bound to at its last confirmed write."""
     attributes_changed: bool = True
@@ -548,6 +551,7 @@ def _target(
         profile_holders=profile_holders,
         kept={a: kept[a] for a in desired if keeps_lists and a in kept},
         profile_ids=profile_ids,
+        reapply=not state.reapplied.isdisjoint(profile_ids),
         bound_lead=bound,
         attributes_changed=changed and not refused,
         digest=digest,
