@@ -471,3 +471,87 @@ async def test_resync_after_a_hand_edit_of_the_dedupe_value_finds_the_member_aga
     leads = await ids(service)
     assert "ann@x.io" in leads, "the profile's e-mail is in Marketo again"
     await settled(service, destination_id, {lists["a1"]: {leads["ann@x.io"]}})
+
+
+async def test_a_late_event_with_the_old_email_follows_the_profile_to_its_new_lead(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service, audiences=("a1", "a2"))
+    await deliver(service, destination_id, update("p1", "a@x.io", time=T))
+    await deliver(service, destination_id, update("p1", "b@x.io", time=T + 10, audiences={}))
+    leads = await ids(service)
+    a, b = leads["a@x.io"], leads["b@x.io"]
+    await settled(service, destination_id, {lists["a1"]: {b}, lists["a2"]: set()})
+    # segment events evaluated before the e-mail changed arrive now, with the old e-mail
+    await deliver(
+        service,
+        destination_id,
+        update("p1", "a@x.io", first="Late", time=T + 5, audiences={"a2": REALIZED}),
+    )
+    await settled(service, destination_id, {lists["a1"]: {b}, lists["a2"]: {b}})
+    assert (await fields_of(service, a))["firstName"] == "Ada", "the old lead is not written"
+    await deliver(
+        service,
+        destination_id,
+        update("p1", "a@x.io", time=T + 6, audiences={"a1": EXITED, "a2": EXITED}),
+    )
+    await settled(service, destination_id, {lists["a1"]: set(), lists["a2"]: set()})
+    assert sorted(await ids(service)) == ["a@x.io", "b@x.io"]
+
+
+async def test_a_late_event_of_a_profile_whose_email_another_profile_took(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service, audiences=("a1", "a2"))
+    await deliver(service, destination_id, update("p1", "a@x.io", time=T))
+    await deliver(service, destination_id, update("p1", "b@x.io", time=T + 10, audiences={}))
+    await deliver(service, destination_id, update("p2", "a@x.io", first="Bea", time=T + 20))
+    leads = await ids(service)
+    a, b = leads["a@x.io"], leads["b@x.io"]
+    await settled(service, destination_id, {lists["a1"]: {a, b}, lists["a2"]: set()})
+    # p1's late entry to a2 still carries a@x.io, now p2's lead: p1 is at b@x.io
+    await deliver(
+        service, destination_id, update("p1", "a@x.io", time=T + 5, audiences={"a2": REALIZED})
+    )
+    await settled(service, destination_id, {lists["a1"]: {a, b}, lists["a2"]: {b}})
+    assert (await fields_of(service, a))["firstName"] == "Bea"
+
+
+async def test_a_consent_refusal_of_one_profile_keeps_the_shared_lead_for_the_other(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "a@x.io", time=T))
+    await deliver(service, destination_id, update("p2", "a@x.io", time=T + 1))
+    a = (await ids(service))["a@x.io"]
+    await deliver(
+        service, destination_id, refusing(update("p2", "a@x.io", time=T + 10, audiences={}), "n")
+    )
+    await settled(service, destination_id, {lists["a1"]: {a}})
+    await deliver(
+        service, destination_id, update("p1", "a@x.io", time=T + 20, audiences={"a1": EXITED})
+    )
+    await settled(service, destination_id, {lists["a1"]: set()})
+
+
+async def test_a_switch_to_audience_only_stops_attribute_writes_and_keeps_the_lists(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "ann@x.io", time=T))
+    lead = (await ids(service))["ann@x.io"]
+    await service.stub.Configure(
+        pb.ConfigureRequest(
+            destination_id=destination_id,
+            spec=spec(sync_type=pb.SYNC_TYPE_AUDIENCE_ONLY, person_action=0),
+        )
+    )
+    await deliver(
+        service,
+        destination_id,
+        update("p1", "ann@x.io", first="Changed", time=T + 10, audiences={"a1": EXISTING}),
+        update("p2", "bob@x.io", time=T + 10),
+    )
+    assert (await fields_of(service, lead))["firstName"] == "Ada"
+    assert sorted(await ids(service)) == ["ann@x.io"], "no lead created"
+    await settled(service, destination_id, {lists["a1"]: {lead}})
