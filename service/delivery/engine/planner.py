@@ -356,10 +356,10 @@ def plan_batch(
             dedupe = known or _known_dedupe_value(head.update, mapper)
             profiles.append(_Profile(head, items, dedupe or "", {}, refused=True))
             continue
-        if known:
-            exclusion, dedupe, fields = None, known, {}
-        else:
-            exclusion, dedupe, fields = _evaluate(head.update, rules, mapper)
+        evaluated: tuple[Exclusion | None, str | None, Mapping[str, Any]] = (
+            (None, known, {}) if known else _evaluate(head.update, rules, mapper)
+        )
+        exclusion, dedupe, fields = evaluated
         if exclusion is not None:
             for item in items:
                 for m in item.memberships:
