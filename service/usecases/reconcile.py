@@ -41,6 +41,10 @@ is only used to find what to write, the desired members always come fresh.
 **A list deleted in Marketo found by delivery** (its 1013, `list_gone`) is created again and
 filled the same way, in the background, while delivery defers the updates that needed it.
 
+**A destination that keeps lists again** (Configure turned Profile only into a sync type that
+keeps lists) has its lists reconciled at once, in the background: the exits and entries
+delivered while it kept none were recorded, not written.
+
 **Periodically**, every `interval` seconds, each destination that keeps lists is reconciled,
 provided its estimated calls stay within `budget_share` of the instance's daily quota counted
 with what reconciliation already spent there today, and within what is left of the instance's
@@ -437,6 +441,24 @@ class Reconciliation:
         self._repairs[destination_id] = asyncio.create_task(
             self._recreate_gone(destination_id), name=f"recreate lists of {destination_id}"
         )
+
+    def lists_kept_again(self, destination_id: str) -> None:
+        """The destination keeps lists again (its sync type was Profile only): its lists missed
+        the membership changes delivered meanwhile; reconcile them all, in the background."""
+        key = f"kept again:{destination_id}"
+        running = self._repairs.get(key)
+        if running is not None and not running.done():
+            return
+        self._repairs[key] = asyncio.create_task(
+            self._reconcile_kept_again(destination_id), name=f"reconcile lists of {destination_id}"
+        )
+
+    async def _reconcile_kept_again(self, destination_id: str) -> None:
+        try:
+            record = await self._store.get_destination(destination_id, tenant=None)
+            await self.reconcile_destination(record, dry_run=False)
+        except Exception:
+            log.exception("reconciling the lists of %s kept again failed", destination_id)
 
     async def _recreate_gone(self, destination_id: str) -> None:
         try:
