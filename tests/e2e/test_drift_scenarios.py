@@ -10,6 +10,7 @@ from typing import Any
 
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
 from tests.e2e.test_desired_state import refusing
+from tests.e2e.test_reconcile import eventually, lists_equal
 from tests.e2e.test_resync_forget import by_hand
 from tests.e2e.test_sync import EXITED, REALIZED, delivered, seed, setup, sync
 from tests.e2e.test_truthful_outcomes import leads_by_email
@@ -555,3 +556,71 @@ async def test_a_switch_to_audience_only_stops_attribute_writes_and_keeps_the_li
     assert (await fields_of(service, lead))["firstName"] == "Ada"
     assert sorted(await ids(service)) == ["ann@x.io"], "no lead created"
     await settled(service, destination_id, {lists["a1"]: {lead}})
+
+
+async def test_exits_while_profile_only_leave_the_lists_once_they_are_kept_again(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "ann@x.io", time=T))
+    await deliver(service, destination_id, update("p2", "bob@x.io", time=T))
+    leads = await ids(service)
+    await service.stub.Configure(
+        pb.ConfigureRequest(
+            destination_id=destination_id, spec=spec(sync_type=pb.SYNC_TYPE_PROFILE_ONLY)
+        )
+    )
+    await deliver(
+        service, destination_id, update("p1", "ann@x.io", time=T + 10, audiences={"a1": EXITED})
+    )
+    await deliver(service, destination_id, update("p3", "cy@x.io", time=T + 10))
+    await service.stub.Configure(pb.ConfigureRequest(destination_id=destination_id, spec=spec()))
+    await service.stub.Activate(
+        pb.ActivateRequest(destination_id=destination_id, mappings=STANDARD_MAPPINGS)
+    )
+    await delivered(service, destination_id)
+    leads = await ids(service)
+    wanted = {lists["a1"]: {leads["bob@x.io"], leads["cy@x.io"]}}
+    # the lists are reconciled in the background once the destination keeps them again
+    await eventually(lambda: lists_equal(service, lists["a1"], wanted[lists["a1"]]))
+    await settled(service, destination_id, wanted)
+
+
+async def test_an_older_consent_after_a_refusal_keeps_the_profile_out(service: Service) -> None:
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "ann@x.io", time=T))
+    await deliver(
+        service, destination_id, refusing(update("p1", "ann@x.io", time=T + 10, audiences={}), "n")
+    )
+    await deliver(
+        service, destination_id, refusing(update("p1", "ann@x.io", time=T + 5, audiences={}), "y")
+    )
+    await settled(service, destination_id, {lists["a1"]: set()})
+
+
+async def test_a_member_of_a_deactivated_audience_who_left_the_other_is_back_at_reactivation(
+    service: Service,
+) -> None:
+    destination_id, lists = await setup(service, audiences=("a1", "a2"))
+    await deliver(
+        service,
+        destination_id,
+        update("p1", "ann@x.io", time=T, audiences={"a1": REALIZED, "a2": REALIZED}),
+    )
+    lead = (await ids(service))["ann@x.io"]
+    await service.stub.Deactivate(
+        pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
+    )
+    await deliver(
+        service, destination_id, update("p1", "ann@x.io", time=T + 10, audiences={"a2": EXITED})
+    )
+    assert await service.lists() == {lists["a1"]: {lead}, lists["a2"]: set()}
+    await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[pb.Audience(id="a1", name=f"List {destination_id} a1")],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+    await delivered(service, destination_id)
+    await settled(service, destination_id, {lists["a1"]: {lead}, lists["a2"]: set()})
