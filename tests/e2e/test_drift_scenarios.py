@@ -624,3 +624,72 @@ async def test_a_member_of_a_deactivated_audience_who_left_the_other_is_back_at_
     )
     await delivered(service, destination_id)
     await settled(service, destination_id, {lists["a1"]: {lead}, lists["a2"]: set()})
+
+
+async def test_forgetting_with_delete_a_profile_that_shares_its_lead_leaves_resyncable_drift(
+    service: Service,
+) -> None:
+    """Pins the documented rule: delete_lead deletes the lead the profile resolves to, even one
+    another profile is a member through. That profile's membership is then missing (Reconcile
+    reports it and has no lead to add); a Resync of it creates the lead again."""
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "a@x.io", time=T))
+    await deliver(service, destination_id, update("p2", "a@x.io", first="Bea", time=T + 1))
+    a = (await ids(service))["a@x.io"]
+    answer = await service.stub.ForgetProfile(
+        pb.ForgetProfileRequest(destination_id=destination_id, profile_id="p1", delete_lead=True)
+    )
+    assert (list(answer.lead_ids), answer.lead_deleted) == ([a], True)
+    assert (await service.leads(), await service.lists()) == ([], {lists["a1"]: set()})
+    assert await drift(service, destination_id) == {"a1": (1, 0)}
+
+    await service.stub.Resync(pb.ResyncRequest(destination_id=destination_id, profile_ids=["p2"]))
+    await delivered(service, destination_id)
+    again = (await ids(service))["a@x.io"]
+    assert (await fields_of(service, again))["firstName"] == "Bea"
+    await settled(service, destination_id, {lists["a1"]: {again}})
+
+
+async def test_resync_of_a_refused_profile_adds_nothing(service: Service) -> None:
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "ann@x.io", time=T))
+    await deliver(
+        service, destination_id, refusing(update("p1", "ann@x.io", time=T + 10, audiences={}), "n")
+    )
+    await service.stub.Resync(pb.ResyncRequest(destination_id=destination_id))
+    await delivered(service, destination_id)
+    await settled(service, destination_id, {lists["a1"]: set()})
+
+
+async def test_an_email_change_to_a_lead_of_another_partition_moves_the_membership_there(
+    service: Service,
+) -> None:
+    (partner,) = await seed(service, {"email": "b@x.io", "partition": "Partners"})
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "a@x.io", time=T))
+    await deliver(service, destination_id, update("p1", "b@x.io", first="Bo", time=T + 10))
+    assert (await fields_of(service, partner))["firstName"] == "Bo"
+    assert len(await service.leads()) == 2
+    await settled(service, destination_id, {lists["a1"]: {partner}})
+
+
+async def test_an_unchanged_update_keeps_writing_to_the_bound_lead_after_a_new_duplicate(
+    service: Service,
+) -> None:
+    """Pins the documented cost rule (docs/delivery.md): nothing new to write, no look-up, so a
+    duplicate that became the most recent is only found by an update with new attributes."""
+    destination_id, lists = await setup(service, audiences=("a1", "a2"))
+    await deliver(service, destination_id, update("p1", "dup@x.io", time=T))
+    bound = (await ids(service))["dup@x.io"]
+    (newer,) = await seed(
+        service, {"email": "dup@x.io", "firstName": "Other", "updatedAt": "2099-01-01T00:00:00Z"}
+    )
+    await deliver(
+        service,
+        destination_id,
+        update("p1", "dup@x.io", time=T + 10, audiences={"a2": REALIZED}),
+    )
+    await settled(service, destination_id, {lists["a1"]: {bound}, lists["a2"]: {bound}})
+    await deliver(service, destination_id, update("p1", "dup@x.io", first="New", time=T + 20))
+    assert (await fields_of(service, newer))["firstName"] == "New"
+    await settled(service, destination_id, {lists["a1"]: {newer}, lists["a2"]: {newer}})
