@@ -53,6 +53,38 @@ async def deliver(service: Service, destination_id: str, *updates: pb.ProfileUpd
     return await delivered(service, destination_id)
 
 
+async def ann_and_bob_in_a1(service: Service) -> tuple[str, dict[str, int], dict[str, int]]:
+    """A destination where p1 (ann) and p2 (bob) are members of a1, delivered; returns its id,
+    audience -> list id and e-mail -> lead id."""
+    destination_id, lists = await setup(service)
+    await deliver(service, destination_id, update("p1", "ann@x.io", time=T))
+    await deliver(service, destination_id, update("p2", "bob@x.io", time=T))
+    return destination_id, lists, await ids(service)
+
+
+async def ann_in_a1_and_a2(service: Service) -> tuple[str, dict[str, int], int]:
+    """A destination where p1 (ann) is a member of a1 and a2, delivered; returns its id,
+    audience -> list id and ann's lead."""
+    destination_id, lists = await setup(service, audiences=("a1", "a2"))
+    await deliver(
+        service,
+        destination_id,
+        update("p1", "ann@x.io", time=T, audiences={"a1": REALIZED, "a2": REALIZED}),
+    )
+    return destination_id, lists, (await ids(service))["ann@x.io"]
+
+
+async def activate_a1_again(service: Service, destination_id: str) -> pb.ActivateResponse:
+    """Activate a1 again under the name `setup` gave it."""
+    return await service.stub.Activate(
+        pb.ActivateRequest(
+            destination_id=destination_id,
+            audiences=[pb.Audience(id="a1", name=f"List {destination_id} a1")],
+            mappings=STANDARD_MAPPINGS,
+        )
+    )
+
+
 # -- 1. late segment events ------------------------------------------------------------------
 
 
@@ -108,13 +140,7 @@ async def test_existing_then_an_older_exit_keeps_and_a_newer_exit_removes(
 async def test_consent_revoked_then_restored_brings_memberships_and_attributes_back(
     service: Service,
 ) -> None:
-    destination_id, lists = await setup(service, audiences=("a1", "a2"))
-    await deliver(
-        service,
-        destination_id,
-        update("p1", "ann@x.io", time=T, audiences={"a1": REALIZED, "a2": REALIZED}),
-    )
-    lead = (await ids(service))["ann@x.io"]
+    destination_id, lists, lead = await ann_in_a1_and_a2(service)
     await deliver(
         service,
         destination_id,
@@ -327,20 +353,11 @@ async def test_an_audience_only_member_without_a_lead_joins_when_its_lead_appear
 async def test_deactivate_then_activate_the_same_audience_keeps_the_list_true(
     service: Service,
 ) -> None:
-    destination_id, lists = await setup(service)
-    await deliver(service, destination_id, update("p1", "ann@x.io", time=T))
-    await deliver(service, destination_id, update("p2", "bob@x.io", time=T))
-    leads = await ids(service)
+    destination_id, lists, leads = await ann_and_bob_in_a1(service)
     await service.stub.Deactivate(
         pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
     )
-    again = await service.stub.Activate(
-        pb.ActivateRequest(
-            destination_id=destination_id,
-            audiences=[pb.Audience(id="a1", name=f"List {destination_id} a1")],
-            mappings=STANDARD_MAPPINGS,
-        )
-    )
+    again = await activate_a1_again(service, destination_id)
     assert [a.marketo_list_id for a in again.audiences] == [lists["a1"]]
     await delivered(service, destination_id)
     await settled(service, destination_id, {lists["a1"]: {leads["ann@x.io"], leads["bob@x.io"]}})
@@ -561,10 +578,7 @@ async def test_a_switch_to_audience_only_stops_attribute_writes_and_keeps_the_li
 async def test_exits_while_profile_only_leave_the_lists_once_they_are_kept_again(
     service: Service,
 ) -> None:
-    destination_id, lists = await setup(service)
-    await deliver(service, destination_id, update("p1", "ann@x.io", time=T))
-    await deliver(service, destination_id, update("p2", "bob@x.io", time=T))
-    leads = await ids(service)
+    destination_id, lists, leads = await ann_and_bob_in_a1(service)
     await service.stub.Configure(
         pb.ConfigureRequest(
             destination_id=destination_id, spec=spec(sync_type=pb.SYNC_TYPE_PROFILE_ONLY)
@@ -601,13 +615,7 @@ async def test_an_older_consent_after_a_refusal_keeps_the_profile_out(service: S
 async def test_a_member_of_a_deactivated_audience_who_left_the_other_is_back_at_reactivation(
     service: Service,
 ) -> None:
-    destination_id, lists = await setup(service, audiences=("a1", "a2"))
-    await deliver(
-        service,
-        destination_id,
-        update("p1", "ann@x.io", time=T, audiences={"a1": REALIZED, "a2": REALIZED}),
-    )
-    lead = (await ids(service))["ann@x.io"]
+    destination_id, lists, lead = await ann_in_a1_and_a2(service)
     await service.stub.Deactivate(
         pb.DeactivateRequest(destination_id=destination_id, audience_ids=["a1"])
     )
@@ -615,13 +623,7 @@ async def test_a_member_of_a_deactivated_audience_who_left_the_other_is_back_at_
         service, destination_id, update("p1", "ann@x.io", time=T + 10, audiences={"a2": EXITED})
     )
     assert await service.lists() == {lists["a1"]: {lead}, lists["a2"]: set()}
-    await service.stub.Activate(
-        pb.ActivateRequest(
-            destination_id=destination_id,
-            audiences=[pb.Audience(id="a1", name=f"List {destination_id} a1")],
-            mappings=STANDARD_MAPPINGS,
-        )
-    )
+    await activate_a1_again(service, destination_id)
     await delivered(service, destination_id)
     await settled(service, destination_id, {lists["a1"]: {lead}, lists["a2"]: set()})
 
