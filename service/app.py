@@ -219,6 +219,7 @@ async def open_application(
                 rules,
                 webhook_origins=settings.webhook_allowlist,
                 on_changed=dispatcher.configuration_changed,
+                on_lists_kept_again=reconciliation.lists_kept_again,
             ),
             activations=Activations(
                 store,

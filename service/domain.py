@@ -205,20 +205,21 @@ class DesiredState:
     profile is a member it is added again rather than taken as present."""
 
     def for_resync(self, profile_ids: Collection[str]) -> DesiredState:
-        """This state with what is applied to `profile_ids` taken as unknown: no holders and
-        no attribute digest, so their desired state is written again (Resync). The binding
-        and the desired memberships stay."""
+        """This state with what is applied to `profile_ids` taken as unknown: no attribute
+        digest and their holders `unconfirmed`, so their desired state is written again
+        (Resync): each desired membership is added again. The binding, the desired memberships
+        and the holders stay: a holder that is not the lead the profile resolves to now (its
+        dedupe value edited in Marketo) leaves the list as the membership moves."""
         if not profile_ids:
             return self
         return replace(
             self,
-            holders={
-                pair: lead for pair, lead in self.holders.items() if pair[0] not in profile_ids
-            },
             profiles={
                 pid: replace(state, digest=None) if pid in profile_ids else state
                 for pid, state in self.profiles.items()
             },
+            unconfirmed=self.unconfirmed
+            | frozenset(pair for pair in self.holders if pair[0] in profile_ids),
         )
 
 

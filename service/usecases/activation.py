@@ -93,8 +93,9 @@ class Activations:
         """`list_folder` (the setting of that name) is the Marketo folder lists are created in.
         `on_changed(before)` runs after Activate stored a mapping (the dispatcher re-checks a
         paused destination at once); `on_lists_created(destination_id, audience_ids)` after it
-        created lists for audiences that were already activated (e.g. after a switch from
-        Profile only), whose current members delivery must then add."""
+        created or linked lists for audiences that were already activated (e.g. after a switch
+        from Profile only, or an audience linked to another list), whose current members
+        delivery must then add."""
         self._store = store
         self._connections = connections
         self._rules = rules
@@ -188,8 +189,8 @@ class Activations:
                 created_by_service = tracked = result.list_action is ListAction.CREATED
                 if created_by_service and not dry_run:
                     await record_created(result)
-                    if before is not None:
-                        refilled.append(audience.id)
+                if before is not None and not dry_run and result.marketo_list_id:
+                    refilled.append(audience.id)  # a new list, created or linked: fill it
             results.append(result)
             records.append(
                 _record(

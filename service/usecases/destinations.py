@@ -288,15 +288,19 @@ class Destinations:
         *,
         webhook_origins: OriginList | None = None,
         on_changed: Callable[[DestinationRecord], Awaitable[None]] | None = None,
+        on_lists_kept_again: Callable[[str], None] | None = None,
     ) -> None:
         """`on_changed(before)` runs after a stored destination was changed by Configure (the
-        dispatcher re-checks a paused destination at once); `rules` are Activate's, to re-check an
+        dispatcher re-checks a paused destination at once); `on_lists_kept_again(destination_id)`
+        after Configure turned a sync type that keeps no lists into one that does (its lists
+        missed the membership changes made meanwhile); `rules` are Activate's, to re-check an
         active mapping when the spec changes."""
         self._store = store
         self._connections = connections
         self._rules = rules
         self._webhook_origins = webhook_origins or OriginList()
         self._on_changed = on_changed
+        self._on_lists_kept_again = on_lists_kept_again
 
     def _connection_checked(
         self, violations: list[FieldViolation], connection: MarketoConnection, prefix: str
@@ -359,6 +363,9 @@ class Destinations:
             )
             if self._on_changed is not None:
                 await self._on_changed(existing)
+            kept_again = spec.rules().manages_lists and not existing.spec.rules().manages_lists
+            if kept_again and self._on_lists_kept_again is not None:
+                self._on_lists_kept_again(record.id)
         return Destination(record=record, spec=spec)
 
     async def _active_mapping_violations(

@@ -12,8 +12,10 @@ pages going round in a circle would otherwise be read, and counted, for ever. So
 extract file with an id that is no lead id, or that the csv module cannot read.
 
 **Comparing.** Desired members are the audience's profiles whose membership is current, whose
-consent is not refused and that delivery has exported (`Store.desired_members`). `missing`: a
-desired member none of whose leads is in the list; `unexpected`: a list member that no desired
+consent is not refused (`Store.desired_members`). `missing`: a desired member none of whose
+leads is in the list, among those delivery exported (a member that never held a lead nor was
+bound to one, e.g. unmatched where no lead may be created, and that its dedupe value still
+finds in no lead, is not drift: no list can hold it); `unexpected`: a list member that no desired
 membership holds. Missing members are first resolved again by their dedupe value (one Get
 Leads call per 300): a bound lead that was deleted or merged is replaced by the lead the value
 finds now (the most recently updated, as delivery chooses), and the profile is re-bound. A
@@ -41,6 +43,10 @@ is only used to find what to write, the desired members always come fresh.
 
 **A list deleted in Marketo found by delivery** (its 1013, `list_gone`) is created again and
 filled the same way, in the background, while delivery defers the updates that needed it.
+
+**A destination that keeps lists again** (Configure turned Profile only into a sync type that
+keeps lists) has its lists reconciled at once, in the background: the exits and entries
+delivered while it kept none were recorded, not written.
 
 **Periodically**, every `interval` seconds, each destination that keeps lists is reconciled,
 provided its estimated calls stay within `budget_share` of the instance's daily quota counted
@@ -331,6 +337,8 @@ class _Difference:
         to_add: set[int] = set()
         for member in desired:
             lead = resolved.get(member.profile_id, member.lead)
+            if lead is None and member.holder is None and member.bound_lead is None:
+                continue  # never exported (no lead matched it): no list can hold it
             if lead is None or lead not in in_list:
                 missing.append(member)
             if lead is None:
@@ -471,6 +479,24 @@ class Reconciliation:
         self._repairs[destination_id] = asyncio.create_task(
             self._recreate_gone(destination_id), name=f"recreate lists of {destination_id}"
         )
+
+    def lists_kept_again(self, destination_id: str) -> None:
+        """The destination keeps lists again (its sync type was Profile only): its lists missed
+        the membership changes delivered meanwhile; reconcile them all, in the background."""
+        key = f"kept again:{destination_id}"
+        running = self._repairs.get(key)
+        if running is not None and not running.done():
+            return
+        self._repairs[key] = asyncio.create_task(
+            self._reconcile_kept_again(destination_id), name=f"reconcile lists of {destination_id}"
+        )
+
+    async def _reconcile_kept_again(self, destination_id: str) -> None:
+        try:
+            record = await self._store.get_destination(destination_id, tenant=None)
+            await self.reconcile_destination(record, dry_run=False)
+        except Exception:
+            log.exception("reconciling the lists of %s kept again failed", destination_id)
 
     async def _recreate_gone(self, destination_id: str) -> None:
         try:

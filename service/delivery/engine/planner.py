@@ -13,7 +13,9 @@ membership event, nor the reverse. Rules, in order:
 1. Each update is split into its facts: its attributes are stale when older than the profile's
    watermark, each membership of an activated audience when older than its own mark. An update
    with no fact left is superseded and never written; one whose attributes only are stale still
-   delivers its memberships and writes no attributes.
+   delivers its memberships and writes no attributes; a profile with only such updates in the
+   batch is resolved by its stored dedupe value (that of the attributes applied), not by the
+   one its stale attributes carry.
 2. Per profile, the latest update with current attributes (event time, then position in the
    batch; the latest update when none has) speaks for the profile: consent refused, a mapping
    rejection, a missing dedupe value or one holding a comma (Marketo's look-up splits its values
@@ -347,11 +349,17 @@ def plan_batch(
             if head.current
             else prior is not None and prior.consent_refused
         )
+        # only memberships of the batch are current: they follow the profile to the dedupe
+        # value it has now, not to the one its stale attributes carry (an e-mail since changed)
+        known = prior.dedupe_value if prior is not None and not head.current else None
         if refused:
-            dedupe = _known_dedupe_value(head.update, mapper)
+            dedupe = known or _known_dedupe_value(head.update, mapper)
             profiles.append(_Profile(head, items, dedupe or "", {}, refused=True))
             continue
-        exclusion, dedupe, fields = _evaluate(head.update, rules, mapper)
+        evaluated: tuple[Exclusion | None, str | None, Mapping[str, Any]] = (
+            (None, known, {}) if known else _evaluate(head.update, rules, mapper)
+        )
+        exclusion, dedupe, fields = evaluated
         if exclusion is not None:
             for item in items:
                 for m in item.memberships:
