@@ -4,6 +4,7 @@ tests: `tests/engine/test_desired_state.py`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -216,3 +217,39 @@ async def test_a_join_an_import_of_unknown_status_may_have_made_is_removed_by_a_
         newer = await rest.sync([LATER[later](name)], state=state)
         assert newer.deferred == ()
         assert (await sb.lists())[lists["a1"]] == set()
+
+
+async def test_an_unconfirmed_holder_an_id_import_adds_again_is_confirmed() -> None:
+    """Ann's lead holds a1 unconfirmed (the answer to its add was lost, and the add did not
+    land); the id-only import that adds it again answers for it, so the next update makes no
+    list call."""
+    async with running_sandbox() as sb:
+        (ann,) = await sb.seed({"email": "ann@x.io", "firstName": "Old", "lastName": "Lee"})
+        lists = {"a1": (await sb.make_lists(["Audience 1"]))["Audience 1"]}
+        bulk = BulkSyncEngine(
+            sb.client,
+            BOTH,
+            ScenarioMapper(),
+            clock=sb.clock,
+            policy=quick_policy(membership_import_min=1),
+            audience_lists=lists,
+            tracked_lists=("a1",),
+        )
+        state = (await bulk.sync([person("ann", 1, ("a1", R))])).folded(DesiredState())
+        assert state.holders == {("p-ann", "a1"): ann}
+        await sb.client.remove_from_list(lists["a1"], [ann])
+        state = replace(state, unconfirmed=frozenset({("p-ann", "a1")}))
+
+        again = await bulk.sync([person("ann", 2, ("a1", R), first="Anne")], state=state)
+        assert again.deferred == ()
+        assert (await sb.lists())[lists["a1"]] == {ann}
+        state = again.folded(state)
+        assert state.holders == {("p-ann", "a1"): ann}
+        assert state.unconfirmed == frozenset(), "the import answered for the add"
+
+        rest = SyncEngine(
+            sb.client, BOTH, ScenarioMapper(), audience_lists=lists, tracked_lists=("a1",)
+        )
+        later = await rest.sync([person("ann", 3, ("a1", R), first="Ann")], state=state)
+        (outcome,) = later.outcomes
+        assert (ActionType.ADDED, "a1") not in {(a.type, a.audience_id) for a in outcome.actions}

@@ -343,6 +343,8 @@ class _Person:
         self.held.setdefault(audience, set()).add(lead)
         if unsure:
             self.unsure.setdefault(audience, set()).add(lead)
+        else:
+            self.unsure.get(audience, set()).discard(lead)  # answered
 
     def rebind(self) -> None:
         """Forget the binding: the person is resolved again (and its attributes written)."""
