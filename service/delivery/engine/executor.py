@@ -1217,7 +1217,8 @@ class SyncEngine:
 def may_have_applied(error: MarketoError) -> bool:
     """Whether a write that ended in `error` may have been applied all the same: no answer
     came back after the request left (or none could be read), as far as the client knows. A
-    call never sent (no attempt: the lease not confirmed) changed nothing."""
+    call the lease's gate refused before its first attempt changed nothing; one refused at a
+    retry counts the attempts already sent (`UnavailableError.attempts`)."""
     if isinstance(error, UnavailableError):
         return error.attempts > 0
     return isinstance(error, OutcomeUnknownError)
