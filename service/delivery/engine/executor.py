@@ -1134,44 +1134,59 @@ class SyncEngine:
         ids = list(by_id)
         for person in {id(p): p for group in by_id.values() for p in group}.values():
             person.calls = True
-        try:
-            results = await self._split(ids, call)
-        except _Stop as stop:
-            if may_have_applied(stop.error):
-                # The request may have changed the list: its leads count as held, unconfirmed
-                # (an exit removes them, a member's retry adds them again).
-                for lead_id, group in by_id.items():
-                    for person in group:
-                        person.held.setdefault(audience, set()).add(lead_id)
-                        person.unsure.setdefault(audience, set()).add(lead_id)
-            raise
-        for lead_id, result in zip(ids, results, strict=True):
-            if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
-                raise _Stop(result)
-            for person in by_id[lead_id]:
-                if isinstance(result, RejectedError):
-                    person.fail(result.code or "", result.reason)
-                    continue
-                reason = _first_reason(result.reasons)
-                held = person.held.setdefault(audience, set())
-                if result.status in ("added", "removed") or reason.code in (
-                    CODE_NOT_IN_LIST,
-                    CODE_LEAD_NOT_FOUND,
-                ):
-                    person.unsure.get(audience, set()).discard(lead_id)  # answered
-                if add and result.status == "added":
-                    person.actions.append(Action(ActionType.ADDED, audience))
-                    held.add(lead_id)
-                elif not add and result.status == "removed":
-                    person.actions.append(Action(ActionType.REMOVED, audience))
-                    held.discard(lead_id)
-                elif add and reason.code == CODE_LEAD_NOT_FOUND and person.bound:
-                    person.stale_binding = True  # resolved again once the lists are written
-                elif not add and reason.code in (CODE_NOT_IN_LIST, CODE_LEAD_NOT_FOUND):
-                    person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
-                    held.discard(lead_id)
-                else:
-                    person.fail(reason.code, reason.message)
+        # Chunk by chunk: what Marketo answered for a chunk is recorded before a later one
+        # stops the batch (a lead that joined is held, so an exit before the retry removes it).
+        for chunk in _chunks(ids, self._batch_size):
+            try:
+                results = await self._split(chunk, call)
+            except _Stop as stop:
+                if may_have_applied(stop.error):
+                    # The request may have changed the list: its leads count as held,
+                    # unconfirmed (an exit removes them, a member's retry adds them again).
+                    for lead_id in chunk:
+                        for person in by_id[lead_id]:
+                            person.held.setdefault(audience, set()).add(lead_id)
+                            person.unsure.setdefault(audience, set()).add(lead_id)
+                raise
+            for lead_id, result in zip(chunk, results, strict=True):
+                self._answered(audience, lead_id, result, by_id[lead_id], add=add)
+
+    @staticmethod
+    def _answered(
+        audience: str,
+        lead_id: int,
+        result: MembershipResult | RejectedError,
+        persons: Sequence[_Person],
+        *,
+        add: bool,
+    ) -> None:
+        """Record Marketo's answer for `lead_id`'s add to (or removal from) `audience`'s list."""
+        if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
+            raise _Stop(result)
+        for person in persons:
+            if isinstance(result, RejectedError):
+                person.fail(result.code or "", result.reason)
+                continue
+            reason = _first_reason(result.reasons)
+            held = person.held.setdefault(audience, set())
+            if result.status in ("added", "removed") or reason.code in (
+                CODE_NOT_IN_LIST,
+                CODE_LEAD_NOT_FOUND,
+            ):
+                person.unsure.get(audience, set()).discard(lead_id)  # answered
+            if add and result.status == "added":
+                person.actions.append(Action(ActionType.ADDED, audience))
+                held.add(lead_id)
+            elif not add and result.status == "removed":
+                person.actions.append(Action(ActionType.REMOVED, audience))
+                held.discard(lead_id)
+            elif add and reason.code == CODE_LEAD_NOT_FOUND and person.bound:
+                person.stale_binding = True  # resolved again once the lists are written
+            elif not add and reason.code in (CODE_NOT_IN_LIST, CODE_LEAD_NOT_FOUND):
+                person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
+                held.discard(lead_id)
+            else:
+                person.fail(reason.code, reason.message)
 
     async def _split(
         self,
