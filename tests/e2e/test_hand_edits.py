@@ -8,9 +8,12 @@ test_resync_forget.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from sandbox import SandboxSettings
 from service._proto.marketo_destination.v1 import destination_pb2 as pb
+from tests.e2e import test_schema_pause as schema_pause
 from tests.e2e.test_reconcile import (
     T,
     add_by_hand,
@@ -20,7 +23,7 @@ from tests.e2e.test_reconcile import (
     rest,
 )
 from tests.e2e.test_sync import EXITED, REALIZED, delivered, seed, setup, sync
-from tests.harness import Service, update
+from tests.harness import Service, running_service, update
 
 LATER = T + 60
 
@@ -336,3 +339,43 @@ async def test_a_value_and_the_partition_changed_by_hand_next_changed_update(
     assert (fields["firstName"], fields["lastName"]) == ("New", "Lovelace")
     assert (await service.lists())[list_id] == {lead_id}
     await assert_clean(service, destination_id, list_id)
+
+
+async def test_a_mapped_field_deleted_by_hand_pauses_delivery_while_reconcile_keeps_lists(
+    tmp_path: Path,
+) -> None:
+    """The next update meets the deleted field: the destination is SCHEMA_PAUSED with the field
+    named and its update kept (test_schema_pause.py); Reconcile still repairs its lists, and
+    the field restored, the kept update is delivered."""
+    rejecting = SandboxSettings(unknown_field_rejects_request=True)
+    async with running_service(
+        tmp_path, sandbox_settings=rejecting, schema_recheck_seconds=0.2
+    ) as service:
+        destination_id = await schema_pause.activate(service)
+        ((list_id, members),) = (await service.lists()).items()
+        await service.control("DELETE", f"fields/{schema_pause.FIELD}")
+        await remove_by_hand(service, list_id, list(members))
+
+        changed = update(
+            "w", "w@example.com", tier="silver", time=LATER, audiences={"a1": REALIZED}
+        )
+        await sync(service, destination_id, [[changed]])
+        await schema_pause.paused(service, destination_id)
+        flow = await schema_pause.dataflow(service, destination_id)
+        assert (flow.pending, dict(flow.failed)) == (1, {})
+        assert schema_pause.FIELD in flow.state_reason
+
+        assert await reconcile(service, destination_id, dry_run=True) == [
+            ("a1", list_id, 1, 0, 0, 0, False)
+        ]
+        assert await reconcile(service, destination_id) == [("a1", list_id, 1, 0, 1, 0, False)]
+        assert (await service.lists())[list_id] == members
+
+        await service.control(
+            "POST", "fields", {"fields": [{"name": schema_pause.FIELD, "dataType": "string"}]}
+        )
+        flow = await schema_pause.delivered(service, destination_id)
+        assert dict(flow.failed) == {}
+        (only,) = await service.leads()
+        assert only["fields"][schema_pause.FIELD] == "silver"
+        assert (await service.lists())[list_id] == members
