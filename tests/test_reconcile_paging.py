@@ -1,12 +1,17 @@
-"""Reading a list page by page ends even when Marketo's page tokens go round in a circle."""
+"""Reading a list's members: page by page (ending even when Marketo's page tokens go round in a
+circle) or from an extract file (checked row by row, parsed off the event loop)."""
 
 from __future__ import annotations
+
+import asyncio
+import threading
 
 import pytest
 
 from service.marketo.clock import SystemClock
 from service.marketo.errors import MarketoError
 from service.marketo.types import ExportJob, Lead, LeadPage
+from service.usecases import reconcile
 from service.usecases.reconcile import read_members
 
 CALLS_BEFORE_GIVING_UP = 1_000
@@ -85,3 +90,23 @@ async def test_an_extract_file_that_csv_cannot_read_is_a_marketo_error() -> None
     text = 'id\n12\n"' + "1" * 200_000 + '"\n'  # a field past the csv module's limit
     with pytest.raises(MarketoError, match=r"list 7: the extract file cannot be read \(row 2\)"):
         await read_members(Extract(text), 7, expected=5_000, clock=SystemClock())  # type: ignore[arg-type]
+
+
+async def test_an_extract_file_is_parsed_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    released = threading.Event()
+    held: list[bool] = []
+    parse = reconcile._extracted_ids
+
+    def parse_once_the_loop_runs(text: str, list_id: int) -> set[int]:
+        # Parsing that held the event loop would wait for nothing: the loop cannot run this.
+        loop.call_soon_threadsafe(released.set)
+        held.append(not released.wait(30.0))
+        return parse(text, list_id)
+
+    monkeypatch.setattr(reconcile, "_extracted_ids", parse_once_the_loop_runs)
+    ids, _ = await read_members(Extract("id\n12\n"), 7, expected=5_000, clock=SystemClock())  # type: ignore[arg-type]
+    assert ids == {12}
+    assert held == [False], "the event loop was held while the extract file was parsed"

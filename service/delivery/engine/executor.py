@@ -36,7 +36,10 @@ the batch) and what is applied:
   the lead is kept for another profile), except on a list whose holders are not all known to the
   service (a linked list, or one created before holders were recorded: someone else may have
   added the lead): there the resolved lead is removed (one call; 1015 is NOT_IN_LIST). A
-  removal answered 1004 (the holder was deleted) is NOT_IN_LIST and clears the holder.
+  removal answered 1004 (the holder was deleted) clears the holder; on an exit, since a merge
+  moves the loser's memberships to the winner, the lead the person resolves to is then removed
+  instead (a bound lead is looked up again first; 1015 or nothing found is NOT_IN_LIST), unless
+  another profile wants it there. On a list the person stays in, the 1004 is NOT_IN_LIST.
 - refused consent: the removals go out, the attributes do not; the outcome is EXCLUDED
   `consent_refused` and carries the REMOVED actions.
 - a person that is a member of no activated audience: its removals and exits go out (ACTIVATED
@@ -334,6 +337,9 @@ class _Person:
     """`lead_id` is the bound lead, taken without a look-up."""
     stale_binding: bool = False
     """Marketo answered that the bound lead does not exist (deleted or merged)."""
+    gone: dict[str, set[int]] = field(default_factory=dict)
+    """Per audience the person exits, the bound lead a removal found gone: once resolved again,
+    the lead the person resolves to holds that membership (a merge moved it to the winner)."""
 
     def join(self, audience: str, *, unsure: bool = False) -> None:
         """Record that an import Marketo confirmed (`unsure`: one whose outcome is unknown) added
@@ -349,7 +355,15 @@ class _Person:
     def rebind(self) -> None:
         """Forget the binding: the person is resolved again (and its attributes written)."""
         plan = self.plan
-        self.plan = replace(plan, bound_lead=None, attributes_changed=plan.writes_attributes)
+        holders = {
+            audience: frozenset(
+                HOLDER_RESOLVED if h in self.gone.get(audience, ()) else h for h in held
+            )
+            for audience, held in plan.holders.items()
+        }
+        self.plan = replace(
+            plan, bound_lead=None, attributes_changed=plan.writes_attributes, holders=holders
+        )
         self.lead_id = None
         self.bound = self.stale_binding = False
 
@@ -1127,6 +1141,7 @@ class SyncEngine:
         if not by_id:
             return
         operation = self._client.add_to_list if add else self._client.remove_from_list
+        again: list[tuple[_Person, int]] = []
 
         async def call(part: Sequence[int]) -> list[MembershipResult]:
             return await operation(list_id, part)
@@ -1149,18 +1164,22 @@ class SyncEngine:
                             person.unsure.setdefault(audience, set()).add(lead_id)
                 raise
             for lead_id, result in zip(chunk, results, strict=True):
-                self._answered(audience, lead_id, result, by_id[lead_id], add=add)
+                self._answered(audience, lead_id, result, by_id[lead_id], add=add, again=again)
+        if again:
+            await self._membership(audience, list_id, again, add=False)
 
-    @staticmethod
     def _answered(
+        self,
         audience: str,
         lead_id: int,
         result: MembershipResult | RejectedError,
         persons: Sequence[_Person],
         *,
         add: bool,
+        again: list[tuple[_Person, int]],
     ) -> None:
-        """Record Marketo's answer for `lead_id`'s add to (or removal from) `audience`'s list."""
+        """Record Marketo's answer for `lead_id`'s add to (or removal from) `audience`'s list;
+        `again` gets the removals a merged lead calls for."""
         if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
             raise _Stop(result)
         for person in persons:
@@ -1182,11 +1201,37 @@ class SyncEngine:
                 held.discard(lead_id)
             elif add and reason.code == CODE_LEAD_NOT_FOUND and person.bound:
                 person.stale_binding = True  # resolved again once the lists are written
+            elif (
+                not add
+                and reason.code == CODE_LEAD_NOT_FOUND
+                and self._merged(person, audience, lead_id)
+            ):
+                held.discard(lead_id)
+                if lead_id == person.lead_id:
+                    person.stale_binding = True  # resolved again, its lead then removed
+                    person.gone.setdefault(audience, set()).add(lead_id)
+                elif person.lead_id is not None:
+                    again.append((person, person.lead_id))
             elif not add and reason.code in (CODE_NOT_IN_LIST, CODE_LEAD_NOT_FOUND):
                 person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
                 held.discard(lead_id)
             else:
                 person.fail(reason.code, reason.message)
+
+    @staticmethod
+    def _merged(person: _Person, audience: str, lead_id: int) -> bool:
+        """Whether a lead the person exits `audience` with, which Marketo no longer has (1004),
+        may have been merged into the person's lead: then that lead holds the membership and
+        is removed instead, unless another profile wants it there. A bound lead is resolved
+        again first; a lead just resolved by a look-up that is gone is simply not in the list."""
+        plan = person.plan
+        if plan.desired.get(audience, True):
+            return False
+        if lead_id == person.lead_id:
+            return person.bound
+        return person.lead_id is not None and person.lead_id not in plan.kept.get(
+            audience, frozenset()
+        )
 
     async def _split(
         self,
