@@ -471,7 +471,8 @@ class BatchDelivery:
         left = await self._retire_final(lease, record, entries, result)
         error = result.error
         if isinstance(error, LeaseUnconfirmed):
-            # Nothing was sent: the entries are due at once, for whoever holds the lease next.
+            # The gate refused a call (a list change an earlier attempt may have made is held
+            # unconfirmed): the entries are due at once, for whoever holds the lease next.
             log.warning("batch of %s stopped: %s", record.id, error.message)
             await self._hold(lease, left, self.now(), _describe(error))
             return

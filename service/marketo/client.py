@@ -434,20 +434,25 @@ class MarketoClient:
         refreshed = False
         while True:
             attempt += 1
-            token = await self.token()
-            answer = await self._attempt(
-                method,
-                path,
-                endpoint=endpoint,
-                attempt=attempt,
-                records=records,
-                token=token,
-                params=params,
-                json_body=json_body,
-                form=form,
-                files=files,
-                envelope=envelope,
-            )
+            try:
+                token = await self.token()
+                answer = await self._attempt(
+                    method,
+                    path,
+                    endpoint=endpoint,
+                    attempt=attempt,
+                    records=records,
+                    token=token,
+                    params=params,
+                    json_body=json_body,
+                    form=form,
+                    files=files,
+                    envelope=envelope,
+                )
+            except UnavailableError as error:
+                if error.attempts == 0:  # the gate refused this attempt: the earlier ones left
+                    error.attempts = attempt - 1
+                raise
             rule = answer.rule
             if rule is None:
                 return answer

@@ -8,7 +8,8 @@ client, `MarketoClient.gated(gate)`: same HTTP client, token cache, limits and o
 - when a call starts, before its token, its Usage API reading or its turn at the instance's
   limits: a refused call costs nothing;
 - right before each HTTP exchange (Identity included), so a call held up by the instance's rate
-  limiter, or retried after a backoff, is checked again when it goes out.
+  limiter, or retried after a backoff, is checked again when it goes out; the error of a retry
+  refused counts the attempts already sent (`UnavailableError.attempts`: they may have landed).
 
 The gate is the view's state, passed explicitly: the client it was made from, and every other
 client of the instance, are not gated by it. A client with no gate is never refused.

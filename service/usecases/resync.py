@@ -94,9 +94,9 @@ class Resync:
         )
 
     async def add_members(self, destination_id: str, audience_ids: Sequence[str]) -> int:
-        """Queue a resync of the current desired members of audiences whose list was just
-        created (the destination kept no list for them before), so that delivery adds them;
-        returns how many profiles were queued."""
+        """Queue a resync of the current desired members of audiences whose list Activate just
+        created or linked (the destination kept no list for them before, or another one), so
+        that delivery adds them; returns how many profiles were queued."""
         members = sorted(
             {
                 member.profile_id

@@ -4,6 +4,7 @@ tests: `tests/engine/test_desired_state.py`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -215,4 +216,70 @@ async def test_a_join_an_import_of_unknown_status_may_have_made_is_removed_by_a_
         )
         newer = await rest.sync([LATER[later](name)], state=state)
         assert newer.deferred == ()
+        assert (await sb.lists())[lists["a1"]] == set()
+
+
+async def test_an_unconfirmed_holder_an_id_import_adds_again_is_confirmed() -> None:
+    """Ann's lead holds a1 unconfirmed (the answer to its add was lost, and the add did not
+    land); the id-only import that adds it again answers for it, so the next update makes no
+    list call."""
+    async with running_sandbox() as sb:
+        (ann,) = await sb.seed({"email": "ann@x.io", "firstName": "Old", "lastName": "Lee"})
+        lists = {"a1": (await sb.make_lists(["Audience 1"]))["Audience 1"]}
+        bulk = BulkSyncEngine(
+            sb.client,
+            BOTH,
+            ScenarioMapper(),
+            clock=sb.clock,
+            policy=quick_policy(membership_import_min=1),
+            audience_lists=lists,
+            tracked_lists=("a1",),
+        )
+        state = (await bulk.sync([person("ann", 1, ("a1", R))])).folded(DesiredState())
+        assert state.holders == {("p-ann", "a1"): ann}
+        await sb.client.remove_from_list(lists["a1"], [ann])
+        state = replace(state, unconfirmed=frozenset({("p-ann", "a1")}))
+
+        again = await bulk.sync([person("ann", 2, ("a1", R), first="Anne")], state=state)
+        assert again.deferred == ()
+        assert (await sb.lists())[lists["a1"]] == {ann}
+        state = again.folded(state)
+        assert state.holders == {("p-ann", "a1"): ann}
+        assert state.unconfirmed == frozenset(), "the import answered for the add"
+
+        rest = SyncEngine(
+            sb.client, BOTH, ScenarioMapper(), audience_lists=lists, tracked_lists=("a1",)
+        )
+        later = await rest.sync([person("ann", 3, ("a1", R), first="Ann")], state=state)
+        (outcome,) = later.outcomes
+        assert (ActionType.ADDED, "a1") not in {(a.type, a.audience_id) for a in outcome.actions}
+
+
+async def test_list_adds_marketo_confirmed_before_a_later_chunk_stopped_are_held() -> None:
+    """Ann's add (the first chunk) is answered, then the lease's gate refuses Bob's (the
+    second): Ann's lead joined a1, so her exit before the retry must remove it."""
+    async with running_sandbox() as sb:
+        ann, _ = await sb.seed(
+            {"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"},
+            {"email": "bob@x.io", "firstName": "Bob", "lastName": "Lee"},
+        )
+        lists = {"a1": (await sb.make_lists(["Audience 1"]))["Audience 1"]}
+        stopping = SyncEngine(
+            StopAtSecond(sb, "add_to_list"),  # type: ignore[arg-type]
+            BOTH,
+            ScenarioMapper(),
+            audience_lists=lists,
+            tracked_lists=("a1",),
+            batch_size=1,
+        )
+        result = await stopping.sync([person("ann", 1, ("a1", R)), person("bob", 1, ("a1", R))])
+        assert {d.update_id for d in result.deferred} == {"ann-1", "bob-1"}
+        assert (await sb.lists())[lists["a1"]] == {ann}
+        state = result.folded(DesiredState())
+        assert state.holders.get(("p-ann", "a1")) == ann
+
+        rest = SyncEngine(
+            sb.client, BOTH, ScenarioMapper(), audience_lists=lists, tracked_lists=("a1",)
+        )
+        await rest.sync([LATER["exit"]("ann")], state=state)
         assert (await sb.lists())[lists["a1"]] == set()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from service.delivery.engine.executor import may_have_applied
 from service.delivery.fence import CallGate, LeaseUnconfirmed
 from service.marketo.client import MarketoClient
 from service.marketo.errors import OutcomeUnknownError, UnavailableError
@@ -150,6 +151,27 @@ async def test_a_call_held_up_is_checked_again_before_its_next_exchange() -> Non
         with pytest.raises(LeaseUnconfirmed):
             await asyncio.create_task(drainer())
     assert marketo.sent == ["/identity/oauth/token", LEADS]
+
+
+async def test_a_retry_refused_after_an_attempt_that_may_have_landed_may_have_applied() -> None:
+    """An add whose first exchange timed out (it may have reached Marketo) and whose retry the
+    gate refuses: the batch stops on the gate's error, which must not say that nothing
+    changed, so that the engine holds the lead unconfirmed (a later exit removes it)."""
+    clock = Clock()
+    sent: list[str] = []
+
+    def marketo(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path == "/identity/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(marketo)) as http:
+        gated = client(http, clock).gated(gate(clock, confirmed_for=10.2, margin=10.0))
+        with pytest.raises(LeaseUnconfirmed) as raised:
+            await gated.add_to_list(7, [1])  # retried after a backoff of 0.5 s or more
+    assert sent == ["/identity/oauth/token", "/rest/v1/lists/7/leads.json"]
+    assert may_have_applied(raised.value)
 
 
 async def test_a_gate_refuses_only_the_calls_of_its_own_view_of_a_shared_client() -> None:

@@ -635,7 +635,7 @@ class BulkSyncEngine(SyncEngine):
                 else:
                     assert person.lead_id is not None
                     person.actions.append(Action(ActionType.ADDED, audience))
-                    person.held.setdefault(audience, set()).add(person.lead_id)
+                    person.join(audience)
                     self._warn(person, outcome.warnings.get(str(person.lead_id)))
         if stop is not None:
             raise stop

@@ -349,6 +349,8 @@ class _Person:
         self.held.setdefault(audience, set()).add(lead)
         if unsure:
             self.unsure.setdefault(audience, set()).add(lead)
+        else:
+            self.unsure.get(audience, set()).discard(lead)  # answered
 
     def rebind(self) -> None:
         """Forget the binding: the person is resolved again (and its attributes written)."""
@@ -1147,57 +1149,74 @@ class SyncEngine:
         ids = list(by_id)
         for person in {id(p): p for group in by_id.values() for p in group}.values():
             person.calls = True
-        try:
-            results = await self._split(ids, call)
-        except _Stop as stop:
-            if may_have_applied(stop.error):
-                # The request may have changed the list: its leads count as held, unconfirmed
-                # (an exit removes them, a member's retry adds them again).
-                for lead_id, group in by_id.items():
-                    for person in group:
-                        person.held.setdefault(audience, set()).add(lead_id)
-                        person.unsure.setdefault(audience, set()).add(lead_id)
-            raise
-        for lead_id, result in zip(ids, results, strict=True):
-            if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
-                raise _Stop(result)
-            for person in by_id[lead_id]:
-                if isinstance(result, RejectedError):
-                    person.fail(result.code or "", result.reason)
-                    continue
-                reason = _first_reason(result.reasons)
-                held = person.held.setdefault(audience, set())
-                if result.status in ("added", "removed") or reason.code in (
-                    CODE_NOT_IN_LIST,
-                    CODE_LEAD_NOT_FOUND,
-                ):
-                    person.unsure.get(audience, set()).discard(lead_id)  # answered
-                if add and result.status == "added":
-                    person.actions.append(Action(ActionType.ADDED, audience))
-                    held.add(lead_id)
-                elif not add and result.status == "removed":
-                    person.actions.append(Action(ActionType.REMOVED, audience))
-                    held.discard(lead_id)
-                elif add and reason.code == CODE_LEAD_NOT_FOUND and person.bound:
-                    person.stale_binding = True  # resolved again once the lists are written
-                elif (
-                    not add
-                    and reason.code == CODE_LEAD_NOT_FOUND
-                    and self._merged(person, audience, lead_id)
-                ):
-                    held.discard(lead_id)
-                    if lead_id == person.lead_id:
-                        person.stale_binding = True  # resolved again, its lead then removed
-                        person.gone.setdefault(audience, set()).add(lead_id)
-                    elif person.lead_id is not None:
-                        again.append((person, person.lead_id))
-                elif not add and reason.code in (CODE_NOT_IN_LIST, CODE_LEAD_NOT_FOUND):
-                    person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
-                    held.discard(lead_id)
-                else:
-                    person.fail(reason.code, reason.message)
+        # Chunk by chunk: what Marketo answered for a chunk is recorded before a later one
+        # stops the batch (a lead that joined is held, so an exit before the retry removes it).
+        for chunk in _chunks(ids, self._batch_size):
+            try:
+                results = await self._split(chunk, call)
+            except _Stop as stop:
+                if may_have_applied(stop.error):
+                    # The request may have changed the list: its leads count as held,
+                    # unconfirmed (an exit removes them, a member's retry adds them again).
+                    for lead_id in chunk:
+                        for person in by_id[lead_id]:
+                            person.held.setdefault(audience, set()).add(lead_id)
+                            person.unsure.setdefault(audience, set()).add(lead_id)
+                raise
+            for lead_id, result in zip(chunk, results, strict=True):
+                self._answered(audience, lead_id, result, by_id[lead_id], add=add, again=again)
         if again:
             await self._membership(audience, list_id, again, add=False)
+
+    def _answered(
+        self,
+        audience: str,
+        lead_id: int,
+        result: MembershipResult | RejectedError,
+        persons: Sequence[_Person],
+        *,
+        add: bool,
+        again: list[tuple[_Person, int]],
+    ) -> None:
+        """Record Marketo's answer for `lead_id`'s add to (or removal from) `audience`'s list;
+        `again` gets the removals a merged lead calls for."""
+        if isinstance(result, RejectedError) and result.code == CODE_LIST_NOT_FOUND:
+            raise _Stop(result)
+        for person in persons:
+            if isinstance(result, RejectedError):
+                person.fail(result.code or "", result.reason)
+                continue
+            reason = _first_reason(result.reasons)
+            held = person.held.setdefault(audience, set())
+            if result.status in ("added", "removed") or reason.code in (
+                CODE_NOT_IN_LIST,
+                CODE_LEAD_NOT_FOUND,
+            ):
+                person.unsure.get(audience, set()).discard(lead_id)  # answered
+            if add and result.status == "added":
+                person.actions.append(Action(ActionType.ADDED, audience))
+                held.add(lead_id)
+            elif not add and result.status == "removed":
+                person.actions.append(Action(ActionType.REMOVED, audience))
+                held.discard(lead_id)
+            elif add and reason.code == CODE_LEAD_NOT_FOUND and person.bound:
+                person.stale_binding = True  # resolved again once the lists are written
+            elif (
+                not add
+                and reason.code == CODE_LEAD_NOT_FOUND
+                and self._merged(person, audience, lead_id)
+            ):
+                held.discard(lead_id)
+                if lead_id == person.lead_id:
+                    person.stale_binding = True  # resolved again, its lead then removed
+                    person.gone.setdefault(audience, set()).add(lead_id)
+                elif person.lead_id is not None:
+                    again.append((person, person.lead_id))
+            elif not add and reason.code in (CODE_NOT_IN_LIST, CODE_LEAD_NOT_FOUND):
+                person.actions.append(Action(ActionType.NOT_IN_LIST, audience))
+                held.discard(lead_id)
+            else:
+                person.fail(reason.code, reason.message)
 
     @staticmethod
     def _merged(person: _Person, audience: str, lead_id: int) -> bool:
@@ -1258,7 +1277,8 @@ class SyncEngine:
 def may_have_applied(error: MarketoError) -> bool:
     """Whether a write that ended in `error` may have been applied all the same: no answer
     came back after the request left (or none could be read), as far as the client knows. A
-    call never sent (no attempt: the lease not confirmed) changed nothing."""
+    call the lease's gate refused before its first attempt changed nothing; one refused at a
+    retry counts the attempts already sent (`UnavailableError.attempts`)."""
     if isinstance(error, UnavailableError):
         return error.attempts > 0
     return isinstance(error, OutcomeUnknownError)
