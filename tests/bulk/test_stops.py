@@ -23,7 +23,7 @@ from service.domain import (
     OutcomeKind,
     ProfileUpdate,
 )
-from service.marketo.errors import UnavailableError
+from service.marketo.errors import RejectedError, UnavailableError
 from tests.bulk.scenario import EVENT, R, ScenarioMapper, X, quick_policy
 from tests.bulk.test_equivalence import RULES
 from tests.engine.sandbox_env import Sandbox, running_sandbox
@@ -271,6 +271,60 @@ async def test_list_adds_marketo_confirmed_before_a_later_chunk_stopped_are_held
             audience_lists=lists,
             tracked_lists=("a1",),
             batch_size=1,
+        )
+        result = await stopping.sync([person("ann", 1, ("a1", R)), person("bob", 1, ("a1", R))])
+        assert {d.update_id for d in result.deferred} == {"ann-1", "bob-1"}
+        assert (await sb.lists())[lists["a1"]] == {ann}
+        state = result.folded(DesiredState())
+        assert state.holders.get(("p-ann", "a1")) == ann
+
+        rest = SyncEngine(
+            sb.client, BOTH, ScenarioMapper(), audience_lists=lists, tracked_lists=("a1",)
+        )
+        await rest.sync([LATER["exit"]("ann")], state=state)
+        assert (await sb.lists())[lists["a1"]] == set()
+
+
+class RejectFirstStopThird:
+    """The real client, except for `operation`: its first call is rejected as a whole by a
+    record (so the engine splits the request), its third finds the batch stopped."""
+
+    def __init__(self, sandbox: Sandbox, operation: str) -> None:
+        self.client = sandbox.client
+        self.operation = operation
+        self.seen = 0
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+        if name != self.operation:
+            return call
+
+        async def scripted(*args: Any, **kwargs: Any) -> Any:
+            self.seen += 1
+            if self.seen == 1:
+                raise RejectedError("1003", "a record of the request is invalid")
+            if self.seen == 3:
+                raise LeaseUnconfirmed("Marketo call not sent: the lease is not confirmed")
+            return await call(*args, **kwargs)
+
+        return scripted
+
+
+async def test_list_adds_answered_while_a_rejected_request_is_split_are_held() -> None:
+    """Ann and Bob's add is rejected as a whole and split: Ann's half is answered, then the
+    lease's gate refuses Bob's. Ann's lead joined a1, so her exit before the retry removes it."""
+    async with running_sandbox() as sb:
+        ann, _ = await sb.seed(
+            {"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"},
+            {"email": "bob@x.io", "firstName": "Bob", "lastName": "Lee"},
+        )
+        lists = {"a1": (await sb.make_lists(["Audience 1"]))["Audience 1"]}
+        stopping = SyncEngine(
+            RejectFirstStopThird(sb, "add_to_list"),  # type: ignore[arg-type]
+            BOTH,
+            ScenarioMapper(),
+            audience_lists=lists,
+            tracked_lists=("a1",),
         )
         result = await stopping.sync([person("ann", 1, ("a1", R)), person("bob", 1, ("a1", R))])
         assert {d.update_id for d in result.deferred} == {"ann-1", "bob-1"}

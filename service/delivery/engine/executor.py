@@ -1142,9 +1142,13 @@ class SyncEngine:
             return
         operation = self._client.add_to_list if add else self._client.remove_from_list
         again: list[tuple[_Person, int]] = []
+        answered = 0  # calls Marketo answered (a chunk rejected as a whole is split in several)
 
         async def call(part: Sequence[int]) -> list[MembershipResult]:
-            return await operation(list_id, part)
+            nonlocal answered
+            results = await operation(list_id, part)
+            answered += 1
+            return results
 
         ids = list(by_id)
         for person in {id(p): p for group in by_id.values() for p in group}.values():
@@ -1152,12 +1156,14 @@ class SyncEngine:
         # Chunk by chunk: what Marketo answered for a chunk is recorded before a later one
         # stops the batch (a lead that joined is held, so an exit before the retry removes it).
         for chunk in _chunks(ids, self._batch_size):
+            before = answered
             try:
                 results = await self._split(chunk, call)
             except _Stop as stop:
-                if may_have_applied(stop.error):
-                    # The request may have changed the list: its leads count as held,
-                    # unconfirmed (an exit removes them, a member's retry adds them again).
+                if may_have_applied(stop.error) or answered > before:
+                    # The request, or a part of it split off and answered before the stop,
+                    # may have changed the list: its leads count as held, unconfirmed (an
+                    # exit removes them, a member's retry adds them again).
                     for lead_id in chunk:
                         for person in by_id[lead_id]:
                             person.held.setdefault(audience, set()).add(lead_id)
