@@ -45,13 +45,18 @@ def person(
     )
 
 
-class StopAtSecond:
-    """The real client, except that the second call of `operation` finds the batch stopped (the
-    lease no longer confirmed, as when the drainer's lease lapses part-way through a batch)."""
+STOPPED = LeaseUnconfirmed("Marketo call not sent: the lease is not confirmed")
+"""What a call meets once the batch is stopped (its drainer's lease lapsed part-way)."""
 
-    def __init__(self, sandbox: Sandbox, operation: str) -> None:
+
+class ScriptedCalls:
+    """The real client, except that the calls of `operation` numbered in `errors` (from 1)
+    raise the error given there instead of being sent."""
+
+    def __init__(self, sandbox: Sandbox, operation: str, errors: dict[int, Exception]) -> None:
         self.client = sandbox.client
         self.operation = operation
+        self.errors = errors
         self.seen = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -59,13 +64,13 @@ class StopAtSecond:
         if name != self.operation:
             return call
 
-        async def counted(*args: Any, **kwargs: Any) -> Any:
+        async def scripted(*args: Any, **kwargs: Any) -> Any:
             self.seen += 1
-            if self.seen == 2:
-                raise LeaseUnconfirmed("Marketo call not sent: the lease is not confirmed")
+            if self.seen in self.errors:
+                raise self.errors[self.seen]
             return await call(*args, **kwargs)
 
-        return counted
+        return scripted
 
 
 # Each batch joins ann (an existing lead, written by id) and bea (a new lead, created by an
@@ -110,7 +115,7 @@ async def test_a_join_an_import_made_before_the_batch_stopped_is_removed_by_a_la
         lists = {"a1": made["Audience 1"], "a2": made["Audience 2"]}
         tracked = ("a1", "a2")
         bulk = BulkSyncEngine(
-            StopAtSecond(sb, "find_leads"),  # type: ignore[arg-type]
+            ScriptedCalls(sb, "find_leads", {2: STOPPED}),  # type: ignore[arg-type]
             BOTH,
             ScenarioMapper(),
             clock=sb.clock,
@@ -255,9 +260,24 @@ async def test_an_unconfirmed_holder_an_id_import_adds_again_is_confirmed() -> N
         assert (ActionType.ADDED, "a1") not in {(a.type, a.audience_id) for a in outcome.actions}
 
 
-async def test_list_adds_marketo_confirmed_before_a_later_chunk_stopped_are_held() -> None:
-    """Ann's add (the first chunk) is answered, then the lease's gate refuses Bob's (the
-    second): Ann's lead joined a1, so her exit before the retry must remove it."""
+REJECTED = RejectedError("1003", "a record of the request is invalid")
+"""A rejection of a whole request caused by one of its records (the engine splits it)."""
+
+
+@pytest.mark.parametrize(
+    ("errors", "batch_size"),
+    [
+        # Ann's add (the first chunk) is answered, then the lease's gate refuses Bob's.
+        pytest.param({2: STOPPED}, 1, id="a later chunk stopped"),
+        # Ann and Bob's add is rejected as a whole and split: Ann's half is answered, then
+        # the lease's gate refuses Bob's.
+        pytest.param({1: REJECTED, 3: STOPPED}, 300, id="a later part of a split request"),
+    ],
+)
+async def test_list_adds_marketo_answered_before_the_batch_stopped_are_held(
+    errors: dict[int, Exception], batch_size: int
+) -> None:
+    """Ann's lead joined a1 before the batch stopped, so her exit before the retry removes it."""
     async with running_sandbox() as sb:
         ann, _ = await sb.seed(
             {"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"},
@@ -265,66 +285,12 @@ async def test_list_adds_marketo_confirmed_before_a_later_chunk_stopped_are_held
         )
         lists = {"a1": (await sb.make_lists(["Audience 1"]))["Audience 1"]}
         stopping = SyncEngine(
-            StopAtSecond(sb, "add_to_list"),  # type: ignore[arg-type]
+            ScriptedCalls(sb, "add_to_list", errors),  # type: ignore[arg-type]
             BOTH,
             ScenarioMapper(),
             audience_lists=lists,
             tracked_lists=("a1",),
-            batch_size=1,
-        )
-        result = await stopping.sync([person("ann", 1, ("a1", R)), person("bob", 1, ("a1", R))])
-        assert {d.update_id for d in result.deferred} == {"ann-1", "bob-1"}
-        assert (await sb.lists())[lists["a1"]] == {ann}
-        state = result.folded(DesiredState())
-        assert state.holders.get(("p-ann", "a1")) == ann
-
-        rest = SyncEngine(
-            sb.client, BOTH, ScenarioMapper(), audience_lists=lists, tracked_lists=("a1",)
-        )
-        await rest.sync([LATER["exit"]("ann")], state=state)
-        assert (await sb.lists())[lists["a1"]] == set()
-
-
-class RejectFirstStopThird:
-    """The real client, except for `operation`: its first call is rejected as a whole by a
-    record (so the engine splits the request), its third finds the batch stopped."""
-
-    def __init__(self, sandbox: Sandbox, operation: str) -> None:
-        self.client = sandbox.client
-        self.operation = operation
-        self.seen = 0
-
-    def __getattr__(self, name: str) -> Any:
-        call = getattr(self.client, name)
-        if name != self.operation:
-            return call
-
-        async def scripted(*args: Any, **kwargs: Any) -> Any:
-            self.seen += 1
-            if self.seen == 1:
-                raise RejectedError("1003", "a record of the request is invalid")
-            if self.seen == 3:
-                raise LeaseUnconfirmed("Marketo call not sent: the lease is not confirmed")
-            return await call(*args, **kwargs)
-
-        return scripted
-
-
-async def test_list_adds_answered_while_a_rejected_request_is_split_are_held() -> None:
-    """Ann and Bob's add is rejected as a whole and split: Ann's half is answered, then the
-    lease's gate refuses Bob's. Ann's lead joined a1, so her exit before the retry removes it."""
-    async with running_sandbox() as sb:
-        ann, _ = await sb.seed(
-            {"email": "ann@x.io", "firstName": "Ann", "lastName": "Lee"},
-            {"email": "bob@x.io", "firstName": "Bob", "lastName": "Lee"},
-        )
-        lists = {"a1": (await sb.make_lists(["Audience 1"]))["Audience 1"]}
-        stopping = SyncEngine(
-            RejectFirstStopThird(sb, "add_to_list"),  # type: ignore[arg-type]
-            BOTH,
-            ScenarioMapper(),
-            audience_lists=lists,
-            tracked_lists=("a1",),
+            batch_size=batch_size,
         )
         result = await stopping.sync([person("ann", 1, ("a1", R)), person("bob", 1, ("a1", R))])
         assert {d.update_id for d in result.deferred} == {"ann-1", "bob-1"}
