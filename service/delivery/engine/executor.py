@@ -345,7 +345,11 @@ class _Person:
         """Record that an import Marketo confirmed (`unsure`: one whose outcome is unknown) added
         the person's lead to `audience` (a lead an import created is known by its dedupe value
         only: `HOLDER_RESOLVED`)."""
-        lead = HOLDER_RESOLVED if self.lead_id is None else self.lead_id
+        self.hold(audience, HOLDER_RESOLVED if self.lead_id is None else self.lead_id, unsure)
+
+    def hold(self, audience: str, lead: int, unsure: bool) -> None:
+        """Record that `lead` holds the membership of `audience`: answered by Marketo, or
+        `unsure` (a call of unknown outcome concerned it: it may be in the list or not)."""
         self.held.setdefault(audience, set()).add(lead)
         if unsure:
             self.unsure.setdefault(audience, set()).add(lead)
@@ -1166,8 +1170,7 @@ class SyncEngine:
                     # exit removes them, a member's retry adds them again).
                     for lead_id in chunk:
                         for person in by_id[lead_id]:
-                            person.held.setdefault(audience, set()).add(lead_id)
-                            person.unsure.setdefault(audience, set()).add(lead_id)
+                            person.hold(audience, lead_id, unsure=True)
                 raise
             for lead_id, result in zip(chunk, results, strict=True):
                 self._answered(audience, lead_id, result, by_id[lead_id], add=add, again=again)
